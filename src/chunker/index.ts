@@ -1,0 +1,3 @@
+export { Chunker, chunk } from './fastcdc.js';
+export { GEAR } from './gear.js';
+export * from './params.js';

@@ -1,0 +1,157 @@
+import { CabError } from '../errors.js';
+import { sha256, toHex, fromHex, HASH_SIZE } from './sha256.js';
+
+/** BEP 52 leaf (block) size. */
+export const LEAF_SIZE = 16384;
+
+/**
+ * A hasher's resumable state: the roots of the perfect subtrees over the full
+ * leaves so far (largest first, one per set bit of `leaves`), the count of
+ * full leaves, and the total size fed. The bytes of the partial last leaf are
+ * not kept: a hasher made by `MerkleHasher.fromState` stands at
+ * `leaves * LEAF_SIZE`, and the caller feeds it the rest (at most one leaf).
+ */
+export interface MerkleState {
+  size: number;
+  leaves: number;
+  stack: string[];
+}
+
+const EMPTY_HASH = sha256(new Uint8Array(0));
+
+/** ZERO[k]: the root of a perfect subtree of 2^k padding leaves (32 zero bytes each). */
+const ZERO: Uint8Array[] = [new Uint8Array(HASH_SIZE)];
+function zeroHash(level: number): Uint8Array {
+  while (ZERO.length <= level) {
+    const z = ZERO[ZERO.length - 1]!;
+    ZERO.push(parent(z, z));
+  }
+  return ZERO[level]!;
+}
+
+const pair = Buffer.allocUnsafe(2 * HASH_SIZE);
+function parent(left: Uint8Array, right: Uint8Array): Uint8Array {
+  pair.set(left, 0);
+  pair.set(right, HASH_SIZE);
+  return sha256(pair);
+}
+
+/** Levels of the stack entries for `n` leaves: the set bits of n, highest first. */
+function levelsOf(n: number): number[] {
+  const levels: number[] = [];
+  for (let level = 0; n > 0; level++, n = Math.floor(n / 2)) {
+    if (n % 2 === 1) levels.push(level);
+  }
+  return levels.reverse();
+}
+
+/**
+ * BEP 52 "pieces root" of a byte stream: SHA-256 of each 16 KiB leaf (the last
+ * may be shorter), the leaf layer padded with zero hashes to a power of two,
+ * parent = SHA-256(left || right). The empty stream hashes to SHA-256("").
+ *
+ * Fed in any split, it gives the same root; `digest()` does not end it.
+ */
+export class MerkleHasher {
+  #stack: Uint8Array[] = [];
+  #leaves = 0;
+  #size = 0;
+  readonly #partial = Buffer.allocUnsafe(LEAF_SIZE);
+  #partialLen = 0;
+
+  /** Bytes fed so far. */
+  get size(): number {
+    return this.#size;
+  }
+
+  update(bytes: Uint8Array): this {
+    let off = 0;
+    const len = bytes.byteLength;
+    if (this.#partialLen > 0) {
+      const take = Math.min(LEAF_SIZE - this.#partialLen, len);
+      this.#partial.set(bytes.subarray(0, take), this.#partialLen);
+      this.#partialLen += take;
+      off = take;
+      if (this.#partialLen === LEAF_SIZE) {
+        this.#pushLeaf(sha256(this.#partial));
+        this.#partialLen = 0;
+      }
+    }
+    while (len - off >= LEAF_SIZE) {
+      this.#pushLeaf(sha256(bytes.subarray(off, off + LEAF_SIZE)));
+      off += LEAF_SIZE;
+    }
+    if (off < len) {
+      this.#partial.set(bytes.subarray(off), this.#partialLen);
+      this.#partialLen += len - off;
+    }
+    this.#size += len;
+    return this;
+  }
+
+  #pushLeaf(hash: Uint8Array): void {
+    let h = hash;
+    for (let n = this.#leaves; n % 2 === 1; n = (n - 1) / 2) {
+      h = parent(this.#stack.pop()!, h);
+    }
+    this.#stack.push(h);
+    this.#leaves++;
+  }
+
+  /** The root of everything fed so far; the hasher goes on. */
+  digest(): Uint8Array {
+    if (this.#size === 0) return EMPTY_HASH.slice();
+    let stack = this.#stack;
+    let n = this.#leaves;
+    if (this.#partialLen > 0) {
+      stack = stack.slice();
+      let h = sha256(this.#partial.subarray(0, this.#partialLen));
+      for (let m = n; m % 2 === 1; m = (m - 1) / 2) h = parent(stack.pop()!, h);
+      stack.push(h);
+      n++;
+    }
+    const levels = levelsOf(n);
+    let acc = stack[stack.length - 1]!;
+    let level = levels[levels.length - 1]!;
+    for (let i = stack.length - 2; i >= 0; i--) {
+      while (level < levels[i]!) acc = parent(acc, zeroHash(level++));
+      acc = parent(stack[i]!, acc);
+      level++;
+    }
+    return Uint8Array.from(acc);
+  }
+
+  state(): MerkleState {
+    return { size: this.#size, leaves: this.#leaves, stack: this.#stack.map(toHex) };
+  }
+
+  /**
+   * A hasher that continues from `state`. It stands at `leaves * LEAF_SIZE`
+   * bytes: feed it the bytes from there to `state.size` (the partial last
+   * leaf) before anything new.
+   */
+  static fromState(state: MerkleState): MerkleHasher {
+    const bad = (why: string) => new CabError('ERR_BAD_HASH_STATE', why, { found: state });
+    if (state === null || typeof state !== 'object') throw bad('state is not an object');
+    const { size, leaves, stack } = state;
+    if (!Number.isSafeInteger(leaves) || leaves < 0) throw bad('leaves is not a non-negative integer');
+    if (!Number.isSafeInteger(size) || size < leaves * LEAF_SIZE || size - leaves * LEAF_SIZE >= LEAF_SIZE) {
+      throw bad('size does not agree with leaves');
+    }
+    if (!Array.isArray(stack) || stack.length !== levelsOf(leaves).length) throw bad('stack does not agree with leaves');
+    const roots = stack.map((h) => {
+      if (typeof h !== 'string' || h.length !== 2 * HASH_SIZE) throw bad('stack entry is not a 32-byte hex hash');
+      return fromHex(h);
+    });
+    const hasher = new MerkleHasher();
+    hasher.#stack = roots;
+    hasher.#leaves = leaves;
+    hasher.#size = leaves * LEAF_SIZE;
+    return hasher;
+  }
+}
+
+/** The blob hash of a whole byte array. */
+export function merkleRoot(bytes: Uint8Array): Uint8Array {
+  return new MerkleHasher().update(bytes).digest();
+}

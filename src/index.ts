@@ -1,0 +1,3 @@
+export { CabError, ERROR_CODES, isCabError, type ErrorCode, type CabErrorData } from './errors.js';
+export * from './hash/index.js';
+export * from './chunker/index.js';
