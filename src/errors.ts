@@ -8,6 +8,21 @@ export const ERROR_CODES = {
   ERR_BAD_HASH_STATE: 'a saved merkle hasher state is malformed or inconsistent',
   ERR_BAD_HEX: 'a string is not an even number of lowercase or uppercase hex digits',
   ERR_BAD_ARGUMENT: 'an argument has the wrong type or is out of range',
+  ERR_INVALID_BLOB_NAME: 'a blob name is not 32 lowercase hex characters',
+  ERR_BLOB_EXISTS: 'a blob of that name already exists',
+  ERR_NO_SUCH_BLOB: 'no blob of that name exists in the store',
+  ERR_BLOB_FINALIZED: 'the blob is finalized and cannot be written',
+  ERR_BLOB_LOCKED: 'another writer (in this or another process) holds the blob',
+  ERR_ILLEGAL_POSITION: 'a position or range lies past the end of the blob or file',
+  ERR_NEGATIVE_POSITION: 'a position, offset or size is negative or not an integer',
+  ERR_BAD_WHENCE: 'seek whence is not 0, 1 or 2',
+  ERR_NO_SUCH_CHUNK: 'no blob in the store holds a chunk with that hash',
+  ERR_NO_SUCH_FILE: 'a local file given to appendBytes does not exist or cannot be read',
+  ERR_FRAGMENT_MISSING: 'a fragment a blob needs is missing or shorter than its extents',
+  ERR_FORMAT_VERSION: 'the store or a descriptor has a newer format version than this code reads',
+  ERR_BAD_STORE: 'the directory is not a cabstore store, or its cabstore.json is damaged',
+  ERR_CLOSED: 'the store, writer or reader is closed',
+  ERR_ABORTED: 'the operation was cancelled through its AbortSignal',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

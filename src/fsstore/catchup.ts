@@ -1,0 +1,52 @@
+import fs from 'node:fs/promises';
+import type { ChunkIndex } from './chunk-index.js';
+import { readDescriptor } from './descriptor.js';
+import type { Layout } from './layout.js';
+
+/**
+ * Brings the index entries of one blob up to date with its descriptor: the
+ * index is derived data and may be behind after a crash between a record's
+ * fsync and its index commit, or missing altogether. Idempotent, and safe
+ * while another process does the same (each record applies once).
+ * Returns true if anything changed.
+ */
+export async function catchUpBlob(index: ChunkIndex, layout: Layout, name: string): Promise<boolean> {
+  let size: number;
+  try {
+    size = (await fs.stat(layout.descriptor(name))).size;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    if (!index.blob(name)) return false;
+    await index.removeBlob(name);
+    return true;
+  }
+  const before = index.blob(name);
+  if (before && before.d === size) return false;
+  let changed = false;
+  const d = await readDescriptor(layout.descriptor(name), name, {
+    extents: false,
+    onAppend: (rec, start, end, chunkOffset) => {
+      const cur = index.blob(name);
+      if (cur && cur.d >= end) return;
+      if (index.applyAppendSync(name, rec, start, end, chunkOffset, startOfRecords(start, cur))) changed = true;
+    },
+  });
+  const after = index.blob(name);
+  if (!d.hasHeader) return changed;
+  if (!after) {
+    await index.touchBlob(name, d.headerEnd);
+    return true;
+  }
+  if (after.d > d.validEnd || after.s !== d.size) {
+    // The index holds records the descriptor no longer has (its tail was cut): index the blob anew.
+    await index.removeBlob(name);
+    await catchUpBlob(index, layout, name);
+    return true;
+  }
+  return changed;
+}
+
+/** A blob with no index entry yet starts at its first append record. */
+function startOfRecords(start: number, cur: { d: number } | undefined): number {
+  return cur ? cur.d : start;
+}

@@ -1,0 +1,171 @@
+import { open, type RootDatabase, type Database } from 'lmdb';
+import { toHex } from '../hash/sha256.js';
+import type { AppendRecord } from './descriptor.js';
+
+/** Where a chunk's bytes are: a range of a local blob. */
+export interface Location {
+  blob: string;
+  offset: number;
+  size: number;
+}
+
+/** The index's view of one blob. */
+export interface BlobEntry {
+  /** Descriptor bytes applied to the index so far. */
+  d: number;
+  /** Blob size after those records. */
+  s: number;
+  /** Chunks indexed, and where the last ends. */
+  n: number;
+  e: number;
+  /** BEP 52 hash once finalized. */
+  h?: Uint8Array;
+}
+
+const nameKey = (name: string) => Buffer.from(name, 'hex');
+
+function u64(n: number): Buffer {
+  const b = Buffer.allocUnsafe(8);
+  b.writeBigUInt64BE(BigInt(n));
+  return b;
+}
+
+function chunkKey(hash: Uint8Array, name: string, offset: number): Buffer {
+  return Buffer.concat([hash, nameKey(name), u64(offset)]);
+}
+
+function blobChunkKey(name: string, i: number): Buffer {
+  const b = Buffer.allocUnsafe(20);
+  b.write(name, 0, 'hex');
+  b.writeUInt32BE(i, 16);
+  return b;
+}
+
+/** The end of the key range that starts with `prefix`. */
+function after(prefix: Uint8Array): Buffer {
+  return Buffer.concat([prefix, Buffer.alloc(64, 0xff)]);
+}
+
+/**
+ * The chunk index, in LMDB under index/. Derived data: everything in it can
+ * be rebuilt from the descriptors. Three databases:
+ *
+ *   chunks:  SHA-256 (32) | blob name (16) | blob offset (u64 BE)  ->  chunk size
+ *   bchunks: blob name (16) | chunk number (u32 BE)                ->  [SHA-256, size, offset]
+ *   blobs:   blob name (16)                                         ->  BlobEntry
+ *
+ * Updates for one descriptor record are one transaction and idempotent: a
+ * record is applied only if the blob's entry says the index stops exactly
+ * where the record starts, so two processes catching up at once agree.
+ */
+export class ChunkIndex {
+  readonly env: RootDatabase;
+  readonly #chunks: Database<number, Buffer>;
+  readonly #bchunks: Database<[Uint8Array, number, number], Buffer>;
+  readonly #blobs: Database<BlobEntry, Buffer>;
+
+  private constructor(env: RootDatabase) {
+    this.env = env;
+    this.#chunks = env.openDB({ name: 'chunks', keyEncoding: 'binary' });
+    this.#bchunks = env.openDB({ name: 'bchunks', keyEncoding: 'binary' });
+    this.#blobs = env.openDB({ name: 'blobs', keyEncoding: 'binary' });
+  }
+
+  static open(dir: string): ChunkIndex {
+    return new ChunkIndex(open({ path: dir, maxDbs: 16, keyEncoding: 'binary' }));
+  }
+
+  blob(name: string): BlobEntry | undefined {
+    return this.#blobs.get(nameKey(name));
+  }
+
+  /** Names of every blob the index knows, in order. */
+  *blobNames(): Generator<string> {
+    for (const key of this.#blobs.getKeys()) yield toHex(key as Buffer);
+  }
+
+  /**
+   * Applies one descriptor record that spans file bytes [start, end) and
+   * whose first chunk starts at blob offset `chunkOffset`. Returns false if
+   * the index was not at `start` for this blob (already applied, or behind).
+   */
+  applyAppend(name: string, rec: AppendRecord, start: number, end: number, chunkOffset: number, headerEnd: number): Promise<boolean> {
+    return this.env.transaction(() => this.#apply(name, rec, start, end, chunkOffset, headerEnd));
+  }
+
+  applyAppendSync(name: string, rec: AppendRecord, start: number, end: number, chunkOffset: number, headerEnd: number): boolean {
+    return this.env.transactionSync(() => this.#apply(name, rec, start, end, chunkOffset, headerEnd));
+  }
+
+  #apply(name: string, rec: AppendRecord, start: number, end: number, chunkOffset: number, headerEnd: number): boolean {
+    const key = nameKey(name);
+    const cur = this.#blobs.get(key) ?? { d: headerEnd, s: 0, n: 0, e: 0 };
+    if (cur.d !== start || cur.e !== chunkOffset) return false;
+    let off = chunkOffset;
+    let n = cur.n;
+    for (const [hash, size] of rec.c) {
+      this.#chunks.put(chunkKey(hash, name, off), size);
+      this.#bchunks.put(blobChunkKey(name, n), [hash, size, off]);
+      off += size;
+      n++;
+    }
+    const next: BlobEntry = { d: end, s: rec.s, n, e: off };
+    if (rec.h) next.h = rec.h;
+    this.#blobs.put(key, next);
+    return true;
+  }
+
+  /** Makes sure a blob with only a header has an entry (so fsck sees it indexed). */
+  touchBlob(name: string, headerEnd: number): Promise<boolean> {
+    return this.env.transaction(() => {
+      const key = nameKey(name);
+      if (this.#blobs.get(key)) return false;
+      this.#blobs.put(key, { d: headerEnd, s: 0, n: 0, e: 0 });
+      return true;
+    });
+  }
+
+  /** Removes every entry of a blob. Returns the number of chunk entries removed. */
+  removeBlob(name: string): Promise<number> {
+    return this.env.transaction(() => {
+      let removed = 0;
+      const prefix = nameKey(name);
+      for (const { key, value } of this.#bchunks.getRange({ start: prefix, end: after(prefix) })) {
+        this.#chunks.remove(chunkKey(value[0], name, value[2]));
+        this.#bchunks.remove(key);
+        removed++;
+      }
+      this.#blobs.remove(prefix);
+      return removed;
+    });
+  }
+
+  /** Every indexed location of a chunk, lazily. */
+  *locations(hash: Uint8Array): Generator<Location> {
+    for (const { key, value } of this.#chunks.getRange({ start: Buffer.from(hash), end: after(hash) })) {
+      const k = key as Buffer;
+      yield { blob: k.toString('hex', 32, 48), offset: Number(k.readBigUInt64BE(48)), size: value };
+    }
+  }
+
+  /** A blob's chunks in order, lazily, from chunk number `from`. */
+  *blobChunks(name: string, from = 0): Generator<{ hash: Uint8Array; size: number; offset: number }> {
+    const prefix = nameKey(name);
+    for (const { value } of this.#bchunks.getRange({ start: blobChunkKey(name, from), end: after(prefix) })) {
+      yield { hash: Uint8Array.from(value[0]), size: value[1], offset: value[2] };
+    }
+  }
+
+  /** Drops everything (for a rebuild). */
+  clear(): Promise<void> {
+    return this.env.transaction(() => {
+      this.#chunks.clearSync();
+      this.#bchunks.clearSync();
+      this.#blobs.clearSync();
+    }) as Promise<void>;
+  }
+
+  async close(): Promise<void> {
+    await this.env.close();
+  }
+}

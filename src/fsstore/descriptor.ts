@@ -1,0 +1,245 @@
+import fs from 'node:fs/promises';
+import zlib from 'node:zlib';
+import { Packr } from 'msgpackr';
+import { CabError } from '../errors.js';
+import { HASH_SIZE, toHex, fromHex } from '../hash/sha256.js';
+import { LEAF_SIZE, type MerkleState } from '../hash/merkle.js';
+import { ExtentMap } from './extents.js';
+
+/**
+ * A descriptor is an append-only file of records. Each record is
+ *
+ *   u32 LE payload length | u32 LE CRC-32 (IEEE) of the payload | payload
+ *
+ * where the payload is a MessagePack map (see docs/FORMAT.md). The first
+ * record that is short, fails its CRC, or does not make sense after the ones
+ * before it ends the descriptor: everything before it stands.
+ */
+export const RECORD_HEADER = 8;
+/** A record larger than this is corrupt (a real one holds at most one fragment's chunks). */
+export const MAX_RECORD = 64 * 1024 * 1024;
+
+export interface HeaderRecord {
+  t: 'h';
+  /** Format version. */
+  v: number;
+  name: string;
+  /** Creation time, ms since the epoch. */
+  ctime: number;
+}
+
+/** Appended bytes (and, with `h`, the end of the blob). */
+export interface AppendRecord {
+  t: 'x';
+  /** Blob size after this record. */
+  s: number;
+  /** New extents: [fragment id (32 bytes), offset in fragment, size]. */
+  x: Array<[Uint8Array, number, number]>;
+  /** Chunks that ended since the previous record: [SHA-256, size]. */
+  c: Array<[Uint8Array, number]>;
+  /** Merkle state after this record: [full leaves, concatenated subtree roots]. */
+  m: [number, Uint8Array];
+  /** Present on the last record of a finalized blob: its BEP 52 hash. */
+  h?: Uint8Array;
+}
+
+export type DescriptorRecord = HeaderRecord | AppendRecord;
+
+const packr = new Packr({ useRecords: false, moreTypes: false, int64AsType: 'number' } as ConstructorParameters<typeof Packr>[0]);
+
+export function encodeRecord(rec: DescriptorRecord): Buffer {
+  const payload = packr.pack(rec);
+  const out = Buffer.allocUnsafe(RECORD_HEADER + payload.length);
+  out.writeUInt32LE(payload.length, 0);
+  out.writeUInt32LE(zlib.crc32(payload), 4);
+  payload.copy(out, RECORD_HEADER);
+  return out;
+}
+
+export function merkleToRecord(state: MerkleState): [number, Uint8Array] {
+  return [state.leaves, Buffer.concat(state.stack.map(fromHex))];
+}
+
+export function merkleFromRecord(size: number, m: [number, Uint8Array]): MerkleState {
+  const stack: string[] = [];
+  for (let i = 0; i < m[1].length; i += HASH_SIZE) stack.push(toHex(m[1].subarray(i, i + HASH_SIZE)));
+  return { size, leaves: m[0], stack };
+}
+
+/** What a descriptor says, up to its last good record. */
+export interface Descriptor {
+  name: string;
+  ctime: number;
+  size: number;
+  finalized: boolean;
+  hash?: Uint8Array;
+  extents: ExtentMap;
+  /** Chunks recorded, and where the last one ends (the last chunk boundary). */
+  chunkCount: number;
+  chunkEnd: number;
+  merkle: MerkleState;
+  /** Byte length of the good records; the file may be longer (`torn`). */
+  validEnd: number;
+  fileSize: number;
+  torn: boolean;
+  /** Why the descriptor ended early, when it did. */
+  tornReason?: string;
+  hasHeader: boolean;
+  /** Where the header record ends (the first append record starts). */
+  headerEnd: number;
+}
+
+export interface ReadDescriptorOptions {
+  /** Called for each good append record, with its byte range in the file. */
+  onAppend?: (rec: AppendRecord, start: number, end: number, chunkOffset: number) => void;
+  /** Keep the extent map (a reader needs it; index catch-up does not). */
+  extents?: boolean;
+}
+
+function isBytes(x: unknown, len?: number): x is Uint8Array {
+  return x instanceof Uint8Array && (len === undefined || x.length === len);
+}
+
+function isCount(x: unknown): x is number {
+  return Number.isSafeInteger(x) && (x as number) >= 0;
+}
+
+/** Checks an append record against the state before it; returns why it is bad, or undefined. */
+function checkAppend(r: Record<string, unknown>, size: number, chunkEnd: number, finalized: boolean): string | undefined {
+  if (finalized) return 'record after the final record';
+  if (!isCount(r.s) || !Array.isArray(r.x) || !Array.isArray(r.c) || !Array.isArray(r.m)) return 'malformed append record';
+  let added = 0;
+  for (const e of r.x as unknown[]) {
+    if (!Array.isArray(e) || !isBytes(e[0], HASH_SIZE) || !isCount(e[1]) || !isCount(e[2]) || e[2] === 0) return 'malformed extent';
+    added += e[2];
+  }
+  if (size + added !== r.s) return 'extents do not add up to the size';
+  let chunks = chunkEnd;
+  for (const c of r.c as unknown[]) {
+    if (!Array.isArray(c) || !isBytes(c[0], HASH_SIZE) || !isCount(c[1]) || c[1] === 0) return 'malformed chunk';
+    chunks += c[1];
+  }
+  if (chunks > r.s) return 'chunks past the end of the blob';
+  const [leaves, stack] = r.m as unknown[];
+  if (!isCount(leaves) || !isBytes(stack) || leaves !== Math.floor(r.s / LEAF_SIZE)) return 'malformed merkle state';
+  if (r.h !== undefined && (!isBytes(r.h, HASH_SIZE) || chunks !== r.s)) return 'malformed final record';
+  return undefined;
+}
+
+/**
+ * Reads a descriptor in blocks, never all at once. Throws ERR_NO_SUCH_BLOB if
+ * the file does not exist.
+ */
+export async function readDescriptor(file: string, name: string, opts: ReadDescriptorOptions = {}): Promise<Descriptor> {
+  let fh: fs.FileHandle;
+  try {
+    fh = await fs.open(file, 'r');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new CabError('ERR_NO_SUCH_BLOB', `no blob ${name}`, { blob: name });
+    throw e;
+  }
+  try {
+    return await parse(fh, name, opts);
+  } finally {
+    await fh.close();
+  }
+}
+
+async function parse(fh: fs.FileHandle, name: string, opts: ReadDescriptorOptions): Promise<Descriptor> {
+  const fileSize = (await fh.stat()).size;
+  const d: Descriptor = {
+    name,
+    ctime: 0,
+    size: 0,
+    finalized: false,
+    extents: new ExtentMap(),
+    chunkCount: 0,
+    chunkEnd: 0,
+    merkle: { size: 0, leaves: 0, stack: [] },
+    validEnd: 0,
+    fileSize,
+    torn: false,
+    hasHeader: false,
+    headerEnd: 0,
+  };
+  let buf = Buffer.allocUnsafe(Math.min(Math.max(fileSize, 64), 1 << 20));
+  let bufStart = 0; // file offset of buf[0]
+  let bufLen = 0;
+  const ensure = async (from: number, len: number): Promise<boolean> => {
+    if (from + len > fileSize) return false;
+    if (from >= bufStart && from + len <= bufStart + bufLen) return true;
+    if (len > buf.length) buf = Buffer.allocUnsafe(len);
+    const want = Math.min(buf.length, fileSize - from);
+    const { bytesRead } = await fh.read(buf, 0, want, from);
+    bufStart = from;
+    bufLen = bytesRead;
+    return bytesRead >= len;
+  };
+  let pos = 0;
+  const stop = (why: string) => {
+    d.torn = true;
+    d.tornReason = why;
+  };
+  while (pos < fileSize) {
+    if (!(await ensure(pos, RECORD_HEADER))) {
+      stop('torn record header');
+      break;
+    }
+    const len = buf.readUInt32LE(pos - bufStart);
+    const crc = buf.readUInt32LE(pos - bufStart + 4);
+    if (len > MAX_RECORD || !(await ensure(pos, RECORD_HEADER + len))) {
+      stop('torn record');
+      break;
+    }
+    const payload = buf.subarray(pos - bufStart + RECORD_HEADER, pos - bufStart + RECORD_HEADER + len);
+    if (zlib.crc32(payload) !== crc) {
+      stop('record fails its CRC');
+      break;
+    }
+    let rec: Record<string, unknown>;
+    try {
+      rec = packr.unpack(payload) as Record<string, unknown>;
+    } catch {
+      stop('record does not decode');
+      break;
+    }
+    if (rec === null || typeof rec !== 'object') {
+      stop('record is not a map');
+      break;
+    }
+    const end = pos + RECORD_HEADER + len;
+    if (rec.t === 'h') {
+      if (d.hasHeader || pos !== 0 || rec.name !== name || !isCount(rec.v)) {
+        stop('misplaced or foreign header');
+        break;
+      }
+      if ((rec.v as number) > 1) throw new CabError('ERR_FORMAT_VERSION', `descriptor of ${name} is format ${rec.v}`, { blob: name, found: rec.v });
+      d.hasHeader = true;
+      d.headerEnd = end;
+      d.ctime = Number(rec.ctime) || 0;
+    } else if (rec.t === 'x') {
+      const why = checkAppend(rec, d.size, d.chunkEnd, d.finalized) ?? (d.hasHeader ? undefined : 'append record before the header');
+      if (why) {
+        stop(why);
+        break;
+      }
+      const r = rec as unknown as AppendRecord;
+      if (opts.extents !== false) for (const [f, o, s] of r.x) d.extents.push(toHex(f), o, s);
+      opts.onAppend?.(r, pos, end, d.chunkEnd);
+      for (const c of r.c) d.chunkEnd += c[1];
+      d.chunkCount += r.c.length;
+      d.size = r.s;
+      d.merkle = merkleFromRecord(r.s, r.m);
+      if (r.h) {
+        d.finalized = true;
+        d.hash = Uint8Array.from(r.h);
+      }
+    } else {
+      stop(`unknown record type ${JSON.stringify(rec.t)}`);
+      break;
+    }
+    pos = end;
+    d.validEnd = end;
+  }
+  return d;
+}

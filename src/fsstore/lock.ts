@@ -1,0 +1,34 @@
+import { createRequire } from 'node:module';
+
+// fs-ext is CommonJS without types; flock is all we use of it.
+const require = createRequire(import.meta.url);
+const fsExt = require('fs-ext') as { flockSync(fd: number, flags: 'sh' | 'ex' | 'shnb' | 'exnb' | 'un'): void };
+
+/**
+ * Takes an exclusive flock on an open file without waiting. Returns false if
+ * another open file description holds it (in this process or another). The
+ * kernel drops the lock when the descriptor is closed or the process dies,
+ * so a lock never outlives a crash.
+ */
+export function tryLockExclusive(fd: number): boolean {
+  try {
+    fsExt.flockSync(fd, 'exnb');
+    return true;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'EAGAIN' || code === 'EWOULDBLOCK') return false;
+    throw e;
+  }
+}
+
+/** A shared flock without waiting; false if someone holds it exclusively. */
+export function tryLockShared(fd: number): boolean {
+  try {
+    fsExt.flockSync(fd, 'shnb');
+    return true;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'EAGAIN' || code === 'EWOULDBLOCK') return false;
+    throw e;
+  }
+}

@@ -1,0 +1,341 @@
+import fs from 'node:fs/promises';
+import { CabError } from '../errors.js';
+import { resolveChunkerParams, sameChunkerParams, type ChunkerParams, type ResolvedChunkerParams } from '../chunker/params.js';
+import { HASH_NAME } from '../hash/sha256.js';
+import { BlobWriter } from '../writer/writer.js';
+import { BlobReader } from '../reader/reader.js';
+import { ChunkIndex, type Location } from './chunk-index.js';
+import { catchUpBlob } from './catchup.js';
+import { readDescriptor, type Descriptor } from './descriptor.js';
+import { fsyncDir, writeFileDurable } from './durable.js';
+import type { StoreInternals } from './internals.js';
+import { FORMAT_VERSION, Layout, checkBlobName, isFragmentId, newBlobName } from './layout.js';
+import { tryLockExclusive } from './lock.js';
+
+export interface StoreOptions {
+  /** Chunker parameters for a new store (an existing store keeps its own; asking for others is an error). */
+  chunker?: Partial<ChunkerParams>;
+  /** A writer seals its fragment and writes a durable checkpoint every this many new bytes (default 64 MiB). */
+  fragmentSize?: number;
+}
+
+export const DEFAULT_FRAGMENT_SIZE = 64 * 1024 * 1024;
+
+/** A chunk by its SHA-256 and size: what blobChunkStream yields and a recipe consumes. */
+export interface ChunkRef {
+  hash: Uint8Array;
+  size: number;
+}
+
+/** One step to rebuild a remote blob: copy a range of a local blob, or fetch a chunk from the peer. */
+export type RecipeStep = { kind: 'blob'; blob: string; offset: number; size: number } | { kind: 'chunk'; hash: Uint8Array; size: number };
+
+export type { Location };
+
+interface StoreConfig {
+  format: number;
+  hash: string;
+  chunker: ChunkerParams;
+}
+
+/** Index pages read at a time by the lazy streams, so no read transaction stays open across awaits. */
+const PAGE = 1024;
+/** Parsed descriptors kept for dedup and appendBlob. */
+const SNAPSHOTS = 16;
+
+/**
+ * A content-addressed blob store in a directory. See docs/FORMAT.md for the
+ * layout. Any number of processes may open the same store.
+ */
+export class BlobStore implements StoreInternals {
+  readonly root: string;
+  readonly layout: Layout;
+  readonly index: ChunkIndex;
+  readonly chunker: ResolvedChunkerParams;
+  readonly fragmentSize: number;
+  readonly knownDirs = new Set<string>();
+  readonly #open = new Set<{ close(): Promise<void> }>();
+  readonly #snapshots = new Map<string, { fileSize: number; d: Promise<Descriptor> }>();
+  #closing: Promise<void> | null = null;
+
+  private constructor(layout: Layout, index: ChunkIndex, chunker: ResolvedChunkerParams, fragmentSize: number) {
+    this.layout = layout;
+    this.root = layout.root;
+    this.index = index;
+    this.chunker = chunker;
+    this.fragmentSize = fragmentSize;
+  }
+
+  /** Opens the store at `root`, creating it if absent, and brings the chunk index up to date. */
+  static async open(root: string, options: StoreOptions = {}): Promise<BlobStore> {
+    const layout = new Layout(root);
+    const fragmentSize = options.fragmentSize ?? DEFAULT_FRAGMENT_SIZE;
+    if (!Number.isSafeInteger(fragmentSize) || fragmentSize < 1) throw new CabError('ERR_BAD_ARGUMENT', `fragmentSize ${fragmentSize}`);
+    await fs.mkdir(layout.root, { recursive: true });
+    const config = await loadConfig(layout, options);
+    for (const dir of [layout.blobRoot, layout.casRoot, layout.tmp, layout.index, layout.leases]) await fs.mkdir(dir, { recursive: true });
+    await fsyncDir(layout.root);
+    const store = new BlobStore(layout, ChunkIndex.open(layout.index), resolveChunkerParams(config.chunker), fragmentSize);
+    for (const d of [layout.blobRoot, layout.casRoot, layout.tmp]) store.knownDirs.add(d);
+    try {
+      await store.#catchUp();
+    } catch (e) {
+      await store.index.close();
+      throw e;
+    }
+    return store;
+  }
+
+  /** Re-indexes every descriptor the index is behind on, and forgets blobs whose descriptor is gone. */
+  async #catchUp(): Promise<void> {
+    for await (const name of this.listBlobIds()) await catchUpBlob(this.index, this.layout, name);
+    for (const name of [...this.index.blobNames()]) {
+      if (!(await exists(this.layout.descriptor(name)))) await this.index.removeBlob(name);
+    }
+  }
+
+  checkOpen(): void {
+    if (this.#closing) throw new CabError('ERR_CLOSED', 'the store is closed');
+  }
+
+  track(r: { close(): Promise<void> }): void {
+    this.#open.add(r);
+  }
+
+  untrack(r: { close(): Promise<void> }): void {
+    this.#open.delete(r);
+  }
+
+  async snapshot(name: string): Promise<Descriptor> {
+    checkBlobName(name);
+    let fileSize: number;
+    try {
+      fileSize = (await fs.stat(this.layout.descriptor(name))).size;
+    } catch (e) {
+      this.#snapshots.delete(name);
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new CabError('ERR_NO_SUCH_BLOB', `no blob ${name}`, { blob: name });
+      throw e;
+    }
+    const hit = this.#snapshots.get(name);
+    if (hit && hit.fileSize === fileSize) {
+      this.#snapshots.delete(name);
+      this.#snapshots.set(name, hit);
+      return hit.d;
+    }
+    const d = readDescriptor(this.layout.descriptor(name), name);
+    this.#snapshots.set(name, { fileSize, d });
+    d.catch(() => this.#snapshots.delete(name));
+    if (this.#snapshots.size > SNAPSHOTS) this.#snapshots.delete(this.#snapshots.keys().next().value!);
+    return d;
+  }
+
+  /** A writer for a new blob (random name unless given). ERR_BLOB_EXISTS if the name is taken. */
+  newBlobWriter(name?: string): Promise<BlobWriter> {
+    return BlobWriter.create(this, name ?? newBlobName());
+  }
+
+  /** A writer that continues an unfinalized blob from its last durable byte. */
+  resumeBlobWriter(name: string): Promise<BlobWriter> {
+    return BlobWriter.resume(this, name);
+  }
+
+  newBlobReader(name: string): Promise<BlobReader> {
+    return BlobReader.open(this, name);
+  }
+
+  /**
+   * Removes a blob: its descriptor and index entries. Its fragments stay
+   * until GC finds no one needs them. ERR_BLOB_LOCKED while a writer has it.
+   */
+  async deleteBlob(name: string): Promise<void> {
+    checkBlobName(name);
+    this.checkOpen();
+    const file = this.layout.descriptor(name);
+    let fh: fs.FileHandle;
+    try {
+      fh = await fs.open(file, 'r');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new CabError('ERR_NO_SUCH_BLOB', `no blob ${name}`, { blob: name });
+      throw e;
+    }
+    try {
+      // Holding the writer lock while unlinking: no writer can resume the blob meanwhile.
+      if (!tryLockExclusive(fh.fd)) throw new CabError('ERR_BLOB_LOCKED', `blob ${name} is being written`, { blob: name });
+      await fs.unlink(file);
+      await fsyncDir(this.layout.blobDir(name));
+    } finally {
+      await fh.close();
+    }
+    this.#snapshots.delete(name);
+    await this.index.removeBlob(name);
+  }
+
+  /** The chunks of a blob, in order, lazily. Their sizes sum to the size of a finalized blob. */
+  async *blobChunkStream(name: string): AsyncGenerator<ChunkRef> {
+    checkBlobName(name);
+    this.checkOpen();
+    await catchUpBlob(this.index, this.layout, name);
+    if (!this.index.blob(name)) throw new CabError('ERR_NO_SUCH_BLOB', `no blob ${name}`, { blob: name });
+    for (let from = 0; ; from += PAGE) {
+      const page: ChunkRef[] = [];
+      for (const c of this.index.blobChunks(name, from)) {
+        page.push({ hash: c.hash, size: c.size });
+        if (page.length === PAGE) break;
+      }
+      for (const c of page) yield c;
+      if (page.length < PAGE) return;
+    }
+  }
+
+  /** A local location of a chunk, preferring one that continues `after`. */
+  #locate(hash: Uint8Array, size: number, after?: { blob: string; end: number }): Location | undefined {
+    let first: Location | undefined;
+    let seen = 0;
+    for (const loc of this.index.locations(hash)) {
+      if (loc.size !== size) continue;
+      if (after && loc.blob === after.blob && loc.offset === after.end) return loc;
+      first ??= loc;
+      if (!after || ++seen >= 16) break;
+    }
+    return first;
+  }
+
+  /**
+   * Turns a peer's chunk list into the steps that rebuild the blob here:
+   * local ranges where this store has the chunk (contiguous ones merged),
+   * and the chunks to fetch. Streams: holds one step at a time.
+   */
+  async *recipeStreamFromChunkStream(chunks: AsyncIterable<ChunkRef> | Iterable<ChunkRef>): AsyncGenerator<RecipeStep> {
+    this.checkOpen();
+    let cur: RecipeStep | undefined;
+    for await (const c of chunks) {
+      if (!(c?.hash instanceof Uint8Array) || c.hash.length !== 32 || !Number.isSafeInteger(c.size) || c.size <= 0) {
+        throw new CabError('ERR_BAD_ARGUMENT', 'a chunk reference needs a 32-byte hash and a positive size');
+      }
+      const after = cur?.kind === 'blob' ? { blob: cur.blob, end: cur.offset + cur.size } : undefined;
+      const loc = this.#locate(c.hash, c.size, after);
+      if (loc && cur?.kind === 'blob' && after && loc.blob === after.blob && loc.offset === after.end) {
+        cur.size += c.size;
+        continue;
+      }
+      if (cur) yield cur;
+      cur = loc ? { kind: 'blob', blob: loc.blob, offset: loc.offset, size: loc.size } : { kind: 'chunk', hash: Uint8Array.from(c.hash), size: c.size };
+    }
+    if (cur) yield cur;
+  }
+
+  /** A local blob range holding the chunk; ERR_NO_SUCH_CHUNK if none. Never a deleted blob. */
+  async lookupChunk(hash: Uint8Array): Promise<Location> {
+    this.checkOpen();
+    if (!(hash instanceof Uint8Array) || hash.length !== 32) throw new CabError('ERR_BAD_ARGUMENT', 'a chunk hash is 32 bytes');
+    for (const loc of this.index.locations(hash)) {
+      if (await exists(this.layout.descriptor(loc.blob))) return loc;
+    }
+    throw new CabError('ERR_NO_SUCH_CHUNK', `no chunk ${Buffer.from(hash).toString('hex')}`, { found: Buffer.from(hash).toString('hex') });
+  }
+
+  /** Names of all blobs (finalized or not), lazily, from the descriptors on disk. */
+  async *listBlobIds(): AsyncGenerator<string> {
+    for await (const name of walk(this.layout.blobRoot, 1)) if (/^[0-9a-f]{32}$/.test(name)) yield name;
+  }
+
+  /** Ids of all fragments, lazily. */
+  async *listCaIds(): AsyncGenerator<string> {
+    for await (const id of walk(this.layout.casRoot, 2)) if (isFragmentId(id)) yield id;
+  }
+
+  /** Closes every writer (without finalizing) and reader, then the index. Safe to call twice. */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      for (const r of [...this.#open]) await closeQuietly(r);
+      await this.index.close();
+    })();
+    return this.#closing;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
+async function closeQuietly(r: { close(): Promise<void> }): Promise<void> {
+  const w = r as { closeWithoutFinalize?: () => Promise<void> };
+  try {
+    if (typeof w.closeWithoutFinalize === 'function') await w.closeWithoutFinalize();
+    else await r.close();
+  } catch {
+    /* a failed writer has already released what it held */
+  }
+}
+
+async function exists(file: string): Promise<boolean> {
+  try {
+    await fs.access(file);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Names of the entries `depth` directory levels below `dir`, lazily, in no particular order. */
+async function* walk(dir: string, depth: number): AsyncGenerator<string> {
+  let d;
+  try {
+    d = await fs.opendir(dir);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw e;
+  }
+  for await (const ent of d) {
+    if (depth === 0) {
+      if (ent.isFile()) yield ent.name;
+    } else if (ent.isDirectory() && /^[0-9a-f]{2}$/.test(ent.name)) {
+      yield* walk(`${dir}/${ent.name}`, depth - 1);
+    }
+  }
+}
+
+async function loadConfig(layout: Layout, options: StoreOptions): Promise<StoreConfig> {
+  let text: string | undefined;
+  try {
+    text = await fs.readFile(layout.config, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+  }
+  if (text === undefined) {
+    const p = resolveChunkerParams(options.chunker);
+    const config: StoreConfig = { format: FORMAT_VERSION, hash: HASH_NAME, chunker: { min: p.min, avg: p.avg, max: p.max } };
+    try {
+      await writeFileDurable(layout.config, JSON.stringify(config, null, 2) + '\n');
+    } catch (e) {
+      // Another process created it first: read theirs.
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    }
+    return loadConfig(layout, options);
+  }
+  let config: StoreConfig;
+  try {
+    config = JSON.parse(text) as StoreConfig;
+  } catch (e) {
+    throw new CabError('ERR_BAD_STORE', `${layout.config} is not JSON`, { path: layout.config }, { cause: e });
+  }
+  if (typeof config !== 'object' || config === null || !Number.isSafeInteger(config.format)) {
+    throw new CabError('ERR_BAD_STORE', `${layout.config} has no format version`, { path: layout.config });
+  }
+  if (config.format > FORMAT_VERSION) {
+    throw new CabError('ERR_FORMAT_VERSION', `store format ${config.format} is newer than this cabstore reads (${FORMAT_VERSION})`, {
+      expected: FORMAT_VERSION,
+      found: config.format,
+    });
+  }
+  if (config.hash !== HASH_NAME) throw new CabError('ERR_BAD_STORE', `store hash ${config.hash} is not ${HASH_NAME}`, { found: config.hash });
+  const stored = resolveChunkerParams(config.chunker);
+  if (options.chunker && !sameChunkerParams(stored, resolveChunkerParams(options.chunker))) {
+    throw new CabError('ERR_BAD_CHUNKER_PARAMS', `the store chunks with min ${stored.min}, avg ${stored.avg}, max ${stored.max}`, {
+      expected: config.chunker,
+      found: options.chunker,
+    });
+  }
+  return config;
+}
+

@@ -1,0 +1,547 @@
+import fs from 'node:fs/promises';
+import crypto from 'node:crypto';
+import { CabError, isCabError } from '../errors.js';
+import { Chunker } from '../chunker/fastcdc.js';
+import { MerkleHasher, LEAF_SIZE } from '../hash/merkle.js';
+import { fromHex, toHex } from '../hash/sha256.js';
+import { encodeRecord, merkleToRecord, readDescriptor, type AppendRecord } from '../fsstore/descriptor.js';
+import { ensureDir, fsyncDir } from '../fsstore/durable.js';
+import { FragmentFiles, FragmentWriter } from '../fsstore/fragments.js';
+import { checkBlobName } from '../fsstore/layout.js';
+import { tryLockExclusive } from '../fsstore/lock.js';
+import { catchUpBlob } from '../fsstore/catchup.js';
+import type { Extent, ExtentMap } from '../fsstore/extents.js';
+import type { StoreInternals } from '../fsstore/internals.js';
+import { checkCount, readBlocks } from './input.js';
+
+/** What appendBytes takes: bytes, or a range of a local file. */
+export type AppendItem = Uint8Array | { file: string; offset?: number; size?: number };
+
+/** Input is read and processed in blocks of this size. */
+export const READ_BLOCK = 4 * 1024 * 1024;
+/** Literal bytes are written to the fragment in batches of about this size. */
+export const WRITE_BATCH = 4 * 1024 * 1024;
+
+/** A piece of the chunk in progress: bytes to write, or a range already stored. */
+type Part = { lit: Uint8Array; owned: boolean } | { ext: Extent };
+/** An extent not yet in a record; `frag` null means the fragment being written. */
+interface NewExtent {
+  frag: string | null;
+  offset: number;
+  size: number;
+}
+
+/**
+ * Writes one blob. Content is chunked inline (FastCDC); a chunk the store
+ * already holds is referenced instead of written (dedup); other bytes go to
+ * a fragment in tmp/ that is sealed into cas/ at each checkpoint. A
+ * checkpoint (flush, close, or every `fragmentSize` bytes) is one descriptor
+ * record: fragment fsync + rename + directory fsync, then the record and its
+ * fsync, then the index.
+ *
+ * The writer holds an flock on the descriptor: one writer per blob across
+ * processes, and the kernel frees it if the process dies.
+ *
+ *   open --append/flush--> open --close--> finalized
+ *     |                                      
+ *     +--closeWithoutFinalize / failure--> closed (resumable from the last record)
+ */
+export class BlobWriter {
+  readonly name: string;
+  readonly #s: StoreInternals;
+  readonly #fh: fs.FileHandle;
+  readonly #files: FragmentFiles;
+  #headerEnd: number;
+  #descEnd: number;
+  #state: 'open' | 'closed' | 'finalized' = 'open';
+  #failure: unknown;
+  #chain: Promise<unknown> = Promise.resolve();
+
+  #size = 0;
+  #merkle: MerkleHasher;
+  readonly #chunker: Chunker;
+  #chunkHash = crypto.createHash('sha256');
+  #pending: Part[] = [];
+  #pendingLen = 0;
+  /** Bytes of the chunk in progress already in extents (written at a checkpoint). */
+  #committed = 0;
+  #chunkCount = 0;
+  #chunkEnd = 0;
+  /** Where the chunks of the next record start. */
+  #recordedChunkEnd = 0;
+
+  #newExtents: NewExtent[] = [];
+  #newChunks: Array<[Uint8Array, number]> = [];
+  #frag: FragmentWriter | null = null;
+  #queue: Uint8Array[] = [];
+  #queued = 0;
+  #inflight: Promise<void> | null = null;
+  /** Chunks written to the current fragment: SHA-256 hex -> offset in it. */
+  readonly #local = new Map<string, number>();
+  readonly #cuts: number[] = [];
+
+  private constructor(s: StoreInternals, name: string, fh: fs.FileHandle, headerEnd: number, descEnd: number) {
+    this.#s = s;
+    this.name = name;
+    this.#fh = fh;
+    this.#headerEnd = headerEnd;
+    this.#descEnd = descEnd;
+    this.#files = new FragmentFiles(s.layout, 8);
+    this.#merkle = new MerkleHasher();
+    this.#chunker = new Chunker(s.chunker);
+  }
+
+  /** @internal Creates a new blob; use BlobStore.newBlobWriter. */
+  static async create(s: StoreInternals, name: string): Promise<BlobWriter> {
+    checkBlobName(name);
+    s.checkOpen();
+    const { layout } = s;
+    await ensureDir(layout.blobDir(name), s.knownDirs);
+    let fh: fs.FileHandle;
+    try {
+      fh = await fs.open(layout.descriptor(name), 'wx');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw new CabError('ERR_BLOB_EXISTS', `blob ${name} exists`, { blob: name });
+      throw e;
+    }
+    let ok = false;
+    try {
+      if (!tryLockExclusive(fh.fd)) throw new CabError('ERR_BLOB_LOCKED', `blob ${name} is being written`, { blob: name });
+      const header = encodeRecord({ t: 'h', v: 1, name, ctime: Date.now() });
+      await fh.write(header, 0, header.length, 0);
+      await fh.datasync();
+      await fsyncDir(layout.blobDir(name));
+      await s.index.touchBlob(name, header.length);
+      const w = new BlobWriter(s, name, fh, header.length, header.length);
+      s.track(w);
+      ok = true;
+      return w;
+    } finally {
+      if (!ok) {
+        await fh.close().catch(() => {});
+        await fs.rm(layout.descriptor(name), { force: true });
+      }
+    }
+  }
+
+  /** @internal Continues a blob from its last durable record; use BlobStore.resumeBlobWriter. */
+  static async resume(s: StoreInternals, name: string): Promise<BlobWriter> {
+    checkBlobName(name);
+    s.checkOpen();
+    const { layout } = s;
+    let fh: fs.FileHandle;
+    try {
+      fh = await fs.open(layout.descriptor(name), 'r+');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new CabError('ERR_NO_SUCH_BLOB', `no blob ${name}`, { blob: name });
+      throw e;
+    }
+    let ok = false;
+    try {
+      if (!tryLockExclusive(fh.fd)) throw new CabError('ERR_BLOB_LOCKED', `blob ${name} is being written`, { blob: name });
+      const d = await readDescriptor(layout.descriptor(name), name);
+      if (d.finalized) throw new CabError('ERR_BLOB_FINALIZED', `blob ${name} is finalized`, { blob: name });
+      let headerEnd: number;
+      if (!d.hasHeader) {
+        // Created but its header never became durable: start it again.
+        const header = encodeRecord({ t: 'h', v: 1, name, ctime: Date.now() });
+        await fh.truncate(0);
+        await fh.write(header, 0, header.length, 0);
+        await fh.datasync();
+        headerEnd = header.length;
+        d.validEnd = headerEnd;
+      } else {
+        if (d.torn) {
+          // Everything before the first bad record stands; the rest goes.
+          await fh.truncate(d.validEnd);
+          await fh.datasync();
+        }
+        headerEnd = (await firstRecordEnd(fh)) ?? d.validEnd;
+      }
+      await catchUpBlob(s.index, layout, name);
+      const w = new BlobWriter(s, name, fh, headerEnd, d.validEnd);
+      await w.#restore(d.size, d.chunkCount, d.chunkEnd, d.merkle, d.extents);
+      s.track(w);
+      ok = true;
+      return w;
+    } finally {
+      if (!ok) await fh.close().catch(() => {});
+    }
+  }
+
+  /** Re-reads at most one leaf and one chunk of the prefix to restore the hasher and the chunker. */
+  async #restore(size: number, chunkCount: number, chunkEnd: number, merkle: import('../hash/merkle.js').MerkleState, extents: ExtentMap): Promise<void> {
+    this.#size = size;
+    this.#chunkCount = chunkCount;
+    this.#chunkEnd = chunkEnd;
+    this.#recordedChunkEnd = chunkEnd;
+    this.#merkle = MerkleHasher.fromState(merkle);
+    const leafStart = merkle.leaves * LEAF_SIZE;
+    const from = Math.min(leafStart, chunkEnd);
+    const tail = Buffer.allocUnsafe(size - from);
+    let at = 0;
+    for (const e of extents.slice(from, size - from)) {
+      await this.#files.read(e.frag, tail, at, e.size, e.offset);
+      at += e.size;
+    }
+    this.#merkle.update(tail.subarray(leafStart - from));
+    const open = tail.subarray(chunkEnd - from);
+    if (this.#chunker.push(open).length > 0) {
+      throw new CabError('ERR_BAD_STORE', `descriptor of ${this.name} records no boundary where the chunker finds one`, { blob: this.name });
+    }
+    this.#chunkHash.update(open);
+    this.#pendingLen = open.length;
+    this.#committed = open.length;
+  }
+
+  /** Bytes appended so far (durable or not). */
+  get size(): number {
+    return this.#size;
+  }
+
+  get isFinalized(): boolean {
+    return this.#state === 'finalized';
+  }
+
+  /** BEP 52 hash of the bytes appended so far. */
+  get hash(): Uint8Array {
+    return this.#merkle.digest();
+  }
+
+  /**
+   * Appends bytes and local file ranges, in order. Every item is checked
+   * before anything is appended: a bad item changes nothing.
+   */
+  appendBytes(...items: AppendItem[]): Promise<void> {
+    return this.#run(async () => {
+      const inputs: Array<{ bytes: Uint8Array } | { fh: fs.FileHandle; offset: number; size: number; file: string }> = [];
+      try {
+        for (const item of items) {
+          if (item instanceof Uint8Array) {
+            inputs.push({ bytes: item });
+            continue;
+          }
+          if (item === null || typeof item !== 'object' || typeof item.file !== 'string') {
+            throw new CabError('ERR_BAD_ARGUMENT', 'appendBytes takes Uint8Arrays and { file, offset?, size? } objects');
+          }
+          const offset = checkCount(item.offset ?? 0, 'offset');
+          let fh: fs.FileHandle;
+          try {
+            fh = await fs.open(item.file, 'r');
+          } catch (e) {
+            throw new CabError('ERR_NO_SUCH_FILE', `cannot read ${item.file}: ${(e as Error).message}`, { path: item.file }, { cause: e });
+          }
+          inputs.push({ fh, offset, size: 0, file: item.file });
+          const st = await fh.stat();
+          if (!st.isFile()) throw new CabError('ERR_NO_SUCH_FILE', `not a regular file: ${item.file}`, { path: item.file });
+          const size = item.size === undefined || item.size === -1 ? st.size - offset : checkCount(item.size, 'size');
+          if (offset > st.size || offset + size > st.size) {
+            throw new CabError('ERR_ILLEGAL_POSITION', `range [${offset}, ${offset + size}) is past the end of ${item.file} (${st.size} bytes)`, {
+              path: item.file,
+              offset,
+              expected: st.size,
+            });
+          }
+          (inputs[inputs.length - 1] as { size: number }).size = size;
+        }
+        await this.#mutate(async () => {
+          for (const input of inputs) {
+            if ('bytes' in input) {
+              for (let off = 0; off < input.bytes.length; off += READ_BLOCK) {
+                await this.#feed(input.bytes.subarray(off, off + READ_BLOCK), undefined, false);
+              }
+            } else {
+              for await (const block of readBlocks(input.size, READ_BLOCK, (pos, n) => readFile(input.fh, input.offset + pos, n))) {
+                await this.#feed(block, undefined, true);
+              }
+            }
+          }
+          await this.#settle();
+        });
+      } finally {
+        for (const input of inputs) if ('fh' in input) await input.fh.close().catch(() => {});
+      }
+    });
+  }
+
+  /**
+   * Appends bytes [offset, offset + size) of a stored blob (size -1 or
+   * omitted: to its end) by reference: no byte is copied, the new extents
+   * point at the source's fragments. The bytes are read once, to chunk and
+   * hash them.
+   */
+  appendBlob(blob: string, offset = 0, size = -1): Promise<void> {
+    return this.#run(async () => {
+      checkBlobName(blob);
+      checkCount(offset, 'offset');
+      if (size !== -1) checkCount(size, 'size');
+      const src = await this.#s.snapshot(blob);
+      const n = size === -1 ? src.size - offset : size;
+      if (offset > src.size || offset + n > src.size) {
+        throw new CabError('ERR_ILLEGAL_POSITION', `range [${offset}, ${offset + n}) is past the end of blob ${blob} (${src.size} bytes)`, {
+          blob,
+          offset,
+          expected: src.size,
+        });
+      }
+      await this.#mutate(async () => {
+        const read = async (pos: number, len: number) => {
+          const buf = Buffer.allocUnsafe(len);
+          let at = 0;
+          for (const e of src.extents.slice(offset + pos, len)) {
+            await this.#files.read(e.frag, buf, at, e.size, e.offset);
+            at += e.size;
+          }
+          return buf;
+        };
+        let pos = offset;
+        for await (const block of readBlocks(n, READ_BLOCK, read)) {
+          await this.#feed(block, { extents: src.extents, offset: pos }, true);
+          pos += block.length;
+        }
+        await this.#settle();
+      });
+    });
+  }
+
+  /** A durable checkpoint: resolves when every byte appended so far would survive kill -9 and power loss. */
+  flush(): Promise<void> {
+    return this.#run(() => this.#mutate(() => this.#checkpoint(false)));
+  }
+
+  /** Makes everything durable and releases the blob, unfinalized: it can be resumed. */
+  closeWithoutFinalize(): Promise<void> {
+    if (this.#state !== 'open') return Promise.resolve();
+    return this.#run(async () => {
+      try {
+        await this.#mutate(() => this.#checkpoint(false));
+      } finally {
+        await this.#release('closed');
+      }
+    });
+  }
+
+  /** Finalizes the blob: its content and hash are fixed from now on. */
+  close(): Promise<void> {
+    if (this.#state === 'finalized') return Promise.resolve();
+    return this.#run(async () => {
+      await this.#mutate(async () => {
+        const last = this.#chunker.end();
+        if (last > 0) await this.#endChunk();
+        await this.#checkpoint(true);
+      });
+      await this.#release('finalized');
+    });
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.closeWithoutFinalize();
+  }
+
+  /** Serializes calls on one writer; after close or failure they reject. */
+  #run<T>(fn: () => Promise<T>): Promise<T> {
+    const p = this.#chain.then(() => {
+      if (this.#state !== 'open') {
+        if (this.#failure !== undefined) throw this.#failure;
+        throw new CabError('ERR_CLOSED', `writer of ${this.name} is closed`, { blob: this.name });
+      }
+      return fn();
+    });
+    this.#chain = p.catch(() => {});
+    return p;
+  }
+
+  /** Runs a step that changes state; if it fails, the writer is unusable and releases the blob. */
+  async #mutate(fn: () => Promise<void>): Promise<void> {
+    try {
+      await fn();
+    } catch (e) {
+      this.#failure = e;
+      await this.#release('closed');
+      throw e;
+    }
+  }
+
+  async #release(state: 'closed' | 'finalized'): Promise<void> {
+    if (this.#state !== 'open') return;
+    this.#state = state;
+    await this.#inflight?.catch(() => {});
+    await this.#frag?.discard();
+    this.#frag = null;
+    await this.#files.close();
+    await this.#fh.close().catch(() => {});
+    this.#s.untrack(this);
+  }
+
+  /** Chunks, hashes and places one block of input. */
+  async #feed(block: Uint8Array, ref: { extents: ExtentMap; offset: number } | undefined, owned: boolean): Promise<void> {
+    this.#merkle.update(block);
+    this.#size += block.length;
+    const cuts = this.#chunker.push(block, this.#cuts);
+    let off = 0;
+    for (const size of cuts) {
+      const take = size - this.#pendingLen;
+      this.#addPart(block, off, take, ref, owned);
+      off += take;
+      await this.#endChunk();
+    }
+    cuts.length = 0;
+    if (off < block.length) this.#addPart(block, off, block.length - off, ref, owned);
+    if (this.#frag && this.#frag.size + this.#queued >= this.#s.fragmentSize) await this.#checkpoint(false);
+  }
+
+  #addPart(block: Uint8Array, off: number, len: number, ref: { extents: ExtentMap; offset: number } | undefined, owned: boolean): void {
+    if (len === 0) return;
+    this.#chunkHash.update(block.subarray(off, off + len));
+    if (ref) {
+      for (const ext of ref.extents.slice(ref.offset + off, len)) this.#pending.push({ ext });
+    } else {
+      this.#pending.push({ lit: block.subarray(off, off + len), owned });
+    }
+    this.#pendingLen += len;
+  }
+
+  /** The chunk in progress ended: reference a stored copy, or write its new bytes. */
+  async #endChunk(): Promise<void> {
+    const hash = this.#chunkHash.digest();
+    this.#chunkHash = crypto.createHash('sha256');
+    const size = this.#pendingLen;
+    const literal = this.#pending.some((p) => 'lit' in p);
+    const stored = literal && this.#committed === 0 ? await this.#findStored(hash, size) : undefined;
+    if (stored) {
+      for (const e of stored) this.#pushExtent(e.frag, e.offset, e.size);
+    } else {
+      const allLiteral = this.#committed === 0 && this.#pending.every((p) => 'lit' in p);
+      const at = this.#frag ? this.#frag.size + this.#queued : 0;
+      await this.#commitPending();
+      if (allLiteral) this.#local.set(toHex(hash), at);
+    }
+    this.#pending = [];
+    this.#newChunks.push([hash, size]);
+    this.#chunkCount++;
+    this.#chunkEnd += size;
+    this.#pendingLen = 0;
+    this.#committed = 0;
+  }
+
+  /** A stored copy of a chunk: in the fragment being written, or in a blob the index knows. */
+  async #findStored(hash: Uint8Array, size: number): Promise<NewExtent[] | undefined> {
+    const local = this.#local.get(toHex(hash));
+    if (local !== undefined) return [{ frag: null, offset: local, size }];
+    for (const loc of this.#s.index.locations(hash)) {
+      if (loc.size !== size) continue;
+      let d;
+      try {
+        d = await this.#s.snapshot(loc.blob);
+      } catch (e) {
+        if (isCabError(e, 'ERR_NO_SUCH_BLOB')) continue;
+        throw e;
+      }
+      if (loc.offset + size > d.size) continue;
+      return [...d.extents.slice(loc.offset, size)];
+    }
+    return undefined;
+  }
+
+  /** Moves the parts of the chunk in progress into extents, queueing literal bytes for the fragment. */
+  async #commitPending(): Promise<void> {
+    for (const p of this.#pending) {
+      if ('ext' in p) {
+        this.#pushExtent(p.ext.frag, p.ext.offset, p.ext.size);
+      } else {
+        if (!this.#frag) this.#frag = await FragmentWriter.create(this.#s.layout);
+        this.#pushExtent(null, this.#frag.size + this.#queued, p.lit.length);
+        this.#queue.push(p.lit);
+        this.#queued += p.lit.length;
+        if (this.#queued >= WRITE_BATCH) await this.#startWrite();
+      }
+    }
+    this.#committed = this.#pendingLen;
+    this.#pending = [];
+  }
+
+  #pushExtent(frag: string | null, offset: number, size: number): void {
+    const last = this.#newExtents[this.#newExtents.length - 1];
+    if (last && last.frag === frag && last.offset + last.size === offset) last.size += size;
+    else this.#newExtents.push({ frag, offset, size });
+  }
+
+  /** Starts writing the queued bytes; at most one write is in flight. */
+  async #startWrite(): Promise<void> {
+    await this.#inflight;
+    if (this.#queued === 0) return;
+    const bufs = this.#queue;
+    this.#queue = [];
+    this.#queued = 0;
+    const w = this.#frag!.write(bufs);
+    this.#inflight = w;
+    w.catch(() => {}); // observed by the next #startWrite or #drain
+  }
+
+  async #drain(): Promise<void> {
+    await this.#startWrite();
+    const w = this.#inflight;
+    this.#inflight = null;
+    await w;
+  }
+
+  /** End of an append call: caller's buffers must not be referenced after we return. */
+  async #settle(): Promise<void> {
+    await this.#drain();
+    for (let i = 0; i < this.#pending.length; i++) {
+      const p = this.#pending[i]!;
+      if ('lit' in p && !p.owned) this.#pending[i] = { lit: Uint8Array.from(p.lit), owned: true };
+    }
+  }
+
+  /** One durable descriptor record for everything appended since the last one. */
+  async #checkpoint(final: boolean): Promise<void> {
+    await this.#commitPending();
+    await this.#drain();
+    if (this.#frag) {
+      const id = await this.#frag.seal(this.#s.layout, this.#s.knownDirs);
+      this.#frag = null;
+      this.#local.clear();
+      for (const e of this.#newExtents) if (e.frag === null) e.frag = id;
+    }
+    if (!final && this.#newExtents.length === 0 && this.#newChunks.length === 0) return;
+    const rec: AppendRecord = {
+      t: 'x',
+      s: this.#size,
+      x: this.#newExtents.map((e) => [fromHex(e.frag!), e.offset, e.size]),
+      c: this.#newChunks,
+      m: merkleToRecord(this.#merkle.state()),
+    };
+    if (final) rec.h = this.#merkle.digest();
+    const buf = encodeRecord(rec);
+    const start = this.#descEnd;
+    await this.#fh.write(buf, 0, buf.length, start);
+    await this.#fh.datasync();
+    this.#descEnd += buf.length;
+    const chunkOffset = this.#recordedChunkEnd;
+    this.#newExtents = [];
+    this.#newChunks = [];
+    this.#recordedChunkEnd = this.#chunkEnd;
+    if (!(await this.#s.index.applyAppend(this.name, rec, start, this.#descEnd, chunkOffset, this.#headerEnd))) {
+      await catchUpBlob(this.#s.index, this.#s.layout, this.name);
+    }
+  }
+}
+
+async function readFile(fh: fs.FileHandle, position: number, n: number): Promise<Buffer> {
+  const buf = Buffer.allocUnsafe(n);
+  let done = 0;
+  while (done < n) {
+    const { bytesRead } = await fh.read(buf, done, n - done, position + done);
+    if (bytesRead === 0) throw new CabError('ERR_ILLEGAL_POSITION', 'the file shrank while it was being read', { offset: position + done });
+    done += bytesRead;
+  }
+  return buf;
+}
+
+/** The end of the header record, read from the file. */
+async function firstRecordEnd(fh: fs.FileHandle): Promise<number | undefined> {
+  const b = Buffer.alloc(4);
+  const { bytesRead } = await fh.read(b, 0, 4, 0);
+  return bytesRead === 4 ? 8 + b.readUInt32LE(0) : undefined;
+}
