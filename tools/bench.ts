@@ -1,14 +1,22 @@
-// npm run bench [-- CASE...] [--only CASE,...] [--size 1GiB] [--runs N] [--json FILE]
+// npm run bench [-- CASE...] [--only CASE,...] [--size 1GiB] [--runs N] [--json FILE] [--dir DIR]
+//
+// Each case runs in a child process of its own, so that its peak RSS is its
+// own; data files are generated once per run, deterministically, in the
+// bench folder (a temp folder unless --dir is given).
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { type BenchContext, type Row, machine, table } from './bench/harness.js';
 import { benchChunker } from './bench/chunker.js';
+import { benchStore } from './bench/store.js';
 import { parseSize } from './size.js';
 
 const CASES: Record<string, (ctx: BenchContext) => Promise<void>> = {
   chunker: benchChunker,
+  store: benchStore,
 };
 
 const { values, positionals } = parseArgs({
@@ -19,8 +27,29 @@ const { values, positionals } = parseArgs({
     runs: { type: 'string', default: '3' },
     json: { type: 'string' },
     dir: { type: 'string' },
+    child: { type: 'string' },
   },
 });
+
+const sizeBytes = parseSize(values.size!);
+const runs = Math.max(1, Number(values.runs));
+
+if (values.child) {
+  // Child: run one case, print its rows as JSON on the last line.
+  const rows: Row[] = [];
+  await CASES[values.child]!({ sizeBytes, runs, workDir: values.dir!, rows, log: (l) => console.error(l) });
+  rows.push({
+    case: rows[0]?.case ?? values.child,
+    metric: 'peak RSS',
+    unit: 'MB',
+    ours: (process.resourceUsage().maxRSS * 1024) / 1e6,
+    higherIsBetter: false,
+    target: values.child === 'chunker' ? undefined : '< 300 MB',
+  });
+  console.log(JSON.stringify(rows));
+  process.exit(0);
+}
+
 const wanted = [...positionals, ...(values.only ? values.only.split(',') : [])].map((s) => s.trim()).filter(Boolean);
 const names = wanted.length ? wanted : Object.keys(CASES);
 for (const n of names) {
@@ -30,18 +59,24 @@ for (const n of names) {
   }
 }
 const workDir = values.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'cabstore-bench-'));
+fs.mkdirSync(workDir, { recursive: true });
 const rows: Row[] = [];
-const ctx: BenchContext = {
-  sizeBytes: parseSize(values.size!),
-  runs: Math.max(1, Number(values.runs)),
-  workDir,
-  rows,
-  log: (line) => console.error(line),
-};
+let failed = false;
 try {
   for (const n of names) {
-    ctx.log(`# ${n}`);
-    await CASES[n]!(ctx);
+    console.error(`# ${n}`);
+    const r = spawnSync(process.execPath, [fileURLToPath(import.meta.url), '--child', n, '--size', String(sizeBytes), '--runs', String(runs), '--dir', workDir], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+      encoding: 'utf8',
+      maxBuffer: 64 * 1024 * 1024,
+    });
+    const last = r.stdout.trim().split('\n').pop() ?? '';
+    if (r.status !== 0 || !last.startsWith('[')) {
+      console.error(`case ${n} failed (exit ${r.status})`);
+      failed = true;
+      continue;
+    }
+    rows.push(...(JSON.parse(last) as Row[]));
   }
 } finally {
   if (!values.dir) fs.rmSync(workDir, { recursive: true, force: true });
@@ -50,3 +85,4 @@ const info = machine();
 console.log(`\ncabstore bench, ${info.date}, ${info.cpus} x ${info.cpuModel}, ${info.memGiB} GiB, Node ${info.node}, commit ${info.commit}\n`);
 console.log(table(rows));
 if (values.json) fs.writeFileSync(values.json, JSON.stringify({ machine: info, rows }, null, 2) + '\n');
+process.exit(failed ? 1 : 0);

@@ -1,19 +1,19 @@
 import fs from 'node:fs/promises';
-import crypto from 'node:crypto';
 import { CabError } from '../errors.js';
 import { ensureDir, fsyncDir } from './durable.js';
 import type { Layout } from './layout.js';
 
 /**
- * A fragment being written: a temp file in tmp/, opened exclusively, hashed
- * as it is written, then fsync'd and renamed into cas/ under its SHA-256.
- * The temp file is removed on every path that does not rename it.
+ * A fragment being written: a temp file in tmp/, opened exclusively. Its
+ * bytes are written and hashed by the hashing thread (src/hash/pool.ts)
+ * through `fd`; `seal` makes it durable under its SHA-256. The temp file is
+ * removed on every path that does not rename it.
  */
 export class FragmentWriter {
   readonly tmpPath: string;
   readonly #fh: fs.FileHandle;
-  readonly #hash = crypto.createHash('sha256');
-  #size = 0;
+  /** Bytes assigned so far: the offset of the next write. */
+  size = 0;
   #done = false;
 
   private constructor(tmpPath: string, fh: fs.FileHandle) {
@@ -26,35 +26,12 @@ export class FragmentWriter {
     return new FragmentWriter(tmpPath, await fs.open(tmpPath, 'wx'));
   }
 
-  /** Bytes written (or handed to `write`) so far. */
-  get size(): number {
-    return this.#size;
+  get fd(): number {
+    return this.#fh.fd;
   }
 
-  /**
-   * Appends `bufs` at the end. The caller must not start another write
-   * before this one resolves, nor change the buffers until then.
-   */
-  async write(bufs: Uint8Array[]): Promise<void> {
-    let n = 0;
-    for (const b of bufs) {
-      this.#hash.update(b);
-      n += b.length;
-    }
-    const at = this.#size;
-    this.#size += n;
-    let written = 0;
-    // writev may write less than asked; finish the rest.
-    while (written < n) {
-      const rest = written === 0 ? bufs : remainder(bufs, written);
-      const { bytesWritten } = await this.#fh.writev(rest, at + written);
-      written += bytesWritten;
-    }
-  }
-
-  /** Makes the fragment durable under its name; returns the name. */
-  async seal(layout: Layout, knownDirs: Set<string>): Promise<string> {
-    const id = this.#hash.digest('hex');
+  /** Makes the fragment durable under `id` (the SHA-256 of its bytes, all written). */
+  async seal(id: string, layout: Layout, knownDirs: Set<string>): Promise<void> {
     await this.#fh.sync();
     await this.#fh.close();
     const dir = layout.fragmentDir(id);
@@ -67,29 +44,15 @@ export class FragmentWriter {
     } finally {
       if (!this.#done) await fs.rm(this.tmpPath, { force: true });
     }
-    return id;
   }
 
-  /** Drops the temp file. Safe to call at any time, and twice. */
+  /** Drops the temp file. Only once nothing writes to it any more. Safe to call twice. */
   async discard(): Promise<void> {
     if (this.#done) return;
     this.#done = true;
     await this.#fh.close().catch(() => {});
     await fs.rm(this.tmpPath, { force: true });
   }
-}
-
-function remainder(bufs: Uint8Array[], skip: number): Uint8Array[] {
-  const out: Uint8Array[] = [];
-  for (const b of bufs) {
-    if (skip >= b.length) {
-      skip -= b.length;
-      continue;
-    }
-    out.push(skip > 0 ? b.subarray(skip) : b);
-    skip = 0;
-  }
-  return out;
 }
 
 /** Open fragment files, a few at a time, for reading. */

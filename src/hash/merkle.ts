@@ -100,7 +100,7 @@ export class MerkleHasher {
 
   /** The root of everything fed so far; the hasher goes on. */
   digest(): Uint8Array {
-    if (this.#size === 0) return EMPTY_HASH.slice();
+    if (this.#size === 0) return Uint8Array.from(EMPTY_HASH);
     let stack = this.#stack;
     let n = this.#leaves;
     if (this.#partialLen > 0) {

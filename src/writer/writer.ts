@@ -2,8 +2,9 @@ import fs from 'node:fs/promises';
 import crypto from 'node:crypto';
 import { CabError, isCabError } from '../errors.js';
 import { Chunker } from '../chunker/fastcdc.js';
-import { MerkleHasher, LEAF_SIZE } from '../hash/merkle.js';
-import { fromHex, toHex } from '../hash/sha256.js';
+import { LEAF_SIZE, type MerkleState } from '../hash/merkle.js';
+import { HashJob } from '../hash/pool.js';
+import { fromHex, sha256, toHex } from '../hash/sha256.js';
 import { encodeRecord, merkleToRecord, readDescriptor, type AppendRecord } from '../fsstore/descriptor.js';
 import { ensureDir, fsyncDir } from '../fsstore/durable.js';
 import { FragmentFiles, FragmentWriter } from '../fsstore/fragments.js';
@@ -19,11 +20,9 @@ export type AppendItem = Uint8Array | { file: string; offset?: number; size?: nu
 
 /** Input is read and processed in blocks of this size. */
 export const READ_BLOCK = 4 * 1024 * 1024;
-/** Literal bytes are written to the fragment in batches of about this size. */
-export const WRITE_BATCH = 4 * 1024 * 1024;
 
 /** A piece of the chunk in progress: bytes to write, or a range already stored. */
-type Part = { lit: Uint8Array; owned: boolean } | { ext: Extent };
+type Part = { lit: Uint8Array } | { ext: Extent };
 /** An extent not yet in a record; `frag` null means the fragment being written. */
 interface NewExtent {
   frag: string | null;
@@ -58,7 +57,10 @@ export class BlobWriter {
   #chain: Promise<unknown> = Promise.resolve();
 
   #size = 0;
-  #merkle: MerkleHasher;
+  /** Merkle hashing, fragment hashing and fragment writes run in the hashing thread. */
+  #job: HashJob;
+  /** The blob hash after the last completed call. */
+  #hash: Uint8Array;
   readonly #chunker: Chunker;
   #chunkHash = crypto.createHash('sha256');
   #pending: Part[] = [];
@@ -73,12 +75,15 @@ export class BlobWriter {
   #newExtents: NewExtent[] = [];
   #newChunks: Array<[Uint8Array, number]> = [];
   #frag: FragmentWriter | null = null;
-  #queue: Uint8Array[] = [];
-  #queued = 0;
-  #inflight: Promise<void> | null = null;
+  /** The block being fed, and its writes as [offset in block, length, fragment offset] triples. */
+  #block: Uint8Array | null = null;
+  #blockWrites: number[] = [];
   /** Chunks written to the current fragment: SHA-256 hex -> offset in it. */
   readonly #local = new Map<string, number>();
   readonly #cuts: number[] = [];
+  /** The checkpoint being made durable in the background, and the first failure of one. */
+  #bg: Promise<void> = Promise.resolve();
+  #bgError: unknown;
 
   private constructor(s: StoreInternals, name: string, fh: fs.FileHandle, headerEnd: number, descEnd: number) {
     this.#s = s;
@@ -87,7 +92,8 @@ export class BlobWriter {
     this.#headerEnd = headerEnd;
     this.#descEnd = descEnd;
     this.#files = new FragmentFiles(s.layout, 8);
-    this.#merkle = new MerkleHasher();
+    this.#job = new HashJob();
+    this.#hash = EMPTY_HASH;
     this.#chunker = new Chunker(s.chunker);
   }
 
@@ -170,12 +176,13 @@ export class BlobWriter {
   }
 
   /** Re-reads at most one leaf and one chunk of the prefix to restore the hasher and the chunker. */
-  async #restore(size: number, chunkCount: number, chunkEnd: number, merkle: import('../hash/merkle.js').MerkleState, extents: ExtentMap): Promise<void> {
+  async #restore(size: number, chunkCount: number, chunkEnd: number, merkle: MerkleState, extents: ExtentMap): Promise<void> {
     this.#size = size;
     this.#chunkCount = chunkCount;
     this.#chunkEnd = chunkEnd;
     this.#recordedChunkEnd = chunkEnd;
-    this.#merkle = MerkleHasher.fromState(merkle);
+    await this.#job.close();
+    this.#job = new HashJob(merkle);
     const leafStart = merkle.leaves * LEAF_SIZE;
     const from = Math.min(leafStart, chunkEnd);
     const tail = Buffer.allocUnsafe(size - from);
@@ -184,7 +191,8 @@ export class BlobWriter {
       await this.#files.read(e.frag, tail, at, e.size, e.offset);
       at += e.size;
     }
-    this.#merkle.update(tail.subarray(leafStart - from));
+    this.#job.send(tail.subarray(leafStart - from), true, [], false);
+    this.#hash = await this.#job.digest();
     const open = tail.subarray(chunkEnd - from);
     if (this.#chunker.push(open).length > 0) {
       throw new CabError('ERR_BAD_STORE', `descriptor of ${this.name} records no boundary where the chunker finds one`, { blob: this.name });
@@ -205,7 +213,7 @@ export class BlobWriter {
 
   /** BEP 52 hash of the bytes appended so far. */
   get hash(): Uint8Array {
-    return this.#merkle.digest();
+    return Uint8Array.from(this.#hash);
   }
 
   /**
@@ -365,7 +373,9 @@ export class BlobWriter {
   async #release(state: 'closed' | 'finalized'): Promise<void> {
     if (this.#state !== 'open') return;
     this.#state = state;
-    await this.#inflight?.catch(() => {});
+    await this.#bg.catch(() => {});
+    // The hashing thread may still write to the fragment: wait for it before closing the file.
+    await this.#job.close().catch(() => {});
     await this.#frag?.discard();
     this.#frag = null;
     await this.#files.close();
@@ -373,30 +383,44 @@ export class BlobWriter {
     this.#s.untrack(this);
   }
 
-  /** Chunks, hashes and places one block of input. */
-  async #feed(block: Uint8Array, ref: { extents: ExtentMap; offset: number } | undefined, owned: boolean): Promise<void> {
-    this.#merkle.update(block);
+  /**
+   * Chunks, hashes and places one block of input. `give`: the block is ours
+   * and goes to the hashing thread without a copy.
+   */
+  async #feed(block: Uint8Array, ref: { extents: ExtentMap; offset: number } | undefined, give: boolean): Promise<void> {
     this.#size += block.length;
+    this.#block = block;
     const cuts = this.#chunker.push(block, this.#cuts);
     let off = 0;
     for (const size of cuts) {
       const take = size - this.#pendingLen;
-      this.#addPart(block, off, take, ref, owned);
+      this.#addPart(block, off, take, ref);
       off += take;
       await this.#endChunk();
     }
     cuts.length = 0;
-    if (off < block.length) this.#addPart(block, off, block.length - off, ref, owned);
-    if (this.#frag && this.#frag.size + this.#queued >= this.#s.fragmentSize) await this.#checkpoint(false);
+    if (off < block.length) this.#addPart(block, off, block.length - off, ref);
+    // The chunk in progress keeps its own copy of its bytes, so the block can go.
+    for (let i = 0; i < this.#pending.length; i++) {
+      const p = this.#pending[i]!;
+      if ('lit' in p && p.lit.buffer === block.buffer) this.#pending[i] = { lit: Uint8Array.from(p.lit) };
+    }
+    this.#block = null;
+    const writes = this.#blockWrites;
+    this.#blockWrites = [];
+    this.#job.send(block, true, writes, give);
+    await this.#job.room();
+    if (this.#bgError !== undefined) throw this.#bgError;
+    if (this.#frag && this.#frag.size >= this.#s.fragmentSize) await this.#checkpoint(false, false);
   }
 
-  #addPart(block: Uint8Array, off: number, len: number, ref: { extents: ExtentMap; offset: number } | undefined, owned: boolean): void {
+  #addPart(block: Uint8Array, off: number, len: number, ref: { extents: ExtentMap; offset: number } | undefined): void {
     if (len === 0) return;
     this.#chunkHash.update(block.subarray(off, off + len));
     if (ref) {
       for (const ext of ref.extents.slice(ref.offset + off, len)) this.#pending.push({ ext });
     } else {
-      this.#pending.push({ lit: block.subarray(off, off + len), owned });
+      this.#pending.push({ lit: block.subarray(off, off + len) });
     }
     this.#pendingLen += len;
   }
@@ -412,7 +436,7 @@ export class BlobWriter {
       for (const e of stored) this.#pushExtent(e.frag, e.offset, e.size);
     } else {
       const allLiteral = this.#committed === 0 && this.#pending.every((p) => 'lit' in p);
-      const at = this.#frag ? this.#frag.size + this.#queued : 0;
+      const at = this.#frag ? this.#frag.size : 0;
       await this.#commitPending();
       if (allLiteral) this.#local.set(toHex(hash), at);
     }
@@ -443,17 +467,29 @@ export class BlobWriter {
     return undefined;
   }
 
-  /** Moves the parts of the chunk in progress into extents, queueing literal bytes for the fragment. */
+  /**
+   * Moves the parts of the chunk in progress into extents. Literal bytes get
+   * the next offsets of the fragment; the hashing thread writes them, in the
+   * order they are sent, which is their order in the fragment.
+   */
   async #commitPending(): Promise<void> {
     for (const p of this.#pending) {
       if ('ext' in p) {
         this.#pushExtent(p.ext.frag, p.ext.offset, p.ext.size);
+        continue;
+      }
+      if (!this.#frag) {
+        this.#frag = await FragmentWriter.create(this.#s.layout);
+        this.#job.startFragment(this.#frag.fd);
+      }
+      const at = this.#frag.size;
+      this.#frag.size += p.lit.length;
+      this.#pushExtent(null, at, p.lit.length);
+      if (this.#block && p.lit.buffer === this.#block.buffer) {
+        this.#blockWrites.push(p.lit.byteOffset - this.#block.byteOffset, p.lit.length, at);
       } else {
-        if (!this.#frag) this.#frag = await FragmentWriter.create(this.#s.layout);
-        this.#pushExtent(null, this.#frag.size + this.#queued, p.lit.length);
-        this.#queue.push(p.lit);
-        this.#queued += p.lit.length;
-        if (this.#queued >= WRITE_BATCH) await this.#startWrite();
+        // An earlier block's bytes, copied when that block was handed off.
+        this.#job.send(p.lit, false, [0, p.lit.length, at], true);
       }
     }
     this.#committed = this.#pendingLen;
@@ -466,67 +502,82 @@ export class BlobWriter {
     else this.#newExtents.push({ frag, offset, size });
   }
 
-  /** Starts writing the queued bytes; at most one write is in flight. */
-  async #startWrite(): Promise<void> {
-    await this.#inflight;
-    if (this.#queued === 0) return;
-    const bufs = this.#queue;
-    this.#queue = [];
-    this.#queued = 0;
-    const w = this.#frag!.write(bufs);
-    this.#inflight = w;
-    w.catch(() => {}); // observed by the next #startWrite or #drain
-  }
-
-  async #drain(): Promise<void> {
-    await this.#startWrite();
-    const w = this.#inflight;
-    this.#inflight = null;
-    await w;
-  }
-
-  /** End of an append call: caller's buffers must not be referenced after we return. */
+  /** End of an append call: the blob hash so far. */
   async #settle(): Promise<void> {
-    await this.#drain();
-    for (let i = 0; i < this.#pending.length; i++) {
-      const p = this.#pending[i]!;
-      if ('lit' in p && !p.owned) this.#pending[i] = { lit: Uint8Array.from(p.lit), owned: true };
-    }
+    this.#hash = await this.#job.digest();
   }
 
-  /** One durable descriptor record for everything appended since the last one. */
-  async #checkpoint(final: boolean): Promise<void> {
+  /**
+   * One descriptor record for everything appended since the last one. The
+   * sealing (hashing thread done, fragment fsync + rename + directory fsync)
+   * and the record's write and fsync run in the background while the writer
+   * goes on, at most one checkpoint behind; with `wait` this resolves only
+   * once the record is durable (and so are all before it).
+   */
+  async #checkpoint(final: boolean, wait = true): Promise<void> {
     await this.#commitPending();
-    await this.#drain();
-    if (this.#frag) {
-      const id = await this.#frag.seal(this.#s.layout, this.#s.knownDirs);
-      this.#frag = null;
-      this.#local.clear();
-      for (const e of this.#newExtents) if (e.frag === null) e.frag = id;
+    const frag = this.#frag;
+    if (!frag && !final && this.#newExtents.length === 0 && this.#newChunks.length === 0) {
+      if (wait) await this.#bg;
+      return;
     }
-    if (!final && this.#newExtents.length === 0 && this.#newChunks.length === 0) return;
-    const rec: AppendRecord = {
-      t: 'x',
-      s: this.#size,
-      x: this.#newExtents.map((e) => [fromHex(e.frag!), e.offset, e.size]),
-      c: this.#newChunks,
-      m: merkleToRecord(this.#merkle.state()),
-    };
-    if (final) rec.h = this.#merkle.digest();
-    const buf = encodeRecord(rec);
-    const start = this.#descEnd;
-    await this.#fh.write(buf, 0, buf.length, start);
-    await this.#fh.datasync();
-    this.#descEnd += buf.length;
+    if (!wait) await this.#bg; // bound the work in the background to one checkpoint
+    this.#frag = null;
+    this.#local.clear();
+    const extents = this.#newExtents;
+    const chunks = this.#newChunks;
+    const size = this.#size;
     const chunkOffset = this.#recordedChunkEnd;
     this.#newExtents = [];
     this.#newChunks = [];
     this.#recordedChunkEnd = this.#chunkEnd;
-    if (!(await this.#s.index.applyAppend(this.name, rec, start, this.#descEnd, chunkOffset, this.#headerEnd))) {
-      await catchUpBlob(this.#s.index, this.#s.layout, this.name);
-    }
+    // Asked now, so the hashing thread answers for exactly the bytes sent so far.
+    const fragId = frag ? this.#job.sealFragment() : undefined;
+    const state = this.#job.state();
+    const digest = final ? this.#job.digest() : undefined;
+    for (const p of [fragId, state, digest]) p?.catch(() => {});
+    const prev = this.#bg;
+    const task = (async () => {
+      let id: string | undefined;
+      try {
+        if (frag) {
+          id = await fragId!;
+          await frag.seal(id, this.#s.layout, this.#s.knownDirs);
+        }
+      } catch (e) {
+        await frag?.discard();
+        throw e;
+      }
+      await prev;
+      const rec: AppendRecord = {
+        t: 'x',
+        s: size,
+        x: extents.map((e) => [fromHex(e.frag ?? id!), e.offset, e.size]),
+        c: chunks,
+        m: merkleToRecord(await state),
+      };
+      if (digest) {
+        this.#hash = await digest;
+        rec.h = this.#hash;
+      }
+      const buf = encodeRecord(rec);
+      const start = this.#descEnd;
+      await this.#fh.write(buf, 0, buf.length, start);
+      await this.#fh.datasync();
+      this.#descEnd += buf.length;
+      if (!(await this.#s.index.applyAppend(this.name, rec, start, this.#descEnd, chunkOffset, this.#headerEnd))) {
+        await catchUpBlob(this.#s.index, this.#s.layout, this.name);
+      }
+    })();
+    task.catch((e: unknown) => {
+      this.#bgError ??= e;
+    });
+    this.#bg = task;
+    if (wait) await task;
   }
 }
+
+const EMPTY_HASH = sha256(new Uint8Array(0));
 
 async function readFile(fh: fs.FileHandle, position: number, n: number): Promise<Buffer> {
   const buf = Buffer.allocUnsafe(n);

@@ -1,0 +1,164 @@
+import { Worker } from 'node:worker_threads';
+import { CabError } from '../errors.js';
+import type { MerkleState } from './merkle.js';
+
+/** Messages to the hashing thread. */
+export type ToWorker =
+  | { t: 'open'; id: number; state?: MerkleState }
+  | { t: 'data'; id: number; buf: ArrayBufferLike; off: number; len: number; merkle: boolean; writes: number[] }
+  | { t: 'frag'; id: number; fd: number }
+  | { t: 'seal' | 'state' | 'digest' | 'close'; id: number; seq: number };
+
+type FromWorker = { t: 'ack'; n: number } | { t: 'res'; seq: number; value?: unknown; error?: { message: string; code?: string } };
+
+/** Bytes handed to the thread and not yet processed, before senders wait. */
+export const MAX_IN_FLIGHT = 32 * 1024 * 1024;
+
+/**
+ * One hashing thread per process, shared by every writer of every store.
+ * It is unref'd: an idle thread never keeps the process alive. Data goes to
+ * it by transfer (no copy) when the sender gives up the buffer.
+ */
+class HashThread {
+  readonly #worker: Worker;
+  #seq = 1;
+  #inFlight = 0;
+  readonly #waiting = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+  #drained: Array<() => void> = [];
+  #dead: Error | undefined;
+
+  constructor() {
+    this.#worker = new Worker(new URL('./hash-worker.js', import.meta.url));
+    this.#worker.unref();
+    this.#worker.on('message', (m: FromWorker) => {
+      if (m.t === 'ack') {
+        this.#inFlight -= m.n;
+        if (this.#inFlight <= MAX_IN_FLIGHT / 2) this.#wake();
+        if (this.#waiting.size === 0 && this.#inFlight === 0) this.#worker.unref();
+        return;
+      }
+      const w = this.#waiting.get(m.seq);
+      this.#waiting.delete(m.seq);
+      if (this.#waiting.size === 0 && this.#inFlight === 0) this.#worker.unref();
+      if (!w) return;
+      if (m.error) {
+        const e = new Error(m.error.message) as NodeJS.ErrnoException;
+        if (m.error.code) e.code = m.error.code;
+        w.reject(e);
+      } else w.resolve(m.value);
+    });
+    this.#worker.on('error', (e) => this.#die(e));
+    this.#worker.on('exit', (code) => this.#die(new Error(`hash thread exited with ${code}`)));
+  }
+
+  #die(e: Error): void {
+    this.#dead = e;
+    if (thread === this) thread = undefined;
+    for (const w of this.#waiting.values()) w.reject(e);
+    this.#waiting.clear();
+    this.#wake();
+  }
+
+  #wake(): void {
+    const d = this.#drained;
+    this.#drained = [];
+    for (const f of d) f();
+  }
+
+  post(m: ToWorker, transfer: ArrayBuffer[] = []): void {
+    if (this.#dead) throw this.#dead;
+    if (m.t === 'data') this.#inFlight += m.len;
+    this.#worker.ref();
+    this.#worker.postMessage(m, transfer);
+  }
+
+  request<T>(t: 'seal' | 'state' | 'digest' | 'close', id: number): Promise<T> {
+    const seq = this.#seq++;
+    return new Promise<T>((resolve, reject) => {
+      this.#waiting.set(seq, { resolve: resolve as (v: unknown) => void, reject });
+      try {
+        this.post({ t, id, seq });
+      } catch (e) {
+        this.#waiting.delete(seq);
+        reject(e as Error);
+      }
+    });
+  }
+
+  /** Resolves when the thread has room for more data. */
+  async room(): Promise<void> {
+    while (this.#inFlight > MAX_IN_FLIGHT && !this.#dead) await new Promise<void>((r) => this.#drained.push(r));
+  }
+}
+
+let thread: HashThread | undefined;
+let nextJob = 1;
+
+/**
+ * One writer's hashing state in the hashing thread: the blob's merkle hasher
+ * and the SHA-256 of the fragment being written (whose bytes the thread
+ * also writes, at the offsets the writer chose).
+ */
+export class HashJob {
+  readonly #t: HashThread;
+  readonly #id = nextJob++;
+  #closed = false;
+
+  constructor(state?: MerkleState) {
+    thread ??= new HashThread();
+    this.#t = thread;
+    this.#t.post({ t: 'open', id: this.#id, state });
+  }
+
+  /**
+   * Hands bytes to the thread: `merkle` feeds them to the blob hash;
+   * `writes` lists [offset in bytes, length, fragment offset] triples to hash
+   * and write to the current fragment. With `give`, the buffer is
+   * transferred and the caller must not touch it again; otherwise it is
+   * copied.
+   */
+  send(bytes: Uint8Array, merkle: boolean, writes: number[], give: boolean): void {
+    if (bytes.length === 0) return;
+    let buf: ArrayBufferLike = bytes.buffer;
+    let off = bytes.byteOffset;
+    if (!give || !(buf instanceof ArrayBuffer) || bytes.byteLength !== buf.byteLength) {
+      // A copy of our own (Buffer#slice would be a view, not a copy).
+      const copy = new Uint8Array(bytes.length);
+      copy.set(bytes);
+      buf = copy.buffer;
+      off = 0;
+    }
+    this.#t.post({ t: 'data', id: this.#id, buf, off, len: bytes.length, merkle, writes }, [buf as ArrayBuffer]);
+  }
+
+  /** Starts a new fragment, written through `fd`. */
+  startFragment(fd: number): void {
+    this.#t.post({ t: 'frag', id: this.#id, fd });
+  }
+
+  /** Resolves after every write to the fragment is done: its SHA-256 (hex). */
+  sealFragment(): Promise<string> {
+    return this.#t.request('seal', this.#id);
+  }
+
+  state(): Promise<MerkleState> {
+    return this.#t.request('state', this.#id);
+  }
+
+  async digest(): Promise<Uint8Array> {
+    return new Uint8Array(await this.#t.request<Uint8Array>('digest', this.#id));
+  }
+
+  room(): Promise<void> {
+    return this.#t.room();
+  }
+
+  /** Ends the job once the thread has done everything sent before (so its fd may be closed). */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.#t.request('close', this.#id).catch((e: unknown) => {
+      throw new CabError('ERR_CLOSED', 'hash thread failed', {}, { cause: e });
+    });
+  }
+}
