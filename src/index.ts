@@ -1,6 +1,7 @@
 export { CabError, ERROR_CODES, isCabError, type ErrorCode, type CabErrorData } from './errors.js';
 export * from './hash/index.js';
 export * from './chunker/index.js';
-export { BlobStore, DEFAULT_FRAGMENT_SIZE, type StoreOptions, type ChunkRef, type RecipeStep, type Location } from './fsstore/store.js';
+export { BlobStore, DEFAULT_FRAGMENT_SIZE, type StoreOptions, type ChunkRef, type RecipeStep, type Location, type BlobMetadata, type Signpost, type PerSyncgroup, type FsckOptions, type FsckReport } from './fsstore/store.js';
 export { BlobWriter, type AppendItem } from './writer/writer.js';
 export { BlobReader, type StreamOptions } from './reader/reader.js';
+export type { FsckProblem, FsckProblemKind } from './fsstore/fsck.js';

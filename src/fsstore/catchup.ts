@@ -23,12 +23,18 @@ export async function catchUpBlob(index: ChunkIndex, layout: Layout, name: strin
   const before = index.blob(name);
   if (before && before.d === size) return false;
   let changed = false;
+  // Damage records come last but decide which chunks may be offered: learn them first.
+  const { damagedAt } = await readDescriptor(layout.descriptor(name), name, { extents: false });
+  if (before && before.k !== damagedAt) {
+    await index.removeBlob(name);
+    return (await catchUpBlob(index, layout, name)) || true;
+  }
   const d = await readDescriptor(layout.descriptor(name), name, {
     extents: false,
     onAppend: (rec, start, end, chunkOffset) => {
       const cur = index.blob(name);
       if (cur && cur.d >= end) return;
-      if (index.applyAppendSync(name, rec, start, end, chunkOffset, startOfRecords(start, cur))) changed = true;
+      if (index.applyAppendSync(name, rec, start, end, chunkOffset, startOfRecords(start, cur), damagedAt)) changed = true;
     },
   });
   const after = index.blob(name);
@@ -37,10 +43,14 @@ export async function catchUpBlob(index: ChunkIndex, layout: Layout, name: strin
     await index.touchBlob(name, d.headerEnd);
     return true;
   }
-  if (after.d > d.validEnd || after.s !== d.size) {
+  if (after.d > d.validEnd || after.s !== d.size || after.e !== d.chunkEnd) {
     // The index holds records the descriptor no longer has (its tail was cut): index the blob anew.
     await index.removeBlob(name);
     await catchUpBlob(index, layout, name);
+    return true;
+  }
+  if (after.d < d.validEnd) {
+    await index.markUpTo(name, d.validEnd, damagedAt);
     return true;
   }
   return changed;

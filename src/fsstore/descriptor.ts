@@ -43,7 +43,17 @@ export interface AppendRecord {
   h?: Uint8Array;
 }
 
-export type DescriptorRecord = HeaderRecord | AppendRecord;
+/**
+ * Written by fsck --repair: the blob's bytes from offset `o` on are lost (a
+ * fragment is missing or corrupt). May follow the final record.
+ */
+export interface DamageRecord {
+  t: 'd';
+  o: number;
+  why: string;
+}
+
+export type DescriptorRecord = HeaderRecord | AppendRecord | DamageRecord;
 
 const packr = new Packr({ useRecords: false, moreTypes: false, int64AsType: 'number' } as ConstructorParameters<typeof Packr>[0]);
 
@@ -87,11 +97,14 @@ export interface Descriptor {
   hasHeader: boolean;
   /** Where the header record ends (the first append record starts). */
   headerEnd: number;
+  /** Set by a damage record: bytes from here on are lost. */
+  damagedAt?: number;
+  damagedWhy?: string;
 }
 
 export interface ReadDescriptorOptions {
   /** Called for each good append record, with its byte range in the file. */
-  onAppend?: (rec: AppendRecord, start: number, end: number, chunkOffset: number) => void;
+  onAppend?: (rec: AppendRecord, start: number, end: number, chunkOffset: number) => void | Promise<void>;
   /** Keep the extent map (a reader needs it; index catch-up does not). */
   extents?: boolean;
 }
@@ -106,7 +119,7 @@ function isCount(x: unknown): x is number {
 
 /** Checks an append record against the state before it; returns why it is bad, or undefined. */
 function checkAppend(r: Record<string, unknown>, size: number, chunkEnd: number, finalized: boolean): string | undefined {
-  if (finalized) return 'record after the final record';
+  if (finalized) return 'append record after the final record';
   if (!isCount(r.s) || !Array.isArray(r.x) || !Array.isArray(r.c) || !Array.isArray(r.m)) return 'malformed append record';
   let added = 0;
   for (const e of r.x as unknown[]) {
@@ -225,7 +238,7 @@ async function parse(fh: fs.FileHandle, name: string, opts: ReadDescriptorOption
       }
       const r = rec as unknown as AppendRecord;
       if (opts.extents !== false) for (const [f, o, s] of r.x) d.extents.push(toHex(f), o, s);
-      opts.onAppend?.(r, pos, end, d.chunkEnd);
+      await opts.onAppend?.(r, pos, end, d.chunkEnd);
       for (const c of r.c) d.chunkEnd += c[1];
       d.chunkCount += r.c.length;
       d.size = r.s;
@@ -233,6 +246,15 @@ async function parse(fh: fs.FileHandle, name: string, opts: ReadDescriptorOption
       if (r.h) {
         d.finalized = true;
         d.hash = Uint8Array.from(r.h);
+      }
+    } else if (rec.t === 'd') {
+      if (!d.hasHeader || !isCount(rec.o) || typeof rec.why !== 'string') {
+        stop('malformed damage record');
+        break;
+      }
+      if (d.damagedAt === undefined || (rec.o as number) < d.damagedAt) {
+        d.damagedAt = rec.o as number;
+        d.damagedWhy = rec.why as string;
       }
     } else {
       stop(`unknown record type ${JSON.stringify(rec.t)}`);

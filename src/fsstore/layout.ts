@@ -37,6 +37,7 @@ export class Layout {
   readonly tmp: string;
   readonly index: string;
   readonly leases: string;
+  readonly tables: string;
 
   constructor(root: string) {
     this.root = path.resolve(root);
@@ -46,6 +47,7 @@ export class Layout {
     this.tmp = path.join(this.root, 'tmp');
     this.index = path.join(this.root, 'index');
     this.leases = path.join(this.root, 'leases');
+    this.tables = path.join(this.root, 'tables');
   }
 
   blobDir(name: string): string {

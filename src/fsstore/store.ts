@@ -11,12 +11,20 @@ import { fsyncDir, writeFileDurable } from './durable.js';
 import type { StoreInternals } from './internals.js';
 import { FORMAT_VERSION, Layout, checkBlobName, isFragmentId, newBlobName } from './layout.js';
 import { tryLockExclusive } from './lock.js';
+import { fsck, type FsckOptions, type FsckReport } from './fsck.js';
+import { Tables, type BlobMetadata, type Signpost, type PerSyncgroup } from './tables.js';
 
 export interface StoreOptions {
   /** Chunker parameters for a new store (an existing store keeps its own; asking for others is an error). */
   chunker?: Partial<ChunkerParams>;
   /** A writer seals its fragment and writes a durable checkpoint every this many new bytes (default 64 MiB). */
   fragmentSize?: number;
+  /**
+   * Bring the chunk index up to date with the descriptors on open (default
+   * true). fsck opens with false, to report what it finds rather than have
+   * open mend it silently.
+   */
+  catchUpIndex?: boolean;
 }
 
 export const DEFAULT_FRAGMENT_SIZE = 64 * 1024 * 1024;
@@ -30,7 +38,7 @@ export interface ChunkRef {
 /** One step to rebuild a remote blob: copy a range of a local blob, or fetch a chunk from the peer. */
 export type RecipeStep = { kind: 'blob'; blob: string; offset: number; size: number } | { kind: 'chunk'; hash: Uint8Array; size: number };
 
-export type { Location };
+export type { Location, BlobMetadata, Signpost, PerSyncgroup, FsckOptions, FsckReport };
 
 interface StoreConfig {
   format: number;
@@ -51,6 +59,7 @@ export class BlobStore implements StoreInternals {
   readonly root: string;
   readonly layout: Layout;
   readonly index: ChunkIndex;
+  readonly tables: Tables;
   readonly chunker: ResolvedChunkerParams;
   readonly fragmentSize: number;
   readonly knownDirs = new Set<string>();
@@ -58,10 +67,11 @@ export class BlobStore implements StoreInternals {
   readonly #snapshots = new Map<string, { fileSize: number; d: Promise<Descriptor> }>();
   #closing: Promise<void> | null = null;
 
-  private constructor(layout: Layout, index: ChunkIndex, chunker: ResolvedChunkerParams, fragmentSize: number) {
+  private constructor(layout: Layout, index: ChunkIndex, tables: Tables, chunker: ResolvedChunkerParams, fragmentSize: number) {
     this.layout = layout;
     this.root = layout.root;
     this.index = index;
+    this.tables = tables;
     this.chunker = chunker;
     this.fragmentSize = fragmentSize;
   }
@@ -73,14 +83,15 @@ export class BlobStore implements StoreInternals {
     if (!Number.isSafeInteger(fragmentSize) || fragmentSize < 1) throw new CabError('ERR_BAD_ARGUMENT', `fragmentSize ${fragmentSize}`);
     await fs.mkdir(layout.root, { recursive: true });
     const config = await loadConfig(layout, options);
-    for (const dir of [layout.blobRoot, layout.casRoot, layout.tmp, layout.index, layout.leases]) await fs.mkdir(dir, { recursive: true });
+    for (const dir of [layout.blobRoot, layout.casRoot, layout.tmp, layout.index, layout.leases, layout.tables]) await fs.mkdir(dir, { recursive: true });
     await fsyncDir(layout.root);
-    const store = new BlobStore(layout, ChunkIndex.open(layout.index), resolveChunkerParams(config.chunker), fragmentSize);
+    const store = new BlobStore(layout, ChunkIndex.open(layout.index), Tables.open(layout.tables), resolveChunkerParams(config.chunker), fragmentSize);
     for (const d of [layout.blobRoot, layout.casRoot, layout.tmp]) store.knownDirs.add(d);
     try {
-      await store.#catchUp();
+      if (options.catchUpIndex ?? true) await store.#catchUp();
     } catch (e) {
       await store.index.close();
+      await store.tables.close();
       throw e;
     }
     return store;
@@ -168,6 +179,70 @@ export class BlobStore implements StoreInternals {
     }
     this.#snapshots.delete(name);
     await this.index.removeBlob(name);
+    // Metadata is about a blob we hold; a signpost says where to find one we do not, so it stays.
+    await this.tables.metadata.delete(name);
+  }
+
+  async setBlobMetadata(name: string, md: BlobMetadata): Promise<void> {
+    this.checkOpen();
+    await this.tables.metadata.set(name, md);
+  }
+
+  async getBlobMetadata(name: string): Promise<BlobMetadata | undefined> {
+    this.checkOpen();
+    return this.tables.metadata.get(name);
+  }
+
+  async deleteBlobMetadata(name: string): Promise<void> {
+    this.checkOpen();
+    await this.tables.metadata.delete(name);
+  }
+
+  /** Every blob's metadata, ordered by blob name, lazily. */
+  blobMetadataStream(): AsyncGenerator<[string, BlobMetadata]> {
+    this.checkOpen();
+    return this.tables.metadata.stream();
+  }
+
+  /** Signposts may name blobs this store does not hold. */
+  async setSignpost(name: string, sp: Signpost): Promise<void> {
+    this.checkOpen();
+    await this.tables.signposts.set(name, sp);
+  }
+
+  async getSignpost(name: string): Promise<Signpost | undefined> {
+    this.checkOpen();
+    return this.tables.signposts.get(name);
+  }
+
+  async deleteSignpost(name: string): Promise<void> {
+    this.checkOpen();
+    await this.tables.signposts.delete(name);
+  }
+
+  signpostStream(): AsyncGenerator<[string, Signpost]> {
+    this.checkOpen();
+    return this.tables.signposts.stream();
+  }
+
+  async setPerSyncgroup(sgId: string, psg: PerSyncgroup): Promise<void> {
+    this.checkOpen();
+    await this.tables.perSyncgroup.set(sgId, psg);
+  }
+
+  async getPerSyncgroup(sgId: string): Promise<PerSyncgroup | undefined> {
+    this.checkOpen();
+    return this.tables.perSyncgroup.get(sgId);
+  }
+
+  async deletePerSyncgroup(sgId: string): Promise<void> {
+    this.checkOpen();
+    await this.tables.perSyncgroup.delete(sgId);
+  }
+
+  perSyncgroupStream(): AsyncGenerator<[string, PerSyncgroup]> {
+    this.checkOpen();
+    return this.tables.perSyncgroup.stream();
   }
 
   /** The chunks of a blob, in order, lazily. Their sizes sum to the size of a finalized blob. */
@@ -244,11 +319,20 @@ export class BlobStore implements StoreInternals {
     for await (const id of walk(this.layout.casRoot, 2)) if (isFragmentId(id)) yield id;
   }
 
+  /** Checks the store (and with `repair`, mends it); see FsckReport. Safe while other processes use the store. */
+  async fsck(options: FsckOptions = {}): Promise<FsckReport> {
+    this.checkOpen();
+    const report = await fsck(this.layout, this.index, this.listBlobIds(), this.listCaIds(), options);
+    this.#snapshots.clear();
+    return report;
+  }
+
   /** Closes every writer (without finalizing) and reader, then the index. Safe to call twice. */
   close(): Promise<void> {
     this.#closing ??= (async () => {
       for (const r of [...this.#open]) await closeQuietly(r);
       await this.index.close();
+      await this.tables.close();
     })();
     return this.#closing;
   }

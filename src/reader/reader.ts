@@ -29,11 +29,22 @@ export class BlobReader {
   readonly hash: Uint8Array | undefined;
   readonly #s: StoreInternals;
   readonly #extents: ExtentMap;
+  /** Where fsck found the blob damaged, if it did. */
+  readonly damagedAt: number | undefined;
   readonly #files: FragmentFiles;
   #pos = 0;
   #closed = false;
 
-  private constructor(s: StoreInternals, name: string, size: number, finalized: boolean, hash: Uint8Array | undefined, extents: ExtentMap) {
+  private constructor(
+    s: StoreInternals,
+    name: string,
+    size: number,
+    finalized: boolean,
+    hash: Uint8Array | undefined,
+    extents: ExtentMap,
+    damagedAt: number | undefined,
+  ) {
+    this.damagedAt = damagedAt;
     this.#s = s;
     this.name = name;
     this.size = size;
@@ -48,7 +59,7 @@ export class BlobReader {
     checkBlobName(name);
     s.checkOpen();
     const d = await s.snapshot(name);
-    const r = new BlobReader(s, name, d.size, d.finalized, d.hash ? Uint8Array.from(d.hash) : undefined, d.extents);
+    const r = new BlobReader(s, name, d.size, d.finalized, d.hash ? Uint8Array.from(d.hash) : undefined, d.extents, d.damagedAt);
     s.track(r);
     return r;
   }
@@ -78,7 +89,15 @@ export class BlobReader {
         expected: this.size,
       });
     }
-    const n = Math.min(buf.length, this.size - position);
+    let n = Math.min(buf.length, this.size - position);
+    if (this.damagedAt !== undefined && position + n > this.damagedAt) {
+      // Readable up to the damage; a read that starts at or after it fails.
+      if (position < this.damagedAt) n = this.damagedAt - position;
+      else throw new CabError('ERR_BLOB_DAMAGED', `blob ${this.name} is damaged from byte ${this.damagedAt}`, {
+        blob: this.name,
+        offset: this.damagedAt,
+      });
+    }
     let at = 0;
     for (const e of this.#extents.slice(position, n)) {
       await this.#files.read(e.frag, buf, at, e.size, e.offset);

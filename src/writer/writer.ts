@@ -147,6 +147,7 @@ export class BlobWriter {
       if (!tryLockExclusive(fh.fd)) throw new CabError('ERR_BLOB_LOCKED', `blob ${name} is being written`, { blob: name });
       const d = await readDescriptor(layout.descriptor(name), name);
       if (d.finalized) throw new CabError('ERR_BLOB_FINALIZED', `blob ${name} is finalized`, { blob: name });
+      if (d.damagedAt !== undefined) throw new CabError('ERR_BLOB_DAMAGED', `blob ${name} is damaged from byte ${d.damagedAt}`, { blob: name, offset: d.damagedAt });
       let headerEnd: number;
       if (!d.hasHeader) {
         // Created but its header never became durable: start it again.
@@ -291,6 +292,9 @@ export class BlobWriter {
           offset,
           expected: src.size,
         });
+      }
+      if (src.damagedAt !== undefined && offset + n > src.damagedAt) {
+        throw new CabError('ERR_BLOB_DAMAGED', `blob ${blob} is damaged from byte ${src.damagedAt}`, { blob, offset: src.damagedAt });
       }
       await this.#mutate(async () => {
         const read = async (pos: number, len: number) => {
@@ -461,7 +465,7 @@ export class BlobWriter {
         if (isCabError(e, 'ERR_NO_SUCH_BLOB')) continue;
         throw e;
       }
-      if (loc.offset + size > d.size) continue;
+      if (loc.offset + size > d.size || (d.damagedAt !== undefined && loc.offset + size > d.damagedAt)) continue;
       return [...d.extents.slice(loc.offset, size)];
     }
     return undefined;
