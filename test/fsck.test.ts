@@ -1,0 +1,183 @@
+import test, { type ExecutionContext } from 'ava';
+import fs from 'node:fs';
+import zlib from 'node:zlib';
+import { BlobStore, CabError, merkleRoot, toHex, type FsckReport } from '../src/index.js';
+import { prngBytes } from '../tools/data.js';
+import { tempDir, readAll, collect } from './helpers/store.js';
+
+/** A store of four blobs, two of which share data, with small fragments. */
+async function fixture(t: ExecutionContext) {
+  const dir = tempDir(t);
+  const store = await BlobStore.open(dir, { fragmentSize: 1 << 20 });
+  const contents = new Map<string, Buffer>();
+  for (let i = 0; i < 4; i++) {
+    const bytes = prngBytes(`fsck ${i}`, 2_500_000 + i * 1000);
+    const w = await store.newBlobWriter();
+    for (let off = 0; off < bytes.length; off += 700_000) {
+      await w.appendBytes(bytes.subarray(off, off + 700_000));
+      await w.flush();
+    }
+    await w.close();
+    contents.set(w.name, bytes);
+  }
+  return { dir, store, contents };
+}
+
+function kinds(r: FsckReport): string[] {
+  return r.problems.map((p) => p.kind).sort();
+}
+
+/** After repair: every blob not called damaged reads back with its recorded hash; damaged ones read up to the damage. */
+async function checkAfterRepair(t: ExecutionContext, store: BlobStore, contents: Map<string, Buffer>, report: FsckReport): Promise<void> {
+  const damaged = new Map(report.damaged.map((d) => [d.blob, d.offset]));
+  for (const [name, bytes] of contents) {
+    const r = await store.newBlobReader(name);
+    try {
+      if (!damaged.has(name)) {
+        t.deepEqual(await readAll(store, name), bytes, name);
+        t.is(toHex(r.hash!), toHex(merkleRoot(bytes)));
+      } else {
+        const at = damaged.get(name)!;
+        t.is(r.damagedAt, at);
+        const buf = Buffer.alloc(at);
+        if (at > 0) t.is(await r.readAt(buf, 0), at);
+        t.deepEqual(buf, bytes.subarray(0, at));
+        const e = await t.throwsAsync(r.readAt(Buffer.alloc(10), at), { instanceOf: CabError });
+        t.is(e!.code, 'ERR_BLOB_DAMAGED');
+      }
+    } finally {
+      await r.close();
+    }
+  }
+}
+
+test('fsck on a clean store reports nothing, with and without verify', async (t) => {
+  const { store } = await fixture(t);
+  t.teardown(() => store.close());
+  for (const verify of [false, true]) {
+    const r = await store.fsck({ verify });
+    t.deepEqual(r.problems, [], JSON.stringify(r.problems));
+    t.is(r.blobs, 4);
+    t.is(r.unrepaired, 0);
+    if (verify) t.true(r.bytesVerified >= 2 * 4 * 2_500_000);
+  }
+});
+
+test('a deleted fragment: found, and repair marks the blob damaged', async (t) => {
+  const { store, contents } = await fixture(t);
+  t.teardown(() => store.close());
+  const [name] = [...contents.keys()];
+  const r0 = await store.newBlobReader(name!);
+  await r0.close();
+  const frags = await collect(store.listCaIds());
+  // the fragment holding the blob's second MiB
+  const victim = frags.find((f) => fs.statSync(store.layout.fragment(f)).size > 0 && !!f)!;
+  fs.rmSync(store.layout.fragment(victim));
+  const found = await store.fsck();
+  t.true(kinds(found).includes('missing-fragment'));
+  t.true(found.unrepaired > 0);
+  t.is(found.damaged.length, 1);
+  const repaired = await store.fsck({ repair: true });
+  t.is(repaired.unrepaired, 0);
+  t.true(repaired.problems.every((p) => p.repaired));
+  await checkAfterRepair(t, store, contents, repaired);
+  // lookupChunk no longer offers the lost chunks of the damaged blob
+  const bad = repaired.damaged[0]!;
+  for await (const c of store.blobChunkStream(bad.blob)) {
+    const loc = await store.lookupChunk(c.hash).catch(() => undefined);
+    if (loc) t.false(loc.blob === bad.blob && loc.offset + loc.size > bad.offset);
+  }
+  const again = await store.fsck();
+  t.is(again.unrepaired, 0);
+  t.is(again.damaged.length, 1);
+});
+
+test('a fragment with a flipped byte: found with verify only; repair marks its blob damaged', async (t) => {
+  const { store, contents } = await fixture(t);
+  t.teardown(() => store.close());
+  const frags = await collect(store.listCaIds());
+  const victim = store.layout.fragment(frags[3]!);
+  const b = fs.readFileSync(victim);
+  b[Math.floor(b.length / 2)]! ^= 0x40;
+  fs.writeFileSync(victim, b);
+  t.deepEqual((await store.fsck()).problems, []);
+  const found = await store.fsck({ verify: true });
+  t.true(kinds(found).includes('corrupt-fragment'));
+  t.true(found.problems.some((p) => p.kind === 'corrupt-fragment' && p.blob !== undefined));
+  const repaired = await store.fsck({ verify: true, repair: true });
+  t.is(repaired.damaged.length, 1);
+  await checkAfterRepair(t, store, contents, repaired);
+});
+
+test('a truncated descriptor and a garbage record: found, and repair truncates to the last good record', async (t) => {
+  const { store, contents } = await fixture(t);
+  t.teardown(() => store.close());
+  const [a, b] = [...contents.keys()];
+  // a: cut in the middle of its last (final) record
+  const fa = store.layout.descriptor(a!);
+  fs.truncateSync(fa, fs.statSync(fa).size - 5);
+  // b: a well-framed record (right length and CRC) whose payload is garbage
+  const payload = Buffer.from('definitely not msgpack of a record \x00\xff');
+  const head = Buffer.alloc(8);
+  head.writeUInt32LE(payload.length, 0);
+  head.writeUInt32LE(zlib.crc32(payload), 4);
+  fs.appendFileSync(store.layout.descriptor(b!), Buffer.concat([head, payload]));
+  const found = await store.fsck();
+  t.deepEqual(
+    found.problems.filter((p) => p.kind === 'torn-descriptor').map((p) => p.blob).sort(),
+    [a, b].sort(),
+  );
+  const repaired = await store.fsck({ repair: true });
+  t.is(repaired.unrepaired, 0);
+  t.deepEqual((await store.fsck({ verify: true })).problems, []);
+  // b is intact; a lost its final record: it is unfinalized, holds its flushed bytes, and can be finished
+  t.deepEqual(await readAll(store, b!), contents.get(b!));
+  const r = await store.newBlobReader(a!);
+  t.false(r.isFinalized);
+  const size = r.size;
+  await r.close();
+  t.deepEqual(await readAll(store, a!), contents.get(a!)!.subarray(0, size));
+  const w = await store.resumeBlobWriter(a!);
+  await w.appendBytes(contents.get(a!)!.subarray(size));
+  await w.close();
+  t.is(toHex(w.hash), toHex(merkleRoot(contents.get(a!)!)));
+});
+
+test('a removed chunk index: fsck finds it, repair rebuilds it', async (t) => {
+  const { dir, store, contents } = await fixture(t);
+  const before = new Map<string, string[]>();
+  for (const name of contents.keys()) before.set(name, (await collect(store.blobChunkStream(name))).map((c) => `${toHex(c.hash)}:${c.size}`));
+  await store.close();
+  fs.rmSync(store.layout.index, { recursive: true });
+  const s = await BlobStore.open(dir, { catchUpIndex: false });
+  t.teardown(() => s.close());
+  const found = await s.fsck();
+  t.is(found.problems.filter((p) => p.kind === 'index-mismatch').length, 4);
+  await s.fsck({ repair: true });
+  t.deepEqual((await s.fsck({ verify: true })).problems, []);
+  for (const [name, chunks] of before) {
+    t.deepEqual((await collect(s.blobChunkStream(name))).map((c) => `${toHex(c.hash)}:${c.size}`), chunks);
+    const first = (await collect(s.blobChunkStream(name)))[0]!;
+    t.is((await s.lookupChunk(first.hash)).size, first.size);
+  }
+});
+
+test('fsck leaves a blob that a live writer holds alone', async (t) => {
+  const { store } = await fixture(t);
+  t.teardown(() => store.close());
+  const w = await store.newBlobWriter();
+  const bytes = prngBytes('live', 100_010);
+  await w.appendBytes(bytes.subarray(0, 100_000));
+  await w.flush();
+  // what a record half-written at this moment looks like
+  const file = store.layout.descriptor(w.name);
+  fs.appendFileSync(file, Buffer.from([200, 0, 0, 0, 1, 2]));
+  const size = fs.statSync(file).size;
+  const r = await store.fsck({ repair: true });
+  t.false(r.problems.some((p) => p.blob === w.name));
+  t.is(fs.statSync(file).size, size); // not truncated under the writer
+  await w.appendBytes(bytes.subarray(100_000));
+  await w.close();
+  t.deepEqual(await readAll(store, w.name), bytes);
+  t.is(toHex(w.hash), toHex(merkleRoot(bytes)));
+});
