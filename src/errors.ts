@@ -22,6 +22,7 @@ export const ERROR_CODES = {
   ERR_FRAGMENT_MISSING: 'a fragment a blob needs is missing or shorter than its extents',
   ERR_FORMAT_VERSION: 'the store or a descriptor has a newer format version than this code reads',
   ERR_BAD_STORE: 'the directory is not a cabstore store, or its cabstore.json is damaged',
+  ERR_GC_RUNNING: 'another GC is running on this store (pass wait: true to wait for it)',
   ERR_CLOSED: 'the store, writer or reader is closed',
   ERR_ABORTED: 'the operation was cancelled through its AbortSignal',
 } as const;

@@ -2,6 +2,7 @@ import type { ResolvedChunkerParams } from '../chunker/params.js';
 import type { ChunkIndex } from './chunk-index.js';
 import type { Descriptor } from './descriptor.js';
 import type { Layout } from './layout.js';
+import type { Lease } from './lease.js';
 
 /**
  * What writers and readers need from their store. The store owns the disk;
@@ -10,6 +11,8 @@ import type { Layout } from './layout.js';
 export interface StoreInternals {
   readonly layout: Layout;
   readonly index: ChunkIndex;
+  /** This process's lease: pins published for GC, and the GC gate. */
+  readonly lease: Lease;
   readonly chunker: ResolvedChunkerParams;
   /** A writer seals its current fragment (a durable checkpoint) once it holds this many bytes. */
   readonly fragmentSize: number;

@@ -12,6 +12,8 @@ import type { StoreInternals } from './internals.js';
 import { FORMAT_VERSION, Layout, checkBlobName, isFragmentId, newBlobName } from './layout.js';
 import { tryLockExclusive } from './lock.js';
 import { fsck, type FsckOptions, type FsckReport } from './fsck.js';
+import { Lease } from './lease.js';
+import { collect, type GcOptions, type GcReport } from '../gc/gc.js';
 import { Tables, type BlobMetadata, type Signpost, type PerSyncgroup } from './tables.js';
 
 export interface StoreOptions {
@@ -38,7 +40,7 @@ export interface ChunkRef {
 /** One step to rebuild a remote blob: copy a range of a local blob, or fetch a chunk from the peer. */
 export type RecipeStep = { kind: 'blob'; blob: string; offset: number; size: number } | { kind: 'chunk'; hash: Uint8Array; size: number };
 
-export type { Location, BlobMetadata, Signpost, PerSyncgroup, FsckOptions, FsckReport };
+export type { Location, BlobMetadata, Signpost, PerSyncgroup, FsckOptions, FsckReport, GcOptions, GcReport };
 
 interface StoreConfig {
   format: number;
@@ -60,6 +62,7 @@ export class BlobStore implements StoreInternals {
   readonly layout: Layout;
   readonly index: ChunkIndex;
   readonly tables: Tables;
+  readonly lease: Lease;
   readonly chunker: ResolvedChunkerParams;
   readonly fragmentSize: number;
   readonly knownDirs = new Set<string>();
@@ -67,7 +70,8 @@ export class BlobStore implements StoreInternals {
   readonly #snapshots = new Map<string, { fileSize: number; d: Promise<Descriptor> }>();
   #closing: Promise<void> | null = null;
 
-  private constructor(layout: Layout, index: ChunkIndex, tables: Tables, chunker: ResolvedChunkerParams, fragmentSize: number) {
+  private constructor(layout: Layout, index: ChunkIndex, tables: Tables, lease: Lease, chunker: ResolvedChunkerParams, fragmentSize: number) {
+    this.lease = lease;
     this.layout = layout;
     this.root = layout.root;
     this.index = index;
@@ -85,13 +89,21 @@ export class BlobStore implements StoreInternals {
     const config = await loadConfig(layout, options);
     for (const dir of [layout.blobRoot, layout.casRoot, layout.tmp, layout.index, layout.leases, layout.tables]) await fs.mkdir(dir, { recursive: true });
     await fsyncDir(layout.root);
-    const store = new BlobStore(layout, ChunkIndex.open(layout.index), Tables.open(layout.tables), resolveChunkerParams(config.chunker), fragmentSize);
+    const store = new BlobStore(
+      layout,
+      ChunkIndex.open(layout.index),
+      Tables.open(layout.tables),
+      await Lease.take(layout),
+      resolveChunkerParams(config.chunker),
+      fragmentSize,
+    );
     for (const d of [layout.blobRoot, layout.casRoot, layout.tmp]) store.knownDirs.add(d);
     try {
       if (options.catchUpIndex ?? true) await store.#catchUp();
     } catch (e) {
       await store.index.close();
       await store.tables.close();
+      await store.lease.close();
       throw e;
     }
     return store;
@@ -319,6 +331,18 @@ export class BlobStore implements StoreInternals {
     for await (const id of walk(this.layout.casRoot, 2)) if (isFragmentId(id)) yield id;
   }
 
+  /**
+   * Deletes fragments no blob, open reader or writer (in any live process)
+   * needs, temp files of dead processes, and index entries of deleted blobs;
+   * with maxBytes, evicts blobs too. See GcOptions and docs/FORMAT.md.
+   */
+  async gc(options: GcOptions = {}): Promise<GcReport> {
+    this.checkOpen();
+    const report = await collect(this, options);
+    this.#snapshots.clear();
+    return report;
+  }
+
   /** Checks the store (and with `repair`, mends it); see FsckReport. Safe while other processes use the store. */
   async fsck(options: FsckOptions = {}): Promise<FsckReport> {
     this.checkOpen();
@@ -333,6 +357,7 @@ export class BlobStore implements StoreInternals {
       for (const r of [...this.#open]) await closeQuietly(r);
       await this.index.close();
       await this.tables.close();
+      await this.lease.close();
     })();
     return this.#closing;
   }

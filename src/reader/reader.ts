@@ -58,7 +58,12 @@ export class BlobReader {
   static async open(s: StoreInternals, name: string): Promise<BlobReader> {
     checkBlobName(name);
     s.checkOpen();
-    const d = await s.snapshot(name);
+    // Read the descriptor and publish its fragments as pins with the GC gate held shared.
+    const d = await s.lease.gate(async () => {
+      const d = await s.snapshot(name);
+      await s.lease.pin(d.extents.fragments(), [name]);
+      return d;
+    });
     const r = new BlobReader(s, name, d.size, d.finalized, d.hash ? Uint8Array.from(d.hash) : undefined, d.extents, d.damagedAt);
     s.track(r);
     return r;
@@ -167,6 +172,7 @@ export class BlobReader {
     if (this.#closed) return;
     this.#closed = true;
     await this.#files.close();
+    await this.#s.lease.unpin(this.#extents.fragments(), [this.name]).catch(() => {});
     this.#s.untrack(this);
   }
 

@@ -5,7 +5,7 @@ import { Chunker } from '../chunker/fastcdc.js';
 import { LEAF_SIZE, type MerkleState } from '../hash/merkle.js';
 import { HashJob } from '../hash/pool.js';
 import { fromHex, sha256, toHex } from '../hash/sha256.js';
-import { encodeRecord, merkleToRecord, readDescriptor, type AppendRecord } from '../fsstore/descriptor.js';
+import { encodeRecord, merkleToRecord, readDescriptor, type AppendRecord, type Descriptor } from '../fsstore/descriptor.js';
 import { ensureDir, fsyncDir } from '../fsstore/durable.js';
 import { FragmentFiles, FragmentWriter } from '../fsstore/fragments.js';
 import { checkBlobName } from '../fsstore/layout.js';
@@ -81,6 +81,9 @@ export class BlobWriter {
   /** Chunks written to the current fragment: SHA-256 hex -> offset in it. */
   readonly #local = new Map<string, number>();
   readonly #cuts: number[] = [];
+  /** Fragments this writer pinned (published in the lease until it closes), and the snapshots they came from. */
+  readonly #pinned = new Set<string>();
+  readonly #pinnedSnapshots = new WeakSet<Descriptor>();
   /** The checkpoint being made durable in the background, and the first failure of one. */
   #bg: Promise<void> = Promise.resolve();
   #bgError: unknown;
@@ -119,6 +122,7 @@ export class BlobWriter {
       await fsyncDir(layout.blobDir(name));
       await s.index.touchBlob(name, header.length);
       const w = new BlobWriter(s, name, fh, header.length, header.length);
+      await s.lease.pin([], [name]);
       s.track(w);
       ok = true;
       return w;
@@ -167,7 +171,11 @@ export class BlobWriter {
       }
       await catchUpBlob(s.index, layout, name);
       const w = new BlobWriter(s, name, fh, headerEnd, d.validEnd);
-      await w.#restore(d.size, d.chunkCount, d.chunkEnd, d.merkle, d.extents);
+      await s.lease.pin([], [name]);
+      await w.#restore(d.size, d.chunkCount, d.chunkEnd, d.merkle, d.extents).catch(async (e: unknown) => {
+        await s.lease.unpin([], [name]);
+        throw e;
+      });
       s.track(w);
       ok = true;
       return w;
@@ -284,7 +292,7 @@ export class BlobWriter {
       checkBlobName(blob);
       checkCount(offset, 'offset');
       if (size !== -1) checkCount(size, 'size');
-      const src = await this.#s.snapshot(blob);
+      const src = await this.#source(blob);
       const n = size === -1 ? src.size - offset : size;
       if (offset > src.size || offset + n > src.size) {
         throw new CabError('ERR_ILLEGAL_POSITION', `range [${offset}, ${offset + n}) is past the end of blob ${blob} (${src.size} bytes)`, {
@@ -384,6 +392,8 @@ export class BlobWriter {
     this.#frag = null;
     await this.#files.close();
     await this.#fh.close().catch(() => {});
+    await this.#s.lease.unpin(this.#pinned, [this.name]).catch(() => {});
+    this.#pinned.clear();
     this.#s.untrack(this);
   }
 
@@ -452,6 +462,24 @@ export class BlobWriter {
     this.#committed = 0;
   }
 
+  /**
+   * A blob whose fragments this writer is about to reference. Its fragments
+   * are pinned (until the writer closes) with the GC gate held, so that the
+   * blob may be deleted meanwhile and GC still keeps them.
+   */
+  async #source(name: string): Promise<Descriptor> {
+    const d = await this.#s.snapshot(name);
+    if (this.#pinnedSnapshots.has(d)) return d;
+    return this.#s.lease.gate(async () => {
+      const fresh = await this.#s.snapshot(name); // under the gate: it still exists
+      const add = fresh.extents.fragments().filter((f) => !this.#pinned.has(f));
+      for (const f of add) this.#pinned.add(f);
+      await this.#s.lease.pin(add);
+      this.#pinnedSnapshots.add(fresh);
+      return fresh;
+    });
+  }
+
   /** A stored copy of a chunk: in the fragment being written, or in a blob the index knows. */
   async #findStored(hash: Uint8Array, size: number): Promise<NewExtent[] | undefined> {
     const local = this.#local.get(toHex(hash));
@@ -460,7 +488,7 @@ export class BlobWriter {
       if (loc.size !== size) continue;
       let d;
       try {
-        d = await this.#s.snapshot(loc.blob);
+        d = await this.#source(loc.blob);
       } catch (e) {
         if (isCabError(e, 'ERR_NO_SUCH_BLOB')) continue;
         throw e;
@@ -546,6 +574,11 @@ export class BlobWriter {
       try {
         if (frag) {
           id = await fragId!;
+          // Pinned before it appears in cas/, so no GC can take it before the record references it.
+          if (!this.#pinned.has(id)) {
+            this.#pinned.add(id);
+            await this.#s.lease.pin([id]);
+          }
           await frag.seal(id, this.#s.layout, this.#s.knownDirs);
         }
       } catch (e) {

@@ -1,0 +1,254 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import lockfile from 'proper-lockfile';
+import { CabError, isCabError } from '../errors.js';
+import type { ChunkIndex } from '../fsstore/chunk-index.js';
+import { readDescriptor } from '../fsstore/descriptor.js';
+import type { Layout } from '../fsstore/layout.js';
+import { livePins, type Lease } from '../fsstore/lease.js';
+import { tryLockExclusive } from '../fsstore/lock.js';
+import type { Tables } from '../fsstore/tables.js';
+
+export interface GcOptions {
+  /** Report what would be deleted, delete nothing. */
+  dryRun?: boolean;
+  /**
+   * Also evict whole finalized blobs, least recently accessed first (BlobMetadata
+   * `accessed`, else creation time), never one with an ownerShares entry > 0 or
+   * one open in any live process, until the fragments fit in this many bytes.
+   */
+  maxBytes?: number;
+  /** If another GC runs: wait for it (true) or fail with ERR_GC_RUNNING (false, the default). */
+  wait?: boolean;
+  signal?: AbortSignal;
+  onProgress?: (p: GcProgress) => void;
+}
+
+export interface GcProgress {
+  phase: 'index' | 'list' | 'mark' | 'evict' | 'sweep' | 'tmp';
+  done: number;
+  total?: number;
+}
+
+export interface GcReport {
+  dryRun: boolean;
+  fragmentsDeleted: number;
+  bytesDeleted: number;
+  fragmentsKept: number;
+  bytesKept: number;
+  tempFilesDeleted: number;
+  /** Index entries (chunk locations) removed because their blob is gone. */
+  indexEntriesRemoved: number;
+  /** Leases of dead processes whose pins were dropped. */
+  deadLeases: number;
+  evicted: string[];
+  seconds: number;
+}
+
+/** What GC needs from its store. */
+export interface GcStore {
+  readonly layout: Layout;
+  readonly index: ChunkIndex;
+  readonly tables: Tables;
+  readonly lease: Lease;
+  listBlobIds(): AsyncIterable<string>;
+  listCaIds(): AsyncIterable<string>;
+  deleteBlob(name: string): Promise<void>;
+}
+
+function checkAbort(signal?: AbortSignal): void {
+  if (signal?.aborted) throw new CabError('ERR_ABORTED', 'gc was cancelled', {}, { cause: signal.reason });
+}
+
+/**
+ * Mark and sweep, safe while other processes use the store:
+ *
+ * 1. one GC at a time (proper-lockfile on leases/gc);
+ * 2. list cas/: only these fragments are candidates (one renamed in later is not);
+ * 3. with the gate held exclusively (no reader or writer takes a new
+ *    reference meanwhile): read the pins of live leases, mark the fragments
+ *    of every descriptor, evict if asked, delete candidates neither marked
+ *    nor pinned;
+ * 4. delete temp files of dead processes.
+ *
+ * docs/FORMAT.md argues why no live reference is collected.
+ */
+export async function collect(store: GcStore, options: GcOptions = {}): Promise<GcReport> {
+  const t0 = performance.now();
+  const { layout, index } = store;
+  const dryRun = !!options.dryRun;
+  const report: GcReport = {
+    dryRun,
+    fragmentsDeleted: 0,
+    bytesDeleted: 0,
+    fragmentsKept: 0,
+    bytesKept: 0,
+    tempFilesDeleted: 0,
+    indexEntriesRemoved: 0,
+    deadLeases: 0,
+    evicted: [],
+    seconds: 0,
+  };
+  if (options.maxBytes !== undefined && (!Number.isSafeInteger(options.maxBytes) || options.maxBytes < 0)) {
+    throw new CabError('ERR_BAD_ARGUMENT', `maxBytes must be a non-negative integer, not ${options.maxBytes}`);
+  }
+  const progress = options.onProgress ?? (() => {});
+  const lockTarget = path.join(layout.leases, 'gc');
+  await fs.writeFile(lockTarget, '', { flag: 'a' });
+  let release: () => Promise<void>;
+  try {
+    release = await lockfile.lock(lockTarget, {
+      realpath: false,
+      stale: 60_000,
+      update: 10_000,
+      retries: options.wait ? { retries: 1_000_000, factor: 1.2, minTimeout: 20, maxTimeout: 1000 } : 0,
+    });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ELOCKED') throw new CabError('ERR_GC_RUNNING', 'another GC is running on this store', {}, { cause: e });
+    throw e;
+  }
+  try {
+    // Index entries of blobs whose descriptor is gone (a crash between unlink and index update).
+    progress({ phase: 'index', done: 0 });
+    for (const name of [...index.blobNames()]) {
+      checkAbort(options.signal);
+      if (await exists(layout.descriptor(name))) continue;
+      report.indexEntriesRemoved += dryRun ? 0 : await index.removeBlob(name);
+    }
+
+    // Candidates: the fragments there are now.
+    const sizes = new Map<string, number>();
+    for await (const id of store.listCaIds()) {
+      checkAbort(options.signal);
+      try {
+        sizes.set(id, (await fs.stat(layout.fragment(id))).size);
+      } catch {
+        /* deleted meanwhile */
+      }
+      if (sizes.size % 10_000 === 0) progress({ phase: 'list', done: sizes.size });
+    }
+
+    const livePids = await store.lease.gateExclusive(async () => {
+      const live = await livePins(layout, dryRun);
+      report.deadLeases = live.deadLeases;
+      const pinned = new Set<string>();
+      const openBlobs = new Set<string>();
+      for (const p of live.pins) {
+        for (const f of p.fragments ?? []) pinned.add(f);
+        for (const b of p.blobs ?? []) openBlobs.add(b);
+      }
+
+      // Mark. With maxBytes, also remember who uses what, for eviction.
+      const marked = new Map<string, number>(); // fragment -> number of blobs using it
+      const evictable: Array<{ name: string; when: number; frags: string[] }> = [];
+      let n = 0;
+      for await (const name of store.listBlobIds()) {
+        checkAbort(options.signal);
+        let d;
+        try {
+          d = await readDescriptor(layout.descriptor(name), name);
+        } catch (e) {
+          if (isCabError(e, 'ERR_NO_SUCH_BLOB')) continue;
+          throw e;
+        }
+        const frags = d.extents.fragments();
+        for (const f of frags) marked.set(f, (marked.get(f) ?? 0) + 1);
+        if (options.maxBytes !== undefined && d.finalized && !openBlobs.has(name)) {
+          const md = store.tables.metadata.get(name);
+          const owned = md ? Object.values(md.ownerShares).some((v) => v > 0) : false;
+          if (!owned) evictable.push({ name, when: md ? md.accessed.getTime() : d.ctime, frags: [...frags] });
+        }
+        if (++n % 1000 === 0) progress({ phase: 'mark', done: n });
+      }
+      const keep = (f: string) => (marked.get(f) ?? 0) > 0 || pinned.has(f);
+
+      if (options.maxBytes !== undefined) {
+        let bytes = 0;
+        for (const [f, s] of sizes) if (keep(f)) bytes += s;
+        evictable.sort((a, b) => a.when - b.when || (a.name < b.name ? -1 : 1));
+        for (const b of evictable) {
+          if (bytes <= options.maxBytes) break;
+          checkAbort(options.signal);
+          if (!dryRun) {
+            try {
+              await store.deleteBlob(b.name);
+            } catch (e) {
+              // Opened or deleted since we looked: leave it.
+              if (isCabError(e, 'ERR_BLOB_LOCKED') || isCabError(e, 'ERR_NO_SUCH_BLOB')) continue;
+              throw e;
+            }
+          }
+          report.evicted.push(b.name);
+          for (const f of b.frags) {
+            const left = marked.get(f)! - 1;
+            marked.set(f, left);
+            if (left === 0 && !pinned.has(f)) bytes -= sizes.get(f) ?? 0;
+          }
+          progress({ phase: 'evict', done: report.evicted.length });
+        }
+      }
+
+      // Sweep.
+      let swept = 0;
+      for (const [id, size] of sizes) {
+        if (keep(id)) {
+          report.fragmentsKept++;
+          report.bytesKept += size;
+          continue;
+        }
+        checkAbort(options.signal);
+        if (!dryRun) {
+          try {
+            await fs.unlink(layout.fragment(id));
+          } catch (e) {
+            if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+            continue;
+          }
+        }
+        report.fragmentsDeleted++;
+        report.bytesDeleted += size;
+        if (++swept % 1000 === 0) progress({ phase: 'sweep', done: swept });
+      }
+      return live.livePids;
+    });
+
+    // Temp files of processes that are gone (the pid starts the name), and half-made leases.
+    for (const ent of await fs.readdir(layout.tmp)) {
+      checkAbort(options.signal);
+      const pid = Number(ent.split('-')[0]);
+      if (livePids.has(pid)) continue;
+      if (!dryRun) await fs.rm(path.join(layout.tmp, ent), { force: true });
+      report.tempFilesDeleted++;
+    }
+    progress({ phase: 'tmp', done: report.tempFilesDeleted });
+    if (!dryRun) await dropHalfMadeLeases(layout);
+  } finally {
+    await release().catch(() => {});
+  }
+  report.seconds = (performance.now() - t0) / 1000;
+  return report;
+}
+
+/** `.new` lease files that no one holds: a process died while taking its lease. */
+async function dropHalfMadeLeases(layout: Layout): Promise<void> {
+  for (const ent of await fs.readdir(layout.leases)) {
+    if (!ent.endsWith('.new')) continue;
+    const file = path.join(layout.leases, ent);
+    const fh = await fs.open(file, 'r').catch(() => undefined);
+    if (!fh) continue;
+    try {
+      if (tryLockExclusive(fh.fd)) await fs.rm(file, { force: true });
+    } finally {
+      await fh.close();
+    }
+  }
+}
+
+async function exists(file: string): Promise<boolean> {
+  try {
+    await fs.access(file);
+    return true;
+  } catch {
+    return false;
+  }
+}
