@@ -154,7 +154,7 @@ export class BlobStore implements StoreInternals {
 
   /** A writer for a new blob (random name unless given). ERR_BLOB_EXISTS if the name is taken. */
   newBlobWriter(name?: string): Promise<BlobWriter> {
-    return BlobWriter.create(this, name ?? newBlobName());
+    return BlobWriter.create(this, name === undefined ? newBlobName() : name);
   }
 
   /** A writer that continues an unfinalized blob from its last durable byte. */
@@ -323,11 +323,13 @@ export class BlobStore implements StoreInternals {
 
   /** Names of all blobs (finalized or not), lazily, from the descriptors on disk. */
   async *listBlobIds(): AsyncGenerator<string> {
+    this.checkOpen();
     for await (const name of walk(this.layout.blobRoot, 1)) if (/^[0-9a-f]{32}$/.test(name)) yield name;
   }
 
   /** Ids of all fragments, lazily. */
   async *listCaIds(): AsyncGenerator<string> {
+    this.checkOpen();
     for await (const id of walk(this.layout.casRoot, 2)) if (isFragmentId(id)) yield id;
   }
 
