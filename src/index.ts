@@ -6,3 +6,6 @@ export { BlobWriter, type AppendItem } from './writer/writer.js';
 export { BlobReader, type StreamOptions } from './reader/reader.js';
 export type { FsckProblem, FsckProblemKind } from './fsstore/fsck.js';
 export type { GcProgress } from './gc/gc.js';
+export { serve, connect, type ServeOptions, type CabServer, type ConnectOptions, type CabClient } from './transfer/ws.js';
+export type { TransferStats, TransferProgress, ReceiveOptions } from './transfer/receive.js';
+export { PROTOCOL_VERSION, encode as encodeMessage, decode as decodeMessage, type Message, type Perm } from './transfer/messages.js';

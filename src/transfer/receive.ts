@@ -1,0 +1,381 @@
+import { CabError, isCabError } from '../errors.js';
+import { chunk as cdc } from '../chunker/fastcdc.js';
+import { bytesEqual, sha256, toHex } from '../hash/sha256.js';
+import type { BlobStore, ChunkRef } from '../fsstore/store.js';
+import type { BlobWriter } from '../writer/writer.js';
+import { MAX_GET_BYTES, type GetItem, type WireChunk } from './messages.js';
+
+/** Where `receive` gets a blob from: a peer over a connection, or a bundle. */
+export interface RemoteSource {
+  label: string;
+  stat(name: string): Promise<{ size: number; finalized: boolean; hash?: Uint8Array }>;
+  /** The blob's chunks from number `from`, a page at a time. */
+  list(name: string, from: number): Promise<{ chunks: WireChunk[]; end: boolean }>;
+  /** The chunk cut again by the fine chunker: [SHA-256, size] of each piece. */
+  fine(hash: Uint8Array, size: number): Promise<WireChunk[]>;
+  /** Byte ranges of chunks, in order. */
+  get(items: GetItem[]): Promise<Uint8Array[]>;
+}
+
+export interface TransferProgress {
+  /** Blob size. */
+  size: number;
+  /** Bytes the receiver lacked (to fetch). */
+  neededBytes: number;
+  /** Bytes taken from local blobs (whole chunks or fine pieces). */
+  reusedBytes: number;
+  /** Chunk payload bytes received. */
+  receivedBytes: number;
+  /** Bytes appended so far, each checked against its hash. */
+  verifiedBytes: number;
+}
+
+export interface TransferStats extends TransferProgress {
+  name: string;
+  hash: Uint8Array;
+  /** The receiver already had the blob: one round trip. */
+  alreadyHad: boolean;
+  /** Bytes of an earlier, interrupted transfer that were kept. */
+  resumedFrom: number;
+  chunksFetched: number;
+}
+
+export interface ReceiveOptions {
+  onProgress?: (p: TransferProgress) => void;
+  /** Cancels; what is written stays, unfinalized and resumable. */
+  signal?: AbortSignal;
+  /** The sender's name, for the blob's signpost. */
+  label?: string;
+  /** What the sender announced (push): checked against its stat. */
+  expect?: { size: number; hash: Uint8Array };
+}
+
+/** A run of missing chunks at most this long is matched at the fine grain against nearby local bytes. */
+const FINE_RUN_MAX = 1024 * 1024;
+/** Local bytes searched on each side of where a missing run would be. */
+const FINE_SLACK = 32 * 1024;
+/** `get` requests in flight while fetching long runs. */
+const GET_WINDOW = 4;
+
+type Step = { kind: 'blob'; blob: string; offset: number; size: number } | { kind: 'chunk'; hash: Uint8Array; size: number };
+
+/**
+ * Fetches blob `name` from `src` into `store` under the same name: only the
+ * chunks the store lacks travel, each verified against its hash before it
+ * is written, and the blob hash is checked before it is finalized. A blob
+ * already here with the same hash costs one stat. An unfinalized blob of that
+ * name (an interrupted transfer) is resumed from its durable size.
+ */
+export async function receive(store: BlobStore, src: RemoteSource, name: string, options: ReceiveOptions = {}): Promise<TransferStats> {
+  const st = await src.stat(name);
+  if (!st.finalized || !st.hash) throw new CabError('ERR_BLOB_NOT_FINALIZED', `the sender's blob ${name} is not finalized`, { blob: name });
+  if (options.expect && (options.expect.size !== st.size || !bytesEqual(options.expect.hash, st.hash))) {
+    throw new CabError('ERR_PROTOCOL', `blob ${name} is not what the sender announced`, { blob: name });
+  }
+  const stats: TransferStats = {
+    name,
+    hash: st.hash,
+    size: st.size,
+    neededBytes: 0,
+    reusedBytes: 0,
+    receivedBytes: 0,
+    verifiedBytes: 0,
+    alreadyHad: false,
+    resumedFrom: 0,
+    chunksFetched: 0,
+  };
+  let writer: BlobWriter;
+  try {
+    const have = await store.newBlobReader(name);
+    await have.close();
+    if (have.isFinalized) {
+      if (!bytesEqual(have.hash!, st.hash)) {
+        throw new CabError('ERR_BLOB_EXISTS', `blob ${name} exists here with other content`, { blob: name, expected: toHex(st.hash), found: toHex(have.hash!) });
+      }
+      stats.alreadyHad = true;
+      stats.verifiedBytes = st.size;
+      await noteSource(store, name, options.label);
+      return stats;
+    }
+    writer = await store.resumeBlobWriter(name);
+  } catch (e) {
+    if (!isCabError(e, 'ERR_NO_SUCH_BLOB')) throw e;
+    writer = await store.newBlobWriter(name);
+  }
+  try {
+    if (writer.size > st.size) throw new CabError('ERR_BLOB_EXISTS', `blob ${name} here is longer than the sender's`, { blob: name });
+    stats.resumedFrom = writer.size;
+    await new Receiver(store, src, name, writer, stats, options).run();
+    if (!bytesEqual(writer.hash, st.hash)) {
+      throw new CabError('ERR_HASH_MISMATCH', `blob ${name} hashes to ${toHex(writer.hash)}, not the announced ${toHex(st.hash)}`, {
+        blob: name,
+        expected: toHex(st.hash),
+        found: toHex(writer.hash),
+      });
+    }
+    await writer.close();
+  } catch (e) {
+    await writer.closeWithoutFinalize().catch(() => {});
+    throw e;
+  }
+  await noteSource(store, name, options.label);
+  return stats;
+}
+
+/** A successful transfer: the peer goes into the blob's signpost, and the blob counts as accessed. */
+async function noteSource(store: BlobStore, name: string, label?: string): Promise<void> {
+  const now = new Date();
+  if (label) {
+    const sp = (await store.getSignpost(name)) ?? { locations: {}, sgIds: [], fetchAttempts: 0 };
+    sp.locations[label] = { whenSeen: now, isProxy: false, isServer: true };
+    await store.setSignpost(name, sp);
+  }
+  const md = (await store.getBlobMetadata(name)) ?? { ownerShares: {}, referenced: now, accessed: now };
+  md.accessed = now;
+  await store.setBlobMetadata(name, md);
+}
+
+class Receiver {
+  /** Where the last local range ended: the local bytes most like what comes next. */
+  #cursor: { blob: string; offset: number } | undefined;
+  #run: Array<{ hash: Uint8Array; size: number }> = [];
+  #runBytes = 0;
+
+  constructor(
+    readonly store: BlobStore,
+    readonly src: RemoteSource,
+    readonly name: string,
+    readonly w: BlobWriter,
+    readonly stats: TransferStats,
+    readonly o: ReceiveOptions,
+  ) {}
+
+  #check(): void {
+    if (this.o.signal?.aborted) throw new CabError('ERR_ABORTED', 'the transfer was cancelled', { blob: this.name }, { cause: this.o.signal.reason });
+  }
+
+  #progress(): void {
+    this.o.onProgress?.({ ...this.stats });
+  }
+
+  /** The sender's chunk list, a page at a time, the next page asked for while this one is used. */
+  async *#chunks(): AsyncGenerator<{ hash: Uint8Array; size: number; offset: number }> {
+    let from = 0;
+    let offset = 0;
+    let next = this.src.list(this.name, 0);
+    for (;;) {
+      const page = await next;
+      from += page.chunks.length;
+      if (!page.end) next = this.src.list(this.name, from);
+      for (const [hash, size] of page.chunks) {
+        yield { hash, size, offset };
+        offset += size;
+      }
+      if (page.end || page.chunks.length === 0) break;
+    }
+    if (offset !== this.stats.size) throw new CabError('ERR_PROTOCOL', `the chunk list covers ${offset} bytes of ${this.stats.size}`, { blob: this.name });
+  }
+
+  async run(): Promise<void> {
+    const durable = this.w.size;
+    const self = this;
+    // Skip what a resumed blob holds; the chunk it ends inside is finished from the sender.
+    async function* rest(): AsyncGenerator<ChunkRef> {
+      for await (const c of self.#chunks()) {
+        self.#check();
+        if (c.offset + c.size <= durable) continue;
+        if (c.offset < durable) {
+          await self.#finishStraddling(c, durable);
+          continue;
+        }
+        yield { hash: c.hash, size: c.size };
+      }
+    }
+    for await (const step of this.store.recipeStreamFromChunkStream(rest()) as AsyncIterable<Step>) {
+      this.#check();
+      if (step.kind === 'blob') {
+        await this.#flushRun(step);
+        await this.w.appendBlob(step.blob, step.offset, step.size);
+        this.stats.reusedBytes += step.size;
+        this.stats.verifiedBytes += step.size;
+        this.#cursor = { blob: step.blob, offset: step.offset + step.size };
+        this.#progress();
+      } else {
+        this.stats.neededBytes += step.size;
+        this.#run.push(step);
+        this.#runBytes += step.size;
+        if (this.#runBytes > FINE_RUN_MAX) await this.#flushRun(undefined);
+      }
+    }
+    await this.#flushRun(undefined);
+  }
+
+  /** The chunk that a resumed blob ends inside: its tail from the sender, checked with the local head. */
+  async #finishStraddling(c: { hash: Uint8Array; size: number; offset: number }, durable: number): Promise<void> {
+    const head = durable - c.offset;
+    const r = await this.store.newBlobReader(this.name);
+    const bytes = new Uint8Array(c.size);
+    try {
+      let at = 0;
+      while (at < head) at += await r.readAt(bytes.subarray(at, head), c.offset + at);
+    } finally {
+      await r.close();
+    }
+    const [tail] = await this.src.get([[c.hash, head, c.size - head]]);
+    this.stats.receivedBytes += tail!.length;
+    this.stats.neededBytes += tail!.length;
+    bytes.set(tail!, head);
+    if (tail!.length !== c.size - head || !bytesEqual(sha256(bytes), c.hash)) {
+      throw new CabError('ERR_HASH_MISMATCH', 'the rest of a chunk does not hash to the chunk', { blob: this.name, offset: c.offset });
+    }
+    await this.w.appendBytes(tail!);
+    this.stats.verifiedBytes += tail!.length;
+    this.stats.chunksFetched++;
+  }
+
+  /** Writes the pending run of missing chunks: matched finely against local bytes if it is short, else fetched whole. */
+  async #flushRun(next: { blob: string; offset: number } | undefined): Promise<void> {
+    if (this.#run.length === 0) return;
+    const run = this.#run;
+    const runBytes = this.#runBytes;
+    this.#run = [];
+    this.#runBytes = 0;
+    const near = this.#cursor ?? (next ? { blob: next.blob, offset: Math.max(0, next.offset - runBytes) } : undefined);
+    if (near && runBytes <= FINE_RUN_MAX) await this.#fine(run, near);
+    else await this.#whole(run);
+    if (this.#cursor) this.#cursor = { blob: this.#cursor.blob, offset: this.#cursor.offset + runBytes };
+  }
+
+  /** Whole chunks, in requests of up to MAX_GET_BYTES, GET_WINDOW in flight. */
+  async #whole(run: Array<{ hash: Uint8Array; size: number }>): Promise<void> {
+    const batches: Array<Array<{ hash: Uint8Array; size: number }>> = [];
+    let cur: Array<{ hash: Uint8Array; size: number }> = [];
+    let bytes = 0;
+    for (const c of run) {
+      if (cur.length && bytes + c.size > MAX_GET_BYTES) {
+        batches.push(cur);
+        cur = [];
+        bytes = 0;
+      }
+      cur.push(c);
+      bytes += c.size;
+    }
+    if (cur.length) batches.push(cur);
+    const inflight: Array<Promise<Uint8Array[]>> = [];
+    let next = 0;
+    const launch = () => {
+      const b = batches[next++]!;
+      const p = this.src.get(b.map((c) => [c.hash, 0, c.size] as GetItem));
+      p.catch(() => {});
+      inflight.push(p);
+    };
+    while (next < batches.length && inflight.length < GET_WINDOW) launch();
+    for (let i = 0; i < batches.length; i++) {
+      this.#check();
+      const data = await inflight.shift()!;
+      if (next < batches.length) launch();
+      const batch = batches[i]!;
+      for (let k = 0; k < batch.length; k++) {
+        const c = batch[k]!;
+        const d = data[k]!;
+        this.stats.receivedBytes += d.length;
+        if (d.length !== c.size || !bytesEqual(sha256(d), c.hash)) {
+          throw new CabError('ERR_HASH_MISMATCH', `chunk ${toHex(c.hash)} from ${this.src.label} does not hash to what was asked for`, { blob: this.name });
+        }
+      }
+      await this.w.appendBytes(...data);
+      for (const d of data) this.stats.verifiedBytes += d.length;
+      this.stats.chunksFetched += batch.length;
+      this.#progress();
+    }
+  }
+
+  /**
+   * A short run: both sides cut it finely. The sender sends each missing
+   * chunk's fine list; pieces found in the nearby local bytes are taken from
+   * there, the rest fetched. Each chunk is assembled and checked against its
+   * hash before it is written.
+   */
+  async #fine(run: Array<{ hash: Uint8Array; size: number }>, near: { blob: string; offset: number }): Promise<void> {
+    const lists = run.map((c) => {
+      const p = this.src.fine(c.hash, c.size);
+      p.catch(() => {});
+      return p;
+    });
+    const local = await this.#localPieces(near, this.#runBytesOf(run));
+    for (let i = 0; i < run.length; i++) {
+      this.#check();
+      const c = run[i]!;
+      const pieces = await lists[i]!;
+      const bytes = new Uint8Array(c.size);
+      const want: GetItem[] = [];
+      const wantAt: Array<[number, Uint8Array]> = [];
+      let off = 0;
+      for (const [h, size] of pieces) {
+        const mine = local.get(toHex(h));
+        if (mine && mine.length === size) {
+          bytes.set(mine, off);
+          this.stats.reusedBytes += size;
+        } else {
+          want.push([c.hash, off, size]);
+          wantAt.push([off, h]);
+        }
+        off += size;
+      }
+      if (off !== c.size) throw new CabError('ERR_PROTOCOL', `fine pieces cover ${off} of ${c.size} bytes`, { blob: this.name });
+      if (want.length) {
+        const got = await this.src.get(want);
+        got.forEach((d, k) => {
+          this.stats.receivedBytes += d.length;
+          if (d.length !== want[k]![2] || !bytesEqual(sha256(d), wantAt[k]![1])) {
+            throw new CabError('ERR_HASH_MISMATCH', `a piece of chunk ${toHex(c.hash)} does not hash to what was asked for`, { blob: this.name });
+          }
+          bytes.set(d, wantAt[k]![0]);
+        });
+      }
+      if (!bytesEqual(sha256(bytes), c.hash)) {
+        throw new CabError('ERR_HASH_MISMATCH', `chunk ${toHex(c.hash)} assembled from pieces does not hash to it`, { blob: this.name });
+      }
+      await this.w.appendBytes(bytes);
+      this.stats.verifiedBytes += c.size;
+      this.stats.chunksFetched++;
+      this.#progress();
+    }
+  }
+
+  #runBytesOf(run: Array<{ size: number }>): number {
+    return run.reduce((a, c) => a + c.size, 0);
+  }
+
+  /** Fine pieces of the local bytes around `near`, by SHA-256 (hex). Bounded by the run size plus slack. */
+  async #localPieces(near: { blob: string; offset: number }, runBytes: number): Promise<Map<string, Uint8Array>> {
+    const out = new Map<string, Uint8Array>();
+    let r;
+    try {
+      r = await this.store.newBlobReader(near.blob);
+    } catch {
+      return out;
+    }
+    try {
+      const from = Math.max(0, near.offset - FINE_SLACK);
+      const to = Math.min(r.size, near.offset + runBytes + FINE_SLACK);
+      if (to <= from) return out;
+      const buf = new Uint8Array(to - from);
+      let at = 0;
+      while (at < buf.length) {
+        const n = await r.readAt(buf.subarray(at), from + at);
+        if (n === 0) break;
+        at += n;
+      }
+      let off = 0;
+      for (const size of cdc(buf, { min: 256, avg: 1024, max: 8192 })) {
+        const piece = buf.subarray(off, off + size);
+        out.set(toHex(sha256(piece)), piece);
+        off += size;
+      }
+    } finally {
+      await r.close();
+    }
+    return out;
+  }
+}

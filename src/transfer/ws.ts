@@ -1,0 +1,197 @@
+import http from 'node:http';
+import https from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { WebSocket, WebSocketServer, type RawData } from 'ws';
+import { CabError } from '../errors.js';
+import type { BlobStore } from '../fsstore/store.js';
+import { MAX_FRAME, type Perm } from './messages.js';
+import { Peer, DEFAULT_IDLE_MS, DEFAULT_MAX_REQUESTS, type Transport } from './peer.js';
+import type { ReceiveOptions, TransferStats } from './receive.js';
+
+/** Start waiting for the socket to drain above this many buffered bytes. */
+const HIGH_WATER = 8 * 1024 * 1024;
+
+export interface ServeOptions {
+  /** Address to bind (default 127.0.0.1: not reachable from other machines unless asked). */
+  host?: string;
+  /** Port (default 0: any free one; see `port` on the result). */
+  port?: number;
+  /** Token -> permissions. Required unless `insecure`. */
+  tokens?: Record<string, Perm[]> | Map<string, Perm[]>;
+  /** Serve without authentication, everyone may read and write. Only by explicit choice. */
+  insecure?: boolean;
+  /** PEM certificate and key: serve wss:// (TLS). */
+  tls?: { cert: string | Buffer; key: string | Buffer };
+  /** Largest frame accepted (default MAX_FRAME); larger closes the connection with 1009. */
+  maxFrame?: number;
+  /** Requests a client may have outstanding before it is cut off (default 64). */
+  maxRequests?: number;
+  /** A connection that sends nothing this long is closed (default 120 s). */
+  idleTimeoutMs?: number;
+}
+
+export interface CabServer {
+  readonly url: string;
+  readonly port: number;
+  /** Open connections. */
+  readonly connections: number;
+  close(): Promise<void>;
+}
+
+/** Application bytes (frame payloads) sent and received on one connection. */
+export interface WireCount {
+  sent: number;
+  received: number;
+}
+
+/** Wraps a ws socket as a Transport with backpressure. */
+function wsTransport(ws: WebSocket, count: WireCount): Transport {
+  return {
+    send: (frame) =>
+      new Promise<void>((resolve, reject) => {
+        if (ws.readyState !== WebSocket.OPEN) return reject(new CabError('ERR_CONNECTION', 'the connection is closed'));
+        const over = ws.bufferedAmount > HIGH_WATER;
+        count.sent += frame.length;
+        ws.send(frame, { binary: true }, (err) => {
+          if (over) {
+            if (err) reject(new CabError('ERR_CONNECTION', err.message, {}, { cause: err }));
+            else resolve();
+          }
+        });
+        if (!over) resolve();
+      }),
+    close: (code, reason) => {
+      if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) ws.close(code, reason);
+    },
+  };
+}
+
+function wire(ws: WebSocket, peer: Peer, count: WireCount): void {
+  ws.on('message', (data: RawData, isBinary: boolean) => {
+    if (!isBinary) {
+      peer.onFrame(new Uint8Array(0)); // not MessagePack: a protocol error
+      return;
+    }
+    const buf = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data as ArrayBuffer);
+    count.received += buf.length;
+    peer.onFrame(buf);
+  });
+  ws.on('close', (code, reason) =>
+    peer.closed(new CabError('ERR_CONNECTION', `connection closed (${code}${reason.length ? ` ${reason.toString()}` : ''})`, { found: code })),
+  );
+  ws.on('error', (e) => peer.closed(new CabError('ERR_CONNECTION', e.message, {}, { cause: e })));
+}
+
+/** Serves a store over WebSocket. */
+export async function serve(store: BlobStore, options: ServeOptions = {}): Promise<CabServer> {
+  const tokens = options.tokens instanceof Map ? options.tokens : new Map(Object.entries(options.tokens ?? {}));
+  if (!options.insecure && tokens.size === 0) {
+    throw new CabError('ERR_BAD_ARGUMENT', 'serve needs tokens, or insecure: true to accept anyone');
+  }
+  for (const [t, perms] of tokens) {
+    if (typeof t !== 'string' || t.length === 0 || !Array.isArray(perms) || perms.some((p) => p !== 'read' && p !== 'write')) {
+      throw new CabError('ERR_BAD_ARGUMENT', 'tokens map non-empty strings to arrays of "read" and "write"');
+    }
+  }
+  const server = options.tls ? https.createServer({ cert: options.tls.cert, key: options.tls.key }) : http.createServer();
+  server.on('request', (_req, res) => {
+    res.writeHead(426, { 'content-type': 'text/plain' }).end('cabstore speaks WebSocket here\n');
+  });
+  const wss = new WebSocketServer({ server, maxPayload: options.maxFrame ?? MAX_FRAME, perMessageDeflate: false });
+  const host = options.host ?? '127.0.0.1';
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(options.port ?? 0, host, () => resolve());
+  });
+  const port = (server.address() as AddressInfo).port;
+  const sockets = new Set<WebSocket>();
+  wss.on('connection', (ws, req) => {
+    sockets.add(ws);
+    ws.on('close', () => sockets.delete(ws));
+    const count = { sent: 0, received: 0 };
+    const peer = new Peer(wsTransport(ws, count), {
+      store,
+      role: 'server',
+      tokens,
+      insecure: options.insecure,
+      maxRequests: options.maxRequests ?? DEFAULT_MAX_REQUESTS,
+      idleMs: options.idleTimeoutMs ?? DEFAULT_IDLE_MS,
+      label: `${req.socket.remoteAddress}:${req.socket.remotePort}`,
+    });
+    wire(ws, peer, count);
+  });
+  const url = `${options.tls ? 'wss' : 'ws'}://${host.includes(':') ? `[${host}]` : host}:${port}`;
+  let closing: Promise<void> | undefined;
+  return {
+    url,
+    port,
+    get connections() {
+      return sockets.size;
+    },
+    close() {
+      closing ??= new Promise<void>((resolve) => {
+        for (const ws of sockets) ws.terminate();
+        wss.close(() => server.close(() => resolve()));
+      });
+      return closing;
+    },
+  };
+}
+
+export interface ConnectOptions {
+  /** The credential (a token the server knows). */
+  token?: string;
+  /** For wss:// with a private CA or a self-signed certificate. */
+  ca?: string | Buffer;
+  /** Largest frame accepted from the server. */
+  maxFrame?: number;
+  /** Give up connecting after this long (default 10 s). */
+  timeoutMs?: number;
+}
+
+export interface CabClient {
+  readonly url: string;
+  /** Frame payload bytes this connection has sent and received so far. */
+  readonly wire: Readonly<WireCount>;
+  /** Size, finalized, and hash of a remote blob. */
+  stat(name: string): Promise<{ size: number; finalized: boolean; hash?: Uint8Array }>;
+  /** Fetches a remote blob into the local store (only what the store lacks travels). */
+  pull(name: string, options?: ReceiveOptions): Promise<TransferStats>;
+  /** Sends a local blob to the remote store (only what it lacks travels). */
+  push(name: string, options?: { signal?: AbortSignal }): Promise<{ received: number; reused: number }>;
+  close(): Promise<void>;
+}
+
+/** Connects a local store to a cabstore server. */
+export async function connect(store: BlobStore, url: string, options: ConnectOptions = {}): Promise<CabClient> {
+  if (!/^wss?:\/\//.test(url)) throw new CabError('ERR_BAD_ARGUMENT', `not a ws:// or wss:// URL: ${url}`);
+  const ws = new WebSocket(url, {
+    maxPayload: options.maxFrame ?? MAX_FRAME,
+    perMessageDeflate: false,
+    handshakeTimeout: options.timeoutMs ?? 10_000,
+    ...(options.ca ? { ca: options.ca } : {}),
+  });
+  await new Promise<void>((resolve, reject) => {
+    ws.once('open', () => resolve());
+    ws.once('error', (e) => reject(new CabError('ERR_CONNECTION', `cannot connect to ${url}: ${e.message}`, {}, { cause: e })));
+  });
+  const count = { sent: 0, received: 0 };
+  const peer = new Peer(wsTransport(ws, count), { store, role: 'client', token: options.token, label: url });
+  wire(ws, peer, count);
+  await peer.hello();
+  const closed = new Promise<void>((resolve) => ws.once('close', () => resolve()));
+  return {
+    url,
+    wire: count,
+    stat: (name) => peer.source().stat(name),
+    pull: (name, o) => peer.pull(name, o),
+    push: (name, o) => peer.push(name, o),
+    async close() {
+      if (ws.readyState !== WebSocket.CLOSED) {
+        ws.close(1000, 'bye');
+        await Promise.race([closed, new Promise((r) => setTimeout(r, 2000).unref())]);
+        ws.terminate();
+      }
+    },
+  };
+}
