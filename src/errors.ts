@@ -34,6 +34,8 @@ export const ERROR_CODES = {
   ERR_CONNECTION: 'the connection to the peer failed or closed',
   ERR_BLOB_NOT_FINALIZED: 'the blob is not finalized, so it cannot be transferred yet',
   ERR_REMOTE: 'the peer failed to serve a request for a reason of its own',
+  ERR_BUNDLE_TRUNCATED: 'a bundle or have-file ends early (no end record, or a record cut short)',
+  ERR_BUNDLE_CORRUPT: 'a bundle or have-file fails a check (magic, CRC, structure)',
   ERR_CLOSED: 'the store, writer or reader is closed',
   ERR_ABORTED: 'the operation was cancelled through its AbortSignal',
 } as const;

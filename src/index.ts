@@ -9,3 +9,4 @@ export type { GcProgress } from './gc/gc.js';
 export { serve, connect, type ServeOptions, type CabServer, type ConnectOptions, type CabClient } from './transfer/ws.js';
 export type { TransferStats, TransferProgress, ReceiveOptions } from './transfer/receive.js';
 export { PROTOCOL_VERSION, encode as encodeMessage, decode as decodeMessage, type Message, type Perm } from './transfer/messages.js';
+export { writeHave, exportBundle, importBundle, type ExportReport, type ImportReport } from './transfer/bundle.js';

@@ -43,6 +43,11 @@ function blobChunkKey(name: string, i: number): Buffer {
   return b;
 }
 
+/** The first key past every key that starts with `prefix`. */
+function after_(prefix: Uint8Array): Buffer {
+  return Buffer.concat([prefix, Buffer.alloc(64, 0xff)]);
+}
+
 /** The end of the key range that starts with `prefix`. */
 function after(prefix: Uint8Array): Buffer {
   return Buffer.concat([prefix, Buffer.alloc(64, 0xff)]);
@@ -161,6 +166,22 @@ export class ChunkIndex {
       const k = key as Buffer;
       yield { blob: k.toString('hex', 32, 48), offset: Number(k.readBigUInt64BE(48)), size: value };
     }
+  }
+
+  /**
+   * Up to `limit` chunk hashes in order, after `after` (a hash), without
+   * repeats: a page, so that no read transaction spans an await.
+   */
+  chunkHashPage(after: Uint8Array | undefined, limit: number): Uint8Array[] {
+    const out: Uint8Array[] = [];
+    const start = after ? after_(after) : undefined;
+    for (const key of this.#chunks.getKeys(start ? { start } : {})) {
+      const h = (key as Buffer).subarray(0, 32);
+      if (out.length && Buffer.compare(out[out.length - 1]!, h) === 0) continue;
+      out.push(Uint8Array.from(h));
+      if (out.length === limit) break;
+    }
+    return out;
   }
 
   /** A blob's chunks in order, lazily, from chunk number `from`. */

@@ -11,8 +11,8 @@ export interface RemoteSource {
   stat(name: string): Promise<{ size: number; finalized: boolean; hash?: Uint8Array }>;
   /** The blob's chunks from number `from`, a page at a time. */
   list(name: string, from: number): Promise<{ chunks: WireChunk[]; end: boolean }>;
-  /** The chunk cut again by the fine chunker: [SHA-256, size] of each piece. */
-  fine(hash: Uint8Array, size: number): Promise<WireChunk[]>;
+  /** The chunk cut again by the fine chunker: [SHA-256, size] of each piece. Absent: no fine matching (bundles). */
+  fine?(hash: Uint8Array, size: number): Promise<WireChunk[]>;
   /** Byte ranges of chunks, in order. */
   get(items: GetItem[]): Promise<Uint8Array[]>;
 }
@@ -241,7 +241,7 @@ class Receiver {
     this.#run = [];
     this.#runBytes = 0;
     const near = this.#cursor ?? (next ? { blob: next.blob, offset: Math.max(0, next.offset - runBytes) } : undefined);
-    if (near && runBytes <= FINE_RUN_MAX) await this.#fine(run, near);
+    if (near && runBytes <= FINE_RUN_MAX && this.src.fine) await this.#fine(run, near);
     else await this.#whole(run);
     if (this.#cursor) this.#cursor = { blob: this.#cursor.blob, offset: this.#cursor.offset + runBytes };
   }
@@ -298,7 +298,7 @@ class Receiver {
    */
   async #fine(run: Array<{ hash: Uint8Array; size: number }>, near: { blob: string; offset: number }): Promise<void> {
     const lists = run.map((c) => {
-      const p = this.src.fine(c.hash, c.size);
+      const p = this.src.fine!(c.hash, c.size);
       p.catch(() => {});
       return p;
     });
