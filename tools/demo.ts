@@ -1,62 +1,81 @@
-// npm start: a short demo of what has landed so far. It generates a file,
-// chunks it with FastCDC, hashes it (BEP 52 root), edits it, and shows how
-// many chunks the edit left intact: the basis of cabstore's dedup and transfer.
+// npm start: cabstore end to end in a few seconds. Two stores in a temp
+// folder; a generated file goes into store A; an older version of it is
+// already in store B; A serves on 127.0.0.1 and B pulls the new version over
+// WebSocket, fetching only what it lacks; then GC tidies B.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Chunker, MerkleHasher, sha256, toHex } from '../src/index.js';
-import { prngStream } from './data.js';
+import { BlobStore, connect, serve, toHex } from '../src/index.js';
+import { prngBytes, prngInts } from './data.js';
+import { fmtBytes } from './progress.js';
 
 const SIZE = 64 * 1024 * 1024;
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cabstore-demo-'));
-
-async function summarize(file: string): Promise<{ root: string; chunks: Set<string>; count: number }> {
-  const chunker = new Chunker();
-  const merkle = new MerkleHasher();
-  const chunks = new Set<string>();
-  let pending: Buffer[] = [];
-  const cut = (size: number) => {
-    const all = Buffer.concat(pending);
-    chunks.add(toHex(sha256(all.subarray(0, size))));
-    pending = [all.subarray(size)];
-  };
-  let count = 0;
-  for await (const piece of fs.createReadStream(file, { highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>) {
-    merkle.update(piece);
-    pending.push(piece);
-    for (const size of chunker.push(piece)) {
-      cut(size);
-      count++;
-    }
-  }
-  const last = chunker.end();
-  if (last) {
-    cut(last);
-    count++;
-  }
-  return { root: toHex(merkle.digest()), chunks, count };
-}
+const t0 = performance.now();
+const secs = () => ((performance.now() - t0) / 1000).toFixed(2);
 
 try {
-  const base = path.join(dir, 'base.bin');
-  const edited = path.join(dir, 'edited.bin');
-  const next = prngStream('cabstore demo');
-  const data = next(SIZE);
-  fs.writeFileSync(base, data);
-  // three small edits: an insert, a delete, an overwrite
-  const e = Buffer.concat([data.subarray(0, 10_000_000), Buffer.from('inserted!'), data.subarray(10_000_000, 30_000_000), data.subarray(30_000_050)]);
-  e.write('overwrite', 50_000_000);
-  fs.writeFileSync(edited, e);
+  const a = await BlobStore.open(path.join(dir, 'a'));
+  const b = await BlobStore.open(path.join(dir, 'b'));
 
-  const t = performance.now();
-  const a = await summarize(base);
-  const b = await summarize(edited);
-  const secs = (performance.now() - t) / 1000;
-  const shared = [...b.chunks].filter((h) => a.chunks.has(h)).length;
-  console.log(`base:   ${SIZE} bytes, ${a.count} chunks, blob hash ${a.root}`);
-  console.log(`edited: ${e.length} bytes, ${b.count} chunks, blob hash ${b.root}`);
-  console.log(`3 small edits left ${shared} of ${b.count} chunks unchanged: only ${b.count - shared} would travel.`);
-  console.log(`chunked and hashed ${((SIZE + e.length) / 1e6).toFixed(0)} MB in ${secs.toFixed(2)} s`);
+  // Version 1, in both stores (as if synced earlier).
+  const v1 = prngBytes('cabstore demo', SIZE);
+  const put = async (s: BlobStore, bytes: Uint8Array, name?: string) => {
+    const w = await s.newBlobWriter(name);
+    await w.appendBytes(bytes);
+    await w.close();
+    return w;
+  };
+  const old = await put(a, v1);
+  await put(b, v1, old.name);
+  console.log(`[${secs()} s] version 1: ${fmtBytes(SIZE)} in both stores as blob ${old.name}`);
+
+  // Version 2: 25 small edits (inserts, deletes, overwrites) written to a file and put into A.
+  let v2 = Buffer.from(v1);
+  const rnd = prngInts(2026);
+  let changed = 0;
+  for (let i = 0; i < 25; i++) {
+    const at = rnd(v2.length - 500);
+    const n = 1 + rnd(200);
+    changed += n;
+    const kind = i % 3;
+    if (kind === 0) v2 = Buffer.concat([v2.subarray(0, at), prngBytes(`insert ${i}`, n), v2.subarray(at)]);
+    else if (kind === 1) v2 = Buffer.concat([v2.subarray(0, at), v2.subarray(at + n)]);
+    else prngBytes(`overwrite ${i}`, n).copy(v2, at);
+  }
+  const file = path.join(dir, 'version2.bin');
+  fs.writeFileSync(file, v2);
+  const w = await a.newBlobWriter();
+  await w.appendBytes({ file });
+  await w.close();
+  console.log(`[${secs()} s] version 2: 25 edits (${changed} bytes) put into store A as blob ${w.name}`);
+
+  // A serves, B pulls.
+  const token = 'demo-token';
+  const server = await serve(a, { tokens: { [token]: ['read'] } });
+  const client = await connect(b, server.url, { token });
+  const st = await client.pull(w.name);
+  const wire = client.wire.sent + client.wire.received;
+  console.log(`[${secs()} s] B pulled version 2 from ${server.url}:`);
+  console.log(`    ${fmtBytes(st.receivedBytes)} of chunk data received, ${fmtBytes(st.reusedBytes)} reused from version 1`);
+  console.log(`    ${wire} bytes on the wire for a ${v2.length}-byte file (${((100 * wire) / v2.length).toFixed(3)}%)`);
+  const r = await b.newBlobReader(w.name);
+  console.log(`    hash ${toHex(r.hash!)} ${toHex(r.hash!) === toHex(w.hash) ? 'matches' : 'DIFFERS FROM'} A's`);
+  await r.close();
+  await client.close();
+  await server.close();
+
+  // B no longer needs version 1: delete it and collect what only it used.
+  await b.deleteBlob(old.name);
+  const gc = await b.gc();
+  console.log(
+    `[${secs()} s] B deleted version 1; GC freed ${fmtBytes(gc.bytesDeleted)} (${gc.fragmentsDeleted} fragments) and kept ${fmtBytes(gc.bytesKept)}: ` +
+      'version 2 references the fragments of version 1 it shares, so they stay',
+  );
+  const fsck = await b.fsck({ verify: true });
+  console.log(`[${secs()} s] fsck --verify on B: ${fsck.problems.length} problems`);
+  await a.close();
+  await b.close();
 } finally {
   fs.rmSync(dir, { recursive: true, force: true });
 }

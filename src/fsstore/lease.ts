@@ -159,6 +159,7 @@ export async function livePins(layout: Layout, dryRun = false): Promise<{ pins: 
         deadLeases++;
         if (!dryRun) {
           await fs.rm(`${base}.pins`, { force: true });
+          await fs.rm(`${base}.pins.tmp`, { force: true });
           await fs.rm(`${base}.lease`, { force: true });
         }
         continue;

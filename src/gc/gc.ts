@@ -229,9 +229,23 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
   return report;
 }
 
-/** `.new` lease files that no one holds: a process died while taking its lease. */
+/**
+ * `.new` lease files that no one holds (a process died while taking its
+ * lease), and pins files whose lease is gone (it died between writing and
+ * renaming them, or before its lease was named).
+ */
 async function dropHalfMadeLeases(layout: Layout): Promise<void> {
-  for (const ent of await fs.readdir(layout.leases)) {
+  const entries = await fs.readdir(layout.leases);
+  const names = new Set(entries);
+  for (const ent of entries) {
+    const m = /^(.*)\.pins(\.tmp)?$/.exec(ent);
+    if (m && !names.has(`${m[1]}.lease`) && !names.has(`${m[1]}.new`)) {
+      // Looked again: the owner may have renamed its .new to .lease since the listing.
+      const again = await fs.readdir(layout.leases);
+      if (!again.includes(`${m[1]}.lease`) && !again.includes(`${m[1]}.new`)) await fs.rm(path.join(layout.leases, ent), { force: true });
+    }
+  }
+  for (const ent of entries) {
     if (!ent.endsWith('.new')) continue;
     const file = path.join(layout.leases, ent);
     const fh = await fs.open(file, 'r').catch(() => undefined);

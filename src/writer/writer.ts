@@ -106,19 +106,26 @@ export class BlobWriter {
     s.checkOpen();
     const { layout } = s;
     await ensureDir(layout.blobDir(name), s.knownDirs);
-    let fh: fs.FileHandle;
-    try {
-      fh = await fs.open(layout.descriptor(name), 'wx');
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw new CabError('ERR_BLOB_EXISTS', `blob ${name} exists`, { blob: name });
-      throw e;
-    }
+    // The descriptor appears under its name only with its header durable and
+    // its lock held: written in tmp/, fsync'd, locked, then hard-linked into
+    // blob/ (EEXIST: the name is taken). A crash leaves at most a temp file.
+    const tmp = layout.tmpFile('desc');
+    const fh = await fs.open(tmp, 'wx+');
+    let linked = false;
     let ok = false;
     try {
       if (!tryLockExclusive(fh.fd)) throw new CabError('ERR_BLOB_LOCKED', `blob ${name} is being written`, { blob: name });
       const header = encodeRecord({ t: 'h', v: 1, name, ctime: Date.now() });
       await fh.write(header, 0, header.length, 0);
       await fh.datasync();
+      try {
+        await fs.link(tmp, layout.descriptor(name));
+        linked = true;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw new CabError('ERR_BLOB_EXISTS', `blob ${name} exists`, { blob: name });
+        throw e;
+      }
+      await fs.unlink(tmp);
       await fsyncDir(layout.blobDir(name));
       await s.index.touchBlob(name, header.length);
       const w = new BlobWriter(s, name, fh, header.length, header.length);
@@ -129,7 +136,8 @@ export class BlobWriter {
     } finally {
       if (!ok) {
         await fh.close().catch(() => {});
-        await fs.rm(layout.descriptor(name), { force: true });
+        await fs.rm(tmp, { force: true });
+        if (linked) await fs.rm(layout.descriptor(name), { force: true });
       }
     }
   }
@@ -316,8 +324,9 @@ export class BlobWriter {
         };
         let pos = offset;
         for await (const block of readBlocks(n, READ_BLOCK, read)) {
+          const len = block.length; // #feed hands the block to the hashing thread: it is empty after
           await this.#feed(block, { extents: src.extents, offset: pos }, true);
-          pos += block.length;
+          pos += len;
         }
         await this.#settle();
       });
