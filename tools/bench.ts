@@ -11,13 +11,21 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { type BenchContext, type Row, machine, table } from './bench/harness.js';
 import { benchChunker } from './bench/chunker.js';
-import { benchStore } from './bench/store.js';
+import { benchIngest, benchRead, benchResume } from './bench/store.js';
+import { benchTransfer } from './bench/transfer.js';
+import { benchGc } from './bench/gc.js';
 import { parseSize } from './size.js';
 
 const CASES: Record<string, (ctx: BenchContext) => Promise<void>> = {
-  chunker: benchChunker,
-  store: benchStore,
+  chunk: benchChunker,
+  ingest: benchIngest,
+  read: benchRead,
+  resume: benchResume,
+  transfer: benchTransfer,
+  gc: benchGc,
 };
+/** Older names, and groups. */
+const ALIASES: Record<string, string[]> = { chunker: ['chunk'], store: ['ingest', 'read', 'resume'] };
 
 const { values, positionals } = parseArgs({
   allowPositionals: true,
@@ -44,13 +52,16 @@ if (values.child) {
     unit: 'MB',
     ours: (process.resourceUsage().maxRSS * 1024) / 1e6,
     higherIsBetter: false,
-    target: values.child === 'chunker' ? undefined : '< 300 MB',
+    target: values.child === 'chunk' ? undefined : '< 300 MB',
   });
   console.log(JSON.stringify(rows));
   process.exit(0);
 }
 
-const wanted = [...positionals, ...(values.only ? values.only.split(',') : [])].map((s) => s.trim()).filter(Boolean);
+const wanted = [...positionals, ...(values.only ? values.only.split(',') : [])]
+  .map((s) => s.trim())
+  .filter(Boolean)
+  .flatMap((s) => ALIASES[s] ?? [s]);
 const names = wanted.length ? wanted : Object.keys(CASES);
 for (const n of names) {
   if (!CASES[n]) {

@@ -4,8 +4,88 @@ import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { BlobStore } from '../../src/index.js';
 import { prngInts } from '../data.js';
-import { type BenchContext, MB, median, percentile, timeAsync, time } from './harness.js';
-import { dataFile } from './files.js';
+import { type BenchContext, MB, median, percentile, timeAsync, time, hasTool } from './harness.js';
+import { baseAndEdited, baseStore, du, dropCaches } from './files.js';
+
+const MISSING = (tool: string, pkg: string) => `${tool} not installed: apt-get install ${pkg}`;
+
+function sh(cmd: string, env: Record<string, string> = {}): string {
+  return execFileSync('sh', ['-c', cmd], { encoding: 'utf8', env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 64 << 20 });
+}
+
+/** Durable ingest of base, then of edited (store growth), beside cp+sync, casync make and borg create. */
+export async function benchIngest(ctx: BenchContext): Promise<void> {
+  const size = ctx.sizeBytes;
+  const { base, edited } = await baseAndEdited(ctx);
+  const label = `ingest ${Math.round(size / 2 ** 20)} MiB`;
+  const ours: number[] = [];
+  const growth: number[] = [];
+  for (let i = 0; i < ctx.runs; i++) {
+    const root = path.join(ctx.workDir, `ingest-${i}`);
+    dropCaches();
+    const store = await BlobStore.open(root);
+    const [, secs] = await timeAsync(async () => {
+      const w = await store.newBlobWriter();
+      await w.appendBytes({ file: base });
+      await w.close();
+    });
+    ours.push(size / MB / secs);
+    const before = du(path.join(root, 'cas'));
+    const w = await store.newBlobWriter();
+    await w.appendBytes({ file: edited });
+    await w.close();
+    growth.push(du(path.join(root, 'cas')) - before);
+    await store.close();
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+  const cp: number[] = [];
+  for (let i = 0; i < ctx.runs; i++) {
+    const copy = path.join(ctx.workDir, 'copy.bin');
+    dropCaches();
+    cp.push(size / MB / time(() => sh(`cp "${base}" "${copy}" && sync "${copy}"`))[1]);
+    fs.rmSync(copy, { force: true });
+  }
+  const row = { case: label, unit: 'MB/s', higherIsBetter: true };
+  ctx.rows.push({ ...row, metric: 'put base, durable', ours: median(ours), peer: 'cp + sync', peerValue: median(cp), target: '>= 350 MB/s' });
+
+  // casync: same chunk sizes, into a chunk store (zstd: casync cannot store uncompressed)
+  if (hasTool('casync')) {
+    const speed: number[] = [];
+    const grow: number[] = [];
+    for (let i = 0; i < ctx.runs; i++) {
+      const dir = path.join(ctx.workDir, `casync-${i}`);
+      fs.mkdirSync(dir, { recursive: true });
+      dropCaches();
+      const [, secs] = time(() => sh(`casync make --chunk-size=16384:65536:262144 --store="${dir}/s.castr" "${dir}/base.caibx" "${base}" && sync`));
+      speed.push(size / MB / secs);
+      const before = du(`${dir}/s.castr`);
+      sh(`casync make --chunk-size=16384:65536:262144 --store="${dir}/s.castr" "${dir}/edited.caibx" "${edited}"`);
+      grow.push(du(`${dir}/s.castr`) - before);
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+    ctx.rows.push({ ...row, metric: 'put base, durable', ours: median(ours), peer: 'casync make (zstd)', peerValue: median(speed), target: '>= 1.5x the faster chunker' });
+    ctx.rows.push({ case: label, metric: 'store growth for edited', unit: 'MB', ours: median(growth) / MB, peer: 'casync, 16/64/256 KiB', peerValue: median(grow) / MB, higherIsBetter: false, target: '<= 1.0x casync' });
+  } else ctx.log(MISSING('casync', 'casync'));
+
+  if (hasTool('borg')) {
+    const env = { BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK: 'yes', BORG_RELOCATED_REPO_ACCESS_IS_OK: 'yes', BORG_BASE_DIR: path.join(ctx.workDir, 'borg-home') };
+    const speed: number[] = [];
+    const grow: number[] = [];
+    for (let i = 0; i < ctx.runs; i++) {
+      const repo = path.join(ctx.workDir, `borg-${i}`);
+      sh(`borg init --encryption=none "${repo}"`, env);
+      dropCaches();
+      const [, secs] = time(() => sh(`cd "${path.dirname(base)}" && borg create --compression none --chunker-params buzhash,14,18,16,4095 "${repo}::base" "${path.basename(base)}" && sync`, env));
+      speed.push(size / MB / secs);
+      const before = du(repo);
+      sh(`cd "${path.dirname(edited)}" && borg create --compression none --chunker-params buzhash,14,18,16,4095 "${repo}::edited" "${path.basename(edited)}"`, env);
+      grow.push(du(repo) - before);
+      fs.rmSync(repo, { recursive: true, force: true });
+    }
+    ctx.rows.push({ ...row, metric: 'put base, durable', ours: median(ours), peer: 'borg create (none, 64K-like)', peerValue: median(speed), target: '>= 1.5x the faster chunker' });
+    ctx.rows.push({ case: label, metric: 'store growth for edited', unit: 'MB', ours: median(growth) / MB, peer: 'borg, buzhash 14,18,16', peerValue: median(grow) / MB, higherIsBetter: false });
+  } else ctx.log(MISSING('borg', 'borgbackup'));
+}
 
 async function drain(stream: NodeJS.ReadableStream): Promise<number> {
   let n = 0;
@@ -27,86 +107,73 @@ async function randomReads(size: number, read: (buf: Buffer, pos: number) => Pro
   return out;
 }
 
-/** The local store: durable ingest, sequential and random reads, resume. */
-export async function benchStore(ctx: BenchContext): Promise<void> {
+/** Sequential stream and random readAt, beside fs and cat of the original file (all from the page cache). */
+export async function benchRead(ctx: BenchContext): Promise<void> {
   const size = ctx.sizeBytes;
-  const base = await dataFile(ctx, 'base', size);
-  const label = `store ${Math.round(size / 2 ** 20)} MiB`;
-
-  // ingest, beside cp + sync of the same file
-  const ours: number[] = [];
-  const cp: number[] = [];
-  let name = '';
-  let root = '';
-  for (let i = 0; i < ctx.runs; i++) {
-    const copy = path.join(ctx.workDir, 'copy.bin');
-    execFileSync('sync');
-    cp.push(size / MB / time(() => execFileSync('sh', ['-c', `cp "${base}" "${copy}" && sync "${copy}"`]))[1]);
-    fs.rmSync(copy, { force: true });
-    root = path.join(ctx.workDir, `store-${i}`);
-    execFileSync('sync');
-    const store = await BlobStore.open(root);
-    const [, secs] = await timeAsync(async () => {
-      const w = await store.newBlobWriter();
-      await w.appendBytes({ file: base });
-      await w.close();
-      name = w.name;
-    });
-    ours.push(size / MB / secs);
-    await store.close();
-    if (i < ctx.runs - 1) fs.rmSync(root, { recursive: true, force: true });
-  }
-  ctx.rows.push({ case: label, metric: 'ingest, durable', unit: 'MB/s', ours: median(ours), peer: 'cp + sync', peerValue: median(cp), higherIsBetter: true, target: '>= 350 MB/s' });
-
+  const { base } = await baseAndEdited(ctx);
+  const { root, name } = await baseStore(ctx);
+  const label = `read ${Math.round(size / 2 ** 20)} MiB`;
   const store = await BlobStore.open(root);
   try {
-    // sequential stream, beside fs.createReadStream of the original
     const r = await store.newBlobReader(name);
-    const s1: number[] = [];
-    const s2: number[] = [];
+    const mine: number[] = [];
+    const fsRead: number[] = [];
+    const cat: number[] = [];
+    await drain(r.stream()); // warm both into the page cache
+    await drain(fs.createReadStream(base));
     for (let i = 0; i < ctx.runs; i++) {
-      s2.push(size / MB / (await timeAsync(() => drain(fs.createReadStream(base))))[1]);
-      s1.push(size / MB / (await timeAsync(() => drain(r.stream())))[1]);
+      fsRead.push(size / MB / (await timeAsync(() => drain(fs.createReadStream(base))))[1]);
+      mine.push(size / MB / (await timeAsync(() => drain(r.stream())))[1]);
+      cat.push(size / MB / time(() => sh(`cat "${base}" > /dev/null`))[1]);
     }
-    ctx.rows.push({ case: label, metric: 'read stream', unit: 'MB/s', ours: median(s1), peer: 'fs.createReadStream', peerValue: median(s2), higherIsBetter: true, target: '>= 0.8x' });
-
-    // random 4 KiB readAt
+    ctx.rows.push({ case: label, metric: 'stream', unit: 'MB/s', ours: median(mine), peer: 'fs.createReadStream', peerValue: median(fsRead), higherIsBetter: true, target: '>= 0.8x' });
+    ctx.rows.push({ case: label, metric: 'stream', unit: 'MB/s', ours: median(mine), peer: 'cat > /dev/null', peerValue: median(cat), higherIsBetter: true });
     const fh = await fsp.open(base, 'r');
     const theirs = await randomReads(size, (b, p) => fh.read(b, 0, 4096, p));
     await fh.close();
-    const mine = await randomReads(size, (b, p) => r.readAt(b, p));
+    const ours = await randomReads(size, (b, p) => r.readAt(b, p));
     await r.close();
     for (const p of [50, 99]) {
-      ctx.rows.push({ case: label, metric: `random 4 KiB readAt p${p}`, unit: 'us', ours: percentile(mine, p), peer: 'fs read', peerValue: percentile(theirs, p), higherIsBetter: false });
+      ctx.rows.push({ case: label, metric: `random 4 KiB readAt p${p}`, unit: 'us', ours: percentile(ours, p), peer: 'fs read', peerValue: percentile(theirs, p), higherIsBetter: false });
     }
+  } finally {
+    await store.close();
+  }
+}
 
-    // resume of unfinalized blobs: 16 MiB and the full size
-    const resumeTimes: Record<string, number> = {};
+/** resumeBlobWriter on a 16 MiB and on a full-size unfinalized blob. */
+export async function benchResume(ctx: BenchContext): Promise<void> {
+  const size = ctx.sizeBytes;
+  const { base } = await baseAndEdited(ctx);
+  const root = path.join(ctx.workDir, 'store-resume');
+  fs.rmSync(root, { recursive: true, force: true });
+  const store = await BlobStore.open(root);
+  try {
+    const times: number[] = [];
     for (const n of [16 * 1024 * 1024, size]) {
       const w = await store.newBlobWriter();
       await w.appendBytes({ file: base, offset: 0, size: n - 12345 });
       await w.closeWithoutFinalize();
       const xs: number[] = [];
-      for (let i = 0; i < Math.max(5, ctx.runs); i++) {
+      for (let i = 0; i < Math.max(7, ctx.runs); i++) {
         const [w2, secs] = await timeAsync(() => store.resumeBlobWriter(w.name));
         xs.push(secs * 1000);
         await w2.closeWithoutFinalize();
       }
-      resumeTimes[n] = median(xs);
+      times.push(median(xs));
     }
-    const big = resumeTimes[size]!;
-    const small = resumeTimes[16 * 1024 * 1024]!;
     ctx.rows.push({
-      case: label,
+      case: `resume`,
       metric: `resumeBlobWriter, ${Math.round(size / 2 ** 20)} MiB blob`,
       unit: 'ms',
-      ours: big,
-      peer: 'resume of a 16 MiB blob',
-      peerValue: small,
+      ours: times[1]!,
+      peer: 'same, 16 MiB blob',
+      peerValue: times[0]!,
       higherIsBetter: false,
       target: '<= 2x the 16 MiB one',
     });
   } finally {
     await store.close();
+    fs.rmSync(root, { recursive: true, force: true });
   }
 }
