@@ -388,22 +388,43 @@ async function exists(file: string): Promise<boolean> {
   }
 }
 
-/** Names of the entries `depth` directory levels below `dir`, lazily, in no particular order. */
+/**
+ * Names of the files `depth` directory levels below `dir`, lazily, in no
+ * particular order. Directories of one level are read a few at a time
+ * (readdir of a fan-out directory is small; waiting on each in turn is what
+ * is slow), so at most READ_AHEAD listings are held.
+ */
 async function* walk(dir: string, depth: number): AsyncGenerator<string> {
-  let d;
-  try {
-    d = await fs.opendir(dir);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
-    throw e;
-  }
-  for await (const ent of d) {
-    if (depth === 0) {
-      if (ent.isFile()) yield ent.name;
-    } else if (ent.isDirectory() && /^[0-9a-f]{2}$/.test(ent.name)) {
-      yield* walk(`${dir}/${ent.name}`, depth - 1);
+  const list = async (d: string) => {
+    try {
+      return await fs.readdir(d, { withFileTypes: true });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT' || (e as NodeJS.ErrnoException).code === 'ENOTDIR') return [];
+      throw e;
     }
+  };
+  if (depth === 0) {
+    for (const ent of await list(dir)) if (ent.isFile()) yield ent.name;
+    return;
   }
+  const subdirs = (await list(dir)).filter((e) => e.isDirectory() && /^[0-9a-f]{2}$/.test(e.name)).map((e) => `${dir}/${e.name}`);
+  if (depth === 1) {
+    const READ_AHEAD = 16;
+    const start = (d: string) => {
+      const p = list(d);
+      p.catch(() => {}); // awaited in turn; an abandoned walk must not leave an unhandled rejection
+      return p;
+    };
+    const pending = subdirs.slice(0, READ_AHEAD).map(start);
+    for (let i = 0; i < subdirs.length; i++) {
+      const ents = await pending[i]!;
+      if (i + READ_AHEAD < subdirs.length) pending.push(start(subdirs[i + READ_AHEAD]!));
+      pending[i] = Promise.resolve([]);
+      for (const ent of ents) if (ent.isFile()) yield ent.name;
+    }
+    return;
+  }
+  for (const sub of subdirs) yield* walk(sub, depth - 1);
 }
 
 async function loadConfig(layout: Layout, options: StoreOptions): Promise<StoreConfig> {

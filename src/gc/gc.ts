@@ -7,6 +7,10 @@ import { readDescriptor } from '../fsstore/descriptor.js';
 import type { Layout } from '../fsstore/layout.js';
 import { livePins, type Lease } from '../fsstore/lease.js';
 import { tryLockExclusive } from '../fsstore/lock.js';
+import { forEachLimit } from './limit.js';
+
+/** File system calls in flight at once. */
+const IO_PARALLEL = 16;
 import type { Tables } from '../fsstore/tables.js';
 
 export interface GcOptions {
@@ -118,7 +122,7 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
 
     // Candidates: the fragments there are now.
     const sizes = new Map<string, number>();
-    for await (const id of store.listCaIds()) {
+    await forEachLimit(store.listCaIds(), IO_PARALLEL, async (id) => {
       checkAbort(options.signal);
       try {
         sizes.set(id, (await fs.stat(layout.fragment(id))).size);
@@ -126,7 +130,7 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
         /* deleted meanwhile */
       }
       if (sizes.size % 10_000 === 0) progress({ phase: 'list', done: sizes.size });
-    }
+    });
 
     const livePids = await store.lease.gateExclusive(async () => {
       const live = await livePins(layout, dryRun);
@@ -142,13 +146,13 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
       const marked = new Map<string, number>(); // fragment -> number of blobs using it
       const evictable: Array<{ name: string; when: number; frags: string[] }> = [];
       let n = 0;
-      for await (const name of store.listBlobIds()) {
+      await forEachLimit(store.listBlobIds(), IO_PARALLEL, async (name) => {
         checkAbort(options.signal);
         let d;
         try {
           d = await readDescriptor(layout.descriptor(name), name);
         } catch (e) {
-          if (isCabError(e, 'ERR_NO_SUCH_BLOB')) continue;
+          if (isCabError(e, 'ERR_NO_SUCH_BLOB')) return;
           throw e;
         }
         const frags = d.extents.fragments();
@@ -159,7 +163,7 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
           if (!owned) evictable.push({ name, when: md ? md.accessed.getTime() : d.ctime, frags: [...frags] });
         }
         if (++n % 1000 === 0) progress({ phase: 'mark', done: n });
-      }
+      });
       const keep = (f: string) => (marked.get(f) ?? 0) > 0 || pinned.has(f);
 
       if (options.maxBytes !== undefined) {
@@ -190,11 +194,11 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
 
       // Sweep.
       let swept = 0;
-      for (const [id, size] of sizes) {
+      await forEachLimit(sizes, IO_PARALLEL, async ([id, size]) => {
         if (keep(id)) {
           report.fragmentsKept++;
           report.bytesKept += size;
-          continue;
+          return;
         }
         checkAbort(options.signal);
         if (!dryRun) {
@@ -202,13 +206,13 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
             await fs.unlink(layout.fragment(id));
           } catch (e) {
             if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-            continue;
+            return;
           }
         }
         report.fragmentsDeleted++;
         report.bytesDeleted += size;
         if (++swept % 1000 === 0) progress({ phase: 'sweep', done: swept });
-      }
+      });
       return live.livePids;
     });
 
