@@ -55,7 +55,7 @@ const FINE_RUN_MAX = 1024 * 1024;
 /** Local bytes searched on each side of where a missing run would be. */
 const FINE_SLACK = 32 * 1024;
 /** `get` requests in flight while fetching long runs. */
-const GET_WINDOW = 4;
+const GET_WINDOW = 8;
 
 type Step = { kind: 'blob'; blob: string; offset: number; size: number } | { kind: 'chunk'; hash: Uint8Array; size: number };
 
@@ -191,9 +191,16 @@ class Receiver {
         yield { hash: c.hash, size: c.size };
       }
     }
+    // streaming: a missing region too long to match finely, fetched as it comes
+    let streaming = false;
     for await (const step of this.store.recipeStreamFromChunkStream(rest()) as AsyncIterable<Step>) {
       this.#check();
       if (step.kind === 'blob') {
+        if (streaming) {
+          await this.#drain();
+          streaming = false;
+          this.#cursor = undefined;
+        }
         await this.#flushRun(step);
         await this.w.appendBlob(step.blob, step.offset, step.size);
         this.stats.reusedBytes += step.size;
@@ -202,11 +209,21 @@ class Receiver {
         this.#progress();
       } else {
         this.stats.neededBytes += step.size;
+        if (streaming) {
+          await this.#fetch(step);
+          continue;
+        }
         this.#run.push(step);
         this.#runBytes += step.size;
-        if (this.#runBytes > FINE_RUN_MAX) await this.#flushRun(undefined);
+        if (this.#runBytes > FINE_RUN_MAX) {
+          streaming = true;
+          for (const c of this.#run) await this.#fetch(c);
+          this.#run = [];
+          this.#runBytes = 0;
+        }
       }
     }
+    await this.#drain();
     await this.#flushRun(undefined);
   }
 
@@ -242,52 +259,62 @@ class Receiver {
     this.#runBytes = 0;
     const near = this.#cursor ?? (next ? { blob: next.blob, offset: Math.max(0, next.offset - runBytes) } : undefined);
     if (near && runBytes <= FINE_RUN_MAX && this.src.fine) await this.#fine(run, near);
-    else await this.#whole(run);
+    else {
+      for (const c of run) await this.#fetch(c);
+      await this.#drain();
+    }
     if (this.#cursor) this.#cursor = { blob: this.#cursor.blob, offset: this.#cursor.offset + runBytes };
   }
 
-  /** Whole chunks, in requests of up to MAX_GET_BYTES, GET_WINDOW in flight. */
-  async #whole(run: Array<{ hash: Uint8Array; size: number }>): Promise<void> {
-    const batches: Array<Array<{ hash: Uint8Array; size: number }>> = [];
-    let cur: Array<{ hash: Uint8Array; size: number }> = [];
-    let bytes = 0;
-    for (const c of run) {
-      if (cur.length && bytes + c.size > MAX_GET_BYTES) {
-        batches.push(cur);
-        cur = [];
-        bytes = 0;
+  /**
+   * Whole chunks, streamed: gathered into requests of up to MAX_GET_BYTES,
+   * GET_WINDOW requests in flight, written in order as answers come. A long
+   * missing region flows through here without waiting for its end.
+   */
+  #batch: Array<{ hash: Uint8Array; size: number }> = [];
+  #batchBytes = 0;
+  #inflight: Array<{ chunks: Array<{ hash: Uint8Array; size: number }>; data: Promise<Uint8Array[]> }> = [];
+
+  async #fetch(c: { hash: Uint8Array; size: number }): Promise<void> {
+    if (this.#batch.length && this.#batchBytes + c.size > MAX_GET_BYTES) await this.#launch();
+    this.#batch.push(c);
+    this.#batchBytes += c.size;
+  }
+
+  async #launch(): Promise<void> {
+    if (this.#batch.length === 0) return;
+    const chunks = this.#batch;
+    this.#batch = [];
+    this.#batchBytes = 0;
+    const data = this.src.get(chunks.map((c) => [c.hash, 0, c.size] as GetItem));
+    data.catch(() => {});
+    this.#inflight.push({ chunks, data });
+    while (this.#inflight.length > GET_WINDOW) await this.#land();
+  }
+
+  /** Writes the oldest answer. */
+  async #land(): Promise<void> {
+    const { chunks, data } = this.#inflight.shift()!;
+    const items = await data;
+    this.#check();
+    for (let k = 0; k < chunks.length; k++) {
+      const c = chunks[k]!;
+      const d = items[k]!;
+      this.stats.receivedBytes += d.length;
+      if (d.length !== c.size || !bytesEqual(sha256(d), c.hash)) {
+        throw new CabError('ERR_HASH_MISMATCH', `chunk ${toHex(c.hash)} from ${this.src.label} does not hash to what was asked for`, { blob: this.name });
       }
-      cur.push(c);
-      bytes += c.size;
     }
-    if (cur.length) batches.push(cur);
-    const inflight: Array<Promise<Uint8Array[]>> = [];
-    let next = 0;
-    const launch = () => {
-      const b = batches[next++]!;
-      const p = this.src.get(b.map((c) => [c.hash, 0, c.size] as GetItem));
-      p.catch(() => {});
-      inflight.push(p);
-    };
-    while (next < batches.length && inflight.length < GET_WINDOW) launch();
-    for (let i = 0; i < batches.length; i++) {
-      this.#check();
-      const data = await inflight.shift()!;
-      if (next < batches.length) launch();
-      const batch = batches[i]!;
-      for (let k = 0; k < batch.length; k++) {
-        const c = batch[k]!;
-        const d = data[k]!;
-        this.stats.receivedBytes += d.length;
-        if (d.length !== c.size || !bytesEqual(sha256(d), c.hash)) {
-          throw new CabError('ERR_HASH_MISMATCH', `chunk ${toHex(c.hash)} from ${this.src.label} does not hash to what was asked for`, { blob: this.name });
-        }
-      }
-      await this.w.appendBytes(...data);
-      for (const d of data) this.stats.verifiedBytes += d.length;
-      this.stats.chunksFetched += batch.length;
-      this.#progress();
-    }
+    await this.w.appendBytes(...items);
+    for (const d of items) this.stats.verifiedBytes += d.length;
+    this.stats.chunksFetched += chunks.length;
+    this.#progress();
+  }
+
+  /** Everything fetched so far is written. */
+  async #drain(): Promise<void> {
+    await this.#launch();
+    while (this.#inflight.length) await this.#land();
   }
 
   /**

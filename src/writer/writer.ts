@@ -270,17 +270,38 @@ export class BlobWriter {
           (inputs[inputs.length - 1] as { size: number }).size = size;
         }
         await this.#mutate(async () => {
+          // Small byte arrays in a row (a network batch of chunks, say) are gathered into one
+          // block: one pass through the chunker and one hand-off to the hashing thread.
+          let gather: Uint8Array[] = [];
+          let gathered = 0;
+          const flushGather = async () => {
+            if (gathered === 0) return;
+            const block = gather.length === 1 ? gather[0]! : Buffer.concat(gather, gathered);
+            const ours = gather.length > 1;
+            gather = [];
+            gathered = 0;
+            await this.#feed(block, undefined, ours);
+          };
           for (const input of inputs) {
             if ('bytes' in input) {
+              if (input.bytes.length < READ_BLOCK / 4) {
+                if (gathered + input.bytes.length > READ_BLOCK) await flushGather();
+                gather.push(input.bytes);
+                gathered += input.bytes.length;
+                continue;
+              }
+              await flushGather();
               for (let off = 0; off < input.bytes.length; off += READ_BLOCK) {
                 await this.#feed(input.bytes.subarray(off, off + READ_BLOCK), undefined, false);
               }
             } else {
+              await flushGather();
               for await (const block of readBlocks(input.size, READ_BLOCK, (pos, n) => readFile(input.fh, input.offset + pos, n))) {
                 await this.#feed(block, undefined, true);
               }
             }
           }
+          await flushGather();
           await this.#settle();
         });
       } finally {
