@@ -35,8 +35,10 @@ const storeDir = () => program.opts<{ store?: string }>().store ?? process.env.C
 const json = () => program.opts<{ json?: boolean }>().json === true;
 const out = (text: string, obj: unknown) => console.log(json() ? JSON.stringify(obj, replacer) : text);
 
-function replacer(_k: string, v: unknown): unknown {
-  return v instanceof Uint8Array ? toHex(v) : v;
+/** Hashes and other bytes as hex. A Buffer reaches a replacer already turned into {type, data} by its toJSON, so look at the holder. */
+function replacer(this: Record<string, unknown>, k: string, v: unknown): unknown {
+  const raw = this[k];
+  return raw instanceof Uint8Array ? toHex(raw) : v;
 }
 
 async function withStore<T>(fn: (s: BlobStore) => Promise<T>, options?: { catchUpIndex?: boolean }): Promise<T> {
