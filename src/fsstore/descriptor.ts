@@ -139,18 +139,22 @@ function checkAppend(r: Record<string, unknown>, size: number, chunkEnd: number,
   return undefined;
 }
 
+/** Opens a blob's descriptor; ERR_NO_SUCH_BLOB if there is none. */
+export async function openDescriptor(file: string, name: string, flags: 'r' | 'r+'): Promise<fs.FileHandle> {
+  try {
+    return await fs.open(file, flags);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new CabError('ERR_NO_SUCH_BLOB', `no blob ${name}`, { blob: name });
+    throw e;
+  }
+}
+
 /**
  * Reads a descriptor in blocks, never all at once. Throws ERR_NO_SUCH_BLOB if
  * the file does not exist.
  */
 export async function readDescriptor(file: string, name: string, opts: ReadDescriptorOptions = {}): Promise<Descriptor> {
-  let fh: fs.FileHandle;
-  try {
-    fh = await fs.open(file, 'r');
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new CabError('ERR_NO_SUCH_BLOB', `no blob ${name}`, { blob: name });
-    throw e;
-  }
+  const fh = await openDescriptor(file, name, 'r');
   try {
     return await parse(fh, name, opts);
   } finally {

@@ -59,3 +59,12 @@ export async function writeFileDurable(file: string, data: string | Uint8Array):
     }
   }
 }
+
+export async function exists(file: string): Promise<boolean> {
+  try {
+    await fs.access(file);
+    return true;
+  } catch {
+    return false;
+  }
+}

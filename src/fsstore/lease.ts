@@ -1,12 +1,8 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import crypto from 'node:crypto';
-import { createRequire } from 'node:module';
 import type { Layout } from './layout.js';
-import { tryLockExclusive, tryLockShared } from './lock.js';
-
-const require = createRequire(import.meta.url);
-const fsExt = require('fs-ext') as { flockSync(fd: number, flags: 'un'): void };
+import { tryLockExclusive, tryLockShared, unlock } from './lock.js';
 
 /** What a live process publishes in its lease: what GC must not collect. */
 export interface Pins {
@@ -67,22 +63,21 @@ export class Lease {
    * Runs `fn` with the gate held shared, so no GC decides between the
    * moment `fn` reads a descriptor and the moment its pins are published.
    */
-  async gate<T>(fn: () => Promise<T>): Promise<T> {
-    for (let wait = 1; !tryLockShared(this.#gateFh.fd); wait = Math.min(wait * 2, 20)) await sleep(wait);
-    try {
-      return await fn();
-    } finally {
-      fsExt.flockSync(this.#gateFh.fd, 'un');
-    }
+  gate<T>(fn: () => Promise<T>): Promise<T> {
+    return this.#withGate(tryLockShared, 20, fn);
   }
 
   /** The gate held exclusively (GC). */
-  async gateExclusive<T>(fn: () => Promise<T>): Promise<T> {
-    for (let wait = 1; !tryLockExclusive(this.#gateFh.fd); wait = Math.min(wait * 2, 10)) await sleep(wait);
+  gateExclusive<T>(fn: () => Promise<T>): Promise<T> {
+    return this.#withGate(tryLockExclusive, 10, fn);
+  }
+
+  async #withGate<T>(take: (fd: number) => boolean, maxWait: number, fn: () => Promise<T>): Promise<T> {
+    for (let wait = 1; !take(this.#gateFh.fd); wait = Math.min(wait * 2, maxWait)) await sleep(wait);
     try {
       return await fn();
     } finally {
-      fsExt.flockSync(this.#gateFh.fd, 'un');
+      unlock(this.#gateFh.fd);
     }
   }
 

@@ -4,15 +4,9 @@ import { createRequire } from 'node:module';
 const require = createRequire(import.meta.url);
 const fsExt = require('fs-ext') as { flockSync(fd: number, flags: 'sh' | 'ex' | 'shnb' | 'exnb' | 'un'): void };
 
-/**
- * Takes an exclusive flock on an open file without waiting. Returns false if
- * another open file description holds it (in this process or another). The
- * kernel drops the lock when the descriptor is closed or the process dies,
- * so a lock never outlives a crash.
- */
-export function tryLockExclusive(fd: number): boolean {
+function tryLock(fd: number, flags: 'exnb' | 'shnb'): boolean {
   try {
-    fsExt.flockSync(fd, 'exnb');
+    fsExt.flockSync(fd, flags);
     return true;
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
@@ -21,14 +15,22 @@ export function tryLockExclusive(fd: number): boolean {
   }
 }
 
+/**
+ * Takes an exclusive flock on an open file without waiting. Returns false if
+ * another open file description holds it (in this process or another). The
+ * kernel drops the lock when the descriptor is closed or the process dies,
+ * so a lock never outlives a crash.
+ */
+export function tryLockExclusive(fd: number): boolean {
+  return tryLock(fd, 'exnb');
+}
+
 /** A shared flock without waiting; false if someone holds it exclusively. */
 export function tryLockShared(fd: number): boolean {
-  try {
-    fsExt.flockSync(fd, 'shnb');
-    return true;
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'EAGAIN' || code === 'EWOULDBLOCK') return false;
-    throw e;
-  }
+  return tryLock(fd, 'shnb');
+}
+
+/** Releases a flock taken on `fd`. */
+export function unlock(fd: number): void {
+  fsExt.flockSync(fd, 'un');
 }

@@ -6,8 +6,8 @@ import { BlobWriter } from '../writer/writer.js';
 import { BlobReader } from '../reader/reader.js';
 import { ChunkIndex, type Location } from './chunk-index.js';
 import { catchUpBlob } from './catchup.js';
-import { readDescriptor, type Descriptor } from './descriptor.js';
-import { fsyncDir, writeFileDurable } from './durable.js';
+import { openDescriptor, readDescriptor, type Descriptor } from './descriptor.js';
+import { exists, fsyncDir, writeFileDurable } from './durable.js';
 import type { StoreInternals } from './internals.js';
 import { FORMAT_VERSION, Layout, checkBlobName, isFragmentId, newBlobName } from './layout.js';
 import { tryLockExclusive } from './lock.js';
@@ -174,13 +174,7 @@ export class BlobStore implements StoreInternals {
     checkBlobName(name);
     this.checkOpen();
     const file = this.layout.descriptor(name);
-    let fh: fs.FileHandle;
-    try {
-      fh = await fs.open(file, 'r');
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new CabError('ERR_NO_SUCH_BLOB', `no blob ${name}`, { blob: name });
-      throw e;
-    }
+    const fh = await openDescriptor(file, name, 'r');
     try {
       // Holding the writer lock while unlinking: no writer can resume the blob meanwhile.
       if (!tryLockExclusive(fh.fd)) throw new CabError('ERR_BLOB_LOCKED', `blob ${name} is being written`, { blob: name });
@@ -376,15 +370,6 @@ async function closeQuietly(r: { close(): Promise<void> }): Promise<void> {
     else await r.close();
   } catch {
     /* a failed writer has already released what it held */
-  }
-}
-
-async function exists(file: string): Promise<boolean> {
-  try {
-    await fs.access(file);
-    return true;
-  } catch {
-    return false;
   }
 }
 

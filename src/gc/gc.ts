@@ -7,6 +7,7 @@ import { readDescriptor } from '../fsstore/descriptor.js';
 import type { Layout } from '../fsstore/layout.js';
 import { livePins, type Lease } from '../fsstore/lease.js';
 import { tryLockExclusive } from '../fsstore/lock.js';
+import { exists } from '../fsstore/durable.js';
 import { forEachLimit } from './limit.js';
 
 /** File system calls in flight at once. */
@@ -259,14 +260,5 @@ async function dropHalfMadeLeases(layout: Layout): Promise<void> {
     } finally {
       await fh.close();
     }
-  }
-}
-
-async function exists(file: string): Promise<boolean> {
-  try {
-    await fs.access(file);
-    return true;
-  } catch {
-    return false;
   }
 }

@@ -5,7 +5,7 @@ import { Chunker } from '../chunker/fastcdc.js';
 import { LEAF_SIZE, type MerkleState } from '../hash/merkle.js';
 import { HashJob } from '../hash/pool.js';
 import { fromHex, sha256, toHex } from '../hash/sha256.js';
-import { encodeRecord, merkleToRecord, readDescriptor, type AppendRecord, type Descriptor } from '../fsstore/descriptor.js';
+import { encodeRecord, merkleToRecord, openDescriptor, readDescriptor, type AppendRecord, type Descriptor } from '../fsstore/descriptor.js';
 import { ensureDir, fsyncDir } from '../fsstore/durable.js';
 import { FragmentFiles, FragmentWriter } from '../fsstore/fragments.js';
 import { checkBlobName } from '../fsstore/layout.js';
@@ -147,13 +147,7 @@ export class BlobWriter {
     checkBlobName(name);
     s.checkOpen();
     const { layout } = s;
-    let fh: fs.FileHandle;
-    try {
-      fh = await fs.open(layout.descriptor(name), 'r+');
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new CabError('ERR_NO_SUCH_BLOB', `no blob ${name}`, { blob: name });
-      throw e;
-    }
+    const fh = await openDescriptor(layout.descriptor(name), name, 'r+');
     let ok = false;
     try {
       if (!tryLockExclusive(fh.fd)) throw new CabError('ERR_BLOB_LOCKED', `blob ${name} is being written`, { blob: name });

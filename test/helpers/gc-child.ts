@@ -5,21 +5,12 @@
 //   workload STORE SECONDS   write (with dedup), appendBlob, read, delete; verify every read
 import { BlobStore, merkleRoot, toHex, isCabError } from '../../src/index.js';
 import { prngBytes, prngInts } from '../../tools/data.js';
+import { readAll as readAllOf } from './store.js';
 
 const [mode, root, arg] = process.argv.slice(2);
 const store = await BlobStore.open(root!, { fragmentSize: 256 * 1024 });
 
-async function readAll(name: string): Promise<Buffer> {
-  const r = await store.newBlobReader(name);
-  try {
-    const buf = Buffer.alloc(r.size);
-    let at = 0;
-    while (at < r.size) at += await r.readAt(buf.subarray(at), at);
-    return buf;
-  } finally {
-    await r.close();
-  }
-}
+const readAll = (name: string) => readAllOf(store, name);
 
 if (mode === 'hold-reader') {
   const r = await store.newBlobReader(arg!);
