@@ -167,6 +167,6 @@ export function decode(frame: Uint8Array): Message {
         msg: str(m.msg, 'msg', 4096),
       };
     default:
-      throw bad(`unknown message type ${JSON.stringify(String(m.t).slice(0, 32))}`);
+      throw bad(`unknown message type ${typeof m.t === 'string' ? JSON.stringify(m.t.slice(0, 32)) : `of type ${typeof m.t}`}`);
   }
 }

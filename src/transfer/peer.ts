@@ -30,6 +30,8 @@ export interface Transport {
 export const FINE_CHUNKER = { min: 256, avg: 1024, max: 8192 } as const;
 
 export const DEFAULT_MAX_REQUESTS = 64;
+/** Room for a `data` answer's map, ids and per-item headers within a frame. */
+const FRAME_OVERHEAD = 64 * 1024;
 export const DEFAULT_IDLE_MS = 120_000;
 /** `get` requests served at once per connection: bounds the memory a peer can make us hold. */
 const SERVE_GETS_AT_ONCE = 8;
@@ -49,6 +51,8 @@ export interface PeerOptions {
   idleMs?: number;
   /** A name for the other side (signposts). */
   label?: string;
+  /** The largest frame this end accepts (its transport's limit); it bounds the gets it sends. */
+  maxFrame?: number;
 }
 
 interface Pending {
@@ -58,7 +62,7 @@ interface Pending {
 
 /** Turns an `err` message into a CabError with the remote's code when it is one of ours. */
 function remoteError(m: { code: string; msg: string }): CabError {
-  const code = (m.code in ERROR_CODES ? m.code : 'ERR_REMOTE') as ErrorCode;
+  const code = (Object.hasOwn(ERROR_CODES, m.code) ? m.code : 'ERR_REMOTE') as ErrorCode;
   return new CabError(code, `peer: ${m.msg}`, { remote: true, found: m.code });
 }
 
@@ -158,7 +162,7 @@ export class Peer {
     try {
       m = decode(frame);
     } catch (e) {
-      this.#fatal(e as CabError);
+      this.#fatal(isCabError(e) ? e : new CabError('ERR_PROTOCOL', `an undecodable message: ${(e as Error).message}`));
       return;
     }
     void this.#dispatch(m);
@@ -192,12 +196,8 @@ export class Peer {
     }
     // Requests.
     if (m.t === 'hello') return this.#onHello(m);
-    if (this.#o.role === 'server') {
-      try {
-        await this.#ready;
-      } catch {
-        return;
-      }
+    if (this.#o.role === 'server' && this.#perms.size === 0) {
+      return this.#fatal(new CabError('ERR_PROTOCOL', `${m.t} before hello`));
     }
     if (++this.#serving > (this.#o.maxRequests ?? DEFAULT_MAX_REQUESTS)) {
       return this.#fatal(new CabError('ERR_TOO_MANY_REQUESTS', `more than ${this.#o.maxRequests ?? DEFAULT_MAX_REQUESTS} requests outstanding`));
@@ -230,7 +230,7 @@ export class Peer {
       chunker: { min: chunker.min, avg: chunker.avg, max: chunker.max },
       hash: 'sha256',
       perms,
-      maxFrame: MAX_FRAME,
+      maxFrame: this.#o.maxFrame ?? MAX_FRAME,
       maxRequests: this.#o.maxRequests ?? DEFAULT_MAX_REQUESTS,
     })
       .then(() => this.#readyResolve())
@@ -358,7 +358,14 @@ export class Peer {
     if (this.#closed) throw this.#closed;
     const id = this.#nextId++;
     const answer = new Promise<Message>((resolve, reject) => this.#pending.set(id, { resolve, reject }));
-    await this.#send({ ...m, id } as Message);
+    try {
+      await this.#send({ ...m, id } as Message);
+    } catch (e) {
+      // Never sent: nothing will answer it, and closing must not reject it unobserved.
+      this.#pending.delete(id);
+      answer.catch(() => {});
+      throw isCabError(e) ? e : new CabError('ERR_CONNECTION', (e as Error).message, {}, { cause: e });
+    }
     const a = await answer;
     if (a.t !== expect) throw new CabError('ERR_PROTOCOL', `expected ${expect}, got ${a.t}`);
     return a as Extract<Message, { t: T }>;
@@ -368,6 +375,8 @@ export class Peer {
   source(): RemoteSource {
     return {
       label: this.label,
+      // An answer must fit in a frame this end accepts, with room for its framing.
+      maxGetBytes: Math.max(64 * 1024, Math.min(MAX_GET_BYTES, (this.#o.maxFrame ?? MAX_FRAME) - FRAME_OVERHEAD)),
       stat: async (name) => {
         const r = await this.request({ t: 'stat', id: 0, name }, 'statr');
         return { size: r.size, finalized: r.fin, hash: r.hash };
@@ -386,7 +395,7 @@ export class Peer {
   }
 
   /** Client: fetches a remote blob into the local store. */
-  pull(name: string, options: ReceiveOptions = {}): Promise<TransferStats> {
+  async pull(name: string, options: ReceiveOptions = {}): Promise<TransferStats> {
     checkBlobName(name);
     return receive(this.#o.store, this.source(), name, { label: this.label, ...options });
   }

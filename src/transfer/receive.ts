@@ -3,11 +3,13 @@ import { chunk as cdc } from '../chunker/fastcdc.js';
 import { bytesEqual, sha256, toHex } from '../hash/sha256.js';
 import type { BlobStore, ChunkRef } from '../fsstore/store.js';
 import type { BlobWriter } from '../writer/writer.js';
-import { MAX_GET_BYTES, type GetItem, type WireChunk } from './messages.js';
+import { type GetItem, type WireChunk } from './messages.js';
 
 /** Where `receive` gets a blob from: a peer over a connection, or a bundle. */
 export interface RemoteSource {
   label: string;
+  /** The most bytes one `get` may ask for (default MAX_GET_BYTES). */
+  maxGetBytes?: number;
   stat(name: string): Promise<{ size: number; finalized: boolean; hash?: Uint8Array }>;
   /** The blob's chunks from number `from`, a page at a time. */
   list(name: string, from: number): Promise<{ chunks: WireChunk[]; end: boolean }>;
@@ -54,8 +56,14 @@ export interface ReceiveOptions {
 const FINE_RUN_MAX = 1024 * 1024;
 /** Local bytes searched on each side of where a missing run would be. */
 const FINE_SLACK = 32 * 1024;
-/** `get` requests in flight while fetching long runs. */
-const GET_WINDOW = 8;
+/**
+ * Whole-chunk fetching: requests of up to GET_BYTES, GET_WINDOW of them in
+ * flight. The window bounds memory and also what an interruption wastes: the
+ * answers in flight when a transfer is cut are not written, and are fetched
+ * again by the next run (chunks already written never are).
+ */
+const GET_BYTES = 1024 * 1024;
+const GET_WINDOW = 4;
 
 type Step = { kind: 'blob'; blob: string; offset: number; size: number } | { kind: 'chunk'; hash: Uint8Array; size: number };
 
@@ -105,7 +113,13 @@ export async function receive(store: BlobStore, src: RemoteSource, name: string,
   try {
     if (writer.size > st.size) throw new CabError('ERR_BLOB_EXISTS', `blob ${name} here is longer than the sender's`, { blob: name });
     stats.resumedFrom = writer.size;
-    await new Receiver(store, src, name, writer, stats, options).run();
+    const receiver = new Receiver(store, src, name, writer, stats, options);
+    try {
+      await receiver.run();
+    } catch (e) {
+      if (isCabError(e, 'ERR_ABORTED')) await receiver.salvage().catch(() => {});
+      throw e;
+    }
     if (!bytesEqual(writer.hash, st.hash)) {
       throw new CabError('ERR_HASH_MISMATCH', `blob ${name} hashes to ${toHex(writer.hash)}, not the announced ${toHex(st.hash)}`, {
         blob: name,
@@ -152,6 +166,27 @@ class Receiver {
 
   #check(): void {
     if (this.o.signal?.aborted) throw new CabError('ERR_ABORTED', 'the transfer was cancelled', { blob: this.name }, { cause: this.o.signal.reason });
+  }
+
+  /** Waits for `p`, or throws ERR_ABORTED as soon as the signal fires. */
+  #orAbort<T>(p: Promise<T>): Promise<T> {
+    const signal = this.o.signal;
+    if (!signal) return p;
+    return new Promise<T>((resolve, reject) => {
+      const onAbort = () => reject(new CabError('ERR_ABORTED', 'the transfer was cancelled', { blob: this.name }, { cause: signal.reason }));
+      if (signal.aborted) return onAbort();
+      signal.addEventListener('abort', onAbort, { once: true });
+      p.then(
+        (v) => {
+          signal.removeEventListener('abort', onAbort);
+          resolve(v);
+        },
+        (e: unknown) => {
+          signal.removeEventListener('abort', onAbort);
+          reject(e);
+        },
+      );
+    });
   }
 
   #progress(): void {
@@ -276,12 +311,13 @@ class Receiver {
   #inflight: Array<{ chunks: Array<{ hash: Uint8Array; size: number }>; data: Promise<Uint8Array[]> }> = [];
 
   async #fetch(c: { hash: Uint8Array; size: number }): Promise<void> {
-    if (this.#batch.length && this.#batchBytes + c.size > MAX_GET_BYTES) await this.#launch();
+    if (this.#batch.length && this.#batchBytes + c.size > Math.min(GET_BYTES, this.src.maxGetBytes ?? GET_BYTES)) await this.#launch();
     this.#batch.push(c);
     this.#batchBytes += c.size;
   }
 
   async #launch(): Promise<void> {
+    this.#check();
     if (this.#batch.length === 0) return;
     const chunks = this.#batch;
     this.#batch = [];
@@ -293,10 +329,11 @@ class Receiver {
   }
 
   /** Writes the oldest answer. */
-  async #land(): Promise<void> {
-    const { chunks, data } = this.#inflight.shift()!;
-    const items = await data;
-    this.#check();
+  async #land(salvage = false): Promise<void> {
+    if (!salvage) this.#check();
+    const { chunks, data } = this.#inflight[0]!;
+    const items = salvage ? await data : await this.#orAbort(data);
+    this.#inflight.shift();
     for (let k = 0; k < chunks.length; k++) {
       const c = chunks[k]!;
       const d = items[k]!;
@@ -309,6 +346,14 @@ class Receiver {
     for (const d of items) this.stats.verifiedBytes += d.length;
     this.stats.chunksFetched += chunks.length;
     this.#progress();
+  }
+
+  /**
+   * After a cancel: answers already asked for are on their way; write them
+   * (they were paid for) rather than fetch them again on the next run.
+   */
+  async salvage(): Promise<void> {
+    while (this.#inflight.length) await this.#land(true);
   }
 
   /** Everything fetched so far is written. */

@@ -116,6 +116,7 @@ export async function serve(store: BlobStore, options: ServeOptions = {}): Promi
       insecure: options.insecure,
       maxRequests: options.maxRequests ?? DEFAULT_MAX_REQUESTS,
       idleMs: options.idleTimeoutMs ?? DEFAULT_IDLE_MS,
+      maxFrame: options.maxFrame ?? MAX_FRAME,
       label: `${req.socket.remoteAddress}:${req.socket.remotePort}`,
     });
     wire(ws, peer, count);
@@ -176,7 +177,7 @@ export async function connect(store: BlobStore, url: string, options: ConnectOpt
     ws.once('error', (e) => reject(new CabError('ERR_CONNECTION', `cannot connect to ${url}: ${e.message}`, {}, { cause: e })));
   });
   const count = { sent: 0, received: 0 };
-  const peer = new Peer(wsTransport(ws, count), { store, role: 'client', token: options.token, label: url });
+  const peer = new Peer(wsTransport(ws, count), { store, role: 'client', token: options.token, label: url, maxFrame: options.maxFrame ?? MAX_FRAME });
   wire(ws, peer, count);
   await peer.hello();
   const closed = new Promise<void>((resolve) => ws.once('close', () => resolve()));

@@ -428,7 +428,9 @@ export class BlobWriter {
   async #feed(block: Uint8Array, ref: { extents: ExtentMap; offset: number } | undefined, give: boolean): Promise<void> {
     this.#size += block.length;
     this.#block = block;
-    const cuts = this.#chunker.push(block, this.#cuts);
+    // A plain Uint8Array view keeps the chunker's loop monomorphic (Buffers and Uint8Arrays both arrive here).
+    const view = block.constructor === Uint8Array ? block : new Uint8Array(block.buffer, block.byteOffset, block.byteLength);
+    const cuts = this.#chunker.push(view, this.#cuts);
     let off = 0;
     for (const size of cuts) {
       const take = size - this.#pendingLen;
@@ -542,7 +544,12 @@ export class BlobWriter {
       this.#frag.size += p.lit.length;
       this.#pushExtent(null, at, p.lit.length);
       if (this.#block && p.lit.buffer === this.#block.buffer) {
-        this.#blockWrites.push(p.lit.byteOffset - this.#block.byteOffset, p.lit.length, at);
+        const w = this.#blockWrites;
+        const off = p.lit.byteOffset - this.#block.byteOffset;
+        const n = w.length;
+        // Consecutive pieces of one block land consecutively in the fragment: one write.
+        if (n > 0 && w[n - 3]! + w[n - 2]! === off && w[n - 1]! + w[n - 2]! === at) w[n - 2]! += p.lit.length;
+        else w.push(off, p.lit.length, at);
       } else {
         // An earlier block's bytes, copied when that block was handed off.
         this.#job.send(p.lit, false, [0, p.lit.length, at], true);
