@@ -37,3 +37,36 @@ test('appendBytes of a file range longer than a read block, and of many byte arr
   t.true((await readAll(s, w.name)).equals(one));
   t.deepEqual((await s.fsck({ verify: true })).problems, []);
 });
+
+test('appendBlob at chunk boundaries takes whole chunks; the chunk list is what chunking the content gives', async (t) => {
+  const { chunk, sha256 } = await import('../src/index.js');
+  const { collect } = await import('./helpers/store.js');
+  const s = await tempStore(t);
+  const x = prngBytes('whole x', 3_000_000);
+  const y = prngBytes('whole y', 700_000);
+  const a = await putBlob(s, x);
+  const sizes = chunk(x);
+  const third = sizes.slice(0, 10).reduce((p, c) => p + c, 0); // a boundary of x
+  const cases: Array<[string, (w: Awaited<ReturnType<typeof s.newBlobWriter>>) => Promise<void>, Buffer]> = [
+    // all of x, whose last chunk was cut by the end of x, then more bytes: that chunk must grow
+    ['whole source then bytes', async (w) => { await w.appendBlob(a); await w.appendBytes(y); }, Buffer.concat([x, y])],
+    ['from a boundary', async (w) => { await w.appendBlob(a, third); }, x.subarray(third)],
+    ['bytes then a boundary range', async (w) => { await w.appendBlob(a, 0, third); await w.appendBlob(a, third, 123_456); await w.appendBytes(y); }, Buffer.concat([x.subarray(0, third + 123_456), y])],
+  ];
+  for (const [what, write, want] of cases) {
+    const w = await s.newBlobWriter();
+    await write(w);
+    await w.close();
+    const got = await collect(s.blobChunkStream(w.name));
+    const expect: Array<[string, number]> = [];
+    let off = 0;
+    for (const size of chunk(want)) {
+      expect.push([Buffer.from(sha256(want.subarray(off, off + size))).toString('hex'), size]);
+      off += size;
+    }
+    t.deepEqual(got.map((c) => [Buffer.from(c.hash).toString('hex'), c.size]), expect, what);
+    t.is(toHex(w.hash), toHex(merkleRoot(want)), what);
+    t.true((await readAll(s, w.name)).equals(want), what);
+  }
+  t.deepEqual((await s.fsck({ verify: true })).problems, []);
+});

@@ -184,6 +184,22 @@ export class ChunkIndex {
     return out;
   }
 
+  /** The number of the blob's chunk that starts at `offset`, if one does (binary search). */
+  chunkNumberAt(name: string, offset: number): number | undefined {
+    const n = this.blob(name)?.n ?? 0;
+    let lo = 0;
+    let hi = n - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      const v = this.#bchunks.get(blobChunkKey(name, mid));
+      if (!v) return undefined;
+      if (v[2] === offset) return mid;
+      if (v[2] < offset) lo = mid + 1;
+      else hi = mid - 1;
+    }
+    return undefined;
+  }
+
   /** A blob's chunks in order, lazily, from chunk number `from`. */
   *blobChunks(name: string, from = 0): Generator<{ hash: Uint8Array; size: number; offset: number }> {
     const prefix = nameKey(name);

@@ -337,8 +337,10 @@ export class BlobWriter {
           }
           return buf;
         };
-        let pos = offset;
-        for await (const block of readBlocks(n, READ_BLOCK, read)) {
+        // At a boundary, whole chunks of the source are taken as they are.
+        const whole = this.#pendingLen === 0 ? await this.#wholeChunks(blob, src, offset, n) : 0;
+        let pos = offset + whole;
+        for await (const block of readBlocks(n - whole, READ_BLOCK, (p, len) => read(whole + p, len))) {
           const len = block.length; // #feed hands the block to the hashing thread: it is empty after
           await this.#feed(block, { extents: src.extents, offset: pos }, true);
           pos += len;
@@ -346,6 +348,65 @@ export class BlobWriter {
         await this.#settle();
       });
     });
+  }
+
+  /**
+   * The fast path of appendBlob. With the chunker at a boundary, a range
+   * that starts at one of the source's chunk boundaries is made of the
+   * source's chunks: FastCDC restarted at a boundary cuts the same bytes the
+   * same way, so their hashes and sizes come from the index, and the bytes
+   * are read only for the blob hash (in the hashing thread). Not the
+   * source's last chunk, whose end may be the end of the stream rather than
+   * a cut. Returns the bytes taken.
+   */
+  async #wholeChunks(blob: string, src: Descriptor, offset: number, n: number): Promise<number> {
+    const index = this.#s.index;
+    const first = index.chunkNumberAt(blob, offset);
+    if (first === undefined) return 0;
+    const end = offset + n;
+    let taken = 0;
+    let group: Array<{ hash: Uint8Array; size: number }> = [];
+    let groupBytes = 0;
+    const flushGroup = async () => {
+      if (groupBytes === 0) return;
+      const start = offset + taken;
+      const buf = Buffer.allocUnsafe(groupBytes);
+      let at = 0;
+      for (const e of src.extents.slice(start, groupBytes)) {
+        await this.#files.read(e.frag, buf, at, e.size, e.offset);
+        this.#pushExtent(e.frag, e.offset, e.size);
+        at += e.size;
+      }
+      for (const c of group) {
+        this.#newChunks.push([c.hash, c.size]);
+        this.#chunkCount++;
+        this.#chunkEnd += c.size;
+      }
+      this.#size += groupBytes;
+      taken += groupBytes;
+      group = [];
+      groupBytes = 0;
+      this.#job.send(buf, true, [], true);
+      await this.#job.room();
+    };
+    for (let from = first; ; from += 1024) {
+      const page = [];
+      for (const c of index.blobChunks(blob, from)) {
+        page.push(c);
+        if (page.length === 1024) break;
+      }
+      for (const c of page) {
+        const cEnd = c.offset + c.size;
+        if (c.offset !== offset + taken + groupBytes || cEnd > end) return (await flushGroup(), taken);
+        if (src.finalized && cEnd === src.size && c.size < this.#s.chunker.max) return (await flushGroup(), taken);
+        group.push(c);
+        groupBytes += c.size;
+        if (groupBytes >= READ_BLOCK) await flushGroup();
+      }
+      if (page.length < 1024) break;
+    }
+    await flushGroup();
+    return taken;
   }
 
   /** A durable checkpoint: resolves when every byte appended so far would survive kill -9 and power loss. */
