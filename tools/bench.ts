@@ -14,6 +14,7 @@ import { benchChunker } from './bench/chunker.js';
 import { benchIngest, benchRead, benchResume } from './bench/store.js';
 import { benchTransfer } from './bench/transfer.js';
 import { benchGc } from './bench/gc.js';
+import { benchFsck } from './bench/fsck.js';
 import { parseSize } from './size.js';
 
 const CASES: Record<string, (ctx: BenchContext) => Promise<void>> = {
@@ -23,6 +24,7 @@ const CASES: Record<string, (ctx: BenchContext) => Promise<void>> = {
   resume: benchResume,
   transfer: benchTransfer,
   gc: benchGc,
+  fsck: benchFsck,
 };
 /** Older names, and groups. */
 const ALIASES: Record<string, string[]> = { chunker: ['chunk'], store: ['ingest', 'read', 'resume'] };

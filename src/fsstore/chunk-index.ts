@@ -1,6 +1,6 @@
 import { open, type RootDatabase, type Database } from 'lmdb';
 import { toHex } from '../hash/sha256.js';
-import type { AppendRecord } from './descriptor.js';
+import { chunkEntries, type AppendRecord } from './descriptor.js';
 
 /** Where a chunk's bytes are: a range of a local blob. */
 export interface Location {
@@ -122,7 +122,7 @@ export class ChunkIndex {
     if (cur.d !== start || cur.e !== chunkOffset) return false;
     let off = chunkOffset;
     let n = cur.n;
-    for (const [hash, size] of rec.c) {
+    for (const [hash, size] of chunkEntries(rec.c)) {
       if (damagedAt === undefined || off + size <= damagedAt) this.#chunks.put(chunkKey(hash, name, off), size);
       this.#bchunks.put(blobChunkKey(name, n), [hash, size, off]);
       off += size;

@@ -35,8 +35,13 @@ export interface AppendRecord {
   s: number;
   /** New extents: [fragment id (32 bytes), offset in fragment, size]. */
   x: Array<[Uint8Array, number, number]>;
-  /** Chunks that ended since the previous record: [SHA-256, size]. */
-  c: Array<[Uint8Array, number]>;
+  /**
+   * Chunks that ended since the previous record, packed: 36 bytes each,
+   * SHA-256 then size as u32 BE (one bin, not an array of arrays: a record of
+   * a 64 MiB checkpoint holds a thousand chunks, and decoding them one
+   * MessagePack array at a time dominated every parse).
+   */
+  c: Uint8Array;
   /** Merkle state after this record: [full leaves, concatenated subtree roots]. */
   m: [number, Uint8Array];
   /** Present on the last record of a finalized blob: its BEP 52 hash. */
@@ -56,6 +61,24 @@ export interface DamageRecord {
 export type DescriptorRecord = HeaderRecord | AppendRecord | DamageRecord;
 
 const packr = new Packr({ useRecords: false, moreTypes: false, int64AsType: 'number' } as ConstructorParameters<typeof Packr>[0]);
+
+/** Bytes per packed chunk entry: SHA-256 and u32 BE size. */
+export const CHUNK_ENTRY = 36;
+
+export function packChunks(chunks: ReadonlyArray<readonly [Uint8Array, number]>): Uint8Array {
+  const out = Buffer.allocUnsafe(chunks.length * CHUNK_ENTRY);
+  chunks.forEach(([h, size], i) => {
+    out.set(h, i * CHUNK_ENTRY);
+    out.writeUInt32BE(size, i * CHUNK_ENTRY + 32);
+  });
+  return out;
+}
+
+/** The chunks of a packed list: [SHA-256 (a view), size]. */
+export function* chunkEntries(c: Uint8Array): Generator<[Uint8Array, number]> {
+  const dv = new DataView(c.buffer, c.byteOffset, c.byteLength);
+  for (let i = 0; i + CHUNK_ENTRY <= c.length; i += CHUNK_ENTRY) yield [c.subarray(i, i + 32), dv.getUint32(i + 32)];
+}
 
 export function encodeRecord(rec: DescriptorRecord): Buffer {
   const payload = packr.pack(rec);
@@ -120,7 +143,7 @@ function isCount(x: unknown): x is number {
 /** Checks an append record against the state before it; returns why it is bad, or undefined. */
 function checkAppend(r: Record<string, unknown>, size: number, chunkEnd: number, finalized: boolean): string | undefined {
   if (finalized) return 'append record after the final record';
-  if (!isCount(r.s) || !Array.isArray(r.x) || !Array.isArray(r.c) || !Array.isArray(r.m)) return 'malformed append record';
+  if (!isCount(r.s) || !Array.isArray(r.x) || !isBytes(r.c) || r.c.length % CHUNK_ENTRY !== 0 || !Array.isArray(r.m)) return 'malformed append record';
   let added = 0;
   for (const e of r.x as unknown[]) {
     if (!Array.isArray(e) || !isBytes(e[0], HASH_SIZE) || !isCount(e[1]) || !isCount(e[2]) || e[2] === 0) return 'malformed extent';
@@ -128,9 +151,12 @@ function checkAppend(r: Record<string, unknown>, size: number, chunkEnd: number,
   }
   if (size + added !== r.s) return 'extents do not add up to the size';
   let chunks = chunkEnd;
-  for (const c of r.c as unknown[]) {
-    if (!Array.isArray(c) || !isBytes(c[0], HASH_SIZE) || !isCount(c[1]) || c[1] === 0) return 'malformed chunk';
-    chunks += c[1];
+  const c = r.c as Uint8Array;
+  const dv = new DataView(c.buffer, c.byteOffset, c.byteLength);
+  for (let i = 32; i < c.length; i += CHUNK_ENTRY) {
+    const size = dv.getUint32(i);
+    if (size === 0) return 'malformed chunk';
+    chunks += size;
   }
   if (chunks > r.s) return 'chunks past the end of the blob';
   const [leaves, stack] = r.m as unknown[];
@@ -243,8 +269,9 @@ async function parse(fh: fs.FileHandle, name: string, opts: ReadDescriptorOption
       const r = rec as unknown as AppendRecord;
       if (opts.extents !== false) for (const [f, o, s] of r.x) d.extents.push(toHex(f), o, s);
       await opts.onAppend?.(r, pos, end, d.chunkEnd);
-      for (const c of r.c) d.chunkEnd += c[1];
-      d.chunkCount += r.c.length;
+      const dv = new DataView(r.c.buffer, r.c.byteOffset, r.c.byteLength);
+      for (let i = 32; i < r.c.length; i += CHUNK_ENTRY) d.chunkEnd += dv.getUint32(i);
+      d.chunkCount += r.c.length / CHUNK_ENTRY;
       d.size = r.s;
       d.merkle = merkleFromRecord(r.s, r.m);
       if (r.h) {

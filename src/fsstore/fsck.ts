@@ -5,7 +5,7 @@ import { HashJob } from '../hash/pool.js';
 import { bytesEqual } from '../hash/sha256.js';
 import type { ChunkIndex } from './chunk-index.js';
 import { catchUpBlob } from './catchup.js';
-import { encodeRecord, readDescriptor, type Descriptor } from './descriptor.js';
+import { chunkEntries, encodeRecord, readDescriptor, type Descriptor } from './descriptor.js';
 import { FragmentFiles } from './fragments.js';
 import type { Layout } from './layout.js';
 import { tryLockExclusive } from './lock.js';
@@ -304,7 +304,7 @@ async function firstBadChunk(ctx: Ctx, d: Descriptor): Promise<number> {
     await readDescriptor(ctx.layout.descriptor(d.name), d.name, {
       extents: false,
       onAppend: async (rec, _s, _e, off) => {
-        for (const [h, size] of rec.c) {
+        for (const [h, size] of chunkEntries(rec.c)) {
           if (bad !== undefined) return;
           const buf = Buffer.allocUnsafe(size);
           let at = 0;

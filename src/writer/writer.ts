@@ -5,7 +5,7 @@ import { Chunker } from '../chunker/fastcdc.js';
 import { LEAF_SIZE, type MerkleState } from '../hash/merkle.js';
 import { HashJob } from '../hash/pool.js';
 import { fromHex, sha256, toHex } from '../hash/sha256.js';
-import { encodeRecord, merkleToRecord, openDescriptor, readDescriptor, type AppendRecord, type Descriptor } from '../fsstore/descriptor.js';
+import { encodeRecord, merkleToRecord, openDescriptor, packChunks, readDescriptor, type AppendRecord, type Descriptor } from '../fsstore/descriptor.js';
 import { ensureDir, fsyncDir } from '../fsstore/durable.js';
 import { FragmentFiles, FragmentWriter } from '../fsstore/fragments.js';
 import { checkBlobName } from '../fsstore/layout.js';
@@ -682,7 +682,7 @@ export class BlobWriter {
         t: 'x',
         s: size,
         x: extents.map((e) => [fromHex(e.frag ?? id!), e.offset, e.size]),
-        c: chunks,
+        c: packChunks(chunks),
         m: merkleToRecord(await state),
       };
       if (digest) {

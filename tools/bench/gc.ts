@@ -44,7 +44,7 @@ export async function benchGc(ctx: BenchContext): Promise<void> {
     const size = FRAGS_PER_BLOB * FRAG_SIZE;
     fs.writeFileSync(
       layout.descriptor(name),
-      Buffer.concat([encodeRecord({ t: 'h', v: 1, name, ctime: Date.now() }), encodeRecord({ t: 'x', s: size, x: extents, c: [], m: [0, new Uint8Array(0)] })]),
+      Buffer.concat([encodeRecord({ t: 'h', v: 1, name, ctime: Date.now() }), encodeRecord({ t: 'x', s: size, x: extents, c: new Uint8Array(0), m: [0, new Uint8Array(0)] })]),
     );
   }
   ctx.log(`gc: laid down ${BLOBS} blobs, ${BLOBS * FRAGS_PER_BLOB} fragments in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
