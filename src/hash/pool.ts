@@ -28,7 +28,9 @@ class HashThread {
   #dead: Error | undefined;
 
   constructor() {
-    this.#worker = new Worker(new URL('./hash-worker.js', import.meta.url));
+    // Not the parent's --input-type (node -e scripts): it would stop the worker loading its file.
+    const execArgv = process.execArgv.filter((a) => !a.startsWith('--input-type'));
+    this.#worker = new Worker(new URL('./hash-worker.js', import.meta.url), { execArgv });
     this.#worker.unref();
     this.#worker.on('message', (m: FromWorker) => {
       if (m.t === 'ack') {
@@ -47,11 +49,12 @@ class HashThread {
         w.reject(e);
       } else w.resolve(m.value);
     });
-    this.#worker.on('error', (e) => this.#die(e));
-    this.#worker.on('exit', (code) => this.#die(new Error(`hash thread exited with ${code}`)));
+    this.#worker.on('error', (e) => this.#die(new CabError('ERR_CLOSED', `the hashing thread failed: ${e.message}`, {}, { cause: e })));
+    this.#worker.on('exit', (code) => this.#die(new CabError('ERR_CLOSED', `the hashing thread exited with ${code}`)));
   }
 
   #die(e: Error): void {
+    if (this.#dead) return;
     this.#dead = e;
     if (thread === this) thread = undefined;
     for (const w of this.#waiting.values()) w.reject(e);

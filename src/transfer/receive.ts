@@ -3,6 +3,7 @@ import { chunk as cdc } from '../chunker/fastcdc.js';
 import { bytesEqual, sha256, toHex } from '../hash/sha256.js';
 import type { BlobStore, ChunkRef } from '../fsstore/store.js';
 import type { BlobWriter } from '../writer/writer.js';
+import type { BlobReader } from '../reader/reader.js';
 import { type GetItem, type WireChunk } from './messages.js';
 
 /** Where `receive` gets a blob from: a peer over a connection, or a bundle. */
@@ -113,18 +114,22 @@ export async function receive(store: BlobStore, src: RemoteSource, name: string,
   try {
     if (writer.size > st.size) throw new CabError('ERR_BLOB_EXISTS', `blob ${name} here is longer than the sender's`, { blob: name });
     stats.resumedFrom = writer.size;
+    writer.deferHash();
     const receiver = new Receiver(store, src, name, writer, stats, options);
     try {
       await receiver.run();
     } catch (e) {
       if (isCabError(e, 'ERR_ABORTED')) await receiver.salvage().catch(() => {});
       throw e;
+    } finally {
+      await receiver.closeReaders();
     }
-    if (!bytesEqual(writer.hash, st.hash)) {
-      throw new CabError('ERR_HASH_MISMATCH', `blob ${name} hashes to ${toHex(writer.hash)}, not the announced ${toHex(st.hash)}`, {
+    const got = await writer.digest();
+    if (!bytesEqual(got, st.hash)) {
+      throw new CabError('ERR_HASH_MISMATCH', `blob ${name} hashes to ${toHex(got)}, not the announced ${toHex(st.hash)}`, {
         blob: name,
         expected: toHex(st.hash),
-        found: toHex(writer.hash),
+        found: toHex(got),
       });
     }
     await writer.close();
@@ -424,11 +429,11 @@ class Receiver {
     const out = new Map<string, Uint8Array>();
     let r;
     try {
-      r = await this.store.newBlobReader(near.blob);
+      r = await this.#reader(near.blob);
     } catch {
       return out;
     }
-    try {
+    {
       const from = Math.max(0, near.offset - FINE_SLACK);
       const to = Math.min(r.size, near.offset + runBytes + FINE_SLACK);
       if (to <= from) return out;
@@ -445,9 +450,25 @@ class Receiver {
         out.set(toHex(sha256(piece)), piece);
         off += size;
       }
-    } finally {
-      await r.close();
     }
     return out;
+  }
+
+  /** Readers of local blobs, kept for the whole transfer (opening one publishes pins). */
+  readonly #readers = new Map<string, Promise<BlobReader>>();
+
+  #reader(name: string): Promise<BlobReader> {
+    let r = this.#readers.get(name);
+    if (!r) {
+      r = this.store.newBlobReader(name);
+      r.catch(() => this.#readers.delete(name));
+      this.#readers.set(name, r);
+    }
+    return r;
+  }
+
+  async closeReaders(): Promise<void> {
+    for (const r of this.#readers.values()) await r.then((x) => x.close()).catch(() => {});
+    this.#readers.clear();
   }
 }

@@ -61,6 +61,7 @@ export class BlobWriter {
   #job: HashJob;
   /** The blob hash after the last completed call. */
   #hash: Uint8Array;
+  #deferHash = false;
   readonly #chunker: Chunker;
   #chunkHash = crypto.createHash('sha256');
   #pending: Part[] = [];
@@ -626,9 +627,28 @@ export class BlobWriter {
     else this.#newExtents.push({ frag, offset, size });
   }
 
-  /** End of an append call: the blob hash so far. */
+  /** End of an append call: the blob hash so far (unless deferred). */
   async #settle(): Promise<void> {
+    if (this.#deferHash) return;
     this.#hash = await this.#job.digest();
+  }
+
+  /**
+   * @internal For a caller that appends many pieces and asks for the hash
+   * once (a transfer): appends stop waiting for the hashing thread, so it
+   * works while the caller fetches more; `hash` is then only current after
+   * `digest()`.
+   */
+  deferHash(): void {
+    this.#deferHash = true;
+  }
+
+  /** The BEP 52 hash of everything appended so far, from the hashing thread. */
+  digest(): Promise<Uint8Array> {
+    return this.#run(async () => {
+      this.#hash = await this.#job.digest();
+      return Uint8Array.from(this.#hash);
+    });
   }
 
   /**
