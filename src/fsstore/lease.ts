@@ -48,14 +48,17 @@ export class Lease {
   }
 
   static async take(layout: Layout): Promise<Lease> {
-    const base = path.join(layout.leases, `${process.pid}-${crypto.randomBytes(6).toString('hex')}`);
-    // Locked under a temp name, then renamed: GC never sees an unlocked lease of a live process.
-    const lockFh = await fs.open(`${base}.new`, 'wx');
+    const name = `${process.pid}-${crypto.randomBytes(6).toString('hex')}`;
+    const base = path.join(layout.leases, name);
+    // Locked in tmp/ (where GC spares the files of live pids), then renamed into leases/:
+    // GC never sees an unlocked lease of a live process.
+    const tmp = path.join(layout.tmp, `${name}.lease`);
+    const lockFh = await fs.open(tmp, 'wx');
     if (!tryLockExclusive(lockFh.fd)) throw new Error('a fresh lease file is locked');
+    await fs.rename(tmp, `${base}.lease`);
     const gateFh = await fs.open(path.join(layout.leases, 'gc.gate'), 'a');
     const lease = new Lease(layout, base, lockFh, gateFh);
     await lease.#publish();
-    await fs.rename(`${base}.new`, `${base}.lease`);
     return lease;
   }
 

@@ -217,16 +217,19 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
       return live.livePids;
     });
 
-    // Temp files of processes that are gone (the pid starts the name), and half-made leases.
+    // Temp files of processes that are gone (the pid starts the name: fragments, descriptors, leases
+    // being made), and pins files left without their lease.
     for (const ent of await fs.readdir(layout.tmp)) {
       checkAbort(options.signal);
       const pid = Number(ent.split('-')[0]);
       if (livePids.has(pid)) continue;
+      // A lease being taken is locked before it is renamed into leases/: its process lives.
+      if (ent.endsWith('.lease') && (await isLocked(path.join(layout.tmp, ent)))) continue;
       if (!dryRun) await fs.rm(path.join(layout.tmp, ent), { force: true });
       report.tempFilesDeleted++;
     }
     progress({ phase: 'tmp', done: report.tempFilesDeleted });
-    if (!dryRun) await dropHalfMadeLeases(layout);
+    if (!dryRun) await dropOrphanPins(layout);
   } finally {
     await release().catch(() => {});
   }
@@ -234,31 +237,22 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
   return report;
 }
 
-/**
- * `.new` lease files that no one holds (a process died while taking its
- * lease), and pins files whose lease is gone (it died between writing and
- * renaming them, or before its lease was named).
- */
-async function dropHalfMadeLeases(layout: Layout): Promise<void> {
+async function isLocked(file: string): Promise<boolean> {
+  const fh = await fs.open(file, 'r').catch(() => undefined);
+  if (!fh) return false;
+  try {
+    return !tryLockExclusive(fh.fd);
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Pins files whose lease is gone: their process died between writing and renaming them. */
+async function dropOrphanPins(layout: Layout): Promise<void> {
   const entries = await fs.readdir(layout.leases);
   const names = new Set(entries);
   for (const ent of entries) {
     const m = /^(.*)\.pins(\.tmp)?$/.exec(ent);
-    if (m && !names.has(`${m[1]}.lease`) && !names.has(`${m[1]}.new`)) {
-      // Looked again: the owner may have renamed its .new to .lease since the listing.
-      const again = await fs.readdir(layout.leases);
-      if (!again.includes(`${m[1]}.lease`) && !again.includes(`${m[1]}.new`)) await fs.rm(path.join(layout.leases, ent), { force: true });
-    }
-  }
-  for (const ent of entries) {
-    if (!ent.endsWith('.new')) continue;
-    const file = path.join(layout.leases, ent);
-    const fh = await fs.open(file, 'r').catch(() => undefined);
-    if (!fh) continue;
-    try {
-      if (tryLockExclusive(fh.fd)) await fs.rm(file, { force: true });
-    } finally {
-      await fh.close();
-    }
+    if (m && !names.has(`${m[1]}.lease`)) await fs.rm(path.join(layout.leases, ent), { force: true });
   }
 }
