@@ -70,3 +70,27 @@ test('appendBlob at chunk boundaries takes whole chunks; the chunk list is what 
   }
   t.deepEqual((await s.fsck({ verify: true })).problems, []);
 });
+
+test('appendVerified: checked hashes are used only where the chunker cuts exactly there', async (t) => {
+  const { chunk, sha256 } = await import('../src/index.js');
+  const { collect } = await import('./helpers/store.js');
+  const s = await tempStore(t);
+  const x = prngBytes('verified', 2_500_000);
+  const canonical: Array<{ bytes: Uint8Array; hash: Uint8Array }> = [];
+  let off = 0;
+  for (const size of chunk(x)) {
+    canonical.push({ bytes: x.subarray(off, off + size), hash: sha256(x.subarray(off, off + size)) });
+    off += size;
+  }
+  // pieces that are not chunks: their hashes must not end up in the chunk list
+  const odd: Array<{ bytes: Uint8Array; hash: Uint8Array }> = [];
+  for (let o = 0; o < x.length; o += 50_000) odd.push({ bytes: x.subarray(o, o + 50_000), hash: sha256(x.subarray(o, o + 50_000)) });
+  const want = canonical.map((c) => `${toHex(c.hash)}:${c.bytes.length}`);
+  for (const pieces of [canonical, odd]) {
+    const w = await s.newBlobWriter();
+    await w.appendVerified(pieces);
+    await w.close();
+    t.deepEqual((await collect(s.blobChunkStream(w.name))).map((c) => `${toHex(c.hash)}:${c.size}`), want);
+    t.is(toHex(w.hash), toHex(merkleRoot(x)));
+  }
+});

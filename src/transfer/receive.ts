@@ -347,7 +347,7 @@ class Receiver {
         throw new CabError('ERR_HASH_MISMATCH', `chunk ${toHex(c.hash)} from ${this.src.label} does not hash to what was asked for`, { blob: this.name });
       }
     }
-    await this.w.appendBytes(...items);
+    await this.w.appendVerified(items.map((bytes, k) => ({ bytes, hash: chunks[k]!.hash })));
     for (const d of items) this.stats.verifiedBytes += d.length;
     this.stats.chunksFetched += chunks.length;
     this.#progress();

@@ -306,6 +306,34 @@ export class BlobWriter {
   }
 
   /**
+   * @internal Appends chunks whose SHA-256 the caller has already checked
+   * against the bytes (a transfer's receiver). They go through the chunker
+   * as any bytes do; where it cuts exactly one of them, that chunk's hash is
+   * taken from the caller instead of computed a second time.
+   */
+  appendVerified(chunks: Array<{ bytes: Uint8Array; hash: Uint8Array }>): Promise<void> {
+    return this.#run(() =>
+      this.#mutate(async () => {
+        let i = 0;
+        while (i < chunks.length) {
+          // Up to READ_BLOCK bytes in one block, each chunk keyed by (offset, size) in it.
+          const parts: Uint8Array[] = [];
+          const known = new Map<number, Uint8Array>();
+          let n = 0;
+          while (i < chunks.length && (n === 0 || n + chunks[i]!.bytes.length <= READ_BLOCK)) {
+            const c = chunks[i++]!;
+            known.set(n * 2 ** 27 + c.bytes.length, c.hash);
+            parts.push(c.bytes);
+            n += c.bytes.length;
+          }
+          await this.#feed(Buffer.concat(parts, n), undefined, true, known);
+        }
+        await this.#settle();
+      }),
+    );
+  }
+
+  /**
    * Appends bytes [offset, offset + size) of a stored blob (size -1 or
    * omitted: to its end) by reference: no byte is copied, the new extents
    * point at the source's fragments. The bytes are read once, to chunk and
@@ -487,7 +515,12 @@ export class BlobWriter {
    * Chunks, hashes and places one block of input. `give`: the block is ours
    * and goes to the hashing thread without a copy.
    */
-  async #feed(block: Uint8Array, ref: { extents: ExtentMap; offset: number } | undefined, give: boolean): Promise<void> {
+  async #feed(
+    block: Uint8Array,
+    ref: { extents: ExtentMap; offset: number } | undefined,
+    give: boolean,
+    known?: Map<number, Uint8Array>,
+  ): Promise<void> {
     this.#size += block.length;
     this.#block = block;
     // A plain Uint8Array view keeps the chunker's loop monomorphic (Buffers and Uint8Arrays both arrive here).
@@ -496,9 +529,11 @@ export class BlobWriter {
     let off = 0;
     for (const size of cuts) {
       const take = size - this.#pendingLen;
-      this.#addPart(block, off, take, ref);
+      // A chunk whole in this block whose hash the caller has checked (a transfer): not hashed again.
+      const hash = this.#pendingLen === 0 ? known?.get(off * 2 ** 27 + size) : undefined;
+      this.#addPart(block, off, take, ref, hash === undefined);
       off += take;
-      await this.#endChunk();
+      await this.#endChunk(hash);
     }
     cuts.length = 0;
     if (off < block.length) this.#addPart(block, off, block.length - off, ref);
@@ -516,9 +551,9 @@ export class BlobWriter {
     if (this.#frag && this.#frag.size >= this.#s.fragmentSize) await this.#checkpoint(false, false);
   }
 
-  #addPart(block: Uint8Array, off: number, len: number, ref: { extents: ExtentMap; offset: number } | undefined): void {
+  #addPart(block: Uint8Array, off: number, len: number, ref: { extents: ExtentMap; offset: number } | undefined, hash = true): void {
     if (len === 0) return;
-    this.#chunkHash.update(block.subarray(off, off + len));
+    if (hash) this.#chunkHash.update(block.subarray(off, off + len));
     if (ref) {
       for (const ext of ref.extents.slice(ref.offset + off, len)) this.#pending.push({ ext });
     } else {
@@ -528,9 +563,13 @@ export class BlobWriter {
   }
 
   /** The chunk in progress ended: reference a stored copy, or write its new bytes. */
-  async #endChunk(): Promise<void> {
-    const hash = this.#chunkHash.digest();
-    this.#chunkHash = crypto.createHash('sha256');
+  async #endChunk(known?: Uint8Array): Promise<void> {
+    let hash: Uint8Array;
+    if (known) hash = known;
+    else {
+      hash = this.#chunkHash.digest();
+      this.#chunkHash = crypto.createHash('sha256');
+    }
     const size = this.#pendingLen;
     const literal = this.#pending.some((p) => 'lit' in p);
     const stored = literal && this.#committed === 0 ? await this.#findStored(hash, size) : undefined;
