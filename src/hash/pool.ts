@@ -12,7 +12,7 @@ export type ToWorker =
 type FromWorker = { t: 'ack'; n: number } | { t: 'res'; seq: number; value?: unknown; error?: { message: string; code?: string } };
 
 /** Bytes handed to the thread and not yet processed, before senders wait. */
-export const MAX_IN_FLIGHT = 32 * 1024 * 1024;
+export const MAX_IN_FLIGHT = 16 * 1024 * 1024;
 
 /**
  * One hashing thread per process, shared by every writer of every store.
