@@ -24,7 +24,6 @@ export const ERROR_CODES = {
   ERR_BAD_STORE: 'the directory is not a cabstore store, or its cabstore.json is damaged',
   ERR_GC_RUNNING: 'another GC is running on this store (pass wait: true to wait for it)',
   ERR_PROTOCOL: 'a peer sent a malformed, unknown or out-of-place message',
-  ERR_FRAME_TOO_LARGE: 'a peer sent a frame over the size limit',
   ERR_TOO_MANY_REQUESTS: 'a peer has more requests outstanding than the limit',
   ERR_IDLE_TIMEOUT: 'a peer sent nothing for longer than the idle limit',
   ERR_AUTH: 'the credential is missing or unknown',
