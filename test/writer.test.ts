@@ -1,7 +1,7 @@
 import test from 'ava';
-import { merkleRoot, toHex } from '../src/index.js';
+import { chunk, merkleRoot, sha256, toHex } from '../src/index.js';
 import { prngBytes } from '../tools/data.js';
-import { tempStore, putBlob, readAll } from './helpers/store.js';
+import { tempStore, putBlob, readAll, chunksOf, chunkKeys, keysOf } from './helpers/store.js';
 
 // Ranges longer than the writer's 4 MiB read block: each block is handed to
 // the hashing thread, so the writer must not look at it afterwards.
@@ -39,8 +39,6 @@ test('appendBytes of a file range longer than a read block, and of many byte arr
 });
 
 test('appendBlob at chunk boundaries takes whole chunks; the chunk list is what chunking the content gives', async (t) => {
-  const { chunk, sha256 } = await import('../src/index.js');
-  const { collect } = await import('./helpers/store.js');
   const s = await tempStore(t);
   const x = prngBytes('whole x', 3_000_000);
   const y = prngBytes('whole y', 700_000);
@@ -57,14 +55,7 @@ test('appendBlob at chunk boundaries takes whole chunks; the chunk list is what 
     const w = await s.newBlobWriter();
     await write(w);
     await w.close();
-    const got = await collect(s.blobChunkStream(w.name));
-    const expect: Array<[string, number]> = [];
-    let off = 0;
-    for (const size of chunk(want)) {
-      expect.push([Buffer.from(sha256(want.subarray(off, off + size))).toString('hex'), size]);
-      off += size;
-    }
-    t.deepEqual(got.map((c) => [Buffer.from(c.hash).toString('hex'), c.size]), expect, what);
+    t.deepEqual(await chunkKeys(s, w.name), keysOf(chunksOf(want)), what);
     t.is(toHex(w.hash), toHex(merkleRoot(want)), what);
     t.true((await readAll(s, w.name)).equals(want), what);
   }
@@ -72,25 +63,18 @@ test('appendBlob at chunk boundaries takes whole chunks; the chunk list is what 
 });
 
 test('appendVerified: checked hashes are used only where the chunker cuts exactly there', async (t) => {
-  const { chunk, sha256 } = await import('../src/index.js');
-  const { collect } = await import('./helpers/store.js');
   const s = await tempStore(t);
   const x = prngBytes('verified', 2_500_000);
-  const canonical: Array<{ bytes: Uint8Array; hash: Uint8Array }> = [];
-  let off = 0;
-  for (const size of chunk(x)) {
-    canonical.push({ bytes: x.subarray(off, off + size), hash: sha256(x.subarray(off, off + size)) });
-    off += size;
-  }
+  const canonical = chunksOf(x);
   // pieces that are not chunks: their hashes must not end up in the chunk list
   const odd: Array<{ bytes: Uint8Array; hash: Uint8Array }> = [];
   for (let o = 0; o < x.length; o += 50_000) odd.push({ bytes: x.subarray(o, o + 50_000), hash: sha256(x.subarray(o, o + 50_000)) });
-  const want = canonical.map((c) => `${toHex(c.hash)}:${c.bytes.length}`);
+  const want = keysOf(canonical);
   for (const pieces of [canonical, odd]) {
     const w = await s.newBlobWriter();
     await w.appendVerified(pieces);
     await w.close();
-    t.deepEqual((await collect(s.blobChunkStream(w.name))).map((c) => `${toHex(c.hash)}:${c.size}`), want);
+    t.deepEqual(await chunkKeys(s, w.name), want);
     t.is(toHex(w.hash), toHex(merkleRoot(x)));
   }
 });

@@ -140,8 +140,8 @@ function isCount(x: unknown): x is number {
   return Number.isSafeInteger(x) && (x as number) >= 0;
 }
 
-/** Checks an append record against the state before it; returns why it is bad, or undefined. */
-function checkAppend(r: Record<string, unknown>, size: number, chunkEnd: number, finalized: boolean): string | undefined {
+/** Checks an append record against the state before it: why it is bad, or where its last chunk ends. */
+function checkAppend(r: Record<string, unknown>, size: number, chunkEnd: number, finalized: boolean): string | { chunkEnd: number } {
   if (finalized) return 'append record after the final record';
   if (!isCount(r.s) || !Array.isArray(r.x) || !isBytes(r.c) || r.c.length % CHUNK_ENTRY !== 0 || !Array.isArray(r.m)) return 'malformed append record';
   let added = 0;
@@ -162,7 +162,7 @@ function checkAppend(r: Record<string, unknown>, size: number, chunkEnd: number,
   const [leaves, stack] = r.m as unknown[];
   if (!isCount(leaves) || !isBytes(stack) || leaves !== Math.floor(r.s / LEAF_SIZE)) return 'malformed merkle state';
   if (r.h !== undefined && (!isBytes(r.h, HASH_SIZE) || chunks !== r.s)) return 'malformed final record';
-  return undefined;
+  return { chunkEnd: chunks };
 }
 
 /** Opens a blob's descriptor; ERR_NO_SUCH_BLOB if there is none. */
@@ -261,16 +261,15 @@ async function parse(fh: fs.FileHandle, name: string, opts: ReadDescriptorOption
       d.headerEnd = end;
       d.ctime = Number(rec.ctime) || 0;
     } else if (rec.t === 'x') {
-      const why = checkAppend(rec, d.size, d.chunkEnd, d.finalized) ?? (d.hasHeader ? undefined : 'append record before the header');
-      if (why) {
-        stop(why);
+      const checked = d.hasHeader ? checkAppend(rec, d.size, d.chunkEnd, d.finalized) : 'append record before the header';
+      if (typeof checked === 'string') {
+        stop(checked);
         break;
       }
       const r = rec as unknown as AppendRecord;
       if (opts.extents !== false) for (const [f, o, s] of r.x) d.extents.push(toHex(f), o, s);
       await opts.onAppend?.(r, pos, end, d.chunkEnd);
-      const dv = new DataView(r.c.buffer, r.c.byteOffset, r.c.byteLength);
-      for (let i = 32; i < r.c.length; i += CHUNK_ENTRY) d.chunkEnd += dv.getUint32(i);
+      d.chunkEnd = checked.chunkEnd;
       d.chunkCount += r.c.length / CHUNK_ENTRY;
       d.size = r.s;
       d.merkle = merkleFromRecord(r.s, r.m);

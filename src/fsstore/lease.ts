@@ -2,7 +2,8 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import crypto from 'node:crypto';
 import type { Layout } from './layout.js';
-import { tryLockExclusive, tryLockShared, unlock } from './lock.js';
+import { isLocked, tryLockExclusive, tryLockShared, unlock } from './lock.js';
+import { exists } from './durable.js';
 
 /** What a live process publishes in its lease: what GC must not collect. */
 export interface Pins {
@@ -145,31 +146,23 @@ export async function livePins(layout: Layout, dryRun = false): Promise<{ pins: 
   for (const ent of await fs.readdir(layout.leases)) {
     if (!ent.endsWith('.lease')) continue;
     const base = path.join(layout.leases, ent.slice(0, -'.lease'.length));
-    let fh: fs.FileHandle;
-    try {
-      fh = await fs.open(`${base}.lease`, 'r');
-    } catch {
-      continue; // its owner closed meanwhile
-    }
-    try {
-      if (tryLockExclusive(fh.fd)) {
-        // Nobody holds it: its process is gone, and so are its pins.
+    if (!(await isLocked(`${base}.lease`))) {
+      // Nobody holds it (or its owner closed meanwhile): its pins are gone with it.
+      if (await exists(`${base}.lease`)) {
         deadLeases++;
         if (!dryRun) {
           await fs.rm(`${base}.pins`, { force: true });
           await fs.rm(`${base}.pins.tmp`, { force: true });
           await fs.rm(`${base}.lease`, { force: true });
         }
-        continue;
       }
-      livePids.add(Number(ent.split('-')[0]));
-      try {
-        pins.push(JSON.parse(await fs.readFile(`${base}.pins`, 'utf8')) as Pins);
-      } catch {
-        // A lease whose pins are not written yet pins nothing yet.
-      }
-    } finally {
-      await fh.close();
+      continue;
+    }
+    livePids.add(Number(ent.split('-')[0]));
+    try {
+      pins.push(JSON.parse(await fs.readFile(`${base}.pins`, 'utf8')) as Pins);
+    } catch {
+      // A lease whose pins are not written yet pins nothing yet.
     }
   }
   return { pins, livePids, deadLeases };

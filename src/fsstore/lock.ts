@@ -1,3 +1,4 @@
+import fs from 'node:fs/promises';
 import { createRequire } from 'node:module';
 
 // fs-ext is CommonJS without types; flock is all we use of it.
@@ -28,6 +29,20 @@ export function tryLockExclusive(fd: number): boolean {
 /** A shared flock without waiting; false if someone holds it exclusively. */
 export function tryLockShared(fd: number): boolean {
   return tryLock(fd, 'shnb');
+}
+
+/**
+ * Whether some live process holds a flock on `file` (probed by taking and
+ * dropping one). A file that does not exist is not locked.
+ */
+export async function isLocked(file: string): Promise<boolean> {
+  const fh = await fs.open(file, 'r').catch(() => undefined);
+  if (!fh) return false;
+  try {
+    return !tryLockExclusive(fh.fd);
+  } finally {
+    await fh.close();
+  }
 }
 
 /** Releases a flock taken on `fd`. */

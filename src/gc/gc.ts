@@ -6,7 +6,7 @@ import type { ChunkIndex } from '../fsstore/chunk-index.js';
 import { readDescriptor } from '../fsstore/descriptor.js';
 import type { Layout } from '../fsstore/layout.js';
 import { livePins, type Lease } from '../fsstore/lease.js';
-import { tryLockExclusive } from '../fsstore/lock.js';
+import { isLocked } from '../fsstore/lock.js';
 import { exists } from '../fsstore/durable.js';
 import { forEachLimit } from './limit.js';
 
@@ -235,16 +235,6 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
   }
   report.seconds = (performance.now() - t0) / 1000;
   return report;
-}
-
-async function isLocked(file: string): Promise<boolean> {
-  const fh = await fs.open(file, 'r').catch(() => undefined);
-  if (!fh) return false;
-  try {
-    return !tryLockExclusive(fh.fd);
-  } finally {
-    await fh.close();
-  }
 }
 
 /** Pins files whose lease is gone: their process died between writing and renaming them. */

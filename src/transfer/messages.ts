@@ -16,6 +16,8 @@ export const MAX_LIST = 4096;
 export const MAX_GET_BYTES = 4 * 1024 * 1024;
 /** Most items in one `get`. */
 export const MAX_GET_ITEMS = 4096;
+/** The fine chunker both ends use to match the bytes of a missing chunk against nearby local bytes (`fine`). */
+export const FINE_CHUNKER = { min: 256, avg: 1024, max: 8192 } as const;
 /** Default frame limit: a full `data` answer plus framing. */
 export const MAX_FRAME = MAX_GET_BYTES + 64 * 1024;
 

@@ -10,6 +10,7 @@ import {
   MAX_FRAME,
   MAX_LIST,
   MAX_GET_BYTES,
+  FINE_CHUNKER,
   decode,
   encode,
   type GetItem,
@@ -26,8 +27,6 @@ export interface Transport {
   close(code: number, reason: string): void;
 }
 
-/** The fine chunker used to match the bytes of a missing chunk against nearby local bytes. */
-export const FINE_CHUNKER = { min: 256, avg: 1024, max: 8192 } as const;
 
 export const DEFAULT_MAX_REQUESTS = 64;
 /** Room for a `data` answer's map, ids and per-item headers within a frame. */
@@ -437,4 +436,3 @@ function findToken(tokens: Map<string, Perm[]>, token: string): Perm[] | undefin
   return found;
 }
 
-export { MAX_GET_BYTES };

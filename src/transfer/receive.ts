@@ -4,7 +4,7 @@ import { bytesEqual, sha256, toHex } from '../hash/sha256.js';
 import type { BlobStore, ChunkRef } from '../fsstore/store.js';
 import type { BlobWriter } from '../writer/writer.js';
 import type { BlobReader } from '../reader/reader.js';
-import { type GetItem, type WireChunk } from './messages.js';
+import { FINE_CHUNKER, type GetItem, type WireChunk } from './messages.js';
 
 /** Where `receive` gets a blob from: a peer over a connection, or a bundle. */
 export interface RemoteSource {
@@ -298,7 +298,7 @@ class Receiver {
     this.#run = [];
     this.#runBytes = 0;
     const near = this.#cursor ?? (next ? { blob: next.blob, offset: Math.max(0, next.offset - runBytes) } : undefined);
-    if (near && runBytes <= FINE_RUN_MAX && this.src.fine) await this.#fine(run, near);
+    if (near && runBytes <= FINE_RUN_MAX && this.src.fine) await this.#fine(run, runBytes, near);
     else {
       for (const c of run) await this.#fetch(c);
       await this.#drain();
@@ -373,13 +373,13 @@ class Receiver {
    * there, the rest fetched. Each chunk is assembled and checked against its
    * hash before it is written.
    */
-  async #fine(run: Array<{ hash: Uint8Array; size: number }>, near: { blob: string; offset: number }): Promise<void> {
+  async #fine(run: Array<{ hash: Uint8Array; size: number }>, runBytes: number, near: { blob: string; offset: number }): Promise<void> {
     const lists = run.map((c) => {
       const p = this.src.fine!(c.hash, c.size);
       p.catch(() => {});
       return p;
     });
-    const local = await this.#localPieces(near, this.#runBytesOf(run));
+    const local = await this.#localPieces(near, runBytes);
     for (let i = 0; i < run.length; i++) {
       this.#check();
       const c = run[i]!;
@@ -420,10 +420,6 @@ class Receiver {
     }
   }
 
-  #runBytesOf(run: Array<{ size: number }>): number {
-    return run.reduce((a, c) => a + c.size, 0);
-  }
-
   /** Fine pieces of the local bytes around `near`, by SHA-256 (hex). Bounded by the run size plus slack. */
   async #localPieces(near: { blob: string; offset: number }, runBytes: number): Promise<Map<string, Uint8Array>> {
     const out = new Map<string, Uint8Array>();
@@ -445,7 +441,7 @@ class Receiver {
         at += n;
       }
       let off = 0;
-      for (const size of cdc(buf, { min: 256, avg: 1024, max: 8192 })) {
+      for (const size of cdc(buf, FINE_CHUNKER)) {
         const piece = buf.subarray(off, off + size);
         out.set(toHex(sha256(piece)), piece);
         off += size;

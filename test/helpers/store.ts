@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { ExecutionContext } from 'ava';
-import { BlobStore, type StoreOptions } from '../../src/index.js';
+import { BlobStore, chunk, sha256, toHex, type StoreOptions } from '../../src/index.js';
 
 /** A fresh temp directory, removed when the test ends. */
 export function tempDir(t: ExecutionContext, prefix = 'cabstore-test-'): string {
@@ -43,3 +43,22 @@ export async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
   for await (const x of it) out.push(x);
   return out;
 }
+
+/** The chunks FastCDC cuts from `bytes` (default parameters): each piece and its SHA-256. */
+export function chunksOf(bytes: Uint8Array): Array<{ bytes: Uint8Array; hash: Uint8Array }> {
+  const out: Array<{ bytes: Uint8Array; hash: Uint8Array }> = [];
+  let off = 0;
+  for (const size of chunk(bytes)) {
+    const piece = bytes.subarray(off, off + size);
+    out.push({ bytes: piece, hash: sha256(piece) });
+    off += size;
+  }
+  return out;
+}
+
+/** A blob's chunk list from the store as "hash:size" strings, to compare with chunksOf. */
+export async function chunkKeys(store: BlobStore, name: string): Promise<string[]> {
+  return (await collect(store.blobChunkStream(name))).map((c) => `${toHex(c.hash)}:${c.size}`);
+}
+
+export const keysOf = (chunks: Array<{ bytes: Uint8Array; hash: Uint8Array }>): string[] => chunks.map((c) => `${toHex(c.hash)}:${c.bytes.length}`);
