@@ -37,6 +37,8 @@ export const ERROR_CODES = {
   ERR_BUNDLE_CORRUPT: 'a bundle or have-file fails a check (magic, CRC, structure)',
   ERR_CLOSED: 'the store, writer or reader is closed',
   ERR_ABORTED: 'the operation was cancelled through its AbortSignal',
+  ERR_NO_SPACE: 'the file system is full (ENOSPC or EDQUOT): the operation failed, what was durable before it stands',
+  ERR_IO: 'an I/O error (EIO, EMFILE, ...) stopped the operation; on a safety path (GC, fsck) nothing was deleted or marked',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
@@ -61,6 +63,24 @@ export class CabError extends Error {
     this.code = code;
     this.data = data;
   }
+}
+
+/** Errno codes that mean the file system is full. */
+const NO_SPACE = new Set(['ENOSPC', 'EDQUOT']);
+
+/**
+ * Turns a low-level error from the file system or LMDB into a CabError:
+ * a full disk becomes ERR_NO_SPACE, any other errno ERR_IO; a CabError
+ * passes through unchanged. `what` says what was being done.
+ */
+export function ioError(e: unknown, what: string, data: CabErrorData = {}): CabError {
+  if (e instanceof CabError) return e;
+  const err = e as NodeJS.ErrnoException;
+  const msg = err?.message ?? String(e);
+  if (NO_SPACE.has(err?.code ?? '') || /MDB_MAP_FULL|ENOSPC|No space left/.test(msg)) {
+    return new CabError('ERR_NO_SPACE', `${what}: the file system is full (${msg})`, { ...data, found: err?.code }, { cause: e });
+  }
+  return new CabError('ERR_IO', `${what}: ${msg}`, { ...data, found: err?.code }, { cause: e });
 }
 
 /** Narrowing helper: `isCabError(e, 'ERR_CLOSED')`. */
