@@ -1,26 +1,15 @@
 import test from 'ava';
-import { spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { BlobStore, merkleRoot, toHex } from '../src/index.js';
+import { runGcChild } from './helpers/children.js';
 import { tempDir, readAll, collect } from './helpers/store.js';
 
-const CHILD = fileURLToPath(new URL('./helpers/gc-child.js', import.meta.url));
 const SECONDS = Number(process.env.CABSTORE_STRESS_SECONDS ?? 20);
-
-function run(args: string[]): Promise<{ code: number | null; out: string }> {
-  return new Promise((resolve) => {
-    const c = spawn(process.execPath, [CHILD, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
-    let out = '';
-    c.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    c.on('exit', (code) => resolve({ code, out }));
-  });
-}
 
 test(`GC in a loop in one process while another writes, dedups, appends ranges, reads and deletes (${SECONDS} s)`, async (t) => {
   t.timeout((SECONDS + 120) * 1000);
   const dir = tempDir(t);
   await (await BlobStore.open(dir)).close(); // create it once, so the two children do not race to
-  const [gc, work] = await Promise.all([run(['gc-loop', dir, String(SECONDS)]), run(['workload', dir, String(SECONDS)])]);
+  const [gc, work] = await Promise.all([runGcChild(['gc-loop', dir, String(SECONDS)]), runGcChild(['workload', dir, String(SECONDS)])]);
   t.is(gc.code, 0, gc.out);
   t.is(work.code, 0, work.out);
   t.regex(gc.out, /gc [1-9]\d*/);

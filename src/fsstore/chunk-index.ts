@@ -1,6 +1,7 @@
 import { open, type RootDatabase, type Database } from 'lmdb';
 import { toHex } from '../hash/sha256.js';
 import { chunkEntries, type AppendRecord } from './descriptor.js';
+import { lmdbWriteSync } from './lmdb-write.js';
 
 /** Where a chunk's bytes are: a range of a local blob. */
 export interface Location {
@@ -71,15 +72,18 @@ export class ChunkIndex {
   readonly #bchunks: Database<[Uint8Array, number, number], Buffer>;
   readonly #blobs: Database<BlobEntry, Buffer>;
 
-  private constructor(env: RootDatabase) {
+  readonly #dir: string;
+
+  private constructor(env: RootDatabase, dir: string) {
     this.env = env;
+    this.#dir = dir;
     this.#chunks = env.openDB({ name: 'chunks', keyEncoding: 'binary' });
     this.#bchunks = env.openDB({ name: 'bchunks', keyEncoding: 'binary' });
     this.#blobs = env.openDB({ name: 'blobs', keyEncoding: 'binary' });
   }
 
   static open(dir: string): ChunkIndex {
-    return new ChunkIndex(open({ path: dir, maxDbs: 16, keyEncoding: 'binary' }));
+    return new ChunkIndex(open({ path: dir, maxDbs: 16, keyEncoding: 'binary', overlappingSync: false }), dir);
   }
 
   blob(name: string): BlobEntry | undefined {
@@ -97,23 +101,37 @@ export class ChunkIndex {
    * the index was not at `start` for this blob (already applied, or behind).
    */
   applyAppend(name: string, rec: AppendRecord, start: number, end: number, chunkOffset: number, headerEnd: number): Promise<boolean> {
-    return this.env.transaction(() => this.#apply(name, rec, start, end, chunkOffset, headerEnd, undefined));
+    return this.#write(() => this.#apply(name, rec, start, end, chunkOffset, headerEnd, undefined));
   }
 
   applyAppendSync(name: string, rec: AppendRecord, start: number, end: number, chunkOffset: number, headerEnd: number, damagedAt?: number): boolean {
-    return this.env.transactionSync(() => this.#apply(name, rec, start, end, chunkOffset, headerEnd, damagedAt));
+    return lmdbWriteSync('updating the chunk index', this.#dir, () => this.env.transactionSync(() => this.#apply(name, rec, start, end, chunkOffset, headerEnd, damagedAt)));
   }
 
   /** Records that the index has the whole descriptor (trailing damage records included). */
   markUpTo(name: string, end: number, damagedAt: number | undefined): Promise<void> {
-    return this.env.transaction(() => {
+    return this.#write(() => {
       const key = nameKey(name);
       const cur = this.#blobs.get(key);
       if (!cur) return;
       const next: BlobEntry = { ...cur, d: end };
       if (damagedAt !== undefined) next.k = damagedAt;
       this.#blobs.put(key, next);
-    }) as Promise<void>;
+    });
+  }
+
+  /**
+   * One write transaction, committed synchronously: lmdb-js's asynchronous
+   * commits leave `close()` waiting forever once one has failed (its flush
+   * promise never settles), and a full disk must not hang the store. An
+   * index commit comes once per descriptor record, so the wait is small.
+   */
+  #write<T>(fn: () => T): Promise<T> {
+    try {
+      return Promise.resolve(lmdbWriteSync('updating the chunk index', this.#dir, () => this.env.transactionSync(fn)));
+    } catch (e) {
+      return Promise.reject(e);
+    }
   }
 
   #apply(name: string, rec: AppendRecord, start: number, end: number, chunkOffset: number, headerEnd: number, damagedAt: number | undefined): boolean {
@@ -137,7 +155,7 @@ export class ChunkIndex {
 
   /** Makes sure a blob with only a header has an entry (so fsck sees it indexed). */
   touchBlob(name: string, headerEnd: number): Promise<boolean> {
-    return this.env.transaction(() => {
+    return this.#write(() => {
       const key = nameKey(name);
       if (this.#blobs.get(key)) return false;
       this.#blobs.put(key, { d: headerEnd, s: 0, n: 0, e: 0 });
@@ -147,7 +165,7 @@ export class ChunkIndex {
 
   /** Removes every entry of a blob. Returns the number of chunk entries removed. */
   removeBlob(name: string): Promise<number> {
-    return this.env.transaction(() => {
+    return this.#write(() => {
       let removed = 0;
       const prefix = nameKey(name);
       for (const { key, value } of this.#bchunks.getRange({ start: prefix, end: after(prefix) })) {
@@ -210,11 +228,11 @@ export class ChunkIndex {
 
   /** Drops everything (for a rebuild). */
   clear(): Promise<void> {
-    return this.env.transaction(() => {
+    return this.#write(() => {
       this.#chunks.clearSync();
       this.#bchunks.clearSync();
       this.#blobs.clearSync();
-    }) as Promise<void>;
+    });
   }
 
   async close(): Promise<void> {

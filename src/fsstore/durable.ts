@@ -60,11 +60,32 @@ export async function writeFileDurable(file: string, data: string | Uint8Array):
   }
 }
 
+/**
+ * Whether a file exists. Only ENOENT (and ENOTDIR: a parent is a file) means
+ * absent; any other error (EMFILE, EIO, ...) is thrown, never read as "not
+ * there", since callers drop index entries or leases on "absent".
+ */
 export async function exists(file: string): Promise<boolean> {
   try {
     await fs.access(file);
     return true;
-  } catch {
-    return false;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return false;
+    throw e;
+  }
+}
+
+/**
+ * Writes all of `buf` at `position`: a short write (a nearly full disk takes
+ * part of a record) is continued, and the next write then fails with ENOSPC
+ * rather than leaving the rest unwritten and unreported.
+ */
+export async function writeAll(fh: fs.FileHandle, buf: Uint8Array, position: number): Promise<void> {
+  let done = 0;
+  while (done < buf.length) {
+    const { bytesWritten } = await fh.write(buf, done, buf.length - done, position + done);
+    if (bytesWritten <= 0) throw Object.assign(new Error(`write of ${buf.length - done} bytes wrote nothing`), { code: 'EIO' });
+    done += bytesWritten;
   }
 }

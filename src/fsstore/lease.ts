@@ -2,6 +2,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import crypto from 'node:crypto';
 import type { Layout } from './layout.js';
+import { CabError, ioError } from '../errors.js';
 import { isLocked, tryLockExclusive, tryLockShared, unlock } from './lock.js';
 import { exists } from './durable.js';
 
@@ -37,9 +38,17 @@ export class Lease {
   readonly #gateFh: fs.FileHandle;
   readonly #frags = new Map<string, number>();
   readonly #blobs = new Map<string, number>();
-  #published = '';
+  /** What the pins file says now; an absent file says this (nothing pinned). */
+  #published = JSON.stringify({ pid: process.pid, fragments: [], blobs: [] } satisfies Pins);
   #publishing: Promise<void> = Promise.resolve();
   #closed = false;
+  /**
+   * A full disk: pins that could not be written are covered instead by a
+   * shared hold on the gate (its own open file), which keeps every GC out
+   * until a later publish succeeds. Reading never needs free space.
+   */
+  #holdFh: fs.FileHandle | undefined;
+  #holding = false;
 
   private constructor(layout: Layout, base: string, lockFh: fs.FileHandle, gateFh: fs.FileHandle) {
     this.#layout = layout;
@@ -55,12 +64,21 @@ export class Lease {
     // GC never sees an unlocked lease of a live process.
     const tmp = path.join(layout.tmp, `${name}.lease`);
     const lockFh = await fs.open(tmp, 'wx');
-    if (!tryLockExclusive(lockFh.fd)) throw new Error('a fresh lease file is locked');
-    await fs.rename(tmp, `${base}.lease`);
-    const gateFh = await fs.open(path.join(layout.leases, 'gc.gate'), 'a');
-    const lease = new Lease(layout, base, lockFh, gateFh);
-    await lease.#publish();
-    return lease;
+    let gateFh: fs.FileHandle | undefined;
+    try {
+      if (!tryLockExclusive(lockFh.fd)) throw new CabError('ERR_IO', `a fresh lease file ${tmp} is locked by someone else`, { path: tmp });
+      await fs.rename(tmp, `${base}.lease`);
+      gateFh = await fs.open(path.join(layout.leases, 'gc.gate'), 'a');
+      // No pins file until something is pinned: a live lease without one pins nothing,
+      // and opening a store on a full disk writes nothing.
+      return new Lease(layout, base, lockFh, gateFh);
+    } catch (e) {
+      await gateFh?.close().catch(() => {});
+      await lockFh.close().catch(() => {});
+      await fs.rm(tmp, { force: true }).catch(() => {});
+      await fs.rm(`${base}.lease`, { force: true }).catch(() => {});
+      throw ioError(e, 'taking a lease on the store', { path: base });
+    }
   }
 
   /**
@@ -77,7 +95,10 @@ export class Lease {
   }
 
   async #withGate<T>(take: (fd: number) => boolean, maxWait: number, fn: () => Promise<T>): Promise<T> {
-    for (let wait = 1; !take(this.#gateFh.fd); wait = Math.min(wait * 2, maxWait)) await sleep(wait);
+    if (take === tryLockExclusive && this.#holding) {
+      throw new CabError('ERR_NO_SPACE', 'this process holds pins it could not publish (the disk was full): GC waits until they are published or released');
+    }
+    await waitFor(take, this.#gateFh.fd, maxWait);
     try {
       return await fn();
     } finally {
@@ -85,29 +106,42 @@ export class Lease {
     }
   }
 
-  /** Adds pins and resolves once they are published. */
+  /** Covers unpublished pins with a shared hold on the gate (see #holding). */
+  async #hold(): Promise<void> {
+    if (this.#holding) return;
+    this.#holdFh ??= await fs.open(path.join(this.#layout.leases, 'gc.gate'), 'r');
+    await waitFor(tryLockShared, this.#holdFh.fd, 20);
+    this.#holding = true;
+  }
+
+  /**
+   * Adds pins and resolves once they are published. If they cannot be
+   * (a full disk: ERR_NO_SPACE), they are taken back: the caller must not
+   * use what it meant to pin.
+   */
   async pin(fragments: Iterable<string>, blobs: Iterable<string> = []): Promise<void> {
+    const frags = [...fragments];
+    const names = [...blobs];
     let changed = false;
-    for (const f of fragments) {
-      const n = this.#frags.get(f) ?? 0;
-      this.#frags.set(f, n + 1);
-      if (n === 0) changed = true;
+    for (const f of frags) changed = add(this.#frags, f) || changed;
+    for (const b of names) changed = add(this.#blobs, b) || changed;
+    if (!changed) return;
+    try {
+      await this.#publish();
+    } catch (e) {
+      const err = ioError(e, 'publishing pins for GC');
+      if (err.code === 'ERR_NO_SPACE') {
+        await this.#hold();
+        return;
+      }
+      for (const f of frags) drop(this.#frags, f);
+      for (const b of names) drop(this.#blobs, b);
+      throw err;
     }
-    for (const b of blobs) {
-      const n = this.#blobs.get(b) ?? 0;
-      this.#blobs.set(b, n + 1);
-      if (n === 0) changed = true;
-    }
-    if (changed) await this.#publish();
   }
 
   /** Drops pins; resolves once the smaller set is published. */
   unpin(fragments: Iterable<string>, blobs: Iterable<string> = []): Promise<void> {
-    const drop = (m: Map<string, number>, k: string) => {
-      const n = (m.get(k) ?? 0) - 1;
-      if (n <= 0) m.delete(k);
-      else m.set(k, n);
-    };
     for (const f of fragments) drop(this.#frags, f);
     for (const b of blobs) drop(this.#blobs, b);
     return this.#publish();
@@ -119,9 +153,19 @@ export class Lease {
       const body = JSON.stringify({ pid: process.pid, fragments: [...this.#frags.keys()], blobs: [...this.#blobs.keys()] } satisfies Pins);
       if (body === this.#published) return;
       const tmp = `${this.#base}.pins.tmp`;
-      await fs.writeFile(tmp, body);
-      await fs.rename(tmp, `${this.#base}.pins`);
+      try {
+        await fs.writeFile(tmp, body);
+        await fs.rename(tmp, `${this.#base}.pins`);
+      } catch (e) {
+        await fs.rm(tmp, { force: true }).catch(() => {});
+        throw e;
+      }
       this.#published = body;
+      if (this.#holding) {
+        // The file tells the truth again: GC may go by it.
+        this.#holding = false;
+        unlock(this.#holdFh!.fd);
+      }
     });
     this.#publishing = next.catch(() => {});
     return next;
@@ -131,14 +175,43 @@ export class Lease {
     if (this.#closed) return;
     await this.#publishing;
     this.#closed = true;
-    await fs.rm(`${this.#base}.pins`, { force: true });
-    await fs.rm(`${this.#base}.lease`, { force: true });
-    await this.#lockFh.close();
-    await this.#gateFh.close();
+    try {
+      await fs.rm(`${this.#base}.pins`, { force: true });
+      await fs.rm(`${this.#base}.lease`, { force: true });
+    } finally {
+      // The lock goes with the descriptor: even if the files stay, GC sees a dead lease.
+      await this.#lockFh.close().catch(() => {});
+      await this.#gateFh.close().catch(() => {});
+      await this.#holdFh?.close().catch(() => {});
+    }
   }
 }
 
-/** Every live lease's pins; the files of dead leases are removed (unless dryRun). */
+/** Takes a flock with `take`, polling with backoff up to `maxWait` ms between tries. */
+async function waitFor(take: (fd: number) => boolean, fd: number, maxWait: number): Promise<void> {
+  for (let wait = 1; !take(fd); wait = Math.min(wait * 2, maxWait)) await sleep(wait);
+}
+
+/** Counts a reference; true if it is the first. */
+function add(m: Map<string, number>, k: string): boolean {
+  const n = m.get(k) ?? 0;
+  m.set(k, n + 1);
+  return n === 0;
+}
+
+/** Drops a reference. */
+function drop(m: Map<string, number>, k: string): void {
+  const n = (m.get(k) ?? 0) - 1;
+  if (n <= 0) m.delete(k);
+  else m.set(k, n);
+}
+
+/**
+ * Every live lease's pins; the files of dead leases are removed (unless
+ * dryRun). A live lease whose pins cannot be read (EMFILE, EIO, a garbage
+ * file) stops GC with ERR_IO: its process may hold anything, so nothing
+ * may be deleted. Only an absent pins file means "pins nothing yet".
+ */
 export async function livePins(layout: Layout, dryRun = false): Promise<{ pins: Pins[]; livePids: Set<number>; deadLeases: number }> {
   const pins: Pins[] = [];
   const livePids = new Set<number>();
@@ -159,11 +232,30 @@ export async function livePins(layout: Layout, dryRun = false): Promise<{ pins: 
       continue;
     }
     livePids.add(Number(ent.split('-')[0]));
-    try {
-      pins.push(JSON.parse(await fs.readFile(`${base}.pins`, 'utf8')) as Pins);
-    } catch {
-      // A lease whose pins are not written yet pins nothing yet.
-    }
+    const p = await readPins(`${base}.pins`);
+    if (p) pins.push(p);
   }
   return { pins, livePids, deadLeases };
+}
+
+/** A live lease's pins file; undefined if there is none (nothing pinned yet). */
+async function readPins(file: string): Promise<Pins | undefined> {
+  let text: string;
+  try {
+    text = await fs.readFile(file, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw ioError(e, `reading the pins of a live lease (GC stopped, nothing deleted)`, { path: file });
+  }
+  let p: unknown;
+  try {
+    p = JSON.parse(text);
+  } catch (e) {
+    throw new CabError('ERR_IO', `the pins file ${file} of a live lease is not JSON (GC stopped, nothing deleted)`, { path: file }, { cause: e });
+  }
+  const ok = (a: unknown) => Array.isArray(a) && a.every((x) => typeof x === 'string');
+  if (typeof p !== 'object' || p === null || !ok((p as Pins).fragments) || !ok((p as Pins).blobs)) {
+    throw new CabError('ERR_IO', `the pins file ${file} of a live lease is malformed (GC stopped, nothing deleted)`, { path: file });
+  }
+  return p as Pins;
 }

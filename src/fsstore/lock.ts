@@ -33,11 +33,18 @@ export function tryLockShared(fd: number): boolean {
 
 /**
  * Whether some live process holds a flock on `file` (probed by taking and
- * dropping one). A file that does not exist is not locked.
+ * dropping one). A file that does not exist is not locked; any other error
+ * opening it (EMFILE, EIO) is thrown: "cannot tell" must never read as
+ * "nobody holds it", since GC drops the pins of unlocked leases.
  */
 export async function isLocked(file: string): Promise<boolean> {
-  const fh = await fs.open(file, 'r').catch(() => undefined);
-  if (!fh) return false;
+  let fh: fs.FileHandle;
+  try {
+    fh = await fs.open(file, 'r');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw e;
+  }
   try {
     return !tryLockExclusive(fh.fd);
   } finally {

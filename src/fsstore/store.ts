@@ -1,5 +1,5 @@
 import fs from 'node:fs/promises';
-import { CabError } from '../errors.js';
+import { CabError, ioError, isCabError } from '../errors.js';
 import { resolveChunkerParams, sameChunkerParams, type ChunkerParams, type ResolvedChunkerParams } from '../chunker/params.js';
 import { HASH_NAME } from '../hash/sha256.js';
 import { BlobWriter } from '../writer/writer.js';
@@ -85,33 +85,40 @@ export class BlobStore implements StoreInternals {
     const layout = new Layout(root);
     const fragmentSize = options.fragmentSize ?? DEFAULT_FRAGMENT_SIZE;
     if (!Number.isSafeInteger(fragmentSize) || fragmentSize < 1) throw new CabError('ERR_BAD_ARGUMENT', `fragmentSize ${fragmentSize}`);
-    await fs.mkdir(layout.root, { recursive: true });
-    const config = await loadConfig(layout, options);
-    for (const dir of [layout.blobRoot, layout.casRoot, layout.tmp, layout.index, layout.leases, layout.tables]) await fs.mkdir(dir, { recursive: true });
-    await fsyncDir(layout.root);
-    const store = new BlobStore(
-      layout,
-      ChunkIndex.open(layout.index),
-      Tables.open(layout.tables),
-      await Lease.take(layout),
-      resolveChunkerParams(config.chunker),
-      fragmentSize,
-    );
-    for (const d of [layout.blobRoot, layout.casRoot, layout.tmp]) store.knownDirs.add(d);
+    // Each part opened is closed again if a later step fails: a failed open leaves nothing open.
+    const opened: Array<{ close(): Promise<void> }> = [];
     try {
+      await fs.mkdir(layout.root, { recursive: true });
+      const config = await loadConfig(layout, options);
+      for (const dir of [layout.blobRoot, layout.casRoot, layout.tmp, layout.index, layout.leases, layout.tables]) await fs.mkdir(dir, { recursive: true });
+      await fsyncDir(layout.root);
+      const index = ChunkIndex.open(layout.index);
+      opened.push(index);
+      const tables = Tables.open(layout.tables);
+      opened.push(tables);
+      const lease = await Lease.take(layout);
+      opened.push(lease);
+      const store = new BlobStore(layout, index, tables, lease, resolveChunkerParams(config.chunker), fragmentSize);
+      for (const d of [layout.blobRoot, layout.casRoot, layout.tmp]) store.knownDirs.add(d);
       if (options.catchUpIndex ?? true) await store.#catchUp();
+      return store;
     } catch (e) {
-      await store.index.close();
-      await store.tables.close();
-      await store.lease.close();
-      throw e;
+      for (const part of opened.reverse()) await part.close().catch(() => {});
+      throw ioError(e, `opening the store at ${layout.root}`, { path: layout.root });
     }
-    return store;
   }
 
   /** Re-indexes every descriptor the index is behind on, and forgets blobs whose descriptor is gone. */
   async #catchUp(): Promise<void> {
-    for await (const name of this.listBlobIds()) await catchUpBlob(this.index, this.layout, name);
+    for await (const name of this.listBlobIds()) {
+      try {
+        await catchUpBlob(this.index, this.layout, name);
+      } catch (e) {
+        // A full disk must not lock the store: it opens with this blob's index entries behind, and
+        // whoever needs them (a chunk list, appendBlob) catches the blob up first.
+        if (!isCabError(e, 'ERR_NO_SPACE')) throw e;
+      }
+    }
     for (const name of [...this.index.blobNames()]) {
       if (!(await exists(this.layout.descriptor(name)))) await this.index.removeBlob(name);
     }
@@ -334,9 +341,13 @@ export class BlobStore implements StoreInternals {
    */
   async gc(options: GcOptions = {}): Promise<GcReport> {
     this.checkOpen();
-    const report = await collect(this, options);
-    this.#snapshots.clear();
-    return report;
+    try {
+      return await collect(this, options);
+    } catch (e) {
+      throw ioError(e, 'collecting garbage (nothing more was deleted)');
+    } finally {
+      this.#snapshots.clear();
+    }
   }
 
   /** Checks the store (and with `repair`, mends it); see FsckReport. Safe while other processes use the store. */
@@ -347,13 +358,28 @@ export class BlobStore implements StoreInternals {
     return report;
   }
 
-  /** Closes every writer (without finalizing) and reader, then the index. Safe to call twice. */
+  /**
+   * Closes every writer (without finalizing: what it had appended is made
+   * durable) and reader, then the index. Everything is closed even if a
+   * step fails; then close rejects with the first failure (a writer that
+   * could not make its bytes durable, say), so no loss goes unreported.
+   * Safe to call twice.
+   */
   close(): Promise<void> {
     this.#closing ??= (async () => {
-      for (const r of [...this.#open]) await closeQuietly(r);
-      await this.index.close();
-      await this.tables.close();
-      await this.lease.close();
+      let first: unknown;
+      const step = async (fn: () => Promise<void>) => {
+        try {
+          await fn();
+        } catch (e) {
+          first ??= e;
+        }
+      };
+      for (const r of [...this.#open]) await step(() => closeResource(r));
+      await step(() => this.index.close());
+      await step(() => this.tables.close());
+      await step(() => this.lease.close());
+      if (first !== undefined) throw ioError(first, 'closing the store');
     })();
     return this.#closing;
   }
@@ -363,14 +389,11 @@ export class BlobStore implements StoreInternals {
   }
 }
 
-async function closeQuietly(r: { close(): Promise<void> }): Promise<void> {
+/** A writer is closed without finalizing; a reader just closed. */
+async function closeResource(r: { close(): Promise<void> }): Promise<void> {
   const w = r as { closeWithoutFinalize?: () => Promise<void> };
-  try {
-    if (typeof w.closeWithoutFinalize === 'function') await w.closeWithoutFinalize();
-    else await r.close();
-  } catch {
-    /* a failed writer has already released what it held */
-  }
+  if (typeof w.closeWithoutFinalize === 'function') await w.closeWithoutFinalize();
+  else await r.close();
 }
 
 /**

@@ -1,6 +1,7 @@
 import { open, type RootDatabase, type Database } from 'lmdb';
 import { CabError } from '../errors.js';
 import { checkBlobName } from './layout.js';
+import { lmdbWriteSync } from './lmdb-write.js';
 
 /** What a sync app keeps about a blob it holds. */
 export interface BlobMetadata {
@@ -106,8 +107,11 @@ export class Table<T> {
   readonly #key: (k: unknown) => string;
   readonly #check: (v: unknown) => T;
 
-  constructor(db: Database<T, string>, key: (k: unknown) => string, check: (v: unknown) => T) {
+  readonly #dir: string;
+
+  constructor(db: Database<T, string>, dir: string, key: (k: unknown) => string, check: (v: unknown) => T) {
     this.#db = db;
+    this.#dir = dir;
     this.#key = key;
     this.#check = check;
   }
@@ -115,7 +119,7 @@ export class Table<T> {
   async set(key: string, value: T): Promise<void> {
     const k = this.#key(key);
     const v = this.#check(value);
-    await this.#db.put(k, v);
+    lmdbWriteSync('writing a table', this.#dir, () => this.#db.putSync(k, v));
   }
 
   get(key: string): T | undefined {
@@ -123,7 +127,8 @@ export class Table<T> {
   }
 
   async delete(key: string): Promise<void> {
-    await this.#db.remove(this.#key(key));
+    const k = this.#key(key);
+    lmdbWriteSync('writing a table', this.#dir, () => this.#db.removeSync(k));
   }
 
   /** All entries ordered by key, lazily. */
@@ -154,16 +159,16 @@ export class Tables {
   readonly signposts: Table<Signpost>;
   readonly perSyncgroup: Table<PerSyncgroup>;
 
-  private constructor(env: RootDatabase) {
+  private constructor(env: RootDatabase, dir: string) {
     this.env = env;
     const db = <T>(name: string) => env.openDB<T, string>({ name, keyEncoding: 'ordered-binary' });
-    this.metadata = new Table(db<BlobMetadata>('metadata'), (k) => checkBlobName(k), checkMetadata);
-    this.signposts = new Table(db<Signpost>('signposts'), (k) => checkBlobName(k), checkSignpost);
-    this.perSyncgroup = new Table(db<PerSyncgroup>('persyncgroup'), (k) => checkId(k, 'a syncgroup id'), checkPerSyncgroup);
+    this.metadata = new Table(db<BlobMetadata>('metadata'), dir, (k) => checkBlobName(k), checkMetadata);
+    this.signposts = new Table(db<Signpost>('signposts'), dir, (k) => checkBlobName(k), checkSignpost);
+    this.perSyncgroup = new Table(db<PerSyncgroup>('persyncgroup'), dir, (k) => checkId(k, 'a syncgroup id'), checkPerSyncgroup);
   }
 
   static open(dir: string): Tables {
-    return new Tables(open({ path: dir, maxDbs: 8 }));
+    return new Tables(open({ path: dir, maxDbs: 8, overlappingSync: false }), dir);
   }
 
   async close(): Promise<void> {

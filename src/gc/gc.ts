@@ -127,8 +127,8 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
       checkAbort(options.signal);
       try {
         sizes.set(id, (await fs.stat(layout.fragment(id))).size);
-      } catch {
-        /* deleted meanwhile */
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e; // ENOENT: deleted meanwhile
       }
       if (sizes.size % 10_000 === 0) progress({ phase: 'list', done: sizes.size });
     });
@@ -222,8 +222,9 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
     for (const ent of await fs.readdir(layout.tmp)) {
       checkAbort(options.signal);
       const pid = Number(ent.split('-')[0]);
-      if (livePids.has(pid)) continue;
-      // A lease being taken is locked before it is renamed into leases/: its process lives.
+      // A process that runs has temp files in flight even before its lease exists (the lease itself
+      // is made in tmp/): only those of processes that are gone are removed.
+      if (livePids.has(pid) || processRuns(pid)) continue;
       if (ent.endsWith('.lease') && (await isLocked(path.join(layout.tmp, ent)))) continue;
       if (!dryRun) await fs.rm(path.join(layout.tmp, ent), { force: true });
       report.tempFilesDeleted++;
@@ -235,6 +236,20 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
   }
   report.seconds = (performance.now() - t0) / 1000;
   return report;
+}
+
+/**
+ * Whether a process of this pid runs on this machine (signal 0 probes
+ * without sending). EPERM: it runs, as another user.
+ */
+function processRuns(pid: number): boolean {
+  if (!Number.isSafeInteger(pid) || pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
 
 /** Pins files whose lease is gone: their process died between writing and renaming them. */

@@ -1,5 +1,5 @@
 import { Worker } from 'node:worker_threads';
-import { CabError } from '../errors.js';
+import { CabError, ioError } from '../errors.js';
 import type { MerkleState } from './merkle.js';
 
 /** Messages to the hashing thread. */
@@ -44,9 +44,9 @@ class HashThread {
       if (this.#waiting.size === 0 && this.#inFlight === 0) this.#worker.unref();
       if (!w) return;
       if (m.error) {
-        const e = new Error(m.error.message) as NodeJS.ErrnoException;
-        if (m.error.code) e.code = m.error.code;
-        w.reject(e);
+        // An errno from the thread's writes (ENOSPC, EIO) keeps its meaning: ERR_NO_SPACE or ERR_IO.
+        const e = Object.assign(new Error(m.error.message), m.error.code ? { code: m.error.code } : {});
+        w.reject(m.error.code === 'ERR_CLOSED' ? new CabError('ERR_CLOSED', m.error.message) : ioError(e, 'writing a fragment'));
       } else w.resolve(m.value);
     });
     this.#worker.on('error', (e) => this.#die(new CabError('ERR_CLOSED', `the hashing thread failed: ${e.message}`, {}, { cause: e })));

@@ -1,12 +1,12 @@
 import fs from 'node:fs/promises';
 import crypto from 'node:crypto';
-import { CabError, isCabError } from '../errors.js';
+import { CabError, ioError, isCabError } from '../errors.js';
 import { Chunker } from '../chunker/fastcdc.js';
 import { LEAF_SIZE, type MerkleState } from '../hash/merkle.js';
 import { HashJob } from '../hash/pool.js';
 import { fromHex, sha256, toHex } from '../hash/sha256.js';
 import { encodeRecord, merkleToRecord, openDescriptor, packChunks, readDescriptor, type AppendRecord, type Descriptor } from '../fsstore/descriptor.js';
-import { ensureDir, fsyncDir } from '../fsstore/durable.js';
+import { ensureDir, fsyncDir, writeAll } from '../fsstore/durable.js';
 import { FragmentFiles, FragmentWriter } from '../fsstore/fragments.js';
 import { checkBlobName } from '../fsstore/layout.js';
 import { tryLockExclusive } from '../fsstore/lock.js';
@@ -57,6 +57,8 @@ export class BlobWriter {
   #chain: Promise<unknown> = Promise.resolve();
 
   #size = 0;
+  /** Blob size as of the last durable record: where a resume would continue. */
+  #durableSize = 0;
   /** Merkle hashing, fragment hashing and fragment writes run in the hashing thread. */
   #job: HashJob;
   /** The blob hash after the last completed call. */
@@ -117,7 +119,7 @@ export class BlobWriter {
     try {
       if (!tryLockExclusive(fh.fd)) throw new CabError('ERR_BLOB_LOCKED', `blob ${name} is being written`, { blob: name });
       const header = encodeRecord({ t: 'h', v: 1, name, ctime: Date.now() });
-      await fh.write(header, 0, header.length, 0);
+      await writeAll(fh, header, 0);
       await fh.datasync();
       try {
         await fs.link(tmp, layout.descriptor(name));
@@ -134,11 +136,13 @@ export class BlobWriter {
       s.track(w);
       ok = true;
       return w;
+    } catch (e) {
+      throw ioError(e, `creating blob ${name}`, { blob: name });
     } finally {
       if (!ok) {
         await fh.close().catch(() => {});
-        await fs.rm(tmp, { force: true });
-        if (linked) await fs.rm(layout.descriptor(name), { force: true });
+        await fs.rm(tmp, { force: true }).catch(() => {});
+        if (linked) await fs.rm(layout.descriptor(name), { force: true }).catch(() => {});
       }
     }
   }
@@ -160,7 +164,7 @@ export class BlobWriter {
         // Created but its header never became durable: start it again.
         const header = encodeRecord({ t: 'h', v: 1, name, ctime: Date.now() });
         await fh.truncate(0);
-        await fh.write(header, 0, header.length, 0);
+        await writeAll(fh, header, 0);
         await fh.datasync();
         headerEnd = header.length;
         d.validEnd = headerEnd;
@@ -182,6 +186,8 @@ export class BlobWriter {
       s.track(w);
       ok = true;
       return w;
+    } catch (e) {
+      throw ioError(e, `resuming blob ${name}`, { blob: name });
     } finally {
       if (!ok) await fh.close().catch(() => {});
     }
@@ -190,6 +196,7 @@ export class BlobWriter {
   /** Re-reads at most one leaf and one chunk of the prefix to restore the hasher and the chunker. */
   async #restore(size: number, chunkCount: number, chunkEnd: number, merkle: MerkleState, extents: ExtentMap): Promise<void> {
     this.#size = size;
+    this.#durableSize = size;
     this.#chunkCount = chunkCount;
     this.#chunkEnd = chunkEnd;
     this.#recordedChunkEnd = chunkEnd;
@@ -490,9 +497,10 @@ export class BlobWriter {
     try {
       await fn();
     } catch (e) {
-      this.#failure = e;
+      // A full disk is ERR_NO_SPACE, any other errno ERR_IO: the blob stays as its last durable record left it.
+      this.#failure = ioError(e, `writing blob ${this.name}`, { blob: this.name, offset: this.#durableSize });
       await this.#release('closed');
-      throw e;
+      throw this.#failure;
     }
   }
 
@@ -750,11 +758,24 @@ export class BlobWriter {
       }
       const buf = encodeRecord(rec);
       const start = this.#descEnd;
-      await this.#fh.write(buf, 0, buf.length, start);
-      await this.#fh.datasync();
+      try {
+        await writeAll(this.#fh, buf, start);
+        await this.#fh.datasync();
+      } catch (e) {
+        // Not durable: cut what part of the record got written, so the descriptor ends cleanly where it did.
+        await this.#fh.truncate(start).catch(() => {});
+        throw e;
+      }
       this.#descEnd += buf.length;
-      if (!(await this.#s.index.applyAppend(this.name, rec, start, this.#descEnd, chunkOffset, this.#headerEnd))) {
-        await catchUpBlob(this.#s.index, this.#s.layout, this.name);
+      this.#durableSize = size;
+      try {
+        if (!(await this.#s.index.applyAppend(this.name, rec, start, this.#descEnd, chunkOffset, this.#headerEnd))) {
+          await catchUpBlob(this.#s.index, this.#s.layout, this.name);
+        }
+      } catch (e) {
+        // The record is durable, so the bytes are safe; the index is derived and catches up from
+        // the descriptor when next asked (catchUpBlob). A full disk must not fail a write that stands.
+        if (!isCabError(e, 'ERR_NO_SPACE')) throw e;
       }
     })();
     task.catch((e: unknown) => {

@@ -3,6 +3,7 @@
 //   slow-writer STORE        write a blob without ever reaching a checkpoint, print "writing", wait
 //   gc-loop STORE SECONDS    run gc in a loop; print "gc N" at the end
 //   workload STORE SECONDS   write (with dedup), appendBlob, read, delete; verify every read
+//   put-loop STORE ROUNDS    open the store anew (a new lease), put a small blob, close; ROUNDS times
 import { BlobStore, merkleRoot, toHex, isCabError } from '../../src/index.js';
 import { prngBytes, prngInts } from '../../tools/data.js';
 import { readAll as readAllOf } from './store.js';
@@ -32,6 +33,22 @@ if (mode === 'hold-reader') {
     n++;
   }
   console.log(`gc ${n}`);
+  await store.close();
+} else if (mode === 'put-loop') {
+  let failures = 0;
+  for (let i = 0; i < Number(arg); i++) {
+    try {
+      const s = await BlobStore.open(root!);
+      const w = await s.newBlobWriter();
+      await w.appendBytes(prngBytes(`put-loop ${i}`, 2000));
+      await w.close();
+      await s.close();
+    } catch (e) {
+      failures++;
+      console.log(`round ${i}: ${isCabError(e) ? e.code : ''} ${(e as Error).message}`);
+    }
+  }
+  console.log(`done failures=${failures}`);
   await store.close();
 } else if (mode === 'workload') {
   const until = Date.now() + Number(arg) * 1000;
