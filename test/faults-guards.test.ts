@@ -7,7 +7,6 @@ import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { BlobStore, CabError } from '../src/index.js';
 import { prngBytes } from '../tools/data.js';
 import { runGcChild } from './helpers/children.js';
