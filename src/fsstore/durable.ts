@@ -1,5 +1,6 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { CabError } from '../errors.js';
 
 /** fsync a directory so that entries created or renamed in it survive a power cut. */
 export async function fsyncDir(dir: string): Promise<void> {
@@ -85,7 +86,7 @@ export async function writeAll(fh: fs.FileHandle, buf: Uint8Array, position: num
   let done = 0;
   while (done < buf.length) {
     const { bytesWritten } = await fh.write(buf, done, buf.length - done, position + done);
-    if (bytesWritten <= 0) throw Object.assign(new Error(`write of ${buf.length - done} bytes wrote nothing`), { code: 'EIO' });
+    if (bytesWritten <= 0) throw new CabError('ERR_IO', `a write of ${buf.length - done} bytes wrote nothing`, { offset: position + done });
     done += bytesWritten;
   }
 }
