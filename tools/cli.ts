@@ -20,6 +20,7 @@ import {
 } from '../src/index.js';
 import { parseSize } from './size.js';
 import { Progress, fmtBytes } from './progress.js';
+import { STDIN, appendSource, openSource } from './source.js';
 
 const program = new Command();
 program
@@ -71,16 +72,10 @@ function readTokens(file: string): Map<string, Perm[]> {
 }
 
 async function putFile(s: BlobStore, file: string, name?: string): Promise<{ name: string; hash: Uint8Array; size: number }> {
-  const size = (await fsp.stat(file).catch((e: Error) => {
-    throw new CabError('ERR_NO_SUCH_FILE', `cannot read ${file}: ${e.message}`, { path: file });
-  })).size;
+  const src = await openSource(file);
   const w = await s.newBlobWriter(name);
-  const p = new Progress(`put ${path.basename(file)}`, size);
-  const step = 64 * 1024 * 1024;
-  for (let off = 0; off < size; off += step) {
-    await w.appendBytes({ file, offset: off, size: Math.min(step, size - off) });
-    p.set(Math.min(size, off + step));
-  }
+  const p = new Progress(`put ${file === STDIN ? 'stdin' : path.basename(file)}`, src.size);
+  const size = await appendSource(w, src, (n) => p.set(n));
   await w.close();
   p.end();
   return { name: w.name, hash: w.hash, size };
@@ -88,11 +83,12 @@ async function putFile(s: BlobStore, file: string, name?: string): Promise<{ nam
 
 program
   .command('put')
-  .description('store files as finalized blobs; prints "NAME HASH" per file')
+  .description('store files as finalized blobs; prints "NAME HASH" per file; - is stdin (pipes and FIFOs are read to their end)')
   .argument('<file...>')
   .option('--name <name>', 'the blob name (one file only)')
   .action(async (files: string[], o: { name?: string }) => {
     if (o.name && files.length !== 1) usage('--name takes exactly one file');
+    if (files.filter((f) => f === STDIN).length > 1) usage('- (stdin) can be read only once');
     await withStore(async (s) => {
       for (const f of files) {
         const r = await putFile(s, f, o.name);
