@@ -1,15 +1,19 @@
 import http from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
-import { WebSocket, WebSocketServer, type RawData } from 'ws';
+import { WebSocket, WebSocketServer } from 'ws';
 import { CabError } from '../errors.js';
 import type { BlobStore } from '../fsstore/store.js';
-import { MAX_FRAME, type Perm } from './messages.js';
-import { Peer, DEFAULT_IDLE_MS, DEFAULT_MAX_REQUESTS, type Transport } from './peer.js';
+import { MAX_FRAME, MAX_GET_BYTES, type Perm } from './messages.js';
+import { Peer, DEFAULT_IDLE_MS, DEFAULT_MAX_REQUESTS } from './peer.js';
 import type { ReceiveOptions, TransferStats } from './receive.js';
+import { ByteBudget } from './budget.js';
+import { wire, wsTransport, type WireCount } from './ws-transport.js';
 
-/** Start waiting for the socket to drain above this many buffered bytes. */
-const HIGH_WATER = 8 * 1024 * 1024;
+export type { WireCount } from './ws-transport.js';
+
+/** Bytes of `get` answers a server reads and buffers at once, over all its connections. */
+export const DEFAULT_MAX_GET_MEMORY = 64 * 1024 * 1024;
 
 export interface ServeOptions {
   /** Address to bind (default 127.0.0.1: not reachable from other machines unless asked). */
@@ -28,6 +32,15 @@ export interface ServeOptions {
   maxRequests?: number;
   /** A connection that sends nothing this long is closed (default 120 s). */
   idleTimeoutMs?: number;
+  /** A connection that takes none of our data this long (it does not read) is cut (default 120 s). */
+  drainTimeoutMs?: number;
+  /**
+   * Bytes of `get` answers being read or waiting to be written, over all
+   * connections (default 64 MiB, at least 4 MiB); further gets wait. With
+   * at most 4 gets served at once per connection, this bounds what clients
+   * that ask and never read can make the server hold.
+   */
+  maxGetMemory?: number;
 }
 
 export interface CabServer {
@@ -36,50 +49,6 @@ export interface CabServer {
   /** Open connections. */
   readonly connections: number;
   close(): Promise<void>;
-}
-
-/** Application bytes (frame payloads) sent and received on one connection. */
-export interface WireCount {
-  sent: number;
-  received: number;
-}
-
-/** Wraps a ws socket as a Transport with backpressure. */
-function wsTransport(ws: WebSocket, count: WireCount): Transport {
-  return {
-    send: (frame) =>
-      new Promise<void>((resolve, reject) => {
-        if (ws.readyState !== WebSocket.OPEN) return reject(new CabError('ERR_CONNECTION', 'the connection is closed'));
-        const over = ws.bufferedAmount > HIGH_WATER;
-        count.sent += frame.length;
-        ws.send(frame, { binary: true }, (err) => {
-          if (over) {
-            if (err) reject(new CabError('ERR_CONNECTION', err.message, {}, { cause: err }));
-            else resolve();
-          }
-        });
-        if (!over) resolve();
-      }),
-    close: (code, reason) => {
-      if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) ws.close(code, reason);
-    },
-  };
-}
-
-function wire(ws: WebSocket, peer: Peer, count: WireCount): void {
-  ws.on('message', (data: RawData, isBinary: boolean) => {
-    if (!isBinary) {
-      peer.onFrame(new Uint8Array(0)); // not MessagePack: a protocol error
-      return;
-    }
-    const buf = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data as ArrayBuffer);
-    count.received += buf.length;
-    peer.onFrame(buf);
-  });
-  ws.on('close', (code, reason) =>
-    peer.closed(new CabError('ERR_CONNECTION', `connection closed (${code}${reason.length ? ` ${reason.toString()}` : ''})`, { found: code })),
-  );
-  ws.on('error', (e) => peer.closed(new CabError('ERR_CONNECTION', e.message, {}, { cause: e })));
 }
 
 /** Serves a store over WebSocket. */
@@ -105,12 +74,15 @@ export async function serve(store: BlobStore, options: ServeOptions = {}): Promi
   });
   const port = (server.address() as AddressInfo).port;
   const sockets = new Set<WebSocket>();
+  const getBudget = new ByteBudget(Math.max(MAX_GET_BYTES, options.maxGetMemory ?? DEFAULT_MAX_GET_MEMORY));
   wss.on('connection', (ws, req) => {
     sockets.add(ws);
     ws.on('close', () => sockets.delete(ws));
     const count = { sent: 0, received: 0 };
-    const peer = new Peer(wsTransport(ws, count), {
+    const transport = wsTransport(ws, count, { drainTimeoutMs: options.drainTimeoutMs, onStall: (e) => peer.closed(e) });
+    const peer = new Peer(transport, {
       store,
+      getBudget,
       role: 'server',
       tokens,
       insecure: options.insecure,
