@@ -27,6 +27,7 @@ export const ERROR_CODES = {
   ERR_TOO_MANY_REQUESTS: 'a peer has more requests outstanding than the limit',
   ERR_IDLE_TIMEOUT: 'a peer sent nothing for longer than the idle limit',
   ERR_AUTH: 'the credential is missing or unknown',
+  ERR_AUTH_LIMIT: 'too many failed credentials came from this address: refused, even a good one, until it has waited',
   ERR_PERMISSION: 'the credential does not allow this operation (read or write)',
   ERR_HASH_MISMATCH: 'received bytes do not hash to what was asked for, or a blob does not hash to its announced hash',
   ERR_VERSION: 'the peer speaks another protocol version',

@@ -20,6 +20,7 @@ import {
 } from './messages.js';
 import { receive, type ReceiveOptions, type RemoteSource, type TransferStats } from './receive.js';
 import { ByteBudget } from './budget.js';
+import type { AuthGate } from './admission.js';
 
 /** What a session needs from a transport (a WebSocket, or anything that carries frames in order). */
 export interface Transport {
@@ -51,6 +52,8 @@ export interface PeerOptions {
   tokens?: Map<string, Perm[]>;
   /** Server: accept anyone, with read and write. Only by explicit choice. */
   insecure?: boolean;
+  /** Server: asked before a token from this peer's address is checked, and told when one fails. */
+  authGate?: AuthGate;
   /** Client: the credential to present. */
   token?: string;
   /** Requests a peer may have outstanding here before it is cut off (server). */
@@ -126,6 +129,16 @@ export class Peer {
 
   get label(): string {
     return this.#o.label ?? 'peer';
+  }
+
+  /** Resolves once hello is answered with welcome (on a server: once welcome is sent); rejects if the connection ends first. */
+  get ready(): Promise<void> {
+    return this.#ready;
+  }
+
+  /** Hangs up on the peer, telling it why (an `err` without id). */
+  fail(e: CabError): void {
+    this.#fatal(e);
   }
 
   /** Client: sends hello and resolves on welcome. */
@@ -236,8 +249,14 @@ export class Peer {
     if (m.v !== PROTOCOL_VERSION) return this.#fatal(new CabError('ERR_VERSION', `this server speaks version ${PROTOCOL_VERSION}, not ${m.v}`));
     let perms: Perm[] | undefined;
     if (this.#o.insecure) perms = ['read', 'write'];
-    else if (m.token !== undefined) perms = findToken(this.#o.tokens ?? new Map(), m.token);
-    if (!perms) return this.#fatal(new CabError('ERR_AUTH', m.token === undefined ? 'this server needs a token' : 'unknown token'));
+    else if (this.#o.authGate?.mayTry() === false) {
+      // Refused unchecked, so that a guesser learns nothing, even with the right token.
+      return this.#fatal(new CabError('ERR_AUTH_LIMIT', 'too many failed tokens from this address; try again later'));
+    } else if (m.token !== undefined) perms = findToken(this.#o.tokens ?? new Map(), m.token);
+    if (!perms) {
+      this.#o.authGate?.failed();
+      return this.#fatal(new CabError('ERR_AUTH', m.token === undefined ? 'this server needs a token' : 'unknown token'));
+    }
     this.#perms = new Set(perms);
     this.remoteChunker = m.chunker;
     const { chunker } = this.#o.store;

@@ -8,6 +8,7 @@ import { MAX_FRAME, MAX_GET_BYTES, type Perm } from './messages.js';
 import { Peer, DEFAULT_IDLE_MS, DEFAULT_MAX_REQUESTS } from './peer.js';
 import type { ReceiveOptions, TransferStats } from './receive.js';
 import { ByteBudget } from './budget.js';
+import { Admission, DEFAULT_HELLO_TIMEOUT_MS, type AdmissionOptions } from './admission.js';
 import { wire, wsTransport, type WireCount } from './ws-transport.js';
 
 export type { WireCount } from './ws-transport.js';
@@ -15,7 +16,12 @@ export type { WireCount } from './ws-transport.js';
 /** Bytes of `get` answers a server reads and buffers at once, over all its connections. */
 export const DEFAULT_MAX_GET_MEMORY = 64 * 1024 * 1024;
 
-export interface ServeOptions {
+/**
+ * Also, from AdmissionOptions: `maxPending` connections not yet welcomed (64),
+ * `helloTimeoutMs` to be welcomed in (10 s), `maxAuthFailures` failed tokens
+ * per address per `authFailureWindowMs` (10 a minute).
+ */
+export interface ServeOptions extends AdmissionOptions {
   /** Address to bind (default 127.0.0.1: not reachable from other machines unless asked). */
   host?: string;
   /** Port (default 0: any free one; see `port` on the result). */
@@ -73,6 +79,8 @@ export async function serve(store: BlobStore, options: ServeOptions = {}): Promi
     server.listen(options.port ?? 0, host, () => resolve());
   });
   const port = (server.address() as AddressInfo).port;
+  const admission = new Admission(options);
+  server.on('connection', (socket) => admission.accept(socket));
   const sockets = new Set<WebSocket>();
   const getBudget = new ByteBudget(Math.max(MAX_GET_BYTES, options.maxGetMemory ?? DEFAULT_MAX_GET_MEMORY));
   wss.on('connection', (ws, req) => {
@@ -86,12 +94,18 @@ export async function serve(store: BlobStore, options: ServeOptions = {}): Promi
       role: 'server',
       tokens,
       insecure: options.insecure,
+      ...(options.insecure ? {} : { authGate: admission.gate(req.socket.remoteAddress ?? '') }),
       maxRequests: options.maxRequests ?? DEFAULT_MAX_REQUESTS,
       idleMs: options.idleTimeoutMs ?? DEFAULT_IDLE_MS,
       maxFrame: options.maxFrame ?? MAX_FRAME,
       label: `${req.socket.remoteAddress}:${req.socket.remotePort}`,
     });
     wire(ws, peer, count);
+    admission.upgraded(req.socket, () => peer.fail(new CabError('ERR_IDLE_TIMEOUT', `no hello within ${options.helloTimeoutMs ?? DEFAULT_HELLO_TIMEOUT_MS} ms`)));
+    peer.ready.then(
+      () => admission.welcomed(req.socket),
+      () => {}, // the connection ended before welcome: its socket's close took it off the list
+    );
   });
   const url = `${options.tls ? 'wss' : 'ws'}://${host.includes(':') ? `[${host}]` : host}:${port}`;
   let closing: Promise<void> | undefined;
@@ -104,6 +118,7 @@ export async function serve(store: BlobStore, options: ServeOptions = {}): Promi
     close() {
       closing ??= new Promise<void>((resolve) => {
         for (const ws of sockets) ws.terminate();
+        admission.close();
         wss.close(() => server.close(() => resolve()));
       });
       return closing;
