@@ -1,5 +1,5 @@
 import fs from 'node:fs/promises';
-import { CabError } from '../errors.js';
+import { CabError, ioError } from '../errors.js';
 import { resolveChunkerParams, sameChunkerParams, type ChunkerParams, type ResolvedChunkerParams } from '../chunker/params.js';
 import { HASH_NAME } from '../hash/sha256.js';
 import { BlobWriter } from '../writer/writer.js';
@@ -7,7 +7,7 @@ import { BlobReader } from '../reader/reader.js';
 import { ChunkIndex, type Location } from './chunk-index.js';
 import { catchUpBlob } from './catchup.js';
 import { openDescriptor, readDescriptor, type Descriptor } from './descriptor.js';
-import { exists, fsyncDir, writeFileDurable } from './durable.js';
+import { ensureDir, exists, fsyncDir, writeFileDurable } from './durable.js';
 import type { StoreInternals } from './internals.js';
 import { FORMAT_VERSION, Layout, checkBlobName, isFragmentId, newBlobName } from './layout.js';
 import { tryLockExclusive } from './lock.js';
@@ -85,9 +85,17 @@ export class BlobStore implements StoreInternals {
     const layout = new Layout(root);
     const fragmentSize = options.fragmentSize ?? DEFAULT_FRAGMENT_SIZE;
     if (!Number.isSafeInteger(fragmentSize) || fragmentSize < 1) throw new CabError('ERR_BAD_ARGUMENT', `fragmentSize ${fragmentSize}`);
-    await fs.mkdir(layout.root, { recursive: true });
+    // Not fs.mkdir({ recursive: true }): on a path it cannot create, such as /proc/x, it retries forever (Node 20).
+    const made = new Set<string>();
+    await ensureDir(layout.root, made).catch((e: unknown) => {
+      throw ioError(e, `cannot create the store directory ${layout.root}`, { path: layout.root });
+    });
     const config = await loadConfig(layout, options);
-    for (const dir of [layout.blobRoot, layout.casRoot, layout.tmp, layout.index, layout.leases, layout.tables]) await fs.mkdir(dir, { recursive: true });
+    for (const dir of [layout.blobRoot, layout.casRoot, layout.tmp, layout.index, layout.leases, layout.tables]) {
+      await ensureDir(dir, made).catch((e: unknown) => {
+        throw ioError(e, `cannot create ${dir}`, { path: dir });
+      });
+    }
     await fsyncDir(layout.root);
     const store = new BlobStore(
       layout,

@@ -2,6 +2,7 @@ import fs from 'node:fs/promises';
 import zlib from 'node:zlib';
 import { Packr } from 'msgpackr';
 import { CabError } from '../errors.js';
+import { writeFully } from '../fsstore/durable.js';
 
 /**
  * Files of records, as bundles and have-files are: a magic string, then
@@ -40,8 +41,7 @@ export class RecordWriter {
     return w;
   }
   async #raw(b: Buffer): Promise<void> {
-    let done = 0;
-    while (done < b.length) done += (await this.#fh.write(b, done, b.length - done, this.#pos + done)).bytesWritten;
+    await writeFully(this.#fh, b, this.#pos);
     this.#pos += b.length;
   }
   async put(rec: Record<string, unknown>): Promise<void> {

@@ -2,7 +2,7 @@ import http from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { WebSocket, WebSocketServer } from 'ws';
-import { CabError } from '../errors.js';
+import { CabError, ioError } from '../errors.js';
 import type { BlobStore } from '../fsstore/store.js';
 import { MAX_FRAME, MAX_GET_BYTES, type Perm } from './messages.js';
 import { Peer, DEFAULT_IDLE_MS, DEFAULT_MAX_REQUESTS } from './peer.js';
@@ -68,16 +68,26 @@ export async function serve(store: BlobStore, options: ServeOptions = {}): Promi
       throw new CabError('ERR_BAD_ARGUMENT', 'tokens map non-empty strings to arrays of "read" and "write"');
     }
   }
+  const host = options.host ?? '127.0.0.1';
+  const wantPort = options.port ?? 0;
+  if (!Number.isSafeInteger(wantPort) || wantPort < 0 || wantPort > 65535) throw new CabError('ERR_BAD_ARGUMENT', `port ${String(wantPort)} is not in 0..65535`);
   const server = options.tls ? https.createServer({ cert: options.tls.cert, key: options.tls.key }) : http.createServer();
   server.on('request', (_req, res) => {
     res.writeHead(426, { 'content-type': 'text/plain' }).end('cabstore speaks WebSocket here\n');
   });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(wantPort, host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+  } catch (e) {
+    throw ioError(e, `cannot listen on ${host}:${wantPort}`);
+  }
+  // Made once listening: it re-emits the server's errors, and one at listen had no listener.
   const wss = new WebSocketServer({ server, maxPayload: options.maxFrame ?? MAX_FRAME, perMessageDeflate: false });
-  const host = options.host ?? '127.0.0.1';
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(options.port ?? 0, host, () => resolve());
-  });
   const port = (server.address() as AddressInfo).port;
   const admission = new Admission(options);
   server.on('connection', (socket) => admission.accept(socket));
