@@ -51,9 +51,10 @@ test('connections that have not been welcomed are capped server-wide: past maxPe
     [...Array(8).fill(false), ...Array(12).fill(true)],
     'the first 8 wait, the 12 past the cap are closed',
   );
+  t.is(srv.pending, 8);
   // Welcomed connections do not count: with the 8 gone, more than 8 clients are served at once.
   for (const x of socks) x.s.destroy();
-  await until(() => false, 100);
+  t.true(await until(() => srv.pending === 0, 5000));
   const clients: Awaited<ReturnType<typeof connect>>[] = [];
   for (let i = 0; i < 12; i++) {
     const c = await connect(await tempStore(t), srv.url, { token: RW });

@@ -52,8 +52,10 @@ export interface ServeOptions extends AdmissionOptions {
 export interface CabServer {
   readonly url: string;
   readonly port: number;
-  /** Open connections. */
+  /** Open connections (WebSocket). */
   readonly connections: number;
+  /** Connections not yet welcomed (counted from TCP accept; at most maxPending). */
+  readonly pending: number;
   close(): Promise<void>;
 }
 
@@ -124,6 +126,9 @@ export async function serve(store: BlobStore, options: ServeOptions = {}): Promi
     port,
     get connections() {
       return sockets.size;
+    },
+    get pending() {
+      return admission.pending;
     },
     close() {
       closing ??= new Promise<void>((resolve) => {
