@@ -304,14 +304,20 @@ export class Peer {
       }
       case 'fine': {
         this.#need('read');
-        const bytes = await this.#chunkBytes(m.hash, 0, m.size, m.size);
-        const c: WireChunk[] = [];
-        let off = 0;
-        for (const size of cdc(bytes, FINE_CHUNKER)) {
-          c.push([sha256(bytes.subarray(off, off + size)), size]);
-          off += size;
+        // A chunk may be up to 64 MiB: its read counts against the same budget as gets.
+        const release = await this.#getBudget.take(m.size);
+        try {
+          const bytes = await this.#chunkBytes(m.hash, 0, m.size, m.size);
+          const c: WireChunk[] = [];
+          let off = 0;
+          for (const size of cdc(bytes, FINE_CHUNKER)) {
+            c.push([sha256(bytes.subarray(off, off + size)), size]);
+            off += size;
+          }
+          return { t: 'finer', id: m.id, c };
+        } finally {
+          release();
         }
-        return { t: 'finer', id: m.id, c };
       }
       case 'push': {
         this.#need('write');
