@@ -25,8 +25,9 @@ export const ERROR_CODES = {
   ERR_GC_RUNNING: 'another GC is running on this store (pass wait: true to wait for it)',
   ERR_PROTOCOL: 'a peer sent a malformed, unknown or out-of-place message',
   ERR_TOO_MANY_REQUESTS: 'a peer has more requests outstanding than the limit',
-  ERR_IDLE_TIMEOUT: 'a peer sent nothing for longer than the idle limit',
+  ERR_IDLE_TIMEOUT: 'a peer sent nothing, said no hello, or read nothing for longer than its limit',
   ERR_AUTH: 'the credential is missing or unknown',
+  ERR_AUTH_LIMIT: 'too many failed credentials came from this address: refused, even a good one, until it has waited',
   ERR_PERMISSION: 'the credential does not allow this operation (read or write)',
   ERR_HASH_MISMATCH: 'received bytes do not hash to what was asked for, or a blob does not hash to its announced hash',
   ERR_VERSION: 'the peer speaks another protocol version',
@@ -38,7 +39,7 @@ export const ERROR_CODES = {
   ERR_CLOSED: 'the store, writer or reader is closed',
   ERR_ABORTED: 'the operation was cancelled through its AbortSignal',
   ERR_NO_SPACE: 'the file system is full (ENOSPC or EDQUOT): the operation failed, what was durable before it stands',
-  ERR_IO: 'an I/O error (EIO, EMFILE, ...) stopped the operation; on a safety path (GC, fsck) nothing was deleted or marked',
+  ERR_IO: 'an I/O error (EIO, EMFILE, ...) stopped the operation, or the system refused it (a port in use, a directory that cannot be made; data.found has the errno); on a safety path (GC, fsck) nothing was deleted or marked',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

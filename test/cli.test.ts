@@ -5,76 +5,16 @@ import test, { type ExecutionContext } from 'ava';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
+import { spawn } from 'node:child_process';
 import type { Readable } from 'node:stream';
 import { MerkleHasher, chunk, merkleRoot, sha256, toHex } from '../src/index.js';
 import { prngBytes, prngStream } from '../tools/data.js';
 import { tempDir } from './helpers/store.js';
+import { assertFails, assertUsage, cli, finished, killed, ok, putLines, start, waitFor, writeFile, type RunOptions } from './helpers/cli.js';
 
-const CLI = fileURLToPath(new URL('../tools/cli.js', import.meta.url));
 const INDEX_URL = new URL('../src/index.js', import.meta.url).href;
 const KiB = 1024;
 const MiB = 1024 * KiB;
-
-interface RunResult {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: Buffer;
-  stderr: string;
-  /** stdout as text. */
-  out: string;
-}
-
-interface RunOptions {
-  cwd?: string;
-  /** Added to an environment from which CABSTORE_DIR and CABSTORE_TOKEN are removed, so the caller's shell does not leak in. */
-  env?: Record<string, string>;
-}
-
-function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
-  const env = { ...process.env };
-  delete env.CABSTORE_DIR;
-  delete env.CABSTORE_TOKEN;
-  return { ...env, ...extra };
-}
-
-function start(args: string[], o: RunOptions = {}): ChildProcess {
-  return spawn(process.execPath, [CLI, ...args], { cwd: o.cwd, env: cleanEnv(o.env), stdio: ['ignore', 'pipe', 'pipe'] });
-}
-
-function finished(c: ChildProcess, collectStdout = true): Promise<RunResult> {
-  return new Promise((resolve, reject) => {
-    const out: Buffer[] = [];
-    let err = '';
-    if (collectStdout) c.stdout!.on('data', (d: Buffer) => out.push(d));
-    c.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-    c.on('error', reject);
-    c.on('close', (code, signal) => {
-      const stdout = Buffer.concat(out);
-      resolve({ code, signal, stdout, stderr: err, out: stdout.toString() });
-    });
-  });
-}
-
-/** Runs the CLI to the end. */
-function cli(args: string[], o: RunOptions = {}): Promise<RunResult> {
-  return finished(start(args, o));
-}
-
-/** Runs the CLI with `--store dir`, asserts exit 0, returns stdout as text. */
-async function ok(t: ExecutionContext, dir: string, args: string[], o: RunOptions = {}): Promise<string> {
-  const r = await cli(['--store', dir, ...args], o);
-  if (r.code !== 0) t.fail(`cabstore ${args.join(' ')} exited ${r.code ?? r.signal}: ${r.stderr}`);
-  return r.out;
-}
-
-/** The failure contract: exit 1, one line on stderr naming the code. */
-function assertFails(t: ExecutionContext, r: RunResult, code: string, what: string): void {
-  t.is(r.code, 1, `${what}: exit code (stderr: ${r.stderr})`);
-  t.true(r.stderr.includes(code), `${what}: stderr names ${code}: ${JSON.stringify(r.stderr)}`);
-  t.is(r.stderr.trimEnd().split('\n').length, 1, `${what}: one line: ${JSON.stringify(r.stderr)}`);
-}
 
 /** BEP 52 root and SHA-256 of a stream, without holding it. */
 async function hashStream(s: Readable): Promise<{ root: string; sha: string; size: number }> {
@@ -90,24 +30,6 @@ async function hashStream(s: Readable): Promise<{ root: string; sha: string; siz
 }
 
 const hashFile = (file: string) => hashStream(fs.createReadStream(file, { highWaterMark: 4 * MiB }));
-
-function writeFile(dir: string, name: string, bytes: Uint8Array): string {
-  const f = path.join(dir, name);
-  fs.writeFileSync(f, bytes);
-  return f;
-}
-
-/** Parses "NAME HASH" lines. */
-function putLines(out: string): Array<{ name: string; hash: string }> {
-  return out
-    .trim()
-    .split('\n')
-    .map((l) => {
-      const [name, hash, ...rest] = l.split(' ');
-      if (rest.length || !/^[0-9a-f]{32}$/.test(name!) || !/^[0-9a-f]{64}$/.test(hash!)) throw new Error(`not "NAME HASH": ${l}`);
-      return { name: name!, hash: hash! };
-    });
-}
 
 async function put(t: ExecutionContext, dir: string, file: string): Promise<string> {
   return putLines(await ok(t, dir, ['put', file]))[0]!.name;
@@ -132,33 +54,6 @@ function chunkList(bytes: Buffer): Array<{ hash: string; size: number }> {
     at += size;
   }
   return list;
-}
-
-function killed(c: ChildProcess, signal: NodeJS.Signals = 'SIGKILL'): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
-  return new Promise((resolve) => {
-    if (c.exitCode !== null || c.signalCode !== null) return resolve({ code: c.exitCode, signal: c.signalCode });
-    c.once('exit', (code, sig) => resolve({ code, signal: sig }));
-    c.kill(signal);
-  });
-}
-
-/** Resolves with the first match of `re` on the child's stdout. */
-function waitFor(c: ChildProcess, re: RegExp, what: string): Promise<RegExpMatchArray> {
-  return new Promise((resolve, reject) => {
-    let out = '';
-    let err = '';
-    const onOut = (d: Buffer) => {
-      out += d.toString();
-      const m = re.exec(out);
-      if (m) {
-        c.stdout!.off('data', onOut);
-        resolve(m);
-      }
-    };
-    c.stdout!.on('data', onOut);
-    c.stderr?.on('data', (d: Buffer) => (err += d.toString()));
-    c.once('exit', (code, sig) => reject(new Error(`${what} exited ${code ?? sig} before ${re}: ${out} ${err}`)));
-  });
 }
 
 // ---------------------------------------------------------------------------
@@ -565,13 +460,7 @@ test('bad usage exits 2 with help; --help on every command exits 0', async (t) =
     ['put', '--no-such-option', a],
   ];
   const results = await Promise.all(bad.map((args) => cli(['--store', store, ...args], { cwd: dir })));
-  results.forEach((r, i) => {
-    const what = bad[i]!.join(' ');
-    t.is(r.code, 2, `${what}: exit 2 (${r.stderr})`);
-    t.regex(r.stderr, /Usage: cabstore/, `${what}: prints help`);
-    t.regex(r.stderr, /^cabstore: /m, `${what}: says what is wrong`);
-    t.is(r.out, '', `${what}: nothing on stdout`);
-  });
+  results.forEach((r, i) => assertUsage(t, r, bad[i]!.join(' ')));
   t.false(fs.existsSync(store), 'bad usage touches no store');
   t.false(fs.existsSync(path.join(dir, '.cabstore')));
 

@@ -220,9 +220,9 @@ function hostileFrames(seed: number, count: number, ctx: { alpha: string; beta: 
   /** Changes that keep the message well-formed, so it reaches the serving code: odd but legal values. */
   const bend = (m: Record<string, unknown>, n: number): Record<string, unknown> => {
     const legal: Record<string, () => unknown> = {
-      id: () => pick([0, 1, 2 ** 32, 2 ** 31 + rnd(1000)]),
+      id: () => pick([0, 1, 2 ** 32 - 1, 2 ** 31 + rnd(1000)]),
       name: () => pick([...BAD_NAMES.filter((x) => x.length <= 64), ABSENT, ctx.partial, ctx.beta]),
-      from: () => pick([0, 1, 4095, 4096, 2 ** 32, rnd(100)]),
+      from: () => pick([0, 1, 4095, 4096, 2 ** 32 - 1, rnd(100)]),
       size: () => pick([0, 1, ctx.size - 1, ctx.size + 1, 64 * MiB, rnd(2 ** 20)]),
       hash: () => pick([bytes(32, `h${n}`), ctx.hash]),
       items: () => Array.from({ length: rnd(5) }, () => [pick([ctx.hash, bytes(32, `i${n}`)]), pick([0, 1, ctx.size, 64 * MiB]), pick([0, 1, ctx.size, 4 * MiB])]),

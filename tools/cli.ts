@@ -18,8 +18,11 @@ import {
   writeHave,
   type Perm,
 } from '../src/index.js';
-import { parseSize } from './size.js';
+import { replaceDurable, writeAll } from '../src/fsstore/durable.js';
+import { ioError } from '../src/errors.js';
 import { Progress, fmtBytes } from './progress.js';
+import { STDIN, appendSource, openSource } from './source.js';
+import { parseTokens, portArg, sizeArg, usage } from './args.js';
 
 const program = new Command();
 program
@@ -50,37 +53,25 @@ async function withStore<T>(fn: (s: BlobStore) => Promise<T>, options?: { catchU
   }
 }
 
+/** A small file the user names (a token file): ERR_NO_SUCH_FILE if it cannot be read. */
+function readText(file: string): string {
+  try {
+    return fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new CabError('ERR_NO_SUCH_FILE', `cannot read ${file}: ${(e as Error).message}`, { path: file }, { cause: e });
+  }
+}
+
 function token(opts: { tokenFile?: string }): string | undefined {
-  if (opts.tokenFile) return fs.readFileSync(opts.tokenFile, 'utf8').split('\n')[0]!.trim();
+  if (opts.tokenFile) return readText(opts.tokenFile).split('\n')[0]!.trim();
   return process.env.CABSTORE_TOKEN;
 }
 
-/** The server's token file: one token a line, then its permissions ("read,write", "read"); a token alone has both. */
-function readTokens(file: string): Map<string, Perm[]> {
-  const tokens = new Map<string, Perm[]>();
-  for (const [i, raw] of fs.readFileSync(file, 'utf8').split('\n').entries()) {
-    const line = raw.trim();
-    if (!line || line.startsWith('#')) continue;
-    const [tok, perms] = line.split(/\s+/);
-    const list = (perms ? perms.split(',') : ['read', 'write']) as Perm[];
-    if (list.some((p) => p !== 'read' && p !== 'write')) throw new CabError('ERR_BAD_ARGUMENT', `${file}:${i + 1}: permissions are read, write or read,write`);
-    tokens.set(tok!, list);
-  }
-  if (tokens.size === 0) throw new CabError('ERR_BAD_ARGUMENT', `${file} holds no token`);
-  return tokens;
-}
-
 async function putFile(s: BlobStore, file: string, name?: string): Promise<{ name: string; hash: Uint8Array; size: number }> {
-  const size = (await fsp.stat(file).catch((e: Error) => {
-    throw new CabError('ERR_NO_SUCH_FILE', `cannot read ${file}: ${e.message}`, { path: file });
-  })).size;
+  const src = await openSource(file);
   const w = await s.newBlobWriter(name);
-  const p = new Progress(`put ${path.basename(file)}`, size);
-  const step = 64 * 1024 * 1024;
-  for (let off = 0; off < size; off += step) {
-    await w.appendBytes({ file, offset: off, size: Math.min(step, size - off) });
-    p.set(Math.min(size, off + step));
-  }
+  const p = new Progress(`put ${file === STDIN ? 'stdin' : path.basename(file)}`, src.size);
+  const size = await appendSource(w, src, (n) => p.set(n));
   await w.close();
   p.end();
   return { name: w.name, hash: w.hash, size };
@@ -88,11 +79,12 @@ async function putFile(s: BlobStore, file: string, name?: string): Promise<{ nam
 
 program
   .command('put')
-  .description('store files as finalized blobs; prints "NAME HASH" per file')
+  .description('store files as finalized blobs; prints "NAME HASH" per file; - is stdin (pipes and FIFOs are read to their end)')
   .argument('<file...>')
   .option('--name <name>', 'the blob name (one file only)')
   .action(async (files: string[], o: { name?: string }) => {
     if (o.name && files.length !== 1) usage('--name takes exactly one file');
+    if (files.filter((f) => f === STDIN).length > 1) usage('- (stdin) can be read only once');
     await withStore(async (s) => {
       for (const f of files) {
         const r = await putFile(s, f, o.name);
@@ -109,9 +101,17 @@ async function writeBlob(name: string, output?: string): Promise<void> {
       const src = r.stream();
       src.on('data', (b: Buffer) => p.add(b.length));
       if (output) {
-        const tmp = `${output}.${process.pid}.tmp`;
-        await pipeline(src, fs.createWriteStream(tmp));
-        await fsp.rename(tmp, output);
+        // A failed get leaves neither the file nor its temp file.
+        const fill = async (fh: fsp.FileHandle) => {
+          let at = 0;
+          for await (const b of src as AsyncIterable<Uint8Array>) {
+            await writeAll(fh, b, at);
+            at += b.length;
+          }
+        };
+        await replaceDurable(output, fill).catch((e: unknown) => {
+          throw typeof (e as NodeJS.ErrnoException).errno === 'number' ? ioError(e, `writing ${output}`, { path: output }) : e;
+        });
       } else {
         await pipeline(src, process.stdout);
       }
@@ -236,15 +236,15 @@ program
   .command('gc')
   .description('delete fragments no blob uses (safe while other processes use the store)')
   .option('--dry-run', 'report, delete nothing')
-  .option('--max-bytes <size>', 'also evict least recently accessed blobs until the store fits (64KiB, 1GiB, ...)')
+  .option('--max-bytes <size>', 'also evict least recently accessed blobs until the store fits (64KiB, 1GiB, ...)', sizeArg)
   .option('--wait', 'wait for a GC already running instead of failing')
-  .action(async (o: { dryRun?: boolean; maxBytes?: string; wait?: boolean }) => {
+  .action(async (o: { dryRun?: boolean; maxBytes?: number; wait?: boolean }) => {
     await withStore(async (s) => {
       const tty = process.stderr.isTTY === true;
       const r = await s.gc({
         dryRun: o.dryRun,
         wait: o.wait,
-        ...(o.maxBytes ? { maxBytes: parseSize(o.maxBytes) } : {}),
+        ...(o.maxBytes !== undefined ? { maxBytes: o.maxBytes } : {}),
         onProgress: (p) => tty && process.stderr.write(`\rgc ${p.phase} ${p.done}\x1b[K`),
       });
       if (tty) process.stderr.write('\r\x1b[K');
@@ -284,29 +284,25 @@ program
   .command('serve')
   .description('serve the store over WebSocket until interrupted')
   .option('--host <host>', 'address to bind', '127.0.0.1')
-  .option('--port <port>', 'port (0: any free one)', '0')
+  .option('--port <port>', 'port (0: any free one)', portArg, 0)
   .option('--token-file <file>', 'tokens: "TOKEN read,write" per line')
   .option('--insecure', 'no authentication: anyone may read and write')
   .option('--tls-cert <file>', 'PEM certificate (serve wss://)')
   .option('--tls-key <file>', 'PEM key')
-  .action(async (o: { host: string; port: string; tokenFile?: string; insecure?: boolean; tlsCert?: string; tlsKey?: string }) => {
+  .action(async (o: { host: string; port: number; tokenFile?: string; insecure?: boolean; tlsCert?: string; tlsKey?: string }) => {
     if (!o.tokenFile && !o.insecure) usage('serve needs --token-file, or --insecure');
     if (!!o.tlsCert !== !!o.tlsKey) usage('--tls-cert and --tls-key go together');
-    const s = await BlobStore.open(storeDir());
-    const srv = await serve(s, {
-      host: o.host,
-      port: Number(o.port),
-      insecure: o.insecure,
-      ...(o.tokenFile ? { tokens: readTokens(o.tokenFile) } : {}),
-      ...(o.tlsCert ? { tls: { cert: fs.readFileSync(o.tlsCert), key: fs.readFileSync(o.tlsKey!) } } : {}),
+    const tokens = o.tokenFile ? parseTokens(readText(o.tokenFile), o.tokenFile) : undefined;
+    const tls = o.tlsCert ? { cert: readText(o.tlsCert), key: readText(o.tlsKey!) } : undefined;
+    await withStore(async (s) => {
+      const srv = await serve(s, { host: o.host, port: o.port, insecure: o.insecure, ...(tokens ? { tokens } : {}), ...(tls ? { tls } : {}) });
+      out(`serving ${srv.url}`, { url: srv.url, port: srv.port });
+      await new Promise<void>((resolve) => {
+        process.once('SIGINT', resolve);
+        process.once('SIGTERM', resolve);
+      });
+      await srv.close();
     });
-    out(`serving ${srv.url}`, { url: srv.url, port: srv.port });
-    await new Promise<void>((resolve) => {
-      process.once('SIGINT', resolve);
-      process.once('SIGTERM', resolve);
-    });
-    await srv.close();
-    await s.close();
   });
 
 const transferOpts = (c: Command) => c.option('--token-file <file>', 'the token (first line); else $CABSTORE_TOKEN').option('--ca <file>', 'PEM CA for wss://');
@@ -314,7 +310,7 @@ const transferOpts = (c: Command) => c.option('--token-file <file>', 'the token 
 transferOpts(program.command('pull').description('fetch a blob from a server; only what this store lacks travels').argument('<url>').argument('<name>')).action(
   async (url: string, name: string, o: { tokenFile?: string; ca?: string }) => {
     await withStore(async (s) => {
-      const c = await connect(s, url, { token: token(o), ...(o.ca ? { ca: fs.readFileSync(o.ca) } : {}) });
+      const c = await connect(s, url, { token: token(o), ...(o.ca ? { ca: readText(o.ca) } : {}) });
       try {
         let p: Progress | undefined;
         const st = await c.pull(name, {
@@ -338,7 +334,7 @@ transferOpts(program.command('pull').description('fetch a blob from a server; on
 transferOpts(program.command('push').description('send a blob to a server; only what it lacks travels').argument('<url>').argument('<name>')).action(
   async (url: string, name: string, o: { tokenFile?: string; ca?: string }) => {
     await withStore(async (s) => {
-      const c = await connect(s, url, { token: token(o), ...(o.ca ? { ca: fs.readFileSync(o.ca) } : {}) });
+      const c = await connect(s, url, { token: token(o), ...(o.ca ? { ca: readText(o.ca) } : {}) });
       try {
         const r = await c.push(name);
         out(`${name}: ${fmtBytes(r.received)} sent, ${fmtBytes(r.reused)} reused by the server, ${fmtBytes(c.wire.sent + c.wire.received)} on the wire`, { name, ...r, wire: c.wire });
@@ -395,10 +391,6 @@ program
       if (r.incomplete.length) process.exitCode = 1;
     });
   });
-
-function usage(msg: string): never {
-  throw new CommanderError(2, 'cabstore.usage', msg);
-}
 
 try {
   await program.parseAsync(process.argv);

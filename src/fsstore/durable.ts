@@ -41,24 +41,35 @@ export async function ensureDir(dir: string, known: Set<string>): Promise<void> 
   known.add(dir);
 }
 
-/** Writes a small file atomically and durably: temp, fsync, rename, fsync dir. */
-export async function writeFileDurable(file: string, data: string | Uint8Array): Promise<void> {
+/**
+ * Creates or replaces `file` atomically and durably: `fill` writes a temp
+ * file beside it (opened exclusively), then fsync, rename, fsync of the
+ * directory. The temp file is removed on every failure path.
+ */
+export async function replaceDurable(file: string, fill: (fh: fs.FileHandle) => Promise<void>): Promise<void> {
   const tmp = `${file}.${process.pid}.tmp`;
   const fh = await fs.open(tmp, 'wx');
+  let open = true;
   let moved = false;
   try {
-    await fh.writeFile(data);
+    await fill(fh);
     await fh.sync();
+    open = false;
     await fh.close();
     await fs.rename(tmp, file);
     moved = true;
     await fsyncDir(path.dirname(file));
   } finally {
     if (!moved) {
-      await fh.close().catch(() => {});
+      if (open) await fh.close().catch(() => {}); // the failure that brought us here is the one to report
       await fs.rm(tmp, { force: true });
     }
   }
+}
+
+/** Writes a small file atomically and durably (replaceDurable). */
+export function writeFileDurable(file: string, data: string | Uint8Array): Promise<void> {
+  return replaceDurable(file, (fh) => fh.writeFile(data));
 }
 
 /**

@@ -6,9 +6,13 @@ export const FORMAT_VERSION = 1;
 const BLOB_NAME = /^[0-9a-f]{32}$/;
 const FRAGMENT_ID = /^[0-9a-f]{64}$/;
 
+export function isBlobName(name: unknown): name is string {
+  return typeof name === 'string' && BLOB_NAME.test(name);
+}
+
 /** Throws ERR_INVALID_BLOB_NAME unless `name` is 32 lowercase hex characters. Touches nothing. */
 export function checkBlobName(name: unknown): string {
-  if (typeof name !== 'string' || !BLOB_NAME.test(name)) {
+  if (!isBlobName(name)) {
     throw new CabError('ERR_INVALID_BLOB_NAME', `not a blob name (32 lowercase hex chars): ${JSON.stringify(String(name).slice(0, 80))}`, {
       found: name,
     });

@@ -7,7 +7,7 @@ import { BlobReader } from '../reader/reader.js';
 import { ChunkIndex, type Location } from './chunk-index.js';
 import { catchUpBlob } from './catchup.js';
 import { openDescriptor, readDescriptor, type Descriptor } from './descriptor.js';
-import { exists, fsyncDir, writeFileDurable } from './durable.js';
+import { ensureDir, exists, fsyncDir, writeFileDurable } from './durable.js';
 import type { StoreInternals } from './internals.js';
 import { FORMAT_VERSION, Layout, checkBlobName, isFragmentId, newBlobName } from './layout.js';
 import { tryLockExclusive } from './lock.js';
@@ -88,9 +88,11 @@ export class BlobStore implements StoreInternals {
     // Each part opened is closed again if a later step fails: a failed open leaves nothing open.
     const opened: Array<{ close(): Promise<void> }> = [];
     try {
-      await fs.mkdir(layout.root, { recursive: true });
+      // Not fs.mkdir({ recursive: true }): on a path it cannot create, such as /proc/x, it retries forever (Node 20).
+      const made = new Set<string>();
+      await ensureDir(layout.root, made);
       const config = await loadConfig(layout, options);
-      for (const dir of [layout.blobRoot, layout.casRoot, layout.tmp, layout.index, layout.leases, layout.tables]) await fs.mkdir(dir, { recursive: true });
+      for (const dir of [layout.blobRoot, layout.casRoot, layout.tmp, layout.index, layout.leases, layout.tables]) await ensureDir(dir, made);
       await fsyncDir(layout.root);
       const index = ChunkIndex.open(layout.index);
       opened.push(index);

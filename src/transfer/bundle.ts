@@ -1,182 +1,27 @@
 import fs from 'node:fs/promises';
-import zlib from 'node:zlib';
-import { Packr } from 'msgpackr';
 import { CabError, isCabError } from '../errors.js';
 import { bytesEqual, toHex } from '../hash/sha256.js';
-import { checkBlobName } from '../fsstore/layout.js';
+import { checkBlobName, isBlobName } from '../fsstore/layout.js';
 import type { BlobStore } from '../fsstore/store.js';
 import { MAX_LIST, MAX_GET_BYTES, type WireChunk } from './messages.js';
 import { receive, type RemoteSource, type TransferStats } from './receive.js';
+import { RecordWriter, packr, scan } from './records.js';
+import { readHave } from './have.js';
+
+export { writeHave } from './have.js';
 
 /**
- * Offline exchange. A bundle and a have-file are files of records, framed as
- * descriptor records are (u32 LE length, u32 LE CRC-32, MessagePack map):
+ * Offline exchange. A bundle is a file of records (see records.ts):
  *
  *   "CABBNDL1"  {t:'bundle', v, chunker, hash}
  *               per blob: {t:'blob', name, size, hash}  {t:'listr', c, end}...  (its chunk list)
  *               {t:'chunks', items: [[hash, bytes], ...]}...  (data the receiver lacks, any order)
  *               {t:'end', records, blobs, chunks}
- *   "CABHAVE1"  {t:'have', v, chunker, n}  {t:'hashes', p: 8-byte prefixes, sorted}...  {t:'end', records}
  *
  * `listr` is the protocol's list answer, and the import runs the same
  * receiver as a pull, with the bundle as its source.
  */
 const BUNDLE_MAGIC = Buffer.from('CABBNDL1');
-const HAVE_MAGIC = Buffer.from('CABHAVE1');
-const MAX_RECORD = 8 * 1024 * 1024;
-const PREFIX = 8;
-
-const packr = new Packr({ useRecords: false, moreTypes: false } as ConstructorParameters<typeof Packr>[0]);
-
-function frame(rec: Record<string, unknown>): Buffer {
-  const payload = packr.pack(rec);
-  const out = Buffer.allocUnsafe(8 + payload.length);
-  out.writeUInt32LE(payload.length, 0);
-  out.writeUInt32LE(zlib.crc32(payload), 4);
-  payload.copy(out, 8);
-  return out;
-}
-
-/** Appends records to a file, through a temp name renamed at the end. */
-class RecordWriter {
-  #fh: fs.FileHandle;
-  #pos = 0;
-  records = 0;
-  constructor(
-    fh: fs.FileHandle,
-    readonly file: string,
-    readonly tmp: string,
-  ) {
-    this.#fh = fh;
-  }
-  static async create(file: string, magic: Buffer): Promise<RecordWriter> {
-    const tmp = `${file}.${process.pid}.tmp`;
-    const w = new RecordWriter(await fs.open(tmp, 'w'), file, tmp);
-    await w.#raw(magic);
-    return w;
-  }
-  async #raw(b: Buffer): Promise<void> {
-    let done = 0;
-    while (done < b.length) done += (await this.#fh.write(b, done, b.length - done, this.#pos + done)).bytesWritten;
-    this.#pos += b.length;
-  }
-  async put(rec: Record<string, unknown>): Promise<void> {
-    this.records++;
-    await this.#raw(frame(rec));
-  }
-  get size(): number {
-    return this.#pos;
-  }
-  async finish(endRec: Record<string, unknown>): Promise<void> {
-    await this.put({ ...endRec, t: 'end', records: this.records + 1 });
-    await this.#fh.sync();
-    await this.#fh.close();
-    await fs.rename(this.tmp, this.file);
-  }
-  async abort(): Promise<void> {
-    await this.#fh.close().catch(() => {});
-    await fs.rm(this.tmp, { force: true });
-  }
-}
-
-/** Reads and checks every record of a file; calls `on` with each and its offset. Rejects truncated or corrupt files. */
-async function scan(file: string, magic: Buffer, on: (rec: Record<string, unknown>, at: number, len: number) => void | Promise<void>): Promise<number> {
-  const fh = await fs.open(file, 'r').catch((e: NodeJS.ErrnoException) => {
-    throw new CabError('ERR_NO_SUCH_FILE', `cannot read ${file}: ${e.message}`, { path: file }, { cause: e });
-  });
-  const corrupt = (why: string, at: number) => new CabError('ERR_BUNDLE_CORRUPT', `${file}: ${why} at byte ${at}`, { path: file, offset: at });
-  try {
-    const size = (await fh.stat()).size;
-    const head = Buffer.alloc(8);
-    if ((await fh.read(head, 0, 8, 0)).bytesRead < 8 || !head.equals(magic)) throw corrupt(`not a ${magic.toString()} file`, 0);
-    let pos = 8;
-    let records = 0;
-    let ended = false;
-    while (pos < size) {
-      if (ended) throw corrupt('bytes after the end record', pos);
-      if (pos + 8 > size) throw new CabError('ERR_BUNDLE_TRUNCATED', `${file} ends inside a record header`, { path: file, offset: pos });
-      await fh.read(head, 0, 8, pos);
-      const len = head.readUInt32LE(0);
-      if (len > MAX_RECORD) throw corrupt(`a record of ${len} bytes`, pos);
-      if (pos + 8 + len > size) throw new CabError('ERR_BUNDLE_TRUNCATED', `${file} ends inside a record`, { path: file, offset: pos });
-      const payload = Buffer.allocUnsafe(len);
-      await fh.read(payload, 0, len, pos + 8);
-      if (zlib.crc32(payload) !== head.readUInt32LE(4)) throw corrupt('a record fails its CRC', pos);
-      let rec: unknown;
-      try {
-        rec = packr.unpack(payload);
-      } catch {
-        throw corrupt('a record does not decode', pos);
-      }
-      if (rec === null || typeof rec !== 'object' || Array.isArray(rec)) throw corrupt('a record is not a map', pos);
-      records++;
-      const r = rec as Record<string, unknown>;
-      if (r.t === 'end') {
-        if (r.records !== records) throw corrupt(`the end record counts ${String(r.records)} records, the file has ${records}`, pos);
-        ended = true;
-      }
-      await on(r, pos + 8, len);
-      pos += 8 + len;
-    }
-    if (!ended) throw new CabError('ERR_BUNDLE_TRUNCATED', `${file} has no end record`, { path: file, offset: pos });
-    return records;
-  } finally {
-    await fh.close();
-  }
-}
-
-/** A compact summary of the chunks a store holds: sorted 8-byte hash prefixes. */
-export async function writeHave(store: BlobStore, file: string): Promise<{ chunks: number; bytes: number }> {
-  const w = await RecordWriter.create(file, HAVE_MAGIC);
-  try {
-    const { min, avg, max } = store.chunker;
-    await w.put({ t: 'have', v: 1, chunker: { min, avg, max } });
-    let n = 0;
-    let last: Uint8Array | undefined;
-    for (;;) {
-      const page = store.index.chunkHashPage(last, 65536);
-      if (page.length === 0) break;
-      last = page[page.length - 1];
-      // Prefixes of distinct hashes may repeat; a repeat costs 8 bytes and no harm.
-      await w.put({ t: 'hashes', p: Buffer.concat(page.map((h) => h.subarray(0, PREFIX))) });
-      n += page.length;
-    }
-    await w.finish({ chunks: n });
-    return { chunks: n, bytes: w.size };
-  } catch (e) {
-    await w.abort();
-    throw e;
-  }
-}
-
-/** What a have-file says a store holds. */
-class HaveSet {
-  constructor(readonly prefixes: Buffer) {}
-  has(hash: Uint8Array): boolean {
-    const key = Buffer.from(hash.buffer, hash.byteOffset, PREFIX);
-    let lo = 0;
-    let hi = this.prefixes.length / PREFIX - 1;
-    while (lo <= hi) {
-      const mid = (lo + hi) >> 1;
-      const c = this.prefixes.compare(key, 0, PREFIX, mid * PREFIX, mid * PREFIX + PREFIX);
-      if (c === 0) return true;
-      if (c < 0) lo = mid + 1;
-      else hi = mid - 1;
-    }
-    return false;
-  }
-}
-
-async function readHave(file: string): Promise<HaveSet> {
-  const parts: Buffer[] = [];
-  await scan(file, HAVE_MAGIC, (r) => {
-    if (r.t === 'hashes') {
-      if (!(r.p instanceof Uint8Array) || r.p.length % PREFIX) throw new CabError('ERR_BUNDLE_CORRUPT', `${file}: a hashes record is malformed`, { path: file });
-      parts.push(Buffer.from(r.p));
-    }
-  });
-  return new HaveSet(Buffer.concat(parts));
-}
 
 export interface ExportReport {
   blobs: number;
@@ -268,7 +113,9 @@ export interface ImportReport {
 
 /**
  * Imports a bundle: the whole file is checked first (a truncated or corrupt
- * bundle changes nothing: ERR_BUNDLE_TRUNCATED, ERR_BUNDLE_CORRUPT); then
+ * bundle changes nothing: ERR_BUNDLE_TRUNCATED, ERR_BUNDLE_CORRUPT; each
+ * blob record must have a valid name, a size that is a non-negative integer
+ * and the sum of its chunk list, and a 32-byte hash); then
  * each blob is rebuilt from local data plus the bundle's chunks, every chunk
  * and the blob hash verified, exactly as a pull. A blob needing a chunk that
  * neither has is left out and reported with what is missing. An interrupted
@@ -276,7 +123,7 @@ export interface ImportReport {
  */
 export async function importBundle(store: BlobStore, file: string, options: { onProgress?: (bytes: number) => void } = {}): Promise<ImportReport> {
   // Pass 1: check everything, and note where each chunk's data and each blob's list are.
-  const blobs: Array<{ name: string; size: number; hash: Uint8Array; lists: Array<[number, number]> }> = [];
+  const blobs: Array<{ name: string; size: number; hash: Uint8Array; lists: Array<[number, number]>; listed: number; at: number }> = [];
   const data = new Map<string, [number, number, number]>(); // hash hex -> [record offset, record length, item index]
   let header = false;
   await scan(file, BUNDLE_MAGIC, (r, at, len) => {
@@ -287,17 +134,22 @@ export async function importBundle(store: BlobStore, file: string, options: { on
         header = true;
         break;
       case 'blob':
-        if (!header || typeof r.name !== 'string' || !Number.isSafeInteger(r.size) || !(r.hash instanceof Uint8Array) || r.hash.length !== 32) throw bad('a malformed blob record');
-        checkBlobName(r.name);
-        blobs.push({ name: r.name, size: r.size as number, hash: Uint8Array.from(r.hash), lists: [] });
+        if (!header) throw bad('a blob record before the bundle header');
+        if (!isBlobName(r.name)) throw bad(`a blob record with a bad name ${JSON.stringify(String(r.name).slice(0, 80))}`);
+        if (typeof r.size !== 'number' || !Number.isSafeInteger(r.size) || r.size < 0) throw bad(`blob ${r.name} has a bad size ${String(r.size)}`);
+        if (!(r.hash instanceof Uint8Array) || r.hash.length !== 32) throw bad(`blob ${r.name} has a bad hash`);
+        blobs.push({ name: r.name, size: r.size, hash: Uint8Array.from(r.hash), lists: [], listed: 0, at });
         break;
-      case 'listr':
-        if (!blobs.length || !Array.isArray(r.c)) throw bad('a chunk list outside a blob');
+      case 'listr': {
+        const b = blobs[blobs.length - 1];
+        if (!b || !Array.isArray(r.c)) throw bad('a chunk list outside a blob');
         for (const c of r.c as unknown[]) {
           if (!Array.isArray(c) || !(c[0] instanceof Uint8Array) || c[0].length !== 32 || !Number.isSafeInteger(c[1]) || c[1] <= 0) throw bad('a malformed chunk reference');
+          b.listed += c[1] as number;
         }
-        blobs[blobs.length - 1]!.lists.push([at, len]);
+        b.lists.push([at, len]);
         break;
+      }
       case 'chunks':
         if (!Array.isArray(r.items)) throw bad('a malformed chunks record');
         (r.items as unknown[]).forEach((it, i) => {
@@ -312,6 +164,11 @@ export async function importBundle(store: BlobStore, file: string, options: { on
     }
   });
   if (!header) throw new CabError('ERR_BUNDLE_CORRUPT', `${file} has no bundle header`, { path: file });
+  for (const b of blobs) {
+    if (b.listed !== b.size) {
+      throw new CabError('ERR_BUNDLE_CORRUPT', `${file}: blob ${b.name} says ${b.size} bytes, its chunks make ${b.listed}`, { path: file, offset: b.at, blob: b.name });
+    }
+  }
 
   const fh = await fs.open(file, 'r');
   const readRecord = async (at: number, len: number) => {

@@ -14,6 +14,8 @@ export const PROTOCOL_VERSION = 1;
 export const MAX_LIST = 4096;
 /** Most bytes asked for in one `get` (and so carried by one `data`). */
 export const MAX_GET_BYTES = 4 * 1024 * 1024;
+/** Request ids and chunk numbers are below 2^32 (PROTOCOL.md): a chunk number is a u32 in the index's keys. */
+export const MAX_U32 = 2 ** 32 - 1;
 /** Most items in one `get`. */
 export const MAX_GET_ITEMS = 4096;
 /** The fine chunker both ends use to match the bytes of a missing chunk against nearby local bytes (`fine`). */
@@ -94,7 +96,7 @@ export function decode(frame: Uint8Array): Message {
     throw bad('the frame is not MessagePack');
   }
   if (!isObj(m)) throw bad('the message is not a map');
-  const id = () => count(m.id, 'id', 2 ** 32);
+  const id = () => count(m.id, 'id', MAX_U32);
   switch (m.t) {
     case 'hello':
       return {
@@ -130,7 +132,7 @@ export function decode(frame: Uint8Array): Message {
         ...(m.hash === undefined ? {} : { hash: hash(m.hash, 'hash') }),
       };
     case 'list':
-      return { t: 'list', id: id(), name: str(m.name, 'name', 64), from: count(m.from, 'from', 2 ** 32) };
+      return { t: 'list', id: id(), name: str(m.name, 'name', 64), from: count(m.from, 'from', MAX_U32) };
     case 'listr':
       return { t: 'listr', id: id(), c: chunks(m.c, MAX_LIST), end: bool(m.end, 'end') };
     case 'fine':

@@ -19,11 +19,17 @@ import {
   type WireChunk,
 } from './messages.js';
 import { receive, type ReceiveOptions, type RemoteSource, type TransferStats } from './receive.js';
+import { ByteBudget } from './budget.js';
+import type { AuthGate } from './admission.js';
 
 /** What a session needs from a transport (a WebSocket, or anything that carries frames in order). */
 export interface Transport {
-  /** Sends one frame; resolves when the transport can take more (backpressure). */
-  send(frame: Uint8Array): Promise<void>;
+  /**
+   * Sends one frame. Resolves when the transport can take more (under its
+   * high-water mark: backpressure), or, with `written`, only once this frame
+   * has left the process (so that whoever holds its memory can let go).
+   */
+  send(frame: Uint8Array, options?: { written?: boolean }): Promise<void>;
   close(code: number, reason: string): void;
 }
 
@@ -32,8 +38,12 @@ export const DEFAULT_MAX_REQUESTS = 64;
 /** Room for a `data` answer's map, ids and per-item headers within a frame. */
 const FRAME_OVERHEAD = 64 * 1024;
 export const DEFAULT_IDLE_MS = 120_000;
-/** `get` requests served at once per connection: bounds the memory a peer can make us hold. */
-const SERVE_GETS_AT_ONCE = 8;
+/**
+ * `get` requests served at once per connection. A get holds its place from
+ * the first read until its answer has left the process, so a peer that does
+ * not read holds at most this many answers here.
+ */
+export const SERVE_GETS_AT_ONCE = 4;
 
 export interface PeerOptions {
   store: BlobStore;
@@ -42,6 +52,8 @@ export interface PeerOptions {
   tokens?: Map<string, Perm[]>;
   /** Server: accept anyone, with read and write. Only by explicit choice. */
   insecure?: boolean;
+  /** Server: asked before a token from this peer's address is checked, and told when one fails. */
+  authGate?: AuthGate;
   /** Client: the credential to present. */
   token?: string;
   /** Requests a peer may have outstanding here before it is cut off (server). */
@@ -52,6 +64,12 @@ export interface PeerOptions {
   label?: string;
   /** The largest frame this end accepts (its transport's limit); it bounds the gets it sends. */
   maxFrame?: number;
+  /**
+   * Bytes of `get` answers being read or waiting to be written, shared with
+   * other connections (a server's); a get waits for its bytes. Default: this
+   * connection's own, room for the gets it serves at once.
+   */
+  getBudget?: ByteBudget;
 }
 
 interface Pending {
@@ -94,11 +112,13 @@ export class Peer {
   readonly #readers = new Map<string, Promise<BlobReader>>();
   #windowWaiters: Array<() => void> = [];
   #remoteMaxRequests = DEFAULT_MAX_REQUESTS;
+  readonly #getBudget: ByteBudget;
   remoteChunker: { min: number; avg: number; max: number } | undefined;
 
   constructor(transport: Transport, options: PeerOptions) {
     this.#t = transport;
     this.#o = options;
+    this.#getBudget = options.getBudget ?? new ByteBudget(SERVE_GETS_AT_ONCE * MAX_GET_BYTES);
     this.#ready = new Promise((res, rej) => {
       this.#readyResolve = res;
       this.#readyReject = rej;
@@ -109,6 +129,16 @@ export class Peer {
 
   get label(): string {
     return this.#o.label ?? 'peer';
+  }
+
+  /** Resolves once hello is answered with welcome (on a server: once welcome is sent); rejects if the connection ends first. */
+  get ready(): Promise<void> {
+    return this.#ready;
+  }
+
+  /** Hangs up on the peer, telling it why (an `err` without id). */
+  fail(e: CabError): void {
+    this.#fatal(e);
   }
 
   /** Client: sends hello and resolves on welcome. */
@@ -125,9 +155,9 @@ export class Peer {
     this.#idle.unref();
   }
 
-  async #send(m: Message): Promise<void> {
+  async #send(m: Message, options?: { written?: boolean }): Promise<void> {
     if (this.#closed) throw this.#closed;
-    await this.#t.send(encode(m));
+    await this.#t.send(encode(m), options);
   }
 
   /** A broken peer: tell it why, and hang up. */
@@ -149,6 +179,7 @@ export class Peer {
     this.#pending.clear();
     for (const w of this.#windowWaiters) w();
     this.#windowWaiters = [];
+    for (const w of this.#getQueue.splice(0)) w();
     for (const r of this.#readers.values()) void r.then((x) => x.close()).catch(() => {});
     this.#readers.clear();
   }
@@ -202,8 +233,8 @@ export class Peer {
       return this.#fatal(new CabError('ERR_TOO_MANY_REQUESTS', `more than ${this.#o.maxRequests ?? DEFAULT_MAX_REQUESTS} requests outstanding`));
     }
     try {
-      const answer = await this.#serve(m);
-      await this.#send(answer);
+      if (m.t === 'get') await this.#serveGet(m);
+      else await this.#send(await this.#serve(m));
     } catch (e) {
       const err = isCabError(e) ? e : new CabError('ERR_REMOTE', (e as Error).message ?? String(e));
       await this.#send({ t: 'err', id: (m as { id: number }).id, code: err.code, msg: err.message }).catch(() => {});
@@ -218,8 +249,14 @@ export class Peer {
     if (m.v !== PROTOCOL_VERSION) return this.#fatal(new CabError('ERR_VERSION', `this server speaks version ${PROTOCOL_VERSION}, not ${m.v}`));
     let perms: Perm[] | undefined;
     if (this.#o.insecure) perms = ['read', 'write'];
-    else if (m.token !== undefined) perms = findToken(this.#o.tokens ?? new Map(), m.token);
-    if (!perms) return this.#fatal(new CabError('ERR_AUTH', m.token === undefined ? 'this server needs a token' : 'unknown token'));
+    else if (this.#o.authGate?.mayTry() === false) {
+      // Refused unchecked, so that a guesser learns nothing, even with the right token.
+      return this.#fatal(new CabError('ERR_AUTH_LIMIT', 'too many failed tokens from this address; try again later'));
+    } else if (m.token !== undefined) perms = findToken(this.#o.tokens ?? new Map(), m.token);
+    if (!perms) {
+      this.#o.authGate?.failed();
+      return this.#fatal(new CabError('ERR_AUTH', m.token === undefined ? 'this server needs a token' : 'unknown token'));
+    }
     this.#perms = new Set(perms);
     this.remoteChunker = m.chunker;
     const { chunker } = this.#o.store;
@@ -267,25 +304,19 @@ export class Peer {
       }
       case 'fine': {
         this.#need('read');
-        const bytes = await this.#chunkBytes(m.hash, 0, m.size, m.size);
-        const c: WireChunk[] = [];
-        let off = 0;
-        for (const size of cdc(bytes, FINE_CHUNKER)) {
-          c.push([sha256(bytes.subarray(off, off + size)), size]);
-          off += size;
-        }
-        return { t: 'finer', id: m.id, c };
-      }
-      case 'get': {
-        this.#need('read');
-        await this.#getSlot();
+        // A chunk may be up to 64 MiB: its read counts against the same budget as gets.
+        const release = await this.#getBudget.take(m.size);
         try {
-          // The reads of one answer run together (at most 4 MiB in all).
-          const items = await Promise.all(m.items.map(([h, off, len]) => this.#chunkBytes(h, off, len)));
-          return { t: 'data', id: m.id, items };
+          const bytes = await this.#chunkBytes(m.hash, 0, m.size, m.size);
+          const c: WireChunk[] = [];
+          let off = 0;
+          for (const size of cdc(bytes, FINE_CHUNKER)) {
+            c.push([sha256(bytes.subarray(off, off + size)), size]);
+            off += size;
+          }
+          return { t: 'finer', id: m.id, c };
         } finally {
-          this.#getsServing--;
-          this.#getQueue.shift()?.();
+          release();
         }
       }
       case 'push': {
@@ -299,8 +330,34 @@ export class Peer {
     }
   }
 
+  /**
+   * A `get`: its place among the gets served at once here, and its bytes of
+   * the budget, are held from before the reads until the answer has left
+   * the process. Memory is bounded whatever the peer does.
+   */
+  async #serveGet(m: Extract<Message, { t: 'get' }>): Promise<void> {
+    this.#need('read');
+    await this.#getSlot();
+    let release: (() => void) | undefined;
+    try {
+      release = await this.#getBudget.take(m.items.reduce((a, it) => a + it[2], 0));
+      if (this.#closed) throw this.#closed;
+      // The reads of one answer run together (at most 4 MiB in all).
+      const items = await Promise.all(m.items.map(([h, off, len]) => this.#chunkBytes(h, off, len)));
+      await this.#send({ t: 'data', id: m.id, items }, { written: true });
+    } finally {
+      release?.();
+      this.#getsServing--;
+      this.#getQueue.shift()?.();
+    }
+  }
+
+  /** Waits for a place among the gets served at once; throws, holding none, if the connection closes meanwhile. */
   async #getSlot(): Promise<void> {
-    while (this.#getsServing >= SERVE_GETS_AT_ONCE) await new Promise<void>((r) => this.#getQueue.push(r));
+    while (this.#getsServing >= SERVE_GETS_AT_ONCE) {
+      await new Promise<void>((r) => this.#getQueue.push(r));
+      if (this.#closed) throw this.#closed;
+    }
     this.#getsServing++;
   }
 

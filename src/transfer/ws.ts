@@ -1,17 +1,27 @@
 import http from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
-import { WebSocket, WebSocketServer, type RawData } from 'ws';
-import { CabError } from '../errors.js';
+import { WebSocket, WebSocketServer } from 'ws';
+import { CabError, ioError } from '../errors.js';
 import type { BlobStore } from '../fsstore/store.js';
-import { MAX_FRAME, type Perm } from './messages.js';
-import { Peer, DEFAULT_IDLE_MS, DEFAULT_MAX_REQUESTS, type Transport } from './peer.js';
+import { MAX_FRAME, MAX_GET_BYTES, type Perm } from './messages.js';
+import { Peer, DEFAULT_IDLE_MS, DEFAULT_MAX_REQUESTS } from './peer.js';
 import type { ReceiveOptions, TransferStats } from './receive.js';
+import { ByteBudget } from './budget.js';
+import { Admission, DEFAULT_HELLO_TIMEOUT_MS, type AdmissionOptions } from './admission.js';
+import { wire, wsTransport, type WireCount } from './ws-transport.js';
 
-/** Start waiting for the socket to drain above this many buffered bytes. */
-const HIGH_WATER = 8 * 1024 * 1024;
+export type { WireCount } from './ws-transport.js';
 
-export interface ServeOptions {
+/** Bytes of `get` answers a server reads and buffers at once, over all its connections. */
+export const DEFAULT_MAX_GET_MEMORY = 64 * 1024 * 1024;
+
+/**
+ * Also, from AdmissionOptions: `maxPending` connections not yet welcomed (64),
+ * `helloTimeoutMs` to be welcomed in (10 s), `maxAuthFailures` failed tokens
+ * per address per `authFailureWindowMs` (10 a minute).
+ */
+export interface ServeOptions extends AdmissionOptions {
   /** Address to bind (default 127.0.0.1: not reachable from other machines unless asked). */
   host?: string;
   /** Port (default 0: any free one; see `port` on the result). */
@@ -28,58 +38,25 @@ export interface ServeOptions {
   maxRequests?: number;
   /** A connection that sends nothing this long is closed (default 120 s). */
   idleTimeoutMs?: number;
+  /** A connection that takes none of our data this long (it does not read) is cut (default 120 s). */
+  drainTimeoutMs?: number;
+  /**
+   * Bytes of `get` answers being read or waiting to be written, over all
+   * connections (default 64 MiB, at least 4 MiB); further gets wait. With
+   * at most 4 gets served at once per connection, this bounds what clients
+   * that ask and never read can make the server hold.
+   */
+  maxGetMemory?: number;
 }
 
 export interface CabServer {
   readonly url: string;
   readonly port: number;
-  /** Open connections. */
+  /** Open connections (WebSocket). */
   readonly connections: number;
+  /** Connections not yet welcomed (counted from TCP accept; at most maxPending). */
+  readonly pending: number;
   close(): Promise<void>;
-}
-
-/** Application bytes (frame payloads) sent and received on one connection. */
-export interface WireCount {
-  sent: number;
-  received: number;
-}
-
-/** Wraps a ws socket as a Transport with backpressure. */
-function wsTransport(ws: WebSocket, count: WireCount): Transport {
-  return {
-    send: (frame) =>
-      new Promise<void>((resolve, reject) => {
-        if (ws.readyState !== WebSocket.OPEN) return reject(new CabError('ERR_CONNECTION', 'the connection is closed'));
-        const over = ws.bufferedAmount > HIGH_WATER;
-        count.sent += frame.length;
-        ws.send(frame, { binary: true }, (err) => {
-          if (over) {
-            if (err) reject(new CabError('ERR_CONNECTION', err.message, {}, { cause: err }));
-            else resolve();
-          }
-        });
-        if (!over) resolve();
-      }),
-    close: (code, reason) => {
-      if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) ws.close(code, reason);
-    },
-  };
-}
-
-function wire(ws: WebSocket, peer: Peer, count: WireCount): void {
-  ws.on('message', (data: RawData, isBinary: boolean) => {
-    if (!isBinary) {
-      peer.onFrame(new Uint8Array(0)); // not MessagePack: a protocol error
-      return;
-    }
-    const buf = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data as ArrayBuffer);
-    count.received += buf.length;
-    peer.onFrame(buf);
-  });
-  ws.on('close', (code, reason) =>
-    peer.closed(new CabError('ERR_CONNECTION', `connection closed (${code}${reason.length ? ` ${reason.toString()}` : ''})`, { found: code })),
-  );
-  ws.on('error', (e) => peer.closed(new CabError('ERR_CONNECTION', e.message, {}, { cause: e })));
 }
 
 /** Serves a store over WebSocket. */
@@ -93,33 +70,54 @@ export async function serve(store: BlobStore, options: ServeOptions = {}): Promi
       throw new CabError('ERR_BAD_ARGUMENT', 'tokens map non-empty strings to arrays of "read" and "write"');
     }
   }
+  const host = options.host ?? '127.0.0.1';
+  const wantPort = options.port ?? 0;
+  if (!Number.isSafeInteger(wantPort) || wantPort < 0 || wantPort > 65535) throw new CabError('ERR_BAD_ARGUMENT', `port ${String(wantPort)} is not in 0..65535`);
   const server = options.tls ? https.createServer({ cert: options.tls.cert, key: options.tls.key }) : http.createServer();
   server.on('request', (_req, res) => {
     res.writeHead(426, { 'content-type': 'text/plain' }).end('cabstore speaks WebSocket here\n');
   });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(wantPort, host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+  } catch (e) {
+    throw ioError(e, `cannot listen on ${host}:${wantPort}`);
+  }
+  // Made once listening: it re-emits the server's errors, and one at listen had no listener.
   const wss = new WebSocketServer({ server, maxPayload: options.maxFrame ?? MAX_FRAME, perMessageDeflate: false });
-  const host = options.host ?? '127.0.0.1';
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(options.port ?? 0, host, () => resolve());
-  });
   const port = (server.address() as AddressInfo).port;
+  const admission = new Admission(options);
+  server.on('connection', (socket) => admission.accept(socket));
   const sockets = new Set<WebSocket>();
+  const getBudget = new ByteBudget(Math.max(MAX_GET_BYTES, options.maxGetMemory ?? DEFAULT_MAX_GET_MEMORY));
   wss.on('connection', (ws, req) => {
     sockets.add(ws);
     ws.on('close', () => sockets.delete(ws));
     const count = { sent: 0, received: 0 };
-    const peer = new Peer(wsTransport(ws, count), {
+    const transport = wsTransport(ws, count, { drainTimeoutMs: options.drainTimeoutMs, onStall: (e) => peer.closed(e) });
+    const peer = new Peer(transport, {
       store,
+      getBudget,
       role: 'server',
       tokens,
       insecure: options.insecure,
+      ...(options.insecure ? {} : { authGate: admission.gate(req.socket.remoteAddress ?? '') }),
       maxRequests: options.maxRequests ?? DEFAULT_MAX_REQUESTS,
       idleMs: options.idleTimeoutMs ?? DEFAULT_IDLE_MS,
       maxFrame: options.maxFrame ?? MAX_FRAME,
       label: `${req.socket.remoteAddress}:${req.socket.remotePort}`,
     });
     wire(ws, peer, count);
+    admission.upgraded(req.socket, () => peer.fail(new CabError('ERR_IDLE_TIMEOUT', `no hello within ${options.helloTimeoutMs ?? DEFAULT_HELLO_TIMEOUT_MS} ms`)));
+    peer.ready.then(
+      () => admission.welcomed(req.socket),
+      () => {}, // the connection ended before welcome: its socket's close took it off the list
+    );
   });
   const url = `${options.tls ? 'wss' : 'ws'}://${host.includes(':') ? `[${host}]` : host}:${port}`;
   let closing: Promise<void> | undefined;
@@ -129,9 +127,13 @@ export async function serve(store: BlobStore, options: ServeOptions = {}): Promi
     get connections() {
       return sockets.size;
     },
+    get pending() {
+      return admission.pending;
+    },
     close() {
       closing ??= new Promise<void>((resolve) => {
         for (const ws of sockets) ws.terminate();
+        admission.close();
         wss.close(() => server.close(() => resolve()));
       });
       return closing;

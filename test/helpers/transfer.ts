@@ -133,9 +133,10 @@ export class RawClient {
     ws.on('error', () => {});
   }
 
-  static open(url: string): Promise<RawClient> {
+  /** `localAddress`: connect from this address (any 127.x.y.z on Linux), to look like another client. */
+  static open(url: string, options: { localAddress?: string } = {}): Promise<RawClient> {
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(url, { perMessageDeflate: false, maxPayload: 64 * MiB });
+      const ws = new WebSocket(url, { perMessageDeflate: false, maxPayload: 64 * MiB, ...options });
       const c = new RawClient(ws);
       ws.once('open', () => resolve(c));
       ws.once('error', reject);

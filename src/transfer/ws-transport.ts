@@ -1,0 +1,82 @@
+import { WebSocket, type RawData } from 'ws';
+import { CabError } from '../errors.js';
+import type { Peer, Transport } from './peer.js';
+
+/** A send waits for the socket to drain while more than this many bytes are buffered on it. */
+export const HIGH_WATER = 8 * 1024 * 1024;
+/** A peer that takes none of a frame's bytes for this long is cut off. */
+export const DEFAULT_DRAIN_TIMEOUT_MS = 120_000;
+
+/** Application bytes (frame payloads) sent and received on one connection. */
+export interface WireCount {
+  sent: number;
+  received: number;
+}
+
+export interface WsTransportOptions {
+  /** Cut the connection when no frame has been written for this long while some wait (default 120 s). */
+  drainTimeoutMs?: number;
+  /** Told why, just before such a cut. */
+  onStall?: (e: CabError) => void;
+}
+
+/**
+ * Wraps a ws socket as a Transport with backpressure. Memory it holds is
+ * bounded by its callers: a send resolves at once only while less than
+ * HIGH_WATER is buffered, else when its frame is written. A peer that stops
+ * reading stops all writes; after `drainTimeoutMs` of that, the connection is
+ * cut and every waiting send fails, so nothing stays held by a dead peer.
+ */
+export function wsTransport(ws: WebSocket, count: WireCount, options: WsTransportOptions = {}): Transport {
+  const drainMs = options.drainTimeoutMs ?? DEFAULT_DRAIN_TIMEOUT_MS;
+  let unwritten = 0;
+  let stall: NodeJS.Timeout | undefined;
+  const onStall = () => {
+    options.onStall?.(new CabError('ERR_IDLE_TIMEOUT', `the peer took none of our data for ${drainMs} ms`));
+    ws.terminate();
+  };
+  const written = () => {
+    if (--unwritten === 0) clearTimeout(stall);
+    else stall?.refresh();
+  };
+  return {
+    send: (frame, o) =>
+      new Promise<void>((resolve, reject) => {
+        if (ws.readyState !== WebSocket.OPEN) return reject(new CabError('ERR_CONNECTION', 'the connection is closed'));
+        count.sent += frame.length;
+        if (unwritten++ === 0) {
+          stall = setTimeout(onStall, drainMs);
+          stall.unref();
+        }
+        let waiting = false;
+        ws.send(frame, { binary: true }, (err) => {
+          written();
+          if (!waiting) return;
+          if (err) reject(new CabError('ERR_CONNECTION', err.message, {}, { cause: err }));
+          else resolve();
+        });
+        if (o?.written || ws.bufferedAmount > HIGH_WATER) waiting = true;
+        else resolve();
+      }),
+    close: (code, reason) => {
+      if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) ws.close(code, reason);
+    },
+  };
+}
+
+/** Feeds a socket's frames to its peer, and tells the peer when the socket is gone. */
+export function wire(ws: WebSocket, peer: Peer, count: WireCount): void {
+  ws.on('message', (data: RawData, isBinary: boolean) => {
+    if (!isBinary) {
+      peer.onFrame(new Uint8Array(0)); // not MessagePack: a protocol error
+      return;
+    }
+    const buf = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data as ArrayBuffer);
+    count.received += buf.length;
+    peer.onFrame(buf);
+  });
+  ws.on('close', (code, reason) =>
+    peer.closed(new CabError('ERR_CONNECTION', `connection closed (${code}${reason.length ? ` ${reason.toString()}` : ''})`, { found: code })),
+  );
+  ws.on('error', (e) => peer.closed(new CabError('ERR_CONNECTION', e.message, {}, { cause: e })));
+}

@@ -1,0 +1,137 @@
+// A server against clients that cost it without a credential, or guess one,
+// or send numbers past the protocol's range: real sockets on 127.0.0.1.
+import test, { type ExecutionContext } from 'ava';
+import net from 'node:net';
+import { connect, decodeMessage, encodeMessage, isCabError, serve, type CabServer, type Message, type ServeOptions } from '../src/index.js';
+import { prngBytes } from '../tools/data.js';
+import { putBlob, tempStore } from './helpers/store.js';
+import { RawClient } from './helpers/transfer.js';
+
+const RW = 'hardening-rw';
+
+async function serveT(t: ExecutionContext, options: Partial<ServeOptions> = {}): Promise<{ srv: CabServer; name: string }> {
+  const store = await tempStore(t);
+  const name = await putBlob(store, prngBytes('hardening', 300_000));
+  const srv = await serve(store, { tokens: { [RW]: ['read', 'write'] }, ...options });
+  t.teardown(() => srv.close());
+  return { srv, name };
+}
+
+/** A TCP connection that says nothing; `closed` is set when the server hangs up. */
+async function silentSocket(t: ExecutionContext, port: number): Promise<{ s: net.Socket; closed: boolean }> {
+  const s = net.connect(port, '127.0.0.1');
+  t.teardown(() => s.destroy());
+  const h = { s, closed: false };
+  s.on('error', () => {});
+  s.on('close', () => (h.closed = true));
+  await new Promise((r) => s.once('connect', r));
+  return h;
+}
+
+/** Polls `cond` every 50 ms until it holds or `ms` have passed. */
+async function until(cond: () => boolean, ms: number): Promise<boolean> {
+  for (const end = Date.now() + ms; !cond() && Date.now() < end; ) await new Promise((r) => setTimeout(r, 50));
+  return cond();
+}
+
+const raw = async (t: ExecutionContext, url: string, localAddress?: string) => {
+  const c = await RawClient.open(url, localAddress ? { localAddress } : {});
+  t.teardown(() => c.close());
+  return c;
+};
+
+test('connections that have not been welcomed are capped server-wide: past maxPending they are closed on arrival', async (t) => {
+  const { srv, name } = await serveT(t, { maxPending: 8, helloTimeoutMs: 60_000 });
+  const socks: Array<{ s: net.Socket; closed: boolean }> = [];
+  for (let i = 0; i < 20; i++) socks.push(await silentSocket(t, srv.port));
+  t.true(await until(() => socks.filter((x) => x.closed).length >= 12, 5000), `closed: ${socks.filter((x) => x.closed).length}`);
+  await new Promise((r) => setTimeout(r, 300));
+  t.deepEqual(
+    socks.map((x) => x.closed),
+    [...Array(8).fill(false), ...Array(12).fill(true)],
+    'the first 8 wait, the 12 past the cap are closed',
+  );
+  t.is(srv.pending, 8);
+  // Welcomed connections do not count: with the 8 gone, more than 8 clients are served at once.
+  for (const x of socks) x.s.destroy();
+  t.true(await until(() => srv.pending === 0, 5000));
+  const clients: Awaited<ReturnType<typeof connect>>[] = [];
+  for (let i = 0; i < 12; i++) {
+    const c = await connect(await tempStore(t), srv.url, { token: RW });
+    t.teardown(() => c.close());
+    clients.push(c);
+  }
+  for (const c of clients) t.like(await c.stat(name), { finalized: true });
+});
+
+test('a connection not welcomed within helloTimeoutMs is closed (told why if it speaks WebSocket); a welcomed one stays', async (t) => {
+  const { srv, name } = await serveT(t, { helloTimeoutMs: 500, idleTimeoutMs: 60_000 });
+  const tcp = await silentSocket(t, srv.port);
+  const mute = await raw(t, srv.url);
+  const good = await raw(t, srv.url);
+  t.like(await good.hello(RW), { t: 'welcome' });
+  t.true(await until(() => tcp.closed, 10_000), 'a TCP connection that never upgrades is closed');
+  t.true(await mute.waitClosed(10_000), 'a WebSocket that never says hello is closed');
+  t.deepEqual(
+    mute.fatalErrors.map((e) => e.code),
+    ['ERR_IDLE_TIMEOUT'],
+  );
+  await new Promise((r) => setTimeout(r, 1500));
+  t.true(good.isOpen, 'the welcomed connection stays past the deadline');
+  good.send({ t: 'stat', id: 1, name });
+  t.like(await good.waitFor((m) => m.t === 'statr' || m.t === 'err'), { t: 'statr' });
+});
+
+test('failed tokens are limited per address: past maxAuthFailures, hellos are refused with ERR_AUTH_LIMIT unchecked; another address is not affected', async (t) => {
+  const { srv, name } = await serveT(t, { maxAuthFailures: 10, authFailureWindowMs: 3_600_000 });
+  const codes: Record<string, number> = {};
+  for (let i = 0; i < 50; i++) {
+    const c = await raw(t, srv.url);
+    const a = await c.hello(`guess-${i}`);
+    const code = typeof a === 'string' ? a : a.t === 'err' ? a.code : a.t;
+    codes[code] = (codes[code] ?? 0) + 1;
+    c.close();
+  }
+  t.deepEqual(codes, { ERR_AUTH: 10, ERR_AUTH_LIMIT: 40 }, '50 quick guesses from one address: 10 checked, 40 refused');
+  // Refused even with the right token, so that a guess that hits is not told apart.
+  t.like(await (await raw(t, srv.url)).hello(RW), { t: 'err', code: 'ERR_AUTH_LIMIT' });
+  const e = await t.throwsAsync(connect(await tempStore(t), srv.url, { token: RW }));
+  t.true(isCabError(e, 'ERR_AUTH_LIMIT'), `the client API names it: ${String(e)}`);
+  // Another address has its own allowance.
+  const other = await raw(t, srv.url, '127.0.0.2');
+  t.like(await other.hello(RW), { t: 'welcome' });
+  other.send({ t: 'stat', id: 1, name });
+  t.like(await other.waitFor((m) => m.t === 'statr'), { t: 'statr' });
+  t.like(await (await raw(t, srv.url, '127.0.0.3')).hello('wrong'), { t: 'err', code: 'ERR_AUTH' });
+});
+
+test('id and list.from are below 2^32: 2^32 is ERR_PROTOCOL in the decoder and on the wire; 2^32 - 1 is served', async (t) => {
+  const name = 'ab'.repeat(16);
+  const list = (from: number, id = 1) => encodeMessage({ t: 'list', id, name, from } as Message);
+  const code = (f: () => unknown) => {
+    try {
+      f();
+      return 'decoded';
+    } catch (e) {
+      return isCabError(e) ? e.code : String(e);
+    }
+  };
+  t.is(code(() => decodeMessage(list(2 ** 32))), 'ERR_PROTOCOL');
+  t.is(code(() => decodeMessage(list(0, 2 ** 32))), 'ERR_PROTOCOL');
+  t.like(decodeMessage(list(2 ** 32 - 1, 2 ** 32 - 1)), { from: 2 ** 32 - 1, id: 2 ** 32 - 1 });
+
+  const { srv, name: blob } = await serveT(t);
+  const over = await raw(t, srv.url);
+  t.like(await over.hello(RW), { t: 'welcome' });
+  over.send({ t: 'list', id: 1, name: blob, from: 2 ** 32 });
+  t.true(await over.waitClosed());
+  t.deepEqual(
+    over.fatalErrors.map((e) => e.code),
+    ['ERR_PROTOCOL'],
+  );
+  t.false(over.heard.some((h) => 'm' in h && h.m.t === 'err' && h.m.code === 'ERR_REMOTE'), 'no internal error leaks');
+  const edge = await raw(t, srv.url);
+  t.like(await edge.hello(RW), { t: 'welcome' });
+  edge.send({ t: 'list', id: 2 ** 32 - 1, name: blob, from: 2 ** 32 - 1 });
+  t.like(await edge.waitFor((m) => m.t === 'listr' || m.t === 'err'), { t: 'listr', id: 2 ** 32 - 1, c: [], end: true });
+});
