@@ -3,6 +3,7 @@ import { CabError, ERROR_CODES, isCabError, type ErrorCode } from '../errors.js'
 import { chunk as cdc } from '../chunker/fastcdc.js';
 import { sha256 } from '../hash/sha256.js';
 import { checkBlobName } from '../fsstore/layout.js';
+import { catchUpBlob } from '../fsstore/catchup.js';
 import type { BlobStore } from '../fsstore/store.js';
 import type { BlobReader } from '../reader/reader.js';
 import {
@@ -294,6 +295,8 @@ export class Peer {
         const name = this.#servable(m.name);
         const r = await this.#reader(name);
         if (!r.isFinalized) throw new CabError('ERR_BLOB_NOT_FINALIZED', `blob ${name} is not finalized`, { blob: name });
+        // The index may be behind its descriptor (a commit that found the disk full): bring it up first.
+        if (m.from === 0) await catchUpBlob(store.index, store.layout, name);
         const c: WireChunk[] = [];
         for (const x of store.index.blobChunks(name, m.from)) {
           c.push([x.hash, x.size]);
