@@ -1,5 +1,6 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { CabError } from '../errors.js';
 
 /** fsync a directory so that entries created or renamed in it survive a power cut. */
 export async function fsyncDir(dir: string): Promise<void> {
@@ -66,5 +67,15 @@ export async function exists(file: string): Promise<boolean> {
     return true;
   } catch {
     return false;
+  }
+}
+
+/** Writes all of `buf` at `position`: a short write is continued, never taken for the whole. */
+export async function writeAll(fh: fs.FileHandle, buf: Uint8Array, position: number): Promise<void> {
+  let done = 0;
+  while (done < buf.length) {
+    const { bytesWritten } = await fh.write(buf, done, buf.length - done, position + done);
+    if (bytesWritten <= 0) throw new CabError('ERR_IO', `a write of ${buf.length - done} bytes wrote nothing`, { offset: position + done });
+    done += bytesWritten;
   }
 }

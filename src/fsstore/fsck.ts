@@ -1,11 +1,12 @@
 import fs from 'node:fs/promises';
 import crypto from 'node:crypto';
-import { CabError } from '../errors.js';
+import { CabError, ioError, isCabError } from '../errors.js';
 import { HashJob } from '../hash/pool.js';
 import { bytesEqual } from '../hash/sha256.js';
 import type { ChunkIndex } from './chunk-index.js';
 import { catchUpBlob } from './catchup.js';
 import { chunkEntries, encodeRecord, readDescriptor, type Descriptor } from './descriptor.js';
+import { writeAll } from './durable.js';
 import { FragmentFiles } from './fragments.js';
 import type { Layout } from './layout.js';
 import { tryLockExclusive } from './lock.js';
@@ -73,14 +74,19 @@ function checkAbort(signal?: AbortSignal): void {
   if (signal?.aborted) throw new CabError('ERR_ABORTED', 'fsck was cancelled', {}, { cause: signal.reason });
 }
 
+/** A fragment's size; null if it does not exist. Any other failure is an I/O error, not a missing fragment. */
 async function fragSize(ctx: Ctx, id: string): Promise<number | null> {
   let s = ctx.fragSizes.get(id);
   if (s === undefined) {
+    const file = ctx.layout.fragment(id);
+    let st;
     try {
-      s = (await fs.stat(ctx.layout.fragment(id))).size;
-    } catch {
-      s = null;
+      st = await fs.stat(file);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw ioError(e, `fsck: stat of fragment ${id}`, { path: file });
     }
+    if (st && !st.isFile()) throw new CabError('ERR_IO', `fsck: fragment ${id} is not a regular file`, { path: file });
+    s = st ? st.size : null;
     ctx.fragSizes.set(id, s);
   }
   return s;
@@ -105,6 +111,19 @@ async function hashFile(file: string, buf: Buffer): Promise<{ hex: string; size:
 }
 
 /**
+ * Checks a store; see `check`. Only an absent file (ENOENT) counts as a
+ * missing fragment or blob: any other failure (EIO, EMFILE, EISDIR, ...)
+ * stops fsck with ERR_IO, so that it is never taken for damage and recorded.
+ */
+export async function fsck(layout: Layout, index: ChunkIndex, blobNames: AsyncIterable<string>, fragIds: AsyncIterable<string>, opts: FsckOptions = {}): Promise<FsckReport> {
+  try {
+    return await check(layout, index, blobNames, fragIds, opts);
+  } catch (e) {
+    throw ioError(e, 'fsck');
+  }
+}
+
+/**
  * Checks a store: descriptors parse and end cleanly, every referenced
  * fragment exists and is long enough, the chunk index agrees with the
  * descriptors, and with `verify` that every fragment hashes to its name and
@@ -114,7 +133,7 @@ async function hashFile(file: string, buf: Buffer): Promise<{ hex: string; size:
  * damage). Nothing is deleted except descriptors that hold no record at all.
  * Blobs that a live writer holds are checked but not repaired.
  */
-export async function fsck(layout: Layout, index: ChunkIndex, blobNames: AsyncIterable<string>, fragIds: AsyncIterable<string>, opts: FsckOptions = {}): Promise<FsckReport> {
+async function check(layout: Layout, index: ChunkIndex, blobNames: AsyncIterable<string>, fragIds: AsyncIterable<string>, opts: FsckOptions = {}): Promise<FsckReport> {
   const t0 = performance.now();
   const report: FsckReport = { blobs: 0, fragments: 0, bytesVerified: 0, problems: [], damaged: [], repaired: 0, unrepaired: 0, seconds: 0 };
   const ctx: Ctx = { layout, index, opts, report, fragSizes: new Map(), corrupt: new Set() };
@@ -141,16 +160,17 @@ export async function fsck(layout: Layout, index: ChunkIndex, blobNames: AsyncIt
       progress();
     }
   })();
-  const blobHashes = new Map<string, boolean>();
+  const blobHashes = new Map<string, boolean | undefined>();
   const blobPass = (async () => {
     if (!opts.verify) return;
     const files = new FragmentFiles(layout, 16);
     try {
       for (const name of names) {
         checkAbort(opts.signal);
-        const d = await readDescriptor(layout.descriptor(name), name).catch(() => undefined);
+        const d = await readDescriptor(layout.descriptor(name), name).catch(skipDeleted);
         if (!d?.finalized || d.damagedAt !== undefined) continue;
-        blobHashes.set(name, await blobHashMatches(d, files, ctx).catch(() => false));
+        // A missing or short fragment gives no verdict on the hash; the extent checks report it.
+        blobHashes.set(name, await blobHashMatches(d, files, ctx).catch(noVerdictIfMissing));
       }
     } finally {
       await files.close();
@@ -176,6 +196,17 @@ export async function fsck(layout: Layout, index: ChunkIndex, blobNames: AsyncIt
   }
   report.seconds = (performance.now() - t0) / 1000;
   return report;
+}
+
+/** A blob deleted while fsck runs is skipped; any other failure stops fsck. */
+function skipDeleted(e: unknown): undefined {
+  if (isCabError(e, 'ERR_NO_SUCH_BLOB')) return undefined;
+  throw e;
+}
+
+function noVerdictIfMissing(e: unknown): undefined {
+  if (isCabError(e, 'ERR_FRAGMENT_MISSING')) return undefined;
+  throw e;
 }
 
 /** Reads a blob through its extents into the hashing thread and compares the root. */
@@ -252,8 +283,7 @@ async function checkBlob(ctx: Ctx, name: string, hashOk: boolean | undefined): P
       // New damage: mark it, so the blob reads up to there and offers no chunk past it.
       const why = found.fragment ? `${found.kind} ${found.fragment}` : found.kind;
       if (repair) {
-        const rec = encodeRecord({ t: 'd', o: found.offset!, why });
-        await fh.write(rec, 0, rec.length, d.validEnd);
+        await writeAll(fh, encodeRecord({ t: 'd', o: found.offset!, why }), d.validEnd);
         await fh.datasync();
         await index.removeBlob(name);
         await catchUpBlob(index, layout, name);
@@ -308,9 +338,15 @@ async function firstBadChunk(ctx: Ctx, d: Descriptor): Promise<number> {
           if (bad !== undefined) return;
           const buf = Buffer.allocUnsafe(size);
           let at = 0;
-          for (const e of d.extents.slice(off, size)) {
-            await files.read(e.frag, buf, at, e.size, e.offset);
-            at += e.size;
+          try {
+            for (const e of d.extents.slice(off, size)) {
+              await files.read(e.frag, buf, at, e.size, e.offset);
+              at += e.size;
+            }
+          } catch (e) {
+            if (!isCabError(e, 'ERR_FRAGMENT_MISSING')) throw e;
+            bad = off;
+            return;
           }
           if (!bytesEqual(crypto.createHash('sha256').update(buf).digest(), h)) bad = off;
           off += size;
