@@ -28,7 +28,7 @@ export const ERROR_CODES = {
   ERR_IDLE_TIMEOUT: 'a peer sent nothing for longer than the idle limit',
   ERR_AUTH: 'the credential is missing or unknown',
   ERR_PERMISSION: 'the credential does not allow this operation (read or write)',
-  ERR_HASH_MISMATCH: 'received bytes do not hash to what was asked for, or a blob does not hash to its announced hash',
+  ERR_HASH_MISMATCH: 'bytes do not hash to what was asked for or recorded (received from a peer, or read from disk: data.offset is the chunk), or a blob does not hash to its announced hash',
   ERR_VERSION: 'the peer speaks another protocol version',
   ERR_CONNECTION: 'the connection to the peer failed or closed',
   ERR_BLOB_NOT_FINALIZED: 'the blob is not finalized, so it cannot be transferred yet',

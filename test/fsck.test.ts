@@ -37,8 +37,9 @@ async function checkAfterRepair(t: ExecutionContext, store: BlobStore, contents:
         t.deepEqual(await readAll(store, name), bytes, name);
         t.is(toHex(r.hash!), toHex(merkleRoot(bytes)));
       } else {
-        const at = damaged.get(name)!;
-        t.is(r.damagedAt, at);
+        // readable up to the chunk the damage starts in
+        const at = r.damagedAt!;
+        t.true(at <= damaged.get(name)!);
         const buf = Buffer.alloc(at);
         if (at > 0) t.is(await r.readAt(buf, 0), at);
         t.deepEqual(buf, bytes.subarray(0, at));
