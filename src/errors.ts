@@ -18,7 +18,7 @@ export const ERROR_CODES = {
   ERR_BAD_WHENCE: 'seek whence is not 0, 1 or 2',
   ERR_NO_SUCH_CHUNK: 'no blob in the store holds a chunk with that hash',
   ERR_NO_SUCH_FILE: 'a local file given to appendBytes does not exist or cannot be read',
-  ERR_BLOB_DAMAGED: 'the bytes asked for lie past the point where fsck found the blob damaged',
+  ERR_BLOB_DAMAGED: 'the bytes asked for lie in a range fsck recorded as damaged (data.offset..data.end); a pull or import of the blob heals it',
   ERR_FRAGMENT_MISSING: 'a fragment a blob needs is missing or shorter than its extents',
   ERR_FORMAT_VERSION: 'the store or a descriptor has a newer format version than this code reads',
   ERR_BAD_STORE: 'the directory is not a cabstore store, or its cabstore.json is damaged',

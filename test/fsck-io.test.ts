@@ -120,9 +120,9 @@ async function fsckWithFewFds(t: ExecutionContext, dir: string, spare: number): 
 
 test('fsck --verify --repair out of file descriptors (RLIMIT_NOFILE): ERR_IO, and no damage recorded on healthy blobs', async (t) => {
   const dir = tempDir(t);
-  const contents = await manyFragments(dir, 3, 3_000_000);
+  const contents = await manyFragments(dir, 2, 2_000_000);
   const before = descriptors(dir);
-  // Room to list the three blob directories, not to hold a blob's 30 fragments open.
+  // Room to list the two blob directories, not to hold a blob's 20 fragments open.
   const r = await fsckWithFewFds(t, dir, 12);
   if (!r) return;
   t.log(`child: exit ${r.code}, ${r.out.trim()} ${r.err.trim()}`);

@@ -5,6 +5,7 @@ import { CabError } from '../errors.js';
 import { HASH_SIZE, toHex, fromHex } from '../hash/sha256.js';
 import { LEAF_SIZE, type MerkleState } from '../hash/merkle.js';
 import { ChunkRecords } from './chunk-records.js';
+import { normalizeDamage, type DamageRange } from './damage.js';
 import { ExtentMap } from './extents.js';
 
 /**
@@ -50,12 +51,15 @@ export interface AppendRecord {
 }
 
 /**
- * Written by fsck --repair: the blob's bytes from offset `o` on are lost (a
- * fragment is missing or corrupt). May follow the final record.
+ * Written by fsck --repair: the blob's bytes [o, e) are lost (a fragment is
+ * missing or corrupt), in whole chunks. Without `e` (written by older
+ * versions), from `o` to the end. May follow the final record; a blob may
+ * have several.
  */
 export interface DamageRecord {
   t: 'd';
   o: number;
+  e?: number;
   why: string;
 }
 
@@ -125,7 +129,9 @@ export interface Descriptor {
   hasHeader: boolean;
   /** Where the header record ends (the first append record starts). */
   headerEnd: number;
-  /** Set by a damage record: bytes from here on are lost. */
+  /** The damage records: lost byte ranges, sorted and merged (empty if none). */
+  damage: DamageRange[];
+  /** Where the first damage starts, and why (undefined if none). */
   damagedAt?: number;
   damagedWhy?: string;
 }
@@ -239,6 +245,7 @@ async function parse(fh: fs.FileHandle, name: string, opts: ReadDescriptorOption
     chunkEnd: 0,
     merkle: { size: 0, leaves: 0, stack: [] },
     chunkRecords: new ChunkRecords(),
+    damage: [],
     validEnd: 0,
     fileSize,
     ino,
@@ -308,14 +315,11 @@ async function parse(fh: fs.FileHandle, name: string, opts: ReadDescriptorOption
         d.hash = Uint8Array.from(r.h);
       }
     } else if (rec.t === 'd') {
-      if (!d.hasHeader || !isCount(rec.o) || typeof rec.why !== 'string') {
+      if (!d.hasHeader || !isCount(rec.o) || typeof rec.why !== 'string' || (rec.e !== undefined && !isCount(rec.e))) {
         stop('malformed damage record');
         break;
       }
-      if (d.damagedAt === undefined || (rec.o as number) < d.damagedAt) {
-        d.damagedAt = rec.o as number;
-        d.damagedWhy = rec.why as string;
-      }
+      d.damage.push({ o: rec.o as number, e: (rec.e as number | undefined) ?? Infinity, why: rec.why as string });
     } else {
       stop(`unknown record type ${JSON.stringify(rec.t)}`);
       break;
@@ -323,5 +327,8 @@ async function parse(fh: fs.FileHandle, name: string, opts: ReadDescriptorOption
     pos = end;
     d.validEnd = end;
   }
+  d.damage = normalizeDamage(d.damage.map((r) => ({ ...r, e: Math.min(r.e, d.size) })));
+  d.damagedAt = d.damage[0]?.o;
+  d.damagedWhy = d.damage[0]?.why;
   return d;
 }

@@ -3,6 +3,7 @@ import { Readable } from 'node:stream';
 import { CabError } from '../errors.js';
 import { BlobBytes } from '../fsstore/blob-bytes.js';
 import { ChunkPager } from '../fsstore/chunk-pager.js';
+import { damageFrom, widenToChunks, type DamageRange } from '../fsstore/damage.js';
 import { openDescriptor, readDescriptorFrom, type Descriptor } from '../fsstore/descriptor.js';
 import type { ExtentMap } from '../fsstore/extents.js';
 import { FragmentFiles } from '../fsstore/fragments.js';
@@ -38,7 +39,7 @@ export class BlobReader {
   readonly hash: Uint8Array | undefined;
   readonly #s: StoreInternals;
   readonly #extents: ExtentMap;
-  #damagedAt: number | undefined;
+  #damage: DamageRange[];
   readonly #files: FragmentFiles;
   /** The descriptor file this reader's view came from, held for its chunk lists. */
   readonly #desc: fs.FileHandle;
@@ -47,7 +48,7 @@ export class BlobReader {
   #closed = false;
 
   private constructor(s: StoreInternals, d: Descriptor, desc: fs.FileHandle) {
-    this.#damagedAt = d.damagedAt;
+    this.#damage = d.damage;
     this.#s = s;
     this.name = d.name;
     this.size = d.size;
@@ -80,8 +81,7 @@ export class BlobReader {
     const r = new BlobReader(s, d, desc);
     s.track(r);
     try {
-      // A damaged byte makes its whole chunk unreadable (it cannot be checked): damage starts at a chunk boundary.
-      if (r.#damagedAt !== undefined && r.#damagedAt < d.chunkEnd) r.#damagedAt = (await r.#bytes.chunkAt(r.#damagedAt)).start;
+      r.#damage = await widenToChunks(d.damage, d.chunkEnd, (pos) => r.#bytes.chunkAt(pos));
     } catch (e) {
       await r.close();
       throw e;
@@ -89,9 +89,14 @@ export class BlobReader {
     return r;
   }
 
-  /** Where fsck found the blob damaged (the start of the first chunk it touched), if it did. */
+  /** The byte ranges fsck found damaged, in whole chunks: reads that touch them fail with ERR_BLOB_DAMAGED. */
+  get damage(): readonly DamageRange[] {
+    return this.#damage;
+  }
+
+  /** Where the first damage starts, if there is any. */
   get damagedAt(): number | undefined {
-    return this.#damagedAt;
+    return this.#damage[0]?.o;
   }
 
   /** The fragments this reader needs (for GC pins). */
@@ -119,12 +124,7 @@ export class BlobReader {
         expected: this.size,
       });
     }
-    let n = Math.min(buf.length, this.size - position);
-    if (this.damagedAt !== undefined && position + n > this.damagedAt) {
-      // Readable up to the damage; a read that starts at or after it fails.
-      if (position < this.damagedAt) n = this.damagedAt - position;
-      else throw this.#damaged();
-    }
+    const n = this.#undamaged(position, Math.min(buf.length, this.size - position));
     await this.#bytes.read(buf.subarray(0, n), position);
     return n;
   }
@@ -183,15 +183,18 @@ export class BlobReader {
 
   /** The end of the stream block that starts at `pos`: chunk-aligned, about STREAM_BLOCK, stopping short of damage. */
   async #blockEnd(pos: number, end: number): Promise<number> {
-    if (this.damagedAt !== undefined && end > this.damagedAt) {
-      if (pos >= this.damagedAt) throw this.#damaged();
-      end = this.damagedAt;
-    }
-    return this.#bytes.blockEnd(pos, STREAM_BLOCK, end);
+    return this.#bytes.blockEnd(pos, STREAM_BLOCK, pos + this.#undamaged(pos, end - pos));
   }
 
-  #damaged(): CabError {
-    return new CabError('ERR_BLOB_DAMAGED', `blob ${this.name} is damaged from byte ${this.damagedAt}`, { blob: this.name, offset: this.damagedAt });
+  /**
+   * How many of the `n` bytes at `pos` can be read: up to the next damage.
+   * ERR_BLOB_DAMAGED if `pos` itself is damaged.
+   */
+  #undamaged(pos: number, n: number): number {
+    const r = damageFrom(this.#damage, pos);
+    if (n === 0 || !r || r.o >= pos + n) return n;
+    if (r.o > pos) return r.o - pos;
+    throw new CabError('ERR_BLOB_DAMAGED', `blob ${this.name} is damaged at bytes ${r.o}..${r.e} (${r.why})`, { blob: this.name, offset: r.o, end: r.e });
   }
 
   async close(): Promise<void> {

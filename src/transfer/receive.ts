@@ -4,21 +4,11 @@ import { bytesEqual, sha256, toHex } from '../hash/sha256.js';
 import type { BlobStore, ChunkRef } from '../fsstore/store.js';
 import type { BlobWriter } from '../writer/writer.js';
 import type { BlobReader } from '../reader/reader.js';
-import { FINE_CHUNKER, type GetItem, type WireChunk } from './messages.js';
+import { FINE_CHUNKER, type GetItem } from './messages.js';
+import { healFrom } from './heal.js';
+import { getBytes, remoteChunks, type RemoteChunk, type RemoteSource } from './remote.js';
 
-/** Where `receive` gets a blob from: a peer over a connection, or a bundle. */
-export interface RemoteSource {
-  label: string;
-  /** The most bytes one `get` may ask for (default MAX_GET_BYTES). */
-  maxGetBytes?: number;
-  stat(name: string): Promise<{ size: number; finalized: boolean; hash?: Uint8Array }>;
-  /** The blob's chunks from number `from`, a page at a time. */
-  list(name: string, from: number): Promise<{ chunks: WireChunk[]; end: boolean }>;
-  /** The chunk cut again by the fine chunker: [SHA-256, size] of each piece. Absent: no fine matching (bundles). */
-  fine?(hash: Uint8Array, size: number): Promise<WireChunk[]>;
-  /** Byte ranges of chunks, in order. */
-  get(items: GetItem[]): Promise<Uint8Array[]>;
-}
+export type { RemoteSource } from './remote.js';
 
 export interface TransferProgress {
   /** Blob size. */
@@ -41,6 +31,8 @@ export interface TransferStats extends TransferProgress {
   /** Bytes of an earlier, interrupted transfer that were kept. */
   resumedFrom: number;
   chunksFetched: number;
+  /** The receiver held the blob with damage recorded by fsck: the bytes of damage the transfer healed. */
+  healedBytes: number;
 }
 
 export interface ReceiveOptions {
@@ -63,7 +55,6 @@ const FINE_SLACK = 32 * 1024;
  * answers in flight when a transfer is cut are not written, and are fetched
  * again by the next run (chunks already written never are).
  */
-const GET_BYTES = 1024 * 1024;
 const GET_WINDOW = 4;
 
 type Step = { kind: 'blob'; blob: string; offset: number; size: number } | { kind: 'chunk'; hash: Uint8Array; size: number };
@@ -72,8 +63,10 @@ type Step = { kind: 'blob'; blob: string; offset: number; size: number } | { kin
  * Fetches blob `name` from `src` into `store` under the same name: only the
  * chunks the store lacks travel, each verified against its hash before it
  * is written, and the blob hash is checked before it is finalized. A blob
- * already here with the same hash costs one stat. An unfinalized blob of that
- * name (an interrupted transfer) is resumed from its durable size.
+ * already here with the same hash costs one stat, or, if fsck recorded damage
+ * in it, the fetch of exactly the damaged chunks, which heals it. An
+ * unfinalized blob of that name (an interrupted transfer) is resumed from its
+ * durable size.
  */
 export async function receive(store: BlobStore, src: RemoteSource, name: string, options: ReceiveOptions = {}): Promise<TransferStats> {
   const st = await src.stat(name);
@@ -92,6 +85,7 @@ export async function receive(store: BlobStore, src: RemoteSource, name: string,
     alreadyHad: false,
     resumedFrom: 0,
     chunksFetched: 0,
+    healedBytes: 0,
   };
   let writer: BlobWriter;
   try {
@@ -101,7 +95,11 @@ export async function receive(store: BlobStore, src: RemoteSource, name: string,
       if (!bytesEqual(have.hash!, st.hash)) {
         throw new CabError('ERR_BLOB_EXISTS', `blob ${name} exists here with other content`, { blob: name, expected: toHex(st.hash), found: toHex(have.hash!) });
       }
-      stats.alreadyHad = true;
+      if (have.damage.length > 0) {
+        const { received, healed } = await healFrom(store, src, name, st.size, options.signal);
+        stats.receivedBytes = stats.neededBytes = received;
+        stats.healedBytes = healed;
+      } else stats.alreadyHad = true;
       stats.verifiedBytes = st.size;
       await noteSource(store, name, options.label);
       return stats;
@@ -198,30 +196,12 @@ class Receiver {
     this.o.onProgress?.({ ...this.stats });
   }
 
-  /** The sender's chunk list, a page at a time, the next page asked for while this one is used. */
-  async *#chunks(): AsyncGenerator<{ hash: Uint8Array; size: number; offset: number }> {
-    let from = 0;
-    let offset = 0;
-    let next = this.src.list(this.name, 0);
-    for (;;) {
-      const page = await next;
-      from += page.chunks.length;
-      if (!page.end) next = this.src.list(this.name, from);
-      for (const [hash, size] of page.chunks) {
-        yield { hash, size, offset };
-        offset += size;
-      }
-      if (page.end || page.chunks.length === 0) break;
-    }
-    if (offset !== this.stats.size) throw new CabError('ERR_PROTOCOL', `the chunk list covers ${offset} bytes of ${this.stats.size}`, { blob: this.name });
-  }
-
   async run(): Promise<void> {
     const durable = this.w.size;
     const self = this;
     // Skip what a resumed blob holds; the chunk it ends inside is finished from the sender.
     async function* rest(): AsyncGenerator<ChunkRef> {
-      for await (const c of self.#chunks()) {
+      for await (const c of remoteChunks(self.src, self.name, self.stats.size)) {
         self.#check();
         if (c.offset + c.size <= durable) continue;
         if (c.offset < durable) {
@@ -268,7 +248,7 @@ class Receiver {
   }
 
   /** The chunk that a resumed blob ends inside: its tail from the sender, checked with the local head. */
-  async #finishStraddling(c: { hash: Uint8Array; size: number; offset: number }, durable: number): Promise<void> {
+  async #finishStraddling(c: RemoteChunk, durable: number): Promise<void> {
     const head = durable - c.offset;
     const r = await this.store.newBlobReader(this.name);
     const bytes = new Uint8Array(c.size);
@@ -316,7 +296,7 @@ class Receiver {
   #inflight: Array<{ chunks: Array<{ hash: Uint8Array; size: number }>; data: Promise<Uint8Array[]> }> = [];
 
   async #fetch(c: { hash: Uint8Array; size: number }): Promise<void> {
-    if (this.#batch.length && this.#batchBytes + c.size > Math.min(GET_BYTES, this.src.maxGetBytes ?? GET_BYTES)) await this.#launch();
+    if (this.#batch.length && this.#batchBytes + c.size > getBytes(this.src)) await this.#launch();
     this.#batch.push(c);
     this.#batchBytes += c.size;
   }
