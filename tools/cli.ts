@@ -11,6 +11,7 @@ import {
   CabError,
   connect,
   exportBundle,
+  firstDifference,
   importBundle,
   isCabError,
   serve,
@@ -216,6 +217,11 @@ program
       try {
         const size = (await fsp.stat(file)).size;
         if (w.size > size) throw new CabError('ERR_ILLEGAL_POSITION', `the blob already holds ${w.size} bytes, the file only ${size}`, { blob: name });
+        // Only FILE's own beginning is continued: nothing is appended to a blob that holds other bytes.
+        const diff = await firstDifference(s, name, file);
+        if (diff !== undefined) {
+          throw new CabError('ERR_HASH_MISMATCH', `blob ${name} is not the beginning of ${file}: they differ at byte ${diff}`, { blob: name, path: file, offset: diff });
+        }
         const p = new Progress(`resume ${name.slice(0, 8)}`, size);
         p.set(w.size);
         const step = 64 * 1024 * 1024;

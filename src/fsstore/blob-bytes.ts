@@ -61,6 +61,15 @@ export class BlobBytes {
     return this.#pager.chunkAt(pos);
   }
 
+  /** The recorded chunks, in order. */
+  async *chunks(): AsyncGenerator<ChunkInfo> {
+    for (let p = 0; p < this.#chunkEnd; ) {
+      const c = await this.#pager.chunkAt(p);
+      yield c;
+      p = c.start + c.size;
+    }
+  }
+
   /** Fills buf with blob bytes [pos, pos + buf.length), checked (see the class comment). */
   async read(buf: Uint8Array, pos: number): Promise<void> {
     const end = pos + buf.length;

@@ -2,7 +2,7 @@ import type fs from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { CabError } from '../errors.js';
 import { BlobBytes } from '../fsstore/blob-bytes.js';
-import { ChunkPager } from '../fsstore/chunk-pager.js';
+import { ChunkPager, type ChunkInfo } from '../fsstore/chunk-pager.js';
 import { damageFrom, widenToChunks, type DamageRange } from '../fsstore/damage.js';
 import { openDescriptor, readDescriptorFrom, type Descriptor } from '../fsstore/descriptor.js';
 import type { ExtentMap } from '../fsstore/extents.js';
@@ -97,6 +97,12 @@ export class BlobReader {
   /** Where the first damage starts, if there is any. */
   get damagedAt(): number | undefined {
     return this.#damage[0]?.o;
+  }
+
+  /** The chunks recorded when the reader opened (their SHA-256, size and offset), in order, read from its descriptor a record at a time. */
+  chunks(): AsyncGenerator<ChunkInfo> {
+    this.#check();
+    return this.#bytes.chunks();
   }
 
   /** The fragments this reader needs (for GC pins). */

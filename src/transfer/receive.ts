@@ -6,6 +6,7 @@ import type { BlobWriter } from '../writer/writer.js';
 import type { BlobReader } from '../reader/reader.js';
 import { FINE_CHUNKER, type GetItem } from './messages.js';
 import { healFrom } from './heal.js';
+import { checkPrefix, type Prefix } from './prefix.js';
 import { getBytes, remoteChunks, type RemoteChunk, type RemoteSource } from './remote.js';
 
 export type { RemoteSource } from './remote.js';
@@ -65,8 +66,9 @@ type Step = { kind: 'blob'; blob: string; offset: number; size: number } | { kin
  * is written, and the blob hash is checked before it is finalized. A blob
  * already here with the same hash costs one stat, or, if fsck recorded damage
  * in it, the fetch of exactly the damaged chunks, which heals it. An
- * unfinalized blob of that name (an interrupted transfer) is resumed from its
- * durable size.
+ * unfinalized blob of that name (an interrupted transfer, or anyone's) is
+ * resumed from its durable size once its bytes are checked against the
+ * sender's, and cut back to where they stop matching (see checkPrefix).
  */
 export async function receive(store: BlobStore, src: RemoteSource, name: string, options: ReceiveOptions = {}): Promise<TransferStats> {
   const st = await src.stat(name);
@@ -88,6 +90,7 @@ export async function receive(store: BlobStore, src: RemoteSource, name: string,
     healedBytes: 0,
   };
   let writer: BlobWriter;
+  let prefix: Prefix | undefined;
   try {
     const have = await store.newBlobReader(name);
     await have.close();
@@ -104,7 +107,13 @@ export async function receive(store: BlobStore, src: RemoteSource, name: string,
       await noteSource(store, name, options.label);
       return stats;
     }
+    prefix = await checkPrefix(store, src, name, st.size);
+    stats.receivedBytes += prefix.wasted;
     writer = await store.resumeBlobWriter(name);
+    if (writer.size !== prefix.kept) {
+      await writer.closeWithoutFinalize();
+      throw new CabError('ERR_BLOB_LOCKED', `blob ${name} changed while its bytes were checked against the sender's`, { blob: name });
+    }
   } catch (e) {
     if (!isCabError(e, 'ERR_NO_SUCH_BLOB')) throw e;
     writer = await store.newBlobWriter(name);
@@ -113,7 +122,7 @@ export async function receive(store: BlobStore, src: RemoteSource, name: string,
     if (writer.size > st.size) throw new CabError('ERR_BLOB_EXISTS', `blob ${name} here is longer than the sender's`, { blob: name });
     stats.resumedFrom = writer.size;
     writer.deferHash();
-    const receiver = new Receiver(store, src, name, writer, stats, options);
+    const receiver = new Receiver(store, src, name, writer, stats, options, prefix?.straddle);
     try {
       await receiver.run();
     } catch (e) {
@@ -165,6 +174,7 @@ class Receiver {
     readonly w: BlobWriter,
     readonly stats: TransferStats,
     readonly o: ReceiveOptions,
+    readonly straddle: Prefix['straddle'],
   ) {}
 
   #check(): void {
@@ -247,26 +257,16 @@ class Receiver {
     await this.#flushRun(undefined);
   }
 
-  /** The chunk that a resumed blob ends inside: its tail from the sender, checked with the local head. */
+  /** The chunk that a resumed blob ends inside: its rest, fetched and checked with the local head by checkPrefix. */
   async #finishStraddling(c: RemoteChunk, durable: number): Promise<void> {
-    const head = durable - c.offset;
-    const r = await this.store.newBlobReader(this.name);
-    const bytes = new Uint8Array(c.size);
-    try {
-      let at = 0;
-      while (at < head) at += await r.readAt(bytes.subarray(at, head), c.offset + at);
-    } finally {
-      await r.close();
+    const s = this.straddle;
+    if (!s || s.chunk.offset !== c.offset || !bytesEqual(s.chunk.hash, c.hash) || s.chunk.size - s.rest.length !== durable - c.offset) {
+      throw new CabError('ERR_PROTOCOL', `the sender's chunk list changed during the transfer of ${this.name}`, { blob: this.name, offset: c.offset });
     }
-    const [tail] = await this.src.get([[c.hash, head, c.size - head]]);
-    this.stats.receivedBytes += tail!.length;
-    this.stats.neededBytes += tail!.length;
-    bytes.set(tail!, head);
-    if (tail!.length !== c.size - head || !bytesEqual(sha256(bytes), c.hash)) {
-      throw new CabError('ERR_HASH_MISMATCH', 'the rest of a chunk does not hash to the chunk', { blob: this.name, offset: c.offset });
-    }
-    await this.w.appendBytes(tail!);
-    this.stats.verifiedBytes += tail!.length;
+    this.stats.receivedBytes += s.rest.length;
+    this.stats.neededBytes += s.rest.length;
+    await this.w.appendBytes(s.rest);
+    this.stats.verifiedBytes += s.rest.length;
     this.stats.chunksFetched++;
   }
 
