@@ -265,7 +265,7 @@ test('gc and fsck (--dry-run, --verify, --json) while another process holds the 
   t.like(JSON.parse(await ok(t, store, ['--json', 'gc'])), { fragmentsDeleted: 1, bytesDeleted: aBytes.length });
   await killed(holder);
 
-  // A fragment deleted by hand: fsck fails, --repair records the damage, fsck passes again.
+  // A fragment deleted by hand: fsck fails, --repair records the damage, and fsck keeps failing while the blob is damaged.
   fs.rmSync(path.join(store, 'cas', bFragments[0]!));
   const broken = await cli(['--store', store, 'fsck']);
   t.is(broken.code, 1, `fsck exits 1 on a missing fragment: ${broken.out} ${broken.stderr}`);
@@ -275,10 +275,11 @@ test('gc and fsck (--dry-run, --verify, --json) while another process holds the 
   t.is(brokenJson.code, 1);
   t.true((JSON.parse(brokenJson.out) as { unrepaired: number }).unrepaired > 0);
   const repaired = await cli(['--store', store, 'fsck', '--repair']);
-  t.is(repaired.code, 0, `fsck --repair: ${repaired.out} ${repaired.stderr}`);
+  t.is(repaired.code, 1, `fsck --repair: ${repaired.out} ${repaired.stderr}`);
   t.regex(repaired.out, /repaired/);
   const again = await cli(['--store', store, 'fsck']);
-  t.is(again.code, 0, `fsck after repair: ${again.out} ${again.stderr}`);
+  t.is(again.code, 1, `fsck after repair: ${again.out} ${again.stderr}`);
+  t.regex(again.out, /PROBLEM +damaged/);
   const lost = await cli(['--store', store, 'get', b]);
   t.is(lost.code, 1, 'the lost bytes are not served');
   t.regex(lost.stderr, /ERR_(BLOB_DAMAGED|FRAGMENT_MISSING)/);

@@ -6,16 +6,14 @@
 import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { BlobStore, CabError, connect, isCabError, merkleRoot, serve, toHex } from '../src/index.js';
 import { prngBytes } from '../tools/data.js';
 import { readAll, tempStore, putBlob } from './helpers/store.js';
 import { fillDisk, smallDisk } from './helpers/faults.js';
+import { runCli } from './helpers/cli.js';
 
 const MiB = 1024 * 1024;
 const KiB = 1024;
-const CLI = fileURLToPath(new URL('../tools/cli.js', import.meta.url));
 
 function tmpEntries(store: BlobStore): string[] {
   return fs.readdirSync(path.join(store.root, 'tmp'));
@@ -134,17 +132,6 @@ test('a push larger than the server disk fails with ERR_NO_SPACE; the server kee
   t.true((await readAll(server, name)).equals(big));
 });
 
-function runCli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const c = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    c.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    c.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    c.on('error', reject);
-    c.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 test('cabstore put on a full disk exits 1 naming ERR_NO_SPACE and prints no NAME HASH; ls and fsck still run', async (t) => {
   const disk = smallDisk(t, 48);
@@ -152,15 +139,15 @@ test('cabstore put on a full disk exits 1 naming ERR_NO_SPACE and prints no NAME
   const file = path.join(disk, 'input');
   fs.writeFileSync(file, prngBytes('cli full disk', 20 * MiB));
   const store = path.join(disk, 's');
-  const first = await runCli(['--store', store, 'put', file]);
+  const first = await runCli(store, 'put', file);
   t.is(first.code, 0, first.stderr);
   for (const leave of [16 * KiB, 128 * KiB]) {
     fillDisk(disk, leave, path.join(disk, `filler-${leave}`));
-    const r = await runCli(['--store', store, 'put', file]);
+    const r = await runCli(store, 'put', file);
     if (r.code === 0) {
       // Stood whole: it must then read back whole.
       const [name] = r.stdout.trim().split(' ');
-      const back = await runCli(['--store', store, 'stat', name!]);
+      const back = await runCli(store, 'stat', name!);
       t.is(back.code, 0, back.stderr);
       t.regex(back.stdout, /20971520/);
     } else {
@@ -169,9 +156,9 @@ test('cabstore put on a full disk exits 1 naming ERR_NO_SPACE and prints no NAME
       t.is(r.stdout, '', 'no NAME HASH for a blob that is not stored');
     }
     t.notRegex(r.stderr, /Node\.js v\d+|at process\./, 'no crash trace');
-    const ls = await runCli(['--store', store, 'ls']);
+    const ls = await runCli(store, 'ls');
     t.is(ls.code, 0, `ls while the disk is full: ${ls.stderr}`);
-    const fsck = await runCli(['--store', store, 'fsck']);
+    const fsck = await runCli(store, 'fsck');
     t.true(fsck.code === 0 || fsck.code === 1, `fsck while the disk is full exits 0 or 1: ${fsck.code} ${fsck.stderr}`);
     t.notRegex(fsck.stderr, /Node\.js v\d+/, 'no crash trace');
     fs.rmSync(path.join(disk, `filler-${leave}`));

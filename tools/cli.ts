@@ -11,6 +11,7 @@ import {
   CabError,
   connect,
   exportBundle,
+  firstDifference,
   importBundle,
   isCabError,
   serve,
@@ -216,6 +217,11 @@ program
       try {
         const size = (await fsp.stat(file)).size;
         if (w.size > size) throw new CabError('ERR_ILLEGAL_POSITION', `the blob already holds ${w.size} bytes, the file only ${size}`, { blob: name });
+        // Only FILE's own beginning is continued: nothing is appended to a blob that holds other bytes.
+        const diff = await firstDifference(s, name, file);
+        if (diff !== undefined) {
+          throw new CabError('ERR_HASH_MISMATCH', `blob ${name} is not the beginning of ${file}: they differ at byte ${diff}`, { blob: name, path: file, offset: diff });
+        }
         const p = new Progress(`resume ${name.slice(0, 8)}`, size);
         p.set(w.size);
         const step = 64 * 1024 * 1024;
@@ -258,7 +264,7 @@ program
 
 program
   .command('fsck')
-  .description('check the store; exits 1 if it finds a problem it did not repair')
+  .description('check the store; exits 1 if it finds a problem it did not repair, or a damaged blob')
   .option('--verify', 'also hash every fragment and finalized blob')
   .option('--repair', 'fix what can be fixed without losing anything')
   .action(async (o: { verify?: boolean; repair?: boolean }) => {
@@ -274,10 +280,12 @@ program
     if (json()) console.log(JSON.stringify(r));
     else {
       for (const p of r.problems) console.log(`${p.repaired ? 'repaired' : 'PROBLEM '} ${p.kind}${p.blob ? ` blob ${p.blob}` : ''}${p.fragment ? ` fragment ${p.fragment}` : ''}: ${p.detail}`);
-      for (const d of r.damaged) console.log(`damaged  blob ${d.blob} from byte ${d.offset}: ${d.why}`);
+      for (const d of r.damaged) console.log(`damaged  blob ${d.blob} bytes ${d.offset}..${d.end}: ${d.why}`);
+      for (const f of r.corruptFragments) console.log(`note     fragment ${f} does not hash to its name (a problem only where a blob above reads it)`);
       console.log(`${r.blobs} blobs, ${r.fragments} fragments verified (${fmtBytes(r.bytesVerified)}), ${r.problems.length} problems, ${r.repaired} repaired, ${r.unrepaired} not repaired, ${r.seconds.toFixed(2)} s`);
     }
-    if (r.unrepaired > 0) process.exitCode = 1;
+    // A damaged blob is a problem until a pull or an import heals it, repaired (recorded) or not.
+    if (r.unrepaired > 0 || r.damaged.length > 0) process.exitCode = 1;
   });
 
 program

@@ -1,5 +1,6 @@
 import fs from 'node:fs/promises';
 import type { ChunkIndex } from './chunk-index.js';
+import { flatDamage } from './damage.js';
 import { readDescriptor } from './descriptor.js';
 import type { Layout } from './layout.js';
 
@@ -24,8 +25,8 @@ export async function catchUpBlob(index: ChunkIndex, layout: Layout, name: strin
   if (before && before.d === size) return false;
   let changed = false;
   // Damage records come last but decide which chunks may be offered: learn them first.
-  const { damagedAt } = await readDescriptor(layout.descriptor(name), name, { extents: false });
-  if (before && before.k !== damagedAt) {
+  const { damage } = await readDescriptor(layout.descriptor(name), name, { extents: false });
+  if (before && String(before.k) !== String(flatDamage(damage))) {
     await index.removeBlob(name);
     return (await catchUpBlob(index, layout, name)) || true;
   }
@@ -34,7 +35,7 @@ export async function catchUpBlob(index: ChunkIndex, layout: Layout, name: strin
     onAppend: (rec, start, end, chunkOffset) => {
       const cur = index.blob(name);
       if (cur && cur.d >= end) return;
-      if (index.applyAppendSync(name, rec, start, end, chunkOffset, startOfRecords(start, cur), damagedAt)) changed = true;
+      if (index.applyAppendSync(name, rec, start, end, chunkOffset, startOfRecords(start, cur), damage)) changed = true;
     },
   });
   const after = index.blob(name);
@@ -50,7 +51,7 @@ export async function catchUpBlob(index: ChunkIndex, layout: Layout, name: strin
     return true;
   }
   if (after.d < d.validEnd) {
-    await index.markUpTo(name, d.validEnd, damagedAt);
+    await index.markUpTo(name, d.validEnd, damage);
     return true;
   }
   return changed;

@@ -1,5 +1,6 @@
 import { open, type RootDatabase, type Database } from 'lmdb';
 import { toHex } from '../hash/sha256.js';
+import { flatDamage, overlapsDamage, type DamageRange } from './damage.js';
 import { chunkEntries, type AppendRecord } from './descriptor.js';
 import { lmdbWriteSync } from './lmdb-write.js';
 
@@ -21,8 +22,8 @@ export interface BlobEntry {
   e: number;
   /** BEP 52 hash once finalized. */
   h?: Uint8Array;
-  /** Damaged from this offset (fsck): later chunks are not offered as locations. */
-  k?: number;
+  /** Damaged ranges (fsck), flat [o, e, ...]: chunks that touch them are not offered as locations. */
+  k?: number[];
 }
 
 const nameKey = (name: string) => Buffer.from(name, 'hex');
@@ -101,21 +102,22 @@ export class ChunkIndex {
    * the index was not at `start` for this blob (already applied, or behind).
    */
   applyAppend(name: string, rec: AppendRecord, start: number, end: number, chunkOffset: number, headerEnd: number): Promise<boolean> {
-    return this.#write(() => this.#apply(name, rec, start, end, chunkOffset, headerEnd, undefined));
+    return this.#write(() => this.#apply(name, rec, start, end, chunkOffset, headerEnd, []));
   }
 
-  applyAppendSync(name: string, rec: AppendRecord, start: number, end: number, chunkOffset: number, headerEnd: number, damagedAt?: number): boolean {
-    return lmdbWriteSync('updating the chunk index', this.#dir, () => this.env.transactionSync(() => this.#apply(name, rec, start, end, chunkOffset, headerEnd, damagedAt)));
+  applyAppendSync(name: string, rec: AppendRecord, start: number, end: number, chunkOffset: number, headerEnd: number, damage: readonly DamageRange[] = []): boolean {
+    return lmdbWriteSync('updating the chunk index', this.#dir, () => this.env.transactionSync(() => this.#apply(name, rec, start, end, chunkOffset, headerEnd, damage)));
   }
 
   /** Records that the index has the whole descriptor (trailing damage records included). */
-  markUpTo(name: string, end: number, damagedAt: number | undefined): Promise<void> {
+  markUpTo(name: string, end: number, damage: readonly DamageRange[]): Promise<void> {
     return this.#write(() => {
       const key = nameKey(name);
       const cur = this.#blobs.get(key);
       if (!cur) return;
       const next: BlobEntry = { ...cur, d: end };
-      if (damagedAt !== undefined) next.k = damagedAt;
+      const k = flatDamage(damage);
+      if (k) next.k = k;
       this.#blobs.put(key, next);
     });
   }
@@ -134,21 +136,22 @@ export class ChunkIndex {
     }
   }
 
-  #apply(name: string, rec: AppendRecord, start: number, end: number, chunkOffset: number, headerEnd: number, damagedAt: number | undefined): boolean {
+  #apply(name: string, rec: AppendRecord, start: number, end: number, chunkOffset: number, headerEnd: number, damage: readonly DamageRange[]): boolean {
     const key = nameKey(name);
     const cur = this.#blobs.get(key) ?? { d: headerEnd, s: 0, n: 0, e: 0 };
     if (cur.d !== start || cur.e !== chunkOffset) return false;
     let off = chunkOffset;
     let n = cur.n;
     for (const [hash, size] of chunkEntries(rec.c)) {
-      if (damagedAt === undefined || off + size <= damagedAt) this.#chunks.put(chunkKey(hash, name, off), size);
+      if (!overlapsDamage(damage, off, off + size)) this.#chunks.put(chunkKey(hash, name, off), size);
       this.#bchunks.put(blobChunkKey(name, n), [hash, size, off]);
       off += size;
       n++;
     }
     const next: BlobEntry = { d: end, s: rec.s, n, e: off };
     if (rec.h) next.h = rec.h;
-    if (damagedAt !== undefined) next.k = damagedAt;
+    const k = flatDamage(damage);
+    if (k) next.k = k;
     this.#blobs.put(key, next);
     return true;
   }

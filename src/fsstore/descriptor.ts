@@ -4,6 +4,8 @@ import { Packr } from 'msgpackr';
 import { CabError } from '../errors.js';
 import { HASH_SIZE, toHex, fromHex } from '../hash/sha256.js';
 import { LEAF_SIZE, type MerkleState } from '../hash/merkle.js';
+import { ChunkRecords } from './chunk-records.js';
+import { normalizeDamage, type DamageRange } from './damage.js';
 import { ExtentMap } from './extents.js';
 
 /**
@@ -49,12 +51,15 @@ export interface AppendRecord {
 }
 
 /**
- * Written by fsck --repair: the blob's bytes from offset `o` on are lost (a
- * fragment is missing or corrupt). May follow the final record.
+ * Written by fsck --repair: the blob's bytes [o, e) are lost (a fragment is
+ * missing or corrupt), in whole chunks. Without `e` (written by older
+ * versions), from `o` to the end. May follow the final record; a blob may
+ * have several.
  */
 export interface DamageRecord {
   t: 'd';
   o: number;
+  e?: number;
   why: string;
 }
 
@@ -111,16 +116,22 @@ export interface Descriptor {
   chunkCount: number;
   chunkEnd: number;
   merkle: MerkleState;
+  /** Where each record's chunk list is in the file (a reader pages them in from there). */
+  chunkRecords: ChunkRecords;
   /** Byte length of the good records; the file may be longer (`torn`). */
   validEnd: number;
   fileSize: number;
+  /** The file's inode: a descriptor rewritten (healed, cut back) is a new file. */
+  ino: number;
   torn: boolean;
   /** Why the descriptor ended early, when it did. */
   tornReason?: string;
   hasHeader: boolean;
   /** Where the header record ends (the first append record starts). */
   headerEnd: number;
-  /** Set by a damage record: bytes from here on are lost. */
+  /** The damage records: lost byte ranges, sorted and merged (empty if none). */
+  damage: DamageRange[];
+  /** Where the first damage starts, and why (undefined if none). */
   damagedAt?: number;
   damagedWhy?: string;
 }
@@ -176,6 +187,35 @@ export async function openDescriptor(file: string, name: string, flags: 'r' | 'r
 }
 
 /**
+ * The record framed in `frame` (its header and payload, exactly), or why it
+ * is not one.
+ */
+function unframe(frame: Buffer): Record<string, unknown> | string {
+  if (zlib.crc32(frame.subarray(RECORD_HEADER)) !== frame.readUInt32LE(4)) return 'record fails its CRC';
+  let rec: unknown;
+  try {
+    rec = packr.unpack(frame.subarray(RECORD_HEADER));
+  } catch {
+    return 'record does not decode';
+  }
+  if (rec === null || typeof rec !== 'object') return 'record is not a map';
+  return rec as Record<string, unknown>;
+}
+
+/**
+ * Reads again the record at file bytes [start, end) of a descriptor parsed
+ * before, through a handle on that same file. It was good then; if it is
+ * not now, the file changed under its reader: ERR_IO.
+ */
+export async function readRecordAt(fh: fs.FileHandle, start: number, end: number): Promise<Record<string, unknown>> {
+  const frame = Buffer.allocUnsafe(end - start);
+  const { bytesRead } = await fh.read(frame, 0, frame.length, start);
+  const rec = bytesRead === frame.length && frame.readUInt32LE(0) === frame.length - RECORD_HEADER ? unframe(frame) : 'record is short';
+  if (typeof rec === 'string') throw new CabError('ERR_IO', `descriptor bytes ${start}..${end} changed after they were read: ${rec}`, { offset: start });
+  return rec;
+}
+
+/**
  * Reads a descriptor in blocks, never all at once. Throws ERR_NO_SUCH_BLOB if
  * the file does not exist.
  */
@@ -188,8 +228,13 @@ export async function readDescriptor(file: string, name: string, opts: ReadDescr
   }
 }
 
+/** Reads a descriptor from a handle on it (the file a reader holds, whatever its name now points at). */
+export function readDescriptorFrom(fh: fs.FileHandle, name: string, opts: ReadDescriptorOptions = {}): Promise<Descriptor> {
+  return parse(fh, name, opts);
+}
+
 async function parse(fh: fs.FileHandle, name: string, opts: ReadDescriptorOptions): Promise<Descriptor> {
-  const fileSize = (await fh.stat()).size;
+  const { size: fileSize, ino } = await fh.stat();
   const d: Descriptor = {
     name,
     ctime: 0,
@@ -199,8 +244,11 @@ async function parse(fh: fs.FileHandle, name: string, opts: ReadDescriptorOption
     chunkCount: 0,
     chunkEnd: 0,
     merkle: { size: 0, leaves: 0, stack: [] },
+    chunkRecords: new ChunkRecords(),
+    damage: [],
     validEnd: 0,
     fileSize,
+    ino,
     torn: false,
     hasHeader: false,
     headerEnd: 0,
@@ -229,25 +277,13 @@ async function parse(fh: fs.FileHandle, name: string, opts: ReadDescriptorOption
       break;
     }
     const len = buf.readUInt32LE(pos - bufStart);
-    const crc = buf.readUInt32LE(pos - bufStart + 4);
     if (len > MAX_RECORD || !(await ensure(pos, RECORD_HEADER + len))) {
       stop('torn record');
       break;
     }
-    const payload = buf.subarray(pos - bufStart + RECORD_HEADER, pos - bufStart + RECORD_HEADER + len);
-    if (zlib.crc32(payload) !== crc) {
-      stop('record fails its CRC');
-      break;
-    }
-    let rec: Record<string, unknown>;
-    try {
-      rec = packr.unpack(payload) as Record<string, unknown>;
-    } catch {
-      stop('record does not decode');
-      break;
-    }
-    if (rec === null || typeof rec !== 'object') {
-      stop('record is not a map');
+    const rec = unframe(buf.subarray(pos - bufStart, pos - bufStart + RECORD_HEADER + len));
+    if (typeof rec === 'string') {
+      stop(rec);
       break;
     }
     const end = pos + RECORD_HEADER + len;
@@ -269,6 +305,7 @@ async function parse(fh: fs.FileHandle, name: string, opts: ReadDescriptorOption
       const r = rec as unknown as AppendRecord;
       if (opts.extents !== false) for (const [f, o, s] of r.x) d.extents.push(toHex(f), o, s);
       await opts.onAppend?.(r, pos, end, d.chunkEnd);
+      if (r.c.length > 0) d.chunkRecords.push(pos, end, d.chunkEnd, r.c.length / CHUNK_ENTRY);
       d.chunkEnd = checked.chunkEnd;
       d.chunkCount += r.c.length / CHUNK_ENTRY;
       d.size = r.s;
@@ -278,14 +315,11 @@ async function parse(fh: fs.FileHandle, name: string, opts: ReadDescriptorOption
         d.hash = Uint8Array.from(r.h);
       }
     } else if (rec.t === 'd') {
-      if (!d.hasHeader || !isCount(rec.o) || typeof rec.why !== 'string') {
+      if (!d.hasHeader || !isCount(rec.o) || typeof rec.why !== 'string' || (rec.e !== undefined && !isCount(rec.e))) {
         stop('malformed damage record');
         break;
       }
-      if (d.damagedAt === undefined || (rec.o as number) < d.damagedAt) {
-        d.damagedAt = rec.o as number;
-        d.damagedWhy = rec.why as string;
-      }
+      d.damage.push({ o: rec.o as number, e: (rec.e as number | undefined) ?? Infinity, why: rec.why as string });
     } else {
       stop(`unknown record type ${JSON.stringify(rec.t)}`);
       break;
@@ -293,5 +327,8 @@ async function parse(fh: fs.FileHandle, name: string, opts: ReadDescriptorOption
     pos = end;
     d.validEnd = end;
   }
+  d.damage = normalizeDamage(d.damage.map((r) => ({ ...r, e: Math.min(r.e, d.size) })));
+  d.damagedAt = d.damage[0]?.o;
+  d.damagedWhy = d.damage[0]?.why;
   return d;
 }

@@ -1,6 +1,6 @@
 import fs from 'node:fs/promises';
 import { CabError } from '../errors.js';
-import { ensureDir, fsyncDir } from './durable.js';
+import { ensureDir, fsyncDir, writeAll } from './durable.js';
 import type { Layout } from './layout.js';
 
 /**
@@ -28,6 +28,13 @@ export class FragmentWriter {
 
   get fd(): number {
     return this.#fh.fd;
+  }
+
+  /** Appends bytes from this thread (the writer's bytes go through the hashing thread and `fd` instead). */
+  async write(bytes: Uint8Array): Promise<void> {
+    const at = this.size;
+    this.size += bytes.length;
+    await writeAll(this.#fh, bytes, at);
   }
 
   /** Makes the fragment durable under `id` (the SHA-256 of its bytes, all written). */

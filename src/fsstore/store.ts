@@ -67,7 +67,7 @@ export class BlobStore implements StoreInternals {
   readonly fragmentSize: number;
   readonly knownDirs = new Set<string>();
   readonly #open = new Set<{ close(): Promise<void> }>();
-  readonly #snapshots = new Map<string, { fileSize: number; d: Promise<Descriptor> }>();
+  readonly #snapshots = new Map<string, { fileSize: number; ino: number; d: Promise<Descriptor> }>();
   #closing: Promise<void> | null = null;
 
   private constructor(layout: Layout, index: ChunkIndex, tables: Tables, lease: Lease, chunker: ResolvedChunkerParams, fragmentSize: number) {
@@ -140,22 +140,24 @@ export class BlobStore implements StoreInternals {
 
   async snapshot(name: string): Promise<Descriptor> {
     checkBlobName(name);
+    // Keyed by inode too: a rewritten descriptor (healed, cut back) is a new file, maybe of the same size.
     let fileSize: number;
+    let ino: number;
     try {
-      fileSize = (await fs.stat(this.layout.descriptor(name))).size;
+      ({ size: fileSize, ino } = await fs.stat(this.layout.descriptor(name)));
     } catch (e) {
       this.#snapshots.delete(name);
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new CabError('ERR_NO_SUCH_BLOB', `no blob ${name}`, { blob: name });
       throw e;
     }
     const hit = this.#snapshots.get(name);
-    if (hit && hit.fileSize === fileSize) {
+    if (hit && hit.fileSize === fileSize && hit.ino === ino) {
       this.#snapshots.delete(name);
       this.#snapshots.set(name, hit);
       return hit.d;
     }
     const d = readDescriptor(this.layout.descriptor(name), name);
-    this.#snapshots.set(name, { fileSize, d });
+    this.#snapshots.set(name, { fileSize, ino, d });
     d.catch(() => this.#snapshots.delete(name));
     if (this.#snapshots.size > SNAPSHOTS) this.#snapshots.delete(this.#snapshots.keys().next().value!);
     return d;

@@ -1,12 +1,19 @@
+import type fs from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { CabError } from '../errors.js';
+import { BlobBytes } from '../fsstore/blob-bytes.js';
+import { ChunkPager, type ChunkInfo } from '../fsstore/chunk-pager.js';
+import { damageFrom, widenToChunks, type DamageRange } from '../fsstore/damage.js';
+import { openDescriptor, readDescriptorFrom, type Descriptor } from '../fsstore/descriptor.js';
 import type { ExtentMap } from '../fsstore/extents.js';
 import { FragmentFiles } from '../fsstore/fragments.js';
 import type { StoreInternals } from '../fsstore/internals.js';
 import { checkBlobName } from '../fsstore/layout.js';
 
-/** Bytes a stream reads per step. */
+/** Bytes a stream reads per step (rounded to chunk boundaries). */
 export const STREAM_BLOCK = 1024 * 1024;
+/** Blocks a stream has in flight: the next is read from disk while this one is hashed. */
+const STREAM_AHEAD = 2;
 
 export interface StreamOptions {
   /** First byte (default 0). */
@@ -19,7 +26,10 @@ export interface StreamOptions {
 
 /**
  * Reads one blob as it was when the reader opened: an unfinalized blob's
- * reader sees the records committed then, and nothing later.
+ * reader sees the records committed then, and nothing later. Every byte it
+ * hands out below the last chunk boundary was checked against its chunk's
+ * SHA-256 when read from disk (see BlobBytes): damaged bytes give
+ * ERR_HASH_MISMATCH, never wrong bytes.
  */
 export class BlobReader {
   readonly name: string;
@@ -29,29 +39,25 @@ export class BlobReader {
   readonly hash: Uint8Array | undefined;
   readonly #s: StoreInternals;
   readonly #extents: ExtentMap;
-  /** Where fsck found the blob damaged, if it did. */
-  readonly damagedAt: number | undefined;
+  #damage: DamageRange[];
   readonly #files: FragmentFiles;
+  /** The descriptor file this reader's view came from, held for its chunk lists. */
+  readonly #desc: fs.FileHandle;
+  readonly #bytes: BlobBytes;
   #pos = 0;
   #closed = false;
 
-  private constructor(
-    s: StoreInternals,
-    name: string,
-    size: number,
-    finalized: boolean,
-    hash: Uint8Array | undefined,
-    extents: ExtentMap,
-    damagedAt: number | undefined,
-  ) {
-    this.damagedAt = damagedAt;
+  private constructor(s: StoreInternals, d: Descriptor, desc: fs.FileHandle) {
+    this.#damage = d.damage;
     this.#s = s;
-    this.name = name;
-    this.size = size;
-    this.isFinalized = finalized;
-    this.hash = hash;
-    this.#extents = extents;
+    this.name = d.name;
+    this.size = d.size;
+    this.isFinalized = d.finalized;
+    this.hash = d.hash ? Uint8Array.from(d.hash) : undefined;
+    this.#extents = d.extents;
     this.#files = new FragmentFiles(s.layout, 16);
+    this.#desc = desc;
+    this.#bytes = new BlobBytes(d.name, d, new ChunkPager(desc, d.chunkRecords), this.#files);
   }
 
   /** @internal Use BlobStore.newBlobReader. */
@@ -59,14 +65,44 @@ export class BlobReader {
     checkBlobName(name);
     s.checkOpen();
     // Read the descriptor and publish its fragments as pins with the GC gate held shared.
-    const d = await s.lease.gate(async () => {
-      const d = await s.snapshot(name);
-      await s.lease.pin(d.extents.fragments(), [name]);
-      return d;
+    const [d, desc] = await s.lease.gate(async () => {
+      const desc = await openDescriptor(s.layout.descriptor(name), name, 'r');
+      try {
+        const snap = await s.snapshot(name);
+        // The cached parse is of the file held here, unless the name was rewritten in between.
+        const d = snap.ino === (await desc.stat()).ino ? snap : await readDescriptorFrom(desc, name);
+        await s.lease.pin(d.extents.fragments(), [name]);
+        return [d, desc] as const;
+      } catch (e) {
+        await desc.close();
+        throw e;
+      }
     });
-    const r = new BlobReader(s, name, d.size, d.finalized, d.hash ? Uint8Array.from(d.hash) : undefined, d.extents, d.damagedAt);
+    const r = new BlobReader(s, d, desc);
     s.track(r);
+    try {
+      r.#damage = await widenToChunks(d.damage, d.chunkEnd, (pos) => r.#bytes.chunkAt(pos));
+    } catch (e) {
+      await r.close();
+      throw e;
+    }
     return r;
+  }
+
+  /** The byte ranges fsck found damaged, in whole chunks: reads that touch them fail with ERR_BLOB_DAMAGED. */
+  get damage(): readonly DamageRange[] {
+    return this.#damage;
+  }
+
+  /** Where the first damage starts, if there is any. */
+  get damagedAt(): number | undefined {
+    return this.#damage[0]?.o;
+  }
+
+  /** The chunks recorded when the reader opened (their SHA-256, size and offset), in order, read from its descriptor a record at a time. */
+  chunks(): AsyncGenerator<ChunkInfo> {
+    this.#check();
+    return this.#bytes.chunks();
   }
 
   /** The fragments this reader needs (for GC pins). */
@@ -94,20 +130,8 @@ export class BlobReader {
         expected: this.size,
       });
     }
-    let n = Math.min(buf.length, this.size - position);
-    if (this.damagedAt !== undefined && position + n > this.damagedAt) {
-      // Readable up to the damage; a read that starts at or after it fails.
-      if (position < this.damagedAt) n = this.damagedAt - position;
-      else throw new CabError('ERR_BLOB_DAMAGED', `blob ${this.name} is damaged from byte ${this.damagedAt}`, {
-        blob: this.name,
-        offset: this.damagedAt,
-      });
-    }
-    let at = 0;
-    for (const e of this.#extents.slice(position, n)) {
-      await this.#files.read(e.frag, buf, at, e.size, e.offset);
-      at += e.size;
-    }
+    const n = this.#undamaged(position, Math.min(buf.length, this.size - position));
+    await this.#bytes.read(buf.subarray(0, n), position);
     return n;
   }
 
@@ -144,34 +168,46 @@ export class BlobReader {
     if (end > this.size || start > end) {
       throw new CabError('ERR_ILLEGAL_POSITION', `range [${start}, ${end}) is outside the blob (${this.size})`, { blob: this.name, offset: start });
     }
-    let pos = start;
-    const r: Readable = new Readable({
-      highWaterMark: options.highWaterMark ?? 2 * STREAM_BLOCK,
-      read: () => {
-        if (pos >= end) {
-          r.push(null);
-          return;
+    const blocks = async function* (this: BlobReader): AsyncGenerator<Buffer> {
+      const inflight: Array<Promise<Buffer>> = [];
+      let pos = start;
+      while (pos < end || inflight.length > 0) {
+        while (inflight.length < STREAM_AHEAD && pos < end) {
+          const at = pos;
+          pos = await this.#blockEnd(at, end);
+          const buf = Buffer.allocUnsafe(pos - at);
+          const read = this.#bytes.read(buf, at).then(() => buf);
+          read.catch(() => {}); // awaited in turn; a stream destroyed first must not leave it unhandled
+          inflight.push(read);
         }
-        const n = Math.min(STREAM_BLOCK, end - pos);
-        const buf = Buffer.allocUnsafe(n);
-        const at = pos;
-        pos += n;
-        this.readAt(buf, at).then(
-          () => {
-            r.push(buf);
-            if (pos >= end) r.push(null);
-          },
-          (e: Error) => r.destroy(e),
-        );
-      },
-    });
-    return r;
+        this.#check();
+        yield await inflight.shift()!;
+      }
+    };
+    return Readable.from(blocks.call(this), { objectMode: false, highWaterMark: options.highWaterMark ?? 2 * STREAM_BLOCK });
+  }
+
+  /** The end of the stream block that starts at `pos`: chunk-aligned, about STREAM_BLOCK, stopping short of damage. */
+  async #blockEnd(pos: number, end: number): Promise<number> {
+    return this.#bytes.blockEnd(pos, STREAM_BLOCK, pos + this.#undamaged(pos, end - pos));
+  }
+
+  /**
+   * How many of the `n` bytes at `pos` can be read: up to the next damage.
+   * ERR_BLOB_DAMAGED if `pos` itself is damaged.
+   */
+  #undamaged(pos: number, n: number): number {
+    const r = damageFrom(this.#damage, pos);
+    if (n === 0 || !r || r.o >= pos + n) return n;
+    if (r.o > pos) return r.o - pos;
+    throw new CabError('ERR_BLOB_DAMAGED', `blob ${this.name} is damaged at bytes ${r.o}..${r.e} (${r.why})`, { blob: this.name, offset: r.o, end: r.e });
   }
 
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     await this.#files.close();
+    await this.#desc.close();
     await this.#s.lease.unpin(this.#extents.fragments(), [this.name]).catch(() => {});
     this.#s.untrack(this);
   }

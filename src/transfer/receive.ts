@@ -4,21 +4,12 @@ import { bytesEqual, sha256, toHex } from '../hash/sha256.js';
 import type { BlobStore, ChunkRef } from '../fsstore/store.js';
 import type { BlobWriter } from '../writer/writer.js';
 import type { BlobReader } from '../reader/reader.js';
-import { FINE_CHUNKER, type GetItem, type WireChunk } from './messages.js';
+import { FINE_CHUNKER, type GetItem } from './messages.js';
+import { healFrom } from './heal.js';
+import { checkPrefix, type Prefix } from './prefix.js';
+import { getBytes, remoteChunks, type RemoteChunk, type RemoteSource } from './remote.js';
 
-/** Where `receive` gets a blob from: a peer over a connection, or a bundle. */
-export interface RemoteSource {
-  label: string;
-  /** The most bytes one `get` may ask for (default MAX_GET_BYTES). */
-  maxGetBytes?: number;
-  stat(name: string): Promise<{ size: number; finalized: boolean; hash?: Uint8Array }>;
-  /** The blob's chunks from number `from`, a page at a time. */
-  list(name: string, from: number): Promise<{ chunks: WireChunk[]; end: boolean }>;
-  /** The chunk cut again by the fine chunker: [SHA-256, size] of each piece. Absent: no fine matching (bundles). */
-  fine?(hash: Uint8Array, size: number): Promise<WireChunk[]>;
-  /** Byte ranges of chunks, in order. */
-  get(items: GetItem[]): Promise<Uint8Array[]>;
-}
+export type { RemoteSource } from './remote.js';
 
 export interface TransferProgress {
   /** Blob size. */
@@ -41,6 +32,8 @@ export interface TransferStats extends TransferProgress {
   /** Bytes of an earlier, interrupted transfer that were kept. */
   resumedFrom: number;
   chunksFetched: number;
+  /** The receiver held the blob with damage recorded by fsck: the bytes of damage the transfer healed. */
+  healedBytes: number;
 }
 
 export interface ReceiveOptions {
@@ -63,7 +56,6 @@ const FINE_SLACK = 32 * 1024;
  * answers in flight when a transfer is cut are not written, and are fetched
  * again by the next run (chunks already written never are).
  */
-const GET_BYTES = 1024 * 1024;
 const GET_WINDOW = 4;
 
 type Step = { kind: 'blob'; blob: string; offset: number; size: number } | { kind: 'chunk'; hash: Uint8Array; size: number };
@@ -72,8 +64,11 @@ type Step = { kind: 'blob'; blob: string; offset: number; size: number } | { kin
  * Fetches blob `name` from `src` into `store` under the same name: only the
  * chunks the store lacks travel, each verified against its hash before it
  * is written, and the blob hash is checked before it is finalized. A blob
- * already here with the same hash costs one stat. An unfinalized blob of that
- * name (an interrupted transfer) is resumed from its durable size.
+ * already here with the same hash costs one stat, or, if fsck recorded damage
+ * in it, the fetch of exactly the damaged chunks, which heals it. An
+ * unfinalized blob of that name (an interrupted transfer, or anyone's) is
+ * resumed from its durable size once its bytes are checked against the
+ * sender's, and cut back to where they stop matching (see checkPrefix).
  */
 export async function receive(store: BlobStore, src: RemoteSource, name: string, options: ReceiveOptions = {}): Promise<TransferStats> {
   const st = await src.stat(name);
@@ -92,8 +87,10 @@ export async function receive(store: BlobStore, src: RemoteSource, name: string,
     alreadyHad: false,
     resumedFrom: 0,
     chunksFetched: 0,
+    healedBytes: 0,
   };
   let writer: BlobWriter;
+  let prefix: Prefix | undefined;
   try {
     const have = await store.newBlobReader(name);
     await have.close();
@@ -101,12 +98,22 @@ export async function receive(store: BlobStore, src: RemoteSource, name: string,
       if (!bytesEqual(have.hash!, st.hash)) {
         throw new CabError('ERR_BLOB_EXISTS', `blob ${name} exists here with other content`, { blob: name, expected: toHex(st.hash), found: toHex(have.hash!) });
       }
-      stats.alreadyHad = true;
+      if (have.damage.length > 0) {
+        const { received, healed } = await healFrom(store, src, name, st.size, options.signal);
+        stats.receivedBytes = stats.neededBytes = received;
+        stats.healedBytes = healed;
+      } else stats.alreadyHad = true;
       stats.verifiedBytes = st.size;
       await noteSource(store, name, options.label);
       return stats;
     }
+    prefix = await checkPrefix(store, src, name, st.size);
+    stats.receivedBytes += prefix.wasted;
     writer = await store.resumeBlobWriter(name);
+    if (writer.size !== prefix.kept) {
+      await writer.closeWithoutFinalize();
+      throw new CabError('ERR_BLOB_LOCKED', `blob ${name} changed while its bytes were checked against the sender's`, { blob: name });
+    }
   } catch (e) {
     if (!isCabError(e, 'ERR_NO_SUCH_BLOB')) throw e;
     writer = await store.newBlobWriter(name);
@@ -115,7 +122,7 @@ export async function receive(store: BlobStore, src: RemoteSource, name: string,
     if (writer.size > st.size) throw new CabError('ERR_BLOB_EXISTS', `blob ${name} here is longer than the sender's`, { blob: name });
     stats.resumedFrom = writer.size;
     writer.deferHash();
-    const receiver = new Receiver(store, src, name, writer, stats, options);
+    const receiver = new Receiver(store, src, name, writer, stats, options, prefix?.straddle);
     try {
       await receiver.run();
     } catch (e) {
@@ -141,8 +148,20 @@ export async function receive(store: BlobStore, src: RemoteSource, name: string,
   return stats;
 }
 
-/** A successful transfer: the peer goes into the blob's signpost, and the blob counts as accessed. */
+/**
+ * A successful transfer: the peer goes into the blob's signpost, and the blob
+ * counts as accessed. The blob is durable by now; a full disk that stops this
+ * bookkeeping must not turn the transfer into a failure (nor every retry).
+ */
 async function noteSource(store: BlobStore, name: string, label?: string): Promise<void> {
+  try {
+    await recordSource(store, name, label);
+  } catch (e) {
+    if (!isCabError(e, 'ERR_NO_SPACE')) throw e;
+  }
+}
+
+async function recordSource(store: BlobStore, name: string, label?: string): Promise<void> {
   const now = new Date();
   if (label) {
     const sp = (await store.getSignpost(name)) ?? { locations: {}, sgIds: [], fetchAttempts: 0 };
@@ -167,6 +186,7 @@ class Receiver {
     readonly w: BlobWriter,
     readonly stats: TransferStats,
     readonly o: ReceiveOptions,
+    readonly straddle: Prefix['straddle'],
   ) {}
 
   #check(): void {
@@ -198,30 +218,12 @@ class Receiver {
     this.o.onProgress?.({ ...this.stats });
   }
 
-  /** The sender's chunk list, a page at a time, the next page asked for while this one is used. */
-  async *#chunks(): AsyncGenerator<{ hash: Uint8Array; size: number; offset: number }> {
-    let from = 0;
-    let offset = 0;
-    let next = this.src.list(this.name, 0);
-    for (;;) {
-      const page = await next;
-      from += page.chunks.length;
-      if (!page.end) next = this.src.list(this.name, from);
-      for (const [hash, size] of page.chunks) {
-        yield { hash, size, offset };
-        offset += size;
-      }
-      if (page.end || page.chunks.length === 0) break;
-    }
-    if (offset !== this.stats.size) throw new CabError('ERR_PROTOCOL', `the chunk list covers ${offset} bytes of ${this.stats.size}`, { blob: this.name });
-  }
-
   async run(): Promise<void> {
     const durable = this.w.size;
     const self = this;
     // Skip what a resumed blob holds; the chunk it ends inside is finished from the sender.
     async function* rest(): AsyncGenerator<ChunkRef> {
-      for await (const c of self.#chunks()) {
+      for await (const c of remoteChunks(self.src, self.name, self.stats.size)) {
         self.#check();
         if (c.offset + c.size <= durable) continue;
         if (c.offset < durable) {
@@ -267,26 +269,16 @@ class Receiver {
     await this.#flushRun(undefined);
   }
 
-  /** The chunk that a resumed blob ends inside: its tail from the sender, checked with the local head. */
-  async #finishStraddling(c: { hash: Uint8Array; size: number; offset: number }, durable: number): Promise<void> {
-    const head = durable - c.offset;
-    const r = await this.store.newBlobReader(this.name);
-    const bytes = new Uint8Array(c.size);
-    try {
-      let at = 0;
-      while (at < head) at += await r.readAt(bytes.subarray(at, head), c.offset + at);
-    } finally {
-      await r.close();
+  /** The chunk that a resumed blob ends inside: its rest, fetched and checked with the local head by checkPrefix. */
+  async #finishStraddling(c: RemoteChunk, durable: number): Promise<void> {
+    const s = this.straddle;
+    if (!s || s.chunk.offset !== c.offset || !bytesEqual(s.chunk.hash, c.hash) || s.chunk.size - s.rest.length !== durable - c.offset) {
+      throw new CabError('ERR_PROTOCOL', `the sender's chunk list changed during the transfer of ${this.name}`, { blob: this.name, offset: c.offset });
     }
-    const [tail] = await this.src.get([[c.hash, head, c.size - head]]);
-    this.stats.receivedBytes += tail!.length;
-    this.stats.neededBytes += tail!.length;
-    bytes.set(tail!, head);
-    if (tail!.length !== c.size - head || !bytesEqual(sha256(bytes), c.hash)) {
-      throw new CabError('ERR_HASH_MISMATCH', 'the rest of a chunk does not hash to the chunk', { blob: this.name, offset: c.offset });
-    }
-    await this.w.appendBytes(tail!);
-    this.stats.verifiedBytes += tail!.length;
+    this.stats.receivedBytes += s.rest.length;
+    this.stats.neededBytes += s.rest.length;
+    await this.w.appendBytes(s.rest);
+    this.stats.verifiedBytes += s.rest.length;
     this.stats.chunksFetched++;
   }
 
@@ -316,7 +308,7 @@ class Receiver {
   #inflight: Array<{ chunks: Array<{ hash: Uint8Array; size: number }>; data: Promise<Uint8Array[]> }> = [];
 
   async #fetch(c: { hash: Uint8Array; size: number }): Promise<void> {
-    if (this.#batch.length && this.#batchBytes + c.size > Math.min(GET_BYTES, this.src.maxGetBytes ?? GET_BYTES)) await this.#launch();
+    if (this.#batch.length && this.#batchBytes + c.size > getBytes(this.src)) await this.#launch();
     this.#batch.push(c);
     this.#batchBytes += c.size;
   }
@@ -426,8 +418,10 @@ class Receiver {
     let r;
     try {
       r = await this.#reader(near.blob);
-    } catch {
-      return out;
+    } catch (e) {
+      // Deleted since the recipe named it: no local bytes to match against, fetch them all.
+      if (isCabError(e, 'ERR_NO_SUCH_BLOB')) return out;
+      throw e;
     }
     {
       const from = Math.max(0, near.offset - FINE_SLACK);

@@ -5,11 +5,12 @@ import { Chunker } from '../chunker/fastcdc.js';
 import { LEAF_SIZE, type MerkleState } from '../hash/merkle.js';
 import { HashJob } from '../hash/pool.js';
 import { fromHex, sha256, toHex } from '../hash/sha256.js';
-import { encodeRecord, merkleToRecord, openDescriptor, packChunks, readDescriptor, type AppendRecord, type Descriptor } from '../fsstore/descriptor.js';
+import { encodeRecord, merkleToRecord, packChunks, readDescriptorFrom, type AppendRecord, type Descriptor } from '../fsstore/descriptor.js';
 import { ensureDir, fsyncDir, writeAll } from '../fsstore/durable.js';
 import { FragmentFiles, FragmentWriter } from '../fsstore/fragments.js';
 import { checkBlobName } from '../fsstore/layout.js';
 import { tryLockExclusive } from '../fsstore/lock.js';
+import { lockDescriptor } from '../fsstore/rewrite.js';
 import { catchUpBlob } from '../fsstore/catchup.js';
 import type { Extent, ExtentMap } from '../fsstore/extents.js';
 import type { StoreInternals } from '../fsstore/internals.js';
@@ -152,11 +153,11 @@ export class BlobWriter {
     checkBlobName(name);
     s.checkOpen();
     const { layout } = s;
-    const fh = await openDescriptor(layout.descriptor(name), name, 'r+');
+    // Locked, and the file the name points at (a descriptor may be replaced: see fsstore/rewrite.ts).
+    const fh = await lockDescriptor(layout, name);
     let ok = false;
     try {
-      if (!tryLockExclusive(fh.fd)) throw new CabError('ERR_BLOB_LOCKED', `blob ${name} is being written`, { blob: name });
-      const d = await readDescriptor(layout.descriptor(name), name);
+      const d = await readDescriptorFrom(fh, name);
       if (d.finalized) throw new CabError('ERR_BLOB_FINALIZED', `blob ${name} is finalized`, { blob: name });
       if (d.damagedAt !== undefined) throw new CabError('ERR_BLOB_DAMAGED', `blob ${name} is damaged from byte ${d.damagedAt}`, { blob: name, offset: d.damagedAt });
       let headerEnd: number;

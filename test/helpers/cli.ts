@@ -122,3 +122,9 @@ export function waitFor(c: ChildProcess, re: RegExp, what: string): Promise<RegE
     c.once('exit', (code, sig) => reject(new Error(`${what} exited ${code ?? sig} before ${re}: ${out} ${err}`)));
   });
 }
+
+/** Runs `cabstore --store STORE ARGS...` to its end: exit code, stdout and stderr as text. */
+export async function runCli(store: string, ...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const r = await cli(['--store', store, ...args]);
+  return { code: r.code, stdout: r.out, stderr: r.stderr };
+}

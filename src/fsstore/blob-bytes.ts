@@ -1,0 +1,127 @@
+import { CabError } from '../errors.js';
+import { bytesEqual, sha256, toHex } from '../hash/sha256.js';
+import type { ChunkInfo, ChunkPager } from './chunk-pager.js';
+import type { ExtentMap } from './extents.js';
+import type { FragmentFiles } from './fragments.js';
+
+/** Reads blob bytes [pos, pos + buf.length) through the extents into buf, unchecked. */
+export async function readExtents(files: FragmentFiles, extents: ExtentMap, buf: Uint8Array, pos: number): Promise<void> {
+  let at = 0;
+  for (const e of extents.slice(pos, buf.length)) {
+    await files.read(e.frag, buf, at, e.size, e.offset);
+    at += e.size;
+  }
+}
+
+/** Throws ERR_HASH_MISMATCH unless `bytes` (chunk `c` of blob `blob`) hash to the chunk's recorded SHA-256. */
+export function checkChunk(blob: string, c: ChunkInfo, bytes: Uint8Array): void {
+  const found = sha256(bytes);
+  if (!bytesEqual(found, c.hash)) {
+    throw new CabError('ERR_HASH_MISMATCH', `blob ${blob}: bytes ${c.start}..${c.start + c.size} do not hash to their recorded chunk`, {
+      blob,
+      offset: c.start,
+      size: c.size,
+      expected: toHex(c.hash),
+      found: toHex(found),
+    });
+  }
+}
+
+/**
+ * A blob's bytes as its descriptor recorded them, checked: every byte below
+ * the last chunk boundary is handed out only after its whole chunk was read
+ * from disk and hashed to the chunk's recorded SHA-256. Whole chunks inside
+ * a read go straight into the caller's buffer and are checked there; a
+ * chunk only partly asked for is read whole, checked, and kept (the last
+ * one), so small sequential reads hash each chunk once.
+ *
+ * Bytes past the last chunk boundary of an unfinalized blob (its open
+ * chunk, less than the chunker's max) have no hash yet and are returned
+ * unchecked; their chunk's hash covers them once it ends, and a writer or a
+ * transfer that completes the chunk checks it then.
+ */
+export class BlobBytes {
+  readonly #name: string;
+  readonly #extents: ExtentMap;
+  readonly #chunkEnd: number;
+  readonly #pager: ChunkPager;
+  readonly #files: FragmentFiles;
+  #kept: { start: number; bytes: Uint8Array } | undefined;
+
+  constructor(name: string, d: { extents: ExtentMap; chunkEnd: number }, pager: ChunkPager, files: FragmentFiles) {
+    this.#name = name;
+    this.#extents = d.extents;
+    this.#chunkEnd = d.chunkEnd;
+    this.#pager = pager;
+    this.#files = files;
+  }
+
+  /** The recorded chunk holding blob offset `pos` (below the last chunk boundary). */
+  chunkAt(pos: number): Promise<ChunkInfo> {
+    return this.#pager.chunkAt(pos);
+  }
+
+  /** The recorded chunks, in order. */
+  async *chunks(): AsyncGenerator<ChunkInfo> {
+    for (let p = 0; p < this.#chunkEnd; ) {
+      const c = await this.#pager.chunkAt(p);
+      yield c;
+      p = c.start + c.size;
+    }
+  }
+
+  /** Fills buf with blob bytes [pos, pos + buf.length), checked (see the class comment). */
+  async read(buf: Uint8Array, pos: number): Promise<void> {
+    const end = pos + buf.length;
+    const checkedEnd = Math.min(end, this.#chunkEnd);
+    let p = pos;
+    while (p < checkedEnd) {
+      const c = await this.#pager.chunkAt(p);
+      const cEnd = c.start + c.size;
+      if (c.start < pos || cEnd > end) {
+        const bytes = await this.#chunk(c);
+        const to = Math.min(cEnd, end);
+        buf.set(bytes.subarray(p - c.start, to - c.start), p - pos);
+        p = to;
+        continue;
+      }
+      // A run of whole chunks: one read into the caller's buffer, each chunk checked in place.
+      const run = [c];
+      let q = cEnd;
+      while (q < checkedEnd) {
+        const next = await this.#pager.chunkAt(q);
+        if (next.start + next.size > end) break;
+        run.push(next);
+        q = next.start + next.size;
+      }
+      await readExtents(this.#files, this.#extents, buf.subarray(p - pos, q - pos), p);
+      for (const x of run) checkChunk(this.#name, x, buf.subarray(x.start - pos, x.start - pos + x.size));
+      p = q;
+    }
+    if (p < end) await readExtents(this.#files, this.#extents, buf.subarray(p - pos), p);
+  }
+
+  /** Chunk `c` whole and checked: the one kept, or read now (and kept). */
+  async #chunk(c: ChunkInfo): Promise<Uint8Array> {
+    if (this.#kept?.start === c.start) return this.#kept.bytes;
+    const bytes = Buffer.allocUnsafe(c.size);
+    await readExtents(this.#files, this.#extents, bytes, c.start);
+    checkChunk(this.#name, c, bytes);
+    this.#kept = { start: c.start, bytes };
+    return bytes;
+  }
+
+  /**
+   * Where a block that starts at `pos` and should hold about `want` bytes
+   * ends, on a chunk boundary (so no chunk is read twice), never past
+   * `limit`: the boundary at or before pos + want, or the end of the chunk
+   * there if that chunk starts at pos or before.
+   */
+  async blockEnd(pos: number, want: number, limit: number): Promise<number> {
+    const target = pos + want;
+    if (target >= limit) return limit;
+    if (target >= this.#chunkEnd) return target;
+    const c = await this.#pager.chunkAt(target);
+    return Math.min(limit, c.start > pos ? c.start : c.start + c.size);
+  }
+}

@@ -1,0 +1,172 @@
+import fs from 'node:fs/promises';
+import { isCabError } from '../errors.js';
+import { bytesEqual } from '../hash/sha256.js';
+import { checkChunk, readExtents } from './blob-bytes.js';
+import { catchUpBlob } from './catchup.js';
+import { ChunkPager, type ChunkInfo } from './chunk-pager.js';
+import { flatDamage, normalizeDamage, uncovered, type DamageRange } from './damage.js';
+import { encodeRecord, readDescriptorFrom, type Descriptor } from './descriptor.js';
+import { writeAll } from './durable.js';
+import { FragmentFiles } from './fragments.js';
+import { fragSize, problem, type FsckContext, type FsckProblemKind } from './fsck-context.js';
+import { tryLockDescriptor } from './rewrite.js';
+
+/** Blob bytes that may be damaged, and the reason to think so. */
+type Suspect = DamageRange & { kind: FsckProblemKind; fragment?: string };
+
+/**
+ * Checks one blob and, with repair, mends it: a descriptor without a header
+ * that holds nothing is removed, a torn tail truncated, damage recorded (in
+ * whole chunks), the index entries rebuilt. `hashOk` says whether its
+ * content hashed to its recorded hash (--verify), if that is known. A blob
+ * whose writer lock another process holds is only looked at.
+ */
+export async function checkBlob(ctx: FsckContext, name: string, hashOk: boolean | undefined): Promise<void> {
+  const { layout, index, opts } = ctx;
+  const got = await tryLockDescriptor(layout, name);
+  if (!got) return; // deleted meanwhile
+  const { fh, locked: mine } = got;
+  try {
+    const repair = !!opts.repair && mine;
+    const d = await readDescriptorFrom(fh, name);
+    if (!d.hasHeader) {
+      const empty = d.validEnd === 0;
+      if (repair && empty) {
+        await fs.unlink(layout.descriptor(name));
+        await index.removeBlob(name);
+      }
+      if (mine) problem(ctx, { kind: 'no-header', blob: name, detail: `descriptor has no valid header (${d.fileSize} bytes)` }, repair && empty);
+      return;
+    }
+    if (d.torn && mine) {
+      if (repair) {
+        await fh.truncate(d.validEnd);
+        await fh.datasync();
+      }
+      problem(ctx, { kind: 'torn-descriptor', blob: name, offset: d.size, detail: `${d.tornReason}: ${d.fileSize - d.validEnd} bytes after the last good record` }, repair);
+    }
+    await checkDamage(ctx, fh, d, hashOk, repair);
+
+    // The chunk index against the descriptor (after any repair above).
+    const cur = await readDescriptorFrom(fh, name, { extents: false });
+    const entry = index.blob(name);
+    const agrees =
+      entry !== undefined &&
+      entry.d === cur.validEnd &&
+      entry.s === cur.size &&
+      entry.n === cur.chunkCount &&
+      entry.e === cur.chunkEnd &&
+      String(entry.k) === String(flatDamage(cur.damage)) &&
+      (entry.h === undefined ? cur.hash === undefined : cur.hash !== undefined && bytesEqual(entry.h, cur.hash)) &&
+      chunkCount(ctx, name) === cur.chunkCount;
+    if (!agrees && (mine || !entry)) {
+      if (opts.repair) {
+        await index.removeBlob(name);
+        await catchUpBlob(index, layout, name);
+      }
+      problem(ctx, { kind: 'index-mismatch', blob: name, detail: entry ? 'the chunk index disagrees with the descriptor' : 'the chunk index lacks the blob' }, !!opts.repair);
+    }
+  } finally {
+    await fh.close();
+  }
+}
+
+function chunkCount(ctx: FsckContext, name: string): number {
+  let n = 0;
+  for (const _ of ctx.index.blobChunks(name)) n++;
+  return n;
+}
+
+/**
+ * Finds the blob's damaged chunks (those in a missing, short or corrupt
+ * fragment that no longer hash to their recorded hash, or any, if the blob
+ * hash is wrong), records the new ones with repair, and reports every
+ * damaged range. A damaged blob is a problem that only a pull or an import
+ * heals: it is reported as not repaired on every run until then.
+ */
+async function checkDamage(ctx: FsckContext, fh: fs.FileHandle, d: Descriptor, hashOk: boolean | undefined, repair: boolean): Promise<void> {
+  const name = d.name;
+  const suspects: Suspect[] = [];
+  for (let i = 0; i < d.extents.count; i++) {
+    const e = d.extents.at(i);
+    const size = await fragSize(ctx, e.frag);
+    const kind = size === null ? 'missing-fragment' : size < e.offset + e.size ? 'short-fragment' : ctx.corrupt.has(e.frag) ? 'corrupt-fragment' : undefined;
+    if (kind) suspects.push({ o: e.start, e: e.start + e.size, why: `${kind} ${e.frag}`, kind, fragment: e.frag });
+  }
+  if (suspects.length === 0 && hashOk === false) suspects.push({ o: 0, e: d.size, why: 'hash-mismatch', kind: 'hash-mismatch' });
+  const found = await badChunks(ctx, fh, d, suspects);
+  if (hashOk === false && found.length === 0) {
+    problem(ctx, { kind: 'hash-mismatch', blob: name, detail: 'every chunk hashes to its recorded hash, but the content does not hash to the recorded blob hash' });
+  }
+  const fresh = uncovered(found, d.damage);
+  if (repair && fresh.length > 0) {
+    let at = d.validEnd;
+    for (const r of fresh) {
+      const rec = encodeRecord({ t: 'd', o: r.o, e: r.e, why: r.why });
+      await writeAll(fh, rec, at);
+      at += rec.length;
+    }
+    await fh.datasync();
+    await ctx.index.removeBlob(name);
+    await catchUpBlob(ctx.index, ctx.layout, name);
+  }
+  for (const r of fresh) {
+    const detail = `blob bytes ${r.o}..${r.e} ${r.fragment ? `(fragment ${r.fragment}) ` : ''}do not hash to their recorded chunks${repair ? ': recorded as damaged' : ''}`;
+    problem(ctx, { kind: r.kind, blob: name, fragment: r.fragment, offset: r.o, end: r.e, detail }, repair);
+  }
+  const all = normalizeDamage<DamageRange>([...d.damage, ...fresh]);
+  for (const r of all) ctx.report.damaged.push({ blob: name, offset: r.o, end: r.e, why: r.why });
+  const recorded = repair ? all : d.damage;
+  if (recorded.length > 0) {
+    const bytes = recorded.reduce((n, r) => n + r.e - r.o, 0);
+    problem(ctx, {
+      kind: 'damaged',
+      blob: name,
+      offset: recorded[0]!.o,
+      end: recorded[recorded.length - 1]!.e,
+      detail: `${bytes} bytes in ${recorded.length} ranges are recorded as damaged; a pull or an import of the blob from a store that holds it heals them`,
+    });
+  }
+}
+
+/** The chunks of the suspect ranges that fail their check, merged into ranges. */
+async function badChunks(ctx: FsckContext, fh: fs.FileHandle, d: Descriptor, suspects: Suspect[]): Promise<Suspect[]> {
+  const out: Suspect[] = [];
+  if (suspects.length === 0) return out;
+  const mark = (o: number, e: number, s: Suspect) => {
+    const last = out[out.length - 1];
+    if (last && last.e === o && last.why === s.why) last.e = e;
+    else out.push({ ...s, o, e });
+  };
+  const pager = new ChunkPager(fh, d.chunkRecords);
+  const files = new FragmentFiles(ctx.layout, 16);
+  try {
+    let done = 0; // chunks before this are checked
+    for (const s of normalizeDamage(suspects)) {
+      for (let p = Math.max(s.o, done); p < Math.min(s.e, d.chunkEnd); p = done) {
+        const c = await pager.chunkAt(p);
+        if (!(await chunkOk(ctx, d, files, c))) mark(c.start, c.start + c.size, s);
+        done = c.start + c.size;
+      }
+      // The open chunk of an unfinalized blob has no hash to check it against: all of it is suspect.
+      if (s.e > d.chunkEnd) mark(d.chunkEnd, d.size, s);
+    }
+  } finally {
+    await files.close();
+  }
+  return out;
+}
+
+async function chunkOk(ctx: FsckContext, d: Descriptor, files: FragmentFiles, c: ChunkInfo): Promise<boolean> {
+  const bytes = Buffer.allocUnsafe(c.size);
+  try {
+    await readExtents(files, d.extents, bytes, c.start);
+    checkChunk(d.name, c, bytes);
+    return true;
+  } catch (e) {
+    if (isCabError(e, 'ERR_FRAGMENT_MISSING') || isCabError(e, 'ERR_HASH_MISMATCH')) return false;
+    throw e;
+  } finally {
+    ctx.report.bytesVerified += c.size;
+  }
+}

@@ -1,0 +1,92 @@
+import fs from 'node:fs/promises';
+import { CabError, ioError } from '../errors.js';
+import type { ChunkIndex } from './chunk-index.js';
+import type { Layout } from './layout.js';
+
+export interface FsckOptions {
+  /** Also hash every fragment and every finalized blob's content (reads all data). */
+  verify?: boolean;
+  /** Fix what can be fixed without losing anything a user could want (see FsckReport). */
+  repair?: boolean;
+  /** Called after each blob and fragment with bytes verified so far. */
+  onProgress?: (p: { blobs: number; fragments: number; bytesVerified: number }) => void;
+  signal?: AbortSignal;
+}
+
+export type FsckProblemKind =
+  | 'no-header' // a descriptor without a valid header: nothing recorded in it
+  | 'torn-descriptor' // bytes after the last good record
+  | 'missing-fragment' // chunks of a blob lost with a fragment
+  | 'short-fragment' // chunks of a blob past the end of a fragment
+  | 'corrupt-fragment' // chunks of a blob that no longer hash to their recorded hash, in a fragment that no longer hashes to its name (--verify)
+  | 'hash-mismatch' // a finalized blob's content does not hash to its recorded hash (--verify)
+  | 'damaged' // a blob with damage recorded (by this or an earlier repair): only a pull or import heals it
+  | 'index-mismatch' // the chunk index disagrees with a descriptor
+  | 'index-orphan'; // the chunk index has a blob with no descriptor
+
+export interface FsckProblem {
+  kind: FsckProblemKind;
+  blob?: string;
+  fragment?: string;
+  /** The damaged blob bytes [offset, end), for damage. */
+  offset?: number;
+  end?: number;
+  detail: string;
+  repaired: boolean;
+}
+
+export interface FsckReport {
+  blobs: number;
+  fragments: number;
+  bytesVerified: number;
+  problems: FsckProblem[];
+  /** Damaged byte ranges of blobs, in whole chunks: recorded by this or an earlier repair, or found now. */
+  damaged: Array<{ blob: string; offset: number; end: number; why: string }>;
+  /**
+   * Fragments whose bytes do not hash to their name (--verify). Where a blob
+   * reads a chunk of one that no longer hashes right, that is a problem
+   * ('corrupt-fragment', with the blob); a corrupt fragment no blob reads
+   * bad bytes from (the damage was healed, or is in bytes no one uses) is
+   * listed here only, and goes when GC finds it unused.
+   */
+  corruptFragments: string[];
+  repaired: number;
+  /** Problems not repaired: with repair, those that cannot be, such as damage itself. */
+  unrepaired: number;
+  seconds: number;
+}
+
+/** What one fsck run shares between its passes. */
+export interface FsckContext {
+  layout: Layout;
+  index: ChunkIndex;
+  opts: FsckOptions;
+  report: FsckReport;
+  fragSizes: Map<string, number | null>;
+  /** Fragments whose bytes do not hash to their name (--verify). */
+  corrupt: Set<string>;
+}
+
+export function problem(ctx: FsckContext, p: Omit<FsckProblem, 'repaired'>, repaired = false): void {
+  ctx.report.problems.push({ ...p, repaired });
+  if (repaired) ctx.report.repaired++;
+  else ctx.report.unrepaired++;
+}
+
+/** A fragment's size; null if it does not exist. Any other failure is an I/O error, not a missing fragment. */
+export async function fragSize(ctx: FsckContext, id: string): Promise<number | null> {
+  let s = ctx.fragSizes.get(id);
+  if (s === undefined) {
+    const file = ctx.layout.fragment(id);
+    let st;
+    try {
+      st = await fs.stat(file);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw ioError(e, `fsck: stat of fragment ${id}`, { path: file });
+    }
+    if (st && !st.isFile()) throw new CabError('ERR_IO', `fsck: fragment ${id} is not a regular file`, { path: file });
+    s = st ? st.size : null;
+    ctx.fragSizes.set(id, s);
+  }
+  return s;
+}

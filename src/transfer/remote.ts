@@ -1,0 +1,55 @@
+import { CabError } from '../errors.js';
+import type { GetItem, WireChunk } from './messages.js';
+
+/** Where `receive` gets a blob from: a peer over a connection, or a bundle. */
+export interface RemoteSource {
+  label: string;
+  /** The most bytes one `get` may ask for (default MAX_GET_BYTES). */
+  maxGetBytes?: number;
+  stat(name: string): Promise<{ size: number; finalized: boolean; hash?: Uint8Array }>;
+  /** The blob's chunks from number `from`, a page at a time. */
+  list(name: string, from: number): Promise<{ chunks: WireChunk[]; end: boolean }>;
+  /** The chunk cut again by the fine chunker: [SHA-256, size] of each piece. Absent: no fine matching (bundles). */
+  fine?(hash: Uint8Array, size: number): Promise<WireChunk[]>;
+  /** Byte ranges of chunks, in order. */
+  get(items: GetItem[]): Promise<Uint8Array[]>;
+}
+
+/** A chunk of the sender's list, with its offset in the blob. */
+export interface RemoteChunk {
+  hash: Uint8Array;
+  size: number;
+  offset: number;
+}
+
+/** Bytes a receiver asks for in one `get` (less if the source says so). */
+export const GET_BYTES = 1024 * 1024;
+
+export function getBytes(src: RemoteSource): number {
+  return Math.min(GET_BYTES, src.maxGetBytes ?? GET_BYTES);
+}
+
+/**
+ * The sender's chunk list of blob `name` (of `size` bytes), a page at a
+ * time, the next page asked for while this one is used. ERR_PROTOCOL if the
+ * list does not cover the blob exactly (checked once it is read to the end).
+ */
+export async function* remoteChunks(src: RemoteSource, name: string, size: number): AsyncGenerator<RemoteChunk> {
+  let from = 0;
+  let offset = 0;
+  let next = src.list(name, 0);
+  for (;;) {
+    const page = await next;
+    from += page.chunks.length;
+    if (!page.end) {
+      next = src.list(name, from);
+      next.catch(() => {}); // awaited in turn; a caller that stops early must not leave it unhandled
+    }
+    for (const [hash, size] of page.chunks) {
+      yield { hash, size, offset };
+      offset += size;
+    }
+    if (page.end || page.chunks.length === 0) break;
+  }
+  if (offset !== size) throw new CabError('ERR_PROTOCOL', `the chunk list covers ${offset} bytes of ${size}`, { blob: name });
+}
