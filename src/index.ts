@@ -1,12 +1,12 @@
 export { CabError, ERROR_CODES, isCabError, type ErrorCode, type CabErrorData } from './errors.js';
 export * from './hash/index.js';
 export * from './chunker/index.js';
-export { BlobStore, DEFAULT_FRAGMENT_SIZE, type StoreOptions, type ChunkRef, type RecipeStep, type Location, type BlobMetadata, type Signpost, type PerSyncgroup, type FsckOptions, type FsckReport, type GcOptions, type GcReport } from './fsstore/store.js';
-export { BlobWriter, type AppendItem } from './writer/writer.js';
-export { BlobReader, type StreamOptions } from './reader/reader.js';
-export { firstDifference } from './reader/compare.js';
-export type { FsckProblem, FsckProblemKind } from './fsstore/fsck.js';
-export type { GcProgress } from './gc/gc.js';
+export { BlobStore, DEFAULT_FRAGMENT_SIZE, type StoreOptions, type ChunkRef, type RecipeStep, type Location, type BlobMetadata, type Signpost, type PerSyncgroup, type FsckOptions, type FsckReport, type GcOptions, type GcReport } from './store.js';
+export { BlobWriter, type AppendItem } from './blob/writer.js';
+export { BlobReader, type StreamOptions } from './blob/reader.js';
+export { firstDifference } from './blob/compare.js';
+export type { FsckProblem, FsckProblemKind } from './upkeep/fsck.js';
+export type { GcProgress } from './upkeep/gc.js';
 export { serve, connect, type ServeOptions, type CabServer, type ConnectOptions, type CabClient } from './transfer/ws.js';
 export type { TransferStats, TransferProgress, ReceiveOptions } from './transfer/receive.js';
 export { PROTOCOL_VERSION, encode as encodeMessage, decode as decodeMessage, type Message, type Perm } from './transfer/messages.js';

@@ -4,7 +4,7 @@ import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { BlobStore, CabError, exportBundle, importBundle, merkleRoot, toHex, writeHave } from '../src/index.js';
-import { encodeRecord } from '../src/fsstore/descriptor.js';
+import { encodeRecord } from '../src/format/descriptor.js';
 import { prngBytes } from '../tools/data.js';
 import { tempDir, tempStore, putBlob, readAll } from './helpers/store.js';
 import { chunkHolding, flipByte } from './helpers/damage.js';

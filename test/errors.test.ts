@@ -23,7 +23,7 @@ test('a store or descriptor of a newer format is refused with ERR_FORMAT_VERSION
   const os = await import('node:os');
   const path = await import('node:path');
   const { BlobStore, encodeMessage, decodeMessage, serve } = await import('../src/index.js');
-  const { encodeRecord } = await import('../src/fsstore/descriptor.js');
+  const { encodeRecord } = await import('../src/format/descriptor.js');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cabstore-errors-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const root = path.join(dir, 's');

@@ -4,7 +4,7 @@ import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { BlobStore, CabError, chunk, decodeMessage, encodeMessage, exportBundle, importBundle, merkleRoot, toHex } from '../src/index.js';
-import { truncateBlob } from '../src/writer/truncate.js';
+import { truncateBlob } from '../src/blob/truncate.js';
 import { prngBytes } from '../tools/data.js';
 import { tempDir, tempStore, putBlob, readAll, chunksOf, chunkKeys, keysOf } from './helpers/store.js';
 import { wsProxy } from './helpers/proxies.js';

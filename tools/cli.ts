@@ -19,7 +19,7 @@ import {
   writeHave,
   type Perm,
 } from '../src/index.js';
-import { replaceDurable, writeAll } from '../src/fsstore/durable.js';
+import { replaceDurable, writeAll } from '../src/disk/durable.js';
 import { ioError } from '../src/errors.js';
 import { Progress, fmtBytes } from './progress.js';
 import { STDIN, appendSource, openSource } from './source.js';

@@ -1,8 +1,8 @@
 import fs from 'node:fs/promises';
 import { CabError, isCabError } from '../errors.js';
 import { bytesEqual, toHex } from '../hash/sha256.js';
-import { checkBlobName, isBlobName } from '../fsstore/layout.js';
-import type { BlobStore } from '../fsstore/store.js';
+import { checkBlobName, isBlobName } from '../format/layout.js';
+import type { BlobStore } from '../store.js';
 import { MAX_LIST, MAX_GET_BYTES, type WireChunk } from './messages.js';
 import { receive, type RemoteSource, type TransferStats } from './receive.js';
 import { RecordWriter, packr, scan } from './records.js';

@@ -1,5 +1,5 @@
 import { CabError } from '../errors.js';
-import type { BlobStore } from '../fsstore/store.js';
+import type { BlobStore } from '../store.js';
 import { RecordWriter, scan } from './records.js';
 
 /**

@@ -1,8 +1,8 @@
 import { CabError } from '../errors.js';
 import { bytesEqual, sha256, toHex } from '../hash/sha256.js';
-import { overlapsDamage } from '../fsstore/damage.js';
-import type { BlobStore } from '../fsstore/store.js';
-import { BlobHealer } from '../writer/heal.js';
+import { overlapsDamage } from '../format/damage.js';
+import type { BlobStore } from '../store.js';
+import { BlobHealer } from '../blob/heal.js';
 import { getBytes, remoteChunks, type RemoteChunk, type RemoteSource } from './remote.js';
 
 /**

@@ -2,10 +2,10 @@ import crypto from 'node:crypto';
 import { CabError, ERROR_CODES, isCabError, type ErrorCode } from '../errors.js';
 import { chunk as cdc } from '../chunker/fastcdc.js';
 import { sha256 } from '../hash/sha256.js';
-import { checkBlobName } from '../fsstore/layout.js';
-import { catchUpBlob } from '../fsstore/catchup.js';
-import type { BlobStore } from '../fsstore/store.js';
-import type { BlobReader } from '../reader/reader.js';
+import { checkBlobName } from '../format/layout.js';
+import { catchUpBlob } from '../index/catchup.js';
+import type { BlobStore } from '../store.js';
+import type { BlobReader } from '../blob/reader.js';
 import {
   PROTOCOL_VERSION,
   MAX_FRAME,

@@ -1,7 +1,7 @@
 import { bytesEqual, sha256 } from '../hash/sha256.js';
-import { overlapsDamage } from '../fsstore/damage.js';
-import type { BlobStore } from '../fsstore/store.js';
-import { truncateBlob } from '../writer/truncate.js';
+import { overlapsDamage } from '../format/damage.js';
+import type { BlobStore } from '../store.js';
+import { truncateBlob } from '../blob/truncate.js';
 import { remoteChunks, type RemoteChunk, type RemoteSource } from './remote.js';
 
 /** What checkPrefix found. */

@@ -1,9 +1,9 @@
 import { CabError, isCabError } from '../errors.js';
 import { chunk as cdc } from '../chunker/fastcdc.js';
 import { bytesEqual, sha256, toHex } from '../hash/sha256.js';
-import type { BlobStore, ChunkRef } from '../fsstore/store.js';
-import type { BlobWriter } from '../writer/writer.js';
-import type { BlobReader } from '../reader/reader.js';
+import type { BlobStore, ChunkRef } from '../store.js';
+import type { BlobWriter } from '../blob/writer.js';
+import type { BlobReader } from '../blob/reader.js';
 import { FINE_CHUNKER, type GetItem } from './messages.js';
 import { healFrom } from './heal.js';
 import { checkPrefix, type Prefix } from './prefix.js';

@@ -2,7 +2,7 @@ import fs from 'node:fs/promises';
 import zlib from 'node:zlib';
 import { Packr } from 'msgpackr';
 import { CabError } from '../errors.js';
-import { writeAll } from '../fsstore/durable.js';
+import { writeAll } from '../disk/durable.js';
 
 /**
  * Files of records, as bundles and have-files are: a magic string, then

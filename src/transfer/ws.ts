@@ -3,7 +3,7 @@ import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { WebSocket, WebSocketServer } from 'ws';
 import { CabError, ioError } from '../errors.js';
-import type { BlobStore } from '../fsstore/store.js';
+import type { BlobStore } from '../store.js';
 import { MAX_FRAME, MAX_GET_BYTES, type Perm } from './messages.js';
 import { Peer, DEFAULT_IDLE_MS, DEFAULT_MAX_REQUESTS } from './peer.js';
 import type { ReceiveOptions, TransferStats } from './receive.js';

@@ -1,7 +1,7 @@
 // Real damage for tests: bytes of a blob changed where they lie on disk.
 import fs from 'node:fs';
 import type { BlobStore } from '../../src/index.js';
-import { readDescriptor } from '../../src/fsstore/descriptor.js';
+import { readDescriptor } from '../../src/format/descriptor.js';
 
 /** Where blob byte `offset` of `name` lies: the fragment file and the offset in it. */
 export async function whereIs(store: BlobStore, name: string, offset: number): Promise<{ file: string; at: number; frag: string }> {

@@ -2,8 +2,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
 import { BlobStore } from '../../src/index.js';
-import { encodeRecord } from '../../src/fsstore/descriptor.js';
-import { Layout } from '../../src/fsstore/layout.js';
+import { encodeRecord } from '../../src/format/descriptor.js';
+import { Layout } from '../../src/format/layout.js';
 import { type BenchContext, timeAsync } from './harness.js';
 
 const BLOBS = 10_000;

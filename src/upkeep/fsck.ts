@@ -3,13 +3,13 @@ import crypto from 'node:crypto';
 import { CabError, ioError, isCabError } from '../errors.js';
 import { HashJob } from '../hash/pool.js';
 import { bytesEqual } from '../hash/sha256.js';
-import { readExtents } from './blob-bytes.js';
-import type { ChunkIndex } from './chunk-index.js';
-import { readDescriptor, type Descriptor } from './descriptor.js';
+import { readExtents } from '../disk/blob-bytes.js';
+import type { ChunkIndex } from '../index/chunk-index.js';
+import { readDescriptor, type Descriptor } from '../format/descriptor.js';
 import { checkBlob } from './fsck-blob.js';
 import { problem, type FsckContext, type FsckOptions, type FsckReport } from './fsck-context.js';
-import { FragmentFiles } from './fragments.js';
-import type { Layout } from './layout.js';
+import { FragmentFiles } from '../disk/fragments.js';
+import type { Layout } from '../format/layout.js';
 
 export type { FsckOptions, FsckProblem, FsckProblemKind, FsckReport } from './fsck-context.js';
 

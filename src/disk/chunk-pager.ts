@@ -1,6 +1,6 @@
 import type fs from 'node:fs/promises';
-import type { ChunkRecords } from './chunk-records.js';
-import { CHUNK_ENTRY, readRecordAt } from './descriptor.js';
+import type { ChunkRecords } from '../format/chunk-records.js';
+import { CHUNK_ENTRY, readRecordAt } from '../format/descriptor.js';
 
 /** One recorded chunk: its blob offset, size and SHA-256. */
 export interface ChunkInfo {

@@ -2,10 +2,10 @@ import fs from 'node:fs/promises';
 import { CabError } from '../errors.js';
 import type { ChunkIndex } from './chunk-index.js';
 import { catchUpBlob } from './catchup.js';
-import { openDescriptor } from './descriptor.js';
-import { fsyncDir, writeAll } from './durable.js';
-import type { Layout } from './layout.js';
-import { tryLockExclusive } from './lock.js';
+import { openDescriptor } from '../format/descriptor.js';
+import { fsyncDir, writeAll } from '../disk/durable.js';
+import type { Layout } from '../format/layout.js';
+import { tryLockExclusive } from '../disk/lock.js';
 
 /** Attempts to lock the file a name points at, while rewrites or deletes race us. */
 const LOCK_TRIES = 8;

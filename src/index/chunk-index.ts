@@ -1,7 +1,7 @@
 import { open, type RootDatabase, type Database } from 'lmdb';
 import { toHex } from '../hash/sha256.js';
-import { flatDamage, overlapsDamage, type DamageRange } from './damage.js';
-import { chunkEntries, type AppendRecord } from './descriptor.js';
+import { flatDamage, overlapsDamage, type DamageRange } from '../format/damage.js';
+import { chunkEntries, type AppendRecord } from '../format/descriptor.js';
 import { lmdbWriteSync } from './lmdb-write.js';
 
 /** Where a chunk's bytes are: a range of a local blob. */

@@ -1,7 +1,7 @@
 import fs from 'node:fs/promises';
 import { CabError, ioError } from '../errors.js';
-import type { ChunkIndex } from './chunk-index.js';
-import type { Layout } from './layout.js';
+import type { ChunkIndex } from '../index/chunk-index.js';
+import type { Layout } from '../format/layout.js';
 
 export interface FsckOptions {
   /** Also hash every fragment and every finalized blob's content (reads all data). */

@@ -1,14 +1,14 @@
 import type fs from 'node:fs/promises';
 import { CabError } from '../errors.js';
 import { bytesEqual, fromHex, sha256Stream } from '../hash/sha256.js';
-import { checkChunk } from '../fsstore/blob-bytes.js';
-import { ChunkPager, type ChunkInfo } from '../fsstore/chunk-pager.js';
-import { damageFrom, uncovered, widenToChunks, type DamageRange } from '../fsstore/damage.js';
-import { encodeRecord, readDescriptorFrom, type AppendRecord, type Descriptor } from '../fsstore/descriptor.js';
-import { FragmentWriter } from '../fsstore/fragments.js';
-import type { StoreInternals } from '../fsstore/internals.js';
-import { checkBlobName } from '../fsstore/layout.js';
-import { lockDescriptor, replaceDescriptor } from '../fsstore/rewrite.js';
+import { checkChunk } from '../disk/blob-bytes.js';
+import { ChunkPager, type ChunkInfo } from '../disk/chunk-pager.js';
+import { damageFrom, uncovered, widenToChunks, type DamageRange } from '../format/damage.js';
+import { encodeRecord, readDescriptorFrom, type AppendRecord, type Descriptor } from '../format/descriptor.js';
+import { FragmentWriter } from '../disk/fragments.js';
+import type { StoreInternals } from './context.js';
+import { checkBlobName } from '../format/layout.js';
+import { lockDescriptor, replaceDescriptor } from '../index/rewrite.js';
 
 /** A healed blob range and where its bytes start in the healing fragment. */
 interface Healed {

@@ -1,15 +1,15 @@
 import fs from 'node:fs/promises';
 import { isCabError } from '../errors.js';
 import { bytesEqual } from '../hash/sha256.js';
-import { checkChunk, readExtents } from './blob-bytes.js';
-import { catchUpBlob } from './catchup.js';
-import { ChunkPager, type ChunkInfo } from './chunk-pager.js';
-import { flatDamage, normalizeDamage, uncovered, type DamageRange } from './damage.js';
-import { encodeRecord, readDescriptorFrom, type Descriptor } from './descriptor.js';
-import { writeAll } from './durable.js';
-import { FragmentFiles } from './fragments.js';
+import { checkChunk, readExtents } from '../disk/blob-bytes.js';
+import { catchUpBlob } from '../index/catchup.js';
+import { ChunkPager, type ChunkInfo } from '../disk/chunk-pager.js';
+import { flatDamage, normalizeDamage, uncovered, type DamageRange } from '../format/damage.js';
+import { encodeRecord, readDescriptorFrom, type Descriptor } from '../format/descriptor.js';
+import { writeAll } from '../disk/durable.js';
+import { FragmentFiles } from '../disk/fragments.js';
 import { fragSize, problem, type FsckContext, type FsckProblemKind } from './fsck-context.js';
-import { tryLockDescriptor } from './rewrite.js';
+import { tryLockDescriptor } from '../index/rewrite.js';
 
 /** Blob bytes that may be damaged, and the reason to think so. */
 type Suspect = DamageRange & { kind: FsckProblemKind; fragment?: string };

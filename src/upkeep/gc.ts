@@ -2,17 +2,17 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import lockfile from 'proper-lockfile';
 import { CabError, isCabError } from '../errors.js';
-import type { ChunkIndex } from '../fsstore/chunk-index.js';
-import { readDescriptor } from '../fsstore/descriptor.js';
-import type { Layout } from '../fsstore/layout.js';
-import { livePins, type Lease } from '../fsstore/lease.js';
-import { isLocked } from '../fsstore/lock.js';
-import { exists } from '../fsstore/durable.js';
+import type { ChunkIndex } from '../index/chunk-index.js';
+import { readDescriptor } from '../format/descriptor.js';
+import type { Layout } from '../format/layout.js';
+import { livePins, type Lease } from '../disk/lease.js';
+import { isLocked } from '../disk/lock.js';
+import { exists } from '../disk/durable.js';
 import { forEachLimit } from './limit.js';
 
 /** File system calls in flight at once. */
 const IO_PARALLEL = 16;
-import type { Tables } from '../fsstore/tables.js';
+import type { Tables } from '../index/tables.js';
 
 export interface GcOptions {
   /** Report what would be deleted, delete nothing. */

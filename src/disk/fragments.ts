@@ -1,7 +1,7 @@
 import fs from 'node:fs/promises';
 import { CabError } from '../errors.js';
 import { ensureDir, fsyncDir, writeAll } from './durable.js';
-import type { Layout } from './layout.js';
+import type { Layout } from '../format/layout.js';
 
 /**
  * A fragment being written: a temp file in tmp/, opened exclusively. Its

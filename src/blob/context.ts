@@ -1,8 +1,8 @@
 import type { ResolvedChunkerParams } from '../chunker/params.js';
-import type { ChunkIndex } from './chunk-index.js';
-import type { Descriptor } from './descriptor.js';
-import type { Layout } from './layout.js';
-import type { Lease } from './lease.js';
+import type { ChunkIndex } from '../index/chunk-index.js';
+import type { Descriptor } from '../format/descriptor.js';
+import type { Layout } from '../format/layout.js';
+import type { Lease } from '../disk/lease.js';
 
 /**
  * What writers and readers need from their store. The store owns the disk;

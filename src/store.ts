@@ -1,20 +1,20 @@
 import fs from 'node:fs/promises';
-import { CabError, ioError, isCabError } from '../errors.js';
-import { resolveChunkerParams, sameChunkerParams, type ChunkerParams, type ResolvedChunkerParams } from '../chunker/params.js';
-import { HASH_NAME } from '../hash/sha256.js';
-import { BlobWriter } from '../writer/writer.js';
-import { BlobReader } from '../reader/reader.js';
-import { ChunkIndex, type Location } from './chunk-index.js';
-import { catchUpBlob } from './catchup.js';
-import { openDescriptor, readDescriptor, type Descriptor } from './descriptor.js';
-import { ensureDir, exists, fsyncDir, writeFileDurable } from './durable.js';
-import type { StoreInternals } from './internals.js';
-import { FORMAT_VERSION, Layout, checkBlobName, isFragmentId, newBlobName } from './layout.js';
-import { tryLockExclusive } from './lock.js';
-import { fsck, type FsckOptions, type FsckReport } from './fsck.js';
-import { Lease } from './lease.js';
-import { collect, type GcOptions, type GcReport } from '../gc/gc.js';
-import { Tables, type BlobMetadata, type Signpost, type PerSyncgroup } from './tables.js';
+import { CabError, ioError, isCabError } from './errors.js';
+import { resolveChunkerParams, sameChunkerParams, type ChunkerParams, type ResolvedChunkerParams } from './chunker/params.js';
+import { HASH_NAME } from './hash/sha256.js';
+import { BlobWriter } from './blob/writer.js';
+import { BlobReader } from './blob/reader.js';
+import { ChunkIndex, type Location } from './index/chunk-index.js';
+import { catchUpBlob } from './index/catchup.js';
+import { openDescriptor, readDescriptor, type Descriptor } from './format/descriptor.js';
+import { ensureDir, exists, fsyncDir, writeFileDurable } from './disk/durable.js';
+import type { StoreInternals } from './blob/context.js';
+import { FORMAT_VERSION, Layout, checkBlobName, isFragmentId, newBlobName } from './format/layout.js';
+import { tryLockExclusive } from './disk/lock.js';
+import { fsck, type FsckOptions, type FsckReport } from './upkeep/fsck.js';
+import { Lease } from './disk/lease.js';
+import { collect, type GcOptions, type GcReport } from './upkeep/gc.js';
+import { Tables, type BlobMetadata, type Signpost, type PerSyncgroup } from './index/tables.js';
 
 export interface StoreOptions {
   /** Chunker parameters for a new store (an existing store keeps its own; asking for others is an error). */

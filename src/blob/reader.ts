@@ -1,14 +1,14 @@
 import type fs from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { CabError } from '../errors.js';
-import { BlobBytes } from '../fsstore/blob-bytes.js';
-import { ChunkPager, type ChunkInfo } from '../fsstore/chunk-pager.js';
-import { damageFrom, widenToChunks, type DamageRange } from '../fsstore/damage.js';
-import { openDescriptor, readDescriptorFrom, type Descriptor } from '../fsstore/descriptor.js';
-import type { ExtentMap } from '../fsstore/extents.js';
-import { FragmentFiles } from '../fsstore/fragments.js';
-import type { StoreInternals } from '../fsstore/internals.js';
-import { checkBlobName } from '../fsstore/layout.js';
+import { BlobBytes } from '../disk/blob-bytes.js';
+import { ChunkPager, type ChunkInfo } from '../disk/chunk-pager.js';
+import { damageFrom, widenToChunks, type DamageRange } from '../format/damage.js';
+import { openDescriptor, readDescriptorFrom, type Descriptor } from '../format/descriptor.js';
+import type { ExtentMap } from '../format/extents.js';
+import { FragmentFiles } from '../disk/fragments.js';
+import type { StoreInternals } from './context.js';
+import { checkBlobName } from '../format/layout.js';
 
 /** Bytes a stream reads per step (rounded to chunk boundaries). */
 export const STREAM_BLOCK = 1024 * 1024;

@@ -1,7 +1,7 @@
 import { CabError } from '../errors.js';
 import { bytesEqual, sha256, toHex } from '../hash/sha256.js';
 import type { ChunkInfo, ChunkPager } from './chunk-pager.js';
-import type { ExtentMap } from './extents.js';
+import type { ExtentMap } from '../format/extents.js';
 import type { FragmentFiles } from './fragments.js';
 
 /** Reads blob bytes [pos, pos + buf.length) through the extents into buf, unchecked. */

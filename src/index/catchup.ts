@@ -1,8 +1,8 @@
 import fs from 'node:fs/promises';
 import type { ChunkIndex } from './chunk-index.js';
-import { flatDamage } from './damage.js';
-import { readDescriptor } from './descriptor.js';
-import type { Layout } from './layout.js';
+import { flatDamage } from '../format/damage.js';
+import { readDescriptor } from '../format/descriptor.js';
+import type { Layout } from '../format/layout.js';
 
 /**
  * Brings the index entries of one blob up to date with its descriptor: the

@@ -2,13 +2,13 @@ import type fs from 'node:fs/promises';
 import { CabError } from '../errors.js';
 import { LEAF_SIZE, MerkleHasher } from '../hash/merkle.js';
 import { fromHex } from '../hash/sha256.js';
-import { BlobBytes } from '../fsstore/blob-bytes.js';
-import { ChunkPager } from '../fsstore/chunk-pager.js';
-import { chunkEntries, encodeRecord, merkleFromRecord, merkleToRecord, packChunks, readDescriptorFrom, type AppendRecord, type Descriptor } from '../fsstore/descriptor.js';
-import { FragmentFiles } from '../fsstore/fragments.js';
-import type { StoreInternals } from '../fsstore/internals.js';
-import { checkBlobName } from '../fsstore/layout.js';
-import { lockDescriptor, replaceDescriptor } from '../fsstore/rewrite.js';
+import { BlobBytes } from '../disk/blob-bytes.js';
+import { ChunkPager } from '../disk/chunk-pager.js';
+import { chunkEntries, encodeRecord, merkleFromRecord, merkleToRecord, packChunks, readDescriptorFrom, type AppendRecord, type Descriptor } from '../format/descriptor.js';
+import { FragmentFiles } from '../disk/fragments.js';
+import type { StoreInternals } from './context.js';
+import { checkBlobName } from '../format/layout.js';
+import { lockDescriptor, replaceDescriptor } from '../index/rewrite.js';
 
 /** Bytes read at a time to bring the merkle state up to the cut. */
 const BLOCK = 4 * 1024 * 1024;

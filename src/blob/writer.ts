@@ -5,15 +5,15 @@ import { Chunker } from '../chunker/fastcdc.js';
 import { LEAF_SIZE, type MerkleState } from '../hash/merkle.js';
 import { HashJob } from '../hash/pool.js';
 import { fromHex, sha256, toHex } from '../hash/sha256.js';
-import { encodeRecord, merkleToRecord, packChunks, readDescriptorFrom, type AppendRecord, type Descriptor } from '../fsstore/descriptor.js';
-import { ensureDir, fsyncDir, writeAll } from '../fsstore/durable.js';
-import { FragmentFiles, FragmentWriter } from '../fsstore/fragments.js';
-import { checkBlobName } from '../fsstore/layout.js';
-import { tryLockExclusive } from '../fsstore/lock.js';
-import { lockDescriptor } from '../fsstore/rewrite.js';
-import { catchUpBlob } from '../fsstore/catchup.js';
-import type { Extent, ExtentMap } from '../fsstore/extents.js';
-import type { StoreInternals } from '../fsstore/internals.js';
+import { encodeRecord, merkleToRecord, packChunks, readDescriptorFrom, type AppendRecord, type Descriptor } from '../format/descriptor.js';
+import { ensureDir, fsyncDir, writeAll } from '../disk/durable.js';
+import { FragmentFiles, FragmentWriter } from '../disk/fragments.js';
+import { checkBlobName } from '../format/layout.js';
+import { tryLockExclusive } from '../disk/lock.js';
+import { lockDescriptor } from '../index/rewrite.js';
+import { catchUpBlob } from '../index/catchup.js';
+import type { Extent, ExtentMap } from '../format/extents.js';
+import type { StoreInternals } from './context.js';
 import { checkCount, readBlocks } from './input.js';
 
 /** What appendBytes takes: bytes, or a range of a local file. */

@@ -1,7 +1,6 @@
 import fs from 'node:fs/promises';
 import { CabError, isCabError } from '../errors.js';
 import { bytesEqual, sha256 } from '../hash/sha256.js';
-import type { BlobStore } from '../fsstore/store.js';
 import type { BlobReader } from './reader.js';
 
 /**
@@ -13,7 +12,7 @@ import type { BlobReader } from './reader.js';
  * ends. For `cabstore resume NAME FILE`, which must not append FILE to a
  * blob that is not FILE's beginning.
  */
-export async function firstDifference(store: BlobStore, name: string, file: string): Promise<number | undefined> {
+export async function firstDifference(store: { newBlobReader(name: string): Promise<BlobReader> }, name: string, file: string): Promise<number | undefined> {
   const r = await store.newBlobReader(name);
   let fh: fs.FileHandle;
   try {

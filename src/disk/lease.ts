@@ -1,7 +1,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import crypto from 'node:crypto';
-import type { Layout } from './layout.js';
+import type { Layout } from '../format/layout.js';
 import { CabError, ioError } from '../errors.js';
 import { isLocked, tryLockExclusive, tryLockShared, unlock } from './lock.js';
 import { exists } from './durable.js';

@@ -1,6 +1,6 @@
 import { open, type RootDatabase, type Database } from 'lmdb';
 import { CabError } from '../errors.js';
-import { checkBlobName } from './layout.js';
+import { checkBlobName } from '../format/layout.js';
 import { lmdbWriteSync } from './lmdb-write.js';
 
 /** What a sync app keeps about a blob it holds. */
