@@ -47,6 +47,8 @@ export class BlobBytes {
   readonly #pager: ChunkPager;
   readonly #files: FragmentFiles;
   #kept: { start: number; bytes: Uint8Array } | undefined;
+  #scratch: Buffer = Buffer.alloc(0);
+  #scratchBusy = false;
 
   constructor(name: string, d: { extents: ExtentMap; chunkEnd: number }, pager: ChunkPager, files: FragmentFiles) {
     this.#name = name;
@@ -79,9 +81,8 @@ export class BlobBytes {
       const c = await this.#pager.chunkAt(p);
       const cEnd = c.start + c.size;
       if (c.start < pos || cEnd > end) {
-        const bytes = await this.#chunk(c);
         const to = Math.min(cEnd, end);
-        buf.set(bytes.subarray(p - c.start, to - c.start), p - pos);
+        await this.#copyChunk(c, p, to, buf, p - pos);
         p = to;
         continue;
       }
@@ -101,14 +102,35 @@ export class BlobBytes {
     if (p < end) await readExtents(this.#files, this.#extents, buf.subarray(p - pos), p);
   }
 
-  /** Chunk `c` whole and checked: the one kept, or read now (and kept). */
-  async #chunk(c: ChunkInfo): Promise<Uint8Array> {
-    if (this.#kept?.start === c.start) return this.#kept.bytes;
-    const bytes = Buffer.allocUnsafe(c.size);
-    await readExtents(this.#files, this.#extents, bytes, c.start);
-    checkChunk(this.#name, c, bytes);
-    this.#kept = { start: c.start, bytes };
-    return bytes;
+  /**
+   * Copies bytes [from, to) of chunk `c` to buf[at..], the chunk read whole
+   * and checked first (or the one kept from the last call). The kept chunk
+   * lives in one buffer reused from call to call, since fresh memory for
+   * every small read cost more in page faults than the read; a call that
+   * finds it in use (reads running at once) takes a buffer of its own. The
+   * copy is made in the same turn as the check, so no other call can fill
+   * the buffer in between.
+   */
+  async #copyChunk(c: ChunkInfo, from: number, to: number, buf: Uint8Array, at: number): Promise<void> {
+    if (this.#kept?.start !== c.start) {
+      const mine = !this.#scratchBusy;
+      if (mine) {
+        this.#scratchBusy = true;
+        this.#kept = undefined;
+        if (this.#scratch.length < c.size) this.#scratch = Buffer.allocUnsafe(c.size);
+      }
+      try {
+        const bytes = mine ? this.#scratch.subarray(0, c.size) : Buffer.allocUnsafe(c.size);
+        await readExtents(this.#files, this.#extents, bytes, c.start);
+        checkChunk(this.#name, c, bytes);
+        if (mine || !this.#scratchBusy) this.#kept = { start: c.start, bytes };
+        buf.set(bytes.subarray(from - c.start, to - c.start), at);
+        return;
+      } finally {
+        if (mine) this.#scratchBusy = false;
+      }
+    }
+    buf.set(this.#kept.bytes.subarray(from - c.start, to - c.start), at);
   }
 
   /**
