@@ -1,10 +1,10 @@
 import fs from 'node:fs/promises';
-import { CabError, ioError, isCabError } from './errors.js';
+import { CabError, ioError } from './errors.js';
 import { resolveChunkerParams, type ChunkerParams, type ResolvedChunkerParams } from './chunker/params.js';
 import { BlobWriter } from './blob/writer.js';
 import { BlobReader } from './blob/reader.js';
 import { ChunkIndex, type Location } from './index/chunk-index.js';
-import { catchUpBlob } from './index/catchup.js';
+import { catchUpAll, catchUpBlob } from './index/catchup.js';
 import { paged } from './index/paging.js';
 import { planRecipe, type ChunkRef, type RecipeStep } from './index/recipes.js';
 import { Snapshots } from './index/snapshots.js';
@@ -48,14 +48,10 @@ export interface BlobStat {
 export type { ChunkRef, RecipeStep, Location, BlobMetadata, Signpost, PerSyncgroup, FsckOptions, FsckReport, GcOptions, GcReport };
 
 /**
- * A content-addressed blob store in a directory. See docs/FORMAT.md for the
- * layout. Any number of processes may open the same store.
- *
- * This class only opens the parts below it and wires them: the writer and
- * reader (blob/), GC and fsck (upkeep/), the chunk index, recipes, the
- * descriptor cache and the tables (index/). Members marked internal are for
- * those parts (they reach the store through StoreInternals) and are left out
- * of the published typings.
+ * A content-addressed blob store in a directory (docs/FORMAT.md); any number
+ * of processes may open the same store. It opens the parts below and wires
+ * them; @internal members serve those parts (blob/ sees them as
+ * StoreInternals) and are left out of the published typings.
  */
 export class BlobStore {
   readonly root: string;
@@ -110,27 +106,12 @@ export class BlobStore {
       opened.push(lease);
       const store = new BlobStore(layout, index, tables, lease, resolveChunkerParams(config.chunker), fragmentSize);
       for (const d of [layout.blobRoot, layout.casRoot, layout.tmp]) store.knownDirs.add(d);
-      if (options.catchUpIndex ?? true) await store.#catchUp();
+      // Re-indexes every descriptor the index is behind on, and forgets blobs whose descriptor is gone.
+      if (options.catchUpIndex ?? true) await catchUpAll(index, layout, store.listBlobIds());
       return store;
     } catch (e) {
       for (const part of opened.reverse()) await part.close().catch(() => {});
       throw ioError(e, `opening the store at ${layout.root}`, { path: layout.root });
-    }
-  }
-
-  /** Re-indexes every descriptor the index is behind on, and forgets blobs whose descriptor is gone. */
-  async #catchUp(): Promise<void> {
-    for await (const name of this.listBlobIds()) {
-      try {
-        await catchUpBlob(this.index, this.layout, name);
-      } catch (e) {
-        // A full disk must not lock the store: it opens with this blob's index entries behind, and
-        // whoever needs them (a chunk list, appendBlob) catches the blob up first.
-        if (!isCabError(e, 'ERR_NO_SPACE')) throw e;
-      }
-    }
-    for (const name of [...this.index.blobNames()]) {
-      if (!(await exists(this.layout.descriptor(name)))) await this.index.removeBlob(name);
     }
   }
 
