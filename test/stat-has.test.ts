@@ -3,7 +3,7 @@
 import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { CabError, merkleRoot, toHex } from '../src/index.js';
+import { CabError, merkleRoot, toHex, type BlobStat } from '../src/index.js';
 import { encodeRecord } from '../src/format/descriptor.js';
 import { prngBytes } from '../tools/data.js';
 import { tempStore, putBlob } from './helpers/store.js';
@@ -27,7 +27,7 @@ function pinFiles(dir: string): string[] {
 test('stat of a finalized blob: its size, finalized, its blob hash, no damage', async (t) => {
   const store = await tempStore(t);
   const name = await putBlob(store, BYTES);
-  const st = await store.stat(name);
+  const st: BlobStat = await store.stat(name);
   t.is(st.size, BYTES.length);
   t.true(st.finalized);
   t.is(toHex(st.hash!), toHex(merkleRoot(BYTES)));
