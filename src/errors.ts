@@ -88,3 +88,8 @@ export function ioError(e: unknown, what: string, data: CabErrorData = {}): CabE
 export function isCabError(e: unknown, code?: ErrorCode): e is CabError {
   return e instanceof CabError && (code === undefined || e.code === code);
 }
+
+/** Throws ERR_ABORTED (the signal's reason as its cause) once `signal` is aborted; `what` names the operation, as in "gc was cancelled". */
+export function throwIfAborted(signal: AbortSignal | undefined, what: string, data: CabErrorData = {}): void {
+  if (signal?.aborted) throw new CabError('ERR_ABORTED', `${what} was cancelled`, data, { cause: signal.reason });
+}

@@ -1,15 +1,18 @@
 import fs from 'node:fs/promises';
-import { CabError, ioError, isCabError } from './errors.js';
-import { resolveChunkerParams, sameChunkerParams, type ChunkerParams, type ResolvedChunkerParams } from './chunker/params.js';
-import { HASH_NAME } from './hash/sha256.js';
+import { CabError, ioError } from './errors.js';
+import { resolveChunkerParams, type ChunkerParams, type ResolvedChunkerParams } from './chunker/params.js';
 import { BlobWriter } from './blob/writer.js';
 import { BlobReader } from './blob/reader.js';
 import { ChunkIndex, type Location } from './index/chunk-index.js';
-import { catchUpBlob } from './index/catchup.js';
-import { openDescriptor, readDescriptor, type Descriptor } from './format/descriptor.js';
-import { ensureDir, exists, fsyncDir, writeFileDurable } from './disk/durable.js';
-import type { StoreInternals } from './blob/context.js';
-import { FORMAT_VERSION, Layout, checkBlobName, isFragmentId, newBlobName } from './format/layout.js';
+import { catchUpAll, catchUpBlob } from './index/catchup.js';
+import { paged } from './index/paging.js';
+import { planRecipe, type ChunkRef, type RecipeStep } from './index/recipes.js';
+import { Snapshots } from './index/snapshots.js';
+import { openDescriptor, type Descriptor } from './format/descriptor.js';
+import { ensureDir, exists, fsyncDir } from './disk/durable.js';
+import { loadConfig } from './disk/config.js';
+import { walk } from './disk/walk.js';
+import { Layout, checkBlobName, isBlobName, isFragmentId, newBlobName } from './format/layout.js';
 import { tryLockExclusive } from './disk/lock.js';
 import { fsck, type FsckOptions, type FsckReport } from './upkeep/fsck.js';
 import { Lease } from './disk/lease.js';
@@ -31,43 +34,43 @@ export interface StoreOptions {
 
 export const DEFAULT_FRAGMENT_SIZE = 64 * 1024 * 1024;
 
-/** A chunk by its SHA-256 and size: what blobChunkStream yields and a recipe consumes. */
-export interface ChunkRef {
-  hash: Uint8Array;
+/** What `stat` tells of a blob: its durable state, as its descriptor records it. */
+export interface BlobStat {
+  /** Bytes durably appended (all of them, once finalized). */
   size: number;
+  finalized: boolean;
+  /** The BEP 52 blob hash, once finalized. */
+  hash?: Uint8Array;
+  /** Byte ranges [start, end) that fsck --repair recorded as lost, and why; absent when none. */
+  damaged?: Array<{ start: number; end: number; why: string }>;
 }
 
-/** One step to rebuild a remote blob: copy a range of a local blob, or fetch a chunk from the peer. */
-export type RecipeStep = { kind: 'blob'; blob: string; offset: number; size: number } | { kind: 'chunk'; hash: Uint8Array; size: number };
-
-export type { Location, BlobMetadata, Signpost, PerSyncgroup, FsckOptions, FsckReport, GcOptions, GcReport };
-
-interface StoreConfig {
-  format: number;
-  hash: string;
-  chunker: ChunkerParams;
-}
-
-/** Index pages read at a time by the lazy streams, so no read transaction stays open across awaits. */
-const PAGE = 1024;
-/** Parsed descriptors kept for dedup and appendBlob. */
-const SNAPSHOTS = 16;
+export type { ChunkRef, RecipeStep, Location, BlobMetadata, Signpost, PerSyncgroup, FsckOptions, FsckReport, GcOptions, GcReport };
 
 /**
- * A content-addressed blob store in a directory. See docs/FORMAT.md for the
- * layout. Any number of processes may open the same store.
+ * A content-addressed blob store in a directory (docs/FORMAT.md); any number
+ * of processes may open the same store. It opens the parts below and wires
+ * them; @internal members serve those parts (blob/ sees them as
+ * StoreInternals) and are left out of the published typings.
  */
-export class BlobStore implements StoreInternals {
+export class BlobStore {
   readonly root: string;
+  /** @internal */
   readonly layout: Layout;
+  /** @internal */
   readonly index: ChunkIndex;
+  /** @internal */
   readonly tables: Tables;
+  /** @internal */
   readonly lease: Lease;
+  /** @internal */
   readonly chunker: ResolvedChunkerParams;
+  /** @internal */
   readonly fragmentSize: number;
+  /** @internal */
   readonly knownDirs = new Set<string>();
   readonly #open = new Set<{ close(): Promise<void> }>();
-  readonly #snapshots = new Map<string, { fileSize: number; ino: number; d: Promise<Descriptor> }>();
+  readonly #snapshots: Snapshots;
   #closing: Promise<void> | null = null;
 
   private constructor(layout: Layout, index: ChunkIndex, tables: Tables, lease: Lease, chunker: ResolvedChunkerParams, fragmentSize: number) {
@@ -78,6 +81,7 @@ export class BlobStore implements StoreInternals {
     this.tables = tables;
     this.chunker = chunker;
     this.fragmentSize = fragmentSize;
+    this.#snapshots = new Snapshots(layout);
   }
 
   /** Opens the store at `root`, creating it if absent, and brings the chunk index up to date. */
@@ -91,7 +95,7 @@ export class BlobStore implements StoreInternals {
       // Not fs.mkdir({ recursive: true }): on a path it cannot create, such as /proc/x, it retries forever (Node 20).
       const made = new Set<string>();
       await ensureDir(layout.root, made);
-      const config = await loadConfig(layout, options);
+      const config = await loadConfig(layout, options.chunker);
       for (const dir of [layout.blobRoot, layout.casRoot, layout.tmp, layout.index, layout.leases, layout.tables]) await ensureDir(dir, made);
       await fsyncDir(layout.root);
       const index = ChunkIndex.open(layout.index);
@@ -102,7 +106,8 @@ export class BlobStore implements StoreInternals {
       opened.push(lease);
       const store = new BlobStore(layout, index, tables, lease, resolveChunkerParams(config.chunker), fragmentSize);
       for (const d of [layout.blobRoot, layout.casRoot, layout.tmp]) store.knownDirs.add(d);
-      if (options.catchUpIndex ?? true) await store.#catchUp();
+      // Re-indexes every descriptor the index is behind on, and forgets blobs whose descriptor is gone.
+      if (options.catchUpIndex ?? true) await catchUpAll(index, layout, store.listBlobIds());
       return store;
     } catch (e) {
       for (const part of opened.reverse()) await part.close().catch(() => {});
@@ -110,57 +115,24 @@ export class BlobStore implements StoreInternals {
     }
   }
 
-  /** Re-indexes every descriptor the index is behind on, and forgets blobs whose descriptor is gone. */
-  async #catchUp(): Promise<void> {
-    for await (const name of this.listBlobIds()) {
-      try {
-        await catchUpBlob(this.index, this.layout, name);
-      } catch (e) {
-        // A full disk must not lock the store: it opens with this blob's index entries behind, and
-        // whoever needs them (a chunk list, appendBlob) catches the blob up first.
-        if (!isCabError(e, 'ERR_NO_SPACE')) throw e;
-      }
-    }
-    for (const name of [...this.index.blobNames()]) {
-      if (!(await exists(this.layout.descriptor(name)))) await this.index.removeBlob(name);
-    }
-  }
-
+  /** @internal Throws ERR_CLOSED once the store is closed. */
   checkOpen(): void {
     if (this.#closing) throw new CabError('ERR_CLOSED', 'the store is closed');
   }
 
+  /** @internal An open writer or reader, for close() to close. */
   track(r: { close(): Promise<void> }): void {
     this.#open.add(r);
   }
 
+  /** @internal */
   untrack(r: { close(): Promise<void> }): void {
     this.#open.delete(r);
   }
 
-  async snapshot(name: string): Promise<Descriptor> {
-    checkBlobName(name);
-    // Keyed by inode too: a rewritten descriptor (healed, cut back) is a new file, maybe of the same size.
-    let fileSize: number;
-    let ino: number;
-    try {
-      ({ size: fileSize, ino } = await fs.stat(this.layout.descriptor(name)));
-    } catch (e) {
-      this.#snapshots.delete(name);
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new CabError('ERR_NO_SUCH_BLOB', `no blob ${name}`, { blob: name });
-      throw e;
-    }
-    const hit = this.#snapshots.get(name);
-    if (hit && hit.fileSize === fileSize && hit.ino === ino) {
-      this.#snapshots.delete(name);
-      this.#snapshots.set(name, hit);
-      return hit.d;
-    }
-    const d = readDescriptor(this.layout.descriptor(name), name);
-    this.#snapshots.set(name, { fileSize, ino, d });
-    d.catch(() => this.#snapshots.delete(name));
-    if (this.#snapshots.size > SNAPSHOTS) this.#snapshots.delete(this.#snapshots.keys().next().value!);
-    return d;
+  /** @internal The durable state of a blob, parsed (cached while its descriptor does not change). */
+  snapshot(name: string): Promise<Descriptor> {
+    return this.#snapshots.get(name);
   }
 
   /** A writer for a new blob (random name unless given). ERR_BLOB_EXISTS if the name is taken. */
@@ -175,6 +147,33 @@ export class BlobStore implements StoreInternals {
 
   newBlobReader(name: string): Promise<BlobReader> {
     return BlobReader.open(this, name);
+  }
+
+  /**
+   * A blob's size, state and hash as its descriptor durably records them,
+   * without opening a reader or pinning anything. ERR_NO_SUCH_BLOB if absent.
+   */
+  async stat(name: string): Promise<BlobStat> {
+    checkBlobName(name);
+    this.checkOpen();
+    const d = await this.#snapshots.get(name);
+    const st: BlobStat = { size: d.size, finalized: d.finalized };
+    if (d.hash) st.hash = Uint8Array.from(d.hash);
+    if (d.damage.length) st.damaged = d.damage.map((r) => ({ start: r.o, end: r.e, why: r.why }));
+    return st;
+  }
+
+  /** Whether the store holds the blob (finalized or not). Only a missing descriptor is false; other errors reject. */
+  async has(name: string): Promise<boolean> {
+    checkBlobName(name);
+    this.checkOpen();
+    try {
+      await fs.access(this.layout.descriptor(name));
+      return true;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      throw ioError(e, `looking for blob ${name}`, { blob: name });
+    }
   }
 
   /**
@@ -194,72 +193,57 @@ export class BlobStore implements StoreInternals {
     } finally {
       await fh.close();
     }
-    this.#snapshots.delete(name);
+    this.#snapshots.forget(name);
     await this.index.removeBlob(name);
     // Metadata is about a blob we hold; a signpost says where to find one we do not, so it stays.
     await this.tables.metadata.delete(name);
   }
 
+  /** The tables, once the store is checked open. */
+  get #t(): Tables {
+    this.checkOpen();
+    return this.tables;
+  }
+
   async setBlobMetadata(name: string, md: BlobMetadata): Promise<void> {
-    this.checkOpen();
-    await this.tables.metadata.set(name, md);
+    await this.#t.metadata.set(name, md);
   }
-
   async getBlobMetadata(name: string): Promise<BlobMetadata | undefined> {
-    this.checkOpen();
-    return this.tables.metadata.get(name);
+    return this.#t.metadata.get(name);
   }
-
   async deleteBlobMetadata(name: string): Promise<void> {
-    this.checkOpen();
-    await this.tables.metadata.delete(name);
+    await this.#t.metadata.delete(name);
   }
-
   /** Every blob's metadata, ordered by blob name, lazily. */
   blobMetadataStream(): AsyncGenerator<[string, BlobMetadata]> {
-    this.checkOpen();
-    return this.tables.metadata.stream();
+    return this.#t.metadata.stream();
   }
 
   /** Signposts may name blobs this store does not hold. */
   async setSignpost(name: string, sp: Signpost): Promise<void> {
-    this.checkOpen();
-    await this.tables.signposts.set(name, sp);
+    await this.#t.signposts.set(name, sp);
   }
-
   async getSignpost(name: string): Promise<Signpost | undefined> {
-    this.checkOpen();
-    return this.tables.signposts.get(name);
+    return this.#t.signposts.get(name);
   }
-
   async deleteSignpost(name: string): Promise<void> {
-    this.checkOpen();
-    await this.tables.signposts.delete(name);
+    await this.#t.signposts.delete(name);
   }
-
   signpostStream(): AsyncGenerator<[string, Signpost]> {
-    this.checkOpen();
-    return this.tables.signposts.stream();
+    return this.#t.signposts.stream();
   }
 
   async setPerSyncgroup(sgId: string, psg: PerSyncgroup): Promise<void> {
-    this.checkOpen();
-    await this.tables.perSyncgroup.set(sgId, psg);
+    await this.#t.perSyncgroup.set(sgId, psg);
   }
-
   async getPerSyncgroup(sgId: string): Promise<PerSyncgroup | undefined> {
-    this.checkOpen();
-    return this.tables.perSyncgroup.get(sgId);
+    return this.#t.perSyncgroup.get(sgId);
   }
-
   async deletePerSyncgroup(sgId: string): Promise<void> {
-    this.checkOpen();
-    await this.tables.perSyncgroup.delete(sgId);
+    await this.#t.perSyncgroup.delete(sgId);
   }
-
   perSyncgroupStream(): AsyncGenerator<[string, PerSyncgroup]> {
-    this.checkOpen();
-    return this.tables.perSyncgroup.stream();
+    return this.#t.perSyncgroup.stream();
   }
 
   /** The chunks of a blob, in order, lazily. Their sizes sum to the size of a finalized blob. */
@@ -268,28 +252,7 @@ export class BlobStore implements StoreInternals {
     this.checkOpen();
     await catchUpBlob(this.index, this.layout, name);
     if (!this.index.blob(name)) throw new CabError('ERR_NO_SUCH_BLOB', `no blob ${name}`, { blob: name });
-    for (let from = 0; ; from += PAGE) {
-      const page: ChunkRef[] = [];
-      for (const c of this.index.blobChunks(name, from)) {
-        page.push({ hash: c.hash, size: c.size });
-        if (page.length === PAGE) break;
-      }
-      for (const c of page) yield c;
-      if (page.length < PAGE) return;
-    }
-  }
-
-  /** A local location of a chunk, preferring one that continues `after`. */
-  #locate(hash: Uint8Array, size: number, after?: { blob: string; end: number }): Location | undefined {
-    let first: Location | undefined;
-    let seen = 0;
-    for (const loc of this.index.locations(hash)) {
-      if (loc.size !== size) continue;
-      if (after && loc.blob === after.blob && loc.offset === after.end) return loc;
-      first ??= loc;
-      if (!after || ++seen >= 16) break;
-    }
-    return first;
+    for await (const c of paged<ChunkRef & { offset: number }>((_, done) => this.index.blobChunks(name, done))) yield { hash: c.hash, size: c.size };
   }
 
   /**
@@ -299,21 +262,7 @@ export class BlobStore implements StoreInternals {
    */
   async *recipeStreamFromChunkStream(chunks: AsyncIterable<ChunkRef> | Iterable<ChunkRef>): AsyncGenerator<RecipeStep> {
     this.checkOpen();
-    let cur: RecipeStep | undefined;
-    for await (const c of chunks) {
-      if (!(c?.hash instanceof Uint8Array) || c.hash.length !== 32 || !Number.isSafeInteger(c.size) || c.size <= 0) {
-        throw new CabError('ERR_BAD_ARGUMENT', 'a chunk reference needs a 32-byte hash and a positive size');
-      }
-      const after = cur?.kind === 'blob' ? { blob: cur.blob, end: cur.offset + cur.size } : undefined;
-      const loc = this.#locate(c.hash, c.size, after);
-      if (loc && cur?.kind === 'blob' && after && loc.blob === after.blob && loc.offset === after.end) {
-        cur.size += c.size;
-        continue;
-      }
-      if (cur) yield cur;
-      cur = loc ? { kind: 'blob', blob: loc.blob, offset: loc.offset, size: loc.size } : { kind: 'chunk', hash: Uint8Array.from(c.hash), size: c.size };
-    }
-    if (cur) yield cur;
+    yield* planRecipe(this.index, chunks);
   }
 
   /** A local blob range holding the chunk; ERR_NO_SUCH_CHUNK if none. Never a deleted blob. */
@@ -329,7 +278,7 @@ export class BlobStore implements StoreInternals {
   /** Names of all blobs (finalized or not), lazily, from the descriptors on disk. */
   async *listBlobIds(): AsyncGenerator<string> {
     this.checkOpen();
-    for await (const name of walk(this.layout.blobRoot, 1)) if (/^[0-9a-f]{32}$/.test(name)) yield name;
+    for await (const name of walk(this.layout.blobRoot, 1)) if (isBlobName(name)) yield name;
   }
 
   /** Ids of all fragments, lazily. */
@@ -399,87 +348,3 @@ async function closeResource(r: { close(): Promise<void> }): Promise<void> {
   if (typeof w.closeWithoutFinalize === 'function') await w.closeWithoutFinalize();
   else await r.close();
 }
-
-/**
- * Names of the files `depth` directory levels below `dir`, lazily, in no
- * particular order. Directories of one level are read a few at a time
- * (readdir of a fan-out directory is small; waiting on each in turn is what
- * is slow), so at most READ_AHEAD listings are held.
- */
-async function* walk(dir: string, depth: number): AsyncGenerator<string> {
-  const list = async (d: string) => {
-    try {
-      return await fs.readdir(d, { withFileTypes: true });
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT' || (e as NodeJS.ErrnoException).code === 'ENOTDIR') return [];
-      throw e;
-    }
-  };
-  if (depth === 0) {
-    for (const ent of await list(dir)) if (ent.isFile()) yield ent.name;
-    return;
-  }
-  const subdirs = (await list(dir)).filter((e) => e.isDirectory() && /^[0-9a-f]{2}$/.test(e.name)).map((e) => `${dir}/${e.name}`);
-  if (depth === 1) {
-    const READ_AHEAD = 16;
-    const start = (d: string) => {
-      const p = list(d);
-      p.catch(() => {}); // awaited in turn; an abandoned walk must not leave an unhandled rejection
-      return p;
-    };
-    const pending = subdirs.slice(0, READ_AHEAD).map(start);
-    for (let i = 0; i < subdirs.length; i++) {
-      const ents = await pending[i]!;
-      if (i + READ_AHEAD < subdirs.length) pending.push(start(subdirs[i + READ_AHEAD]!));
-      pending[i] = Promise.resolve([]);
-      for (const ent of ents) if (ent.isFile()) yield ent.name;
-    }
-    return;
-  }
-  for (const sub of subdirs) yield* walk(sub, depth - 1);
-}
-
-async function loadConfig(layout: Layout, options: StoreOptions): Promise<StoreConfig> {
-  let text: string | undefined;
-  try {
-    text = await fs.readFile(layout.config, 'utf8');
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-  }
-  if (text === undefined) {
-    const p = resolveChunkerParams(options.chunker);
-    const config: StoreConfig = { format: FORMAT_VERSION, hash: HASH_NAME, chunker: { min: p.min, avg: p.avg, max: p.max } };
-    try {
-      await writeFileDurable(layout.config, JSON.stringify(config, null, 2) + '\n');
-    } catch (e) {
-      // Another process created it first: read theirs.
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-    }
-    return loadConfig(layout, options);
-  }
-  let config: StoreConfig;
-  try {
-    config = JSON.parse(text) as StoreConfig;
-  } catch (e) {
-    throw new CabError('ERR_BAD_STORE', `${layout.config} is not JSON`, { path: layout.config }, { cause: e });
-  }
-  if (typeof config !== 'object' || config === null || !Number.isSafeInteger(config.format)) {
-    throw new CabError('ERR_BAD_STORE', `${layout.config} has no format version`, { path: layout.config });
-  }
-  if (config.format > FORMAT_VERSION) {
-    throw new CabError('ERR_FORMAT_VERSION', `store format ${config.format} is newer than this cabstore reads (${FORMAT_VERSION})`, {
-      expected: FORMAT_VERSION,
-      found: config.format,
-    });
-  }
-  if (config.hash !== HASH_NAME) throw new CabError('ERR_BAD_STORE', `store hash ${config.hash} is not ${HASH_NAME}`, { found: config.hash });
-  const stored = resolveChunkerParams(config.chunker);
-  if (options.chunker && !sameChunkerParams(stored, resolveChunkerParams(options.chunker))) {
-    throw new CabError('ERR_BAD_CHUNKER_PARAMS', `the store chunks with min ${stored.min}, avg ${stored.avg}, max ${stored.max}`, {
-      expected: config.chunker,
-      found: options.chunker,
-    });
-  }
-  return config;
-}
-

@@ -10,6 +10,7 @@ import { tempDir, tempStore, putBlob, readAll } from './helpers/store.js';
 import { chunkHolding, flipByte } from './helpers/damage.js';
 import { runCli } from './helpers/cli.js';
 import { connectPeer, servePeer } from './helpers/peers.js';
+import { descriptorPath } from './helpers/paths.js';
 
 const BYTES = prngBytes('damage', 12_000_000);
 const HASH = toHex(merkleRoot(BYTES));
@@ -135,7 +136,7 @@ test('an import of a bundle heals a damaged blob; the have file asks for the dam
 test('a damage record written by an older version (no end) still means: damaged from there to the end', async (t) => {
   const store = await tempStore(t);
   const name = await putBlob(store, BYTES.subarray(0, 3_000_000));
-  fs.appendFileSync(store.layout.descriptor(name), encodeRecord({ t: 'd', o: 1_500_000, why: 'missing-fragment x' }));
+  fs.appendFileSync(descriptorPath(store, name), encodeRecord({ t: 'd', o: 1_500_000, why: 'missing-fragment x' }));
   const r = await store.newBlobReader(name);
   t.teardown(() => r.close());
   const c = await chunkHolding(store, name, 1_500_000);

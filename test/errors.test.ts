@@ -1,6 +1,7 @@
 import test from 'ava';
 import fs from 'node:fs';
 import { ERROR_CODES, CabError, isCabError } from '../src/index.js';
+import { descriptorPath, blobDirPath } from './helpers/paths.js';
 
 test('every error code is documented in the README', (t) => {
   const readme = fs.readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
@@ -30,10 +31,10 @@ test('a store or descriptor of a newer format is refused with ERR_FORMAT_VERSION
   const s = await BlobStore.open(root);
   // a descriptor whose header says format 2
   const name = 'c'.repeat(32);
-  fs.mkdirSync(s.layout.blobDir(name), { recursive: true });
-  fs.writeFileSync(s.layout.descriptor(name), encodeRecord({ t: 'h', v: 2, name, ctime: 0 }));
+  fs.mkdirSync(blobDirPath(s, name), { recursive: true });
+  fs.writeFileSync(descriptorPath(s, name), encodeRecord({ t: 'h', v: 2, name, ctime: 0 }));
   t.is((await t.throwsAsync(s.newBlobReader(name), { instanceOf: CabError }))!.code, 'ERR_FORMAT_VERSION');
-  fs.rmSync(s.layout.descriptor(name));
+  fs.rmSync(descriptorPath(s, name));
   await s.close();
   const config = path.join(root, 'cabstore.json');
   const good = fs.readFileSync(config, 'utf8');

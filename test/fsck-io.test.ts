@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { BlobStore, CabError, merkleRoot, toHex } from '../src/index.js';
 import { prngBytes } from '../tools/data.js';
 import { tempDir, readAll, collect } from './helpers/store.js';
+import { fragmentPath } from './helpers/paths.js';
 
 const CHILD = fileURLToPath(new URL('./helpers/fsck-child.js', import.meta.url));
 
@@ -64,7 +65,7 @@ test('a fragment replaced by a directory: fsck (plain, --verify, --repair) stops
   const contents = await manyFragments(dir, 2, 600_000);
   const store = await BlobStore.open(dir);
   const frags = await collect(store.listCaIds());
-  const victim = store.layout.fragment(frags[frags.length >> 1]!);
+  const victim = fragmentPath(store, frags[frags.length >> 1]!);
   const saved = path.join(dir, 'saved-fragment');
   fs.renameSync(victim, saved);
   fs.mkdirSync(victim);

@@ -4,6 +4,7 @@ import zlib from 'node:zlib';
 import { BlobStore, CabError, merkleRoot, toHex, type FsckReport } from '../src/index.js';
 import { prngBytes } from '../tools/data.js';
 import { tempDir, readAll, collect } from './helpers/store.js';
+import { descriptorPath, fragmentPath, indexDir } from './helpers/paths.js';
 
 /** A store of four blobs, two of which share data, with small fragments. */
 async function fixture(t: ExecutionContext) {
@@ -72,8 +73,8 @@ test('a deleted fragment: found, and repair marks the blob damaged', async (t) =
   await r0.close();
   const frags = await collect(store.listCaIds());
   // the fragment holding the blob's second MiB
-  const victim = frags.find((f) => fs.statSync(store.layout.fragment(f)).size > 0 && !!f)!;
-  fs.rmSync(store.layout.fragment(victim));
+  const victim = frags.find((f) => fs.statSync(fragmentPath(store, f)).size > 0 && !!f)!;
+  fs.rmSync(fragmentPath(store, victim));
   const found = await store.fsck();
   t.true(kinds(found).includes('missing-fragment'));
   t.true(found.unrepaired > 0);
@@ -101,7 +102,7 @@ test('a fragment with a flipped byte: found with verify only; repair marks its b
   const { store, contents } = await fixture(t);
   t.teardown(() => store.close());
   const frags = await collect(store.listCaIds());
-  const victim = store.layout.fragment(frags[3]!);
+  const victim = fragmentPath(store, frags[3]!);
   const b = fs.readFileSync(victim);
   b[Math.floor(b.length / 2)]! ^= 0x40;
   fs.writeFileSync(victim, b);
@@ -119,14 +120,14 @@ test('a truncated descriptor and a garbage record: found, and repair truncates t
   t.teardown(() => store.close());
   const [a, b] = [...contents.keys()];
   // a: cut in the middle of its last (final) record
-  const fa = store.layout.descriptor(a!);
+  const fa = descriptorPath(store, a!);
   fs.truncateSync(fa, fs.statSync(fa).size - 5);
   // b: a well-framed record (right length and CRC) whose payload is garbage
   const payload = Buffer.from('definitely not msgpack of a record \x00\xff');
   const head = Buffer.alloc(8);
   head.writeUInt32LE(payload.length, 0);
   head.writeUInt32LE(zlib.crc32(payload), 4);
-  fs.appendFileSync(store.layout.descriptor(b!), Buffer.concat([head, payload]));
+  fs.appendFileSync(descriptorPath(store, b!), Buffer.concat([head, payload]));
   const found = await store.fsck();
   t.deepEqual(
     found.problems.filter((p) => p.kind === 'torn-descriptor').map((p) => p.blob).sort(),
@@ -153,7 +154,7 @@ test('a removed chunk index: fsck finds it, repair rebuilds it', async (t) => {
   const before = new Map<string, string[]>();
   for (const name of contents.keys()) before.set(name, (await collect(store.blobChunkStream(name))).map((c) => `${toHex(c.hash)}:${c.size}`));
   await store.close();
-  fs.rmSync(store.layout.index, { recursive: true });
+  fs.rmSync(indexDir(store), { recursive: true });
   const s = await BlobStore.open(dir, { catchUpIndex: false });
   t.teardown(() => s.close());
   const found = await s.fsck();
@@ -175,7 +176,7 @@ test('fsck leaves a blob that a live writer holds alone', async (t) => {
   await w.appendBytes(bytes.subarray(0, 100_000));
   await w.flush();
   // what a record half-written at this moment looks like
-  const file = store.layout.descriptor(w.name);
+  const file = descriptorPath(store, w.name);
   fs.appendFileSync(file, Buffer.from([200, 0, 0, 0, 1, 2]));
   const size = fs.statSync(file).size;
   const r = await store.fsck({ repair: true });

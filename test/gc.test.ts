@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { BlobStore, CabError } from '../src/index.js';
 import { prngBytes } from '../tools/data.js';
 import { tempDir, putBlob, readAll, collect } from './helpers/store.js';
+import { tmpDir, leasesDir } from './helpers/paths.js';
 
 const CHILD = fileURLToPath(new URL('./helpers/gc-child.js', import.meta.url));
 
@@ -89,7 +90,7 @@ test('a process killed while holding a reader on a deleted blob: the next GC col
   t.is(rep.fragmentsDeleted, 1);
   t.is(rep.deadLeases, 1);
   t.is(await fragmentCount(store), 0);
-  t.deepEqual(fs.readdirSync(store.layout.leases).filter((f) => f.endsWith('.pins')).length, 1); // ours only
+  t.deepEqual(fs.readdirSync(leasesDir(store)).filter((f) => f.endsWith('.pins')).length, 1); // ours only
 });
 
 test('temp files of a killed writer are collected, those of a live one are not', async (t) => {
@@ -98,11 +99,11 @@ test('temp files of a killed writer are collected, those of a live one are not',
   t.teardown(() => store.close());
   const c = await child(['slow-writer', dir], 'writing');
   t.teardown(() => c.kill('SIGKILL'));
-  t.is(fs.readdirSync(store.layout.tmp).length, 1);
+  t.is(fs.readdirSync(tmpDir(store)).length, 1);
   t.is((await store.gc()).tempFilesDeleted, 0);
   await killed(c);
   t.is((await store.gc()).tempFilesDeleted, 1);
-  t.deepEqual(fs.readdirSync(store.layout.tmp), []);
+  t.deepEqual(fs.readdirSync(tmpDir(store)), []);
 });
 
 test('one GC at a time: ERR_GC_RUNNING, or wait', async (t) => {

@@ -10,6 +10,7 @@ import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { BlobStore, BlobReader, CabError, Chunker, chunk, merkleRoot, sha256, toHex, type ChunkRef, type RecipeStep } from '../src/index.js';
 import { prngBytes, prngInts } from '../tools/data.js';
+import { descriptorPath, fragmentPath, tmpDir, indexDir } from './helpers/paths.js';
 
 const KiB = 1024;
 const MiB = 1024 * 1024;
@@ -90,7 +91,7 @@ async function casUsage(store: BlobStore): Promise<{ bytes: number; ids: string[
   const ids: string[] = [];
   for await (const id of store.listCaIds()) {
     ids.push(id);
-    bytes += fs.statSync(store.layout.fragment(id)).size;
+    bytes += fs.statSync(fragmentPath(store, id)).size;
   }
   return { bytes, ids: ids.sort() };
 }
@@ -245,7 +246,7 @@ test('appendBytes deduplicates: an edited copy adds < 10% of its size, an identi
   t.deepEqual(third.ids, second.ids, 'nor fragments');
   t.is(toHex(w.hash), toHex(merkleRoot(base)));
   t.true((await readAll(store, w.name)).equals(base));
-  t.deepEqual(fs.readdirSync(store.layout.tmp), [], 'no temp files left');
+  t.deepEqual(fs.readdirSync(tmpDir(store)), [], 'no temp files left');
 });
 
 test('appendBlob copies no bytes', async (t) => {
@@ -302,7 +303,7 @@ test('lookupChunk finds each chunk, never in a deleted blob', async (t) => {
   await store.deleteBlob(x);
   for (const [i, c] of chunks.entries()) await checkLocation(t, store, c, [y, z], `x deleted, chunk ${i}`);
   // A crash between the unlink of a descriptor and the index update leaves index entries behind.
-  fs.unlinkSync(store.layout.descriptor(z));
+  fs.unlinkSync(descriptorPath(store, z));
   for (const [i, c] of chunks.entries()) await checkLocation(t, store, c, [y], `z unlinked, chunk ${i}`);
   await store.deleteBlob(y);
   for (const [i, c] of chunks.entries()) t.is(await codeOf(() => store.lookupChunk(c.hash)), 'ERR_NO_SUCH_CHUNK', `all deleted, chunk ${i}`);
@@ -724,11 +725,11 @@ test('a failed writer does not block the next one and leaves no temp file', asyn
   await w.appendBytes(prngBytes('before the failure', 100 * KiB));
   await w.flush();
   await w.appendBytes(prngBytes('not yet durable', 50 * KiB));
-  for (const id of srcFrags) fs.rmSync(store.layout.fragment(id));
+  for (const id of srcFrags) fs.rmSync(fragmentPath(store, id));
   t.is(await codeOf(() => w.appendBlob(src)), 'ERR_FRAGMENT_MISSING');
   const later = await codeOf(() => w.appendBytes(Buffer.from('x')));
   t.true(later === 'ERR_FRAGMENT_MISSING' || later === 'ERR_CLOSED', `a failed writer refuses more work (${later})`);
-  t.deepEqual(fs.readdirSync(store.layout.tmp), [], 'the failed writer removed its temp fragment');
+  t.deepEqual(fs.readdirSync(tmpDir(store)), [], 'the failed writer removed its temp fragment');
 
   const next = await store.resumeBlobWriter(w.name);
   t.is(next.size, 100 * KiB, 'the next writer continues from the last durable byte');
@@ -804,7 +805,7 @@ test('calls after close reject with ERR_CLOSED (writer, reader, store)', async (
   ];
   for (const [what, fn] of storeCalls) t.is(await codeOf(fn), 'ERR_CLOSED', `store.${what} after close`);
   t.is(await codeOf(() => store.close()), 'no error', 'store close twice');
-  t.true(fs.existsSync(store.layout.descriptor(name)), 'deleteBlob after close did nothing');
+  t.true(fs.existsSync(descriptorPath(store, name)), 'deleteBlob after close did nothing');
 
   const again = await openStore(t, root);
   const resumed = await again.resumeBlobWriter(open.name);
@@ -827,7 +828,7 @@ for (const damage of ['garbage appended', 'zeros appended', 'last record truncat
       await w.flush();
     }
     await w.closeWithoutFinalize();
-    const desc = store1.layout.descriptor(w.name);
+    const desc = descriptorPath(store1, w.name);
     await store1.close();
 
     const size = fs.statSync(desc).size;
@@ -889,10 +890,10 @@ test('the index is rebuilt from blob/ and cas/ when index/ is deleted', async (t
   const lists = new Map<string, Array<[string, number]>>();
   for (const b of blobs) lists.set(b, await chunkList(store1, b));
   const ids = (await drain(store1.listBlobIds())).sort();
-  const indexDir = store1.layout.index;
+  const indexDirectory = indexDir(store1);
   await store1.close();
 
-  fs.rmSync(indexDir, { recursive: true, force: true });
+  fs.rmSync(indexDirectory, { recursive: true, force: true });
   const store = await openStore(t, root);
   t.deepEqual((await drain(store.listBlobIds())).sort(), ids);
   t.deepEqual(ids, [...blobs].sort());

@@ -1,6 +1,7 @@
 import test from 'ava';
 import { BlobStore, CabError, type BlobMetadata, type Signpost, type PerSyncgroup } from '../src/index.js';
 import { tempDir, tempStore, putBlob, collect } from './helpers/store.js';
+import { indexDir } from './helpers/paths.js';
 
 const A = 'a'.repeat(32);
 const B = 'b'.repeat(32);
@@ -127,9 +128,9 @@ test('the tables survive deleting index/', async (t) => {
   const name = await putBlob(s, Buffer.from('some bytes'));
   await s.setBlobMetadata(name, md(4));
   await s.setPerSyncgroup('g', psg(4));
-  const indexDir = s.layout.index;
+  const indexDirectory = indexDir(s);
   await s.close();
-  (await import('node:fs')).rmSync(indexDir, { recursive: true });
+  (await import('node:fs')).rmSync(indexDirectory, { recursive: true });
   s = await BlobStore.open(dir);
   t.teardown(() => s.close());
   t.deepEqual(await s.getBlobMetadata(name), md(4));

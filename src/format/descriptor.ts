@@ -1,23 +1,19 @@
 import fs from 'node:fs/promises';
-import zlib from 'node:zlib';
-import { Packr } from 'msgpackr';
 import { CabError } from '../errors.js';
 import { HASH_SIZE, toHex, fromHex } from '../hash/sha256.js';
 import { LEAF_SIZE, type MerkleState } from '../hash/merkle.js';
 import { ChunkRecords } from './chunk-records.js';
 import { normalizeDamage, type DamageRange } from './damage.js';
 import { ExtentMap } from './extents.js';
+import { FRAME_HEADER, decodeFrame, encodeFrame } from './frame.js';
 
 /**
- * A descriptor is an append-only file of records. Each record is
- *
- *   u32 LE payload length | u32 LE CRC-32 (IEEE) of the payload | payload
- *
- * where the payload is a MessagePack map (see docs/FORMAT.md). The first
+ * A descriptor is an append-only file of records, each framed as frame.ts
+ * says (length, CRC-32, one MessagePack map; see docs/FORMAT.md). The first
  * record that is short, fails its CRC, or does not make sense after the ones
  * before it ends the descriptor: everything before it stands.
  */
-export const RECORD_HEADER = 8;
+export const RECORD_HEADER = FRAME_HEADER;
 /** A record larger than this is corrupt (a real one holds at most one fragment's chunks). */
 export const MAX_RECORD = 64 * 1024 * 1024;
 
@@ -65,8 +61,6 @@ export interface DamageRecord {
 
 export type DescriptorRecord = HeaderRecord | AppendRecord | DamageRecord;
 
-const packr = new Packr({ useRecords: false, moreTypes: false, int64AsType: 'number' } as ConstructorParameters<typeof Packr>[0]);
-
 /** Bytes per packed chunk entry: SHA-256 and u32 BE size. */
 export const CHUNK_ENTRY = 36;
 
@@ -86,12 +80,7 @@ export function* chunkEntries(c: Uint8Array): Generator<[Uint8Array, number]> {
 }
 
 export function encodeRecord(rec: DescriptorRecord): Buffer {
-  const payload = packr.pack(rec);
-  const out = Buffer.allocUnsafe(RECORD_HEADER + payload.length);
-  out.writeUInt32LE(payload.length, 0);
-  out.writeUInt32LE(zlib.crc32(payload), 4);
-  payload.copy(out, RECORD_HEADER);
-  return out;
+  return encodeFrame(rec);
 }
 
 export function merkleToRecord(state: MerkleState): [number, Uint8Array] {
@@ -191,15 +180,7 @@ export async function openDescriptor(file: string, name: string, flags: 'r' | 'r
  * is not one.
  */
 function unframe(frame: Buffer): Record<string, unknown> | string {
-  if (zlib.crc32(frame.subarray(RECORD_HEADER)) !== frame.readUInt32LE(4)) return 'record fails its CRC';
-  let rec: unknown;
-  try {
-    rec = packr.unpack(frame.subarray(RECORD_HEADER));
-  } catch {
-    return 'record does not decode';
-  }
-  if (rec === null || typeof rec !== 'object') return 'record is not a map';
-  return rec as Record<string, unknown>;
+  return decodeFrame(frame.subarray(0, RECORD_HEADER), frame.subarray(RECORD_HEADER));
 }
 
 /**

@@ -1,4 +1,6 @@
 import fs from 'node:fs/promises';
+import { isCabError } from '../errors.js';
+import { exists } from '../disk/durable.js';
 import type { ChunkIndex } from './chunk-index.js';
 import { flatDamage } from '../format/damage.js';
 import { readDescriptor } from '../format/descriptor.js';
@@ -60,4 +62,23 @@ export async function catchUpBlob(index: ChunkIndex, layout: Layout, name: strin
 /** A blob with no index entry yet starts at its first append record. */
 function startOfRecords(start: number, cur: { d: number } | undefined): number {
   return cur ? cur.d : start;
+}
+
+/**
+ * Catches up every blob named (the descriptors on disk) and forgets blobs the
+ * index knows whose descriptor is gone: what a store does on open.
+ */
+export async function catchUpAll(index: ChunkIndex, layout: Layout, names: AsyncIterable<string>): Promise<void> {
+  for await (const name of names) {
+    try {
+      await catchUpBlob(index, layout, name);
+    } catch (e) {
+      // A full disk must not lock the store: it opens with this blob's index entries behind, and
+      // whoever needs them (a chunk list, appendBlob) catches the blob up first.
+      if (!isCabError(e, 'ERR_NO_SPACE')) throw e;
+    }
+  }
+  for (const name of [...index.blobNames()]) {
+    if (!(await exists(layout.descriptor(name)))) await index.removeBlob(name);
+  }
 }

@@ -3,6 +3,7 @@ import { toHex } from '../hash/sha256.js';
 import { flatDamage, overlapsDamage, type DamageRange } from '../format/damage.js';
 import { chunkEntries, type AppendRecord } from '../format/descriptor.js';
 import { lmdbWriteSync } from './lmdb-write.js';
+import { takePage } from './paging.js';
 
 /** Where a chunk's bytes are: a range of a local blob. */
 export interface Location {
@@ -45,12 +46,7 @@ function blobChunkKey(name: string, i: number): Buffer {
   return b;
 }
 
-/** The first key past every key that starts with `prefix`. */
-function after_(prefix: Uint8Array): Buffer {
-  return Buffer.concat([prefix, Buffer.alloc(64, 0xff)]);
-}
-
-/** The end of the key range that starts with `prefix`. */
+/** The end of the key range that starts with `prefix`: past every key that starts with it. */
 function after(prefix: Uint8Array): Buffer {
   return Buffer.concat([prefix, Buffer.alloc(64, 0xff)]);
 }
@@ -68,7 +64,7 @@ function after(prefix: Uint8Array): Buffer {
  * where the record starts, so two processes catching up at once agree.
  */
 export class ChunkIndex {
-  readonly env: RootDatabase;
+  readonly #env: RootDatabase;
   readonly #chunks: Database<number, Buffer>;
   readonly #bchunks: Database<[Uint8Array, number, number], Buffer>;
   readonly #blobs: Database<BlobEntry, Buffer>;
@@ -76,7 +72,7 @@ export class ChunkIndex {
   readonly #dir: string;
 
   private constructor(env: RootDatabase, dir: string) {
-    this.env = env;
+    this.#env = env;
     this.#dir = dir;
     this.#chunks = env.openDB({ name: 'chunks', keyEncoding: 'binary' });
     this.#bchunks = env.openDB({ name: 'bchunks', keyEncoding: 'binary' });
@@ -106,7 +102,7 @@ export class ChunkIndex {
   }
 
   applyAppendSync(name: string, rec: AppendRecord, start: number, end: number, chunkOffset: number, headerEnd: number, damage: readonly DamageRange[] = []): boolean {
-    return lmdbWriteSync('updating the chunk index', this.#dir, () => this.env.transactionSync(() => this.#apply(name, rec, start, end, chunkOffset, headerEnd, damage)));
+    return lmdbWriteSync('updating the chunk index', this.#dir, () => this.#env.transactionSync(() => this.#apply(name, rec, start, end, chunkOffset, headerEnd, damage)));
   }
 
   /** Records that the index has the whole descriptor (trailing damage records included). */
@@ -130,7 +126,7 @@ export class ChunkIndex {
    */
   #write<T>(fn: () => T): Promise<T> {
     try {
-      return Promise.resolve(lmdbWriteSync('updating the chunk index', this.#dir, () => this.env.transactionSync(fn)));
+      return Promise.resolve(lmdbWriteSync('updating the chunk index', this.#dir, () => this.#env.transactionSync(fn)));
     } catch (e) {
       return Promise.reject(e);
     }
@@ -194,15 +190,17 @@ export class ChunkIndex {
    * repeats: a page, so that no read transaction spans an await.
    */
   chunkHashPage(after: Uint8Array | undefined, limit: number): Uint8Array[] {
-    const out: Uint8Array[] = [];
-    const start = after ? after_(after) : undefined;
-    for (const key of this.#chunks.getKeys(start ? { start } : {})) {
+    return takePage(this.#chunkHashes(after), limit);
+  }
+
+  *#chunkHashes(from: Uint8Array | undefined): Generator<Uint8Array> {
+    let last: Buffer | undefined;
+    for (const key of this.#chunks.getKeys(from ? { start: after(from) } : {})) {
       const h = (key as Buffer).subarray(0, 32);
-      if (out.length && Buffer.compare(out[out.length - 1]!, h) === 0) continue;
-      out.push(Uint8Array.from(h));
-      if (out.length === limit) break;
+      if (last && Buffer.compare(last, h) === 0) continue;
+      last = h;
+      yield Uint8Array.from(h);
     }
-    return out;
   }
 
   /** The number of the blob's chunk that starts at `offset`, if one does (binary search). */
@@ -239,6 +237,6 @@ export class ChunkIndex {
   }
 
   async close(): Promise<void> {
-    await this.env.close();
+    await this.#env.close();
   }
 }

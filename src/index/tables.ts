@@ -2,6 +2,7 @@ import { open, type RootDatabase, type Database } from 'lmdb';
 import { CabError } from '../errors.js';
 import { checkBlobName } from '../format/layout.js';
 import { lmdbWriteSync } from './lmdb-write.js';
+import { paged } from './paging.js';
 
 /** What a sync app keeps about a blob it holds. */
 export interface BlobMetadata {
@@ -95,7 +96,7 @@ export function checkPerSyncgroup(psg: unknown): PerSyncgroup {
   return { priority: { devType: int(p.devType, 'devType'), distance: p.distance, serverTime: date(p.serverTime, 'serverTime') } };
 }
 
-/** Entries read per page by the streams, so no read transaction stays open across awaits. */
+/** Entries read per page by the streams (values are small objects). */
 const PAGE = 256;
 
 /**
@@ -109,6 +110,7 @@ export class Table<T> {
 
   readonly #dir: string;
 
+  /** @internal */
   constructor(db: Database<T, string>, dir: string, key: (k: unknown) => string, check: (v: unknown) => T) {
     this.#db = db;
     this.#dir = dir;
@@ -132,19 +134,12 @@ export class Table<T> {
   }
 
   /** All entries ordered by key, lazily. */
-  async *stream(): AsyncGenerator<[string, T]> {
-    let start: string | undefined;
-    for (;;) {
-      const page: Array<[string, T]> = [];
-      for (const { key, value } of this.#db.getRange(start === undefined ? {} : { start })) {
-        if (key === start) continue;
-        page.push([key, value]);
-        if (page.length === PAGE) break;
-      }
-      for (const e of page) yield e;
-      if (page.length < PAGE) return;
-      start = page[page.length - 1]![0];
-    }
+  stream(): AsyncGenerator<[string, T]> {
+    return paged((last) => this.#entries(last?.[0]), PAGE);
+  }
+
+  *#entries(after: string | undefined): Generator<[string, T]> {
+    for (const { key, value } of this.#db.getRange(after === undefined ? {} : { start: after })) if (key !== after) yield [key, value];
   }
 }
 
@@ -154,13 +149,13 @@ export class Table<T> {
  * touches them. They are primary data.
  */
 export class Tables {
-  readonly env: RootDatabase;
+  readonly #env: RootDatabase;
   readonly metadata: Table<BlobMetadata>;
   readonly signposts: Table<Signpost>;
   readonly perSyncgroup: Table<PerSyncgroup>;
 
   private constructor(env: RootDatabase, dir: string) {
-    this.env = env;
+    this.#env = env;
     const db = <T>(name: string) => env.openDB<T, string>({ name, keyEncoding: 'ordered-binary' });
     this.metadata = new Table(db<BlobMetadata>('metadata'), dir, (k) => checkBlobName(k), checkMetadata);
     this.signposts = new Table(db<Signpost>('signposts'), dir, (k) => checkBlobName(k), checkSignpost);
@@ -172,6 +167,6 @@ export class Tables {
   }
 
   async close(): Promise<void> {
-    await this.env.close();
+    await this.#env.close();
   }
 }

@@ -1,4 +1,4 @@
-import { CabError } from '../errors.js';
+import { CabError, throwIfAborted } from '../errors.js';
 import { bytesEqual, sha256, toHex } from '../hash/sha256.js';
 import { overlapsDamage } from '../format/damage.js';
 import type { BlobStore } from '../store.js';
@@ -22,7 +22,7 @@ export async function healFrom(store: BlobStore, src: RemoteSource, name: string
     let batch: RemoteChunk[] = [];
     let batchBytes = 0;
     const fetch = async () => {
-      if (signal?.aborted) throw new CabError('ERR_ABORTED', 'the transfer was cancelled', { blob: name }, { cause: signal.reason });
+      throwIfAborted(signal, 'the transfer', { blob: name });
       const data = batch.length ? await src.get(batch.map((c) => [c.hash, 0, c.size])) : [];
       for (const [k, c] of batch.entries()) {
         const d = data[k]!;

@@ -1,6 +1,6 @@
-import { Packr } from 'msgpackr';
 import { CabError } from '../errors.js';
 import type { ChunkerParams } from '../chunker/params.js';
+import { packr } from '../format/frame.js';
 
 /**
  * The wire protocol, version 1: one MessagePack map per WebSocket binary
@@ -45,8 +45,6 @@ export type Message =
   | { t: 'err'; id?: number; code: string; msg: string };
 
 export type MessageType = Message['t'];
-
-const packr = new Packr({ useRecords: false, moreTypes: false } as ConstructorParameters<typeof Packr>[0]);
 
 export function encode(m: Message): Uint8Array {
   return packr.pack(m);

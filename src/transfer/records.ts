@@ -1,26 +1,16 @@
 import fs from 'node:fs/promises';
-import zlib from 'node:zlib';
-import { Packr } from 'msgpackr';
 import { CabError } from '../errors.js';
 import { writeAll } from '../disk/durable.js';
+import { FRAME_HEADER, decodeFrame, encodeFrame, frameLength, packr } from '../format/frame.js';
+
+export { packr };
 
 /**
  * Files of records, as bundles and have-files are: a magic string, then
- * records framed as descriptor records are (u32 LE length, u32 LE CRC-32,
- * one MessagePack map), the last one {t:'end', records} counting them all.
+ * records framed as descriptor records are (format/frame.ts), the last one
+ * {t:'end', records} counting them all.
  */
 const MAX_RECORD = 8 * 1024 * 1024;
-
-export const packr = new Packr({ useRecords: false, moreTypes: false } as ConstructorParameters<typeof Packr>[0]);
-
-function frame(rec: Record<string, unknown>): Buffer {
-  const payload = packr.pack(rec);
-  const out = Buffer.allocUnsafe(8 + payload.length);
-  out.writeUInt32LE(payload.length, 0);
-  out.writeUInt32LE(zlib.crc32(payload), 4);
-  payload.copy(out, 8);
-  return out;
-}
 
 /** Appends records to a file, through a temp name renamed at the end. */
 export class RecordWriter {
@@ -46,7 +36,7 @@ export class RecordWriter {
   }
   async put(rec: Record<string, unknown>): Promise<void> {
     this.records++;
-    await this.#raw(frame(rec));
+    await this.#raw(encodeFrame(rec));
   }
   get size(): number {
     return this.#pos;
@@ -71,36 +61,29 @@ export async function scan(file: string, magic: Buffer, on: (rec: Record<string,
   const corrupt = (why: string, at: number) => new CabError('ERR_BUNDLE_CORRUPT', `${file}: ${why} at byte ${at}`, { path: file, offset: at });
   try {
     const size = (await fh.stat()).size;
-    const head = Buffer.alloc(8);
-    if ((await fh.read(head, 0, 8, 0)).bytesRead < 8 || !head.equals(magic)) throw corrupt(`not a ${magic.toString()} file`, 0);
-    let pos = 8;
+    const head = Buffer.alloc(FRAME_HEADER);
+    if ((await fh.read(head, 0, magic.length, 0)).bytesRead < magic.length || !head.subarray(0, magic.length).equals(magic)) throw corrupt(`not a ${magic.toString()} file`, 0);
+    let pos = magic.length;
     let records = 0;
     let ended = false;
     while (pos < size) {
       if (ended) throw corrupt('bytes after the end record', pos);
-      if (pos + 8 > size) throw new CabError('ERR_BUNDLE_TRUNCATED', `${file} ends inside a record header`, { path: file, offset: pos });
-      await fh.read(head, 0, 8, pos);
-      const len = head.readUInt32LE(0);
+      if (pos + FRAME_HEADER > size) throw new CabError('ERR_BUNDLE_TRUNCATED', `${file} ends inside a record header`, { path: file, offset: pos });
+      await fh.read(head, 0, FRAME_HEADER, pos);
+      const len = frameLength(head);
       if (len > MAX_RECORD) throw corrupt(`a record of ${len} bytes`, pos);
-      if (pos + 8 + len > size) throw new CabError('ERR_BUNDLE_TRUNCATED', `${file} ends inside a record`, { path: file, offset: pos });
+      if (pos + FRAME_HEADER + len > size) throw new CabError('ERR_BUNDLE_TRUNCATED', `${file} ends inside a record`, { path: file, offset: pos });
       const payload = Buffer.allocUnsafe(len);
-      await fh.read(payload, 0, len, pos + 8);
-      if (zlib.crc32(payload) !== head.readUInt32LE(4)) throw corrupt('a record fails its CRC', pos);
-      let rec: unknown;
-      try {
-        rec = packr.unpack(payload);
-      } catch {
-        throw corrupt('a record does not decode', pos);
-      }
-      if (rec === null || typeof rec !== 'object' || Array.isArray(rec)) throw corrupt('a record is not a map', pos);
+      await fh.read(payload, 0, len, pos + FRAME_HEADER);
+      const r = decodeFrame(head, payload);
+      if (typeof r === 'string') throw corrupt(`a ${r}`, pos);
       records++;
-      const r = rec as Record<string, unknown>;
       if (r.t === 'end') {
         if (r.records !== records) throw corrupt(`the end record counts ${String(r.records)} records, the file has ${records}`, pos);
         ended = true;
       }
-      await on(r, pos + 8, len);
-      pos += 8 + len;
+      await on(r, pos + FRAME_HEADER, len);
+      pos += FRAME_HEADER + len;
     }
     if (!ended) throw new CabError('ERR_BUNDLE_TRUNCATED', `${file} has no end record`, { path: file, offset: pos });
     return records;

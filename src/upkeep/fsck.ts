@@ -1,6 +1,6 @@
 import fs from 'node:fs/promises';
 import crypto from 'node:crypto';
-import { CabError, ioError, isCabError } from '../errors.js';
+import { CabError, ioError, isCabError, throwIfAborted } from '../errors.js';
 import { HashJob } from '../hash/pool.js';
 import { bytesEqual } from '../hash/sha256.js';
 import { readExtents } from '../disk/blob-bytes.js';
@@ -12,10 +12,6 @@ import { FragmentFiles } from '../disk/fragments.js';
 import type { Layout } from '../format/layout.js';
 
 export type { FsckOptions, FsckProblem, FsckProblemKind, FsckReport } from './fsck-context.js';
-
-function checkAbort(signal?: AbortSignal): void {
-  if (signal?.aborted) throw new CabError('ERR_ABORTED', 'fsck was cancelled', {}, { cause: signal.reason });
-}
 
 /** SHA-256 of a file, read in blocks. */
 async function hashFile(file: string, buf: Buffer): Promise<{ hex: string; size: number }> {
@@ -84,7 +80,7 @@ async function check(layout: Layout, index: ChunkIndex, blobNames: AsyncIterable
     if (!opts.verify) return;
     const buf = Buffer.allocUnsafe(4 * 1024 * 1024);
     for await (const id of fragIds) {
-      checkAbort(opts.signal);
+      throwIfAborted(opts.signal, 'fsck');
       const { hex, size } = await hashFile(layout.fragment(id), buf);
       ctx.fragSizes.set(id, size);
       report.fragments++;
@@ -103,7 +99,7 @@ async function check(layout: Layout, index: ChunkIndex, blobNames: AsyncIterable
     const files = new FragmentFiles(layout, 16);
     try {
       for (const name of names) {
-        checkAbort(opts.signal);
+        throwIfAborted(opts.signal, 'fsck');
         const d = await readDescriptor(layout.descriptor(name), name).catch(skipDeleted);
         if (!d?.finalized || d.damagedAt !== undefined) continue;
         // A missing or short fragment gives no verdict on the hash; the extent checks report it.
@@ -118,7 +114,7 @@ async function check(layout: Layout, index: ChunkIndex, blobNames: AsyncIterable
   if (b.status === 'rejected') throw b.reason;
 
   for (const name of names) {
-    checkAbort(opts.signal);
+    throwIfAborted(opts.signal, 'fsck');
     await checkBlob(ctx, name, blobHashes.get(name));
     report.blobs++;
     progress();

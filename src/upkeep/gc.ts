@@ -1,7 +1,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import lockfile from 'proper-lockfile';
-import { CabError, isCabError } from '../errors.js';
+import { CabError, isCabError, throwIfAborted } from '../errors.js';
 import type { ChunkIndex } from '../index/chunk-index.js';
 import { readDescriptor } from '../format/descriptor.js';
 import type { Layout } from '../format/layout.js';
@@ -61,10 +61,6 @@ export interface GcStore {
   deleteBlob(name: string): Promise<void>;
 }
 
-function checkAbort(signal?: AbortSignal): void {
-  if (signal?.aborted) throw new CabError('ERR_ABORTED', 'gc was cancelled', {}, { cause: signal.reason });
-}
-
 /**
  * Mark and sweep, safe while other processes use the store:
  *
@@ -116,7 +112,7 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
     // Index entries of blobs whose descriptor is gone (a crash between unlink and index update).
     progress({ phase: 'index', done: 0 });
     for (const name of [...index.blobNames()]) {
-      checkAbort(options.signal);
+      throwIfAborted(options.signal, 'gc');
       if (await exists(layout.descriptor(name))) continue;
       report.indexEntriesRemoved += dryRun ? 0 : await index.removeBlob(name);
     }
@@ -124,7 +120,7 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
     // Candidates: the fragments there are now.
     const sizes = new Map<string, number>();
     await forEachLimit(store.listCaIds(), IO_PARALLEL, async (id) => {
-      checkAbort(options.signal);
+      throwIfAborted(options.signal, 'gc');
       try {
         sizes.set(id, (await fs.stat(layout.fragment(id))).size);
       } catch (e) {
@@ -148,7 +144,7 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
       const evictable: Array<{ name: string; when: number; frags: string[] }> = [];
       let n = 0;
       await forEachLimit(store.listBlobIds(), IO_PARALLEL, async (name) => {
-        checkAbort(options.signal);
+        throwIfAborted(options.signal, 'gc');
         let d;
         try {
           d = await readDescriptor(layout.descriptor(name), name);
@@ -173,7 +169,7 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
         evictable.sort((a, b) => a.when - b.when || (a.name < b.name ? -1 : 1));
         for (const b of evictable) {
           if (bytes <= options.maxBytes) break;
-          checkAbort(options.signal);
+          throwIfAborted(options.signal, 'gc');
           if (!dryRun) {
             try {
               await store.deleteBlob(b.name);
@@ -201,7 +197,7 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
           report.bytesKept += size;
           return;
         }
-        checkAbort(options.signal);
+        throwIfAborted(options.signal, 'gc');
         if (!dryRun) {
           try {
             await fs.unlink(layout.fragment(id));
@@ -220,7 +216,7 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
     // Temp files of processes that are gone (the pid starts the name: fragments, descriptors, leases
     // being made), and pins files left without their lease.
     for (const ent of await fs.readdir(layout.tmp)) {
-      checkAbort(options.signal);
+      throwIfAborted(options.signal, 'gc');
       const pid = Number(ent.split('-')[0]);
       // A process that runs has temp files in flight even before its lease exists (the lease itself
       // is made in tmp/): only those of processes that are gone are removed.

@@ -2,12 +2,13 @@
 import fs from 'node:fs';
 import type { BlobStore } from '../../src/index.js';
 import { readDescriptor } from '../../src/format/descriptor.js';
+import { descriptorPath, fragmentPath } from './paths.js';
 
 /** Where blob byte `offset` of `name` lies: the fragment file and the offset in it. */
 export async function whereIs(store: BlobStore, name: string, offset: number): Promise<{ file: string; at: number; frag: string }> {
-  const d = await readDescriptor(store.layout.descriptor(name), name);
+  const d = await readDescriptor(descriptorPath(store, name), name);
   const [e] = [...d.extents.slice(offset, 1)];
-  return { file: store.layout.fragment(e!.frag), at: e!.offset, frag: e!.frag };
+  return { file: fragmentPath(store, e!.frag), at: e!.offset, frag: e!.frag };
 }
 
 /** Flips one bit of blob byte `offset` in its fragment file (every blob sharing that fragment sees it). */
