@@ -5,7 +5,7 @@ import { Chunker } from '../chunker/fastcdc.js';
 import { LEAF_SIZE, type MerkleState } from '../hash/merkle.js';
 import { HashJob } from '../hash/pool.js';
 import { fromHex, sha256, toHex } from '../hash/sha256.js';
-import { encodeRecord, merkleToRecord, packChunks, readDescriptorFrom, type AppendRecord, type Descriptor } from '../format/descriptor.js';
+import { encodeHeader, encodeRecord, merkleToRecord, packChunks, readDescriptorFrom, type AppendRecord, type Descriptor } from '../format/descriptor.js';
 import { ensureDir, fsyncDir, writeAll } from '../disk/durable.js';
 import { FragmentFiles, FragmentWriter } from '../disk/fragments.js';
 import { checkBlobName } from '../format/layout.js';
@@ -119,7 +119,7 @@ export class BlobWriter {
     let ok = false;
     try {
       if (!tryLockExclusive(fh.fd)) throw new CabError('ERR_BLOB_LOCKED', `blob ${name} is being written`, { blob: name });
-      const header = encodeRecord({ t: 'h', v: 1, name, ctime: Date.now() });
+      const header = encodeHeader(name, Date.now());
       await writeAll(fh, header, 0);
       await fh.datasync();
       try {
@@ -163,7 +163,7 @@ export class BlobWriter {
       let headerEnd: number;
       if (!d.hasHeader) {
         // Created but its header never became durable: start it again.
-        const header = encodeRecord({ t: 'h', v: 1, name, ctime: Date.now() });
+        const header = encodeHeader(name, Date.now());
         await fh.truncate(0);
         await writeAll(fh, header, 0);
         await fh.datasync();

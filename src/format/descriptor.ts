@@ -7,6 +7,7 @@ import { LEAF_SIZE, type MerkleState } from '../hash/merkle.js';
 import { ChunkRecords } from './chunk-records.js';
 import { normalizeDamage, type DamageRange } from './damage.js';
 import { ExtentMap } from './extents.js';
+import { FORMAT_VERSION } from './layout.js';
 
 /**
  * A descriptor is an append-only file of records. Each record is
@@ -92,6 +93,11 @@ export function encodeRecord(rec: DescriptorRecord): Buffer {
   out.writeUInt32LE(zlib.crc32(payload), 4);
   payload.copy(out, RECORD_HEADER);
   return out;
+}
+
+/** The first record of every descriptor: the format version, the blob's name and its creation time. */
+export function encodeHeader(name: string, ctime: number): Buffer {
+  return encodeRecord({ t: 'h', v: FORMAT_VERSION, name, ctime });
 }
 
 export function merkleToRecord(state: MerkleState): [number, Uint8Array] {
@@ -292,7 +298,7 @@ async function parse(fh: fs.FileHandle, name: string, opts: ReadDescriptorOption
         stop('misplaced or foreign header');
         break;
       }
-      if ((rec.v as number) > 1) throw new CabError('ERR_FORMAT_VERSION', `descriptor of ${name} is format ${rec.v}`, { blob: name, found: rec.v });
+      if ((rec.v as number) > FORMAT_VERSION) throw new CabError('ERR_FORMAT_VERSION', `descriptor of ${name} is format ${rec.v}`, { blob: name, found: rec.v });
       d.hasHeader = true;
       d.headerEnd = end;
       d.ctime = Number(rec.ctime) || 0;
