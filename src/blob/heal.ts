@@ -4,7 +4,7 @@ import { bytesEqual, fromHex, sha256Stream } from '../hash/sha256.js';
 import { checkChunk } from '../disk/blob-bytes.js';
 import { ChunkPager, type ChunkInfo } from '../disk/chunk-pager.js';
 import { damageFrom, uncovered, widenToChunks, type DamageRange } from '../format/damage.js';
-import { encodeRecord, readDescriptorFrom, type AppendRecord, type Descriptor } from '../format/descriptor.js';
+import { encodeHeader, encodeRecord, readDescriptorFrom, type AppendRecord, type Descriptor } from '../format/descriptor.js';
 import { FragmentWriter } from '../disk/fragments.js';
 import type { StoreInternals } from './context.js';
 import { checkBlobName } from '../format/layout.js';
@@ -130,7 +130,7 @@ export class BlobHealer {
         await frag.seal(id, this.#s.layout, this.#s.knownDirs);
         const left = uncovered(this.damage, this.#healed);
         const fh = await replaceDescriptor(this.#s.layout, this.#s.index, this.name, async (append) => {
-          await append(encodeRecord({ t: 'h', v: 1, name: this.name, ctime: this.#d.ctime }));
+          await append(encodeHeader(this.name, this.#d.ctime));
           let start = 0;
           await readDescriptorFrom(this.#fh, this.name, {
             extents: false,

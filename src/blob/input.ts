@@ -1,4 +1,15 @@
+import fs from 'node:fs/promises';
 import { CabError } from '../errors.js';
+import type { Descriptor } from '../format/descriptor.js';
+
+/** What appendBytes takes: bytes, or a range of a local file. */
+export type AppendItem = Uint8Array | { file: string; offset?: number; size?: number };
+
+/** Input is read and processed in blocks of this size. */
+export const READ_BLOCK = 4 * 1024 * 1024;
+
+/** An appendBytes item, checked: bytes, or an open file and a range that lies inside it. */
+export type Input = { bytes: Uint8Array } | { fh: fs.FileHandle; offset: number; size: number; file: string };
 
 /** A non-negative safe integer, or ERR_NEGATIVE_POSITION. */
 export function checkCount(x: unknown, what: string): number {
@@ -6,6 +17,132 @@ export function checkCount(x: unknown, what: string): number {
     throw new CabError('ERR_NEGATIVE_POSITION', `${what} must be a non-negative integer, not ${String(x)}`, { found: x });
   }
   return x;
+}
+
+/**
+ * Checks every appendBytes item and opens its file, before anything is
+ * appended: a bad item changes nothing. On failure the files opened so far
+ * are closed; on success the caller closes them (closeInputs).
+ */
+export async function openInputs(items: AppendItem[]): Promise<Input[]> {
+  const inputs: Input[] = [];
+  try {
+    for (const item of items) {
+      if (item instanceof Uint8Array) {
+        inputs.push({ bytes: item });
+        continue;
+      }
+      if (item === null || typeof item !== 'object' || typeof item.file !== 'string') {
+        throw new CabError('ERR_BAD_ARGUMENT', 'appendBytes takes Uint8Arrays and { file, offset?, size? } objects');
+      }
+      const offset = checkCount(item.offset ?? 0, 'offset');
+      let fh: fs.FileHandle;
+      try {
+        fh = await fs.open(item.file, 'r');
+      } catch (e) {
+        throw new CabError('ERR_NO_SUCH_FILE', `cannot read ${item.file}: ${(e as Error).message}`, { path: item.file }, { cause: e });
+      }
+      const input = { fh, offset, size: 0, file: item.file };
+      inputs.push(input);
+      const st = await fh.stat();
+      if (!st.isFile()) throw new CabError('ERR_NO_SUCH_FILE', `not a regular file: ${item.file}`, { path: item.file });
+      const size = item.size === undefined || item.size === -1 ? st.size - offset : checkCount(item.size, 'size');
+      if (offset > st.size || offset + size > st.size) {
+        throw new CabError('ERR_ILLEGAL_POSITION', `range [${offset}, ${offset + size}) is past the end of ${item.file} (${st.size} bytes)`, {
+          path: item.file,
+          offset,
+          expected: st.size,
+        });
+      }
+      input.size = size;
+    }
+  } catch (e) {
+    await closeInputs(inputs);
+    throw e;
+  }
+  return inputs;
+}
+
+export async function closeInputs(inputs: Input[]): Promise<void> {
+  for (const input of inputs) if ('fh' in input) await input.fh.close().catch(() => {});
+}
+
+/**
+ * Hands the inputs' bytes to `feed` in blocks of at most READ_BLOCK, in
+ * order. Small byte arrays in a row (a network batch of chunks, say) are
+ * gathered into one block: one pass through the chunker and one hand-off to
+ * the hashing thread. `give`: the block is `feed`'s to keep.
+ */
+export async function feedInputs(inputs: Input[], feed: (block: Uint8Array, give: boolean) => Promise<void>): Promise<void> {
+  let gather: Uint8Array[] = [];
+  let gathered = 0;
+  const flushGather = async () => {
+    if (gathered === 0) return;
+    const block = gather.length === 1 ? gather[0]! : Buffer.concat(gather, gathered);
+    const ours = gather.length > 1;
+    gather = [];
+    gathered = 0;
+    await feed(block, ours);
+  };
+  for (const input of inputs) {
+    if ('bytes' in input) {
+      if (input.bytes.length < READ_BLOCK / 4) {
+        if (gathered + input.bytes.length > READ_BLOCK) await flushGather();
+        gather.push(input.bytes);
+        gathered += input.bytes.length;
+        continue;
+      }
+      await flushGather();
+      for (let off = 0; off < input.bytes.length; off += READ_BLOCK) {
+        await feed(input.bytes.subarray(off, off + READ_BLOCK), false);
+      }
+    } else {
+      await flushGather();
+      for await (const block of readBlocks(input.size, READ_BLOCK, (pos, n) => readFile(input.fh, input.offset + pos, n))) {
+        await feed(block, true);
+      }
+    }
+  }
+  await flushGather();
+}
+
+/**
+ * appendVerified's chunks in blocks of up to READ_BLOCK bytes, each chunk's
+ * checked hash keyed by (offset in the block * 2^27 + size).
+ */
+export function* verifiedBlocks(chunks: Array<{ bytes: Uint8Array; hash: Uint8Array }>): Generator<{ block: Buffer; known: Map<number, Uint8Array> }> {
+  let i = 0;
+  while (i < chunks.length) {
+    const parts: Uint8Array[] = [];
+    const known = new Map<number, Uint8Array>();
+    let n = 0;
+    while (i < chunks.length && (n === 0 || n + chunks[i]!.bytes.length <= READ_BLOCK)) {
+      const c = chunks[i++]!;
+      known.set(n * 2 ** 27 + c.bytes.length, c.hash);
+      parts.push(c.bytes);
+      n += c.bytes.length;
+    }
+    yield { block: Buffer.concat(parts, n), known };
+  }
+}
+
+/**
+ * Checks appendBlob's range [offset, offset + size) of blob `blob` (size
+ * -1: to its end) against its descriptor `src`. Returns the size.
+ */
+export function checkBlobRange(src: Descriptor, blob: string, offset: number, size: number): number {
+  const n = size === -1 ? src.size - offset : size;
+  if (offset > src.size || offset + n > src.size) {
+    throw new CabError('ERR_ILLEGAL_POSITION', `range [${offset}, ${offset + n}) is past the end of blob ${blob} (${src.size} bytes)`, {
+      blob,
+      offset,
+      expected: src.size,
+    });
+  }
+  if (src.damagedAt !== undefined && offset + n > src.damagedAt) {
+    throw new CabError('ERR_BLOB_DAMAGED', `blob ${blob} is damaged from byte ${src.damagedAt}`, { blob, offset: src.damagedAt });
+  }
+  return n;
 }
 
 /**
@@ -26,4 +163,16 @@ export async function* readBlocks(total: number, blockSize: number, read: (pos: 
     next = pos < total ? start(pos) : null;
     yield cur;
   }
+}
+
+/** Bytes [position, position + n) of a file being appended; ERR_ILLEGAL_POSITION if it shrank meanwhile. */
+async function readFile(fh: fs.FileHandle, position: number, n: number): Promise<Buffer> {
+  const buf = Buffer.allocUnsafe(n);
+  let done = 0;
+  while (done < n) {
+    const { bytesRead } = await fh.read(buf, done, n - done, position + done);
+    if (bytesRead === 0) throw new CabError('ERR_ILLEGAL_POSITION', 'the file shrank while it was being read', { offset: position + done });
+    done += bytesRead;
+  }
+  return buf;
 }

@@ -6,6 +6,7 @@ import { ChunkRecords } from './chunk-records.js';
 import { normalizeDamage, type DamageRange } from './damage.js';
 import { ExtentMap } from './extents.js';
 import { FRAME_HEADER, decodeFrame, encodeFrame } from './frame.js';
+import { FORMAT_VERSION } from './layout.js';
 
 /**
  * A descriptor is an append-only file of records, each framed as frame.ts
@@ -81,6 +82,11 @@ export function* chunkEntries(c: Uint8Array): Generator<[Uint8Array, number]> {
 
 export function encodeRecord(rec: DescriptorRecord): Buffer {
   return encodeFrame(rec);
+}
+
+/** The first record of every descriptor: the format version, the blob's name and its creation time. */
+export function encodeHeader(name: string, ctime: number): Buffer {
+  return encodeRecord({ t: 'h', v: FORMAT_VERSION, name, ctime });
 }
 
 export function merkleToRecord(state: MerkleState): [number, Uint8Array] {
@@ -273,7 +279,7 @@ async function parse(fh: fs.FileHandle, name: string, opts: ReadDescriptorOption
         stop('misplaced or foreign header');
         break;
       }
-      if ((rec.v as number) > 1) throw new CabError('ERR_FORMAT_VERSION', `descriptor of ${name} is format ${rec.v}`, { blob: name, found: rec.v });
+      if ((rec.v as number) > FORMAT_VERSION) throw new CabError('ERR_FORMAT_VERSION', `descriptor of ${name} is format ${rec.v}`, { blob: name, found: rec.v });
       d.hasHeader = true;
       d.headerEnd = end;
       d.ctime = Number(rec.ctime) || 0;

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
 import { BlobStore } from '../../src/index.js';
-import { encodeRecord } from '../../src/format/descriptor.js';
+import { encodeHeader, encodeRecord } from '../../src/format/descriptor.js';
 import { Layout } from '../../src/format/layout.js';
 import { type BenchContext, timeAsync } from './harness.js';
 
@@ -44,7 +44,7 @@ export async function benchGc(ctx: BenchContext): Promise<void> {
     const size = FRAGS_PER_BLOB * FRAG_SIZE;
     fs.writeFileSync(
       layout.descriptor(name),
-      Buffer.concat([encodeRecord({ t: 'h', v: 1, name, ctime: Date.now() }), encodeRecord({ t: 'x', s: size, x: extents, c: new Uint8Array(0), m: [0, new Uint8Array(0)] })]),
+      Buffer.concat([encodeHeader(name, Date.now()), encodeRecord({ t: 'x', s: size, x: extents, c: new Uint8Array(0), m: [0, new Uint8Array(0)] })]),
     );
   }
   ctx.log(`gc: laid down ${BLOBS} blobs, ${BLOBS * FRAGS_PER_BLOB} fragments in ${((performance.now() - t0) / 1000).toFixed(1)} s`);

@@ -1,0 +1,48 @@
+import type { Descriptor } from '../format/descriptor.js';
+import type { StoreInternals } from './context.js';
+
+/**
+ * The fragments one writer references but did not write itself: pinned in
+ * the lease (so GC keeps them) until the writer closes, with the snapshots
+ * they came from.
+ */
+export class WriterPins {
+  readonly #s: StoreInternals;
+  readonly #pinned = new Set<string>();
+  readonly #snapshots = new WeakSet<Descriptor>();
+
+  constructor(s: StoreInternals) {
+    this.#s = s;
+  }
+
+  /**
+   * A blob whose fragments the writer is about to reference. Its fragments
+   * are pinned with the GC gate held, so that the blob may be deleted
+   * meanwhile and GC still keeps them.
+   */
+  async source(name: string): Promise<Descriptor> {
+    const d = await this.#s.snapshot(name);
+    if (this.#snapshots.has(d)) return d;
+    return this.#s.lease.gate(async () => {
+      const fresh = await this.#s.snapshot(name); // under the gate: it still exists
+      const add = fresh.extents.fragments().filter((f) => !this.#pinned.has(f));
+      for (const f of add) this.#pinned.add(f);
+      await this.#s.lease.pin(add);
+      this.#snapshots.add(fresh);
+      return fresh;
+    });
+  }
+
+  /** Pins a fragment the writer made, before it appears in cas/, so no GC takes it before a record references it. */
+  async fragment(id: string): Promise<void> {
+    if (this.#pinned.has(id)) return;
+    this.#pinned.add(id);
+    await this.#s.lease.pin([id]);
+  }
+
+  /** Unpins the fragments and the blob `name` (pinned when the writer opened). Never throws: the writer is closing. */
+  async release(name: string): Promise<void> {
+    await this.#s.lease.unpin(this.#pinned, [name]).catch(() => {});
+    this.#pinned.clear();
+  }
+}

@@ -1,0 +1,65 @@
+import { readExtents } from '../disk/blob-bytes.js';
+import type { FragmentFiles } from '../disk/fragments.js';
+import type { Descriptor } from '../format/descriptor.js';
+import type { StoreInternals } from './context.js';
+import type { Ingest } from './ingest.js';
+import { READ_BLOCK } from './input.js';
+
+/** Chunks are read from the index a page at a time. */
+const PAGE = 1024;
+
+/**
+ * The fast path of appendBlob. With the chunker at a boundary, a range of
+ * blob `blob` (descriptor `src`) that starts at one of the source's chunk
+ * boundaries is made of the source's chunks: FastCDC restarted at a
+ * boundary cuts the same bytes the same way, so their hashes and sizes come
+ * from the index, and the bytes are read only for the blob hash (in the
+ * hashing thread). Not the source's last chunk, whose end may be the end of
+ * the stream rather than a cut. Returns the bytes taken from the start of
+ * [offset, offset + n).
+ */
+export async function takeWholeChunks(
+  s: StoreInternals,
+  files: FragmentFiles,
+  ingest: Ingest,
+  blob: string,
+  src: Descriptor,
+  offset: number,
+  n: number,
+): Promise<number> {
+  const index = s.index;
+  const first = index.chunkNumberAt(blob, offset);
+  if (first === undefined) return 0;
+  const end = offset + n;
+  let taken = 0;
+  let group: Array<{ hash: Uint8Array; size: number }> = [];
+  let groupBytes = 0;
+  const flushGroup = async () => {
+    if (groupBytes === 0) return;
+    const start = offset + taken;
+    const buf = Buffer.allocUnsafe(groupBytes);
+    await readExtents(files, src.extents, buf, start);
+    await ingest.addWhole(src.extents.slice(start, groupBytes), group, buf);
+    taken += groupBytes;
+    group = [];
+    groupBytes = 0;
+  };
+  for (let from = first; ; from += PAGE) {
+    const page = [];
+    for (const c of index.blobChunks(blob, from)) {
+      page.push(c);
+      if (page.length === PAGE) break;
+    }
+    for (const c of page) {
+      const cEnd = c.offset + c.size;
+      if (c.offset !== offset + taken + groupBytes || cEnd > end) return (await flushGroup(), taken);
+      if (src.finalized && cEnd === src.size && c.size < s.chunker.max) return (await flushGroup(), taken);
+      group.push(c);
+      groupBytes += c.size;
+      if (groupBytes >= READ_BLOCK) await flushGroup();
+    }
+    if (page.length < PAGE) break;
+  }
+  await flushGroup();
+  return taken;
+}
