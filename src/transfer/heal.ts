@@ -3,6 +3,7 @@ import { bytesEqual, sha256, toHex } from '../hash/sha256.js';
 import { overlapsDamage } from '../format/damage.js';
 import type { BlobStore } from '../store.js';
 import { BlobHealer } from '../blob/heal.js';
+import { throwIfAborted } from './abort.js';
 import { getBytes, remoteChunks, type RemoteChunk, type RemoteSource } from './remote.js';
 
 /**
@@ -22,7 +23,7 @@ export async function healFrom(store: BlobStore, src: RemoteSource, name: string
     let batch: RemoteChunk[] = [];
     let batchBytes = 0;
     const fetch = async () => {
-      if (signal?.aborted) throw new CabError('ERR_ABORTED', 'the transfer was cancelled', { blob: name }, { cause: signal.reason });
+      throwIfAborted(signal, name);
       const data = batch.length ? await src.get(batch.map((c) => [c.hash, 0, c.size])) : [];
       for (const [k, c] of batch.entries()) {
         const d = data[k]!;

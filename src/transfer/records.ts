@@ -1,8 +1,10 @@
 import fs from 'node:fs/promises';
 import zlib from 'node:zlib';
-import { Packr } from 'msgpackr';
 import { CabError } from '../errors.js';
 import { writeAll } from '../disk/durable.js';
+import { packr } from './packr.js';
+
+export { packr } from './packr.js';
 
 /**
  * Files of records, as bundles and have-files are: a magic string, then
@@ -10,8 +12,6 @@ import { writeAll } from '../disk/durable.js';
  * one MessagePack map), the last one {t:'end', records} counting them all.
  */
 const MAX_RECORD = 8 * 1024 * 1024;
-
-export const packr = new Packr({ useRecords: false, moreTypes: false } as ConstructorParameters<typeof Packr>[0]);
 
 function frame(rec: Record<string, unknown>): Buffer {
   const payload = packr.pack(rec);
