@@ -131,7 +131,8 @@ test('a welcome with another hash, or malformed chunker params, fails connect (E
       ws.on('message', () => ws.send(encodeMessage({ t: 'welcome', v: 1, chunker: CHUNKER, hash: 'sha256', perms: ['read'], maxFrame: 1 << 20, maxRequests: 4, ...change } as Message)));
     });
     const port = (wss.address() as { port: number }).port;
-    t.is(await codeOf(connect(store, `ws://127.0.0.1:${port}`, { token: TOKEN, timeoutMs: 3000 })), code, JSON.stringify(change));
+    const connected = connect(store, `ws://127.0.0.1:${port}`, { token: TOKEN, timeoutMs: 3000 }).then((c) => c.close());
+    t.is(await codeOf(connected), code, JSON.stringify(change));
     for (const ws of wss.clients) ws.terminate();
   }
 });

@@ -82,7 +82,7 @@ const chunks = (x: unknown, max: number): WireChunk[] =>
     return [hash(a[0], 'a chunk hash'), count(a[1], 'a chunk size', 64 * 1024 * 1024)];
   });
 /** Chunker params that a store could have (resolveChunkerParams' rules), else ERR_PROTOCOL. */
-export const params = (x: unknown): ChunkerParams => {
+const params = (x: unknown): ChunkerParams => {
   if (!isObj(x)) throw bad('chunker is not a map');
   const p = { min: count(x.min, 'chunker.min'), avg: count(x.avg, 'chunker.avg'), max: count(x.max, 'chunker.max') };
   try {

@@ -84,10 +84,9 @@ export class Serving {
     else this.#pushing.set(name, n);
   }
 
-  /** The connection is gone: wake waiting gets (they fail), stop receiving, close readers. */
+  /** The connection is gone: wake waiting gets (they fail), close readers. A push being received fails on its next request. */
   close(): void {
     for (const w of this.#getQueue.splice(0)) w();
-    for (const ac of this.#receiving.values()) ac.abort(this.#c.closedBy());
     void this.#readers.close();
   }
 
@@ -155,7 +154,7 @@ export class Serving {
       return { t: 'done', id: m.id, received: stats.receivedBytes, reused: stats.reusedBytes };
     } catch (e) {
       // Cancelled: whatever the receive was doing when it stopped, the answer is that it was cancelled.
-      if (ac.signal.aborted && !this.#c.closedBy()) throw new CabError('ERR_ABORTED', `the push of ${m.name} was cancelled`, { blob: m.name }, { cause: e });
+      if (ac.signal.aborted) throw new CabError('ERR_ABORTED', `the push of ${m.name} was cancelled`, { blob: m.name }, { cause: e });
       throw e;
     } finally {
       this.#receiving.delete(m.id);
