@@ -11,3 +11,5 @@ export { serve, connect, type ServeOptions, type CabServer, type ConnectOptions,
 export type { TransferStats, TransferProgress, ReceiveOptions } from './transfer/receive.js';
 export { PROTOCOL_VERSION, encode as encodeMessage, decode as decodeMessage, type Message, type Perm } from './transfer/messages.js';
 export { writeHave, exportBundle, importBundle, type ExportReport, type ImportReport } from './transfer/bundle.js';
+export type { PushOptions, PushResult } from './transfer/peer.js';
+export type { ExportOptions, ImportOptions } from './transfer/bundle.js';

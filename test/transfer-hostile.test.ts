@@ -688,7 +688,7 @@ test('welcome announces the limits the server enforces, and a push to a server w
   const c = await connect(mine, srv.url, { token: RW });
   t.teardown(() => c.close());
   const r = await c.push(name).catch((e: unknown) => codeOf(e));
-  t.deepEqual(r, { received: bytes.length, reused: 0 }, 'a push to a server with maxFrame 512 KiB');
+  t.like(r, { received: bytes.length, reused: 0 }, 'a push to a server with maxFrame 512 KiB');
   // And the other way: a client that accepts frames of at most 512 KiB pulls.
   const there = await putBlob(store, prngBytes('small frames back', 3 * MiB));
   const small = await connect(await tempStore(t), srv.url, { token: RW, maxFrame });

@@ -345,7 +345,7 @@ transferOpts(program.command('push').description('send a blob to a server; only 
       const c = await connect(s, url, { token: token(o), ...(o.ca ? { ca: readText(o.ca) } : {}) });
       try {
         const r = await c.push(name);
-        out(`${name}: ${fmtBytes(r.received)} sent, ${fmtBytes(r.reused)} reused by the server, ${fmtBytes(c.wire.sent + c.wire.received)} on the wire`, { name, ...r, wire: c.wire });
+        out(`${name}: ${fmtBytes(r.received)} sent, ${fmtBytes(r.reused)} reused by the server, ${fmtBytes(c.wire.sent + c.wire.received)} on the wire`, { ...r, wire: c.wire });
       } finally {
         await c.close();
       }
@@ -386,7 +386,7 @@ program
   .action(async (file: string) => {
     await withStore(async (s) => {
       const p = new Progress('import');
-      const r = await importBundle(s, file, { onProgress: (b) => p.add(b) });
+      const r = await importBundle(s, file, { onProgress: (b) => p.set(b) });
       p.end();
       if (json()) console.log(JSON.stringify(r, replacer));
       else {

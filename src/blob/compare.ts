@@ -53,7 +53,7 @@ export async function firstDifference(store: { newBlobReader(name: string): Prom
 async function firstByte(r: BlobReader, pos: number, bytes: Uint8Array): Promise<number> {
   const theirs = Buffer.alloc(Math.min(bytes.length + 1, r.size - pos));
   try {
-    for (let at = 0; at < theirs.length; ) at += await r.readAt(theirs.subarray(at), pos + at);
+    await r.readFully(theirs, pos);
   } catch (e) {
     if (isCabError(e, 'ERR_HASH_MISMATCH') || isCabError(e, 'ERR_BLOB_DAMAGED')) return 0;
     throw e;

@@ -135,6 +135,20 @@ export class BlobReader {
     return n;
   }
 
+  /**
+   * Fills `buf` with the bytes at `position`, looping on readAt.
+   * ERR_ILLEGAL_POSITION if the blob ends before `buf` is full.
+   */
+  async readFully(buf: Uint8Array, position: number): Promise<void> {
+    for (let at = 0; at < buf.length; ) {
+      const n = await this.readAt(buf.subarray(at), position + at);
+      if (n === 0) {
+        throw new CabError('ERR_ILLEGAL_POSITION', `blob ${this.name} ends at ${this.size}, before ${position + buf.length}`, { blob: this.name, offset: position + at, expected: this.size });
+      }
+      at += n;
+    }
+  }
+
   /** Reads from the seek position and advances it. */
   async read(buf: Uint8Array): Promise<number> {
     const n = await this.readAt(buf, this.#pos);

@@ -1,10 +1,12 @@
 import fs from 'node:fs/promises';
 import { CabError, isCabError } from '../errors.js';
-import { bytesEqual, toHex } from '../hash/sha256.js';
+import { HASH_NAME, bytesEqual, toHex } from '../hash/sha256.js';
+import { resolveChunkerParams } from '../chunker/params.js';
 import { checkBlobName, isBlobName } from '../format/layout.js';
 import type { BlobStore } from '../store.js';
 import { MAX_LIST, MAX_GET_BYTES, type WireChunk } from './messages.js';
 import { receive, type RemoteSource, type TransferStats } from './receive.js';
+import { withHexJSON } from './stats.js';
 import { RecordWriter, packr, scan } from './records.js';
 import { readHave } from './have.js';
 
@@ -25,11 +27,25 @@ const BUNDLE_MAGIC = Buffer.from('CABBNDL1');
 
 export interface ExportReport {
   blobs: number;
+  /** Each blob in the bundle, in order, with its size and hash (hex in JSON). */
+  contents: Array<{ name: string; size: number; hash: Uint8Array }>;
   chunks: number;
   /** Chunk data bytes in the bundle. */
   dataBytes: number;
   /** The bundle's size. */
   bytes: number;
+}
+
+export interface ExportOptions {
+  /** The receiver's have-file: chunks it lists are left out. */
+  have?: string;
+  /** Called after each chunks record is written with the running total of chunk data bytes written so far; the last call gives the total. */
+  onProgress?: (bytes: number) => void;
+}
+
+export interface ImportOptions {
+  /** Called as chunk data is taken from the bundle, with the running total of those bytes over the whole import. */
+  onProgress?: (bytes: number) => void;
 }
 
 /**
@@ -41,15 +57,15 @@ export async function exportBundle(
   store: BlobStore,
   names: string[],
   file: string,
-  options: { have?: string; onProgress?: (bytes: number) => void } = {},
+  options: ExportOptions = {},
 ): Promise<ExportReport> {
   for (const n of names) checkBlobName(n);
   const have = options.have ? await readHave(options.have) : undefined;
   const w = await RecordWriter.create(file, BUNDLE_MAGIC);
-  const report: ExportReport = { blobs: 0, chunks: 0, dataBytes: 0, bytes: 0 };
+  const report: ExportReport = { blobs: 0, contents: [], chunks: 0, dataBytes: 0, bytes: 0 };
   try {
     const { min, avg, max } = store.chunker;
-    await w.put({ t: 'bundle', v: 1, chunker: { min, avg, max }, hash: 'sha256' });
+    await w.put({ t: 'bundle', v: 1, chunker: { min, avg, max }, hash: HASH_NAME });
     const sent = new Set<string>();
     for (const name of names) {
       const r = await store.newBlobReader(name);
@@ -66,6 +82,7 @@ export async function exportBundle(
         }
         await w.put({ t: 'listr', c: page, end: true });
         report.blobs++;
+        report.contents.push(withHexJSON({ name, size: r.size, hash: r.hash! }));
         // The data, in blob order, of chunks the receiver lacks.
         let items: Array<[Uint8Array, Uint8Array]> = [];
         let bytes = 0;
@@ -77,8 +94,7 @@ export async function exportBundle(
           if (sent.has(key) || have?.has(c.hash)) continue;
           sent.add(key);
           const buf = Buffer.allocUnsafe(c.size);
-          let got = 0;
-          while (got < c.size) got += await r.readAt(buf.subarray(got), at + got);
+          await r.readFully(buf, at);
           items.push([c.hash, buf]);
           bytes += c.size;
           report.chunks++;
@@ -90,7 +106,10 @@ export async function exportBundle(
             bytes = 0;
           }
         }
-        if (items.length) await w.put({ t: 'chunks', items });
+        if (items.length) {
+          await w.put({ t: 'chunks', items });
+          options.onProgress?.(report.dataBytes);
+        }
       } finally {
         await r.close();
       }
@@ -121,7 +140,7 @@ export interface ImportReport {
  * neither has is left out and reported with what is missing. An interrupted
  * import, run again, finishes the job.
  */
-export async function importBundle(store: BlobStore, file: string, options: { onProgress?: (bytes: number) => void } = {}): Promise<ImportReport> {
+export async function importBundle(store: BlobStore, file: string, options: ImportOptions = {}): Promise<ImportReport> {
   // Pass 1: check everything, and note where each chunk's data and each blob's list are.
   const blobs: Array<{ name: string; size: number; hash: Uint8Array; lists: Array<[number, number]>; listed: number; at: number }> = [];
   const data = new Map<string, [number, number, number]>(); // hash hex -> [record offset, record length, item index]
@@ -131,6 +150,7 @@ export async function importBundle(store: BlobStore, file: string, options: { on
     switch (r.t) {
       case 'bundle':
         if (header || r.v !== 1) throw bad('a bad or second bundle header');
+        checkHeader(r, bad);
         header = true;
         break;
       case 'blob':
@@ -177,6 +197,7 @@ export async function importBundle(store: BlobStore, file: string, options: { on
     return packr.unpack(b) as Record<string, unknown>;
   };
   const report: ImportReport = { imported: [], incomplete: [] };
+  let taken = 0;
   let cache: { at: number; rec: Record<string, unknown> } | undefined;
   try {
     for (const b of blobs) {
@@ -227,7 +248,8 @@ export async function importBundle(store: BlobStore, file: string, options: { on
             if (!bytesEqual(item[0], hash)) throw new CabError('ERR_BUNDLE_CORRUPT', `${file} changed while it was read`, { path: file });
             out.push(item[1].subarray(off, off + len));
           }
-          options.onProgress?.(out.reduce((a, x) => a + x.length, 0));
+          taken += out.reduce((a, x) => a + x.length, 0);
+          options.onProgress?.(taken);
           return out;
         },
       };
@@ -245,4 +267,23 @@ export async function importBundle(store: BlobStore, file: string, options: { on
     await fh.close();
   }
   return report;
+}
+
+/**
+ * A bundle header names the hash its chunks are named by, which must be
+ * ours (ERR_VERSION), and the sender's chunker params, which must be params
+ * a store could have (ERR_BUNDLE_CORRUPT) but need not be ours: the import
+ * re-chunks what it writes, only dedup against this store's blobs is smaller.
+ */
+function checkHeader(r: Record<string, unknown>, bad: (why: string) => CabError): void {
+  if (typeof r.hash !== 'string') throw bad('the bundle header names no hash');
+  if (r.hash !== HASH_NAME) throw new CabError('ERR_VERSION', `the bundle names chunks by ${JSON.stringify(r.hash.slice(0, 32))}, this store by ${HASH_NAME}`, { expected: HASH_NAME, found: r.hash.slice(0, 32) });
+  const c = r.chunker as Record<string, unknown> | undefined;
+  if (c === null || typeof c !== 'object' || Array.isArray(c)) throw bad('the bundle header has no chunker params');
+  try {
+    resolveChunkerParams({ min: c.min as number, avg: c.avg as number, max: c.max as number });
+  } catch (e) {
+    if (!isCabError(e, 'ERR_BAD_CHUNKER_PARAMS')) throw e;
+    throw bad(`the bundle header's chunker params: ${e.message}`);
+  }
 }

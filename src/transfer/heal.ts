@@ -1,8 +1,9 @@
-import { CabError, throwIfAborted } from '../errors.js';
+import { CabError } from '../errors.js';
 import { bytesEqual, sha256, toHex } from '../hash/sha256.js';
 import { overlapsDamage } from '../format/damage.js';
 import type { BlobStore } from '../store.js';
 import { BlobHealer } from '../blob/heal.js';
+import { throwIfAborted } from './abort.js';
 import { getBytes, remoteChunks, type RemoteChunk, type RemoteSource } from './remote.js';
 
 /**
@@ -22,7 +23,7 @@ export async function healFrom(store: BlobStore, src: RemoteSource, name: string
     let batch: RemoteChunk[] = [];
     let batchBytes = 0;
     const fetch = async () => {
-      throwIfAborted(signal, 'the transfer', { blob: name });
+      throwIfAborted(signal, name);
       const data = batch.length ? await src.get(batch.map((c) => [c.hash, 0, c.size])) : [];
       for (const [k, c] of batch.entries()) {
         const d = data[k]!;

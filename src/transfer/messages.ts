@@ -1,5 +1,5 @@
-import { CabError } from '../errors.js';
-import type { ChunkerParams } from '../chunker/params.js';
+import { CabError, isCabError } from '../errors.js';
+import { resolveChunkerParams, type ChunkerParams } from '../chunker/params.js';
 import { packr } from '../format/frame.js';
 
 /**
@@ -42,6 +42,7 @@ export type Message =
   | { t: 'data'; id: number; items: Uint8Array[] }
   | { t: 'push'; id: number; name: string; size: number; hash: Uint8Array }
   | { t: 'done'; id: number; received: number; reused: number }
+  | { t: 'cancel'; id: number }
   | { t: 'err'; id?: number; code: string; msg: string };
 
 export type MessageType = Message['t'];
@@ -80,9 +81,17 @@ const chunks = (x: unknown, max: number): WireChunk[] =>
     const a = arr(c, 'a chunk', 2);
     return [hash(a[0], 'a chunk hash'), count(a[1], 'a chunk size', 64 * 1024 * 1024)];
   });
+/** Chunker params that a store could have (resolveChunkerParams' rules), else ERR_PROTOCOL. */
 const params = (x: unknown): ChunkerParams => {
   if (!isObj(x)) throw bad('chunker is not a map');
-  return { min: count(x.min, 'chunker.min'), avg: count(x.avg, 'chunker.avg'), max: count(x.max, 'chunker.max') };
+  const p = { min: count(x.min, 'chunker.min'), avg: count(x.avg, 'chunker.avg'), max: count(x.max, 'chunker.max') };
+  try {
+    resolveChunkerParams(p);
+  } catch (e) {
+    if (!isCabError(e, 'ERR_BAD_CHUNKER_PARAMS')) throw e;
+    throw bad(`chunker: ${e.message}`);
+  }
+  return p;
 };
 
 /** Decodes and checks one frame. Throws ERR_PROTOCOL on anything malformed or unknown. */
@@ -161,6 +170,8 @@ export function decode(frame: Uint8Array): Message {
       return { t: 'push', id: id(), name: str(m.name, 'name', 64), size: count(m.size, 'size'), hash: hash(m.hash, 'hash') };
     case 'done':
       return { t: 'done', id: id(), received: count(m.received, 'received'), reused: count(m.reused, 'reused') };
+    case 'cancel':
+      return { t: 'cancel', id: id() };
     case 'err':
       return {
         t: 'err',

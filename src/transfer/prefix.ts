@@ -58,7 +58,7 @@ export async function checkPrefix(store: BlobStore, src: RemoteSource, name: str
     if (!differs && open === 0) out.kept = held;
     else if (!differs && next && open <= next.size && !overlapsDamage(r.damage, matched, held)) {
       const head = new Uint8Array(open);
-      for (let at = 0; at < open; ) at += await r.readAt(head.subarray(at), matched + at);
+      await r.readFully(head, matched);
       if (open === next.size) {
         if (bytesEqual(sha256(head), next.hash)) out.kept = held;
       } else {

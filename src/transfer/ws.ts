@@ -5,8 +5,8 @@ import { WebSocket, WebSocketServer } from 'ws';
 import { CabError, ioError } from '../errors.js';
 import type { BlobStore } from '../store.js';
 import { MAX_FRAME, MAX_GET_BYTES, type Perm } from './messages.js';
-import { Peer, DEFAULT_IDLE_MS, DEFAULT_MAX_REQUESTS } from './peer.js';
-import type { ReceiveOptions, TransferStats } from './receive.js';
+import { Peer, DEFAULT_IDLE_MS, DEFAULT_MAX_REQUESTS, type PushOptions, type PushResult } from './peer.js';
+import type { ReceiveOptions, TransferStats } from './stats.js';
 import { ByteBudget } from './budget.js';
 import { Admission, DEFAULT_HELLO_TIMEOUT_MS, type AdmissionOptions } from './admission.js';
 import { wire, wsTransport, type WireCount } from './ws-transport.js';
@@ -56,7 +56,10 @@ export interface CabServer {
   readonly connections: number;
   /** Connections not yet welcomed (counted from TCP accept; at most maxPending). */
   readonly pending: number;
+  /** Stops serving; calling it again returns the same promise. */
   close(): Promise<void>;
+  /** `await using srv = await serve(...)`: close(). */
+  [Symbol.asyncDispose](): Promise<void>;
 }
 
 /** Serves a store over WebSocket. */
@@ -121,7 +124,7 @@ export async function serve(store: BlobStore, options: ServeOptions = {}): Promi
   });
   const url = `${options.tls ? 'wss' : 'ws'}://${host.includes(':') ? `[${host}]` : host}:${port}`;
   let closing: Promise<void> | undefined;
-  return {
+  const cab: CabServer = {
     url,
     port,
     get connections() {
@@ -138,7 +141,11 @@ export async function serve(store: BlobStore, options: ServeOptions = {}): Promi
       });
       return closing;
     },
+    [Symbol.asyncDispose]() {
+      return this.close();
+    },
   };
+  return cab;
 }
 
 export interface ConnectOptions {
@@ -160,9 +167,12 @@ export interface CabClient {
   stat(name: string): Promise<{ size: number; finalized: boolean; hash?: Uint8Array }>;
   /** Fetches a remote blob into the local store (only what the store lacks travels). */
   pull(name: string, options?: ReceiveOptions): Promise<TransferStats>;
-  /** Sends a local blob to the remote store (only what it lacks travels). */
-  push(name: string, options?: { signal?: AbortSignal }): Promise<{ received: number; reused: number }>;
+  /** Sends a local blob to the remote store (only what it lacks travels). `signal` cancels that push only. */
+  push(name: string, options?: PushOptions): Promise<PushResult>;
+  /** Closes the connection; calling it again returns the same promise. */
   close(): Promise<void>;
+  /** `await using c = await connect(...)`: close(). */
+  [Symbol.asyncDispose](): Promise<void>;
 }
 
 /** Connects a local store to a cabstore server. */
@@ -183,18 +193,26 @@ export async function connect(store: BlobStore, url: string, options: ConnectOpt
   wire(ws, peer, count);
   await peer.hello();
   const closed = new Promise<void>((resolve) => ws.once('close', () => resolve()));
-  return {
+  let closing: Promise<void> | undefined;
+  const client: CabClient = {
     url,
     wire: count,
     stat: (name) => peer.source().stat(name),
     pull: (name, o) => peer.pull(name, o),
     push: (name, o) => peer.push(name, o),
-    async close() {
-      if (ws.readyState !== WebSocket.CLOSED) {
-        ws.close(1000, 'bye');
-        await Promise.race([closed, new Promise((r) => setTimeout(r, 2000).unref())]);
-        ws.terminate();
-      }
+    close() {
+      closing ??= (async () => {
+        if (ws.readyState !== WebSocket.CLOSED) {
+          ws.close(1000, 'bye');
+          await Promise.race([closed, new Promise((r) => setTimeout(r, 2000).unref())]);
+          ws.terminate();
+        }
+      })();
+      return closing;
+    },
+    [Symbol.asyncDispose]() {
+      return this.close();
     },
   };
+  return client;
 }

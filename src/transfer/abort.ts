@@ -1,0 +1,31 @@
+import { CabError, throwIfAborted as throwIf } from '../errors.js';
+
+/** ERR_ABORTED for `blob`, carrying the signal's reason. */
+export function abortError(signal: AbortSignal, blob?: string): CabError {
+  return new CabError('ERR_ABORTED', 'the transfer was cancelled', blob === undefined ? {} : { blob }, { cause: signal.reason });
+}
+
+/** Throws ERR_ABORTED if the signal has fired. */
+export function throwIfAborted(signal: AbortSignal | undefined, blob?: string): void {
+  throwIf(signal, 'the transfer', blob === undefined ? {} : { blob });
+}
+
+/** Waits for `p`, or throws ERR_ABORTED as soon as the signal fires (`p` goes on, unobserved). */
+export function orAbort<T>(p: Promise<T>, signal: AbortSignal | undefined, blob?: string): Promise<T> {
+  if (!signal) return p;
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(abortError(signal, blob));
+    if (signal.aborted) return onAbort();
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then(
+      (v) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(v);
+      },
+      (e: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(e);
+      },
+    );
+  });
+}

@@ -1,0 +1,52 @@
+import { toHex } from '../hash/sha256.js';
+
+export interface TransferProgress {
+  /** Blob size. */
+  size: number;
+  /** Bytes the receiver lacked (to fetch). */
+  neededBytes: number;
+  /** Bytes taken from local blobs (whole chunks or fine pieces). */
+  reusedBytes: number;
+  /** Chunk payload bytes received. */
+  receivedBytes: number;
+  /** Bytes appended so far, each checked against its hash. */
+  verifiedBytes: number;
+}
+
+export interface TransferStats extends TransferProgress {
+  name: string;
+  hash: Uint8Array;
+  /** The receiver already had the blob: one round trip. */
+  alreadyHad: boolean;
+  /** Bytes of an earlier, interrupted transfer that were kept. */
+  resumedFrom: number;
+  chunksFetched: number;
+  /** The receiver held the blob with damage recorded by fsck: the bytes of damage the transfer healed. */
+  healedBytes: number;
+}
+
+export interface ReceiveOptions {
+  /** Called as the transfer goes; every count in it is a running total since the transfer began. */
+  onProgress?: (p: TransferProgress) => void;
+  /** Cancels; what is written stays, unfinalized and resumable. */
+  signal?: AbortSignal;
+  /** The sender's name, for the blob's signpost. */
+  label?: string;
+  /** What the sender announced (push): checked against its stat. */
+  expect?: { size: number; hash: Uint8Array };
+}
+
+function hexJSON(this: Record<string, unknown>): Record<string, unknown> {
+  return Object.fromEntries(Object.entries(this).map(([k, v]) => [k, v instanceof Uint8Array ? toHex(v) : v]));
+}
+
+/**
+ * Gives a result object a `toJSON` (not enumerable: copies and equality
+ * ignore it) that writes its byte fields, hashes, as lowercase hex; without
+ * it JSON.stringify makes a Uint8Array a map of indexes and a Buffer a
+ * {type, data} object.
+ */
+export function withHexJSON<T extends object>(o: T): T {
+  Object.defineProperty(o, 'toJSON', { value: hexJSON, enumerable: false, configurable: true, writable: true });
+  return o;
+}
