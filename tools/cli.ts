@@ -25,9 +25,19 @@ import { Progress, fmtBytes } from './progress.js';
 import { STDIN, appendSource, openSource } from './source.js';
 import { parseTokens, portArg, sizeArg, usage } from './args.js';
 
+/** The package's own version, from the package.json two levels above dist/tools/. */
+const VERSION = (JSON.parse(fs.readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+
+// A reader that goes away (`cabstore cat X | head`) is the end of the output, as for cat: exit 0, quietly.
+process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+  if (e.code === 'EPIPE') process.exit(0);
+  throw e;
+});
+
 const program = new Command();
 program
   .name('cabstore')
+  .version(VERSION, '-V, --version', 'print the version')
   .description('A content-addressed blob store with rsync-like transfer.\nThe store is --store DIR, else $CABSTORE_DIR, else ./.cabstore.')
   .option('--store <dir>', 'the store directory')
   .option('--json', 'print results as JSON')
@@ -114,7 +124,12 @@ async function writeBlob(name: string, output?: string): Promise<void> {
           throw typeof (e as NodeJS.ErrnoException).errno === 'number' ? ioError(e, `writing ${output}`, { path: output }) : e;
         });
       } else {
-        await pipeline(src, process.stdout);
+        try {
+          await pipeline(src, process.stdout);
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'EPIPE') throw e;
+          return; // the reader went away: the end of the output, not a failure
+        }
       }
       p.end();
     } finally {
@@ -401,6 +416,8 @@ program
   });
 
 try {
+  // Bare `cabstore` is bad usage: say how to use it, exit 2.
+  if (process.argv.length <= 2) throw new CommanderError(2, 'cabstore.usage', 'error: a command is needed');
   await program.parseAsync(process.argv);
 } catch (e) {
   if (e instanceof CommanderError) {

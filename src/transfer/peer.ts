@@ -72,7 +72,9 @@ interface Pending {
 /** Turns an `err` message into a CabError with the remote's code when it is one of ours. */
 function remoteError(m: { code: string; msg: string }): CabError {
   const code = (Object.hasOwn(ERROR_CODES, m.code) ? m.code : 'ERR_REMOTE') as ErrorCode;
-  return new CabError(code, `peer: ${m.msg}`, { remote: true, found: m.code });
+  // The peer's message already starts with its code: say it once ("ERR_AUTH: peer: this server needs a token").
+  const msg = m.msg.startsWith(`${m.code}: `) ? m.msg.slice(m.code.length + 2) : m.msg;
+  return new CabError(code, `peer: ${msg}`, { remote: true, found: m.code });
 }
 
 const ANSWERS = new Set<Message['t']>(['statr', 'listr', 'finer', 'data', 'done', 'err']);
