@@ -49,3 +49,26 @@ test('a remote error names its code once', async (t) => {
   t.is(e!.message.split('ERR_AUTH').length - 1, 1, e!.message);
   t.regex(e!.message, /^ERR_AUTH: peer: /);
 });
+
+test('every command help shows the global --store and --json', async (t) => {
+  for (const cmd of ['ls', 'fsck', 'pull', 'put']) {
+    const r = await cli([cmd, '--help']);
+    t.is(r.code, 0, r.stderr);
+    t.regex(r.out, /--json/, `${cmd} --help`);
+    t.regex(r.out, /--store/, `${cmd} --help`);
+  }
+});
+
+test('plain fsck says what it checked, not "0 fragments verified"; --verify says what it hashed', async (t) => {
+  const dir = tempDir(t);
+  const s = await BlobStore.open(dir);
+  await putBlob(s, prngBytes('fsck words', 300_000));
+  await s.close();
+  const plain = await cli(['--store', dir, 'fsck']);
+  t.is(plain.code, 0, plain.stderr);
+  t.notRegex(plain.out, /fragments verified/);
+  t.regex(plain.out, /1 blobs checked/);
+  const verify = await cli(['--store', dir, 'fsck', '--verify']);
+  t.is(verify.code, 0, verify.stderr);
+  t.regex(verify.out, /1 blobs and 1 fragments verified/);
+});

@@ -42,6 +42,7 @@ program
   .option('--store <dir>', 'the store directory')
   .option('--json', 'print results as JSON')
   .exitOverride()
+  .configureHelp({ showGlobalOptions: true }) // every command's help shows --store and --json
   .configureOutput({ outputError: () => {} })
   .showHelpAfterError();
 
@@ -297,7 +298,11 @@ program
       for (const p of r.problems) console.log(`${p.repaired ? 'repaired' : 'PROBLEM '} ${p.kind}${p.blob ? ` blob ${p.blob}` : ''}${p.fragment ? ` fragment ${p.fragment}` : ''}: ${p.detail}`);
       for (const d of r.damaged) console.log(`damaged  blob ${d.blob} bytes ${d.offset}..${d.end}: ${d.why}`);
       for (const f of r.corruptFragments) console.log(`note     fragment ${f} does not hash to its name (a problem only where a blob above reads it)`);
-      console.log(`${r.blobs} blobs, ${r.fragments} fragments verified (${fmtBytes(r.bytesVerified)}), ${r.problems.length} problems, ${r.repaired} repaired, ${r.unrepaired} not repaired, ${r.seconds.toFixed(2)} s`);
+      // Plain fsck reads no data: say what it checked, and what --verify hashed (fragments, then blob contents).
+      const checked = o.verify
+        ? `${r.blobs} blobs and ${r.fragments} fragments verified (${fmtBytes(r.bytesVerified)} hashed: every fragment, then every finalized blob's content)`
+        : `${r.blobs} blobs checked (structure, fragment sizes, index; --verify also hashes the data)`;
+      console.log(`${checked}, ${r.problems.length} problems, ${r.repaired} repaired, ${r.unrepaired} not repaired, ${r.seconds.toFixed(2)} s`);
     }
     // A damaged blob is a problem until a pull or an import heals it, repaired (recorded) or not.
     if (r.unrepaired > 0 || r.damaged.length > 0) process.exitCode = 1;
