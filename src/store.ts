@@ -50,8 +50,9 @@ export type { ChunkRef, RecipeStep, Location, BlobMetadata, Signpost, PerSyncgro
 /**
  * A content-addressed blob store in a directory (docs/FORMAT.md); any number
  * of processes may open the same store. It opens the parts below and wires
- * them; @internal members serve those parts (blob/ sees them as
- * StoreInternals) and are left out of the published typings.
+ * them; members tagged internal serve those parts (blob/ sees them as
+ * StoreInternals) and are left out of the published typings. (The tag must
+ * not appear in this comment: stripInternal would drop the whole class.)
  */
 export class BlobStore {
   readonly root: string;

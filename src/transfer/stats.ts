@@ -50,3 +50,9 @@ export function withHexJSON<T extends object>(o: T): T {
   Object.defineProperty(o, 'toJSON', { value: hexJSON, enumerable: false, configurable: true, writable: true });
   return o;
 }
+
+/** Application bytes (frame payloads) sent and received on one connection. */
+export interface WireCount {
+  sent: number;
+  received: number;
+}

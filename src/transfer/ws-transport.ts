@@ -1,17 +1,13 @@
 import { WebSocket, type RawData } from 'ws';
 import { CabError } from '../errors.js';
 import type { Peer, Transport } from './peer.js';
+import type { WireCount } from './stats.js';
 
 /** A send waits for the socket to drain while more than this many bytes are buffered on it. */
 export const HIGH_WATER = 8 * 1024 * 1024;
 /** A peer that takes none of a frame's bytes for this long is cut off. */
 export const DEFAULT_DRAIN_TIMEOUT_MS = 120_000;
 
-/** Application bytes (frame payloads) sent and received on one connection. */
-export interface WireCount {
-  sent: number;
-  received: number;
-}
 
 export interface WsTransportOptions {
   /** Cut the connection when no frame has been written for this long while some wait (default 120 s). */

@@ -9,9 +9,10 @@ import { Peer, DEFAULT_IDLE_MS, DEFAULT_MAX_REQUESTS, type PushOptions, type Pus
 import type { ReceiveOptions, TransferStats } from './stats.js';
 import { ByteBudget } from './budget.js';
 import { Admission, DEFAULT_HELLO_TIMEOUT_MS, type AdmissionOptions } from './admission.js';
-import { wire, wsTransport, type WireCount } from './ws-transport.js';
+import { wire, wsTransport } from './ws-transport.js';
+import type { WireCount } from './stats.js';
 
-export type { WireCount } from './ws-transport.js';
+export type { WireCount } from './stats.js';
 
 /** Bytes of `get` answers a server reads and buffers at once, over all its connections. */
 export const DEFAULT_MAX_GET_MEMORY = 64 * 1024 * 1024;
