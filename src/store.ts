@@ -164,15 +164,13 @@ export class BlobStore {
     return st;
   }
 
-  /** Whether the store holds the blob (finalized or not). Only a missing descriptor is false; other errors reject. */
+  /** Whether the store holds the blob (finalized or not). Only a missing descriptor (ENOENT) is false; other errors reject with ERR_IO. */
   async has(name: string): Promise<boolean> {
     checkBlobName(name);
     this.checkOpen();
     try {
-      await fs.access(this.layout.descriptor(name));
-      return true;
+      return await exists(this.layout.descriptor(name));
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
       throw ioError(e, `looking for blob ${name}`, { blob: name });
     }
   }

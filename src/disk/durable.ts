@@ -73,17 +73,16 @@ export function writeFileDurable(file: string, data: string | Uint8Array): Promi
 }
 
 /**
- * Whether a file exists. Only ENOENT (and ENOTDIR: a parent is a file) means
- * absent; any other error (EMFILE, EIO, ...) is thrown, never read as "not
- * there", since callers drop index entries or leases on "absent".
+ * Whether a file exists. Only ENOENT means absent; any other error (EMFILE,
+ * EIO, ENOTDIR: a fan-out directory that is a file) is thrown, never read as
+ * "not there", since callers drop index entries or leases on "absent".
  */
 export async function exists(file: string): Promise<boolean> {
   try {
     await fs.access(file);
     return true;
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'ENOTDIR') return false;
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
     throw e;
   }
 }

@@ -124,12 +124,8 @@ export class ChunkIndex {
    * promise never settles), and a full disk must not hang the store. An
    * index commit comes once per descriptor record, so the wait is small.
    */
-  #write<T>(fn: () => T): Promise<T> {
-    try {
-      return Promise.resolve(lmdbWriteSync('updating the chunk index', this.#dir, () => this.#env.transactionSync(fn)));
-    } catch (e) {
-      return Promise.reject(e);
-    }
+  async #write<T>(fn: () => T): Promise<T> {
+    return lmdbWriteSync('updating the chunk index', this.#dir, () => this.#env.transactionSync(fn));
   }
 
   #apply(name: string, rec: AppendRecord, start: number, end: number, chunkOffset: number, headerEnd: number, damage: readonly DamageRange[]): boolean {

@@ -1,6 +1,6 @@
 import fs from 'node:fs/promises';
 import crypto from 'node:crypto';
-import { CabError, ioError, isCabError, throwIfAborted } from '../errors.js';
+import { ioError, isCabError, throwIfAborted } from '../errors.js';
 import { HashJob } from '../hash/pool.js';
 import { bytesEqual } from '../hash/sha256.js';
 import { readExtents } from '../disk/blob-bytes.js';
