@@ -78,3 +78,25 @@ test('appendVerified: checked hashes are used only where the chunker cuts exactl
     t.is(toHex(w.hash), toHex(merkleRoot(x)));
   }
 });
+
+test('close({ expectHash }) finalizes only a blob with that root; on a mismatch every byte stays and the writer stays open', async (t) => {
+  const s = await tempStore(t);
+  const bytes = prngBytes('expect', 3 * 1024 * 1024 + 5);
+  const w = await s.newBlobWriter();
+  await w.appendBytes(bytes.subarray(0, 1_000_000));
+  const e = await t.throwsAsync(w.close({ expectHash: merkleRoot(bytes) }));
+  t.is((e as { code?: string }).code, 'ERR_HASH_MISMATCH');
+  t.false(w.isFinalized);
+  await t.throwsAsync(w.close({ expectHash: 'abcd' }), { code: 'ERR_BAD_ARGUMENT' } as never);
+  await w.appendBytes(bytes.subarray(1_000_000));
+  await w.close({ expectHash: toHex(merkleRoot(bytes)) });
+  t.true(w.isFinalized);
+  t.true((await readAll(s, w.name)).equals(bytes));
+  // A mismatch after a resume leaves the blob resumable, not finalized.
+  const v = await s.newBlobWriter();
+  await v.appendBytes(bytes.subarray(0, 10));
+  await t.throwsAsync(v.close({ expectHash: merkleRoot(bytes) }), { code: 'ERR_HASH_MISMATCH' } as never);
+  await v.closeWithoutFinalize();
+  t.false((await s.stat(v.name)).finalized);
+  t.is((await s.stat(v.name)).size, 10);
+});

@@ -1,4 +1,5 @@
 import { CabError, ioError } from '../errors.js';
+import { bytesEqual, fromHex, toHex } from '../hash/sha256.js';
 import { readExtents } from '../disk/blob-bytes.js';
 import { FragmentFiles } from '../disk/fragments.js';
 import { checkBlobName } from '../format/layout.js';
@@ -11,6 +12,18 @@ import { WriterPins } from './pins.js';
 import { takeWholeChunks } from './whole-chunks.js';
 
 export type { AppendItem } from './input.js';
+
+export interface CloseOptions {
+  /** The BEP 52 root the blob must have (32 bytes or 64 hex digits); else close fails with ERR_HASH_MISMATCH and finalizes nothing. */
+  expectHash?: Uint8Array | string;
+}
+
+/** A hash argument: 32 bytes, or 64 hex digits. */
+function hashArg(h: Uint8Array | string): Uint8Array {
+  const b = typeof h === 'string' ? fromHex(h) : h;
+  if (!(b instanceof Uint8Array) || b.length !== 32) throw new CabError('ERR_BAD_ARGUMENT', 'expectHash is 32 bytes or 64 hex digits');
+  return b;
+}
 
 /**
  * Writes one blob. The work is split by job:
@@ -188,10 +201,27 @@ export class BlobWriter {
     });
   }
 
-  /** Finalizes the blob: its content and hash are fixed from now on. */
-  close(): Promise<void> {
+  /**
+   * Finalizes the blob: its content and hash are fixed from now on. With
+   * `expectHash` (32 bytes, or 64 hex digits), a blob whose BEP 52 root is
+   * another is not finalized: close rejects with ERR_HASH_MISMATCH and the
+   * writer stays open, every byte still there, to append more or to
+   * closeWithoutFinalize.
+   */
+  close(options: CloseOptions = {}): Promise<void> {
     if (this.#state === 'finalized') return Promise.resolve();
     return this.#run(async () => {
+      const expect = options.expectHash === undefined ? undefined : hashArg(options.expectHash);
+      if (expect) {
+        const root = await this.#ingest.digest();
+        if (!bytesEqual(root, expect)) {
+          throw new CabError('ERR_HASH_MISMATCH', `blob ${this.name} hashes to ${toHex(root)}, not the expected ${toHex(expect)}: not finalized`, {
+            blob: this.name,
+            expected: toHex(expect),
+            found: toHex(root),
+          });
+        }
+      }
       await this.#mutate(async () => {
         await this.#ingest.end();
         await this.#log.run(true);
