@@ -8,19 +8,26 @@ import type { Layout } from '../format/layout.js';
 import { livePins, type Lease } from '../disk/lease.js';
 import { isLocked } from '../disk/lock.js';
 import { exists } from '../disk/durable.js';
+import type { BlobMetadata, Tables } from '../index/tables.js';
 import { forEachLimit } from './limit.js';
+import { evict, type Candidate } from './evict.js';
 
 /** File system calls in flight at once. */
 const IO_PARALLEL = 16;
-import type { Tables } from '../index/tables.js';
 
 export interface GcOptions {
   /** Report what would be deleted, delete nothing. */
   dryRun?: boolean;
   /**
-   * Also evict whole finalized blobs, least recently accessed first (BlobMetadata
-   * `accessed`, else creation time), never one with an ownerShares entry > 0 or
-   * one open in any live process, until the fragments fit in this many bytes.
+   * Also evict whole finalized blobs until the fragments fit in this many bytes,
+   * least recently accessed first (BlobMetadata `accessed`, else creation time),
+   * never one with an ownerShares entry > 0 or one open in any live process.
+   * Only bytes eviction frees count: a fragment is freed when no blob that stays
+   * uses it and no live reader or writer pins it. A blob whose data is all
+   * shared with a blob that stays is not evicted (see GcReport.passedOver);
+   * blobs that share data only among candidates go together, as late as their
+   * most recently accessed one (two identical blobs go as a pair). See
+   * docs/FORMAT.md, "Eviction".
    */
   maxBytes?: number;
   /** If another GC runs: wait for it (true) or fail with ERR_GC_RUNNING (false, the default). */
@@ -46,7 +53,15 @@ export interface GcReport {
   indexEntriesRemoved: number;
   /** Leases of dead processes whose pins were dropped. */
   deadLeases: number;
+  /** Blobs evicted for maxBytes, in the order evicted (a dry run: those a real run would evict). */
   evicted: string[];
+  /**
+   * Eviction candidates that stayed although a more recently accessed one was
+   * evicted (or, when maxBytes was not met, all that stayed): evicting them
+   * would free no bytes, because each of their fragments is also used by a
+   * blob that stays, or pinned by a live reader or writer.
+   */
+  passedOver: string[];
   seconds: number;
 }
 
@@ -88,6 +103,7 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
     indexEntriesRemoved: 0,
     deadLeases: 0,
     evicted: [],
+    passedOver: [],
     seconds: 0,
   };
   if (options.maxBytes !== undefined && (!Number.isSafeInteger(options.maxBytes) || options.maxBytes < 0)) {
@@ -141,7 +157,7 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
 
       // Mark. With maxBytes, also remember who uses what, for eviction.
       const marked = new Map<string, number>(); // fragment -> number of blobs using it
-      const evictable: Array<{ name: string; when: number; frags: string[] }> = [];
+      const evictable: Candidate[] = [];
       let n = 0;
       await forEachLimit(store.listBlobIds(), IO_PARALLEL, async (name) => {
         throwIfAborted(options.signal, 'gc');
@@ -156,37 +172,33 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
         for (const f of frags) marked.set(f, (marked.get(f) ?? 0) + 1);
         if (options.maxBytes !== undefined && d.finalized && !openBlobs.has(name)) {
           const md = store.tables.metadata.get(name);
-          const owned = md ? Object.values(md.ownerShares).some((v) => v > 0) : false;
-          if (!owned) evictable.push({ name, when: md ? md.accessed.getTime() : d.ctime, frags: [...frags] });
+          if (!owned(md)) evictable.push({ name, when: md ? md.accessed.getTime() : d.ctime, frags: [...frags] });
         }
         if (++n % 1000 === 0) progress({ phase: 'mark', done: n });
       });
       const keep = (f: string) => (marked.get(f) ?? 0) > 0 || pinned.has(f);
 
       if (options.maxBytes !== undefined) {
-        let bytes = 0;
-        for (const [f, s] of sizes) if (keep(f)) bytes += s;
+        const state = { marked, sizes, pinned, bytes: 0 };
+        for (const [f, s] of sizes) if (keep(f)) state.bytes += s;
         evictable.sort((a, b) => a.when - b.when || (a.name < b.name ? -1 : 1));
-        for (const b of evictable) {
-          if (bytes <= options.maxBytes) break;
+        const remove = async (b: Candidate): Promise<boolean> => {
           throwIfAborted(options.signal, 'gc');
-          if (!dryRun) {
-            try {
-              await store.deleteBlob(b.name);
-            } catch (e) {
-              // Opened or deleted since we looked: leave it.
-              if (isCabError(e, 'ERR_BLOB_LOCKED') || isCabError(e, 'ERR_NO_SUCH_BLOB')) continue;
-              throw e;
-            }
+          // Owned since the mark: it stays (an owner set from now on is the application's race).
+          if (owned(store.tables.metadata.get(b.name))) return false;
+          if (dryRun) return true;
+          try {
+            await store.deleteBlob(b.name);
+            return true;
+          } catch (e) {
+            // Opened or deleted since we looked: leave it, and keep its fragments.
+            if (isCabError(e, 'ERR_BLOB_LOCKED') || isCabError(e, 'ERR_NO_SUCH_BLOB')) return false;
+            throw e;
           }
-          report.evicted.push(b.name);
-          for (const f of b.frags) {
-            const left = marked.get(f)! - 1;
-            marked.set(f, left);
-            if (left === 0 && !pinned.has(f)) bytes -= sizes.get(f) ?? 0;
-          }
-          progress({ phase: 'evict', done: report.evicted.length });
-        }
+        };
+        const done = await evict(state, evictable, options.maxBytes, remove, (n) => progress({ phase: 'evict', done: n }));
+        report.evicted = done.evicted;
+        report.passedOver = done.passedOver;
       }
 
       // Sweep.
@@ -232,6 +244,11 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
   }
   report.seconds = (performance.now() - t0) / 1000;
   return report;
+}
+
+/** Whether an owner holds the blob: some ownerShares entry > 0. */
+function owned(md: BlobMetadata | undefined): boolean {
+  return md ? Object.values(md.ownerShares).some((v) => v > 0) : false;
 }
 
 /**
