@@ -214,7 +214,7 @@ export async function connect(store: BlobStore, url: string, options: ConnectOpt
   } catch (e) {
     ws.terminate();
     throwIfAborted(signal, `connecting to ${url}`);
-    if (timedOut) throw new CabError('ERR_CONNECTION', `cannot connect to ${url}: no welcome within ${timeoutMs} ms`, {}, { cause: e });
+    if (timedOut) throw new CabError('ERR_CONNECTION', `cannot connect to ${url}: not connected (upgrade and welcome) within ${timeoutMs} ms`, {}, { cause: e });
     throw e;
   } finally {
     clearTimeout(timer);
