@@ -1,7 +1,7 @@
 export { CabError, ERROR_CODES, isCabError, type ErrorCode, type CabErrorData } from './errors.js';
 export * from './hash/index.js';
 export * from './chunker/index.js';
-export { BlobStore, DEFAULT_FRAGMENT_SIZE, type StoreOptions, type BlobStat, type ChunkRef, type RecipeStep, type Location, type BlobMetadata, type Signpost, type PerSyncgroup, type FsckOptions, type FsckReport, type GcOptions, type GcReport } from './store.js';
+export { BlobStore, DEFAULT_FRAGMENT_SIZE, type StoreOptions, type BlobStat, type ChunkRef, type RecipeStep, type Location, type BlobMetadata, type BlobMetadataPatch, type Signpost, type SignpostLocation, type SignpostPatch, type PatchOf, type PerSyncgroup, type FsckOptions, type FsckReport, type GcOptions, type GcReport } from './store.js';
 export { BlobWriter, type AppendItem, type CloseOptions } from './blob/writer.js';
 export { BlobReader, type StreamOptions } from './blob/reader.js';
 export { firstDifference } from './blob/compare.js';
@@ -12,4 +12,5 @@ export type { TransferStats, TransferProgress, ReceiveOptions } from './transfer
 export { PROTOCOL_VERSION, encode as encodeMessage, decode as decodeMessage, type Message, type Perm } from './transfer/messages.js';
 export { writeHave, exportBundle, importBundle, type ExportReport, type ImportReport } from './transfer/bundle.js';
 export type { PushOptions, PushResult } from './transfer/peer.js';
-export type { ExportOptions, ImportOptions } from './transfer/bundle.js';
+export type { ExportOptions, ImportOptions, MissingChunk } from './transfer/bundle.js';
+export type { HaveOptions } from './transfer/have.js';

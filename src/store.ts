@@ -17,7 +17,8 @@ import { tryLockExclusive } from './disk/lock.js';
 import { fsck, type FsckOptions, type FsckReport } from './upkeep/fsck.js';
 import { Lease } from './disk/lease.js';
 import { collect, type GcOptions, type GcReport } from './upkeep/gc.js';
-import { Tables, type BlobMetadata, type Signpost, type PerSyncgroup } from './index/tables.js';
+import { blobsWithRoot } from './index/roots.js';
+import { Tables, type BlobMetadata, type BlobMetadataPatch, type PatchOf, type Signpost, type SignpostPatch, type PerSyncgroup } from './index/tables.js';
 
 export interface StoreOptions {
   /** Chunker parameters for a new store (an existing store keeps its own; asking for others is an error). */
@@ -45,6 +46,7 @@ export interface BlobStat {
   damaged?: Array<{ start: number; end: number; why: string }>;
 }
 
+export type { BlobMetadataPatch, SignpostPatch, SignpostLocation, PatchOf } from './index/tables.js';
 export type { ChunkRef, RecipeStep, Location, BlobMetadata, Signpost, PerSyncgroup, FsckOptions, FsckReport, GcOptions, GcReport };
 
 /**
@@ -204,9 +206,22 @@ export class BlobStore {
     return this.tables;
   }
 
+  /** Replaces a blob's metadata. ERR_NO_SUCH_BLOB if the store does not hold the blob (a bad value is ERR_BAD_ARGUMENT first). */
   async setBlobMetadata(name: string, md: BlobMetadata): Promise<void> {
-    await this.#t.metadata.set(name, md);
+    await this.#t.forHeldBlob(name, () => this.has(name), this.tables.metadata.setter(name, md));
   }
+
+  /**
+   * Changes some fields of a blob's metadata in one transaction and returns
+   * the result (see BlobMetadataPatch: ownerShares merge per syncgroup, null
+   * removes one); with none stored yet, starts from no shares and both dates
+   * now. ERR_NO_SUCH_BLOB as setBlobMetadata.
+   */
+  async updateBlobMetadata(name: string, patch: PatchOf<BlobMetadata, BlobMetadataPatch>): Promise<BlobMetadata> {
+    return this.#t.forHeldBlob(name, () => this.has(name), this.tables.metadata.updater(name, patch));
+  }
+
+  /** undefined if the blob has no metadata, or does not exist (it does not look for the blob). */
   async getBlobMetadata(name: string): Promise<BlobMetadata | undefined> {
     return this.#t.metadata.get(name);
   }
@@ -221,6 +236,14 @@ export class BlobStore {
   /** Signposts may name blobs this store does not hold. */
   async setSignpost(name: string, sp: Signpost): Promise<void> {
     await this.#t.signposts.set(name, sp);
+  }
+  /**
+   * Changes some fields of a signpost in one transaction and returns the
+   * result (see SignpostPatch: locations merge per peer, null removes one);
+   * with none stored yet, starts empty. The blob need not be held here.
+   */
+  async updateSignpost(name: string, patch: PatchOf<Signpost, SignpostPatch>): Promise<Signpost> {
+    return this.#t.signposts.updater(name, patch)();
   }
   async getSignpost(name: string): Promise<Signpost | undefined> {
     return this.#t.signposts.get(name);
@@ -272,6 +295,18 @@ export class BlobStore {
       if (await exists(this.layout.descriptor(loc.blob))) return loc;
     }
     throw new CabError('ERR_NO_SUCH_CHUNK', `no chunk ${Buffer.from(hash).toString('hex')}`, { found: Buffer.from(hash).toString('hex') });
+  }
+
+  /**
+   * Names of the finalized blobs whose BEP 52 root is `root` (32 bytes or 64
+   * hex digits), lazily, in name order: "do I hold these bytes already?". A
+   * lookup in the chunk index, not a scan. Left out: unfinalized blobs (no
+   * root yet), deleted ones, and ones with damage recorded by fsck (they do
+   * not hold every byte; a pull heals them).
+   */
+  findByHash(root: Uint8Array | string): AsyncGenerator<string> {
+    this.checkOpen();
+    return blobsWithRoot(this.index, this.layout, root);
   }
 
   /** Names of all blobs (finalized or not), lazily, from the descriptors on disk. */

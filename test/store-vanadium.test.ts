@@ -308,7 +308,7 @@ async function streamResult(r: BlobReader, opts?: { start?: number; end?: number
   return Buffer.concat(parts);
 }
 
-test('stream yields exactly [start, end) for every start <= end, and rejects bad ranges', async (t) => {
+test('stream yields exactly [start, end) for every start <= end, cuts an end past the blob, and rejects bad ranges', async (t) => {
   const { store, names } = await buildAll(t);
   for (const spec of SPECS) {
     const want = text(spec.expected);
@@ -326,9 +326,18 @@ test('stream yields exactly [start, end) for every start <= end, and rejects bad
       if (!(whole instanceof Buffer) || !whole.equals(want)) wrong.push(`stream(): ${String(whole)}`);
       const startOnly = await streamResult(r, { start: Math.min(1, len) });
       if (!(startOnly instanceof Buffer) || !startOnly.equals(want.subarray(1))) wrong.push(`stream({start: 1}): ${String(startOnly)}`);
+      // As fs.createReadStream: an end past the blob is cut at its end, a start past it reads nothing.
+      for (const [opts, expect] of [
+        [{ start: 0, end: len + 1 }, want],
+        [{ start: Math.min(1, len), end: len + 1000 }, want.subarray(1)],
+        [{ start: len + 1 }, Buffer.alloc(0)],
+        [{ start: len + 5, end: len + 9 }, Buffer.alloc(0)],
+      ] as const) {
+        const got = await streamResult(r, opts);
+        if (!(got instanceof Buffer) || !got.equals(expect)) wrong.push(`stream(${JSON.stringify(opts)}): ${String(got)} expected ${expect.toString('latin1')}`);
+      }
       const errs: Array<[{ start?: number; end?: number }, string]> = [
-        [{ start: 0, end: len + 1 }, 'ERR_ILLEGAL_POSITION'],
-        [{ start: len + 1 }, 'ERR_ILLEGAL_POSITION'],
+        [{ start: len + 2, end: len + 1 }, 'ERR_ILLEGAL_POSITION'],
         [{ start: -1, end: len }, 'ERR_NEGATIVE_POSITION'],
         [{ start: 0, end: -1 }, 'ERR_NEGATIVE_POSITION'],
       ];

@@ -16,6 +16,8 @@ const psg = (n: number): PerSyncgroup => ({ priority: { devType: n, distance: 1.
 
 test('metadata: set, get, delete and stream round-trip exactly, dates included', async (t) => {
   const s = await tempStore(t);
+  await putBlob(s, Buffer.from('a'), A);
+  await putBlob(s, Buffer.from('b'), B);
   t.is(await s.getBlobMetadata(A), undefined);
   await s.setBlobMetadata(B, md(2));
   await s.setBlobMetadata(A, md(1));

@@ -413,7 +413,7 @@ program
         for (const b of r.imported) console.log(`${b.name} ${toHex(b.hash)}: ${b.alreadyHad ? 'already here' : `${fmtBytes(b.receivedBytes)} from the bundle, ${fmtBytes(b.reusedBytes)} local`}`);
         for (const b of r.incomplete) {
           console.log(`INCOMPLETE ${b.name}: ${b.missingCount} chunks neither here nor in the bundle`);
-          for (const m of b.missing) console.log(`  missing chunk ${m.hash} at ${m.offset} (${m.size} bytes)`);
+          for (const m of b.missing) console.log(`  missing chunk ${toHex(m.hash)} at ${m.offset} (${m.size} bytes)`);
         }
       }
       if (r.incomplete.length) process.exitCode = 1;

@@ -15,13 +15,21 @@ export const STREAM_BLOCK = 1024 * 1024;
 /** Blocks a stream has in flight: the next is read from disk while this one is hashed. */
 const STREAM_AHEAD = 2;
 
+/**
+ * The range of a stream, as fs.createReadStream takes it except that `end`
+ * is exclusive: [start, end). An end past the blob is cut at the blob's end,
+ * and a start at or past the end gives an empty stream (fs does the same);
+ * start > end as given is ERR_ILLEGAL_POSITION, thrown by stream().
+ */
 export interface StreamOptions {
   /** First byte (default 0). */
   start?: number;
-  /** End, exclusive (default: the blob's size). */
+  /** End, exclusive (default, and at most: the blob's size). */
   end?: number;
   /** Bytes buffered ahead of the consumer (default 2 MiB). */
   highWaterMark?: number;
+  /** Aborting it destroys the stream with ERR_ABORTED (at once if it has already fired). */
+  signal?: AbortSignal;
 }
 
 /**
@@ -171,17 +179,20 @@ export class BlobReader {
     return to;
   }
 
-  /** A Readable of bytes [start, end), with backpressure. Independent of the seek position. */
+  /**
+   * A Readable of bytes [start, end) (end exclusive, cut at the blob's end;
+   * see StreamOptions), with backpressure. Independent of the seek position.
+   */
   stream(options: StreamOptions = {}): Readable {
     this.#check();
     const start = options.start ?? 0;
-    const end = options.end ?? this.size;
-    for (const [k, v] of [['start', start], ['end', end]] as const) {
+    const asked = options.end ?? this.size;
+    for (const [k, v] of [['start', start], ['end', asked]] as const) {
       if (!Number.isSafeInteger(v) || v < 0) throw new CabError('ERR_NEGATIVE_POSITION', `${k} ${v} is not a non-negative integer`, { blob: this.name });
     }
-    if (end > this.size || start > end) {
-      throw new CabError('ERR_ILLEGAL_POSITION', `range [${start}, ${end}) is outside the blob (${this.size})`, { blob: this.name, offset: start });
-    }
+    // Only an end given can come before the start: the default end, the blob's size, cuts like any other.
+    if (options.end !== undefined && start > asked) throw new CabError('ERR_ILLEGAL_POSITION', `range [${start}, ${asked}) ends before it starts`, { blob: this.name, offset: start });
+    const end = Math.min(asked, this.size);
     const blocks = async function* (this: BlobReader): AsyncGenerator<Buffer> {
       const inflight: Array<Promise<Buffer>> = [];
       let pos = start;
@@ -198,7 +209,17 @@ export class BlobReader {
         yield await inflight.shift()!;
       }
     };
-    return Readable.from(blocks.call(this), { objectMode: false, highWaterMark: options.highWaterMark ?? 2 * STREAM_BLOCK });
+    const stream = Readable.from(blocks.call(this), { objectMode: false, highWaterMark: options.highWaterMark ?? 2 * STREAM_BLOCK });
+    const { signal } = options;
+    if (signal) {
+      const onAbort = () => stream.destroy(new CabError('ERR_ABORTED', `reading blob ${this.name} was cancelled`, { blob: this.name }, { cause: signal.reason }));
+      if (signal.aborted) onAbort();
+      else {
+        signal.addEventListener('abort', onAbort, { once: true });
+        stream.once('close', () => signal.removeEventListener('abort', onAbort));
+      }
+    }
+    return stream;
   }
 
   /** The end of the stream block that starts at `pos`: chunk-aligned, about STREAM_BLOCK, stopping short of damage. */

@@ -34,6 +34,13 @@ export function fromHex(hex: string): Uint8Array {
   return new Uint8Array(Buffer.from(hex, 'hex'));
 }
 
+/** A hash argument (a blob root, an expected hash): 32 bytes, or 64 hex digits. ERR_BAD_ARGUMENT (ERR_BAD_HEX for a string that is not hex) otherwise. */
+export function hashArg(h: unknown, what: string): Uint8Array {
+  const b = typeof h === 'string' ? fromHex(h) : h;
+  if (!(b instanceof Uint8Array) || b.length !== HASH_SIZE) throw new CabError('ERR_BAD_ARGUMENT', `${what} is 32 bytes or 64 hex digits`, { found: typeof h === 'string' ? h.slice(0, 80) : typeof h });
+  return b;
+}
+
 export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
   return a.byteLength === b.byteLength && Buffer.compare(a, b) === 0;
 }

@@ -65,8 +65,9 @@ function startOfRecords(start: number, cur: { d: number } | undefined): number {
 }
 
 /**
- * Catches up every blob named (the descriptors on disk) and forgets blobs the
- * index knows whose descriptor is gone: what a store does on open.
+ * Catches up every blob named (the descriptors on disk), forgets blobs the
+ * index knows whose descriptor is gone, and adds the `roots` entries an
+ * index written by older code lacks: what a store does on open.
  */
 export async function catchUpAll(index: ChunkIndex, layout: Layout, names: AsyncIterable<string>): Promise<void> {
   for await (const name of names) {
@@ -80,5 +81,11 @@ export async function catchUpAll(index: ChunkIndex, layout: Layout, names: Async
   }
   for (const name of [...index.blobNames()]) {
     if (!(await exists(layout.descriptor(name)))) await index.removeBlob(name);
+  }
+  try {
+    await index.fillRoots();
+  } catch (e) {
+    // As above: findByHash misses those blobs until an open that has the space.
+    if (!isCabError(e, 'ERR_NO_SPACE')) throw e;
   }
 }

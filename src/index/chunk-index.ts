@@ -3,7 +3,7 @@ import { toHex } from '../hash/sha256.js';
 import { flatDamage, overlapsDamage, type DamageRange } from '../format/damage.js';
 import { chunkEntries, type AppendRecord } from '../format/descriptor.js';
 import { lmdbWriteSync } from './lmdb-write.js';
-import { takePage } from './paging.js';
+import { PAGE, takePage } from './paging.js';
 
 /** Where a chunk's bytes are: a range of a local blob. */
 export interface Location {
@@ -39,6 +39,11 @@ function chunkKey(hash: Uint8Array, name: string, offset: number): Buffer {
   return Buffer.concat([hash, nameKey(name), u64(offset)]);
 }
 
+/** A finalized blob under its BEP 52 root. */
+function rootKey(root: Uint8Array, name: string): Buffer {
+  return Buffer.concat([root, nameKey(name)]);
+}
+
 function blobChunkKey(name: string, i: number): Buffer {
   const b = Buffer.allocUnsafe(20);
   b.write(name, 0, 'hex');
@@ -53,11 +58,16 @@ function after(prefix: Uint8Array): Buffer {
 
 /**
  * The chunk index, in LMDB under index/. Derived data: everything in it can
- * be rebuilt from the descriptors. Three databases:
+ * be rebuilt from the descriptors. Four databases:
  *
  *   chunks:  SHA-256 (32) | blob name (16) | blob offset (u64 BE)  ->  chunk size
  *   bchunks: blob name (16) | chunk number (u32 BE)                ->  [SHA-256, size, offset]
  *   blobs:   blob name (16)                                         ->  BlobEntry
+ *   roots:   BEP 52 root (32) | blob name (16)                      ->  1   (finalized blobs)
+ *
+ * `roots` is written with the entry's `h`, in the same transaction, and
+ * removed with it; an index written before it existed lacks it, and
+ * fillRoots (run by catch-up on open) adds what is missing.
  *
  * Updates for one descriptor record are one transaction and idempotent: a
  * record is applied only if the blob's entry says the index stops exactly
@@ -68,6 +78,7 @@ export class ChunkIndex {
   readonly #chunks: Database<number, Buffer>;
   readonly #bchunks: Database<[Uint8Array, number, number], Buffer>;
   readonly #blobs: Database<BlobEntry, Buffer>;
+  readonly #roots: Database<number, Buffer>;
 
   readonly #dir: string;
 
@@ -77,6 +88,7 @@ export class ChunkIndex {
     this.#chunks = env.openDB({ name: 'chunks', keyEncoding: 'binary' });
     this.#bchunks = env.openDB({ name: 'bchunks', keyEncoding: 'binary' });
     this.#blobs = env.openDB({ name: 'blobs', keyEncoding: 'binary' });
+    this.#roots = env.openDB({ name: 'roots', keyEncoding: 'binary' });
   }
 
   static open(dir: string): ChunkIndex {
@@ -141,7 +153,10 @@ export class ChunkIndex {
       n++;
     }
     const next: BlobEntry = { d: end, s: rec.s, n, e: off };
-    if (rec.h) next.h = rec.h;
+    if (rec.h) {
+      next.h = rec.h;
+      this.#roots.put(rootKey(rec.h, name), 1);
+    }
     const k = flatDamage(damage);
     if (k) next.k = k;
     this.#blobs.put(key, next);
@@ -168,9 +183,65 @@ export class ChunkIndex {
         this.#bchunks.remove(key);
         removed++;
       }
+      const h = this.#blobs.get(prefix)?.h;
+      if (h) this.#roots.remove(rootKey(h, name));
       this.#blobs.remove(prefix);
       return removed;
     });
+  }
+
+  /**
+   * Up to `limit` names of finalized blobs whose BEP 52 root is `root`, in
+   * order, after the name `last`: a page, so that no read transaction spans
+   * an await.
+   */
+  rootPage(root: Uint8Array, last: string | undefined, limit = PAGE): string[] {
+    const start = last === undefined ? Buffer.from(root) : rootKey(root, last);
+    const names = (function* (db: Database<number, Buffer>) {
+      for (const key of db.getKeys({ start, end: after(root) })) {
+        const name = (key as Buffer).toString('hex', 32, 48);
+        if (name !== last) yield name;
+      }
+    })(this.#roots);
+    return takePage(names, limit);
+  }
+
+  /**
+   * Adds the `roots` entries of finalized blobs that lack one: an index
+   * written by code older than `roots` (or by such code running beside
+   * this). Reads the blob entries a page at a time; each page's additions
+   * are one transaction that checks the entry still has that hash. Returns
+   * how many it added.
+   */
+  async fillRoots(): Promise<number> {
+    let added = 0;
+    let last: Buffer | undefined;
+    for (;;) {
+      const page = takePage(this.#finalized(last), PAGE);
+      if (page.length === 0) return added;
+      last = page[page.length - 1]![0];
+      const missing = page.filter(([key, h]) => this.#roots.get(Buffer.concat([h, key])) === undefined);
+      if (missing.length === 0) continue;
+      added += await this.#write(() => {
+        let n = 0;
+        for (const [key, h] of missing) {
+          const cur = this.#blobs.get(key)?.h;
+          if (!cur || Buffer.compare(cur, h) !== 0) continue;
+          this.#roots.put(Buffer.concat([h, key]), 1);
+          n++;
+        }
+        return n;
+      });
+    }
+  }
+
+  /** Blob entries with a hash, after the key `from`, as [key, hash]. */
+  *#finalized(from: Buffer | undefined): Generator<[Buffer, Uint8Array]> {
+    for (const { key, value } of this.#blobs.getRange(from ? { start: from } : {})) {
+      const k = key as Buffer;
+      if (from && k.equals(from)) continue;
+      if (value.h) yield [Buffer.from(k), value.h];
+    }
   }
 
   /** Every indexed location of a chunk, lazily. */
@@ -229,6 +300,7 @@ export class ChunkIndex {
       this.#chunks.clearSync();
       this.#bchunks.clearSync();
       this.#blobs.clearSync();
+      this.#roots.clearSync();
     });
   }
 

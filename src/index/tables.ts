@@ -14,10 +14,50 @@ export interface BlobMetadata {
 
 /** Where a blob (held here or not) can probably be found. */
 export interface Signpost {
-  locations: Record<string, { whenSeen: Date; isProxy: boolean; isServer: boolean }>;
+  /** Peer name -> where it was seen with the blob. */
+  locations: Record<string, SignpostLocation>;
   sgIds: string[];
   fetchAttempts: number;
 }
+
+/** One peer a signpost names. */
+export interface SignpostLocation {
+  whenSeen: Date;
+  isProxy: boolean;
+  isServer: boolean;
+}
+
+/**
+ * A partial update of a blob's metadata (BlobStore.updateBlobMetadata).
+ * Fields left out (or undefined) stay as stored; `referenced` and
+ * `accessed` replace the stored dates; `ownerShares` is merged per
+ * syncgroup: a share given replaces that syncgroup's, `null` removes the
+ * syncgroup, syncgroups not named stay. A Partial<BlobMetadata> is one.
+ */
+export interface BlobMetadataPatch {
+  ownerShares?: Record<string, number | null>;
+  referenced?: Date;
+  accessed?: Date;
+}
+
+/**
+ * A partial update of a signpost (BlobStore.updateSignpost). Fields left out
+ * stay; `locations` is merged per peer: an entry given replaces that peer's
+ * whole, `null` removes the peer, peers not named stay; `sgIds` (a list)
+ * and `fetchAttempts` replace the stored ones. A Partial<Signpost> is one.
+ */
+export interface SignpostPatch {
+  locations?: Record<string, SignpostLocation | null>;
+  sgIds?: string[];
+  fetchAttempts?: number;
+}
+
+/**
+ * A patch, or a function of the stored value (undefined if none) that
+ * returns one: it runs synchronously inside the write transaction, so a
+ * read-modify-write such as `fetchAttempts + 1` loses no concurrent update.
+ */
+export type PatchOf<T, P> = P | ((current: T | undefined) => P);
 
 /** Per-syncgroup facts that decide whom to fetch from. */
 export interface PerSyncgroup {
@@ -96,32 +136,117 @@ export function checkPerSyncgroup(psg: unknown): PerSyncgroup {
   return { priority: { devType: int(p.devType, 'devType'), distance: p.distance, serverTime: date(p.serverTime, 'serverTime') } };
 }
 
+/** The fields of a patch that are given (undefined counts as left out); ERR_BAD_ARGUMENT for one it does not know. */
+function patchFields(patch: unknown, keys: string[], what: string): Record<string, unknown> {
+  const given: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(plainObject(patch, what))) {
+    if (!keys.includes(k)) throw bad(`${what} has an unknown field ${JSON.stringify(k)}`, patch);
+    if (v !== undefined) given[k] = v;
+  }
+  return given;
+}
+
+/** A map merged with its patch: a value replaces, null removes. The result is checked by the caller. */
+function mergeMap(cur: Record<string, unknown>, patch: unknown, what: string): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...cur };
+  for (const [k, v] of Object.entries(plainObject(patch, what))) {
+    if (v === null) delete out[k];
+    else if (v !== undefined) out[k] = v;
+  }
+  return out;
+}
+
+/** The metadata `patch` makes of `cur` (checked). With no metadata yet, it starts from no shares and both dates now. */
+export function patchMetadata(cur: BlobMetadata | undefined, patch: unknown): BlobMetadata {
+  const p = patchFields(patch, ['ownerShares', 'referenced', 'accessed'], 'a BlobMetadata patch');
+  const now = new Date();
+  const base = cur ?? { ownerShares: {}, referenced: now, accessed: now };
+  return checkMetadata({
+    ownerShares: 'ownerShares' in p ? mergeMap(base.ownerShares, p.ownerShares, 'ownerShares') : base.ownerShares,
+    referenced: 'referenced' in p ? p.referenced : base.referenced,
+    accessed: 'accessed' in p ? p.accessed : base.accessed,
+  });
+}
+
+/** The signpost `patch` makes of `cur` (checked). With no signpost yet, it starts empty: no locations or syncgroups, no attempts. */
+export function patchSignpost(cur: Signpost | undefined, patch: unknown): Signpost {
+  const p = patchFields(patch, ['locations', 'sgIds', 'fetchAttempts'], 'a Signpost patch');
+  const base = cur ?? { locations: {}, sgIds: [], fetchAttempts: 0 };
+  return checkSignpost({
+    locations: 'locations' in p ? mergeMap(base.locations, p.locations, 'locations') : base.locations,
+    sgIds: 'sgIds' in p ? p.sgIds : base.sgIds,
+    fetchAttempts: 'fetchAttempts' in p ? p.fetchAttempts : base.fetchAttempts,
+  });
+}
+
 /** Entries read per page by the streams (values are small objects). */
 const PAGE = 256;
 
 /**
  * One table: string keys (checked by `key`), values checked by `check` on
- * the way in. Stored as MessagePack; Dates round-trip to the millisecond.
+ * the way in, and, for tables that take partial updates, `patch` making a
+ * new value of the stored one and a patch. Stored as MessagePack; Dates
+ * round-trip to the millisecond.
  */
-export class Table<T> {
+export class Table<T, P = never> {
   readonly #db: Database<T, string>;
   readonly #key: (k: unknown) => string;
   readonly #check: (v: unknown) => T;
+  readonly #patch: ((cur: T | undefined, patch: unknown) => T) | undefined;
 
   readonly #dir: string;
 
   /** @internal */
-  constructor(db: Database<T, string>, dir: string, key: (k: unknown) => string, check: (v: unknown) => T) {
+  constructor(db: Database<T, string>, dir: string, key: (k: unknown) => string, check: (v: unknown) => T, patch?: (cur: T | undefined, patch: unknown) => T) {
     this.#db = db;
     this.#dir = dir;
     this.#key = key;
     this.#check = check;
+    this.#patch = patch;
   }
 
   async set(key: string, value: T): Promise<void> {
+    this.setter(key, value)();
+  }
+
+  /** Checks the key and value now, and returns the write: for a caller that checks more in between. */
+  setter(key: string, value: T): () => void {
     const k = this.#key(key);
     const v = this.#check(value);
-    lmdbWriteSync('writing a table', this.#dir, () => this.#db.putSync(k, v));
+    return () => lmdbWriteSync('writing a table', this.#dir, () => this.#db.putSync(k, v));
+  }
+
+  /**
+   * Checks the key (and a patch that is not a function) now, and returns
+   * the write: one read-modify-write transaction that stores and returns
+   * the patched value. An error in the patch (or thrown by a patch
+   * function) writes nothing and comes out as it was thrown.
+   */
+  updater(key: string, patch: PatchOf<T, P>): () => T {
+    const k = this.#key(key);
+    const apply = this.#patch;
+    if (!apply) throw new CabError('ERR_BAD_ARGUMENT', 'this table takes no partial updates');
+    const of = (cur: T | undefined): unknown => (typeof patch === 'function' ? (patch as (c: T | undefined) => P)(cur) : patch);
+    if (typeof patch !== 'function') apply(undefined, patch);
+    return () => {
+      let failed: { e: unknown } | undefined;
+      const out = lmdbWriteSync('writing a table', this.#dir, () =>
+        this.#db.transactionSync(() => {
+          let v: T;
+          try {
+            const cur = this.#db.get(k);
+            v = apply(cur, of(cur));
+          } catch (e) {
+            failed = { e };
+            return undefined;
+          }
+          this.#db.put(k, v);
+          return v;
+        }),
+      );
+      if (failed) throw failed.e;
+      return out!;
+    };
   }
 
   get(key: string): T | undefined {
@@ -150,16 +275,30 @@ export class Table<T> {
  */
 export class Tables {
   readonly #env: RootDatabase;
-  readonly metadata: Table<BlobMetadata>;
-  readonly signposts: Table<Signpost>;
+  readonly metadata: Table<BlobMetadata, BlobMetadataPatch>;
+  readonly signposts: Table<Signpost, SignpostPatch>;
   readonly perSyncgroup: Table<PerSyncgroup>;
 
   private constructor(env: RootDatabase, dir: string) {
     this.#env = env;
     const db = <T>(name: string) => env.openDB<T, string>({ name, keyEncoding: 'ordered-binary' });
-    this.metadata = new Table(db<BlobMetadata>('metadata'), dir, (k) => checkBlobName(k), checkMetadata);
-    this.signposts = new Table(db<Signpost>('signposts'), dir, (k) => checkBlobName(k), checkSignpost);
+    this.metadata = new Table(db<BlobMetadata>('metadata'), dir, (k) => checkBlobName(k), checkMetadata, patchMetadata);
+    this.signposts = new Table(db<Signpost>('signposts'), dir, (k) => checkBlobName(k), checkSignpost, patchSignpost);
     this.perSyncgroup = new Table(db<PerSyncgroup>('persyncgroup'), dir, (k) => checkId(k, 'a syncgroup id'), checkPerSyncgroup);
+  }
+
+  /**
+   * A metadata write (checked already) for a blob held here (`held`):
+   * ERR_NO_SUCH_BLOB before it if there is none, and after it, the write
+   * undone, if the blob was deleted meanwhile.
+   */
+  async forHeldBlob<T>(name: string, held: () => Promise<boolean>, write: () => T): Promise<T> {
+    const gone = () => new CabError('ERR_NO_SUCH_BLOB', `no blob ${name}: metadata is kept for blobs held here`, { blob: name });
+    if (!(await held())) throw gone();
+    const out = write();
+    if (await held()) return out;
+    await this.metadata.delete(name);
+    throw gone();
   }
 
   static open(dir: string): Tables {

@@ -1,5 +1,5 @@
 import fs from 'node:fs/promises';
-import { CabError, isCabError } from '../errors.js';
+import { CabError, isCabError, throwIfAborted } from '../errors.js';
 import { HASH_NAME, bytesEqual, toHex } from '../hash/sha256.js';
 import { resolveChunkerParams } from '../chunker/params.js';
 import { checkBlobName, isBlobName } from '../format/layout.js';
@@ -41,11 +41,19 @@ export interface ExportOptions {
   have?: string;
   /** Called after each chunks record is written with the running total of chunk data bytes written so far; the last call gives the total. */
   onProgress?: (bytes: number) => void;
+  /** Cancels the export: it rejects with ERR_ABORTED, and no bundle (not even part of one) is left at the target path. */
+  signal?: AbortSignal;
 }
 
 export interface ImportOptions {
   /** Called as chunk data is taken from the bundle, with the running total of those bytes over the whole import. */
   onProgress?: (bytes: number) => void;
+  /**
+   * Cancels the import: it rejects with ERR_ABORTED. Blobs finalized before
+   * stay; the blob being rebuilt keeps what was verified and written,
+   * unfinalized (an import run again resumes it); nothing is finalized half.
+   */
+  signal?: AbortSignal;
 }
 
 /**
@@ -60,7 +68,11 @@ export async function exportBundle(
   options: ExportOptions = {},
 ): Promise<ExportReport> {
   for (const n of names) checkBlobName(n);
-  const have = options.have ? await readHave(options.have) : undefined;
+  const { signal } = options;
+  const aborted = () => throwIfAborted(signal, `exporting ${file}`);
+  aborted();
+  const have = options.have ? await readHave(options.have, signal) : undefined;
+  // Written under a temp name, renamed into place by finish(); abort() removes it.
   const w = await RecordWriter.create(file, BUNDLE_MAGIC);
   const report: ExportReport = { blobs: 0, contents: [], chunks: 0, dataBytes: 0, bytes: 0 };
   try {
@@ -68,6 +80,7 @@ export async function exportBundle(
     await w.put({ t: 'bundle', v: 1, chunker: { min, avg, max }, hash: HASH_NAME });
     const sent = new Set<string>();
     for (const name of names) {
+      aborted();
       const r = await store.newBlobReader(name);
       try {
         if (!r.isFinalized) throw new CabError('ERR_BLOB_NOT_FINALIZED', `blob ${name} is not finalized`, { blob: name });
@@ -76,6 +89,7 @@ export async function exportBundle(
         for await (const c of store.blobChunkStream(name)) {
           page.push([c.hash, c.size]);
           if (page.length === MAX_LIST) {
+            aborted();
             await w.put({ t: 'listr', c: page, end: false });
             page = [];
           }
@@ -100,6 +114,7 @@ export async function exportBundle(
           report.chunks++;
           report.dataBytes += c.size;
           if (bytes >= MAX_GET_BYTES) {
+            aborted();
             await w.put({ t: 'chunks', items });
             options.onProgress?.(report.dataBytes);
             items = [];
@@ -114,6 +129,7 @@ export async function exportBundle(
         await r.close();
       }
     }
+    aborted();
     await w.finish({ blobs: report.blobs, chunks: report.chunks });
     report.bytes = w.size;
     return report;
@@ -127,7 +143,15 @@ export interface ImportReport {
   /** Blobs now finalized here (imported, or already held). */
   imported: TransferStats[];
   /** Blobs left out because neither the bundle nor the store has some of their chunks. */
-  incomplete: Array<{ name: string; missing: Array<{ hash: string; offset: number; size: number }>; missingCount: number }>;
+  incomplete: Array<{ name: string; missing: MissingChunk[]; missingCount: number }>;
+}
+
+/** A chunk a blob needs that neither the bundle nor the store has. */
+export interface MissingChunk {
+  /** Its SHA-256 (hex in JSON). */
+  hash: Uint8Array;
+  offset: number;
+  size: number;
 }
 
 /**
@@ -141,11 +165,15 @@ export interface ImportReport {
  * import, run again, finishes the job.
  */
 export async function importBundle(store: BlobStore, file: string, options: ImportOptions = {}): Promise<ImportReport> {
+  const { signal } = options;
+  const aborted = () => throwIfAborted(signal, `importing ${file}`);
+  aborted();
   // Pass 1: check everything, and note where each chunk's data and each blob's list are.
   const blobs: Array<{ name: string; size: number; hash: Uint8Array; lists: Array<[number, number]>; listed: number; at: number }> = [];
   const data = new Map<string, [number, number, number]>(); // hash hex -> [record offset, record length, item index]
   let header = false;
   await scan(file, BUNDLE_MAGIC, (r, at, len) => {
+    aborted();
     const bad = (why: string) => new CabError('ERR_BUNDLE_CORRUPT', `${file}: ${why}`, { path: file, offset: at });
     switch (r.t) {
       case 'bundle':
@@ -201,9 +229,11 @@ export async function importBundle(store: BlobStore, file: string, options: Impo
   let cache: { at: number; rec: Record<string, unknown> } | undefined;
   try {
     for (const b of blobs) {
+      aborted();
       const list = async function* () {
         let offset = 0;
         for (const [at, len] of b.lists) {
+          aborted();
           for (const [hash, size] of (await readRecord(at, len)).c as WireChunk[]) {
             yield { hash, size, offset };
             offset += size;
@@ -217,7 +247,7 @@ export async function importBundle(store: BlobStore, file: string, options: Impo
         if (data.has(toHex(c.hash))) continue;
         if (store.index.locations(c.hash).next().done === false) continue;
         missingCount++;
-        if (missing.length < 100) missing.push({ hash: toHex(c.hash), offset: c.offset, size: c.size });
+        if (missing.length < 100) missing.push(withHexJSON({ hash: Uint8Array.from(c.hash), offset: c.offset, size: c.size }));
       }
       if (missingCount) {
         report.incomplete.push({ name: b.name, missing, missingCount });
@@ -254,7 +284,7 @@ export async function importBundle(store: BlobStore, file: string, options: Impo
         },
       };
       try {
-        report.imported.push(await receive(store, src, b.name, { label: `bundle:${file}` }));
+        report.imported.push(await receive(store, src, b.name, { label: `bundle:${file}`, signal }));
       } catch (e) {
         if (isCabError(e, 'ERR_NO_SUCH_CHUNK')) {
           report.incomplete.push({ name: b.name, missing: [], missingCount: 1 });

@@ -1,4 +1,4 @@
-import { CabError } from '../errors.js';
+import { CabError, throwIfAborted } from '../errors.js';
 import type { BlobStore } from '../store.js';
 import { RecordWriter, scan } from './records.js';
 
@@ -11,8 +11,15 @@ import { RecordWriter, scan } from './records.js';
 const HAVE_MAGIC = Buffer.from('CABHAVE1');
 const PREFIX = 8;
 
+export interface HaveOptions {
+  /** Cancels: it rejects with ERR_ABORTED, and no have-file (not even part of one) is left at the target path. */
+  signal?: AbortSignal;
+}
+
 /** A compact summary of the chunks a store holds: sorted 8-byte hash prefixes. */
-export async function writeHave(store: BlobStore, file: string): Promise<{ chunks: number; bytes: number }> {
+export async function writeHave(store: BlobStore, file: string, options: HaveOptions = {}): Promise<{ chunks: number; bytes: number }> {
+  const aborted = () => throwIfAborted(options.signal, `writing ${file}`);
+  aborted();
   const w = await RecordWriter.create(file, HAVE_MAGIC);
   try {
     const { min, avg, max } = store.chunker;
@@ -20,6 +27,7 @@ export async function writeHave(store: BlobStore, file: string): Promise<{ chunk
     let n = 0;
     let last: Uint8Array | undefined;
     for (;;) {
+      aborted();
       const page = store.index.chunkHashPage(last, 65536);
       if (page.length === 0) break;
       last = page[page.length - 1];
@@ -27,6 +35,7 @@ export async function writeHave(store: BlobStore, file: string): Promise<{ chunk
       await w.put({ t: 'hashes', p: Buffer.concat(page.map((h) => h.subarray(0, PREFIX))) });
       n += page.length;
     }
+    aborted();
     await w.finish({ chunks: n });
     return { chunks: n, bytes: w.size };
   } catch (e) {
@@ -58,11 +67,12 @@ export class HaveSet {
  * (the lookup is a binary search: unsorted prefixes would answer wrongly),
  * nothing else. ERR_BUNDLE_CORRUPT or ERR_BUNDLE_TRUNCATED otherwise.
  */
-export async function readHave(file: string): Promise<HaveSet> {
+export async function readHave(file: string, signal?: AbortSignal): Promise<HaveSet> {
   const parts: Buffer[] = [];
   let header = false;
   let last: Buffer | undefined;
   await scan(file, HAVE_MAGIC, (r, at) => {
+    throwIfAborted(signal, `reading ${file}`);
     const bad = (why: string) => new CabError('ERR_BUNDLE_CORRUPT', `${file}: ${why}`, { path: file, offset: at });
     if (r.t === 'have') {
       if (header || r.v !== 1) throw bad('a bad or second have header');

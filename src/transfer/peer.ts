@@ -302,7 +302,8 @@ export class Peer {
       maxGetBytes: Math.max(64 * 1024, Math.min(MAX_GET_BYTES, (this.#o.maxFrame ?? MAX_FRAME) - FRAME_OVERHEAD)),
       stat: async (name) => {
         const r = await this.request({ t: 'stat', id: 0, name }, 'statr');
-        return withHexJSON({ size: r.size, finalized: r.fin, hash: r.hash });
+        // The hash as the library hands every hash out: a plain Uint8Array (the decoder gives a Buffer).
+        return withHexJSON({ size: r.size, finalized: r.fin, ...(r.hash ? { hash: Uint8Array.from(r.hash) } : {}) });
       },
       list: async (name, from) => {
         const r = await this.request({ t: 'list', id: 0, name, from }, 'listr');
@@ -320,6 +321,7 @@ export class Peer {
   /** Client: fetches a remote blob into the local store. */
   async pull(name: string, options: ReceiveOptions = {}): Promise<TransferStats> {
     checkBlobName(name);
+    throwIfAborted(options.signal, name);
     return receive(this.#o.store, this.source(), name, { label: this.label, ...options });
   }
 

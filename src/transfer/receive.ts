@@ -7,6 +7,7 @@ import { checkPrefix, type Prefix } from './prefix.js';
 import type { RemoteSource } from './remote.js';
 import { withHexJSON, type ReceiveOptions, type TransferStats } from './stats.js';
 import { Receiver } from './receiver.js';
+import { orAbort } from './abort.js';
 
 export type { RemoteSource } from './remote.js';
 export type { ReceiveOptions, TransferProgress, TransferStats } from './stats.js';
@@ -22,7 +23,7 @@ export type { ReceiveOptions, TransferProgress, TransferStats } from './stats.js
  * sender's, and cut back to where they stop matching (see checkPrefix).
  */
 export async function receive(store: BlobStore, src: RemoteSource, name: string, options: ReceiveOptions = {}): Promise<TransferStats> {
-  const st = await src.stat(name);
+  const st = await orAbort(src.stat(name), options.signal, name);
   if (!st.finalized || !st.hash) throw new CabError('ERR_BLOB_NOT_FINALIZED', `the sender's blob ${name} is not finalized`, { blob: name });
   if (options.expect && (options.expect.size !== st.size || !bytesEqual(options.expect.hash, st.hash))) {
     throw new CabError('ERR_PROTOCOL', `blob ${name} is not what the sender announced`, { blob: name });
@@ -106,20 +107,12 @@ export async function receive(store: BlobStore, src: RemoteSource, name: string,
  */
 async function noteSource(store: BlobStore, name: string, label?: string): Promise<void> {
   try {
-    await recordSource(store, name, label);
+    // Partial updates: a concurrent change to the blob's other fields (its owner shares, say) is kept.
+    const now = new Date();
+    if (label) await store.updateSignpost(name, { locations: { [label]: { whenSeen: now, isProxy: false, isServer: true } } });
+    await store.updateBlobMetadata(name, { accessed: now });
   } catch (e) {
-    if (!isCabError(e, 'ERR_NO_SPACE')) throw e;
+    // Nor must a blob deleted the moment it was finalized.
+    if (!isCabError(e, 'ERR_NO_SPACE') && !isCabError(e, 'ERR_NO_SUCH_BLOB')) throw e;
   }
-}
-
-async function recordSource(store: BlobStore, name: string, label?: string): Promise<void> {
-  const now = new Date();
-  if (label) {
-    const sp = (await store.getSignpost(name)) ?? { locations: {}, sgIds: [], fetchAttempts: 0 };
-    sp.locations[label] = { whenSeen: now, isProxy: false, isServer: true };
-    await store.setSignpost(name, sp);
-  }
-  const md = (await store.getBlobMetadata(name)) ?? { ownerShares: {}, referenced: now, accessed: now };
-  md.accessed = now;
-  await store.setBlobMetadata(name, md);
 }

@@ -2,7 +2,7 @@ import http from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { WebSocket, WebSocketServer } from 'ws';
-import { CabError, ioError } from '../errors.js';
+import { CabError, ioError, throwIfAborted } from '../errors.js';
 import type { BlobStore } from '../store.js';
 import { MAX_FRAME, MAX_GET_BYTES, type Perm } from './messages.js';
 import { Peer, DEFAULT_IDLE_MS, DEFAULT_MAX_REQUESTS, type PushOptions, type PushResult } from './peer.js';
@@ -10,12 +10,15 @@ import type { ReceiveOptions, TransferStats } from './stats.js';
 import { ByteBudget } from './budget.js';
 import { Admission, DEFAULT_HELLO_TIMEOUT_MS, type AdmissionOptions } from './admission.js';
 import { wire, wsTransport } from './ws-transport.js';
+import { orAbort } from './abort.js';
 import type { WireCount } from './stats.js';
 
 export type { WireCount } from './stats.js';
 
 /** Bytes of `get` answers a server reads and buffers at once, over all its connections. */
 export const DEFAULT_MAX_GET_MEMORY = 64 * 1024 * 1024;
+/** How long connect waits for the upgrade and the welcome together. */
+export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
 
 /**
  * Also, from AdmissionOptions: `maxPending` connections not yet welcomed (64),
@@ -156,17 +159,19 @@ export interface ConnectOptions {
   ca?: string | Buffer;
   /** Largest frame accepted from the server. */
   maxFrame?: number;
-  /** Give up connecting after this long (default 10 s). */
+  /** Give up connecting after this long, the WebSocket upgrade and the hello/welcome handshake together (default 10 s): ERR_CONNECTION. */
   timeoutMs?: number;
+  /** Cancels the connect (the upgrade or the handshake): it rejects with ERR_ABORTED and leaves no socket open. Once connected, the signal plays no part. */
+  signal?: AbortSignal;
 }
 
 export interface CabClient {
   readonly url: string;
   /** Frame payload bytes this connection has sent and received so far. */
   readonly wire: Readonly<WireCount>;
-  /** Size, finalized, and hash of a remote blob. */
-  stat(name: string): Promise<{ size: number; finalized: boolean; hash?: Uint8Array }>;
-  /** Fetches a remote blob into the local store (only what the store lacks travels). */
+  /** Size, finalized, and hash (a Uint8Array, as everywhere; hex in JSON) of a remote blob. `signal` stops waiting for the answer (ERR_ABORTED). */
+  stat(name: string, options?: { signal?: AbortSignal }): Promise<{ size: number; finalized: boolean; hash?: Uint8Array }>;
+  /** Fetches a remote blob into the local store (only what the store lacks travels). `signal` cancels (ERR_ABORTED): what was written stays, unfinalized and resumable. */
   pull(name: string, options?: ReceiveOptions): Promise<TransferStats>;
   /** Sends a local blob to the remote store (only what it lacks travels). `signal` cancels that push only. */
   push(name: string, options?: PushOptions): Promise<PushResult>;
@@ -179,26 +184,48 @@ export interface CabClient {
 /** Connects a local store to a cabstore server. */
 export async function connect(store: BlobStore, url: string, options: ConnectOptions = {}): Promise<CabClient> {
   if (!/^wss?:\/\//.test(url)) throw new CabError('ERR_BAD_ARGUMENT', `not a ws:// or wss:// URL: ${url}`);
+  const { signal } = options;
+  throwIfAborted(signal, `connecting to ${url}`);
+  const timeoutMs = options.timeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
   const ws = new WebSocket(url, {
     maxPayload: options.maxFrame ?? MAX_FRAME,
     perMessageDeflate: false,
-    handshakeTimeout: options.timeoutMs ?? 10_000,
+    handshakeTimeout: timeoutMs,
     ...(options.ca ? { ca: options.ca } : {}),
   });
-  await new Promise<void>((resolve, reject) => {
-    ws.once('open', () => resolve());
-    ws.once('error', (e) => reject(new CabError('ERR_CONNECTION', `cannot connect to ${url}: ${e.message}`, {}, { cause: e })));
-  });
+  // An abort or the timeout ends the socket; whichever step is waiting then fails, and the catch says why.
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    ws.terminate();
+  }, timeoutMs);
+  const onAbort = () => ws.terminate();
+  signal?.addEventListener('abort', onAbort, { once: true });
   const count = { sent: 0, received: 0 };
-  const peer = new Peer(wsTransport(ws, count), { store, role: 'client', token: options.token, label: url, maxFrame: options.maxFrame ?? MAX_FRAME });
-  wire(ws, peer, count);
-  await peer.hello();
+  let peer: Peer;
+  try {
+    await new Promise<void>((resolve, reject) => {
+      ws.once('open', () => resolve());
+      ws.once('error', (e) => reject(new CabError('ERR_CONNECTION', `cannot connect to ${url}: ${e.message}`, {}, { cause: e })));
+    });
+    peer = new Peer(wsTransport(ws, count), { store, role: 'client', token: options.token, label: url, maxFrame: options.maxFrame ?? MAX_FRAME });
+    wire(ws, peer, count);
+    await peer.hello();
+  } catch (e) {
+    ws.terminate();
+    throwIfAborted(signal, `connecting to ${url}`);
+    if (timedOut) throw new CabError('ERR_CONNECTION', `cannot connect to ${url}: not connected (upgrade and welcome) within ${timeoutMs} ms`, {}, { cause: e });
+    throw e;
+  } finally {
+    clearTimeout(timer);
+    signal?.removeEventListener('abort', onAbort);
+  }
   const closed = new Promise<void>((resolve) => ws.once('close', () => resolve()));
   let closing: Promise<void> | undefined;
   const client: CabClient = {
     url,
     wire: count,
-    stat: (name) => peer.source().stat(name),
+    stat: (name, o) => orAbort(peer.source().stat(name), o?.signal, name),
     pull: (name, o) => peer.pull(name, o),
     push: (name, o) => peer.push(name, o),
     close() {

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { ExecutionContext } from 'ava';
-import { BlobStore, chunk, sha256, toHex, type StoreOptions } from '../../src/index.js';
+import { BlobStore, chunk, isCabError, sha256, toHex, type StoreOptions } from '../../src/index.js';
 
 /** A fresh temp directory, removed when the test ends. */
 export function tempDir(t: ExecutionContext, prefix = 'cabstore-test-'): string {
@@ -62,3 +62,13 @@ export async function chunkKeys(store: BlobStore, name: string): Promise<string[
 }
 
 export const keysOf = (chunks: Array<{ bytes: Uint8Array; hash: Uint8Array }>): string[] => chunks.map((c) => `${toHex(c.hash)}:${c.bytes.length}`);
+
+/** The CabError code `p` rejects with, 'resolved' if it does not, or what else it threw. */
+export async function rejectionCode(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+    return 'resolved';
+  } catch (e) {
+    return isCabError(e) ? e.code : `not a CabError: ${String(e)}`;
+  }
+}
