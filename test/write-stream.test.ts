@@ -337,7 +337,7 @@ test('a signal aborted before the call changes nothing; an abort while queued re
   t.true((await readAll(s, w.name)).equals(data.subarray(0, 30)), 'the aborted call appended nothing');
 });
 
-test('destroy() of a write stream, or an abort of its signal, does not finalize: the writer stays open with a prefix', async (t) => {
+test('destroy() of a write stream, or an abort of its signal, does not finalize: the writer stays open with a prefix; a closed writer streams nothing', async (t) => {
   const s = await tempStore(t);
   const data = prngBytes('destroy', 2 * MiB);
   const w = await s.newBlobWriter();
@@ -361,6 +361,14 @@ test('destroy() of a write stream, or an abort of its signal, does not finalize:
   t.is(w.size, data.length);
   t.false((await s.stat(w.name)).finalized);
   await w.closeWithoutFinalize();
+  t.is(t.throws(() => w.createWriteStream(), { instanceOf: CabError })!.code, 'ERR_CLOSED');
+  let read = false;
+  const source = (async function* () {
+    read = true;
+    yield data;
+  })();
+  t.is(await codeOf(t, w.appendStream(source)), 'ERR_CLOSED');
+  t.false(read, 'a closed writer reads nothing');
   const w2 = await s.resumeBlobWriter(w.name);
   t.is(w2.size, data.length, 'resumable');
   await w2.close();

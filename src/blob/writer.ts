@@ -108,6 +108,10 @@ export class BlobWriter {
    * before anything is appended: a bad item changes nothing. The last
    * argument may be options (AppendOptions: `{ signal }`), told from an item
    * by having no `file` key.
+   *
+   * Each call waits for the hashing thread, so that `hash` is current when
+   * it resolves: a round trip of about 0.1 ms. For many small pieces, pass
+   * them in one call, or use appendStream or createWriteStream.
    */
   appendBytes(...items: AppendItem[]): Promise<void>;
   appendBytes(...args: [...items: AppendItem[], options: AppendOptions]): Promise<void>;
@@ -181,6 +185,7 @@ export class BlobWriter {
    * holds, with ERR_ABORTED, and the source is told to stop (return(): a
    * Readable is destroyed). A failure of the writer itself closes it as any
    * failed append does. `hash` is brought up to date once, at the end.
+   * Until the source ends, other calls on this writer wait their turn.
    */
   async appendStream(source: ByteSource, options: AppendOptions = {}): Promise<number> {
     checkSource(source);
@@ -208,9 +213,11 @@ export class BlobWriter {
    * stream never closes the writer otherwise: destroy(), an abort of
    * `signal` or an error leave it open, holding a prefix of what was
    * written, for close() or closeWithoutFinalize(). Once the stream has
-   * emitted 'close', no append of it is under way.
+   * emitted 'close', no append of it is under way. ERR_CLOSED (thrown) if
+   * the writer is closed.
    */
   createWriteStream(options: WriteStreamOptions = {}): Writable {
+    this.#throwIfNotOpen();
     const o = checkWriteStreamOptions(options);
     const closing = o.expectHash === undefined ? {} : { expectHash: hashArg(o.expectHash) };
     return createBlobWriteStream(
@@ -343,13 +350,16 @@ export class BlobWriter {
   /** Serializes calls on one writer (see Serial); after close or failure they reject. */
   #run<T>(fn: () => Promise<T>, signal?: AbortSignal): Promise<T> {
     const call = () => {
-      if (this.#state !== 'open') {
-        if (this.#failure !== undefined) throw this.#failure;
-        throw new CabError('ERR_CLOSED', `writer of ${this.name} is closed`, { blob: this.name });
-      }
+      this.#throwIfNotOpen();
       return fn();
     };
     return this.#calls.run(call, signal, () => abortError(signal!, `appending to blob ${this.name}`, { blob: this.name }));
+  }
+
+  #throwIfNotOpen(): void {
+    if (this.#state === 'open') return;
+    if (this.#failure !== undefined) throw this.#failure;
+    throw new CabError('ERR_CLOSED', `writer of ${this.name} is closed`, { blob: this.name });
   }
 
   /** Runs a step that changes state; if it fails, the writer is unusable and releases the blob. */
