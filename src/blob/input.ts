@@ -24,8 +24,11 @@ export function hashArg(h: Uint8Array | string): Uint8Array {
   return b;
 }
 
-/** An options object's `signal`: absent, or an AbortSignal. */
-export function checkSignal(signal: unknown, what: string): AbortSignal | undefined {
+/** The `signal` of an options object (which may be absent): absent, or an AbortSignal. */
+export function checkSignal(options: unknown, what: string): AbortSignal | undefined {
+  if (options === undefined) return undefined;
+  if (options === null || typeof options !== 'object') throw new CabError('ERR_BAD_ARGUMENT', `${what} takes an options object`);
+  const { signal } = options as { signal?: unknown };
   if (signal === undefined || signal instanceof AbortSignal) return signal;
   throw new CabError('ERR_BAD_ARGUMENT', `${what}: signal must be an AbortSignal`);
 }
@@ -43,7 +46,7 @@ export function splitAppendArgs(args: unknown[]): { items: AppendItem[]; signal:
   if (unknown.length > 0) {
     throw new CabError('ERR_BAD_ARGUMENT', `appendBytes takes Uint8Arrays, { file, offset?, size? } objects and last { signal }, not an object with ${unknown.join(', ')}`);
   }
-  return { items: args.slice(0, -1) as AppendItem[], signal: checkSignal((last as AppendOptions).signal, 'appendBytes') };
+  return { items: args.slice(0, -1) as AppendItem[], signal: checkSignal(last, 'appendBytes') };
 }
 
 /** Input is read and processed in blocks of this size. */

@@ -48,11 +48,11 @@ export function checkSource(source: unknown): void {
 
 /** Checks createWriteStream's options; returns them with their defaults. */
 export function checkWriteStreamOptions(options: WriteStreamOptions): WriteStreamOptions & { highWaterMark: number } {
-  if (options === null || typeof options !== 'object') throw bad('createWriteStream takes an options object');
+  const signal = checkSignal(options, 'createWriteStream');
   const highWaterMark = options.highWaterMark ?? DEFAULT_WRITE_STREAM_HIGH_WATER_MARK;
   if (!Number.isSafeInteger(highWaterMark) || highWaterMark < 1) throw bad(`highWaterMark must be a positive integer, not ${String(highWaterMark)}`);
   if (options.expectHash !== undefined && !options.finalize) throw bad('expectHash is checked when the stream finalizes the blob: it needs finalize: true');
-  return { ...options, highWaterMark, signal: checkSignal(options.signal, 'createWriteStream') };
+  return { ...options, highWaterMark, signal };
 }
 
 const ABORTED = Symbol('aborted');
@@ -92,7 +92,12 @@ export interface Pumped {
  * thrown.
  */
 export async function pump(source: ByteSource, signal: AbortSignal | undefined, append: (block: Uint8Array) => Promise<void>, aborted: () => unknown): Promise<Pumped> {
-  const it = iterate(source);
+  let it: AsyncIterator<unknown>;
+  try {
+    it = iterate(source);
+  } catch (e) {
+    return { bytes: 0, stopped: { error: e } };
+  }
   let open = true; // whether the source may still have pieces, and so must be told to stop
   let block: Buffer | undefined;
   let fill = 0;

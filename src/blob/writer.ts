@@ -143,7 +143,7 @@ export class BlobWriter {
    * hash them.
    */
   async appendBlob(blob: string, offset = 0, size = -1, options: AppendOptions = {}): Promise<void> {
-    const signal = checkSignal(options?.signal, 'appendBlob');
+    const signal = checkSignal(options, 'appendBlob');
     return this.#run(async () => {
       checkBlobName(blob);
       checkCount(offset, 'offset');
@@ -189,7 +189,7 @@ export class BlobWriter {
    */
   async appendStream(source: ByteSource, options: AppendOptions = {}): Promise<number> {
     checkSource(source);
-    const signal = checkSignal(options?.signal, 'appendStream');
+    const signal = checkSignal(options, 'appendStream');
     return this.#run(async () => {
       let out: Pumped = { bytes: 0 };
       await this.#append(undefined, true, async () => {
