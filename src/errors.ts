@@ -89,7 +89,42 @@ export function isCabError(e: unknown, code?: ErrorCode): e is CabError {
   return e instanceof CabError && (code === undefined || e.code === code);
 }
 
-/** Throws ERR_ABORTED (the signal's reason as its cause) once `signal` is aborted; `what` names the operation, as in "gc was cancelled". */
+/** ERR_ABORTED for an aborted `signal` (its reason as the cause); `what` names the operation, as in "gc was cancelled". */
+export function abortError(signal: AbortSignal, what: string, data: CabErrorData = {}): CabError {
+  return new CabError('ERR_ABORTED', `${what} was cancelled`, data, { cause: signal.reason });
+}
+
+/** Throws abortError once `signal` is aborted. */
 export function throwIfAborted(signal: AbortSignal | undefined, what: string, data: CabErrorData = {}): void {
-  if (signal?.aborted) throw new CabError('ERR_ABORTED', `${what} was cancelled`, data, { cause: signal.reason });
+  if (signal?.aborted) throw abortError(signal, what, data);
+}
+
+/**
+ * Settles as `p` does, unless `signal` fires first: then with what
+ * `onAbort()` returns, or rejects with what it throws. `p` goes on,
+ * unobserved.
+ */
+export function raceAbort<T, U>(p: Promise<T>, signal: AbortSignal | undefined, onAbort: () => U): Promise<T | U> {
+  if (!signal) return p;
+  return new Promise<T | U>((resolve, reject) => {
+    const abort = () => {
+      try {
+        resolve(onAbort());
+      } catch (e) {
+        reject(e);
+      }
+    };
+    if (signal.aborted) return abort();
+    signal.addEventListener('abort', abort, { once: true });
+    p.then(
+      (v) => {
+        signal.removeEventListener('abort', abort);
+        resolve(v);
+      },
+      (e: unknown) => {
+        signal.removeEventListener('abort', abort);
+        reject(e);
+      },
+    );
+  });
 }

@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { type BenchContext, type Row, machine, table } from './bench/harness.js';
 import { benchChunker } from './bench/chunker.js';
-import { benchIngest, benchRead, benchResume } from './bench/store.js';
+import { benchIngest, benchRead, benchResume, benchStream } from './bench/store.js';
 import { benchTransfer } from './bench/transfer.js';
 import { benchGc } from './bench/gc.js';
 import { benchFsck } from './bench/fsck.js';
@@ -22,12 +22,13 @@ const CASES: Record<string, (ctx: BenchContext) => Promise<void>> = {
   ingest: benchIngest,
   read: benchRead,
   resume: benchResume,
+  stream: benchStream,
   transfer: benchTransfer,
   gc: benchGc,
   fsck: benchFsck,
 };
 /** Older names, and groups. */
-const ALIASES: Record<string, string[]> = { chunker: ['chunk'], store: ['ingest', 'read', 'resume'] };
+const ALIASES: Record<string, string[]> = { chunker: ['chunk'], store: ['ingest', 'read', 'resume', 'stream'] };
 
 const { values, positionals } = parseArgs({
   allowPositionals: true,

@@ -5,6 +5,42 @@ import type { Descriptor } from '../format/descriptor.js';
 /** What appendBytes takes: bytes, or a range of a local file. */
 export type AppendItem = Uint8Array | { file: string; offset?: number; size?: number };
 
+/** Options of an append: appendBytes (as its last argument), appendBlob, appendStream. */
+export interface AppendOptions {
+  /**
+   * Cancels the append. It stops between blocks (4 MiB at most) and rejects
+   * with ERR_ABORTED; the bytes appended before it stay, so the blob holds a
+   * prefix of what was asked (`size` says how long) and the writer stays
+   * open. A signal aborted before the call changes nothing.
+   */
+  signal?: AbortSignal;
+}
+
+/** The `signal` of an options object (which may be absent): absent, or an AbortSignal. */
+export function checkSignal(options: unknown, what: string): AbortSignal | undefined {
+  if (options === undefined) return undefined;
+  if (options === null || typeof options !== 'object') throw new CabError('ERR_BAD_ARGUMENT', `${what} takes an options object`);
+  const { signal } = options as { signal?: unknown };
+  if (signal === undefined || signal instanceof AbortSignal) return signal;
+  throw new CabError('ERR_BAD_ARGUMENT', `${what}: signal must be an AbortSignal`);
+}
+
+/**
+ * Splits appendBytes' arguments into items and options. The last argument
+ * is the options if it is an object with no `file` key; it may then hold
+ * `signal` only, so an item with a misspelt key is an error rather than
+ * options that append nothing.
+ */
+export function splitAppendArgs(args: unknown[]): { items: AppendItem[]; signal: AbortSignal | undefined } {
+  const last = args[args.length - 1];
+  if (last === null || typeof last !== 'object' || last instanceof Uint8Array || 'file' in last) return { items: args as AppendItem[], signal: undefined };
+  const unknown = Object.keys(last).filter((k) => k !== 'signal');
+  if (unknown.length > 0) {
+    throw new CabError('ERR_BAD_ARGUMENT', `appendBytes takes Uint8Arrays, { file, offset?, size? } objects and last { signal }, not an object with ${unknown.join(', ')}`);
+  }
+  return { items: args.slice(0, -1) as AppendItem[], signal: checkSignal(last, 'appendBytes') };
+}
+
 /** Input is read and processed in blocks of this size. */
 export const READ_BLOCK = 4 * 1024 * 1024;
 

@@ -16,7 +16,8 @@ const PAGE = 1024;
  * from the index, and the bytes are read only for the blob hash (in the
  * hashing thread). Not the source's last chunk, whose end may be the end of
  * the stream rather than a cut. Returns the bytes taken from the start of
- * [offset, offset + n).
+ * [offset, offset + n); once `signal` is aborted, it stops taking at the
+ * next group of whole chunks (READ_BLOCK bytes).
  */
 export async function takeWholeChunks(
   s: StoreInternals,
@@ -26,6 +27,7 @@ export async function takeWholeChunks(
   src: Descriptor,
   offset: number,
   n: number,
+  signal?: AbortSignal,
 ): Promise<number> {
   const index = s.index;
   const first = index.chunkNumberAt(blob, offset);
@@ -56,7 +58,10 @@ export async function takeWholeChunks(
       if (src.finalized && cEnd === src.size && c.size < s.chunker.max) return (await flushGroup(), taken);
       group.push(c);
       groupBytes += c.size;
-      if (groupBytes >= READ_BLOCK) await flushGroup();
+      if (groupBytes >= READ_BLOCK) {
+        await flushGroup();
+        if (signal?.aborted) return taken;
+      }
     }
     if (page.length < PAGE) break;
   }
