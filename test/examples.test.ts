@@ -46,3 +46,12 @@ test('resumable upload (library): a SIGKILLed upload resumes from its last flush
   t.regex(out, /after the crash the blob holds 3145728 durable bytes/);
   t.regex(out, /finalized c0ffee00c0ffee00c0ffee00c0ffee00: 5242880 bytes, root [0-9a-f]{64}, as announced: true/);
 });
+
+test('HTTP upload: a request body streams into a blob; a cut request keeps what arrived and the rest finalizes with the sent root', async (t) => {
+  const out = await example(t, 'http-upload');
+  const held = /the server holds (\d+) bytes durably/.exec(out);
+  t.truthy(held, out);
+  t.true(Number(held![1]) > 0 && Number(held![1]) <= 2.5 * 1024 * 1024);
+  t.regex(out, /second PUT: 204; finalized true, 6291456 bytes/);
+  t.regex(out, /as sent: true/);
+});
