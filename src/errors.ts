@@ -21,7 +21,7 @@ export const ERROR_CODES = {
   ERR_BLOB_DAMAGED: 'the bytes asked for lie in a range fsck recorded as damaged (data.offset..data.end); a pull or import of the blob heals it',
   ERR_FRAGMENT_MISSING: 'a fragment a blob needs is missing or shorter than its extents',
   ERR_FORMAT_VERSION: 'the store or a descriptor has a newer format version than this code reads',
-  ERR_BAD_STORE: 'the directory is not a cabstore store, or its cabstore.json is damaged',
+  ERR_BAD_STORE: "the directory is not a cabstore store (data.reason: 'absent', 'not-empty': other files and no store, 'not-a-directory'), or its cabstore.json is damaged",
   ERR_GC_RUNNING: 'another GC is running on this store (pass wait: true to wait for it)',
   ERR_PROTOCOL: 'a peer sent a malformed, unknown or out-of-place message',
   ERR_TOO_MANY_REQUESTS: 'a peer has more requests outstanding than the limit',

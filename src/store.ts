@@ -31,6 +31,14 @@ export interface StoreOptions {
    * open mend it silently.
    */
   catchUpIndex?: boolean;
+  /**
+   * Create the store if the directory is new or empty (default true). With
+   * false, a directory without a store is ERR_BAD_STORE (data.reason
+   * 'absent') and nothing is created. Either way a directory that holds
+   * other files and no store is ERR_BAD_STORE (data.reason 'not-empty'):
+   * it is never turned into a store.
+   */
+  create?: boolean;
 }
 
 export const DEFAULT_FRAGMENT_SIZE = 64 * 1024 * 1024;
@@ -87,7 +95,11 @@ export class BlobStore {
     this.#snapshots = new Snapshots(layout);
   }
 
-  /** Opens the store at `root`, creating it if absent, and brings the chunk index up to date. */
+  /**
+   * Opens the store at `root` and brings the chunk index up to date. A new
+   * or empty directory becomes a store unless `create` is false; one that
+   * holds other files never does (ERR_BAD_STORE).
+   */
   static async open(root: string, options: StoreOptions = {}): Promise<BlobStore> {
     const layout = new Layout(root);
     const fragmentSize = options.fragmentSize ?? DEFAULT_FRAGMENT_SIZE;
@@ -95,10 +107,9 @@ export class BlobStore {
     // Each part opened is closed again if a later step fails: a failed open leaves nothing open.
     const opened: Array<{ close(): Promise<void> }> = [];
     try {
+      const config = await loadConfig(layout, options.chunker, options.create ?? true);
       // Not fs.mkdir({ recursive: true }): on a path it cannot create, such as /proc/x, it retries forever (Node 20).
       const made = new Set<string>();
-      await ensureDir(layout.root, made);
-      const config = await loadConfig(layout, options.chunker);
       for (const dir of [layout.blobRoot, layout.casRoot, layout.tmp, layout.index, layout.leases, layout.tables]) await ensureDir(dir, made);
       await fsyncDir(layout.root);
       const index = ChunkIndex.open(layout.index);

@@ -29,6 +29,7 @@ test('token file lines: "read write", "read,write", "read, write" give both perm
   const server = path.join(dir, 'server');
   const client = path.join(dir, 'client');
   const name = (await ok(t, client, ['put', writeFile(dir, 'f', prngBytes('token lines', 100_000))])).split(' ')[0]!;
+  await ok(t, server, ['init']);
   for (const perms of ['read write', 'read,write', 'read, write', 'write  read', 'read ,write']) {
     const url = await serveWith(t, server, writeFile(dir, 'tokens', Buffer.from(`# a comment\ntok-1 ${perms}\n`)));
     if (typeof url !== 'string') {
@@ -57,7 +58,9 @@ test('serve on a port in use fails with one line naming ERR_IO (no stack trace),
   await new Promise<void>((r) => busy.listen(0, '127.0.0.1', r));
   t.teardown(() => busy.close());
   const port = (busy.address() as net.AddressInfo).port;
-  const r = await cli(['--store', path.join(dir, 's'), 'serve', '--insecure', '--port', String(port)]);
+  const store = path.join(dir, 's');
+  await ok(t, store, ['init']);
+  const r = await cli(['--store', store, 'serve', '--insecure', '--port', String(port)]);
   assertFails(t, r, 'ERR_IO', 'serve on a port in use');
   t.regex(r.stderr, /EADDRINUSE|in use/);
 });
@@ -76,6 +79,7 @@ test('bad numbers are bad usage (exit 2 with help): serve --port abc / 70000 / -
   ];
   for (const args of bad) assertUsage(t, await cli(['--store', store, ...args]), args.join(' '));
   t.false(fs.existsSync(store), 'bad usage touches no store');
+  await ok(t, store, ['init']);
   t.regex(await ok(t, store, ['gc', '--max-bytes', '1GiB']), /^deleted 0 fragments/, 'a good size still works');
 });
 
@@ -106,7 +110,8 @@ test('--store on a path that cannot be created (/proc/xx, under a file) fails at
   const dir = tempDir(t);
   const file = writeFile(dir, 'file', Buffer.from('x'));
   for (const store of ['/proc/xx', '/proc/xx/yy', path.join(file, 'store')]) {
-    const c = start(['--store', store, 'ls']);
+    // put: a writing command, so it tries to make the store.
+    const c = start(['--store', store, 'put', file]);
     const timer = setTimeout(() => c.kill('SIGKILL'), 20_000);
     const r = await finished(c);
     clearTimeout(timer);

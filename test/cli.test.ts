@@ -434,7 +434,15 @@ test('have -> export --have -> import ships only the changed chunks; bad bundles
   const shared = list2.filter((c) => old.has(c.hash));
   t.regex(inc.out, new RegExp(`^INCOMPLETE ${n2}: ${shared.length} chunks`, 'm'));
   const missing = [...inc.out.matchAll(/missing chunk ([0-9a-f]{64})/g)].map((m) => m[1]!);
-  t.is(missing.length, Math.min(100, shared.length));
+  // At most 10 lines per blob, then how many more; --json lists them (the first 100).
+  t.true(shared.length > 10, `more missing chunks than are listed: ${shared.length}`);
+  t.is(missing.length, 10);
+  t.regex(inc.out, new RegExp(`^  and ${shared.length - 10} more \\(--json lists the first ${Math.min(100, shared.length)}\\)$`, 'm'));
+  const incJson = await cli(['--store', path.join(dir, 'empty2'), '--json', 'import', bundle]);
+  t.is(incJson.code, 1, incJson.stderr);
+  const incomplete = (JSON.parse(incJson.out) as { incomplete: Array<{ missing: unknown[]; missingCount: number }> }).incomplete;
+  t.like(incomplete[0], { missingCount: shared.length });
+  t.is(incomplete[0]!.missing.length, Math.min(100, shared.length));
   t.true(
     missing.every((h) => old.has(h) && !fresh.some((c) => c.hash === h)),
     'every chunk named missing is one the bundle left out',
@@ -465,7 +473,7 @@ test('bad usage exits 2 with help; --help on every command exits 0', async (t) =
   t.false(fs.existsSync(store), 'bad usage touches no store');
   t.false(fs.existsSync(path.join(dir, '.cabstore')));
 
-  const commands = ['put', 'get', 'cat', 'ls', 'stat', 'rm', 'resume', 'gc', 'fsck', 'serve', 'pull', 'push', 'have', 'export', 'import'];
+  const commands = ['init', 'put', 'get', 'cat', 'ls', 'stat', 'rm', 'resume', 'gc', 'fsck', 'serve', 'pull', 'push', 'have', 'export', 'import'];
   const helps = await Promise.all([[], ...commands.map((c) => [c])].map((c) => cli([...c, '--help'], { cwd: dir })));
   helps.forEach((r, i) => {
     const c = i === 0 ? '' : commands[i - 1]!;

@@ -5,7 +5,9 @@
 // blocks: memory stays bounded whatever the length.
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
+import type { Readable } from 'node:stream';
 import { CabError, ioError } from '../src/errors.js';
+import { orAbort } from '../src/transfer/abort.js';
 import type { BlobWriter } from '../src/index.js';
 
 /** Bytes of a stream handed to the writer at a time. */
@@ -17,7 +19,7 @@ const FILE_STEP = 64 * 1024 * 1024;
 export const STDIN = '-';
 
 /** A regular file and its size, or a stream of unknown length. */
-export type Source = { file: string; size: number } | { file: string; size: undefined; open: () => AsyncIterable<Uint8Array> };
+export type Source = { file: string; size: number } | { file: string; size: undefined; open: () => Readable };
 
 export async function openSource(file: string): Promise<Source> {
   if (file === STDIN) return { file, size: undefined, open: () => process.stdin };
@@ -45,27 +47,49 @@ function isStdin(st: fs.Stats): boolean {
   return st.dev === fd0.dev && st.ino === fd0.ino;
 }
 
-/** Appends all of `src` to `w`; calls `progress` with the bytes appended so far; returns their count. */
-export async function appendSource(w: Pick<BlobWriter, 'appendBytes'>, src: Source, progress: (bytes: number) => void): Promise<number> {
+export interface AppendOptions {
+  /** Stops the appending (see appendSource). */
+  signal?: AbortSignal;
+  /** A file only: start at this byte (a resume), not at 0. */
+  from?: number;
+}
+
+/**
+ * Appends all of `src` to `w`; calls `progress` with the position reached
+ * so far; returns it. Once `signal` fires it appends nothing more: a
+ * file stops after the range being appended, a stream at once (a read that
+ * waits is cut short, and what it had is not appended). It then returns,
+ * or throws what the cut stream threw: the caller looks at the signal.
+ */
+export async function appendSource(w: Pick<BlobWriter, 'appendBytes'>, src: Source, progress: (bytes: number) => void, o: AppendOptions = {}): Promise<number> {
+  const { signal } = o;
   if (src.size !== undefined) {
     const { file, size } = src;
-    for (let off = 0; off < size; off += FILE_STEP) {
-      await w.appendBytes({ file, offset: off, size: Math.min(FILE_STEP, size - off) });
-      progress(Math.min(size, off + FILE_STEP));
+    let done = o.from ?? 0;
+    while (done < size && !signal?.aborted) {
+      const n = Math.min(FILE_STEP, size - done);
+      await w.appendBytes({ file, offset: done, size: n });
+      done += n;
+      progress(done);
     }
-    return size;
+    return done;
   }
   let done = 0;
+  const input = src.open();
+  const blocks = inBlocks(input, STREAM_BLOCK);
   try {
-    for await (const block of inBlocks(src.open(), STREAM_BLOCK)) {
-      await w.appendBytes(block);
-      done += block.length;
+    // A read that waits (a FIFO nobody writes to) cannot be cut short, even by destroying the stream: stop waiting for it.
+    for (let next; !(next = await orAbort(blocks.next(), signal)).done; ) {
+      await w.appendBytes(next.value);
+      done += next.value.length;
       progress(done);
     }
   } catch (e) {
-    // A read error of the source (an errno); the writer's own errors are CabErrors already.
+    // A read error of the source (an errno); the writer's own errors and ERR_ABORTED are CabErrors already.
     if (typeof (e as NodeJS.ErrnoException).errno !== 'number') throw e;
     throw ioError(e, `reading ${src.file}`, { path: src.file });
+  } finally {
+    if (signal?.aborted) input.destroy();
   }
   return done;
 }

@@ -1,9 +1,10 @@
 import fs from 'node:fs/promises';
+import path from 'node:path';
 import { CabError } from '../errors.js';
 import { resolveChunkerParams, sameChunkerParams, type ChunkerParams } from '../chunker/params.js';
 import { HASH_NAME } from '../hash/sha256.js';
 import { FORMAT_VERSION, type Layout } from '../format/layout.js';
-import { writeFileDurable } from './durable.js';
+import { ensureDir, writeFileDurable } from './durable.js';
 
 /** cabstore.json: what a store is, fixed when it is created. */
 export interface StoreConfig {
@@ -13,19 +14,33 @@ export interface StoreConfig {
 }
 
 /**
- * Reads cabstore.json, creating it (durably) for a new store with the
- * chunker parameters asked for. An existing store keeps its own parameters:
- * asking for others is ERR_BAD_CHUNKER_PARAMS; a newer format,
+ * Why a directory is not a store, in ERR_BAD_STORE's `data.reason`:
+ * 'absent' (no cabstore.json, and not asked to create one), 'not-empty'
+ * (other files and no cabstore.json: never made a store), 'not-a-directory'.
+ */
+export type NotAStore = 'absent' | 'not-empty' | 'not-a-directory';
+
+/**
+ * Reads cabstore.json: a directory is a store when it holds one. With
+ * `create`, a new or empty directory becomes a store: cabstore.json is
+ * written (durably) with the chunker parameters asked for. A directory that
+ * holds other files is never made a store. An existing store keeps its own
+ * parameters: asking for others is ERR_BAD_CHUNKER_PARAMS; a newer format,
  * ERR_FORMAT_VERSION.
  */
-export async function loadConfig(layout: Layout, chunker?: Partial<ChunkerParams>): Promise<StoreConfig> {
+export async function loadConfig(layout: Layout, chunker: Partial<ChunkerParams> | undefined, create: boolean): Promise<StoreConfig> {
   let text: string | undefined;
   try {
     text = await fs.readFile(layout.config, 'utf8');
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    // ENOTDIR: the root, or a directory above it, is a file.
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== 'ENOENT' && code !== 'ENOTDIR') throw e;
   }
   if (text === undefined) {
+    if (!create) throw notAStore(layout, 'absent', `no cabstore store at ${layout.root}`);
+    await ensureDir(layout.root, new Set());
+    if (!(await mayBecomeStore(layout))) return loadConfig(layout, chunker, create); // another process made it meanwhile
     const p = resolveChunkerParams(chunker);
     const config: StoreConfig = { format: FORMAT_VERSION, hash: HASH_NAME, chunker: { min: p.min, avg: p.avg, max: p.max } };
     try {
@@ -34,7 +49,7 @@ export async function loadConfig(layout: Layout, chunker?: Partial<ChunkerParams
       // Another process created it first: read theirs.
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
     }
-    return loadConfig(layout, chunker);
+    return loadConfig(layout, chunker, create);
   }
   let config: StoreConfig;
   try {
@@ -60,4 +75,32 @@ export async function loadConfig(layout: Layout, chunker?: Partial<ChunkerParams
     });
   }
   return config;
+}
+
+function notAStore(layout: Layout, reason: NotAStore, msg: string): CabError {
+  return new CabError('ERR_BAD_STORE', msg, { path: layout.root, reason });
+}
+
+/**
+ * Whether the root, which has no cabstore.json, may become a store: true if
+ * it is empty but for the temp files of a cabstore.json being written (a
+ * process creating the same store at the same time, or one that died doing
+ * so); false if cabstore.json has appeared meanwhile. Anything else is
+ * ERR_BAD_STORE: a directory of other files is never turned into a store.
+ */
+async function mayBecomeStore(layout: Layout): Promise<boolean> {
+  let entries: string[];
+  try {
+    entries = await fs.readdir(layout.root);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOTDIR') throw e;
+    throw notAStore(layout, 'not-a-directory', `${layout.root} is not a directory`);
+  }
+  const config = path.basename(layout.config);
+  if (entries.includes(config)) return false;
+  const others = entries.filter((f) => !(f.startsWith(`${config}.`) && f.endsWith('.tmp')));
+  if (others.length > 0) {
+    throw notAStore(layout, 'not-empty', `${layout.root} holds other files (${others.slice(0, 3).join(', ')}${others.length > 3 ? ', ...' : ''}) and no cabstore store: a store is made only in a new or empty directory`);
+  }
+  return true;
 }

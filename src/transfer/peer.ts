@@ -8,7 +8,7 @@ import { withHexJSON, type ReceiveOptions, type TransferStats } from './stats.js
 import { ByteBudget } from './budget.js';
 import { abortError, orAbort, throwIfAborted } from './abort.js';
 import { authenticate, checkPeer, helloFor, welcomeFor, type AuthOptions } from './handshake.js';
-import { Serving, SERVE_GETS_AT_ONCE } from './serve.js';
+import { Serving, SERVE_GETS_AT_ONCE, type ServeEvent } from './serve.js';
 
 export { SERVE_GETS_AT_ONCE } from './serve.js';
 
@@ -135,6 +135,16 @@ export class Peer {
   /** Resolves once hello is answered with welcome (on a server: once welcome is sent); rejects if the connection ends first. */
   get ready(): Promise<void> {
     return this.#ready;
+  }
+
+  /**
+   * Server: what the other end did, once the connection is over. `clean`:
+   * it closed normally, so a dropped connection is not the reason it ended.
+   */
+  serveEvent(clean: boolean): ServeEvent {
+    const why = this.#closed;
+    const ended = isCabError(why) && !(clean && why.code === 'ERR_CONNECTION') ? why : undefined;
+    return this.#serving.account.event(this.label, ended);
   }
 
   /** Hangs up on the peer, telling it why (an `err` without id). */

@@ -1,4 +1,4 @@
-import { CabError, isCabError } from '../errors.js';
+import { CabError, isCabError, type ErrorCode } from '../errors.js';
 import { chunk as cdc } from '../chunker/fastcdc.js';
 import { sha256, toHex } from '../hash/sha256.js';
 import { checkBlobName } from '../format/layout.js';
@@ -36,6 +36,70 @@ export interface ServeContext {
 type Request = Extract<Message, { t: 'stat' | 'list' | 'fine' | 'get' | 'push' }>;
 
 /**
+ * What one connection to a server did, told to `ServeOptions.onEvent` when
+ * it ends. A client command (pull, push, stat) is one connection, so one
+ * event; a program that keeps a connection for many transfers gets one
+ * event for all of them.
+ */
+export interface ServeEvent {
+  /** The other end, "address:port". */
+  peer: string;
+  /**
+   * The most it did: 'push' (it sent a blob), 'pull' (it listed or read a
+   * blob's chunks), 'stat' (it only asked about blobs: a pull of a blob it
+   * already had is one stat), or 'connect' (no request: refused, or idle).
+   */
+  op: 'push' | 'pull' | 'stat' | 'connect';
+  /** Blobs it named (stat, list, push), in order, the first 16. */
+  blobs: string[];
+  /** Chunk bytes sent to it (its pulls). */
+  bytesSent: number;
+  /** Chunk bytes received from it (its pushes). */
+  bytesReceived: number;
+  /** When it connected (ms since the epoch), and for how long, in ms. */
+  start: number;
+  ms: number;
+  /**
+   * Absent if all went well; else the code of the first request that
+   * failed, or of why the connection ended (ERR_AUTH, ERR_IDLE_TIMEOUT,
+   * ERR_PROTOCOL, ERR_CONNECTION if it dropped without closing).
+   */
+  error?: ErrorCode;
+}
+
+/** Blob names a ServeEvent keeps. */
+const EVENT_BLOBS = 16;
+const RANK = { connect: 0, stat: 1, pull: 2, push: 3 } as const;
+
+/** The running account of one connection, for its ServeEvent. */
+export class ServeAccount {
+  readonly #start = Date.now();
+  #op: ServeEvent['op'] = 'connect';
+  readonly #blobs: string[] = [];
+  #error: ErrorCode | undefined;
+  bytesSent = 0;
+  bytesReceived = 0;
+
+  /** A request came: what it does, and the blob it names. */
+  note(m: Request): void {
+    const op = m.t === 'stat' ? 'stat' : m.t === 'push' ? 'push' : 'pull';
+    if (RANK[op] > RANK[this.#op]) this.#op = op;
+    if ('name' in m && typeof m.name === 'string' && this.#blobs.length < EVENT_BLOBS && !this.#blobs.includes(m.name)) this.#blobs.push(m.name);
+  }
+
+  /** A request failed: the first such code is the event's error. */
+  failed(code: ErrorCode): void {
+    this.#error ??= code;
+  }
+
+  /** The event, now that the connection is over; `ended` is why, if not a clean close. */
+  event(peer: string, ended: CabError | undefined): ServeEvent {
+    const error = this.#error ?? ended?.code;
+    return { peer, op: this.#op, blobs: [...this.#blobs], bytesSent: this.bytesSent, bytesReceived: this.bytesReceived, start: this.#start, ms: Date.now() - this.#start, ...(error ? { error } : {}) };
+  }
+}
+
+/**
  * Answers the other end's requests from the local store: stat, list, fine
  * and get, and (on a server) push, which receives the pushed blob with the
  * other end as the source. A client serves a server only the blobs it is
@@ -51,6 +115,8 @@ export class Serving {
   readonly #pushing = new Map<string, number>();
   /** Pushes being received (server), by request id: a `cancel` aborts one. */
   readonly #receiving = new Map<number, AbortController>();
+  /** What the other end did here, for a server's ServeEvent. */
+  readonly account = new ServeAccount();
 
   constructor(c: ServeContext) {
     this.#c = c;
@@ -59,11 +125,13 @@ export class Serving {
 
   /** Answers one request: its answer, or `err` with its id. */
   async answer(m: Request): Promise<void> {
+    this.account.note(m);
     try {
       if (m.t === 'get') await this.#get(m);
       else await this.#c.send(await this.#answer(m));
     } catch (e) {
       const err = isCabError(e) ? e : new CabError('ERR_REMOTE', (e as Error).message ?? String(e));
+      this.account.failed(err.code);
       await this.#c.send({ t: 'err', id: m.id, code: err.code, msg: err.message }).catch(() => {});
     }
   }
@@ -151,6 +219,7 @@ export class Serving {
     this.#receiving.set(m.id, ac);
     try {
       const stats = await receive(this.#c.store, this.#c.source(), m.name, { label: this.#c.label, expect: { size: m.size, hash: m.hash }, signal: ac.signal });
+      this.account.bytesReceived += stats.receivedBytes;
       return { t: 'done', id: m.id, received: stats.receivedBytes, reused: stats.reusedBytes };
     } catch (e) {
       // Cancelled: whatever the receive was doing when it stopped, the answer is that it was cancelled.
@@ -177,6 +246,7 @@ export class Serving {
       // The reads of one answer run together (at most 4 MiB in all).
       const items = await Promise.all(m.items.map(([h, off, len]) => this.#chunkBytes(h, off, len)));
       await this.#c.send({ t: 'data', id: m.id, items }, { written: true });
+      this.account.bytesSent += items.reduce((a, b) => a + b.length, 0);
     } finally {
       release?.();
       this.#getsServing--;

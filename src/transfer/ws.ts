@@ -8,6 +8,7 @@ import { MAX_FRAME, MAX_GET_BYTES, type Perm } from './messages.js';
 import { Peer, DEFAULT_IDLE_MS, DEFAULT_MAX_REQUESTS, type PushOptions, type PushResult } from './peer.js';
 import type { ReceiveOptions, TransferStats } from './stats.js';
 import { ByteBudget } from './budget.js';
+import type { ServeEvent } from './serve.js';
 import { Admission, DEFAULT_HELLO_TIMEOUT_MS, type AdmissionOptions } from './admission.js';
 import { wire, wsTransport } from './ws-transport.js';
 import { orAbort } from './abort.js';
@@ -51,6 +52,12 @@ export interface ServeOptions extends AdmissionOptions {
    * that ask and never read can make the server hold.
    */
   maxGetMemory?: number;
+  /**
+   * Told what each connection did when it ends (one event per connection:
+   * its peer, pull/push/stat, blobs, bytes, duration, error code), for a log.
+   * Called on the server's event loop: it should return quickly, and not throw.
+   */
+  onEvent?: (e: ServeEvent) => void;
 }
 
 export interface CabServer {
@@ -120,6 +127,9 @@ export async function serve(store: BlobStore, options: ServeOptions = {}): Promi
       label: `${req.socket.remoteAddress}:${req.socket.remotePort}`,
     });
     wire(ws, peer, count);
+    // Registered after wire()'s, which has told the peer why it ended. 1000 and 1005: a normal close.
+    const onEvent = options.onEvent;
+    if (onEvent) ws.on('close', (code) => onEvent(peer.serveEvent(code === 1000 || code === 1005)));
     admission.upgraded(req.socket, () => peer.fail(new CabError('ERR_IDLE_TIMEOUT', `no hello within ${options.helloTimeoutMs ?? DEFAULT_HELLO_TIMEOUT_MS} ms`)));
     peer.ready.then(
       () => admission.welcomed(req.socket),

@@ -38,7 +38,10 @@ export interface FsckProblem {
 export interface FsckReport {
   blobs: number;
   fragments: number;
+  /** Bytes hashed (verify): every fragment, then every finalized blob's content, so data shared by blobs counts more than once. */
   bytesVerified: number;
+  /** Of bytesVerified, the fragments' bytes; the rest is blob content. */
+  fragmentBytesVerified: number;
   problems: FsckProblem[];
   /** Damaged byte ranges of blobs, in whole chunks: recorded by this or an earlier repair, or found now. */
   damaged: Array<{ blob: string; offset: number; end: number; why: string }>;

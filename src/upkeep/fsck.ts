@@ -67,7 +67,7 @@ export async function fsck(layout: Layout, index: ChunkIndex, blobNames: AsyncIt
  */
 async function check(layout: Layout, index: ChunkIndex, blobNames: AsyncIterable<string>, fragIds: AsyncIterable<string>, opts: FsckOptions = {}): Promise<FsckReport> {
   const t0 = performance.now();
-  const report: FsckReport = { blobs: 0, fragments: 0, bytesVerified: 0, problems: [], damaged: [], corruptFragments: [], repaired: 0, unrepaired: 0, seconds: 0 };
+  const report: FsckReport = { blobs: 0, fragments: 0, bytesVerified: 0, fragmentBytesVerified: 0, problems: [], damaged: [], corruptFragments: [], repaired: 0, unrepaired: 0, seconds: 0 };
   const ctx: FsckContext = { layout, index, opts, report, fragSizes: new Map(), corrupt: new Set() };
   const progress = () => opts.onProgress?.({ blobs: report.blobs, fragments: report.fragments, bytesVerified: report.bytesVerified });
 
@@ -85,6 +85,7 @@ async function check(layout: Layout, index: ChunkIndex, blobNames: AsyncIterable
       ctx.fragSizes.set(id, size);
       report.fragments++;
       report.bytesVerified += size;
+      report.fragmentBytesVerified += size;
       if (hex !== id) {
         // A problem where a blob reads bad bytes from it (checked per blob, chunk by chunk).
         ctx.corrupt.add(id);

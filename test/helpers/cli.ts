@@ -104,8 +104,9 @@ export function killed(c: ChildProcess, signal: NodeJS.Signals = 'SIGKILL'): Pro
   });
 }
 
-/** Resolves with the first match of `re` on the child's stdout. */
-export function waitFor(c: ChildProcess, re: RegExp, what: string): Promise<RegExpMatchArray> {
+/** Resolves with the first match of `re` on the child's stdout (or stderr). */
+export function waitFor(c: ChildProcess, re: RegExp, what: string, from: 'stdout' | 'stderr' = 'stdout'): Promise<RegExpMatchArray> {
+  const [watched, other] = from === 'stdout' ? [c.stdout!, c.stderr] : [c.stderr!, c.stdout];
   return new Promise((resolve, reject) => {
     let out = '';
     let err = '';
@@ -113,12 +114,12 @@ export function waitFor(c: ChildProcess, re: RegExp, what: string): Promise<RegE
       out += d.toString();
       const m = re.exec(out);
       if (m) {
-        c.stdout!.off('data', onOut);
+        watched.off('data', onOut);
         resolve(m);
       }
     };
-    c.stdout!.on('data', onOut);
-    c.stderr?.on('data', (d: Buffer) => (err += d.toString()));
+    watched.on('data', onOut);
+    other?.on('data', (d: Buffer) => (err += d.toString()));
     c.once('exit', (code, sig) => reject(new Error(`${what} exited ${code ?? sig} before ${re}: ${out} ${err}`)));
   });
 }

@@ -1,0 +1,79 @@
+// What every command shares: the program and its global options, output
+// (text or --json), and opening the store for reading or for writing.
+import fs from 'node:fs';
+import { Command } from 'commander';
+import { BlobStore, CabError, isCabError, toHex, type StoreOptions } from '../../src/index.js';
+
+export const program = new Command();
+
+/** The store directory as the user gave it: --store, else $CABSTORE_DIR, else ./.cabstore. */
+export const storeDir = (): string => program.opts<{ store?: string }>().store ?? process.env.CABSTORE_DIR ?? './.cabstore';
+export const json = (): boolean => program.opts<{ json?: boolean }>().json === true;
+/** Prints `text`, or `obj` as JSON with --json. */
+export const out = (text: string, obj: unknown): void => console.log(json() ? JSON.stringify(obj, replacer) : text);
+
+/** Hashes and other bytes as hex. A Buffer reaches a replacer already turned into {type, data} by its toJSON, so look at the holder. */
+export function replacer(this: Record<string, unknown>, k: string, v: unknown): unknown {
+  const raw = this[k];
+  return raw instanceof Uint8Array ? toHex(raw) : v;
+}
+
+/** An argument as a POSIX shell reads it back: bare when safe, else in single quotes. */
+export function shellWord(arg: string): string {
+  return /^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replace(/'/g, `'\\''`)}'`;
+}
+
+/** `cabstore` and the --store the user gave, to print a command they can run next. */
+export function cabstoreCommand(...args: string[]): string {
+  const store = program.opts<{ store?: string }>().store;
+  return ['cabstore', ...(store === undefined ? [] : ['--store', store]), ...args].map(shellWord).join(' ');
+}
+
+/**
+ * Opens the store. Reading commands (`write` false) need one there already;
+ * writing commands make one in a new or empty directory. Neither turns a
+ * directory of other files into a store.
+ */
+export async function openStore(write: boolean, options: Pick<StoreOptions, 'catchUpIndex'> = {}): Promise<BlobStore> {
+  const dir = storeDir();
+  try {
+    return await BlobStore.open(dir, { ...options, create: write });
+  } catch (e) {
+    if (!isCabError(e, 'ERR_BAD_STORE') || e.data.reason !== 'absent') throw e;
+    throw new CabError('ERR_BAD_STORE', `no cabstore store at ${e.data.path}; \`cabstore init ${shellWord(dir)}\` or a writing command (put, pull, import) makes one`, e.data, { cause: e });
+  }
+}
+
+/** Runs `fn` on the store, closing it after. */
+export async function withStore<T>(write: boolean, fn: (s: BlobStore) => Promise<T>, options?: Pick<StoreOptions, 'catchUpIndex'>): Promise<T> {
+  const s = await openStore(write, options);
+  try {
+    return await fn(s);
+  } finally {
+    await s.close();
+  }
+}
+
+/** A small file the user names (a token file): ERR_NO_SUCH_FILE if it cannot be read. */
+export function readText(file: string): string {
+  try {
+    return fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new CabError('ERR_NO_SUCH_FILE', `cannot read ${file}: ${(e as Error).message}`, { path: file }, { cause: e });
+  }
+}
+
+/** The token for a server: the first line of --token-file, else $CABSTORE_TOKEN. */
+export function token(opts: { tokenFile?: string }): string | undefined {
+  if (opts.tokenFile) return readText(opts.tokenFile).split('\n')[0]!.trim();
+  return process.env.CABSTORE_TOKEN;
+}
+
+/** The end of a command stopped by a signal; `message` says what was kept and how to go on. */
+export class Interrupted extends Error {
+  readonly signal: NodeJS.Signals;
+  constructor(signal: NodeJS.Signals, message: string) {
+    super(message);
+    this.signal = signal;
+  }
+}

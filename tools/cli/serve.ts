@@ -1,0 +1,49 @@
+// `cabstore serve`: the store over WebSocket until SIGINT or SIGTERM, with a
+// line on stderr for each connection that ends (--quiet: none).
+import type { Command } from 'commander';
+import { serve, type ServeEvent } from '../../src/index.js';
+import { fmtBytes } from '../progress.js';
+import { parseTokens, portArg, usage } from '../args.js';
+import { json, out, readText, withStore } from './context.js';
+
+/**
+ * One log line: time (when it ended), peer, op, blobs, chunk bytes moved,
+ * duration, and ok or the error code. With --json, the event as an object
+ * with `time`.
+ */
+export function logLine(e: ServeEvent, asJson: boolean): string {
+  const time = new Date(e.start + e.ms).toISOString();
+  if (asJson) return JSON.stringify({ time, ...e });
+  const blobs = e.blobs.length ? e.blobs.join(',') : '-';
+  return `${time} ${e.peer} ${e.op} ${blobs} ${fmtBytes(e.op === 'push' ? e.bytesReceived : e.bytesSent)} ${(e.ms / 1000).toFixed(2)}s ${e.error ?? 'ok'}`;
+}
+
+export function serveCommand(program: Command): void {
+  program
+    .command('serve')
+    .description('serve the store over WebSocket until interrupted; logs a line per connection on stderr')
+    .option('--host <host>', 'address to bind', '127.0.0.1')
+    .option('--port <port>', 'port (0: any free one)', portArg, 0)
+    .option('--token-file <file>', 'tokens: "TOKEN read,write" per line')
+    .option('--insecure', 'no authentication: anyone may read and write')
+    .option('--tls-cert <file>', 'PEM certificate (serve wss://)')
+    .option('--tls-key <file>', 'PEM key')
+    .option('--quiet', 'no log lines')
+    .action(async (o: { host: string; port: number; tokenFile?: string; insecure?: boolean; tlsCert?: string; tlsKey?: string; quiet?: boolean }) => {
+      if (!o.tokenFile && !o.insecure) usage('serve needs --token-file, or --insecure');
+      if (!!o.tlsCert !== !!o.tlsKey) usage('--tls-cert and --tls-key go together');
+      const tokens = o.tokenFile ? parseTokens(readText(o.tokenFile), o.tokenFile) : undefined;
+      const tls = o.tlsCert ? { cert: readText(o.tlsCert), key: readText(o.tlsKey!) } : undefined;
+      const asJson = json();
+      const onEvent = o.quiet ? undefined : (e: ServeEvent) => process.stderr.write(`${logLine(e, asJson)}\n`);
+      await withStore(false, async (s) => {
+        const srv = await serve(s, { host: o.host, port: o.port, insecure: o.insecure, ...(tokens ? { tokens } : {}), ...(tls ? { tls } : {}), ...(onEvent ? { onEvent } : {}) });
+        out(`serving ${srv.url}`, { url: srv.url, port: srv.port });
+        await new Promise<void>((resolve) => {
+          process.once('SIGINT', resolve);
+          process.once('SIGTERM', resolve);
+        });
+        await srv.close();
+      });
+    });
+}

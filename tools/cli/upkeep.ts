@@ -1,0 +1,65 @@
+// Commands that look after a store: gc and fsck.
+import type { Command } from 'commander';
+import { Progress, fmtBytes } from '../progress.js';
+import { sizeArg } from '../args.js';
+import { json, out, withStore } from './context.js';
+
+export function upkeepCommands(program: Command): void {
+  program
+    .command('gc')
+    .description('delete fragments no blob uses (safe while other processes use the store)')
+    .option('--dry-run', 'report what it would delete and evict; delete nothing')
+    .option('--max-bytes <size>', 'also evict least recently accessed blobs until the store fits (64KiB, 1GiB, ...)', sizeArg)
+    .option('--wait', 'wait for a GC already running instead of failing')
+    .action(async (o: { dryRun?: boolean; maxBytes?: number; wait?: boolean }) => {
+      await withStore(false, async (s) => {
+        const tty = process.stderr.isTTY === true;
+        const r = await s.gc({
+          dryRun: o.dryRun,
+          wait: o.wait,
+          ...(o.maxBytes !== undefined ? { maxBytes: o.maxBytes } : {}),
+          onProgress: (p) => tty && process.stderr.write(`\rgc ${p.phase} ${p.done}\x1b[K`),
+        });
+        if (tty) process.stderr.write('\r\x1b[K');
+        const [del, evict] = r.dryRun ? ['would delete', 'would evict'] : ['deleted', 'evicted'];
+        out(
+          `${del} ${r.fragmentsDeleted} fragments (${fmtBytes(r.bytesDeleted)}), kept ${r.fragmentsKept} (${fmtBytes(r.bytesKept)}), ` +
+            `${r.tempFilesDeleted} temp files, ${r.indexEntriesRemoved} index entries, ${evict} ${r.evicted.length} blobs, in ${r.seconds.toFixed(2)} s` +
+            r.evicted.map((name) => `\n${evict} ${name}`).join(''),
+          r,
+        );
+      });
+    });
+
+  program
+    .command('fsck')
+    .description('check the store; exits 1 if it finds a problem it did not repair, or a damaged blob')
+    .option('--verify', 'also hash every fragment and every finalized blob')
+    .option('--repair', 'fix what can be fixed without losing anything')
+    .action(async (o: { verify?: boolean; repair?: boolean }) => {
+      const r = await withStore(
+        false,
+        async (s) => {
+          const p = new Progress('fsck --verify', undefined, o.verify === true && process.stderr.isTTY === true);
+          const rep = await s.fsck({ verify: o.verify, repair: o.repair, onProgress: (x) => p.set(x.bytesVerified) });
+          p.end();
+          return rep;
+        },
+        { catchUpIndex: false },
+      );
+      if (json()) console.log(JSON.stringify(r));
+      else {
+        for (const p of r.problems) console.log(`${p.repaired ? 'repaired' : 'PROBLEM '} ${p.kind}${p.blob ? ` blob ${p.blob}` : ''}${p.fragment ? ` fragment ${p.fragment}` : ''}: ${p.detail}`);
+        for (const d of r.damaged) console.log(`damaged  blob ${d.blob} bytes ${d.offset}..${d.end}: ${d.why}`);
+        for (const f of r.corruptFragments) console.log(`note     fragment ${f} does not hash to its name (a problem only where a blob above reads it)`);
+        // Plain fsck reads no data: say what it checked. --verify hashes the fragments, then the blobs' content
+        // (bytes that blobs share are read once per blob): two figures, not one sum of both.
+        const checked = o.verify
+          ? `${r.blobs} blobs and ${r.fragments} fragments verified (hashed: fragments ${fmtBytes(r.fragmentBytesVerified)}, blob content ${fmtBytes(r.bytesVerified - r.fragmentBytesVerified)})`
+          : `${r.blobs} blobs checked (structure, fragment sizes, index; --verify also hashes the data)`;
+        console.log(`${checked}, ${r.problems.length} problems, ${r.repaired} repaired, ${r.unrepaired} not repaired, ${r.seconds.toFixed(2)} s`);
+      }
+      // A damaged blob is a problem until a pull or an import heals it, repaired (recorded) or not.
+      if (r.unrepaired > 0 || r.damaged.length > 0) process.exitCode = 1;
+    });
+}
