@@ -25,7 +25,8 @@ export function upkeepCommands(program: Command): void {
         out(
           `${del} ${r.fragmentsDeleted} fragments (${fmtBytes(r.bytesDeleted)}), kept ${r.fragmentsKept} (${fmtBytes(r.bytesKept)}), ` +
             `${r.tempFilesDeleted} temp files, ${r.indexEntriesRemoved} index entries, ${evict} ${r.evicted.length} blobs, in ${r.seconds.toFixed(2)} s` +
-            r.evicted.map((name) => `\n${evict} ${name}`).join(''),
+            r.evicted.map((name) => `\n${evict} ${name}`).join('') +
+            r.passedOver.map((name) => `\nkept    ${name} (evicting it frees nothing: a blob that stays shares its data)`).join(''),
           r,
         );
       });
