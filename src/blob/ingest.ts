@@ -27,6 +27,13 @@ export interface BlockSource {
   offset: number;
 }
 
+/**
+ * Ranges of a block whose bytes are stored already, in block order and not
+ * overlapping: `size` bytes at `at` in the block are `src`'s. The rest of
+ * the block is new bytes.
+ */
+export type BlockRefs = ReadonlyArray<{ at: number; size: number; src: BlockSource }>;
+
 /** Everything appended since the last record, handed to a checkpoint (see Ingest.take). */
 export interface Taken {
   /** The fragment being written, if any, and its SHA-256 once the hashing thread has written all of it. */
@@ -43,6 +50,8 @@ export interface Taken {
 }
 
 const EMPTY_HASH = sha256(new Uint8Array(0));
+
+const isRefs = (ref: BlockSource | BlockRefs): ref is BlockRefs => Array.isArray(ref);
 
 /**
  * The write path of one blob's bytes: content is chunked inline (FastCDC);
@@ -137,9 +146,11 @@ export class Ingest {
    * Chunks, hashes and places one block of input. `give`: the block is ours
    * and goes to the hashing thread without a copy. `ref`: the block's bytes
    * are stored already there (appendBlob), so they are referenced, not
-   * written. `known`: hashes the caller checked, by (offset * 2^27 + size).
+   * written; or, as BlockRefs, some ranges of it are (a transfer's pieces
+   * found locally). `known`: hashes the caller checked, by (offset * 2^27 +
+   * size).
    */
-  async feed(block: Uint8Array, ref: BlockSource | undefined, give: boolean, known?: Map<number, Uint8Array>): Promise<void> {
+  async feed(block: Uint8Array, ref: BlockSource | BlockRefs | undefined, give: boolean, known?: Map<number, Uint8Array>): Promise<void> {
     this.#size += block.length;
     this.#block = block;
     // A plain Uint8Array view keeps the chunker's loop monomorphic (Buffers and Uint8Arrays both arrive here).
@@ -189,15 +200,32 @@ export class Ingest {
     if (this.#chunker.end() > 0) await this.#endChunk();
   }
 
-  #addPart(block: Uint8Array, off: number, len: number, ref: BlockSource | undefined, hash = true): void {
+  #addPart(block: Uint8Array, off: number, len: number, ref: BlockSource | BlockRefs | undefined, hash = true): void {
     if (len === 0) return;
     if (hash) this.#chunkHash.update(block.subarray(off, off + len));
-    if (ref) {
-      for (const ext of ref.extents.slice(ref.offset + off, len)) this.#pending.push({ ext });
-    } else {
-      this.#pending.push({ lit: block.subarray(off, off + len) });
+    if (ref === undefined) this.#pending.push({ lit: block.subarray(off, off + len) });
+    else if (!isRefs(ref)) this.#addStored(ref, off, len);
+    else {
+      // Stored ranges by reference, the bytes between them as new bytes.
+      let at = off;
+      const end = off + len;
+      for (const r of ref) {
+        if (r.at + r.size <= at) continue;
+        if (r.at >= end) break;
+        if (r.at > at) this.#pending.push({ lit: block.subarray(at, r.at) });
+        const from = Math.max(at, r.at);
+        const to = Math.min(end, r.at + r.size);
+        this.#addStored(r.src, from - r.at, to - from);
+        at = to;
+      }
+      if (at < end) this.#pending.push({ lit: block.subarray(at, end) });
     }
     this.#pendingLen += len;
+  }
+
+  /** Bytes [off, off + len) of a stored source, as references to its extents. */
+  #addStored(src: BlockSource, off: number, len: number): void {
+    for (const ext of src.extents.slice(src.offset + off, len)) this.#pending.push({ ext });
   }
 
   /** The chunk in progress ended: reference a stored copy, or write its new bytes. */

@@ -143,26 +143,6 @@ export async function feedInputs(inputs: Input[], feed: (block: Uint8Array, give
 }
 
 /**
- * appendVerified's chunks in blocks of up to READ_BLOCK bytes, each chunk's
- * checked hash keyed by (offset in the block * 2^27 + size).
- */
-export function* verifiedBlocks(chunks: Array<{ bytes: Uint8Array; hash: Uint8Array }>): Generator<{ block: Buffer; known: Map<number, Uint8Array> }> {
-  let i = 0;
-  while (i < chunks.length) {
-    const parts: Uint8Array[] = [];
-    const known = new Map<number, Uint8Array>();
-    let n = 0;
-    while (i < chunks.length && (n === 0 || n + chunks[i]!.bytes.length <= READ_BLOCK)) {
-      const c = chunks[i++]!;
-      known.set(n * 2 ** 27 + c.bytes.length, c.hash);
-      parts.push(c.bytes);
-      n += c.bytes.length;
-    }
-    yield { block: Buffer.concat(parts, n), known };
-  }
-}
-
-/**
  * Checks appendBlob's range [offset, offset + size) of blob `blob` (size
  * -1: to its end) against its descriptor `src`. Returns the size.
  */

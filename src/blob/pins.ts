@@ -1,3 +1,4 @@
+import { CabError } from '../errors.js';
 import type { Descriptor } from '../format/descriptor.js';
 import type { StoreInternals } from './context.js';
 
@@ -10,6 +11,7 @@ export class WriterPins {
   readonly #s: StoreInternals;
   readonly #pinned = new Set<string>();
   readonly #snapshots = new WeakSet<Descriptor>();
+  #released = false;
 
   constructor(s: StoreInternals) {
     this.#s = s;
@@ -22,15 +24,23 @@ export class WriterPins {
    */
   async source(name: string): Promise<Descriptor> {
     const d = await this.#s.snapshot(name);
+    this.#throwIfReleased(name);
     if (this.#snapshots.has(d)) return d;
     return this.#s.lease.gate(async () => {
       const fresh = await this.#s.snapshot(name); // under the gate: it still exists
+      this.#throwIfReleased(name);
       const add = fresh.extents.fragments().filter((f) => !this.#pinned.has(f));
       for (const f of add) this.#pinned.add(f);
       await this.#s.lease.pin(add);
+      // Released meanwhile: release() unpinned these too (they were in #pinned), and the caller must not use them.
+      this.#throwIfReleased(name);
       this.#snapshots.add(fresh);
       return fresh;
     });
+  }
+
+  #throwIfReleased(name: string): void {
+    if (this.#released) throw new CabError('ERR_CLOSED', `the writer referencing blob ${name} is closed`, { blob: name });
   }
 
   /** Pins a fragment the writer made, before it appears in cas/, so no GC takes it before a record references it. */
@@ -42,6 +52,7 @@ export class WriterPins {
 
   /** Unpins the fragments and the blob `name` (pinned when the writer opened). Never throws: the writer is closing. */
   async release(name: string): Promise<void> {
+    this.#released = true;
     await this.#s.lease.unpin(this.#pinned, [name]).catch(() => {});
     this.#pinned.clear();
   }

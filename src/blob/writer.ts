@@ -6,8 +6,10 @@ import { FragmentFiles } from '../disk/fragments.js';
 import { checkBlobName } from '../format/layout.js';
 import { Checkpoints } from './checkpoint.js';
 import type { StoreInternals } from './context.js';
-import { Ingest, type BlockSource } from './ingest.js';
-import { READ_BLOCK, checkBlobRange, checkCount, checkSignal, closeInputs, feedInputs, openInputs, readBlocks, splitAppendArgs, verifiedBlocks, type AppendItem, type AppendOptions } from './input.js';
+import { Ingest, type BlockRefs, type BlockSource } from './ingest.js';
+import { READ_BLOCK, checkBlobRange, checkCount, checkSignal, closeInputs, feedInputs, openInputs, readBlocks, splitAppendArgs, type AppendItem, type AppendOptions } from './input.js';
+import { verifiedBlocks, type VerifiedChunk } from './pieces.js';
+import type { Descriptor } from '../format/descriptor.js';
 import { createDescriptor, resumeDescriptor, type OpenDescriptor } from './open.js';
 import { WriterPins } from './pins.js';
 import { Serial } from './serial.js';
@@ -123,17 +125,27 @@ export class BlobWriter {
 
   /**
    * @internal Appends chunks whose SHA-256 the caller has already checked
-   * against the bytes (a transfer's receiver). They go through the chunker
-   * as any bytes do; where it cuts exactly one of them, that chunk's hash is
-   * taken from the caller instead of computed a second time.
+   * against the bytes (a transfer). They go through the chunker as any bytes
+   * do; where it cuts exactly one of them, its hash is the caller's. A
+   * chunk's `refs` go in by reference (appendBlob-style); only the rest is written.
    */
-  appendVerified(chunks: Array<{ bytes: Uint8Array; hash: Uint8Array }>): Promise<void> {
+  appendVerified(chunks: readonly VerifiedChunk[]): Promise<void> {
     return this.#run(() =>
       this.#mutate(async () => {
-        for (const { block, known } of verifiedBlocks(chunks)) await this.#feed(block, undefined, true, known);
+        for (const { block, known, refs } of verifiedBlocks(chunks)) await this.#feed(block, refs, true, known);
         await this.#ingest.settle();
       }),
     );
+  }
+
+  /**
+   * @internal Blob `blob`'s descriptor, its fragments pinned until the writer
+   * closes: bytes read through its extents may go to appendVerified as `refs`.
+   */
+  async source(blob: string): Promise<Descriptor> {
+    this.#throwIfNotOpen();
+    checkBlobName(blob);
+    return this.#pins.source(blob);
   }
 
   /**
@@ -297,7 +309,7 @@ export class BlobWriter {
   }
 
   /** One block into the ingest pipeline; a full fragment starts a checkpoint in the background. */
-  async #feed(block: Uint8Array, ref: BlockSource | undefined, give: boolean, known?: Map<number, Uint8Array>): Promise<void> {
+  async #feed(block: Uint8Array, ref: BlockSource | BlockRefs | undefined, give: boolean, known?: Map<number, Uint8Array>): Promise<void> {
     await this.#ingest.feed(block, ref, give, known);
     this.#log.throwIfFailed();
     if (this.#ingest.fragmentFull) await this.#log.run(false, false);

@@ -1,17 +1,28 @@
+import { setMaxListeners } from 'node:events';
 import { CabError } from '../errors.js';
 import { bytesEqual } from '../hash/sha256.js';
+import { FragmentFiles } from '../disk/fragments.js';
+import type { VerifiedChunk } from '../blob/pieces.js';
 import type { BlobStore, ChunkRef, RecipeStep } from '../store.js';
 import type { BlobWriter } from '../blob/writer.js';
 import type { Prefix } from './prefix.js';
 import { remoteChunks, type RemoteChunk, type RemoteSource } from './remote.js';
 import type { ReceiveOptions, TransferStats } from './stats.js';
-import { ReaderCache } from './reader-cache.js';
 import { FetchWindow } from './fetch-window.js';
-import { fineRun } from './fine.js';
-import { throwIfAborted } from './abort.js';
+import { FINE_SLACK, matchRun, type FineContext } from './fine.js';
+import { orAbort, throwIfAborted } from './abort.js';
 
 /** A run of missing chunks at most this long is matched at the fine grain against nearby local bytes. */
 export const FINE_RUN_MAX = 1024 * 1024;
+/** Runs being matched at once, ahead of the one being written. */
+export const FINE_AHEAD = 32;
+/** Bytes those runs may hold (their chunks, and the local bytes around each). */
+export const FINE_AHEAD_BYTES = 16 * 1024 * 1024;
+/** Steps (local ranges and runs) waiting to be written, at most. */
+const QUEUE_MAX = 256;
+
+/** A step waiting its turn to be written: a local range, or a run being matched. */
+type Queued = { blob: string; offset: number; size: number } | { chunks: Promise<VerifiedChunk[]>; held: number };
 
 /**
  * Writes the sender's blob after what the writer holds: the sender's chunk
@@ -19,16 +30,29 @@ export const FINE_RUN_MAX = 1024 * 1024;
  * reference, short runs of missing chunks next to one are matched finely
  * (fine.ts), longer ones fetched whole (fetch-window.ts).
  *
- *   local range --> (flush the pending run) appendBlob
- *   missing ----> pending run --(over FINE_RUN_MAX)--> streaming whole chunks until the next local range
+ *   local range --> (the pending run, then the range) queued
+ *   missing ----> pending run --(over FINE_RUN_MAX)--> queue written out; streaming whole chunks until the next local range
+ *
+ * The queue is a pipeline: a run starts matching (its `fine` and `get`
+ * requests go out) the moment it is queued, and steps are written in blob
+ * order as the queue fills up (at most FINE_AHEAD runs and FINE_AHEAD_BYTES
+ * held, QUEUE_MAX steps) and at the end. So no round trip is waited for per
+ * run: while the oldest run is written, the next ones' answers are on
+ * their way.
  */
 export class Receiver {
   /** Where the last local range ended: the local bytes most like what comes next. */
   #cursor: { blob: string; offset: number } | undefined;
   #run: ChunkRef[] = [];
   #runBytes = 0;
-  readonly #readers: ReaderCache;
+  readonly #queue: Queued[] = [];
+  #runsQueued = 0;
+  #bytesQueued = 0;
+  /** Fires when the transfer is cancelled or fails: runs being matched stop waiting for answers. */
+  readonly #stop = new AbortController();
+  readonly #files: FragmentFiles;
   readonly #window: FetchWindow;
+  readonly #fine: FineContext;
 
   constructor(
     readonly store: BlobStore,
@@ -39,8 +63,12 @@ export class Receiver {
     readonly o: ReceiveOptions,
     readonly straddle: Prefix['straddle'],
   ) {
-    this.#readers = new ReaderCache(store);
+    this.#files = new FragmentFiles(store.layout, 16);
     this.#window = new FetchWindow(src, name, w, stats, o.signal, () => this.#progress());
+    const signal = o.signal ? AbortSignal.any([o.signal, this.#stop.signal]) : this.#stop.signal;
+    // Every request of the runs queued waits on it (bounded by FINE_AHEAD): not a leak.
+    setMaxListeners(0, signal);
+    this.#fine = { src, name, w, stats, files: this.#files, signal };
   }
 
   #progress(): void {
@@ -48,6 +76,17 @@ export class Receiver {
   }
 
   async run(): Promise<void> {
+    try {
+      await this.#steps();
+    } finally {
+      // Failed or cancelled: runs still being matched stop, and nothing of theirs is left running.
+      this.#stop.abort(new CabError('ERR_ABORTED', 'the transfer stopped'));
+      await Promise.allSettled(this.#queue.map((q) => ('chunks' in q ? q.chunks : undefined)));
+      this.#queue.length = 0;
+    }
+  }
+
+  async #steps(): Promise<void> {
     const durable = this.w.size;
     const self = this;
     // Skip what a resumed blob holds; the chunk it ends inside is finished from the sender.
@@ -73,11 +112,8 @@ export class Receiver {
           this.#cursor = undefined;
         }
         await this.#flushRun(step);
-        await this.w.appendBlob(step.blob, step.offset, step.size);
-        this.stats.reusedBytes += step.size;
-        this.stats.verifiedBytes += step.size;
+        await this.#enqueue({ blob: step.blob, offset: step.offset, size: step.size });
         this.#cursor = { blob: step.blob, offset: step.offset + step.size };
-        this.#progress();
       } else {
         this.stats.neededBytes += step.size;
         if (streaming) {
@@ -87,6 +123,8 @@ export class Receiver {
         this.#run.push(step);
         this.#runBytes += step.size;
         if (this.#runBytes > FINE_RUN_MAX) {
+          // The window writes as its answers land: everything before it first.
+          while (this.#queue.length) await this.#land();
           streaming = true;
           for (const c of this.#run) await this.#window.fetch(c);
           this.#run = [];
@@ -96,6 +134,7 @@ export class Receiver {
     }
     await this.#window.drain();
     await this.#flushRun(undefined);
+    while (this.#queue.length) await this.#land();
   }
 
   /** After a cancel: writes the answers already on their way. */
@@ -104,7 +143,7 @@ export class Receiver {
   }
 
   closeReaders(): Promise<void> {
-    return this.#readers.close();
+    return this.#files.close();
   }
 
   /** The chunk that a resumed blob ends inside: its rest, fetched and checked with the local head by checkPrefix. */
@@ -120,7 +159,7 @@ export class Receiver {
     this.stats.chunksFetched++;
   }
 
-  /** Writes the pending run of missing chunks: matched finely against local bytes if it is short, else fetched whole. */
+  /** Queues the pending run of missing chunks: it starts matching (or, with no local bytes near, fetching) now. */
   async #flushRun(next: { blob: string; offset: number } | undefined): Promise<void> {
     if (this.#run.length === 0) return;
     const run = this.#run;
@@ -128,13 +167,42 @@ export class Receiver {
     this.#run = [];
     this.#runBytes = 0;
     const near = this.#cursor ?? (next ? { blob: next.blob, offset: Math.max(0, next.offset - runBytes) } : undefined);
-    if (near && runBytes <= FINE_RUN_MAX && this.src.fine) {
-      const { src, name, w, stats } = this;
-      await fineRun({ src, name, w, stats, readers: this.#readers, signal: this.o.signal, progress: () => this.#progress() }, run, runBytes, near);
-    } else {
-      for (const c of run) await this.#window.fetch(c);
-      await this.#window.drain();
-    }
+    const chunks = matchRun(this.#fine, run, runBytes, near);
+    chunks.catch(() => {}); // awaited when its turn comes, unless the transfer stops first
+    await this.#enqueue({ chunks, held: 2 * runBytes + 2 * FINE_SLACK });
     if (this.#cursor) this.#cursor = { blob: this.#cursor.blob, offset: this.#cursor.offset + runBytes };
+  }
+
+  /** Adds a step to the queue; writes the oldest ones while it is full. */
+  async #enqueue(q: Queued): Promise<void> {
+    this.#queue.push(q);
+    if ('chunks' in q) {
+      this.#runsQueued++;
+      this.#bytesQueued += q.held;
+    }
+    while (this.#queue.length > QUEUE_MAX || this.#runsQueued > FINE_AHEAD || (this.#bytesQueued > FINE_AHEAD_BYTES && this.#runsQueued > 1)) await this.#land();
+  }
+
+  /** Writes the oldest queued step, waiting for its run to be matched if it is one. */
+  async #land(): Promise<void> {
+    throwIfAborted(this.o.signal, this.name);
+    const q = this.#queue[0]!;
+    if ('chunks' in q) {
+      const chunks = await orAbort(q.chunks, this.o.signal, this.name);
+      await this.w.appendVerified(chunks);
+      for (const c of chunks) {
+        this.stats.verifiedBytes += c.bytes.length;
+        for (const r of c.refs ?? []) this.stats.reusedBytes += r.size;
+      }
+      this.stats.chunksFetched += chunks.length;
+      this.#runsQueued--;
+      this.#bytesQueued -= q.held;
+    } else {
+      await this.w.appendBlob(q.blob, q.offset, q.size);
+      this.stats.reusedBytes += q.size;
+      this.stats.verifiedBytes += q.size;
+    }
+    this.#queue.shift();
+    this.#progress();
   }
 }

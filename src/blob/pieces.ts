@@ -1,0 +1,54 @@
+import { CabError } from '../errors.js';
+import type { BlockRefs, BlockSource } from './ingest.js';
+import { READ_BLOCK } from './input.js';
+
+/**
+ * A chunk whose SHA-256 the caller has checked against its bytes (a
+ * transfer's receiver), for BlobWriter.appendVerified.
+ */
+export interface VerifiedChunk {
+  bytes: Uint8Array;
+  hash: Uint8Array;
+  /**
+   * Ranges of `bytes` the caller read from a stored blob (its descriptor
+   * from BlobWriter.source, which pins it): `size` bytes at `at` in the
+   * chunk are the source's bytes from `src.offset`. They are appended by
+   * reference; only the rest of the chunk is written. In order, not
+   * overlapping.
+   */
+  refs?: ReadonlyArray<{ at: number; size: number; src: BlockSource }>;
+}
+
+/** A block of verified chunks: each chunk's checked hash keyed by (offset in the block * 2^27 + size), and its stored ranges. */
+export interface VerifiedBlock {
+  block: Buffer;
+  known: Map<number, Uint8Array>;
+  refs: BlockRefs | undefined;
+}
+
+/** appendVerified's chunks in blocks of up to READ_BLOCK bytes (a longer chunk is a block of its own). */
+export function* verifiedBlocks(chunks: readonly VerifiedChunk[]): Generator<VerifiedBlock> {
+  let i = 0;
+  while (i < chunks.length) {
+    const parts: Uint8Array[] = [];
+    const known = new Map<number, Uint8Array>();
+    const refs: Array<BlockRefs[number]> = [];
+    let n = 0;
+    while (i < chunks.length && (n === 0 || n + chunks[i]!.bytes.length <= READ_BLOCK)) {
+      const c = chunks[i++]!;
+      known.set(n * 2 ** 27 + c.bytes.length, c.hash);
+      let end = 0;
+      for (const r of c.refs ?? []) {
+        // A reference that does not fit would make the blob's extents disagree with its bytes: refuse it.
+        if (r.at < end || r.size <= 0 || r.at + r.size > c.bytes.length || r.src.offset < 0 || r.src.offset + r.size > r.src.extents.size) {
+          throw new CabError('ERR_BAD_ARGUMENT', `a stored range [${r.at}, ${r.at + r.size}) of a ${c.bytes.length}-byte chunk is out of order or out of bounds`);
+        }
+        end = r.at + r.size;
+        refs.push(n === 0 ? r : { at: n + r.at, size: r.size, src: r.src });
+      }
+      parts.push(c.bytes);
+      n += c.bytes.length;
+    }
+    yield { block: Buffer.concat(parts, n), known, refs: refs.length ? refs : undefined };
+  }
+}
