@@ -15,6 +15,13 @@ import { orAbort } from './abort.js';
 /** Local bytes searched on each side of where a missing run would be. */
 export const FINE_SLACK = 32 * 1024;
 
+/** Local bytes to match a run against: blob bytes [from, to), cut at the blob's end. */
+export interface LocalWindow {
+  blob: string;
+  from: number;
+  to: number;
+}
+
 /** What matching a run works with. */
 export interface FineContext {
   src: RemoteSource;
@@ -23,6 +30,8 @@ export interface FineContext {
   stats: TransferStats;
   /** Reads local bytes through a pinned descriptor's extents. */
   files: FragmentFiles;
+  /** Descriptors of local blobs, pinned by the writer once per transfer (see localBytes). */
+  sources: Map<string, Promise<Descriptor>>;
   /** Stops waiting for answers (the transfer was cancelled or failed). */
   signal: AbortSignal;
 }
@@ -41,7 +50,7 @@ type Piece = { at: number; size: number; local: number } | { at: number; size: n
 /**
  * A run of missing chunks, matched at the fine grain (FINE_CHUNKER, the
  * same on every store whatever its own chunker) against the local bytes
- * around `near`: the sender's fine list of each chunk is asked at once,
+ * `near`: the sender's fine list of each chunk is asked at once,
  * while the local bytes are read and cut; pieces found locally are taken
  * from there, the rest fetched, all the run's pieces in one `get` (or a few,
  * within the limits). Each fetched piece is checked against its fine hash
@@ -53,14 +62,14 @@ type Piece = { at: number; size: number; local: number } | { at: number; size: n
  * run's chunks are fetched whole. Nothing waits for anything but this run's
  * own answers, so many runs go at once (Receiver).
  */
-export async function matchRun(x: FineContext, run: ChunkRef[], runBytes: number, near: { blob: string; offset: number } | undefined): Promise<VerifiedChunk[]> {
+export async function matchRun(x: FineContext, run: ChunkRef[], near: LocalWindow | undefined): Promise<VerifiedChunk[]> {
   if (!near || !x.src.fine) return fetchWhole(x, run);
   const lists = run.map((c) => {
     const p = x.src.fine!(c.hash, c.size);
     p.catch(() => {}); // awaited below, unless the local read fails first
     return p;
   });
-  const local = await localBytes(x, near, runBytes);
+  const local = await localBytes(x, near);
   const plans: Piece[][] = [];
   const want: Array<{ c: ChunkRef; piece: Extract<Piece, { hash: Uint8Array }> }> = [];
   for (let i = 0; i < run.length; i++) {
@@ -180,27 +189,32 @@ async function fetchWhole(x: FineContext, run: ChunkRef[]): Promise<VerifiedChun
 }
 
 /**
- * The local bytes around `near`, bounded by the run size plus slack, read
- * through the descriptor the writer pinned (so that pieces of them can be
- * referenced), and cut finely. Undefined if there are none to read: the
- * blob was deleted since the recipe named it, or a fragment is missing.
- * Bytes are not checked here: a piece is used only if it hashes to the
- * sender's piece.
+ * The local bytes `near`, read through the descriptor the writer pinned (so
+ * that pieces of them can be referenced), and cut finely. Undefined if
+ * there are none: the blob was deleted since the recipe named it, or a
+ * fragment is missing. Bytes are not checked here: a piece is used only if
+ * it hashes to the sender's piece.
  */
-async function localBytes(x: FineContext, near: { blob: string; offset: number }, runBytes: number): Promise<Local | undefined> {
-  let d: Descriptor;
+async function localBytes(x: FineContext, near: LocalWindow): Promise<Local | undefined> {
+  let d = x.sources.get(near.blob);
+  if (!d) {
+    // One descriptor per blob for the whole transfer: the bytes read and the extents referenced are the same.
+    d = x.w.source(near.blob);
+    x.sources.set(near.blob, d);
+  }
+  let desc: Descriptor;
   try {
-    d = await x.w.source(near.blob);
+    desc = await d;
   } catch (e) {
     if (isCabError(e, 'ERR_NO_SUCH_BLOB')) return undefined;
     throw e;
   }
-  const from = Math.max(0, near.offset - FINE_SLACK);
-  const to = Math.min(d.damagedAt ?? d.size, near.offset + runBytes + FINE_SLACK);
+  const from = near.from;
+  const to = Math.min(desc.damagedAt ?? desc.size, near.to);
   if (to <= from) return undefined;
   const bytes = new Uint8Array(to - from);
   try {
-    await readExtents(x.files, d.extents, bytes, from);
+    await readExtents(x.files, desc.extents, bytes, from);
   } catch (e) {
     if (isCabError(e, 'ERR_FRAGMENT_MISSING')) return undefined;
     throw e;
@@ -211,5 +225,5 @@ async function localBytes(x: FineContext, near: { blob: string; offset: number }
     pieces.set(toHex(sha256(bytes.subarray(off, off + size))), [off, size]);
     off += size;
   }
-  return { d, from, bytes, pieces };
+  return { d: desc, from, bytes, pieces };
 }

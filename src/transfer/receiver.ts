@@ -9,7 +9,7 @@ import type { Prefix } from './prefix.js';
 import { remoteChunks, type RemoteChunk, type RemoteSource } from './remote.js';
 import type { ReceiveOptions, TransferStats } from './stats.js';
 import { FetchWindow } from './fetch-window.js';
-import { FINE_SLACK, matchRun, type FineContext } from './fine.js';
+import { FINE_SLACK, matchRun, type FineContext, type LocalWindow } from './fine.js';
 import { orAbort, throwIfAborted } from './abort.js';
 
 /** A run of missing chunks at most this long is matched at the fine grain against nearby local bytes. */
@@ -68,7 +68,7 @@ export class Receiver {
     const signal = o.signal ? AbortSignal.any([o.signal, this.#stop.signal]) : this.#stop.signal;
     // Every request of the runs queued waits on it (bounded by FINE_AHEAD): not a leak.
     setMaxListeners(0, signal);
-    this.#fine = { src, name, w, stats, files: this.#files, signal };
+    this.#fine = { src, name, w, stats, files: this.#files, sources: new Map(), signal };
   }
 
   #progress(): void {
@@ -166,8 +166,7 @@ export class Receiver {
     const runBytes = this.#runBytes;
     this.#run = [];
     this.#runBytes = 0;
-    const near = this.#cursor ?? (next ? { blob: next.blob, offset: Math.max(0, next.offset - runBytes) } : undefined);
-    const chunks = matchRun(this.#fine, run, runBytes, near);
+    const chunks = matchRun(this.#fine, run, nearBytes(this.#cursor, next, runBytes));
     chunks.catch(() => {}); // awaited when its turn comes, unless the transfer stops first
     await this.#enqueue({ chunks, held: 2 * runBytes + 2 * FINE_SLACK });
     if (this.#cursor) this.#cursor = { blob: this.#cursor.blob, offset: this.#cursor.offset + runBytes };
@@ -205,4 +204,20 @@ export class Receiver {
     this.#queue.shift();
     this.#progress();
   }
+}
+
+/**
+ * The local bytes most like a run of `runBytes` missing bytes, between the
+ * local range before it (`cursor`: where it ended) and the one after it
+ * (`next`). Between two ranges of one blob, the run replaces exactly the
+ * bytes between them (an edit's old bytes, and the unchanged bytes of its
+ * chunks): those, up to the run size plus FINE_SLACK. Otherwise the run
+ * size plus FINE_SLACK on either side of where it would be.
+ */
+export function nearBytes(cursor: { blob: string; offset: number } | undefined, next: { blob: string; offset: number } | undefined, runBytes: number): LocalWindow | undefined {
+  if (cursor && next && next.blob === cursor.blob && next.offset >= cursor.offset) {
+    return { blob: cursor.blob, from: cursor.offset, to: Math.min(next.offset, cursor.offset + runBytes + FINE_SLACK) };
+  }
+  const at = cursor ?? (next ? { blob: next.blob, offset: Math.max(0, next.offset - runBytes) } : undefined);
+  return at && { blob: at.blob, from: Math.max(0, at.offset - FINE_SLACK), to: at.offset + runBytes + FINE_SLACK };
 }
