@@ -26,6 +26,23 @@ export interface VerifiedBlock {
   refs: BlockRefs | undefined;
 }
 
+/**
+ * Throws ERR_BAD_ARGUMENT unless every chunk's `refs` are in order, inside
+ * the chunk and inside their source: a reference that does not fit would
+ * make the blob's extents disagree with its bytes.
+ */
+export function checkVerified(chunks: readonly VerifiedChunk[]): void {
+  for (const c of chunks) {
+    let end = 0;
+    for (const r of c.refs ?? []) {
+      if (!(r.at >= end && r.size > 0 && r.at + r.size <= c.bytes.length && r.src.offset >= 0 && r.src.offset + r.size <= r.src.extents.size)) {
+        throw new CabError('ERR_BAD_ARGUMENT', `a stored range [${r.at}, ${r.at + r.size}) of a ${c.bytes.length}-byte chunk is out of order or out of bounds`);
+      }
+      end = r.at + r.size;
+    }
+  }
+}
+
 /** appendVerified's chunks in blocks of up to READ_BLOCK bytes (a longer chunk is a block of its own). */
 export function* verifiedBlocks(chunks: readonly VerifiedChunk[]): Generator<VerifiedBlock> {
   let i = 0;
@@ -37,15 +54,7 @@ export function* verifiedBlocks(chunks: readonly VerifiedChunk[]): Generator<Ver
     while (i < chunks.length && (n === 0 || n + chunks[i]!.bytes.length <= READ_BLOCK)) {
       const c = chunks[i++]!;
       known.set(n * 2 ** 27 + c.bytes.length, c.hash);
-      let end = 0;
-      for (const r of c.refs ?? []) {
-        // A reference that does not fit would make the blob's extents disagree with its bytes: refuse it.
-        if (r.at < end || r.size <= 0 || r.at + r.size > c.bytes.length || r.src.offset < 0 || r.src.offset + r.size > r.src.extents.size) {
-          throw new CabError('ERR_BAD_ARGUMENT', `a stored range [${r.at}, ${r.at + r.size}) of a ${c.bytes.length}-byte chunk is out of order or out of bounds`);
-        }
-        end = r.at + r.size;
-        refs.push(n === 0 ? r : { at: n + r.at, size: r.size, src: r.src });
-      }
+      for (const r of c.refs ?? []) refs.push(n === 0 ? r : { at: n + r.at, size: r.size, src: r.src });
       parts.push(c.bytes);
       n += c.bytes.length;
     }

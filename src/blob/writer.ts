@@ -4,12 +4,12 @@ import { bytesEqual, hashArg, toHex } from '../hash/sha256.js';
 import { readExtents } from '../disk/blob-bytes.js';
 import { FragmentFiles } from '../disk/fragments.js';
 import { checkBlobName } from '../format/layout.js';
+import type { Descriptor } from '../format/descriptor.js';
 import { Checkpoints } from './checkpoint.js';
 import type { StoreInternals } from './context.js';
 import { Ingest, type BlockRefs, type BlockSource } from './ingest.js';
 import { READ_BLOCK, checkBlobRange, checkCount, checkSignal, closeInputs, feedInputs, openInputs, readBlocks, splitAppendArgs, type AppendItem, type AppendOptions } from './input.js';
-import { verifiedBlocks, type VerifiedChunk } from './pieces.js';
-import type { Descriptor } from '../format/descriptor.js';
+import { checkVerified, verifiedBlocks, type VerifiedChunk } from './pieces.js';
 import { createDescriptor, resumeDescriptor, type OpenDescriptor } from './open.js';
 import { WriterPins } from './pins.js';
 import { Serial } from './serial.js';
@@ -129,7 +129,8 @@ export class BlobWriter {
    * do; where it cuts exactly one of them, its hash is the caller's. A
    * chunk's `refs` go in by reference (appendBlob-style); only the rest is written.
    */
-  appendVerified(chunks: readonly VerifiedChunk[]): Promise<void> {
+  async appendVerified(chunks: readonly VerifiedChunk[]): Promise<void> {
+    checkVerified(chunks);
     return this.#run(() =>
       this.#mutate(async () => {
         for (const { block, known, refs } of verifiedBlocks(chunks)) await this.#feed(block, refs, true, known);
@@ -138,10 +139,7 @@ export class BlobWriter {
     );
   }
 
-  /**
-   * @internal Blob `blob`'s descriptor, its fragments pinned until the writer
-   * closes: bytes read through its extents may go to appendVerified as `refs`.
-   */
+  /** @internal Blob `blob`'s descriptor, pinned until the writer closes: bytes read through its extents may go to appendVerified as `refs`. */
   async source(blob: string): Promise<Descriptor> {
     this.#throwIfNotOpen();
     checkBlobName(blob);
