@@ -50,7 +50,8 @@ export async function takeWholeChunks(
     const page = [];
     for (const c of index.blobChunks(blob, from)) {
       page.push(c);
-      if (page.length === PAGE) break;
+      // No further than the range needs: a short range must not decode a whole page of the index.
+      if (page.length === PAGE || c.offset + c.size >= end) break;
     }
     for (const c of page) {
       const cEnd = c.offset + c.size;
