@@ -36,12 +36,12 @@ export interface FineContext {
   signal: AbortSignal;
 }
 
-/** Local bytes around where a run would be: blob bytes [from, from + bytes.length) of `d`, and their fine pieces by SHA-256 (hex) -> [offset in `bytes`, size]. */
+/** Local bytes around where a run would be: blob bytes [from, from + bytes.length) of `d`, and their fine pieces by hashKey -> [offset in `bytes`, size, SHA-256]. */
 interface Local {
   d: Descriptor;
   from: number;
   bytes: Uint8Array;
-  pieces: Map<string, [number, number]>;
+  pieces: Map<number, [number, number, Uint8Array]>;
 }
 
 /** One piece of a chunk: where it is in the chunk, and whether it is local (offset in Local.bytes) or to fetch (its fine hash). */
@@ -87,8 +87,8 @@ function planChunk(x: FineContext, c: ChunkRef, list: WireChunk[], local: Local 
   const plan: Piece[] = [];
   let at = 0;
   for (const [hash, size] of list) {
-    const mine = local?.pieces.get(toHex(hash));
-    if (mine && mine[1] === size) plan.push({ at, size, local: mine[0] });
+    const mine = local?.pieces.get(hashKey(hash));
+    if (mine && mine[1] === size && bytesEqual(mine[2], hash)) plan.push({ at, size, local: mine[0] });
     else plan.push({ at, size, hash });
     at += size;
   }
@@ -219,11 +219,17 @@ async function localBytes(x: FineContext, near: LocalWindow): Promise<Local | un
     if (isCabError(e, 'ERR_FRAGMENT_MISSING')) return undefined;
     throw e;
   }
-  const pieces = new Map<string, [number, number]>();
+  const pieces = new Map<number, [number, number, Uint8Array]>();
   let off = 0;
   for (const size of cdc(bytes, FINE_CHUNKER)) {
-    pieces.set(toHex(sha256(bytes.subarray(off, off + size))), [off, size]);
+    const hash = sha256(bytes.subarray(off, off + size));
+    pieces.set(hashKey(hash), [off, size, hash]);
     off += size;
   }
   return { d: desc, from, bytes, pieces };
+}
+
+/** The first 48 bits of a hash, as a number: a cheap map key (a match is then checked on the whole hash). */
+function hashKey(h: Uint8Array): number {
+  return h[0]! * 2 ** 40 + h[1]! * 2 ** 32 + h[2]! * 2 ** 24 + h[3]! * 2 ** 16 + h[4]! * 2 ** 8 + h[5]!;
 }

@@ -14,14 +14,18 @@ import { orAbort, throwIfAborted } from './abort.js';
 
 /** A run of missing chunks at most this long is matched at the fine grain against nearby local bytes. */
 export const FINE_RUN_MAX = 1024 * 1024;
-/** Runs being matched at once, ahead of the one being written. */
-export const FINE_AHEAD = 32;
-/** Bytes those runs may hold (their chunks, and the local bytes around each). */
-export const FINE_AHEAD_BYTES = 16 * 1024 * 1024;
+/** Runs being matched at once, ahead of the one being written: a server's default request window (each asks at least one `fine`). */
+export const FINE_AHEAD = 64;
+/** Bytes those runs may hold (see Queued.held). */
+export const FINE_AHEAD_BYTES = 24 * 1024 * 1024;
 /** Steps (local ranges and runs) waiting to be written, at most. */
 const QUEUE_MAX = 256;
 
-/** A step waiting its turn to be written: a local range, or a run being matched. */
+/**
+ * A step waiting its turn to be written: a local range, or a run being
+ * matched, with a bound on the bytes it holds at once (its local bytes, the
+ * pieces fetched, its chunks assembled, and their copy into the writer).
+ */
 type Queued = { blob: string; offset: number; size: number } | { chunks: Promise<VerifiedChunk[]>; held: number };
 
 /**
@@ -168,7 +172,7 @@ export class Receiver {
     this.#runBytes = 0;
     const chunks = matchRun(this.#fine, run, nearBytes(this.#cursor, next, runBytes));
     chunks.catch(() => {}); // awaited when its turn comes, unless the transfer stops first
-    await this.#enqueue({ chunks, held: 2 * runBytes + 2 * FINE_SLACK });
+    await this.#enqueue({ chunks, held: 4 * runBytes + 2 * FINE_SLACK });
     if (this.#cursor) this.#cursor = { blob: this.#cursor.blob, offset: this.#cursor.offset + runBytes };
   }
 
