@@ -57,13 +57,10 @@ type Piece = { at: number; size: number; local: number } | { at: number; size: n
  * and each chunk, assembled, against its hash. Resolves to the run's chunks,
  * the local pieces as references to the blob they came from (contiguous ones
  * merged), so that only received bytes are written.
- *
- * Without `near` (no local bytes to match) or without `fine` (a bundle), the
- * run's chunks are fetched whole. Nothing waits for anything but this run's
- * own answers, so many runs go at once (Receiver).
+ * Nothing waits for anything but this run's own answers, so many runs go
+ * at once (Receiver). The source must have `fine`.
  */
-export async function matchRun(x: FineContext, run: ChunkRef[], near: LocalWindow | undefined): Promise<VerifiedChunk[]> {
-  if (!near || !x.src.fine) return fetchWhole(x, run);
+export async function matchRun(x: FineContext, run: ChunkRef[], near: LocalWindow): Promise<VerifiedChunk[]> {
   const lists = run.map((c) => {
     const p = x.src.fine!(c.hash, c.size);
     p.catch(() => {}); // awaited below, unless the local read fails first
@@ -170,22 +167,6 @@ function assemble(x: FineContext, c: ChunkRef, plan: Piece[], local: Local | und
   if (refs.length === 0) return { bytes, hash: c.hash };
   const { d, from } = local!;
   return { bytes, hash: c.hash, refs: refs.map((r) => ({ at: r.at, size: r.size, src: { extents: d.extents, offset: from + r.local } })) };
-}
-
-/** The run's chunks, fetched whole (no local bytes to match against). */
-async function fetchWhole(x: FineContext, run: ChunkRef[]): Promise<VerifiedChunk[]> {
-  const gets = inGets(x.src, run, (c) => [c.hash, 0, c.size]);
-  const answers = await Promise.all(gets.map((g) => orAbort(x.src.get(g.map((c) => [c.hash, 0, c.size] as GetItem)), x.signal, x.name)));
-  return gets.flatMap((g, k) =>
-    g.map((c, i) => {
-      const d = answers[k]![i]!;
-      x.stats.receivedBytes += d.length;
-      if (d.length !== c.size || !bytesEqual(sha256(d), c.hash)) {
-        throw new CabError('ERR_HASH_MISMATCH', `chunk ${toHex(c.hash)} from ${x.src.label} does not hash to what was asked for`, { blob: x.name });
-      }
-      return { bytes: d, hash: c.hash };
-    }),
-  );
 }
 
 /**

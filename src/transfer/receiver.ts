@@ -163,16 +163,28 @@ export class Receiver {
     this.stats.chunksFetched++;
   }
 
-  /** Queues the pending run of missing chunks: it starts matching (or, with no local bytes near, fetching) now. */
+  /**
+   * Queues the pending run of missing chunks: it starts matching now. With
+   * no local bytes near it, or a source that cannot cut chunks finely (a
+   * bundle), it is fetched whole through the window instead, once the queue
+   * is written.
+   */
   async #flushRun(next: { blob: string; offset: number } | undefined): Promise<void> {
     if (this.#run.length === 0) return;
     const run = this.#run;
     const runBytes = this.#runBytes;
     this.#run = [];
     this.#runBytes = 0;
-    const chunks = matchRun(this.#fine, run, nearBytes(this.#cursor, next, runBytes));
-    chunks.catch(() => {}); // awaited when its turn comes, unless the transfer stops first
-    await this.#enqueue({ chunks, held: 4 * runBytes + 2 * FINE_SLACK });
+    const near = this.src.fine ? nearBytes(this.#cursor, next, runBytes) : undefined;
+    if (near) {
+      const chunks = matchRun(this.#fine, run, near);
+      chunks.catch(() => {}); // awaited when its turn comes, unless the transfer stops first
+      await this.#enqueue({ chunks, held: 4 * runBytes + 2 * FINE_SLACK });
+    } else {
+      while (this.#queue.length) await this.#land();
+      for (const c of run) await this.#window.fetch(c);
+      await this.#window.drain();
+    }
     if (this.#cursor) this.#cursor = { blob: this.#cursor.blob, offset: this.#cursor.offset + runBytes };
   }
 
