@@ -57,8 +57,8 @@ export async function fsck(layout: Layout, index: ChunkIndex, blobNames: AsyncIt
  *   in a corrupt fragment (or of a blob whose hash is wrong) are then hashed
  *   one by one against their recorded hashes, which says exactly which are
  *   damaged.
- * - `repair`: torn descriptor tails are truncated, descriptors that hold
- *   nothing removed, the index rebuilt where it disagrees, and damage
+ * - `repair`: torn descriptor tails are truncated (a corrupt descriptor is
+ *   only reported), the index rebuilt where it disagrees, and damage
  *   recorded in whole-chunk ranges (readers then fail only the reads that
  *   touch them, and the index stops offering those chunks). Nothing else is
  *   deleted. A blob that a live writer holds is checked but not repaired.
@@ -101,7 +101,7 @@ async function check(layout: Layout, index: ChunkIndex, blobNames: AsyncIterable
     try {
       for (const name of names) {
         throwIfAborted(opts.signal, 'fsck');
-        const d = await readDescriptor(layout.descriptor(name), name).catch(skipDeleted);
+        const d = await readDescriptor(layout.descriptor(name), name).catch(skipUnreadable);
         if (!d?.finalized || d.damagedAt !== undefined) continue;
         // A missing or short fragment gives no verdict on the hash; the extent checks report it.
         blobHashes.set(name, await blobHashMatches(d, files, ctx).catch(noVerdictIfMissing));
@@ -132,9 +132,9 @@ async function check(layout: Layout, index: ChunkIndex, blobNames: AsyncIterable
   return report;
 }
 
-/** A blob deleted while fsck runs is skipped; any other failure stops fsck. */
-function skipDeleted(e: unknown): undefined {
-  if (isCabError(e, 'ERR_NO_SUCH_BLOB')) return undefined;
+/** A blob deleted while fsck runs is skipped, and a corrupt one (checkBlob reports it); any other failure stops fsck. */
+function skipUnreadable(e: unknown): undefined {
+  if (isCabError(e, 'ERR_NO_SUCH_BLOB') || isCabError(e, 'ERR_DESCRIPTOR_CORRUPT')) return undefined;
   throw e;
 }
 

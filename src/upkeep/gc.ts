@@ -87,6 +87,9 @@ export interface GcStore {
  *    nor pinned;
  * 4. delete temp files of dead processes.
  *
+ * A corrupt descriptor (ERR_DESCRIPTOR_CORRUPT) stops it at step 3 before
+ * anything is deleted: the records past its damage may name any fragment.
+ *
  * docs/FORMAT.md argues why no live reference is collected.
  */
 export async function collect(store: GcStore, options: GcOptions = {}): Promise<GcReport> {
@@ -166,6 +169,10 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
           d = await readDescriptor(layout.descriptor(name), name);
         } catch (e) {
           if (isCabError(e, 'ERR_NO_SUCH_BLOB')) return;
+          if (isCabError(e, 'ERR_DESCRIPTOR_CORRUPT')) {
+            // Its records past the damage may name any fragment: none can be known unused.
+            throw new CabError('ERR_DESCRIPTOR_CORRUPT', `gc stopped before deleting anything: ${e.message}`, e.data, { cause: e });
+          }
           throw e;
         }
         const frags = d.extents.fragments();
