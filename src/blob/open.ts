@@ -59,7 +59,11 @@ export async function createDescriptor<T>(s: StoreInternals, name: string, start
     if (!ok) {
       await fh.close().catch(() => {});
       await fs.rm(tmp, { force: true }).catch(() => {});
-      if (linked) await fs.rm(layout.descriptor(name), { force: true }).catch(() => {});
+      if (linked) {
+        await fs.rm(layout.descriptor(name), { force: true }).catch(() => {});
+        // Its index entry too (touchBlob above), or fsck would find an entry with no descriptor.
+        await s.index.removeBlob(name).catch(() => {});
+      }
     }
   }
 }
