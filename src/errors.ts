@@ -103,8 +103,8 @@ export function throwIfAborted(signal: AbortSignal | undefined, what: string, da
 
 /**
  * Settles as `p` does, unless `signal` fires first: then with what
- * `onAbort()` returns, or rejects with what it throws. `p` goes on,
- * unobserved.
+ * `onAbort()` returns, or rejects with what it throws. `p` goes on; its
+ * failure is observed here (never an unhandled rejection), and dropped.
  */
 export function raceAbort<T, U>(p: Promise<T>, signal: AbortSignal | undefined, onAbort: () => U): Promise<T | U> {
   if (!signal) return p;
@@ -116,7 +116,10 @@ export function raceAbort<T, U>(p: Promise<T>, signal: AbortSignal | undefined, 
         reject(e);
       }
     };
-    if (signal.aborted) return abort();
+    if (signal.aborted) {
+      p.catch(() => {});
+      return abort();
+    }
     signal.addEventListener('abort', abort, { once: true });
     p.then(
       (v) => {
