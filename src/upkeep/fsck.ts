@@ -1,6 +1,6 @@
 import fs from 'node:fs/promises';
 import crypto from 'node:crypto';
-import { ioError, isCabError, throwIfAborted } from '../errors.js';
+import { CabError, ioError, isCabError, throwIfAborted } from '../errors.js';
 import { HashJob } from '../hash/pool.js';
 import { bytesEqual } from '../hash/sha256.js';
 import { readExtents } from '../disk/blob-bytes.js';
@@ -124,12 +124,31 @@ async function check(layout: Layout, index: ChunkIndex, blobNames: AsyncIterable
   // Index entries whose descriptor is gone.
   const known = new Set(names);
   for (const name of [...index.blobNames()]) {
-    if (known.has(name)) continue;
+    if (known.has(name) || (await descriptorIsFile(layout, name))) continue;
     if (opts.repair) await index.removeBlob(name);
     problem(ctx, { kind: 'index-orphan', blob: name, detail: 'the chunk index has a blob with no descriptor' }, !!opts.repair);
   }
   report.seconds = (performance.now() - t0) / 1000;
   return report;
+}
+
+/**
+ * For a blob the index knows and the listing of blob/ did not show: false
+ * if its descriptor is absent (ENOENT, and only that), true if it is a file
+ * (a blob made since the listing). Anything else there (a directory, an
+ * EIO) is ERR_IO: the entry is not an orphan to remove.
+ */
+async function descriptorIsFile(layout: Layout, name: string): Promise<boolean> {
+  const file = layout.descriptor(name);
+  let st;
+  try {
+    st = await fs.lstat(file);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw ioError(e, `fsck: the descriptor of blob ${name}`, { blob: name, path: file });
+  }
+  if (!st.isFile()) throw new CabError('ERR_IO', `fsck: the descriptor of blob ${name} is not a regular file (${file})`, { blob: name, path: file });
+  return true;
 }
 
 /** A blob deleted while fsck runs is skipped, and a corrupt one (checkBlob reports it); any other failure stops fsck. */
