@@ -20,7 +20,9 @@ export interface GcOptions {
   dryRun?: boolean;
   /**
    * Also evict whole finalized blobs until the fragments fit in this many bytes,
-   * least recently accessed first (BlobMetadata `accessed`, else creation time),
+   * least recently accessed first: by BlobMetadata `accessed`, else creation
+   * time. Reads do not set `accessed`; the application does (updateBlobMetadata),
+   * and so does a transfer that brings the blob in (pull, push, bundle import).
    * never one with an ownerShares entry > 0 or one open in any live process.
    * Only bytes eviction frees count: a fragment is freed when no blob that stays
    * uses it and no live reader or writer pins it. A blob whose data is all
