@@ -119,7 +119,7 @@ test('what a crash can leave at the end is a torn tail; what it cannot is corrup
   const [midStart, midEnd] = records[3]!;
   // A crash zero-fills whole sectors: the last one the file reaches, from its start (or the record's).
   const lastSector = Math.max(lastStart, bytes.length - (bytes.length % 512 || 512));
-  const cases: Array<[string, Buffer, 'torn' | 'corrupt']> = [
+  const cases: Array<[string, Buffer, 'torn' | 'corrupt' | 'intact']> = [
     ['the last record cut short', bytes.subarray(0, bytes.length - 7), 'torn'],
     ['the last record cut inside its length field', bytes.subarray(0, lastStart + 3), 'torn'],
     ['zeros where the end of the last record should be (a file system that zero-fills what a crash did not write)', withZeros(bytes, lastSector, bytes.length), 'torn'],
@@ -129,6 +129,8 @@ test('what a crash can leave at the end is a torn tail; what it cannot is corrup
     ['a middle record whose length field says more than the file holds', withLength(bytes, midStart, 0x7fffffff), 'corrupt'],
     ['a middle record whose length field says less', withLength(bytes, midStart, 20), 'corrupt'],
     ['garbage after the final record, longer than the record it claims', Buffer.concat([bytes, frameOf(Buffer.from('not a record')), Buffer.from('and more')]), 'corrupt'],
+    ['a whole frame that is no record, then zeros: no crash writes past a whole frame', Buffer.concat([bytes, frameOf(Buffer.from('not a record')), Buffer.alloc(1024)]), 'corrupt'],
+    ['a whole frame that is no record, ending the file (written whole, never counted)', Buffer.concat([bytes, frameOf(Buffer.from('not a record'))]), 'intact'],
   ];
   for (const [what, desc, expect] of cases) {
     replaceFile(file, desc);

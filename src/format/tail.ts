@@ -40,12 +40,11 @@ export async function corruptTail(fh: fs.FileHandle, start: number, fileSize: nu
   if (FRAME_HEADER + len > n) return undefined; // a record cut short at the end of the file
   // A whole frame that passes its CRC was written whole: as the last thing in the file, it is a record that never
   // counted (readers stopped before it), so leaving it out loses nothing. A crash leaves no bytes after it.
-  const crcOk = len > 0 && zlib.crc32(tail.subarray(FRAME_HEADER, FRAME_HEADER + len)) === tail.readUInt32LE(4);
-  if (crcOk && FRAME_HEADER + len === n) return undefined;
+  if (len > 0 && zlib.crc32(tail.subarray(FRAME_HEADER, FRAME_HEADER + len)) === tail.readUInt32LE(4)) {
+    return FRAME_HEADER + len === n ? undefined : `${n - FRAME_HEADER - len} bytes that are no record follow the record at byte ${start}`;
+  }
   if (zeroFilled(tail, start)) return undefined; // space a crash did not reach, within the one record it cut
-  return crcOk
-    ? `${n - FRAME_HEADER - len} bytes that are no record follow the record at byte ${start}`
-    : `the record at byte ${start} is complete but fails its CRC, and no part of it reads as unwritten (zeros): not a write cut short`;
+  return `the record at byte ${start} is complete but fails its CRC, and no part of it reads as unwritten (zeros): not a write cut short`;
 }
 
 /**
