@@ -20,6 +20,8 @@ export const ERROR_CODES = {
   ERR_NO_SUCH_FILE: 'a local file given to appendBytes does not exist or cannot be read',
   ERR_BLOB_DAMAGED: 'the bytes asked for lie in a range fsck recorded as damaged (data.offset..data.end); a pull or import of the blob heals it',
   ERR_FRAGMENT_MISSING: 'a fragment a blob needs is missing or shorter than its extents',
+  ERR_DESCRIPTOR_CORRUPT:
+    "a blob's descriptor is corrupt: a bad header, or a bad record that a crash cannot have left (it is followed by good records, or is complete and not zero-filled; data.offset is where): reading or resuming the blob fails, GC fails and deletes nothing, fsck reports it and --repair leaves it as it is, until it is mended or deleted (docs/FORMAT.md)",
   ERR_FORMAT_VERSION: 'the store or a descriptor has a newer format version than this code reads',
   ERR_BAD_STORE: "the directory is not a cabstore store (data.reason: 'absent', 'not-empty': other files and no store, 'not-a-directory'), or its cabstore.json is damaged",
   ERR_GC_RUNNING: 'another GC is running on this store (pass wait: true to wait for it)',
@@ -101,8 +103,8 @@ export function throwIfAborted(signal: AbortSignal | undefined, what: string, da
 
 /**
  * Settles as `p` does, unless `signal` fires first: then with what
- * `onAbort()` returns, or rejects with what it throws. `p` goes on,
- * unobserved.
+ * `onAbort()` returns, or rejects with what it throws. `p` goes on; its
+ * failure is observed here (never an unhandled rejection), and dropped.
  */
 export function raceAbort<T, U>(p: Promise<T>, signal: AbortSignal | undefined, onAbort: () => U): Promise<T | U> {
   if (!signal) return p;
@@ -114,7 +116,10 @@ export function raceAbort<T, U>(p: Promise<T>, signal: AbortSignal | undefined, 
         reject(e);
       }
     };
-    if (signal.aborted) return abort();
+    if (signal.aborted) {
+      p.catch(() => {});
+      return abort();
+    }
     signal.addEventListener('abort', abort, { once: true });
     p.then(
       (v) => {

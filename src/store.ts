@@ -10,7 +10,7 @@ import { planRecipe, type ChunkRef, type RecipeStep } from './index/recipes.js';
 import { Snapshots } from './index/snapshots.js';
 import { openDescriptor, type Descriptor } from './format/descriptor.js';
 import { ensureDir, exists, fsyncDir } from './disk/durable.js';
-import { loadConfig } from './disk/config.js';
+import { checkOpenArgs, loadConfig } from './disk/config.js';
 import { walk } from './disk/walk.js';
 import { Layout, checkBlobName, isBlobName, isFragmentId, newBlobName } from './format/layout.js';
 import { tryLockExclusive } from './disk/lock.js';
@@ -101,9 +101,9 @@ export class BlobStore {
    * holds other files never does (ERR_BAD_STORE).
    */
   static async open(root: string, options: StoreOptions = {}): Promise<BlobStore> {
+    checkOpenArgs(root, options);
     const layout = new Layout(root);
     const fragmentSize = options.fragmentSize ?? DEFAULT_FRAGMENT_SIZE;
-    if (!Number.isSafeInteger(fragmentSize) || fragmentSize < 1) throw new CabError('ERR_BAD_ARGUMENT', `fragmentSize ${fragmentSize}`);
     // Each part opened is closed again if a later step fails: a failed open leaves nothing open.
     const opened: Array<{ close(): Promise<void> }> = [];
     try {

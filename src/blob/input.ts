@@ -2,8 +2,19 @@ import fs from 'node:fs/promises';
 import { CabError } from '../errors.js';
 import type { Descriptor } from '../format/descriptor.js';
 
-/** What appendBytes takes: bytes, or a range of a local file. */
+/**
+ * What appendBytes takes: bytes (a Uint8Array; a Buffer is one), or a range
+ * of a local file. Other views (Uint16Array, DataView, ...) and ArrayBuffers
+ * are ERR_BAD_ARGUMENT: the bytes of a wider typed array depend on the
+ * machine's byte order, so take a Uint8Array over them on purpose
+ * (`new Uint8Array(v.buffer, v.byteOffset, v.byteLength)`).
+ */
 export type AppendItem = Uint8Array | { file: string; offset?: number; size?: number };
+
+/** Whether `x` is binary data that is not a Uint8Array: refused with a word on what to do. */
+function isOtherBinary(x: unknown): boolean {
+  return !(x instanceof Uint8Array) && (ArrayBuffer.isView(x) || x instanceof ArrayBuffer || x instanceof SharedArrayBuffer);
+}
 
 /** Options of an append: appendBytes (as its last argument), appendBlob, appendStream. */
 export interface AppendOptions {
@@ -33,7 +44,7 @@ export function checkSignal(options: unknown, what: string): AbortSignal | undef
  */
 export function splitAppendArgs(args: unknown[]): { items: AppendItem[]; signal: AbortSignal | undefined } {
   const last = args[args.length - 1];
-  if (last === null || typeof last !== 'object' || last instanceof Uint8Array || 'file' in last) return { items: args as AppendItem[], signal: undefined };
+  if (last === null || typeof last !== 'object' || last instanceof Uint8Array || isOtherBinary(last) || 'file' in last) return { items: args as AppendItem[], signal: undefined };
   const unknown = Object.keys(last).filter((k) => k !== 'signal');
   if (unknown.length > 0) {
     throw new CabError('ERR_BAD_ARGUMENT', `appendBytes takes Uint8Arrays, { file, offset?, size? } objects and last { signal }, not an object with ${unknown.join(', ')}`);
@@ -67,6 +78,10 @@ export async function openInputs(items: AppendItem[]): Promise<Input[]> {
       if (item instanceof Uint8Array) {
         inputs.push({ bytes: item });
         continue;
+      }
+      if (isOtherBinary(item)) {
+        const kind = (item as object).constructor?.name ?? 'binary data';
+        throw new CabError('ERR_BAD_ARGUMENT', `appendBytes takes bytes as a Uint8Array or Buffer, not a ${kind}: wrap it as new Uint8Array(x.buffer, x.byteOffset, x.byteLength) if its bytes are what you mean`);
       }
       if (item === null || typeof item !== 'object' || typeof item.file !== 'string') {
         throw new CabError('ERR_BAD_ARGUMENT', 'appendBytes takes Uint8Arrays and { file, offset?, size? } objects');

@@ -59,15 +59,21 @@ export async function createDescriptor<T>(s: StoreInternals, name: string, start
     if (!ok) {
       await fh.close().catch(() => {});
       await fs.rm(tmp, { force: true }).catch(() => {});
-      if (linked) await fs.rm(layout.descriptor(name), { force: true }).catch(() => {});
+      if (linked) {
+        await fs.rm(layout.descriptor(name), { force: true }).catch(() => {});
+        // Its index entry too (touchBlob above), or fsck would find an entry with no descriptor.
+        await s.index.removeBlob(name).catch(() => {});
+      }
     }
   }
 }
 
 /**
  * Opens the descriptor of an unfinalized blob, locked, cut back to its last
- * valid record, with the index caught up, and hands it to `start`. On any
- * failure the descriptor is closed (and so unlocked).
+ * valid record (a torn tail goes; a corrupt descriptor is
+ * ERR_DESCRIPTOR_CORRUPT and is left as it is), with the index caught up,
+ * and hands it to `start`. On any failure the descriptor is closed (and so
+ * unlocked).
  */
 export async function resumeDescriptor<T>(s: StoreInternals, name: string, start: (o: OpenDescriptor) => Promise<T>): Promise<T> {
   checkBlobName(name);
@@ -80,25 +86,13 @@ export async function resumeDescriptor<T>(s: StoreInternals, name: string, start
     const d = await readDescriptorFrom(fh, name);
     if (d.finalized) throw new CabError('ERR_BLOB_FINALIZED', `blob ${name} is finalized`, { blob: name });
     if (d.damagedAt !== undefined) throw new CabError('ERR_BLOB_DAMAGED', `blob ${name} is damaged from byte ${d.damagedAt}`, { blob: name, offset: d.damagedAt });
-    let headerEnd: number;
-    if (!d.hasHeader) {
-      // Created but its header never became durable: start it again.
-      const header = encodeHeader(name, Date.now());
-      await fh.truncate(0);
-      await writeAll(fh, header, 0);
+    if (d.torn) {
+      // What a crash left after the last good record (a corrupt descriptor was refused by the parse): it goes.
+      await fh.truncate(d.validEnd);
       await fh.datasync();
-      headerEnd = header.length;
-      d.validEnd = headerEnd;
-    } else {
-      if (d.torn) {
-        // Everything before the first bad record stands; the rest goes.
-        await fh.truncate(d.validEnd);
-        await fh.datasync();
-      }
-      headerEnd = d.headerEnd;
     }
     await catchUpBlob(s.index, layout, name);
-    const out = await start({ fh, headerEnd, descEnd: d.validEnd, d });
+    const out = await start({ fh, headerEnd: d.headerEnd, descEnd: d.validEnd, d });
     ok = true;
     return out;
   } catch (e) {

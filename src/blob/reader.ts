@@ -9,6 +9,7 @@ import type { ExtentMap } from '../format/extents.js';
 import { FragmentFiles } from '../disk/fragments.js';
 import type { StoreInternals } from './context.js';
 import { checkBlobName } from '../format/layout.js';
+import { checkSignal } from './input.js';
 
 /** Bytes a stream reads per step (rounded to chunk boundaries). */
 export const STREAM_BLOCK = 1024 * 1024;
@@ -24,7 +25,7 @@ const STREAM_AHEAD = 2;
 export interface StreamOptions {
   /** First byte (default 0). */
   start?: number;
-  /** End, exclusive (default, and at most: the blob's size). */
+  /** End, exclusive (default, and at most: the blob's size; Infinity: to the end). */
   end?: number;
   /** Bytes buffered ahead of the consumer (default 2 MiB). */
   highWaterMark?: number;
@@ -185,13 +186,18 @@ export class BlobReader {
    */
   stream(options: StreamOptions = {}): Readable {
     this.#check();
+    const signal = checkSignal(options, 'stream');
     const start = options.start ?? 0;
-    const asked = options.end ?? this.size;
+    // No end, or Infinity: to the end of the blob.
+    const toEnd = options.end === undefined || options.end === Infinity;
+    const asked = toEnd ? this.size : options.end!;
     for (const [k, v] of [['start', start], ['end', asked]] as const) {
-      if (!Number.isSafeInteger(v) || v < 0) throw new CabError('ERR_NEGATIVE_POSITION', `${k} ${v} is not a non-negative integer`, { blob: this.name });
+      if (!Number.isSafeInteger(v) || v < 0) throw new CabError('ERR_NEGATIVE_POSITION', `${k} ${String(v)} is not a non-negative integer`, { blob: this.name });
     }
+    const hwm = options.highWaterMark ?? 2 * STREAM_BLOCK;
+    if (!Number.isSafeInteger(hwm) || hwm < 1) throw new CabError('ERR_BAD_ARGUMENT', `highWaterMark must be a positive integer, not ${String(hwm)}`, { blob: this.name });
     // Only an end given can come before the start: the default end, the blob's size, cuts like any other.
-    if (options.end !== undefined && start > asked) throw new CabError('ERR_ILLEGAL_POSITION', `range [${start}, ${asked}) ends before it starts`, { blob: this.name, offset: start });
+    if (!toEnd && start > asked) throw new CabError('ERR_ILLEGAL_POSITION', `range [${start}, ${asked}) ends before it starts`, { blob: this.name, offset: start });
     const end = Math.min(asked, this.size);
     const blocks = async function* (this: BlobReader): AsyncGenerator<Buffer> {
       const inflight: Array<Promise<Buffer>> = [];
@@ -209,8 +215,7 @@ export class BlobReader {
         yield await inflight.shift()!;
       }
     };
-    const stream = Readable.from(blocks.call(this), { objectMode: false, highWaterMark: options.highWaterMark ?? 2 * STREAM_BLOCK });
-    const { signal } = options;
+    const stream = Readable.from(blocks.call(this), { objectMode: false, highWaterMark: hwm });
     if (signal) {
       const onAbort = () => stream.destroy(new CabError('ERR_ABORTED', `reading blob ${this.name} was cancelled`, { blob: this.name }, { cause: signal.reason }));
       if (signal.aborted) onAbort();

@@ -2,7 +2,7 @@ import { Writable } from 'node:stream';
 import { CabError, abortError, raceAbort } from '../errors.js';
 import { READ_BLOCK, checkSignal } from './input.js';
 
-/** Bytes a blob write stream buffers before `write()` returns false. */
+/** Bytes of a blob write stream's block (see WriteStreamOptions.highWaterMark). */
 export const DEFAULT_WRITE_STREAM_HIGH_WATER_MARK = 4 * 1024 * 1024;
 
 /** What appendStream reads: an iterable of byte arrays, async or not. A Node Readable is one (without an encoding set). */
@@ -10,7 +10,12 @@ export type ByteSource = AsyncIterable<Uint8Array> | Iterable<Uint8Array>;
 
 /** Options of BlobWriter.createWriteStream. */
 export interface WriteStreamOptions {
-  /** Bytes the stream buffers before `write()` returns false (default DEFAULT_WRITE_STREAM_HIGH_WATER_MARK, 4 MiB). */
+  /**
+   * The stream's block (default DEFAULT_WRITE_STREAM_HIGH_WATER_MARK, 4 MiB):
+   * writes are copied into it and acknowledged at once; a full block is
+   * appended while the next fills, and a write that fills that one too
+   * waits. The stream holds two blocks at most, however small the writes.
+   */
   highWaterMark?: number;
   /**
    * Destroys the stream with ERR_ABORTED. A write under way stops between
@@ -62,13 +67,44 @@ function nextOrAbort(it: AsyncIterator<unknown>, signal: AbortSignal | undefined
   return signal?.aborted ? Promise.resolve(ABORTED) : raceAbort(it.next(), signal, () => ABORTED);
 }
 
+/** A source that breaks the iteration protocol is a bad argument, as a piece that is not bytes is. */
+const brokenSource = (what: string) => bad(`appendStream's source broke the iteration protocol: ${what}`);
+
+function describe(x: unknown): string {
+  return x === null ? 'null' : typeof x === 'object' ? (x.constructor?.name ?? 'an object') : typeof x === 'string' ? 'a string' : typeof x;
+}
+
 function iterate(source: ByteSource): AsyncIterator<unknown> {
-  if (Symbol.asyncIterator in source) return source[Symbol.asyncIterator]();
-  const it = source[Symbol.iterator]();
+  const it: unknown = Symbol.asyncIterator in source ? source[Symbol.asyncIterator]() : source[Symbol.iterator]();
+  if (it === null || typeof it !== 'object' || typeof (it as { next?: unknown }).next !== 'function') {
+    throw brokenSource(`its iterator method returned ${describe(it)}, not an object with next()`);
+  }
+  if (Symbol.asyncIterator in source) return it as AsyncIterator<unknown>;
+  const sync = it as Iterator<unknown>;
   return {
-    next: async () => it.next(),
-    return: async () => it.return?.() ?? { done: true, value: undefined },
+    next: async () => sync.next(),
+    return: async () => sync.return?.() ?? { done: true, value: undefined },
   };
+}
+
+/** `next()`'s answer, checked: { done, value } read once, or a bad-argument error for anything else. */
+function checkResult(r: unknown): { done: boolean; value: unknown } {
+  if (r === null || typeof r !== 'object') throw brokenSource(`next() gave ${describe(r)}, not { done, value }`);
+  const { done, value } = r as { done?: unknown; value?: unknown };
+  return { done: !!done, value };
+}
+
+/** Tells a source left early to stop, and forgets it: what a broken one does then (throw, return no promise) is not our failure. */
+function stopSource(it: AsyncIterator<unknown>, source: ByteSource): void {
+  try {
+    // Not awaited: a source stuck in next() would hold us too (an async generator, a Readable's
+    // iterator among them, runs return() only after it). So a Node stream is also destroyed.
+    Promise.resolve(it.return?.()).catch(() => {});
+    const stream = source as { destroy?: unknown };
+    if (typeof stream.destroy === 'function') stream.destroy();
+  } catch {
+    // The source's own trouble; what it gave is appended and the call's answer stands.
+  }
 }
 
 /** How pump ended: the bytes appended, and what stopped it early (the source's error, a piece that is not bytes, an abort). */
@@ -113,9 +149,10 @@ export async function pump(source: ByteSource, signal: AbortSignal | undefined, 
   let stop: (() => unknown) | undefined;
   try {
     for (;;) {
-      let r: IteratorResult<unknown> | typeof ABORTED;
+      let r: { done: boolean; value: unknown } | typeof ABORTED;
       try {
-        r = await nextOrAbort(it, signal);
+        const got = await nextOrAbort(it, signal);
+        r = got === ABORTED ? got : checkResult(got);
       } catch (e) {
         open = false;
         stop = () => e;
@@ -131,8 +168,7 @@ export async function pump(source: ByteSource, signal: AbortSignal | undefined, 
       }
       const piece = r.value;
       if (!(piece instanceof Uint8Array)) {
-        const what = typeof piece === 'string' ? 'a string' : piece === null ? 'null' : typeof piece === 'object' ? (piece.constructor?.name ?? 'an object') : typeof piece;
-        stop = () => bad(`appendStream takes Uint8Arrays from its source, and it gave ${what}`);
+        stop = () => bad(`appendStream takes Uint8Arrays from its source, and it gave ${describe(piece)}`);
         break;
       }
       for (let off = 0; off < piece.length; ) {
@@ -147,70 +183,126 @@ export async function pump(source: ByteSource, signal: AbortSignal | undefined, 
     }
     await flush();
   } finally {
-    if (open) {
-      // Not awaited: a source stuck in next() would hold us too (an async generator, a Readable's
-      // iterator among them, runs return() only after it). So a Node stream is also destroyed.
-      it.return?.().catch(() => {});
-      const stream = source as { destroy?: unknown };
-      if (typeof stream.destroy === 'function') stream.destroy();
-    }
+    if (open) stopSource(it, source);
   }
   return stop ? { bytes, stopped: { error: stop() } } : { bytes };
 }
 
 /**
+ * Writes Node's own queue may hold while one waits (`writableHighWaterMark`).
+ * Small, because Node keeps an object per queued write: counted in bytes, a
+ * queue of 4 MiB of one-byte writes would be four million of them.
+ */
+export const WRITE_QUEUE_BYTES = 16 * 1024;
+
+/**
  * A Writable that appends to a blob (see BlobWriter.createWriteStream).
- * Writes queued while one is under way reach the writer together
- * (_writev): one append for many small writes.
+ * Writes are copied into a block of `highWaterMark` bytes and acknowledged
+ * at once; a full block is appended to the blob while the next one fills,
+ * and a write that fills that one too waits until the append under way is
+ * done. So it holds two blocks at most, however small the writes, and many
+ * small writes cost one append per block:
+ *
+ *   write --copy--> block (full) --append, in the background--> writer
+ *                   next block (full) --waits for that append--> ...
+ *
+ * An append that fails destroys the stream with its error.
  */
 class BlobWriteStream extends Writable {
   readonly #sink: StreamSink;
   readonly #signal: AbortSignal | undefined;
-  /** The append or end under way; destroy waits for it, so that the writer is idle after 'close'. */
-  #busy: Promise<void> = Promise.resolve();
+  readonly #blockSize: number;
+  #block: Buffer | undefined;
+  #fill = 0;
+  /** The append (or end) under way; it never rejects. destroy waits for it, so that the writer is idle after 'close'. */
+  #current: Promise<void> | undefined;
+  /** Why an append failed: later writes and end() fail with it, and no block after it is appended. */
+  #failed: Error | undefined;
   readonly #onAbort = () => this.destroy(abortError(this.#signal!, `the write stream of blob ${this.#sink.name}`, { blob: this.#sink.name }));
 
   constructor(sink: StreamSink, options: WriteStreamOptions & { highWaterMark: number }) {
-    super({ highWaterMark: options.highWaterMark, decodeStrings: false });
+    super({ highWaterMark: Math.min(options.highWaterMark, WRITE_QUEUE_BYTES), decodeStrings: false });
     this.#sink = sink;
     this.#signal = options.signal;
+    this.#blockSize = options.highWaterMark;
     if (this.#signal?.aborted) this.#onAbort();
     else this.#signal?.addEventListener('abort', this.#onAbort, { once: true });
   }
 
   override _write(chunk: unknown, _encoding: BufferEncoding, cb: (e?: Error | null) => void): void {
-    this.#append([chunk], cb);
-  }
-
-  override _writev(chunks: Array<{ chunk: unknown }>, cb: (e?: Error | null) => void): void {
-    this.#append(
-      chunks.map((c) => c.chunk),
-      cb,
-    );
+    if (!(chunk instanceof Uint8Array)) return cb(bad(`a blob write stream takes Uint8Arrays, not ${typeof chunk === 'string' ? 'strings' : typeof chunk}: encode them first`));
+    let off = 0;
+    const copy = (): void => {
+      if (this.#failed || this.destroyed) return cb(this.#failed);
+      while (off < chunk.length) {
+        this.#block ??= Buffer.allocUnsafe(this.#blockSize);
+        const n = Math.min(chunk.length - off, this.#blockSize - this.#fill);
+        this.#block.set(n === chunk.length ? chunk : chunk.subarray(off, off + n), this.#fill);
+        this.#fill += n;
+        off += n;
+        if (this.#fill === this.#blockSize) {
+          // A full block goes to the writer now, or once the append under way is done: this write goes on then.
+          const later = this.#appendNext(this.#signal);
+          if (later) return void later.then(copy);
+        }
+      }
+      cb();
+    };
+    copy();
   }
 
   override _final(cb: (e?: Error | null) => void): void {
-    this.#then(this.#sink.end(), cb);
+    void this.#appendNext(this.#signal);
+    void this.#idle().then(() => {
+      if (this.#failed || this.destroyed) return cb(this.#failed);
+      this.#track(this.#sink.end().then(() => cb(), (e: unknown) => cb(e as Error)));
+    });
   }
 
   override _destroy(err: Error | null, cb: (e?: Error | null) => void): void {
     this.#signal?.removeEventListener('abort', this.#onAbort);
-    const done = () => cb(err);
-    void this.#busy.then(done, done);
+    // Writes acknowledged are appended, even on abort (a block at most), unless an append failed: the blob
+    // then holds exactly what was acknowledged, or a prefix of it. 'close' comes after.
+    void this.#appendNext(undefined);
+    void this.#idle().then(() => cb(err));
   }
 
-  #append(chunks: unknown[], cb: (e?: Error | null) => void): void {
-    for (const c of chunks) {
-      if (!(c instanceof Uint8Array)) return cb(bad(`a blob write stream takes Uint8Arrays, not ${typeof c === 'string' ? 'strings' : typeof c}: encode them first`));
-    }
-    this.#then(this.#sink.append(chunks as Uint8Array[], this.#signal), cb);
+  /**
+   * Appends the block (what it holds) now if no append is under way, and
+   * returns undefined; else returns a promise that resolves when it has
+   * started, after the one under way (so one block waits at most). Nothing
+   * is appended after an append that failed: the blob stays a prefix of
+   * what was written.
+   */
+  #appendNext(signal: AbortSignal | undefined): Promise<void> | undefined {
+    if (this.#fill === 0) return undefined;
+    const bytes = this.#fill === this.#blockSize ? this.#block! : this.#block!.subarray(0, this.#fill);
+    this.#block = undefined;
+    this.#fill = 0;
+    const start = () => {
+      if (this.#failed) return;
+      this.#track(
+        this.#sink.append([bytes], signal).catch((e: unknown) => {
+          this.#failed ??= e as Error;
+          this.destroy(this.#failed);
+        }),
+      );
+    };
+    if (!this.#current) return void start();
+    return this.#current.then(start);
   }
 
-  #then(p: Promise<void>, cb: (e?: Error | null) => void): void {
-    this.#busy = p.then(
-      () => cb(),
-      (e: unknown) => cb(e as Error),
-    );
+  /** Makes `p` (which never rejects) the work under way, until it is done. */
+  #track(p: Promise<void>): void {
+    this.#current = p;
+    void p.then(() => {
+      if (this.#current === p) this.#current = undefined;
+    });
+  }
+
+  /** Resolves once no append or end is under way, nor waiting to start. */
+  async #idle(): Promise<void> {
+    while (this.#current) await this.#current;
   }
 }
 

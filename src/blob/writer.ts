@@ -211,11 +211,18 @@ export class BlobWriter {
   }
 
   /**
-   * A Node Writable that appends what is written to it, with backpressure:
-   * `write()` returns false once `highWaterMark` bytes (4 MiB) wait. Writes
-   * that queue while one is under way are appended together. It takes
-   * Uint8Arrays only (a string is 'error' ERR_BAD_ARGUMENT), and every error
-   * is a CabError.
+   * A Node Writable that appends what is written to it. Writes are copied
+   * into a block of `highWaterMark` bytes (4 MiB) and acknowledged at once;
+   * a full block is appended while the next fills, and a write that fills
+   * that one too waits: the stream holds two blocks at most, however small
+   * the writes, and Node's queue behind a waiting write is 16 KiB
+   * (`writableHighWaterMark`). An append that fails destroys the stream
+   * with its error. It takes Uint8Arrays only (a string is 'error'
+   * ERR_BAD_ARGUMENT), and the errors of the writer and the blob are
+   * CabErrors; misuse of the stream itself gets Node's: write() of what is
+   * not a string, Buffer or Uint8Array throws ERR_INVALID_ARG_TYPE (null:
+   * ERR_STREAM_NULL_VALUES), a write after end() is 'error'
+   * ERR_STREAM_WRITE_AFTER_END.
    *
    * 'finish' means every byte written is appended and durable (a flush), and
    * `hash` is up to date; the blob is not finalized, unless `finalize` is

@@ -104,3 +104,16 @@ async function mayBecomeStore(layout: Layout): Promise<boolean> {
   }
   return true;
 }
+
+/** BlobStore.open's arguments: a bad one is ERR_BAD_ARGUMENT, before anything is looked at or made. */
+export function checkOpenArgs(root: unknown, options: unknown): void {
+  const bad = (why: string) => new CabError('ERR_BAD_ARGUMENT', `BlobStore.open: ${why}`);
+  if (typeof root !== 'string' || root.length === 0) throw bad('the store directory must be a non-empty string');
+  if (options === null || typeof options !== 'object') throw bad('options must be an object');
+  const o = options as Record<string, unknown>;
+  for (const k of ['create', 'catchUpIndex'] as const) {
+    if (o[k] !== undefined && typeof o[k] !== 'boolean') throw bad(`${k} must be true or false, not ${JSON.stringify(o[k])}`);
+  }
+  if (o.fragmentSize !== undefined && (!Number.isSafeInteger(o.fragmentSize) || (o.fragmentSize as number) < 1)) throw bad(`fragmentSize must be a positive integer, not ${String(o.fragmentSize)}`);
+  if (o.chunker !== undefined && (o.chunker === null || typeof o.chunker !== 'object')) throw bad('chunker must be an object of min, avg and max');
+}

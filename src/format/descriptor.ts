@@ -7,12 +7,16 @@ import { normalizeDamage, type DamageRange } from './damage.js';
 import { ExtentMap } from './extents.js';
 import { FRAME_HEADER, decodeFrame, encodeFrame } from './frame.js';
 import { FORMAT_VERSION } from './layout.js';
+import { corruptTail } from './tail.js';
 
 /**
  * A descriptor is an append-only file of records, each framed as frame.ts
  * says (length, CRC-32, one MessagePack map; see docs/FORMAT.md). The first
  * record that is short, fails its CRC, or does not make sense after the ones
- * before it ends the descriptor: everything before it stands.
+ * before it ends the descriptor: everything before it stands, if what
+ * follows can be a torn tail (what a crash leaves, see tail.ts). If it
+ * cannot, or the header is bad, the descriptor is corrupt:
+ * ERR_DESCRIPTOR_CORRUPT, and nothing may read, write or cut it.
  */
 export const RECORD_HEADER = FRAME_HEADER;
 /** A record larger than this is corrupt (a real one holds at most one fragment's chunks). */
@@ -118,10 +122,10 @@ export interface Descriptor {
   fileSize: number;
   /** The file's inode: a descriptor rewritten (healed, cut back) is a new file. */
   ino: number;
+  /** Bytes after the last good record that a crash may have left (a torn tail): ignored, and cut by a writer that resumes the blob. */
   torn: boolean;
   /** Why the descriptor ended early, when it did. */
   tornReason?: string;
-  hasHeader: boolean;
   /** Where the header record ends (the first append record starts). */
   headerEnd: number;
   /** The damage records: lost byte ranges, sorted and merged (empty if none). */
@@ -169,6 +173,18 @@ function checkAppend(r: Record<string, unknown>, size: number, chunkEnd: number,
   if (!isCount(leaves) || !isBytes(stack) || leaves !== Math.floor(r.s / LEAF_SIZE)) return 'malformed merkle state';
   if (r.h !== undefined && (!isBytes(r.h, HASH_SIZE) || chunks !== r.s)) return 'malformed final record';
   return { chunkEnd: chunks };
+}
+
+/**
+ * ERR_DESCRIPTOR_CORRUPT: the records of a blob's descriptor cannot be
+ * trusted from `offset` on, and what follows is not what a crash leaves.
+ */
+export function descriptorCorrupt(name: string, offset: number, why: string): CabError {
+  return new CabError(
+    'ERR_DESCRIPTOR_CORRUPT',
+    `the descriptor of blob ${name} is corrupt at byte ${offset}: ${why}. The blob is not read, written or collected until it is mended (see docs/FORMAT.md, "Torn tails and corruption")`,
+    { blob: name, offset, reason: why },
+  );
 }
 
 /** Opens a blob's descriptor; ERR_NO_SUCH_BLOB if there is none. */
@@ -237,9 +253,9 @@ async function parse(fh: fs.FileHandle, name: string, opts: ReadDescriptorOption
     fileSize,
     ino,
     torn: false,
-    hasHeader: false,
     headerEnd: 0,
   };
+  let hasHeader = false;
   let buf = Buffer.allocUnsafe(Math.min(Math.max(fileSize, 64), 1 << 20));
   let bufStart = 0; // file offset of buf[0]
   let bufLen = 0;
@@ -275,16 +291,16 @@ async function parse(fh: fs.FileHandle, name: string, opts: ReadDescriptorOption
     }
     const end = pos + RECORD_HEADER + len;
     if (rec.t === 'h') {
-      if (d.hasHeader || pos !== 0 || rec.name !== name || !isCount(rec.v)) {
+      if (hasHeader || pos !== 0 || rec.name !== name || !isCount(rec.v)) {
         stop('misplaced or foreign header');
         break;
       }
       if ((rec.v as number) > FORMAT_VERSION) throw new CabError('ERR_FORMAT_VERSION', `descriptor of ${name} is format ${rec.v}`, { blob: name, found: rec.v });
-      d.hasHeader = true;
+      hasHeader = true;
       d.headerEnd = end;
       d.ctime = Number(rec.ctime) || 0;
     } else if (rec.t === 'x') {
-      const checked = d.hasHeader ? checkAppend(rec, d.size, d.chunkEnd, d.finalized) : 'append record before the header';
+      const checked = hasHeader ? checkAppend(rec, d.size, d.chunkEnd, d.finalized) : 'append record before the header';
       if (typeof checked === 'string') {
         stop(checked);
         break;
@@ -302,7 +318,7 @@ async function parse(fh: fs.FileHandle, name: string, opts: ReadDescriptorOption
         d.hash = Uint8Array.from(r.h);
       }
     } else if (rec.t === 'd') {
-      if (!d.hasHeader || !isCount(rec.o) || typeof rec.why !== 'string' || (rec.e !== undefined && !isCount(rec.e))) {
+      if (!hasHeader || !isCount(rec.o) || typeof rec.why !== 'string' || (rec.e !== undefined && !isCount(rec.e))) {
         stop('malformed damage record');
         break;
       }
@@ -313,6 +329,12 @@ async function parse(fh: fs.FileHandle, name: string, opts: ReadDescriptorOption
     }
     pos = end;
     d.validEnd = end;
+  }
+  // The header is durable before the descriptor has its name: without it, it is no crash's doing.
+  if (!hasHeader) throw descriptorCorrupt(name, 0, fileSize === 0 ? 'the file is empty, with no header record' : `no good header record (${d.tornReason})`);
+  if (d.torn) {
+    const why = await corruptTail(fh, d.validEnd, fileSize, MAX_RECORD);
+    if (why !== undefined) throw descriptorCorrupt(name, d.validEnd, `${d.tornReason}, and ${why}`);
   }
   d.damage = normalizeDamage(d.damage.map((r) => ({ ...r, e: Math.min(r.e, d.size) })));
   d.damagedAt = d.damage[0]?.o;

@@ -28,9 +28,7 @@ class HashThread {
   #dead: Error | undefined;
 
   constructor() {
-    // Not the parent's --input-type (node -e scripts): it would stop the worker loading its file.
-    const execArgv = process.execArgv.filter((a) => !a.startsWith('--input-type'));
-    this.#worker = new Worker(new URL('./hash-worker.js', import.meta.url), { execArgv });
+    this.#worker = startWorker();
     this.#worker.unref();
     this.#worker.on('message', (m: FromWorker) => {
       if (m.t === 'ack') {
@@ -91,6 +89,25 @@ class HashThread {
   /** Resolves when the thread has room for more data. */
   async room(): Promise<void> {
     while (this.#inFlight > MAX_IN_FLIGHT && !this.#dead) await new Promise<void>((r) => this.#drained.push(r));
+  }
+}
+
+/**
+ * The hashing thread, with the parent's flags where a worker takes them. It
+ * needs none of them (its file imports node: modules and ours only), so when
+ * Node refuses one (--max-old-space-size, --expose-gc, --stack-size and
+ * other per-process V8 flags are ERR_WORKER_INVALID_EXEC_ARGV) it starts
+ * with none rather than make every writer fail.
+ */
+function startWorker(): Worker {
+  const file = new URL('./hash-worker.js', import.meta.url);
+  // Not the parent's --input-type (node -e scripts): it would stop the worker loading its file.
+  const execArgv = process.execArgv.filter((a) => !a.startsWith('--input-type'));
+  try {
+    return new Worker(file, { execArgv });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ERR_WORKER_INVALID_EXEC_ARGV') throw e;
+    return new Worker(file, { execArgv: [] });
   }
 }
 

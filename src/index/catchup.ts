@@ -41,7 +41,6 @@ export async function catchUpBlob(index: ChunkIndex, layout: Layout, name: strin
     },
   });
   const after = index.blob(name);
-  if (!d.hasHeader) return changed;
   if (!after) {
     await index.touchBlob(name, d.headerEnd);
     return true;
@@ -75,8 +74,9 @@ export async function catchUpAll(index: ChunkIndex, layout: Layout, names: Async
       await catchUpBlob(index, layout, name);
     } catch (e) {
       // A full disk must not lock the store: it opens with this blob's index entries behind, and
-      // whoever needs them (a chunk list, appendBlob) catches the blob up first.
-      if (!isCabError(e, 'ERR_NO_SPACE')) throw e;
+      // whoever needs them (a chunk list, appendBlob) catches the blob up first. Nor must one corrupt
+      // descriptor: its entries stay as they were, and whoever opens the blob is told.
+      if (!isCabError(e, 'ERR_NO_SPACE') && !isCabError(e, 'ERR_DESCRIPTOR_CORRUPT')) throw e;
     }
   }
   for (const name of [...index.blobNames()]) {

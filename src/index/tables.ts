@@ -9,6 +9,10 @@ export interface BlobMetadata {
   /** Syncgroup id -> share count; a share > 0 means the store must keep the blob. */
   ownerShares: Record<string, number>;
   referenced: Date;
+  /**
+   * When the blob was last used, as the application says (a transfer that
+   * brings the blob in sets it too; reads do not): GC's eviction order.
+   */
   accessed: Date;
 }
 

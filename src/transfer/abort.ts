@@ -10,12 +10,20 @@ export function throwIfAborted(signal: AbortSignal | undefined, blob?: string): 
   throwIf(signal, 'the transfer', blob === undefined ? {} : { blob });
 }
 
-/** Waits for `p`, or throws ERR_ABORTED as soon as the signal fires (`p` goes on, unobserved). */
+/**
+ * Waits for `p`, or throws ERR_ABORTED as soon as the signal fires. `p`
+ * goes on, and its failure is then nobody's: it is observed here, so that
+ * it does not end the process as an unhandled rejection (a request that
+ * fails when the connection closes, after the caller gave up on it).
+ */
 export function orAbort<T>(p: Promise<T>, signal: AbortSignal | undefined, blob?: string): Promise<T> {
   if (!signal) return p;
   return new Promise<T>((resolve, reject) => {
     const onAbort = () => reject(abortError(signal, blob));
-    if (signal.aborted) return onAbort();
+    if (signal.aborted) {
+      p.catch(() => {});
+      return onAbort();
+    }
     signal.addEventListener('abort', onAbort, { once: true });
     p.then(
       (v) => {

@@ -12,6 +12,7 @@ import type { ServeEvent } from './serve.js';
 import { Admission, DEFAULT_HELLO_TIMEOUT_MS, type AdmissionOptions } from './admission.js';
 import { wire, wsTransport } from './ws-transport.js';
 import { orAbort } from './abort.js';
+import { checkConnectArgs } from './connect-args.js';
 import type { WireCount } from './stats.js';
 
 export type { WireCount } from './stats.js';
@@ -193,7 +194,7 @@ export interface CabClient {
 
 /** Connects a local store to a cabstore server. */
 export async function connect(store: BlobStore, url: string, options: ConnectOptions = {}): Promise<CabClient> {
-  if (!/^wss?:\/\//.test(url)) throw new CabError('ERR_BAD_ARGUMENT', `not a ws:// or wss:// URL: ${url}`);
+  checkConnectArgs(store, url, options);
   const { signal } = options;
   throwIfAborted(signal, `connecting to ${url}`);
   const timeoutMs = options.timeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;

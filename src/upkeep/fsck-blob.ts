@@ -15,9 +15,9 @@ import { tryLockDescriptor } from '../index/rewrite.js';
 type Suspect = DamageRange & { kind: FsckProblemKind; fragment?: string };
 
 /**
- * Checks one blob and, with repair, mends it: a descriptor without a header
- * that holds nothing is removed, a torn tail truncated, damage recorded (in
- * whole chunks), the index entries rebuilt. `hashOk` says whether its
+ * Checks one blob and, with repair, mends it: a torn tail truncated, damage
+ * recorded (in whole chunks), the index entries rebuilt. A corrupt
+ * descriptor is reported and left as it is. `hashOk` says whether its
  * content hashed to its recorded hash (--verify), if that is known. A blob
  * whose writer lock another process holds is only looked at.
  */
@@ -28,14 +28,16 @@ export async function checkBlob(ctx: FsckContext, name: string, hashOk: boolean 
   const { fh, locked: mine } = got;
   try {
     const repair = !!opts.repair && mine;
-    const d = await readDescriptorFrom(fh, name);
-    if (!d.hasHeader) {
-      const empty = d.validEnd === 0;
-      if (repair && empty) {
-        await fs.unlink(layout.descriptor(name));
-        await index.removeBlob(name);
-      }
-      if (mine) problem(ctx, { kind: 'no-header', blob: name, detail: `descriptor has no valid header (${d.fileSize} bytes)` }, repair && empty);
+    let d: Descriptor;
+    try {
+      d = await readDescriptorFrom(fh, name);
+    } catch (e) {
+      if (!isCabError(e, 'ERR_DESCRIPTOR_CORRUPT')) throw e;
+      // Not a crash's leftover: cutting or deleting it could lose records. Only a person can mend it.
+      const at = e.data.offset ?? 0;
+      const cut = at > 0 ? `, or cut to ${at} bytes to keep the records before (losing those after)` : '';
+      const detail = `descriptor bytes from ${at} on are corrupt (${String(e.data.reason)}); the blob cannot be read or resumed, and GC stops, until the descriptor is restored from a copy${cut}, or the blob deleted (see docs/FORMAT.md)`;
+      problem(ctx, { kind: 'corrupt-descriptor', blob: name, detail });
       return;
     }
     if (d.torn && mine) {
@@ -104,9 +106,10 @@ async function checkDamage(ctx: FsckContext, fh: fs.FileHandle, d: Descriptor, h
     for (const r of fresh) {
       const rec = encodeRecord({ t: 'd', o: r.o, e: r.e, why: r.why });
       await writeAll(fh, rec, at);
+      // One record durable before the next is written: a crash then leaves at most the last one torn (docs/FORMAT.md).
+      await fh.datasync();
       at += rec.length;
     }
-    await fh.datasync();
     await ctx.index.removeBlob(name);
     await catchUpBlob(ctx.index, ctx.layout, name);
   }

@@ -14,8 +14,8 @@ export interface FsckOptions {
 }
 
 export type FsckProblemKind =
-  | 'no-header' // a descriptor without a valid header: nothing recorded in it
-  | 'torn-descriptor' // bytes after the last good record
+  | 'corrupt-descriptor' // a bad header, or a bad record a crash cannot have left: never repaired (docs/FORMAT.md)
+  | 'torn-descriptor' // bytes a crash left after the last good record
   | 'missing-fragment' // chunks of a blob lost with a fragment
   | 'short-fragment' // chunks of a blob past the end of a fragment
   | 'corrupt-fragment' // chunks of a blob that no longer hash to their recorded hash, in a fragment that no longer hashes to its name (--verify)

@@ -1,6 +1,6 @@
 import fs from 'node:fs/promises';
 import crypto from 'node:crypto';
-import { ioError, isCabError, throwIfAborted } from '../errors.js';
+import { CabError, ioError, isCabError, throwIfAborted } from '../errors.js';
 import { HashJob } from '../hash/pool.js';
 import { bytesEqual } from '../hash/sha256.js';
 import { readExtents } from '../disk/blob-bytes.js';
@@ -57,8 +57,8 @@ export async function fsck(layout: Layout, index: ChunkIndex, blobNames: AsyncIt
  *   in a corrupt fragment (or of a blob whose hash is wrong) are then hashed
  *   one by one against their recorded hashes, which says exactly which are
  *   damaged.
- * - `repair`: torn descriptor tails are truncated, descriptors that hold
- *   nothing removed, the index rebuilt where it disagrees, and damage
+ * - `repair`: torn descriptor tails are truncated (a corrupt descriptor is
+ *   only reported), the index rebuilt where it disagrees, and damage
  *   recorded in whole-chunk ranges (readers then fail only the reads that
  *   touch them, and the index stops offering those chunks). Nothing else is
  *   deleted. A blob that a live writer holds is checked but not repaired.
@@ -101,7 +101,7 @@ async function check(layout: Layout, index: ChunkIndex, blobNames: AsyncIterable
     try {
       for (const name of names) {
         throwIfAborted(opts.signal, 'fsck');
-        const d = await readDescriptor(layout.descriptor(name), name).catch(skipDeleted);
+        const d = await readDescriptor(layout.descriptor(name), name).catch(skipUnreadable);
         if (!d?.finalized || d.damagedAt !== undefined) continue;
         // A missing or short fragment gives no verdict on the hash; the extent checks report it.
         blobHashes.set(name, await blobHashMatches(d, files, ctx).catch(noVerdictIfMissing));
@@ -124,7 +124,7 @@ async function check(layout: Layout, index: ChunkIndex, blobNames: AsyncIterable
   // Index entries whose descriptor is gone.
   const known = new Set(names);
   for (const name of [...index.blobNames()]) {
-    if (known.has(name)) continue;
+    if (known.has(name) || (await descriptorIsFile(layout, name))) continue;
     if (opts.repair) await index.removeBlob(name);
     problem(ctx, { kind: 'index-orphan', blob: name, detail: 'the chunk index has a blob with no descriptor' }, !!opts.repair);
   }
@@ -132,9 +132,28 @@ async function check(layout: Layout, index: ChunkIndex, blobNames: AsyncIterable
   return report;
 }
 
-/** A blob deleted while fsck runs is skipped; any other failure stops fsck. */
-function skipDeleted(e: unknown): undefined {
-  if (isCabError(e, 'ERR_NO_SUCH_BLOB')) return undefined;
+/**
+ * For a blob the index knows and the listing of blob/ did not show: false
+ * if its descriptor is absent (ENOENT, and only that), true if it is a file
+ * (a blob made since the listing). Anything else there (a directory, an
+ * EIO) is ERR_IO: the entry is not an orphan to remove.
+ */
+async function descriptorIsFile(layout: Layout, name: string): Promise<boolean> {
+  const file = layout.descriptor(name);
+  let st;
+  try {
+    st = await fs.lstat(file);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw ioError(e, `fsck: the descriptor of blob ${name}`, { blob: name, path: file });
+  }
+  if (!st.isFile()) throw new CabError('ERR_IO', `fsck: the descriptor of blob ${name} is not a regular file (${file})`, { blob: name, path: file });
+  return true;
+}
+
+/** A blob deleted while fsck runs is skipped, and a corrupt one (checkBlob reports it); any other failure stops fsck. */
+function skipUnreadable(e: unknown): undefined {
+  if (isCabError(e, 'ERR_NO_SUCH_BLOB') || isCabError(e, 'ERR_DESCRIPTOR_CORRUPT')) return undefined;
   throw e;
 }
 

@@ -20,7 +20,9 @@ export interface GcOptions {
   dryRun?: boolean;
   /**
    * Also evict whole finalized blobs until the fragments fit in this many bytes,
-   * least recently accessed first (BlobMetadata `accessed`, else creation time),
+   * least recently accessed first: by BlobMetadata `accessed`, else creation
+   * time. Reads do not set `accessed`; the application does (updateBlobMetadata),
+   * and so does a transfer that brings the blob in (pull, push, bundle import).
    * never one with an ownerShares entry > 0 or one open in any live process.
    * Only bytes eviction frees count: a fragment is freed when no blob that stays
    * uses it and no live reader or writer pins it. A blob whose data is all
@@ -86,6 +88,9 @@ export interface GcStore {
  *    of every descriptor, evict if asked, delete candidates neither marked
  *    nor pinned;
  * 4. delete temp files of dead processes.
+ *
+ * A corrupt descriptor (ERR_DESCRIPTOR_CORRUPT) stops it at step 3 before
+ * anything is deleted: the records past its damage may name any fragment.
  *
  * docs/FORMAT.md argues why no live reference is collected.
  */
@@ -166,6 +171,10 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
           d = await readDescriptor(layout.descriptor(name), name);
         } catch (e) {
           if (isCabError(e, 'ERR_NO_SUCH_BLOB')) return;
+          if (isCabError(e, 'ERR_DESCRIPTOR_CORRUPT')) {
+            // Its records past the damage may name any fragment: none can be known unused.
+            throw new CabError('ERR_DESCRIPTOR_CORRUPT', `gc stopped before deleting anything: ${e.message}`, e.data, { cause: e });
+          }
           throw e;
         }
         const frags = d.extents.fragments();

@@ -1,0 +1,25 @@
+import { CabError } from '../errors.js';
+import { checkSignal } from '../blob/input.js';
+import { BlobStore } from '../store.js';
+
+/** The longest timer Node keeps (a longer one fires at once, with a warning). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+const bad = (message: string) => new CabError('ERR_BAD_ARGUMENT', `connect: ${message}`);
+
+/**
+ * Checks connect()'s arguments before any socket exists: a bad one is
+ * ERR_BAD_ARGUMENT, and nothing is left open behind it.
+ */
+export function checkConnectArgs(store: unknown, url: unknown, options: unknown): void {
+  if (!(store instanceof BlobStore)) throw bad('the first argument must be an open BlobStore');
+  if (typeof url !== 'string' || !/^wss?:\/\//.test(url)) throw bad(`not a ws:// or wss:// URL: ${String(url)}`);
+  checkSignal(options, 'connect');
+  if (options === undefined) return;
+  const o = options as Record<string, unknown>;
+  if (o.token !== undefined && typeof o.token !== 'string') throw bad('token must be a string');
+  if (o.ca !== undefined && typeof o.ca !== 'string' && !(o.ca instanceof Uint8Array)) throw bad('ca must be a PEM string or a Buffer');
+  if (o.maxFrame !== undefined && (!Number.isSafeInteger(o.maxFrame) || (o.maxFrame as number) < 1)) throw bad(`maxFrame must be a positive integer, not ${String(o.maxFrame)}`);
+  const t = o.timeoutMs;
+  if (t !== undefined && (typeof t !== 'number' || !(t > 0) || t > MAX_TIMER_MS)) throw bad(`timeoutMs must be a positive number of milliseconds up to ${MAX_TIMER_MS}, not ${String(t)}`);
+}
