@@ -8,7 +8,22 @@ export const DEFAULT_WRITE_STREAM_HIGH_WATER_MARK = 4 * 1024 * 1024;
 /** What appendStream reads: an iterable of byte arrays, async or not. A Node Readable is one (without an encoding set). */
 export type ByteSource = AsyncIterable<Uint8Array> | Iterable<Uint8Array>;
 
-/** Options of BlobWriter.createWriteStream. */
+/**
+ * Options of BlobWriter.createWriteStream. The stream copies writes into a
+ * block of `highWaterMark` bytes and acknowledges them at once; a full block
+ * is appended while the next fills, and a write that fills that one too
+ * waits: two blocks at most, and Node's queue behind a waiting write is
+ * 16 KiB (`writableHighWaterMark`). An append that fails destroys the stream
+ * with its error. It takes Uint8Arrays only (a string is 'error'
+ * ERR_BAD_ARGUMENT); write() of what is not a string, Buffer or Uint8Array
+ * throws Node's ERR_INVALID_ARG_TYPE (null: ERR_STREAM_NULL_VALUES), a write
+ * after end() is 'error' ERR_STREAM_WRITE_AFTER_END. 'finish' means every
+ * byte written is appended and durable (a flush) and `hash` is up to date;
+ * with `finalize`, end() finalizes (close, with `expectHash`). destroy(), an
+ * abort of `signal` or an error leave the writer open, holding a prefix of
+ * what was written; once the stream has emitted 'close', no append of it is
+ * under way.
+ */
 export interface WriteStreamOptions {
   /**
    * The stream's block (default DEFAULT_WRITE_STREAM_HIGH_WATER_MARK, 4 MiB):

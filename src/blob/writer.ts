@@ -211,27 +211,13 @@ export class BlobWriter {
   }
 
   /**
-   * A Node Writable that appends what is written to it. Writes are copied
-   * into a block of `highWaterMark` bytes (4 MiB) and acknowledged at once;
-   * a full block is appended while the next fills, and a write that fills
-   * that one too waits: the stream holds two blocks at most, however small
-   * the writes, and Node's queue behind a waiting write is 16 KiB
-   * (`writableHighWaterMark`). An append that fails destroys the stream
-   * with its error. It takes Uint8Arrays only (a string is 'error'
-   * ERR_BAD_ARGUMENT), and the errors of the writer and the blob are
-   * CabErrors; misuse of the stream itself gets Node's: write() of what is
-   * not a string, Buffer or Uint8Array throws ERR_INVALID_ARG_TYPE (null:
-   * ERR_STREAM_NULL_VALUES), a write after end() is 'error'
-   * ERR_STREAM_WRITE_AFTER_END.
-   *
-   * 'finish' means every byte written is appended and durable (a flush), and
-   * `hash` is up to date; the blob is not finalized, unless `finalize` is
-   * set: then end() finalizes it (close, with `expectHash` if given). The
-   * stream never closes the writer otherwise: destroy(), an abort of
-   * `signal` or an error leave it open, holding a prefix of what was
-   * written, for close() or closeWithoutFinalize(). Once the stream has
-   * emitted 'close', no append of it is under way. ERR_CLOSED (thrown) if
-   * the writer is closed.
+   * A Node Writable that appends what is written to it, in blocks of
+   * `highWaterMark` bytes (at most two held, however small the writes).
+   * 'finish' means every byte is appended and durable (with `finalize`:
+   * finalized); destroy(), an abort or an error never finalize and leave
+   * the writer open. Errors of the blob are CabErrors; misuse of the stream
+   * (write(5), write after end) gets Node's. ERR_CLOSED if the writer is
+   * closed. Details: WriteStreamOptions and blob/write-stream.ts.
    */
   createWriteStream(options: WriteStreamOptions = {}): Writable {
     this.#throwIfNotOpen();
