@@ -1,11 +1,9 @@
 // Commands that read or remove blobs of an existing store: get, cat, ls,
 // stat (here or on a server), rm.
-import type fsp from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import type { Command } from 'commander';
 import { connect, toHex } from '../../src/index.js';
-import { replaceDurable, writeAll } from '../../src/disk/durable.js';
-import { ioError } from '../../src/errors.js';
+import { openOutput } from '../../src/disk/output.js';
 import { Progress } from '../progress.js';
 import { json, out, token, withStore } from './context.js';
 
@@ -13,30 +11,28 @@ async function writeBlob(name: string, output?: string): Promise<void> {
   await withStore(false, async (s) => {
     const r = await s.newBlobReader(name);
     try {
-      const p = new Progress(`get ${name.slice(0, 8)}`, r.size, output !== undefined && process.stderr.isTTY === true);
-      const src = r.stream();
-      src.on('data', (b: Buffer) => p.add(b.length));
-      if (output) {
-        // A failed get leaves neither the file nor its temp file.
-        const fill = async (fh: fsp.FileHandle) => {
-          let at = 0;
-          for await (const b of src as AsyncIterable<Uint8Array>) {
-            await writeAll(fh, b, at);
-            at += b.length;
-          }
-        };
-        await replaceDurable(output, fill).catch((e: unknown) => {
-          throw typeof (e as NodeJS.ErrnoException).errno === 'number' ? ioError(e, `writing ${output}`, { path: output }) : e;
-        });
-      } else {
+      if (output === undefined) {
         try {
-          await pipeline(src, process.stdout);
+          await pipeline(r.stream(), process.stdout);
         } catch (e) {
           if ((e as NodeJS.ErrnoException).code !== 'EPIPE') throw e;
-          return; // the reader went away: the end of the output, not a failure
         }
+        return; // EPIPE: the reader went away, the end of the output, not a failure
       }
-      p.end();
+      // The output is open before the blob is read, and the loop that writes is the only consumer of the
+      // stream (the progress counts there): no byte can go elsewhere. A failed get leaves no file, no temp file.
+      const o = await openOutput(output);
+      try {
+        const p = new Progress(`get ${name.slice(0, 8)}`, r.size, process.stderr.isTTY === true);
+        for await (const b of r.stream() as AsyncIterable<Uint8Array>) {
+          await o.write(b);
+          p.add(b.length);
+        }
+        await o.commit();
+        p.end();
+      } finally {
+        await o.abort();
+      }
     } finally {
       await r.close();
     }
