@@ -2,10 +2,11 @@
 // stat (here or on a server), rm.
 import { pipeline } from 'node:stream/promises';
 import type { Command } from 'commander';
-import { connect, toHex } from '../../src/index.js';
+import { connect, isCabError, toHex } from '../../src/index.js';
 import { openOutput } from '../../src/disk/output.js';
+import { ioError } from '../../src/errors.js';
 import { Progress } from '../progress.js';
-import { json, out, token, withStore } from './context.js';
+import { json, out, token, withScratchStore, withStore } from './context.js';
 
 async function writeBlob(name: string, output?: string): Promise<void> {
   await withStore(false, async (s) => {
@@ -59,27 +60,38 @@ export function blobCommands(program: Command): void {
     .action(async () => {
       await withStore(false, async (s) => {
         const rows = [];
+        let failed = 0;
         for await (const name of s.listBlobIds()) {
-          const r = await s.newBlobReader(name).catch(() => undefined);
-          if (!r) continue;
+          let r;
+          try {
+            r = await s.newBlobReader(name);
+          } catch (e) {
+            if (isCabError(e, 'ERR_NO_SUCH_BLOB')) continue; // deleted since it was listed
+            // Not hidden: a blob that cannot be opened is named, with its code, and ls fails once it has listed the rest.
+            process.stderr.write(`cabstore: ls: blob ${name}: ${ioError(e, 'opening it', { blob: name }).message.split('\n')[0]}\n`);
+            failed++;
+            continue;
+          }
           await r.close();
           rows.push({ name, size: r.size, finalized: r.isFinalized, hash: r.hash ? toHex(r.hash) : null });
         }
         rows.sort((a, b) => (a.name < b.name ? -1 : 1));
         if (json()) console.log(JSON.stringify(rows));
         else for (const r of rows) console.log(`${r.name} ${String(r.size).padStart(14)} ${r.finalized ? 'final ' : 'open  '} ${r.hash ?? '-'}`);
+        if (failed) process.exitCode = 1;
       });
     });
 
   program
     .command('stat')
-    .description('facts about a blob, here (NAME) or on a server (URL NAME)')
+    .description('facts about a blob, here (NAME) or on a server (URL NAME: no store needed here)')
     .argument('<name-or-url>')
     .argument('[name]')
     .option('--token-file <file>', 'the token (first line) for a server')
     .action(async (a: string, b: string | undefined, o: { tokenFile?: string }) => {
       if (b !== undefined) {
-        await withStore(false, async (s) => {
+        // Asks the server only: no store is needed here, so a scratch one stands in for it.
+        await withScratchStore(async (s) => {
           const c = await connect(s, a, { token: token(o) });
           try {
             const st = await c.stat(b);
