@@ -25,6 +25,7 @@ export const ERROR_CODES = {
   ERR_FORMAT_VERSION: 'the store or a descriptor has a newer format version than this code reads',
   ERR_BAD_STORE: "the directory is not a cabstore store (data.reason: 'absent', 'not-empty': other files and no store, 'not-a-directory'), or its cabstore.json is damaged",
   ERR_GC_RUNNING: 'another GC is running on this store (pass wait: true to wait for it)',
+  ERR_FSCK_FAILED: 'fsck found a problem it did not repair, or a blob with damage recorded (its report lists them; the command line exits 1 with this code)',
   ERR_PROTOCOL: 'a peer sent a malformed, unknown or out-of-place message',
   ERR_TOO_MANY_REQUESTS: 'a peer has more requests outstanding than the limit',
   ERR_IDLE_TIMEOUT: 'a peer sent nothing, said no hello, or read nothing for longer than its limit',

@@ -33,10 +33,11 @@ export interface StoreOptions {
   catchUpIndex?: boolean;
   /**
    * Create the store if the directory is new or empty (default true). With
-   * false, a directory without a store is ERR_BAD_STORE (data.reason
+   * false, a missing or empty directory is ERR_BAD_STORE (data.reason
    * 'absent') and nothing is created. Either way a directory that holds
    * other files and no store is ERR_BAD_STORE (data.reason 'not-empty'):
-   * it is never turned into a store.
+   * it is never turned into a store; a file in its place (or above it),
+   * data.reason 'not-a-directory'.
    */
   create?: boolean;
 }

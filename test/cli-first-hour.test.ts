@@ -86,7 +86,6 @@ test('reading commands need an existing store: ERR_BAD_STORE saying how to make 
     ['get', name],
     ['cat', name],
     ['stat', name],
-    ['stat', 'ws://127.0.0.1:1', name],
     ['rm', name],
     ['resume', name, file],
     ['gc'],

@@ -106,16 +106,16 @@ test('get -o FILE that fails half-way (a fragment is missing) leaves neither FIL
   t.deepEqual(fs.readdirSync(outDir), [], 'no F, no F.<pid>.tmp');
 });
 
-test('--store on a path that cannot be created (/proc/xx, under a file) fails at once with ERR_IO, exit 1', async (t) => {
+test('--store on a path that cannot be created (/proc/xx, under a file) fails at once with ERR_IO (under a file: ERR_BAD_STORE, not a directory), exit 1', async (t) => {
   const dir = tempDir(t);
   const file = writeFile(dir, 'file', Buffer.from('x'));
-  for (const store of ['/proc/xx', '/proc/xx/yy', path.join(file, 'store')]) {
+  for (const [store, code] of [['/proc/xx', 'ERR_IO'], ['/proc/xx/yy', 'ERR_IO'], [path.join(file, 'store'), 'ERR_BAD_STORE']] as const) {
     // put: a writing command, so it tries to make the store.
     const c = start(['--store', store, 'put', file]);
     const timer = setTimeout(() => c.kill('SIGKILL'), 20_000);
     const r = await finished(c);
     clearTimeout(timer);
     t.is(r.signal, null, `--store ${store}: ended by itself, not killed after 20 s`);
-    assertFails(t, r, 'ERR_IO', `--store ${store}`);
+    assertFails(t, r, code, `--store ${store}`);
   }
 });

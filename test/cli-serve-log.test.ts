@@ -91,6 +91,8 @@ test('cabstore serve logs a line per transfer on stderr; --json makes it an obje
   const name = await putBlob(s, prngBytes('serve log', 1 * MiB));
   await s.close();
 
+  // The client's store exists: a pull that would make one first asks the server for a stat (a line of its own).
+  await ok(t, client, ['init']);
   const text = await startServe(t, server, tokens, []);
   const lines = stderrLines(text.c);
   await ok(t, client, ['pull', text.url, name], { env });

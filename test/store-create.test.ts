@@ -12,7 +12,7 @@ async function refused(t: import('ava').ExecutionContext, p: Promise<unknown>, r
   t.is(e!.data.reason, reason, e!.message);
 }
 
-test('create: false on a directory without a store is ERR_BAD_STORE (reason absent) and creates nothing', async (t) => {
+test('create: false on a missing or empty directory is ERR_BAD_STORE (reason absent), on a file not-a-directory, and creates nothing', async (t) => {
   const dir = tempDir(t);
   const absent = path.join(dir, 'absent', 'deeper');
   await refused(t, BlobStore.open(absent, { create: false }), 'absent');
@@ -23,8 +23,9 @@ test('create: false on a directory without a store is ERR_BAD_STORE (reason abse
   t.deepEqual(fs.readdirSync(empty), [], 'the empty directory stays empty');
   const file = path.join(dir, 'file');
   fs.writeFileSync(file, 'x');
-  await refused(t, BlobStore.open(file, { create: false }), 'absent');
-  await refused(t, BlobStore.open(path.join(file, 'below'), { create: false }), 'absent');
+  // A file in the way is not "absent": init would fail there too.
+  await refused(t, BlobStore.open(file, { create: false }), 'not-a-directory');
+  await refused(t, BlobStore.open(path.join(file, 'below'), { create: false }), 'not-a-directory');
 });
 
 test('an existing store opens with create: false', async (t) => {

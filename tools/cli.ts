@@ -1,12 +1,13 @@
 #!/usr/bin/env node
-// The cabstore command line. Exit codes: 0 success, 1 failure (one line naming
-// the CabError code), 2 bad usage (with help). Stopped by SIGINT or SIGTERM,
-// put cleans up and then dies of that signal (the shell shows 130 or 143).
+// The cabstore command line. Exit codes: 0 success, 1 failure (a line naming
+// the CabError code, the last on stderr), 2 bad usage (what is wrong, then the
+// command's help). Stopped by SIGINT or SIGTERM, put and resume clean up and
+// then die of that signal (the shell shows 130 or 143).
 // The commands live in tools/cli/, by job.
 import fs from 'node:fs';
 import { CommanderError } from 'commander';
 import { isCabError } from '../src/index.js';
-import { Interrupted, program } from './cli/context.js';
+import { Interrupted, program, usageHelp } from './cli/context.js';
 import { writeCommands } from './cli/write.js';
 import { blobCommands } from './cli/blobs.js';
 import { upkeepCommands } from './cli/upkeep.js';
@@ -34,8 +35,7 @@ program
   .option('--json', 'print results as JSON')
   .exitOverride()
   .configureHelp({ showGlobalOptions: true }) // every command's help shows --store and --json
-  .configureOutput({ outputError: () => {} })
-  .showHelpAfterError();
+  .configureOutput({ outputError: () => {} });
 
 writeCommands(program);
 blobCommands(program);
@@ -50,8 +50,8 @@ try {
 } catch (e) {
   if (e instanceof CommanderError) {
     if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') process.exit(0);
-    process.stderr.write(`cabstore: ${e.message.replace(/^error: /, '')}\n`);
-    if (e.code === 'cabstore.usage') process.stderr.write(`${program.helpInformation()}`);
+    // What is wrong first, then the help of the command it concerns.
+    process.stderr.write(`cabstore: ${e.message.replace(/^error: /, '')}\n\n${usageHelp()}`);
     process.exit(2);
   }
   if (e instanceof Interrupted) {
@@ -66,6 +66,8 @@ try {
     process.stderr.write(`cabstore: ${e.message.split('\n')[0]}\n`);
     process.exit(1);
   }
-  process.stderr.write(`cabstore: ${(e as Error).message ?? String(e)}\n`);
+  // An errno error that escaped its own wrapping is still an I/O failure, and says so by its code.
+  const errno = typeof (e as NodeJS.ErrnoException)?.errno === 'number';
+  process.stderr.write(`cabstore: ${errno ? 'ERR_IO: ' : ''}${(e as Error).message ?? String(e)}\n`);
   process.exit(1);
 }

@@ -21,16 +21,27 @@ export const STDIN = '-';
 /** A regular file and its size, or a stream of unknown length. */
 export type Source = { file: string; size: number } | { file: string; size: undefined; open: () => Readable };
 
-export async function openSource(file: string): Promise<Source> {
-  if (file === STDIN) return { file, size: undefined, open: () => process.stdin };
+/**
+ * A file the user names as input, checked before any work (and before a
+ * store is made for it): it exists, is not a directory, and a regular file
+ * may be read. ERR_NO_SUCH_FILE otherwise.
+ */
+export async function statInput(file: string): Promise<fs.Stats> {
   let st: fs.Stats;
   try {
     st = await fsp.stat(file);
+    if (st.isFile()) await fsp.access(file, fs.constants.R_OK);
   } catch (e) {
     throw new CabError('ERR_NO_SUCH_FILE', `cannot read ${file}: ${(e as Error).message}`, { path: file }, { cause: e });
   }
-  if (st.isFile()) return { file, size: st.size };
   if (st.isDirectory()) throw new CabError('ERR_NO_SUCH_FILE', `${file} is a directory`, { path: file });
+  return st;
+}
+
+export async function openSource(file: string): Promise<Source> {
+  if (file === STDIN) return { file, size: undefined, open: () => process.stdin };
+  const st = await statInput(file);
+  if (st.isFile()) return { file, size: st.size };
   // /dev/stdin, /dev/fd/0: opened again by name, a socket (what a parent process may give as stdin) fails with ENXIO.
   if (isStdin(st)) return { file, size: undefined, open: () => process.stdin };
   return { file, size: undefined, open: () => fs.createReadStream(file, { highWaterMark: 1024 * 1024 }) };

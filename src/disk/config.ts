@@ -4,7 +4,7 @@ import { CabError } from '../errors.js';
 import { resolveChunkerParams, sameChunkerParams, type ChunkerParams } from '../chunker/params.js';
 import { HASH_NAME } from '../hash/sha256.js';
 import { FORMAT_VERSION, type Layout } from '../format/layout.js';
-import { ensureDir, writeFileDurable } from './durable.js';
+import { ensureDir, exists, writeFileDurable } from './durable.js';
 
 /** cabstore.json: what a store is, fixed when it is created. */
 export interface StoreConfig {
@@ -15,8 +15,10 @@ export interface StoreConfig {
 
 /**
  * Why a directory is not a store, in ERR_BAD_STORE's `data.reason`:
- * 'absent' (no cabstore.json, and not asked to create one), 'not-empty'
- * (other files and no cabstore.json: never made a store), 'not-a-directory'.
+ * 'absent' (no directory, or an empty one, and not asked to create a
+ * store), 'not-empty' (other files and no cabstore.json: never made a
+ * store, or a store that lost its cabstore.json), 'not-a-directory' (a
+ * file where the store or a directory above it should be).
  */
 export type NotAStore = 'absent' | 'not-empty' | 'not-a-directory';
 
@@ -33,14 +35,16 @@ export async function loadConfig(layout: Layout, chunker: Partial<ChunkerParams>
   try {
     text = await fs.readFile(layout.config, 'utf8');
   } catch (e) {
-    // ENOTDIR: the root, or a directory above it, is a file.
+    // ENOTDIR: the root, or a directory above it, is a file (mayBecomeStore says which reason).
     const code = (e as NodeJS.ErrnoException).code;
     if (code !== 'ENOENT' && code !== 'ENOTDIR') throw e;
   }
   if (text === undefined) {
+    // Why this is not a store (not a directory, other files) comes before whether one may be made.
+    if (!(await mayBecomeStore(layout))) return loadConfig(layout, chunker, create); // another process made it meanwhile
     if (!create) throw notAStore(layout, 'absent', `no cabstore store at ${layout.root}`);
     await ensureDir(layout.root, new Set());
-    if (!(await mayBecomeStore(layout))) return loadConfig(layout, chunker, create); // another process made it meanwhile
+    if (!(await mayBecomeStore(layout))) return loadConfig(layout, chunker, create);
     const p = resolveChunkerParams(chunker);
     const config: StoreConfig = { format: FORMAT_VERSION, hash: HASH_NAME, chunker: { min: p.min, avg: p.avg, max: p.max } };
     try {
@@ -83,26 +87,40 @@ function notAStore(layout: Layout, reason: NotAStore, msg: string): CabError {
 
 /**
  * Whether the root, which has no cabstore.json, may become a store: true if
- * it is empty but for the temp files of a cabstore.json being written (a
- * process creating the same store at the same time, or one that died doing
- * so); false if cabstore.json has appeared meanwhile. Anything else is
- * ERR_BAD_STORE: a directory of other files is never turned into a store.
+ * it does not exist or is empty but for the temp files of a cabstore.json
+ * being written (a process creating the same store at the same time, or one
+ * that died doing so); false if cabstore.json has appeared meanwhile.
+ * Anything else is ERR_BAD_STORE: a directory of other files is never
+ * turned into a store.
  */
 async function mayBecomeStore(layout: Layout): Promise<boolean> {
   let entries: string[];
   try {
     entries = await fs.readdir(layout.root);
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'ENOTDIR') throw e;
-    throw notAStore(layout, 'not-a-directory', `${layout.root} is not a directory`);
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return true;
+    if (code !== 'ENOTDIR') throw e;
+    throw notAStore(layout, 'not-a-directory', `${layout.root} is not a directory (it, or a directory above it, is a file)`);
   }
   const config = path.basename(layout.config);
-  if (entries.includes(config)) return false;
-  const others = entries.filter((f) => !(f.startsWith(`${config}.`) && f.endsWith('.tmp')));
-  if (others.length > 0) {
-    throw notAStore(layout, 'not-empty', `${layout.root} holds other files (${others.slice(0, 3).join(', ')}${others.length > 3 ? ', ...' : ''}) and no cabstore store: a store is made only in a new or empty directory`);
+  if (entries.includes(config)) {
+    // Made meanwhile, so read it again; unless it is a link to nothing, which reads as absent for ever.
+    if (await exists(layout.config)) return false;
+    throw new CabError('ERR_BAD_STORE', `${layout.config} cannot be read (a link to nothing?)`, { path: layout.config });
   }
-  return true;
+  const others = entries.filter((f) => !(f.startsWith(`${config}.`) && f.endsWith('.tmp')));
+  if (others.length === 0) return true;
+  // A store's own directories and no cabstore.json: a store that lost it, not a folder to make one in.
+  const own = [layout.blobRoot, layout.casRoot, layout.index].map((d) => path.basename(d));
+  if (own.every((d) => entries.includes(d))) {
+    throw notAStore(
+      layout,
+      'not-empty',
+      `${layout.root} looks like a cabstore store (${own.join(', ')}) that lost its ${config}: restore ${config} (from a backup, or written by a store made with the same chunker parameters), then run fsck`,
+    );
+  }
+  throw notAStore(layout, 'not-empty', `${layout.root} holds other files (${others.slice(0, 3).join(', ')}${others.length > 3 ? ', ...' : ''}) and no cabstore store: a store is made only in a new or empty directory`);
 }
 
 /** BlobStore.open's arguments: a bad one is ERR_BAD_ARGUMENT, before anything is looked at or made. */

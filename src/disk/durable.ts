@@ -42,28 +42,56 @@ export async function ensureDir(dir: string, known: Set<string>): Promise<void> 
 }
 
 /**
+ * A temp file beside `file`, opened exclusively, that commit() makes durable
+ * and renames onto `file` (fsync, rename, fsync of the directory), and
+ * abort() removes. abort() is safe to call on every path, also after commit.
+ */
+export class Replacement {
+  #open = true;
+  #moved = false;
+  private constructor(
+    readonly file: string,
+    readonly tmp: string,
+    readonly fh: fs.FileHandle,
+  ) {}
+
+  static async open(file: string): Promise<Replacement> {
+    const tmp = `${file}.${process.pid}.tmp`;
+    return new Replacement(file, tmp, await fs.open(tmp, 'wx'));
+  }
+
+  async commit(): Promise<void> {
+    await this.fh.sync();
+    this.#open = false;
+    await this.fh.close();
+    await fs.rename(this.tmp, this.file);
+    this.#moved = true;
+    await fsyncDir(path.dirname(this.file));
+  }
+
+  async abort(): Promise<void> {
+    if (this.#moved) return;
+    if (this.#open) {
+      this.#open = false;
+      await this.fh.close().catch(() => {}); // the failure that brought us here is the one to report
+    }
+    await fs.rm(this.tmp, { force: true });
+  }
+}
+
+/**
  * Creates or replaces `file` atomically and durably: `fill` writes a temp
  * file beside it (opened exclusively), then fsync, rename, fsync of the
- * directory. The temp file is removed on every failure path.
+ * directory. The temp file is removed on every failure path. For the
+ * store's own files; a file the user names goes through openOutput.
  */
 export async function replaceDurable(file: string, fill: (fh: fs.FileHandle) => Promise<void>): Promise<void> {
-  const tmp = `${file}.${process.pid}.tmp`;
-  const fh = await fs.open(tmp, 'wx');
-  let open = true;
-  let moved = false;
+  const r = await Replacement.open(file);
   try {
-    await fill(fh);
-    await fh.sync();
-    open = false;
-    await fh.close();
-    await fs.rename(tmp, file);
-    moved = true;
-    await fsyncDir(path.dirname(file));
+    await fill(r.fh);
+    await r.commit();
   } finally {
-    if (!moved) {
-      if (open) await fh.close().catch(() => {}); // the failure that brought us here is the one to report
-      await fs.rm(tmp, { force: true });
-    }
+    await r.abort();
   }
 }
 
@@ -88,15 +116,17 @@ export async function exists(file: string): Promise<boolean> {
 }
 
 /**
- * Writes all of `buf` at `position`: a short write (a nearly full disk takes
- * part of a record) is continued, and the next write then fails with ENOSPC
+ * Writes all of `buf` at `position` (null: at the file's own position, as a
+ * pipe or device is written): a short write (a nearly full disk takes part
+ * of a record) is continued, and the next write then fails with ENOSPC
  * rather than leaving the rest unwritten and unreported.
  */
-export async function writeAll(fh: fs.FileHandle, buf: Uint8Array, position: number): Promise<void> {
+export async function writeAll(fh: fs.FileHandle, buf: Uint8Array, position: number | null): Promise<void> {
   let done = 0;
   while (done < buf.length) {
-    const { bytesWritten } = await fh.write(buf, done, buf.length - done, position + done);
-    if (bytesWritten <= 0) throw new CabError('ERR_IO', `a write of ${buf.length - done} bytes wrote nothing`, { offset: position + done });
+    const at = position === null ? null : position + done;
+    const { bytesWritten } = await fh.write(buf, done, buf.length - done, at);
+    if (bytesWritten <= 0) throw new CabError('ERR_IO', `a write of ${buf.length - done} bytes wrote nothing`, at === null ? {} : { offset: at });
     done += bytesWritten;
   }
 }

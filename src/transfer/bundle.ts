@@ -1,5 +1,5 @@
 import fs from 'node:fs/promises';
-import { CabError, isCabError, throwIfAborted } from '../errors.js';
+import { CabError, ioError, isCabError, throwIfAborted } from '../errors.js';
 import { HASH_NAME, bytesEqual, toHex } from '../hash/sha256.js';
 import { resolveChunkerParams } from '../chunker/params.js';
 import { checkBlobName, isBlobName } from '../format/layout.js';
@@ -41,7 +41,7 @@ export interface ExportOptions {
   have?: string;
   /** Called after each chunks record is written with the running total of chunk data bytes written so far; the last call gives the total. */
   onProgress?: (bytes: number) => void;
-  /** Cancels the export: it rejects with ERR_ABORTED, and no bundle (not even part of one) is left at the target path. */
+  /** Cancels the export: it rejects with ERR_ABORTED, and no bundle (not even part of one) is left at the target path (a device or FIFO has had what was written). */
   signal?: AbortSignal;
 }
 
@@ -59,7 +59,9 @@ export interface ImportOptions {
 /**
  * Writes a bundle of the named finalized blobs: each blob's name, size, hash
  * and chunk list, and the data of the chunks the have-file does not list (all
- * of them without one).
+ * of them without one). A regular `file` appears whole or not at all (a temp
+ * file renamed); a symlink's target is replaced, not the link; a device or
+ * FIFO is written directly. A directory is ERR_IO before any work.
  */
 export async function exportBundle(
   store: BlobStore,
@@ -218,10 +220,14 @@ export async function importBundle(store: BlobStore, file: string, options: Impo
     }
   }
 
-  const fh = await fs.open(file, 'r');
+  const fh = await fs.open(file, 'r').catch((e: unknown) => {
+    throw ioError(e, `reading ${file}`, { path: file });
+  });
   const readRecord = async (at: number, len: number) => {
     const b = Buffer.allocUnsafe(len);
-    await fh.read(b, 0, len, at);
+    await fh.read(b, 0, len, at).catch((e: unknown) => {
+      throw ioError(e, `reading ${file}`, { path: file });
+    });
     return packr.unpack(b) as Record<string, unknown>;
   };
   const report: ImportReport = { imported: [], incomplete: [] };

@@ -16,7 +16,11 @@ export interface HaveOptions {
   signal?: AbortSignal;
 }
 
-/** A compact summary of the chunks a store holds: sorted 8-byte hash prefixes. */
+/**
+ * A compact summary of the chunks a store holds: sorted 8-byte hash
+ * prefixes. `file` is written as exportBundle writes a bundle: a regular
+ * file whole or not at all, a symlink's target, a device or FIFO directly.
+ */
 export async function writeHave(store: BlobStore, file: string, options: HaveOptions = {}): Promise<{ chunks: number; bytes: number }> {
   const aborted = () => throwIfAborted(options.signal, `writing ${file}`);
   aborted();

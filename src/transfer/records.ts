@@ -1,6 +1,6 @@
 import fs from 'node:fs/promises';
-import { CabError } from '../errors.js';
-import { writeAll } from '../disk/durable.js';
+import { CabError, ioError } from '../errors.js';
+import { openOutput, type OutputFile } from '../disk/output.js';
 import { FRAME_HEADER, decodeFrame, encodeFrame, frameLength, packr } from '../format/frame.js';
 
 export { packr };
@@ -12,44 +12,41 @@ export { packr };
  */
 const MAX_RECORD = 8 * 1024 * 1024;
 
-/** Appends records to a file, through a temp name renamed at the end. */
+/**
+ * Appends records to a file the user names, through openOutput: a regular
+ * file appears only when finish() is done (a temp file renamed into place),
+ * a device or FIFO is written as the records come.
+ */
 export class RecordWriter {
-  #fh: fs.FileHandle;
-  #pos = 0;
+  #out: OutputFile;
   records = 0;
-  constructor(
-    fh: fs.FileHandle,
-    readonly file: string,
-    readonly tmp: string,
-  ) {
-    this.#fh = fh;
+  private constructor(out: OutputFile) {
+    this.#out = out;
   }
+  /** Fails before any work (ERR_IO) if `file` is a directory or its directory is missing. */
   static async create(file: string, magic: Buffer): Promise<RecordWriter> {
-    const tmp = `${file}.${process.pid}.tmp`;
-    const w = new RecordWriter(await fs.open(tmp, 'w'), file, tmp);
-    await w.#raw(magic);
+    const w = new RecordWriter(await openOutput(file));
+    try {
+      await w.#out.write(magic);
+    } catch (e) {
+      await w.abort();
+      throw e;
+    }
     return w;
-  }
-  async #raw(b: Buffer): Promise<void> {
-    await writeAll(this.#fh, b, this.#pos);
-    this.#pos += b.length;
   }
   async put(rec: Record<string, unknown>): Promise<void> {
     this.records++;
-    await this.#raw(encodeFrame(rec));
+    await this.#out.write(encodeFrame(rec));
   }
   get size(): number {
-    return this.#pos;
+    return this.#out.size;
   }
   async finish(endRec: Record<string, unknown>): Promise<void> {
     await this.put({ ...endRec, t: 'end', records: this.records + 1 });
-    await this.#fh.sync();
-    await this.#fh.close();
-    await fs.rename(this.tmp, this.file);
+    await this.#out.commit();
   }
   async abort(): Promise<void> {
-    await this.#fh.close().catch(() => {});
-    await fs.rm(this.tmp, { force: true });
+    await this.#out.abort();
   }
 }
 
@@ -60,7 +57,10 @@ export async function scan(file: string, magic: Buffer, on: (rec: Record<string,
   });
   const corrupt = (why: string, at: number) => new CabError('ERR_BUNDLE_CORRUPT', `${file}: ${why} at byte ${at}`, { path: file, offset: at });
   try {
-    const size = (await fh.stat()).size;
+    const st = await fh.stat();
+    // A directory opens for reading too; only its reads fail (EISDIR).
+    if (st.isDirectory()) throw new CabError('ERR_NO_SUCH_FILE', `cannot read ${file}: it is a directory`, { path: file, found: 'EISDIR' });
+    const size = st.size;
     const head = Buffer.alloc(FRAME_HEADER);
     if ((await fh.read(head, 0, magic.length, 0)).bytesRead < magic.length || !head.subarray(0, magic.length).equals(magic)) throw corrupt(`not a ${magic.toString()} file`, 0);
     let pos = magic.length;
@@ -87,6 +87,9 @@ export async function scan(file: string, magic: Buffer, on: (rec: Record<string,
     }
     if (!ended) throw new CabError('ERR_BUNDLE_TRUNCATED', `${file} has no end record`, { path: file, offset: pos });
     return records;
+  } catch (e) {
+    // A read that failed (EIO); the checks' own errors and the caller's pass as they are.
+    throw typeof (e as NodeJS.ErrnoException).errno === 'number' ? ioError(e, `reading ${file}`, { path: file }) : e;
   } finally {
     await fh.close();
   }

@@ -1,42 +1,39 @@
 // Commands that read or remove blobs of an existing store: get, cat, ls,
 // stat (here or on a server), rm.
-import type fsp from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import type { Command } from 'commander';
-import { connect, toHex } from '../../src/index.js';
-import { replaceDurable, writeAll } from '../../src/disk/durable.js';
+import { connect, isCabError, toHex } from '../../src/index.js';
+import { openOutput } from '../../src/disk/output.js';
 import { ioError } from '../../src/errors.js';
 import { Progress } from '../progress.js';
-import { json, out, token, withStore } from './context.js';
+import { json, out, token, withScratchStore, withStore } from './context.js';
 
 async function writeBlob(name: string, output?: string): Promise<void> {
   await withStore(false, async (s) => {
     const r = await s.newBlobReader(name);
     try {
-      const p = new Progress(`get ${name.slice(0, 8)}`, r.size, output !== undefined && process.stderr.isTTY === true);
-      const src = r.stream();
-      src.on('data', (b: Buffer) => p.add(b.length));
-      if (output) {
-        // A failed get leaves neither the file nor its temp file.
-        const fill = async (fh: fsp.FileHandle) => {
-          let at = 0;
-          for await (const b of src as AsyncIterable<Uint8Array>) {
-            await writeAll(fh, b, at);
-            at += b.length;
-          }
-        };
-        await replaceDurable(output, fill).catch((e: unknown) => {
-          throw typeof (e as NodeJS.ErrnoException).errno === 'number' ? ioError(e, `writing ${output}`, { path: output }) : e;
-        });
-      } else {
+      if (output === undefined) {
         try {
-          await pipeline(src, process.stdout);
+          await pipeline(r.stream(), process.stdout);
         } catch (e) {
           if ((e as NodeJS.ErrnoException).code !== 'EPIPE') throw e;
-          return; // the reader went away: the end of the output, not a failure
         }
+        return; // EPIPE: the reader went away, the end of the output, not a failure
       }
-      p.end();
+      // The output is open before the blob is read, and the loop that writes is the only consumer of the
+      // stream (the progress counts there): no byte can go elsewhere. A failed get leaves no file, no temp file.
+      const o = await openOutput(output);
+      try {
+        const p = new Progress(`get ${name.slice(0, 8)}`, r.size, process.stderr.isTTY === true);
+        for await (const b of r.stream() as AsyncIterable<Uint8Array>) {
+          await o.write(b);
+          p.add(b.length);
+        }
+        await o.commit();
+        p.end();
+      } finally {
+        await o.abort();
+      }
     } finally {
       await r.close();
     }
@@ -63,27 +60,38 @@ export function blobCommands(program: Command): void {
     .action(async () => {
       await withStore(false, async (s) => {
         const rows = [];
+        let failed = 0;
         for await (const name of s.listBlobIds()) {
-          const r = await s.newBlobReader(name).catch(() => undefined);
-          if (!r) continue;
+          let r;
+          try {
+            r = await s.newBlobReader(name);
+          } catch (e) {
+            if (isCabError(e, 'ERR_NO_SUCH_BLOB')) continue; // deleted since it was listed
+            // Not hidden: a blob that cannot be opened is named, with its code, and ls fails once it has listed the rest.
+            process.stderr.write(`cabstore: ls: blob ${name}: ${ioError(e, 'opening it', { blob: name }).message.split('\n')[0]}\n`);
+            failed++;
+            continue;
+          }
           await r.close();
           rows.push({ name, size: r.size, finalized: r.isFinalized, hash: r.hash ? toHex(r.hash) : null });
         }
         rows.sort((a, b) => (a.name < b.name ? -1 : 1));
         if (json()) console.log(JSON.stringify(rows));
         else for (const r of rows) console.log(`${r.name} ${String(r.size).padStart(14)} ${r.finalized ? 'final ' : 'open  '} ${r.hash ?? '-'}`);
+        if (failed) process.exitCode = 1;
       });
     });
 
   program
     .command('stat')
-    .description('facts about a blob, here (NAME) or on a server (URL NAME)')
+    .description('facts about a blob, here (NAME) or on a server (URL NAME: no store needed here)')
     .argument('<name-or-url>')
     .argument('[name]')
     .option('--token-file <file>', 'the token (first line) for a server')
     .action(async (a: string, b: string | undefined, o: { tokenFile?: string }) => {
       if (b !== undefined) {
-        await withStore(false, async (s) => {
+        // Asks the server only: no store is needed here, so a scratch one stands in for it.
+        await withScratchStore(async (s) => {
           const c = await connect(s, a, { token: token(o) });
           try {
             const st = await c.stat(b);

@@ -1,10 +1,23 @@
 // What every command shares: the program and its global options, output
 // (text or --json), and opening the store for reading or for writing.
 import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { Command } from 'commander';
 import { BlobStore, CabError, isCabError, toHex, type StoreOptions } from '../../src/index.js';
+import { ioError } from '../../src/errors.js';
 
 export const program = new Command();
+
+// The command being run, known before its own options and arguments are parsed: bad usage shows its help.
+let active: Command | undefined;
+program.hook('preSubcommand', (_program, sub) => {
+  active = sub;
+});
+
+/** The help for bad usage: the command's being run, else the program's. */
+export const usageHelp = (): string => (active ?? program).helpInformation();
 
 /** The store directory as the user gave it: --store, else $CABSTORE_DIR, else ./.cabstore. */
 export const storeDir = (): string => program.opts<{ store?: string }>().store ?? process.env.CABSTORE_DIR ?? './.cabstore';
@@ -51,6 +64,48 @@ export async function withStore<T>(write: boolean, fn: (s: BlobStore) => Promise
     return await fn(s);
   } finally {
     await s.close();
+  }
+}
+
+/**
+ * Runs `fn` on the store, for a command that makes it if there is none: but
+ * then only once `first` has passed, so that a command bound to fail (a
+ * server that is down, a blob it lacks) leaves no store behind at a path
+ * that may be mistyped.
+ */
+export async function withStoreMadeAfter<T>(first: () => Promise<void>, fn: (s: BlobStore) => Promise<T>): Promise<T> {
+  let s: BlobStore;
+  try {
+    s = await BlobStore.open(storeDir(), { create: false });
+  } catch (e) {
+    if (!isCabError(e, 'ERR_BAD_STORE') || e.data.reason !== 'absent') throw e;
+    await first();
+    s = await openStore(true);
+  }
+  try {
+    return await fn(s);
+  } finally {
+    await s.close();
+  }
+}
+
+/**
+ * Runs `fn` on a throwaway store in a new temp directory, removed after: a
+ * connection needs a store, and `stat URL NAME` needs none here.
+ */
+export async function withScratchStore<T>(fn: (s: BlobStore) => Promise<T>): Promise<T> {
+  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'cabstore-scratch-')).catch((e: unknown) => {
+    throw ioError(e, 'making a temp directory', { path: os.tmpdir() });
+  });
+  try {
+    const s = await BlobStore.open(dir);
+    try {
+      return await fn(s);
+    } finally {
+      await s.close();
+    }
+  } finally {
+    await fsp.rm(dir, { recursive: true, force: true });
   }
 }
 

@@ -1,9 +1,11 @@
 // Commands that move blobs between stores: pull and push (with a server),
 // have, export and import (with a bundle file).
 import type { Command } from 'commander';
-import { connect, exportBundle, importBundle, toHex, writeHave } from '../../src/index.js';
+import { CabError, connect, exportBundle, importBundle, toHex, writeHave } from '../../src/index.js';
+import { checkBlobName } from '../../src/format/layout.js';
 import { Progress, fmtBytes } from '../progress.js';
-import { json, out, readText, replacer, token, withStore } from './context.js';
+import { statInput } from '../source.js';
+import { json, out, readText, replacer, token, withScratchStore, withStore, withStoreMadeAfter } from './context.js';
 
 /** Missing chunks an incomplete import lists per blob; --json has the library's list (the first 100). */
 const MISSING_SHOWN = 10;
@@ -13,8 +15,21 @@ const transferOpts = (c: Command) => c.option('--token-file <file>', 'the token 
 export function transferCommands(program: Command): void {
   transferOpts(program.command('pull').description('fetch a blob from a server; only what this store lacks travels').argument('<url>').argument('<name>')).action(
     async (url: string, name: string, o: { tokenFile?: string; ca?: string }) => {
-      await withStore(true, async (s) => {
-        const c = await connect(s, url, { token: token(o), ...(o.ca ? { ca: readText(o.ca) } : {}) });
+      checkBlobName(name);
+      const opts = { token: token(o), ...(o.ca ? { ca: readText(o.ca) } : {}) };
+      // With no store here yet, one is made only for a blob the server has, finalized: ask it first.
+      const first = () =>
+        withScratchStore(async (scratch) => {
+          const c = await connect(scratch, url, opts);
+          try {
+            const st = await c.stat(name);
+            if (!st.finalized) throw new CabError('ERR_BLOB_NOT_FINALIZED', `the sender's blob ${name} is not finalized`, { blob: name });
+          } finally {
+            await c.close();
+          }
+        });
+      await withStoreMadeAfter(first, async (s) => {
+        const c = await connect(s, url, opts);
         try {
           let p: Progress | undefined;
           const st = await c.pull(name, {
@@ -80,6 +95,7 @@ export function transferCommands(program: Command): void {
     .description('rebuild blobs from a bundle and local data; every chunk and blob verified')
     .argument('<bundle>')
     .action(async (file: string) => {
+      await statInput(file); // before a store is made for it
       await withStore(true, async (s) => {
         const p = new Progress('import');
         const r = await importBundle(s, file, { onProgress: (b) => p.set(b) });
@@ -93,7 +109,14 @@ export function transferCommands(program: Command): void {
             if (b.missingCount > MISSING_SHOWN) console.log(`  and ${b.missingCount - MISSING_SHOWN} more (--json lists the first ${b.missing.length})`);
           }
         }
-        if (r.incomplete.length) process.exitCode = 1;
+        if (r.incomplete.length) {
+          const missing = r.incomplete.reduce((n, b) => n + b.missingCount, 0);
+          throw new CabError(
+            'ERR_NO_SUCH_CHUNK',
+            `${r.incomplete.length} of the bundle's blobs not imported: ${missing} chunks they need are neither here nor in ${file}`,
+            { path: file, blob: r.incomplete[0]!.name },
+          );
+        }
       });
     });
 }

@@ -1,5 +1,6 @@
 // Commands that look after a store: gc and fsck.
 import type { Command } from 'commander';
+import { CabError } from '../../src/index.js';
 import { Progress, fmtBytes } from '../progress.js';
 import { sizeArg } from '../args.js';
 import { json, out, withStore } from './context.js';
@@ -9,7 +10,7 @@ export function upkeepCommands(program: Command): void {
     .command('gc')
     .description('delete fragments no blob uses (safe while other processes use the store)')
     .option('--dry-run', 'report what it would delete and evict; delete nothing')
-    .option('--max-bytes <size>', 'also evict least recently accessed blobs until the store fits (64KiB, 1GiB, ...)', sizeArg)
+    .option('--max-bytes <size>', 'also evict blobs until the store fits (64KiB, 1GiB, ...): least recently accessed first (metadata "accessed", set by the app and by pull/push/import, not by reads), else oldest', sizeArg)
     .option('--wait', 'wait for a GC already running instead of failing')
     .action(async (o: { dryRun?: boolean; maxBytes?: number; wait?: boolean }) => {
       await withStore(false, async (s) => {
@@ -61,6 +62,9 @@ export function upkeepCommands(program: Command): void {
         console.log(`${checked}, ${r.problems.length} problems, ${r.repaired} repaired, ${r.unrepaired} not repaired, ${r.seconds.toFixed(2)} s`);
       }
       // A damaged blob is a problem until a pull or an import heals it, repaired (recorded) or not.
-      if (r.unrepaired > 0 || r.damaged.length > 0) process.exitCode = 1;
+      if (r.unrepaired > 0 || r.damaged.length > 0) {
+        const damaged = new Set(r.damaged.map((d) => d.blob)).size;
+        throw new CabError('ERR_FSCK_FAILED', `${r.unrepaired} problems not repaired, ${damaged} blobs damaged (the report lists them)`);
+      }
     });
 }
