@@ -2,10 +2,12 @@
 // The cabstore command line. Exit codes: 0 success, 1 failure (one line naming
 // the CabError code), 2 bad usage (with help). Stopped by SIGINT or SIGTERM,
 // put cleans up and then dies of that signal (the shell shows 130 or 143).
-// The commands live in tools/cli/, by job.
+// The commands live in tools/cli/, by job; each loads the parts of the
+// library it needs when it runs (cli/context.ts, lib), so that --help and
+// --version load none.
 import fs from 'node:fs';
 import { CommanderError } from 'commander';
-import { isCabError } from '../src/index.js';
+import { isCabError } from '../src/errors.js';
 import { Interrupted, program } from './cli/context.js';
 import { writeCommands } from './cli/write.js';
 import { blobCommands } from './cli/blobs.js';

@@ -3,13 +3,12 @@
 import type fsp from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import type { Command } from 'commander';
-import { connect, toHex } from '../../src/index.js';
-import { replaceDurable, writeAll } from '../../src/disk/durable.js';
 import { ioError } from '../../src/errors.js';
 import { Progress } from '../progress.js';
-import { json, out, token, withStore } from './context.js';
+import { hex, json, lib, out, token, withStore } from './context.js';
 
 async function writeBlob(name: string, output?: string): Promise<void> {
+  const { replaceDurable, writeAll } = await lib.durable();
   await withStore(false, async (s) => {
     const r = await s.newBlobReader(name);
     try {
@@ -67,7 +66,7 @@ export function blobCommands(program: Command): void {
           const r = await s.newBlobReader(name).catch(() => undefined);
           if (!r) continue;
           await r.close();
-          rows.push({ name, size: r.size, finalized: r.isFinalized, hash: r.hash ? toHex(r.hash) : null });
+          rows.push({ name, size: r.size, finalized: r.isFinalized, hash: r.hash ? hex(r.hash) : null });
         }
         rows.sort((a, b) => (a.name < b.name ? -1 : 1));
         if (json()) console.log(JSON.stringify(rows));
@@ -83,11 +82,12 @@ export function blobCommands(program: Command): void {
     .option('--token-file <file>', 'the token (first line) for a server')
     .action(async (a: string, b: string | undefined, o: { tokenFile?: string }) => {
       if (b !== undefined) {
+        const { connect } = await lib.net();
         await withStore(false, async (s) => {
           const c = await connect(s, a, { token: token(o) });
           try {
             const st = await c.stat(b);
-            out(`size ${st.size}\nfinalized ${st.finalized}\nhash ${st.hash ? toHex(st.hash) : '-'}`, { name: b, ...st });
+            out(`size ${st.size}\nfinalized ${st.finalized}\nhash ${st.hash ? hex(st.hash) : '-'}`, { name: b, ...st });
           } finally {
             await c.close();
           }
@@ -108,7 +108,7 @@ export function blobCommands(program: Command): void {
             }
           }
         }
-        const info = { name: a, size: r.size, finalized: r.isFinalized, hash: r.hash ? toHex(r.hash) : null, chunks, sharedBytes: shared, damagedAt: r.damagedAt ?? null };
+        const info = { name: a, size: r.size, finalized: r.isFinalized, hash: r.hash ? hex(r.hash) : null, chunks, sharedBytes: shared, damagedAt: r.damagedAt ?? null };
         out(
           `name ${a}\nsize ${r.size}\nfinalized ${r.isFinalized}\nhash ${info.hash ?? '-'}\nchunks ${chunks}\nshared ${shared} bytes with other blobs` +
             (r.damagedAt !== undefined ? `\ndamaged from byte ${r.damagedAt}` : ''),

@@ -2,9 +2,26 @@
 // (text or --json), and opening the store for reading or for writing.
 import fs from 'node:fs';
 import { Command } from 'commander';
-import { BlobStore, CabError, isCabError, toHex, type StoreOptions } from '../../src/index.js';
+import { CabError, isCabError } from '../../src/errors.js';
+import type { BlobStore, StoreOptions } from '../../src/store.js';
 
 export const program = new Command();
+
+/**
+ * The library's parts, each loaded by the first command that needs it:
+ * `--help` loads none of them, `put` no WebSocket code, and `pull` no
+ * bundle code. lmdb, ws and some 70 modules take longer to load than Node
+ * takes to start (issue 15).
+ */
+export const lib = {
+  store: () => import('../../src/store.js'),
+  net: () => import('../../src/transfer/ws.js'),
+  bundle: () => import('../../src/transfer/bundle.js'),
+  compare: () => import('../../src/blob/compare.js'),
+  /** What put and resume read. */
+  source: () => import('../source.js'),
+  durable: () => import('../../src/disk/durable.js'),
+};
 
 /** The store directory as the user gave it: --store, else $CABSTORE_DIR, else ./.cabstore. */
 export const storeDir = (): string => program.opts<{ store?: string }>().store ?? process.env.CABSTORE_DIR ?? './.cabstore';
@@ -12,10 +29,13 @@ export const json = (): boolean => program.opts<{ json?: boolean }>().json === t
 /** Prints `text`, or `obj` as JSON with --json. */
 export const out = (text: string, obj: unknown): void => console.log(json() ? JSON.stringify(obj, replacer) : text);
 
+/** Bytes as hex, as the library's toHex, without loading node:crypto for --help. */
+export const hex = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('hex');
+
 /** Hashes and other bytes as hex. A Buffer reaches a replacer already turned into {type, data} by its toJSON, so look at the holder. */
 export function replacer(this: Record<string, unknown>, k: string, v: unknown): unknown {
   const raw = this[k];
-  return raw instanceof Uint8Array ? toHex(raw) : v;
+  return raw instanceof Uint8Array ? hex(raw) : v;
 }
 
 /** An argument as a POSIX shell reads it back: bare when safe, else in single quotes. */
@@ -36,6 +56,7 @@ export function cabstoreCommand(...args: string[]): string {
  */
 export async function openStore(write: boolean, options: Pick<StoreOptions, 'catchUpIndex'> = {}): Promise<BlobStore> {
   const dir = storeDir();
+  const { BlobStore } = await lib.store();
   try {
     return await BlobStore.open(dir, { ...options, create: write });
   } catch (e) {

@@ -1,9 +1,8 @@
 // Commands that move blobs between stores: pull and push (with a server),
 // have, export and import (with a bundle file).
 import type { Command } from 'commander';
-import { connect, exportBundle, importBundle, toHex, writeHave } from '../../src/index.js';
 import { Progress, fmtBytes } from '../progress.js';
-import { json, out, readText, replacer, token, withStore } from './context.js';
+import { hex, json, lib, out, readText, replacer, token, withStore } from './context.js';
 
 /** Missing chunks an incomplete import lists per blob; --json has the library's list (the first 100). */
 const MISSING_SHOWN = 10;
@@ -13,6 +12,7 @@ const transferOpts = (c: Command) => c.option('--token-file <file>', 'the token 
 export function transferCommands(program: Command): void {
   transferOpts(program.command('pull').description('fetch a blob from a server; only what this store lacks travels').argument('<url>').argument('<name>')).action(
     async (url: string, name: string, o: { tokenFile?: string; ca?: string }) => {
+      const { connect } = await lib.net();
       await withStore(true, async (s) => {
         const c = await connect(s, url, { token: token(o), ...(o.ca ? { ca: readText(o.ca) } : {}) });
         try {
@@ -25,7 +25,7 @@ export function transferCommands(program: Command): void {
           });
           p?.end();
           out(
-            `${name} ${toHex(st.hash)}: ${st.alreadyHad ? 'already here' : `${fmtBytes(st.receivedBytes)} received, ${fmtBytes(st.reusedBytes)} reused`}, ${fmtBytes(c.wire.sent + c.wire.received)} on the wire`,
+            `${name} ${hex(st.hash)}: ${st.alreadyHad ? 'already here' : `${fmtBytes(st.receivedBytes)} received, ${fmtBytes(st.reusedBytes)} reused`}, ${fmtBytes(c.wire.sent + c.wire.received)} on the wire`,
             { ...st, wire: c.wire },
           );
         } finally {
@@ -37,6 +37,7 @@ export function transferCommands(program: Command): void {
 
   transferOpts(program.command('push').description('send a blob to a server; only what it lacks travels').argument('<url>').argument('<name>')).action(
     async (url: string, name: string, o: { tokenFile?: string; ca?: string }) => {
+      const { connect } = await lib.net();
       await withStore(false, async (s) => {
         const c = await connect(s, url, { token: token(o), ...(o.ca ? { ca: readText(o.ca) } : {}) });
         try {
@@ -54,6 +55,7 @@ export function transferCommands(program: Command): void {
     .description('write a summary of the chunks this store holds (for export --have)')
     .option('-o, --output <file>', 'output file', 'cabstore.have')
     .action(async (o: { output: string }) => {
+      const { writeHave } = await lib.bundle();
       await withStore(false, async (s) => {
         const r = await writeHave(s, o.output);
         out(`${o.output}: ${r.chunks} chunks in ${fmtBytes(r.bytes)}`, { file: o.output, ...r });
@@ -67,6 +69,7 @@ export function transferCommands(program: Command): void {
     .requiredOption('-o, --output <bundle>', 'the bundle file')
     .option('--have <file>', "the receiver's have file")
     .action(async (names: string[], o: { output: string; have?: string }) => {
+      const { exportBundle } = await lib.bundle();
       await withStore(false, async (s) => {
         const p = new Progress('export');
         const r = await exportBundle(s, names, o.output, { have: o.have, onProgress: (b) => p.set(b) });
@@ -80,16 +83,17 @@ export function transferCommands(program: Command): void {
     .description('rebuild blobs from a bundle and local data; every chunk and blob verified')
     .argument('<bundle>')
     .action(async (file: string) => {
+      const { importBundle } = await lib.bundle();
       await withStore(true, async (s) => {
         const p = new Progress('import');
         const r = await importBundle(s, file, { onProgress: (b) => p.set(b) });
         p.end();
         if (json()) console.log(JSON.stringify(r, replacer));
         else {
-          for (const b of r.imported) console.log(`${b.name} ${toHex(b.hash)}: ${b.alreadyHad ? 'already here' : `${fmtBytes(b.receivedBytes)} from the bundle, ${fmtBytes(b.reusedBytes)} local`}`);
+          for (const b of r.imported) console.log(`${b.name} ${hex(b.hash)}: ${b.alreadyHad ? 'already here' : `${fmtBytes(b.receivedBytes)} from the bundle, ${fmtBytes(b.reusedBytes)} local`}`);
           for (const b of r.incomplete) {
             console.log(`INCOMPLETE ${b.name}: ${b.missingCount} chunks neither here nor in the bundle`);
-            for (const m of b.missing.slice(0, MISSING_SHOWN)) console.log(`  missing chunk ${toHex(m.hash)} at ${m.offset} (${m.size} bytes)`);
+            for (const m of b.missing.slice(0, MISSING_SHOWN)) console.log(`  missing chunk ${hex(m.hash)} at ${m.offset} (${m.size} bytes)`);
             if (b.missingCount > MISSING_SHOWN) console.log(`  and ${b.missingCount - MISSING_SHOWN} more (--json lists the first ${b.missing.length})`);
           }
         }

@@ -2,11 +2,11 @@
 // was stopped writing), resume.
 import path from 'node:path';
 import type { Command } from 'commander';
-import { BlobStore, CabError, firstDifference, isCabError, toHex } from '../../src/index.js';
+import { CabError, isCabError } from '../../src/errors.js';
+import type { BlobStore } from '../../src/store.js';
 import { Progress } from '../progress.js';
-import { STDIN, appendSource, openSource } from '../source.js';
 import { usage } from '../args.js';
-import { Interrupted, cabstoreCommand, out, storeDir, withStore } from './context.js';
+import { Interrupted, cabstoreCommand, hex, lib, out, storeDir, withStore } from './context.js';
 
 export function writeCommands(program: Command): void {
   program
@@ -15,6 +15,7 @@ export function writeCommands(program: Command): void {
     .argument('[dir]')
     .action(async (dir: string | undefined) => {
       const root = dir ?? storeDir();
+      const { BlobStore } = await lib.store();
       // Open without creating first, to say whether this made the store.
       let created = false;
       const s = await BlobStore.open(root, { create: false }).catch(async (e: unknown) => {
@@ -33,12 +34,13 @@ export function writeCommands(program: Command): void {
     .option('--name <name>', 'the blob name (one file only)')
     .action(async (files: string[], o: { name?: string }) => {
       if (o.name && files.length !== 1) usage('--name takes exactly one file');
+      const { STDIN } = await lib.source();
       if (files.filter((f) => f === STDIN).length > 1) usage('- (stdin) can be read only once');
       await untilSignal((signal) =>
         withStore(true, async (s) => {
           for (const f of files) {
             const r = await putFile(s, f, o.name, signal);
-            out(`${r.name} ${toHex(r.hash)}`, { name: r.name, hash: r.hash, size: r.size, file: f });
+            out(`${r.name} ${hex(r.hash)}`, { name: r.name, hash: r.hash, size: r.size, file: f });
           }
         }),
       );
@@ -55,10 +57,12 @@ export function writeCommands(program: Command): void {
       await withStore(false, async (s) => {
         const w = await s.resumeBlobWriter(name);
         try {
+          const { openSource, appendSource } = await lib.source();
           const src = await openSource(file);
           if (src.size === undefined) throw new CabError('ERR_NO_SUCH_FILE', `${file} is not a regular file: resume reads the same bytes again from a file`, { path: file });
           if (w.size > src.size) throw new CabError('ERR_ILLEGAL_POSITION', `the blob already holds ${w.size} bytes, the file only ${src.size}`, { blob: name });
           // Only FILE's own beginning is continued: nothing is appended to a blob that holds other bytes.
+          const { firstDifference } = await lib.compare();
           const diff = await firstDifference(s, name, file);
           if (diff !== undefined) {
             throw new CabError('ERR_HASH_MISMATCH', `blob ${name} is not the beginning of ${file}: they differ at byte ${diff}`, { blob: name, path: file, offset: diff });
@@ -67,7 +71,7 @@ export function writeCommands(program: Command): void {
           await appendSource(w, src, (n) => p.set(n), { from: w.size });
           await w.close(o.expectHash === undefined ? {} : { expectHash: o.expectHash.toLowerCase() });
           p.end();
-          out(`${name} ${toHex(w.hash)}`, { name, hash: w.hash });
+          out(`${name} ${hex(w.hash)}`, { name, hash: w.hash });
         } finally {
           await w.closeWithoutFinalize();
         }
@@ -80,6 +84,10 @@ export function writeCommands(program: Command): void {
  * ends the process at once. An Interrupted error is then what ended it.
  */
 async function untilSignal<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  // The store's code first: proper-lockfile, in it, loads signal-exit, whose handler kills the process on a
+  // signal when it is the only listener left. Added before ours, it runs first and sees ours, so the first
+  // signal is ours; added after, it would run once ours (once) had gone, and kill the process before the cleanup.
+  await lib.store();
   const ac = new AbortController();
   const stop = (sig: NodeJS.Signals) => ac.abort(sig);
   process.once('SIGINT', stop);
@@ -99,6 +107,7 @@ async function untilSignal<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<
  * Interrupted saying how to continue.
  */
 async function putFile(s: BlobStore, file: string, name: string | undefined, signal: AbortSignal): Promise<{ name: string; hash: Uint8Array; size: number }> {
+  const { STDIN, openSource, appendSource } = await lib.source();
   const src = await openSource(file);
   if (signal.aborted) throw new Interrupted(signal.reason as NodeJS.Signals, `interrupted before ${file} was started`);
   const w = await s.newBlobWriter(name);
