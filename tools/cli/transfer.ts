@@ -2,7 +2,7 @@
 // have, export and import (with a bundle file).
 import type { Command } from 'commander';
 import { Progress, fmtBytes } from '../progress.js';
-import { hex, json, lib, out, readText, replacer, token, withStore } from './context.js';
+import { hex, json, lib, out, readText, replacer, startHashing, token, withStore } from './context.js';
 
 /** Missing chunks an incomplete import lists per blob; --json has the library's list (the first 100). */
 const MISSING_SHOWN = 10;
@@ -12,6 +12,7 @@ const transferOpts = (c: Command) => c.option('--token-file <file>', 'the token 
 export function transferCommands(program: Command): void {
   transferOpts(program.command('pull').description('fetch a blob from a server; only what this store lacks travels').argument('<url>').argument('<name>')).action(
     async (url: string, name: string, o: { tokenFile?: string; ca?: string }) => {
+      await startHashing();
       const { connect } = await lib.net();
       await withStore(true, async (s) => {
         const c = await connect(s, url, { token: token(o), ...(o.ca ? { ca: readText(o.ca) } : {}) });
@@ -83,6 +84,7 @@ export function transferCommands(program: Command): void {
     .description('rebuild blobs from a bundle and local data; every chunk and blob verified')
     .argument('<bundle>')
     .action(async (file: string) => {
+      await startHashing();
       const { importBundle } = await lib.bundle();
       await withStore(true, async (s) => {
         const p = new Progress('import');

@@ -6,7 +6,7 @@ import { CabError, isCabError } from '../../src/errors.js';
 import type { BlobStore } from '../../src/store.js';
 import { Progress } from '../progress.js';
 import { usage } from '../args.js';
-import { Interrupted, cabstoreCommand, hex, lib, out, storeDir, withStore } from './context.js';
+import { Interrupted, cabstoreCommand, hex, lib, out, startHashing, storeDir, withStore } from './context.js';
 
 export function writeCommands(program: Command): void {
   program
@@ -34,6 +34,7 @@ export function writeCommands(program: Command): void {
     .option('--name <name>', 'the blob name (one file only)')
     .action(async (files: string[], o: { name?: string }) => {
       if (o.name && files.length !== 1) usage('--name takes exactly one file');
+      await startHashing();
       const { STDIN } = await lib.source();
       if (files.filter((f) => f === STDIN).length > 1) usage('- (stdin) can be read only once');
       await untilSignal((signal) =>
@@ -54,6 +55,7 @@ export function writeCommands(program: Command): void {
     .option('--expect-hash <hex>', 'finalize only if the blob hashes to this (else ERR_HASH_MISMATCH; it stays unfinalized)')
     .action(async (name: string, file: string, o: { expectHash?: string }) => {
       if (o.expectHash !== undefined && !/^[0-9a-fA-F]{64}$/.test(o.expectHash)) usage('--expect-hash takes a hash of 64 hex digits');
+      await startHashing();
       await withStore(false, async (s) => {
         const w = await s.resumeBlobWriter(name);
         try {
