@@ -1,5 +1,6 @@
-// npm run bench [-- CASE...] [--only CASE,...] [--size 1GiB] [--runs N] [--json FILE] [--dir DIR]
+// npm run bench [-- CASE...] [--only CASE,...] [--size 1GiB[,64MiB...]] [--runs N] [--json FILE] [--dir DIR]
 //
+// With several sizes, every case runs at each (gc and start, which have no size, once).
 // Each case runs in a child process of its own, so that its peak RSS is its
 // own; data files are generated once per run, deterministically, in the
 // bench folder (a temp folder unless --dir is given).
@@ -15,6 +16,7 @@ import { benchIngest, benchRead, benchResume, benchStream } from './bench/store.
 import { benchTransfer } from './bench/transfer.js';
 import { benchGc } from './bench/gc.js';
 import { benchFsck } from './bench/fsck.js';
+import { benchStart } from './bench/start.js';
 import { parseSize } from './size.js';
 
 const CASES: Record<string, (ctx: BenchContext) => Promise<void>> = {
@@ -26,6 +28,7 @@ const CASES: Record<string, (ctx: BenchContext) => Promise<void>> = {
   transfer: benchTransfer,
   gc: benchGc,
   fsck: benchFsck,
+  start: benchStart,
 };
 /** Older names, and groups. */
 const ALIASES: Record<string, string[]> = { chunker: ['chunk'], store: ['ingest', 'read', 'resume', 'stream'] };
@@ -42,20 +45,22 @@ const { values, positionals } = parseArgs({
   },
 });
 
-const sizeBytes = parseSize(values.size!);
+const sizes = values.size!.split(',').map((s) => parseSize(s.trim()));
 const runs = Math.max(1, Number(values.runs));
+/** Cases whose work does not depend on --size. */
+const SIZELESS = new Set(['gc', 'start']);
 
 if (values.child) {
   // Child: run one case, print its rows as JSON on the last line.
   const rows: Row[] = [];
-  await CASES[values.child]!({ sizeBytes, runs, workDir: values.dir!, rows, log: (l) => console.error(l) });
+  await CASES[values.child]!({ sizeBytes: sizes[0]!, runs, workDir: values.dir!, rows, log: (l) => console.error(l) });
   rows.push({
     case: rows[0]?.case ?? values.child,
     metric: 'peak RSS',
     unit: 'MB',
     ours: (process.resourceUsage().maxRSS * 1024) / 1e6,
     higherIsBetter: false,
-    target: values.child === 'chunk' ? undefined : '< 300 MB',
+    target: values.child === 'chunk' || values.child === 'start' ? undefined : '< 300 MB',
   });
   console.log(JSON.stringify(rows));
   process.exit(0);
@@ -77,20 +82,23 @@ fs.mkdirSync(workDir, { recursive: true });
 const rows: Row[] = [];
 let failed = false;
 try {
-  for (const n of names) {
-    console.error(`# ${n}`);
-    const r = spawnSync(process.execPath, [fileURLToPath(import.meta.url), '--child', n, '--size', String(sizeBytes), '--runs', String(runs), '--dir', workDir], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-      encoding: 'utf8',
-      maxBuffer: 64 * 1024 * 1024,
-    });
-    const last = r.stdout.trim().split('\n').pop() ?? '';
-    if (r.status !== 0 || !last.startsWith('[')) {
-      console.error(`case ${n} failed (exit ${r.status})`);
-      failed = true;
-      continue;
+  for (const [i, size] of sizes.entries()) {
+    for (const n of names) {
+      if (i > 0 && SIZELESS.has(n)) continue;
+      console.error(`# ${n}${sizes.length > 1 ? ` ${values.size!.split(',')[i]!.trim()}` : ''}`);
+      const r = spawnSync(process.execPath, [fileURLToPath(import.meta.url), '--child', n, '--size', String(size), '--runs', String(runs), '--dir', workDir], {
+        stdio: ['ignore', 'pipe', 'inherit'],
+        encoding: 'utf8',
+        maxBuffer: 64 * 1024 * 1024,
+      });
+      const last = r.stdout.trim().split('\n').pop() ?? '';
+      if (r.status !== 0 || !last.startsWith('[')) {
+        console.error(`case ${n} failed (exit ${r.status})`);
+        failed = true;
+        continue;
+      }
+      rows.push(...(JSON.parse(last) as Row[]));
     }
-    rows.push(...(JSON.parse(last) as Row[]));
   }
 } finally {
   if (!values.dir) fs.rmSync(workDir, { recursive: true, force: true });

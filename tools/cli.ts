@@ -3,10 +3,12 @@
 // the CabError code, the last on stderr), 2 bad usage (what is wrong, then the
 // command's help). Stopped by SIGINT or SIGTERM, put and resume clean up and
 // then die of that signal (the shell shows 130 or 143).
-// The commands live in tools/cli/, by job.
+// The commands live in tools/cli/, by job; each loads the parts of the
+// library it needs when it runs (cli/context.ts, lib), so that --help and
+// --version load none.
 import fs from 'node:fs';
 import { CommanderError } from 'commander';
-import { isCabError } from '../src/index.js';
+import { isCabError } from '../src/errors.js';
 import { Interrupted, program, usageHelp } from './cli/context.js';
 import { writeCommands } from './cli/write.js';
 import { blobCommands } from './cli/blobs.js';

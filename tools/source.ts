@@ -8,7 +8,7 @@ import fsp from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { CabError, ioError } from '../src/errors.js';
 import { orAbort } from '../src/transfer/abort.js';
-import type { BlobWriter } from '../src/index.js';
+import type { BlobWriter } from '../src/blob/writer.js';
 
 /** Bytes of a stream handed to the writer at a time. */
 const STREAM_BLOCK = 4 * 1024 * 1024;

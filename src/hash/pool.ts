@@ -29,7 +29,6 @@ class HashThread {
 
   constructor() {
     this.#worker = startWorker();
-    this.#worker.unref();
     this.#worker.on('message', (m: FromWorker) => {
       if (m.t === 'ack') {
         this.#inFlight -= m.n;
@@ -49,6 +48,9 @@ class HashThread {
     });
     this.#worker.on('error', (e) => this.#die(new CabError('ERR_CLOSED', `the hashing thread failed: ${e.message}`, {}, { cause: e })));
     this.#worker.on('exit', (code) => this.#die(new CabError('ERR_CLOSED', `the hashing thread exited with ${code}`)));
+    // After the listeners: adding a 'message' listener refs the worker again, and a thread started ahead
+    // of its first job (startHashThread) would keep the process alive.
+    this.#worker.unref();
   }
 
   #die(e: Error): void {
@@ -113,6 +115,15 @@ function startWorker(): Worker {
 
 let thread: HashThread | undefined;
 let nextJob = 1;
+
+/**
+ * Starts the hashing thread now rather than at the first writer: a process
+ * about to write (a CLI put or pull) overlaps the thread's start-up, about
+ * 30 ms, with its own. Idle, the thread does not keep the process alive.
+ */
+export function startHashThread(): void {
+  thread ??= new HashThread();
+}
 
 /**
  * One writer's hashing state in the hashing thread: the blob's merkle hasher

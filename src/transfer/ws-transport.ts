@@ -1,4 +1,4 @@
-import { WebSocket, type RawData } from 'ws';
+import type { WebSocket, RawData } from 'ws';
 import { CabError } from '../errors.js';
 import type { Peer, Transport } from './peer.js';
 import type { WireCount } from './stats.js';
@@ -38,7 +38,7 @@ export function wsTransport(ws: WebSocket, count: WireCount, options: WsTranspor
   return {
     send: (frame, o) =>
       new Promise<void>((resolve, reject) => {
-        if (ws.readyState !== WebSocket.OPEN) return reject(new CabError('ERR_CONNECTION', 'the connection is closed'));
+        if (ws.readyState !== ws.OPEN) return reject(new CabError('ERR_CONNECTION', 'the connection is closed'));
         count.sent += frame.length;
         if (unwritten++ === 0) {
           stall = setTimeout(onStall, drainMs);
@@ -55,7 +55,7 @@ export function wsTransport(ws: WebSocket, count: WireCount, options: WsTranspor
         else resolve();
       }),
     close: (code, reason) => {
-      if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) ws.close(code, reason);
+      if (ws.readyState === ws.OPEN || ws.readyState === ws.CONNECTING) ws.close(code, reason);
     },
   };
 }

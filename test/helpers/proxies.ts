@@ -1,107 +1,13 @@
 // Real-socket middlemen for the transfer tests: a TCP proxy that cuts a
 // connection after an exact number of server-to-client bytes (mid-frame, so
-// the cut lands anywhere in the stream), and a WebSocket proxy whose hooks
-// see (and may rewrite) every frame, to play a lying peer or to watch the
-// protocol. Neither mocks `ws`: both sit between a real client and server.
-import net from 'node:net';
+// the cut lands anywhere in the stream; tools/proxy.ts, shared with the
+// transfer bench), and a WebSocket proxy whose hooks see (and may rewrite)
+// every frame, to play a lying peer or to watch the protocol. Neither mocks
+// `ws`: both sit between a real client and server.
 import type { AddressInfo } from 'node:net';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 
-export interface ProxiedConnection {
-  readonly client: net.Socket;
-  readonly upstream: net.Socket;
-  /** Server-to-client bytes forwarded so far. */
-  readonly down: number;
-}
-
-export interface CutPlan {
-  /** Forward exactly this many server-to-client bytes, then stop forwarding and call onCut. */
-  budget: number;
-  onCut: (c: ProxiedConnection) => void;
-}
-
-export interface TcpProxy {
-  readonly port: number;
-  readonly url: string;
-  /** The plan the next accepted connection takes (undefined: no cut). */
-  next: CutPlan | undefined;
-  /** Server-to-client bytes forwarded over all connections. */
-  readonly totalDown: number;
-  close(): Promise<void>;
-}
-
-/** A TCP proxy on 127.0.0.1 in front of 127.0.0.1:targetPort. */
-export async function tcpProxy(targetPort: () => number): Promise<TcpProxy> {
-  const sockets = new Set<net.Socket>();
-  let totalDown = 0;
-  const proxy: { next: CutPlan | undefined } = { next: undefined };
-  const server = net.createServer((client) => {
-    const plan = proxy.next;
-    proxy.next = undefined;
-    const upstream = net.connect(targetPort(), '127.0.0.1');
-    sockets.add(client);
-    sockets.add(upstream);
-    let down = 0;
-    let frozen = false;
-    const conn: ProxiedConnection = {
-      client,
-      upstream,
-      get down() {
-        return down;
-      },
-    };
-    client.on('data', (d: Buffer) => {
-      if (!upstream.write(d)) {
-        client.pause();
-        upstream.once('drain', () => client.resume());
-      }
-    });
-    upstream.on('data', (d: Buffer) => {
-      if (frozen) return;
-      let part = d;
-      if (plan && down + d.length >= plan.budget) {
-        part = d.subarray(0, plan.budget - down);
-        frozen = true;
-      }
-      down += part.length;
-      totalDown += part.length;
-      if (part.length > 0 && !client.write(part)) {
-        upstream.pause();
-        client.once('drain', () => upstream.resume());
-      }
-      if (frozen) plan!.onCut(conn);
-    });
-    const done = () => {
-      sockets.delete(client);
-      sockets.delete(upstream);
-      if (!client.destroyed) client.destroy();
-      if (!upstream.destroyed) upstream.destroy();
-    };
-    client.on('close', done);
-    upstream.on('close', done);
-    client.on('error', () => {});
-    upstream.on('error', () => {});
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
-  const port = (server.address() as AddressInfo).port;
-  return {
-    port,
-    url: `ws://127.0.0.1:${port}`,
-    get next() {
-      return proxy.next;
-    },
-    set next(p: CutPlan | undefined) {
-      proxy.next = p;
-    },
-    get totalDown() {
-      return totalDown;
-    },
-    close() {
-      for (const s of sockets) s.destroy();
-      return new Promise<void>((resolve) => server.close(() => resolve()));
-    },
-  };
-}
+export { tcpProxy, type TcpProxy, type CutPlan, type ProxiedConnection } from '../../tools/proxy.js';
 
 /** The two sockets of one proxied connection: to the real server, and to the client. */
 export interface WsLink {

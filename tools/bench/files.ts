@@ -72,20 +72,33 @@ export async function baseAndEdited(ctx: BenchContext): Promise<{ base: string; 
   return { base, edited, changedBytes };
 }
 
-/** A store holding `base` (made once per bench run and shared by the cases that only read it). */
+/** A store holding `base` (made once per bench run and size, and shared by the cases that only read it). */
 export async function baseStore(ctx: BenchContext): Promise<{ root: string; name: string }> {
-  const root = path.join(ctx.workDir, 'store-base');
-  const marker = path.join(ctx.workDir, 'store-base.name');
+  const root = path.join(ctx.workDir, `store-base-${ctx.sizeBytes}`);
+  const marker = path.join(ctx.workDir, `store-base-${ctx.sizeBytes}.name`);
   if (fs.existsSync(marker)) return { root, name: fs.readFileSync(marker, 'utf8') };
   const { base } = await baseAndEdited(ctx);
+  const [name] = await storeOf(root, [base]);
+  fs.writeFileSync(marker, name!);
+  return { root, name: name! };
+}
+
+/** A new store at `root` (anything there before is removed) holding each file as a finalized blob; their names. */
+export async function storeOf(root: string, files: string[]): Promise<string[]> {
   fs.rmSync(root, { recursive: true, force: true });
   const s = await BlobStore.open(root);
-  const w = await s.newBlobWriter();
-  await w.appendBytes({ file: base });
-  await w.close();
-  await s.close();
-  fs.writeFileSync(marker, w.name);
-  return { root, name: w.name };
+  const names: string[] = [];
+  try {
+    for (const file of files) {
+      const w = await s.newBlobWriter();
+      await w.appendBytes({ file });
+      await w.close();
+      names.push(w.name);
+    }
+  } finally {
+    await s.close();
+  }
+  return names;
 }
 
 export function du(dir: string): number {

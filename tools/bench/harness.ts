@@ -66,7 +66,7 @@ export function hasTool(name: string): boolean {
 
 function fmt(x: number | null | undefined): string {
   if (x === null || x === undefined) return '-';
-  if (x === 0) return '0';
+  if (Number.isInteger(x) && Math.abs(x) < 1e6) return String(x);
   const a = Math.abs(x);
   if (a >= 100) return x.toFixed(0);
   if (a >= 10) return x.toFixed(1);

@@ -1,170 +1,264 @@
+// The transfer case: `edited` pulled from `cabstore serve` (a child
+// process) by a store holding `base`, beside rsync updating a copy of base
+// to edited from a daemon on 127.0.0.1, in the same run. Update pulls go
+// through a counting TCP proxy (rsync's through one too: both pay the same
+// hop); full copies go direct. Rows, with the targets of issue 15: bytes on
+// the wire, wall time of a CLI pull and of a library pull, the first pull
+// after serve starts against a warm one, the receiver's store growth against
+// the bytes received, a resume through a proxy cutting every connection, the
+// full copy into an empty store against rsync's whole-file copy, and peak RSS
+// of both sides.
 import fs from 'node:fs';
 import path from 'node:path';
-import net from 'node:net';
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
-import { BlobStore, connect } from '../../src/index.js';
-import { type BenchContext, MB, median, timeAsync, time, hasTool } from './harness.js';
-import { baseAndEdited, baseStore } from './files.js';
+import { execFileSync } from 'node:child_process';
+import { BlobStore, connect, type TransferStats } from '../../src/index.js';
+import { Layout } from '../../src/format/layout.js';
+import { dropConnection, tcpProxy, type TcpProxy } from '../proxy.js';
+import { type BenchContext, type Row, MB, median, timeAsync, time, hasTool } from './harness.js';
+import { baseAndEdited, baseStore, du, storeOf } from './files.js';
+import { BENCH_TOKEN, cabstore, jsonOut, serveStore, type Served } from './processes.js';
+import { rsyncDaemon, type RsyncDaemon } from './rsync.js';
 
-const CLI = fileURLToPath(new URL('../cli.js', import.meta.url));
+const MiB = 2 ** 20;
+/** Where the resume proxy cuts every connection (server-to-client bytes). */
+const CUT_EVERY = 6 * MiB;
+const PEER_MISSING = (tool: string, pkg: string) => `peer missing: ${tool} (apt-get install ${pkg})`;
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const p = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(p));
-    });
-  });
+/** What one run of the case keeps: the rows' figures, filled as it goes. */
+interface Figures {
+  wire: number[];
+  cliSecs: number[];
+  firstSecs: number[];
+  libSecs: number[];
+  growth: number[];
+  received: number[];
+  fullCli: number[];
+  fullLib: number[];
+  cliRss: number[];
+  serverRss: number[];
 }
 
-/** Peak RSS (VmHWM) of a live process, in MB. */
-function peakRss(pid: number): number | null {
-  try {
-    const m = /VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? (Number(m[1]) * 1024) / MB : null;
-  } catch {
-    return null;
-  }
-}
-
-function startServer(root: string, tokenFile: string): Promise<{ child: ChildProcess; url: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, '--store', root, 'serve', '--token-file', tokenFile], { stdio: ['ignore', 'pipe', 'inherit'] });
-    let out = '';
-    child.stdout!.on('data', (d: Buffer) => {
-      out += d.toString();
-      const m = /serving (ws:\/\/\S+)/.exec(out);
-      if (m) resolve({ child, url: m[1]! });
-    });
-    child.on('exit', (code) => reject(new Error(`server exited ${code}`)));
-  });
-}
-
-function rsyncStats(out: string): number {
-  const sent = /Total bytes sent: ([\d,]+)/.exec(out);
-  const recv = /Total bytes received: ([\d,]+)/.exec(out);
-  return Number(sent![1]!.replace(/,/g, '')) + Number(recv![1]!.replace(/,/g, ''));
-}
-
-/**
- * Pull of `edited` over ws on loopback into a store holding `base`: bytes on
- * the wire and wall time, beside rsync against a daemon on 127.0.0.1 and
- * casync extract --seed; and the full copy beside rsync of the whole file.
- */
 export async function benchTransfer(ctx: BenchContext): Promise<void> {
   const size = ctx.sizeBytes;
   const { base, edited } = await baseAndEdited(ctx);
-  const label = `transfer ${Math.round(size / 2 ** 20)} MiB, 100 edits`;
-
-  // The sender: a store holding edited, served by the CLI in a child process.
+  const label = `transfer ${Math.round(size / MiB)} MiB, 100 edits`;
   const src = path.join(ctx.workDir, 'store-sender');
-  fs.rmSync(src, { recursive: true, force: true });
-  const a = await BlobStore.open(src);
-  const w = await a.newBlobWriter();
-  await w.appendBytes({ file: edited });
-  await w.close();
-  const name = w.name;
-  await a.close();
-  const tokenFile = path.join(ctx.workDir, 'tokens');
-  fs.writeFileSync(tokenFile, 'bench read\n');
-  const server = await startServer(src, tokenFile);
+  const [name] = (await storeOf(src, [edited])) as [string];
+  const recv = path.join(ctx.workDir, 'store-receiver');
+  fs.rmSync(recv, { recursive: true, force: true });
+  execFileSync('cp', ['-a', (await baseStore(ctx)).root, recv]);
+  const f: Figures = { wire: [], cliSecs: [], firstSecs: [], libSecs: [], growth: [], received: [], fullCli: [], fullLib: [], cliRss: [], serverRss: [] };
 
+  let server: Served | undefined;
+  const restart = async () => {
+    if (server) {
+      f.serverRss.push(server.peakRss() ?? 0);
+      await server.stop();
+    }
+    server = await serveStore(src, ctx.workDir);
+  };
+  await restart();
+  const proxy = await tcpProxy(() => server!.port);
+  const rsync = await rsyncDaemon(ctx.workDir, { 'edited.bin': edited });
+  const rsyncProxy = rsync ? await tcpProxy(() => rsync.port) : undefined;
   try {
-    // The receiver holds base (shared with the other cases: copy it).
-    const { root: baseRoot } = await baseStore(ctx);
-    const recv = path.join(ctx.workDir, 'store-receiver');
-    fs.rmSync(recv, { recursive: true, force: true });
-    execFileSync('cp', ['-a', baseRoot, recv]);
-    const b = await BlobStore.open(recv);
-    const wire: number[] = [];
-    const wall: number[] = [];
-    for (let i = 0; i < ctx.runs; i++) {
-      const c = await connect(b, server.url, { token: 'bench' });
-      const [, secs] = await timeAsync(() => c.pull(name));
-      wall.push(secs);
-      wire.push(c.wire.sent + c.wire.received);
-      await c.close();
-      await b.deleteBlob(name);
-      await b.gc();
-    }
-    // Full copy into an empty store.
-    const full: number[] = [];
-    const fullWire: number[] = [];
-    for (let i = 0; i < Math.min(ctx.runs, 2); i++) {
-      const root = path.join(ctx.workDir, 'store-empty');
-      fs.rmSync(root, { recursive: true, force: true });
-      const e = await BlobStore.open(root);
-      const c = await connect(e, server.url, { token: 'bench' });
-      const [, secs] = await timeAsync(() => c.pull(name));
-      full.push(size / MB / secs);
-      fullWire.push(c.wire.sent + c.wire.received);
-      await c.close();
-      await e.close();
-      fs.rmSync(root, { recursive: true, force: true });
-    }
-    await b.close();
-    fs.rmSync(recv, { recursive: true, force: true });
-    const serverRss = peakRss(server.child.pid!);
-
-    const rows = {
-      bytes: { case: label, metric: 'update: bytes on the wire', unit: 'MB', ours: median(wire) / MB, higherIsBetter: false, target: '<= 1.0x rsync' },
-      time: { case: label, metric: 'update: wall time', unit: 's', ours: median(wall), higherIsBetter: false, target: '<= 1.0x rsync' },
-      full: { case: label, metric: 'full copy', unit: 'MB/s', ours: median(full), higherIsBetter: true },
+    // The CLI pull: each round starts a server, pulls once (the first pull) and again (warm).
+    const cliPull = async (first: boolean) => {
+      const before = { wire: proxy.totalUp + proxy.totalDown, cas: du(new Layout(recv).casRoot) };
+      const r = await cabstore(['--json', '--store', recv, 'pull', proxy.url, name], { rss: true });
+      (first ? f.firstSecs : f.cliSecs).push(r.secs);
+      f.wire.push(proxy.totalUp + proxy.totalDown - before.wire);
+      f.growth.push(du(new Layout(recv).casRoot) - before.cas);
+      f.received.push(jsonOut<TransferStats>(r).receivedBytes);
+      if (r.rssMB !== null) f.cliRss.push(r.rssMB);
+      await forget(recv, name);
     };
-    if (hasTool('rsync')) {
-      const port = await freePort();
-      const modDir = path.join(ctx.workDir, 'rsync-src');
-      fs.mkdirSync(modDir, { recursive: true });
-      fs.copyFileSync(edited, path.join(modDir, 'edited.bin'));
-      const conf = path.join(ctx.workDir, 'rsyncd.conf');
-      fs.writeFileSync(conf, `use chroot = no\npid file = ${ctx.workDir}/rsyncd.pid\n[m]\npath = ${modDir}\nread only = yes\n`);
-      const daemon = spawn('rsync', ['--daemon', '--no-detach', `--config=${conf}`, `--port=${port}`, '--address=127.0.0.1'], { stdio: 'ignore' });
-      await new Promise((r) => setTimeout(r, 500));
-      try {
-        const dest = path.join(ctx.workDir, 'rsync-dest');
-        const rb: number[] = [];
-        const rt: number[] = [];
-        for (let i = 0; i < ctx.runs; i++) {
-          fs.rmSync(dest, { recursive: true, force: true });
-          fs.mkdirSync(dest);
-          fs.copyFileSync(base, path.join(dest, 'edited.bin'));
-          const [out, secs] = time(() => execFileSync('rsync', ['--stats', `rsync://127.0.0.1:${port}/m/edited.bin`, path.join(dest, 'edited.bin')], { encoding: 'utf8' }));
-          rb.push(rsyncStats(out));
-          rt.push(secs);
-        }
-        const fr: number[] = [];
-        for (let i = 0; i < Math.min(ctx.runs, 2); i++) {
-          fs.rmSync(dest, { recursive: true, force: true });
-          fs.mkdirSync(dest);
-          fr.push(size / MB / time(() => execFileSync('rsync', ['--stats', `rsync://127.0.0.1:${port}/m/edited.bin`, path.join(dest, 'edited.bin')], { encoding: 'utf8' }))[1]);
-        }
-        fs.rmSync(dest, { recursive: true, force: true });
-        ctx.rows.push({ ...rows.bytes, peer: 'rsync daemon, 127.0.0.1', peerValue: median(rb) / MB });
-        ctx.rows.push({ ...rows.time, peer: 'rsync daemon, 127.0.0.1', peerValue: median(rt) });
-        ctx.rows.push({ ...rows.full, peer: 'rsync, whole file', peerValue: median(fr) });
-      } finally {
-        daemon.kill();
-      }
-    } else {
-      ctx.log('rsync not installed: apt-get install rsync');
-      ctx.rows.push(rows.bytes, rows.time, rows.full);
+    for (let round = 0; round < ctx.runs; round++) {
+      if (round > 0) await restart();
+      await cliPull(true);
+      await cliPull(false);
     }
-    if (hasTool('casync')) {
-      const dir = path.join(ctx.workDir, 'casync-x');
-      fs.rmSync(dir, { recursive: true, force: true });
-      fs.mkdirSync(dir);
-      execFileSync('casync', ['make', '--chunk-size=16384:65536:262144', `--store=${dir}/s.castr`, `${dir}/edited.caibx`, edited]);
-      const ct: number[] = [];
-      for (let i = 0; i < ctx.runs; i++) {
-        fs.rmSync(`${dir}/out.bin`, { force: true });
-        ct.push(time(() => execFileSync('casync', ['extract', `--store=${dir}/s.castr`, `--seed=${base}`, `${dir}/edited.caibx`, `${dir}/out.bin`]))[1]);
-      }
-      fs.rmSync(dir, { recursive: true, force: true });
-      ctx.rows.push({ ...rows.time, target: undefined, peer: 'casync extract --seed (local)', peerValue: median(ct) });
-    } else ctx.log('casync not installed: apt-get install casync');
-    if (serverRss !== null) ctx.rows.push({ case: label, metric: 'peak RSS, serving side', unit: 'MB', ours: serverRss, higherIsBetter: false, target: '< 300 MB' });
+    ctx.log(`CLI pulls: first ${f.firstSecs.map((s) => s.toFixed(2)).join(', ')} s, warm ${f.cliSecs.map((s) => s.toFixed(2)).join(', ')} s`);
+
+    // The library pull, in this process, the server warm.
+    for (let i = 0; i < ctx.runs; i++) {
+      const s = await BlobStore.open(recv);
+      const [, secs] = await timeAsync(async () => {
+        const c = await connect(s, proxy.url, { token: BENCH_TOKEN });
+        await c.pull(name);
+        await c.close();
+      });
+      f.libSecs.push(secs);
+      await s.close();
+      await forget(recv, name);
+    }
+
+    // The full copy into an empty store, direct (no proxy).
+    const empty = path.join(ctx.workDir, 'store-empty');
+    for (let i = 0; i < Math.min(ctx.runs, 2); i++) {
+      fs.rmSync(empty, { recursive: true, force: true });
+      const r = await cabstore(['--store', empty, 'pull', server!.url, name], { rss: true });
+      f.fullCli.push(size / MB / r.secs);
+      if (r.rssMB !== null) f.cliRss.push(r.rssMB);
+      fs.rmSync(empty, { recursive: true, force: true });
+      const s = await BlobStore.open(empty);
+      const [, secs] = await timeAsync(async () => {
+        const c = await connect(s, server!.url, { token: BENCH_TOKEN });
+        await c.pull(name);
+        await c.close();
+      });
+      f.fullLib.push(size / MB / secs);
+      await s.close();
+      fs.rmSync(empty, { recursive: true, force: true });
+    }
+
+    const resume = await resumeThroughCuts(ctx, server!, name);
+    ctx.log(`resume through cuts every ${CUT_EVERY / MiB} MiB: ${resume.connections} connections, ${(resume.bytes / MB).toFixed(1)} MB moved`);
+
+    f.serverRss.push(server!.peakRss() ?? 0);
+    const peers = rsync ? await rsyncFigures(ctx, rsync, rsyncProxy!, base) : undefined;
+    if (!rsync) ctx.log(PEER_MISSING('rsync', 'rsync'));
+    ctx.rows.push(...transferRows(label, size, f, resume, peers));
+    casyncRow(ctx, label, base, edited, f);
   } finally {
-    server.child.kill('SIGTERM');
+    await proxy.close();
+    await rsyncProxy?.close();
+    await rsync?.stop();
+    await server?.stop();
+    fs.rmSync(recv, { recursive: true, force: true });
+  }
+}
+
+/** The receiver as it was before a pull: the pulled blob deleted, its new fragments collected. */
+async function forget(root: string, name: string): Promise<void> {
+  const s = await BlobStore.open(root);
+  try {
+    await s.deleteBlob(name);
+    await s.gc();
+  } finally {
+    await s.close();
+  }
+}
+
+/**
+ * A pull into an empty store through a proxy that cuts every connection
+ * after CUT_EVERY bytes to the client; each cut is followed by a new
+ * connection and pull, as a user retrying would, until the pull completes.
+ */
+async function resumeThroughCuts(ctx: BenchContext, server: Served, name: string): Promise<{ connections: number; bytes: number }> {
+  const root = path.join(ctx.workDir, 'store-resume');
+  fs.rmSync(root, { recursive: true, force: true });
+  const cutter: TcpProxy = await tcpProxy(() => server.port, { every: { budget: CUT_EVERY, onCut: dropConnection } });
+  const s = await BlobStore.open(root);
+  // Each connection moves CUT_EVERY bytes: far more tries than that means the pull does not resume.
+  const tries = 10 + Math.ceil((2 * ctx.sizeBytes) / CUT_EVERY);
+  try {
+    for (let i = 0; ; i++) {
+      try {
+        const c = await connect(s, cutter.url, { token: BENCH_TOKEN });
+        try {
+          await c.pull(name);
+          break;
+        } finally {
+          await c.close().catch(() => {});
+        }
+      } catch (e) {
+        if (i >= tries) throw new Error(`the pull through cuts did not finish in ${tries} connections`, { cause: e });
+      }
+    }
+    return { connections: cutter.connections, bytes: cutter.totalDown + cutter.totalUp };
+  } finally {
+    await s.close();
+    await cutter.close();
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+}
+
+interface RsyncFigures {
+  bytes: number[];
+  secs: number[];
+  whole: number[];
+}
+
+/** rsync updating a copy of base to edited through the same kind of proxy, and copying edited whole into an empty folder. */
+async function rsyncFigures(ctx: BenchContext, rsync: RsyncDaemon, proxy: TcpProxy, base: string): Promise<RsyncFigures> {
+  const dest = path.join(ctx.workDir, 'rsync-dest');
+  const r: RsyncFigures = { bytes: [], secs: [], whole: [] };
+  try {
+    for (let i = 0; i < ctx.runs; i++) {
+      fs.rmSync(dest, { recursive: true, force: true });
+      fs.mkdirSync(dest);
+      fs.copyFileSync(base, path.join(dest, 'edited.bin'));
+      const x = await rsync.pull('edited.bin', path.join(dest, 'edited.bin'), { port: proxy.port });
+      r.bytes.push(x.bytes);
+      r.secs.push(x.secs);
+    }
+    for (let i = 0; i < Math.min(ctx.runs, 2); i++) {
+      fs.rmSync(dest, { recursive: true, force: true });
+      fs.mkdirSync(dest);
+      const x = await rsync.pull('edited.bin', path.join(dest, 'edited.bin'), { flags: ['--whole-file'] });
+      r.whole.push(ctx.sizeBytes / MB / x.secs);
+    }
+  } finally {
+    fs.rmSync(dest, { recursive: true, force: true });
+  }
+  return r;
+}
+
+function transferRows(label: string, size: number, f: Figures, resume: { connections: number; bytes: number }, p: RsyncFigures | undefined): Row[] {
+  const rsync = (metric: string, values: number[] | undefined) => (p ? { peer: metric, peerValue: median(values!) } : { peer: `${metric} (peer missing)`, peerValue: null });
+  const upd = rsync('rsync daemon, 127.0.0.1', p?.bytes.map((b) => b / MB));
+  const updTime = rsync('rsync daemon, 127.0.0.1', p?.secs);
+  const whole = rsync('rsync --whole-file, daemon', p?.whole);
+  const c = { case: label };
+  const maxOf = (xs: number[]) => (xs.length ? Math.max(...xs) : null);
+  const growth = median(f.growth);
+  const received = median(f.received);
+  return [
+    { ...c, metric: 'update: bytes on the wire', unit: 'MB', ours: median(f.wire) / MB, ...upd, higherIsBetter: false, target: '<= 0.5x rsync' },
+    { ...c, metric: 'update: CLI pull, wall time', unit: 's', ours: median(f.cliSecs), ...updTime, higherIsBetter: false, target: size >= 2 ** 30 ? '<= 1.0x rsync' : '<= 1.5x rsync' },
+    { ...c, metric: 'update: library pull, server warm', unit: 's', ours: median(f.libSecs), ...updTime, higherIsBetter: false, target: '<= 1.0x rsync' },
+    { ...c, metric: 'update: first CLI pull after serve starts / warm', unit: 'x', ours: median(f.firstSecs) / median(f.cliSecs), higherIsBetter: false, target: '<= 1.2x' },
+    {
+      ...c,
+      metric: 'update: receiver store growth',
+      unit: 'MB',
+      ours: growth / MB,
+      peer: 'bytes received',
+      peerValue: received / MB,
+      higherIsBetter: false,
+      target: '<= 2x received + 64 KiB',
+      note: growth <= 2 * received + 65536 ? 'met' : 'missed',
+    },
+    { ...c, metric: `resume, cut every ${CUT_EVERY / MiB} MiB: bytes moved / blob`, unit: 'x', ours: resume.bytes / size, higherIsBetter: false, target: '<= 1.05x' },
+    { ...c, metric: `resume, cut every ${CUT_EVERY / MiB} MiB: connections`, unit: 'n', ours: resume.connections, higherIsBetter: false, target: `(${Math.ceil(size / CUT_EVERY)} at the least)` },
+    { ...c, metric: 'full copy into an empty store, CLI', unit: 'MB/s', ours: median(f.fullCli), ...whole, higherIsBetter: true, target: '>= 500 MB/s, >= 0.5x rsync' },
+    { ...c, metric: 'full copy into an empty store, library', unit: 'MB/s', ours: median(f.fullLib), ...whole, higherIsBetter: true, target: '>= 500 MB/s, >= 0.5x rsync' },
+    { ...c, metric: 'peak RSS, server (cabstore serve)', unit: 'MB', ours: maxOf(f.serverRss), higherIsBetter: false, target: '< 300 MB' },
+    { ...c, metric: 'peak RSS, client (cabstore pull)', unit: 'MB', ours: maxOf(f.cliRss), higherIsBetter: false, target: '< 300 MB' },
+  ];
+}
+
+/** casync extract --seed of edited from a local chunk store, base as the seed, beside the library pull. */
+function casyncRow(ctx: BenchContext, label: string, base: string, edited: string, f: Figures): void {
+  const row: Row = { case: label, metric: 'update: library pull, server warm', unit: 's', ours: median(f.libSecs), higherIsBetter: false };
+  if (!hasTool('casync')) {
+    ctx.log(PEER_MISSING('casync', 'casync'));
+    ctx.rows.push({ ...row, peer: 'casync extract --seed (peer missing)', peerValue: null });
+    return;
+  }
+  const dir = path.join(ctx.workDir, 'casync-x');
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(dir);
+  try {
+    execFileSync('casync', ['make', '--chunk-size=16384:65536:262144', `--store=${dir}/s.castr`, `${dir}/edited.caibx`, edited]);
+    const ct: number[] = [];
+    for (let i = 0; i < ctx.runs; i++) {
+      fs.rmSync(`${dir}/out.bin`, { force: true });
+      ct.push(time(() => execFileSync('casync', ['extract', `--store=${dir}/s.castr`, `--seed=${base}`, `${dir}/edited.caibx`, `${dir}/out.bin`]))[1]);
+    }
+    ctx.rows.push({ ...row, peer: 'casync extract --seed (local)', peerValue: median(ct) });
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
   }
 }

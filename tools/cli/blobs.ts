@@ -2,11 +2,11 @@
 // stat (here or on a server), rm.
 import { pipeline } from 'node:stream/promises';
 import type { Command } from 'commander';
-import { connect, isCabError, toHex } from '../../src/index.js';
+import { isCabError } from '../../src/errors.js';
 import { openOutput } from '../../src/disk/output.js';
 import { ioError } from '../../src/errors.js';
 import { Progress } from '../progress.js';
-import { json, out, token, withScratchStore, withStore } from './context.js';
+import { hex as toHex, json, lib, out, token, withScratchStore, withStore } from './context.js';
 
 async function writeBlob(name: string, output?: string): Promise<void> {
   await withStore(false, async (s) => {
@@ -91,6 +91,7 @@ export function blobCommands(program: Command): void {
     .action(async (a: string, b: string | undefined, o: { tokenFile?: string }) => {
       if (b !== undefined) {
         // Asks the server only: no store is needed here, so a scratch one stands in for it.
+        const { connect } = await lib.net();
         await withScratchStore(async (s) => {
           const c = await connect(s, a, { token: token(o) });
           try {

@@ -1,10 +1,10 @@
 // `cabstore serve`: the store over WebSocket until SIGINT or SIGTERM, with a
 // line on stderr for each connection that ends (--quiet: none).
 import type { Command } from 'commander';
-import { serve, type ServeEvent } from '../../src/index.js';
+import type { ServeEvent } from '../../src/transfer/serve.js';
 import { fmtBytes } from '../progress.js';
 import { parseTokens, portArg, usage } from '../args.js';
-import { json, out, readText, withStore } from './context.js';
+import { json, lib, out, readText, startHashing, withStore } from './context.js';
 
 /**
  * One log line: time (when it ended), peer, op, blobs, chunk bytes moved,
@@ -36,12 +36,16 @@ export function serveCommand(program: Command): void {
       const tls = o.tlsCert ? { cert: readText(o.tlsCert), key: readText(o.tlsKey!) } : undefined;
       const asJson = json();
       const onEvent = o.quiet ? undefined : (e: ServeEvent) => process.stderr.write(`${logLine(e, asJson)}\n`);
+      await startHashing(); // up front: the first push is no slower than later ones
+      const { serve } = await lib.net();
       await withStore(false, async (s) => {
         const srv = await serve(s, { host: o.host, port: o.port, insecure: o.insecure, ...(tokens ? { tokens } : {}), ...(tls ? { tls } : {}), ...(onEvent ? { onEvent } : {}) });
         out(`serving ${srv.url}`, { url: srv.url, port: srv.port });
+        // process.on, not once: our listeners stay while the server and the store close, else
+        // proper-lockfile's signal-exit would re-raise the signal and end the process first.
         await new Promise<void>((resolve) => {
-          process.once('SIGINT', resolve);
-          process.once('SIGTERM', resolve);
+          process.on('SIGINT', () => resolve());
+          process.on('SIGTERM', () => resolve());
         });
         await srv.close();
       });

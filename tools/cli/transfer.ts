@@ -1,11 +1,11 @@
 // Commands that move blobs between stores: pull and push (with a server),
 // have, export and import (with a bundle file).
 import type { Command } from 'commander';
-import { CabError, connect, exportBundle, importBundle, toHex, writeHave } from '../../src/index.js';
+import { CabError } from '../../src/errors.js';
 import { checkBlobName } from '../../src/format/layout.js';
 import { Progress, fmtBytes } from '../progress.js';
 import { statInput } from '../source.js';
-import { json, out, readText, replacer, token, withScratchStore, withStore, withStoreMadeAfter } from './context.js';
+import { hex as toHex, json, lib, out, readText, replacer, startHashing, token, withScratchStore, withStore, withStoreMadeAfter } from './context.js';
 
 /** Missing chunks an incomplete import lists per blob; --json has the library's list (the first 100). */
 const MISSING_SHOWN = 10;
@@ -16,6 +16,8 @@ export function transferCommands(program: Command): void {
   transferOpts(program.command('pull').description('fetch a blob from a server; only what this store lacks travels').argument('<url>').argument('<name>')).action(
     async (url: string, name: string, o: { tokenFile?: string; ca?: string }) => {
       checkBlobName(name);
+      await startHashing();
+      const { connect } = await lib.net();
       const opts = { token: token(o), ...(o.ca ? { ca: readText(o.ca) } : {}) };
       // With no store here yet, one is made only for a blob the server has, finalized: ask it first.
       const first = () =>
@@ -52,6 +54,7 @@ export function transferCommands(program: Command): void {
 
   transferOpts(program.command('push').description('send a blob to a server; only what it lacks travels').argument('<url>').argument('<name>')).action(
     async (url: string, name: string, o: { tokenFile?: string; ca?: string }) => {
+      const { connect } = await lib.net();
       await withStore(false, async (s) => {
         const c = await connect(s, url, { token: token(o), ...(o.ca ? { ca: readText(o.ca) } : {}) });
         try {
@@ -69,6 +72,7 @@ export function transferCommands(program: Command): void {
     .description('write a summary of the chunks this store holds (for export --have)')
     .option('-o, --output <file>', 'output file', 'cabstore.have')
     .action(async (o: { output: string }) => {
+      const { writeHave } = await lib.bundle();
       await withStore(false, async (s) => {
         const r = await writeHave(s, o.output);
         out(`${o.output}: ${r.chunks} chunks in ${fmtBytes(r.bytes)}`, { file: o.output, ...r });
@@ -82,6 +86,7 @@ export function transferCommands(program: Command): void {
     .requiredOption('-o, --output <bundle>', 'the bundle file')
     .option('--have <file>', "the receiver's have file")
     .action(async (names: string[], o: { output: string; have?: string }) => {
+      const { exportBundle } = await lib.bundle();
       await withStore(false, async (s) => {
         const p = new Progress('export');
         const r = await exportBundle(s, names, o.output, { have: o.have, onProgress: (b) => p.set(b) });
@@ -96,6 +101,8 @@ export function transferCommands(program: Command): void {
     .argument('<bundle>')
     .action(async (file: string) => {
       await statInput(file); // before a store is made for it
+      await startHashing();
+      const { importBundle } = await lib.bundle();
       await withStore(true, async (s) => {
         const p = new Progress('import');
         const r = await importBundle(s, file, { onProgress: (b) => p.set(b) });

@@ -1,6 +1,6 @@
 // Commands that look after a store: gc and fsck.
 import type { Command } from 'commander';
-import { CabError } from '../../src/index.js';
+import { CabError } from '../../src/errors.js';
 import { Progress, fmtBytes } from '../progress.js';
 import { sizeArg } from '../args.js';
 import { json, out, withStore } from './context.js';

@@ -2,12 +2,14 @@
 // blob it was stopped writing).
 import path from 'node:path';
 import type { Command } from 'commander';
-import { BlobStore, CabError, firstDifference, isCabError, toHex, type BlobWriter } from '../../src/index.js';
+import { CabError, isCabError } from '../../src/errors.js';
+import type { BlobStore } from '../../src/store.js';
+import type { BlobWriter } from '../../src/blob/writer.js';
 import { checkBlobName } from '../../src/format/layout.js';
 import { Progress } from '../progress.js';
 import { STDIN, appendSource, openSource, type Source } from '../source.js';
 import { usage } from '../args.js';
-import { Interrupted, cabstoreCommand, out, storeDir, withStore } from './context.js';
+import { Interrupted, cabstoreCommand, hex as toHex, lib, out, startHashing, storeDir, withStore } from './context.js';
 
 export function writeCommands(program: Command): void {
   program
@@ -18,6 +20,7 @@ export function writeCommands(program: Command): void {
       const root = dir ?? storeDir();
       // Open without creating first, to say whether this made the store.
       let created = false;
+      const { BlobStore } = await lib.store();
       const s = await BlobStore.open(root, { create: false }).catch(async (e: unknown) => {
         if (!isCabError(e, 'ERR_BAD_STORE') || e.data.reason !== 'absent') throw e;
         created = true;
@@ -37,6 +40,7 @@ export function writeCommands(program: Command): void {
       if (files.filter((f) => f === STDIN).length > 1) usage('- (stdin) can be read only once');
       // Everything that can be checked without the store is, before it is opened (or made, at a path perhaps mistyped).
       if (o.name !== undefined) checkBlobName(o.name);
+      await startHashing();
       const sources: Source[] = [];
       for (const f of files) sources.push(await openSource(f));
       await untilSignal((signal) =>
@@ -57,6 +61,8 @@ export function writeCommands(program: Command): void {
     .option('--expect-hash <hex>', 'finalize only if the blob hashes to this (else ERR_HASH_MISMATCH; it stays unfinalized)')
     .action(async (name: string, file: string, o: { expectHash?: string }) => {
       if (o.expectHash !== undefined && !/^[0-9a-fA-F]{64}$/.test(o.expectHash)) usage('--expect-hash takes a hash of 64 hex digits');
+      await startHashing();
+      const { firstDifference } = await lib.compare();
       const src = await openSource(file);
       if (src.size === undefined) throw new CabError('ERR_NO_SUCH_FILE', `${file} is not a regular file: resume reads the same bytes again from a file`, { path: file });
       await untilSignal((signal) =>
@@ -86,9 +92,16 @@ export function writeCommands(program: Command): void {
  */
 async function untilSignal<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
   const ac = new AbortController();
-  const stop = (sig: NodeJS.Signals) => ac.abort(sig);
-  process.once('SIGINT', stop);
-  process.once('SIGTERM', stop);
+  // Our listener stays until the cleanup is done: with none left, proper-lockfile's signal-exit (loaded
+  // with the store) would re-raise the first signal and end the process before the cleanup.
+  const stop = (sig: NodeJS.Signals) => {
+    if (!ac.signal.aborted) return ac.abort(sig);
+    process.off('SIGINT', stop);
+    process.off('SIGTERM', stop);
+    process.kill(process.pid, sig); // a second signal: at once
+  };
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
   try {
     return await fn(ac.signal);
   } finally {
