@@ -97,11 +97,11 @@ test('cabstore serve logs a line per transfer on stderr; --json makes it an obje
   const lines = stderrLines(text.c);
   await ok(t, client, ['pull', text.url, name], { env });
   const [line] = await lines(1);
-  t.regex(line!, new RegExp(`^\\d{4}-\\d\\d-\\d\\dT[\\d:.]+Z 127\\.0\\.0\\.1:\\d+ pull ${name} 1\\.0 MiB \\d+\\.\\d\\ds ok$`), 'time, peer, op, blob, bytes, duration, outcome');
+  t.regex(line!, new RegExp(`^\\d{4}-\\d\\d-\\d\\dT[\\d:.]+Z 127\\.0\\.0\\.1:\\d+ pull ${name} sent 1\\.0 MiB received 0 B \\d+\\.\\d\\ds ok$`), 'time, peer, op, blob, bytes, duration, outcome');
   const bad = await cli(['--store', client, 'stat', text.url, name], { env: { CABSTORE_TOKEN: 'nope' } });
   t.is(bad.code, 1, bad.stderr);
   const [, refused] = await lines(2);
-  t.regex(refused!, / 127\.0\.0\.1:\d+ connect - 0 B \d+\.\d\ds ERR_AUTH$/, 'a refused token is logged with its code');
+  t.regex(refused!, / 127\.0\.0\.1:\d+ connect - sent 0 B received 0 B \d+\.\d\ds ERR_AUTH$/, 'a refused token is logged with its code');
 
   const js = await startServe(t, server, tokens, ['--json']);
   const jsLines = stderrLines(js.c);

@@ -7,7 +7,8 @@ import { parseTokens, portArg, usage } from '../args.js';
 import { json, lib, out, readText, startHashing, withStore } from './context.js';
 
 /**
- * One log line: time (when it ended), peer, op, blobs, chunk bytes moved,
+ * One log line: time (when it ended), peer, op (the most it did), blobs,
+ * chunk bytes sent and received (both: a connection may pull and push),
  * duration, and ok or the error code. With --json, the event as an object
  * with `time`.
  */
@@ -15,7 +16,7 @@ export function logLine(e: ServeEvent, asJson: boolean): string {
   const time = new Date(e.start + e.ms).toISOString();
   if (asJson) return JSON.stringify({ time, ...e });
   const blobs = e.blobs.length ? e.blobs.join(',') : '-';
-  return `${time} ${e.peer} ${e.op} ${blobs} ${fmtBytes(e.op === 'push' ? e.bytesReceived : e.bytesSent)} ${(e.ms / 1000).toFixed(2)}s ${e.error ?? 'ok'}`;
+  return `${time} ${e.peer} ${e.op} ${blobs} sent ${fmtBytes(e.bytesSent)} received ${fmtBytes(e.bytesReceived)} ${(e.ms / 1000).toFixed(2)}s ${e.error ?? 'ok'}`;
 }
 
 export function serveCommand(program: Command): void {
