@@ -144,9 +144,18 @@ export async function feedInputs(inputs: Input[], feed: (block: Uint8Array, give
 
 /**
  * appendVerified's chunks in blocks of up to READ_BLOCK bytes, each chunk's
- * checked hash keyed by (offset in the block * 2^27 + size).
+ * checked hash keyed by (offset in the block * 2^27 + size). Chunks that
+ * lie end to end over the whole of one buffer (a receiver's batch) are that
+ * buffer, taken as it is: no copy.
  */
 export function* verifiedBlocks(chunks: Array<{ bytes: Uint8Array; hash: Uint8Array }>): Generator<{ block: Buffer; known: Map<number, Uint8Array> }> {
+  const whole = wholeBuffer(chunks);
+  if (whole) {
+    const known = new Map<number, Uint8Array>();
+    for (const c of chunks) known.set(c.bytes.byteOffset * 2 ** 27 + c.bytes.length, c.hash);
+    yield { block: Buffer.from(whole, 0, whole.byteLength), known };
+    return;
+  }
   let i = 0;
   while (i < chunks.length) {
     const parts: Uint8Array[] = [];
@@ -160,6 +169,18 @@ export function* verifiedBlocks(chunks: Array<{ bytes: Uint8Array; hash: Uint8Ar
     }
     yield { block: Buffer.concat(parts, n), known };
   }
+}
+
+/** The buffer that `chunks` cover exactly, end to end from its start, if it is one of at most READ_BLOCK bytes. */
+function wholeBuffer(chunks: Array<{ bytes: Uint8Array }>): ArrayBuffer | undefined {
+  const buf = chunks[0]?.bytes.buffer;
+  if (!(buf instanceof ArrayBuffer) || buf.byteLength > READ_BLOCK) return undefined;
+  let at = 0;
+  for (const { bytes } of chunks) {
+    if (bytes.buffer !== buf || bytes.byteOffset !== at) return undefined;
+    at += bytes.length;
+  }
+  return at === buf.byteLength ? buf : undefined;
 }
 
 /**

@@ -28,9 +28,7 @@ class HashThread {
   #dead: Error | undefined;
 
   constructor() {
-    // Not the parent's --input-type (node -e scripts): it would stop the worker loading its file.
-    const execArgv = process.execArgv.filter((a) => !a.startsWith('--input-type'));
-    this.#worker = new Worker(new URL('./hash-worker.js', import.meta.url), { execArgv });
+    this.#worker = startWorker(new URL('./hash-worker.js', import.meta.url));
     this.#worker.unref();
     this.#worker.on('message', (m: FromWorker) => {
       if (m.t === 'ack') {
@@ -91,6 +89,22 @@ class HashThread {
   /** Resolves when the thread has room for more data. */
   async room(): Promise<void> {
     while (this.#inFlight > MAX_IN_FLIGHT && !this.#dead) await new Promise<void>((r) => this.#drained.push(r));
+  }
+}
+
+/**
+ * The hashing thread, with the parent's Node options (a profiler's, say) but
+ * not its --input-type (node -e scripts: it would stop the worker loading
+ * its file). A worker refuses V8 and process-wide options
+ * (--max-old-space-size, --trace-gc): with one of those it starts with none.
+ */
+function startWorker(file: URL): Worker {
+  const execArgv = process.execArgv.filter((a) => !a.startsWith('--input-type'));
+  try {
+    return new Worker(file, { execArgv });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ERR_WORKER_INVALID_EXEC_ARGV') throw e;
+    return new Worker(file, { execArgv: [] });
   }
 }
 

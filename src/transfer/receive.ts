@@ -73,12 +73,14 @@ export async function receive(store: BlobStore, src: RemoteSource, name: string,
   try {
     if (writer.size > st.size) throw new CabError('ERR_BLOB_EXISTS', `blob ${name} here is longer than the sender's`, { blob: name });
     stats.resumedFrom = writer.size;
+    options.onProgress?.({ ...stats }); // where it starts: a resumed transfer's progress goes on from there
     writer.deferHash();
     const receiver = new Receiver(store, src, name, writer, stats, options, prefix?.straddle);
     try {
       await receiver.run();
     } catch (e) {
-      if (isCabError(e, 'ERR_ABORTED')) await receiver.salvage().catch(() => {});
+      // Cut, cancelled or failed: what arrived is written first, so that the next run need not fetch it again.
+      await receiver.salvage().catch(() => {});
       throw e;
     } finally {
       await receiver.closeReaders();

@@ -1,6 +1,7 @@
 // Real-socket middlemen for the transfer tests: a TCP proxy that cuts a
-// connection after an exact number of server-to-client bytes (mid-frame, so
-// the cut lands anywhere in the stream), and a WebSocket proxy whose hooks
+// connection after an exact number of server-to-client (or client-to-server)
+// bytes, or where a watcher of the bytes says (mid-frame, so the cut lands
+// anywhere in the stream), and a WebSocket proxy whose hooks
 // see (and may rewrite) every frame, to play a lying peer or to watch the
 // protocol. Neither mocks `ws`: both sit between a real client and server.
 import net from 'node:net';
@@ -12,11 +13,17 @@ export interface ProxiedConnection {
   readonly upstream: net.Socket;
   /** Server-to-client bytes forwarded so far. */
   readonly down: number;
+  /** Client-to-server bytes forwarded so far. */
+  readonly up: number;
 }
 
 export interface CutPlan {
-  /** Forward exactly this many server-to-client bytes, then stop forwarding and call onCut. */
-  budget: number;
+  /** Forward exactly this many bytes (of `direction`), then stop forwarding them and call onCut. */
+  budget?: number;
+  /** Instead of a budget: shown each piece before it is forwarded, says how many of its bytes to forward before the cut (undefined: all of them, no cut yet). */
+  cutAt?: (piece: Buffer) => number | undefined;
+  /** The bytes cut: server-to-client (default) or client-to-server. */
+  direction?: 'down' | 'up';
   onCut: (c: ProxiedConnection) => void;
 }
 
@@ -27,6 +34,8 @@ export interface TcpProxy {
   next: CutPlan | undefined;
   /** Server-to-client bytes forwarded over all connections. */
   readonly totalDown: number;
+  /** Client-to-server bytes forwarded over all connections. */
+  readonly totalUp: number;
   close(): Promise<void>;
 }
 
@@ -34,6 +43,7 @@ export interface TcpProxy {
 export async function tcpProxy(targetPort: () => number): Promise<TcpProxy> {
   const sockets = new Set<net.Socket>();
   let totalDown = 0;
+  let totalUp = 0;
   const proxy: { next: CutPlan | undefined } = { next: undefined };
   const server = net.createServer((client) => {
     const plan = proxy.next;
@@ -41,36 +51,41 @@ export async function tcpProxy(targetPort: () => number): Promise<TcpProxy> {
     const upstream = net.connect(targetPort(), '127.0.0.1');
     sockets.add(client);
     sockets.add(upstream);
-    let down = 0;
+    const moved = { down: 0, up: 0 };
     let frozen = false;
     const conn: ProxiedConnection = {
       client,
       upstream,
       get down() {
-        return down;
+        return moved.down;
+      },
+      get up() {
+        return moved.up;
       },
     };
-    client.on('data', (d: Buffer) => {
-      if (!upstream.write(d)) {
-        client.pause();
-        upstream.once('drain', () => client.resume());
-      }
-    });
-    upstream.on('data', (d: Buffer) => {
-      if (frozen) return;
-      let part = d;
-      if (plan && down + d.length >= plan.budget) {
-        part = d.subarray(0, plan.budget - down);
-        frozen = true;
-      }
-      down += part.length;
-      totalDown += part.length;
-      if (part.length > 0 && !client.write(part)) {
-        upstream.pause();
-        client.once('drain', () => upstream.resume());
-      }
-      if (frozen) plan!.onCut(conn);
-    });
+    const relay = (from: net.Socket, to: net.Socket, dir: 'down' | 'up') =>
+      from.on('data', (d: Buffer) => {
+        const cutting = plan !== undefined && (plan.direction ?? 'down') === dir;
+        if (cutting && frozen) return;
+        let part = d;
+        if (cutting) {
+          const n = plan.cutAt ? plan.cutAt(d) : plan.budget !== undefined && moved[dir] + d.length >= plan.budget ? plan.budget - moved[dir] : undefined;
+          if (n !== undefined) {
+            part = d.subarray(0, n);
+            frozen = true;
+          }
+        }
+        moved[dir] += part.length;
+        if (dir === 'down') totalDown += part.length;
+        else totalUp += part.length;
+        if (part.length > 0 && !to.write(part)) {
+          from.pause();
+          to.once('drain', () => from.resume());
+        }
+        if (cutting && frozen) plan.onCut(conn);
+      });
+    relay(client, upstream, 'up');
+    relay(upstream, client, 'down');
     const done = () => {
       sockets.delete(client);
       sockets.delete(upstream);
@@ -95,6 +110,9 @@ export async function tcpProxy(targetPort: () => number): Promise<TcpProxy> {
     },
     get totalDown() {
       return totalDown;
+    },
+    get totalUp() {
+      return totalUp;
     },
     close() {
       for (const s of sockets) s.destroy();
