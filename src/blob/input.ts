@@ -1,5 +1,6 @@
 import fs from 'node:fs/promises';
 import { CabError } from '../errors.js';
+import { isRecycled } from '../hash/pool.js';
 import type { Descriptor } from '../format/descriptor.js';
 
 /** What appendBytes takes: bytes, or a range of a local file. */
@@ -145,15 +146,15 @@ export async function feedInputs(inputs: Input[], feed: (block: Uint8Array, give
 /**
  * appendVerified's chunks in blocks of up to READ_BLOCK bytes, each chunk's
  * checked hash keyed by (offset in the block * 2^27 + size). Chunks that
- * lie end to end over the whole of one buffer (a receiver's batch) are that
- * buffer, taken as it is: no copy.
+ * lie end to end from the start of a recycled buffer (hash/pool.ts: a
+ * receiver's batch) are that buffer, taken as it is: no copy.
  */
 export function* verifiedBlocks(chunks: Array<{ bytes: Uint8Array; hash: Uint8Array }>): Generator<{ block: Buffer; known: Map<number, Uint8Array> }> {
   const whole = wholeBuffer(chunks);
   if (whole) {
     const known = new Map<number, Uint8Array>();
     for (const c of chunks) known.set(c.bytes.byteOffset * 2 ** 27 + c.bytes.length, c.hash);
-    yield { block: Buffer.from(whole, 0, whole.byteLength), known };
+    yield { block: whole, known };
     return;
   }
   let i = 0;
@@ -171,16 +172,20 @@ export function* verifiedBlocks(chunks: Array<{ bytes: Uint8Array; hash: Uint8Ar
   }
 }
 
-/** The buffer that `chunks` cover exactly, end to end from its start, if it is one of at most READ_BLOCK bytes. */
-function wholeBuffer(chunks: Array<{ bytes: Uint8Array }>): ArrayBuffer | undefined {
+/**
+ * The bytes that `chunks` cover end to end from the start of a recycled
+ * buffer (hash/pool.ts), whose memory goes to the hashing thread and back.
+ * Any other buffer is the caller's, and is copied.
+ */
+function wholeBuffer(chunks: Array<{ bytes: Uint8Array }>): Buffer | undefined {
   const buf = chunks[0]?.bytes.buffer;
-  if (!(buf instanceof ArrayBuffer) || buf.byteLength > READ_BLOCK) return undefined;
+  if (buf === undefined || !isRecycled(buf)) return undefined;
   let at = 0;
   for (const { bytes } of chunks) {
     if (bytes.buffer !== buf || bytes.byteOffset !== at) return undefined;
     at += bytes.length;
   }
-  return at === buf.byteLength ? buf : undefined;
+  return Buffer.from(buf, 0, at);
 }
 
 /**

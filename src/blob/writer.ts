@@ -126,9 +126,9 @@ export class BlobWriter {
    * against the bytes (a transfer's receiver). They go through the chunker
    * as any bytes do; where it cuts exactly one of them, that chunk's hash is
    * taken from the caller instead of computed a second time. Chunks that
-   * lie end to end over the whole of one buffer are appended from it without
-   * a copy: the buffer is the writer's from then on (it goes to the hashing
-   * thread), and the caller must not touch it again.
+   * lie end to end from the start of a recycled buffer (hash/pool.ts) are
+   * appended from it without a copy: the buffer is the writer's from then
+   * on (it goes to the hashing thread, then back to the pool).
    */
   appendVerified(chunks: Array<{ bytes: Uint8Array; hash: Uint8Array }>): Promise<void> {
     return this.#run(() =>

@@ -72,7 +72,9 @@ port.on('message', (m: ToWorker) => {
           job.error = e as Error;
         }
       }
-      port.postMessage({ t: 'ack', n: m.len });
+      // A recycled buffer goes back with the ack, for the next one.
+      if (m.back) port.postMessage({ t: 'ack', n: m.len, buf: m.buf }, [m.buf as ArrayBuffer]);
+      else port.postMessage({ t: 'ack', n: m.len });
       break;
     }
     case 'frag':

@@ -6,9 +6,14 @@ import type { GetItem } from './messages.js';
 import { getBytes, type RemoteSource } from './remote.js';
 import type { TransferStats } from './stats.js';
 import { orAbort, throwIfAborted } from './abort.js';
+import { recycledBuffer, RECYCLED_BYTES } from '../hash/pool.js';
 
-/** Bytes of whole chunks asked for and not yet written: what a fetch holds in memory, at most. */
-export const FETCH_WINDOW_BYTES = 16 * 1024 * 1024;
+/**
+ * Bytes of whole chunks asked for and not yet written: what a fetch holds
+ * in memory, at most, and what a cancelled one still takes in (and writes)
+ * before it stops.
+ */
+export const FETCH_WINDOW_BYTES = 8 * 1024 * 1024;
 
 /**
  * One get: its chunks, in order, landing in one buffer of their total size,
@@ -146,8 +151,8 @@ export class FetchWindow {
         this.#failure = new CabError('ERR_HASH_MISMATCH', `chunk ${toHex(c.hash)} from ${this.src.label} does not hash to what was asked for`, { blob: this.name });
         break;
       }
-      // Its own memory, exactly the get's size: the hashing thread takes it whole, without a copy.
-      g.buf ??= Buffer.allocUnsafeSlow(g.bytes);
+      // Memory the hashing thread takes without a copy (and hands back for the next get, if recycled).
+      g.buf ??= g.bytes <= RECYCLED_BYTES ? recycledBuffer(g.bytes) : Buffer.allocUnsafeSlow(g.bytes);
       g.buf.set(bytes, g.at);
       g.at += bytes.length;
       g.got++;

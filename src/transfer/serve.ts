@@ -23,10 +23,13 @@ export type { ServeEvent } from './serve-event.js';
  * Enough for reads to run ahead of the socket.
  */
 export const SERVE_AHEAD_BYTES = 4 * 1024 * 1024;
-/** Frame buffers a connection keeps for reuse once written: fresh memory for every frame cost a garbage collection every few MiB. */
-const SPARE_FRAMES = 16;
-/** A spare frame buffer's size: a full frame of small items, with its headers. */
-const FRAME_BUFFER = DATA_FRAME_BYTES + 16 * 1024;
+/**
+ * Bytes of frame buffers a connection keeps for reuse once written (fresh
+ * memory for every frame cost a garbage collection every few MiB), each
+ * sized up to a multiple of FRAME_STEP so that it fits the next frames.
+ */
+const SPARE_BYTES = 2 * 1024 * 1024;
+const FRAME_STEP = DATA_FRAME_BYTES;
 
 /** What answering needs from its connection. */
 export interface ServeContext {
@@ -64,8 +67,9 @@ export class Serving {
   #getTurn: Promise<void> = Promise.resolve();
   /** Bytes of this connection's data frames read and not yet written. */
   readonly #ahead = new ByteBudget(SERVE_AHEAD_BYTES);
-  /** Frame buffers written and free for the next frames. */
+  /** Frame buffers written and free for the next frames, and their bytes. */
   #spare: Buffer[] = [];
+  #spareBytes = 0;
   /** Blobs this end pushes: the only ones a client serves. */
   readonly #pushing = new Map<string, number>();
   /** Pushes being received (server), by request id: a `cancel` aborts one. */
@@ -111,6 +115,7 @@ export class Serving {
   /** The connection is gone: close readers. Gets stop at their next frame; a push being received fails on its next request. */
   close(): void {
     this.#spare = [];
+    this.#spareBytes = 0;
     void this.#readers.close();
   }
 
@@ -228,13 +233,16 @@ export class Serving {
     const release = () => {
       shared();
       mine();
-      if (buf?.length === FRAME_BUFFER && this.#spare.length < SPARE_FRAMES && !this.#c.closedBy()) this.#spare.push(buf);
+      if (buf && this.#spareBytes + buf.length <= SPARE_BYTES && !this.#c.closedBy()) {
+        this.#spare.push(buf);
+        this.#spareBytes += buf.length;
+      }
       buf = undefined;
     };
     try {
       const closed = this.#c.closedBy();
       if (closed) throw closed;
-      const alloc = (size: number) => (buf = size <= FRAME_BUFFER ? (this.#spare.pop() ?? Buffer.allocUnsafe(FRAME_BUFFER)) : Buffer.allocUnsafe(size));
+      const alloc = (size: number) => (buf = this.#spareFor(size) ?? Buffer.allocUnsafeSlow(Math.ceil(size / FRAME_STEP) * FRAME_STEP));
       const { frame, at } = encodeDataFrame(id, items.map((it) => it[2]), end, alloc);
       // Every read ends before the frame's memory can go back (and be read into for another frame).
       const reads = await Promise.allSettled(items.map(([h, off, len], k) => this.#readChunk(h, off, len, frame.subarray(at[k]!, at[k]! + len))));
@@ -260,6 +268,15 @@ export class Serving {
     const buf = new Uint8Array(len);
     await r.readFully(buf, at);
     return buf;
+  }
+
+  /** A spare frame buffer of at least `size` bytes, taken off the list. */
+  #spareFor(size: number): Buffer | undefined {
+    const k = this.#spare.findIndex((b) => b.length >= size);
+    if (k < 0) return undefined;
+    const [b] = this.#spare.splice(k, 1);
+    this.#spareBytes -= b!.length;
+    return b;
   }
 
   /**
