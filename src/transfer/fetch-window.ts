@@ -88,6 +88,7 @@ export class FetchWindow {
   async drain(): Promise<void> {
     await this.#launch();
     while (this.#queue.length > 0 || this.#writing) await this.#step();
+    await this.#throwIfFailed();
   }
 
   /**
@@ -206,14 +207,17 @@ export class FetchWindow {
 
   /** Waits for something to land, a get to end or a write to end; writes what is ready. Throws (having salvaged) on a failure or an abort. */
   async #step(): Promise<void> {
-    if (this.#failure !== undefined) {
-      // What landed is written before the failure goes up.
-      await this.#flush();
-      throw this.#failure;
-    }
+    await this.#throwIfFailed();
     throwIfAborted(this.signal, this.name);
     if (this.#ready()) this.#kick();
     await orAbort(new Promise<void>((r) => this.#waiters.push(r)), this.signal, this.name);
+  }
+
+  /** Throws the failure, if there is one, once what landed is written. */
+  async #throwIfFailed(): Promise<void> {
+    if (this.#failure === undefined) return;
+    await this.#flush();
+    throw this.#failure;
   }
 
   /** Writes everything that landed (unless a write failed). */
