@@ -332,3 +332,19 @@ test.serial('a push cut 20 times in the middle of an answer frame: the server wr
   t.true(r.isFinalized);
   t.is(toHex(r.hash!), BIG_HASH);
 });
+
+test('small pulls and pushes back to back on one connection each end as soon as their last get is written (none waits for a wake-up that came early)', async (t) => {
+  const a = await tempStore(t);
+  const b = await tempStore(t);
+  const srv = await serve(a, { insecure: true, idleTimeoutMs: 20_000 });
+  t.teardown(() => srv.close());
+  const c = await connect(b, srv.url);
+  t.teardown(() => c.close());
+  // A FetchWindow that lost a wake-up left the push waiting until the server's idle timeout cut it (ERR_IDLE_TIMEOUT).
+  for (let i = 0; i < 20; i++) {
+    const pulled = await putBlob(a, prngBytes(`small pull ${i}`, 1 + ((i * 37 * KiB) % (300 * KiB))));
+    const pushed = await putBlob(b, prngBytes(`small push ${i}`, 1 + ((i * 53 * KiB) % (300 * KiB))));
+    t.is((await c.pull(pulled)).verifiedBytes, (await a.stat(pulled)).size);
+    t.is((await c.push(pushed)).received, (await b.stat(pushed)).size);
+  }
+});

@@ -88,7 +88,7 @@ export class FetchWindow {
   async drain(): Promise<void> {
     await this.#launch();
     while (this.#queue.length > 0 || this.#writing) await this.#step();
-    await this.#throwIfFailed();
+    if (this.#failure !== undefined) await this.#fail();
   }
 
   /**
@@ -205,17 +205,20 @@ export class FetchWindow {
     this.progress();
   }
 
-  /** Waits for something to land, a get to end or a write to end; writes what is ready. Throws (having salvaged) on a failure or an abort. */
+  /**
+   * Waits for something to land, a get to end or a write to end; writes what
+   * is ready. Throws (having salvaged) on a failure or an abort. Nothing is
+   * awaited before the wait begins: a change in between would wake no one.
+   */
   async #step(): Promise<void> {
-    await this.#throwIfFailed();
+    if (this.#failure !== undefined) await this.#fail();
     throwIfAborted(this.signal, this.name);
     if (this.#ready()) this.#kick();
     await orAbort(new Promise<void>((r) => this.#waiters.push(r)), this.signal, this.name);
   }
 
-  /** Throws the failure, if there is one, once what landed is written. */
-  async #throwIfFailed(): Promise<void> {
-    if (this.#failure === undefined) return;
+  /** Throws the failure once what landed is written. */
+  async #fail(): Promise<never> {
     await this.#flush();
     throw this.#failure;
   }
