@@ -195,8 +195,9 @@ function report(t: ExecutionContext, what: string, tally: Tally, wire: number): 
   t.true(waste <= CUTS * MAX_CHUNK, 'at most a chunk per cut in all');
   t.is(tally.arrived, SIZE, 'no data frame that arrived carried a byte twice: every one was written');
   // Beyond the blob: the frames cut, those a reset dropped, and each attempt's stat, requests, framing and chunk
-  // list (about 40 bytes a chunk, 36 KiB here), read twice by a resumed attempt (to check the prefix, then to go on).
-  const bound = SIZE + waste + lost + (CUTS + 1) * 128 * KiB + SIZE / 1000;
+  // list (about 40 bytes a chunk, 36 KiB here; a resumed attempt checks its prefix against it and goes on without
+  // asking for it again).
+  const bound = SIZE + waste + lost + (CUTS + 1) * 64 * KiB + SIZE / 1000;
   t.true(wire <= bound, `${wire} bytes on the wire <= ${bound}`);
 }
 

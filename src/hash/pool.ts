@@ -16,8 +16,8 @@ export const MAX_IN_FLIGHT = 16 * 1024 * 1024;
 
 /** The size of a recycled buffer (see recycledBuffer). */
 export const RECYCLED_BYTES = 1024 * 1024;
-/** Recycled buffers kept free, at most. */
-const MAX_FREE = 48;
+/** Recycled buffers kept free, at most (what an idle process keeps of them: 16 MiB). */
+const MAX_FREE = 16;
 /** Buffers that go back to the free list once the hashing thread is done with them. */
 const recyclable = new WeakSet<ArrayBuffer>();
 const free: ArrayBuffer[] = [];
