@@ -16,6 +16,7 @@ import {
   serve,
   toHex,
   type Message,
+  PROTOCOL_VERSION,
 } from '../src/index.js';
 import { RecordWriter, scan } from '../src/transfer/records.js';
 import { prngBytes } from '../tools/data.js';
@@ -94,12 +95,13 @@ test('a cancel for no running push is ignored: the connection goes on', async (t
   t.true(raw.isOpen);
 });
 
-test('hello with another hash is ERR_VERSION, with malformed chunker params ERR_PROTOCOL; other chunker params are welcome', async (t) => {
+test('hello with another hash or version is ERR_VERSION, with malformed chunker params ERR_PROTOCOL; other chunker params are welcome', async (t) => {
   const store = await tempStore(t);
   const srv = await serve(store, { tokens: { [TOKEN]: ['read', 'write'] } });
   t.teardown(() => srv.close());
   const cases: Array<[string, Record<string, unknown>, string]> = [
     ['hash blake3', { hash: 'blake3' }, 'ERR_VERSION'],
+    ['version 1 (an older client, whose get answers would not stream)', { v: 1 }, 'ERR_VERSION'],
     ['avg not a power of two', { chunker: { min: 1024, avg: 3000, max: 8192 } }, 'ERR_PROTOCOL'],
     ['min > max', { chunker: { min: 8192, avg: 4096, max: 1024 } }, 'ERR_PROTOCOL'],
     ['min below 64', { chunker: { min: 1, avg: 4096, max: 8192 } }, 'ERR_PROTOCOL'],
@@ -107,28 +109,29 @@ test('hello with another hash is ERR_VERSION, with malformed chunker params ERR_
   for (const [what, change, code] of cases) {
     const raw = await RawClient.open(srv.url);
     t.teardown(() => raw.close());
-    raw.send({ t: 'hello', v: 1, token: TOKEN, chunker: CHUNKER, hash: 'sha256', ...change });
+    raw.send({ t: 'hello', v: PROTOCOL_VERSION, token: TOKEN, chunker: CHUNKER, hash: 'sha256', ...change });
     t.like(await raw.waitFor((m) => m.t === 'err' || m.t === 'welcome'), { t: 'err', code }, what);
     await raw.waitFor(() => false, 2000);
     t.false(raw.isOpen, `${what}: closed`);
   }
   const raw = await RawClient.open(srv.url);
   t.teardown(() => raw.close());
-  raw.send({ t: 'hello', v: 1, token: TOKEN, chunker: { min: 1024, avg: 4096, max: 16384 }, hash: 'sha256' });
+  raw.send({ t: 'hello', v: PROTOCOL_VERSION, token: TOKEN, chunker: { min: 1024, avg: 4096, max: 16384 }, hash: 'sha256' });
   t.like(await raw.waitFor((m) => m.t === 'err' || m.t === 'welcome'), { t: 'welcome' }, 'other chunker params');
 });
 
-test('a welcome with another hash, or malformed chunker params, fails connect (ERR_VERSION, ERR_PROTOCOL)', async (t) => {
+test('a welcome with another hash or version, or malformed chunker params, fails connect (ERR_VERSION, ERR_PROTOCOL)', async (t) => {
   const store = await tempStore(t);
   for (const [change, code] of [
     [{ hash: 'md5' }, 'ERR_VERSION'],
+    [{ v: 1 }, 'ERR_VERSION'],
     [{ chunker: { min: 100, avg: 100, max: 100 } }, 'ERR_PROTOCOL'],
   ] as const) {
     const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
     await new Promise((r) => wss.once('listening', r));
     t.teardown(() => new Promise<void>((r) => wss.close(() => r())));
     wss.on('connection', (ws) => {
-      ws.on('message', () => ws.send(encodeMessage({ t: 'welcome', v: 1, chunker: CHUNKER, hash: 'sha256', perms: ['read'], maxFrame: 1 << 20, maxRequests: 4, ...change } as Message)));
+      ws.on('message', () => ws.send(encodeMessage({ t: 'welcome', v: PROTOCOL_VERSION, chunker: CHUNKER, hash: 'sha256', perms: ['read'], maxFrame: 1 << 20, maxRequests: 4, ...change } as Message)));
     });
     const port = (wss.address() as { port: number }).port;
     const connected = connect(store, `ws://127.0.0.1:${port}`, { token: TOKEN, timeoutMs: 3000 }).then((c) => c.close());

@@ -21,6 +21,7 @@ import {
   type CabServer,
   type Message,
   type ServeOptions,
+  PROTOCOL_VERSION,
 } from '../src/index.js';
 import { prngBytes, prngInts } from '../tools/data.js';
 import { tempDir, tempStore, putBlob, readAll, collect } from './helpers/store.js';
@@ -207,8 +208,8 @@ function hostileFrames(seed: number, count: number, ctx: { alpha: string; beta: 
     { t: 'get', id, items: [] },
     { t: 'get', id, items: [[bytes(32, `g${id}`), 0, 10]] },
     { t: 'push', id, name: pick(names), size: rnd(1000), hash: bytes(32, `p${id}`) },
-    { t: 'hello', v: 1, token: RW, chunker: CHUNKER, hash: 'sha256' },
-    { t: 'welcome', v: 1, chunker: CHUNKER, hash: 'sha256', perms: ['read'], maxFrame: 1000, maxRequests: 4 },
+    { t: 'hello', v: PROTOCOL_VERSION, token: RW, chunker: CHUNKER, hash: 'sha256' },
+    { t: 'welcome', v: PROTOCOL_VERSION, chunker: CHUNKER, hash: 'sha256', perms: ['read'], maxFrame: 1000, maxRequests: 4 },
     { t: 'statr', id, size: 10, fin: true, hash: ctx.hash },
     { t: 'listr', id, c: [[ctx.hash, ctx.size]], end: true },
     { t: 'finer', id, c: [[ctx.hash, ctx.size]] },
@@ -355,7 +356,7 @@ async function throwFrames(url: string, frames: Hostile[], known: Known, alpha: 
       // A request before hello, then a hello with a wrong token: the server hangs up, and must not have served it.
       const r = await RawClient.open(url);
       r.send(h.frame);
-      r.send({ t: 'hello', v: 1, token: 'wrong', chunker: CHUNKER, hash: 'sha256' });
+      r.send({ t: 'hello', v: PROTOCOL_VERSION, token: 'wrong', chunker: CHUNKER, hash: 'sha256' });
       const gone = await r.waitClosed(5000);
       outcomes.push({ h, expect, alive: !gone, hung: !gone, heard: r.heard.flatMap((x) => ('m' in x ? [x.m] : [])), closed: r.closed });
       r.close();

@@ -1,6 +1,7 @@
 // A TCP proxy on 127.0.0.1 that counts the bytes it forwards each way and
-// can cut a connection after an exact number of server-to-client bytes
-// (mid-frame: the cut lands anywhere in the stream). The transfer tests use
+// can cut a connection after an exact number of server-to-client (or
+// client-to-server) bytes, or where a watcher of the bytes says (mid-frame:
+// the cut lands anywhere in the stream). The transfer tests use
 // it as a middleman, the transfer bench to count bytes on the wire and to
 // cut every connection of a pull. It sits between a real client and a real
 // server; nothing is mocked.
@@ -12,11 +13,17 @@ export interface ProxiedConnection {
   readonly upstream: net.Socket;
   /** Server-to-client bytes forwarded so far. */
   readonly down: number;
+  /** Client-to-server bytes forwarded so far. */
+  readonly up: number;
 }
 
 export interface CutPlan {
-  /** Forward exactly this many server-to-client bytes, then stop forwarding and call onCut. */
-  budget: number;
+  /** Forward exactly this many bytes (of `direction`), then stop forwarding them and call onCut. */
+  budget?: number;
+  /** Instead of a budget: shown each piece before it is forwarded, says how many of its bytes to forward before the cut (undefined: all of them, no cut yet). */
+  cutAt?: (piece: Buffer) => number | undefined;
+  /** The bytes cut: server-to-client (default) or client-to-server. */
+  direction?: 'down' | 'up';
   onCut: (c: ProxiedConnection) => void;
 }
 
@@ -59,37 +66,41 @@ export async function tcpProxy(targetPort: () => number, options: TcpProxyOption
     const upstream = net.connect(targetPort(), '127.0.0.1');
     sockets.add(client);
     sockets.add(upstream);
-    let down = 0;
+    const moved = { down: 0, up: 0 };
     let frozen = false;
     const conn: ProxiedConnection = {
       client,
       upstream,
       get down() {
-        return down;
+        return moved.down;
+      },
+      get up() {
+        return moved.up;
       },
     };
-    client.on('data', (d: Buffer) => {
-      totalUp += d.length;
-      if (!upstream.write(d)) {
-        client.pause();
-        upstream.once('drain', () => client.resume());
-      }
-    });
-    upstream.on('data', (d: Buffer) => {
-      if (frozen) return;
-      let part = d;
-      if (plan && down + d.length >= plan.budget) {
-        part = d.subarray(0, plan.budget - down);
-        frozen = true;
-      }
-      down += part.length;
-      totalDown += part.length;
-      if (part.length > 0 && !client.write(part)) {
-        upstream.pause();
-        client.once('drain', () => upstream.resume());
-      }
-      if (frozen) plan!.onCut(conn);
-    });
+    const relay = (from: net.Socket, to: net.Socket, dir: 'down' | 'up') =>
+      from.on('data', (d: Buffer) => {
+        const cutting = plan !== undefined && (plan.direction ?? 'down') === dir;
+        if (cutting && frozen) return;
+        let part = d;
+        if (cutting) {
+          const n = plan.cutAt ? plan.cutAt(d) : plan.budget !== undefined && moved[dir] + d.length >= plan.budget ? plan.budget - moved[dir] : undefined;
+          if (n !== undefined) {
+            part = d.subarray(0, n);
+            frozen = true;
+          }
+        }
+        moved[dir] += part.length;
+        if (dir === 'down') totalDown += part.length;
+        else totalUp += part.length;
+        if (part.length > 0 && !to.write(part)) {
+          from.pause();
+          to.once('drain', () => from.resume());
+        }
+        if (cutting && frozen) plan.onCut(conn);
+      });
+    relay(client, upstream, 'up');
+    relay(upstream, client, 'down');
     const done = () => {
       sockets.delete(client);
       sockets.delete(upstream);

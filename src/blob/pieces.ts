@@ -1,4 +1,5 @@
 import { CabError } from '../errors.js';
+import { isRecycled } from '../hash/pool.js';
 import type { BlockRefs, BlockSource } from './ingest.js';
 import { READ_BLOCK } from './input.js';
 
@@ -43,8 +44,20 @@ export function checkVerified(chunks: readonly VerifiedChunk[]): void {
   }
 }
 
-/** appendVerified's chunks in blocks of up to READ_BLOCK bytes (a longer chunk is a block of its own). */
+/**
+ * appendVerified's chunks in blocks of up to READ_BLOCK bytes (a longer
+ * chunk is a block of its own). Chunks without refs that lie end to end
+ * from the start of a recycled buffer (hash/pool.ts: a receiver's batch)
+ * are that buffer, taken as it is: no copy.
+ */
 export function* verifiedBlocks(chunks: readonly VerifiedChunk[]): Generator<VerifiedBlock> {
+  const whole = wholeBuffer(chunks);
+  if (whole) {
+    const known = new Map<number, Uint8Array>();
+    for (const c of chunks) known.set(c.bytes.byteOffset * 2 ** 27 + c.bytes.length, c.hash);
+    yield { block: whole, known, refs: undefined };
+    return;
+  }
   let i = 0;
   while (i < chunks.length) {
     const parts: Uint8Array[] = [];
@@ -60,4 +73,20 @@ export function* verifiedBlocks(chunks: readonly VerifiedChunk[]): Generator<Ver
     }
     yield { block: Buffer.concat(parts, n), known, refs: refs.length ? refs : undefined };
   }
+}
+
+/**
+ * The bytes that `chunks` cover end to end from the start of a recycled
+ * buffer (hash/pool.ts), whose memory goes to the hashing thread and back.
+ * Any other buffer is the caller's, and is copied; so are chunks with refs.
+ */
+function wholeBuffer(chunks: readonly VerifiedChunk[]): Buffer | undefined {
+  const buf = chunks[0]?.bytes.buffer;
+  if (buf === undefined || !isRecycled(buf)) return undefined;
+  let at = 0;
+  for (const { bytes, refs } of chunks) {
+    if (refs?.length || bytes.buffer !== buf || bytes.byteOffset !== at) return undefined;
+    at += bytes.length;
+  }
+  return Buffer.from(buf, 0, at);
 }

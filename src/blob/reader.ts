@@ -158,6 +158,23 @@ export class BlobReader {
     }
   }
 
+  /**
+   * @internal Fills `buf` with the bytes at `position` as they are on disk,
+   * not checked against their chunk hashes: for a sender whose receiver
+   * checks every byte against the hash it asked for (a transfer's `get`),
+   * so that the bytes are hashed once on their way, not twice. Damaged
+   * ranges are refused as by readAt (ERR_BLOB_DAMAGED).
+   */
+  async readUnchecked(buf: Uint8Array, position: number): Promise<void> {
+    this.#check();
+    if (position + buf.length > this.size) {
+      throw new CabError('ERR_ILLEGAL_POSITION', `blob ${this.name} ends at ${this.size}, before ${position + buf.length}`, { blob: this.name, offset: position, expected: this.size });
+    }
+    const clean = this.#undamaged(position, buf.length);
+    if (clean < buf.length) this.#undamaged(position + clean, 1); // throws: the damage there
+    await this.#bytes.readUnchecked(buf, position);
+  }
+
   /** Reads from the seek position and advances it. */
   async read(buf: Uint8Array): Promise<number> {
     const n = await this.readAt(buf, this.#pos);

@@ -127,7 +127,9 @@ export class BlobWriter {
    * @internal Appends chunks whose SHA-256 the caller has already checked
    * against the bytes (a transfer). They go through the chunker as any bytes
    * do; where it cuts exactly one of them, its hash is the caller's. A
-   * chunk's `refs` go in by reference (appendBlob-style); only the rest is written.
+   * chunk's `refs` go in by reference (appendBlob-style); only the rest is
+   * written. Chunks that lie end to end from the start of a recycled buffer
+   * (hash/pool.ts) are appended without a copy: the buffer is the writer's.
    */
   async appendVerified(chunks: readonly VerifiedChunk[]): Promise<void> {
     checkVerified(chunks);

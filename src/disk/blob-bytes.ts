@@ -102,6 +102,11 @@ export class BlobBytes {
     if (p < end) await readExtents(this.#files, this.#extents, buf.subarray(p - pos), p);
   }
 
+  /** Fills buf with blob bytes [pos, pos + buf.length) as they are on disk, unchecked. */
+  readUnchecked(buf: Uint8Array, pos: number): Promise<void> {
+    return readExtents(this.#files, this.#extents, buf, pos);
+  }
+
   /**
    * Copies bytes [from, to) of chunk `c` to buf[at..], the chunk read whole
    * and checked first (or the one kept from the last call). The kept chunk

@@ -28,6 +28,35 @@ function reply(seq: number, job: Job | undefined, value: () => unknown): void {
   }
 }
 
+/**
+ * A block is hashed and written a slice at a time, each pass over a slice
+ * while it is in the CPU's cache: the merkle hash, then the fragment hash
+ * and write of the parts of it that are new bytes. (Pass by pass over a
+ * whole 4 MiB block, the write's copy ran from memory, at a third of the speed.)
+ */
+const SLICE = 256 * 1024;
+
+/** `writes`: [offset in bytes, length, fragment offset] triples, in order. */
+function ingest(job: Job, bytes: Uint8Array, merkle: boolean, writes: number[]): void {
+  let i = 0;
+  for (let s = 0; s < bytes.length; s += SLICE) {
+    const e = Math.min(bytes.length, s + SLICE);
+    if (merkle) job.merkle.update(bytes.subarray(s, e));
+    for (; i < writes.length; i += 3) {
+      const from = Math.max(s, writes[i]!);
+      const to = Math.min(e, writes[i]! + writes[i + 1]!);
+      if (from < to) {
+        const part = bytes.subarray(from, to);
+        job.frag.update(part);
+        const at = writes[i + 2]! + from - writes[i]!;
+        let done = 0;
+        while (done < part.length) done += fs.writeSync(job.fd, part, done, part.length - done, at + done);
+      }
+      if (writes[i]! + writes[i + 1]! > e) break; // the rest of this write is in the next slice
+    }
+  }
+}
+
 port.on('message', (m: ToWorker) => {
   const job = jobs.get(m.id);
   switch (m.t) {
@@ -38,19 +67,14 @@ port.on('message', (m: ToWorker) => {
       const bytes = new Uint8Array(m.buf, m.off, m.len);
       if (job && !job.error) {
         try {
-          if (m.merkle) job.merkle.update(bytes);
-          const w = m.writes;
-          for (let i = 0; i < w.length; i += 3) {
-            const part = bytes.subarray(w[i]!, w[i]! + w[i + 1]!);
-            job.frag.update(part);
-            let done = 0;
-            while (done < part.length) done += fs.writeSync(job.fd, part, done, part.length - done, w[i + 2]! + done);
-          }
+          ingest(job, bytes, m.merkle, m.writes);
         } catch (e) {
           job.error = e as Error;
         }
       }
-      port.postMessage({ t: 'ack', n: m.len });
+      // A recycled buffer goes back with the ack, for the next one.
+      if (m.back) port.postMessage({ t: 'ack', n: m.len, buf: m.buf }, [m.buf as ArrayBuffer]);
+      else port.postMessage({ t: 'ack', n: m.len });
       break;
     }
     case 'frag':

@@ -5,14 +5,44 @@ import type { MerkleState } from './merkle.js';
 /** Messages to the hashing thread. */
 export type ToWorker =
   | { t: 'open'; id: number; state?: MerkleState }
-  | { t: 'data'; id: number; buf: ArrayBufferLike; off: number; len: number; merkle: boolean; writes: number[] }
+  | { t: 'data'; id: number; buf: ArrayBufferLike; off: number; len: number; merkle: boolean; writes: number[]; back?: boolean }
   | { t: 'frag'; id: number; fd: number }
   | { t: 'seal' | 'state' | 'digest' | 'close'; id: number; seq: number };
 
-type FromWorker = { t: 'ack'; n: number } | { t: 'res'; seq: number; value?: unknown; error?: { message: string; code?: string } };
+type FromWorker = { t: 'ack'; n: number; buf?: ArrayBuffer } | { t: 'res'; seq: number; value?: unknown; error?: { message: string; code?: string } };
 
 /** Bytes handed to the thread and not yet processed, before senders wait. */
 export const MAX_IN_FLIGHT = 16 * 1024 * 1024;
+
+/** The size of a recycled buffer (see recycledBuffer). */
+export const RECYCLED_BYTES = 1024 * 1024;
+/** Recycled buffers kept free, at most (what an idle process keeps of them: 16 MiB). */
+const MAX_FREE = 16;
+/** Buffers that go back to the free list once the hashing thread is done with them. */
+const recyclable = new WeakSet<ArrayBuffer>();
+const free: ArrayBuffer[] = [];
+
+/**
+ * A Buffer of `n` bytes (at most RECYCLED_BYTES) over memory that the
+ * hashing thread, once it has hashed and written it, hands back for the
+ * next one: a receiver that fills a buffer per 1 MiB received and gives it
+ * to a writer made the main thread's garbage collector run a full
+ * collection every few MiB.
+ */
+export function recycledBuffer(n: number): Buffer {
+  if (n > RECYCLED_BYTES) throw new RangeError(`a recycled buffer holds at most ${RECYCLED_BYTES} bytes`);
+  let ab = free.pop();
+  if (!ab) {
+    ab = new ArrayBuffer(RECYCLED_BYTES);
+    recyclable.add(ab);
+  }
+  return Buffer.from(ab, 0, n);
+}
+
+/** Whether `buf` is a recycled buffer's memory: given to the hashing thread, it is sent whole and comes back. */
+export function isRecycled(buf: ArrayBufferLike): boolean {
+  return buf instanceof ArrayBuffer && recyclable.has(buf);
+}
 
 /**
  * One hashing thread per process, shared by every writer of every store.
@@ -32,6 +62,10 @@ class HashThread {
     this.#worker.on('message', (m: FromWorker) => {
       if (m.t === 'ack') {
         this.#inFlight -= m.n;
+        if (m.buf && free.length < MAX_FREE) {
+          recyclable.add(m.buf);
+          free.push(m.buf);
+        }
         if (this.#inFlight <= MAX_IN_FLIGHT / 2) this.#wake();
         if (this.#waiting.size === 0 && this.#inFlight === 0) this.#worker.unref();
         return;
@@ -152,6 +186,10 @@ export class HashJob {
     if (bytes.length === 0) return;
     let buf: ArrayBufferLike = bytes.buffer;
     let off = bytes.byteOffset;
+    if (give && isRecycled(buf)) {
+      this.#t.post({ t: 'data', id: this.#id, buf, off, len: bytes.length, merkle, writes, back: true }, [buf as ArrayBuffer]);
+      return;
+    }
     if (!give || !(buf instanceof ArrayBuffer) || bytes.byteLength !== buf.byteLength) {
       // A copy of our own (Buffer#slice would be a view, not a copy).
       const copy = new Uint8Array(bytes.length);

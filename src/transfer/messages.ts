@@ -3,12 +3,16 @@ import { resolveChunkerParams, type ChunkerParams } from '../chunker/params.js';
 import { packr } from '../format/frame.js';
 
 /**
- * The wire protocol, version 1: one MessagePack map per WebSocket binary
+ * The wire protocol, version 2: one MessagePack map per WebSocket binary
  * frame (or per bundle record). See docs/PROTOCOL.md. `decode` is pure and
  * bounded: it checks every field's type and size and throws
  * ERR_PROTOCOL naming the problem.
+ *
+ * Version 2 streams a `get`'s answer as `data` frames of about a chunk each
+ * (version 1 sent one `data` of up to 4 MiB): a connection cut mid-answer
+ * loses at most the frame in flight.
  */
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 
 /** Most chunk references in one `list` answer. */
 export const MAX_LIST = 4096;
@@ -20,7 +24,12 @@ export const MAX_U32 = 2 ** 32 - 1;
 export const MAX_GET_ITEMS = 4096;
 /** The fine chunker both ends use to match the bytes of a missing chunk against nearby local bytes (`fine`). */
 export const FINE_CHUNKER = { min: 256, avg: 1024, max: 8192 } as const;
-/** Default frame limit: a full `data` answer plus framing. */
+/**
+ * A `data` frame carries the items of one `get` while they add up to at most
+ * this many bytes, or one item if that alone is larger: what a cut can waste.
+ */
+export const DATA_FRAME_BYTES = 64 * 1024;
+/** Default frame limit: the largest item a get may ask for, plus framing. */
 export const MAX_FRAME = MAX_GET_BYTES + 64 * 1024;
 
 export type Perm = 'read' | 'write';
@@ -39,7 +48,7 @@ export type Message =
   | { t: 'fine'; id: number; hash: Uint8Array; size: number }
   | { t: 'finer'; id: number; c: WireChunk[] }
   | { t: 'get'; id: number; items: GetItem[] }
-  | { t: 'data'; id: number; items: Uint8Array[] }
+  | { t: 'data'; id: number; items: Uint8Array[]; end: boolean }
   | { t: 'push'; id: number; name: string; size: number; hash: Uint8Array }
   | { t: 'done'; id: number; received: number; reused: number }
   | { t: 'cancel'; id: number }
@@ -49,6 +58,57 @@ export type MessageType = Message['t'];
 
 export function encode(m: Message): Uint8Array {
   return packr.pack(m);
+}
+
+/**
+ * A `data` frame with room for items of these lengths, encoded as `encode`
+ * would (a map of t, id, end, items), its items' bytes left for the caller
+ * to fill in place at `at[k]`: the server reads chunks from disk straight
+ * into the frame it sends, with no copy in between. `alloc` gives the
+ * memory (at least `size` bytes), by default a new buffer.
+ */
+export function encodeDataFrame(
+  id: number,
+  lengths: number[],
+  end: boolean,
+  alloc: (size: number) => Buffer = (size) => Buffer.allocUnsafe(size),
+): { frame: Buffer; at: number[] } {
+  const head: number[] = [0x84, 0xa1, 0x74, 0xa4, 0x64, 0x61, 0x74, 0x61, 0xa2, 0x69, 0x64];
+  uint(head, id);
+  head.push(0xa3, 0x65, 0x6e, 0x64, end ? 0xc3 : 0xc2, 0xa5, 0x69, 0x74, 0x65, 0x6d, 0x73);
+  const n = lengths.length;
+  if (n < 16) head.push(0x90 | n);
+  else head.push(0xdc, n >>> 8, n & 0xff);
+  let size = head.length;
+  for (const len of lengths) size += binHeader(len) + len;
+  const frame = alloc(size).subarray(0, size);
+  frame.set(head);
+  const at: number[] = [];
+  let pos = head.length;
+  for (const len of lengths) {
+    const h = binHeader(len);
+    if (h === 2) frame[pos] = 0xc4;
+    else if (h === 3) frame[pos] = 0xc5;
+    else frame[pos] = 0xc6;
+    frame.writeUIntBE(len, pos + 1, h - 1);
+    pos += h;
+    at.push(pos);
+    pos += len;
+  }
+  return { frame, at };
+}
+
+/** A MessagePack unsigned integer (below 2^32), in its shortest form. */
+function uint(out: number[], x: number): void {
+  if (x < 0x80) out.push(x);
+  else if (x < 0x100) out.push(0xcc, x);
+  else if (x < 0x10000) out.push(0xcd, x >>> 8, x & 0xff);
+  else out.push(0xce, x >>> 24, (x >>> 16) & 0xff, (x >>> 8) & 0xff, x & 0xff);
+}
+
+/** Bytes of the MessagePack bin header for `len` bytes. */
+function binHeader(len: number): number {
+  return len < 0x100 ? 2 : len < 0x10000 ? 3 : 5;
 }
 
 function bad(why: string): CabError {
@@ -165,6 +225,7 @@ export function decode(frame: Uint8Array): Message {
           if (!(b instanceof Uint8Array)) throw bad('a data item is not bytes');
           return b;
         }),
+        end: bool(m.end, 'end'),
       };
     case 'push':
       return { t: 'push', id: id(), name: str(m.name, 'name', 64), size: count(m.size, 'size'), hash: hash(m.hash, 'hash') };

@@ -4,27 +4,26 @@ import type { BlobStore } from '../store.js';
 import { MAX_FRAME, MAX_GET_BYTES, decode, encode, type GetItem, type Message, type Perm } from './messages.js';
 import { receive } from './receive.js';
 import type { RemoteSource } from './remote.js';
-import { withHexJSON, type ReceiveOptions, type TransferStats } from './stats.js';
+import { withHexJSON, type ReceiveOptions, type TransferStats, type WireCount } from './stats.js';
 import { ByteBudget } from './budget.js';
 import { abortError, orAbort, throwIfAborted } from './abort.js';
 import { authenticate, checkPeer, helloFor, welcomeFor, type AuthOptions } from './handshake.js';
-import { Serving, SERVE_GETS_AT_ONCE, type ServeEvent } from './serve.js';
-
-export { SERVE_GETS_AT_ONCE } from './serve.js';
+import { Serving, SERVE_AHEAD_BYTES, type ServeEvent } from './serve.js';
 
 /** What a session needs from a transport (a WebSocket, or anything that carries frames in order). */
 export interface Transport {
   /**
    * Sends one frame. Resolves when the transport can take more (under its
-   * high-water mark: backpressure), or, with `written`, only once this frame
-   * has left the process (so that whoever holds its memory can let go).
+   * high-water mark: backpressure). `onWritten` is called once the frame has
+   * left the process, or failed to (so that whoever holds its memory can let
+   * go); not if the send rejects at once, the connection being closed.
    */
-  send(frame: Uint8Array, options?: { written?: boolean }): Promise<void>;
+  send(frame: Uint8Array, options?: { onWritten?: () => void }): Promise<void>;
   close(code: number, reason: string): void;
 }
 
 export const DEFAULT_MAX_REQUESTS = 64;
-/** Room for a `data` answer's map, ids and per-item headers within a frame. */
+/** Room for a `data` frame's map, id and per-item headers beside its largest item. */
 const FRAME_OVERHEAD = 64 * 1024;
 export const DEFAULT_IDLE_MS = 120_000;
 
@@ -42,11 +41,13 @@ export interface PeerOptions extends AuthOptions {
   /** The largest frame this end accepts (its transport's limit); it bounds the gets it sends. */
   maxFrame?: number;
   /**
-   * Bytes of `get` answers being read or waiting to be written, shared with
-   * other connections (a server's); a get waits for its bytes. Default: this
-   * connection's own, room for the gets it serves at once.
+   * Bytes of `data` frames being read or waiting to be written, shared with
+   * other connections (a server's); a frame waits for its bytes. Default:
+   * this connection's own, as much as it may have ahead (SERVE_AHEAD_BYTES).
    */
   getBudget?: ByteBudget;
+  /** The transport's count of frame bytes (for a server's ServeEvent). */
+  wire?: WireCount;
 }
 
 export interface PushOptions {
@@ -67,6 +68,9 @@ export interface PushResult {
 interface Pending {
   resolve: (m: Message) => void;
   reject: (e: Error) => void;
+  /** A get's: its items handed over frame by frame as they come, and how many are still to come. */
+  take?: (items: Uint8Array[]) => void;
+  items?: number;
 }
 
 /** Turns an `err` message into a CabError with the remote's code when it is one of ours. */
@@ -114,11 +118,13 @@ export class Peer {
       store: options.store,
       role: options.role,
       label: this.label,
-      getBudget: options.getBudget ?? new ByteBudget(SERVE_GETS_AT_ONCE * MAX_GET_BYTES),
+      getBudget: options.getBudget ?? new ByteBudget(SERVE_AHEAD_BYTES),
       perms: () => this.#perms,
-      send: (m, o) => this.#send(m, o),
+      send: (m) => this.#send(m),
+      sendFrame: (frame, onWritten) => this.#sendFrame(frame, onWritten),
       closedBy: () => this.#closed,
       source: () => this.source(),
+      ...(options.wire ? { wire: options.wire } : {}),
     });
     this.#ready = new Promise((res, rej) => {
       this.#readyResolve = res;
@@ -165,9 +171,15 @@ export class Peer {
     this.#idle.unref();
   }
 
-  async #send(m: Message, options?: { written?: boolean }): Promise<void> {
+  async #send(m: Message): Promise<void> {
     if (this.#closed) throw this.#closed;
-    await this.#t.send(encode(m), options);
+    await this.#t.send(encode(m));
+  }
+
+  /** An encoded frame (a `data` frame built in place); `onWritten` once it has left, or failed to (not if this rejects). */
+  async #sendFrame(frame: Uint8Array, onWritten: () => void): Promise<void> {
+    if (this.#closed) throw this.#closed;
+    await this.#t.send(frame, { onWritten });
   }
 
   /** A broken peer: tell it why, and hang up. */
@@ -203,10 +215,6 @@ export class Peer {
       this.#fatal(isCabError(e) ? e : new CabError('ERR_PROTOCOL', `an undecodable message: ${(e as Error).message}`));
       return;
     }
-    void this.#dispatch(m);
-  }
-
-  async #dispatch(m: Message): Promise<void> {
     if (m.t === 'welcome') return this.#onWelcome(m);
     if (m.t === 'hello') return this.#onHello(m);
     if (m.t === 'err' && m.id === undefined) {
@@ -214,8 +222,13 @@ export class Peer {
       this.closed(remoteError(m));
       return;
     }
+    // Answers are taken in this turn, with no promise of their own: a frame handed on at once is garbage young.
     if (ANSWERS.has(m.t)) return this.#onAnswer(m as Extract<Message, { id?: number }>);
-    // Requests.
+    void this.#serve(m);
+  }
+
+  /** A request from the other end. */
+  async #serve(m: Message): Promise<void> {
     if (this.#o.role === 'server' && this.#perms.size === 0) return this.#fatal(new CabError('ERR_PROTOCOL', `${m.t} before hello`));
     if (m.t === 'cancel') {
       if (this.#o.role !== 'server') return this.#fatal(new CabError('ERR_PROTOCOL', 'cancel sent to a client'));
@@ -235,6 +248,18 @@ export class Peer {
   #onAnswer(m: Extract<Message, { id?: number }>): void {
     const p = this.#pending.get(m.id!);
     if (!p) return this.#fatal(new CabError('ERR_PROTOCOL', `an answer to unknown request ${m.id}`));
+    if (m.t === 'data' && p.take) {
+      // A get's answer comes as frames, the last one marked `end`: their items, in order, are the ones asked for.
+      const left = p.items! - m.items.length;
+      if (left < 0 || m.end !== (left === 0)) {
+        return this.#fatal(new CabError('ERR_PROTOCOL', `data frames for get ${m.id} do not add up to its ${p.items!} items`));
+      }
+      p.items = left;
+      p.take(m.items);
+      if (!m.end) return;
+      // Its items went to `take`: the answer resolves without them, and so does not keep the frame alive.
+      m = { t: 'data', id: m.id, items: [], end: true };
+    }
     this.#pending.delete(m.id!);
     this.#windowWaiters.shift()?.();
     if (m.t === 'err') p.reject(remoteError(m));
@@ -276,14 +301,18 @@ export class Peer {
    * Sends a request and resolves with its answer; waits while the peer's
    * window is full. With a signal that fires first: rejects with
    * ERR_ABORTED and tells the peer (`cancel`); the late answer is dropped.
+   * A `get` with `take`: its items go to `take` frame by frame as they
+   * come, and it resolves with the last frame.
    */
-  async request<T extends Message['t']>(m: Message, expect: T, signal?: AbortSignal): Promise<Extract<Message, { t: T }>> {
+  async request<T extends Message['t']>(m: Message, expect: T, signal?: AbortSignal, take?: (items: Uint8Array[]) => void): Promise<Extract<Message, { t: T }>> {
     await this.#ready;
     while (this.#pending.size >= this.#remoteMaxRequests && !this.#closed) await new Promise<void>((r) => this.#windowWaiters.push(r));
     if (this.#closed) throw this.#closed;
     throwIfAborted(signal);
     const id = this.#nextId++;
-    const answer = new Promise<Message>((resolve, reject) => this.#pending.set(id, { resolve, reject }));
+    const answer = new Promise<Message>((resolve, reject) =>
+      this.#pending.set(id, { resolve, reject, ...(m.t === 'get' && take ? { take, items: m.items.length } : {}) }),
+    );
     answer.catch(() => {}); // awaited below, unless cancelled: then nobody waits for it
     try {
       await this.#send({ ...m, id } as Message);
@@ -321,9 +350,12 @@ export class Peer {
       },
       fine: async (hash, size) => (await this.request({ t: 'fine', id: 0, hash, size }, 'finer')).c,
       get: async (items: GetItem[]) => {
-        const r = await this.request({ t: 'get', id: 0, items }, 'data');
-        if (r.items.length !== items.length) throw new CabError('ERR_PROTOCOL', `asked for ${items.length} items, got ${r.items.length}`);
-        return r.items;
+        const out: Uint8Array[] = [];
+        await this.request({ t: 'get', id: 0, items }, 'data', undefined, (got) => out.push(...got));
+        return out;
+      },
+      stream: async (items: GetItem[], take: (got: Uint8Array[]) => void) => {
+        await this.request({ t: 'get', id: 0, items }, 'data', undefined, take);
       },
     };
   }

@@ -4,6 +4,7 @@ import type { BlobStore } from '../store.js';
 import type { BlobWriter } from '../blob/writer.js';
 import { healFrom } from './heal.js';
 import { checkPrefix, type Prefix } from './prefix.js';
+import { sharedListPages } from './list-pages.js';
 import type { RemoteSource } from './remote.js';
 import { withHexJSON, type ReceiveOptions, type TransferStats } from './stats.js';
 import { Receiver } from './receiver.js';
@@ -43,6 +44,7 @@ export async function receive(store: BlobStore, src: RemoteSource, name: string,
   });
   let writer: BlobWriter;
   let prefix: Prefix | undefined;
+  let source = src;
   try {
     const have = await store.newBlobReader(name);
     await have.close();
@@ -59,7 +61,10 @@ export async function receive(store: BlobStore, src: RemoteSource, name: string,
       await noteSource(store, name, options.label);
       return stats;
     }
-    prefix = await checkPrefix(store, src, name, st.size);
+    // The receiver reads the chunk list again: the pages checkPrefix read are kept for it.
+    const pages = sharedListPages(src);
+    prefix = await checkPrefix(store, pages.first, name, st.size);
+    source = pages.second;
     stats.receivedBytes += prefix.wasted;
     writer = await store.resumeBlobWriter(name);
     if (writer.size !== prefix.kept) {
@@ -73,12 +78,14 @@ export async function receive(store: BlobStore, src: RemoteSource, name: string,
   try {
     if (writer.size > st.size) throw new CabError('ERR_BLOB_EXISTS', `blob ${name} here is longer than the sender's`, { blob: name });
     stats.resumedFrom = writer.size;
+    options.onProgress?.({ ...stats }); // where it starts: a resumed transfer's progress goes on from there
     writer.deferHash();
-    const receiver = new Receiver(store, src, name, writer, stats, options, prefix?.straddle);
+    const receiver = new Receiver(store, source, name, writer, stats, options, prefix?.straddle);
     try {
       await receiver.run();
     } catch (e) {
-      if (isCabError(e, 'ERR_ABORTED')) await receiver.salvage().catch(() => {});
+      // Cut, cancelled or failed: what arrived is written first, so that the next run need not fetch it again.
+      await receiver.salvage().catch(() => {});
       throw e;
     } finally {
       await receiver.closeReaders();

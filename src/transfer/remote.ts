@@ -13,6 +13,12 @@ export interface RemoteSource {
   fine?(hash: Uint8Array, size: number): Promise<WireChunk[]>;
   /** Byte ranges of chunks, in order. */
   get(items: GetItem[]): Promise<Uint8Array[]>;
+  /**
+   * The same, handed to `take` as they arrive, a few at a time, in order;
+   * resolves once all have been. Items that arrived before a failure have
+   * been taken. Absent: `get` (the items arrive all at once).
+   */
+  stream?(items: GetItem[], take: (items: Uint8Array[]) => void): Promise<void>;
 }
 
 /** A chunk of the sender's list, with its offset in the blob. */

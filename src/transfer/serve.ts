@@ -1,116 +1,75 @@
-import { CabError, isCabError, type ErrorCode } from '../errors.js';
+import { CabError, isCabError } from '../errors.js';
 import { chunk as cdc } from '../chunker/fastcdc.js';
 import { sha256, toHex } from '../hash/sha256.js';
 import { checkBlobName } from '../format/layout.js';
+import { overlapsDamage } from '../format/damage.js';
 import { catchUpBlob } from '../index/catchup.js';
 import type { BlobStore } from '../store.js';
-import { MAX_LIST, FINE_CHUNKER, type Message, type Perm, type WireChunk } from './messages.js';
+import type { BlobReader } from '../blob/reader.js';
+import { MAX_LIST, FINE_CHUNKER, DATA_FRAME_BYTES, encodeDataFrame, type GetItem, type Message, type Perm, type WireChunk } from './messages.js';
 import { receive } from './receive.js';
 import type { RemoteSource } from './remote.js';
 import { ByteBudget } from './budget.js';
 import { ReaderCache } from './reader-cache.js';
+import type { WireCount } from './stats.js';
+import { ServeAccount } from './serve-event.js';
+
+export type { ServeEvent } from './serve-event.js';
 
 /**
- * `get` requests served at once per connection. A get holds its place from
- * the first read until its answer has left the process, so a peer that does
- * not read holds at most this many answers here.
+ * Bytes of `data` frames one connection may have read and not yet written
+ * to its socket: a frame holds its bytes from before its reads until it has
+ * left the process, so a peer that does not read holds at most this here.
+ * Enough for reads to run ahead of the socket.
  */
-export const SERVE_GETS_AT_ONCE = 4;
+export const SERVE_AHEAD_BYTES = 4 * 1024 * 1024;
+/**
+ * Bytes of frame buffers a connection keeps for reuse once written (fresh
+ * memory for every frame cost a garbage collection every few MiB), each
+ * sized up to a multiple of FRAME_STEP so that it fits the next frames.
+ */
+const SPARE_BYTES = 2 * 1024 * 1024;
+const FRAME_STEP = DATA_FRAME_BYTES;
 
 /** What answering needs from its connection. */
 export interface ServeContext {
   store: BlobStore;
   role: 'server' | 'client';
   label: string;
-  /** Bytes of `get` (and `fine`) reads and answers in memory, maybe shared with other connections. */
+  /** Bytes of `data` frames (and `fine` reads) in memory, maybe shared with other connections. */
   getBudget: ByteBudget;
   /** What the other end may do (binds a server; a client serves only what it pushes). */
   perms(): ReadonlySet<Perm>;
-  send(m: Message, options?: { written?: boolean }): Promise<void>;
+  send(m: Message): Promise<void>;
+  /** Sends an encoded frame; `onWritten` once it has left the process or failed to (not if this rejects). */
+  sendFrame(frame: Uint8Array, onWritten: () => void): Promise<void>;
   /** Why the connection is gone, if it is. */
   closedBy(): Error | undefined;
   /** The other end as a source of blobs (for a push it sends us). */
   source(): RemoteSource;
+  /** The transport's count of frame bytes, for the ServeEvent. */
+  wire?: WireCount;
 }
 
 type Request = Extract<Message, { t: 'stat' | 'list' | 'fine' | 'get' | 'push' }>;
 
 /**
- * What one connection to a server did, told to `ServeOptions.onEvent` when
- * it ends. A client command (pull, push, stat) is one connection, so one
- * event; a program that keeps a connection for many transfers gets one
- * event for all of them.
- */
-export interface ServeEvent {
-  /** The other end, "address:port". */
-  peer: string;
-  /**
-   * The most it did: 'push' (it sent a blob), 'pull' (it listed or read a
-   * blob's chunks), 'stat' (it only asked about blobs: a pull of a blob it
-   * already had is one stat), or 'connect' (no request: refused, or idle).
-   */
-  op: 'push' | 'pull' | 'stat' | 'connect';
-  /** Blobs it named (stat, list, push), in order, the first 16. */
-  blobs: string[];
-  /** Chunk bytes sent to it (its pulls). */
-  bytesSent: number;
-  /** Chunk bytes received from it (its pushes). */
-  bytesReceived: number;
-  /** When it connected (ms since the epoch), and for how long, in ms. */
-  start: number;
-  ms: number;
-  /**
-   * Absent if all went well; else the code of the first request that
-   * failed, or of why the connection ended (ERR_AUTH, ERR_IDLE_TIMEOUT,
-   * ERR_PROTOCOL, ERR_CONNECTION if it dropped without closing).
-   */
-  error?: ErrorCode;
-}
-
-/** Blob names a ServeEvent keeps. */
-const EVENT_BLOBS = 16;
-const RANK = { connect: 0, stat: 1, pull: 2, push: 3 } as const;
-
-/** The running account of one connection, for its ServeEvent. */
-export class ServeAccount {
-  readonly #start = Date.now();
-  #op: ServeEvent['op'] = 'connect';
-  readonly #blobs: string[] = [];
-  #error: ErrorCode | undefined;
-  bytesSent = 0;
-  bytesReceived = 0;
-
-  /** A request came: what it does, and the blob it names. */
-  note(m: Request): void {
-    const op = m.t === 'stat' ? 'stat' : m.t === 'push' ? 'push' : 'pull';
-    if (RANK[op] > RANK[this.#op]) this.#op = op;
-    if ('name' in m && typeof m.name === 'string' && this.#blobs.length < EVENT_BLOBS && !this.#blobs.includes(m.name)) this.#blobs.push(m.name);
-  }
-
-  /** A request failed: the first such code is the event's error. */
-  failed(code: ErrorCode): void {
-    this.#error ??= code;
-  }
-
-  /** The event, now that the connection is over; `ended` is why, if not a clean close. */
-  event(peer: string, ended: CabError | undefined): ServeEvent {
-    const error = this.#error ?? ended?.code;
-    return { peer, op: this.#op, blobs: [...this.#blobs], bytesSent: this.bytesSent, bytesReceived: this.bytesReceived, start: this.#start, ms: Date.now() - this.#start, ...(error ? { error } : {}) };
-  }
-}
-
-/**
  * Answers the other end's requests from the local store: stat, list, fine
  * and get, and (on a server) push, which receives the pushed blob with the
  * other end as the source. A client serves a server only the blobs it is
- * pushing. Every answer is bounded: list pages, get bytes (a budget held
- * until the answer is written), gets at once.
+ * pushing. Every answer is bounded: list pages, and the bytes of `data`
+ * frames read and not yet written (per connection, and over a server's).
  */
 export class Serving {
   readonly #c: ServeContext;
   readonly #readers: ReaderCache;
-  #getsServing = 0;
-  readonly #getQueue: Array<() => void> = [];
+  /** The get being answered: gets are answered one after another, in the order they came. */
+  #getTurn: Promise<void> = Promise.resolve();
+  /** Bytes of this connection's data frames read and not yet written. */
+  readonly #ahead = new ByteBudget(SERVE_AHEAD_BYTES);
+  /** Frame buffers written and free for the next frames, and their bytes. */
+  #spare: Buffer[] = [];
+  #spareBytes = 0;
   /** Blobs this end pushes: the only ones a client serves. */
   readonly #pushing = new Map<string, number>();
   /** Pushes being received (server), by request id: a `cancel` aborts one. */
@@ -121,6 +80,7 @@ export class Serving {
   constructor(c: ServeContext) {
     this.#c = c;
     this.#readers = new ReaderCache(c.store);
+    if (c.wire) this.account.wire = c.wire;
   }
 
   /** Answers one request: its answer, or `err` with its id. */
@@ -152,9 +112,10 @@ export class Serving {
     else this.#pushing.set(name, n);
   }
 
-  /** The connection is gone: wake waiting gets (they fail), close readers. A push being received fails on its next request. */
+  /** The connection is gone: close readers. Gets stop at their next frame; a push being received fails on its next request. */
   close(): void {
-    for (const w of this.#getQueue.splice(0)) w();
+    this.#spare = [];
+    this.#spareBytes = 0;
     void this.#readers.close();
   }
 
@@ -231,37 +192,67 @@ export class Serving {
   }
 
   /**
-   * A `get`: its place among the gets served at once here, and its bytes of
-   * the budget, are held from before the reads until the answer has left
-   * the process. Memory is bounded whatever the peer does.
+   * A `get`, answered as `data` frames of DATA_FRAME_BYTES (or one larger
+   * item), the last marked `end`, each read from disk straight into the
+   * frame. Gets are answered one after another in the order they came: the
+   * receiver writes what lands in order, so nothing it holds waits for a
+   * gap, and a cut costs it at most the frame in flight. A frame holds its
+   * bytes, of this connection's SERVE_AHEAD_BYTES and of the shared budget,
+   * from before its reads until it has left the process: memory is bounded
+   * whatever the peer does, and reads run ahead of the socket by that much.
    */
   async #get(m: Extract<Message, { t: 'get' }>): Promise<void> {
     this.#need('read');
-    await this.#getSlot();
-    let release: (() => void) | undefined;
+    const turn = this.#getTurn;
+    let done!: () => void;
+    this.#getTurn = new Promise<void>((r) => (done = r));
     try {
-      release = await this.#c.getBudget.take(m.items.reduce((a, it) => a + it[2], 0));
-      const closed = this.#c.closedBy();
-      if (closed) throw closed;
-      // The reads of one answer run together (at most 4 MiB in all).
-      const items = await Promise.all(m.items.map(([h, off, len]) => this.#chunkBytes(h, off, len)));
-      await this.#c.send({ t: 'data', id: m.id, items }, { written: true });
-      this.account.bytesSent += items.reduce((a, b) => a + b.length, 0);
+      await turn;
+      const { items } = m;
+      // Every item is found before anything is sent: a get naming a chunk not here, or a range outside one, is answered `err` alone.
+      for (const [h, off, len] of items) await this.#locate(h, off, len);
+      let i = 0;
+      do {
+        let j = i + 1;
+        let bytes = items[i]?.[2] ?? 0;
+        while (j < items.length && bytes + items[j]![2] <= DATA_FRAME_BYTES) bytes += items[j++]![2];
+        j = Math.min(j, items.length);
+        await this.#sendData(m.id, items.slice(i, j), j === items.length, bytes);
+        i = j;
+      } while (i < items.length);
     } finally {
-      release?.();
-      this.#getsServing--;
-      this.#getQueue.shift()?.();
+      done();
     }
   }
 
-  /** Waits for a place among the gets served at once; throws, holding none, if the connection closes meanwhile. */
-  async #getSlot(): Promise<void> {
-    while (this.#getsServing >= SERVE_GETS_AT_ONCE) {
-      await new Promise<void>((r) => this.#getQueue.push(r));
+  /** One `data` frame of a get: its bytes held, read in place, sent; given back once it has left. */
+  async #sendData(id: number, items: GetItem[], end: boolean, bytes: number): Promise<void> {
+    const mine = await this.#ahead.take(bytes);
+    const shared = await this.#c.getBudget.take(bytes);
+    let buf: Buffer | undefined;
+    const release = () => {
+      shared();
+      mine();
+      if (buf && this.#spareBytes + buf.length <= SPARE_BYTES && !this.#c.closedBy()) {
+        this.#spare.push(buf);
+        this.#spareBytes += buf.length;
+      }
+      buf = undefined;
+    };
+    try {
       const closed = this.#c.closedBy();
       if (closed) throw closed;
+      const alloc = (size: number) => (buf = this.#spareFor(size) ?? Buffer.allocUnsafeSlow(Math.ceil(size / FRAME_STEP) * FRAME_STEP));
+      const { frame, at } = encodeDataFrame(id, items.map((it) => it[2]), end, alloc);
+      // Every read ends before the frame's memory can go back (and be read into for another frame).
+      const reads = await Promise.allSettled(items.map(([h, off, len], k) => this.#readChunk(h, off, len, frame.subarray(at[k]!, at[k]! + len))));
+      for (const r of reads) if (r.status === 'rejected') throw r.reason;
+      await this.#c.sendFrame(frame, release);
+      this.account.bytesSent += bytes;
+    } catch (e) {
+      release();
+      throw e;
     }
-    this.#getsServing++;
   }
 
   /** A name this end may serve: any on a server; on a client, only a blob it is pushing. */
@@ -271,23 +262,52 @@ export class Serving {
     return name;
   }
 
-  /** Bytes [off, off + len) of the chunk with this hash, from a local blob holding it. */
+  /** Bytes [off, off + len) of the chunk with this hash, read (and checked) from a local blob holding it. */
   async #chunkBytes(hash: Uint8Array, off: number, len: number, size?: number): Promise<Uint8Array> {
-    const { store } = this.#c;
-    let loc;
-    for (const l of store.index.locations(hash)) {
-      if (this.#c.role === 'client' && !this.#pushing.has(l.blob)) continue;
-      loc = l;
-      break;
-    }
-    if (!loc) throw new CabError('ERR_NO_SUCH_CHUNK', `no chunk ${toHex(hash)}`);
-    if ((size !== undefined && size !== loc.size) || off + len > loc.size) {
-      throw new CabError('ERR_ILLEGAL_POSITION', `range ${off}+${len} is outside the chunk (${loc.size} bytes)`);
-    }
-    const r = await this.#readers.get(loc.blob);
-    if (loc.offset + off + len > r.size) throw new CabError('ERR_NO_SUCH_CHUNK', 'the chunk is no longer there');
+    const { r, at } = await this.#locate(hash, off, len, size);
     const buf = new Uint8Array(len);
-    await r.readFully(buf, loc.offset + off);
+    await r.readFully(buf, at);
     return buf;
+  }
+
+  /** A spare frame buffer of at least `size` bytes, taken off the list. */
+  #spareFor(size: number): Buffer | undefined {
+    const k = this.#spare.findIndex((b) => b.length >= size);
+    if (k < 0) return undefined;
+    const [b] = this.#spare.splice(k, 1);
+    this.#spareBytes -= b!.length;
+    return b;
+  }
+
+  /**
+   * Bytes [off, off + len) of the chunk with this hash into `into`, as they
+   * are on disk: for a `get`, whose receiver checks every item against the
+   * hash it asked for, so that the bytes are hashed once on their way and
+   * not also here (client and server may share the cores). A location in
+   * damage fsck recorded is passed over.
+   */
+  async #readChunk(hash: Uint8Array, off: number, len: number, into: Uint8Array): Promise<void> {
+    const { r, at } = await this.#locate(hash, off, len);
+    await r.readUnchecked(into, at);
+  }
+
+  /** Where the chunk with this hash is held here: an open reader of a blob holding it (undamaged there), and the range's offset in it. */
+  async #locate(hash: Uint8Array, off: number, len: number, size?: number): Promise<{ r: BlobReader; at: number }> {
+    const { store } = this.#c;
+    let gone = false;
+    for (const loc of store.index.locations(hash)) {
+      if (this.#c.role === 'client' && !this.#pushing.has(loc.blob)) continue;
+      if ((size !== undefined && size !== loc.size) || off + len > loc.size) {
+        throw new CabError('ERR_ILLEGAL_POSITION', `range ${off}+${len} is outside the chunk (${loc.size} bytes)`);
+      }
+      const r = await this.#readers.get(loc.blob);
+      if (loc.offset + loc.size > r.size) {
+        gone = true;
+        continue;
+      }
+      if (overlapsDamage(r.damage, loc.offset, loc.offset + loc.size)) continue;
+      return { r, at: loc.offset + off };
+    }
+    throw new CabError('ERR_NO_SUCH_CHUNK', gone ? 'the chunk is no longer there' : `no chunk ${toHex(hash)}`);
   }
 }

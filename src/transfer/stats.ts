@@ -3,6 +3,11 @@ import { toHex } from '../hash/sha256.js';
 export interface TransferProgress {
   /** Blob size. */
   size: number;
+  /**
+   * Bytes an earlier, interrupted transfer left here and this one kept: it
+   * started there. The blob holds resumedFrom + verifiedBytes bytes so far.
+   */
+  resumedFrom: number;
   /** Bytes the receiver lacked (to fetch). */
   neededBytes: number;
   /** Bytes taken from local blobs (whole chunks or fine pieces). */
@@ -18,15 +23,16 @@ export interface TransferStats extends TransferProgress {
   hash: Uint8Array;
   /** The receiver already had the blob: one round trip. */
   alreadyHad: boolean;
-  /** Bytes of an earlier, interrupted transfer that were kept. */
-  resumedFrom: number;
   chunksFetched: number;
   /** The receiver held the blob with damage recorded by fsck: the bytes of damage the transfer healed. */
   healedBytes: number;
 }
 
 export interface ReceiveOptions {
-  /** Called as the transfer goes; every count in it is a running total since the transfer began. */
+  /**
+   * Called as the transfer goes (first as it starts, with where it resumed
+   * from); every count in it is a running total since the transfer began.
+   */
   onProgress?: (p: TransferProgress) => void;
   /** Cancels; what is written stays, unfinalized and resumable. */
   signal?: AbortSignal;

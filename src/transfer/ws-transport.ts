@@ -47,11 +47,12 @@ export function wsTransport(ws: WebSocket, count: WireCount, options: WsTranspor
         let waiting = false;
         ws.send(frame, { binary: true }, (err) => {
           written();
+          o?.onWritten?.();
           if (!waiting) return;
           if (err) reject(new CabError('ERR_CONNECTION', err.message, {}, { cause: err }));
           else resolve();
         });
-        if (o?.written || ws.bufferedAmount > HIGH_WATER) waiting = true;
+        if (ws.bufferedAmount > HIGH_WATER) waiting = true;
         else resolve();
       }),
     close: (code, reason) => {

@@ -23,7 +23,7 @@ type WebSocket = WsModule.WebSocket;
 
 export type { WireCount } from './stats.js';
 
-/** Bytes of `get` answers a server reads and buffers at once, over all its connections. */
+/** Bytes of `get` answers (data frames) a server reads and buffers at once, over all its connections. */
 export const DEFAULT_MAX_GET_MEMORY = 64 * 1024 * 1024;
 /** How long connect waits for the upgrade and the welcome together. */
 export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
@@ -53,10 +53,10 @@ export interface ServeOptions extends AdmissionOptions {
   /** A connection that takes none of our data this long (it does not read) is cut (default 120 s). */
   drainTimeoutMs?: number;
   /**
-   * Bytes of `get` answers being read or waiting to be written, over all
-   * connections (default 64 MiB, at least 4 MiB); further gets wait. With
-   * at most 4 gets served at once per connection, this bounds what clients
-   * that ask and never read can make the server hold.
+   * Bytes of `get` answers (data frames) being read or waiting to be
+   * written, over all connections (default 64 MiB, at least 4 MiB); further
+   * frames wait. Each connection has at most 4 MiB of them, so this bounds
+   * what clients that ask and never read can make the server hold.
    */
   maxGetMemory?: number;
   /**
@@ -132,6 +132,7 @@ export async function serve(store: BlobStore, options: ServeOptions = {}): Promi
       idleMs: options.idleTimeoutMs ?? DEFAULT_IDLE_MS,
       maxFrame: options.maxFrame ?? MAX_FRAME,
       label: `${req.socket.remoteAddress}:${req.socket.remotePort}`,
+      wire: count,
     });
     wire(ws, peer, count);
     // Registered after wire()'s, which has told the peer why it ended. 1000 and 1005: a normal close.
@@ -207,6 +208,9 @@ export async function connect(store: BlobStore, url: string, options: ConnectOpt
   const ws = new WebSocket(url, {
     maxPayload: options.maxFrame ?? MAX_FRAME,
     perMessageDeflate: false,
+    // A zero mask: ws then neither masks what we send nor the server unmasks it, a pass over every
+    // pushed byte on each side. Masking guards proxies against scripts in browsers; this is not one.
+    generateMask: (mask: Buffer) => mask.fill(0),
     handshakeTimeout: timeoutMs,
     ...(options.ca ? { ca: options.ca } : {}),
   });

@@ -1,7 +1,7 @@
 // Real-socket middlemen for the transfer tests: a TCP proxy that cuts a
-// connection after an exact number of server-to-client bytes (mid-frame, so
-// the cut lands anywhere in the stream; tools/proxy.ts, shared with the
-// transfer bench), and a WebSocket proxy whose hooks see (and may rewrite)
+// connection after an exact number of bytes either way, or where a watcher
+// of the bytes says (mid-frame, so the cut lands anywhere in the stream;
+// tools/proxy.ts, shared with the transfer bench), and a WebSocket proxy whose hooks see (and may rewrite)
 // every frame, to play a lying peer or to watch the protocol. Neither mocks
 // `ws`: both sit between a real client and server.
 import type { AddressInfo } from 'node:net';

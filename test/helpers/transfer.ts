@@ -4,7 +4,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { WebSocket, type RawData } from 'ws';
-import { decodeMessage, encodeMessage, toHex, type BlobStore, type Message } from '../../src/index.js';
+import { decodeMessage, encodeMessage, toHex, PROTOCOL_VERSION, type BlobStore, type Message } from '../../src/index.js';
 import { prngBytes, prngInts } from '../../tools/data.js';
 import { collect } from './store.js';
 
@@ -189,7 +189,7 @@ export class RawClient {
 
   /** Says hello with `token` and resolves with the welcome (or what came instead). */
   async hello(token: string | undefined, chunker = { min: 16 * KiB, avg: 64 * KiB, max: 256 * KiB }): Promise<Message | 'closed' | 'timeout'> {
-    this.send({ t: 'hello', v: 1, ...(token === undefined ? {} : { token }), chunker, hash: 'sha256' });
+    this.send({ t: 'hello', v: PROTOCOL_VERSION, ...(token === undefined ? {} : { token }), chunker, hash: 'sha256' });
     return this.waitFor((m) => m.t === 'welcome' || m.t === 'err');
   }
 
