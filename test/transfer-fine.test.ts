@@ -310,3 +310,11 @@ test('appendVerified with refs out of order or out of bounds: ERR_BAD_ARGUMENT, 
   await w.close();
   t.is(codeOf(await t.throwsAsync(w.source(a))), 'ERR_CLOSED');
 });
+
+test('a fine list names each piece by the first 8 bytes of its SHA-256: a 32-byte piece hash is ERR_PROTOCOL', (t) => {
+  const piece = sha256(new Uint8Array([1, 2, 3]));
+  const short = decodeMessage(encodeMessage({ t: 'finer', id: 1, c: [[piece.subarray(0, 8), 3]] }));
+  t.is((short as Extract<Message, { t: 'finer' }>).c[0]![0].length, 8);
+  const e = t.throws(() => decodeMessage(encodeMessage({ t: 'finer', id: 1, c: [[piece, 3]] })));
+  t.true(isCabError(e, 'ERR_PROTOCOL'));
+});

@@ -7,7 +7,7 @@ import type { BlobWriter } from '../blob/writer.js';
 import type { VerifiedChunk } from '../blob/pieces.js';
 import type { Descriptor } from '../format/descriptor.js';
 import type { ChunkRef } from '../store.js';
-import { FINE_CHUNKER, MAX_GET_ITEMS, type GetItem, type WireChunk } from './messages.js';
+import { FINE_CHUNKER, FINE_HASH_BYTES, MAX_GET_ITEMS, type GetItem, type WireChunk } from './messages.js';
 import { getBytes, type RemoteSource } from './remote.js';
 import type { TransferStats } from './stats.js';
 import { orAbort } from './abort.js';
@@ -85,7 +85,7 @@ function planChunk(x: FineContext, c: ChunkRef, list: WireChunk[], local: Local 
   let at = 0;
   for (const [hash, size] of list) {
     const mine = local?.pieces.get(hashKey(hash));
-    if (mine && mine[1] === size && bytesEqual(mine[2], hash)) plan.push({ at, size, local: mine[0] });
+    if (mine && mine[1] === size && bytesEqual(mine[2].subarray(0, FINE_HASH_BYTES), hash)) plan.push({ at, size, local: mine[0] });
     else plan.push({ at, size, hash });
     at += size;
   }
@@ -118,7 +118,7 @@ async function fetchPieces(x: FineContext, want: Array<{ c: ChunkRef; piece: Ext
       let off = 0;
       for (const p of g.pieces) {
         const bytes = d.subarray(off, off + p.size);
-        if (!bytesEqual(sha256(bytes), p.hash)) {
+        if (!bytesEqual(sha256(bytes).subarray(0, FINE_HASH_BYTES), p.hash)) {
           throw new CabError('ERR_HASH_MISMATCH', `a piece of chunk ${toHex(g.item[0])} does not hash to what was asked for`, { blob: x.name });
         }
         out.set(p, bytes);
@@ -210,7 +210,7 @@ async function localBytes(x: FineContext, near: LocalWindow): Promise<Local | un
   return { d: desc, from, bytes, pieces };
 }
 
-/** The first 48 bits of a hash, as a number: a cheap map key (a match is then checked on the whole hash). */
+/** The first 48 bits of a hash, as a number: a cheap map key (a match is then checked on the FINE_HASH_BYTES the sender gave). */
 function hashKey(h: Uint8Array): number {
   return h[0]! * 2 ** 40 + h[1]! * 2 ** 32 + h[2]! * 2 ** 24 + h[3]! * 2 ** 16 + h[4]! * 2 ** 8 + h[5]!;
 }

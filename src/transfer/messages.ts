@@ -22,6 +22,14 @@ export const MAX_GET_BYTES = 4 * 1024 * 1024;
 export const MAX_U32 = 2 ** 32 - 1;
 /** Most items in one `get`. */
 export const MAX_GET_ITEMS = 4096;
+/**
+ * Bytes of a fine piece's SHA-256 that `finer` carries: a short name, to find
+ * the piece among local bytes and check a fetched one. Every byte of a chunk
+ * built from pieces is then checked against the chunk's whole SHA-256, so a
+ * short name can make a transfer fail, never let a wrong byte in.
+ */
+export const FINE_HASH_BYTES = 8;
+
 /** The fine chunker both ends use to match the bytes of a missing chunk against nearby local bytes (`fine`). */
 export const FINE_CHUNKER = { min: 256, avg: 1024, max: 8192 } as const;
 /**
@@ -46,6 +54,7 @@ export type Message =
   | { t: 'list'; id: number; name: string; from: number }
   | { t: 'listr'; id: number; c: WireChunk[]; end: boolean }
   | { t: 'fine'; id: number; hash: Uint8Array; size: number }
+  /** `c`: each fine piece's first FINE_HASH_BYTES of SHA-256, and its size. */
   | { t: 'finer'; id: number; c: WireChunk[] }
   | { t: 'get'; id: number; items: GetItem[] }
   | { t: 'data'; id: number; items: Uint8Array[]; end: boolean }
@@ -124,8 +133,8 @@ const str = (x: unknown, what: string, max = 1024): string => {
   if (typeof x !== 'string' || x.length > max) throw bad(`${what} is not a string of at most ${max} characters`);
   return x;
 };
-const hash = (x: unknown, what: string): Uint8Array => {
-  if (!(x instanceof Uint8Array) || x.length !== 32) throw bad(`${what} is not a 32-byte hash`);
+const hash = (x: unknown, what: string, bytes = 32): Uint8Array => {
+  if (!(x instanceof Uint8Array) || x.length !== bytes) throw bad(`${what} is not a ${bytes}-byte hash`);
   return x;
 };
 const arr = (x: unknown, what: string, max: number): unknown[] => {
@@ -136,10 +145,10 @@ const bool = (x: unknown, what: string): boolean => {
   if (typeof x !== 'boolean') throw bad(`${what} is not a boolean`);
   return x;
 };
-const chunks = (x: unknown, max: number): WireChunk[] =>
+const chunks = (x: unknown, max: number, hashBytes = 32): WireChunk[] =>
   arr(x, 'c', max).map((c) => {
     const a = arr(c, 'a chunk', 2);
-    return [hash(a[0], 'a chunk hash'), count(a[1], 'a chunk size', 64 * 1024 * 1024)];
+    return [hash(a[0], 'a chunk hash', hashBytes), count(a[1], 'a chunk size', 64 * 1024 * 1024)];
   });
 /** Chunker params that a store could have (resolveChunkerParams' rules), else ERR_PROTOCOL. */
 const params = (x: unknown): ChunkerParams => {
@@ -205,7 +214,7 @@ export function decode(frame: Uint8Array): Message {
     case 'fine':
       return { t: 'fine', id: id(), hash: hash(m.hash, 'hash'), size: count(m.size, 'size', 64 * 1024 * 1024) };
     case 'finer':
-      return { t: 'finer', id: id(), c: chunks(m.c, 1 << 16) };
+      return { t: 'finer', id: id(), c: chunks(m.c, 1 << 16, FINE_HASH_BYTES) };
     case 'get': {
       let total = 0;
       const items = arr(m.items, 'items', MAX_GET_ITEMS).map((it): GetItem => {

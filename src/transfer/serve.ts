@@ -6,7 +6,7 @@ import { overlapsDamage } from '../format/damage.js';
 import { catchUpBlob } from '../index/catchup.js';
 import type { BlobStore } from '../store.js';
 import type { BlobReader } from '../blob/reader.js';
-import { MAX_LIST, FINE_CHUNKER, DATA_FRAME_BYTES, encodeDataFrame, type GetItem, type Message, type Perm, type WireChunk } from './messages.js';
+import { MAX_LIST, FINE_CHUNKER, FINE_HASH_BYTES, DATA_FRAME_BYTES, encodeDataFrame, type GetItem, type Message, type Perm, type WireChunk } from './messages.js';
 import { receive } from './receive.js';
 import type { RemoteSource } from './remote.js';
 import { ByteBudget } from './budget.js';
@@ -158,7 +158,7 @@ export class Serving {
           const c: WireChunk[] = [];
           let off = 0;
           for (const size of cdc(bytes, FINE_CHUNKER)) {
-            c.push([sha256(bytes.subarray(off, off + size)), size]);
+            c.push([sha256(bytes.subarray(off, off + size)).subarray(0, FINE_HASH_BYTES), size]);
             off += size;
           }
           return { t: 'finer', id: m.id, c };
