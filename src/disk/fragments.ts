@@ -67,6 +67,7 @@ export class FragmentFiles {
   readonly #layout: Layout;
   readonly #open = new Map<string, Promise<fs.FileHandle>>();
   readonly #max: number;
+  #closed = false;
 
   constructor(layout: Layout, max = 32) {
     this.#layout = layout;
@@ -74,6 +75,8 @@ export class FragmentFiles {
   }
 
   #handle(frag: string): Promise<fs.FileHandle> {
+    // After close, a read still under way must not open a file that nothing would close (a leak of fds).
+    if (this.#closed) return Promise.reject(new CabError('ERR_CLOSED', `fragment files are closed (fragment ${frag})`, { fragment: frag }));
     let h = this.#open.get(frag);
     if (h) {
       // refresh its place in the LRU order
@@ -118,6 +121,7 @@ export class FragmentFiles {
   }
 
   async close(): Promise<void> {
+    this.#closed = true;
     const all = [...this.#open.values()];
     this.#open.clear();
     await Promise.all(all.map((p) => p.then((fh) => fh.close()).catch(() => {})));
