@@ -1,4 +1,4 @@
-import { CabError, throwIfAborted as throwIf } from '../errors.js';
+import { CabError, raceAbort, throwIfAborted as throwIf } from '../errors.js';
 
 /** ERR_ABORTED for `blob`, carrying the signal's reason. */
 export function abortError(signal: AbortSignal, blob?: string): CabError {
@@ -17,23 +17,7 @@ export function throwIfAborted(signal: AbortSignal | undefined, blob?: string): 
  * fails when the connection closes, after the caller gave up on it).
  */
 export function orAbort<T>(p: Promise<T>, signal: AbortSignal | undefined, blob?: string): Promise<T> {
-  if (!signal) return p;
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(abortError(signal, blob));
-    if (signal.aborted) {
-      p.catch(() => {});
-      return onAbort();
-    }
-    signal.addEventListener('abort', onAbort, { once: true });
-    p.then(
-      (v) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(v);
-      },
-      (e: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(e);
-      },
-    );
+  return raceAbort(p, signal, () => {
+    throw abortError(signal!, blob);
   });
 }
