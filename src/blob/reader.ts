@@ -1,6 +1,6 @@
 import type fs from 'node:fs/promises';
 import { Readable } from 'node:stream';
-import { CabError } from '../errors.js';
+import { CabError, abortError } from '../errors.js';
 import { BlobBytes } from '../disk/blob-bytes.js';
 import { ChunkPager, type ChunkInfo } from '../disk/chunk-pager.js';
 import { damageFrom, widenToChunks, type DamageRange } from '../format/damage.js';
@@ -234,7 +234,7 @@ export class BlobReader {
     };
     const stream = Readable.from(blocks.call(this), { objectMode: false, highWaterMark: hwm });
     if (signal) {
-      const onAbort = () => stream.destroy(new CabError('ERR_ABORTED', `reading blob ${this.name} was cancelled`, { blob: this.name }, { cause: signal.reason }));
+      const onAbort = () => stream.destroy(abortError(signal, `reading blob ${this.name}`, { blob: this.name }));
       if (signal.aborted) onAbort();
       else {
         signal.addEventListener('abort', onAbort, { once: true });

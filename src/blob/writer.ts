@@ -229,8 +229,8 @@ export class BlobWriter {
       {
         name: this.name,
         append: (chunks, signal) => this.#appendItems(chunks, signal, false),
-        // Not finalizing: a flush, and `hash` brought up to date (the writes did not wait for it).
-        end: o.finalize ? () => this.close(closing) : () => this.#run(() => this.#mutate(() => this.#ingest.settle().then(() => this.#log.run(false)))),
+        // Not finalizing: a flush, which also brings `hash` up to date (the stream's writes did not wait for it).
+        end: o.finalize ? () => this.close(closing) : () => this.flush(),
       },
       o,
     );
@@ -251,9 +251,9 @@ export class BlobWriter {
     return this.#run(async () => Uint8Array.from(await this.#ingest.digest()));
   }
 
-  /** A durable checkpoint: resolves when every byte appended so far would survive kill -9 and power loss. */
+  /** A durable checkpoint: resolves when every byte appended so far would survive kill -9 and power loss, with `hash` up to date. */
   flush(): Promise<void> {
-    return this.#run(() => this.#mutate(() => this.#log.run(false)));
+    return this.#run(() => this.#mutate(() => this.#ingest.settle().then(() => this.#log.run(false))));
   }
 
   /** Makes everything durable and releases the blob, unfinalized: it can be resumed. */
@@ -358,7 +358,7 @@ export class BlobWriter {
       this.#throwIfNotOpen();
       return fn();
     };
-    return this.#calls.run(call, signal, () => abortError(signal!, `appending to blob ${this.name}`, { blob: this.name }));
+    return this.#calls.run(call, signal, () => this.#aborted(signal!));
   }
 
   #throwIfNotOpen(): void {

@@ -50,7 +50,12 @@ function ingest(job: Job, bytes: Uint8Array, merkle: boolean, writes: number[]):
         job.frag.update(part);
         const at = writes[i + 2]! + from - writes[i]!;
         let done = 0;
-        while (done < part.length) done += fs.writeSync(job.fd, part, done, part.length - done, at + done);
+        while (done < part.length) {
+          const n = fs.writeSync(job.fd, part, done, part.length - done, at + done);
+          // As writeAll (disk/durable.ts): a write that takes nothing fails (ERR_IO), it is not tried for ever.
+          if (n <= 0) throw Object.assign(new Error(`a write of ${part.length - done} bytes wrote nothing`), { code: 'EIO' });
+          done += n;
+        }
       }
       if (writes[i]! + writes[i + 1]! > e) break; // the rest of this write is in the next slice
     }

@@ -40,8 +40,9 @@ function chunkKey(hash: Uint8Array, name: string, offset: number): Buffer {
 }
 
 /** A finalized blob under its BEP 52 root. */
-function rootKey(root: Uint8Array, name: string): Buffer {
-  return Buffer.concat([root, nameKey(name)]);
+/** A `roots` key: the root, then the blob's name key (a name, or the key it already has). */
+function rootKey(root: Uint8Array, name: string | Buffer): Buffer {
+  return Buffer.concat([root, typeof name === 'string' ? nameKey(name) : name]);
 }
 
 function blobChunkKey(name: string, i: number): Buffer {
@@ -220,14 +221,14 @@ export class ChunkIndex {
       const page = takePage(this.#finalized(last), PAGE);
       if (page.length === 0) return added;
       last = page[page.length - 1]![0];
-      const missing = page.filter(([key, h]) => this.#roots.get(Buffer.concat([h, key])) === undefined);
+      const missing = page.filter(([key, h]) => this.#roots.get(rootKey(h, key)) === undefined);
       if (missing.length === 0) continue;
       added += await this.#write(() => {
         let n = 0;
         for (const [key, h] of missing) {
           const cur = this.#blobs.get(key)?.h;
           if (!cur || Buffer.compare(cur, h) !== 0) continue;
-          this.#roots.put(Buffer.concat([h, key]), 1);
+          this.#roots.put(rootKey(h, key), 1);
           n++;
         }
         return n;

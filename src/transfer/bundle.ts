@@ -225,9 +225,15 @@ export async function importBundle(store: BlobStore, file: string, options: Impo
   });
   const readRecord = async (at: number, len: number) => {
     const b = Buffer.allocUnsafe(len);
-    await fh.read(b, 0, len, at).catch((e: unknown) => {
-      throw ioError(e, `reading ${file}`, { path: file });
-    });
+    let got = 0;
+    while (got < len) {
+      const { bytesRead } = await fh.read(b, got, len - got, at + got).catch((e: unknown) => {
+        throw ioError(e, `reading ${file}`, { path: file });
+      });
+      // The first pass read this record whole: a file cut short since then is not read as garbage.
+      if (bytesRead === 0) throw new CabError('ERR_BUNDLE_TRUNCATED', `${file} ends inside a record it held when it was checked`, { path: file, offset: at });
+      got += bytesRead;
+    }
     return packr.unpack(b) as Record<string, unknown>;
   };
   const report: ImportReport = { imported: [], incomplete: [] };

@@ -26,8 +26,9 @@ interface Get {
   got: number;
   at: number;
   buf: Buffer | undefined;
-  /** Chunks written (a get written in part: what landed before a failure). */
+  /** Chunks written (a get written in part: what landed before a failure), and their bytes. */
   written: number;
+  writtenBytes: number;
 }
 
 /**
@@ -106,7 +107,7 @@ export class FetchWindow {
     if (this.#batch.length === 0) return;
     // Room first: what was asked for before is written as it lands.
     while (this.#held > 0 && this.#held + this.#batchBytes > FETCH_WINDOW_BYTES) await this.#step();
-    const g: Get = { chunks: this.#batch, bytes: this.#batchBytes, got: 0, at: 0, buf: undefined, written: 0 };
+    const g: Get = { chunks: this.#batch, bytes: this.#batchBytes, got: 0, at: 0, buf: undefined, written: 0, writtenBytes: 0 };
     this.#held += g.bytes;
     this.#batch = [];
     this.#batchBytes = 0;
@@ -184,13 +185,14 @@ export class FetchWindow {
     const to = g.got;
     if (to === g.chunks.length) this.#queue.shift();
     g.written = to;
-    let off = g.chunks.slice(0, from).reduce((a, c) => a + c.size, 0);
+    let off = g.writtenBytes;
     const start = off;
     const chunks = g.chunks.slice(from, to).map((c) => {
       const bytes = g.buf!.subarray(off, off + c.size);
       off += c.size;
       return { bytes, hash: c.hash };
     });
+    g.writtenBytes = off;
     try {
       // A whole get's buffer goes to the hashing thread as it is (appendVerified takes it): g.buf is not touched again.
       await this.w.appendVerified(chunks);
