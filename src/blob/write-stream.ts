@@ -150,16 +150,11 @@ export async function pump(source: ByteSource, signal: AbortSignal | undefined, 
     return { bytes: 0, stopped: { error: e } };
   }
   let open = true; // whether the source may still have pieces, and so must be told to stop
-  let block: Buffer | undefined;
-  let fill = 0;
+  const blocks = new BlockFiller(READ_BLOCK);
   let bytes = 0;
   const flush = async () => {
-    if (fill === 0) return;
-    // A full block is given away (to the hashing thread, without a copy); a new one is made for what follows.
-    const b = fill === READ_BLOCK ? block! : block!.subarray(0, fill);
-    block = undefined;
-    fill = 0;
-    await append(b);
+    const b = blocks.take();
+    if (b) await append(b);
   };
   let stop: (() => unknown) | undefined;
   try {
@@ -187,13 +182,10 @@ export async function pump(source: ByteSource, signal: AbortSignal | undefined, 
         break;
       }
       for (let off = 0; off < piece.length; ) {
-        block ??= Buffer.allocUnsafe(READ_BLOCK);
-        const n = Math.min(piece.length - off, READ_BLOCK - fill);
-        block.set(n === piece.length ? piece : piece.subarray(off, off + n), fill);
-        fill += n;
+        const n = blocks.put(piece, off);
         off += n;
         bytes += n;
-        if (fill === READ_BLOCK) await flush();
+        if (blocks.full) await flush();
       }
     }
     await flush();
@@ -226,9 +218,7 @@ export const WRITE_QUEUE_BYTES = 16 * 1024;
 class BlobWriteStream extends Writable {
   readonly #sink: StreamSink;
   readonly #signal: AbortSignal | undefined;
-  readonly #blockSize: number;
-  #block: Buffer | undefined;
-  #fill = 0;
+  readonly #blocks: BlockFiller;
   /** The append (or end) under way; it never rejects. destroy waits for it, so that the writer is idle after 'close'. */
   #current: Promise<void> | undefined;
   /** Why an append failed: later writes and end() fail with it, and no block after it is appended. */
@@ -239,7 +229,7 @@ class BlobWriteStream extends Writable {
     super({ highWaterMark: Math.min(options.highWaterMark, WRITE_QUEUE_BYTES), decodeStrings: false });
     this.#sink = sink;
     this.#signal = options.signal;
-    this.#blockSize = options.highWaterMark;
+    this.#blocks = new BlockFiller(options.highWaterMark);
     if (this.#signal?.aborted) this.#onAbort();
     else this.#signal?.addEventListener('abort', this.#onAbort, { once: true });
   }
@@ -250,12 +240,8 @@ class BlobWriteStream extends Writable {
     const copy = (): void => {
       if (this.#failed || this.destroyed) return cb(this.#failed);
       while (off < chunk.length) {
-        this.#block ??= Buffer.allocUnsafe(this.#blockSize);
-        const n = Math.min(chunk.length - off, this.#blockSize - this.#fill);
-        this.#block.set(n === chunk.length ? chunk : chunk.subarray(off, off + n), this.#fill);
-        this.#fill += n;
-        off += n;
-        if (this.#fill === this.#blockSize) {
+        off += this.#blocks.put(chunk, off);
+        if (this.#blocks.full) {
           // A full block goes to the writer now, or once the append under way is done: this write goes on then.
           const later = this.#appendNext(this.#signal);
           if (later) return void later.then(copy);
@@ -290,10 +276,8 @@ class BlobWriteStream extends Writable {
    * what was written.
    */
   #appendNext(signal: AbortSignal | undefined): Promise<void> | undefined {
-    if (this.#fill === 0) return undefined;
-    const bytes = this.#fill === this.#blockSize ? this.#block! : this.#block!.subarray(0, this.#fill);
-    this.#block = undefined;
-    this.#fill = 0;
+    const bytes = this.#blocks.take();
+    if (!bytes) return undefined;
     const start = () => {
       if (this.#failed) return;
       this.#track(
@@ -323,4 +307,40 @@ class BlobWriteStream extends Writable {
 
 export function createBlobWriteStream(sink: StreamSink, options: WriteStreamOptions & { highWaterMark: number }): Writable {
   return new BlobWriteStream(sink, options);
+}
+
+/**
+ * Gathers pieces into blocks of `size` bytes, for appendStream and the write
+ * stream alike: many small pieces become one append per block.
+ */
+class BlockFiller {
+  #block: Buffer | undefined;
+  #fill = 0;
+  constructor(readonly size: number) {}
+
+  /** Copies what fits of piece[off..] into the block; returns how many bytes. */
+  put(piece: Uint8Array, off: number): number {
+    this.#block ??= Buffer.allocUnsafe(this.size);
+    const n = Math.min(piece.length - off, this.size - this.#fill);
+    this.#block.set(n === piece.length ? piece : piece.subarray(off, off + n), this.#fill);
+    this.#fill += n;
+    return n;
+  }
+
+  get full(): boolean {
+    return this.#fill === this.size;
+  }
+
+  /**
+   * What the block holds, undefined if nothing; a full block is given away
+   * whole (to the hashing thread, without a copy), and a new one is made
+   * for what follows.
+   */
+  take(): Buffer | undefined {
+    if (this.#fill === 0) return undefined;
+    const b = this.full ? this.#block! : this.#block!.subarray(0, this.#fill);
+    this.#block = undefined;
+    this.#fill = 0;
+    return b;
+  }
 }
