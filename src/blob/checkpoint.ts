@@ -86,12 +86,11 @@ export class Checkpoints {
   /** Seals the fragment, then (after the record before, `prev`) writes the record and applies it to the index. */
   async #record(t: Taken, prev: Promise<void>): Promise<void> {
     const { frag, size } = t;
-    let id: string | undefined;
     try {
       if (frag) {
-        id = await t.fragId!;
-        await this.#pins.fragment(id);
-        await frag.seal(id, this.#s.layout, this.#s.knownDirs);
+        await t.fragWritten!;
+        await this.#pins.fragment(frag.id);
+        await frag.seal(this.#s.layout, this.#s.knownDirs);
       }
     } catch (e) {
       await frag?.discard();
@@ -101,10 +100,11 @@ export class Checkpoints {
     const rec: AppendRecord = {
       t: 'x',
       s: size,
-      x: t.extents.map((e) => [fromHex(e.frag ?? id!), e.offset, e.size]),
+      x: t.extents.map((e) => [fromHex(e.frag ?? frag!.id), e.offset, e.size]),
       c: packChunks(t.chunks),
       m: merkleToRecord(await t.state),
     };
+    if (t.openHash) rec.p = await t.openHash;
     if (t.digest) {
       this.#ingest.hash = await t.digest;
       rec.h = this.#ingest.hash;

@@ -1,6 +1,6 @@
 import type fs from 'node:fs/promises';
 import { CabError } from '../errors.js';
-import { bytesEqual, fromHex, sha256Stream } from '../hash/sha256.js';
+import { bytesEqual, fromHex } from '../hash/sha256.js';
 import { checkChunk } from '../disk/blob-bytes.js';
 import { ChunkPager, type ChunkInfo } from '../disk/chunk-pager.js';
 import { damageFrom, uncovered, widenToChunks, type DamageRange } from '../format/damage.js';
@@ -39,7 +39,6 @@ export class BlobHealer {
   readonly #d: Descriptor;
   readonly #pager: ChunkPager;
   #frag: FragmentWriter | undefined;
-  readonly #fragHash = sha256Stream();
   readonly #healed: Healed[] = [];
   /** The damaged chunk being filled. */
   #cur: { c: ChunkInfo; bytes: Buffer; filled: number } | undefined;
@@ -106,7 +105,6 @@ export class BlobHealer {
     this.#frag ??= await FragmentWriter.create(this.#s.layout);
     const fo = this.#frag.size;
     await this.#frag.write(bytes);
-    this.#fragHash.update(bytes);
     const last = this.#healed[this.#healed.length - 1];
     if (last && last.e === c.start) last.e += c.size;
     else this.#healed.push({ o: c.start, e: c.start + c.size, fo });
@@ -122,12 +120,12 @@ export class BlobHealer {
     try {
       const frag = this.#frag;
       if (!frag) return 0;
-      const id = this.#fragHash.digest('hex');
+      const id = frag.id;
       const bin = fromHex(id);
       // Pinned before it appears in cas/, until the new descriptor references it (see FORMAT.md, GC).
       await this.#s.lease.pin([id]);
       try {
-        await frag.seal(id, this.#s.layout, this.#s.knownDirs);
+        await frag.seal(this.#s.layout, this.#s.knownDirs);
         const left = uncovered(this.damage, this.#healed);
         const fh = await replaceDescriptor(this.#s.layout, this.#s.index, this.name, async (append) => {
           await append(encodeHeader(this.name, this.#d.ctime));

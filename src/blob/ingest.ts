@@ -1,69 +1,37 @@
-import crypto from 'node:crypto';
 import { CabError, isCabError } from '../errors.js';
 import { Chunker } from '../chunker/fastcdc.js';
 import { LEAF_SIZE, type MerkleState } from '../hash/merkle.js';
 import { HashJob } from '../hash/pool.js';
-import { sha256, toHex } from '../hash/sha256.js';
+import { bytesEqual, sha256, toHex } from '../hash/sha256.js';
 import { readExtents } from '../disk/blob-bytes.js';
 import { FragmentWriter, type FragmentFiles } from '../disk/fragments.js';
 import type { Descriptor } from '../format/descriptor.js';
-import type { Extent, ExtentMap } from '../format/extents.js';
+import type { Extent } from '../format/extents.js';
+import type { BlockRefs, BlockSource, CutChunk, NewExtent, PendingBlock, Part, Taken } from './ingest-types.js';
 import type { StoreInternals } from './context.js';
 import type { WriterPins } from './pins.js';
 
-/** A piece of the chunk in progress: bytes to write, or a range already stored. */
-type Part = { lit: Uint8Array } | { ext: Extent };
-
-/** An extent not yet in a record; `frag` null means the fragment being written. */
-export interface NewExtent {
-  frag: string | null;
-  offset: number;
-  size: number;
-}
-
-/** Where the bytes of a block come from when they are already stored: that blob's extents, from `offset`. */
-export interface BlockSource {
-  extents: ExtentMap;
-  offset: number;
-}
-
-/**
- * Ranges of a block whose bytes are stored already, in block order and not
- * overlapping: `size` bytes at `at` in the block are `src`'s. The rest of
- * the block is new bytes.
- */
-export type BlockRefs = ReadonlyArray<{ at: number; size: number; src: BlockSource }>;
-
-/** Everything appended since the last record, handed to a checkpoint (see Ingest.take). */
-export interface Taken {
-  /** The fragment being written, if any, and its SHA-256 once the hashing thread has written all of it. */
-  frag: FragmentWriter | null;
-  fragId: Promise<string> | undefined;
-  /** The merkle state, and with `final` the blob hash, for exactly the bytes sent so far. */
-  state: Promise<MerkleState>;
-  digest: Promise<Uint8Array> | undefined;
-  extents: NewExtent[];
-  chunks: Array<[Uint8Array, number]>;
-  size: number;
-  /** Where the chunks of this record start. */
-  chunkOffset: number;
-}
+export type { BlockRefs, BlockSource, NewExtent, Taken } from './ingest-types.js';
 
 const EMPTY_HASH = sha256(new Uint8Array(0));
 
 const isRefs = (ref: BlockSource | BlockRefs): ref is BlockRefs => Array.isArray(ref);
 
 /**
- * The write path of one blob's bytes: content is chunked inline (FastCDC);
- * a chunk the store already holds is referenced instead of written (dedup);
- * other bytes are given the next offsets of a fragment in tmp/, which the
- * hashing thread writes while it hashes them. A checkpoint takes what
- * accumulated here (`take`) and makes it one descriptor record.
+ * The write path of one blob's bytes. The main thread reads and chunks
+ * (FastCDC finds the boundaries); the hashing thread hashes each block into
+ * the blob's merkle tree and into chunk hashes, a slice at a time while it
+ * is in cache, and keeps it. One block behind, as the next is chunked, the
+ * chunks of a block are decided by their hashes: one the store holds
+ * already is referenced (dedup); the others get the next offsets of a
+ * fragment in tmp/, which the hashing thread then writes from the block it
+ * kept. A checkpoint takes what accumulated here (`take`) and makes it one
+ * descriptor record.
  */
 export class Ingest {
   readonly #s: StoreInternals;
   readonly #pins: WriterPins;
-  /** Merkle hashing, fragment hashing and fragment writes run in the hashing thread. */
+  /** Merkle and chunk hashing and fragment writes run in the hashing thread. */
   readonly #job: HashJob;
   readonly #chunker: Chunker;
   /** The blob hash after the last completed call (see settle). */
@@ -71,21 +39,21 @@ export class Ingest {
   #deferHash = false;
   #size = 0;
 
-  #chunkHash = crypto.createHash('sha256');
+  /** The chunk in progress: its parts so far, their length, and how much of it is in extents already. */
   #pending: Part[] = [];
   #pendingLen = 0;
-  /** Bytes of the chunk in progress already in extents (written at a checkpoint). */
   #committed = 0;
   #chunkEnd = 0;
   /** Where the chunks of the next record start. */
   #recordedChunkEnd = 0;
+  /** Blocks handed to the hashing thread whose chunks are not decided yet (at most two). */
+  #queue: PendingBlock[] = [];
+  #queuedBytes = 0;
+  #nextHold = 1;
 
   #newExtents: NewExtent[] = [];
   #newChunks: Array<[Uint8Array, number]> = [];
   #frag: FragmentWriter | null = null;
-  /** The block being fed, and its writes as [offset in block, length, fragment offset] triples. */
-  #block: Uint8Array | null = null;
-  #blockWrites: number[] = [];
   /** Chunks written to the current fragment: SHA-256 hex -> offset in it. */
   readonly #local = new Map<string, number>();
   readonly #cuts: number[] = [];
@@ -110,17 +78,19 @@ export class Ingest {
 
   /** Whether the fragment being written has reached the size at which it is sealed. */
   get fragmentFull(): boolean {
-    return this.#frag !== null && this.#frag.size >= this.#s.fragmentSize;
+    // With the bytes of blocks not decided yet, most of which usually become new fragment bytes.
+    return (this.#frag?.size ?? 0) + this.#queuedBytes >= this.#s.fragmentSize;
   }
 
   /** Whether anything was appended since the last `take`. */
   get idle(): boolean {
-    return !this.#frag && this.#newExtents.length === 0 && this.#newChunks.length === 0;
+    return !this.#frag && this.#newExtents.length === 0 && this.#newChunks.length === 0 && this.#queue.length === 0;
   }
 
   /**
    * Continues a blob from its descriptor `d`: re-reads at most one leaf and
-   * one chunk of the prefix to restore the hasher and the chunker.
+   * one chunk of the prefix to restore the hasher and the chunker, and
+   * checks the open chunk against the hash its last record holds.
    */
   async restore(d: Descriptor, files: FragmentFiles, name: string): Promise<void> {
     const { size, chunkEnd } = d;
@@ -132,51 +102,72 @@ export class Ingest {
     const tail = Buffer.allocUnsafe(size - from);
     await readExtents(files, d.extents, tail, from);
     this.#job.send(tail.subarray(leafStart - from), true, [], false);
-    this.hash = await this.#job.digest();
     const open = tail.subarray(chunkEnd - from);
     if (this.#chunker.push(open).length > 0) {
       throw new CabError('ERR_BAD_STORE', `descriptor of ${name} records no boundary where the chunker finds one`, { blob: name });
     }
-    this.#chunkHash.update(open);
+    this.#job.hashOpenChunk(open);
+    if (d.openHash && !bytesEqual(await this.#job.openChunkHash(), d.openHash)) {
+      throw new CabError('ERR_HASH_MISMATCH', `the last ${open.length} bytes of blob ${name} (its open chunk) no longer hash to their recorded hash: fsck --verify --repair records the damage`, { blob: name, offset: chunkEnd });
+    }
+    this.hash = await this.#job.digest();
     this.#pendingLen = open.length;
     this.#committed = open.length;
   }
 
   /**
-   * Chunks, hashes and places one block of input. `give`: the block is ours
-   * and goes to the hashing thread without a copy. `ref`: the block's bytes
-   * are stored already there (appendBlob), so they are referenced, not
-   * written; or, as BlockRefs, some ranges of it are (a transfer's pieces
-   * found locally). `known`: hashes the caller checked, by (offset * 2^27 +
-   * size).
+   * Chunks and places one block of input. `give`: the block is ours and
+   * goes to the hashing thread without a copy. `ref`: the block's bytes are
+   * stored already there (appendBlob), so they are referenced, not written;
+   * or, as BlockRefs, some ranges of it are (a transfer's pieces found
+   * locally). `known`: hashes the caller checked, by (offset * 2^27 + size):
+   * not hashed again.
    */
   async feed(block: Uint8Array, ref: BlockSource | BlockRefs | undefined, give: boolean, known?: Map<number, Uint8Array>): Promise<void> {
-    this.#size += block.length;
-    this.#block = block;
+    const len = block.length; // the block is the hashing thread's once handed over (then empty here)
+    if (len === 0) return;
+    this.#size += len;
+    const hold = this.#nextHold++;
     // A plain Uint8Array view keeps the chunker's loop monomorphic (Buffers and Uint8Arrays both arrive here).
     const view = block.constructor === Uint8Array ? block : new Uint8Array(block.buffer, block.byteOffset, block.byteLength);
     const cuts = this.#chunker.push(view, this.#cuts);
+    const ends: number[] = [];
+    const skip: number[] | undefined = known ? [] : undefined;
+    const chunks: CutChunk[] = [];
     let off = 0;
     for (const size of cuts) {
       const take = size - this.#pendingLen;
       // A chunk whole in this block whose hash the caller has checked (a transfer): not hashed again.
       const hash = this.#pendingLen === 0 ? known?.get(off * 2 ** 27 + size) : undefined;
-      this.#addPart(block, off, take, ref, hash === undefined);
+      this.#addPart(hold, off, take, ref);
       off += take;
-      await this.#endChunk(hash);
+      ends.push(off);
+      skip?.push(hash ? 1 : 0);
+      chunks.push({ parts: this.#pending, size, committed: this.#committed, known: hash, idx: ends.length - 1 });
+      this.#pending = [];
+      this.#pendingLen = 0;
+      this.#committed = 0;
     }
     cuts.length = 0;
-    if (off < block.length) this.#addPart(block, off, block.length - off, ref);
-    // The chunk in progress keeps its own copy of its bytes, so the block can go.
+    if (off < block.length) this.#addPart(hold, off, block.length - off, ref);
+    // The chunk in progress keeps its own copy of its bytes: the block goes to the hashing thread.
     for (let i = 0; i < this.#pending.length; i++) {
       const p = this.#pending[i]!;
-      if ('lit' in p && p.lit.buffer === block.buffer) this.#pending[i] = { lit: Uint8Array.from(p.lit) };
+      // Uint8Array.from copies (a Buffer's slice would be a view of memory about to be transferred).
+      if ('held' in p) this.#pending[i] = { lit: Uint8Array.from(block.subarray(p.off, p.off + p.len)) };
     }
-    this.#block = null;
-    const writes = this.#blockWrites;
-    this.#blockWrites = [];
-    this.#job.send(block, true, writes, give);
+    const hashes = this.#job.hashBlock(block, true, ends, skip, hold, give);
+    hashes.catch(() => {}); // awaited in #decide
+    this.#queue.push({ hold, hashes, chunks, size: len });
+    this.#queuedBytes += len;
+    // One block behind: the previous block's hashes are in, or nearly, while this one is hashed.
+    while (this.#queue.length > 1) await this.#decide(this.#queue.shift()!);
     await this.#job.room();
+  }
+
+  /** Decides every block handed over (before a checkpoint, or anything that adds extents directly). */
+  async #drain(): Promise<void> {
+    while (this.#queue.length > 0) await this.#decide(this.#queue.shift()!);
   }
 
   /**
@@ -185,6 +176,7 @@ export class Ingest {
    * hash only. The chunker must be at a boundary.
    */
   async addWhole(extents: Iterable<Extent>, chunks: Array<{ hash: Uint8Array; size: number }>, bytes: Uint8Array): Promise<void> {
+    await this.#drain();
     for (const e of extents) this.#pushExtent(e.frag, e.offset, e.size);
     for (const c of chunks) {
       this.#newChunks.push([c.hash, c.size]);
@@ -197,13 +189,20 @@ export class Ingest {
 
   /** The end of the stream: the chunk in progress, if any, ends here. */
   async end(): Promise<void> {
-    if (this.#chunker.end() > 0) await this.#endChunk();
+    await this.#drain();
+    if (this.#chunker.end() === 0) return;
+    const size = this.#pendingLen;
+    const c: CutChunk = { parts: this.#pending, size, committed: this.#committed, known: await this.#job.openChunkHash(), idx: -1 };
+    this.#pending = [];
+    this.#pendingLen = 0;
+    this.#committed = 0;
+    await this.#place(c, c.known!, undefined);
   }
 
-  #addPart(block: Uint8Array, off: number, len: number, ref: BlockSource | BlockRefs | undefined, hash = true): void {
+  /** Bytes [off, off + len) of block `hold`: new bytes, or references where `ref` says they are stored. */
+  #addPart(hold: number, off: number, len: number, ref: BlockSource | BlockRefs | undefined): void {
     if (len === 0) return;
-    if (hash) this.#chunkHash.update(block.subarray(off, off + len));
-    if (ref === undefined) this.#pending.push({ lit: block.subarray(off, off + len) });
+    if (ref === undefined) this.#pending.push({ held: hold, off, len });
     else if (!isRefs(ref)) this.#addStored(ref, off, len);
     else {
       // Stored ranges by reference, the bytes between them as new bytes.
@@ -212,13 +211,13 @@ export class Ingest {
       for (const r of ref) {
         if (r.at + r.size <= at) continue;
         if (r.at >= end) break;
-        if (r.at > at) this.#pending.push({ lit: block.subarray(at, r.at) });
+        if (r.at > at) this.#pending.push({ held: hold, off: at, len: r.at - at });
         const from = Math.max(at, r.at);
         const to = Math.min(end, r.at + r.size);
         this.#addStored(r.src, from - r.at, to - from);
         at = to;
       }
-      if (at < end) this.#pending.push({ lit: block.subarray(at, end) });
+      if (at < end) this.#pending.push({ held: hold, off: at, len: end - at });
     }
     this.#pendingLen += len;
   }
@@ -228,30 +227,33 @@ export class Ingest {
     for (const ext of src.extents.slice(src.offset + off, len)) this.#pending.push({ ext });
   }
 
-  /** The chunk in progress ended: reference a stored copy, or write its new bytes. */
-  async #endChunk(known?: Uint8Array): Promise<void> {
-    let hash: Uint8Array;
-    if (known) hash = known;
-    else {
-      hash = this.#chunkHash.digest();
-      this.#chunkHash = crypto.createHash('sha256');
+  /** The chunks that ended in a block, by their hashes; then the block's new bytes are written and it goes. */
+  async #decide(b: PendingBlock): Promise<void> {
+    this.#queuedBytes -= b.size;
+    const writes: number[] = [];
+    try {
+      const hashes = await b.hashes;
+      for (const c of b.chunks) await this.#place(c, c.known ?? hashes.slice(32 * c.idx, 32 * c.idx + 32), writes);
+    } finally {
+      // Released on every path: the hashing thread keeps nothing for a writer that failed.
+      this.#job.writeHeld(b.hold, writes);
     }
-    const size = this.#pendingLen;
-    const literal = this.#pending.some((p) => 'lit' in p);
-    const stored = literal && this.#committed === 0 ? await this.#findStored(hash, size) : undefined;
+  }
+
+  /** A chunk with its hash: reference a stored copy, or write its new bytes (those of a held block into `writes`). */
+  async #place(c: CutChunk, hash: Uint8Array, writes: number[] | undefined): Promise<void> {
+    const literal = c.parts.some((p) => !('ext' in p));
+    const stored = literal && c.committed === 0 ? await this.#findStored(hash, c.size) : undefined;
     if (stored) {
       for (const e of stored) this.#pushExtent(e.frag, e.offset, e.size);
     } else {
-      const allLiteral = this.#committed === 0 && this.#pending.every((p) => 'lit' in p);
+      const allLiteral = c.committed === 0 && !c.parts.some((p) => 'ext' in p);
       const at = this.#frag ? this.#frag.size : 0;
-      await this.commitPending();
+      await this.#commitParts(c.parts, writes);
       if (allLiteral) this.#local.set(toHex(hash), at);
     }
-    this.#pending = [];
-    this.#newChunks.push([hash, size]);
-    this.#chunkEnd += size;
-    this.#pendingLen = 0;
-    this.#committed = 0;
+    this.#newChunks.push([hash, c.size]);
+    this.#chunkEnd += c.size;
   }
 
   /** A stored copy of a chunk: in the fragment being written, or in a blob the index knows. */
@@ -274,12 +276,12 @@ export class Ingest {
   }
 
   /**
-   * Moves the parts of the chunk in progress into extents. Literal bytes get
-   * the next offsets of the fragment; the hashing thread writes them, in the
-   * order they are sent, which is their order in the fragment.
+   * Moves parts into extents. New bytes get the next offsets of the
+   * fragment; the hashing thread writes them in the order they are sent:
+   * those of a held block with the block's `writes`, our own copies at once.
    */
-  async commitPending(): Promise<void> {
-    for (const p of this.#pending) {
+  async #commitParts(parts: Part[], writes: number[] | undefined): Promise<void> {
+    for (const p of parts) {
       if ('ext' in p) {
         this.#pushExtent(p.ext.frag, p.ext.offset, p.ext.size);
         continue;
@@ -288,21 +290,29 @@ export class Ingest {
         this.#frag = await FragmentWriter.create(this.#s.layout);
         this.#job.startFragment(this.#frag.fd);
       }
+      const len = 'lit' in p ? p.lit.length : p.len;
       const at = this.#frag.size;
-      this.#frag.size += p.lit.length;
-      this.#pushExtent(null, at, p.lit.length);
-      if (this.#block && p.lit.buffer === this.#block.buffer) {
-        const w = this.#blockWrites;
-        const off = p.lit.byteOffset - this.#block.byteOffset;
+      this.#frag.size += len;
+      this.#pushExtent(null, at, len);
+      if ('lit' in p) this.#job.send(p.lit, false, [0, len, at], true);
+      else {
+        const w = writes!;
         const n = w.length;
         // Consecutive pieces of one block land consecutively in the fragment: one write.
-        if (n > 0 && w[n - 3]! + w[n - 2]! === off && w[n - 1]! + w[n - 2]! === at) w[n - 2]! += p.lit.length;
-        else w.push(off, p.lit.length, at);
-      } else {
-        // An earlier block's bytes, copied when that block was handed off.
-        this.#job.send(p.lit, false, [0, p.lit.length, at], true);
+        if (n > 0 && w[n - 3]! + w[n - 2]! === p.off && w[n - 1]! + w[n - 2]! === at) w[n - 2]! += len;
+        else w.push(p.off, len, at);
       }
     }
+  }
+
+  /**
+   * Decides every block handed over, then moves the chunk in progress into
+   * extents (a checkpoint in the middle of a chunk): that chunk is then
+   * written, not deduplicated.
+   */
+  async commitPending(): Promise<void> {
+    await this.#drain();
+    await this.#commitParts(this.#pending, undefined);
     this.#committed = this.#pendingLen;
     this.#pending = [];
   }
@@ -322,15 +332,16 @@ export class Ingest {
     const frag = this.#frag;
     const taken: Taken = {
       frag,
-      fragId: frag ? this.#job.sealFragment() : undefined,
+      fragWritten: frag ? this.#job.fragmentWritten() : undefined,
       state: this.#job.state(),
       digest: final ? this.#job.digest() : undefined,
       extents: this.#newExtents,
       chunks: this.#newChunks,
       size: this.#size,
       chunkOffset: this.#recordedChunkEnd,
+      openHash: this.#pendingLen > 0 ? this.#job.openChunkHash() : undefined,
     };
-    for (const p of [taken.fragId, taken.state, taken.digest]) p?.catch(() => {});
+    for (const p of [taken.fragWritten, taken.state, taken.digest, taken.openHash]) p?.catch(() => {});
     this.#frag = null;
     this.#local.clear();
     this.#newExtents = [];
@@ -347,9 +358,13 @@ export class Ingest {
     this.#deferHash = true;
   }
 
-  /** End of an append call: the blob hash so far (unless deferred). */
+  /**
+   * End of an append call: its blocks decided (the new bytes written to the
+   * fragment, not yet durable) and the blob hash so far, unless deferred.
+   */
   async settle(): Promise<void> {
     if (this.#deferHash) return;
+    await this.#drain();
     this.hash = await this.#job.digest();
   }
 

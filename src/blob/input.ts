@@ -53,7 +53,7 @@ export function splitAppendArgs(args: unknown[]): { items: AppendItem[]; signal:
 }
 
 /** Input is read and processed in blocks of this size. */
-export const READ_BLOCK = 4 * 1024 * 1024;
+export const READ_BLOCK = 1024 * 1024;
 
 /** An appendBytes item, checked: bytes, or an open file and a range that lies inside it. */
 export type Input = { bytes: Uint8Array } | { fh: fs.FileHandle; offset: number; size: number; file: string };

@@ -83,6 +83,9 @@ export class BlobWriter {
     await s.lease.pin([], [name]);
     if (o.d) {
       await w.#ingest.restore(o.d, w.#files, name).catch(async (e: unknown) => {
+        // The fragments it read and its hashing job go with it (the descriptor is closed by the caller).
+        await w.#files.close();
+        await w.#ingest.close();
         await s.lease.unpin([], [name]);
         throw e;
       });

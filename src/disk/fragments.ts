@@ -1,16 +1,31 @@
+import crypto from 'node:crypto';
 import fs from 'node:fs/promises';
 import { CabError } from '../errors.js';
 import { ensureDir, fsyncDir, writeAll } from './durable.js';
 import type { Layout } from '../format/layout.js';
 
 /**
+ * A new fragment's name: 256 random bits (64 hex), not the hash of its
+ * bytes. Naming a fragment by its content cost a SHA-256 pass over every
+ * byte written, for nothing the format needs: every byte a blob holds is
+ * checked by the hashes in its own descriptor (chunk hashes, the open
+ * chunk's hash, the blob hash), which is what reads and fsck check
+ * (docs/FORMAT.md, "Fragments").
+ */
+export function newFragmentId(): string {
+  return crypto.randomBytes(32).toString('hex');
+}
+
+/**
  * A fragment being written: a temp file in tmp/, opened exclusively. Its
- * bytes are written and hashed by the hashing thread (src/hash/pool.ts)
- * through `fd`; `seal` makes it durable under its SHA-256. The temp file is
- * removed on every path that does not rename it.
+ * bytes are written by the hashing thread (src/hash/pool.ts) through `fd`,
+ * or by `write`; `seal` makes it durable under its name `id`, chosen now.
+ * The temp file is removed on every path that does not rename it.
  */
 export class FragmentWriter {
   readonly tmpPath: string;
+  /** The name it gets in cas/ (newFragmentId). */
+  readonly id = newFragmentId();
   readonly #fh: fs.FileHandle;
   /** Bytes assigned so far: the offset of the next write. */
   size = 0;
@@ -37,14 +52,15 @@ export class FragmentWriter {
     await writeAll(this.#fh, bytes, at);
   }
 
-  /** Makes the fragment durable under `id` (the SHA-256 of its bytes, all written). */
-  async seal(id: string, layout: Layout, knownDirs: Set<string>): Promise<void> {
+  /** Makes the fragment durable under its `id`, once all its bytes are written. */
+  async seal(layout: Layout, knownDirs: Set<string>): Promise<void> {
+    const id = this.id;
     await this.#fh.sync();
     await this.#fh.close();
     const dir = layout.fragmentDir(id);
     try {
       await ensureDir(dir, knownDirs);
-      // An existing fragment of this name has these very bytes; replacing it is harmless.
+      // 256 random bits: no other fragment has this name (a collision is as likely as one of SHA-256's).
       await fs.rename(this.tmpPath, layout.fragment(id));
       this.#done = true;
       await fsyncDir(dir);

@@ -49,6 +49,13 @@ export interface AppendRecord {
   m: [number, Uint8Array];
   /** Present on the last record of a finalized blob: its BEP 52 hash. */
   h?: Uint8Array;
+  /**
+   * The SHA-256 of the open chunk's bytes, from the last chunk boundary to
+   * `s`, when they are not empty. With the chunk hashes it covers every
+   * byte of an unfinalized blob (fragments are not named by their bytes).
+   * Absent in records written before 2026-12-04.
+   */
+  p?: Uint8Array;
 }
 
 /**
@@ -115,6 +122,8 @@ export interface Descriptor {
   chunkCount: number;
   chunkEnd: number;
   merkle: MerkleState;
+  /** The last record's `p`: the SHA-256 of the bytes from chunkEnd to size (undefined if none, or not recorded). */
+  openHash?: Uint8Array;
   /** Where each record's chunk list is in the file (a reader pages them in from there). */
   chunkRecords: ChunkRecords;
   /** Byte length of the good records; the file may be longer (`torn`). */
@@ -172,6 +181,7 @@ function checkAppend(r: Record<string, unknown>, size: number, chunkEnd: number,
   const [leaves, stack] = r.m as unknown[];
   if (!isCount(leaves) || !isBytes(stack) || leaves !== Math.floor(r.s / LEAF_SIZE)) return 'malformed merkle state';
   if (r.h !== undefined && (!isBytes(r.h, HASH_SIZE) || chunks !== r.s)) return 'malformed final record';
+  if (r.p !== undefined && (!isBytes(r.p, HASH_SIZE) || chunks === r.s)) return 'malformed open chunk hash';
   return { chunkEnd: chunks };
 }
 
@@ -313,6 +323,7 @@ async function parse(fh: fs.FileHandle, name: string, opts: ReadDescriptorOption
       d.chunkCount += r.c.length / CHUNK_ENTRY;
       d.size = r.s;
       d.merkle = merkleFromRecord(r.s, r.m);
+      d.openHash = r.p ? Uint8Array.from(r.p) : undefined;
       if (r.h) {
         d.finalized = true;
         d.hash = Uint8Array.from(r.h);

@@ -2,14 +2,37 @@ import { Worker } from 'node:worker_threads';
 import { CabError, ioError } from '../errors.js';
 import type { MerkleState } from './merkle.js';
 
-/** Messages to the hashing thread. */
+/**
+ * Messages to the hashing thread. `data`: bytes to hash into the merkle tree
+ * (`merkle`) and, with `cuts`, into the hashes of the chunks that end at
+ * those offsets (answered to `seq`, 32 bytes per cut; `skip[i]` 1: a chunk
+ * whose hash is known, not hashed), then to write (`writes`), or to keep
+ * under `hold` until a `write` message names the ranges to write.
+ */
 export type ToWorker =
   | { t: 'open'; id: number; state?: MerkleState }
-  | { t: 'data'; id: number; buf: ArrayBufferLike; off: number; len: number; merkle: boolean; writes: number[]; back?: boolean }
+  | {
+      t: 'data';
+      id: number;
+      buf: ArrayBufferLike;
+      off: number;
+      len: number;
+      merkle: boolean;
+      writes: number[];
+      cuts?: number[];
+      skip?: number[];
+      seq?: number;
+      hold?: number;
+      back?: boolean;
+    }
+  | { t: 'write'; id: number; hold: number; writes: number[] }
   | { t: 'frag'; id: number; fd: number }
-  | { t: 'seal' | 'state' | 'digest' | 'close'; id: number; seq: number };
+  | { t: 'written' | 'state' | 'digest' | 'open-chunk' | 'close'; id: number; seq: number };
 
-type FromWorker = { t: 'ack'; n: number; buf?: ArrayBuffer } | { t: 'res'; seq: number; value?: unknown; error?: { message: string; code?: string } };
+type Request = 'written' | 'state' | 'digest' | 'open-chunk' | 'close';
+
+/** `n`: bytes of data the thread is done with (an ack), on an answer too. */
+type FromWorker = { t: 'ack'; n: number; buf?: ArrayBuffer } | { t: 'res'; seq: number; n?: number; value?: unknown; error?: { message: string; code?: string } };
 
 /** Bytes handed to the thread and not yet processed, before senders wait. */
 export const MAX_IN_FLIGHT = 16 * 1024 * 1024;
@@ -60,15 +83,17 @@ class HashThread {
   constructor() {
     this.#worker = startWorker();
     this.#worker.on('message', (m: FromWorker) => {
-      if (m.t === 'ack') {
-        this.#inFlight -= m.n;
-        if (m.buf && free.length < MAX_FREE) {
+      if (m.t === 'ack' || m.n) {
+        this.#inFlight -= m.n ?? 0;
+        if (m.t === 'ack' && m.buf && free.length < MAX_FREE) {
           recyclable.add(m.buf);
           free.push(m.buf);
         }
         if (this.#inFlight <= MAX_IN_FLIGHT / 2) this.#wake();
-        if (this.#waiting.size === 0 && this.#inFlight === 0) this.#worker.unref();
-        return;
+        if (m.t === 'ack') {
+          if (this.#waiting.size === 0 && this.#inFlight === 0) this.#worker.unref();
+          return;
+        }
       }
       const w = this.#waiting.get(m.seq);
       this.#waiting.delete(m.seq);
@@ -109,12 +134,17 @@ class HashThread {
     this.#worker.postMessage(m, transfer);
   }
 
-  request<T>(t: 'seal' | 'state' | 'digest' | 'close', id: number): Promise<T> {
+  request<T>(t: Request, id: number): Promise<T> {
+    return this.ask<T>((seq) => this.post({ t, id, seq }));
+  }
+
+  /** Posts a message (by `send`) that the thread answers to the sequence number it is given. */
+  ask<T>(send: (seq: number) => void): Promise<T> {
     const seq = this.#seq++;
     return new Promise<T>((resolve, reject) => {
       this.#waiting.set(seq, { resolve: resolve as (v: unknown) => void, reject });
       try {
-        this.post({ t, id, seq });
+        send(seq);
       } catch (e) {
         this.#waiting.delete(seq);
         reject(e as Error);
@@ -160,9 +190,9 @@ export function startHashThread(): void {
 }
 
 /**
- * One writer's hashing state in the hashing thread: the blob's merkle hasher
- * and the SHA-256 of the fragment being written (whose bytes the thread
- * also writes, at the offsets the writer chose).
+ * One writer's hashing state in the hashing thread: the blob's merkle
+ * hasher, and the fragment being written (whose bytes the thread writes, at
+ * the offsets the writer chose).
  */
 export class HashJob {
   readonly #t: HashThread;
@@ -177,17 +207,39 @@ export class HashJob {
 
   /**
    * Hands bytes to the thread: `merkle` feeds them to the blob hash;
-   * `writes` lists [offset in bytes, length, fragment offset] triples to hash
-   * and write to the current fragment. With `give`, the buffer is
-   * transferred and the caller must not touch it again; otherwise it is
-   * copied.
+   * `writes` lists [offset in bytes, length, fragment offset] triples to
+   * write to the current fragment. With `give`, the buffer is transferred
+   * and the caller must not touch it again; otherwise it is copied.
    */
   send(bytes: Uint8Array, merkle: boolean, writes: number[], give: boolean): void {
     if (bytes.length === 0) return;
+    this.#post(bytes, give, { merkle, writes });
+  }
+
+  /**
+   * Hands a block to the thread to hash: into the blob hash (`merkle`) and
+   * into the hashes of the chunks that end at `cuts` (offsets in the block;
+   * `skip[i]` 1 for a chunk whose hash the caller knows). The bytes of a
+   * chunk that started in an earlier block, or that goes on into the next,
+   * go into the same chunk hash. The thread keeps the block until
+   * `writeHeld(hold, ...)`. Resolves to 32 bytes per cut (zeros where skipped).
+   */
+  hashBlock(bytes: Uint8Array, merkle: boolean, cuts: number[], skip: number[] | undefined, hold: number, give: boolean): Promise<Uint8Array> {
+    return this.#t
+      .ask<Uint8Array | null>((seq) => this.#post(bytes, give, { merkle, writes: [], cuts, skip, seq, hold }))
+      .then((b) => b ?? new Uint8Array(0));
+  }
+
+  /** Writes ranges of a block handed over with hashBlock ([offset in block, length, fragment offset] triples), and lets it go. */
+  writeHeld(hold: number, writes: number[]): void {
+    this.#t.post({ t: 'write', id: this.#id, hold, writes });
+  }
+
+  #post(bytes: Uint8Array, give: boolean, m: Pick<Extract<ToWorker, { t: 'data' }>, 'merkle' | 'writes' | 'cuts' | 'skip' | 'seq' | 'hold'>): void {
     let buf: ArrayBufferLike = bytes.buffer;
     let off = bytes.byteOffset;
     if (give && isRecycled(buf)) {
-      this.#t.post({ t: 'data', id: this.#id, buf, off, len: bytes.length, merkle, writes, back: true }, [buf as ArrayBuffer]);
+      this.#t.post({ t: 'data', id: this.#id, buf, off, len: bytes.length, ...m, back: true }, [buf as ArrayBuffer]);
       return;
     }
     if (!give || !(buf instanceof ArrayBuffer) || bytes.byteLength !== buf.byteLength) {
@@ -197,7 +249,17 @@ export class HashJob {
       buf = copy.buffer;
       off = 0;
     }
-    this.#t.post({ t: 'data', id: this.#id, buf, off, len: bytes.length, merkle, writes }, [buf as ArrayBuffer]);
+    this.#t.post({ t: 'data', id: this.#id, buf, off, len: bytes.length, ...m }, [buf as ArrayBuffer]);
+  }
+
+  /** Bytes of the chunk in progress, for its hash only (a resumed blob's open chunk). */
+  hashOpenChunk(bytes: Uint8Array): void {
+    if (bytes.length > 0) this.#post(bytes, false, { merkle: false, writes: [], cuts: [] });
+  }
+
+  /** The SHA-256 of the chunk in progress (the bytes hashed since the last cut), for a record. */
+  async openChunkHash(): Promise<Uint8Array> {
+    return new Uint8Array(await this.#t.request<ArrayBuffer>('open-chunk', this.#id));
   }
 
   /** Starts a new fragment, written through `fd`. */
@@ -205,9 +267,9 @@ export class HashJob {
     this.#t.post({ t: 'frag', id: this.#id, fd });
   }
 
-  /** Resolves after every write to the fragment is done: its SHA-256 (hex). */
-  sealFragment(): Promise<string> {
-    return this.#t.request('seal', this.#id);
+  /** Resolves after every write to the fragment is done (rejects if one failed). */
+  async fragmentWritten(): Promise<void> {
+    await this.#t.request('written', this.#id);
   }
 
   state(): Promise<MerkleState> {

@@ -1,6 +1,6 @@
 import fs from 'node:fs/promises';
 import { isCabError } from '../errors.js';
-import { bytesEqual } from '../hash/sha256.js';
+import { bytesEqual, sha256 } from '../hash/sha256.js';
 import { checkChunk, readExtents } from '../disk/blob-bytes.js';
 import { catchUpBlob } from '../index/catchup.js';
 import { ChunkPager, type ChunkInfo } from '../disk/chunk-pager.js';
@@ -80,11 +80,11 @@ function chunkCount(ctx: FsckContext, name: string): number {
 }
 
 /**
- * Finds the blob's damaged chunks (those in a missing, short or corrupt
- * fragment that no longer hash to their recorded hash, or any, if the blob
- * hash is wrong), records the new ones with repair, and reports every
- * damaged range. A damaged blob is a problem that only a pull or an import
- * heals: it is reported as not repaired on every run until then.
+ * Finds the blob's damaged chunks (those in a missing or short fragment,
+ * and with verify any that no longer hash to their recorded hash), records
+ * the new ones with repair, and reports every damaged range. A damaged blob
+ * is a problem that only a pull or an import heals: it is reported as not
+ * repaired on every run until then.
  */
 async function checkDamage(ctx: FsckContext, fh: fs.FileHandle, d: Descriptor, hashOk: boolean | undefined, repair: boolean): Promise<void> {
   const name = d.name;
@@ -92,11 +92,12 @@ async function checkDamage(ctx: FsckContext, fh: fs.FileHandle, d: Descriptor, h
   for (let i = 0; i < d.extents.count; i++) {
     const e = d.extents.at(i);
     const size = await fragSize(ctx, e.frag);
-    const kind = size === null ? 'missing-fragment' : size < e.offset + e.size ? 'short-fragment' : ctx.corrupt.has(e.frag) ? 'corrupt-fragment' : undefined;
+    const kind = size === null ? 'missing-fragment' : size < e.offset + e.size ? 'short-fragment' : undefined;
     if (kind) suspects.push({ o: e.start, e: e.start + e.size, why: `${kind} ${e.frag}`, kind, fragment: e.frag });
   }
-  if (suspects.length === 0 && hashOk === false) suspects.push({ o: 0, e: d.size, why: 'hash-mismatch', kind: 'hash-mismatch' });
-  const found = await badChunks(ctx, fh, d, suspects);
+  // With verify, every chunk not proven by the blob hash is hashed: a wrong blob hash, an unfinalized or damaged blob.
+  const whole = ctx.opts.verify === true && hashOk !== true;
+  const found = await badChunks(ctx, fh, d, suspects, whole);
   if (hashOk === false && found.length === 0) {
     problem(ctx, { kind: 'hash-mismatch', blob: name, detail: 'every chunk hashes to its recorded hash, but the content does not hash to the recorded blob hash' });
   }
@@ -132,11 +133,20 @@ async function checkDamage(ctx: FsckContext, fh: fs.FileHandle, d: Descriptor, h
   }
 }
 
-/** The chunks of the suspect ranges that fail their check, merged into ranges. */
-async function badChunks(ctx: FsckContext, fh: fs.FileHandle, d: Descriptor, suspects: Suspect[]): Promise<Suspect[]> {
+/**
+ * The chunks that fail their check, merged into ranges: those the suspects
+ * touch, or with `whole` every chunk outside recorded damage. A chunk
+ * counts against the first suspect it touches (a missing or short
+ * fragment), or else against the fragments it is read from
+ * ('corrupt-fragment': fragments are not named by their bytes, so a
+ * chunk's hash is what says they changed).
+ */
+async function badChunks(ctx: FsckContext, fh: fs.FileHandle, d: Descriptor, suspects: Suspect[], whole: boolean): Promise<Suspect[]> {
   const out: Suspect[] = [];
-  if (suspects.length === 0) return out;
-  const mark = (o: number, e: number, s: Suspect) => {
+  const ranges = whole ? uncovered([{ o: 0, e: d.size, why: '' }], d.damage) : normalizeDamage(suspects);
+  if (ranges.length === 0) return out;
+  const mark = (o: number, e: number) => {
+    const s = suspects.find((x) => x.o < e && x.e > o) ?? corruptAt(ctx, d, o, e);
     const last = out[out.length - 1];
     if (last && last.e === o && last.why === s.why) last.e = e;
     else out.push({ ...s, o, e });
@@ -145,19 +155,45 @@ async function badChunks(ctx: FsckContext, fh: fs.FileHandle, d: Descriptor, sus
   const files = new FragmentFiles(ctx.layout, 16);
   try {
     let done = 0; // chunks before this are checked
-    for (const s of normalizeDamage(suspects)) {
-      for (let p = Math.max(s.o, done); p < Math.min(s.e, d.chunkEnd); p = done) {
+    for (const r of ranges) {
+      for (let p = Math.max(r.o, done); p < Math.min(r.e, d.chunkEnd); p = done) {
         const c = await pager.chunkAt(p);
-        if (!(await chunkOk(ctx, d, files, c))) mark(c.start, c.start + c.size, s);
+        if (!(await chunkOk(ctx, d, files, c))) mark(c.start, c.start + c.size);
         done = c.start + c.size;
       }
-      // The open chunk of an unfinalized blob has no hash to check it against: all of it is suspect.
-      if (s.e > d.chunkEnd) mark(d.chunkEnd, d.size, s);
+      // The open chunk of an unfinalized blob: checked against the hash the last record holds, if it holds one.
+      if (r.e > d.chunkEnd && done <= d.chunkEnd && !(await openChunkOk(ctx, d, files))) mark(d.chunkEnd, d.size);
+      done = Math.max(done, r.e);
     }
   } finally {
     await files.close();
   }
   return out;
+}
+
+/** Chunk bytes [o, e) that fail their hash: a suspect naming the fragments they are read from. */
+function corruptAt(ctx: FsckContext, d: Descriptor, o: number, e: number): Suspect {
+  const frags = [...new Set([...d.extents.slice(o, e - o)].map((x) => x.frag))];
+  for (const f of frags) if (!ctx.report.corruptFragments.includes(f)) ctx.report.corruptFragments.push(f);
+  return { o, e, why: `corrupt-fragment ${frags.join(' ')}`, kind: 'corrupt-fragment', fragment: frags[0] };
+}
+
+/**
+ * Whether the open chunk's bytes [chunkEnd, size) read and match the hash
+ * the last record holds. Without one (records written before it was kept)
+ * there is no verdict on their content: true if they read.
+ */
+async function openChunkOk(ctx: FsckContext, d: Descriptor, files: FragmentFiles): Promise<boolean> {
+  const bytes = Buffer.allocUnsafe(d.size - d.chunkEnd);
+  try {
+    await readExtents(files, d.extents, bytes, d.chunkEnd);
+  } catch (e) {
+    if (isCabError(e, 'ERR_FRAGMENT_MISSING')) return false;
+    throw e;
+  } finally {
+    ctx.report.bytesVerified += bytes.length;
+  }
+  return d.openHash === undefined || bytesEqual(sha256(bytes), d.openHash);
 }
 
 async function chunkOk(ctx: FsckContext, d: Descriptor, files: FragmentFiles, c: ChunkInfo): Promise<boolean> {

@@ -4,7 +4,7 @@ import type { ChunkIndex } from '../index/chunk-index.js';
 import type { Layout } from '../format/layout.js';
 
 export interface FsckOptions {
-  /** Also hash every fragment and every finalized blob's content (reads all data). */
+  /** Also hash every blob's content against the hashes its descriptor records (reads all data). */
   verify?: boolean;
   /** Fix what can be fixed without losing anything a user could want (see FsckReport). */
   repair?: boolean;
@@ -18,7 +18,7 @@ export type FsckProblemKind =
   | 'torn-descriptor' // bytes a crash left after the last good record
   | 'missing-fragment' // chunks of a blob lost with a fragment
   | 'short-fragment' // chunks of a blob past the end of a fragment
-  | 'corrupt-fragment' // chunks of a blob that no longer hash to their recorded hash, in a fragment that no longer hashes to its name (--verify)
+  | 'corrupt-fragment' // chunks of a blob that no longer hash to their recorded hash (--verify); `fragment` holds (part of) them
   | 'hash-mismatch' // a finalized blob's content does not hash to its recorded hash (--verify)
   | 'damaged' // a blob with damage recorded (by this or an earlier repair): only a pull or import heals it
   | 'index-mismatch' // the chunk index disagrees with a descriptor
@@ -38,19 +38,16 @@ export interface FsckProblem {
 export interface FsckReport {
   blobs: number;
   fragments: number;
-  /** Bytes hashed (verify): every fragment, then every finalized blob's content, so data shared by blobs counts more than once. */
+  /** Bytes hashed (verify): every blob's content, so data shared by blobs counts once per blob. */
   bytesVerified: number;
-  /** Of bytesVerified, the fragments' bytes; the rest is blob content. */
-  fragmentBytesVerified: number;
   problems: FsckProblem[];
   /** Damaged byte ranges of blobs, in whole chunks: recorded by this or an earlier repair, or found now. */
   damaged: Array<{ blob: string; offset: number; end: number; why: string }>;
   /**
-   * Fragments whose bytes do not hash to their name (--verify). Where a blob
-   * reads a chunk of one that no longer hashes right, that is a problem
-   * ('corrupt-fragment', with the blob); a corrupt fragment no blob reads
-   * bad bytes from (the damage was healed, or is in bytes no one uses) is
-   * listed here only, and goes when GC finds it unused.
+   * Fragments that hold bytes of a chunk that no longer hashes to its
+   * recorded hash (--verify; each listed once). A chunk that spans two
+   * fragments names both, though only one may be bad: fragments are not
+   * named by their bytes, so a blob's hashes are what tell (docs/FORMAT.md).
    */
   corruptFragments: string[];
   repaired: number;
@@ -66,8 +63,6 @@ export interface FsckContext {
   opts: FsckOptions;
   report: FsckReport;
   fragSizes: Map<string, number | null>;
-  /** Fragments whose bytes do not hash to their name (--verify). */
-  corrupt: Set<string>;
 }
 
 export function problem(ctx: FsckContext, p: Omit<FsckProblem, 'repaired'>, repaired = false): void {

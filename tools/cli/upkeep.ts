@@ -53,11 +53,10 @@ export function upkeepCommands(program: Command): void {
       else {
         for (const p of r.problems) console.log(`${p.repaired ? 'repaired' : 'PROBLEM '} ${p.kind}${p.blob ? ` blob ${p.blob}` : ''}${p.fragment ? ` fragment ${p.fragment}` : ''}: ${p.detail}`);
         for (const d of r.damaged) console.log(`damaged  blob ${d.blob} bytes ${d.offset}..${d.end}: ${d.why}`);
-        for (const f of r.corruptFragments) console.log(`note     fragment ${f} does not hash to its name (a problem only where a blob above reads it)`);
-        // Plain fsck reads no data: say what it checked. --verify hashes the fragments, then the blobs' content
-        // (bytes that blobs share are read once per blob): two figures, not one sum of both.
+        // Plain fsck reads no data: say what it checked. --verify hashes the blobs' content
+        // (bytes that blobs share are read once per blob).
         const checked = o.verify
-          ? `${r.blobs} blobs and ${r.fragments} fragments verified (hashed: fragments ${fmtBytes(r.fragmentBytesVerified)}, blob content ${fmtBytes(r.bytesVerified - r.fragmentBytesVerified)})`
+          ? `${r.blobs} blobs verified (hashed ${fmtBytes(r.bytesVerified)} of blob content; ${r.fragments} fragments)`
           : `${r.blobs} blobs checked (structure, fragment sizes, index; --verify also hashes the data)`;
         console.log(`${checked}, ${r.problems.length} problems, ${r.repaired} repaired, ${r.unrepaired} not repaired, ${r.seconds.toFixed(2)} s`);
       }
