@@ -50,6 +50,8 @@ export class Ingest {
   #queue: PendingBlock[] = [];
   #queuedBytes = 0;
   #nextHold = 1;
+  /** How long this thread waited for a block's hashes, on average (a moving average, in ms). */
+  #waitMs = 0;
 
   #newExtents: NewExtent[] = [];
   #newChunks: Array<[Uint8Array, number]> = [];
@@ -131,14 +133,23 @@ export class Ingest {
     // A plain Uint8Array view keeps the chunker's loop monomorphic (Buffers and Uint8Arrays both arrive here).
     const view = block.constructor === Uint8Array ? block : new Uint8Array(block.buffer, block.byteOffset, block.byteLength);
     const cuts = this.#chunker.push(view, this.#cuts);
+    // As long as this thread has been waiting for the hashing thread (per block, on average), it hashes
+    // whole chunks of this block itself, while they are in cache, for about as long: the hashing work
+    // balances between the two threads by itself, whatever the machine and the input.
+    let budget = known ? 0 : this.#waitMs;
     const ends: number[] = [];
-    const skip: number[] | undefined = known ? [] : undefined;
+    const skip: number[] | undefined = known || budget > 0 ? [] : undefined;
     const chunks: CutChunk[] = [];
     let off = 0;
     for (const size of cuts) {
       const take = size - this.#pendingLen;
       // A chunk whole in this block whose hash the caller has checked (a transfer): not hashed again.
-      const hash = this.#pendingLen === 0 ? known?.get(off * 2 ** 27 + size) : undefined;
+      let hash = this.#pendingLen === 0 ? known?.get(off * 2 ** 27 + size) : undefined;
+      if (budget > 0 && this.#pendingLen === 0) {
+        const t = performance.now();
+        hash = sha256(view.subarray(off, off + take));
+        budget -= performance.now() - t;
+      }
       this.#addPart(hold, off, take, ref);
       off += take;
       ends.push(off);
@@ -232,7 +243,9 @@ export class Ingest {
     this.#queuedBytes -= b.size;
     const writes: number[] = [];
     try {
+      const t = performance.now();
       const hashes = await b.hashes;
+      this.#waitMs = 0.75 * this.#waitMs + 0.25 * (performance.now() - t);
       for (const c of b.chunks) await this.#place(c, c.known ?? hashes.slice(32 * c.idx, 32 * c.idx + 32), writes);
     } finally {
       // Released on every path: the hashing thread keeps nothing for a writer that failed.

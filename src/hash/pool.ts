@@ -152,6 +152,11 @@ class HashThread {
     });
   }
 
+  /** Whether the thread has data it has not finished with. */
+  get busy(): boolean {
+    return this.#inFlight > 0;
+  }
+
   /** Resolves when the thread has room for more data. */
   async room(): Promise<void> {
     while (this.#inFlight > MAX_IN_FLIGHT && !this.#dead) await new Promise<void>((r) => this.#drained.push(r));
@@ -282,6 +287,11 @@ export class HashJob {
 
   room(): Promise<void> {
     return this.#t.room();
+  }
+
+  /** Whether the hashing thread (shared by every job) is still working on data sent earlier. */
+  get busy(): boolean {
+    return this.#t.busy;
   }
 
   /** Ends the job once the thread has done everything sent before (so its fd may be closed). */
