@@ -39,7 +39,7 @@ interface Get {
 
 /**
  * Whole chunks, streamed: gathered into gets of a quarter of what may be on
- * its way (Pace: 1 MiB on a local link, more over a long one; gets up to
+ * its way (Pace: 2 MiB on a local link, more over a long one; gets up to
  * getBytes(src), 1 MiB), as many in flight as that allows, and as many
  * written or waiting to be as FETCH_WINDOW_BYTES allows. A get's answer comes a
  * frame (about a chunk) at a time, and the gets are answered in the order
@@ -68,7 +68,7 @@ export class FetchWindow {
   #held = 0;
   /** Bytes asked for and not yet landed (nor given up on): what a cut loses, at most. */
   #inFlight = 0;
-  readonly #pace = new Pace(FETCH_WINDOW_BYTES);
+  readonly #pace: Pace;
   /** Write what landed of a get not wholly landed too (salvaging: nothing more will land). */
   #flushing = false;
   /** The first failure: of a get, of a check, or of a write (then nothing more lands). */
@@ -87,7 +87,10 @@ export class FetchWindow {
     readonly stats: TransferStats,
     readonly signal: AbortSignal | undefined,
     readonly progress: () => void,
-  ) {}
+  ) {
+    // A source that answers all at once (a bundle, a local file) has no connection to cut: as much on its way as the window holds.
+    this.#pace = new Pace(FETCH_WINDOW_BYTES, src.stream ? undefined : FETCH_WINDOW_BYTES);
+  }
 
   /** Queues a chunk; asks for a batch once it is full. */
   async fetch(c: ChunkRef): Promise<void> {
