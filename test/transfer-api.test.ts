@@ -102,6 +102,7 @@ test('hello with another hash or version is ERR_VERSION, with malformed chunker 
   const cases: Array<[string, Record<string, unknown>, string]> = [
     ['hash blake3', { hash: 'blake3' }, 'ERR_VERSION'],
     ['version 1 (an older client, whose get answers would not stream)', { v: 1 }, 'ERR_VERSION'],
+    ['version 2 (an older client, which knows no match)', { v: 2 }, 'ERR_VERSION'],
     ['avg not a power of two', { chunker: { min: 1024, avg: 3000, max: 8192 } }, 'ERR_PROTOCOL'],
     ['min > max', { chunker: { min: 8192, avg: 4096, max: 1024 } }, 'ERR_PROTOCOL'],
     ['min below 64', { chunker: { min: 1, avg: 4096, max: 8192 } }, 'ERR_PROTOCOL'],
@@ -125,6 +126,7 @@ test('a welcome with another hash or version, or malformed chunker params, fails
   for (const [change, code] of [
     [{ hash: 'md5' }, 'ERR_VERSION'],
     [{ v: 1 }, 'ERR_VERSION'],
+    [{ v: 2 }, 'ERR_VERSION'],
     [{ chunker: { min: 100, avg: 100, max: 100 } }, 'ERR_PROTOCOL'],
   ] as const) {
     const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });

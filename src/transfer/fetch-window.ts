@@ -7,6 +7,7 @@ import { getBytes, type RemoteSource } from './remote.js';
 import type { TransferStats } from './stats.js';
 import { orAbort, throwIfAborted } from './abort.js';
 import { recycledBuffer, RECYCLED_BYTES } from '../hash/pool.js';
+import { Pace } from './pace.js';
 
 /**
  * Bytes of whole chunks asked for and not yet written: what a fetch holds
@@ -14,6 +15,8 @@ import { recycledBuffer, RECYCLED_BYTES } from '../hash/pool.js';
  * before it stops.
  */
 export const FETCH_WINDOW_BYTES = 8 * 1024 * 1024;
+/** Gets are at least this large (a quarter of the least in flight), unless a chunk alone is. */
+const MIN_GET_BYTES = 256 * 1024;
 
 /**
  * One get: its chunks, in order, landing in one buffer of their total size,
@@ -29,11 +32,16 @@ interface Get {
   /** Chunks written (a get written in part: what landed before a failure), and their bytes. */
   written: number;
   writtenBytes: number;
+  /** When it was asked for; whether its answer has settled. */
+  sent: number;
+  settled: boolean;
 }
 
 /**
- * Whole chunks, streamed: gathered into gets of up to getBytes(src) (1 MiB),
- * as many in flight as FETCH_WINDOW_BYTES allows. A get's answer comes a
+ * Whole chunks, streamed: gathered into gets of a quarter of what may be on
+ * its way (Pace: 2 MiB on a local link, more over a long one; gets up to
+ * getBytes(src), 1 MiB), as many in flight as that allows, and as many
+ * written or waiting to be as FETCH_WINDOW_BYTES allows. A get's answer comes a
  * frame (about a chunk) at a time, and the gets are answered in the order
  * they were asked, so what lands is the blob's next bytes. Each chunk is
  * checked against its hash as it lands, while its bytes are in the CPU's
@@ -58,6 +66,9 @@ export class FetchWindow {
   #gets = 0;
   /** Bytes asked for and not yet written. */
   #held = 0;
+  /** Bytes asked for and not yet landed (nor given up on): what a cut loses, at most. */
+  #inFlight = 0;
+  readonly #pace: Pace;
   /** Write what landed of a get not wholly landed too (salvaging: nothing more will land). */
   #flushing = false;
   /** The first failure: of a get, of a check, or of a write (then nothing more lands). */
@@ -76,11 +87,15 @@ export class FetchWindow {
     readonly stats: TransferStats,
     readonly signal: AbortSignal | undefined,
     readonly progress: () => void,
-  ) {}
+  ) {
+    // A source that answers all at once (a bundle, a local file) has no connection to cut: as much on its way as the window holds.
+    this.#pace = new Pace(FETCH_WINDOW_BYTES, src.stream ? undefined : FETCH_WINDOW_BYTES);
+  }
 
   /** Queues a chunk; asks for a batch once it is full. */
   async fetch(c: ChunkRef): Promise<void> {
-    if (this.#batch.length && this.#batchBytes + c.size > getBytes(this.src)) await this.#launch();
+    const most = Math.min(getBytes(this.src), Math.max(MIN_GET_BYTES, this.#pace.limit / 4));
+    if (this.#batch.length && this.#batchBytes + c.size > most) await this.#launch();
     this.#batch.push(c);
     this.#batchBytes += c.size;
   }
@@ -90,6 +105,7 @@ export class FetchWindow {
     await this.#launch();
     while (this.#queue.length > 0 || this.#writing) await this.#step();
     if (this.#failure !== undefined) await this.#fail();
+    this.#pace.paused();
   }
 
   /**
@@ -105,10 +121,16 @@ export class FetchWindow {
   async #launch(): Promise<void> {
     throwIfAborted(this.signal, this.name);
     if (this.#batch.length === 0) return;
-    // Room first: what was asked for before is written as it lands.
-    while (this.#held > 0 && this.#held + this.#batchBytes > FETCH_WINDOW_BYTES) await this.#step();
-    const g: Get = { chunks: this.#batch, bytes: this.#batchBytes, got: 0, at: 0, buf: undefined, written: 0, writtenBytes: 0 };
+    // Room first: what was asked for before lands, and is written as it does.
+    while (
+      (this.#held > 0 && this.#held + this.#batchBytes > FETCH_WINDOW_BYTES) ||
+      (this.#inFlight > 0 && this.#inFlight + this.#batchBytes > this.#pace.limit)
+    ) {
+      await this.#step();
+    }
+    const g: Get = { chunks: this.#batch, bytes: this.#batchBytes, got: 0, at: 0, buf: undefined, written: 0, writtenBytes: 0, sent: performance.now(), settled: false };
     this.#held += g.bytes;
+    this.#inFlight += g.bytes;
     this.#batch = [];
     this.#batchBytes = 0;
     this.#queue.push(g);
@@ -125,6 +147,10 @@ export class FetchWindow {
       })
       .finally(() => {
         this.#gets--;
+        // What never landed is no longer on its way.
+        this.#inFlight -= g.bytes - g.at;
+        g.settled = true;
+        if (g.got === g.chunks.length) this.#pace.ended();
         this.#poke();
       });
   }
@@ -146,6 +172,8 @@ export class FetchWindow {
       this.#poke();
       return;
     }
+    if (g.at === 0) this.#pace.answered(performance.now() - g.sent);
+    const before = g.at;
     for (const bytes of items) {
       const c = g.chunks[g.got]!;
       this.stats.receivedBytes += bytes.length;
@@ -159,6 +187,8 @@ export class FetchWindow {
       g.at += bytes.length;
       g.got++;
     }
+    if (!g.settled) this.#inFlight -= g.at - before;
+    this.#pace.landed(g.at - before);
     if (this.#ready()) this.#kick();
     this.#poke();
   }

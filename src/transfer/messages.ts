@@ -3,19 +3,27 @@ import { resolveChunkerParams, type ChunkerParams } from '../chunker/params.js';
 import { packr } from '../format/frame.js';
 
 /**
- * The wire protocol, version 2: one MessagePack map per WebSocket binary
+ * The wire protocol, version 3: one MessagePack map per WebSocket binary
  * frame (or per bundle record). See docs/PROTOCOL.md. `decode` is pure and
  * bounded: it checks every field's type and size and throws
  * ERR_PROTOCOL naming the problem.
  *
  * Version 2 streams a `get`'s answer as `data` frames of about a chunk each
  * (version 1 sent one `data` of up to 4 MiB): a connection cut mid-answer
- * loses at most the frame in flight.
+ * loses at most the frame in flight. Version 3 adds `match`: a resumed
+ * transfer checks the chunks it holds against the sender's list with one
+ * digest instead of reading that part of the list again.
  */
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 
 /** Most chunk references in one `list` answer. */
 export const MAX_LIST = 4096;
+/**
+ * Chunk references a receiver asks for in its first `list` page; each next
+ * page asks for twice as many, up to MAX_LIST. A connection cut every few
+ * MiB then reads not much more of the list than it used.
+ */
+export const FIRST_LIST_PAGE = 128;
 /** Most bytes asked for in one `get` (and so carried by one `data`). */
 export const MAX_GET_BYTES = 4 * 1024 * 1024;
 /** Request ids and chunk numbers are below 2^32 (PROTOCOL.md): a chunk number is a u32 in the index's keys. */
@@ -51,7 +59,11 @@ export type Message =
   | { t: 'welcome'; v: number; chunker: ChunkerParams; hash: string; perms: Perm[]; maxFrame: number; maxRequests: number }
   | { t: 'stat'; id: number; name: string }
   | { t: 'statr'; id: number; size: number; fin: boolean; hash?: Uint8Array }
-  | { t: 'list'; id: number; name: string; from: number }
+  /** `max`: at most this many chunks in the answer (default and at most MAX_LIST). */
+  | { t: 'list'; id: number; name: string; from: number; max?: number }
+  /** Are the blob's first `n` chunks the ones `digest` (listDigest) sums up? */
+  | { t: 'match'; id: number; name: string; n: number; digest: Uint8Array }
+  | { t: 'matchr'; id: number; ok: boolean }
   | { t: 'listr'; id: number; c: WireChunk[]; end: boolean }
   | { t: 'fine'; id: number; hash: Uint8Array; size: number }
   /** `c`: each fine piece's first FINE_HASH_BYTES of SHA-256, and its size. */
@@ -128,6 +140,10 @@ const isObj = (x: unknown): x is Record<string, unknown> => x !== null && typeof
 const count = (x: unknown, what: string, max = Number.MAX_SAFE_INTEGER): number => {
   if (typeof x !== 'number' || !Number.isSafeInteger(x) || x < 0 || x > max) throw bad(`${what} is not an integer in 0..${max}`);
   return x;
+};
+const positive = (x: unknown, what: string, max: number): number => {
+  if (count(x, what, max) === 0) throw bad(`${what} is not an integer in 1..${max}`);
+  return x as number;
 };
 const str = (x: unknown, what: string, max = 1024): string => {
   if (typeof x !== 'string' || x.length > max) throw bad(`${what} is not a string of at most ${max} characters`);
@@ -208,9 +224,19 @@ export function decode(frame: Uint8Array): Message {
         ...(m.hash === undefined ? {} : { hash: hash(m.hash, 'hash') }),
       };
     case 'list':
-      return { t: 'list', id: id(), name: str(m.name, 'name', 64), from: count(m.from, 'from', MAX_U32) };
+      return {
+        t: 'list',
+        id: id(),
+        name: str(m.name, 'name', 64),
+        from: count(m.from, 'from', MAX_U32),
+        ...(m.max === undefined ? {} : { max: positive(m.max, 'max', MAX_LIST) }),
+      };
     case 'listr':
       return { t: 'listr', id: id(), c: chunks(m.c, MAX_LIST), end: bool(m.end, 'end') };
+    case 'match':
+      return { t: 'match', id: id(), name: str(m.name, 'name', 64), n: count(m.n, 'n', MAX_U32), digest: hash(m.digest, 'digest') };
+    case 'matchr':
+      return { t: 'matchr', id: id(), ok: bool(m.ok, 'ok') };
     case 'fine':
       return { t: 'fine', id: id(), hash: hash(m.hash, 'hash'), size: count(m.size, 'size', 64 * 1024 * 1024) };
     case 'finer':

@@ -81,7 +81,7 @@ function remoteError(m: { code: string; msg: string }): CabError {
   return new CabError(code, `peer: ${msg}`, { remote: true, found: m.code });
 }
 
-const ANSWERS = new Set<Message['t']>(['statr', 'listr', 'finer', 'data', 'done', 'err']);
+const ANSWERS = new Set<Message['t']>(['statr', 'listr', 'matchr', 'finer', 'data', 'done', 'err']);
 
 /**
  * One end of a connection: sends requests and matches their answers by id,
@@ -90,7 +90,7 @@ const ANSWERS = new Set<Message['t']>(['statr', 'listr', 'finer', 'data', 'done'
  * for chunks), each numbering its own requests.
  *
  *   client: --hello--> server: checks version, hash and token --welcome--> ready
- *   either: --stat/list/fine/get/push {id}--> other: --statr/listr/finer/data/done {id} | err {id}
+ *   either: --stat/list/match/fine/get/push {id}--> other: --statr/listr/matchr/finer/data/done {id} | err {id}
  *   client: --cancel {id}--> server: stops receiving push id, answers err {id, ERR_ABORTED}
  *   a broken peer: --err (no id)--> and the connection is closed
  */
@@ -344,10 +344,11 @@ export class Peer {
         // The hash as the library hands every hash out: a plain Uint8Array (the decoder gives a Buffer).
         return withHexJSON({ size: r.size, finalized: r.fin, ...(r.hash ? { hash: Uint8Array.from(r.hash) } : {}) });
       },
-      list: async (name, from) => {
-        const r = await this.request({ t: 'list', id: 0, name, from }, 'listr');
+      list: async (name, from, max) => {
+        const r = await this.request({ t: 'list', id: 0, name, from, ...(max === undefined ? {} : { max }) }, 'listr');
         return { chunks: r.c, end: r.end };
       },
+      match: async (name, n, digest) => (await this.request({ t: 'match', id: 0, name, n, digest }, 'matchr')).ok,
       fine: async (hash, size) => (await this.request({ t: 'fine', id: 0, hash, size }, 'finer')).c,
       get: async (items: GetItem[]) => {
         const out: Uint8Array[] = [];

@@ -80,7 +80,7 @@ export async function receive(store: BlobStore, src: RemoteSource, name: string,
     stats.resumedFrom = writer.size;
     options.onProgress?.({ ...stats }); // where it starts: a resumed transfer's progress goes on from there
     writer.deferHash();
-    const receiver = new Receiver(store, source, name, writer, stats, options, prefix?.straddle);
+    const receiver = new Receiver(store, source, name, writer, stats, options, prefix);
     try {
       await receiver.run();
     } catch (e) {

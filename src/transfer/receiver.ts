@@ -65,7 +65,8 @@ export class Receiver {
     readonly w: BlobWriter,
     readonly stats: TransferStats,
     readonly o: ReceiveOptions,
-    readonly straddle: Prefix['straddle'],
+    /** What checkPrefix kept of a resumed blob: where the sender's list is read from, and the chunk it ends inside. */
+    readonly prefix: Prefix | undefined,
   ) {
     this.#files = new FragmentFiles(store.layout, 16);
     this.#window = new FetchWindow(src, name, w, stats, o.signal, () => this.#progress());
@@ -93,9 +94,9 @@ export class Receiver {
   async #steps(): Promise<void> {
     const durable = this.w.size;
     const self = this;
-    // Skip what a resumed blob holds; the chunk it ends inside is finished from the sender.
+    // Skip what a resumed blob holds (its list from the first chunk not wholly held); the chunk it ends inside is finished from the sender.
     async function* rest(): AsyncGenerator<ChunkRef> {
-      for await (const c of remoteChunks(self.src, self.name, self.stats.size)) {
+      for await (const c of remoteChunks(self.src, self.name, self.stats.size, self.prefix?.start)) {
         throwIfAborted(self.o.signal, self.name);
         if (c.offset + c.size <= durable) continue;
         if (c.offset < durable) {
@@ -152,7 +153,7 @@ export class Receiver {
 
   /** The chunk that a resumed blob ends inside: its rest, fetched and checked with the local head by checkPrefix. */
   async #finishStraddling(c: RemoteChunk, durable: number): Promise<void> {
-    const s = this.straddle;
+    const s = this.prefix?.straddle;
     if (!s || s.chunk.offset !== c.offset || !bytesEqual(s.chunk.hash, c.hash) || s.chunk.size - s.rest.length !== durable - c.offset) {
       throw new CabError('ERR_PROTOCOL', `the sender's chunk list changed during the transfer of ${this.name}`, { blob: this.name, offset: c.offset });
     }

@@ -1,5 +1,5 @@
 import { CabError } from '../errors.js';
-import type { GetItem, WireChunk } from './messages.js';
+import { FIRST_LIST_PAGE, MAX_LIST, type GetItem, type WireChunk } from './messages.js';
 
 /** Where `receive` gets a blob from: a peer over a connection, or a bundle. */
 export interface RemoteSource {
@@ -7,8 +7,14 @@ export interface RemoteSource {
   /** The most bytes one `get` may ask for (default MAX_GET_BYTES). */
   maxGetBytes?: number;
   stat(name: string): Promise<{ size: number; finalized: boolean; hash?: Uint8Array }>;
-  /** The blob's chunks from number `from`, a page at a time. */
-  list(name: string, from: number): Promise<{ chunks: WireChunk[]; end: boolean }>;
+  /** The blob's chunks from number `from`, a page at a time (of at most `max`, if given and the source heeds it). */
+  list(name: string, from: number, max?: number): Promise<{ chunks: WireChunk[]; end: boolean }>;
+  /**
+   * Whether the blob's first `n` chunks are those `digest` sums up
+   * (ListDigest), checked by the source without sending them. Absent: the
+   * list is read and compared here (bundles, whose lists cost no wire).
+   */
+  match?(name: string, n: number, digest: Uint8Array): Promise<boolean>;
   /** The chunk cut again by the fine chunker: [SHA-256, size] of each piece. Absent: no fine matching (bundles). */
   fine?(hash: Uint8Array, size: number): Promise<WireChunk[]>;
   /** Byte ranges of chunks, in order. */
@@ -35,20 +41,29 @@ export function getBytes(src: RemoteSource): number {
   return Math.min(GET_BYTES, src.maxGetBytes ?? GET_BYTES);
 }
 
+/** Where in a sender's chunk list to start reading: chunk number `from`, which starts at byte `offset` of the blob. */
+export interface ListStart {
+  from: number;
+  offset: number;
+}
+
 /**
  * The sender's chunk list of blob `name` (of `size` bytes), a page at a
- * time, the next page asked for while this one is used. ERR_PROTOCOL if the
- * list does not cover the blob exactly (checked once it is read to the end).
+ * time, the next page asked for while this one is used; from its start, or
+ * from `start`. ERR_PROTOCOL if the list does not cover the blob exactly
+ * (checked once it is read to the end).
  */
-export async function* remoteChunks(src: RemoteSource, name: string, size: number): AsyncGenerator<RemoteChunk> {
-  let from = 0;
-  let offset = 0;
-  let next = src.list(name, 0);
+export async function* remoteChunks(src: RemoteSource, name: string, size: number, start: ListStart = { from: 0, offset: 0 }): AsyncGenerator<RemoteChunk> {
+  let { from, offset } = start;
+  // Pages grow from FIRST_LIST_PAGE: the same sizes from the same start, whoever reads (sharedListPages relies on it).
+  let max = FIRST_LIST_PAGE;
+  let next = src.list(name, from, max);
   for (;;) {
     const page = await next;
     from += page.chunks.length;
     if (!page.end) {
-      next = src.list(name, from);
+      max = Math.min(MAX_LIST, 2 * max);
+      next = src.list(name, from, max);
       next.catch(() => {}); // awaited in turn; a caller that stops early must not leave it unhandled
     }
     for (const [hash, size] of page.chunks) {

@@ -1,6 +1,6 @@
 import { CabError, isCabError } from '../errors.js';
 import { chunk as cdc } from '../chunker/fastcdc.js';
-import { sha256, toHex } from '../hash/sha256.js';
+import { bytesEqual, sha256, toHex } from '../hash/sha256.js';
 import { checkBlobName } from '../format/layout.js';
 import { overlapsDamage } from '../format/damage.js';
 import { catchUpBlob } from '../index/catchup.js';
@@ -13,6 +13,7 @@ import { ByteBudget } from './budget.js';
 import { ReaderCache } from './reader-cache.js';
 import type { WireCount } from './stats.js';
 import { ServeAccount } from './serve-event.js';
+import { ListDigest } from './list-digest.js';
 
 export type { ServeEvent } from './serve-event.js';
 
@@ -51,7 +52,9 @@ export interface ServeContext {
   wire?: WireCount;
 }
 
-type Request = Extract<Message, { t: 'stat' | 'list' | 'fine' | 'get' | 'push' }>;
+type Request = Extract<Message, { t: 'stat' | 'list' | 'match' | 'fine' | 'get' | 'push' }>;
+/** Entries of a chunk list a `match` sums up between two turns of the event loop: other connections are served meanwhile. */
+const MATCH_SLICE = 4096;
 
 /**
  * Answers the other end's requests from the local store: stat, list, fine
@@ -135,19 +138,25 @@ export class Serving {
         return { t: 'statr', id: m.id, size: r.size, fin: r.isFinalized, ...(r.hash ? { hash: r.hash } : {}) };
       }
       case 'list': {
-        this.#need('read');
-        const name = this.#servable(m.name);
-        const r = await this.#readers.get(name);
-        if (!r.isFinalized) throw new CabError('ERR_BLOB_NOT_FINALIZED', `blob ${name} is not finalized`, { blob: name });
-        // The index may be behind its descriptor (a commit that found the disk full): bring it up first.
-        if (m.from === 0) await catchUpBlob(store.index, store.layout, name);
+        const name = await this.#listable(m.name, m.from === 0);
         const c: WireChunk[] = [];
         for (const x of store.index.blobChunks(name, m.from)) {
           c.push([x.hash, x.size]);
-          if (c.length === MAX_LIST) break;
+          if (c.length === (m.max ?? MAX_LIST)) break;
         }
         const entry = store.index.blob(name);
         return { t: 'listr', id: m.id, c, end: !entry || m.from + c.length >= entry.n };
+      }
+      case 'match': {
+        // The first n entries of the list, summed up here: n entries read from the index, none sent.
+        const name = await this.#listable(m.name, true);
+        const d = new ListDigest();
+        for (const x of store.index.blobChunks(name, 0)) {
+          if (d.n === m.n) break;
+          d.add(x.hash, x.size);
+          if (d.n % MATCH_SLICE === 0) await new Promise((r) => setImmediate(r));
+        }
+        return { t: 'matchr', id: m.id, ok: d.n === m.n && bytesEqual(d.digest(), m.digest) };
       }
       case 'fine': {
         this.#need('read');
@@ -253,6 +262,20 @@ export class Serving {
       release();
       throw e;
     }
+  }
+
+  /**
+   * A blob whose chunk list this end may serve: finalized, and servable.
+   * `catchUp`: the list is read from its start, so the index is brought up
+   * to the descriptor first (a commit that found the disk full leaves it behind).
+   */
+  async #listable(name: string, catchUp: boolean): Promise<string> {
+    this.#need('read');
+    this.#servable(name);
+    const r = await this.#readers.get(name);
+    if (!r.isFinalized) throw new CabError('ERR_BLOB_NOT_FINALIZED', `blob ${name} is not finalized`, { blob: name });
+    if (catchUp) await catchUpBlob(this.#c.store.index, this.#c.store.layout, name);
+    return name;
   }
 
   /** A name this end may serve: any on a server; on a client, only a blob it is pushing. */

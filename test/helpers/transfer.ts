@@ -120,7 +120,7 @@ export class RawClient {
       }
       if (m) {
         this.heard.push({ m });
-        if ((m.t === 'stat' || m.t === 'list' || m.t === 'fine' || m.t === 'get') && ws.readyState === WebSocket.OPEN) {
+        if ((m.t === 'stat' || m.t === 'list' || m.t === 'match' || m.t === 'fine' || m.t === 'get') && ws.readyState === WebSocket.OPEN) {
           ws.send(encodeMessage({ t: 'err', id: m.id, code: 'ERR_NO_SUCH_BLOB', msg: 'a raw client serves nothing' }));
         }
       }
