@@ -122,9 +122,10 @@ export async function closeInputs(inputs: Input[]): Promise<void> {
  * Hands the inputs' bytes to `feed` in blocks of at most READ_BLOCK, in
  * order. Small byte arrays in a row (a network batch of chunks, say) are
  * gathered into one block: one pass through the chunker and one hand-off to
- * the hashing thread. `give`: the block is `feed`'s to keep.
+ * the hashing thread. `give`: the block is `feed`'s to keep. `ours`: so are
+ * the byte arrays (a write stream's blocks), which go as they are.
  */
-export async function feedInputs(inputs: Input[], feed: (block: Uint8Array, give: boolean) => Promise<void>): Promise<void> {
+export async function feedInputs(inputs: Input[], feed: (block: Uint8Array, give: boolean) => Promise<void>, ours = false): Promise<void> {
   let gather: Uint8Array[] = [];
   let gathered = 0;
   const flushGather = async () => {
@@ -137,6 +138,11 @@ export async function feedInputs(inputs: Input[], feed: (block: Uint8Array, give
   };
   for (const input of inputs) {
     if ('bytes' in input) {
+      if (ours) {
+        await flushGather();
+        await feed(input.bytes, true);
+        continue;
+      }
       if (input.bytes.length < READ_BLOCK / 4) {
         if (gathered + input.bytes.length > READ_BLOCK) await flushGather();
         gather.push(input.bytes);

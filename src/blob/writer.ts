@@ -231,7 +231,8 @@ export class BlobWriter {
     return createBlobWriteStream(
       {
         name: this.name,
-        append: (chunks, signal) => this.#appendItems(chunks, signal, false),
+        // The stream's blocks are its own and not touched again: given to the hashing thread without a copy.
+        append: (chunks, signal) => this.#appendItems(chunks, signal, false, true),
         // Not finalizing: a flush, which also brings `hash` up to date (the stream's writes did not wait for it).
         end: o.finalize ? () => this.close(closing) : () => this.flush(),
       },
@@ -311,17 +312,13 @@ export class BlobWriter {
     if (this.#ingest.fragmentFull) await this.#log.run(false, false);
   }
 
-  /** appendBytes' work; `settle`: bring `hash` up to date at the end. */
-  #appendItems(items: AppendItem[], signal: AbortSignal | undefined, settle: boolean): Promise<void> {
+  /** appendBytes' work; `settle`: bring `hash` up to date at the end; `ours`: the byte arrays are ours to give away. */
+  #appendItems(items: AppendItem[], signal: AbortSignal | undefined, settle: boolean, ours = false): Promise<void> {
     return this.#run(async () => {
       const inputs = await openInputs(items);
       try {
-        await this.#append(signal, settle, (step) =>
-          feedInputs(inputs, (block, give) => {
-            step();
-            return this.#feed(block, undefined, give);
-          }),
-        );
+        const feed = (step: () => void) => (block: Uint8Array, give: boolean) => (step(), this.#feed(block, undefined, give));
+        await this.#append(signal, settle, (step) => feedInputs(inputs, feed(step), ours));
       } finally {
         await closeInputs(inputs);
       }
