@@ -1,5 +1,6 @@
 import fs from 'node:fs/promises';
 import { CabError } from '../errors.js';
+import { RECYCLED_BYTES, recycledBuffer } from '../hash/pool.js';
 import type { Descriptor } from '../format/descriptor.js';
 
 /**
@@ -202,9 +203,13 @@ export async function* readBlocks(total: number, blockSize: number, read: (pos: 
   }
 }
 
-/** Bytes [position, position + n) of a file being appended; ERR_ILLEGAL_POSITION if it shrank meanwhile. */
+/**
+ * Bytes [position, position + n) of a file being appended; ERR_ILLEGAL_POSITION
+ * if it shrank meanwhile. Read into a recycled buffer, which the hashing
+ * thread hands back: fresh memory for every block cost a page fault per 4 KiB.
+ */
 async function readFile(fh: fs.FileHandle, position: number, n: number): Promise<Buffer> {
-  const buf = Buffer.allocUnsafe(n);
+  const buf = n <= RECYCLED_BYTES ? recycledBuffer(n) : Buffer.allocUnsafe(n);
   let done = 0;
   while (done < n) {
     const { bytesRead } = await fh.read(buf, done, n - done, position + done);
