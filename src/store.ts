@@ -16,6 +16,7 @@ import { Layout, checkBlobName, isBlobName, isFragmentId, newBlobName } from './
 import { tryLockExclusive } from './disk/lock.js';
 import { fsck, type FsckOptions, type FsckReport } from './upkeep/fsck.js';
 import { Lease } from './disk/lease.js';
+import { startHashThread } from './hash/pool.js';
 import { collect, type GcOptions, type GcReport } from './upkeep/gc.js';
 import { blobsWithRoot } from './index/roots.js';
 import { Tables, type BlobMetadata, type BlobMetadataPatch, type PatchOf, type Signpost, type SignpostPatch, type PerSyncgroup } from './index/tables.js';
@@ -103,6 +104,9 @@ export class BlobStore {
    */
   static async open(root: string, options: StoreOptions = {}): Promise<BlobStore> {
     checkOpenArgs(root, options);
+    // The hashing thread takes about 30 ms to start: it does so now, beside the opening, rather than
+    // hold up the first write (it is idle and unref'd until then, and shared by every store).
+    startHashThread();
     const layout = new Layout(root);
     const fragmentSize = options.fragmentSize ?? DEFAULT_FRAGMENT_SIZE;
     // Each part opened is closed again if a later step fails: a failed open leaves nothing open.

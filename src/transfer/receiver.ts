@@ -50,6 +50,10 @@ export class Receiver {
   #run: ChunkRef[] = [];
   #runBytes = 0;
   readonly #queue: Queued[] = [];
+  /** The steps are written in the background as soon as the oldest is ready (see #drain), while the list is read on. */
+  #draining: Promise<void> | undefined;
+  #drainFailure: unknown;
+  #landed: Array<() => void> = [];
   #runsQueued = 0;
   #bytesQueued = 0;
   /** Fires when the transfer is cancelled or fails: runs being matched stop waiting for answers. */
@@ -87,6 +91,8 @@ export class Receiver {
       // Failed or cancelled: runs still being matched stop, and nothing of theirs is left running.
       this.#stop.abort(new CabError('ERR_ABORTED', 'the transfer stopped'));
       await Promise.allSettled(this.#queue.map((q) => ('chunks' in q ? q.chunks : undefined)));
+      this.#drainFailure ??= new CabError('ERR_ABORTED', 'the transfer stopped');
+      await this.#draining; // the step being written, if any, ends first
       this.#queue.length = 0;
     }
   }
@@ -129,7 +135,7 @@ export class Receiver {
         this.#runBytes += step.size;
         if (this.#runBytes > FINE_RUN_MAX) {
           // The window writes as its answers land: everything before it first.
-          while (this.#queue.length) await this.#land();
+          await this.#drain();
           streaming = true;
           for (const c of this.#run) await this.#window.fetch(c);
           this.#run = [];
@@ -139,7 +145,7 @@ export class Receiver {
     }
     await this.#window.drain();
     await this.#flushRun(undefined);
-    while (this.#queue.length) await this.#land();
+    await this.#drain();
   }
 
   /** After a cancel: writes the answers already on their way. */
@@ -182,21 +188,58 @@ export class Receiver {
       chunks.catch(() => {}); // awaited when its turn comes, unless the transfer stops first
       await this.#enqueue({ chunks, held: 4 * runBytes + 2 * FINE_SLACK });
     } else {
-      while (this.#queue.length) await this.#land();
+      await this.#drain();
       for (const c of run) await this.#window.fetch(c);
       await this.#window.drain();
     }
     if (this.#cursor) this.#cursor = { blob: this.#cursor.blob, offset: this.#cursor.offset + runBytes };
   }
 
-  /** Adds a step to the queue; writes the oldest ones while it is full. */
+  /** Adds a step to the queue, which is written in the background; waits while the queue is full. */
   async #enqueue(q: Queued): Promise<void> {
     this.#queue.push(q);
     if ('chunks' in q) {
       this.#runsQueued++;
       this.#bytesQueued += q.held;
     }
-    while (this.#queue.length > QUEUE_MAX || this.#runsQueued > FINE_AHEAD || (this.#bytesQueued > FINE_AHEAD_BYTES && this.#runsQueued > 1)) await this.#land();
+    const writing = this.#startDraining();
+    while (this.#queue.length > QUEUE_MAX || this.#runsQueued > FINE_AHEAD || (this.#bytesQueued > FINE_AHEAD_BYTES && this.#runsQueued > 1)) {
+      await Promise.race([writing, new Promise<void>((r) => this.#landed.push(r))]);
+      this.#throwIfDrainFailed();
+    }
+  }
+
+  /**
+   * Writes the queued steps in order, in the background, each as soon as it
+   * is ready (a local range at once, a run once matched): writing overlaps
+   * reading the list and matching later runs. Never rejects; a failure is
+   * kept for #drain and #enqueue.
+   */
+  #startDraining(): Promise<void> {
+    this.#draining ??= (async () => {
+      try {
+        while (this.#queue.length && this.#drainFailure === undefined) {
+          await this.#land();
+          for (const wake of this.#landed.splice(0)) wake();
+        }
+      } catch (e) {
+        this.#drainFailure = e;
+      } finally {
+        this.#draining = undefined;
+        for (const wake of this.#landed.splice(0)) wake();
+      }
+    })();
+    return this.#draining;
+  }
+
+  /** Waits until every queued step is written; throws the writing's failure. */
+  async #drain(): Promise<void> {
+    while (this.#queue.length && this.#drainFailure === undefined) await this.#startDraining();
+    this.#throwIfDrainFailed();
+  }
+
+  #throwIfDrainFailed(): void {
+    if (this.#drainFailure !== undefined) throw this.#drainFailure;
   }
 
   /** Writes the oldest queued step, waiting for its run to be matched if it is one. */
