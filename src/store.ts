@@ -104,9 +104,7 @@ export class BlobStore {
    */
   static async open(root: string, options: StoreOptions = {}): Promise<BlobStore> {
     checkOpenArgs(root, options);
-    // The hashing thread takes about 30 ms to start: it does so now, beside the opening, rather than
-    // hold up the first write (it is idle and unref'd until then, and shared by every store).
-    startHashThread();
+    startHashThread(); // 30 ms to start: beside the opening, not at the first write (idle and unref'd until then)
     const layout = new Layout(root);
     const fragmentSize = options.fragmentSize ?? DEFAULT_FRAGMENT_SIZE;
     // Each part opened is closed again if a later step fails: a failed open leaves nothing open.
