@@ -12,7 +12,8 @@ import { prngBytes, prngInts } from '../tools/data.js';
 import { tcpProxy } from '../tools/proxy.js';
 import { codeOf, putBlob, tempStore } from './helpers/store.js';
 import { cli } from './helpers/cli.js';
-import { MiB } from './helpers/transfer.js';
+import { MiB, RawClient } from './helpers/transfer.js';
+import { decodeMessage, encodeMessage } from '../src/index.js';
 
 const TOKEN = 'range-token';
 /** 64 MiB less a bit: the last leaf is short. */
@@ -269,4 +270,55 @@ test('CLI: get --from --range writes the verified range; a lying peer: exit 1, E
   const usage = await cli(['get', name, '--from', srv.url, '--range', '9-3', '--token-file', tokenFile], { env });
   t.not(usage.code, 0);
   t.regex(usage.stderr, /ERR_BAD_ARGUMENT/);
+});
+
+test('a hostile range: past the end, a node not in the tree, an unfinalized blob get err with their id and the connection goes on; a malformed one is ERR_PROTOCOL and closes it', async (t) => {
+  const { srv, name, server } = await shared();
+  const raw = await RawClient.open(srv.url);
+  t.teardown(() => raw.ws.terminate());
+  t.like(await raw.hello(TOKEN), { t: 'welcome' });
+  const leaves = Math.ceil(SIZE / LEAF_SIZE);
+  const ask = async (id: number, m: Record<string, unknown>) => {
+    raw.send({ t: 'range', id, name, leaf: 0, n: 1, proof: [], ...m });
+    return raw.waitFor((x) => 'id' in x && x.id === id);
+  };
+  t.like(await ask(1, { leaf: leaves - 1, n: 2 }), { t: 'err', code: 'ERR_ILLEGAL_POSITION' });
+  t.like(await ask(2, { proof: [[0, leaves]] }), { t: 'err', code: 'ERR_PROTOCOL' });
+  t.like(await ask(3, { proof: [[13, 0]] }), { t: 'err', code: 'ERR_PROTOCOL' });
+  const w = await server.newBlobWriter();
+  t.teardown(() => w.close());
+  await w.appendBytes(Buffer.from('open'));
+  await w.flush();
+  t.like(await ask(4, { name: w.name }), { t: 'err', code: 'ERR_BLOB_NOT_FINALIZED' });
+  const okAnswer = await ask(5, { leaf: leaves - 1, proof: [[12, 0]] });
+  t.like(okAnswer, { t: 'ranger' });
+  t.is((okAnswer as Extract<ReturnType<typeof decodeMessage>, { t: 'ranger' }>).data.length, SIZE - (leaves - 1) * LEAF_SIZE);
+  t.is(raw.fatalErrors.length, 0);
+  raw.send({ t: 'range', id: 6, name, leaf: 0, n: 257, proof: [] });
+  t.true(await raw.waitClosed());
+  t.like(raw.fatalErrors[0], { code: 'ERR_PROTOCOL' });
+});
+
+test('the range decoder is bounded: every malformed field is ERR_PROTOCOL', (t) => {
+  const base = { t: 'range', id: 1, name: 'a'.repeat(32), leaf: 0, n: 1, proof: [] as unknown[] };
+  for (const bad of [{ n: 0 }, { n: 257 }, { leaf: -1 }, { leaf: 2 ** 41 }, { proof: [[64, 0]] }, { proof: [[0]] }, { proof: Array(129).fill([0, 0]) }, { name: 7 }]) {
+    t.true(isCabError(t.throws(() => decodeMessage(encodeMessage({ ...base, ...bad } as never))), 'ERR_PROTOCOL'), JSON.stringify(bad).slice(0, 60));
+  }
+  for (const bad of [{ data: 'x' }, { data: Buffer.alloc(256 * LEAF_SIZE + 1) }, { proof: [Buffer.alloc(31)] }]) {
+    t.true(isCabError(t.throws(() => decodeMessage(encodeMessage({ t: 'ranger', id: 1, data: Buffer.alloc(1), proof: [], ...bad } as never))), 'ERR_PROTOCOL'));
+  }
+});
+
+test('deleting a blob deletes its leaf layer', async (t) => {
+  const store = await tempStore(t);
+  const name = await putBlob(store, prngBytes('deleted', 300 * 1024));
+  const srv = await serve(store, { tokens: { [TOKEN]: ['read'] } });
+  t.teardown(() => srv.close());
+  const c = await connect(await tempStore(t), srv.url, { token: TOKEN });
+  t.teardown(() => c.close());
+  await (await c.openReader(name)).readAt(Buffer.alloc(10), 5);
+  const file = path.join(store.root, 'layers', name.slice(0, 2), name);
+  t.is((await fs.stat(file)).size, 48 + 32 * 19);
+  await store.deleteBlob(name);
+  await t.throwsAsync(fs.stat(file), { code: 'ENOENT' });
 });
