@@ -119,7 +119,8 @@ export function verifyRange(plan: ProofPlan, size: number, data: Uint8Array, pro
   if (data.length !== want) throw mismatch(plan, `${data.length} bytes came for ${want}`);
   if (proof.length !== plan.need.length) throw mismatch(plan, `${proof.length} proof hashes came for ${plan.need.length}`);
   const nodes = new Map<number, Uint8Array>();
-  plan.need.forEach(([level, index], k) => nodes.set(nodeKey(level, index), proof[k]!));
+  // Copied: a proof hash may be a view of a large frame, which a held node would keep alive.
+  plan.need.forEach(([level, index], k) => nodes.set(nodeKey(level, index), Uint8Array.from(proof[k]!)));
   const other = (level: number, index: number): Uint8Array => {
     if (index >= levelWidth(leaves, level)) return zeroHash(level);
     const key = nodeKey(level, index);
