@@ -9,6 +9,7 @@ export type { FsckProblem, FsckProblemKind } from './upkeep/fsck.js';
 export type { GcProgress } from './upkeep/gc.js';
 export { serve, connect, type ServeOptions, type CabServer, type ConnectOptions, type CabClient } from './transfer/ws.js';
 export type { ServeEvent } from './transfer/serve.js';
+export { RemoteBlobReader, type OpenReaderOptions, type RemoteStreamOptions } from './transfer/remote-reader.js';
 export type { TransferStats, TransferProgress, ReceiveOptions } from './transfer/receive.js';
 export { PROTOCOL_VERSION, encode as encodeMessage, decode as decodeMessage, type Message, type Perm } from './transfer/messages.js';
 export { writeHave, exportBundle, importBundle, type ExportReport, type ImportReport } from './transfer/bundle.js';

@@ -209,7 +209,7 @@ export class BlobStore {
       await fh.close();
     }
     this.#snapshots.forget(name);
-    await this.index.removeBlob(name);
+    await Promise.all([this.index.removeBlob(name), fs.rm(this.layout.leafLayer(name), { force: true })]); // its leaf layer: derived
     // Metadata is about a blob we hold; a signpost says where to find one we do not, so it stays.
     await this.tables.metadata.delete(name);
   }

@@ -14,6 +14,7 @@ import { type BenchContext, type Row, machine, table } from './bench/harness.js'
 import { benchChunker } from './bench/chunker.js';
 import { benchIngest, benchRead, benchResume, benchStream } from './bench/store.js';
 import { benchTransfer } from './bench/transfer.js';
+import { benchRange } from './bench/range.js';
 import { benchGc } from './bench/gc.js';
 import { benchFsck } from './bench/fsck.js';
 import { benchStart } from './bench/start.js';
@@ -26,6 +27,7 @@ const CASES: Record<string, (ctx: BenchContext) => Promise<void>> = {
   resume: benchResume,
   stream: benchStream,
   transfer: benchTransfer,
+  range: benchRange,
   gc: benchGc,
   fsck: benchFsck,
   start: benchStart,

@@ -30,6 +30,8 @@ export interface CutPlan {
 export interface TcpProxyOptions {
   /** The plan of every connection that `next` does not give one (default: none, no cut). */
   every?: CutPlan;
+  /** Shown each server-to-client piece before it is forwarded; may change its bytes in place (a lying peer). */
+  tamper?: (piece: Buffer) => void;
 }
 
 export interface TcpProxy {
@@ -90,6 +92,7 @@ export async function tcpProxy(targetPort: () => number, options: TcpProxyOption
             frozen = true;
           }
         }
+        if (dir === 'down') options.tamper?.(part);
         moved[dir] += part.length;
         if (dir === 'down') totalDown += part.length;
         else totalUp += part.length;

@@ -42,6 +42,7 @@ export class Layout {
   readonly index: string;
   readonly leases: string;
   readonly tables: string;
+  readonly layers: string;
 
   constructor(root: string) {
     this.root = path.resolve(root);
@@ -52,6 +53,7 @@ export class Layout {
     this.index = path.join(this.root, 'index');
     this.leases = path.join(this.root, 'leases');
     this.tables = path.join(this.root, 'tables');
+    this.layers = path.join(this.root, 'layers');
   }
 
   blobDir(name: string): string {
@@ -60,6 +62,11 @@ export class Layout {
 
   descriptor(name: string): string {
     return path.join(this.blobRoot, name.slice(0, 2), name);
+  }
+
+  /** A finalized blob's leaf layer (its merkle tree's 16 KiB leaf hashes): derived, safe to delete. */
+  leafLayer(name: string): string {
+    return path.join(this.layers, name.slice(0, 2), name);
   }
 
   fragmentDir(id: string): string {

@@ -21,7 +21,8 @@ const EMPTY_HASH = sha256(new Uint8Array(0));
 
 /** ZERO[k]: the root of a perfect subtree of 2^k padding leaves (32 zero bytes each). */
 const ZERO: Uint8Array[] = [new Uint8Array(HASH_SIZE)];
-function zeroHash(level: number): Uint8Array {
+/** The root of a perfect subtree of 2^level padding leaves: what BEP 52 pads a layer with. */
+export function zeroHash(level: number): Uint8Array {
   while (ZERO.length <= level) {
     const z = ZERO[ZERO.length - 1]!;
     ZERO.push(parent(z, z));
@@ -30,7 +31,8 @@ function zeroHash(level: number): Uint8Array {
 }
 
 const pair = Buffer.allocUnsafe(2 * HASH_SIZE);
-function parent(left: Uint8Array, right: Uint8Array): Uint8Array {
+/** A merkle node: SHA-256(left || right). */
+export function parent(left: Uint8Array, right: Uint8Array): Uint8Array {
   pair.set(left, 0);
   pair.set(right, HASH_SIZE);
   return sha256(pair);

@@ -12,9 +12,16 @@ import { packr } from '../format/frame.js';
  * (version 1 sent one `data` of up to 4 MiB): a connection cut mid-answer
  * loses at most the frame in flight. Version 3 adds `match`: a resumed
  * transfer checks the chunks it holds against the sender's list with one
- * digest instead of reading that part of the list again.
+ * digest instead of reading that part of the list again. Version 4 adds
+ * `range`: leaves of a finalized blob with the merkle proof that checks
+ * them against its root (verified range reads from an untrusted peer).
  */
-export const PROTOCOL_VERSION = 3;
+export const PROTOCOL_VERSION = 4;
+
+/** Most 16 KiB leaves one `range` asks for (4 MiB: one frame, as a get). */
+export const MAX_RANGE_LEAVES = 256;
+/** Most proof nodes one `range` asks for: two per level of a tree over 2^40 leaves is 80. */
+export const MAX_PROOF_NODES = 128;
 
 /** Most chunk references in one `list` answer. */
 export const MAX_LIST = 4096;
@@ -70,6 +77,10 @@ export type Message =
   | { t: 'finer'; id: number; c: WireChunk[] }
   | { t: 'get'; id: number; items: GetItem[] }
   | { t: 'data'; id: number; items: Uint8Array[]; end: boolean }
+  /** Leaves [leaf, leaf + n) of a finalized blob, and the tree nodes `proof` names ([level, index]). */
+  | { t: 'range'; id: number; name: string; leaf: number; n: number; proof: Array<[number, number]> }
+  /** The leaves' bytes (the blob's last leaf may be short) and the hashes of the nodes asked for, in order. */
+  | { t: 'ranger'; id: number; data: Uint8Array; proof: Uint8Array[] }
   | { t: 'push'; id: number; name: string; size: number; hash: Uint8Array }
   | { t: 'done'; id: number; received: number; reused: number }
   | { t: 'cancel'; id: number }
@@ -262,6 +273,22 @@ export function decode(frame: Uint8Array): Message {
         }),
         end: bool(m.end, 'end'),
       };
+    case 'range':
+      return {
+        t: 'range',
+        id: id(),
+        name: str(m.name, 'name', 64),
+        leaf: count(m.leaf, 'leaf', 2 ** 40),
+        n: positive(m.n, 'n', MAX_RANGE_LEAVES),
+        proof: arr(m.proof, 'proof', MAX_PROOF_NODES).map((x) => {
+          const a = arr(x, 'a proof node', 2);
+          return [count(a[0], 'a proof level', 63), count(a[1], 'a proof index', 2 ** 40)];
+        }),
+      };
+    case 'ranger': {
+      if (!(m.data instanceof Uint8Array) || m.data.length > MAX_RANGE_LEAVES * 16384) throw bad(`data is not bytes of at most ${MAX_RANGE_LEAVES * 16384}`);
+      return { t: 'ranger', id: id(), data: m.data, proof: arr(m.proof, 'proof', MAX_PROOF_NODES).map((h) => hash(h, 'a proof hash')) };
+    }
     case 'push':
       return { t: 'push', id: id(), name: str(m.name, 'name', 64), size: count(m.size, 'size'), hash: hash(m.hash, 'hash') };
     case 'done':

@@ -81,7 +81,7 @@ function remoteError(m: { code: string; msg: string }): CabError {
   return new CabError(code, `peer: ${msg}`, { remote: true, found: m.code });
 }
 
-const ANSWERS = new Set<Message['t']>(['statr', 'listr', 'matchr', 'finer', 'data', 'done', 'err']);
+const ANSWERS = new Set<Message['t']>(['statr', 'listr', 'matchr', 'finer', 'data', 'ranger', 'done', 'err']);
 
 /**
  * One end of a connection: sends requests and matches their answers by id,

@@ -14,6 +14,7 @@ import { ReaderCache } from './reader-cache.js';
 import type { WireCount } from './stats.js';
 import { ServeAccount } from './serve-event.js';
 import { ListDigest } from './list-digest.js';
+import { answerRange } from './serve-range.js';
 
 export type { ServeEvent } from './serve-event.js';
 
@@ -52,7 +53,7 @@ export interface ServeContext {
   wire?: WireCount;
 }
 
-type Request = Extract<Message, { t: 'stat' | 'list' | 'match' | 'fine' | 'get' | 'push' }>;
+type Request = Extract<Message, { t: 'stat' | 'list' | 'match' | 'fine' | 'get' | 'push' | 'range' }>;
 /** Entries of a chunk list a `match` sums up between two turns of the event loop: other connections are served meanwhile. */
 const MATCH_SLICE = 4096;
 
@@ -91,6 +92,7 @@ export class Serving {
     this.account.note(m);
     try {
       if (m.t === 'get') await this.#get(m);
+      else if (m.t === 'range') this.account.bytesSent += await answerRange(this.#c, this.#readers, m, (name) => this.#listable(name, false));
       else await this.#c.send(await this.#answer(m));
     } catch (e) {
       const err = isCabError(e) ? e : new CabError('ERR_REMOTE', (e as Error).message ?? String(e));
@@ -127,7 +129,7 @@ export class Serving {
     if (this.#c.role === 'server' && !this.#c.perms().has(p)) throw new CabError('ERR_PERMISSION', `this token has no ${p} permission`);
   }
 
-  async #answer(m: Exclude<Request, { t: 'get' }>): Promise<Message> {
+  async #answer(m: Exclude<Request, { t: 'get' | 'range' }>): Promise<Message> {
     const { store } = this.#c;
     switch (m.t) {
       case 'stat': {

@@ -15,6 +15,7 @@ import { wire, wsTransport } from './ws-transport.js';
 import { orAbort } from './abort.js';
 import { checkConnectArgs } from './connect-args.js';
 import type { WireCount } from './stats.js';
+import { RemoteBlobReader, type OpenReaderOptions } from './remote-reader.js';
 
 // ws is CommonJS. Imported, it takes the ESM loader about 30 ms to load (every file of it is lexed for its
 // exports); required, under 10 ms: a CLI pull starts that much sooner (issue 15).
@@ -193,6 +194,12 @@ export interface CabClient {
   pull(name: string, options?: ReceiveOptions): Promise<TransferStats>;
   /** Sends a local blob to the remote store (only what it lacks travels). `signal` cancels that push only. */
   push(name: string, options?: PushOptions): Promise<PushResult>;
+  /**
+   * Reads a finalized remote blob without storing it: only the 16 KiB leaves
+   * covering what is read travel, each checked against the blob's root (the
+   * trusted `hash`, else the one the server announces) before it is returned.
+   */
+  openReader(name: string, options?: OpenReaderOptions): Promise<RemoteBlobReader>;
   /** Closes the connection; calling it again returns the same promise. */
   close(): Promise<void>;
   /** `await using c = await connect(...)`: close(). */
@@ -249,6 +256,7 @@ export async function connect(store: BlobStore, url: string, options: ConnectOpt
     stat: (name, o) => orAbort(peer.source().stat(name), o?.signal, name),
     pull: (name, o) => peer.pull(name, o),
     push: (name, o) => peer.push(name, o),
+    openReader: (name, o) => RemoteBlobReader.open(peer, name, o),
     close() {
       closing ??= (async () => {
         if (ws.readyState !== WebSocket.CLOSED) {

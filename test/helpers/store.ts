@@ -72,3 +72,13 @@ export async function rejectionCode(p: Promise<unknown>): Promise<string> {
     return isCabError(e) ? e.code : `not a CabError: ${String(e)}`;
   }
 }
+
+/** How a promise ends: 'resolved', or the code of the CabError it rejects with. */
+export async function codeOf(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+    return 'resolved';
+  } catch (e) {
+    return isCabError(e) ? e.code : `not a CabError: ${String(e)}`;
+  }
+}

@@ -1,39 +1,16 @@
 // Commands that read or remove blobs of an existing store: get, cat, ls,
 // stat (here or on a server), rm.
-import { pipeline } from 'node:stream/promises';
 import type { Command } from 'commander';
-import { isCabError } from '../../src/errors.js';
-import { openOutput } from '../../src/disk/output.js';
+import { CabError, isCabError } from '../../src/errors.js';
 import { ioError } from '../../src/errors.js';
-import { Progress } from '../progress.js';
+import { remoteGet, writeOut, type RemoteGetOptions } from './remote-get.js';
 import { hex as toHex, json, lib, out, token, withScratchStore, withStore } from './context.js';
 
 async function writeBlob(name: string, output?: string): Promise<void> {
   await withStore(false, async (s) => {
     const r = await s.newBlobReader(name);
     try {
-      if (output === undefined) {
-        try {
-          await pipeline(r.stream(), process.stdout);
-        } catch (e) {
-          if ((e as NodeJS.ErrnoException).code !== 'EPIPE') throw e;
-        }
-        return; // EPIPE: the reader went away, the end of the output, not a failure
-      }
-      // The output is open before the blob is read, and the loop that writes is the only consumer of the
-      // stream (the progress counts there): no byte can go elsewhere. A failed get leaves no file, no temp file.
-      const o = await openOutput(output);
-      try {
-        const p = new Progress(`get ${name.slice(0, 8)}`, r.size, process.stderr.isTTY === true);
-        for await (const b of r.stream() as AsyncIterable<Uint8Array>) {
-          await o.write(b);
-          p.add(b.length);
-        }
-        await o.commit();
-        p.end();
-      } finally {
-        await o.abort();
-      }
+      await writeOut(r.stream(), r.size, `get ${name.slice(0, 8)}`, output);
     } finally {
       await r.close();
     }
@@ -43,10 +20,19 @@ async function writeBlob(name: string, output?: string): Promise<void> {
 export function blobCommands(program: Command): void {
   program
     .command('get')
-    .description('write a blob to a file (-o) or to stdout')
+    .description('write a blob to a file (-o) or to stdout; with --from, a range (or all) of a blob on a server, every byte verified, nothing stored')
     .argument('<name>')
     .option('-o, --output <file>', 'write here instead of stdout')
-    .action(async (name: string, o: { output?: string }) => writeBlob(name, o.output));
+    .option('--from <url>', 'read the blob from this server instead of the store')
+    .option('--range <start-end>', 'with --from: bytes START to END (exclusive), or START- to the end')
+    .option('--hash <hex>', "with --from: the blob's root, as you know it; a server announcing another fails with ERR_HASH_MISMATCH")
+    .option('--token-file <file>', 'with --from: the token (first line); else $CABSTORE_TOKEN')
+    .option('--ca <file>', 'with --from: PEM CA for wss://')
+    .action(async (name: string, o: Partial<RemoteGetOptions>) => {
+      if (o.from !== undefined) return remoteGet(name, { ...o, from: o.from });
+      if (o.range !== undefined || o.hash !== undefined) throw new CabError('ERR_BAD_ARGUMENT', '--range and --hash go with --from');
+      return writeBlob(name, o.output);
+    });
 
   program
     .command('cat')

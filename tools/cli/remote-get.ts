@@ -1,0 +1,75 @@
+// `get NAME --from URL [--range START-END] [--hash HEX]`: a range (or all)
+// of a remote blob, every byte checked against the blob's root before it is
+// written, nothing stored here.
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { CabError } from '../../src/errors.js';
+import { openOutput } from '../../src/disk/output.js';
+import { Progress } from '../progress.js';
+import { lib, readText, token, withScratchStore } from './context.js';
+
+export interface RemoteGetOptions {
+  from: string;
+  range?: string;
+  hash?: string;
+  output?: string;
+  tokenFile?: string;
+  ca?: string;
+}
+
+/** "START-END" (END exclusive) or "START-" (to the end): ERR_BAD_ARGUMENT otherwise. */
+export function parseRange(s: string): { start: number; end?: number } {
+  const m = /^(\d+)-(\d*)$/.exec(s);
+  const start = m ? Number(m[1]) : NaN;
+  const end = m && m[2] !== '' ? Number(m[2]) : undefined;
+  if (!m || !Number.isSafeInteger(start) || (end !== undefined && (!Number.isSafeInteger(end) || end < start))) {
+    throw new CabError('ERR_BAD_ARGUMENT', `--range ${JSON.stringify(s)} is not START-END (bytes, END exclusive, END >= START) or START-`);
+  }
+  return end === undefined ? { start } : { start, end };
+}
+
+/**
+ * Writes `stream` (of `size` bytes) to `output`, or to stdout. A file is
+ * committed only once the stream has ended: a failed get leaves no file and
+ * no temp file. On stdout, a reader that goes away (EPIPE) ends it quietly.
+ */
+export async function writeOut(stream: Readable, size: number, label: string, output?: string): Promise<void> {
+  if (output === undefined) {
+    try {
+      await pipeline(stream, process.stdout);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EPIPE') throw e;
+    }
+    return;
+  }
+  // The output is open before the blob is read, and the loop that writes is the only consumer of the stream.
+  const o = await openOutput(output);
+  try {
+    const p = new Progress(label, size, process.stderr.isTTY === true);
+    for await (const b of stream as AsyncIterable<Uint8Array>) {
+      await o.write(b);
+      p.add(b.length);
+    }
+    await o.commit();
+    p.end();
+  } finally {
+    await o.abort();
+  }
+}
+
+export async function remoteGet(name: string, o: RemoteGetOptions): Promise<void> {
+  const range = o.range === undefined ? { start: 0 } : parseRange(o.range);
+  const { connect } = await lib.net();
+  // A connection needs a store: a scratch one stands in, and nothing lands in it.
+  await withScratchStore(async (s) => {
+    const c = await connect(s, o.from, { token: token(o), ...(o.ca ? { ca: readText(o.ca) } : {}) });
+    try {
+      const r = await c.openReader(name, o.hash === undefined ? {} : { hash: o.hash });
+      const end = Math.min(range.end ?? r.size, r.size);
+      if (range.start > r.size) throw new CabError('ERR_ILLEGAL_POSITION', `--range starts at ${range.start}, past the end of the blob (${r.size})`, { blob: name, offset: range.start });
+      await writeOut(r.stream({ start: range.start, end }), end - range.start, `get ${name.slice(0, 8)}`, o.output);
+    } finally {
+      await c.close();
+    }
+  });
+}
