@@ -137,7 +137,10 @@ function openFds(): number {
 // Serial: it counts this process's open files, which concurrent tests would change.
 test.serial('a store that fails to open leaves no LMDB environment, lease or lock open behind it', async (t) => {
   const dir = tempDir(t);
-  await (await BlobStore.open(dir)).close();
+  // A write first: the hashing thread (started by open) is up and idle before the files are counted.
+  const first = await BlobStore.open(dir);
+  await putBlob(first, Buffer.from('warm the hashing thread'));
+  await first.close();
   // The GC gate is a directory: taking the lease fails after both LMDB environments are open.
   fs.rmSync(path.join(dir, 'leases', 'gc.gate'), { force: true });
   fs.mkdirSync(path.join(dir, 'leases', 'gc.gate'));
