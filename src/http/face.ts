@@ -83,9 +83,11 @@ export class HttpFront implements HttpFace {
   }
 
   handle(req: http.IncomingMessage, res: http.ServerResponse, conn: HttpConnection): void {
-    const p: Promise<void> = this.#route(req, res, conn)
-      .catch((e: unknown) => sendError(res, statusOf(e), e))
-      .finally(() => this.#inflight.delete(p));
+    // A response whose connection was cut may never be told it was sent (@tus/server waits for a
+    // 'close' that has passed): the request is done when its response closes. The store's own
+    // work goes on to its end, and close() waits for it (BlobUploads.idle).
+    const closed = new Promise<void>((resolve) => res.once('close', resolve));
+    const p: Promise<void> = Promise.race([this.#route(req, res, conn).catch((e: unknown) => sendError(res, statusOf(e), e)), closed]).finally(() => this.#inflight.delete(p));
     this.#inflight.add(p);
   }
 
@@ -121,10 +123,11 @@ export class HttpFront implements HttpFace {
       );
   }
 
-  /** Stops sweeping and waits for the requests under way (their connections are cut by then). */
+  /** Stops sweeping and waits for the requests under way (their connections are cut by then) and the store work they started. */
   async close(): Promise<void> {
     this.#closed = true;
     clearInterval(this.#timer);
     await Promise.allSettled([...this.#inflight, this.#sweeping]);
+    await this.#uploads.idle();
   }
 }

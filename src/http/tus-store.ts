@@ -33,6 +33,8 @@ export const UPLOAD_FLUSH_BYTES = 8 * 1024 * 1024;
 export class BlobUploads extends DataStore {
   readonly #store: BlobStore;
   readonly #expiryMs: number;
+  /** Calls under way: the server waits for them before the store may close. */
+  readonly #busy = new Set<Promise<unknown>>();
 
   constructor(store: BlobStore, expiryMs: number) {
     super();
@@ -41,7 +43,37 @@ export class BlobUploads extends DataStore {
     this.extensions = ['creation', 'creation-with-upload', 'creation-defer-length', 'termination', 'expiration'];
   }
 
-  override async create(upload: Upload): Promise<Upload> {
+  /** Resolves once no call is under way (the server is closing: no new ones come). */
+  async idle(): Promise<void> {
+    while (this.#busy.size > 0) await Promise.allSettled([...this.#busy]);
+  }
+
+  #track<T>(p: Promise<T>): Promise<T> {
+    this.#busy.add(p);
+    void p.then(
+      () => this.#busy.delete(p),
+      () => this.#busy.delete(p),
+    );
+    return p;
+  }
+
+  override create(upload: Upload): Promise<Upload> {
+    return this.#track(this.#create(upload));
+  }
+
+  override write(stream: Readable, id: string, offset: number): Promise<number> {
+    return this.#track(this.#write(stream, id, offset));
+  }
+
+  override remove(id: string): Promise<void> {
+    return this.#track(this.#remove(id));
+  }
+
+  override deleteExpired(): Promise<number> {
+    return this.#track(this.#deleteExpired());
+  }
+
+  async #create(upload: Upload): Promise<Upload> {
     const name = checkBlobName(upload.id);
     const touched = new Date();
     await this.#store.tables.uploads.set(name, { length: upload.size ?? null, metadata: { ...(upload.metadata ?? {}) }, touched });
@@ -61,7 +93,7 @@ export class BlobUploads extends DataStore {
     return new Upload({ id, offset: st.size, metadata: rec.metadata, creation_date: rec.touched.toISOString(), ...(rec.length === null ? {} : { size: rec.length }) });
   }
 
-  override async write(stream: Readable, id: string, offset: number): Promise<number> {
+  async #write(stream: Readable, id: string, offset: number): Promise<number> {
     const rec = this.#record(id);
     const w = await this.#store.resumeBlobWriter(id);
     try {
@@ -80,7 +112,7 @@ export class BlobUploads extends DataStore {
     await this.#store.tables.uploads.set(id, { ...rec, length, touched: new Date() });
   }
 
-  override async remove(id: string): Promise<void> {
+  async #remove(id: string): Promise<void> {
     this.#record(id);
     await this.#deleteBlob(id);
     await this.#store.tables.uploads.delete(id);
@@ -91,7 +123,7 @@ export class BlobUploads extends DataStore {
   }
 
   /** Expires uploads untouched for expiryMs: unfinished blobs deleted, records removed. A blob being written is left for the next sweep. */
-  override async deleteExpired(): Promise<number> {
+  async #deleteExpired(): Promise<number> {
     if (this.#expiryMs <= 0) return 0;
     const before = Date.now() - this.#expiryMs;
     const stale: string[] = [];
