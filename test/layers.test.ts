@@ -20,6 +20,7 @@ const LAYERS: Array<[RegExp, number, string]> = [
   [/^upkeep\//, 5, 'upkeep'],
   [/^store\.ts$/, 6, 'store'],
   [/^transfer\//, 7, 'transfer'],
+  [/^http\//, 7.5, 'http'],
   [/^index\.ts$/, 8, 'api'],
 ];
 

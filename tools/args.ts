@@ -24,6 +24,17 @@ export function sizeArg(text: string): number {
   }
 }
 
+const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** For durations: "500ms", "90s", "30m", "24h", "7d", or "0" (never). */
+export function durationArg(text: string): number {
+  const m = /^(\d+)(ms|s|m|h|d)$/.exec(text.trim());
+  if (text.trim() === '0') return 0;
+  const ms = m ? Number(m[1]) * UNIT_MS[m[2]!]! : NaN;
+  if (!Number.isSafeInteger(ms)) throw new InvalidArgumentError('a duration is a whole number with a unit: 500ms, 90s, 30m, 24h, 7d (or 0).');
+  return ms;
+}
+
 /**
  * A token line: the token (no spaces, no commas: "tok,read" must not read as
  * a token with both permissions), then nothing (both permissions), one

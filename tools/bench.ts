@@ -18,6 +18,7 @@ import { benchRange } from './bench/range.js';
 import { benchGc } from './bench/gc.js';
 import { benchFsck } from './bench/fsck.js';
 import { benchStart } from './bench/start.js';
+import { benchHttp } from './bench/http.js';
 import { parseSize } from './size.js';
 
 const CASES: Record<string, (ctx: BenchContext) => Promise<void>> = {
@@ -31,6 +32,7 @@ const CASES: Record<string, (ctx: BenchContext) => Promise<void>> = {
   gc: benchGc,
   fsck: benchFsck,
   start: benchStart,
+  http: benchHttp,
 };
 /** Older names, and groups. */
 const ALIASES: Record<string, string[]> = { chunker: ['chunk'], store: ['ingest', 'read', 'resume', 'stream'] };

@@ -68,7 +68,23 @@ export interface PerSyncgroup {
   priority: { devType: number; distance: number; serverTime: Date };
 }
 
+/**
+ * An upload in progress through the HTTP face (tus): what the client said
+ * when it created the upload, kept beside the blob it writes (same name),
+ * whose durable size is the upload's offset.
+ */
+export interface UploadRecord {
+  /** The Upload-Length, or null while deferred. */
+  length: number | null;
+  /** The Upload-Metadata pairs (a key without a value: null). */
+  metadata: Record<string, string | null>;
+  /** The last request that created or wrote the upload: it expires this long after. */
+  touched: Date;
+}
+
 const MAX_ID = 1024;
+/** Bytes of an upload's metadata keys and values, together. */
+const MAX_UPLOAD_METADATA = 16 * 1024;
 
 /** A syncgroup id or peer name: 1..1024 characters, no control characters. */
 export function checkId(id: unknown, what: string): string {
@@ -116,6 +132,20 @@ export function checkMetadata(md: unknown): BlobMetadata {
   const ownerShares: Record<string, number> = {};
   for (const [k, v] of Object.entries(shares)) ownerShares[checkId(k, 'a syncgroup id')] = int(v, `ownerShares[${JSON.stringify(k)}]`);
   return { ownerShares, referenced: date(o.referenced, 'referenced'), accessed: date(o.accessed, 'accessed') };
+}
+
+export function checkUpload(u: unknown): UploadRecord {
+  const o = plainObject(u, 'UploadRecord');
+  exactKeys(o, ['length', 'metadata', 'touched'], 'UploadRecord');
+  const metadata: Record<string, string | null> = {};
+  let bytes = 0;
+  for (const [k, v] of Object.entries(plainObject(o.metadata, 'metadata'))) {
+    if (v !== null && typeof v !== 'string') throw bad(`metadata[${JSON.stringify(k)}] must be a string or null`, v);
+    bytes += k.length + (v?.length ?? 0);
+    metadata[k] = v;
+  }
+  if (bytes > MAX_UPLOAD_METADATA) throw bad(`upload metadata is over ${MAX_UPLOAD_METADATA} characters`);
+  return { length: o.length === null ? null : int(o.length, 'length', 0), metadata, touched: date(o.touched, 'touched') };
 }
 
 export function checkSignpost(sp: unknown): Signpost {
@@ -282,6 +312,8 @@ export class Tables {
   readonly metadata: Table<BlobMetadata, BlobMetadataPatch>;
   readonly signposts: Table<Signpost, SignpostPatch>;
   readonly perSyncgroup: Table<PerSyncgroup>;
+  /** Uploads through the HTTP face, by blob name. */
+  readonly uploads: Table<UploadRecord>;
 
   private constructor(env: RootDatabase, dir: string) {
     this.#env = env;
@@ -289,6 +321,7 @@ export class Tables {
     this.metadata = new Table(db<BlobMetadata>('metadata'), dir, (k) => checkBlobName(k), checkMetadata, patchMetadata);
     this.signposts = new Table(db<Signpost>('signposts'), dir, (k) => checkBlobName(k), checkSignpost, patchSignpost);
     this.perSyncgroup = new Table(db<PerSyncgroup>('persyncgroup'), dir, (k) => checkId(k, 'a syncgroup id'), checkPerSyncgroup);
+    this.uploads = new Table(db<UploadRecord>('uploads'), dir, (k) => checkBlobName(k), checkUpload);
   }
 
   /**

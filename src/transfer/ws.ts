@@ -11,6 +11,7 @@ import type { ReceiveOptions, TransferStats } from './stats.js';
 import { ByteBudget } from './budget.js';
 import type { ServeEvent } from './serve.js';
 import { Admission, DEFAULT_HELLO_TIMEOUT_MS, type AdmissionOptions } from './admission.js';
+import { authenticate } from './handshake.js';
 import { wire, wsTransport } from './ws-transport.js';
 import { orAbort } from './abort.js';
 import { checkConnectArgs } from './connect-args.js';
@@ -81,8 +82,29 @@ export interface CabServer {
   [Symbol.asyncDispose](): Promise<void>;
 }
 
-/** Serves a store over WebSocket. */
-export async function serve(store: BlobStore, options: ServeOptions = {}): Promise<CabServer> {
+/**
+ * What answers the plain HTTP requests on a server's port (the
+ * HTTP face, src/http): WebSocket upgrades go to the transfer protocol,
+ * every other request to `handle`. `close` runs as the server closes, once
+ * its connections are cut, and resolves when the face's work has stopped.
+ */
+export interface HttpFace {
+  handle(req: http.IncomingMessage, res: http.ServerResponse, conn: HttpConnection): void;
+  close(): Promise<void>;
+}
+
+/** The server's part in an HTTP request. */
+export interface HttpConnection {
+  /**
+   * The permissions the token grants, as for a hello: ERR_AUTH (none, or
+   * unknown) or ERR_AUTH_LIMIT (this address failed too often) otherwise.
+   * A good token admits the connection: it is no longer cut at the hello deadline.
+   */
+  authenticate(token: string | undefined): Perm[];
+}
+
+/** Serves a store over WebSocket; plain HTTP requests go to `face` (without one: 426). */
+export async function serve(store: BlobStore, options: ServeOptions = {}, face?: HttpFace): Promise<CabServer> {
   const tokens = options.tokens instanceof Map ? options.tokens : new Map(Object.entries(options.tokens ?? {}));
   if (!options.insecure && tokens.size === 0) {
     throw new CabError('ERR_BAD_ARGUMENT', 'serve needs tokens, or insecure: true to accept anyone');
@@ -96,9 +118,9 @@ export async function serve(store: BlobStore, options: ServeOptions = {}): Promi
   const wantPort = options.port ?? 0;
   if (!Number.isSafeInteger(wantPort) || wantPort < 0 || wantPort > 65535) throw new CabError('ERR_BAD_ARGUMENT', `port ${String(wantPort)} is not in 0..65535`);
   const server = options.tls ? https.createServer({ cert: options.tls.cert, key: options.tls.key }) : http.createServer();
-  server.on('request', (_req, res) => {
-    res.writeHead(426, { 'content-type': 'text/plain' }).end('cabstore speaks WebSocket here\n');
-  });
+  // A request's body may take long (an upload): none is cut short by its total time, but a socket idle this long is.
+  server.requestTimeout = 0;
+  server.timeout = options.idleTimeoutMs ?? DEFAULT_IDLE_MS;
   try {
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -115,6 +137,20 @@ export async function serve(store: BlobStore, options: ServeOptions = {}): Promi
   const port = (server.address() as AddressInfo).port;
   const admission = new Admission(options);
   server.on('connection', (socket) => admission.accept(socket));
+  server.on('request', (req, res) => {
+    if (!face) {
+      res.writeHead(426, { 'content-type': 'text/plain' }).end('cabstore speaks WebSocket here\n');
+      return;
+    }
+    const gate = options.insecure ? undefined : admission.gate(req.socket.remoteAddress ?? '');
+    face.handle(req, res, {
+      authenticate(token) {
+        const perms = authenticate({ tokens, insecure: options.insecure, ...(gate ? { authGate: gate } : {}) }, token);
+        admission.welcomed(req.socket);
+        return perms;
+      },
+    });
+  });
   const sockets = new Set<WebSocket>();
   const getBudget = new ByteBudget(Math.max(MAX_GET_BYTES, options.maxGetMemory ?? DEFAULT_MAX_GET_MEMORY));
   wss.on('connection', (ws, req) => {
@@ -160,8 +196,11 @@ export async function serve(store: BlobStore, options: ServeOptions = {}): Promi
       closing ??= new Promise<void>((resolve) => {
         for (const ws of sockets) ws.terminate();
         admission.close();
-        wss.close(() => server.close(() => resolve()));
-      });
+        wss.close(() => {
+          server.close(() => resolve());
+          server.closeAllConnections(); // HTTP requests under way, and idle keep-alive connections
+        });
+      }).then(() => face?.close());
       return closing;
     },
     [Symbol.asyncDispose]() {

@@ -89,10 +89,10 @@ export interface Served {
   stop(): Promise<void>;
 }
 
-/** `cabstore serve` of `root` in a child process, read only, with the bench's token. */
-export async function serveStore(root: string, workDir: string): Promise<Served> {
+/** `cabstore serve` of `root` in a child process, with the bench's token (read only unless `perms` says more). */
+export async function serveStore(root: string, workDir: string, perms = 'read'): Promise<Served> {
   const tokenFile = path.join(workDir, 'tokens');
-  fs.writeFileSync(tokenFile, `${BENCH_TOKEN} read\n`);
+  fs.writeFileSync(tokenFile, `${BENCH_TOKEN} ${perms}\n`);
   const child = spawn(process.execPath, [CLI, '--store', root, 'serve', '--quiet', '--token-file', tokenFile], { stdio: ['ignore', 'pipe', 'inherit'] });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const url = await new Promise<string>((resolve, reject) => {

@@ -28,6 +28,8 @@ export const usageHelp = (): string => (active ?? program).helpInformation();
 export const lib = {
   store: () => import('../../src/store.js'),
   net: () => import('../../src/transfer/ws.js'),
+  /** serve: the transfer protocol and the HTTP face on one port. */
+  http: () => import('../../src/http/serve.js'),
   bundle: () => import('../../src/transfer/bundle.js'),
   compare: () => import('../../src/blob/compare.js'),
   /** What put and resume read. */

@@ -1,9 +1,10 @@
-// `cabstore serve`: the store over WebSocket until SIGINT or SIGTERM, with a
-// line on stderr for each connection that ends (--quiet: none).
+// `cabstore serve`: the store over WebSocket and plain HTTP (ranged GETs, tus
+// uploads) on one port until SIGINT or SIGTERM, with a line on stderr for each
+// WebSocket connection that ends (--quiet: none).
 import type { Command } from 'commander';
 import type { ServeEvent } from '../../src/transfer/serve.js';
 import { fmtBytes } from '../progress.js';
-import { parseTokens, portArg, usage } from '../args.js';
+import { durationArg, parseTokens, portArg, sizeArg, usage } from '../args.js';
 import { json, lib, out, readText, startHashing, withStore } from './context.js';
 
 /**
@@ -22,15 +23,17 @@ export function logLine(e: ServeEvent, asJson: boolean): string {
 export function serveCommand(program: Command): void {
   program
     .command('serve')
-    .description('serve the store over WebSocket until interrupted; logs a line per connection on stderr')
+    .description('serve the store over WebSocket and HTTP (GET /blobs/NAME, tus uploads at /files/) until interrupted; logs a line per connection on stderr')
     .option('--host <host>', 'address to bind', '127.0.0.1')
     .option('--port <port>', 'port (0: any free one)', portArg, 0)
     .option('--token-file <file>', 'tokens: "TOKEN read,write" per line')
     .option('--insecure', 'no authentication: anyone may read and write')
     .option('--tls-cert <file>', 'PEM certificate (serve wss://)')
     .option('--tls-key <file>', 'PEM key')
+    .option('--upload-expiry <duration>', 'an upload untouched this long expires, its unfinished blob deleted (90s, 30m, 24h; 0: never)', durationArg)
+    .option('--max-upload <size>', 'largest upload accepted over HTTP (e.g. 10GiB)', sizeArg)
     .option('--quiet', 'no log lines')
-    .action(async (o: { host: string; port: number; tokenFile?: string; insecure?: boolean; tlsCert?: string; tlsKey?: string; quiet?: boolean }) => {
+    .action(async (o: { host: string; port: number; tokenFile?: string; insecure?: boolean; tlsCert?: string; tlsKey?: string; uploadExpiry?: number; maxUpload?: number; quiet?: boolean }) => {
       if (!o.tokenFile && !o.insecure) usage('serve needs --token-file, or --insecure');
       if (!!o.tlsCert !== !!o.tlsKey) usage('--tls-cert and --tls-key go together');
       const tokens = o.tokenFile ? parseTokens(readText(o.tokenFile), o.tokenFile) : undefined;
@@ -38,9 +41,18 @@ export function serveCommand(program: Command): void {
       const asJson = json();
       const onEvent = o.quiet ? undefined : (e: ServeEvent) => process.stderr.write(`${logLine(e, asJson)}\n`);
       await startHashing(); // up front: the first push is no slower than later ones
-      const { serve } = await lib.net();
+      const { serve } = await lib.http();
       await withStore(false, async (s) => {
-        const srv = await serve(s, { host: o.host, port: o.port, insecure: o.insecure, ...(tokens ? { tokens } : {}), ...(tls ? { tls } : {}), ...(onEvent ? { onEvent } : {}) });
+        const srv = await serve(s, {
+          host: o.host,
+          port: o.port,
+          insecure: o.insecure,
+          ...(tokens ? { tokens } : {}),
+          ...(tls ? { tls } : {}),
+          ...(onEvent ? { onEvent } : {}),
+          ...(o.uploadExpiry !== undefined ? { uploadExpiryMs: o.uploadExpiry } : {}),
+          ...(o.maxUpload !== undefined ? { maxUploadSize: o.maxUpload } : {}),
+        });
         out(`serving ${srv.url}`, { url: srv.url, port: srv.port });
         // process.on, not once: our listeners stay while the server and the store close, else
         // proper-lockfile's signal-exit would re-raise the signal and end the process first.

@@ -1,0 +1,133 @@
+import type http from 'node:http';
+import { Server as TusServer } from '@tus/server';
+import { CabError, isCabError } from '../errors.js';
+import { isBlobName, newBlobName } from '../format/layout.js';
+import type { BlobStore } from '../store.js';
+import type { Perm } from '../transfer/messages.js';
+import type { HttpConnection, HttpFace } from '../transfer/ws.js';
+import { getBlob } from './blobs.js';
+import { errorText, sendError, statusOf } from './status.js';
+import { BlobUploads } from './tus-store.js';
+
+/** An upload untouched this long expires (its unfinished blob deleted). */
+export const DEFAULT_UPLOAD_EXPIRY_MS = 24 * 60 * 60 * 1000;
+/** The longest wait between two sweeps for expired uploads. */
+const MAX_SWEEP_MS = 60 * 60 * 1000;
+
+export interface HttpOptions {
+  /**
+   * An upload (tus, at /files/) that no request has created or written for
+   * this long expires: its blob, if unfinished, is deleted (its fragments
+   * are left to GC) and its record removed; a finished upload's blob stays.
+   * Checked every quarter of this (at most hourly). Default 24 h; 0: never.
+   */
+  uploadExpiryMs?: number;
+  /** Largest upload accepted, in bytes (a larger Upload-Length is 413). Default: no limit. */
+  maxUploadSize?: number;
+}
+
+/** Where a request goes: a blob to read, the tus uploads, or nowhere. */
+type Route = { kind: 'blob'; name: string } | { kind: 'files'; name: string | undefined } | undefined;
+
+function routeOf(url: string | undefined): Route {
+  const path = (url ?? '/').split('?')[0]!;
+  if (path.startsWith('/blobs/')) return { kind: 'blob', name: path.slice('/blobs/'.length) };
+  if (path === '/files' || path === '/files/') return { kind: 'files', name: undefined };
+  if (path.startsWith('/files/')) return { kind: 'files', name: path.slice('/files/'.length) };
+  return undefined;
+}
+
+/** The token of an `Authorization: Bearer TOKEN` header. */
+function bearer(req: http.IncomingMessage): string | undefined {
+  return /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '')?.[1];
+}
+
+/**
+ * The HTTP face of a server: `GET`/`HEAD /blobs/NAME` (and `GET
+ * /files/NAME`) read a finalized blob, with one Range; `/files/` takes tus
+ * 1.0 uploads (@tus/server on BlobUploads). Every request but a tus OPTIONS
+ * (which says what the server supports, and which browsers send without
+ * credentials) needs a token as for a hello: read to read, write to upload.
+ */
+export class HttpFront implements HttpFace {
+  readonly #store: BlobStore;
+  readonly #tus: TusServer;
+  readonly #uploads: BlobUploads;
+  readonly #inflight = new Set<Promise<void>>();
+  readonly #timer: NodeJS.Timeout | undefined;
+  #sweeping: Promise<void> = Promise.resolve();
+  #closed = false;
+
+  constructor(store: BlobStore, o: HttpOptions = {}) {
+    const expiry = o.uploadExpiryMs ?? DEFAULT_UPLOAD_EXPIRY_MS;
+    if (!Number.isSafeInteger(expiry) || expiry < 0) throw new CabError('ERR_BAD_ARGUMENT', `uploadExpiryMs must be an integer >= 0, not ${String(expiry)}`);
+    if (o.maxUploadSize !== undefined && (!Number.isSafeInteger(o.maxUploadSize) || o.maxUploadSize < 1)) {
+      throw new CabError('ERR_BAD_ARGUMENT', `maxUploadSize must be a positive integer, not ${String(o.maxUploadSize)}`);
+    }
+    this.#store = store;
+    this.#uploads = new BlobUploads(store, expiry);
+    this.#tus = new TusServer({
+      path: '/files',
+      datastore: this.#uploads,
+      relativeLocation: true,
+      namingFunction: () => newBlobName(),
+      // A finished upload is a blob like any other: deleting it is not the uploader's business.
+      disableTerminationForFinishedUploads: true,
+      ...(o.maxUploadSize ? { maxSize: o.maxUploadSize } : {}),
+      onResponseError: (_req, err) => (isCabError(err) ? { status_code: statusOf(err), body: errorText(err) } : undefined),
+    });
+    if (expiry > 0) {
+      this.#timer = setInterval(() => this.#sweep(), Math.min(MAX_SWEEP_MS, Math.max(1000, Math.floor(expiry / 4))));
+      this.#timer.unref();
+    }
+  }
+
+  handle(req: http.IncomingMessage, res: http.ServerResponse, conn: HttpConnection): void {
+    // A response whose connection was cut may never be told it was sent (@tus/server waits for a
+    // 'close' that has passed): the request is done when its response closes. The store's own
+    // work goes on to its end, and close() waits for it (BlobUploads.idle).
+    const closed = new Promise<void>((resolve) => res.once('close', resolve));
+    const p: Promise<void> = Promise.race([this.#route(req, res, conn).catch((e: unknown) => sendError(res, statusOf(e), e)), closed]).finally(() => this.#inflight.delete(p));
+    this.#inflight.add(p);
+  }
+
+  async #route(req: http.IncomingMessage, res: http.ServerResponse, conn: HttpConnection): Promise<void> {
+    const route = routeOf(req.url);
+    if (!route) return sendError(res, 404, 'not here: cabstore answers GET and HEAD at /blobs/NAME, and tus uploads at /files/');
+    if (route.kind === 'files' && req.method === 'OPTIONS') return this.#tus.handle(req, res);
+    let perms: Perm[];
+    try {
+      perms = conn.authenticate(bearer(req));
+    } catch (e) {
+      if (!isCabError(e, 'ERR_AUTH') && !isCabError(e, 'ERR_AUTH_LIMIT')) throw e;
+      return sendError(res, statusOf(e), e, e.code === 'ERR_AUTH' ? { 'www-authenticate': 'Bearer realm="cabstore"' } : { 'retry-after': '60' });
+    }
+    const read = route.kind === 'blob' || req.method === 'GET';
+    const need: Perm = read ? 'read' : 'write';
+    if (!perms.includes(need)) return sendError(res, 403, new CabError('ERR_PERMISSION', `this token has no ${need} permission`));
+    if (read) {
+      if (req.method !== 'GET' && req.method !== 'HEAD') return sendError(res, 405, `${String(req.method)} is not allowed here`, { allow: 'GET, HEAD' });
+      if (!route.name || !isBlobName(route.name)) return sendError(res, 404, 'not a blob name (32 lowercase hex characters)');
+      return getBlob(this.#store, route.name, req, res);
+    }
+    return this.#tus.handle(req, res);
+  }
+
+  #sweep(): void {
+    if (this.#closed) return;
+    this.#sweeping = this.#sweeping
+      .then(() => this.#uploads.deleteExpired())
+      .then(
+        () => {},
+        () => {}, // a sweep that failed (a full disk, say) is tried again at the next tick
+      );
+  }
+
+  /** Stops sweeping and waits for the requests under way (their connections are cut by then) and the store work they started. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    clearInterval(this.#timer);
+    await Promise.allSettled([...this.#inflight, this.#sweeping]);
+    await this.#uploads.idle();
+  }
+}

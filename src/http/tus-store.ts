@@ -1,0 +1,209 @@
+import type { Readable } from 'node:stream';
+import { DataStore, ERRORS, Upload } from '@tus/utils';
+import { isCabError } from '../errors.js';
+import { checkBlobName } from '../format/layout.js';
+import type { UploadRecord } from '../index/tables.js';
+import type { BlobStore } from '../store.js';
+import type { BlobWriter } from '../blob/writer.js';
+
+/**
+ * Bytes of a PATCH body appended between two durable checkpoints: a server
+ * killed mid-PATCH has lost (and the client sends again) at most about this
+ * much. Each checkpoint is an fsync of the fragment and the descriptor.
+ */
+export const UPLOAD_FLUSH_BYTES = 8 * 1024 * 1024;
+
+/**
+ * tus uploads as blobs of this store (a DataStore of @tus/server). The
+ * upload id is the blob's name; the upload's offset is the blob's durable
+ * size, so an upload resumes where the durable bytes end, whatever killed
+ * the server; the upload is finished when the blob is finalized. What the
+ * client declared (Upload-Length, Upload-Metadata) is kept in the store's
+ * `uploads` table under the same name.
+ *
+ *   POST: record, then an empty blob (a crash between leaves a record with
+ *         no blob: 404, swept at expiry)
+ *   PATCH: resume the blob, append (a checkpoint every UPLOAD_FLUSH_BYTES
+ *         and at the end), finalize once the length is reached
+ *   DELETE: the unfinished blob deleted (its fragments left to GC), then the record
+ *
+ * An upload untouched for `expiryMs` expires: deleteExpired deletes its
+ * blob if unfinished, and its record either way.
+ */
+export class BlobUploads extends DataStore {
+  readonly #store: BlobStore;
+  readonly #expiryMs: number;
+  /** Calls under way: the server waits for them before the store may close. */
+  readonly #busy = new Set<Promise<unknown>>();
+
+  constructor(store: BlobStore, expiryMs: number) {
+    super();
+    this.#store = store;
+    this.#expiryMs = expiryMs;
+    this.extensions = ['creation', 'creation-with-upload', 'creation-defer-length', 'termination', 'expiration'];
+  }
+
+  /** Resolves once no call is under way (the server is closing: no new ones come). */
+  async idle(): Promise<void> {
+    while (this.#busy.size > 0) await Promise.allSettled([...this.#busy]);
+  }
+
+  #track<T>(p: Promise<T>): Promise<T> {
+    this.#busy.add(p);
+    void p.then(
+      () => this.#busy.delete(p),
+      () => this.#busy.delete(p),
+    );
+    return p;
+  }
+
+  override create(upload: Upload): Promise<Upload> {
+    return this.#track(this.#create(upload));
+  }
+
+  override write(stream: Readable, id: string, offset: number): Promise<number> {
+    return this.#track(this.#write(stream, id, offset));
+  }
+
+  override remove(id: string): Promise<void> {
+    return this.#track(this.#remove(id));
+  }
+
+  override deleteExpired(): Promise<number> {
+    return this.#track(this.#deleteExpired());
+  }
+
+  async #create(upload: Upload): Promise<Upload> {
+    const name = checkBlobName(upload.id);
+    const touched = new Date();
+    await this.#store.tables.uploads.set(name, { length: upload.size ?? null, metadata: { ...(upload.metadata ?? {}) }, touched });
+    const w = await this.#store.newBlobWriter(name);
+    if (upload.size === 0) await w.close();
+    else await w.closeWithoutFinalize();
+    upload.creation_date = touched.toISOString();
+    return upload;
+  }
+
+  override async getUpload(id: string): Promise<Upload> {
+    const rec = this.#record(id);
+    const st = await this.#store.stat(id).catch((e: unknown) => {
+      if (isCabError(e, 'ERR_NO_SUCH_BLOB')) throw ERRORS.FILE_NOT_FOUND;
+      throw e;
+    });
+    return new Upload({ id, offset: st.size, metadata: rec.metadata, creation_date: rec.touched.toISOString(), ...(rec.length === null ? {} : { size: rec.length }) });
+  }
+
+  async #write(stream: Readable, id: string, offset: number): Promise<number> {
+    const rec = this.#record(id);
+    const w = await this.#store.resumeBlobWriter(id);
+    try {
+      if (w.size !== offset) throw ERRORS.INVALID_OFFSET;
+      await appendFlushed(w, stream);
+      if (rec.length !== null && w.size === rec.length) await w.close();
+      return w.size;
+    } finally {
+      await w.closeWithoutFinalize();
+      await this.#touch(id);
+    }
+  }
+
+  override async declareUploadLength(id: string, length: number): Promise<void> {
+    const rec = this.#record(id);
+    await this.#store.tables.uploads.set(id, { ...rec, length, touched: new Date() });
+  }
+
+  async #remove(id: string): Promise<void> {
+    this.#record(id);
+    await this.#deleteBlob(id);
+    await this.#store.tables.uploads.delete(id);
+  }
+
+  override getExpiration(): number {
+    return this.#expiryMs;
+  }
+
+  /** Expires uploads untouched for expiryMs: unfinished blobs deleted, records removed. A blob being written is left for the next sweep. */
+  async #deleteExpired(): Promise<number> {
+    if (this.#expiryMs <= 0) return 0;
+    const before = Date.now() - this.#expiryMs;
+    const stale: string[] = [];
+    for await (const [name, rec] of this.#store.tables.uploads.stream()) if (rec.touched.getTime() < before) stale.push(name);
+    let n = 0;
+    for (const name of stale) {
+      try {
+        const st = await this.#store.stat(name).catch((e: unknown) => (isCabError(e, 'ERR_NO_SUCH_BLOB') ? undefined : Promise.reject(e)));
+        if (st && !st.finalized) await this.#deleteBlob(name);
+      } catch (e) {
+        if (isCabError(e, 'ERR_BLOB_LOCKED')) continue;
+        throw e;
+      }
+      await this.#store.tables.uploads.delete(name);
+      n++;
+    }
+    return n;
+  }
+
+  /** The upload's record; tus's 404 if there is none (not an upload, or a name that is not a blob name). */
+  #record(id: string): UploadRecord {
+    let rec: UploadRecord | undefined;
+    try {
+      rec = this.#store.tables.uploads.get(checkBlobName(id));
+    } catch (e) {
+      if (isCabError(e, 'ERR_INVALID_BLOB_NAME')) throw ERRORS.FILE_NOT_FOUND;
+      throw e;
+    }
+    if (!rec) throw ERRORS.FILE_NOT_FOUND;
+    return rec;
+  }
+
+  async #touch(id: string): Promise<void> {
+    const rec = this.#store.tables.uploads.get(id);
+    if (rec) await this.#store.tables.uploads.set(id, { ...rec, touched: new Date() });
+  }
+
+  /** Deletes an unfinished upload's blob; one already gone is fine. */
+  async #deleteBlob(name: string): Promise<void> {
+    await this.#store.deleteBlob(name).catch((e: unknown) => {
+      if (!isCabError(e, 'ERR_NO_SUCH_BLOB')) throw e;
+    });
+  }
+}
+
+/**
+ * Appends everything `stream` gives, with a durable checkpoint every
+ * UPLOAD_FLUSH_BYTES and at the end. If the stream fails (the body is
+ * longer than the upload), what it gave before is appended and its error
+ * is thrown.
+ */
+async function appendFlushed(w: BlobWriter, stream: Readable): Promise<void> {
+  const it = stream[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+  let carry: Buffer | undefined;
+  let ended = false;
+  // One segment of at most UPLOAD_FLUSH_BYTES; a piece that crosses its end is split, the rest carried to the next.
+  async function* segment(): AsyncGenerator<Buffer> {
+    let left = UPLOAD_FLUSH_BYTES;
+    while (left > 0) {
+      let piece = carry;
+      carry = undefined;
+      if (!piece) {
+        const r = await it.next();
+        if (r.done) {
+          ended = true;
+          return;
+        }
+        piece = r.value;
+      }
+      if (piece.length > left) {
+        carry = piece.subarray(left);
+        piece = piece.subarray(0, left);
+      }
+      left -= piece.length;
+      yield piece;
+    }
+  }
+  // A failure leaves the writer to its caller's closeWithoutFinalize, which makes what was appended durable.
+  while (!ended) {
+    await w.appendStream(segment());
+    await w.flush();
+  }
+}
