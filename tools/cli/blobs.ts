@@ -8,9 +8,9 @@ import { ioError } from '../../src/errors.js';
 import { Progress } from '../progress.js';
 import { hex as toHex, json, lib, out, token, withScratchStore, withStore } from './context.js';
 
-async function writeBlob(name: string, output?: string): Promise<void> {
+async function writeBlob(name: string, output?: string, follow = false): Promise<void> {
   await withStore(false, async (s) => {
-    const r = await s.newBlobReader(name);
+    const r = await s.newBlobReader(name, { follow });
     try {
       if (output === undefined) {
         try {
@@ -46,13 +46,15 @@ export function blobCommands(program: Command): void {
     .description('write a blob to a file (-o) or to stdout')
     .argument('<name>')
     .option('-o, --output <file>', 'write here instead of stdout')
-    .action(async (name: string, o: { output?: string }) => writeBlob(name, o.output));
+    .option('--follow', 'the blob is being written: write its bytes as they are flushed, and end when it is finalized')
+    .action(async (name: string, o: { output?: string; follow?: boolean }) => writeBlob(name, o.output, o.follow));
 
   program
     .command('cat')
     .description('write a blob to stdout')
     .argument('<name>')
-    .action(async (name: string) => writeBlob(name));
+    .option('--follow', 'the blob is being written: write its bytes as they are flushed, and end when it is finalized')
+    .action(async (name: string, o: { follow?: boolean }) => writeBlob(name, undefined, o.follow));
 
   program
     .command('ls')
