@@ -13,5 +13,6 @@ export type { TransferStats, TransferProgress, ReceiveOptions } from './transfer
 export { PROTOCOL_VERSION, encode as encodeMessage, decode as decodeMessage, type Message, type Perm } from './transfer/messages.js';
 export { writeHave, exportBundle, importBundle, type ExportReport, type ImportReport } from './transfer/bundle.js';
 export type { PushOptions, PushResult } from './transfer/peer.js';
+export type { RemoteStreamOptions } from './transfer/follow-remote.js';
 export type { ExportOptions, ImportOptions, MissingChunk } from './transfer/bundle.js';
 export type { HaveOptions } from './transfer/have.js';

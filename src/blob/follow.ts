@@ -109,7 +109,8 @@ export class DescriptorWatch {
  * unlinks the name, and the follower ends with ERR_NO_SUCH_BLOB.
  */
 export class Follow {
-  readonly watch: DescriptorWatch;
+  /** Made at the first wait: a reader that never waits (of a finalized blob, a server's) watches nothing. */
+  #watch: DescriptorWatch | undefined;
   /** The fragments this follower has pinned (the reader unpins them at close). */
   readonly pinned: Set<string>;
   /** Descriptor files this follower has opened, closed with the reader (an older view may still be reading through one). */
@@ -125,7 +126,11 @@ export class Follow {
     this.#name = name;
     this.#files = files;
     this.pinned = new Set(pinned);
-    this.watch = new DescriptorWatch(s.layout.descriptor(name));
+  }
+
+  get watch(): DescriptorWatch {
+    this.#watch ??= new DescriptorWatch(this.#s.layout.descriptor(this.#name));
+    return this.#watch;
   }
 
   /**
@@ -200,6 +205,6 @@ export class Follow {
   }
 
   close(): void {
-    this.watch.close();
+    this.#watch?.close();
   }
 }

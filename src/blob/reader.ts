@@ -145,19 +145,34 @@ export class BlobReader {
   }
 
   /**
-   * A follower: waits until more than `at` bytes are readable, or the blob
-   * is finalized. Deleted: ERR_NO_SUCH_BLOB; the signal: ERR_ABORTED.
+   * A follower: waits until more than `at` bytes are readable (with
+   * `chunks`: until the last chunk boundary is past `at`), or the blob is
+   * finalized. Deleted: ERR_NO_SUCH_BLOB; the signal: ERR_ABORTED.
    */
-  async #more(at: number, signal: AbortSignal | undefined): Promise<void> {
+  async #more(at: number, signal: AbortSignal | undefined, chunks = false): Promise<void> {
     const f = this.#follow!;
-    while (at >= this.size && !this.isFinalized) {
+    const past = () => at < (chunks ? this.#view.d.chunkEnd : this.size) || this.isFinalized;
+    while (!past()) {
       const seq = f.watch.seq;
       this.#view = await f.grow(this.#view, at);
       this.#check();
-      if (at < this.size || this.isFinalized) return;
+      if (past()) return;
       await f.watch.wait(seq, signal ?? this.#signal, `following blob ${this.name}`);
       this.#check();
     }
+  }
+
+  /** @internal A follower: waits until the blob's recorded chunks end past byte `at`, or it is finalized (a server answering a `stat` that waits). */
+  waitForChunks(at: number, signal?: AbortSignal): Promise<void> {
+    this.#check();
+    if (!this.#follow) throw new CabError('ERR_BAD_ARGUMENT', 'waitForChunks needs a follower', { blob: this.name });
+    return this.#more(at, signal, true);
+  }
+
+  /** @internal A follower: takes in what the descriptor holds now, without waiting (a server asked for a chunk recorded since). */
+  async catchUp(): Promise<void> {
+    this.#check();
+    if (this.#follow && !this.isFinalized) this.#view = await this.#follow.grow(this.#view, 0);
   }
 
   /** The byte ranges fsck found damaged, in whole chunks: reads that touch them fail with ERR_BLOB_DAMAGED. */

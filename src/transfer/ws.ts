@@ -14,6 +14,9 @@ import { Admission, DEFAULT_HELLO_TIMEOUT_MS, type AdmissionOptions } from './ad
 import { wire, wsTransport } from './ws-transport.js';
 import { orAbort } from './abort.js';
 import { checkConnectArgs } from './connect-args.js';
+import type { Readable } from 'node:stream';
+import { checkBlobName } from '../format/layout.js';
+import { remoteStream, type RemoteStreamOptions } from './follow-remote.js';
 import type { WireCount } from './stats.js';
 
 // ws is CommonJS. Imported, it takes the ESM loader about 30 ms to load (every file of it is lexed for its
@@ -193,6 +196,8 @@ export interface CabClient {
   pull(name: string, options?: ReceiveOptions): Promise<TransferStats>;
   /** Sends a local blob to the remote store (only what it lacks travels). `signal` cancels that push only. */
   push(name: string, options?: PushOptions): Promise<PushResult>;
+  /** A remote blob's bytes, each chunk checked as it comes, the root at the end; with `follow`, a blob still being written (see RemoteStreamOptions). Nothing is stored here. */
+  stream(name: string, options?: RemoteStreamOptions): Readable;
   /** Closes the connection; calling it again returns the same promise. */
   close(): Promise<void>;
   /** `await using c = await connect(...)`: close(). */
@@ -249,6 +254,7 @@ export async function connect(store: BlobStore, url: string, options: ConnectOpt
     stat: (name, o) => orAbort(peer.source().stat(name), o?.signal, name),
     pull: (name, o) => peer.pull(name, o),
     push: (name, o) => peer.push(name, o),
+    stream: (name, o) => remoteStream(peer.source(), checkBlobName(name), o),
     close() {
       closing ??= (async () => {
         if (ws.readyState !== WebSocket.CLOSED) {

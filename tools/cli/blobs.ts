@@ -1,41 +1,63 @@
 // Commands that read or remove blobs of an existing store: get, cat, ls,
 // stat (here or on a server), rm.
+import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Command } from 'commander';
+import { checkBlobName } from '../../src/format/layout.js';
 import { isCabError } from '../../src/errors.js';
 import { openOutput } from '../../src/disk/output.js';
 import { ioError } from '../../src/errors.js';
 import { Progress } from '../progress.js';
-import { hex as toHex, json, lib, out, token, withScratchStore, withStore } from './context.js';
+import { hex as toHex, json, lib, out, readText, token, withScratchStore, withStore } from './context.js';
+
+/** Writes a blob's bytes to `output`, or to stdout: `open` gives them, and their size as known at the start. */
+async function writeBytes(name: string, output: string | undefined, open: () => Promise<{ size: number; stream: () => Readable }>): Promise<void> {
+  const src = await open();
+  if (output === undefined) {
+    try {
+      await pipeline(src.stream(), process.stdout);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EPIPE') throw e;
+    }
+    return; // EPIPE: the reader went away, the end of the output, not a failure
+  }
+  // The output is open before the blob is read, and the loop that writes is the only consumer of the
+  // stream (the progress counts there): no byte can go elsewhere. A failed get leaves no file, no temp file.
+  const o = await openOutput(output);
+  try {
+    const p = new Progress(`get ${name.slice(0, 8)}`, src.size, process.stderr.isTTY === true);
+    for await (const b of src.stream() as AsyncIterable<Uint8Array>) {
+      await o.write(b);
+      p.add(b.length);
+    }
+    await o.commit();
+    p.end();
+  } finally {
+    await o.abort();
+  }
+}
 
 async function writeBlob(name: string, output?: string, follow = false): Promise<void> {
   await withStore(false, async (s) => {
     const r = await s.newBlobReader(name, { follow });
     try {
-      if (output === undefined) {
-        try {
-          await pipeline(r.stream(), process.stdout);
-        } catch (e) {
-          if ((e as NodeJS.ErrnoException).code !== 'EPIPE') throw e;
-        }
-        return; // EPIPE: the reader went away, the end of the output, not a failure
-      }
-      // The output is open before the blob is read, and the loop that writes is the only consumer of the
-      // stream (the progress counts there): no byte can go elsewhere. A failed get leaves no file, no temp file.
-      const o = await openOutput(output);
-      try {
-        const p = new Progress(`get ${name.slice(0, 8)}`, r.size, process.stderr.isTTY === true);
-        for await (const b of r.stream() as AsyncIterable<Uint8Array>) {
-          await o.write(b);
-          p.add(b.length);
-        }
-        await o.commit();
-        p.end();
-      } finally {
-        await o.abort();
-      }
+      await writeBytes(name, output, async () => ({ size: r.size, stream: () => r.stream() }));
     } finally {
       await r.close();
+    }
+  });
+}
+
+/** get --from URL: the bytes from a server, each chunk checked as it comes and the root at the end; no store here. */
+async function writeRemote(url: string, name: string, output: string | undefined, o: { tokenFile?: string; ca?: string; follow?: boolean }): Promise<void> {
+  checkBlobName(name);
+  const { connect } = await lib.net();
+  await withScratchStore(async (s) => {
+    const c = await connect(s, url, { token: token(o), ...(o.ca ? { ca: readText(o.ca) } : {}) });
+    try {
+      await writeBytes(name, output, async () => ({ size: (await c.stat(name)).size, stream: () => c.stream(name, { follow: o.follow === true }) }));
+    } finally {
+      await c.close();
     }
   });
 }
@@ -47,7 +69,12 @@ export function blobCommands(program: Command): void {
     .argument('<name>')
     .option('-o, --output <file>', 'write here instead of stdout')
     .option('--follow', 'the blob is being written: write its bytes as they are flushed, and end when it is finalized')
-    .action(async (name: string, o: { output?: string; follow?: boolean }) => writeBlob(name, o.output, o.follow));
+    .option('--from <url>', "read it from a server's store (no store needed here)")
+    .option('--token-file <file>', 'the token (first line) for --from; else $CABSTORE_TOKEN')
+    .option('--ca <file>', 'PEM CA for wss://')
+    .action(async (name: string, o: { output?: string; follow?: boolean; from?: string; tokenFile?: string; ca?: string }) =>
+      o.from === undefined ? writeBlob(name, o.output, o.follow) : writeRemote(o.from, name, o.output, o),
+    );
 
   program
     .command('cat')
