@@ -1,13 +1,16 @@
 // Follow mode, local (issue 18, item 1): a reader that follows a blob while
 // it is written, in this process and in another one.
 import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import test from 'ava';
-import { BlobStore, isCabError, type BlobReader } from '../src/index.js';
+import { BlobStore, decodeMessage, encodeMessage, isCabError, type BlobReader } from '../src/index.js';
 import { prngBytes } from '../tools/data.js';
 import { start, finished } from './helpers/cli.js';
 import { flipByte } from './helpers/damage.js';
+import { PEER_TOKEN, connectPeer, servePeer } from './helpers/peers.js';
 import { tempDir, tempStore } from './helpers/store.js';
 
 const KiB = 1024;
@@ -208,3 +211,72 @@ test('cat --follow in one process while another writes 64 MiB in random pieces w
   t.is(got, size);
   t.is(hash.digest('hex'), crypto.createHash('sha256').update(prngBytes('follow-64', size)).digest('hex'));
 });
+
+test('a client follows a blob the server is still writing, over a real socket: every chunk checked, the root at the end', async (t) => {
+  const server = await tempStore(t);
+  const here = await tempStore(t);
+  const srv = await servePeer(t, server);
+  const c = await connectPeer(t, here, srv.url);
+  const data = prngBytes('follow-remote', 5 * MiB + 777);
+  const w = await server.newBlobWriter();
+  await w.appendBytes(data.subarray(0, 300 * KiB));
+  await w.flush();
+  // Not following: a blob being written is refused, as before.
+  await t.throwsAsync(collectStream(c.stream(w.name)), { code: 'ERR_BLOB_NOT_FINALIZED' });
+  const got: Buffer[] = [];
+  const done = (async () => {
+    for await (const b of c.stream(w.name, { follow: true }) as AsyncIterable<Buffer>) got.push(b);
+  })();
+  for (let at = 300 * KiB; at < data.length; ) {
+    const k = Math.min(data.length - at, 1 + crypto.randomInt(600 * KiB));
+    await w.appendBytes(data.subarray(at, at + k));
+    at += k;
+    await w.flush();
+  }
+  t.true(await pending(done, 200), 'the stream waits for the finalize');
+  t.true(Buffer.concat(got).length > 0, 'bytes came before the finalize');
+  await w.close();
+  await done;
+  t.deepEqual(Buffer.concat(got), data);
+  // A finalized blob streams without follow; a blob deleted while followed ends the stream with ERR_NO_SUCH_BLOB.
+  t.deepEqual(await collectStream(c.stream(w.name)), data);
+  const w2 = await server.newBlobWriter();
+  await w2.appendBytes(data.subarray(0, 100 * KiB));
+  await w2.closeWithoutFinalize();
+  const gone = collectStream(c.stream(w2.name, { follow: true }));
+  t.true(await pending(gone));
+  await server.deleteBlob(w2.name);
+  await t.throwsAsync(gone, { code: 'ERR_NO_SUCH_BLOB' });
+  await t.throwsAsync(async () => collectStream(c.stream(w.name, { signal: AbortSignal.abort() })), { code: 'ERR_ABORTED' });
+});
+
+test('stat with after: decoded and checked like every field', (t) => {
+  t.deepEqual(decodeMessage(encodeMessage({ t: 'stat', id: 1, name: 'x', after: 5 })), { t: 'stat', id: 1, name: 'x', after: 5 });
+  t.deepEqual(decodeMessage(encodeMessage({ t: 'stat', id: 1, name: 'x' })), { t: 'stat', id: 1, name: 'x' });
+  t.throws(() => decodeMessage(encodeMessage({ t: 'stat', id: 1, name: 'x', after: -1 })), { code: 'ERR_PROTOCOL' });
+});
+
+test('get --from URL --follow -o FILE in one process while another writes: the file holds every byte once the writer finalizes', async (t) => {
+  const dir = tempDir(t);
+  const server = await BlobStore.open(dir);
+  t.teardown(() => server.close());
+  const srv = await servePeer(t, server);
+  const name = crypto.randomBytes(16).toString('hex');
+  const size = 12 * MiB + 5;
+  const writer = spawn(process.execPath, [WRITER, dir, name, String(size), 'follow-get', '5', String(MiB)], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const wrote = finished(writer);
+  await new Promise<void>((resolve) => writer.stdout!.on('data', (d: Buffer) => d.toString().includes('ready') && resolve()));
+  const file = path.join(tempDir(t), 'out.bin');
+  const got = start(['get', name, '--from', srv.url, '--follow', '-o', file], { env: { CABSTORE_TOKEN: PEER_TOKEN } });
+  const w = await wrote;
+  t.is(w.code, 0, w.stderr);
+  const r = await finished(got);
+  t.is(r.code, 0, r.stderr);
+  t.deepEqual(fs.readFileSync(file), prngBytes('follow-get', size));
+});
+
+async function collectStream(s: NodeJS.ReadableStream): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for await (const b of s as AsyncIterable<Buffer>) parts.push(b);
+  return Buffer.concat(parts);
+}
