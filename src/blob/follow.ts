@@ -35,26 +35,32 @@ export function makeView(d: Descriptor, desc: FileHandle, files: FragmentFiles, 
 }
 
 /**
- * Wakes a follower when its blob's descriptor may have changed: a watch on
- * the descriptor's directory (appends, the unlink of a delete and the
- * rename of a rewrite all show there, whichever process does them) and a
- * poll every FOLLOW_POLL_MS. `seq` counts the events, so a change that
+ * Wakes a follower when its blob's descriptor may have changed, whichever
+ * process changes it: a watch on the file (its appends, and the unlink of a
+ * delete; a new blob's writer appends through the name the file had in
+ * tmp/, which a watch of blob/ would not hear) and one on its directory
+ * (the rename of a rewrite, and appends through the blob's own name), and
+ * a poll every FOLLOW_POLL_MS. `seq` counts the events, so a change that
  * comes between a look and the wait after it is not slept through.
  */
 export class DescriptorWatch {
-  #watcher: FSWatcher | undefined;
+  readonly #watchers: FSWatcher[] = [];
   #seq = 0;
   readonly #waiters = new Set<() => void>();
 
   constructor(file: string) {
     const base = path.basename(file);
+    this.#watch(file, () => true);
+    this.#watch(path.dirname(file), (f) => f === null || f === base);
+  }
+
+  #watch(target: string, mine: (f: string | null) => boolean): void {
     try {
-      this.#watcher = fs.watch(path.dirname(file), { persistent: false }, (_event, f) => {
-        if (f === null || f === base) this.#wake();
-      });
-      this.#watcher.on('error', () => this.#stopWatching());
+      const w = fs.watch(target, { persistent: false }, (_event, f) => mine(f) && this.#wake());
+      w.on('error', () => w.close());
+      this.#watchers.push(w);
     } catch (e) {
-      // No watch (ENOSPC: the inotify limit, EMFILE, a file system without): the poll alone.
+      // No watch (ENOSPC: the inotify limit, EMFILE, ENOENT: deleted already): the poll alone.
       if (typeof (e as NodeJS.ErrnoException).code !== 'string') throw e;
     }
   }
@@ -66,11 +72,6 @@ export class DescriptorWatch {
   #wake(): void {
     this.#seq++;
     for (const w of [...this.#waiters]) w();
-  }
-
-  #stopWatching(): void {
-    this.#watcher?.close();
-    this.#watcher = undefined;
   }
 
   /** Resolves once an event has come after `seq` (at once if one has), or after FOLLOW_POLL_MS. ERR_ABORTED if `signal` fires. */
@@ -95,7 +96,7 @@ export class DescriptorWatch {
   }
 
   close(): void {
-    this.#stopWatching();
+    for (const w of this.#watchers.splice(0)) w.close();
     for (const w of [...this.#waiters]) w();
   }
 }

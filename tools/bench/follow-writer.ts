@@ -8,8 +8,8 @@
 // (default 0) after each flush; then it finalizes. Lines on stdout:
 //
 //   ready                      the writer is open (the blob exists)
-//   flushed <size> <ms>        flush() resolved: bytes [0, size) are durable;
-//                              <ms>: when flush() was called (ms since the epoch, fractional)
+//   flushed <size> <ms> <ms>   flush() resolved: bytes [0, size) are durable;
+//                              when flush() was called and when it resolved (ms since the epoch, fractional)
 //   final <hash hex>           close() resolved: the blob is finalized
 import { BlobStore, toHex } from '../../src/index.js';
 import { prngInts, prngStream } from '../data.js';
@@ -32,7 +32,7 @@ try {
     at += n;
     const t = now();
     await w.flush();
-    process.stdout.write(`flushed ${at} ${t.toFixed(3)}\n`);
+    process.stdout.write(`flushed ${at} ${t.toFixed(3)} ${now().toFixed(3)}\n`);
     if (pause > 0) await new Promise((r) => setTimeout(r, pause));
   }
   await w.close();
