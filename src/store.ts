@@ -2,7 +2,7 @@ import fs from 'node:fs/promises';
 import { CabError, ioError } from './errors.js';
 import { resolveChunkerParams, type ChunkerParams, type ResolvedChunkerParams } from './chunker/params.js';
 import { BlobWriter } from './blob/writer.js';
-import { BlobReader } from './blob/reader.js';
+import { BlobReader, type ReaderOptions } from './blob/reader.js';
 import { ChunkIndex, type Location } from './index/chunk-index.js';
 import { catchUpAll, catchUpBlob } from './index/catchup.js';
 import { paged } from './index/paging.js';
@@ -162,8 +162,9 @@ export class BlobStore {
     return BlobWriter.resume(this, name);
   }
 
-  newBlobReader(name: string): Promise<BlobReader> {
-    return BlobReader.open(this, name);
+  /** A reader of the blob as it is now, or (`follow`) as it grows: see ReaderOptions. */
+  newBlobReader(name: string, options?: ReaderOptions): Promise<BlobReader> {
+    return BlobReader.open(this, name, options);
   }
 
   /**

@@ -599,7 +599,7 @@ test('requests for missing blobs and chunks get errors with codes, and the conne
   const cases: Array<[Message, string]> = [
     [{ t: 'stat', id: 1, name: ABSENT }, 'ERR_NO_SUCH_BLOB'],
     [{ t: 'list', id: 2, name: ABSENT, from: 0 }, 'ERR_NO_SUCH_BLOB'],
-    [{ t: 'list', id: 3, name: partial, from: 0 }, 'ERR_BLOB_NOT_FINALIZED'],
+    [{ t: 'match', id: 3, name: partial, n: 0, digest: new Uint8Array(32) }, 'ERR_BLOB_NOT_FINALIZED'],
     [{ t: 'get', id: 4, items: [[nowhere, 0, 10]] }, 'ERR_NO_SUCH_CHUNK'],
     [{ t: 'get', id: 5, items: [[c0!.hash, 0, 10], [nowhere, 0, 10]] }, 'ERR_NO_SUCH_CHUNK'],
     [{ t: 'fine', id: 6, hash: nowhere, size: 1000 }, 'ERR_NO_SUCH_CHUNK'],
@@ -610,6 +610,8 @@ test('requests for missing blobs and chunks get errors with codes, and the conne
   for (const [m, code] of cases) t.like(await ask(raw, m), { t: 'err', id: (m as { id: number }).id, code }, `${m.t} -> ${code}`);
   t.like(await ask(raw, { t: 'get', id: 20, items: [[c0!.hash, 0, c0!.size]] }), { t: 'data', id: 20 });
   t.like(await ask(raw, { t: 'stat', id: 21, name: partial }), { t: 'statr', id: 21, fin: false, size: PARTIAL_BYTES.length });
+  // A blob being written: its chunks recorded so far are listed (for a follower; docs/PROTOCOL.md).
+  t.like(await ask(raw, { t: 'list', id: 22, name: partial, from: 0 }), { t: 'listr', id: 22, end: true });
   t.true(raw.isOpen);
   t.deepEqual(raw.fatalErrors, []);
   // Through the client API.

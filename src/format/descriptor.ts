@@ -149,6 +149,12 @@ export interface ReadDescriptorOptions {
   onAppend?: (rec: AppendRecord, start: number, end: number, chunkOffset: number) => void | Promise<void>;
   /** Keep the extent map (a reader needs it; index catch-up does not). */
   extents?: boolean;
+  /**
+   * Go on from this parse of the same file (a follower: records are only
+   * appended) instead of from the start: its extent map and chunk records
+   * grow in place, and the state it had is taken up at its validEnd.
+   */
+  from?: Descriptor;
 }
 
 function isBytes(x: unknown, len?: number): x is Uint8Array {
@@ -248,7 +254,8 @@ export function readDescriptorFrom(fh: fs.FileHandle, name: string, opts: ReadDe
 
 async function parse(fh: fs.FileHandle, name: string, opts: ReadDescriptorOptions): Promise<Descriptor> {
   const { size: fileSize, ino } = await fh.stat();
-  const d: Descriptor = {
+  const prev = opts.from;
+  const d: Descriptor = prev ? { ...prev, fileSize, torn: false, tornReason: undefined, damage: [...prev.damage] } : {
     name,
     ctime: 0,
     size: 0,
@@ -265,8 +272,9 @@ async function parse(fh: fs.FileHandle, name: string, opts: ReadDescriptorOption
     torn: false,
     headerEnd: 0,
   };
-  let hasHeader = false;
-  let buf = Buffer.allocUnsafe(Math.min(Math.max(fileSize, 64), 1 << 20));
+  let hasHeader = prev !== undefined;
+  let pos = prev?.validEnd ?? 0;
+  let buf = Buffer.allocUnsafe(Math.min(Math.max(fileSize - pos, 64), 1 << 20));
   let bufStart = 0; // file offset of buf[0]
   let bufLen = 0;
   const ensure = async (from: number, len: number): Promise<boolean> => {
@@ -279,7 +287,6 @@ async function parse(fh: fs.FileHandle, name: string, opts: ReadDescriptorOption
     bufLen = bytesRead;
     return bytesRead >= len;
   };
-  let pos = 0;
   const stop = (why: string) => {
     d.torn = true;
     d.tornReason = why;

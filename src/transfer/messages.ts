@@ -23,6 +23,8 @@ export const MAX_RANGE_LEAVES = 256;
 /** Most proof nodes one `range` asks for: two per level of a tree over 2^40 leaves is 80. */
 export const MAX_PROOF_NODES = 128;
 
+/** Longest a `stat` with `after` waits before it answers (the client asks again): well inside the idle timeout. */
+export const STAT_WAIT_MS = 20_000;
 /** Most chunk references in one `list` answer. */
 export const MAX_LIST = 4096;
 /**
@@ -64,7 +66,8 @@ export type GetItem = [Uint8Array, number, number];
 export type Message =
   | { t: 'hello'; v: number; token?: string; chunker: ChunkerParams; hash: string }
   | { t: 'welcome'; v: number; chunker: ChunkerParams; hash: string; perms: Perm[]; maxFrame: number; maxRequests: number }
-  | { t: 'stat'; id: number; name: string }
+  /** `after`: answer once the blob's chunks end past this byte, it is finalized or deleted, or STAT_WAIT_MS have passed (a follower). */
+  | { t: 'stat'; id: number; name: string; after?: number }
   | { t: 'statr'; id: number; size: number; fin: boolean; hash?: Uint8Array }
   /** `max`: at most this many chunks in the answer (default and at most MAX_LIST). */
   | { t: 'list'; id: number; name: string; from: number; max?: number }
@@ -225,7 +228,7 @@ export function decode(frame: Uint8Array): Message {
       };
     }
     case 'stat':
-      return { t: 'stat', id: id(), name: str(m.name, 'name', 64) };
+      return { t: 'stat', id: id(), name: str(m.name, 'name', 64), ...(m.after === undefined ? {} : { after: count(m.after, 'after') }) };
     case 'statr':
       return {
         t: 'statr',

@@ -339,8 +339,8 @@ export class Peer {
       label: this.label,
       // An answer must fit in a frame this end accepts, with room for its framing.
       maxGetBytes: Math.max(64 * 1024, Math.min(MAX_GET_BYTES, (this.#o.maxFrame ?? MAX_FRAME) - FRAME_OVERHEAD)),
-      stat: async (name) => {
-        const r = await this.request({ t: 'stat', id: 0, name }, 'statr');
+      stat: async (name, after) => {
+        const r = await this.request({ t: 'stat', id: 0, name, ...(after === undefined ? {} : { after }) }, 'statr');
         // The hash as the library hands every hash out: a plain Uint8Array (the decoder gives a Buffer).
         return withHexJSON({ size: r.size, finalized: r.fin, ...(r.hash ? { hash: Uint8Array.from(r.hash) } : {}) });
       },

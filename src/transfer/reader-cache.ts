@@ -13,15 +13,17 @@ export const DEFAULT_READERS = 16;
 export class ReaderCache {
   readonly #readers = new Map<string, Promise<BlobReader>>();
 
+  /** `follow`: readers that follow (BlobReader.catchUp takes in what a blob being written has recorded since). */
   constructor(
     readonly store: BlobStore,
     readonly max = DEFAULT_READERS,
+    readonly follow = false,
   ) {}
 
   get(name: string): Promise<BlobReader> {
     let r = this.#readers.get(name);
     if (r) return r;
-    r = this.store.newBlobReader(name);
+    r = this.store.newBlobReader(name, { follow: this.follow });
     const mine = r;
     r.catch(() => {
       if (this.#readers.get(name) === mine) this.#readers.delete(name);

@@ -27,7 +27,7 @@ export interface OpenReaderOptions {
   signal?: AbortSignal;
 }
 
-export interface RemoteStreamOptions {
+export interface RemoteReaderStreamOptions {
   /** First byte (default 0). */
   start?: number;
   /** End, exclusive (default and at most the blob's size). */
@@ -248,7 +248,7 @@ export class RemoteBlobReader {
   }
 
   /** A Readable of bytes [start, end), verified, fetched RANGE_AHEAD requests ahead of its reader. Independent of the seek position. */
-  stream(options: RemoteStreamOptions = {}): Readable {
+  stream(options: RemoteReaderStreamOptions = {}): Readable {
     this.#check();
     const start = options.start ?? 0;
     const asked = options.end ?? this.size;

@@ -6,7 +6,8 @@ export interface RemoteSource {
   label: string;
   /** The most bytes one `get` may ask for (default MAX_GET_BYTES). */
   maxGetBytes?: number;
-  stat(name: string): Promise<{ size: number; finalized: boolean; hash?: Uint8Array }>;
+  /** With `after` (a follower; peers only): answers once the blob's recorded chunks end past that byte, it is finalized, or a while has passed. */
+  stat(name: string, after?: number): Promise<{ size: number; finalized: boolean; hash?: Uint8Array }>;
   /** The blob's chunks from number `from`, a page at a time (of at most `max`, if given and the source heeds it). */
   list(name: string, from: number, max?: number): Promise<{ chunks: WireChunk[]; end: boolean }>;
   /**

@@ -6,11 +6,11 @@ import { overlapsDamage } from '../format/damage.js';
 import { catchUpBlob } from '../index/catchup.js';
 import type { BlobStore } from '../store.js';
 import type { BlobReader } from '../blob/reader.js';
-import { MAX_LIST, FINE_CHUNKER, FINE_HASH_BYTES, DATA_FRAME_BYTES, encodeDataFrame, type GetItem, type Message, type Perm, type WireChunk } from './messages.js';
+import { MAX_LIST, STAT_WAIT_MS, FINE_CHUNKER, FINE_HASH_BYTES, DATA_FRAME_BYTES, encodeDataFrame, type GetItem, type Message, type Perm, type WireChunk } from './messages.js';
 import { receive } from './receive.js';
 import type { RemoteSource } from './remote.js';
 import { ByteBudget } from './budget.js';
-import { ReaderCache } from './reader-cache.js';
+import { DEFAULT_READERS, ReaderCache } from './reader-cache.js';
 import type { WireCount } from './stats.js';
 import { ServeAccount } from './serve-event.js';
 import { ListDigest } from './list-digest.js';
@@ -80,10 +80,13 @@ export class Serving {
   readonly #receiving = new Map<number, AbortController>();
   /** What the other end did here, for a server's ServeEvent. */
   readonly account = new ServeAccount();
+  /** Ends the `stat`s that wait (for a blob being written) when the connection goes. */
+  readonly #gone = new AbortController();
 
   constructor(c: ServeContext) {
     this.#c = c;
-    this.#readers = new ReaderCache(c.store);
+    // Followers: a blob being written is served as far as its chunks are recorded, which grows.
+    this.#readers = new ReaderCache(c.store, DEFAULT_READERS, true);
     if (c.wire) this.account.wire = c.wire;
   }
 
@@ -119,6 +122,7 @@ export class Serving {
 
   /** The connection is gone: close readers. Gets stop at their next frame; a push being received fails on its next request. */
   close(): void {
+    this.#gone.abort();
     this.#spare = [];
     this.#spareBytes = 0;
     void this.#readers.close();
@@ -135,12 +139,20 @@ export class Serving {
       case 'stat': {
         this.#need('read');
         const name = this.#servable(m.name);
-        const r = await store.newBlobReader(name); // fresh: an unfinalized blob grows
-        await r.close();
+        // Fresh: an unfinalized blob grows. With `after`, a follower waits for its chunks to end past it.
+        const follow = m.after !== undefined;
+        const r = await store.newBlobReader(name, { follow });
+        try {
+          if (follow) await r.waitForChunks(m.after!, AbortSignal.any([this.#gone.signal, AbortSignal.timeout(STAT_WAIT_MS)])).catch((e: unknown) => {
+            if (!isCabError(e, 'ERR_ABORTED')) throw e; // waited long enough: the answer is how the blob is now
+          });
+        } finally {
+          await r.close();
+        }
         return { t: 'statr', id: m.id, size: r.size, fin: r.isFinalized, ...(r.hash ? { hash: r.hash } : {}) };
       }
       case 'list': {
-        const name = await this.#listable(m.name, m.from === 0);
+        const name = await this.#listable(m.name, m.from === 0, true);
         const c: WireChunk[] = [];
         for (const x of store.index.blobChunks(name, m.from)) {
           c.push([x.hash, x.size]);
@@ -267,16 +279,19 @@ export class Serving {
   }
 
   /**
-   * A blob whose chunk list this end may serve: finalized, and servable.
-   * `catchUp`: the list is read from its start, so the index is brought up
-   * to the descriptor first (a commit that found the disk full leaves it behind).
+   * A blob whose chunk list this end may serve: finalized (or, `open`, being
+   * written: its chunks recorded so far), and servable. `catchUp`: the list
+   * is read from its start, so the index is brought up to the descriptor
+   * first (a commit that found the disk full leaves it behind); a blob
+   * being written is always caught up (another process may be writing it).
    */
-  async #listable(name: string, catchUp: boolean): Promise<string> {
+  async #listable(name: string, catchUp: boolean, open = false): Promise<string> {
     this.#need('read');
     this.#servable(name);
     const r = await this.#readers.get(name);
-    if (!r.isFinalized) throw new CabError('ERR_BLOB_NOT_FINALIZED', `blob ${name} is not finalized`, { blob: name });
-    if (catchUp) await catchUpBlob(this.#c.store.index, this.#c.store.layout, name);
+    if (!r.isFinalized) await r.catchUp(); // a cached reader may predate the final record
+    if (!r.isFinalized && !open) throw new CabError('ERR_BLOB_NOT_FINALIZED', `blob ${name} is not finalized`, { blob: name });
+    if (catchUp || !r.isFinalized) await catchUpBlob(this.#c.store.index, this.#c.store.layout, name);
     return name;
   }
 
@@ -326,6 +341,8 @@ export class Serving {
         throw new CabError('ERR_ILLEGAL_POSITION', `range ${off}+${len} is outside the chunk (${loc.size} bytes)`);
       }
       const r = await this.#readers.get(loc.blob);
+      // A blob being written: the chunk may have been recorded since its reader last looked.
+      if (loc.offset + loc.size > r.size && !r.isFinalized) await r.catchUp();
       if (loc.offset + loc.size > r.size) {
         gone = true;
         continue;

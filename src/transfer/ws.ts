@@ -15,6 +15,9 @@ import { authenticate } from './handshake.js';
 import { wire, wsTransport } from './ws-transport.js';
 import { orAbort } from './abort.js';
 import { checkConnectArgs } from './connect-args.js';
+import type { Readable } from 'node:stream';
+import { checkBlobName } from '../format/layout.js';
+import { remoteStream, type RemoteStreamOptions } from './follow-remote.js';
 import type { WireCount } from './stats.js';
 import { RemoteBlobReader, type OpenReaderOptions } from './remote-reader.js';
 
@@ -239,6 +242,8 @@ export interface CabClient {
    * trusted `hash`, else the one the server announces) before it is returned.
    */
   openReader(name: string, options?: OpenReaderOptions): Promise<RemoteBlobReader>;
+  /** A remote blob's bytes, each chunk checked as it comes, the root at the end; with `follow`, a blob still being written (see RemoteStreamOptions). Nothing is stored here. */
+  stream(name: string, options?: RemoteStreamOptions): Readable;
   /** Closes the connection; calling it again returns the same promise. */
   close(): Promise<void>;
   /** `await using c = await connect(...)`: close(). */
@@ -296,6 +301,7 @@ export async function connect(store: BlobStore, url: string, options: ConnectOpt
     pull: (name, o) => peer.pull(name, o),
     push: (name, o) => peer.push(name, o),
     openReader: (name, o) => RemoteBlobReader.open(peer, name, o),
+    stream: (name, o) => remoteStream(peer.source(), checkBlobName(name), o),
     close() {
       closing ??= (async () => {
         if (ws.readyState !== WebSocket.CLOSED) {

@@ -3,16 +3,32 @@
 import type { Command } from 'commander';
 import { CabError, isCabError } from '../../src/errors.js';
 import { ioError } from '../../src/errors.js';
+import { checkBlobName } from '../../src/format/layout.js';
 import { remoteGet, writeOut, type RemoteGetOptions } from './remote-get.js';
-import { hex as toHex, json, lib, out, token, withScratchStore, withStore } from './context.js';
+import { hex as toHex, json, lib, out, readText, token, withScratchStore, withStore } from './context.js';
 
-async function writeBlob(name: string, output?: string): Promise<void> {
+async function writeBlob(name: string, output?: string, follow = false): Promise<void> {
   await withStore(false, async (s) => {
-    const r = await s.newBlobReader(name);
+    const r = await s.newBlobReader(name, { follow });
     try {
       await writeOut(r.stream(), r.size, `get ${name.slice(0, 8)}`, output);
     } finally {
       await r.close();
+    }
+  });
+}
+
+/** get --from URL --follow: a blob the server is still writing, each chunk checked as it comes and the root at the end; no store here. */
+async function followRemote(url: string, name: string, o: { output?: string; tokenFile?: string; ca?: string }): Promise<void> {
+  checkBlobName(name);
+  const { connect } = await lib.net();
+  await withScratchStore(async (s) => {
+    const c = await connect(s, url, { token: token(o), ...(o.ca ? { ca: readText(o.ca) } : {}) });
+    try {
+      const size = (await c.stat(name)).size;
+      await writeOut(c.stream(name, { follow: true }), size, `get ${name.slice(0, 8)}`, o.output);
+    } finally {
+      await c.close();
     }
   });
 }
@@ -23,22 +39,25 @@ export function blobCommands(program: Command): void {
     .description('write a blob to a file (-o) or to stdout; with --from, a range (or all) of a blob on a server, every byte verified, nothing stored')
     .argument('<name>')
     .option('-o, --output <file>', 'write here instead of stdout')
+    .option('--follow', 'the blob is being written: write its bytes as they are flushed, and end when it is finalized')
     .option('--from <url>', 'read the blob from this server instead of the store')
     .option('--range <start-end>', 'with --from: bytes START to END (exclusive), or START- to the end')
     .option('--hash <hex>', "with --from: the blob's root, as you know it; a server announcing another fails with ERR_HASH_MISMATCH")
     .option('--token-file <file>', 'with --from: the token (first line); else $CABSTORE_TOKEN')
     .option('--ca <file>', 'with --from: PEM CA for wss://')
-    .action(async (name: string, o: Partial<RemoteGetOptions>) => {
-      if (o.from !== undefined) return remoteGet(name, { ...o, from: o.from });
+    .action(async (name: string, o: Partial<RemoteGetOptions> & { follow?: boolean }) => {
+      if (o.follow && (o.range !== undefined || o.hash !== undefined)) throw new CabError('ERR_BAD_ARGUMENT', '--follow reads a whole blob as it grows: not with --range or --hash');
+      if (o.from !== undefined) return o.follow ? followRemote(o.from, name, o) : remoteGet(name, { ...o, from: o.from });
       if (o.range !== undefined || o.hash !== undefined) throw new CabError('ERR_BAD_ARGUMENT', '--range and --hash go with --from');
-      return writeBlob(name, o.output);
+      return writeBlob(name, o.output, o.follow);
     });
 
   program
     .command('cat')
     .description('write a blob to stdout')
     .argument('<name>')
-    .action(async (name: string) => writeBlob(name));
+    .option('--follow', 'the blob is being written: write its bytes as they are flushed, and end when it is finalized')
+    .action(async (name: string, o: { follow?: boolean }) => writeBlob(name, undefined, o.follow));
 
   program
     .command('ls')
