@@ -107,12 +107,12 @@ test('the write stream has backpressure in bytes: two blocks of highWaterMark, t
   await w.close();
   t.true((await readAll(s, w.name)).equals(data));
 
-  // The default: blocks of 4 MiB.
+  // The default: blocks of 1 MiB.
   const w2 = await s.newBlobWriter();
   const ws2 = w2.createWriteStream();
   let off2 = 0;
   while (ws2.write(new Uint8Array(4 * KiB))) off2 += 4 * KiB;
-  t.true(off2 >= 8 * MiB && off2 <= 8 * MiB + 16 * KiB, `${off2}`);
+  t.true(off2 >= 2 * MiB && off2 <= 2 * MiB + 16 * KiB, `${off2}`);
   ws2.end();
   await once(ws2, 'finish');
   t.is(w2.size, off2 + 4 * KiB);
@@ -167,7 +167,7 @@ test('a source that throws: its error as it came, the bytes before it appended, 
   const s = await tempStore(t);
   const data = prngBytes('throws', 6 * MiB);
   const boom = new Error('source failed');
-  const cut = 5 * MiB + 12_345; // more than one 4 MiB block, and a part block
+  const cut = 5 * MiB + 12_345; // more than one block, and a part block
   const w = await s.newBlobWriter();
   const e = await t.throwsAsync(
     w.appendStream(

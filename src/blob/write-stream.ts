@@ -1,9 +1,10 @@
 import { Writable } from 'node:stream';
 import { CabError, abortError, raceAbort } from '../errors.js';
+import { RECYCLED_BYTES, recycledBuffer } from '../hash/pool.js';
 import { READ_BLOCK, checkSignal } from './input.js';
 
-/** Bytes of a blob write stream's block (see WriteStreamOptions.highWaterMark). */
-export const DEFAULT_WRITE_STREAM_HIGH_WATER_MARK = 4 * 1024 * 1024;
+/** Bytes of a blob write stream's block (see WriteStreamOptions.highWaterMark): one recycled buffer. */
+export const DEFAULT_WRITE_STREAM_HIGH_WATER_MARK = RECYCLED_BYTES;
 
 /** What appendStream reads: an iterable of byte arrays, async or not. A Node Readable is one (without an encoding set). */
 export type ByteSource = AsyncIterable<Uint8Array> | Iterable<Uint8Array>;
@@ -26,7 +27,7 @@ export type ByteSource = AsyncIterable<Uint8Array> | Iterable<Uint8Array>;
  */
 export interface WriteStreamOptions {
   /**
-   * The stream's block (default DEFAULT_WRITE_STREAM_HIGH_WATER_MARK, 4 MiB):
+   * The stream's block (default DEFAULT_WRITE_STREAM_HIGH_WATER_MARK, 1 MiB):
    * writes are copied into it and acknowledged at once; a full block is
    * appended while the next fills, and a write that fills that one too
    * waits. The stream holds two blocks at most, however small the writes.
@@ -34,7 +35,7 @@ export interface WriteStreamOptions {
   highWaterMark?: number;
   /**
    * Destroys the stream with ERR_ABORTED. A write under way stops between
-   * blocks (4 MiB at most); what was appended before stays, so the blob
+   * blocks (1 MiB by default); what was appended before stays, so the blob
    * holds a prefix of what was written. The writer stays open.
    */
   signal?: AbortSignal;
@@ -318,9 +319,14 @@ class BlockFiller {
   #fill = 0;
   constructor(readonly size: number) {}
 
-  /** Copies what fits of piece[off..] into the block; returns how many bytes. */
+  /**
+   * Copies what fits of piece[off..] into the block; returns how many bytes.
+   * A block of up to RECYCLED_BYTES is recycled memory, which the hashing
+   * thread hands back once done with it: fresh memory for every block cost
+   * a page fault per 4 KiB.
+   */
   put(piece: Uint8Array, off: number): number {
-    this.#block ??= Buffer.allocUnsafe(this.size);
+    this.#block ??= this.size <= RECYCLED_BYTES ? recycledBuffer(this.size) : Buffer.allocUnsafe(this.size);
     const n = Math.min(piece.length - off, this.size - this.#fill);
     this.#block.set(n === piece.length ? piece : piece.subarray(off, off + n), this.#fill);
     this.#fill += n;

@@ -187,7 +187,7 @@ export class BlobWriter {
   /**
    * Appends everything `source` gives (an AsyncIterable or Iterable of
    * Uint8Arrays, or a Node Readable) and resolves to the number of bytes.
-   * Small pieces are gathered into 4 MiB blocks, so that they cost what
+   * Small pieces are gathered into 1 MiB blocks, so that they cost what
    * large ones do; at most one block of the source is held at a time, and
    * the source may reuse its buffer for the next piece. Strings, and a
    * Readable with an encoding set, reject with ERR_BAD_ARGUMENT before
