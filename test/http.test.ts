@@ -287,3 +287,50 @@ test('serve --upload-expiry takes a duration with a unit; anything else is bad u
   const dir = tempDir(t);
   assertUsage(t, await cli(['--store', dir, 'serve', '--insecure', '--upload-expiry', 'soon']), 'a duration');
 });
+
+test('GET ?follow=1 of a blob being written streams its bytes as they are flushed and ends at finalize, with the root in a trailer', async (t) => {
+  const store = await tempStore(t);
+  const { base } = await served(t, store);
+  const data = random(3 * 1024 * 1024 + 777);
+  const w = await store.newBlobWriter();
+  await w.appendBytes(data.subarray(0, 1_000_000));
+  await w.flush();
+  const http = await import('node:http');
+  const body: Buffer[] = [];
+  let got = 0;
+  const firstBytes = new Promise<void>((resolve) => {
+    const wait = setInterval(() => {
+      if (got > 0) {
+        clearInterval(wait);
+        resolve();
+      }
+    }, 5);
+  });
+  const done = new Promise<{ status: number; trailers: NodeJS.Dict<string> }>((resolve, reject) => {
+    http
+      .get(`${base}/blobs/${w.name}?follow=1`, { headers: { authorization: 'Bearer ro' } }, (res) => {
+        res.on('data', (b: Buffer) => {
+          body.push(b);
+          got += b.length;
+        });
+        res.on('end', () => resolve({ status: res.statusCode!, trailers: res.trailers }));
+        res.on('error', reject);
+      })
+      .on('error', reject);
+  });
+  await firstBytes; // bytes flushed before the blob is finalized reach the client
+  t.false(w.isFinalized);
+  await w.appendBytes(data.subarray(1_000_000));
+  await w.close();
+  const r = await done;
+  t.is(r.status, 200);
+  t.true(Buffer.concat(body).equals(data), 'every byte, in order');
+  t.is(r.trailers['x-cabstore-root'], toHex(merkleRoot(data)));
+  // A Range cannot be followed; HEAD of an unfinished blob is still 409.
+  const w2 = await store.newBlobWriter();
+  await w2.appendBytes(data.subarray(0, 1000));
+  await w2.flush();
+  t.is((await get(`${base}/blobs/${w2.name}?follow=1`, 'ro', { range: 'bytes=0-10' })).status, 416);
+  t.is((await get(`${base}/blobs/${w2.name}`, 'ro')).status, 409);
+  await w2.closeWithoutFinalize();
+});

@@ -377,8 +377,11 @@ export class Ingest {
    */
   async settle(): Promise<void> {
     if (this.#deferHash) return;
+    // Asked first: the thread answers the block's hashes, then the digest, in one round trip.
+    const digest = this.#job.digest();
+    digest.catch(() => {});
     await this.#drain();
-    this.hash = await this.#job.digest();
+    this.hash = await digest;
   }
 
   /** The blob hash of everything appended so far, from the hashing thread. */

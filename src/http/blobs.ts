@@ -15,20 +15,36 @@ export const ROOT_HEADER = 'x-cabstore-root';
  * handed out. A read that finds damage mid-answer cuts the connection: the
  * client sees a short body, never wrong bytes.
  *
- * TODO(issue 18, follow mode): a blob still being written is answered 409
- * for now; once the reader can follow a growing blob, `?follow=1` (or
- * `Prefer: follow`) should stream it chunked as it grows, ending at finalize.
+ * A blob still being written is 409, unless the client asks to follow it
+ * (`?follow=1`, GET only, no Range): then its bytes are sent chunked as
+ * they are flushed (each checked as any read), and the response ends when
+ * the writer finalizes, with the root in the X-Cabstore-Root trailer. A
+ * blob deleted meanwhile cuts the response short.
  */
 export async function getBlob(store: BlobStore, name: string, req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+  const follow = req.method === 'GET' && new URLSearchParams((req.url ?? '').split('?')[1] ?? '').get('follow') === '1';
+  const gone = new AbortController();
+  res.once('close', () => gone.abort());
   let r;
   try {
-    r = await store.newBlobReader(name);
+    r = await store.newBlobReader(name, follow ? { follow: true, signal: gone.signal } : {});
   } catch (e) {
     if (isCabError(e, 'ERR_NO_SUCH_BLOB')) return sendError(res, 404, e);
     throw e;
   }
   try {
-    if (!r.isFinalized) return sendError(res, 409, `blob ${name} is still being written (${r.size} bytes so far); it can be read once finalized`);
+    if (!r.isFinalized && follow) {
+      if (header(req, 'range') !== undefined) return sendError(res, 416, 'a Range cannot be followed: ask for the whole blob with ?follow=1');
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'cache-control': 'no-store', trailer: ROOT_HEADER });
+      // The stream ends at finalize; a delete, a damaged chunk or the client leaving cuts it (no trailer then).
+      await pipeline(r.stream(), res, { end: false }).catch(() => res.destroy());
+      if (!res.destroyed) {
+        if (r.hash) res.addTrailers({ [ROOT_HEADER]: toHex(r.hash) });
+        res.end();
+      }
+      return;
+    }
+    if (!r.isFinalized) return sendError(res, 409, `blob ${name} is still being written (${r.size} bytes so far); it can be read once finalized, or followed with ?follow=1`);
     const root = toHex(r.hash!);
     const etag = `"${root}"`;
     const headers: http.OutgoingHttpHeaders = {
