@@ -377,8 +377,7 @@ export class Ingest {
    */
   async settle(): Promise<void> {
     if (this.#deferHash) return;
-    // Asked first: the thread answers the block's hashes, then the digest, in one round trip.
-    const digest = this.#job.digest();
+    const digest = this.#job.digest(); // asked first: the block's hashes, then the digest, in one round trip
     digest.catch(() => {});
     await this.#drain();
     this.hash = await digest;

@@ -115,7 +115,7 @@ export class BlobWriter {
    * by having no `file` key.
    *
    * Each call waits for the hashing thread, so that `hash` is current when
-   * it resolves: a round trip of about 0.1 ms. For many small pieces, pass
+   * it resolves: a round trip of about 0.15 ms. For many small pieces, pass
    * them in one call, or use appendStream or createWriteStream.
    */
   appendBytes(...items: AppendItem[]): Promise<void>;
