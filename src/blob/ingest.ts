@@ -133,9 +133,8 @@ export class Ingest {
     // A plain Uint8Array view keeps the chunker's loop monomorphic (Buffers and Uint8Arrays both arrive here).
     const view = block.constructor === Uint8Array ? block : new Uint8Array(block.buffer, block.byteOffset, block.byteLength);
     const cuts = this.#chunker.push(view, this.#cuts);
-    // As long as this thread has been waiting for the hashing thread (per block, on average), it hashes
-    // whole chunks of this block itself, while they are in cache, for about as long: the hashing work
-    // balances between the two threads by itself, whatever the machine and the input.
+    // For about as long as this thread waited for the hashing thread per block (on average), it hashes whole
+    // chunks of this block itself, in cache: the work balances between the two, whatever the machine.
     let budget = known ? 0 : this.#waitMs;
     const ends: number[] = [];
     const skip: number[] | undefined = known || budget > 0 ? [] : undefined;
@@ -172,7 +171,7 @@ export class Ingest {
     this.#queue.push({ hold, hashes, chunks, size: len });
     this.#queuedBytes += len;
     // One block behind: the previous block's hashes are in, or nearly, while this one is hashed.
-    while (this.#queue.length > 1) await this.#decide(this.#queue.shift()!);
+    while (this.#queue.length > 1) await this.#decide(this.#queue.shift()!, true);
     await this.#job.room();
   }
 
@@ -239,13 +238,14 @@ export class Ingest {
   }
 
   /** The chunks that ended in a block, by their hashes; then the block's new bytes are written and it goes. */
-  async #decide(b: PendingBlock): Promise<void> {
+  /** `steady`: one block behind (feed), where a wait means the hashing thread is behind; a drain waits for the last block in any case. */
+  async #decide(b: PendingBlock, steady = false): Promise<void> {
     this.#queuedBytes -= b.size;
     const writes: number[] = [];
     try {
       const t = performance.now();
       const hashes = await b.hashes;
-      this.#waitMs = 0.75 * this.#waitMs + 0.25 * (performance.now() - t);
+      if (steady) this.#waitMs = 0.75 * this.#waitMs + 0.25 * (performance.now() - t);
       for (const c of b.chunks) await this.#place(c, c.known ?? hashes.slice(32 * c.idx, 32 * c.idx + 32), writes);
     } finally {
       // Released on every path: the hashing thread keeps nothing for a writer that failed.

@@ -260,6 +260,11 @@ export class BlobWriter {
     return this.#run(() => this.#mutate(() => this.#ingest.settle().then(() => this.#log.run(false))));
   }
 
+  /** @internal A checkpoint of what was appended, made durable in the background (at most one behind); the next flush() waits for it. */
+  checkpointSoon(): Promise<void> {
+    return this.#run(() => this.#mutate(() => this.#log.run(false, false)));
+  }
+
   /** Makes everything durable and releases the blob, unfinalized: it can be resumed. */
   closeWithoutFinalize(): Promise<void> {
     if (this.#state !== 'open') return Promise.resolve();

@@ -7,11 +7,12 @@ import type { BlobStore } from '../store.js';
 import type { BlobWriter } from '../blob/writer.js';
 
 /**
- * Bytes of a PATCH body appended between two durable checkpoints: a server
- * killed mid-PATCH has lost (and the client sends again) at most about this
- * much. Each checkpoint is an fsync of the fragment and the descriptor.
+ * Bytes of a PATCH body appended between two checkpoints. A checkpoint is
+ * made durable (fsync of the fragment and the descriptor) while the next
+ * segment is read, so a server killed mid-PATCH has lost (and the client
+ * sends again) at most about twice this much.
  */
-export const UPLOAD_FLUSH_BYTES = 8 * 1024 * 1024;
+export const UPLOAD_FLUSH_BYTES = 6 * 1024 * 1024;
 
 /**
  * tus uploads as blobs of this store (a DataStore of @tus/server). The
@@ -170,8 +171,8 @@ export class BlobUploads extends DataStore {
 }
 
 /**
- * Appends everything `stream` gives, with a durable checkpoint every
- * UPLOAD_FLUSH_BYTES and at the end. If the stream fails (the body is
+ * Appends everything `stream` gives, with a checkpoint every
+ * UPLOAD_FLUSH_BYTES (durable by the next one) and a durable one at the end. If the stream fails (the body is
  * longer than the upload), what it gave before is appended and its error
  * is thrown.
  */
@@ -202,8 +203,11 @@ async function appendFlushed(w: BlobWriter, stream: Readable): Promise<void> {
     }
   }
   // A failure leaves the writer to its caller's closeWithoutFinalize, which makes what was appended durable.
+  // Each segment's checkpoint is made durable while the next is read (waiting for it held the socket up
+  // for an fsync every 8 MiB); the PATCH answers only once everything is durable (flush).
   while (!ended) {
     await w.appendStream(segment());
-    await w.flush();
+    if (!ended) await w.checkpointSoon();
   }
+  await w.flush();
 }
