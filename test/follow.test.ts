@@ -30,6 +30,12 @@ async function readToEnd(r: BlobReader, buf = Buffer.alloc(64 * KiB)): Promise<B
 }
 
 /** Settles within `ms`, or says it did not (a follower must be waiting, not done). */
+/** Waits until `cond()` holds (at most 30 s: a loaded machine may be slow to deliver what is there). */
+async function until(cond: () => boolean): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  while (!cond() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+}
+
 async function pending<T>(p: Promise<T>, ms = 300): Promise<boolean> {
   const late = Symbol('late');
   p.catch(() => {});
@@ -132,6 +138,8 @@ test('a stream that follows: ERR_NO_SUCH_BLOB when the blob is deleted, after ev
   const done = (async () => {
     for await (const b of r.stream() as AsyncIterable<Buffer>) got.push(b);
   })();
+  // Every byte first (however slow the machine), then the stream waits at the end.
+  await until(() => Buffer.concat(got).length >= data.length);
   t.true(await pending(done), 'the stream waits at the end');
   t.deepEqual(Buffer.concat(got), data);
   await store.deleteBlob(w.name);
@@ -161,6 +169,7 @@ test("the follower's signal ends a waiting read, and a stream's signal its strea
   const done = (async () => {
     for await (const b of s as AsyncIterable<Buffer>) bytes += b.length;
   })();
+  await until(() => bytes >= 50 * KiB);
   t.true(await pending(done));
   t.is(bytes, 50 * KiB);
   ac2.abort();
@@ -233,6 +242,7 @@ test('a client follows a blob the server is still writing, over a real socket: e
     at += k;
     await w.flush();
   }
+  await until(() => got.length > 0);
   t.true(await pending(done, 200), 'the stream waits for the finalize');
   t.true(Buffer.concat(got).length > 0, 'bytes came before the finalize');
   await w.close();
