@@ -31,19 +31,32 @@ function errorOf(e: Error): { message: string; code?: string } {
   return { message: e.message, code: (e as NodeJS.ErrnoException).code };
 }
 
+/** Bytes of a `data` message the thread is done with, and the buffer when it goes back (a recycled one). */
+interface Ack {
+  n: number;
+  buf?: ArrayBufferLike;
+}
+
 /**
- * Answers request `seq`. `ack`: the bytes of a `data` message are done
- * with, said in the same message (a message from this thread costs about
- * 0.2 ms: one per block, not two).
+ * Answers request `seq`; with `ack`, in the same message (a message from
+ * this thread costs about 0.2 ms: one per block, not two).
  */
-function reply(seq: number, job: Job | undefined, value: () => unknown, ack: { n: number } = { n: 0 }): void {
-  if (!job) return port.postMessage({ t: 'res', seq, ...ack, error: { message: 'no such hash job', code: 'ERR_CLOSED' } });
-  if (job.error) return port.postMessage({ t: 'res', seq, ...ack, error: errorOf(job.error) });
+function reply(seq: number, job: Job | undefined, value: () => unknown, ack: Ack = { n: 0 }): void {
+  const transfer = ack.buf ? [ack.buf as ArrayBuffer] : [];
+  if (!job) return port.postMessage({ t: 'res', seq, ...ack, error: { message: 'no such hash job', code: 'ERR_CLOSED' } }, transfer);
+  if (job.error) return port.postMessage({ t: 'res', seq, ...ack, error: errorOf(job.error) }, transfer);
+  let v;
   try {
-    port.postMessage({ t: 'res', seq, ...ack, value: value() });
+    v = value();
   } catch (e) {
-    port.postMessage({ t: 'res', seq, ...ack, error: errorOf(e as Error) });
+    return port.postMessage({ t: 'res', seq, ...ack, error: errorOf(e as Error) }, transfer);
   }
+  port.postMessage({ t: 'res', seq, ...ack, value: v }, transfer);
+}
+
+/** A held block let go: a recycled buffer goes back for the next one. */
+function release(h: Held): void {
+  if (h.back) port.postMessage({ t: 'ack', n: 0, buf: h.bytes.buffer }, [h.bytes.buffer as ArrayBuffer]);
 }
 
 /**
@@ -95,12 +108,6 @@ function write(job: Job, bytes: Uint8Array, writes: number[]): void {
   }
 }
 
-function giveBack(buf: ArrayBufferLike, n: number, back: boolean): void {
-  // A recycled buffer goes back with the ack, for the next one.
-  if (back) port.postMessage({ t: 'ack', n, buf }, [buf as ArrayBuffer]);
-  else port.postMessage({ t: 'ack', n });
-}
-
 port.on('message', (m: ToWorker) => {
   const job = jobs.get(m.id);
   switch (m.t) {
@@ -118,13 +125,12 @@ port.on('message', (m: ToWorker) => {
           job.error = e as Error;
         }
       }
+      // Held for the writes to come; otherwise done with (a recycled buffer goes back with the ack).
       const keep = m.hold !== undefined && job !== undefined && !job.error;
       if (keep) job.held.set(m.hold!, { bytes, back: m.back === true });
-      if (m.seq !== undefined && (keep || !m.back)) reply(m.seq, job, () => out ?? null, { n: m.len });
-      else {
-        if (m.seq !== undefined) reply(m.seq, job, () => out ?? null);
-        giveBack(m.buf, m.len, m.back === true);
-      }
+      const ack: Ack = !keep && m.back ? { n: m.len, buf: m.buf } : { n: m.len };
+      if (m.seq !== undefined) reply(m.seq, job, () => out ?? null, ack);
+      else port.postMessage({ t: 'ack', ...ack }, ack.buf ? [ack.buf as ArrayBuffer] : []);
       break;
     }
     case 'write': {
@@ -138,7 +144,7 @@ port.on('message', (m: ToWorker) => {
           job.error = e as Error;
         }
       }
-      if (h.back) port.postMessage({ t: 'ack', n: 0, buf: h.bytes.buffer }, [h.bytes.buffer as ArrayBuffer]);
+      release(h);
       break;
     }
     case 'frag':
@@ -166,7 +172,7 @@ port.on('message', (m: ToWorker) => {
       break;
     case 'close':
       jobs.delete(m.id);
-      if (job) for (const h of job.held.values()) if (h.back) port.postMessage({ t: 'ack', n: 0, buf: h.bytes.buffer }, [h.bytes.buffer as ArrayBuffer]);
+      if (job) for (const h of job.held.values()) release(h);
       port.postMessage({ t: 'res', seq: m.seq, value: null });
       break;
   }

@@ -32,7 +32,7 @@ export type ToWorker =
 type Request = 'written' | 'state' | 'digest' | 'open-chunk' | 'close';
 
 /** `n`: bytes of data the thread is done with (an ack), on an answer too. */
-type FromWorker = { t: 'ack'; n: number; buf?: ArrayBuffer } | { t: 'res'; seq: number; n?: number; value?: unknown; error?: { message: string; code?: string } };
+type FromWorker = { t: 'ack'; n: number; buf?: ArrayBuffer } | { t: 'res'; seq: number; n?: number; buf?: ArrayBuffer; value?: unknown; error?: { message: string; code?: string } };
 
 /** Bytes handed to the thread and not yet processed, before senders wait. */
 export const MAX_IN_FLIGHT = 16 * 1024 * 1024;
@@ -85,7 +85,7 @@ class HashThread {
     this.#worker.on('message', (m: FromWorker) => {
       if (m.t === 'ack' || m.n) {
         this.#inFlight -= m.n ?? 0;
-        if (m.t === 'ack' && m.buf && free.length < MAX_FREE) {
+        if (m.buf && free.length < MAX_FREE) {
           recyclable.add(m.buf);
           free.push(m.buf);
         }
@@ -150,11 +150,6 @@ class HashThread {
         reject(e as Error);
       }
     });
-  }
-
-  /** Whether the thread has data it has not finished with. */
-  get busy(): boolean {
-    return this.#inFlight > 0;
   }
 
   /** Resolves when the thread has room for more data. */
@@ -287,11 +282,6 @@ export class HashJob {
 
   room(): Promise<void> {
     return this.#t.room();
-  }
-
-  /** Whether the hashing thread (shared by every job) is still working on data sent earlier. */
-  get busy(): boolean {
-    return this.#t.busy;
   }
 
   /** Ends the job once the thread has done everything sent before (so its fd may be closed). */
