@@ -6,6 +6,7 @@
 // checked on arrival and the bytes chunked again).
 import test, { type ExecutionContext } from 'ava';
 import { BlobStore, connect, serve, decodeMessage, encodeMessage, isCabError, merkleRoot, toHex, type CabClient, type CabServer, type Message } from '../src/index.js';
+import { createHash } from 'node:crypto';
 import { prngBytes } from '../tools/data.js';
 import { tempStore, putBlob, readAll } from './helpers/store.js';
 import { wsProxy, decodedFrame, type FrameHook } from './helpers/proxies.js';
@@ -110,4 +111,53 @@ test('stores with different chunkers: a pull checks the claims on arrival and ch
   t.false(held.finalized);
   t.true(held.size <= BYTES.indexOf(flip.original()!), 'nothing at or after the bad chunk is kept');
   t.true((await readAll(other, name)).equals(BYTES.subarray(0, held.size)));
+});
+
+test('claims of chunks our chunker cannot cut (tiny ones) are checked on arrival and the bytes chunked again: the chunk index does not swell', async (t) => {
+  const store = await tempStore(t, { create: true });
+  const bytes = BYTES.subarray(0, 2 * MiB);
+  const tiny: Array<{ bytes: Buffer; hash: Buffer }> = [];
+  for (let at = 0; at < bytes.length; at += 512) {
+    const piece = bytes.subarray(at, at + 512);
+    tiny.push({ bytes: Buffer.from(piece), hash: createHash('sha256').update(piece).digest() });
+  }
+  const w = await store.newBlobWriter();
+  await w.appendVerified(tiny, store.chunker);
+  await w.close();
+  const sizes = [];
+  for await (const c of store.blobChunkStream(w.name)) sizes.push(c.size);
+  t.true(sizes.length < 100, `${sizes.length} chunks, cut by the store's chunker, not 4096 of 512 bytes`);
+  t.true((await readAll(store, w.name)).equals(bytes));
+
+  // The same tiny claims with one wrong: the chunks before it are kept, durable; the writer fails.
+  const w2 = await store.newBlobWriter();
+  const lie = tiny.map((c, i) => (i === 1000 ? { bytes: c.bytes, hash: tiny[0]!.hash } : c));
+  t.is(codeOf(await t.throwsAsync(w2.appendVerified(lie, store.chunker))), 'ERR_HASH_MISMATCH');
+  const held = await heldSize(store, w2.name);
+  t.true(held.size <= 1000 * 512, 'nothing from the bad chunk on');
+  t.true((await readAll(store, w2.name)).equals(bytes.subarray(0, held.size)));
+});
+
+test('claims our chunker could have cut, one of them wrong: checked by the hashing thread; the chunks before it are durable, the writer fails', async (t) => {
+  const store = await tempStore(t, { create: true });
+  const src = await tempStore(t, { create: true });
+  const name = await putBlob(src, BYTES);
+  const chunks: Array<{ bytes: Buffer; hash: Buffer }> = [];
+  let at = 0;
+  for await (const c of src.blobChunkStream(name)) {
+    chunks.push({ bytes: Buffer.from(BYTES.subarray(at, at + c.size)), hash: Buffer.from(c.hash) });
+    at += c.size;
+  }
+  const bad = chunks.length >> 1;
+  chunks[bad]!.bytes[7]! ^= 1;
+  const w = await store.newBlobWriter();
+  await w.appendVerified(chunks.slice(0, 10), store.chunker);
+  t.is(codeOf(await t.throwsAsync(w.appendVerified(chunks.slice(10), store.chunker))), 'ERR_HASH_MISMATCH');
+  const badAt = chunks.slice(0, bad).reduce((n, c) => n + c.bytes.length, 0);
+  const held = await heldSize(store, w.name);
+  t.is(held.size, badAt, 'every chunk before the bad one is kept, durable');
+  t.true((await readAll(store, w.name)).equals(BYTES.subarray(0, badAt)));
+  const again = await store.resumeBlobWriter(w.name);
+  t.is(again.size, badAt);
+  await again.closeWithoutFinalize();
 });

@@ -33,14 +33,17 @@ export interface VerifiedBlock {
 /**
  * appendVerified's blocks when the hashes are a peer's claims, not checked
  * yet. Cut by a peer with our chunker (`ours`, and the writer at a chunk
- * boundary), chunks without refs and no longer than `max` go as claims,
- * checked by the hashing thread, not chunked again (a peer that cuts
- * elsewhere only spoils its blob's dedup). Otherwise each is checked here;
- * the chunks before the first that fails are appended, and `bad` says why
- * the rest is not.
+ * boundary), chunks without refs and of sizes our chunker can cut (`min`
+ * to `max`; the last may be shorter: a blob's last chunk) go as claims,
+ * checked by the hashing thread, not chunked again. A peer that cuts
+ * elsewhere only spoils its own blob's dedup; it cannot swell the chunk
+ * index with tiny chunks (at most one short chunk per call). Otherwise each
+ * is checked here; the chunks before the first that fails are appended,
+ * and `bad` says why the rest is not.
  */
-export function claimedBlocks(chunks: readonly VerifiedChunk[], ours: boolean, max: number, at: { blob: string; offset: number }): { blocks: Iterable<VerifiedBlock>; bad?: CabError } {
-  if (ours && chunks.every((c) => !c.refs?.length && c.bytes.length > 0 && c.bytes.length <= max)) {
+export function claimedBlocks(chunks: readonly VerifiedChunk[], ours: boolean, params: { min: number; max: number }, at: { blob: string; offset: number }): { blocks: Iterable<VerifiedBlock>; bad?: CabError } {
+  const cuttable = (c: VerifiedChunk, i: number) => !c.refs?.length && c.bytes.length > 0 && c.bytes.length <= params.max && (c.bytes.length >= params.min || i === chunks.length - 1);
+  if (ours && chunks.every(cuttable)) {
     return { blocks: verifiedBlocks(chunks, true) };
   }
   const i = chunks.findIndex((c) => !bytesEqual(sha256(c.bytes), c.hash));

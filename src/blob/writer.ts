@@ -142,7 +142,7 @@ export class BlobWriter {
       this.#mutate(async () => {
         const at = { blob: this.name, offset: this.size };
         const fast = claimedBy && this.#ingest.atBoundary && sameChunkerParams(claimedBy, this.#s.chunker);
-        const { blocks, bad } = claimedBy ? claimedBlocks(chunks, fast === true, this.#s.chunker.max, at) : { blocks: verifiedBlocks(chunks) };
+        const { blocks, bad } = claimedBy ? claimedBlocks(chunks, fast === true, this.#s.chunker, at) : { blocks: verifiedBlocks(chunks) };
         for (const b of blocks) await this.#feed(b.block, b.refs, true, b.known, b.claimed);
         if (bad) throw (await this.#log.run(false), bad);
         await this.#ingest.settle();
