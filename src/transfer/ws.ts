@@ -228,6 +228,8 @@ export interface ConnectOptions {
 
 export interface CabClient {
   readonly url: string;
+  /** @internal The session, for fetchBlob (its source, and the server's chunker). */
+  readonly peer: Peer;
   /** Frame payload bytes this connection has sent and received so far. */
   readonly wire: Readonly<WireCount>;
   /** Size, finalized, and hash (a Uint8Array, as everywhere; hex in JSON) of a remote blob. `signal` stops waiting for the answer (ERR_ABORTED). */
@@ -296,6 +298,7 @@ export async function connect(store: BlobStore, url: string, options: ConnectOpt
   let closing: Promise<void> | undefined;
   const client: CabClient = {
     url,
+    peer,
     wire: count,
     stat: (name, o) => orAbort(peer.source().stat(name), o?.signal, name),
     pull: (name, o) => peer.pull(name, o),

@@ -1,0 +1,100 @@
+import type { SourceEntry, SourceSet } from './sources.js';
+import { MIN_IN_FLIGHT, Pace } from './pace.js';
+
+/**
+ * Bytes of whole chunks asked for and not yet written, from one source:
+ * what a fetch holds in memory, at most, and what a cancelled one still
+ * takes in (and writes) before it stops. Each further source adds
+ * MIN_IN_FLIGHT, up to twice this.
+ */
+export const FETCH_WINDOW_BYTES = 8 * 1024 * 1024;
+/**
+ * A get at the head of the window (the next to write) that its source has
+ * sent nothing of for this long, while another source sits idle, is asked
+ * of that one too (the first answer is used). Hiccups of a loaded machine
+ * stay under it; a stalled source does not.
+ */
+export const STEAL_AFTER_MS = 500;
+
+/** One source as the fetch window uses it: how fast it delivers, and what is asked of it and not yet arrived. */
+export class Lane {
+  readonly pace: Pace;
+  /** Bytes asked for and not yet arrived (nor given up on): what a cut of this source loses, at most. */
+  inFlight = 0;
+
+  constructor(readonly entry: SourceEntry) {
+    // A source that answers all at once (a bundle, a local file) has no connection to cut: as much on its way as the window holds.
+    this.pace = new Pace(FETCH_WINDOW_BYTES, entry.src.stream ? undefined : FETCH_WINDOW_BYTES);
+  }
+
+  get live(): boolean {
+    return !this.entry.dropped;
+  }
+
+  /** Whether `bytes` more may be asked of it now. */
+  room(bytes: number): boolean {
+    return this.inFlight === 0 || this.inFlight + bytes <= this.pace.limit;
+  }
+}
+
+/**
+ * The window's lanes, one per live source of the set. Work goes by
+ * stealing: the next get goes to a lane with room (a fast source empties
+ * its lane sooner, and so takes more); among those, to one not yet measured
+ * (so each is), then to the fastest.
+ */
+export class Lanes {
+  readonly #lanes = new Map<SourceEntry, Lane>();
+
+  constructor(readonly set: SourceSet) {}
+
+  lane(e: SourceEntry): Lane {
+    let l = this.#lanes.get(e);
+    if (!l) this.#lanes.set(e, (l = new Lane(e)));
+    return l;
+  }
+
+  get live(): Lane[] {
+    return this.set.live.map((e) => this.lane(e));
+  }
+
+  /** The lane to ask `bytes` of now, if one has room. */
+  choose(bytes: number): Lane | undefined {
+    let best: Lane | undefined;
+    for (const l of this.live) {
+      if (!l.room(bytes)) continue;
+      if (!best || rank(l) > rank(best) || (rank(l) === rank(best) && l.inFlight < best.inFlight)) best = l;
+    }
+    return best;
+  }
+
+  /** A lane with nothing on its way, other than `not`, that would deliver `bytes` soonest. */
+  idle(not: Lane, bytes: number): Lane | undefined {
+    let best: Lane | undefined;
+    for (const l of this.live) {
+      if (l === not || l.inFlight > 0) continue;
+      if (!best || (l.pace.expect(bytes) ?? STEAL_AFTER_MS) < (best.pace.expect(bytes) ?? STEAL_AFTER_MS)) best = l;
+    }
+    return best;
+  }
+
+  /** The largest pace limit among the live lanes. */
+  get limit(): number {
+    return Math.max(0, ...this.live.map((l) => l.pace.limit));
+  }
+
+  /** Bytes the window may hold asked for and not written: more with more sources, so that each has work. */
+  get windowBytes(): number {
+    return Math.min(2 * FETCH_WINDOW_BYTES, FETCH_WINDOW_BYTES + Math.max(0, this.set.live.length - 1) * MIN_IN_FLIGHT);
+  }
+
+  /** Nothing is asked for for a while: no lane's rate is measured over it. */
+  paused(): void {
+    for (const l of this.#lanes.values()) l.pace.paused();
+  }
+}
+
+/** Unmeasured lanes first (Infinity), then by rate. */
+function rank(l: Lane): number {
+  return l.pace.rate ?? Number.POSITIVE_INFINITY;
+}
