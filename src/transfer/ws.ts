@@ -303,7 +303,7 @@ export async function connect(store: BlobStore, url: string, options: ConnectOpt
     stat: (name, o) => orAbort(peer.source().stat(name), o?.signal, name),
     pull: (name, o) => peer.pull(name, o),
     push: (name, o) => peer.push(name, o),
-    openReader: (name, o) => RemoteBlobReader.open(peer, name, o),
+    openReader: (name, o) => RemoteBlobReader.open(peer, name, o ?? {}, store),
     stream: (name, o) => remoteStream(peer.source(), checkBlobName(name), o),
     close() {
       closing ??= (async () => {
