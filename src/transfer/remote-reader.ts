@@ -2,7 +2,10 @@ import { Readable } from 'node:stream';
 import { CabError, abortError, isCabError } from '../errors.js';
 import { LEAF_SIZE } from '../hash/merkle.js';
 import { bytesEqual, hashArg, toHex } from '../hash/sha256.js';
-import { leafCount, nodeKey, planProof, settle, treeDepth, verifyRange, type KnownNode, type ProofPlan } from '../hash/proof.js';
+import { leafCount, nodeKey, planProof, settle, treeDepth, verifyRange, type ProofPlan } from '../hash/proof.js';
+import { HeldNodes } from './held-nodes.js';
+
+export { MAX_HELD_NODES } from './held-nodes.js';
 import { checkBlobName } from '../format/layout.js';
 import { MAX_RANGE_LEAVES } from './messages.js';
 import type { Peer } from './peer.js';
@@ -14,8 +17,6 @@ import { LocalCopy } from './local-copy.js';
 export const RANGE_LEAVES = 64;
 /** `range` requests a stream (or a long read) keeps in flight ahead of its reader. */
 export const RANGE_AHEAD = 8;
-/** Verified tree nodes a reader keeps (about 100 bytes each); the oldest go first, and are asked for again if needed. */
-export const MAX_HELD_NODES = 65536;
 
 export interface OpenReaderOptions {
   /**
@@ -47,45 +48,6 @@ export interface RemoteReaderStreamOptions {
   end?: number;
   /** Destroys the stream with ERR_ABORTED. */
   signal?: AbortSignal;
-}
-
-/** Verified nodes of one blob's tree, the root always among them, and nodes that requests in flight will verify. */
-class HeldNodes {
-  readonly #nodes = new Map<number, Uint8Array>();
-  readonly #promised = new Map<number, Promise<Uint8Array>>();
-
-  constructor(
-    readonly rootKey: number,
-    readonly root: Uint8Array,
-  ) {}
-
-  get(key: number): KnownNode | undefined {
-    if (key === this.rootKey) return this.root;
-    return this.#nodes.get(key) ?? this.#promised.get(key);
-  }
-
-  /** The nodes a request's answer will verify, as promises: a request made meanwhile waits for them rather than asking for them again. */
-  promise(keys: Iterable<number>, verified: Promise<Map<number, Uint8Array>>): void {
-    for (const key of keys) {
-      if (this.get(key)) continue;
-      const p = verified.then((nodes) => nodes.get(key)!);
-      p.catch(() => {}); // a failed request fails whoever waits on it; nobody else need hear
-      this.#promised.set(key, p);
-    }
-  }
-
-  settle(keys: Iterable<number>, nodes: Map<number, Uint8Array> | undefined): void {
-    for (const key of keys) this.#promised.delete(key);
-    if (!nodes) return;
-    for (const [k, h] of nodes) {
-      this.#nodes.delete(k);
-      this.#nodes.set(k, h);
-    }
-    for (const k of this.#nodes.keys()) {
-      if (this.#nodes.size <= MAX_HELD_NODES) break;
-      this.#nodes.delete(k);
-    }
-  }
 }
 
 /** The keys of the nodes a plan's climb computes from its leaves, and of the uncles it asks for. */
