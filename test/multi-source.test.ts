@@ -158,6 +158,27 @@ test('a source that stops answering is dropped after stallMs, its gets go to the
   t.is(report(stats, a.url)?.dropped, undefined);
 });
 
+test('work goes by how fast each source answers: one that answers slowly sends a small share, and the pull does not wait on it', async (t) => {
+  const a = await server(t, BIG);
+  const name = a.name;
+  const b = await server(t, BIG, name);
+  // Each data frame of the slow source is held 40 ms (in order): about 1.5 MB/s against the others' tens or hundreds.
+  let chain = Promise.resolve();
+  const slowUrl = await proxyT(t, (await server(t, BIG, name)).url, (frame, _bin, link) => {
+    const delay = (decodeMessage(frame) as Message).t === 'data' ? 40 : 0;
+    chain = chain.then(() => new Promise<void>((r) => setTimeout(r, delay))).then(() => link.down.send(frame, { binary: true }, () => {}));
+    return null;
+  });
+  const local = await tempStore(t);
+  const stats = await fetchBlob(local, name, { from: [slowUrl, a.url, b.url], token: TOKEN });
+  await assertHolds(t, local, name, BIG, BIG_HASH);
+  t.log(JSON.stringify(stats.sources.map((s) => [s.source, s.receivedBytes, s.chunks, s.dropped?.code])));
+  const slow = report(stats, slowUrl)!;
+  t.is(slow.dropped, undefined, 'slow is not dead: it stays');
+  t.true(slow.receivedBytes < SIZE / 5, `the slow source sent ${slow.receivedBytes} of ${SIZE}`);
+  t.true(slow.receivedBytes < report(stats, a.url)!.receivedBytes && slow.receivedBytes < report(stats, b.url)!.receivedBytes, 'less than each fast one');
+});
+
 test('trust: a trusted hash drops a source announcing another root; without one, the first source sets the root and others must agree', async (t) => {
   const other = prngBytes('multi other', 3 * MiB);
   const small = BIG.subarray(0, 5 * MiB);

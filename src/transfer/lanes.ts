@@ -31,6 +31,12 @@ export class Lane {
     return !this.entry.dropped;
   }
 
+  /** When (ms from now) it would have delivered `bytes` more asked of it now, at its measured rate; 0 until measured. */
+  finish(bytes: number): number {
+    const rate = this.pace.rate;
+    return rate === undefined ? 0 : (this.inFlight + bytes) / rate;
+  }
+
   /** Whether `bytes` more may be asked of it now. */
   room(bytes: number): boolean {
     return this.inFlight === 0 || this.inFlight + bytes <= this.pace.limit;
@@ -40,8 +46,8 @@ export class Lane {
 /**
  * The window's lanes, one per live source of the set. Work goes by
  * stealing: the next get goes to a lane with room (a fast source empties
- * its lane sooner, and so takes more); among those, to one not yet measured
- * (so each is), then to the fastest.
+ * its lane sooner, and so takes more), the one that would deliver it
+ * soonest (see choose).
  */
 export class Lanes {
   readonly #lanes = new Map<SourceEntry, Lane>();
@@ -58,14 +64,26 @@ export class Lanes {
     return this.set.live.map((e) => this.lane(e));
   }
 
-  /** The lane to ask `bytes` of now, if one has room. */
+  /**
+   * The lane to ask `bytes` of now: the one with room expected to deliver
+   * them soonest (a lane not yet measured first, so that each is), unless a
+   * measured lane without room would still deliver them in less than half that time:
+   * then none, and the get waits for that lane's room. So a slow source gets
+   * work only while the faster ones are full enough that it helps.
+   */
   choose(bytes: number): Lane | undefined {
     let best: Lane | undefined;
+    let bestAt = Number.POSITIVE_INFINITY;
+    let soonest = Number.POSITIVE_INFINITY;
     for (const l of this.live) {
-      if (!l.room(bytes)) continue;
-      if (!best || rank(l) > rank(best) || (rank(l) === rank(best) && l.inFlight < best.inFlight)) best = l;
+      const at = l.finish(bytes);
+      if (l.pace.rate !== undefined) soonest = Math.min(soonest, at); // one not yet measured holds no one back
+      if (l.room(bytes) && at < bestAt) {
+        best = l;
+        bestAt = at;
+      }
     }
-    return best;
+    return best && bestAt <= 2 * soonest + 1 ? best : undefined;
   }
 
   /** A lane with nothing on its way, other than `not`, that would deliver `bytes` soonest. */
@@ -92,9 +110,4 @@ export class Lanes {
   paused(): void {
     for (const l of this.#lanes.values()) l.pace.paused();
   }
-}
-
-/** Unmeasured lanes first (Infinity), then by rate. */
-function rank(l: Lane): number {
-  return l.pace.rate ?? Number.POSITIVE_INFINITY;
 }
