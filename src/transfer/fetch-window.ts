@@ -20,7 +20,8 @@ interface Ask {
   g: Get;
   lane: Lane;
   sent: number;
-  /** Bytes asked for that have not arrived. */
+  /** Bytes asked for, and those that have not arrived. */
+  bytes: number;
   left: number;
   answered: boolean;
 }
@@ -179,17 +180,17 @@ export class FetchWindow {
     if (this.#blocked && head?.ask) {
       const rest = head.bytes - head.at;
       const idle = this.#lanes.idle(head.ask.lane, rest);
-      if (idle && performance.now() - head.moved > Math.max(STEAL_AFTER_MS, 4 * (idle.pace.expect(rest) ?? 0))) this.#ask(head, idle);
+      if (idle && performance.now() - head.moved > Math.max(STEAL_AFTER_MS, 4 * idle.finish(rest))) this.#ask(head, idle);
     }
   }
 
   /** Asks `lane` for the chunks of `g` not yet landed: this ask's frames land from now on, an earlier one's are dropped. */
   #ask(g: Get, lane: Lane): void {
     const rest = g.bytes - g.at;
-    const a: Ask = { g, lane, sent: performance.now(), left: rest, answered: false };
+    const a: Ask = { g, lane, sent: performance.now(), bytes: rest, left: rest, answered: false };
     g.ask = a;
     g.moved = a.sent;
-    lane.inFlight += rest;
+    lane.asked(rest);
     this.#asks.add(a);
     const items = g.chunks.slice(g.got).map((c): GetItem => [c.hash, 0, c.size]);
     const src = lane.entry.src;
@@ -209,7 +210,10 @@ export class FetchWindow {
         lane.inFlight -= a.left;
         a.left = 0;
         this.#asks.delete(a);
-        if (g.ask === a && g.got === g.chunks.length) lane.pace.ended();
+        if (g.ask === a && g.got === g.chunks.length) {
+          lane.pace.ended();
+          lane.served(a.bytes, a.sent);
+        }
         this.#poke();
       });
   }

@@ -15,12 +15,27 @@ export const FETCH_WINDOW_BYTES = 8 * 1024 * 1024;
  * stay under it; a stalled source does not.
  */
 export const STEAL_AFTER_MS = 500;
+/**
+ * A source asked nothing for this long is measured again: it may take the
+ * next get even if it looked slow (its speed was measured once, maybe while
+ * it started up; left alone, it would never be measured again).
+ */
+export const PROBE_AFTER_MS = 1000;
 
 /** One source as the fetch window uses it: how fast it delivers, and what is asked of it and not yet arrived. */
 export class Lane {
   readonly pace: Pace;
   /** Bytes asked for and not yet arrived (nor given up on): what a cut of this source loses, at most. */
   inFlight = 0;
+  /**
+   * Bytes per ms it delivers while it has work (a moving average over its
+   * asks, each timed from when the source could start on it): undefined
+   * until one is answered. Time it sat with nothing asked of it does not
+   * count, or a source given less work would look slower, and be given less.
+   */
+  speed: number | undefined;
+  #lastEnd = 0;
+  #lastAsked = 0;
 
   constructor(readonly entry: SourceEntry) {
     // A source that answers all at once (a bundle, a local file) has no connection to cut: as much on its way as the window holds.
@@ -31,10 +46,29 @@ export class Lane {
     return !this.entry.dropped;
   }
 
-  /** When (ms from now) it would have delivered `bytes` more asked of it now, at its measured rate; 0 until measured. */
+  /** `bytes` are asked of it now. */
+  asked(bytes: number): void {
+    this.inFlight += bytes;
+    this.#lastAsked = performance.now();
+  }
+
+  /** An ask of `bytes`, sent at `sent`, was wholly answered now. A source answers its gets one after another: it started on this one when asked, or when the one before ended. */
+  served(bytes: number, sent: number): void {
+    const now = performance.now();
+    const r = bytes / Math.max(0.05, now - Math.max(sent, this.#lastEnd));
+    // After a long rest (a probe), the new measure stands alone.
+    this.speed = this.speed === undefined || sent - this.#lastEnd > PROBE_AFTER_MS ? r : 0.7 * this.speed + 0.3 * r;
+    this.#lastEnd = now;
+  }
+
+  /** Not measured yet, or idle long enough to be measured again (PROBE_AFTER_MS). */
+  get unmeasured(): boolean {
+    return this.speed === undefined || (this.inFlight === 0 && performance.now() - this.#lastAsked > PROBE_AFTER_MS);
+  }
+
+  /** When (ms from now) it would have delivered `bytes` more asked of it now, at its speed; 0 while unmeasured. */
   finish(bytes: number): number {
-    const rate = this.pace.rate;
-    return rate === undefined ? 0 : (this.inFlight + bytes) / rate;
+    return this.unmeasured ? 0 : (this.inFlight + bytes) / this.speed!;
   }
 
   /** Whether `bytes` more may be asked of it now. */
@@ -77,7 +111,7 @@ export class Lanes {
     let soonest = Number.POSITIVE_INFINITY;
     for (const l of this.live) {
       const at = l.finish(bytes);
-      if (l.pace.rate !== undefined) soonest = Math.min(soonest, at); // one not yet measured holds no one back
+      if (!l.unmeasured) soonest = Math.min(soonest, at); // one not yet measured holds no one back
       if (l.room(bytes) && at < bestAt) {
         best = l;
         bestAt = at;
@@ -91,7 +125,7 @@ export class Lanes {
     let best: Lane | undefined;
     for (const l of this.live) {
       if (l === not || l.inFlight > 0) continue;
-      if (!best || (l.pace.expect(bytes) ?? STEAL_AFTER_MS) < (best.pace.expect(bytes) ?? STEAL_AFTER_MS)) best = l;
+      if (!best || l.finish(bytes) < best.finish(bytes)) best = l;
     }
     return best;
   }

@@ -26,8 +26,6 @@ export class Pace {
   /** [time, bytes landed by then] at the ends of the last gets. */
   #marks: Array<[number, number]> = [];
   limit: number;
-  /** Bytes per ms over the last gets: undefined until measured. */
-  rate: number | undefined;
 
   /** `min`: the least limit (MIN_IN_FLIGHT over a connection; a source with nothing to cut, the most). */
   constructor(
@@ -54,13 +52,7 @@ export class Pace {
     if (this.#marks.length < 3 || !Number.isFinite(this.#rtt)) return;
     const [t0, b0] = this.#marks[0]!;
     const rate = (this.#landed - b0) / Math.max(now - t0, 0.01); // bytes per ms
-    this.rate = rate;
     this.limit = Math.min(this.max, Math.max(this.min, Math.round(2 * rate * this.#rtt)));
-  }
-
-  /** Milliseconds this source is expected to take to deliver `bytes` asked for now; undefined until measured. */
-  expect(bytes: number): number | undefined {
-    return this.rate === undefined ? undefined : this.#rtt + bytes / this.rate;
   }
 
   /** Nothing is asked for for a while (local ranges, fine matching): that time is no measure of the rate. */
