@@ -146,6 +146,31 @@ test('with no source left the pull fails, says why for each, keeps only verified
   await assertHolds(t, local, name, BIG, BIG_HASH);
 });
 
+test('a cancelled pull from many sources rejects with ERR_ABORTED, keeps what it verified, and resumes', async (t) => {
+  const a = await server(t, BIG);
+  const name = a.name;
+  const b = await server(t, BIG, name);
+  const local = await tempStore(t);
+  const ac = new AbortController();
+  const err = await t.throwsAsync(
+    fetchBlob(local, name, {
+      from: [a.url, b.url],
+      token: TOKEN,
+      signal: ac.signal,
+      onProgress: (p) => p.verifiedBytes > SIZE / 4 && ac.abort(),
+    }),
+  );
+  t.true(isCabError(err, 'ERR_ABORTED'), String(err));
+  const r = await local.newBlobReader(name);
+  await r.close();
+  t.false(r.isFinalized);
+  t.true(r.size >= SIZE / 4, `kept ${r.size}`);
+  t.true((await readAll(local, name)).equals(BIG.subarray(0, r.size)));
+  const again = await fetchBlob(local, name, { from: [b.url, a.url], token: TOKEN });
+  t.is(again.resumedFrom, r.size);
+  await assertHolds(t, local, name, BIG, BIG_HASH);
+});
+
 test('a source that stops answering is dropped after stallMs, its gets go to the others', async (t) => {
   const a = await server(t, BIG);
   const name = a.name;
