@@ -160,12 +160,14 @@ export class SourceSet {
   readonly #listeners = new Set<(e: SourceEntry | undefined) => void>();
   #waiters: Array<() => void> = [];
   readonly #timer: NodeJS.Timeout | undefined;
+  #checked = performance.now();
   #view: RemoteSource | undefined;
 
   constructor(readonly o: SourceSetOptions) {
     const stall = o.stallMs;
     if (stall !== undefined) {
-      this.#timer = setInterval(() => this.#checkStalls(stall), Math.max(10, Math.floor(stall / 4)));
+      const every = Math.max(10, Math.floor(stall / 4));
+      this.#timer = setInterval(() => this.#checkStalls(stall, every), every);
       this.#timer.unref();
     }
   }
@@ -242,9 +244,16 @@ export class SourceSet {
     for (const f of w) f();
   }
 
-  #checkStalls(ms: number): void {
+  #checkStalls(ms: number, every: number): void {
     const now = performance.now();
+    const late = now - this.#checked > 2 * every;
+    this.#checked = now;
     for (const e of this.live) {
+      // This process was busy (the check came late): what arrived meanwhile has not been read yet. The wait starts again.
+      if (late) {
+        e.lastHeard = Math.max(e.lastHeard, now);
+        continue;
+      }
       if (e.outstanding > 0 && now - e.lastHeard > ms) {
         this.drop(e, new CabError('ERR_IDLE_TIMEOUT', `${e.label} sent nothing for ${ms} ms with ${e.outstanding} requests waiting`, { blob: this.o.name }));
       }
