@@ -103,6 +103,7 @@ export async function fetchBlob(store: BlobStore, name: string, options: FetchOp
     }
     return undefined;
   })();
+  let over = false;
   // Sources with other chunker params have other chunk lists: all follow the root's source's, else the first added's.
   let chunker: ChunkerParams | undefined;
   let size: number | undefined;
@@ -123,7 +124,9 @@ export async function fetchBlob(store: BlobStore, name: string, options: FetchOp
         }
         chunker ??= got.c.peer.remoteChunker;
         size ??= got.st.size;
-        set.add(got.c.peer.source(), () => got.c.close(), s.tokenName);
+        const e = set.add(got.c.peer.source(), () => got.c.close(), s.tokenName);
+        // A connection that closes is a source gone, even one with nothing asked of it.
+        void got.c.closed.then(() => over || set.drop(e, new CabError('ERR_CONNECTION', `${s.url}: the connection closed`, { blob: name })));
       })(),
     );
   });
@@ -136,6 +139,7 @@ export async function fetchBlob(store: BlobStore, name: string, options: FetchOp
     if (isCabError(e)) e.data.sources = set.reports();
     throw e;
   } finally {
+    over = true;
     await set.close();
     // Sources still connecting are closed as they come.
     for (const p of clients) void p.then((x) => x.c.close()).catch(() => {});

@@ -77,11 +77,20 @@ export class Lane {
   }
 }
 
+/** Speeds within this factor of each other count as the same: the source listed first keeps the work (measures are noisy, and work spread over like sources costs more than it brings when the puller is the slower end). */
+const SAME_SPEED = 1.25;
+
+/** Whether lane `a` takes the next get rather than `b` (listed before it), both with room: one not yet measured, then a clearly faster one. */
+function before(a: Lane, b: Lane): boolean {
+  if (a.unmeasured !== b.unmeasured) return a.unmeasured;
+  if (a.unmeasured) return a.inFlight < b.inFlight;
+  return a.speed! > SAME_SPEED * b.speed!;
+}
+
 /**
  * The window's lanes, one per live source of the set. Work goes by
- * stealing: the next get goes to a lane with room (a fast source empties
- * its lane sooner, and so takes more), the one that would deliver it
- * soonest (see choose).
+ * stealing: the next get goes to a lane with room, the fastest first (see
+ * choose); a lane fills as gets are asked of it and empties as they land.
  */
 export class Lanes {
   readonly #lanes = new Map<SourceEntry, Lane>();
@@ -99,25 +108,23 @@ export class Lanes {
   }
 
   /**
-   * The lane to ask `bytes` of now: the one with room expected to deliver
-   * them soonest (a lane not yet measured first, so that each is), unless a
-   * measured lane without room would still deliver them in less than half that time:
-   * then none, and the get waits for that lane's room. So a slow source gets
-   * work only while the faster ones are full enough that it helps.
+   * The lane to ask `bytes` of now: of those with room, one not yet
+   * measured (so that each is), else the fastest; none if a measured lane
+   * without room would still deliver them in less than half the time (the
+   * get waits for its room). So work goes to the fastest source while it
+   * has room, and to the next ones as it fills: as many sources are used as
+   * add to the speed. When the puller is the slower end, one source does
+   * most of the work, and the others, idle, are measured now and then and
+   * stand by to steal; when the sources are, they all work.
    */
   choose(bytes: number): Lane | undefined {
     let best: Lane | undefined;
-    let bestAt = Number.POSITIVE_INFINITY;
     let soonest = Number.POSITIVE_INFINITY;
     for (const l of this.live) {
-      const at = l.finish(bytes);
-      if (!l.unmeasured) soonest = Math.min(soonest, at); // one not yet measured holds no one back
-      if (l.room(bytes) && at < bestAt) {
-        best = l;
-        bestAt = at;
-      }
+      if (!l.unmeasured) soonest = Math.min(soonest, l.finish(bytes)); // one not yet measured holds no one back
+      if (l.room(bytes) && (!best || before(l, best))) best = l;
     }
-    return best && bestAt <= 2 * soonest + 1 ? best : undefined;
+    return best && best.finish(bytes) <= 2 * soonest + 1 ? best : undefined;
   }
 
   /** A lane with nothing on its way, other than `not`, that would deliver `bytes` soonest. */

@@ -230,6 +230,8 @@ export interface CabClient {
   readonly url: string;
   /** @internal The session, for fetchBlob (its source, and the server's chunker). */
   readonly peer: Peer;
+  /** @internal Resolves once the connection has closed, for whatever reason. */
+  readonly closed: Promise<void>;
   /** Frame payload bytes this connection has sent and received so far. */
   readonly wire: Readonly<WireCount>;
   /** Size, finalized, and hash (a Uint8Array, as everywhere; hex in JSON) of a remote blob. `signal` stops waiting for the answer (ERR_ABORTED). */
@@ -299,6 +301,7 @@ export async function connect(store: BlobStore, url: string, options: ConnectOpt
   const client: CabClient = {
     url,
     peer,
+    closed,
     wire: count,
     stat: (name, o) => orAbort(peer.source().stat(name), o?.signal, name),
     pull: (name, o) => peer.pull(name, o),
