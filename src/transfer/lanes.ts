@@ -77,6 +77,10 @@ export class Lane {
   }
 }
 
+/** Event loop utilization over which the puller counts as the slower end, measured over BUSY_SPAN_MS. */
+const BUSY_LOAD = 0.9;
+const BUSY_SPAN_MS = 100;
+
 /** Speeds within this factor of each other count as the same: the source listed first keeps the work (measures are noisy, and work spread over like sources costs more than it brings when the puller is the slower end). */
 const SAME_SPEED = 1.25;
 
@@ -94,6 +98,9 @@ function before(a: Lane, b: Lane): boolean {
  */
 export class Lanes {
   readonly #lanes = new Map<SourceEntry, Lane>();
+  #load = performance.eventLoopUtilization();
+  #loadAt = performance.now();
+  #wasBusy = false;
 
   constructor(readonly set: SourceSet) {}
 
@@ -113,18 +120,44 @@ export class Lanes {
    * without room would still deliver them in less than half the time (the
    * get waits for its room). So work goes to the fastest source while it
    * has room, and to the next ones as it fills: as many sources are used as
-   * add to the speed. When the puller is the slower end, one source does
-   * most of the work, and the others, idle, are measured now and then and
-   * stand by to steal; when the sources are, they all work.
+   * add to the speed. When the puller is the slower end (its event loop
+   * busy, #busy), only the fastest source is given work: the others drain,
+   * are measured now and then, and stand by to steal; when the sources are
+   * the slower end, they all work.
    */
   choose(bytes: number): Lane | undefined {
     let best: Lane | undefined;
+    let top: Lane | undefined;
+    let probe: Lane | undefined;
     let soonest = Number.POSITIVE_INFINITY;
     for (const l of this.live) {
-      if (!l.unmeasured) soonest = Math.min(soonest, l.finish(bytes)); // one not yet measured holds no one back
+      if (l.unmeasured) {
+        if (l.room(bytes) && (!probe || before(l, probe))) probe = l;
+        continue;
+      }
+      soonest = Math.min(soonest, l.finish(bytes)); // one not yet measured holds no one back
+      if (!top || before(l, top)) top = l;
       if (l.room(bytes) && (!best || before(l, best))) best = l;
     }
+    // This process is the slower end: a second source at work would only queue bytes for it. The fastest alone works (and any not yet measured is).
+    if (top && this.#busy()) return probe ?? (top.room(bytes) ? top : undefined);
+    best = probe ?? best;
     return best && best.finish(bytes) <= 2 * soonest + 1 ? best : undefined;
+  }
+
+  /**
+   * Whether this process's event loop was busy (BUSY_LOAD of the time) over
+   * the last BUSY_SPAN_MS: what lands is then read, checked and written
+   * as fast as it can be, and more sources at work add only their costs.
+   */
+  #busy(): boolean {
+    const now = performance.now();
+    if (now - this.#loadAt >= BUSY_SPAN_MS) {
+      this.#wasBusy = performance.eventLoopUtilization(this.#load).utilization > BUSY_LOAD;
+      this.#load = performance.eventLoopUtilization();
+      this.#loadAt = now;
+    }
+    return this.#wasBusy;
   }
 
   /** A lane with nothing on its way, other than `not`, that would deliver `bytes` soonest. */
