@@ -10,6 +10,7 @@ export type { GcProgress } from './upkeep/gc.js';
 export { connect, type CabServer, type ConnectOptions, type CabClient } from './transfer/ws.js';
 export { serve, DEFAULT_UPLOAD_EXPIRY_MS, type ServeOptions, type HttpOptions } from './http/serve.js';
 export type { ServeEvent } from './transfer/serve.js';
+export { fetchBlob, DEFAULT_STALL_MS, type FetchOptions, type FetchSource, type FetchStats, type SourceReport } from './transfer/fetch-blob.js';
 export { RemoteBlobReader, type OpenReaderOptions, type RemoteReaderStreamOptions } from './transfer/remote-reader.js';
 export type { TransferStats, TransferProgress, ReceiveOptions } from './transfer/receive.js';
 export { PROTOCOL_VERSION, encode as encodeMessage, decode as decodeMessage, type Message, type Perm } from './transfer/messages.js';

@@ -55,3 +55,14 @@ test('HTTP upload: a request body streams into a blob; a cut request keeps what 
   t.regex(out, /second PUT: 204; finalized true, 6291456 bytes/);
   t.regex(out, /as sent: true/);
 });
+
+test('many sources: a pull from the three servers a signpost names, one with damaged bytes on its disk, drops that one and completes', async (t) => {
+  const out = await example(t, 'many-sources');
+  const pulled = /pulled \w+: root [0-9a-f]{64}, (\d+) bytes received for (\d+) lacking/.exec(out);
+  t.truthy(pulled, out);
+  t.true(Number(pulled![1]) <= 1.1 * Number(pulled![2]), 'little more than what was lacking');
+  t.regex(out, /gamma: dropped, ERR_HASH_MISMATCH/);
+  t.regex(out, /alpha: \d+ chunks/);
+  t.regex(out, /beta: \d+ chunks/);
+  t.regex(out, /the laptop's copy is the blob: true/);
+});

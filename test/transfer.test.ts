@@ -24,7 +24,7 @@ import {
   type TransferStats,
 } from '../src/index.js';
 import { prngBytes, prngInts } from '../tools/data.js';
-import { tempDir, tempStore, putBlob, readAll, collect } from './helpers/store.js';
+import { tempDir, tempStore, putBlob, readAll, collect, blobState } from './helpers/store.js';
 import { tcpProxy, wsProxy, decodedFrame, type FrameHook } from './helpers/proxies.js';
 import { edited, missingChunks, startServerChild, killHard, RawClient, MiB, KiB, MAX_CHUNK } from './helpers/transfer.js';
 
@@ -50,17 +50,6 @@ async function connectT(t: ExecutionContext, store: BlobStore, url: string, toke
   const c = await connect(store, url, { token });
   t.teardown(() => c.close());
   return c;
-}
-
-async function blobState(store: BlobStore, name: string): Promise<{ size: number; finalized: boolean; hash?: string } | undefined> {
-  try {
-    const r = await store.newBlobReader(name);
-    await r.close();
-    return { size: r.size, finalized: r.isFinalized, ...(r.hash ? { hash: toHex(r.hash) } : {}) };
-  } catch (e) {
-    if (isCabError(e, 'ERR_NO_SUCH_BLOB')) return undefined;
-    throw e;
-  }
 }
 
 /** The blob is there, finalized, with `hash`, and holds exactly `bytes`. */

@@ -15,6 +15,7 @@ import { benchChunker } from './bench/chunker.js';
 import { benchIngest, benchRead, benchResume, benchStream } from './bench/store.js';
 import { benchTransfer } from './bench/transfer.js';
 import { benchRange } from './bench/range.js';
+import { benchMulti } from './bench/multi.js';
 import { benchGc } from './bench/gc.js';
 import { benchFsck } from './bench/fsck.js';
 import { benchStart } from './bench/start.js';
@@ -30,6 +31,7 @@ const CASES: Record<string, (ctx: BenchContext) => Promise<void>> = {
   stream: benchStream,
   transfer: benchTransfer,
   range: benchRange,
+  multi: benchMulti,
   gc: benchGc,
   fsck: benchFsck,
   start: benchStart,

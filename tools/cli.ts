@@ -15,6 +15,7 @@ import { blobCommands } from './cli/blobs.js';
 import { upkeepCommands } from './cli/upkeep.js';
 import { serveCommand } from './cli/serve.js';
 import { transferCommands } from './cli/transfer.js';
+import { signpostCommand } from './cli/signpost.js';
 
 /** The package's own version, from the package.json two levels above dist/tools/. */
 const VERSION = (JSON.parse(fs.readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
@@ -44,6 +45,7 @@ blobCommands(program);
 upkeepCommands(program);
 serveCommand(program);
 transferCommands(program);
+signpostCommand(program);
 
 try {
   // Bare `cabstore` is bad usage: say how to use it, exit 2.

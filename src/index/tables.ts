@@ -24,11 +24,20 @@ export interface Signpost {
   fetchAttempts: number;
 }
 
-/** One peer a signpost names. */
+/**
+ * One peer a signpost names. A peer named by its URL (ws:// or wss://) is
+ * a source fetchBlob pulls from when not told where.
+ */
 export interface SignpostLocation {
   whenSeen: Date;
   isProxy: boolean;
   isServer: boolean;
+  /**
+   * The name of the token to present to this peer (never the token
+   * itself): fetchBlob looks it up in its `tokens` option, the command
+   * line in $CABSTORE_TOKEN_<NAME>. Absent: the default token.
+   */
+  tokenName?: string;
 }
 
 /**
@@ -104,8 +113,9 @@ function plainObject(x: unknown, what: string): Record<string, unknown> {
   return x as Record<string, unknown>;
 }
 
-function exactKeys(o: Record<string, unknown>, keys: string[], what: string): void {
-  for (const k of Object.keys(o)) if (!keys.includes(k)) throw bad(`${what} has an unknown field ${JSON.stringify(k)}`, o);
+/** `o` has exactly `keys`, and perhaps some of `optional` (those given as undefined count as left out). */
+function exactKeys(o: Record<string, unknown>, keys: string[], what: string, optional: string[] = []): void {
+  for (const k of Object.keys(o)) if (!keys.includes(k) && !optional.includes(k)) throw bad(`${what} has an unknown field ${JSON.stringify(k)}`, o);
   for (const k of keys) if (!(k in o)) throw bad(`${what} lacks ${k}`, o);
 }
 
@@ -154,8 +164,13 @@ export function checkSignpost(sp: unknown): Signpost {
   const locations: Signpost['locations'] = {};
   for (const [peer, loc] of Object.entries(plainObject(o.locations, 'locations'))) {
     const l = plainObject(loc, `locations[${JSON.stringify(peer)}]`);
-    exactKeys(l, ['whenSeen', 'isProxy', 'isServer'], 'a signpost location');
-    locations[checkId(peer, 'a peer name')] = { whenSeen: date(l.whenSeen, 'whenSeen'), isProxy: bool(l.isProxy, 'isProxy'), isServer: bool(l.isServer, 'isServer') };
+    exactKeys(l, ['whenSeen', 'isProxy', 'isServer'], 'a signpost location', ['tokenName']);
+    locations[checkId(peer, 'a peer name')] = {
+      whenSeen: date(l.whenSeen, 'whenSeen'),
+      isProxy: bool(l.isProxy, 'isProxy'),
+      isServer: bool(l.isServer, 'isServer'),
+      ...(l.tokenName === undefined ? {} : { tokenName: checkId(l.tokenName, 'a token name') }),
+    };
   }
   if (!Array.isArray(o.sgIds)) throw bad('sgIds must be an array', o.sgIds);
   return { locations, sgIds: o.sgIds.map((s) => checkId(s, 'a syncgroup id')), fetchAttempts: int(o.fetchAttempts, 'fetchAttempts', 0) };

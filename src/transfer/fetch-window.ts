@@ -3,20 +3,29 @@ import { bytesEqual, sha256, toHex } from '../hash/sha256.js';
 import type { BlobWriter } from '../blob/writer.js';
 import type { ChunkRef } from '../store.js';
 import type { GetItem } from './messages.js';
-import { getBytes, type RemoteSource } from './remote.js';
+import type { ChunkerParams } from '../chunker/params.js';
+import { getBytes } from './remote.js';
 import type { TransferStats } from './stats.js';
 import { orAbort, throwIfAborted } from './abort.js';
 import { recycledBuffer, RECYCLED_BYTES } from '../hash/pool.js';
-import { Pace } from './pace.js';
+import { isSourceFault, type SourceEntry, type SourceSet } from './sources.js';
+import { Lanes, STEAL_AFTER_MS, type Lane } from './lanes.js';
 
-/**
- * Bytes of whole chunks asked for and not yet written: what a fetch holds
- * in memory, at most, and what a cancelled one still takes in (and writes)
- * before it stops.
- */
-export const FETCH_WINDOW_BYTES = 8 * 1024 * 1024;
+export { FETCH_WINDOW_BYTES } from './lanes.js';
+
 /** Gets are at least this large (a quarter of the least in flight), unless a chunk alone is. */
 const MIN_GET_BYTES = 256 * 1024;
+
+/** One asking of a get's chunks not yet landed, of one source. Only the get's current ask lands; an earlier one's frames are dropped. */
+interface Ask {
+  g: Get;
+  lane: Lane;
+  sent: number;
+  /** Bytes asked for, and those that have not arrived. */
+  bytes: number;
+  left: number;
+  answered: boolean;
+}
 
 /**
  * One get: its chunks, in order, landing in one buffer of their total size,
@@ -32,69 +41,79 @@ interface Get {
   /** Chunks written (a get written in part: what landed before a failure), and their bytes. */
   written: number;
   writtenBytes: number;
-  /** When it was asked for; whether its answer has settled. */
-  sent: number;
-  settled: boolean;
+  /** The ask whose frames land; undefined while the rest waits for a source with room (new, or its source dropped). */
+  ask: Ask | undefined;
+  /** When it was asked, or last landed a frame. */
+  moved: number;
+  /** Chunks landed unchecked, for the writer to check: the chunker of their source (see #land). */
+  claimedBy?: ChunkerParams;
 }
 
 /**
- * Whole chunks, streamed: gathered into gets of a quarter of what may be on
- * its way (Pace: 2 MiB on a local link, more over a long one; gets up to
- * getBytes(src), 1 MiB), as many in flight as that allows, and as many
- * written or waiting to be as FETCH_WINDOW_BYTES allows. A get's answer comes a
- * frame (about a chunk) at a time, and the gets are answered in the order
- * they were asked, so what lands is the blob's next bytes. Each chunk is
- * checked against its hash as it lands, while its bytes are in the CPU's
- * cache, and copied into its get's buffer, so the frame is garbage at once
- * (frames kept for longer were promoted, and cost a full collection every
- * few MiB); a get's buffer, once full, is one append, handed to the hashing
- * thread without a copy.
+ * Whole chunks, streamed from the sources of a SourceSet: gathered into
+ * gets of a quarter of what may be on its way (Pace: 2 MiB on a local link,
+ * more over a long one; gets up to getBytes, 1 MiB), each get asked of a
+ * source whose lane has room (Lanes: work stealing, so a faster source
+ * takes more), and as many written or waiting to be as the window holds
+ * (FETCH_WINDOW_BYTES, more with more sources). Each chunk is checked
+ * against its hash as it lands, while its bytes are in the CPU's cache, and
+ * copied into its get's buffer, so the frame is garbage at once (frames
+ * kept for longer were promoted, and cost a full collection every few MiB);
+ * a get's buffer, once full, is one append, handed to the hashing thread
+ * without a copy. Gets are written in blob order.
  *
- * When the transfer fails or is cancelled, everything that landed is
- * written before the error goes up, so the next run resumes after it and a
- * cut loses at most the frame it cut. Nothing lands after a chunk that
- * fails its check.
+ * A source that fails (it closes, errs, or sends a chunk that fails its
+ * check) is dropped from the set: its gets' chunks not yet landed are asked
+ * of the others. A get at the head that its source is slow to answer while
+ * another sits idle is asked of that one too (STEAL_AFTER_MS). When no
+ * source is left, or the transfer is cancelled, everything that landed is
+ * written before the error goes up, so the next run resumes after it.
  *
- *   fetch --> batch --(1 MiB)--> get in flight --frames--> checked, copied --(get complete)--> written
+ *   fetch --> batch --(1 MiB)--> get --(a lane with room)--> asked --frames--> checked, copied --(get complete, in order)--> written
+ *                                  ^---------(its source dropped: the rest)------'
  */
 export class FetchWindow {
   #batch: ChunkRef[] = [];
   #batchBytes = 0;
-  /** Gets asked for and not wholly written, oldest first. */
+  /** Gets asked for (or waiting for a lane) and not wholly written, oldest first. */
   readonly #queue: Get[] = [];
-  /** Gets whose answer has not settled. */
-  #gets = 0;
   /** Bytes asked for and not yet written. */
   #held = 0;
-  /** Bytes asked for and not yet landed (nor given up on): what a cut loses, at most. */
-  #inFlight = 0;
-  readonly #pace: Pace;
+  /** Asks whose answer has not settled, on sources not dropped. */
+  readonly #asks = new Set<Ask>();
+  readonly #lanes: Lanes;
   /** Write what landed of a get not wholly landed too (salvaging: nothing more will land). */
   #flushing = false;
-  /** The first failure: of a get, of a check, or of a write (then nothing more lands). */
+  /** The first failure that ends the fetch: no source left, a write, a cancel (then nothing more lands). */
   #failure: unknown;
   /** A write failed: nothing more is written. */
   #broken = false;
+  /** Salvaging: nothing more is asked for. */
+  #stopped = false;
+  /** Waiting for room or for the end: a head get may be stolen. */
+  #blocked = false;
   #writing: Promise<void> | undefined;
   #waiters: Array<() => void> = [];
-  /** The last answer of a source without `stream` to land. */
-  #inOrder: Promise<void> = Promise.resolve();
+  readonly #unlisten: () => void;
 
   constructor(
-    readonly src: RemoteSource,
+    readonly set: SourceSet,
     readonly name: string,
     readonly w: BlobWriter,
     readonly stats: TransferStats,
     readonly signal: AbortSignal | undefined,
     readonly progress: () => void,
   ) {
-    // A source that answers all at once (a bundle, a local file) has no connection to cut: as much on its way as the window holds.
-    this.#pace = new Pace(FETCH_WINDOW_BYTES, src.stream ? undefined : FETCH_WINDOW_BYTES);
+    this.#lanes = new Lanes(set);
+    this.#unlisten = set.listen((dropped) => {
+      if (dropped) this.#orphan(dropped);
+      this.#poke();
+    });
   }
 
   /** Queues a chunk; asks for a batch once it is full. */
   async fetch(c: ChunkRef): Promise<void> {
-    const most = Math.min(getBytes(this.src), Math.max(MIN_GET_BYTES, this.#pace.limit / 4));
+    const most = Math.min(getBytes(this.set.view), Math.max(MIN_GET_BYTES, this.#lanes.limit / 4));
     if (this.#batch.length && this.#batchBytes + c.size > most) await this.#launch();
     this.#batch.push(c);
     this.#batchBytes += c.size;
@@ -103,83 +122,137 @@ export class FetchWindow {
   /** Everything queued so far is fetched and written. */
   async drain(): Promise<void> {
     await this.#launch();
-    while (this.#queue.length > 0 || this.#writing) await this.#step();
+    this.#blocked = true;
+    try {
+      while (this.#queue.length > 0 || this.#writing) await this.#step();
+    } finally {
+      this.#blocked = false;
+    }
     if (this.#failure !== undefined) await this.#fail();
-    this.#pace.paused();
+    this.#lanes.paused();
   }
 
   /**
-   * After the transfer failed or was cancelled: the gets in flight land
-   * (they are paid for; on a dead connection they fail at once), then
-   * everything that landed is written, so the next run need not fetch it.
+   * After the transfer failed or was cancelled: the asks still under way on
+   * live sources land (they are paid for; on a dead connection they fail at
+   * once), then everything that landed is written, so the next run need
+   * not fetch it.
    */
   async salvage(): Promise<void> {
-    while (this.#gets > 0) await new Promise<void>((r) => this.#waiters.push(r));
+    this.#stopped = true;
+    while (this.#asks.size > 0) await new Promise<void>((r) => this.#waiters.push(r));
     await this.#flush();
+    this.#unlisten();
   }
 
   async #launch(): Promise<void> {
     throwIfAborted(this.signal, this.name);
     if (this.#batch.length === 0) return;
-    // Room first: what was asked for before lands, and is written as it does.
-    while (
-      (this.#held > 0 && this.#held + this.#batchBytes > FETCH_WINDOW_BYTES) ||
-      (this.#inFlight > 0 && this.#inFlight + this.#batchBytes > this.#pace.limit)
-    ) {
-      await this.#step();
+    // Room first: what was asked for before lands, and is written as it does; and every get before has a source.
+    this.#blocked = true;
+    try {
+      while ((this.#held > 0 && this.#held + this.#batchBytes > this.#lanes.windowBytes) || this.#queue.some((g) => !g.ask && g.got < g.chunks.length)) {
+        await this.#step();
+      }
+    } finally {
+      this.#blocked = false;
     }
-    const g: Get = { chunks: this.#batch, bytes: this.#batchBytes, got: 0, at: 0, buf: undefined, written: 0, writtenBytes: 0, sent: performance.now(), settled: false };
+    const g: Get = { chunks: this.#batch, bytes: this.#batchBytes, got: 0, at: 0, buf: undefined, written: 0, writtenBytes: 0, ask: undefined, moved: 0 };
     this.#held += g.bytes;
-    this.#inFlight += g.bytes;
     this.#batch = [];
     this.#batchBytes = 0;
     this.#queue.push(g);
-    this.#gets++;
-    const items = g.chunks.map((c): GetItem => [c.hash, 0, c.size]);
-    const take = (got: Uint8Array[]) => this.#land(g, got);
-    const answer = this.src.stream ? this.src.stream(items, take) : this.#whole(items, take);
+    this.#dispatch();
+  }
+
+  /** Asks a source for each get waiting for one (oldest first) while one has room; steals a slow head get for an idle source. */
+  #dispatch(): void {
+    if (this.#failure !== undefined || this.#stopped) return;
+    for (const g of this.#queue) {
+      if (g.ask || g.got === g.chunks.length) continue;
+      const lane = this.#lanes.choose(g.bytes - g.at);
+      if (!lane) break;
+      this.#ask(g, lane);
+    }
+    const waiting = this.#queue.some((g) => !g.ask && g.got < g.chunks.length);
+    if (waiting && this.#lanes.live.length === 0) {
+      const none = this.set.noneLeft();
+      if (none) this.#failure = none;
+    }
+    const head = this.#queue.find((g) => g.got < g.chunks.length);
+    if (this.#blocked && head?.ask) {
+      const rest = head.bytes - head.at;
+      const idle = this.#lanes.idle(head.ask.lane, rest);
+      if (idle && performance.now() - head.moved > Math.max(STEAL_AFTER_MS, 4 * idle.finish(rest))) this.#ask(head, idle);
+    }
+  }
+
+  /** Asks `lane` for the chunks of `g` not yet landed: this ask's frames land from now on, an earlier one's are dropped. */
+  #ask(g: Get, lane: Lane): void {
+    const rest = g.bytes - g.at;
+    const a: Ask = { g, lane, sent: performance.now(), bytes: rest, left: rest, answered: false };
+    g.ask = a;
+    g.moved = a.sent;
+    lane.asked(rest);
+    this.#asks.add(a);
+    const items = g.chunks.slice(g.got).map((c): GetItem => [c.hash, 0, c.size]);
+    const src = lane.entry.src;
+    const take = (got: Uint8Array[]) => this.#land(a, got);
+    const answer = src.stream ? src.stream(items, take) : src.get(items).then(take);
     answer
       .then(() => {
-        if (g.got < g.chunks.length) this.#failure ??= new CabError('ERR_PROTOCOL', `${this.src.label} answered ${g.got} of ${g.chunks.length} chunks`, { blob: this.name });
+        if (g.ask === a && g.got < g.chunks.length) throw new CabError('ERR_PROTOCOL', `${lane.entry.label} answered ${g.got} of ${g.chunks.length} chunks`, { blob: this.name });
       })
       .catch((e: unknown) => {
-        this.#failure ??= e;
+        if (g.ask !== a || !lane.live) return; // an ask given up on: its failure is nobody's
+        if (isSourceFault(e)) this.set.drop(lane.entry, e);
+        else this.#failure ??= e;
       })
       .finally(() => {
-        this.#gets--;
-        // What never landed is no longer on its way.
-        this.#inFlight -= g.bytes - g.at;
-        g.settled = true;
-        if (g.got === g.chunks.length) this.#pace.ended();
+        // What never arrived is no longer on its way.
+        lane.inFlight -= a.left;
+        a.left = 0;
+        this.#asks.delete(a);
+        if (g.ask === a && g.got === g.chunks.length) {
+          lane.pace.ended();
+          lane.served(a.bytes, a.sent);
+        }
         this.#poke();
       });
   }
 
-  /** A source that answers a get all at once (a bundle), maybe out of order: its answers land in the order asked. */
-  #whole(items: GetItem[], take: (got: Uint8Array[]) => void): Promise<void> {
-    const data = this.src.get(items);
-    data.catch(() => {}); // awaited in turn below
-    const landed = this.#inOrder.then(() => data).then(take);
-    this.#inOrder = landed.catch(() => {});
-    return landed;
+  /** A dropped source: its gets' chunks not yet landed wait for another source. */
+  #orphan(e: SourceEntry): void {
+    for (const g of this.#queue) if (g.ask?.lane.entry === e) g.ask = undefined;
+    for (const a of this.#asks) if (a.lane.entry === e) this.#asks.delete(a);
   }
 
-  /** Frames of get `g` landed (called as they arrive, in order): each chunk checked (or left to the writer), then copied into the get's buffer. */
-  #land(g: Get, items: Uint8Array[]): void {
-    if (this.#failure !== undefined) return;
-    if (g !== this.#queue.find((x) => x.got < x.chunks.length) || g.got + items.length > g.chunks.length) {
-      this.#failure = new CabError('ERR_PROTOCOL', `${this.src.label} answered gets out of order, or with more items than asked`, { blob: this.name });
-      this.#poke();
-      return;
+  /** Frames of an ask arrived (called as they do, in order): each chunk checked, then copied into the get's buffer. */
+  #land(a: Ask, items: Uint8Array[]): void {
+    let n = 0;
+    for (const b of items) n += b.length;
+    this.stats.receivedBytes += n;
+    const arrived = Math.min(n, a.left);
+    a.left -= arrived;
+    a.lane.inFlight -= arrived;
+    const g = a.g;
+    if (this.#failure !== undefined || g.ask !== a) return; // given up on, or asked of a faster source meanwhile
+    const lane = a.lane;
+    if (!a.answered) {
+      a.answered = true;
+      lane.pace.answered(performance.now() - a.sent);
     }
-    if (g.at === 0) this.#pace.answered(performance.now() - g.sent);
+    if (g.got + items.length > g.chunks.length) return this.set.drop(lane.entry, new CabError('ERR_PROTOCOL', `${lane.entry.label} answered a get with more items than asked`, { blob: this.name }));
     const before = g.at;
+    // The only source, with a chunker: the writer's hashing thread checks the hashes (appendVerified), before a chunk
+    // counts; a lie then fails the pull as dropping the source would. With others, each is checked here, so that
+    // a liar is dropped and its work goes to them.
+    const claimedBy = this.set.live.length === 1 && this.set.pending === 0 ? lane.entry.src.chunker : undefined;
+    if (claimedBy) g.claimedBy = claimedBy;
     for (const bytes of items) {
       const c = g.chunks[g.got]!;
-      this.stats.receivedBytes += bytes.length;
-      // A source with a chunker: the writer's hashing thread checks the hash (appendVerified), before the chunk counts.
-      if (bytes.length !== c.size || (!this.src.chunker && !bytesEqual(sha256(bytes), c.hash))) {
-        this.#failure = new CabError('ERR_HASH_MISMATCH', `chunk ${toHex(c.hash)} from ${this.src.label} does not hash to what was asked for`, { blob: this.name });
+      if (bytes.length !== c.size || (!claimedBy && !bytesEqual(sha256(bytes), c.hash))) {
+        this.set.drop(lane.entry, new CabError('ERR_HASH_MISMATCH', `chunk ${toHex(c.hash)} from ${lane.entry.label} does not hash to what was asked for`, { blob: this.name }));
         break;
       }
       // Memory the hashing thread takes without a copy (and hands back for the next get, if recycled).
@@ -187,9 +260,10 @@ export class FetchWindow {
       g.buf.set(bytes, g.at);
       g.at += bytes.length;
       g.got++;
+      lane.entry.report.chunks++;
     }
-    if (!g.settled) this.#inFlight -= g.at - before;
-    this.#pace.landed(g.at - before);
+    if (g.at > before) g.moved = performance.now();
+    lane.pace.landed(g.at - before);
     if (this.#ready()) this.#kick();
     this.#poke();
   }
@@ -226,7 +300,7 @@ export class FetchWindow {
     g.writtenBytes = off;
     try {
       // A whole get's buffer goes to the hashing thread as it is (appendVerified takes it): g.buf is not touched again.
-      await this.w.appendVerified(chunks, this.src.chunker);
+      await this.w.appendVerified(chunks, g.claimedBy);
     } catch (e) {
       this.#failure ??= e;
       this.#broken = true;
@@ -239,15 +313,27 @@ export class FetchWindow {
   }
 
   /**
-   * Waits for something to land, a get to end or a write to end; writes what
-   * is ready. Throws (having salvaged) on a failure or an abort. Nothing is
+   * Waits for something to land, a get to end, a write to end, a source to
+   * come or go (or, while a head get may be stolen, a while); writes what is
+   * ready. Throws (having salvaged) on a failure or an abort. Nothing is
    * awaited before the wait begins: a change in between would wake no one.
    */
   async #step(): Promise<void> {
+    this.#dispatch();
     if (this.#failure !== undefined) await this.#fail();
     throwIfAborted(this.signal, this.name);
     if (this.#ready()) this.#kick();
-    await orAbort(new Promise<void>((r) => this.#waiters.push(r)), this.signal, this.name);
+    let timer: NodeJS.Timeout | undefined;
+    const woken = new Promise<void>((r) => {
+      this.#waiters.push(r);
+      // A head get may become worth stealing with nothing else happening: look again in a while.
+      if (this.#lanes.live.length > 1) timer = setTimeout(r, STEAL_AFTER_MS / 4);
+    });
+    try {
+      await orAbort(woken, this.signal, this.name);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** Throws the failure once what landed is written. */
@@ -265,7 +351,9 @@ export class FetchWindow {
     }
   }
 
+  /** Something changed: work goes to sources with room, and whoever waits looks again. */
   #poke(): void {
+    this.#dispatch();
     const w = this.#waiters;
     this.#waiters = [];
     for (const f of w) f();

@@ -8,6 +8,7 @@ import { sharedListPages } from './list-pages.js';
 import type { RemoteSource } from './remote.js';
 import { withHexJSON, type ReceiveOptions, type TransferStats } from './stats.js';
 import { Receiver } from './receiver.js';
+import { SourceSet } from './sources.js';
 import { orAbort } from './abort.js';
 
 export type { RemoteSource } from './remote.js';
@@ -22,6 +23,7 @@ export type { ReceiveOptions, TransferProgress, TransferStats } from './stats.js
  * unfinalized blob of that name (an interrupted transfer, or anyone's) is
  * resumed from its durable size once its bytes are checked against the
  * sender's, and cut back to where they stop matching (see checkPrefix).
+ * The pull of receiveBlob from a set of one source.
  */
 export async function receive(store: BlobStore, src: RemoteSource, name: string, options: ReceiveOptions = {}): Promise<TransferStats> {
   const st = await orAbort(src.stat(name), options.signal, name);
@@ -29,6 +31,16 @@ export async function receive(store: BlobStore, src: RemoteSource, name: string,
   if (options.expect && (options.expect.size !== st.size || !bytesEqual(options.expect.hash, st.hash))) {
     throw new CabError('ERR_PROTOCOL', `blob ${name} is not what the sender announced`, { blob: name });
   }
+  return receiveBlob(store, SourceSet.of(src, { name, signal: options.signal }), name, { size: st.size, hash: st.hash }, options);
+}
+
+/**
+ * Fetches blob `name`, of `size` bytes and root `hash` (which the caller
+ * trusts, or checked every source announces), from `sources` (see
+ * receive): each request goes to one source, and to another if that one
+ * fails by its own fault; the pull fails only when none is left.
+ */
+export async function receiveBlob(store: BlobStore, sources: SourceSet, name: string, st: { size: number; hash: Uint8Array }, options: ReceiveOptions = {}): Promise<TransferStats> {
   const stats: TransferStats = withHexJSON({
     name,
     hash: st.hash,
@@ -44,7 +56,7 @@ export async function receive(store: BlobStore, src: RemoteSource, name: string,
   });
   let writer: BlobWriter;
   let prefix: Prefix | undefined;
-  let source = src;
+  let list = sources.view;
   try {
     const have = await store.newBlobReader(name);
     await have.close();
@@ -53,18 +65,18 @@ export async function receive(store: BlobStore, src: RemoteSource, name: string,
         throw new CabError('ERR_BLOB_EXISTS', `blob ${name} exists here with other content`, { blob: name, expected: toHex(st.hash), found: toHex(have.hash!) });
       }
       if (have.damage.length > 0) {
-        const { received, healed } = await healFrom(store, src, name, st.size, options.signal);
+        const { received, healed } = await sources.attempt((src) => healFrom(store, src, name, st.size, options.signal));
         stats.receivedBytes = stats.neededBytes = received;
         stats.healedBytes = healed;
       } else stats.alreadyHad = true;
       stats.verifiedBytes = st.size;
-      await noteSource(store, name, options.label);
+      await noteSources(store, name, options.label !== undefined ? [{ label: options.label }] : sources.live);
       return stats;
     }
     // The receiver reads the chunk list again: the pages checkPrefix read are kept for it.
-    const pages = sharedListPages(src);
+    const pages = sharedListPages(sources.view);
     prefix = await checkPrefix(store, pages.first, name, st.size);
-    source = pages.second;
+    list = pages.second;
     stats.receivedBytes += prefix.wasted;
     writer = await store.resumeBlobWriter(name);
     if (writer.size !== prefix.kept) {
@@ -80,7 +92,7 @@ export async function receive(store: BlobStore, src: RemoteSource, name: string,
     stats.resumedFrom = writer.size;
     options.onProgress?.({ ...stats }); // where it starts: a resumed transfer's progress goes on from there
     writer.deferHash();
-    const receiver = new Receiver(store, source, name, writer, stats, options, prefix);
+    const receiver = new Receiver(store, sources, list, name, writer, stats, options, prefix);
     try {
       await receiver.run();
     } catch (e) {
@@ -103,20 +115,31 @@ export async function receive(store: BlobStore, src: RemoteSource, name: string,
     await writer.closeWithoutFinalize().catch(() => {});
     throw e;
   }
-  await noteSource(store, name, options.label);
+  await noteSources(store, name, options.label !== undefined ? [{ label: options.label }] : sources.live);
   return stats;
 }
 
 /**
- * A successful transfer: the peer goes into the blob's signpost, and the blob
+ * A successful transfer: the peers (a label, the URL of a server, and the
+ * name of its token if known) go into the blob's signpost, and the blob
  * counts as accessed. The blob is durable by now; a full disk that stops this
  * bookkeeping must not turn the transfer into a failure (nor every retry).
  */
-async function noteSource(store: BlobStore, name: string, label?: string): Promise<void> {
+async function noteSources(store: BlobStore, name: string, peers: Array<{ label: string; tokenName?: string | undefined }>): Promise<void> {
   try {
     // Partial updates: a concurrent change to the blob's other fields (its owner shares, say) is kept.
     const now = new Date();
-    if (label) await store.updateSignpost(name, { locations: { [label]: { whenSeen: now, isProxy: false, isServer: true } } });
+    if (peers.length) {
+      await store.updateSignpost(name, (sp) => ({
+        locations: Object.fromEntries(
+          peers.map((p) => {
+            // A token name known before stays, unless this pull used another.
+            const tokenName = p.tokenName ?? sp?.locations[p.label]?.tokenName;
+            return [p.label, { whenSeen: now, isProxy: false, isServer: true, ...(tokenName === undefined ? {} : { tokenName }) }];
+          }),
+        ),
+      }));
+    }
     await store.updateBlobMetadata(name, { accessed: now });
   } catch (e) {
     // Nor must a blob deleted the moment it was finalized.

@@ -7,6 +7,7 @@ import type { BlobStore, ChunkRef, RecipeStep } from '../store.js';
 import type { BlobWriter } from '../blob/writer.js';
 import type { Prefix } from './prefix.js';
 import { remoteChunks, type RemoteChunk, type RemoteSource } from './remote.js';
+import type { SourceSet } from './sources.js';
 import type { ReceiveOptions, TransferStats } from './stats.js';
 import { FetchWindow } from './fetch-window.js';
 import { FINE_SLACK, matchRun, type FineContext, type LocalWindow } from './fine.js';
@@ -64,7 +65,10 @@ export class Receiver {
 
   constructor(
     readonly store: BlobStore,
-    readonly src: RemoteSource,
+    /** Where the chunks come from: every request goes to one of its sources (FetchWindow, fine runs), or another if that one fails. */
+    readonly sources: SourceSet,
+    /** Where the sender's chunk list is read: the sources (or pages checkPrefix read and kept). */
+    readonly list: RemoteSource,
     readonly name: string,
     readonly w: BlobWriter,
     readonly stats: TransferStats,
@@ -73,11 +77,11 @@ export class Receiver {
     readonly prefix: Prefix | undefined,
   ) {
     this.#files = new FragmentFiles(store.layout, 16);
-    this.#window = new FetchWindow(src, name, w, stats, o.signal, () => this.#progress());
+    this.#window = new FetchWindow(sources, name, w, stats, o.signal, () => this.#progress());
     const signal = o.signal ? AbortSignal.any([o.signal, this.#stop.signal]) : this.#stop.signal;
     // Every request of the runs queued waits on it (bounded by FINE_AHEAD): not a leak.
     setMaxListeners(0, signal);
-    this.#fine = { src, name, w, stats, files: this.#files, sources: new Map(), signal };
+    this.#fine = { src: sources.view, name, w, stats, files: this.#files, sources: new Map(), signal };
   }
 
   #progress(): void {
@@ -102,7 +106,7 @@ export class Receiver {
     const self = this;
     // Skip what a resumed blob holds (its list from the first chunk not wholly held); the chunk it ends inside is finished from the sender.
     async function* rest(): AsyncGenerator<ChunkRef> {
-      for await (const c of remoteChunks(self.src, self.name, self.stats.size, self.prefix?.start)) {
+      for await (const c of remoteChunks(self.list, self.name, self.stats.size, self.prefix?.start)) {
         throwIfAborted(self.o.signal, self.name);
         if (c.offset + c.size <= durable) continue;
         if (c.offset < durable) {
@@ -182,9 +186,14 @@ export class Receiver {
     const runBytes = this.#runBytes;
     this.#run = [];
     this.#runBytes = 0;
-    const near = this.src.fine ? nearBytes(this.#cursor, next, runBytes) : undefined;
+    const near = this.sources.view.fine ? nearBytes(this.#cursor, next, runBytes) : undefined;
     if (near) {
-      const chunks = matchRun(this.#fine, run, near);
+      // One source matches the whole run (its fine lists and its pieces), so that a chunk that fails names the source to drop.
+      const chunks = this.sources.attempt(async (src, e) => {
+        const got = await matchRun({ ...this.#fine, src }, run, near);
+        e.report.chunks += got.length;
+        return got;
+      });
       chunks.catch(() => {}); // awaited when its turn comes, unless the transfer stops first
       await this.#enqueue({ chunks, held: 4 * runBytes + 2 * FINE_SLACK });
     } else {

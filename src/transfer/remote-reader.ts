@@ -2,18 +2,21 @@ import { Readable } from 'node:stream';
 import { CabError, abortError, isCabError } from '../errors.js';
 import { LEAF_SIZE } from '../hash/merkle.js';
 import { bytesEqual, hashArg, toHex } from '../hash/sha256.js';
-import { leafCount, nodeKey, planProof, settle, treeDepth, verifyRange, type KnownNode, type ProofPlan } from '../hash/proof.js';
+import { leafCount, nodeKey, planProof, settle, treeDepth, verifyRange, type ProofPlan } from '../hash/proof.js';
+import { HeldNodes } from './held-nodes.js';
+
+export { MAX_HELD_NODES } from './held-nodes.js';
 import { checkBlobName } from '../format/layout.js';
 import { MAX_RANGE_LEAVES } from './messages.js';
 import type { Peer } from './peer.js';
 import { orAbort, throwIfAborted } from './abort.js';
+import type { BlobStore } from '../store.js';
+import { LocalCopy } from './local-copy.js';
 
 /** Leaves one `range` asks for: 1 MiB of blob, verified as one piece. */
 export const RANGE_LEAVES = 64;
 /** `range` requests a stream (or a long read) keeps in flight ahead of its reader. */
 export const RANGE_AHEAD = 8;
-/** Verified tree nodes a reader keeps (about 100 bytes each); the oldest go first, and are asked for again if needed. */
-export const MAX_HELD_NODES = 65536;
 
 export interface OpenReaderOptions {
   /**
@@ -25,6 +28,17 @@ export interface OpenReaderOptions {
   hash?: Uint8Array | string;
   /** Stops waiting for the blob's size and root (ERR_ABORTED). */
   signal?: AbortSignal;
+  /**
+   * Read through into the local store: verified bytes that extend the
+   * store's blob of the same name (new, or unfinalized: resumed from where
+   * it ends) are appended to it, so a sequential read of the whole blob
+   * leaves a full local copy, finalized once its root checks out. Bytes
+   * read out of order are not kept. close() makes what was appended
+   * durable; a later pull resumes it. The reader holds the blob's writer
+   * until closed (ERR_BLOB_LOCKED for another); a blob held finalized with
+   * another root: ERR_BLOB_EXISTS.
+   */
+  cache?: boolean;
 }
 
 export interface RemoteReaderStreamOptions {
@@ -34,45 +48,6 @@ export interface RemoteReaderStreamOptions {
   end?: number;
   /** Destroys the stream with ERR_ABORTED. */
   signal?: AbortSignal;
-}
-
-/** Verified nodes of one blob's tree, the root always among them, and nodes that requests in flight will verify. */
-class HeldNodes {
-  readonly #nodes = new Map<number, Uint8Array>();
-  readonly #promised = new Map<number, Promise<Uint8Array>>();
-
-  constructor(
-    readonly rootKey: number,
-    readonly root: Uint8Array,
-  ) {}
-
-  get(key: number): KnownNode | undefined {
-    if (key === this.rootKey) return this.root;
-    return this.#nodes.get(key) ?? this.#promised.get(key);
-  }
-
-  /** The nodes a request's answer will verify, as promises: a request made meanwhile waits for them rather than asking for them again. */
-  promise(keys: Iterable<number>, verified: Promise<Map<number, Uint8Array>>): void {
-    for (const key of keys) {
-      if (this.get(key)) continue;
-      const p = verified.then((nodes) => nodes.get(key)!);
-      p.catch(() => {}); // a failed request fails whoever waits on it; nobody else need hear
-      this.#promised.set(key, p);
-    }
-  }
-
-  settle(keys: Iterable<number>, nodes: Map<number, Uint8Array> | undefined): void {
-    for (const key of keys) this.#promised.delete(key);
-    if (!nodes) return;
-    for (const [k, h] of nodes) {
-      this.#nodes.delete(k);
-      this.#nodes.set(k, h);
-    }
-    for (const k of this.#nodes.keys()) {
-      if (this.#nodes.size <= MAX_HELD_NODES) break;
-      this.#nodes.delete(k);
-    }
-  }
 }
 
 /** The keys of the nodes a plan's climb computes from its leaves, and of the uncles it asks for. */
@@ -110,9 +85,12 @@ export class RemoteBlobReader {
   #closed = false;
   /** The last leaves fetched: small reads one after another take them from here. */
   #last: { a: number; data: Uint8Array } | undefined;
+  /** With `cache`: the store's copy, filled as bytes are read in order. */
+  readonly #copy: LocalCopy | undefined;
 
-  private constructor(peer: Peer, name: string, size: number, hash: Uint8Array, maxGetBytes: number) {
+  private constructor(peer: Peer, name: string, size: number, hash: Uint8Array, maxGetBytes: number, copy: LocalCopy | undefined) {
     this.#peer = peer;
+    this.#copy = copy;
     this.name = name;
     this.size = size;
     this.hash = hash;
@@ -121,8 +99,8 @@ export class RemoteBlobReader {
     this.#held = new HeldNodes(nodeKey(treeDepth(this.#leaves), 0), hash);
   }
 
-  /** @internal Asks the server for the blob's size and root; ERR_BLOB_NOT_FINALIZED if it has no root yet, ERR_HASH_MISMATCH if it is not `options.hash`. */
-  static async open(peer: Peer, name: string, options: OpenReaderOptions = {}): Promise<RemoteBlobReader> {
+  /** @internal Asks the server for the blob's size and root; ERR_BLOB_NOT_FINALIZED if it has no root yet, ERR_HASH_MISMATCH if it is not `options.hash`. `store`: where `cache` keeps a copy. */
+  static async open(peer: Peer, name: string, options: OpenReaderOptions, store: BlobStore): Promise<RemoteBlobReader> {
     checkBlobName(name);
     const trusted = options.hash === undefined ? undefined : hashArg(options.hash, 'hash');
     throwIfAborted(options.signal, name);
@@ -132,7 +110,9 @@ export class RemoteBlobReader {
     if (trusted && !bytesEqual(trusted, st.hash)) {
       throw new CabError('ERR_HASH_MISMATCH', `${peer.label} announces root ${toHex(st.hash)} for blob ${name}, not the trusted ${toHex(trusted)}`, { blob: name, expected: trusted, found: st.hash });
     }
-    return new RemoteBlobReader(peer, name, st.size, trusted ?? st.hash, source.maxGetBytes ?? RANGE_LEAVES * LEAF_SIZE);
+    const root = trusted ?? st.hash;
+    const copy = options.cache ? await LocalCopy.open(store, name, st.size, root) : undefined;
+    return new RemoteBlobReader(peer, name, st.size, root, source.maxGetBytes ?? RANGE_LEAVES * LEAF_SIZE, copy);
   }
 
   #check(): void {
@@ -192,7 +172,9 @@ export class RemoteBlobReader {
           inflight.push(p);
         }
         this.#check();
-        yield await inflight.shift()!;
+        const b = await inflight.shift()!;
+        await this.#copy?.add(b.at, b.data);
+        yield b;
       }
     } finally {
       inflight.length = 0;
@@ -228,7 +210,11 @@ export class RemoteBlobReader {
     const need = Math.ceil((pos + n) / LEAF_SIZE);
     const b = Math.min(this.#leaves, Math.max(need, a + this.#perRequest));
     if (n > 0 && b - a <= this.#perRequest) {
-      const data = this.#kept(a, need) ?? (await this.#fetch(a, b));
+      let data = this.#kept(a, need);
+      if (!data) {
+        data = await this.#fetch(a, b);
+        await this.#copy?.add(a * LEAF_SIZE, data);
+      }
       buf.set(data.subarray(pos - a * LEAF_SIZE, pos - a * LEAF_SIZE + n));
     } else if (n > 0) await this.readAt(buf.subarray(0, n), pos);
     this.#pos = pos + n;
@@ -279,10 +265,11 @@ export class RemoteBlobReader {
     return stream;
   }
 
-  /** Forgets what it holds; the connection stays open. Calls after close: ERR_CLOSED. */
+  /** Forgets what it holds (with `cache`, makes the local copy durable and lets its writer go); the connection stays open. Calls after close: ERR_CLOSED. */
   async close(): Promise<void> {
     this.#closed = true;
     this.#last = undefined;
+    await this.#copy?.close();
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

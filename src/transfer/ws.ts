@@ -228,6 +228,10 @@ export interface ConnectOptions {
 
 export interface CabClient {
   readonly url: string;
+  /** @internal The session, for fetchBlob (its source, and the server's chunker). */
+  readonly peer: Peer;
+  /** @internal Resolves once the connection has closed, for whatever reason. */
+  readonly closed: Promise<void>;
   /** Frame payload bytes this connection has sent and received so far. */
   readonly wire: Readonly<WireCount>;
   /** Size, finalized, and hash (a Uint8Array, as everywhere; hex in JSON) of a remote blob. `signal` stops waiting for the answer (ERR_ABORTED). */
@@ -296,11 +300,13 @@ export async function connect(store: BlobStore, url: string, options: ConnectOpt
   let closing: Promise<void> | undefined;
   const client: CabClient = {
     url,
+    peer,
+    closed,
     wire: count,
     stat: (name, o) => orAbort(peer.source().stat(name), o?.signal, name),
     pull: (name, o) => peer.pull(name, o),
     push: (name, o) => peer.push(name, o),
-    openReader: (name, o) => RemoteBlobReader.open(peer, name, o),
+    openReader: (name, o) => RemoteBlobReader.open(peer, name, o ?? {}, store),
     stream: (name, o) => remoteStream(peer.source(), checkBlobName(name), o),
     close() {
       closing ??= (async () => {

@@ -82,3 +82,15 @@ export async function codeOf(p: Promise<unknown>): Promise<string> {
     return isCabError(e) ? e.code : `not a CabError: ${String(e)}`;
   }
 }
+
+/** A blob's size, whether finalized, and its hash (hex) if so; undefined if there is no such blob. */
+export async function blobState(store: BlobStore, name: string): Promise<{ size: number; finalized: boolean; hash?: string } | undefined> {
+  try {
+    const r = await store.newBlobReader(name);
+    await r.close();
+    return { size: r.size, finalized: r.isFinalized, ...(r.hash ? { hash: toHex(r.hash) } : {}) };
+  } catch (e) {
+    if (isCabError(e, 'ERR_NO_SUCH_BLOB')) return undefined;
+    throw e;
+  }
+}

@@ -1,10 +1,13 @@
 // Commands that move blobs between stores: pull and push (with a server),
 // have, export and import (with a bundle file).
 import type { Command } from 'commander';
-import { CabError } from '../../src/errors.js';
+import { CabError, isCabError } from '../../src/errors.js';
+import type { BlobStore } from '../../src/store.js';
+import type { TransferProgress } from '../../src/transfer/stats.js';
 import { checkBlobName } from '../../src/format/layout.js';
 import { Progress, fmtBytes } from '../progress.js';
 import { statInput } from '../source.js';
+import { usage } from '../args.js';
 import { hex as toHex, json, lib, out, readText, replacer, startHashing, token, withScratchStore, withStore, withStoreMadeAfter } from './context.js';
 
 /** Missing chunks an incomplete import lists per blob; --json has the library's list (the first 100). */
@@ -12,45 +15,27 @@ const MISSING_SHOWN = 10;
 
 const transferOpts = (c: Command) => c.option('--token-file <file>', 'the token (first line); else $CABSTORE_TOKEN').option('--ca <file>', 'PEM CA for wss://');
 
+/** Repeatable options (--from URL --from URL): each value added to the list. */
+const collect = (v: string, all: string[]): string[] => [...all, v];
+
 export function transferCommands(program: Command): void {
-  transferOpts(program.command('pull').description('fetch a blob from a server; only what this store lacks travels').argument('<url>').argument('<name>')).action(
-    async (url: string, name: string, o: { tokenFile?: string; ca?: string }) => {
-      checkBlobName(name);
-      await startHashing();
-      const { connect } = await lib.net();
-      const opts = { token: token(o), ...(o.ca ? { ca: readText(o.ca) } : {}) };
-      // With no store here yet, one is made only for a blob the server has, finalized: ask it first.
-      const first = () =>
-        withScratchStore(async (scratch) => {
-          const c = await connect(scratch, url, opts);
-          try {
-            const st = await c.stat(name);
-            if (!st.finalized) throw new CabError('ERR_BLOB_NOT_FINALIZED', `the sender's blob ${name} is not finalized`, { blob: name });
-          } finally {
-            await c.close();
-          }
-        });
-      await withStoreMadeAfter(first, async (s) => {
-        const c = await connect(s, url, opts);
-        try {
-          let p: Progress | undefined;
-          const st = await c.pull(name, {
-            onProgress: (x) => {
-              p ??= new Progress(`pull ${name.slice(0, 8)}`, x.size);
-              p.set(x.verifiedBytes);
-            },
-          });
-          p?.end();
-          out(
-            `${name} ${toHex(st.hash)}: ${st.alreadyHad ? 'already here' : `${fmtBytes(st.receivedBytes)} received, ${fmtBytes(st.reusedBytes)} reused`}, ${fmtBytes(c.wire.sent + c.wire.received)} on the wire`,
-            { ...st, wire: c.wire },
-          );
-        } finally {
-          await c.close();
-        }
-      });
-    },
-  );
+  transferOpts(
+    program
+      .command('pull')
+      .description("fetch a blob from servers (URL NAME, more at once with --from), or from the peers in its signpost (NAME); only what this store lacks travels")
+      .argument('<url-or-name>', 'a server, or the blob (then its signpost says where)')
+      .argument('[name]', 'the blob, after a URL')
+      .option('--from <url>', 'another server to pull from at the same time (repeatable)', collect, [])
+      .option('--hash <hex>', "the blob's root as you know it: a server announcing another is not used"),
+  ).action(async (a: string, b: string | undefined, o: PullOptions) => {
+    if (b === undefined && /^wss?:\/\//.test(a)) usage(`pull ${a}: the blob's name is missing (pull URL NAME, or pull NAME for its signpost's peers)`);
+    const name = b ?? a;
+    const urls = [...(b === undefined ? [] : [a]), ...o.from];
+    checkBlobName(name);
+    await startHashing();
+    if (urls.length === 1 && o.hash === undefined) return pullOne(urls[0]!, name, o);
+    return pullMany(urls, name, o);
+  });
 
   transferOpts(program.command('push').description('send a blob to a server; only what it lacks travels').argument('<url>').argument('<name>')).action(
     async (url: string, name: string, o: { tokenFile?: string; ca?: string }) => {
@@ -126,4 +111,118 @@ export function transferCommands(program: Command): void {
         }
       });
     });
+}
+
+interface PullOptions {
+  from: string[];
+  hash?: string;
+  tokenFile?: string;
+  ca?: string;
+}
+
+/** A pull from one server: its stats, and the bytes on the wire. */
+async function pullOne(url: string, name: string, o: PullOptions): Promise<void> {
+  const { connect } = await lib.net();
+  const opts = { token: token(o), ...(o.ca ? { ca: readText(o.ca) } : {}) };
+  // With no store here yet, one is made only for a blob the server has, finalized: ask it first.
+  await withStoreMadeAfter(
+    () => firstHas([url], name, opts),
+    async (s) => {
+      const c = await connect(s, url, opts);
+      try {
+        const p = progress(name);
+        const st = await c.pull(name, { onProgress: p.on });
+        p.end();
+        out(
+          `${name} ${toHex(st.hash)}: ${st.alreadyHad ? 'already here' : `${fmtBytes(st.receivedBytes)} received, ${fmtBytes(st.reusedBytes)} reused`}, ${fmtBytes(c.wire.sent + c.wire.received)} on the wire`,
+          { ...st, wire: c.wire },
+        );
+      } finally {
+        await c.close();
+      }
+    },
+  );
+}
+
+/**
+ * A pull from many servers at once, or from the signpost's peers (no URL):
+ * fetchBlob. A token name a signpost gives is looked up in
+ * $CABSTORE_TOKEN_<NAME> (upper case, other characters as _).
+ */
+async function pullMany(urls: string[], name: string, o: PullOptions): Promise<void> {
+  const { fetchBlob } = await import('../../src/transfer/fetch-blob.js');
+  const ca = o.ca ? readText(o.ca) : undefined;
+  const p = progress(name);
+  const options = {
+    ...(urls.length ? { from: urls } : {}),
+    ...(o.hash === undefined ? {} : { hash: o.hash }),
+    ...(ca === undefined ? {} : { ca }),
+    token: token(o),
+    tokens: (n: string) => process.env[`CABSTORE_TOKEN_${n.toUpperCase().replace(/[^A-Z0-9_]/g, '_')}`],
+    onProgress: p.on,
+  };
+  const pull = async (s: BlobStore) => {
+    let st;
+    try {
+      st = await fetchBlob(s, name, options);
+    } catch (e) {
+      throw noSourceLeft(e, name);
+    }
+    p.end();
+    const lines = st.sources.map((x) => `  ${x.source}: ${x.dropped ? `dropped, ${x.dropped.message.split('\n')[0]}` : `${fmtBytes(x.receivedBytes)} in ${x.chunks} chunks`}`);
+    const used = st.sources.filter((x) => !x.dropped).length;
+    out(
+      [`${name} ${toHex(st.hash)}: ${st.alreadyHad ? 'already here' : `${fmtBytes(st.receivedBytes)} received, ${fmtBytes(st.reusedBytes)} reused`}, from ${used} of ${st.sources.length} sources`, ...lines].join('\n'),
+      st,
+    );
+  };
+  // No URL: the signpost is in the store, which must be there. URLs: a store is made once a server has the blob.
+  if (urls.length === 0) await withStore(false, pull);
+  else await withStoreMadeAfter(() => firstHas(urls, name, { token: token(o), ...(ca === undefined ? {} : { ca }) }, o.hash), pull);
+}
+
+/** Resolves once one of the servers has blob `name` finalized (with root `hash`, if given); else fails with the last server's reason. */
+async function firstHas(urls: string[], name: string, opts: { token: string | undefined; ca?: string }, hash?: string): Promise<void> {
+  const { connect } = await lib.net();
+  let last: unknown;
+  for (const url of urls) {
+    try {
+      await withScratchStore(async (scratch) => {
+        const c = await connect(scratch, url, opts);
+        try {
+          const st = await c.stat(name);
+          if (!st.finalized) throw new CabError('ERR_BLOB_NOT_FINALIZED', `the sender's blob ${name} is not finalized`, { blob: name });
+          if (hash !== undefined && toHex(st.hash!) !== hash.toLowerCase()) {
+            throw new CabError('ERR_HASH_MISMATCH', `${url} announces root ${toHex(st.hash!)} for blob ${name}, not ${hash}`, { blob: name });
+          }
+        } finally {
+          await c.close();
+        }
+      });
+      return;
+    } catch (e) {
+      last = e;
+    }
+  }
+  throw last;
+}
+
+/** A pull that failed with no source left says what each source did, in one line. */
+function noSourceLeft(e: unknown, name: string): unknown {
+  const sources = isCabError(e) ? (e.data.sources as Array<{ source: string; dropped?: { code: string } }> | undefined) : undefined;
+  if (!isCabError(e) || !sources || sources.length < 2) return e;
+  const each = sources.map((x) => `${x.source} ${x.dropped?.code ?? 'ok'}`).join(', ');
+  return new CabError(e.code, `no source left for blob ${name} (${each}); the last: ${e.message.split('\n')[0]!.replace(/^\w+: /, '')}`, e.data, { cause: e });
+}
+
+/** The progress bar of a pull, made at its first report (which gives the size). */
+function progress(name: string): { on: (x: TransferProgress) => void; end: () => void } {
+  let p: Progress | undefined;
+  return {
+    on: (x) => {
+      p ??= new Progress(`pull ${name.slice(0, 8)}`, x.size);
+      p.set(x.resumedFrom + x.verifiedBytes);
+    },
+    end: () => p?.end(),
+  };
 }
