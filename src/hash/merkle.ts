@@ -153,6 +153,21 @@ export class MerkleHasher {
   }
 }
 
+/**
+ * Why a blob announced with `size` bytes and BEP 52 root `root` cannot be
+ * taken on the announcer's word, or undefined. A BEP 52 root does not pin
+ * the size: the 64 bytes of a root's two children hash to that same root
+ * as a one-leaf blob. So with a trusted root and no trusted size
+ * (`sizeTrusted` false), 64 bytes are refused; 0 bytes have the root
+ * SHA-256("") and no other. (No other size is ambiguous: any other leaf
+ * would have to be a 16 KiB preimage of a node's hash.)
+ */
+export function sizeDoubt(size: number, root: Uint8Array, sizeTrusted: boolean): string | undefined {
+  if (size === 0 && Buffer.compare(root, EMPTY_HASH) !== 0) return 'a blob of 0 bytes has the root SHA-256(""), not this one';
+  if (size === 64 && !sizeTrusted) return 'a blob of 64 bytes may be the two hashes under a larger blob\'s root: pass the size you trust with the root';
+  return undefined;
+}
+
 /** The blob hash of a whole byte array. */
 export function merkleRoot(bytes: Uint8Array): Uint8Array {
   return new MerkleHasher().update(bytes).digest();

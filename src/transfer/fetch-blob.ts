@@ -3,7 +3,8 @@ import { bytesEqual, hashArg, toHex } from '../hash/sha256.js';
 import { checkBlobName } from '../format/layout.js';
 import type { BlobStore, Signpost } from '../store.js';
 import type { ChunkerParams } from '../chunker/params.js';
-import { checkSignal } from '../blob/input.js';
+import { checkCount, checkSignal } from '../blob/input.js';
+import { announcedDoubt } from './remote-reader.js';
 import { receiveBlob } from './receive.js';
 import { SourceSet, type SourceReport } from './sources.js';
 import { withHexJSON, type ReceiveOptions, type TransferStats } from './stats.js';
@@ -39,6 +40,12 @@ export interface FetchOptions extends Pick<ReceiveOptions, 'onProgress' | 'signa
    * whose stat answers), and a server announcing another is not used.
    */
   hash?: Uint8Array | string;
+  /**
+   * The blob's size as the application knows it, with `hash`: a server
+   * announcing another is not used. Without it, a blob announced as 64
+   * bytes is refused when `hash` is given (see OpenReaderOptions.size).
+   */
+  size?: number;
   /** The token for sources given none (and no token name). */
   token?: string;
   /** Tokens by name, for sources (and signpost peers) that name theirs: a map, or a function. */
@@ -72,6 +79,7 @@ export async function fetchBlob(store: BlobStore, name: string, options: FetchOp
   checkBlobName(name);
   checkSignal(options, 'fetchBlob');
   const trusted = options.hash === undefined ? undefined : hashArg(options.hash, 'hash');
+  if (options.size !== undefined) checkCount(options.size, 'size');
   const sources = sourcesOf(options.from ?? (await signpostSources(store.getSignpost(name))), name);
   throwIfAborted(options.signal, name);
   const set = new SourceSet({ name, signal: options.signal, stallMs: options.stallMs ?? DEFAULT_STALL_MS });
@@ -96,10 +104,10 @@ export async function fetchBlob(store: BlobStore, name: string, options: FetchOp
   });
   // The root: the trusted one, else the first source's (in order) that answers with a finalized blob.
   const root = (async () => {
-    if (trusted) return { hash: trusted, size: undefined, chunker: undefined as ChunkerParams | undefined };
+    if (trusted) return { hash: trusted, size: options.size, chunker: undefined as ChunkerParams | undefined, trusted: true };
     for (const p of clients) {
       const got = await p.catch(() => undefined);
-      if (got?.st.finalized && got.st.hash) return { hash: got.st.hash, size: got.st.size, chunker: got.c.peer.remoteChunker };
+      if (got?.st.finalized && got.st.hash) return { hash: got.st.hash, size: got.st.size, chunker: got.c.peer.remoteChunker, trusted: false };
     }
     return undefined;
   })();
@@ -149,7 +157,7 @@ export async function fetchBlob(store: BlobStore, name: string, options: FetchOp
 /** Why a source's stat disqualifies it, if it does. */
 function refusal(
   st: { size: number; finalized: boolean; hash?: Uint8Array },
-  root: { hash: Uint8Array } | undefined,
+  root: { hash: Uint8Array; trusted: boolean } | undefined,
   its: ChunkerParams | undefined,
   agreed: ChunkerParams | undefined,
   size: number | undefined,
@@ -158,7 +166,9 @@ function refusal(
 ): CabError | undefined {
   if (!st.finalized || !st.hash) return new CabError('ERR_BLOB_NOT_FINALIZED', `${url}: blob ${name} is not finalized there`, { blob: name });
   if (!root) return new CabError('ERR_BLOB_NOT_FINALIZED', `no source has blob ${name} finalized`, { blob: name });
-  if (!bytesEqual(st.hash, root.hash) || (size !== undefined && st.size !== size)) {
+  const doubt = announcedDoubt({ size: st.size, hash: st.hash }, root.trusted ? root.hash : undefined, size, url, name);
+  if (doubt) return doubt;
+  if (!bytesEqual(st.hash, root.hash)) {
     return new CabError('ERR_HASH_MISMATCH', `${url} announces root ${toHex(st.hash)} for blob ${name}, not ${toHex(root.hash)}`, { blob: name, expected: toHex(root.hash), found: toHex(st.hash) });
   }
   if (agreed && its && (its.min !== agreed.min || its.avg !== agreed.avg || its.max !== agreed.max)) {

@@ -1,12 +1,13 @@
 import { Readable } from 'node:stream';
 import { CabError, abortError, isCabError } from '../errors.js';
-import { LEAF_SIZE } from '../hash/merkle.js';
+import { LEAF_SIZE, sizeDoubt } from '../hash/merkle.js';
 import { bytesEqual, hashArg, toHex } from '../hash/sha256.js';
 import { leafCount, nodeKey, planProof, settle, treeDepth, verifyRange, type ProofPlan } from '../hash/proof.js';
 import { HeldNodes } from './held-nodes.js';
 
 export { MAX_HELD_NODES } from './held-nodes.js';
 import { checkBlobName } from '../format/layout.js';
+import { checkCount } from '../blob/input.js';
 import { MAX_RANGE_LEAVES } from './messages.js';
 import type { Peer } from './peer.js';
 import { orAbort, throwIfAborted } from './abort.js';
@@ -26,6 +27,13 @@ export interface OpenReaderOptions {
    * that protects against accidents, not against a lying server.
    */
   hash?: Uint8Array | string;
+  /**
+   * The blob's size as the application knows it, with `hash`: a server
+   * announcing another is ERR_HASH_MISMATCH. A root alone does not pin the
+   * content (sizeDoubt): without a trusted size, a blob announced as 64
+   * bytes is refused when `hash` is given.
+   */
+  size?: number;
   /** Stops waiting for the blob's size and root (ERR_ABORTED). */
   signal?: AbortSignal;
   /**
@@ -103,13 +111,13 @@ export class RemoteBlobReader {
   static async open(peer: Peer, name: string, options: OpenReaderOptions, store: BlobStore): Promise<RemoteBlobReader> {
     checkBlobName(name);
     const trusted = options.hash === undefined ? undefined : hashArg(options.hash, 'hash');
+    if (options.size !== undefined) checkCount(options.size, 'size');
     throwIfAborted(options.signal, name);
     const source = peer.source();
     const st = await orAbort(source.stat(name), options.signal, name);
     if (!st.finalized || !st.hash) throw new CabError('ERR_BLOB_NOT_FINALIZED', `blob ${name} is not finalized on ${peer.label}: it has no root to check against`, { blob: name });
-    if (trusted && !bytesEqual(trusted, st.hash)) {
-      throw new CabError('ERR_HASH_MISMATCH', `${peer.label} announces root ${toHex(st.hash)} for blob ${name}, not the trusted ${toHex(trusted)}`, { blob: name, expected: trusted, found: st.hash });
-    }
+    const doubt = announcedDoubt({ size: st.size, hash: st.hash }, trusted, options.size, peer.label, name);
+    if (doubt) throw doubt;
     const root = trusted ?? st.hash;
     const copy = options.cache ? await LocalCopy.open(store, name, st.size, root) : undefined;
     return new RemoteBlobReader(peer, name, st.size, root, source.maxGetBytes ?? RANGE_LEAVES * LEAF_SIZE, copy);
@@ -275,4 +283,21 @@ export class RemoteBlobReader {
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
+}
+
+/**
+ * Why a source's announced size and root are not taken, or undefined: a
+ * root other than the trusted one, a size other than the trusted one, or a
+ * size the root cannot have (sizeDoubt).
+ */
+export function announcedDoubt(st: { size: number; hash: Uint8Array }, trusted: Uint8Array | undefined, size: number | undefined, label: string, name: string): CabError | undefined {
+  const found = { root: toHex(st.hash), size: st.size };
+  if (trusted && !bytesEqual(trusted, st.hash)) {
+    return new CabError('ERR_HASH_MISMATCH', `${label} announces root ${toHex(st.hash)} for blob ${name}, not the trusted ${toHex(trusted)}`, { blob: name, expected: toHex(trusted), found });
+  }
+  if (size !== undefined && st.size !== size) {
+    return new CabError('ERR_HASH_MISMATCH', `${label} announces ${st.size} bytes for blob ${name}, not the trusted ${size}`, { blob: name, expected: size, found });
+  }
+  const doubt = sizeDoubt(st.size, st.hash, size !== undefined || trusted === undefined);
+  return doubt ? new CabError('ERR_HASH_MISMATCH', `${label} announces ${st.size} bytes for blob ${name}: ${doubt}`, { blob: name, found }) : undefined;
 }

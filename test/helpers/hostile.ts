@@ -7,7 +7,7 @@ import { connect, serve, type BlobStore, type CabClient } from '../../src/index.
 import { wsProxy, type FrameHook } from './proxies.js';
 import { tempStore } from './store.js';
 
-export async function throughLiar(t: ExecutionContext, src: BlobStore, toClient: FrameHook): Promise<{ client: CabClient; dst: BlobStore }> {
+export async function throughLiar(t: ExecutionContext, src: BlobStore, toClient: FrameHook): Promise<{ client: CabClient; dst: BlobStore; url: string }> {
   const srv = await serve(src, { tokens: { ro: ['read'] } });
   t.teardown(() => srv.close());
   const liar = await wsProxy(srv.url, { toClient });
@@ -15,5 +15,5 @@ export async function throughLiar(t: ExecutionContext, src: BlobStore, toClient:
   const dst = await tempStore(t);
   const client = await connect(dst, liar.url, { token: 'ro' });
   t.teardown(() => client.close());
-  return { client, dst };
+  return { client, dst, url: liar.url };
 }

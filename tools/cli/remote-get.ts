@@ -12,6 +12,7 @@ export interface RemoteGetOptions {
   from: string;
   range?: string;
   hash?: string;
+  size?: number;
   output?: string;
   tokenFile?: string;
   ca?: string;
@@ -64,7 +65,7 @@ export async function remoteGet(name: string, o: RemoteGetOptions): Promise<void
   await withScratchStore(async (s) => {
     const c = await connect(s, o.from, { token: token(o), ...(o.ca ? { ca: readText(o.ca) } : {}) });
     try {
-      const r = await c.openReader(name, o.hash === undefined ? {} : { hash: o.hash });
+      const r = await c.openReader(name, { ...(o.hash === undefined ? {} : { hash: o.hash }), ...(o.size === undefined ? {} : { size: o.size }) });
       const end = Math.min(range.end ?? r.size, r.size);
       if (range.start > r.size) throw new CabError('ERR_ILLEGAL_POSITION', `--range starts at ${range.start}, past the end of the blob (${r.size})`, { blob: name, offset: range.start });
       await writeOut(r.stream({ start: range.start, end }), end - range.start, `get ${name.slice(0, 8)}`, o.output);

@@ -7,7 +7,7 @@ import type { TransferProgress } from '../../src/transfer/stats.js';
 import { checkBlobName } from '../../src/format/layout.js';
 import { Progress, fmtBytes } from '../progress.js';
 import { statInput } from '../source.js';
-import { usage } from '../args.js';
+import { sizeArg, usage } from '../args.js';
 import { hex as toHex, json, lib, out, readText, replacer, startHashing, token, withScratchStore, withStore, withStoreMadeAfter } from './context.js';
 
 /** Missing chunks an incomplete import lists per blob; --json has the library's list (the first 100). */
@@ -26,13 +26,15 @@ export function transferCommands(program: Command): void {
       .argument('<url-or-name>', 'a server, or the blob (then its signpost says where)')
       .argument('[name]', 'the blob, after a URL')
       .option('--from <url>', 'another server to pull from at the same time (repeatable)', collect, [])
-      .option('--hash <hex>', "the blob's root as you know it: a server announcing another is not used"),
+      .option('--hash <hex>', "the blob's root as you know it: a server announcing another is not used")
+      .option('--size <bytes>', 'with --hash: the blob\'s size as you know it (a root alone does not pin a 64-byte blob)', sizeArg),
   ).action(async (a: string, b: string | undefined, o: PullOptions) => {
     if (b === undefined && /^wss?:\/\//.test(a)) usage(`pull ${a}: the blob's name is missing (pull URL NAME, or pull NAME for its signpost's peers)`);
     const name = b ?? a;
     const urls = [...(b === undefined ? [] : [a]), ...o.from];
     checkBlobName(name);
     await startHashing();
+    if (o.size !== undefined && o.hash === undefined) usage('pull: --size goes with --hash');
     if (urls.length === 1 && o.hash === undefined) return pullOne(urls[0]!, name, o);
     return pullMany(urls, name, o);
   });
@@ -116,6 +118,7 @@ export function transferCommands(program: Command): void {
 interface PullOptions {
   from: string[];
   hash?: string;
+  size?: number;
   tokenFile?: string;
   ca?: string;
 }
@@ -156,6 +159,7 @@ async function pullMany(urls: string[], name: string, o: PullOptions): Promise<v
   const options = {
     ...(urls.length ? { from: urls } : {}),
     ...(o.hash === undefined ? {} : { hash: o.hash }),
+    ...(o.size === undefined ? {} : { size: o.size }),
     ...(ca === undefined ? {} : { ca }),
     token: token(o),
     tokens: (n: string) => process.env[`CABSTORE_TOKEN_${n.toUpperCase().replace(/[^A-Z0-9_]/g, '_')}`],
