@@ -14,6 +14,7 @@ const LAYERS: Array<[RegExp, number, string]> = [
   [/^hash\//, 1, 'hash'],
   [/^chunker\//, 1, 'chunker'],
   [/^format\//, 2, 'format'],
+  [/^bucket\//, 2.5, 'bucket'],
   [/^disk\//, 3, 'disk'],
   [/^index\//, 4, 'index'],
   [/^blob\//, 5, 'blob'],

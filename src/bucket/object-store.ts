@@ -1,0 +1,327 @@
+import fs from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
+import type { Readable } from 'node:stream';
+import type * as S3 from '@aws-sdk/client-s3';
+import { CabError, type CabErrorData } from '../errors.js';
+
+/** How to reach a bucket. */
+export interface BucketAddress {
+  endpoint: string;
+  bucket: string;
+  region: string;
+  credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
+}
+
+/** An object as a listing shows it. */
+export interface ObjectInfo {
+  key: string;
+  size: number;
+  /** The server's time of the last write. */
+  mtime: Date;
+}
+
+/** A file (or its first `size` bytes) to upload. */
+export interface FileBody {
+  file: string;
+  size: number;
+}
+
+/** Above this many bytes a file goes up in parts (a single PUT is faster below it on radosgw: docs/BENCHMARKS.md). */
+export const DEFAULT_MULTIPART_THRESHOLD = 1024 * 1024 * 1024;
+const PART_SIZE = 64 * 1024 * 1024;
+/** Attempts of a streamed upload (the SDK cannot retry a stream it has consumed, so we do). */
+const STREAM_ATTEMPTS = 3;
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+let sdk: Promise<typeof S3> | undefined;
+/** The SDK is loaded by the first store that uses a bucket: a store without one never loads it. */
+const loadSdk = (): Promise<typeof S3> => (sdk ??= import('@aws-sdk/client-s3'));
+
+/** Bytes and requests that went to and came from the server, for the bench and the tests. */
+export interface ObjectStoreStats {
+  bytesUp: number;
+  bytesDown: number;
+  requests: number;
+}
+
+/**
+ * A bucket, through @aws-sdk/client-s3: the few calls a store makes. Every
+ * failure is ERR_OBJECT_STORE with the S3 error code (`data.s3Code`, or
+ * the errno of a failed connection) and HTTP status (`data.status`); only
+ * a real NoSuchKey / 404 of an existing bucket reads as "absent".
+ */
+export class ObjectStore {
+  readonly bucket: string;
+  readonly endpoint: string;
+  readonly stats: ObjectStoreStats = { bytesUp: 0, bytesDown: 0, requests: 0 };
+  multipartThreshold = DEFAULT_MULTIPART_THRESHOLD;
+  readonly #s3: typeof S3;
+  readonly #client: S3.S3Client;
+  /** The same, making one attempt: for streamed bodies, which the SDK cannot send twice. */
+  readonly #once: S3.S3Client;
+
+  private constructor(a: BucketAddress, s3: typeof S3) {
+    this.bucket = a.bucket;
+    this.endpoint = a.endpoint;
+    this.#s3 = s3;
+    const agent = { keepAlive: true, maxSockets: 64 };
+    const config: S3.S3ClientConfig = {
+      endpoint: a.endpoint,
+      region: a.region,
+      forcePathStyle: true,
+      // With the defaults (WHEN_SUPPORTED) streamed uploads get a trailing checksum that radosgw refuses (411).
+      requestChecksumCalculation: 'WHEN_REQUIRED',
+      responseChecksumValidation: 'WHEN_REQUIRED',
+      requestHandler: { httpAgent: new http.Agent(agent), httpsAgent: new https.Agent(agent), connectionTimeout: 10_000 },
+      ...(a.credentials ? { credentials: a.credentials } : {}),
+      // Failures reach the caller as ERR_OBJECT_STORE; the SDK's own warnings on the console would be noise.
+      logger: { trace() {}, debug() {}, info() {}, warn() {}, error() {} },
+    };
+    this.#client = new s3.S3Client({ ...config, maxAttempts: 3 });
+    this.#once = new s3.S3Client({ ...config, maxAttempts: 1 });
+  }
+
+  static async connect(a: BucketAddress): Promise<ObjectStore> {
+    return new ObjectStore(a, await loadSdk());
+  }
+
+  async #send<T>(client: S3.S3Client, cmd: unknown, what: string, data: CabErrorData, signal?: AbortSignal): Promise<T> {
+    this.stats.requests++;
+    try {
+      return (await client.send(cmd as Parameters<S3.S3Client['send']>[0], signal ? { abortSignal: signal } : {})) as T;
+    } catch (e) {
+      throw s3Error(e, what, { bucket: this.bucket, ...data });
+    }
+  }
+
+  /** Checks that the bucket is there; with `create`, makes it if it is not. */
+  async ensureBucket(create: boolean): Promise<void> {
+    try {
+      await this.#send(this.#client, new this.#s3.HeadBucketCommand({ Bucket: this.bucket }), `looking for bucket ${this.bucket}`, {});
+      return;
+    } catch (e) {
+      if (!(e instanceof CabError) || e.data.status !== 404 || !create) throw e;
+    }
+    try {
+      await this.#send(this.#client, new this.#s3.CreateBucketCommand({ Bucket: this.bucket }), `creating bucket ${this.bucket}`, {});
+    } catch (e) {
+      if (!(e instanceof CabError) || e.data.s3Code !== 'BucketAlreadyOwnedByYou') throw e;
+    }
+  }
+
+  /**
+   * Writes an object unless one of that name exists (If-None-Match: *):
+   * 'exists' when the server answers 412. A file above multipartThreshold
+   * goes up in parts (aborted on failure); with a server that ignores
+   * If-None-Match on completing those (radosgw of Ceph 16 does), a HEAD
+   * before is the only check.
+   */
+  async putIfAbsent(key: string, body: Uint8Array | FileBody, signal?: AbortSignal): Promise<'created' | 'exists'> {
+    if (!(body instanceof Uint8Array) && body.size > this.multipartThreshold) {
+      if (await this.head(key)) return 'exists';
+      return this.#putParts(key, body, signal);
+    }
+    try {
+      await this.#put(key, body, true, signal);
+      return 'created';
+    } catch (e) {
+      if (e instanceof CabError && e.data.status === 412) return 'exists';
+      throw e;
+    }
+  }
+
+  /** Writes (or replaces) a small object. */
+  async put(key: string, body: Uint8Array): Promise<void> {
+    await this.#put(key, body, false);
+  }
+
+  async #put(key: string, body: Uint8Array | FileBody, ifAbsent: boolean, signal?: AbortSignal): Promise<void> {
+    const what = `writing ${key}`;
+    const size = body instanceof Uint8Array ? body.length : body.size;
+    const cond = ifAbsent ? { IfNoneMatch: '*' } : {};
+    if (body instanceof Uint8Array) {
+      await this.#send(this.#client, new this.#s3.PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentLength: size, ...cond }), what, { key }, signal);
+    } else {
+      await retried(() => {
+        const stream = fs.createReadStream(body.file, { start: 0, end: Math.max(0, size - 1), highWaterMark: 1024 * 1024 });
+        return this.#send(this.#once, new this.#s3.PutObjectCommand({ Bucket: this.bucket, Key: key, Body: size ? stream : new Uint8Array(0), ContentLength: size, ...cond }), what, { key }, signal).finally(() => stream.destroy());
+      });
+    }
+    this.stats.bytesUp += size;
+  }
+
+  async #putParts(key: string, body: FileBody, signal?: AbortSignal): Promise<'created' | 'exists'> {
+    const s3 = this.#s3;
+    const what = `writing ${key} in parts`;
+    const { UploadId } = await this.#send<S3.CreateMultipartUploadCommandOutput>(this.#client, new s3.CreateMultipartUploadCommand({ Bucket: this.bucket, Key: key }), what, { key }, signal);
+    const partSize = Math.max(PART_SIZE, Math.ceil(body.size / 10_000));
+    const count = Math.ceil(body.size / partSize);
+    const parts: S3.CompletedPart[] = [];
+    try {
+      let next = 0;
+      const worker = async () => {
+        while (next < count) {
+          const i = next++;
+          const start = i * partSize;
+          const len = Math.min(partSize, body.size - start);
+          const out = await retried(() => {
+            const stream = fs.createReadStream(body.file, { start, end: start + len - 1, highWaterMark: 1024 * 1024 });
+            const cmd = new s3.UploadPartCommand({ Bucket: this.bucket, Key: key, UploadId, PartNumber: i + 1, Body: stream, ContentLength: len });
+            return this.#send<S3.UploadPartCommandOutput>(this.#once, cmd, what, { key }, signal).finally(() => stream.destroy());
+          });
+          this.stats.bytesUp += len;
+          parts[i] = { ETag: out.ETag!, PartNumber: i + 1 };
+        }
+      };
+      await Promise.all([worker(), worker()]);
+      const done = new s3.CompleteMultipartUploadCommand({ Bucket: this.bucket, Key: key, UploadId, MultipartUpload: { Parts: parts }, IfNoneMatch: '*' });
+      await this.#send(this.#client, done, what, { key }, signal);
+      return 'created';
+    } catch (e) {
+      await this.abortUpload(key, UploadId!).catch(() => {}); // the upload's own failure is the one to report
+      if (e instanceof CabError && e.data.status === 412) return 'exists';
+      throw e;
+    }
+  }
+
+  /** A small object's bytes; undefined only if it does not exist. */
+  async get(key: string): Promise<Buffer | undefined> {
+    let body: Readable;
+    try {
+      body = await this.getStream(key);
+    } catch (e) {
+      if (e instanceof CabError && e.data.s3Code === 'NoSuchKey') return undefined;
+      throw e;
+    }
+    const parts: Buffer[] = [];
+    try {
+      for await (const b of body) parts.push(b as Buffer);
+    } catch (e) {
+      throw s3Error(e, `reading ${key}`, { bucket: this.bucket, key });
+    }
+    return Buffer.concat(parts);
+  }
+
+  /** The bytes [start, end) of an object (all of it without a range), as a stream. Absent: ERR_OBJECT_STORE with s3Code NoSuchKey. */
+  async getStream(key: string, range?: { start: number; end: number }, signal?: AbortSignal): Promise<Readable> {
+    const Range = range ? `bytes=${range.start}-${range.end - 1}` : undefined;
+    const out = await this.#send<S3.GetObjectCommandOutput>(this.#client, new this.#s3.GetObjectCommand({ Bucket: this.bucket, Key: key, Range }), `reading ${key}`, { key }, signal);
+    const body = out.Body as Readable;
+    body.on('data', (b: Buffer) => (this.stats.bytesDown += b.length));
+    return body;
+  }
+
+  /** An object's size and time; undefined only if the bucket exists and the object does not. */
+  async head(key: string): Promise<{ size: number; mtime: Date } | undefined> {
+    try {
+      const out = await this.#send<S3.HeadObjectCommandOutput>(this.#client, new this.#s3.HeadObjectCommand({ Bucket: this.bucket, Key: key }), `looking for ${key}`, { key });
+      return { size: out.ContentLength ?? 0, mtime: out.LastModified ?? new Date(0) };
+    } catch (e) {
+      if (!(e instanceof CabError) || e.data.status !== 404) throw e;
+    }
+    // A HEAD's 404 has no body to tell a missing object from a missing bucket.
+    await this.ensureBucket(false);
+    return undefined;
+  }
+
+  /** Objects whose keys start with `prefix`, in key order, lazily, a page (`pageSize`, at most 1000) at a time. */
+  async *list(prefix: string, pageSize = 1000): AsyncGenerator<ObjectInfo> {
+    let token: string | undefined;
+    do {
+      const cmd = new this.#s3.ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, ContinuationToken: token, MaxKeys: pageSize });
+      const out = await this.#send<S3.ListObjectsV2CommandOutput>(this.#client, cmd, `listing ${prefix}`, { key: prefix });
+      for (const o of out.Contents ?? []) yield { key: o.Key!, size: o.Size ?? 0, mtime: o.LastModified ?? new Date(0) };
+      token = out.IsTruncated ? out.NextContinuationToken : undefined;
+    } while (token);
+  }
+
+  /** Deletes objects, 1000 a request. One that is absent is no failure; any other per-key error is ERR_OBJECT_STORE. */
+  async deleteMany(keys: readonly string[]): Promise<void> {
+    for (let i = 0; i < keys.length; i += 1000) {
+      const batch = keys.slice(i, i + 1000);
+      const cmd = new this.#s3.DeleteObjectsCommand({ Bucket: this.bucket, Delete: { Objects: batch.map((Key) => ({ Key })), Quiet: true } });
+      const out = await this.#send<S3.DeleteObjectsCommandOutput>(this.#client, cmd, `deleting ${batch.length} objects`, { key: batch[0] });
+      const err = (out.Errors ?? []).find((x) => x.Code !== 'NoSuchKey');
+      if (err) throw new CabError('ERR_OBJECT_STORE', `deleting ${err.Key}: ${err.Code}: ${err.Message}`, { bucket: this.bucket, key: err.Key, s3Code: err.Code });
+    }
+  }
+
+  /** Multipart uploads in progress under `prefix`. */
+  async *listUploads(prefix: string): AsyncGenerator<{ key: string; uploadId: string; initiated: Date }> {
+    let keyMarker: string | undefined;
+    let idMarker: string | undefined;
+    for (;;) {
+      const cmd = new this.#s3.ListMultipartUploadsCommand({ Bucket: this.bucket, Prefix: prefix, KeyMarker: keyMarker, UploadIdMarker: idMarker });
+      const out = await this.#send<S3.ListMultipartUploadsCommandOutput>(this.#client, cmd, `listing uploads under ${prefix}`, { key: prefix });
+      for (const u of out.Uploads ?? []) yield { key: u.Key!, uploadId: u.UploadId!, initiated: u.Initiated ?? new Date(0) };
+      if (!out.IsTruncated) return;
+      keyMarker = out.NextKeyMarker;
+      idMarker = out.NextUploadIdMarker;
+    }
+  }
+
+  async abortUpload(key: string, uploadId: string): Promise<void> {
+    try {
+      await this.#send(this.#client, new this.#s3.AbortMultipartUploadCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId }), `aborting an upload of ${key}`, { key });
+    } catch (e) {
+      if (!(e instanceof CabError) || e.data.s3Code !== 'NoSuchUpload') throw e;
+    }
+  }
+
+  /** Removes the (empty) bucket. */
+  async deleteBucket(): Promise<void> {
+    await this.#send(this.#client, new this.#s3.DeleteBucketCommand({ Bucket: this.bucket }), `removing bucket ${this.bucket}`, {});
+  }
+
+  /** The server's clock now (to a second): the time it gives an object written now. */
+  async serverTime(key: string): Promise<number> {
+    await this.put(key, new Uint8Array(0));
+    try {
+      const h = await this.head(key);
+      if (!h) throw new CabError('ERR_OBJECT_STORE', `${key} vanished as it was written`, { bucket: this.bucket, key });
+      return h.mtime.getTime();
+    } finally {
+      await this.deleteMany([key]).catch(() => {});
+    }
+  }
+
+  close(): void {
+    this.#client.destroy();
+    this.#once.destroy();
+  }
+}
+
+/** Whether a failure may pass if tried again: the server busy or failing, or the connection cut. */
+function transient(e: unknown): boolean {
+  if (!(e instanceof CabError) || e.code !== 'ERR_OBJECT_STORE') return false;
+  const status = e.data.status as number | undefined;
+  if (status !== undefined) return status >= 500 || status === 429 || status === 408;
+  return ['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ECONNREFUSED', 'TimeoutError', 'RequestTimeout'].includes(String(e.data.s3Code));
+}
+
+async function retried<T>(fn: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await fn();
+    } catch (e) {
+      if (attempt >= STREAM_ATTEMPTS || !transient(e)) throw e;
+      await sleep(100 * 4 ** attempt);
+    }
+  }
+}
+
+/**
+ * An SDK failure as ERR_OBJECT_STORE: data.s3Code is the S3 error code (or
+ * the errno of a failed connection), data.status the HTTP status. An
+ * aborted call is ERR_ABORTED; a CabError passes through.
+ */
+export function s3Error(e: unknown, what: string, data: CabErrorData = {}): CabError {
+  if (e instanceof CabError) return e;
+  const err = e as { name?: string; Code?: string; code?: string; message?: string; $metadata?: { httpStatusCode?: number } };
+  if (err?.name === 'AbortError') return new CabError('ERR_ABORTED', `${what} was cancelled`, data, { cause: e });
+  const status = err?.$metadata?.httpStatusCode;
+  const s3Code = err?.Code ?? err?.code ?? (err?.name && err.name !== 'Error' ? err.name : undefined);
+  const msg = `${what}: ${s3Code ?? 'failed'}${status ? ` (HTTP ${status})` : ''}${err?.message && err.message !== s3Code ? `: ${err.message}` : ''}`;
+  return new CabError('ERR_OBJECT_STORE', msg, { ...data, s3Code, status }, { cause: e });
+}
