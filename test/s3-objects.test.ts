@@ -14,7 +14,7 @@ const key = (t: { title: string }, k: string) => `objects-${Buffer.from(t.title)
 
 async function text(os: ObjectStore, k: string, range?: { start: number; end: number }): Promise<Buffer> {
   const parts: Buffer[] = [];
-  for await (const b of await os.getStream(k, range)) parts.push(b as Buffer);
+  for await (const b of (await os.getStream(k, range)).chunks) parts.push(b);
   return Buffer.concat(parts);
 }
 

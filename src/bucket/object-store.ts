@@ -21,6 +21,12 @@ export interface ObjectInfo {
   mtime: Date;
 }
 
+/** An object being read: the bytes that will come, and the bytes. */
+export interface Fetched {
+  size: number | undefined;
+  chunks: AsyncGenerator<Buffer>;
+}
+
 /** A file (or its first `size` bytes) to upload. */
 export interface FileBody {
   file: string;
@@ -187,29 +193,47 @@ export class ObjectStore {
 
   /** A small object's bytes; undefined only if it does not exist. */
   async get(key: string): Promise<Buffer | undefined> {
-    let body: Readable;
+    let got: Fetched;
     try {
-      body = await this.getStream(key);
+      got = await this.getStream(key);
     } catch (e) {
       if (e instanceof CabError && e.data.s3Code === 'NoSuchKey') return undefined;
       throw e;
     }
     const parts: Buffer[] = [];
-    try {
-      for await (const b of body) parts.push(b as Buffer);
-    } catch (e) {
-      throw s3Error(e, `reading ${key}`, { bucket: this.bucket, key });
-    }
+    for await (const b of got.chunks) parts.push(b);
     return Buffer.concat(parts);
   }
 
-  /** The bytes [start, end) of an object (all of it without a range), as a stream. Absent: ERR_OBJECT_STORE with s3Code NoSuchKey. */
-  async getStream(key: string, range?: { start: number; end: number }, signal?: AbortSignal): Promise<Readable> {
+  /**
+   * The bytes [start, end) of an object (all of it without a range): its
+   * size (the bytes that will come) and the bytes as they arrive. Breaking
+   * out of the loop closes the connection. Absent: ERR_OBJECT_STORE with
+   * s3Code NoSuchKey; a failure midway, ERR_OBJECT_STORE.
+   */
+  async getStream(key: string, range?: { start: number; end: number }, signal?: AbortSignal): Promise<Fetched> {
     const Range = range ? `bytes=${range.start}-${range.end - 1}` : undefined;
     const out = await this.#send<S3.GetObjectCommandOutput>(this.#client, new this.#s3.GetObjectCommand({ Bucket: this.bucket, Key: key, Range }), `reading ${key}`, { key }, signal);
     const body = out.Body as Readable;
-    body.on('data', (b: Buffer) => (this.stats.bytesDown += b.length));
-    return body;
+    const stats = this.stats;
+    const bucket = this.bucket;
+    // The signal ends the body too, not only the request: a reader that stops frees the connection.
+    const stop = () => body.destroy(Object.assign(new Error('aborted'), { name: 'AbortError' }));
+    signal?.addEventListener('abort', stop, { once: true });
+    async function* chunks(): AsyncGenerator<Buffer> {
+      try {
+        for await (const b of body) {
+          stats.bytesDown += (b as Buffer).length;
+          yield b as Buffer;
+        }
+      } catch (e) {
+        throw s3Error(e, `reading ${key}`, { bucket, key });
+      } finally {
+        signal?.removeEventListener('abort', stop);
+        body.destroy();
+      }
+    }
+    return { size: out.ContentLength, chunks: chunks() };
   }
 
   /** An object's size and time; undefined only if the bucket exists and the object does not. */

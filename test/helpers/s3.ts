@@ -10,10 +10,10 @@ import { ObjectStore } from '../../src/bucket/object-store.js';
 import type { ObjectStoreOptions } from '../../src/index.js';
 
 export const S3_ENDPOINT = process.env.CABSTORE_S3_ENDPOINT ?? 'http://127.0.0.1:17480';
-export const S3_CREDENTIALS = {
-  accessKeyId: process.env.AWS_ACCESS_KEY_ID ?? 'testkey',
-  secretAccessKey: process.env.AWS_SECRET_ACCESS_KEY ?? 'testsecret',
-};
+// As a user would: the credentials in the environment (scripts/s3-server.sh's user unless set).
+process.env.AWS_ACCESS_KEY_ID ??= 'testkey';
+process.env.AWS_SECRET_ACCESS_KEY ??= 'testsecret';
+export const S3_CREDENTIALS = { accessKeyId: process.env.AWS_ACCESS_KEY_ID, secretAccessKey: process.env.AWS_SECRET_ACCESS_KEY };
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
 /** Why the server cannot be used, or undefined if it answers. */
