@@ -323,7 +323,9 @@ export class BlobStore {
   async gc(options: GcOptions = {}): Promise<GcReport> {
     this.checkOpen();
     try {
-      return await collect(this, options);
+      const report = await collect(this, options);
+      if (this.shared) report.bucket = await this.shared.gc(options);
+      return report;
     } catch (e) {
       throw ioError(e, 'collecting garbage (nothing more was deleted)');
     } finally {

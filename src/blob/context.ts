@@ -39,11 +39,11 @@ export interface SharedHooks {
   /** A writer of an unfinalized (or unpublished) blob lets go: its fragments stay held in the bucket lease. */
   keep(name: string): Promise<void>;
   /**
-   * A new reference to the fragments of blob `name`, pinned in a lease
-   * published at `pinnedAt` (performance.now()): ERR_NO_SUCH_BLOB if the
-   * blob was deleted from the bucket and GC may take them.
+   * After a new reference to the fragments of blob `name` is pinned:
+   * ERR_NO_SUCH_BLOB if the bucket no longer publishes the blob as this
+   * folder has it (deleted or healed elsewhere), so GC may take them.
    */
-  confirm(name: string, frags: readonly string[], pinnedAt: number): Promise<void>;
+  confirm(name: string): Promise<void>;
   /** A published blob's descriptor was replaced here (healed): the bucket gets the new one, which references its new fragment. */
   replaced(name: string): Promise<void>;
 }

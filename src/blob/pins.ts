@@ -32,8 +32,8 @@ export class WriterPins {
       const add = fresh.extents.fragments().filter((f) => !this.#pinned.has(f));
       for (const f of add) this.#pinned.add(f);
       await this.#s.lease.pin(add);
-      // A bucket-backed store: refused if the blob was deleted elsewhere and GC doomed its fragments.
-      await this.#s.shared?.confirm(name, fresh.extents.fragments(), performance.now());
+      // A bucket-backed store: refused if the blob was deleted elsewhere (GC may have found its fragments unreferenced).
+      await this.#s.shared?.confirm(name);
       // Released meanwhile: release() unpinned these too (they were in #pinned), and the caller must not use them.
       this.#throwIfReleased(name);
       this.#snapshots.add(fresh);

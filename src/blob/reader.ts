@@ -121,8 +121,8 @@ export class BlobReader {
         const d = snap?.ino === (await desc.stat()).ino ? snap! : await readDescriptorFrom(desc, name);
         const frags = d.extents.fragments();
         await s.lease.pin(frags, [name]);
-        // A bucket-backed store: refused if the blob was deleted elsewhere and GC doomed its fragments.
-        await s.shared?.confirm(name, frags, performance.now()).catch(async (e: unknown) => {
+        // A bucket-backed store: refused if the blob was deleted elsewhere (GC may have found its fragments unreferenced).
+        await s.shared?.confirm(name).catch(async (e: unknown) => {
           await s.lease.unpin(frags, [name]).catch(() => {});
           throw e;
         });

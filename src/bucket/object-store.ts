@@ -19,11 +19,14 @@ export interface ObjectInfo {
   size: number;
   /** The server's time of the last write. */
   mtime: Date;
+  /** The server's tag of the content (for one PUT, its MD5 in quotes): another tag, other bytes. */
+  etag: string;
 }
 
 /** An object being read: the bytes that will come, and the bytes. */
 export interface Fetched {
   size: number | undefined;
+  etag: string;
   chunks: AsyncGenerator<Buffer>;
 }
 
@@ -137,24 +140,37 @@ export class ObjectStore {
     }
   }
 
-  /** Writes (or replaces) a small object. */
-  async put(key: string, body: Uint8Array): Promise<void> {
-    await this.#put(key, body, false);
+  /** Writes (or replaces) a small object; its tag. */
+  put(key: string, body: Uint8Array): Promise<string> {
+    return this.#put(key, body, false);
   }
 
-  async #put(key: string, body: Uint8Array | FileBody, ifAbsent: boolean, signal?: AbortSignal): Promise<void> {
+  /** Writes a small object unless one of that name exists: its tag, or undefined if it exists (412). */
+  async putOnce(key: string, body: Uint8Array): Promise<string | undefined> {
+    try {
+      return await this.#put(key, body, true);
+    } catch (e) {
+      if (e instanceof CabError && e.data.status === 412) return undefined;
+      throw e;
+    }
+  }
+
+  async #put(key: string, body: Uint8Array | FileBody, ifAbsent: boolean, signal?: AbortSignal): Promise<string> {
     const what = `writing ${key}`;
     const size = body instanceof Uint8Array ? body.length : body.size;
     const cond = ifAbsent ? { IfNoneMatch: '*' } : {};
+    let out: S3.PutObjectCommandOutput;
     if (body instanceof Uint8Array) {
-      await this.#send(this.#client, new this.#s3.PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentLength: size, ...cond }), what, { key }, signal);
+      out = await this.#send(this.#client, new this.#s3.PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentLength: size, ...cond }), what, { key }, signal);
     } else {
-      await retried(() => {
+      out = await retried(() => {
         const stream = fs.createReadStream(body.file, { start: 0, end: Math.max(0, size - 1), highWaterMark: 1024 * 1024 });
-        return this.#send(this.#once, new this.#s3.PutObjectCommand({ Bucket: this.bucket, Key: key, Body: size ? stream : new Uint8Array(0), ContentLength: size, ...cond }), what, { key }, signal).finally(() => stream.destroy());
+        const cmd = new this.#s3.PutObjectCommand({ Bucket: this.bucket, Key: key, Body: size ? stream : new Uint8Array(0), ContentLength: size, ...cond });
+        return this.#send<S3.PutObjectCommandOutput>(this.#once, cmd, what, { key }, signal).finally(() => stream.destroy());
       });
     }
     this.stats.bytesUp += size;
+    return out.ETag ?? '';
   }
 
   async #putParts(key: string, body: FileBody, signal?: AbortSignal): Promise<'created' | 'exists'> {
@@ -193,6 +209,11 @@ export class ObjectStore {
 
   /** A small object's bytes; undefined only if it does not exist. */
   async get(key: string): Promise<Buffer | undefined> {
+    return (await this.getTagged(key))?.body;
+  }
+
+  /** A small object's bytes and tag; undefined only if it does not exist. */
+  async getTagged(key: string): Promise<{ body: Buffer; etag: string } | undefined> {
     let got: Fetched;
     try {
       got = await this.getStream(key);
@@ -202,7 +223,7 @@ export class ObjectStore {
     }
     const parts: Buffer[] = [];
     for await (const b of got.chunks) parts.push(b);
-    return Buffer.concat(parts);
+    return { body: Buffer.concat(parts), etag: got.etag };
   }
 
   /**
@@ -233,14 +254,14 @@ export class ObjectStore {
         body.destroy();
       }
     }
-    return { size: out.ContentLength, chunks: chunks() };
+    return { size: out.ContentLength, etag: out.ETag ?? '', chunks: chunks() };
   }
 
   /** An object's size and time; undefined only if the bucket exists and the object does not. */
-  async head(key: string): Promise<{ size: number; mtime: Date } | undefined> {
+  async head(key: string): Promise<{ size: number; mtime: Date; etag: string } | undefined> {
     try {
       const out = await this.#send<S3.HeadObjectCommandOutput>(this.#client, new this.#s3.HeadObjectCommand({ Bucket: this.bucket, Key: key }), `looking for ${key}`, { key });
-      return { size: out.ContentLength ?? 0, mtime: out.LastModified ?? new Date(0) };
+      return { size: out.ContentLength ?? 0, mtime: out.LastModified ?? new Date(0), etag: out.ETag ?? '' };
     } catch (e) {
       if (!(e instanceof CabError) || e.data.status !== 404) throw e;
     }
@@ -255,7 +276,7 @@ export class ObjectStore {
     do {
       const cmd = new this.#s3.ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, ContinuationToken: token, MaxKeys: pageSize });
       const out = await this.#send<S3.ListObjectsV2CommandOutput>(this.#client, cmd, `listing ${prefix}`, { key: prefix });
-      for (const o of out.Contents ?? []) yield { key: o.Key!, size: o.Size ?? 0, mtime: o.LastModified ?? new Date(0) };
+      for (const o of out.Contents ?? []) yield { key: o.Key!, size: o.Size ?? 0, mtime: o.LastModified ?? new Date(0), etag: o.ETag ?? '' };
       token = out.IsTruncated ? out.NextContinuationToken : undefined;
     } while (token);
   }
@@ -298,13 +319,12 @@ export class ObjectStore {
     await this.#send(this.#client, new this.#s3.DeleteBucketCommand({ Bucket: this.bucket }), `removing bucket ${this.bucket}`, {});
   }
 
-  /** The server's clock now (to a second): the time it gives an object written now. */
+  /** The server's clock now: the time it gives an object written now (as a listing shows it: HEAD rounds to the second). */
   async serverTime(key: string): Promise<number> {
     await this.put(key, new Uint8Array(0));
     try {
-      const h = await this.head(key);
-      if (!h) throw new CabError('ERR_OBJECT_STORE', `${key} vanished as it was written`, { bucket: this.bucket, key });
-      return h.mtime.getTime();
+      for await (const o of this.list(key, 1)) if (o.key === key) return o.mtime.getTime();
+      throw new CabError('ERR_OBJECT_STORE', `${key} vanished as it was written`, { bucket: this.bucket, key });
     } finally {
       await this.deleteMany([key]).catch(() => {});
     }

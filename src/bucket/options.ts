@@ -33,13 +33,11 @@ export interface ObjectStoreOptions {
    */
   syncInterval?: number;
   /**
-   * The GC delay (ms, default 60 000): GC deletes a fragment only this long
-   * after it published it as doomed, and a store takes no new reference to
-   * a fragment unless its list of doomed fragments is younger than this.
-   * Every store on a bucket must use the same value (docs/FORMAT.md).
+   * GC deletes no fragment younger than this (ms, default 3 600 000): a
+   * margin, not what keeps GC safe (docs/FORMAT.md, "GC across stores").
+   * Also the age at which a multipart upload is taken for a killed
+   * writer's and aborted.
    */
-  gcDelay?: number;
-  /** Objects younger than this (ms, default 3 600 000) are never doomed: uploads that no record names yet. */
   gcGrace?: number;
   /** Files above this many bytes are uploaded in parts (default 1 GiB). */
   multipartThreshold?: number;
@@ -47,7 +45,6 @@ export interface ObjectStoreOptions {
 
 export const DEFAULT_CACHE_BYTES = 4 * 1024 ** 3;
 export const DEFAULT_SYNC_INTERVAL = 30_000;
-export const DEFAULT_GC_DELAY = 60_000;
 export const DEFAULT_GC_GRACE = 3_600_000;
 
 /** The options with their defaults, checked. */
@@ -79,7 +76,6 @@ export function resolveObjectStoreOptions(o: unknown): ResolvedObjectStoreOption
     ...(credentials ? { credentials } : {}),
     cacheBytes: num('cacheBytes', DEFAULT_CACHE_BYTES, 0),
     syncInterval: num('syncInterval', DEFAULT_SYNC_INTERVAL, 0),
-    gcDelay: num('gcDelay', DEFAULT_GC_DELAY, 1),
     gcGrace: num('gcGrace', DEFAULT_GC_GRACE, 0),
     multipartThreshold: num('multipartThreshold', DEFAULT_MULTIPART_THRESHOLD, 5 * 1024 * 1024),
   };

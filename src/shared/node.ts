@@ -6,8 +6,11 @@ import { NodeLease } from '../bucket/node-lease.js';
 import type { OpenedBucket } from '../disk/bucket-config.js';
 import type { Cas } from '../disk/cas.js';
 import { leaseLives, type Lease } from '../disk/lease.js';
+import { writeFileDurable } from '../disk/durable.js';
 import type { ChunkIndex } from '../index/chunk-index.js';
-import { importBlob, isPublished, publishBlob, syncBlobs, type SyncContext, type SyncReport } from './sync.js';
+import type { BucketGcReport } from '../bucket/report.js';
+import { collectBucket } from './gc.js';
+import { fetchBlob, publishBlob, readMark, syncBlobs, type SyncContext, type SyncReport } from './sync.js';
 
 /** What a shared node needs from its store. */
 export interface SharedHost {
@@ -42,7 +45,7 @@ export class SharedNode {
   private constructor(host: SharedHost, bucket: OpenedBucket) {
     this.#host = host;
     this.bucket = bucket;
-    this.lease = new NodeLease(bucket.os, bucket.keys, bucket.node, host.lease.name, bucket.options.gcDelay);
+    this.lease = new NodeLease(bucket.os, bucket.keys, bucket.node, host.lease.name);
     this.#ctx = { layout: host.layout, index: host.index, knownDirs: host.knownDirs, os: bucket.os, keys: bucket.keys, lease: this.lease, removeLocal: (n) => host.removeLocal(n) };
   }
 
@@ -58,8 +61,6 @@ export class SharedNode {
     await n.#holdAll();
     await n.lease.publish();
     await n.dropDeadLeases();
-    await n.lease.readDoomed();
-    n.lease.start();
     await n.sync();
     const every = bucket.options.syncInterval;
     if (every > 0) {
@@ -72,7 +73,7 @@ export class SharedNode {
   /** Holds the fragments of this folder's unfinalized and unpublished blobs in the lease. */
   async #holdAll(): Promise<void> {
     for await (const name of this.#host.listBlobIds()) {
-      if (this.#host.index.blob(name)?.h && (await isPublished(this.#host.layout, name))) continue;
+      if (this.#host.index.blob(name)?.h && (await readMark(this.#host.layout, name)) !== undefined) continue;
       await this.keep(name, false);
     }
   }
@@ -111,32 +112,56 @@ export class SharedNode {
     else this.lease.holdLater(name, frags);
   }
 
+  /**
+   * GC of the bucket (shared/gc.ts), after this process's lease holds every
+   * unfinalized or unpublished blob of its folder again and the leases of
+   * the folder's dead processes are gone.
+   */
+  async gc(options: { dryRun?: boolean; signal?: AbortSignal }): Promise<BucketGcReport> {
+    await this.#holdAll();
+    await this.lease.publish();
+    if (!options.dryRun) await this.dropDeadLeases();
+    const { os, keys, options: o } = this.bucket;
+    return collectBucket({ os, keys, gcGrace: o.gcGrace, dryRun: !!options.dryRun, ...(options.signal ? { signal: options.signal } : {}) });
+  }
+
   /** A blob deleted here: no hold. */
   forget(name: string): void {
     this.lease.unhold(name);
   }
 
   /**
-   * A new reference to the fragments of blob `name` was pinned in a lease
-   * published at `pinnedAt`: ERR_NO_SUCH_BLOB if one of them is doomed and
-   * the blob is gone from the bucket (deleted elsewhere, so GC may delete
-   * them): the caller must not rely on them.
+   * A new reference to the fragments of blob `name` has just been pinned
+   * (the pin is in the bucket lease): confirms that the bucket still
+   * publishes the descriptor they came from, as this folder has it (its
+   * tag, after the pin). Else ERR_NO_SUCH_BLOB (deleted elsewhere, or
+   * healed elsewhere: `data.changed`), and the caller must not rely on
+   * them: GC may have found them unreferenced before the pin (FORMAT.md,
+   * "GC across stores"). A blob not published (unfinalized here, or not
+   * yet published) needs no look: this folder's leases hold its fragments.
    */
-  async confirm(name: string, frags: readonly string[], pinnedAt: number): Promise<void> {
-    if (!(await this.lease.doomed(frags, pinnedAt))) return;
-    if (await this.bucket.os.head(this.bucket.keys.descriptor(name))) return;
-    throw new CabError('ERR_NO_SUCH_BLOB', `blob ${name} was deleted from the bucket`, { blob: name });
+  async confirm(name: string): Promise<void> {
+    const tag = await readMark(this.#host.layout, name);
+    if (tag === undefined) return;
+    const now = await this.bucket.os.head(this.bucket.keys.descriptor(name));
+    if (now?.etag === tag) return;
+    throw new CabError('ERR_NO_SUCH_BLOB', `blob ${name} was ${now ? 'changed' : 'deleted'} in the bucket by another store`, { blob: name, changed: now !== undefined });
   }
 
-  /** A published blob's descriptor was replaced here (healed): the bucket's is replaced too (a plain PUT: its name is taken). */
+  /**
+   * A published blob's descriptor was replaced here (healed): the bucket's
+   * is replaced too (a plain PUT: its name is taken), and the mark takes
+   * the new tag. Other stores see the tag change (confirm, sync) and fetch it.
+   */
   async replaced(name: string): Promise<void> {
-    if (!(await isPublished(this.#host.layout, name))) return;
-    await this.bucket.os.put(this.bucket.keys.descriptor(name), await fs.readFile(this.#host.layout.descriptor(name)));
+    if ((await readMark(this.#host.layout, name)) === undefined) return;
+    const etag = await this.bucket.os.put(this.bucket.keys.descriptor(name), await fs.readFile(this.#host.layout.descriptor(name)));
+    await writeFileDurable(this.#host.layout.publishedMark(name), etag);
   }
 
-  /** A blob asked for by name that is not here: fetched if the bucket has it. */
+  /** A blob asked for by name that is not here, or not as the bucket has it: fetched if the bucket has it. */
   fetch(name: string): Promise<boolean> {
-    return importBlob(this.#ctx, name);
+    return fetchBlob(this.#ctx, name);
   }
 
   /** Deletes a blob's published descriptor (before it goes here: see FORMAT.md). */
