@@ -22,6 +22,9 @@ s3Test('put on one store folder, cat on another: the blob goes through the bucke
   const name = put.out.split(' ')[0]!;
   const cat = await cli(['--store', path.join(dir, 'b'), ...s3, 'cat', name]);
   t.is(cat.code, 1, 'b is not a store yet: reading commands make none');
+  t.regex(cat.stderr, /ERR_BAD_STORE: no cabstore store/, 'and say so before asking the bucket anything');
+  const elsewhere = await cli(['--store', path.join(dir, 'c'), '--s3', 's3://cabstore-test-no-such-bucket/p', '--s3-endpoint', S3_ENDPOINT, 'cat', name]);
+  t.regex(elsewhere.stderr, /ERR_BAD_STORE: no cabstore store/);
   t.is((await cli(['--store', path.join(dir, 'b'), ...s3, 'init'])).code, 0);
   const cat2 = await cli(['--store', path.join(dir, 'b'), 'cat', name]);
   t.is(cat2.code, 0, `the store remembers its bucket: ${cat2.stderr}`);

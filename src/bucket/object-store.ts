@@ -42,6 +42,8 @@ const PART_SIZE = 64 * 1024 * 1024;
 /** Attempts of a streamed upload (the SDK cannot retry a stream it has consumed, so we do). */
 const STREAM_ATTEMPTS = 3;
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+/** Per-key errors of a batch delete that are the server's own trouble, worth another try. */
+const SERVER_SIDE = new Set(['UnknownError', 'InternalError', 'ServiceUnavailable', 'SlowDown']);
 
 let sdk: Promise<typeof S3> | undefined;
 /** The SDK is loaded by the first store that uses a bucket: a store without one never loads it. */
@@ -281,14 +283,24 @@ export class ObjectStore {
     } while (token);
   }
 
-  /** Deletes objects, 1000 a request. One that is absent is no failure; any other per-key error is ERR_OBJECT_STORE. */
+  /**
+   * Deletes objects, 1000 a request. One that is absent is no failure; a
+   * key the server failed to delete for a reason of its own (radosgw under
+   * load answers UnknownError or InternalError for single keys) is tried
+   * again, twice; any other per-key error is ERR_OBJECT_STORE.
+   */
   async deleteMany(keys: readonly string[]): Promise<void> {
     for (let i = 0; i < keys.length; i += 1000) {
-      const batch = keys.slice(i, i + 1000);
-      const cmd = new this.#s3.DeleteObjectsCommand({ Bucket: this.bucket, Delete: { Objects: batch.map((Key) => ({ Key })), Quiet: true } });
-      const out = await this.#send<S3.DeleteObjectsCommandOutput>(this.#client, cmd, `deleting ${batch.length} objects`, { key: batch[0] });
-      const err = (out.Errors ?? []).find((x) => x.Code !== 'NoSuchKey');
-      if (err) throw new CabError('ERR_OBJECT_STORE', `deleting ${err.Key}: ${err.Code}: ${err.Message}`, { bucket: this.bucket, key: err.Key, s3Code: err.Code });
+      let batch = keys.slice(i, i + 1000);
+      for (let attempt = 1; batch.length > 0; attempt++) {
+        const cmd = new this.#s3.DeleteObjectsCommand({ Bucket: this.bucket, Delete: { Objects: batch.map((Key) => ({ Key })), Quiet: true } });
+        const out = await this.#send<S3.DeleteObjectsCommandOutput>(this.#client, cmd, `deleting ${batch.length} objects`, { key: batch[0] });
+        const errors = (out.Errors ?? []).filter((x) => x.Code !== 'NoSuchKey');
+        const err = errors.find((x) => attempt >= STREAM_ATTEMPTS || !SERVER_SIDE.has(x.Code ?? ''));
+        if (err) throw new CabError('ERR_OBJECT_STORE', `deleting ${err.Key}: ${err.Code}: ${err.Message}`, { bucket: this.bucket, key: err.Key, s3Code: err.Code });
+        batch = errors.map((x) => x.Key!);
+        if (batch.length > 0) await sleep(100 * 4 ** attempt);
+      }
     }
   }
 

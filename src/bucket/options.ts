@@ -21,8 +21,8 @@ export interface ObjectStoreOptions {
   credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
   /**
    * Bytes of fragments the local cas/ keeps as a cache (default 4 GiB),
-   * least recently used evicted first. Fragments of unfinalized blobs are
-   * never evicted; a reader holding a fragment open keeps reading it.
+   * least recently used evicted first (every one is in the bucket); a
+   * reader holding a fragment open keeps reading it.
    */
   cacheBytes?: number;
   /**

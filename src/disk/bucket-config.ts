@@ -41,6 +41,8 @@ export async function openConfig(
 ): Promise<{ config: StoreConfig; bucket?: OpenedBucket }> {
   const recorded = await recordedAttachment(layout);
   if (!asked && !recorded) return { config: await loadConfig(layout, chunker, create) };
+  // A store that may not be made here must exist before the bucket is asked anything (ERR_BAD_STORE 'absent').
+  if (!create && !recorded) await loadConfig(layout, undefined, false);
   const o = resolveObjectStoreOptions(asked ?? { endpoint: recorded!.endpoint, bucket: recorded!.bucket, prefix: recorded!.prefix, region: recorded!.region });
   if (recorded && (recorded.bucket !== o.bucket || recorded.prefix !== o.prefix)) {
     throw new CabError('ERR_BAD_ARGUMENT', `the store at ${layout.root} keeps its fragments in s3://${recorded.bucket}/${recorded.prefix}, not s3://${o.bucket}/${o.prefix}`, {
