@@ -1,5 +1,5 @@
 import fs from 'node:fs/promises';
-import { CabError } from '../errors.js';
+import { CabError, ioError } from '../errors.js';
 import type { Layout } from '../format/layout.js';
 import type { BucketLayout } from '../bucket/keys.js';
 import type { ObjectStore } from '../bucket/object-store.js';
@@ -47,7 +47,7 @@ export class Cas {
     try {
       fh = await fs.open(this.layout.fragment(id), 'r');
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw ioError(e, `opening fragment ${id}`, { fragment: id }); // EMFILE, EIO: ERR_IO, never "missing"
       if (!this.remote) throw new CabError('ERR_FRAGMENT_MISSING', `fragment ${id} is missing`, { fragment: id, cause: e });
       return this.#fetch(id);
     }

@@ -26,7 +26,9 @@ export async function removeBlob(layout: Layout, index: ChunkIndex, tables: Tabl
   } finally {
     await fh.close();
   }
-  await Promise.all([index.removeBlob(name), fs.rm(layout.leafLayer(name), { force: true }), fs.rm(layout.publishedMark(name), { force: true })]);
+  // Derived (the leaf layer, the mark): whatever is at their paths goes, and never fails a delete that is done.
+  const derived = [layout.leafLayer(name), layout.publishedMark(name)].map((p) => fs.rm(p, { force: true, recursive: true }).catch(() => {}));
+  await Promise.all([index.removeBlob(name), ...derived]);
   // Metadata is about a blob we hold; a signpost says where to find one we do not, so it stays.
   await tables.metadata.delete(name);
 }

@@ -164,7 +164,7 @@ export class FetchWindow {
     return landed;
   }
 
-  /** Frames of get `g` landed (called as they arrive, in order): each chunk checked, then copied into the get's buffer. */
+  /** Frames of get `g` landed (called as they arrive, in order): each chunk checked (or left to the writer), then copied into the get's buffer. */
   #land(g: Get, items: Uint8Array[]): void {
     if (this.#failure !== undefined) return;
     if (g !== this.#queue.find((x) => x.got < x.chunks.length) || g.got + items.length > g.chunks.length) {
@@ -177,7 +177,8 @@ export class FetchWindow {
     for (const bytes of items) {
       const c = g.chunks[g.got]!;
       this.stats.receivedBytes += bytes.length;
-      if (bytes.length !== c.size || !bytesEqual(sha256(bytes), c.hash)) {
+      // A source with a chunker: the writer's hashing thread checks the hash (appendVerified), before the chunk counts.
+      if (bytes.length !== c.size || (!this.src.chunker && !bytesEqual(sha256(bytes), c.hash))) {
         this.#failure = new CabError('ERR_HASH_MISMATCH', `chunk ${toHex(c.hash)} from ${this.src.label} does not hash to what was asked for`, { blob: this.name });
         break;
       }
@@ -225,7 +226,7 @@ export class FetchWindow {
     g.writtenBytes = off;
     try {
       // A whole get's buffer goes to the hashing thread as it is (appendVerified takes it): g.buf is not touched again.
-      await this.w.appendVerified(chunks);
+      await this.w.appendVerified(chunks, this.src.chunker);
     } catch (e) {
       this.#failure ??= e;
       this.#broken = true;
