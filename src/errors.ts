@@ -42,6 +42,8 @@ export const ERROR_CODES = {
   ERR_CLOSED: 'the store, writer or reader is closed',
   ERR_ABORTED: 'the operation was cancelled through its AbortSignal',
   ERR_NO_SPACE: 'the file system is full (ENOSPC or EDQUOT): the operation failed, what was durable before it stands',
+  ERR_OBJECT_STORE:
+    "the object store (S3) failed a request or could not be reached: data.s3Code is the S3 error code (or the errno of a failed connection), data.status the HTTP status, data.key the object; on a safety path (GC, fsck) nothing was deleted or marked",
   ERR_IO: 'an I/O error (EIO, EMFILE, ...) stopped the operation, or the system refused it (a port in use, a directory that cannot be made; data.found has the errno); on a safety path (GC, fsck) nothing was deleted or marked',
 } as const;
 

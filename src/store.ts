@@ -1,6 +1,5 @@
-import fs from 'node:fs/promises';
-import { CabError, ioError } from './errors.js';
-import { resolveChunkerParams, type ChunkerParams, type ResolvedChunkerParams } from './chunker/params.js';
+import { CabError, ioError, isCabError } from './errors.js';
+import type { ResolvedChunkerParams } from './chunker/params.js';
 import { BlobWriter } from './blob/writer.js';
 import { BlobReader, type ReaderOptions } from './blob/reader.js';
 import { ChunkIndex, type Location } from './index/chunk-index.js';
@@ -8,56 +7,25 @@ import { catchUpAll, catchUpBlob } from './index/catchup.js';
 import { paged } from './index/paging.js';
 import { planRecipe, type ChunkRef, type RecipeStep } from './index/recipes.js';
 import { Snapshots } from './index/snapshots.js';
-import { openDescriptor, type Descriptor } from './format/descriptor.js';
-import { ensureDir, exists, fsyncDir } from './disk/durable.js';
-import { checkOpenArgs, loadConfig } from './disk/config.js';
+import type { Descriptor } from './format/descriptor.js';
+import { exists } from './disk/durable.js';
+import type { Cas } from './disk/cas.js';
+import { removeBlob } from './index/remove.js';
+import { SharedNode } from './shared/node.js';
+import type { SyncReport } from './shared/sync.js';
 import { walk } from './disk/walk.js';
-import { Layout, checkBlobName, isBlobName, isFragmentId, newBlobName } from './format/layout.js';
-import { tryLockExclusive } from './disk/lock.js';
+import { checkBlobName, isBlobName, isFragmentId, newBlobName, type Layout } from './format/layout.js';
 import { fsck, type FsckOptions, type FsckReport } from './upkeep/fsck.js';
-import { Lease } from './disk/lease.js';
-import { startHashThread } from './hash/pool.js';
+import type { Lease } from './disk/lease.js';
 import { collect, type GcOptions, type GcReport } from './upkeep/gc.js';
 import { blobsWithRoot } from './index/roots.js';
-import { Tables, type BlobMetadata, type BlobMetadataPatch, type PatchOf, type Signpost, type SignpostPatch, type PerSyncgroup } from './index/tables.js';
+import { openParts } from './store/open.js';
+import type { BlobStat, StoreOptions } from './store/options.js';
+import type { Tables, BlobMetadata, BlobMetadataPatch, PatchOf, Signpost, SignpostPatch, PerSyncgroup } from './index/tables.js';
 
-export interface StoreOptions {
-  /** Chunker parameters for a new store (an existing store keeps its own; asking for others is an error). */
-  chunker?: Partial<ChunkerParams>;
-  /** A writer seals its fragment and writes a durable checkpoint every this many new bytes (default 64 MiB). */
-  fragmentSize?: number;
-  /**
-   * Bring the chunk index up to date with the descriptors on open (default
-   * true). fsck opens with false, to report what it finds rather than have
-   * open mend it silently.
-   */
-  catchUpIndex?: boolean;
-  /**
-   * Create the store if the directory is new or empty (default true). With
-   * false, a missing or empty directory is ERR_BAD_STORE (data.reason
-   * 'absent') and nothing is created. Either way a directory that holds
-   * other files and no store is ERR_BAD_STORE (data.reason 'not-empty'):
-   * it is never turned into a store; a file in its place (or above it),
-   * data.reason 'not-a-directory'.
-   */
-  create?: boolean;
-}
-
-export const DEFAULT_FRAGMENT_SIZE = 64 * 1024 * 1024;
-
-/** What `stat` tells of a blob: its durable state, as its descriptor records it. */
-export interface BlobStat {
-  /** Bytes durably appended (all of them, once finalized). */
-  size: number;
-  finalized: boolean;
-  /** The BEP 52 blob hash, once finalized. */
-  hash?: Uint8Array;
-  /** Byte ranges [start, end) that fsck --repair recorded as lost, and why; absent when none. */
-  damaged?: Array<{ start: number; end: number; why: string }>;
-}
-
+export { DEFAULT_FRAGMENT_SIZE, type StoreOptions, type BlobStat } from './store/options.js';
 export type { BlobMetadataPatch, SignpostPatch, SignpostLocation, PatchOf } from './index/tables.js';
-export type { ChunkRef, RecipeStep, Location, BlobMetadata, Signpost, PerSyncgroup, FsckOptions, FsckReport, GcOptions, GcReport };
+export type { ChunkRef, RecipeStep, Location, BlobMetadata, Signpost, PerSyncgroup, FsckOptions, FsckReport, GcOptions, GcReport, SyncReport };
 
 /**
  * A content-addressed blob store in a directory (docs/FORMAT.md); any number
@@ -81,12 +49,19 @@ export class BlobStore {
   /** @internal */
   readonly fragmentSize: number;
   /** @internal */
-  readonly knownDirs = new Set<string>();
+  readonly knownDirs: Set<string>;
+  /** @internal */
+  readonly cas: Cas;
+  /** @internal A bucket-backed store's part in its bucket. */
+  shared: SharedNode | undefined;
   readonly #open = new Set<{ close(): Promise<void> }>();
   readonly #snapshots: Snapshots;
   #closing: Promise<void> | null = null;
 
-  private constructor(layout: Layout, index: ChunkIndex, tables: Tables, lease: Lease, chunker: ResolvedChunkerParams, fragmentSize: number) {
+  private constructor(cas: Cas, index: ChunkIndex, tables: Tables, lease: Lease, chunker: ResolvedChunkerParams, fragmentSize: number) {
+    const layout = cas.layout;
+    this.cas = cas;
+    this.knownDirs = cas.knownDirs;
     this.lease = lease;
     this.layout = layout;
     this.root = layout.root;
@@ -103,32 +78,16 @@ export class BlobStore {
    * holds other files never does (ERR_BAD_STORE).
    */
   static async open(root: string, options: StoreOptions = {}): Promise<BlobStore> {
-    checkOpenArgs(root, options);
-    startHashThread(); // 30 ms to start: beside the opening, not at the first write (idle and unref'd until then)
-    const layout = new Layout(root);
-    const fragmentSize = options.fragmentSize ?? DEFAULT_FRAGMENT_SIZE;
-    // Each part opened is closed again if a later step fails: a failed open leaves nothing open.
-    const opened: Array<{ close(): Promise<void> }> = [];
+    const p = await openParts(root, options);
     try {
-      const config = await loadConfig(layout, options.chunker, options.create ?? true);
-      // Not fs.mkdir({ recursive: true }): on a path it cannot create, such as /proc/x, it retries forever (Node 20).
-      const made = new Set<string>();
-      for (const dir of [layout.blobRoot, layout.casRoot, layout.tmp, layout.index, layout.leases, layout.tables]) await ensureDir(dir, made);
-      await fsyncDir(layout.root);
-      const index = ChunkIndex.open(layout.index);
-      opened.push(index);
-      const tables = Tables.open(layout.tables);
-      opened.push(tables);
-      const lease = await Lease.take(layout);
-      opened.push(lease);
-      const store = new BlobStore(layout, index, tables, lease, resolveChunkerParams(config.chunker), fragmentSize);
-      for (const d of [layout.blobRoot, layout.casRoot, layout.tmp]) store.knownDirs.add(d);
+      const store = new BlobStore(p.cas, p.index, p.tables, p.lease, p.chunker, p.fragmentSize);
       // Re-indexes every descriptor the index is behind on, and forgets blobs whose descriptor is gone.
-      if (options.catchUpIndex ?? true) await catchUpAll(index, layout, store.listBlobIds());
+      if (options.catchUpIndex ?? true) await catchUpAll(p.index, p.cas.layout, store.listBlobIds());
+      if (p.bucket) store.shared = await SharedNode.start(store, p.bucket);
       return store;
     } catch (e) {
-      for (const part of opened.reverse()) await part.close().catch(() => {});
-      throw ioError(e, `opening the store at ${layout.root}`, { path: layout.root });
+      await p.close();
+      throw ioError(e, `opening the store at ${p.cas.layout.root}`, { path: p.cas.layout.root });
     }
   }
 
@@ -164,7 +123,28 @@ export class BlobStore {
 
   /** A reader of the blob as it is now, or (`follow`) as it grows: see ReaderOptions. */
   newBlobReader(name: string, options?: ReaderOptions): Promise<BlobReader> {
-    return BlobReader.open(this, name, options);
+    return this.#fetched(name, () => BlobReader.open(this, name, options));
+  }
+
+  /** `fn`; if the blob is not here but in the bucket (a bucket-backed store), fetched first and `fn` again. */
+  async #fetched<T>(name: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (e) {
+      if (!isCabError(e, 'ERR_NO_SUCH_BLOB') || !this.shared || !(await this.shared.fetch(name))) throw e;
+      return fn();
+    }
+  }
+
+  /**
+   * A bucket-backed store: looks for blobs that other stores on the bucket
+   * published or deleted, now (it also does every `syncInterval` ms, and
+   * fetches a blob asked for by name that is not here yet).
+   */
+  async sync(): Promise<SyncReport> {
+    this.checkOpen();
+    if (!this.shared) return { imported: 0, removed: 0, published: 0 };
+    return this.shared.sync();
   }
 
   /**
@@ -174,7 +154,7 @@ export class BlobStore {
   async stat(name: string): Promise<BlobStat> {
     checkBlobName(name);
     this.checkOpen();
-    const d = await this.#snapshots.get(name);
+    const d = await this.#fetched(name, () => this.#snapshots.get(name));
     const st: BlobStat = { size: d.size, finalized: d.finalized };
     if (d.hash) st.hash = Uint8Array.from(d.hash);
     if (d.damage.length) st.damaged = d.damage.map((r) => ({ start: r.o, end: r.e, why: r.why }));
@@ -186,33 +166,32 @@ export class BlobStore {
     checkBlobName(name);
     this.checkOpen();
     try {
-      return await exists(this.layout.descriptor(name));
+      return (await exists(this.layout.descriptor(name))) || ((await this.shared?.fetch(name)) ?? false);
     } catch (e) {
       throw ioError(e, `looking for blob ${name}`, { blob: name });
     }
   }
 
   /**
-   * Removes a blob: its descriptor and index entries. Its fragments stay
-   * until GC finds no one needs them. ERR_BLOB_LOCKED while a writer has it.
+   * Removes a blob: its descriptor and index entries (and in a bucket-backed
+   * store its published descriptor: every store on the bucket loses it).
+   * Its fragments stay until GC finds no one needs them. ERR_BLOB_LOCKED
+   * while a writer has it.
    */
   async deleteBlob(name: string): Promise<void> {
     checkBlobName(name);
     this.checkOpen();
-    const file = this.layout.descriptor(name);
-    const fh = await openDescriptor(file, name, 'r');
-    try {
-      // Holding the writer lock while unlinking: no writer can resume the blob meanwhile.
-      if (!tryLockExclusive(fh.fd)) throw new CabError('ERR_BLOB_LOCKED', `blob ${name} is being written`, { blob: name });
-      await fs.unlink(file);
-      await fsyncDir(this.layout.blobDir(name));
-    } finally {
-      await fh.close();
-    }
+    const shared = this.shared;
+    await this.#fetched(name, () => removeBlob(this.layout, this.index, this.tables, name, shared && (() => shared.unpublish(name))));
+    shared?.forget(name);
     this.#snapshots.forget(name);
-    await Promise.all([this.index.removeBlob(name), fs.rm(this.layout.leafLayer(name), { force: true, recursive: true }).catch(() => {})]); // derived: never fails a done delete
-    // Metadata is about a blob we hold; a signpost says where to find one we do not, so it stays.
-    await this.tables.metadata.delete(name);
+  }
+
+  /** @internal Removes a blob from this folder only (the bucket deleted it). */
+  async removeLocal(name: string): Promise<void> {
+    await removeBlob(this.layout, this.index, this.tables, name);
+    this.shared?.forget(name);
+    this.#snapshots.forget(name);
   }
 
   /** The tables, once the store is checked open. */
@@ -344,7 +323,9 @@ export class BlobStore {
   async gc(options: GcOptions = {}): Promise<GcReport> {
     this.checkOpen();
     try {
-      return await collect(this, options);
+      const report = await collect(this, options);
+      if (this.shared) report.bucket = await this.shared.gc(options);
+      return report;
     } catch (e) {
       throw ioError(e, 'collecting garbage (nothing more was deleted)');
     } finally {
@@ -355,7 +336,7 @@ export class BlobStore {
   /** Checks the store (and with `repair`, mends it); see FsckReport. Safe while other processes use the store. */
   async fsck(options: FsckOptions = {}): Promise<FsckReport> {
     this.checkOpen();
-    const report = await fsck(this.layout, this.index, this.listBlobIds(), this.listCaIds(), options);
+    const report = await fsck(this.cas, this.index, this.listBlobIds(), this.listCaIds(), options);
     this.#snapshots.clear();
     return report;
   }
@@ -378,6 +359,7 @@ export class BlobStore {
         }
       };
       for (const r of [...this.#open]) await step(() => closeResource(r));
+      if (this.shared) await step(() => this.shared!.close());
       await step(() => this.index.close());
       await step(() => this.tables.close());
       await step(() => this.lease.close());

@@ -15,7 +15,7 @@ test('a read after close is ERR_CLOSED and opens no file', async (t) => {
   await putBlob(s, prngBytes('ff', 100_000));
   const ids: string[] = [];
   for await (const id of s.listCaIds()) ids.push(id);
-  const files = new FragmentFiles(s.layout, 4);
+  const files = new FragmentFiles(s.cas, 4);
   const buf = new Uint8Array(10);
   await files.read(ids[0]!, buf, 0, 10, 0);
   await files.close();

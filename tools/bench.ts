@@ -21,6 +21,7 @@ import { benchFsck } from './bench/fsck.js';
 import { benchStart } from './bench/start.js';
 import { benchHttp } from './bench/http.js';
 import { benchFollow } from './bench/follow.js';
+import { benchS3 } from './bench/s3.js';
 import { parseSize } from './size.js';
 
 const CASES: Record<string, (ctx: BenchContext) => Promise<void>> = {
@@ -37,6 +38,7 @@ const CASES: Record<string, (ctx: BenchContext) => Promise<void>> = {
   start: benchStart,
   http: benchHttp,
   follow: benchFollow,
+  s3: benchS3,
 };
 /** Older names, and groups. */
 const ALIASES: Record<string, string[]> = { chunker: ['chunk'], store: ['ingest', 'read', 'resume', 'stream'] };

@@ -35,6 +35,8 @@ program
       'Only init, put, pull and import make one, in a new or empty directory.',
   )
   .option('--store <dir>', 'the store directory')
+  .option('--s3 <url>', 'keep the fragments in an S3 bucket, s3://bucket/prefix, shared with the stores on it (credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY); remembered by the store')
+  .option('--s3-endpoint <url>', 'the S3 endpoint for --s3 (default $CABSTORE_S3_ENDPOINT)')
   .option('--json', 'print results as JSON')
   .exitOverride()
   .configureHelp({ showGlobalOptions: true }) // every command's help shows --store and --json

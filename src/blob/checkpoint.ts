@@ -90,7 +90,7 @@ export class Checkpoints {
       if (frag) {
         await t.fragWritten!;
         await this.#pins.fragment(frag.id);
-        await frag.seal(this.#s.layout, this.#s.knownDirs);
+        await frag.seal(this.#s.cas);
       }
     } catch (e) {
       await frag?.discard();

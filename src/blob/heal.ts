@@ -125,7 +125,7 @@ export class BlobHealer {
       // Pinned before it appears in cas/, until the new descriptor references it (see FORMAT.md, GC).
       await this.#s.lease.pin([id]);
       try {
-        await frag.seal(this.#s.layout, this.#s.knownDirs);
+        await frag.seal(this.#s.cas);
         const left = uncovered(this.damage, this.#healed);
         const fh = await replaceDescriptor(this.#s.layout, this.#s.index, this.name, async (append) => {
           await append(encodeHeader(this.name, this.#d.ctime));
@@ -140,6 +140,8 @@ export class BlobHealer {
           for (const r of left) await append(encodeRecord({ t: 'd', o: r.o, e: r.e, why: r.why }));
         });
         await fh.close();
+        // Before the pin goes: the bucket's descriptor must reference the new fragment too.
+        await this.#s.shared?.replaced(this.name);
       } finally {
         await this.#s.lease.unpin([id]);
       }

@@ -33,6 +33,8 @@ export class WriterPins {
       const add = fresh.extents.fragments().filter((f) => !this.#pinned.has(f));
       for (const f of add) this.#pinned.add(f);
       await this.#s.lease.pin(add);
+      // A bucket-backed store: refused if the blob was deleted elsewhere (GC may have found its fragments unreferenced).
+      await this.#s.shared?.confirm(name);
       // Released meanwhile: release() unpinned these too (they were in #pinned), and the caller must not use them.
       this.#throwIfReleased(name);
       this.#snapshots.add(fresh);
@@ -68,10 +70,28 @@ export class WriterPins {
     await this.#s.lease.pin([id]);
   }
 
-  /** Unpins the fragments and the blob `name` (pinned when the writer opened). Never throws: the writer is closing. */
-  async release(name: string): Promise<void> {
+  /**
+   * Unpins the fragments and the blob `name` (pinned when the writer
+   * opened). A bucket-backed store first hands them over: a finalized blob
+   * is published (its descriptor in the bucket keeps them), an unfinalized
+   * one's fragments are held in the bucket lease. Throws only if a
+   * finalized blob could not be published: it stays held, and the next
+   * sync publishes it.
+   */
+  async release(name: string, finalized: boolean): Promise<void> {
     this.#released = true;
+    let unpublished: unknown;
+    const shared = this.#s.shared;
+    if (shared && finalized) {
+      await shared.publish(name).catch(async (e: unknown) => {
+        unpublished = e;
+        await shared.keep(name).catch(() => {});
+      });
+    } else if (shared) {
+      await shared.keep(name).catch(() => {}); // held in memory at least: the next publish of the lease carries it
+    }
     await this.#s.lease.unpin(this.#pinned, [name]).catch(() => {});
     this.#pinned.clear();
+    if (unpublished !== undefined) throw unpublished;
   }
 }

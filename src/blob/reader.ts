@@ -119,14 +119,20 @@ export class BlobReader {
         const snap = follow ? undefined : await s.snapshot(name);
         // The cached parse is of the file held here, unless the name was rewritten in between.
         const d = snap?.ino === (await desc.stat()).ino ? snap! : await readDescriptorFrom(desc, name);
-        await s.lease.pin(d.extents.fragments(), [name]);
+        const frags = d.extents.fragments();
+        await s.lease.pin(frags, [name]);
+        // A bucket-backed store: refused if the blob was deleted elsewhere (GC may have found its fragments unreferenced).
+        await s.shared?.confirm(name).catch(async (e: unknown) => {
+          await s.lease.unpin(frags, [name]).catch(() => {});
+          throw e;
+        });
         return [d, desc] as const;
       } catch (e) {
         await desc.close();
         throw e;
       }
     });
-    const files = new FragmentFiles(s.layout, 16);
+    const files = new FragmentFiles(s.cas, 16);
     const r = new BlobReader(s, makeView(d, desc, files), files, { follow, ...(signal ? { signal } : {}) });
     s.track(r);
     try {

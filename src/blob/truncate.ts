@@ -78,7 +78,7 @@ async function restRecord(
     p = c.start + c.size;
   }
   const hasher = MerkleHasher.fromState(merkleFromRecord(keep.s, keep.m));
-  const files = new FragmentFiles(s.layout, 8);
+  const files = new FragmentFiles(s.cas, 8);
   try {
     const bytes = new BlobBytes(d.name, d, pager, files);
     for (let at = keep.m[0] * LEAF_SIZE; at < size; at += BLOCK) {

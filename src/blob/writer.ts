@@ -61,7 +61,7 @@ export class BlobWriter {
   private constructor(s: StoreInternals, name: string, o: OpenDescriptor) {
     this.#s = s;
     this.name = name;
-    this.#files = new FragmentFiles(s.layout, 8);
+    this.#files = new FragmentFiles(s.cas, 8);
     this.#pins = new WriterPins(s);
     this.#ingest = new Ingest(s, this.#pins, o.d?.merkle);
     this.#log = new Checkpoints(s, name, o.fh, { headerEnd: o.headerEnd, descEnd: o.descEnd, size: o.d?.size ?? 0 }, this.#ingest, this.#pins);
@@ -388,7 +388,6 @@ export class BlobWriter {
     await this.#ingest.close();
     await this.#files.close();
     await this.#log.close();
-    await this.#pins.release(this.name);
-    this.#s.untrack(this);
+    await this.#pins.release(this.name, state === 'finalized').finally(() => this.#s.untrack(this));
   }
 }

@@ -4,9 +4,19 @@ import type { ChunkInfo, ChunkPager } from './chunk-pager.js';
 import type { ExtentMap } from '../format/extents.js';
 import type { FragmentFiles } from './fragments.js';
 
-/** Reads blob bytes [pos, pos + buf.length) through the extents into buf, unchecked. */
+/** How far past a read the fragments of a bucket-backed store are fetched ahead. */
+const PREFETCH = 16 * 1024 * 1024;
+
+/**
+ * Reads blob bytes [pos, pos + buf.length) through the extents into buf,
+ * unchecked. Fragments fetched from a bucket: the ones the next PREFETCH
+ * bytes need start coming now, so a sequential reader does not wait at
+ * each fragment's start.
+ */
 export async function readExtents(files: FragmentFiles, extents: ExtentMap, buf: Uint8Array, pos: number): Promise<void> {
   let at = 0;
+  const end = pos + buf.length;
+  if (files.remote && end < extents.size) for (const e of extents.slice(end, PREFETCH)) files.prefetch(e.frag);
   for (const e of extents.slice(pos, buf.length)) {
     await files.read(e.frag, buf, at, e.size, e.offset);
     at += e.size;

@@ -5,12 +5,25 @@ import { resolveChunkerParams, sameChunkerParams, type ChunkerParams } from '../
 import { HASH_NAME } from '../hash/sha256.js';
 import { FORMAT_VERSION, type Layout } from '../format/layout.js';
 import { ensureDir, exists, writeFileDurable } from './durable.js';
+import { resolveObjectStoreOptions } from '../bucket/options.js';
 
 /** cabstore.json: what a store is, fixed when it is created. */
 export interface StoreConfig {
   format: number;
   hash: string;
   chunker: ChunkerParams;
+  /** A bucket-backed store's bucket (see disk/bucket-config.ts), recorded when the store is first opened on it. */
+  objectStore?: Attachment;
+}
+
+/** The bucket a store keeps its fragments in, and the name of this folder among the stores on it. */
+export interface Attachment {
+  endpoint: string;
+  bucket: string;
+  prefix: string;
+  region: string;
+  /** 16 hex: this folder's name in the bucket's nodes/. */
+  node: string;
 }
 
 /**
@@ -134,4 +147,29 @@ export function checkOpenArgs(root: unknown, options: unknown): void {
   }
   if (o.fragmentSize !== undefined && (!Number.isSafeInteger(o.fragmentSize) || (o.fragmentSize as number) < 1)) throw bad(`fragmentSize must be a positive integer, not ${String(o.fragmentSize)}`);
   if (o.chunker !== undefined && (o.chunker === null || typeof o.chunker !== 'object')) throw bad('chunker must be an object of min, avg and max');
+  if (o.objectStore !== undefined) resolveObjectStoreOptions(o.objectStore);
+}
+
+/** The bucket recorded in cabstore.json, if there is a cabstore.json and it records one (loadConfig checks the rest). */
+export async function recordedAttachment(layout: Layout): Promise<Attachment | undefined> {
+  let text: string;
+  try {
+    text = await fs.readFile(layout.config, 'utf8');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
+    throw e;
+  }
+  let a: unknown;
+  try {
+    a = (JSON.parse(text) as StoreConfig | null)?.objectStore;
+  } catch {
+    return undefined; // not JSON: loadConfig says so
+  }
+  if (a === undefined) return undefined;
+  const x = a as Record<string, unknown>;
+  if (!['endpoint', 'bucket', 'prefix', 'region', 'node'].every((k) => typeof x[k] === 'string') || !/^[0-9a-f]{16}$/.test(x.node as string)) {
+    throw new CabError('ERR_BAD_STORE', `${layout.config}: objectStore is malformed`, { path: layout.config });
+  }
+  return a as Attachment;
 }

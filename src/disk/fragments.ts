@@ -1,8 +1,9 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs/promises';
-import { CabError, ioError } from '../errors.js';
+import { CabError } from '../errors.js';
 import { ensureDir, fsyncDir, writeAll } from './durable.js';
 import type { Layout } from '../format/layout.js';
+import type { Cas, FragmentHandle } from './cas.js';
 
 /**
  * A new fragment's name: 256 random bits (64 hex), not the hash of its
@@ -52,20 +53,29 @@ export class FragmentWriter {
     await writeAll(this.#fh, bytes, at);
   }
 
-  /** Makes the fragment durable under its `id`, once all its bytes are written. */
-  async seal(layout: Layout, knownDirs: Set<string>): Promise<void> {
+  /**
+   * Makes the fragment durable under its `id`, once all its bytes are
+   * written: fsync'd, and for a bucket-backed store uploaded (at the same
+   * time), then renamed into cas/. A record may name it once this resolves.
+   */
+  async seal(cas: Cas): Promise<void> {
     const id = this.id;
-    await this.#fh.sync();
-    await this.#fh.close();
-    const dir = layout.fragmentDir(id);
+    const { layout } = cas;
     try {
-      await ensureDir(dir, knownDirs);
+      await Promise.all([this.#fh.sync(), cas.upload(id, this.tmpPath, this.size)]);
+      await this.#fh.close();
+      const dir = layout.fragmentDir(id);
+      await ensureDir(dir, cas.knownDirs);
       // 256 random bits: no other fragment has this name (a collision is as likely as one of SHA-256's).
       await fs.rename(this.tmpPath, layout.fragment(id));
       this.#done = true;
       await fsyncDir(dir);
+      cas.added(id, this.size);
     } finally {
-      if (!this.#done) await fs.rm(this.tmpPath, { force: true });
+      if (!this.#done) {
+        await this.#fh.close().catch(() => {});
+        await fs.rm(this.tmpPath, { force: true });
+      }
     }
   }
 
@@ -78,19 +88,19 @@ export class FragmentWriter {
   }
 }
 
-/** Open fragment files, a few at a time, for reading. */
+/** Open fragment files, a few at a time, for reading (a bucket-backed store's from the bucket when not cached). */
 export class FragmentFiles {
-  readonly #layout: Layout;
-  readonly #open = new Map<string, Promise<fs.FileHandle>>();
+  readonly #cas: Cas;
+  readonly #open = new Map<string, Promise<FragmentHandle>>();
   readonly #max: number;
   #closed = false;
 
-  constructor(layout: Layout, max = 32) {
-    this.#layout = layout;
+  constructor(cas: Cas, max = 32) {
+    this.#cas = cas;
     this.#max = max;
   }
 
-  #handle(frag: string): Promise<fs.FileHandle> {
+  #handle(frag: string): Promise<FragmentHandle> {
     // After close, a read still under way must not open a file that nothing would close (a leak of fds).
     if (this.#closed) return Promise.reject(new CabError('ERR_CLOSED', `fragment files are closed (fragment ${frag})`, { fragment: frag }));
     let h = this.#open.get(frag);
@@ -101,17 +111,24 @@ export class FragmentFiles {
       return h;
     }
     if (this.#open.size >= this.#max) {
-      const [oldest, p] = this.#open.entries().next().value as [string, Promise<fs.FileHandle>];
+      const [oldest, p] = this.#open.entries().next().value as [string, Promise<FragmentHandle>];
       this.#open.delete(oldest);
       p.then((fh) => fh.close()).catch(() => {});
     }
-    h = fs.open(this.#layout.fragment(frag), 'r').catch((e: NodeJS.ErrnoException) => {
-      this.#open.delete(frag);
-      if (e.code === 'ENOENT') throw new CabError('ERR_FRAGMENT_MISSING', `fragment ${frag} is missing`, { fragment: frag, cause: e });
-      throw ioError(e, `opening fragment ${frag}`, { fragment: frag }); // EMFILE, EIO: ERR_IO, never "missing"
-    });
+    h = this.#cas.open(frag);
+    h.catch(() => this.#open.delete(frag));
     this.#open.set(frag, h);
     return h;
+  }
+
+  /** Whether fragments may come from a bucket (then a read starts fetching the ones that follow: prefetch). */
+  get remote(): boolean {
+    return this.#cas.remote !== undefined;
+  }
+
+  /** Starts opening (for a bucket-backed store: fetching) a fragment a read will soon need. */
+  prefetch(frag: string): void {
+    if (!this.#closed && !this.#open.has(frag)) this.#handle(frag).catch(() => {}); // the read that needs it sees the failure
   }
 
   /** Reads exactly `len` bytes of fragment `frag` at `position` into buf[off..]. */
@@ -119,7 +136,7 @@ export class FragmentFiles {
     const fh = await this.#handle(frag);
     let done = 0;
     while (done < len) {
-      const { bytesRead } = await fh.read(buf, off + done, len - done, position + done);
+      const bytesRead = await fh.read(buf, off + done, len - done, position + done);
       if (bytesRead === 0) {
         throw new CabError('ERR_FRAGMENT_MISSING', `fragment ${frag} is shorter than its extents`, {
           fragment: frag,
@@ -129,11 +146,6 @@ export class FragmentFiles {
       }
       done += bytesRead;
     }
-  }
-
-  /** Opens a fragment now (so a reader holds it before it can be collected). */
-  async hold(frag: string): Promise<void> {
-    await this.#handle(frag);
   }
 
   async close(): Promise<void> {

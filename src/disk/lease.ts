@@ -5,6 +5,7 @@ import type { Layout } from '../format/layout.js';
 import { CabError, ioError } from '../errors.js';
 import { isLocked, tryLockExclusive, tryLockShared, unlock } from './lock.js';
 import { exists } from './durable.js';
+import type { NodeLease } from '../bucket/node-lease.js';
 
 /** What a live process publishes in its lease: what GC must not collect. */
 export interface Pins {
@@ -49,12 +50,24 @@ export class Lease {
    */
   #holdFh: fs.FileHandle | undefined;
   #holding = false;
+  /** A bucket-backed store's lease in the bucket: every pin is published there too before it counts. */
+  #remote: NodeLease | undefined;
 
   private constructor(layout: Layout, base: string, lockFh: fs.FileHandle, gateFh: fs.FileHandle) {
     this.#layout = layout;
     this.#base = base;
     this.#lockFh = lockFh;
     this.#gateFh = gateFh;
+  }
+
+  /** This lease's name: `<pid>-<rand>`, the same in leases/ and in a bucket's nodes/<node>/. */
+  get name(): string {
+    return path.basename(this.#base);
+  }
+
+  /** Publishes every pin in the bucket lease `remote` too (a bucket-backed store). */
+  attach(remote: NodeLease): void {
+    this.#remote = remote;
   }
 
   static async take(layout: Layout): Promise<Lease> {
@@ -125,14 +138,25 @@ export class Lease {
     let changed = false;
     for (const f of frags) changed = add(this.#frags, f) || changed;
     for (const b of names) changed = add(this.#blobs, b) || changed;
-    if (!changed) return;
     try {
+      if (!changed) {
+        // Pinned already, perhaps by a publish still under way: wait until it is out.
+        await this.#publishing;
+        await this.#remote?.pins(this.#frags.keys());
+        return;
+      }
       await this.#publish();
     } catch (e) {
-      const err = ioError(e, 'publishing pins for GC');
+      let err = ioError(e, 'publishing pins for GC');
       if (err.code === 'ERR_NO_SPACE') {
         await this.#hold();
-        return;
+        // The local pins wait for space; a bucket's GC does not look at the gate.
+        try {
+          await this.#remote?.pins(this.#frags.keys());
+          return;
+        } catch (e2) {
+          err = ioError(e2, 'publishing pins for GC');
+        }
       }
       for (const f of frags) drop(this.#frags, f);
       for (const b of names) drop(this.#blobs, b);
@@ -151,7 +175,7 @@ export class Lease {
     const next = this.#publishing.then(async () => {
       if (this.#closed) return;
       const body = JSON.stringify({ pid: process.pid, fragments: [...this.#frags.keys()], blobs: [...this.#blobs.keys()] } satisfies Pins);
-      if (body === this.#published) return;
+      if (body === this.#published) return this.#remote?.pins(this.#frags.keys());
       const tmp = `${this.#base}.pins.tmp`;
       try {
         await fs.writeFile(tmp, body);
@@ -166,6 +190,7 @@ export class Lease {
         this.#holding = false;
         unlock(this.#holdFh!.fd);
       }
+      await this.#remote?.pins(this.#frags.keys());
     });
     this.#publishing = next.catch(() => {});
     return next;
@@ -258,4 +283,9 @@ async function readPins(file: string): Promise<Pins | undefined> {
     throw new CabError('ERR_IO', `the pins file ${file} of a live lease is malformed (GC stopped, nothing deleted)`, { path: file });
   }
   return p as Pins;
+}
+
+/** Whether the process that took lease `name` (`<pid>-<rand>`) on this folder still has the store open. */
+export function leaseLives(layout: Layout, name: string): Promise<boolean> {
+  return isLocked(path.join(layout.leases, `${name}.lease`));
 }

@@ -253,6 +253,15 @@ export function readDescriptorFrom(fh: fs.FileHandle, name: string, opts: ReadDe
   return parse(fh, name, opts);
 }
 
+/** Reads a descriptor held in memory (one fetched from a bucket). */
+export function readDescriptorBytes(bytes: Buffer, name: string, opts: ReadDescriptorOptions = {}): Promise<Descriptor> {
+  const fh = {
+    stat: async () => ({ size: bytes.length, ino: 0 }),
+    read: async (buf: Uint8Array, off: number, len: number, pos: number) => ({ bytesRead: bytes.copy(buf, off, pos, Math.min(bytes.length, pos + len)) }),
+  };
+  return parse(fh as unknown as fs.FileHandle, name, opts);
+}
+
 async function parse(fh: fs.FileHandle, name: string, opts: ReadDescriptorOptions): Promise<Descriptor> {
   const { size: fileSize, ino } = await fh.stat();
   const prev = opts.from;

@@ -43,6 +43,8 @@ export class Layout {
   readonly leases: string;
   readonly tables: string;
   readonly layers: string;
+  /** Marks of blobs whose descriptor is in the bucket (bucket-backed stores). */
+  readonly published: string;
 
   constructor(root: string) {
     this.root = path.resolve(root);
@@ -54,6 +56,16 @@ export class Layout {
     this.leases = path.join(this.root, 'leases');
     this.tables = path.join(this.root, 'tables');
     this.layers = path.join(this.root, 'layers');
+    this.published = path.join(this.root, 'published');
+  }
+
+  publishedDir(name: string): string {
+    return path.join(this.published, name.slice(0, 2));
+  }
+
+  /** An empty file: blob `name`'s descriptor is in the bucket (published from here, or fetched from there). */
+  publishedMark(name: string): string {
+    return path.join(this.published, name.slice(0, 2), name);
   }
 
   blobDir(name: string): string {

@@ -76,7 +76,7 @@ export class Receiver {
     /** What checkPrefix kept of a resumed blob: where the sender's list is read from, and the chunk it ends inside. */
     readonly prefix: Prefix | undefined,
   ) {
-    this.#files = new FragmentFiles(store.layout, 16);
+    this.#files = new FragmentFiles(store.cas, 16);
     this.#window = new FetchWindow(sources, name, w, stats, o.signal, () => this.#progress());
     const signal = o.signal ? AbortSignal.any([o.signal, this.#stop.signal]) : this.#stop.signal;
     // Every request of the runs queued waits on it (bounded by FINE_AHEAD): not a leak.

@@ -152,7 +152,7 @@ async function badChunks(ctx: FsckContext, fh: fs.FileHandle, d: Descriptor, sus
     else out.push({ ...s, o, e });
   };
   const pager = new ChunkPager(fh, d.chunkRecords);
-  const files = new FragmentFiles(ctx.layout, 16);
+  const files = new FragmentFiles(ctx.cas, 16);
   try {
     let done = 0; // chunks before this are checked
     for (const r of ranges) {

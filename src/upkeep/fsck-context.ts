@@ -2,6 +2,7 @@ import fs from 'node:fs/promises';
 import { CabError, ioError } from '../errors.js';
 import type { ChunkIndex } from '../index/chunk-index.js';
 import type { Layout } from '../format/layout.js';
+import type { Cas } from '../disk/cas.js';
 
 export interface FsckOptions {
   /** Also hash every blob's content against the hashes its descriptor records (reads all data). */
@@ -59,6 +60,8 @@ export interface FsckReport {
 /** What one fsck run shares between its passes. */
 export interface FsckContext {
   layout: Layout;
+  /** Where fragments are (a bucket-backed store's: the bucket, cas/ its cache). */
+  cas: Cas;
   index: ChunkIndex;
   opts: FsckOptions;
   report: FsckReport;
@@ -71,7 +74,7 @@ export function problem(ctx: FsckContext, p: Omit<FsckProblem, 'repaired'>, repa
   else ctx.report.unrepaired++;
 }
 
-/** A fragment's size; null if it does not exist. Any other failure is an I/O error, not a missing fragment. */
+/** A fragment's size (in cas/, else in the bucket); null if it does not exist. Any other failure is an I/O error, not a missing fragment. */
 export async function fragSize(ctx: FsckContext, id: string): Promise<number | null> {
   let s = ctx.fragSizes.get(id);
   if (s === undefined) {
@@ -83,7 +86,8 @@ export async function fragSize(ctx: FsckContext, id: string): Promise<number | n
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw ioError(e, `fsck: stat of fragment ${id}`, { path: file });
     }
     if (st && !st.isFile()) throw new CabError('ERR_IO', `fsck: fragment ${id} is not a regular file`, { path: file });
-    s = st ? st.size : null;
+    // Not cached: the bucket says (a HEAD; only its NoSuchKey is absent, any other failure stops fsck).
+    s = st ? st.size : ctx.cas.remote ? await ctx.cas.size(id) : null;
     ctx.fragSizes.set(id, s);
   }
   return s;

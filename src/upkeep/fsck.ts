@@ -9,6 +9,7 @@ import { checkBlob } from './fsck-blob.js';
 import { problem, type FsckContext, type FsckOptions, type FsckReport } from './fsck-context.js';
 import { FragmentFiles } from '../disk/fragments.js';
 import type { Layout } from '../format/layout.js';
+import type { Cas } from '../disk/cas.js';
 
 export type { FsckOptions, FsckProblem, FsckProblemKind, FsckReport } from './fsck-context.js';
 
@@ -17,9 +18,9 @@ export type { FsckOptions, FsckProblem, FsckProblemKind, FsckReport } from './fs
  * missing fragment or blob: any other failure (EIO, EMFILE, EISDIR, ...)
  * stops fsck with ERR_IO, so that it is never taken for damage and recorded.
  */
-export async function fsck(layout: Layout, index: ChunkIndex, blobNames: AsyncIterable<string>, fragIds: AsyncIterable<string>, opts: FsckOptions = {}): Promise<FsckReport> {
+export async function fsck(cas: Cas, index: ChunkIndex, blobNames: AsyncIterable<string>, fragIds: AsyncIterable<string>, opts: FsckOptions = {}): Promise<FsckReport> {
   try {
-    return await check(layout, index, blobNames, fragIds, opts);
+    return await check(cas, index, blobNames, fragIds, opts);
   } catch (e) {
     throw ioError(e, 'fsck');
   }
@@ -47,10 +48,11 @@ export async function fsck(layout: Layout, index: ChunkIndex, blobNames: AsyncIt
  *
  * Damage is a problem on every run until a pull or an import heals the blob.
  */
-async function check(layout: Layout, index: ChunkIndex, blobNames: AsyncIterable<string>, fragIds: AsyncIterable<string>, opts: FsckOptions = {}): Promise<FsckReport> {
+async function check(cas: Cas, index: ChunkIndex, blobNames: AsyncIterable<string>, fragIds: AsyncIterable<string>, opts: FsckOptions = {}): Promise<FsckReport> {
+  const { layout } = cas;
   const t0 = performance.now();
   const report: FsckReport = { blobs: 0, fragments: 0, bytesVerified: 0, problems: [], damaged: [], corruptFragments: [], repaired: 0, unrepaired: 0, seconds: 0 };
-  const ctx: FsckContext = { layout, index, opts, report, fragSizes: new Map() };
+  const ctx: FsckContext = { layout, cas, index, opts, report, fragSizes: new Map() };
   const progress = () => opts.onProgress?.({ blobs: report.blobs, fragments: report.fragments, bytesVerified: report.bytesVerified });
 
   const names: string[] = [];
@@ -66,7 +68,7 @@ async function check(layout: Layout, index: ChunkIndex, blobNames: AsyncIterable
   const blobHashes = new Map<string, boolean | undefined>();
   const blobPass = (async () => {
     if (!opts.verify) return;
-    const files = new FragmentFiles(layout, 16);
+    const files = new FragmentFiles(cas, 16);
     try {
       for (const name of names) {
         throwIfAborted(opts.signal, 'fsck');

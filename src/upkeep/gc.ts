@@ -11,6 +11,7 @@ import { exists } from '../disk/durable.js';
 import type { BlobMetadata, Tables } from '../index/tables.js';
 import { forEachLimit } from './limit.js';
 import { evict, type Candidate } from './evict.js';
+import type { BucketGcReport } from '../bucket/report.js';
 
 /** File system calls in flight at once. */
 const IO_PARALLEL = 16;
@@ -64,6 +65,8 @@ export interface GcReport {
    * blob that stays, or pinned by a live reader or writer.
    */
   passedOver: string[];
+  /** A bucket-backed store: what GC did in the bucket (docs/FORMAT.md, "GC across stores"). The rest of the report is about this folder. */
+  bucket?: BucketGcReport;
   seconds: number;
 }
 

@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { Command } from 'commander';
+import { Command, CommanderError } from 'commander';
 import { CabError, ioError, isCabError } from '../../src/errors.js';
 import type { BlobStore, StoreOptions } from '../../src/store.js';
 
@@ -46,6 +46,27 @@ export async function startHashing(): Promise<void> {
   (await import('../../src/hash/pool.js')).startHashThread();
 }
 
+/**
+ * The bucket of a bucket-backed store: --s3 s3://bucket/prefix with
+ * --s3-endpoint URL (else $CABSTORE_S3_ENDPOINT); credentials from
+ * AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY. Without --s3, none: a store
+ * that was first opened on a bucket remembers it.
+ */
+export async function storeOptions(): Promise<Pick<StoreOptions, 'objectStore'>> {
+  const o = program.opts<{ s3?: string; s3Endpoint?: string }>();
+  if (o.s3 === undefined) {
+    if (o.s3Endpoint !== undefined) throw new CommanderError(2, 'cabstore.usage', 'error: --s3-endpoint needs --s3 s3://bucket/prefix');
+    return {};
+  }
+  const endpoint = o.s3Endpoint ?? process.env.CABSTORE_S3_ENDPOINT;
+  if (!endpoint) throw new CommanderError(2, 'cabstore.usage', 'error: --s3 needs --s3-endpoint URL (or $CABSTORE_S3_ENDPOINT)');
+  // The SDK warns once that Node 20 will not be supported by versions of 2027; a command line tool's stderr is the user's.
+  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+  const { parseS3Url } = await import('../../src/bucket/keys.js');
+  const [bucket, prefix] = parseS3Url(o.s3);
+  return { objectStore: { endpoint, bucket, prefix } };
+}
+
 /** The store directory as the user gave it: --store, else $CABSTORE_DIR, else ./.cabstore. */
 export const storeDir = (): string => program.opts<{ store?: string }>().store ?? process.env.CABSTORE_DIR ?? './.cabstore';
 export const json = (): boolean => program.opts<{ json?: boolean }>().json === true;
@@ -81,7 +102,7 @@ export async function openStore(write: boolean, options: Pick<StoreOptions, 'cat
   const dir = storeDir();
   const { BlobStore } = await lib.store();
   try {
-    return await BlobStore.open(dir, { ...options, create: write });
+    return await BlobStore.open(dir, { ...options, ...(await storeOptions()), create: write });
   } catch (e) {
     if (!isCabError(e, 'ERR_BAD_STORE') || e.data.reason !== 'absent') throw e;
     throw new CabError('ERR_BAD_STORE', `no cabstore store at ${e.data.path}; \`cabstore init ${shellWord(dir)}\` or a writing command (put, pull, import) makes one`, e.data, { cause: e });
@@ -108,7 +129,7 @@ export async function withStoreMadeAfter<T>(first: () => Promise<void>, fn: (s: 
   const { BlobStore } = await lib.store();
   let s: BlobStore;
   try {
-    s = await BlobStore.open(storeDir(), { create: false });
+    s = await BlobStore.open(storeDir(), { ...(await storeOptions()), create: false });
   } catch (e) {
     if (!isCabError(e, 'ERR_BAD_STORE') || e.data.reason !== 'absent') throw e;
     await first();

@@ -26,6 +26,10 @@ export function upkeepCommands(program: Command): void {
         out(
           `${del} ${r.fragmentsDeleted} fragments (${fmtBytes(r.bytesDeleted)}), kept ${r.fragmentsKept} (${fmtBytes(r.bytesKept)}), ` +
             `${r.tempFilesDeleted} temp files, ${r.indexEntriesRemoved} index entries, ${evict} ${r.evicted.length} blobs, in ${r.seconds.toFixed(2)} s` +
+            (r.bucket
+              ? `\nbucket: ${del} ${r.bucket.fragmentsDeleted} fragments (${fmtBytes(r.bucket.bytesDeleted)}), kept ${r.bucket.fragmentsKept} (${fmtBytes(r.bucket.bytesKept)}), ` +
+                `${r.bucket.uploadsAborted} uploads aborted; read ${r.bucket.descriptors} published descriptors, ${r.bucket.leases} leases`
+              : '') +
             r.evicted.map((name) => `\n${evict} ${name}`).join('') +
             r.passedOver.map((name) => `\nkept    ${name} (evicting it frees nothing: a blob that stays shares its data)`).join(''),
           r,

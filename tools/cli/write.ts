@@ -9,7 +9,7 @@ import { checkBlobName } from '../../src/format/layout.js';
 import { Progress } from '../progress.js';
 import { STDIN, appendSource, openSource, type Source } from '../source.js';
 import { usage } from '../args.js';
-import { Interrupted, cabstoreCommand, hex as toHex, lib, out, startHashing, storeDir, withStore } from './context.js';
+import { Interrupted, cabstoreCommand, hex as toHex, lib, out, startHashing, storeDir, storeOptions, withStore } from './context.js';
 
 export function writeCommands(program: Command): void {
   program
@@ -21,10 +21,11 @@ export function writeCommands(program: Command): void {
       // Open without creating first, to say whether this made the store.
       let created = false;
       const { BlobStore } = await lib.store();
-      const s = await BlobStore.open(root, { create: false }).catch(async (e: unknown) => {
+      const bucket = await storeOptions();
+      const s = await BlobStore.open(root, { ...bucket, create: false }).catch(async (e: unknown) => {
         if (!isCabError(e, 'ERR_BAD_STORE') || e.data.reason !== 'absent') throw e;
         created = true;
-        return BlobStore.open(root);
+        return BlobStore.open(root, bucket);
       });
       await s.close();
       out(s.root, { store: s.root, created });

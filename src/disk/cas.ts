@@ -1,0 +1,121 @@
+import fs from 'node:fs/promises';
+import { CabError, ioError } from '../errors.js';
+import type { Layout } from '../format/layout.js';
+import type { BucketLayout } from '../bucket/keys.js';
+import type { ObjectStore } from '../bucket/object-store.js';
+import { FragmentCache } from './cache.js';
+import { Download, missingIfAbsent } from './download.js';
+
+/** An open fragment, local or being fetched. */
+export interface FragmentHandle {
+  /** Reads up to `len` bytes at `pos`; fewer only at the end, 0 past it. */
+  read(buf: Uint8Array, off: number, len: number, pos: number): Promise<number>;
+  close(): Promise<void>;
+}
+
+/** The bucket behind a store's cas/. */
+export interface RemoteCas {
+  os: ObjectStore;
+  keys: BucketLayout;
+  cache: FragmentCache;
+}
+
+/**
+ * Where a store's fragments are: cas/ on disk, and for a bucket-backed
+ * store the bucket, with cas/ as its cache. Reading a fragment that is not
+ * in cas/ fetches it (see Download); a sealed fragment is uploaded before
+ * it is renamed into cas/ (FragmentWriter.seal), so a record never names a
+ * fragment the bucket lacks.
+ */
+export class Cas {
+  readonly layout: Layout;
+  /** Directories known to exist durably (so a fragment rename fsyncs only its own directory). */
+  readonly knownDirs: Set<string>;
+  readonly remote: RemoteCas | undefined;
+  /** Fetches under way in this process, shared by its readers. */
+  readonly #downloads = new Map<string, Promise<Download>>();
+
+  constructor(layout: Layout, knownDirs: Set<string>, remote?: RemoteCas) {
+    this.layout = layout;
+    this.knownDirs = knownDirs;
+    this.remote = remote;
+  }
+
+  /** Opens a fragment for reading: cas/, else (bucket-backed) a fetch. ERR_FRAGMENT_MISSING if it is in neither. */
+  async open(id: string): Promise<FragmentHandle> {
+    let fh: fs.FileHandle;
+    try {
+      fh = await fs.open(this.layout.fragment(id), 'r');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw ioError(e, `opening fragment ${id}`, { fragment: id }); // EMFILE, EIO: ERR_IO, never "missing"
+      if (!this.remote) throw new CabError('ERR_FRAGMENT_MISSING', `fragment ${id} is missing`, { fragment: id, cause: e });
+      return this.#fetch(id);
+    }
+    this.remote?.cache.touch(id);
+    return {
+      read: async (buf, off, len, pos) => (await fh.read(buf, off, len, pos)).bytesRead,
+      close: () => fh.close(),
+    };
+  }
+
+  async #fetch(id: string): Promise<FragmentHandle> {
+    const remote = this.remote!;
+    let p = this.#downloads.get(id);
+    if (!p) {
+      const layout = this.layout;
+      const target = {
+        key: remote.keys.fragment(id),
+        tmp: layout.tmpFile('frag'),
+        dir: layout.fragmentDir(id),
+        final: layout.fragment(id),
+        knownDirs: this.knownDirs,
+        cached: (size: number) => remote.cache.add(id, size),
+      };
+      const started: Promise<Download> = Download.start(id, remote.os, target, () => this.#forget(id, started));
+      this.#downloads.set(id, started);
+      started.catch(() => this.#forget(id, started));
+      p = started;
+    }
+    const d = (await p).take();
+    if (!d) return this.open(id); // it ended as we came: the file is in cas/ now (or will be fetched anew)
+    let closed = false;
+    return {
+      read: (buf, off, len, pos) => d.read(buf, off, len, pos),
+      close: async () => {
+        if (!closed) d.release();
+        closed = true;
+      },
+    };
+  }
+
+  #forget(id: string, p: Promise<Download>): void {
+    if (this.#downloads.get(id) === p) this.#downloads.delete(id);
+  }
+
+  /** A fragment's size where it is kept (the bucket, for a bucket-backed store); null if absent. */
+  async size(id: string): Promise<number | null> {
+    if (!this.remote) {
+      try {
+        return (await fs.stat(this.layout.fragment(id))).size;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+        throw e;
+      }
+    }
+    try {
+      return (await this.remote.os.head(this.remote.keys.fragment(id)))?.size ?? null;
+    } catch (e) {
+      throw missingIfAbsent(e, id);
+    }
+  }
+
+  /** Uploads a sealed fragment's file (write-once: an object of that name is this fragment already). */
+  async upload(id: string, file: string, size: number): Promise<void> {
+    if (this.remote) await this.remote.os.putIfAbsent(this.remote.keys.fragment(id), { file, size });
+  }
+
+  /** A fragment renamed into cas/. */
+  added(id: string, size: number): void {
+    this.remote?.cache.add(id, size);
+  }
+}
