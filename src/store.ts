@@ -210,7 +210,7 @@ export class BlobStore {
       await fh.close();
     }
     this.#snapshots.forget(name);
-    await Promise.all([this.index.removeBlob(name), fs.rm(this.layout.leafLayer(name), { force: true })]); // its leaf layer: derived
+    await Promise.all([this.index.removeBlob(name), fs.rm(this.layout.leafLayer(name), { force: true, recursive: true }).catch(() => {})]); // derived: never fails a done delete
     // Metadata is about a blob we hold; a signpost says where to find one we do not, so it stays.
     await this.tables.metadata.delete(name);
   }

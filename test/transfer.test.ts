@@ -25,7 +25,7 @@ import {
 } from '../src/index.js';
 import { prngBytes, prngInts } from '../tools/data.js';
 import { tempDir, tempStore, putBlob, readAll, collect, blobState } from './helpers/store.js';
-import { tcpProxy, wsProxy, type FrameHook } from './helpers/proxies.js';
+import { tcpProxy, wsProxy, decodedFrame, type FrameHook } from './helpers/proxies.js';
 import { edited, missingChunks, startServerChild, killHard, RawClient, MiB, KiB, MAX_CHUNK } from './helpers/transfer.js';
 
 const RW = 'token-rw';
@@ -475,23 +475,15 @@ function flipInAnswer(nth: number): { requests: FrameHook; answers: FrameHook; f
   let gets = 0;
   let target: number | undefined;
   let flipped = false;
-  const decoded = (frame: Buffer, isBinary: boolean): Message | undefined => {
-    if (!isBinary) return undefined;
-    try {
-      return decodeMessage(frame);
-    } catch {
-      return undefined;
-    }
-  };
   return {
     flipped: () => flipped,
     requests: (frame, isBinary) => {
-      const m = decoded(frame, isBinary);
+      const m = decodedFrame(frame, isBinary);
       if (m?.t === 'get' && ++gets === nth) target = m.id;
       return frame;
     },
     answers: (frame, isBinary) => {
-      const m = decoded(frame, isBinary);
+      const m = decodedFrame(frame, isBinary);
       if (flipped || m?.t !== 'data' || m.id !== target || m.items.length === 0) return frame;
       const items = m.items.map((x) => Buffer.from(x));
       const item = items[items.length >> 1]!;

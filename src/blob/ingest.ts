@@ -1,21 +1,18 @@
-import { CabError, isCabError } from '../errors.js';
+import { CabError } from '../errors.js';
 import { Chunker } from '../chunker/fastcdc.js';
-import { LEAF_SIZE, type MerkleState } from '../hash/merkle.js';
+import type { MerkleState } from '../hash/merkle.js';
 import { HashJob } from '../hash/pool.js';
-import { bytesEqual, sha256, toHex } from '../hash/sha256.js';
-import { readExtents } from '../disk/blob-bytes.js';
+import { sha256, toHex } from '../hash/sha256.js';
 import { FragmentWriter, type FragmentFiles } from '../disk/fragments.js';
 import type { Descriptor } from '../format/descriptor.js';
 import type { Extent } from '../format/extents.js';
-import type { BlockRefs, BlockSource, CutChunk, NewExtent, PendingBlock, Part, Taken } from './ingest-types.js';
+import { pushParts, restoreTail, type BlockRefs, type BlockSource, type Claimed, type CutChunk, type NewExtent, type PendingBlock, type Part, type Taken } from './ingest-types.js';
 import type { StoreInternals } from './context.js';
 import type { WriterPins } from './pins.js';
 
-export type { BlockRefs, BlockSource, NewExtent, Taken } from './ingest-types.js';
+export type { BlockRefs, BlockSource, Claimed, NewExtent, Taken } from './ingest-types.js';
 
 const EMPTY_HASH = sha256(new Uint8Array(0));
-
-const isRefs = (ref: BlockSource | BlockRefs): ref is BlockRefs => Array.isArray(ref);
 
 /**
  * The write path of one blob's bytes. The main thread reads and chunks
@@ -52,6 +49,8 @@ export class Ingest {
   #nextHold = 1;
   /** How long this thread waited for a block's hashes, on average (a moving average, in ms). */
   #waitMs = 0;
+  /** A chunk failed its claimed hash (see feed): the blob ends before it, and nothing more is taken. */
+  #refusal: CabError | undefined;
 
   #newExtents: NewExtent[] = [];
   #newChunks: Array<[Uint8Array, number]> = [];
@@ -99,19 +98,7 @@ export class Ingest {
     this.#size = size;
     this.#chunkEnd = chunkEnd;
     this.#recordedChunkEnd = chunkEnd;
-    const leafStart = d.merkle.leaves * LEAF_SIZE;
-    const from = Math.min(leafStart, chunkEnd);
-    const tail = Buffer.allocUnsafe(size - from);
-    await readExtents(files, d.extents, tail, from);
-    this.#job.send(tail.subarray(leafStart - from), true, [], false);
-    const open = tail.subarray(chunkEnd - from);
-    if (this.#chunker.push(open).length > 0) {
-      throw new CabError('ERR_BAD_STORE', `descriptor of ${name} records no boundary where the chunker finds one`, { blob: name });
-    }
-    this.#job.hashOpenChunk(open);
-    if (d.openHash && !bytesEqual(await this.#job.openChunkHash(), d.openHash)) {
-      throw new CabError('ERR_HASH_MISMATCH', `the last ${open.length} bytes of blob ${name} (its open chunk) no longer hash to their recorded hash: fsck --verify --repair records the damage`, { blob: name, offset: chunkEnd });
-    }
+    const open = await restoreTail(d, files, name, this.#chunker, this.#job);
     this.hash = await this.#job.digest();
     this.#pendingLen = open.length;
     this.#committed = open.length;
@@ -124,18 +111,26 @@ export class Ingest {
    * or, as BlockRefs, some ranges of it are (a transfer's pieces found
    * locally). `known`: hashes the caller checked, by (offset * 2^27 + size):
    * not hashed again.
+   *
+   * `claimed` (at a boundary only): the block is whole chunks cut where a
+   * peer with our chunker cut them (so not chunked again), with hashes the
+   * peer claims. The hashing thread checks each before it counts; at the
+   * first that fails, the blob ends before that chunk, everything after it
+   * is dropped, and this and every later call fails with ERR_HASH_MISMATCH
+   * (a checkpoint still records the chunks before it: see `refused`).
    */
-  async feed(block: Uint8Array, ref: BlockSource | BlockRefs | undefined, give: boolean, known?: Map<number, Uint8Array>): Promise<void> {
+  async feed(block: Uint8Array, ref: BlockSource | BlockRefs | undefined, give: boolean, known?: Map<number, Uint8Array>, claimed?: Claimed): Promise<void> {
     const len = block.length; // the block is the hashing thread's once handed over (then empty here)
+    this.#throwIfRefused();
     if (len === 0) return;
     this.#size += len;
     const hold = this.#nextHold++;
     // A plain Uint8Array view keeps the chunker's loop monomorphic (Buffers and Uint8Arrays both arrive here).
     const view = block.constructor === Uint8Array ? block : new Uint8Array(block.buffer, block.byteOffset, block.byteLength);
-    const cuts = this.#chunker.push(view, this.#cuts);
+    const cuts = claimed ? claimed.sizes : this.#chunker.push(view, this.#cuts);
     // For about as long as this thread waited for the hashing thread per block (on average), it hashes whole
     // chunks of this block itself, in cache: the work balances between the two, whatever the machine.
-    let budget = known ? 0 : this.#waitMs;
+    let budget = known || claimed ? 0 : this.#waitMs;
     const ends: number[] = [];
     const skip: number[] | undefined = known || budget > 0 ? [] : undefined;
     const chunks: CutChunk[] = [];
@@ -144,6 +139,7 @@ export class Ingest {
       const take = size - this.#pendingLen;
       // A chunk whole in this block whose hash the caller has checked (a transfer): not hashed again.
       let hash = this.#pendingLen === 0 ? known?.get(off * 2 ** 27 + size) : undefined;
+      const claim = claimed?.hashes.subarray(32 * ends.length, 32 * ends.length + 32);
       if (budget > 0 && this.#pendingLen === 0) {
         const t = performance.now();
         hash = sha256(view.subarray(off, off + take));
@@ -153,12 +149,12 @@ export class Ingest {
       off += take;
       ends.push(off);
       skip?.push(hash ? 1 : 0);
-      chunks.push({ parts: this.#pending, size, committed: this.#committed, known: hash, idx: ends.length - 1 });
+      chunks.push({ parts: this.#pending, size, committed: this.#committed, known: hash ?? claim, idx: ends.length - 1 });
       this.#pending = [];
       this.#pendingLen = 0;
       this.#committed = 0;
     }
-    cuts.length = 0;
+    if (!claimed) cuts.length = 0;
     if (off < block.length) this.#addPart(hold, off, block.length - off, ref);
     // The chunk in progress keeps its own copy of its bytes: the block goes to the hashing thread.
     for (let i = 0; i < this.#pending.length; i++) {
@@ -166,13 +162,41 @@ export class Ingest {
       // Uint8Array.from copies (a Buffer's slice would be a view of memory about to be transferred).
       if ('held' in p) this.#pending[i] = { lit: Uint8Array.from(block.subarray(p.off, p.off + p.len)) };
     }
-    const hashes = this.#job.hashBlock(block, true, ends, skip, hold, give);
+    const hashes = this.#job.hashBlock(block, true, ends, claimed ? undefined : skip, hold, give, claimed?.hashes);
     hashes.catch(() => {}); // awaited in #decide
-    this.#queue.push({ hold, hashes, chunks, size: len });
+    this.#queue.push({ hold, hashes, chunks, size: len, claimed: claimed !== undefined });
     this.#queuedBytes += len;
     // One block behind: the previous block's hashes are in, or nearly, while this one is hashed.
     while (this.#queue.length > 1) await this.#decide(this.#queue.shift()!, true);
+    this.#throwIfRefused();
     await this.#job.room();
+  }
+
+  /** Whether a chunk failed its claimed hash (feed): the blob ends before it, and the writer must fail once that is recorded. */
+  get refused(): boolean {
+    return this.#refusal !== undefined;
+  }
+
+  #throwIfRefused(): void {
+    if (this.#refusal) throw this.#refusal;
+  }
+
+  /**
+   * Chunk `bad` of a claimed block failed its hash (the hashing thread took
+   * none of its bytes, nor any after it): the blob ends where it starts, and
+   * the blocks after it, the hashing thread's and the chunker's, are dropped.
+   */
+  #refuse(bad: CutChunk): void {
+    for (const later of this.#queue.splice(0)) {
+      this.#queuedBytes -= later.size;
+      this.#job.writeHeld(later.hold, []);
+    }
+    this.#chunker.end();
+    this.#pending = [];
+    this.#pendingLen = 0;
+    this.#committed = 0;
+    this.#size = this.#chunkEnd;
+    this.#refusal = new CabError('ERR_HASH_MISMATCH', `chunk ${toHex(bad.known!)} at byte ${this.#chunkEnd} does not hash to the hash claimed for it`, { offset: this.#chunkEnd });
   }
 
   /** Decides every block handed over (before a checkpoint, or anything that adds extents directly). */
@@ -187,6 +211,7 @@ export class Ingest {
    */
   async addWhole(extents: Iterable<Extent>, chunks: Array<{ hash: Uint8Array; size: number }>, bytes: Uint8Array): Promise<void> {
     await this.#drain();
+    this.#throwIfRefused();
     for (const e of extents) this.#pushExtent(e.frag, e.offset, e.size);
     for (const c of chunks) {
       this.#newChunks.push([c.hash, c.size]);
@@ -200,6 +225,7 @@ export class Ingest {
   /** The end of the stream: the chunk in progress, if any, ends here. */
   async end(): Promise<void> {
     await this.#drain();
+    this.#throwIfRefused();
     if (this.#chunker.end() === 0) return;
     const size = this.#pendingLen;
     const c: CutChunk = { parts: this.#pending, size, committed: this.#committed, known: await this.#job.openChunkHash(), idx: -1 };
@@ -209,32 +235,10 @@ export class Ingest {
     await this.#place(c, c.known!, undefined);
   }
 
-  /** Bytes [off, off + len) of block `hold`: new bytes, or references where `ref` says they are stored. */
+  /** Bytes [off, off + len) of block `hold` into the chunk in progress. */
   #addPart(hold: number, off: number, len: number, ref: BlockSource | BlockRefs | undefined): void {
-    if (len === 0) return;
-    if (ref === undefined) this.#pending.push({ held: hold, off, len });
-    else if (!isRefs(ref)) this.#addStored(ref, off, len);
-    else {
-      // Stored ranges by reference, the bytes between them as new bytes.
-      let at = off;
-      const end = off + len;
-      for (const r of ref) {
-        if (r.at + r.size <= at) continue;
-        if (r.at >= end) break;
-        if (r.at > at) this.#pending.push({ held: hold, off: at, len: r.at - at });
-        const from = Math.max(at, r.at);
-        const to = Math.min(end, r.at + r.size);
-        this.#addStored(r.src, from - r.at, to - from);
-        at = to;
-      }
-      if (at < end) this.#pending.push({ held: hold, off: at, len: end - at });
-    }
+    pushParts(this.#pending, hold, off, len, ref);
     this.#pendingLen += len;
-  }
-
-  /** Bytes [off, off + len) of a stored source, as references to its extents. */
-  #addStored(src: BlockSource, off: number, len: number): void {
-    for (const ext of src.extents.slice(src.offset + off, len)) this.#pending.push({ ext });
   }
 
   /** The chunks that ended in a block, by their hashes; then the block's new bytes are written and it goes. */
@@ -246,7 +250,13 @@ export class Ingest {
       const t = performance.now();
       const hashes = await b.hashes;
       if (steady) this.#waitMs = 0.75 * this.#waitMs + 0.25 * (performance.now() - t);
-      for (const c of b.chunks) await this.#place(c, c.known ?? hashes.slice(32 * c.idx, 32 * c.idx + 32), writes);
+      // A claimed block: the chunks the hashing thread accepted; the first it did not ends the blob.
+      const n = b.claimed ? new DataView(hashes.buffer, hashes.byteOffset, 4).getUint32(0, true) : b.chunks.length;
+      for (let i = 0; i < n; i++) {
+        const c = b.chunks[i]!;
+        await this.#place(c, c.known ?? hashes.slice(32 * c.idx, 32 * c.idx + 32), writes);
+      }
+      if (n < b.chunks.length) this.#refuse(b.chunks[n]!);
     } finally {
       // Released on every path: the hashing thread keeps nothing for a writer that failed.
       this.#job.writeHeld(b.hold, writes);
@@ -256,7 +266,9 @@ export class Ingest {
   /** A chunk with its hash: reference a stored copy, or write its new bytes (those of a held block into `writes`). */
   async #place(c: CutChunk, hash: Uint8Array, writes: number[] | undefined): Promise<void> {
     const literal = c.parts.some((p) => !('ext' in p));
-    const stored = literal && c.committed === 0 ? await this.#findStored(hash, c.size) : undefined;
+    // A stored copy: in the fragment being written, or in a blob the index knows.
+    const local = literal && c.committed === 0 ? this.#local.get(toHex(hash)) : undefined;
+    const stored: NewExtent[] | undefined = local !== undefined ? [{ frag: null, offset: local, size: c.size }] : literal && c.committed === 0 ? await this.#pins.stored(hash, c.size) : undefined;
     if (stored) {
       for (const e of stored) this.#pushExtent(e.frag, e.offset, e.size);
     } else {
@@ -267,25 +279,6 @@ export class Ingest {
     }
     this.#newChunks.push([hash, c.size]);
     this.#chunkEnd += c.size;
-  }
-
-  /** A stored copy of a chunk: in the fragment being written, or in a blob the index knows. */
-  async #findStored(hash: Uint8Array, size: number): Promise<NewExtent[] | undefined> {
-    const local = this.#local.get(toHex(hash));
-    if (local !== undefined) return [{ frag: null, offset: local, size }];
-    for (const loc of this.#s.index.locations(hash)) {
-      if (loc.size !== size) continue;
-      let d;
-      try {
-        d = await this.#pins.source(loc.blob);
-      } catch (e) {
-        if (isCabError(e, 'ERR_NO_SUCH_BLOB')) continue;
-        throw e;
-      }
-      if (loc.offset + size > d.size || (d.damagedAt !== undefined && loc.offset + size > d.damagedAt)) continue;
-      return [...d.extents.slice(loc.offset, size)];
-    }
-    return undefined;
   }
 
   /**
@@ -380,6 +373,7 @@ export class Ingest {
     const digest = this.#job.digest(); // asked first: the block's hashes, then the digest, in one round trip
     digest.catch(() => {});
     await this.#drain();
+    this.#throwIfRefused();
     this.hash = await digest;
   }
 

@@ -1,6 +1,7 @@
 import { CabError } from '../errors.js';
 import { isRecycled } from '../hash/pool.js';
-import type { BlockRefs, BlockSource } from './ingest.js';
+import { bytesEqual, sha256, toHex } from '../hash/sha256.js';
+import type { BlockRefs, BlockSource, Claimed } from './ingest.js';
 import { READ_BLOCK } from './input.js';
 
 /**
@@ -23,8 +24,33 @@ export interface VerifiedChunk {
 /** A block of verified chunks: each chunk's checked hash keyed by (offset in the block * 2^27 + size), and its stored ranges. */
 export interface VerifiedBlock {
   block: Buffer;
-  known: Map<number, Uint8Array>;
+  known: Map<number, Uint8Array> | undefined;
   refs: BlockRefs | undefined;
+  /** Instead of `known`: whole chunks whose hashes the hashing thread is to check (Ingest.feed). */
+  claimed?: Claimed;
+}
+
+/**
+ * appendVerified's blocks when the hashes are a peer's claims, not checked
+ * yet. Cut by a peer with our chunker (`ours`, and the writer at a chunk
+ * boundary), chunks without refs and of sizes our chunker can cut (`min`
+ * to `max`; the last may be shorter: a blob's last chunk) go as claims,
+ * checked by the hashing thread, not chunked again. A peer that cuts
+ * elsewhere only spoils its own blob's dedup; it cannot swell the chunk
+ * index with tiny chunks (at most one short chunk per call). Otherwise each
+ * is checked here; the chunks before the first that fails are appended,
+ * and `bad` says why the rest is not.
+ */
+export function claimedBlocks(chunks: readonly VerifiedChunk[], ours: boolean, params: { min: number; max: number }, at: { blob: string; offset: number }): { blocks: Iterable<VerifiedBlock>; bad?: CabError } {
+  const cuttable = (c: VerifiedChunk, i: number) => !c.refs?.length && c.bytes.length > 0 && c.bytes.length <= params.max && (c.bytes.length >= params.min || i === chunks.length - 1);
+  if (ours && chunks.every(cuttable)) {
+    return { blocks: verifiedBlocks(chunks, true) };
+  }
+  const i = chunks.findIndex((c) => !bytesEqual(sha256(c.bytes), c.hash));
+  if (i < 0) return { blocks: verifiedBlocks(chunks) };
+  const offset = chunks.slice(0, i).reduce((n, c) => n + c.bytes.length, at.offset);
+  const bad = new CabError('ERR_HASH_MISMATCH', `chunk ${toHex(chunks[i]!.hash)} at byte ${offset} of blob ${at.blob} does not hash to the hash claimed for it`, { blob: at.blob, offset });
+  return { blocks: verifiedBlocks(chunks.slice(0, i)), bad };
 }
 
 /**
@@ -48,30 +74,27 @@ export function checkVerified(chunks: readonly VerifiedChunk[]): void {
  * appendVerified's chunks in blocks of up to READ_BLOCK bytes (a longer
  * chunk is a block of its own). Chunks without refs that lie end to end
  * from the start of a recycled buffer (hash/pool.ts: a receiver's batch)
- * are that buffer, taken as it is: no copy.
+ * are that buffer, taken as it is: no copy. With `claims`, each block's
+ * hashes are claims for the hashing thread to check (no refs then).
  */
-export function* verifiedBlocks(chunks: readonly VerifiedChunk[]): Generator<VerifiedBlock> {
+export function* verifiedBlocks(chunks: readonly VerifiedChunk[], claims = false): Generator<VerifiedBlock> {
   const whole = wholeBuffer(chunks);
-  if (whole) {
-    const known = new Map<number, Uint8Array>();
-    for (const c of chunks) known.set(c.bytes.byteOffset * 2 ** 27 + c.bytes.length, c.hash);
-    yield { block: whole, known, refs: undefined };
-    return;
-  }
   let i = 0;
   while (i < chunks.length) {
-    const parts: Uint8Array[] = [];
+    const group: VerifiedChunk[] = [];
     const known = new Map<number, Uint8Array>();
     const refs: Array<BlockRefs[number]> = [];
     let n = 0;
-    while (i < chunks.length && (n === 0 || n + chunks[i]!.bytes.length <= READ_BLOCK)) {
+    while (i < chunks.length && (whole || n === 0 || n + chunks[i]!.bytes.length <= READ_BLOCK)) {
       const c = chunks[i++]!;
       known.set(n * 2 ** 27 + c.bytes.length, c.hash);
       for (const r of c.refs ?? []) refs.push(n === 0 ? r : { at: n + r.at, size: r.size, src: r.src });
-      parts.push(c.bytes);
+      group.push(c);
       n += c.bytes.length;
     }
-    yield { block: Buffer.concat(parts, n), known, refs: refs.length ? refs : undefined };
+    const block = whole ?? Buffer.concat(group.map((c) => c.bytes), n);
+    if (claims) yield { block, known: undefined, refs: undefined, claimed: { sizes: group.map((c) => c.bytes.length), hashes: Buffer.concat(group.map((c) => c.hash)) } };
+    else yield { block, known, refs: refs.length ? refs : undefined };
   }
 }
 

@@ -1,5 +1,6 @@
-import { CabError } from '../errors.js';
+import { CabError, isCabError } from '../errors.js';
 import type { Descriptor } from '../format/descriptor.js';
+import type { Extent } from '../format/extents.js';
 import type { StoreInternals } from './context.js';
 
 /**
@@ -37,6 +38,23 @@ export class WriterPins {
       this.#snapshots.add(fresh);
       return fresh;
     });
+  }
+
+  /** A stored copy of a chunk in a blob the index knows (its fragments pinned), or undefined. */
+  async stored(hash: Uint8Array, size: number): Promise<Extent[] | undefined> {
+    for (const loc of this.#s.index.locations(hash)) {
+      if (loc.size !== size) continue;
+      let d;
+      try {
+        d = await this.source(loc.blob);
+      } catch (e) {
+        if (isCabError(e, 'ERR_NO_SUCH_BLOB')) continue;
+        throw e;
+      }
+      if (loc.offset + size > d.size || (d.damagedAt !== undefined && loc.offset + size > d.damagedAt)) continue;
+      return [...d.extents.slice(loc.offset, size)];
+    }
+    return undefined;
   }
 
   #throwIfReleased(name: string): void {

@@ -2,8 +2,8 @@ import { readExtents } from '../disk/blob-bytes.js';
 import type { FragmentFiles } from '../disk/fragments.js';
 import type { Descriptor } from '../format/descriptor.js';
 import type { StoreInternals } from './context.js';
-import type { Ingest } from './ingest.js';
-import { READ_BLOCK } from './input.js';
+import type { BlockSource, Ingest } from './ingest.js';
+import { READ_BLOCK, readBlocks } from './input.js';
 
 /** Chunks are read from the index a page at a time. */
 const PAGE = 1024;
@@ -68,4 +68,22 @@ export async function takeWholeChunks(
   }
   await flushGroup();
   return taken;
+}
+
+/**
+ * The rest of appendBlob: bytes [offset, offset + n) of blob `src`, read a
+ * block at a time and fed (chunked and hashed) with where they are stored.
+ */
+export async function feedBlobRange(files: FragmentFiles, src: Descriptor, offset: number, n: number, feed: (block: Uint8Array, ref: BlockSource) => Promise<void>): Promise<void> {
+  const read = async (pos: number, len: number) => {
+    const buf = Buffer.allocUnsafe(len);
+    await readExtents(files, src.extents, buf, offset + pos);
+    return buf;
+  };
+  let pos = offset;
+  for await (const block of readBlocks(n, READ_BLOCK, read)) {
+    const len = block.length; // fed blocks go to the hashing thread: empty after
+    await feed(block, { extents: src.extents, offset: pos });
+    pos += len;
+  }
 }

@@ -1,19 +1,19 @@
 import type { Writable } from 'node:stream';
 import { CabError, abortError, ioError, isCabError } from '../errors.js';
 import { bytesEqual, hashArg, toHex } from '../hash/sha256.js';
-import { readExtents } from '../disk/blob-bytes.js';
 import { FragmentFiles } from '../disk/fragments.js';
 import { checkBlobName } from '../format/layout.js';
+import { sameChunkerParams, type ChunkerParams } from '../chunker/params.js';
 import type { Descriptor } from '../format/descriptor.js';
 import { Checkpoints } from './checkpoint.js';
 import type { StoreInternals } from './context.js';
-import { Ingest, type BlockRefs, type BlockSource } from './ingest.js';
-import { READ_BLOCK, checkBlobRange, checkCount, checkSignal, closeInputs, feedInputs, openInputs, readBlocks, splitAppendArgs, type AppendItem, type AppendOptions } from './input.js';
-import { checkVerified, verifiedBlocks, type VerifiedChunk } from './pieces.js';
+import { Ingest, type BlockRefs, type BlockSource, type Claimed } from './ingest.js';
+import { checkBlobRange, checkCount, checkSignal, closeInputs, feedInputs, openInputs, splitAppendArgs, type AppendItem, type AppendOptions } from './input.js';
+import { checkVerified, claimedBlocks, verifiedBlocks, type VerifiedChunk } from './pieces.js';
 import { createDescriptor, resumeDescriptor, type OpenDescriptor } from './open.js';
 import { WriterPins } from './pins.js';
 import { Serial } from './serial.js';
-import { takeWholeChunks } from './whole-chunks.js';
+import { feedBlobRange, takeWholeChunks } from './whole-chunks.js';
 import { checkSource, checkWriteStreamOptions, createBlobWriteStream, pump, type ByteSource, type Pumped, type WriteStreamOptions } from './write-stream.js';
 
 export type { AppendItem, AppendOptions } from './input.js';
@@ -127,18 +127,24 @@ export class BlobWriter {
   }
 
   /**
-   * @internal Appends chunks whose SHA-256 the caller has already checked
-   * against the bytes (a transfer). They go through the chunker as any bytes
-   * do; where it cuts exactly one of them, its hash is the caller's. A
-   * chunk's `refs` go in by reference (appendBlob-style); only the rest is
-   * written. Chunks that lie end to end from the start of a recycled buffer
-   * (hash/pool.ts) are appended without a copy: the buffer is the writer's.
+   * @internal Appends chunks whose SHA-256 the caller has checked against
+   * their bytes (a transfer). They go through the chunker as any bytes do;
+   * where it cuts exactly one of them, its hash is the caller's. `refs` go
+   * in by reference (appendBlob-style). Chunks end to end from the start of
+   * a recycled buffer (hash/pool.ts) go without a copy. With `claimedBy`
+   * (the peer's chunker), the hashes are the peer's claims, checked here
+   * (claimedBlocks); at the first that fails, the chunks before it are made
+   * durable and the writer fails with ERR_HASH_MISMATCH.
    */
-  async appendVerified(chunks: readonly VerifiedChunk[]): Promise<void> {
+  async appendVerified(chunks: readonly VerifiedChunk[], claimedBy?: ChunkerParams): Promise<void> {
     checkVerified(chunks);
     return this.#run(() =>
       this.#mutate(async () => {
-        for (const { block, known, refs } of verifiedBlocks(chunks)) await this.#feed(block, refs, true, known);
+        const at = { blob: this.name, offset: this.size };
+        const fast = claimedBy && this.#ingest.atBoundary && sameChunkerParams(claimedBy, this.#s.chunker);
+        const { blocks, bad } = claimedBy ? claimedBlocks(chunks, fast === true, this.#s.chunker, at) : { blocks: verifiedBlocks(chunks) };
+        for (const b of blocks) await this.#feed(b.block, b.refs, true, b.known, b.claimed);
+        if (bad) throw (await this.#log.run(false), bad);
         await this.#ingest.settle();
       }),
     );
@@ -166,20 +172,9 @@ export class BlobWriter {
       const src = await this.#pins.source(blob);
       const n = checkBlobRange(src, blob, offset, size);
       await this.#append(signal, true, async (step) => {
-        const read = async (pos: number, len: number) => {
-          const buf = Buffer.allocUnsafe(len);
-          await readExtents(this.#files, src.extents, buf, offset + pos);
-          return buf;
-        };
         // At a boundary, whole chunks of the source are taken as they are.
         const whole = this.#ingest.atBoundary ? await takeWholeChunks(this.#s, this.#files, this.#ingest, blob, src, offset, n, signal) : 0;
-        let pos = offset + whole;
-        for await (const block of readBlocks(n - whole, READ_BLOCK, (p, len) => read(whole + p, len))) {
-          step();
-          const len = block.length; // #feed hands the block to the hashing thread: it is empty after
-          await this.#feed(block, { extents: src.extents, offset: pos }, true);
-          pos += len;
-        }
+        await feedBlobRange(this.#files, src, offset + whole, n - whole, (block, ref) => (step(), this.#feed(block, ref, true)));
       });
     }, signal);
   }
@@ -311,8 +306,8 @@ export class BlobWriter {
   }
 
   /** One block into the ingest pipeline; a full fragment starts a checkpoint in the background. */
-  async #feed(block: Uint8Array, ref: BlockSource | BlockRefs | undefined, give: boolean, known?: Map<number, Uint8Array>): Promise<void> {
-    await this.#ingest.feed(block, ref, give, known);
+  async #feed(block: Uint8Array, ref: BlockSource | BlockRefs | undefined, give: boolean, known?: Map<number, Uint8Array>, claimed?: Claimed): Promise<void> {
+    await this.#ingest.feed(block, ref, give, known, claimed);
     this.#log.throwIfFailed();
     if (this.#ingest.fragmentFull) await this.#log.run(false, false);
   }
@@ -377,6 +372,8 @@ export class BlobWriter {
     try {
       await fn();
     } catch (e) {
+      // A chunk failed its claimed hash (appendVerified): the chunks before it are kept.
+      if (this.#ingest.refused) await this.#log.run(false).catch(() => {});
       // A full disk is ERR_NO_SPACE, any other errno ERR_IO: the blob stays as its last durable record left it.
       this.#failure = ioError(e, `writing blob ${this.name}`, { blob: this.name, offset: this.#log.durableSize });
       await this.#release('closed');

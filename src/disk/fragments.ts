@@ -1,6 +1,6 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs/promises';
-import { CabError } from '../errors.js';
+import { CabError, ioError } from '../errors.js';
 import { ensureDir, fsyncDir, writeAll } from './durable.js';
 import type { Layout } from '../format/layout.js';
 
@@ -108,7 +108,7 @@ export class FragmentFiles {
     h = fs.open(this.#layout.fragment(frag), 'r').catch((e: NodeJS.ErrnoException) => {
       this.#open.delete(frag);
       if (e.code === 'ENOENT') throw new CabError('ERR_FRAGMENT_MISSING', `fragment ${frag} is missing`, { fragment: frag, cause: e });
-      throw e;
+      throw ioError(e, `opening fragment ${frag}`, { fragment: frag }); // EMFILE, EIO: ERR_IO, never "missing"
     });
     this.#open.set(frag, h);
     return h;

@@ -1,5 +1,5 @@
 import fs from 'node:fs/promises';
-import { CabError } from '../errors.js';
+import { CabError, ioError } from '../errors.js';
 import { HASH_SIZE, toHex, fromHex } from '../hash/sha256.js';
 import { LEAF_SIZE, type MerkleState } from '../hash/merkle.js';
 import { ChunkRecords } from './chunk-records.js';
@@ -209,7 +209,8 @@ export async function openDescriptor(file: string, name: string, flags: 'r' | 'r
     return await fs.open(file, flags);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new CabError('ERR_NO_SUCH_BLOB', `no blob ${name}`, { blob: name });
-    throw e;
+    // EMFILE, EIO, a directory where the file should be: ERR_IO, never read as "absent".
+    throw ioError(e, `opening the descriptor of blob ${name}`, { blob: name });
   }
 }
 

@@ -22,6 +22,8 @@ interface Job {
   /** Blocks kept until the writer says which of their bytes to write. */
   held: Map<number, Held>;
   error?: Error;
+  /** A chunk failed its claimed hash: nothing after it is hashed or written for this job. */
+  refused?: boolean;
 }
 
 const jobs = new Map<number, Job>();
@@ -93,6 +95,30 @@ function hash(job: Job, bytes: Uint8Array, merkle: boolean, cuts: number[] | und
   }
 }
 
+/**
+ * Checks chunks against the hashes claimed for them (`expect`, 32 bytes per
+ * cut; the block is whole chunks, the first starting at its start): each
+ * chunk is hashed, compared, and only then fed to the merkle tree, both
+ * passes while it is in cache. At the first chunk that fails, the job
+ * refuses everything from there on, so the tree holds exactly the chunks
+ * before it. Returns the number of chunks accepted.
+ */
+function check(job: Job, bytes: Uint8Array, merkle: boolean, cuts: number[], expect: Uint8Array): number {
+  if (job.refused) return 0;
+  let from = 0;
+  for (let ci = 0; ci < cuts.length; ci++) {
+    const chunk = bytes.subarray(from, cuts[ci]);
+    const h = crypto.createHash('sha256').update(chunk).digest();
+    if (h.compare(expect, 32 * ci, 32 * ci + 32) !== 0) {
+      job.refused = true;
+      return ci;
+    }
+    if (merkle) job.merkle.update(chunk);
+    from = cuts[ci]!;
+  }
+  return cuts.length;
+}
+
 /** `writes`: [offset in bytes, length, fragment offset] triples. */
 function write(job: Job, bytes: Uint8Array, writes: number[]): void {
   for (let i = 0; i < writes.length; i += 3) {
@@ -116,11 +142,17 @@ port.on('message', (m: ToWorker) => {
       break;
     case 'data': {
       const bytes = new Uint8Array(m.buf, m.off, m.len);
-      const out = m.seq !== undefined && m.cuts ? new Uint8Array(32 * m.cuts.length) : undefined;
+      let out = m.seq !== undefined && m.cuts && !m.expect ? new Uint8Array(32 * m.cuts.length) : undefined;
       if (job && !job.error) {
         try {
-          hash(job, bytes, m.merkle, m.cuts, m.skip, out);
-          if (m.writes.length > 0) write(job, bytes, m.writes);
+          // Claimed hashes: the answer is the number of chunks accepted, as a 4-byte count.
+          if (m.expect) {
+            out = new Uint8Array(4);
+            new DataView(out.buffer).setUint32(0, check(job, bytes, m.merkle, m.cuts!, new Uint8Array(m.expect)), true);
+          } else if (!job.refused) {
+            hash(job, bytes, m.merkle, m.cuts, m.skip, out);
+            if (m.writes.length > 0) write(job, bytes, m.writes);
+          }
         } catch (e) {
           job.error = e as Error;
         }

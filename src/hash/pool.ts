@@ -24,6 +24,8 @@ export type ToWorker =
       seq?: number;
       hold?: number;
       back?: boolean;
+      /** Hashes claimed for the chunks ending at `cuts` (32 bytes each): checked (see `hashBlock`). */
+      expect?: ArrayBuffer;
     }
   | { t: 'write'; id: number; hold: number; writes: number[] }
   | { t: 'frag'; id: number; fd: number }
@@ -223,10 +225,17 @@ export class HashJob {
    * chunk that started in an earlier block, or that goes on into the next,
    * go into the same chunk hash. The thread keeps the block until
    * `writeHeld(hold, ...)`. Resolves to 32 bytes per cut (zeros where skipped).
+   *
+   * With `expect` (32 bytes per cut, claimed by a peer; the block is whole
+   * chunks): each chunk is checked against its claimed hash before it goes
+   * into the blob hash, and the answer is 4 bytes, the number of chunks
+   * accepted. After one fails, the job takes no more bytes (every later
+   * block accepts 0): the blob hash stands at the end of the last good chunk.
    */
-  hashBlock(bytes: Uint8Array, merkle: boolean, cuts: number[], skip: number[] | undefined, hold: number, give: boolean): Promise<Uint8Array> {
+  hashBlock(bytes: Uint8Array, merkle: boolean, cuts: number[], skip: number[] | undefined, hold: number, give: boolean, expect?: Uint8Array): Promise<Uint8Array> {
+    const claimed = expect && new Uint8Array(expect).buffer; // a copy of its own (a Buffer's slice is a view)
     return this.#t
-      .ask<Uint8Array | null>((seq) => this.#post(bytes, give, { merkle, writes: [], cuts, skip, seq, hold }))
+      .ask<Uint8Array | null>((seq) => this.#post(bytes, give, { merkle, writes: [], cuts, skip, seq, hold, expect: claimed }))
       .then((b) => b ?? new Uint8Array(0));
   }
 
@@ -235,7 +244,7 @@ export class HashJob {
     this.#t.post({ t: 'write', id: this.#id, hold, writes });
   }
 
-  #post(bytes: Uint8Array, give: boolean, m: Pick<Extract<ToWorker, { t: 'data' }>, 'merkle' | 'writes' | 'cuts' | 'skip' | 'seq' | 'hold'>): void {
+  #post(bytes: Uint8Array, give: boolean, m: Pick<Extract<ToWorker, { t: 'data' }>, 'merkle' | 'writes' | 'cuts' | 'skip' | 'seq' | 'hold' | 'expect'>): void {
     let buf: ArrayBufferLike = bytes.buffer;
     let off = bytes.byteOffset;
     if (give && isRecycled(buf)) {

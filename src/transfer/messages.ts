@@ -178,7 +178,9 @@ const bool = (x: unknown, what: string): boolean => {
 const chunks = (x: unknown, max: number, hashBytes = 32): WireChunk[] =>
   arr(x, 'c', max).map((c) => {
     const a = arr(c, 'a chunk', 2);
-    return [hash(a[0], 'a chunk hash', hashBytes), count(a[1], 'a chunk size', 64 * 1024 * 1024)];
+    const size = count(a[1], 'a chunk size', 64 * 1024 * 1024);
+    if (size === 0) throw bad('a chunk of size 0'); // no chunker cuts one
+    return [hash(a[0], 'a chunk hash', hashBytes), size];
   });
 /** Chunker params that a store could have (resolveChunkerParams' rules), else ERR_PROTOCOL. */
 const params = (x: unknown): ChunkerParams => {

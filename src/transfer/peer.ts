@@ -337,6 +337,7 @@ export class Peer {
   source(): RemoteSource {
     return {
       label: this.label,
+      chunker: this.remoteChunker,
       // An answer must fit in a frame this end accepts, with room for its framing.
       maxGetBytes: Math.max(64 * 1024, Math.min(MAX_GET_BYTES, (this.#o.maxFrame ?? MAX_FRAME) - FRAME_OVERHEAD)),
       stat: async (name, after) => {

@@ -1,4 +1,5 @@
 import { CabError } from '../errors.js';
+import type { ChunkerParams } from '../chunker/params.js';
 import { FIRST_LIST_PAGE, MAX_LIST, type GetItem, type WireChunk } from './messages.js';
 
 /** Where `receive` gets a blob from: a peer over a connection, or a bundle. */
@@ -6,6 +7,12 @@ export interface RemoteSource {
   label: string;
   /** The most bytes one `get` may ask for (default MAX_GET_BYTES). */
   maxGetBytes?: number;
+  /**
+   * The source's chunker, when it cuts the chunks it sends: where it is
+   * ours, its chunks are not cut again, and their hashes are checked by the
+   * writer's hashing thread rather than on arrival (BlobWriter.appendVerified).
+   */
+  chunker?: ChunkerParams;
   /** With `after` (a follower; peers only): answers once the blob's recorded chunks end past that byte, it is finalized, or a while has passed. */
   stat(name: string, after?: number): Promise<{ size: number; finalized: boolean; hash?: Uint8Array }>;
   /** The blob's chunks from number `from`, a page at a time (of at most `max`, if given and the source heeds it). */

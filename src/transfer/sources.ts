@@ -106,6 +106,7 @@ export class SourceEntry {
     const src: RemoteSource = {
       label: raw.label,
       ...(raw.maxGetBytes === undefined ? {} : { maxGetBytes: raw.maxGetBytes }),
+      ...(raw.chunker === undefined ? {} : { chunker: raw.chunker }),
       stat: (name, after) => this.#call(() => raw.stat(name, after)),
       list: (name, from, max) => this.#call(() => raw.list(name, from, max)),
       get: (items: GetItem[]) =>
@@ -162,6 +163,7 @@ export class SourceSet {
   readonly #timer: NodeJS.Timeout | undefined;
   #checked = performance.now();
   #view: RemoteSource | undefined;
+  #solo = false;
 
   constructor(readonly o: SourceSetOptions) {
     const stall = o.stallMs;
@@ -172,11 +174,17 @@ export class SourceSet {
     }
   }
 
-  /** A set of one source, which is never closed here. */
+  /** A set of one source, which is never closed here, and never has another. */
   static of(src: RemoteSource, o: SourceSetOptions): SourceSet {
     const set = new SourceSet(o);
     set.add(src);
+    set.#solo = true;
     return set;
+  }
+
+  /** One source, and never another (SourceSet.of): nobody to hand its work to. */
+  get solo(): boolean {
+    return this.#solo;
   }
 
   /** Adds a source; `close` ends its connection when it is dropped, or when the set closes. */
@@ -301,6 +309,8 @@ export class SourceSet {
     const v: RemoteSource = {
       label: srcs.length === 1 ? first.label : `${srcs.length} sources`,
       maxGetBytes: Math.min(...srcs.map((s) => getBytes(s))),
+      // Sources of one pull cut chunks alike (fetchBlob sees to it): the first's stands for all.
+      ...(first.chunker === undefined ? {} : { chunker: first.chunker }),
       stat: (name, after) => this.attempt((s) => s.stat(name, after)),
       list: (name, from, max) => this.attempt((s) => s.list(name, from, max)),
       get: (items) => this.attempt((s) => s.get(items)),

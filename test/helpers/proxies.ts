@@ -6,6 +6,7 @@
 // `ws`: both sit between a real client and server.
 import type { AddressInfo } from 'node:net';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
+import { decodeMessage, type Message } from '../../src/index.js';
 
 export { tcpProxy, type TcpProxy, type CutPlan, type ProxiedConnection } from '../../tools/proxy.js';
 
@@ -71,4 +72,14 @@ export async function wsProxy(target: string, hooks: { toClient?: FrameHook; toS
       return new Promise<void>((resolve) => wss.close(() => resolve()));
     },
   };
+}
+
+/** A frame a hook sees, decoded: undefined for a text frame or one that is not a message. */
+export function decodedFrame(frame: Buffer, isBinary: boolean): Message | undefined {
+  if (!isBinary) return undefined;
+  try {
+    return decodeMessage(frame);
+  } catch {
+    return undefined;
+  }
 }

@@ -2,7 +2,7 @@
 // of a remote blob, every byte checked against the blob's root before it is
 // written, nothing stored here.
 import type { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { once } from 'node:events';
 import { CabError } from '../../src/errors.js';
 import { openOutput } from '../../src/disk/output.js';
 import { Progress } from '../progress.js';
@@ -35,10 +35,10 @@ export function parseRange(s: string): { start: number; end?: number } {
  */
 export async function writeOut(stream: Readable, size: number, label: string, output?: string): Promise<void> {
   if (output === undefined) {
-    try {
-      await pipeline(stream, process.stdout);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EPIPE') throw e;
+    // Not pipeline(): a failing stream would destroy stdout with its error, thrown again by stdout's error
+    // handler (tools/cli.ts) as an uncaught exception. A reader that goes away (EPIPE) exits there, quietly.
+    for await (const b of stream as AsyncIterable<Uint8Array>) {
+      if (!process.stdout.write(b)) await once(process.stdout, 'drain');
     }
     return;
   }
