@@ -139,6 +139,8 @@ export interface SourceSetOptions {
   signal?: AbortSignal | undefined;
   /** A source that owes answers and sends nothing for this long is dropped (ERR_IDLE_TIMEOUT). Default: never. */
   stallMs?: number | undefined;
+  /** There will be one source only: nobody to hand its work to (see `solo`). */
+  solo?: boolean;
 }
 
 /**
@@ -166,6 +168,7 @@ export class SourceSet {
   #solo = false;
 
   constructor(readonly o: SourceSetOptions) {
+    this.#solo = o.solo === true;
     const stall = o.stallMs;
     if (stall !== undefined) {
       const every = Math.max(10, Math.floor(stall / 4));
@@ -176,13 +179,12 @@ export class SourceSet {
 
   /** A set of one source, which is never closed here, and never has another. */
   static of(src: RemoteSource, o: SourceSetOptions): SourceSet {
-    const set = new SourceSet(o);
+    const set = new SourceSet({ ...o, solo: true });
     set.add(src);
-    set.#solo = true;
     return set;
   }
 
-  /** One source, and never another (SourceSet.of): nobody to hand its work to. */
+  /** One source, and never another (SourceSet.of, a fetchBlob from one): nobody to hand its work to. */
   get solo(): boolean {
     return this.#solo;
   }
