@@ -82,7 +82,7 @@ export async function fetchBlob(store: BlobStore, name: string, options: FetchOp
   if (options.size !== undefined) checkCount(options.size, 'size');
   const sources = sourcesOf(options.from ?? (await signpostSources(store.getSignpost(name))), name);
   throwIfAborted(options.signal, name);
-  const set = new SourceSet({ name, signal: options.signal, stallMs: options.stallMs ?? DEFAULT_STALL_MS });
+  const set = new SourceSet({ name, signal: options.signal, stallMs: options.stallMs ?? DEFAULT_STALL_MS, solo: sources.length === 1 });
   const clients = sources.map((s) => {
     const p = (async () => {
       const token = tokenFor(s, options);

@@ -3,12 +3,12 @@ import { bytesEqual, sha256, toHex } from '../hash/sha256.js';
 import type { BlobWriter } from '../blob/writer.js';
 import type { ChunkRef } from '../store.js';
 import type { GetItem } from './messages.js';
-import type { ChunkerParams } from '../chunker/params.js';
 import { getBytes } from './remote.js';
 import type { TransferStats } from './stats.js';
 import { orAbort, throwIfAborted } from './abort.js';
 import { recycledBuffer, RECYCLED_BYTES } from '../hash/pool.js';
 import { isSourceFault, type SourceEntry, type SourceSet } from './sources.js';
+import type { ChunkerParams } from '../chunker/params.js';
 import { Lanes, STEAL_AFTER_MS, type Lane } from './lanes.js';
 
 export { FETCH_WINDOW_BYTES } from './lanes.js';
@@ -45,8 +45,6 @@ interface Get {
   ask: Ask | undefined;
   /** When it was asked, or last landed a frame. */
   moved: number;
-  /** Chunks landed unchecked, for the writer to check: the chunker of their source (see #land). */
-  claimedBy?: ChunkerParams;
 }
 
 /**
@@ -95,6 +93,10 @@ export class FetchWindow {
   #writing: Promise<void> | undefined;
   #waiters: Array<() => void> = [];
   readonly #unlisten: () => void;
+  /** The sources' chunker (a peer's, in its welcome): their chunks are claims the writer checks (appendVerified). */
+  readonly #chunker: ChunkerParams | undefined;
+  /** Check each chunk as it lands (see #land). */
+  readonly #check: boolean;
 
   constructor(
     readonly set: SourceSet,
@@ -105,6 +107,8 @@ export class FetchWindow {
     readonly progress: () => void,
   ) {
     this.#lanes = new Lanes(set);
+    this.#chunker = set.view.chunker;
+    this.#check = !(set.solo && this.#chunker);
     this.#unlisten = set.listen((dropped) => {
       if (dropped) this.#orphan(dropped);
       this.#poke();
@@ -227,7 +231,7 @@ export class FetchWindow {
     for (const a of this.#asks) if (a.lane.entry === e) this.#asks.delete(a);
   }
 
-  /** Frames of an ask arrived (called as they do, in order): each chunk checked, then copied into the get's buffer. */
+  /** Frames of an ask arrived (called as they do, in order): each chunk checked (or, from a source alone, left to the writer), then copied into the get's buffer. */
   #land(a: Ask, items: Uint8Array[]): void {
     let n = 0;
     for (const b of items) n += b.length;
@@ -244,14 +248,11 @@ export class FetchWindow {
     }
     if (g.got + items.length > g.chunks.length) return this.set.drop(lane.entry, new CabError('ERR_PROTOCOL', `${lane.entry.label} answered a get with more items than asked`, { blob: this.name }));
     const before = g.at;
-    // The only source, with a chunker: the writer's hashing thread checks the hashes (appendVerified), before a chunk
-    // counts; a lie then fails the pull as dropping the source would. With others, each is checked here, so that
-    // a liar is dropped and its work goes to them.
-    const claimedBy = this.set.live.length === 1 && this.set.pending === 0 ? lane.entry.src.chunker : undefined;
-    if (claimedBy) g.claimedBy = claimedBy;
     for (const bytes of items) {
       const c = g.chunks[g.got]!;
-      if (bytes.length !== c.size || (!claimedBy && !bytesEqual(sha256(bytes), c.hash))) {
+      // A source alone that names its chunker (a peer): the writer's hashing thread checks the hash (appendVerified), before the chunk counts.
+      // Among many, each chunk is checked as it lands: the source that sent a bad one is dropped, and its work goes to the others.
+      if (bytes.length !== c.size || (this.#check && !bytesEqual(sha256(bytes), c.hash))) {
         this.set.drop(lane.entry, new CabError('ERR_HASH_MISMATCH', `chunk ${toHex(c.hash)} from ${lane.entry.label} does not hash to what was asked for`, { blob: this.name }));
         break;
       }
@@ -300,7 +301,7 @@ export class FetchWindow {
     g.writtenBytes = off;
     try {
       // A whole get's buffer goes to the hashing thread as it is (appendVerified takes it): g.buf is not touched again.
-      await this.w.appendVerified(chunks, g.claimedBy);
+      await this.w.appendVerified(chunks, this.#chunker);
     } catch (e) {
       this.#failure ??= e;
       this.#broken = true;

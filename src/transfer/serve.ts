@@ -289,10 +289,11 @@ export class Serving {
     this.#need('read');
     this.#servable(name);
     const r = await this.#readers.get(name);
+    // A cached reader may predate the final record; one that was open (a follower's) may have just seen it, and
+    // the index may lag that record (the writer in another process commits it after): caught up too.
     const wasOpen = !r.isFinalized;
-    if (wasOpen) await r.catchUp(); // a cached reader may predate the final record
+    if (wasOpen) await r.catchUp();
     if (!r.isFinalized && !open) throw new CabError('ERR_BLOB_NOT_FINALIZED', `blob ${name} is not finalized`, { blob: name });
-    // A blob that was being written when its reader last looked: the index may not hold its last records yet (a follower's list right after the finalize).
     if (catchUp || wasOpen) await catchUpBlob(this.#c.store.index, this.#c.store.layout, name);
     return name;
   }

@@ -106,6 +106,7 @@ export class SourceEntry {
     const src: RemoteSource = {
       label: raw.label,
       ...(raw.maxGetBytes === undefined ? {} : { maxGetBytes: raw.maxGetBytes }),
+      ...(raw.chunker === undefined ? {} : { chunker: raw.chunker }),
       stat: (name, after) => this.#call(() => raw.stat(name, after)),
       list: (name, from, max) => this.#call(() => raw.list(name, from, max)),
       get: (items: GetItem[]) =>
@@ -138,6 +139,8 @@ export interface SourceSetOptions {
   signal?: AbortSignal | undefined;
   /** A source that owes answers and sends nothing for this long is dropped (ERR_IDLE_TIMEOUT). Default: never. */
   stallMs?: number | undefined;
+  /** There will be one source only: nobody to hand its work to (see `solo`). */
+  solo?: boolean;
 }
 
 /**
@@ -162,8 +165,10 @@ export class SourceSet {
   readonly #timer: NodeJS.Timeout | undefined;
   #checked = performance.now();
   #view: RemoteSource | undefined;
+  #solo = false;
 
   constructor(readonly o: SourceSetOptions) {
+    this.#solo = o.solo === true;
     const stall = o.stallMs;
     if (stall !== undefined) {
       const every = Math.max(10, Math.floor(stall / 4));
@@ -172,11 +177,16 @@ export class SourceSet {
     }
   }
 
-  /** A set of one source, which is never closed here. */
+  /** A set of one source, which is never closed here, and never has another. */
   static of(src: RemoteSource, o: SourceSetOptions): SourceSet {
-    const set = new SourceSet(o);
+    const set = new SourceSet({ ...o, solo: true });
     set.add(src);
     return set;
+  }
+
+  /** One source, and never another (SourceSet.of, a fetchBlob from one): nobody to hand its work to. */
+  get solo(): boolean {
+    return this.#solo;
   }
 
   /** Adds a source; `close` ends its connection when it is dropped, or when the set closes. */
@@ -301,6 +311,8 @@ export class SourceSet {
     const v: RemoteSource = {
       label: srcs.length === 1 ? first.label : `${srcs.length} sources`,
       maxGetBytes: Math.min(...srcs.map((s) => getBytes(s))),
+      // Sources of one pull cut chunks alike (fetchBlob sees to it): the first's stands for all.
+      ...(first.chunker === undefined ? {} : { chunker: first.chunker }),
       stat: (name, after) => this.attempt((s) => s.stat(name, after)),
       list: (name, from, max) => this.attempt((s) => s.list(name, from, max)),
       get: (items) => this.attempt((s) => s.get(items)),
