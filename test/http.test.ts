@@ -9,6 +9,7 @@ import { serve, merkleRoot, toHex, connect, type BlobStore, type CabServer, type
 import { parseRange } from '../src/http/range.js';
 import { putBlob, readAll, tempDir, tempStore } from './helpers/store.js';
 import { get, tusUpload } from './helpers/http.js';
+import { fragmentBytes } from '../tools/bench/tus-kill.js';
 
 const TOKENS = { rw: ['read', 'write'], ro: ['read'], wo: ['write'] } as const;
 
@@ -19,20 +20,6 @@ async function served(t: ExecutionContext, store: BlobStore, o: ServeOptions = {
 }
 
 const random = (n: number) => crypto.randomBytes(n);
-
-/** Bytes of the store's fragment files. */
-function fragmentBytes(root: string): number {
-  let n = 0;
-  const walk = (d: string) => {
-    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
-      const p = path.join(d, e.name);
-      if (e.isDirectory()) walk(p);
-      else n += fs.statSync(p).size;
-    }
-  };
-  walk(path.join(root, 'cas'));
-  return n;
-}
 
 test('parseRange: single ranges, suffixes, ends past the blob, unsatisfiable, and what is ignored', (t) => {
   t.deepEqual(parseRange('bytes=1000-2000', 5000), { kind: 'range', start: 1000, end: 2001 });

@@ -1,6 +1,6 @@
 // npm run bench [-- CASE...] [--only CASE,...] [--size 1GiB[,64MiB...]] [--runs N] [--json FILE] [--dir DIR]
 //
-// With several sizes, every case runs at each (gc, start and follow, which have no size, once).
+// With several sizes, every case runs at each (gc, start, follow and tus-kill, which have no size, once).
 // Each case runs in a child process of its own, so that its peak RSS is its
 // own; data files are generated once per run, deterministically, in the
 // bench folder (a temp folder unless --dir is given).
@@ -20,6 +20,7 @@ import { benchFsck } from './bench/fsck.js';
 import { benchStart } from './bench/start.js';
 import { benchHttp } from './bench/http.js';
 import { benchFollow } from './bench/follow.js';
+import { benchTusKill } from './bench/tus-kill.js';
 import { parseSize } from './size.js';
 
 const CASES: Record<string, (ctx: BenchContext) => Promise<void>> = {
@@ -35,6 +36,7 @@ const CASES: Record<string, (ctx: BenchContext) => Promise<void>> = {
   start: benchStart,
   http: benchHttp,
   follow: benchFollow,
+  'tus-kill': benchTusKill,
 };
 /** Older names, and groups. */
 const ALIASES: Record<string, string[]> = { chunker: ['chunk'], store: ['ingest', 'read', 'resume', 'stream'] };
@@ -54,7 +56,7 @@ const { values, positionals } = parseArgs({
 const sizes = values.size!.split(',').map((s) => parseSize(s.trim()));
 const runs = Math.max(1, Number(values.runs));
 /** Cases whose work does not depend on --size. */
-const SIZELESS = new Set(['gc', 'start', 'follow']);
+const SIZELESS = new Set(['gc', 'start', 'follow', 'tus-kill']);
 
 if (values.child) {
   // Child: run one case, print its rows as JSON on the last line.

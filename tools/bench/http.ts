@@ -12,11 +12,11 @@ import http from 'node:http';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { Upload } from 'tus-js-client';
 import { BlobStore } from '../../src/index.js';
 import { type BenchContext, MB, median, timeAsync } from './harness.js';
 import { dataFile } from './files.js';
 import { BENCH_TOKEN as TOKEN, serveStore } from './processes.js';
+import { tusUploadFile } from './tus-kill.js';
 
 const MiB = 2 ** 20;
 const PEER = fileURLToPath(new URL('./tus-peer.js', import.meta.url));
@@ -35,9 +35,9 @@ export async function benchHttp(ctx: BenchContext): Promise<void> {
     const srv = await serveStore(dir, ctx.workDir, 'read,write');
     try {
       const base = `http://127.0.0.1:${srv.port}`;
-      const [url, upSecs] = await timeAsync(() => upload(`${base}/files/`, file, size));
+      const [up, upSecs] = await timeAsync(() => tusUploadFile(`${base}/files/`, file));
       ours.up.push(size / MB / upSecs);
-      const [n, getSecs] = await timeAsync(() => download(`${base}/blobs/${url.split('/').pop()!}`));
+      const [n, getSecs] = await timeAsync(() => download(`${base}/blobs/${up.name}`));
       if (n !== size) throw new Error(`GET gave ${n} bytes of ${size}`);
       ours.get.push(size / MB / getSecs);
     } finally {
@@ -57,7 +57,7 @@ export async function benchHttp(ctx: BenchContext): Promise<void> {
         child.once('exit', (code) => reject(new Error(`tus-peer exited ${code}`)));
       });
       const base = `http://127.0.0.1:${port}`;
-      const [, upSecs] = await timeAsync(() => upload(`${base}/files/`, file, size));
+      const [, upSecs] = await timeAsync(() => tusUploadFile(`${base}/files/`, file));
       peer.up.push(size / MB / upSecs);
       const [n, getSecs] = await timeAsync(() => download(`${base}/plain`));
       if (n !== size) throw new Error(`plain GET gave ${n} bytes of ${size}`);
@@ -72,20 +72,6 @@ export async function benchHttp(ctx: BenchContext): Promise<void> {
   const row = { case: label, unit: 'MB/s', higherIsBetter: true };
   ctx.rows.push({ ...row, metric: 'tus upload (tus-js-client), durable', ours: median(ours.up), peer: '@tus/server + @tus/file-store', peerValue: median(peer.up), target: '>= 0.8x the peer' });
   ctx.rows.push({ ...row, metric: 'GET whole blob, verified', ours: median(ours.get), peer: 'fs.createReadStream piped', peerValue: median(peer.get) });
-}
-
-/** A tus upload of `file` in one PATCH; resolves to the upload's URL. */
-function upload(endpoint: string, file: string, size: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const up = new Upload(fs.createReadStream(file), {
-      endpoint,
-      uploadSize: size,
-      headers: { Authorization: `Bearer ${TOKEN}` },
-      onError: reject,
-      onSuccess: () => resolve(up.url!),
-    });
-    up.start();
-  });
 }
 
 /** GETs `url` with the token and counts the body's bytes. */
