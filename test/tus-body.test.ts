@@ -1,0 +1,61 @@
+// tus request bodies read straight from Node's request (src/http/tus-body.ts):
+// tus's rules still hold where @tus/server used to read the body itself.
+import test from 'ava';
+import crypto from 'node:crypto';
+import { serve, merkleRoot, toHex } from '../src/index.js';
+import { tempStore } from './helpers/store.js';
+
+const MiB = 1024 * 1024;
+const tusHeaders = (o: Record<string, string> = {}) => ({ authorization: 'Bearer rw', 'tus-resumable': '1.0.0', ...o });
+
+test('a PATCH whose client went silent gives way to a later request on the same upload: what it sent is kept and the upload goes on from there', async (t) => {
+  const store = await tempStore(t);
+  const srv = await serve(store, { tokens: { rw: ['read', 'write'] } });
+  t.teardown(() => srv.close());
+  const base = `http://127.0.0.1:${srv.port}`;
+  const bytes = crypto.randomBytes(8 * MiB);
+  const created = await fetch(`${base}/files/`, { method: 'POST', headers: tusHeaders({ 'upload-length': String(bytes.length) }) });
+  t.is(created.status, 201);
+  const url = new URL(created.headers.get('location')!, base).href;
+
+  // A body that stops after 3 MiB and never ends: a client whose connection went quiet.
+  const first = bytes.subarray(0, 3 * MiB);
+  let sent!: () => void;
+  const wasSent = new Promise<void>((r) => (sent = r));
+  const body = new ReadableStream<Uint8Array>({
+    start(c) {
+      c.enqueue(first);
+      sent();
+    },
+  });
+  const stalled = fetch(url, {
+    method: 'PATCH',
+    headers: tusHeaders({ 'upload-offset': '0', 'content-type': 'application/offset+octet-stream' }),
+    body,
+    duplex: 'half',
+  } as RequestInit).catch((e: unknown) => e);
+  await wasSent;
+  await new Promise((r) => setTimeout(r, 300)); // the bytes cross the loopback meanwhile
+
+  // The HEAD waits for the upload's lock; the stalled PATCH is asked to let go, and after tus's drain
+  // time (3 s) it stops reading, keeps what it got and answers.
+  const t0 = Date.now();
+  const head = await fetch(url, { method: 'HEAD', headers: tusHeaders() });
+  t.is(head.status, 200);
+  const offset = Number(head.headers.get('upload-offset'));
+  t.log(`the HEAD waited ${Date.now() - t0} ms; offset ${offset}`);
+  t.true(offset > 0 && offset <= first.length, `offset ${offset}`);
+  t.is((await store.stat(head.url.split('/').pop()!)).size, offset);
+  await stalled;
+
+  const rest = await fetch(url, {
+    method: 'PATCH',
+    headers: tusHeaders({ 'upload-offset': String(offset), 'content-type': 'application/offset+octet-stream' }),
+    body: bytes.subarray(offset),
+  });
+  t.is(rest.status, 204);
+  t.is(rest.headers.get('upload-offset'), String(bytes.length));
+  const st = await store.stat(url.split('/').pop()!);
+  t.true(st.finalized);
+  t.is(toHex(st.hash!), toHex(merkleRoot(bytes)));
+});
