@@ -4,6 +4,7 @@ import test from 'ava';
 import crypto from 'node:crypto';
 import { serve, merkleRoot, toHex } from '../src/index.js';
 import { tempStore } from './helpers/store.js';
+import { stalledPatch } from './helpers/http.js';
 
 const MiB = 1024 * 1024;
 const tusHeaders = (o: Record<string, string> = {}) => ({ authorization: 'Bearer rw', 'tus-resumable': '1.0.0', ...o });
@@ -20,22 +21,7 @@ test('a PATCH whose client went silent gives way to a later request on the same 
 
   // A body that stops after 3 MiB and never ends: a client whose connection went quiet.
   const first = bytes.subarray(0, 3 * MiB);
-  let sent!: () => void;
-  const wasSent = new Promise<void>((r) => (sent = r));
-  const body = new ReadableStream<Uint8Array>({
-    start(c) {
-      c.enqueue(first);
-      sent();
-    },
-  });
-  const stalled = fetch(url, {
-    method: 'PATCH',
-    headers: tusHeaders({ 'upload-offset': '0', 'content-type': 'application/offset+octet-stream' }),
-    body,
-    duplex: 'half',
-  } as RequestInit).catch((e: unknown) => e);
-  await wasSent;
-  await new Promise((r) => setTimeout(r, 300)); // the bytes cross the loopback meanwhile
+  const stalled = (await stalledPatch(url, 0, first)).answer;
 
   // The HEAD waits for the upload's lock; the stalled PATCH is asked to let go, and after tus's drain
   // time (3 s) it stops reading, keeps what it got and answers.
