@@ -3,7 +3,7 @@
 import test from 'ava';
 import crypto from 'node:crypto';
 import { serve, merkleRoot, toHex } from '../src/index.js';
-import { tempStore } from './helpers/store.js';
+import { readAll, tempStore } from './helpers/store.js';
 import { stalledPatch } from './helpers/http.js';
 
 const MiB = 1024 * 1024;
@@ -44,4 +44,51 @@ test('a PATCH whose client went silent gives way to a later request on the same 
   const st = await store.stat(url.split('/').pop()!);
   t.true(st.finalized);
   t.is(toHex(st.hash!), toHex(merkleRoot(bytes)));
+});
+
+test('creation-with-upload: a POST that carries the whole body makes the upload and finishes it', async (t) => {
+  const store = await tempStore(t);
+  const srv = await serve(store, { tokens: { rw: ['read', 'write'] } });
+  t.teardown(() => srv.close());
+  const bytes = crypto.randomBytes(3 * MiB + 17);
+  const r = await fetch(`http://127.0.0.1:${srv.port}/files/`, {
+    method: 'POST',
+    headers: tusHeaders({ 'upload-length': String(bytes.length), 'content-type': 'application/offset+octet-stream' }),
+    body: bytes,
+  });
+  t.is(r.status, 201);
+  t.is(r.headers.get('upload-offset'), String(bytes.length));
+  const st = await store.stat(r.headers.get('location')!.split('/').pop()!);
+  t.true(st.finalized);
+  t.is(toHex(st.hash!), toHex(merkleRoot(bytes)));
+});
+
+test('a deferred-length upload streamed past maxUploadSize is 413; the bytes before the piece that crossed it stay', async (t) => {
+  const store = await tempStore(t);
+  const srv = await serve(store, { tokens: { rw: ['read', 'write'] }, maxUploadSize: 2 * MiB });
+  t.teardown(() => srv.close());
+  const base = `http://127.0.0.1:${srv.port}`;
+  const created = await fetch(`${base}/files/`, { method: 'POST', headers: tusHeaders({ 'upload-defer-length': '1' }) });
+  t.is(created.status, 201);
+  const name = created.headers.get('location')!.split('/').pop()!;
+  const bytes = crypto.randomBytes(4 * MiB);
+  // Chunked (no Content-Length): tus cannot refuse it up front; the limit is met as the body comes.
+  const body = new ReadableStream<Uint8Array>({
+    start(c) {
+      for (let at = 0; at < bytes.length; at += 256 * 1024) c.enqueue(bytes.subarray(at, at + 256 * 1024));
+      c.close();
+    },
+  });
+  const r = await fetch(new URL(`/files/${name}`, base), {
+    method: 'PATCH',
+    headers: tusHeaders({ 'upload-offset': '0', 'content-type': 'application/offset+octet-stream' }),
+    body,
+    duplex: 'half',
+  } as RequestInit).catch((e: unknown) => e);
+  if (r instanceof Response) t.is(r.status, 413);
+  else t.log(`the client saw the connection close before the answer: ${String(r)}`);
+  const st = await store.stat(name);
+  t.false(st.finalized);
+  t.true(st.size <= 2 * MiB, `${st.size} bytes stored`);
+  t.true((await readAll(store, name)).equals(bytes.subarray(0, st.size)));
 });
