@@ -253,10 +253,10 @@ export class Ingest {
     }
   }
 
-  /** A chunk with its hash: reference a stored copy, or write its new bytes (those of a held block into `writes`). */
+  /** A chunk with its hash: reference a stored copy, or write its new bytes (those of a held block into `writes`). A chunk cut by a checkpoint has its first `committed` bytes in extents already: the rest may still be stored. */
   async #place(c: CutChunk, hash: Uint8Array, writes: number[] | undefined): Promise<void> {
     const literal = c.parts.some((p) => !('ext' in p));
-    const stored = literal && c.committed === 0 ? await this.#findStored(hash, c.size) : undefined;
+    const stored = literal ? await this.#findStored(hash, c.size, c.committed) : undefined;
     if (stored) {
       for (const e of stored) this.#pushExtent(e.frag, e.offset, e.size);
     } else {
@@ -269,10 +269,10 @@ export class Ingest {
     this.#chunkEnd += c.size;
   }
 
-  /** A stored copy of a chunk: in the fragment being written, or in a blob the index knows. */
-  async #findStored(hash: Uint8Array, size: number): Promise<NewExtent[] | undefined> {
+  /** Bytes [from, size) of a stored copy of a chunk: in the fragment being written, or in a blob the index knows. */
+  async #findStored(hash: Uint8Array, size: number, from: number): Promise<NewExtent[] | undefined> {
     const local = this.#local.get(toHex(hash));
-    if (local !== undefined) return [{ frag: null, offset: local, size }];
+    if (local !== undefined) return [{ frag: null, offset: local + from, size: size - from }];
     for (const loc of this.#s.index.locations(hash)) {
       if (loc.size !== size) continue;
       let d;
@@ -283,7 +283,7 @@ export class Ingest {
         throw e;
       }
       if (loc.offset + size > d.size || (d.damagedAt !== undefined && loc.offset + size > d.damagedAt)) continue;
-      return [...d.extents.slice(loc.offset, size)];
+      return [...d.extents.slice(loc.offset + from, size - from)];
     }
     return undefined;
   }
@@ -320,8 +320,8 @@ export class Ingest {
 
   /**
    * Decides every block handed over, then moves the chunk in progress into
-   * extents (a checkpoint in the middle of a chunk): that chunk is then
-   * written, not deduplicated.
+   * extents (a checkpoint in the middle of a chunk): its bytes so far are
+   * written; the rest of it is still deduplicated when it ends (#place).
    */
   async commitPending(): Promise<void> {
     await this.#drain();

@@ -1,7 +1,7 @@
 // The http case: the HTTP face of `cabstore serve` beside the plain thing,
 // each server a child process, the client (this process) on 127.0.0.1, in
 // the same run. Uploads: tus-js-client sending a file (one PATCH) to ours
-// (chunked, hashed, deduplicated, a checkpoint every 6 MiB, durable before
+// (chunked, hashed, deduplicated, a checkpoint every 4 MiB, durable before
 // the answer) and to @tus/server with its own @tus/file-store (bytes
 // appended to a file, no fsync); ours a second time with
 // NODE_OPTIONS=--max-semi-space-size=1 (see BENCHMARKS.md: V8's heuristics
