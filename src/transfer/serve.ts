@@ -289,9 +289,11 @@ export class Serving {
     this.#need('read');
     this.#servable(name);
     const r = await this.#readers.get(name);
-    if (!r.isFinalized) await r.catchUp(); // a cached reader may predate the final record
+    // A cached reader may predate the final record; the index too, if the writer has not applied it yet.
+    const wasFinal = r.isFinalized;
+    if (!wasFinal) await r.catchUp();
     if (!r.isFinalized && !open) throw new CabError('ERR_BLOB_NOT_FINALIZED', `blob ${name} is not finalized`, { blob: name });
-    if (catchUp || !r.isFinalized) await catchUpBlob(this.#c.store.index, this.#c.store.layout, name);
+    if (catchUp || !wasFinal) await catchUpBlob(this.#c.store.index, this.#c.store.layout, name);
     return name;
   }
 
