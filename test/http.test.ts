@@ -8,7 +8,8 @@ import { spawn, spawnSync } from 'node:child_process';
 import { serve, merkleRoot, toHex, connect, type BlobStore, type CabServer, type ServeOptions } from '../src/index.js';
 import { parseRange } from '../src/http/range.js';
 import { putBlob, readAll, tempDir, tempStore } from './helpers/store.js';
-import { get, tusUpload } from './helpers/http.js';
+import { get, stalledPatch, tusUpload } from './helpers/http.js';
+import { fragmentBytes } from '../tools/bench/tus-kill.js';
 
 const TOKENS = { rw: ['read', 'write'], ro: ['read'], wo: ['write'] } as const;
 
@@ -19,20 +20,6 @@ async function served(t: ExecutionContext, store: BlobStore, o: ServeOptions = {
 }
 
 const random = (n: number) => crypto.randomBytes(n);
-
-/** Bytes of the store's fragment files. */
-function fragmentBytes(root: string): number {
-  let n = 0;
-  const walk = (d: string) => {
-    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
-      const p = path.join(d, e.name);
-      if (e.isDirectory()) walk(p);
-      else n += fs.statSync(p).size;
-    }
-  };
-  walk(path.join(root, 'cas'));
-  return n;
-}
 
 test('parseRange: single ranges, suffixes, ends past the blob, unsatisfiable, and what is ignored', (t) => {
   t.deepEqual(parseRange('bytes=1000-2000', 5000), { kind: 'range', start: 1000, end: 2001 });
@@ -248,22 +235,8 @@ test('closing the server during a PATCH: the request ends, what arrived is durab
   const base = `http://127.0.0.1:${srv.port}`;
   const { url, name } = await create(base, 10 * 1024 * 1024);
   const first = random(3 * 1024 * 1024);
-  let sent!: () => void;
-  const wasSent = new Promise<void>((r) => (sent = r));
-  const body = new ReadableStream<Uint8Array>({
-    start(c) {
-      c.enqueue(first);
-      sent();
-    }, // and never more: the request hangs until the server goes
-  });
-  const req = fetch(url, {
-    method: 'PATCH',
-    headers: tusHeaders({ 'upload-offset': '0', 'content-type': 'application/offset+octet-stream' }),
-    body,
-    duplex: 'half',
-  } as RequestInit).catch((e: unknown) => e);
-  await wasSent;
-  await new Promise((r) => setTimeout(r, 300)); // the bytes cross the loopback meanwhile (if not, less is durable: still a prefix)
+  // A body that never ends: the request hangs until the server goes.
+  const req = (await stalledPatch(url, 0, first)).answer;
   await srv.close();
   await req;
   await store.close();

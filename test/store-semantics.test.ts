@@ -249,6 +249,33 @@ test('appendBytes deduplicates: an edited copy adds < 10% of its size, an identi
   t.deepEqual(fs.readdirSync(tmpDir(store)), [], 'no temp files left');
 });
 
+test('a flush inside a chunk writes the chunk\'s bytes before it, and the rest of the chunk is still deduplicated', async (t) => {
+  const store = await openStore(t);
+  const base = prngBytes('dedup base', 8 * MiB);
+  await writeBlob(store, base);
+  const before = await casUsage(store);
+  // Flushes at 1 MiB + 777 bytes apart: each lands inside a chunk, whose bytes so far it must make durable.
+  const step = MiB + 777;
+  let end = 0;
+  const ends = chunk(base).map((size) => (end += size));
+  let committed = 0;
+  const w = await store.newBlobWriter();
+  for (let off = 0; off < base.length; off += step) {
+    await w.appendBytes(base.subarray(off, off + step));
+    const at = Math.min(off + step, base.length);
+    if (at === base.length) break;
+    await w.flush();
+    const start = [0, ...ends].filter((e) => e <= at).pop()!;
+    committed += at - start;
+  }
+  await w.close();
+  const grew = (await casUsage(store)).bytes - before.bytes;
+  t.true(committed > 0);
+  t.is(grew, committed, 'only the bytes each flush made durable ahead of their chunk are stored again');
+  t.is(toHex(w.hash), toHex(merkleRoot(base)));
+  t.true((await readAll(store, w.name)).equals(base));
+});
+
 test('appendBlob copies no bytes', async (t) => {
   const store = await openStore(t);
   const data = prngBytes('appendBlob no copy', MiB);

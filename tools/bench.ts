@@ -1,6 +1,6 @@
 // npm run bench [-- CASE...] [--only CASE,...] [--size 1GiB[,64MiB...]] [--runs N] [--json FILE] [--dir DIR]
 //
-// With several sizes, every case runs at each (gc, start and follow, which have no size, once).
+// With several sizes, every case runs at each (gc, start, follow and tus-kill, which have no size, once).
 // Each case runs in a child process of its own, so that its peak RSS is its
 // own; data files are generated once per run, deterministically, in the
 // bench folder (a temp folder unless --dir is given).
@@ -22,6 +22,7 @@ import { benchStart } from './bench/start.js';
 import { benchHttp } from './bench/http.js';
 import { benchFollow } from './bench/follow.js';
 import { benchS3 } from './bench/s3.js';
+import { benchTusKill } from './bench/tus-kill.js';
 import { parseSize } from './size.js';
 
 const CASES: Record<string, (ctx: BenchContext) => Promise<void>> = {
@@ -39,6 +40,7 @@ const CASES: Record<string, (ctx: BenchContext) => Promise<void>> = {
   http: benchHttp,
   follow: benchFollow,
   s3: benchS3,
+  'tus-kill': benchTusKill,
 };
 /** Older names, and groups. */
 const ALIASES: Record<string, string[]> = { chunker: ['chunk'], store: ['ingest', 'read', 'resume', 'stream'] };
@@ -58,7 +60,7 @@ const { values, positionals } = parseArgs({
 const sizes = values.size!.split(',').map((s) => parseSize(s.trim()));
 const runs = Math.max(1, Number(values.runs));
 /** Cases whose work does not depend on --size. */
-const SIZELESS = new Set(['gc', 'start', 'follow']);
+const SIZELESS = new Set(['gc', 'start', 'follow', 'tus-kill']);
 
 if (values.child) {
   // Child: run one case, print its rows as JSON on the last line.

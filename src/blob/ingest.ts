@@ -263,12 +263,13 @@ export class Ingest {
     }
   }
 
-  /** A chunk with its hash: reference a stored copy, or write its new bytes (those of a held block into `writes`). */
+  /** A chunk with its hash: reference a stored copy, or write its new bytes (those of a held block into `writes`). A chunk cut by a checkpoint has its first `committed` bytes in extents already: the rest may still be stored. */
   async #place(c: CutChunk, hash: Uint8Array, writes: number[] | undefined): Promise<void> {
     const literal = c.parts.some((p) => !('ext' in p));
-    // A stored copy: in the fragment being written, or in a blob the index knows.
-    const local = literal && c.committed === 0 ? this.#local.get(toHex(hash)) : undefined;
-    const stored: NewExtent[] | undefined = local !== undefined ? [{ frag: null, offset: local, size: c.size }] : literal && c.committed === 0 ? await this.#pins.stored(hash, c.size) : undefined;
+    // A stored copy (of the bytes past `committed`): in the fragment being written, or in a blob the index knows.
+    const local = literal ? this.#local.get(toHex(hash)) : undefined;
+    const from = c.committed;
+    const stored: NewExtent[] | undefined = local !== undefined ? [{ frag: null, offset: local + from, size: c.size - from }] : literal ? await this.#pins.stored(hash, c.size, from) : undefined;
     if (stored) {
       for (const e of stored) this.#pushExtent(e.frag, e.offset, e.size);
     } else {
@@ -313,8 +314,8 @@ export class Ingest {
 
   /**
    * Decides every block handed over, then moves the chunk in progress into
-   * extents (a checkpoint in the middle of a chunk): that chunk is then
-   * written, not deduplicated.
+   * extents (a checkpoint in the middle of a chunk): its bytes so far are
+   * written; the rest of it is still deduplicated when it ends (#place).
    */
   async commitPending(): Promise<void> {
     await this.#drain();

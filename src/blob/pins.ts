@@ -42,8 +42,8 @@ export class WriterPins {
     });
   }
 
-  /** A stored copy of a chunk in a blob the index knows (its fragments pinned), or undefined. */
-  async stored(hash: Uint8Array, size: number): Promise<Extent[] | undefined> {
+  /** Bytes [from, size) of a stored copy of a chunk in a blob the index knows (its fragments pinned), or undefined. */
+  async stored(hash: Uint8Array, size: number, from = 0): Promise<Extent[] | undefined> {
     for (const loc of this.#s.index.locations(hash)) {
       if (loc.size !== size) continue;
       let d;
@@ -54,7 +54,7 @@ export class WriterPins {
         throw e;
       }
       if (loc.offset + size > d.size || (d.damagedAt !== undefined && loc.offset + size > d.damagedAt)) continue;
-      return [...d.extents.slice(loc.offset, size)];
+      return [...d.extents.slice(loc.offset + from, size - from)];
     }
     return undefined;
   }

@@ -8,6 +8,7 @@ import type { HttpConnection, HttpFace } from '../transfer/ws.js';
 import { getBlob } from './blobs.js';
 import { errorText, sendError, statusOf } from './status.js';
 import { BlobUploads } from './tus-store.js';
+import { RequestBodies } from './tus-body.js';
 
 /** An upload untouched this long expires (its unfinished blob deleted). */
 export const DEFAULT_UPLOAD_EXPIRY_MS = 24 * 60 * 60 * 1000;
@@ -53,6 +54,7 @@ export class HttpFront implements HttpFace {
   readonly #store: BlobStore;
   readonly #tus: TusServer;
   readonly #uploads: BlobUploads;
+  readonly #bodies = new RequestBodies();
   readonly #inflight = new Set<Promise<void>>();
   readonly #timer: NodeJS.Timeout | undefined;
   #sweeping: Promise<void> = Promise.resolve();
@@ -65,10 +67,11 @@ export class HttpFront implements HttpFace {
       throw new CabError('ERR_BAD_ARGUMENT', `maxUploadSize must be a positive integer, not ${String(o.maxUploadSize)}`);
     }
     this.#store = store;
-    this.#uploads = new BlobUploads(store, expiry);
+    this.#uploads = new BlobUploads(store, expiry, this.#bodies, o.maxUploadSize);
     this.#tus = new TusServer({
       path: '/files',
       datastore: this.#uploads,
+      locker: this.#bodies.locker,
       relativeLocation: true,
       namingFunction: () => newBlobName(),
       // A finished upload is a blob like any other: deleting it is not the uploader's business.
@@ -94,7 +97,7 @@ export class HttpFront implements HttpFace {
   async #route(req: http.IncomingMessage, res: http.ServerResponse, conn: HttpConnection): Promise<void> {
     const route = routeOf(req.url);
     if (!route) return sendError(res, 404, 'not here: cabstore answers GET and HEAD at /blobs/NAME, and tus uploads at /files/');
-    if (route.kind === 'files' && req.method === 'OPTIONS') return this.#tus.handle(req, res);
+    if (route.kind === 'files' && req.method === 'OPTIONS') return this.#toTus(req, res);
     let perms: Perm[];
     try {
       perms = conn.authenticate(bearer(req));
@@ -110,7 +113,20 @@ export class HttpFront implements HttpFace {
       if (!route.name || !isBlobName(route.name)) return sendError(res, 404, 'not a blob name (32 lowercase hex characters)');
       return getBlob(this.#store, route.name, req, res);
     }
-    return this.#tus.handle(req, res);
+    return this.#toTus(req, res);
+  }
+
+  /** A request for @tus/server, whose body the data store reads from Node's request (RequestBodies). */
+  async #toTus(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const answer = await this.#tus.handleWeb(this.#bodies.request(req, res));
+    const body = answer.body ? Buffer.from(await answer.arrayBuffer()) : undefined;
+    if (res.destroyed) return;
+    const headers: Record<string, string> = {};
+    answer.headers.forEach((v, k) => (headers[k] = v));
+    // A body not read to its end (an upload refused part way): Node is not to read the rest.
+    if (!req.complete) headers.connection = 'close';
+    res.writeHead(answer.status, headers);
+    res.end(body);
   }
 
   #sweep(): void {

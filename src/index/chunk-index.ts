@@ -93,7 +93,10 @@ export class ChunkIndex {
   }
 
   static open(dir: string): ChunkIndex {
-    return new ChunkIndex(open({ path: dir, maxDbs: 16, keyEncoding: 'binary', overlappingSync: false }), dir);
+    // noMetaSync: one fsync per commit, not two. A power cut may then undo the last commit (never
+    // corrupt the environment), which catch-up redoes from the descriptors, as after a crash between
+    // a record and its index update. The two fsyncs blocked a writer's thread about 4 ms per checkpoint.
+    return new ChunkIndex(open({ path: dir, maxDbs: 16, keyEncoding: 'binary', overlappingSync: false, noMetaSync: true }), dir);
   }
 
   blob(name: string): BlobEntry | undefined {

@@ -52,3 +52,29 @@ export function tusUpload(endpoint: string, source: string | Buffer, o: TusOptio
 export function get(url: string, token: string, headers: Record<string, string> = {}, method = 'GET'): Promise<Response> {
   return fetch(url, { method, headers: { authorization: `Bearer ${token}`, ...headers } });
 }
+
+/**
+ * A tus PATCH (token rw) at `offset` whose body sends `first` and then
+ * nothing, never ending: a client whose connection went quiet. Resolves once
+ * `first` is handed to fetch, and a little later (the bytes cross the
+ * loopback meanwhile); `answer` settles with the response or fetch's error.
+ */
+export async function stalledPatch(url: string, offset: number, first: Uint8Array): Promise<{ answer: Promise<unknown> }> {
+  let sent!: () => void;
+  const wasSent = new Promise<void>((r) => (sent = r));
+  const body = new ReadableStream<Uint8Array>({
+    start(c) {
+      c.enqueue(first);
+      sent();
+    },
+  });
+  const answer = fetch(url, {
+    method: 'PATCH',
+    headers: { authorization: 'Bearer rw', 'tus-resumable': '1.0.0', 'upload-offset': String(offset), 'content-type': 'application/offset+octet-stream' },
+    body,
+    duplex: 'half',
+  } as RequestInit).catch((e: unknown) => e);
+  await wasSent;
+  await new Promise((r) => setTimeout(r, 300));
+  return { answer };
+}

@@ -1,11 +1,13 @@
 // A writer in a process of its own, for following (test/follow.test.ts and
 // the bench's follow case):
 //
-//   node follow-writer.js <store dir> <blob name> <size> <seed> [pause ms] [max piece]
+//   node follow-writer.js <store dir> <blob name> <size> <seed> [pause ms] [max piece] [hold]
 //
 // It writes prngBytes(seed, size) as blob <name> in random pieces of 1 B up
 // to <max piece> (default 1 MiB), flushing after each, and pausing <pause ms>
-// (default 0) after each flush; then it finalizes. Lines on stdout:
+// (default 0) after each flush; then it finalizes. With `hold`, it stops
+// after the first flush until a line comes on stdin (the bench's follower
+// has started by then). Lines on stdout:
 //
 //   ready                      the writer is open (the blob exists)
 //   flushed <size> <ms> <ms>   flush() resolved: bytes [0, size) are durable;
@@ -14,7 +16,7 @@
 import { BlobStore, toHex } from '../../src/index.js';
 import { prngInts, prngStream } from '../data.js';
 
-const [dir, name, sizeArg, seed, pauseArg, maxArg] = process.argv.slice(2);
+const [dir, name, sizeArg, seed, pauseArg, maxArg, hold] = process.argv.slice(2);
 const size = Number(sizeArg);
 const pause = Number(pauseArg ?? 0);
 const maxPiece = Number(maxArg ?? 1024 * 1024);
@@ -33,6 +35,10 @@ try {
     const t = now();
     await w.flush();
     process.stdout.write(`flushed ${at} ${t.toFixed(3)} ${now().toFixed(3)}\n`);
+    if (hold === 'hold' && at === n) {
+      await new Promise((r) => process.stdin.once('data', r));
+      process.stdin.destroy();
+    }
     if (pause > 0) await new Promise((r) => setTimeout(r, pause));
   }
   await w.close();

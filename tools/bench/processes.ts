@@ -89,11 +89,11 @@ export interface Served {
   stop(): Promise<void>;
 }
 
-/** `cabstore serve` of `root` in a child process, with the bench's token (read only unless `perms` says more). */
-export async function serveStore(root: string, workDir: string, perms = 'read'): Promise<Served> {
+/** `cabstore serve` of `root` in a child process, with the bench's token (read only unless `perms` says more), and `env` added to ours. */
+export async function serveStore(root: string, workDir: string, perms = 'read', env: Record<string, string> = {}): Promise<Served> {
   const tokenFile = path.join(workDir, 'tokens');
   fs.writeFileSync(tokenFile, `${BENCH_TOKEN} ${perms}\n`);
-  const child = spawn(process.execPath, [CLI, '--store', root, 'serve', '--quiet', '--token-file', tokenFile], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, [CLI, '--store', root, 'serve', '--quiet', '--token-file', tokenFile], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...env } });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const url = await new Promise<string>((resolve, reject) => {
     let out = '';
@@ -114,6 +114,17 @@ export async function serveStore(root: string, workDir: string, perms = 'read'):
       await exited;
     },
   };
+}
+
+/** CPU seconds (user + system, every thread) a live process has used so far, from /proc (null elsewhere). */
+export function processCpu(pid: number): number | null {
+  try {
+    const st = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (USER_HZ: 100 on Linux)
+  } catch {
+    return null;
+  }
 }
 
 export async function freePort(): Promise<number> {
