@@ -1,6 +1,6 @@
 import type http from 'node:http';
 import { pipeline } from 'node:stream/promises';
-import { isCabError } from '../errors.js';
+import { CabError, isCabError } from '../errors.js';
 import { toHex } from '../hash/sha256.js';
 import type { BlobStore } from '../store.js';
 import { ifRangeHolds, noneMatch, parseRange } from './range.js';
@@ -35,6 +35,8 @@ export async function getBlob(store: BlobStore, name: string, req: http.Incoming
   try {
     if (!r.isFinalized && follow) {
       if (header(req, 'range') !== undefined) return sendError(res, 416, 'a Range cannot be followed: ask for the whole blob with ?follow=1');
+      // A quiet writer is not an idle client: no socket timeout (idleTimeoutMs) on a follow.
+      res.setTimeout(0);
       res.writeHead(200, { 'content-type': 'application/octet-stream', 'cache-control': 'no-store', trailer: ROOT_HEADER });
       // The stream ends at finalize; a delete, a damaged chunk or the client leaving cuts it (no trailer then).
       await pipeline(r.stream(), res, { end: false }).catch(() => res.destroy());
@@ -63,6 +65,9 @@ export async function getBlob(store: BlobStore, name: string, req: http.Incoming
       return;
     }
     const [start, end] = range.kind === 'range' ? [range.start, range.end] : [0, r.size];
+    // Damage where the body would start: a whole error answer, not a response cut after its headers.
+    const hit = start < end ? r.damage.find((d) => d.o <= start && start < d.e) : undefined;
+    if (hit) return sendError(res, 500, new CabError('ERR_BLOB_DAMAGED', `bytes ${hit.o}..${hit.e} of blob ${name} are damaged (${hit.why})`, { blob: name, offset: hit.o, end: hit.e }));
     res.writeHead(range.kind === 'range' ? 206 : 200, {
       ...headers,
       'content-type': 'application/octet-stream',

@@ -106,6 +106,9 @@ export class BlobUploads extends DataStore {
   async #write(stream: Readable, id: string, offset: number): Promise<number> {
     const rec = this.#record(id);
     const w = await this.#store.resumeBlobWriter(id);
+    // Touched while the writer's lock is held, at the start and at the end: an expiry sweep that read the record
+    // before finds it fresh when it looks again, or the blob locked (see #deleteExpired).
+    await this.#touch(id);
     try {
       if (w.size !== offset) throw ERRORS.INVALID_OFFSET;
       // The body past what the upload may still take is tus's 413 (what tus's own limit on its stream would say).
@@ -114,8 +117,7 @@ export class BlobUploads extends DataStore {
       if (rec.length !== null && w.size === rec.length) await w.close();
       return w.size;
     } finally {
-      await w.closeWithoutFinalize();
-      await this.#touch(id);
+      await this.#touch(id).finally(() => w.closeWithoutFinalize());
     }
   }
 
@@ -142,6 +144,9 @@ export class BlobUploads extends DataStore {
     for await (const [name, rec] of this.#store.tables.uploads.stream()) if (rec.touched.getTime() < before) stale.push(name);
     let n = 0;
     for (const name of stale) {
+      // Looked at again just before: a PATCH may have touched it since the list was made.
+      const now = this.#store.tables.uploads.get(name);
+      if (now && now.touched.getTime() >= before) continue;
       try {
         const st = await this.#store.stat(name).catch((e: unknown) => (isCabError(e, 'ERR_NO_SUCH_BLOB') ? undefined : Promise.reject(e)));
         if (st && !st.finalized) await this.#deleteBlob(name);
