@@ -191,7 +191,9 @@ test('cat --follow in one process while another writes 64 MiB in random pieces w
   await (await BlobStore.open(dir)).close();
   const name = crypto.randomBytes(16).toString('hex');
   const size = 64 * MiB;
-  const writer = spawn(process.execPath, [WRITER, dir, name, String(size), 'follow-64', '2', String(2 * MiB)], { stdio: ['ignore', 'pipe', 'pipe'] });
+  // `hold`: after its first flush the writer waits for the follower's first bytes (a fast writer could otherwise be
+  // done before `cat --follow` has started, and there would be nothing left to follow).
+  const writer = spawn(process.execPath, [WRITER, dir, name, String(size), 'follow-64', '2', String(2 * MiB), 'hold'], { stdio: ['pipe', 'pipe', 'pipe'] });
   const wrote = finished(writer);
   await new Promise<void>((resolve, reject) => {
     writer.stdout!.on('data', (d: Buffer) => d.toString().includes('ready') && resolve());
@@ -204,6 +206,7 @@ test('cat --follow in one process while another writes 64 MiB in random pieces w
   let firstBeforeFinal: boolean | undefined;
   writer.stdout!.on('data', (d: Buffer) => (writerDone ||= d.toString().includes('final')));
   follower.stdout!.on('data', (d: Buffer) => {
+    if (firstBeforeFinal === undefined) writer.stdin!.write('go\n');
     firstBeforeFinal ??= !writerDone;
     hash.update(d);
     got += d.length;
