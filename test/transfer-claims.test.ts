@@ -55,6 +55,17 @@ function flipSecondFrame(nth: number): { toServer: FrameHook; toClient: FrameHoo
   };
 }
 
+/** Blob `name` of `store` (holding BYTES) as its chunks: bytes and hash. */
+async function chunksOf(store: BlobStore, name: string): Promise<Array<{ bytes: Buffer; hash: Buffer }>> {
+  const chunks: Array<{ bytes: Buffer; hash: Buffer }> = [];
+  let at = 0;
+  for await (const c of store.blobChunkStream(name)) {
+    chunks.push({ bytes: Buffer.from(BYTES.subarray(at, at + c.size)), hash: Buffer.from(c.hash) });
+    at += c.size;
+  }
+  return chunks;
+}
+
 async function heldSize(store: BlobStore, name: string): Promise<{ size: number; finalized: boolean }> {
   const r = await store.newBlobReader(name);
   await r.close();
@@ -142,12 +153,7 @@ test('claims our chunker could have cut, one of them wrong: checked by the hashi
   const store = await tempStore(t, { create: true });
   const src = await tempStore(t, { create: true });
   const name = await putBlob(src, BYTES);
-  const chunks: Array<{ bytes: Buffer; hash: Buffer }> = [];
-  let at = 0;
-  for await (const c of src.blobChunkStream(name)) {
-    chunks.push({ bytes: Buffer.from(BYTES.subarray(at, at + c.size)), hash: Buffer.from(c.hash) });
-    at += c.size;
-  }
+  const chunks = await chunksOf(src, name);
   const bad = chunks.length >> 1;
   chunks[bad]!.bytes[7]! ^= 1;
   const w = await store.newBlobWriter();
@@ -160,4 +166,19 @@ test('claims our chunker could have cut, one of them wrong: checked by the hashi
   const again = await store.resumeBlobWriter(w.name);
   t.is(again.size, badAt);
   await again.closeWithoutFinalize();
+});
+
+test('claims the caller checked already (a pull from many sources): cut as claimed, not checked again, the blob and its root right', async (t) => {
+  const store = await tempStore(t, { create: true });
+  const src = await tempStore(t, { create: true });
+  const name = await putBlob(src, BYTES);
+  const chunks = await chunksOf(src, name);
+  const w = await store.newBlobWriter();
+  await w.appendVerified(chunks, store.chunker, true);
+  await w.close();
+  const sizes = [];
+  for await (const c of store.blobChunkStream(w.name)) sizes.push(c.size);
+  t.deepEqual(sizes, chunks.map((c) => c.bytes.length));
+  t.is(toHex(w.hash), HASH);
+  t.true((await readAll(store, w.name)).equals(BYTES));
 });

@@ -46,6 +46,8 @@ export interface PendingBlock {
 export interface Claimed {
   sizes: number[];
   hashes: Uint8Array;
+  /** The caller has checked the hashes already (a pull from many sources checks each on arrival): cut as claimed, not checked again. */
+  checked?: boolean;
 }
 
 /** Pushes to `into` the parts of bytes [off, off + len) of block `hold`: new bytes, or references where `ref` says they are stored. */

@@ -132,7 +132,7 @@ export class Ingest {
     // chunks of this block itself, in cache: the work balances between the two, whatever the machine.
     let budget = known || claimed ? 0 : this.#waitMs;
     const ends: number[] = [];
-    const skip: number[] | undefined = known || budget > 0 ? [] : undefined;
+    const skip: number[] | undefined = known || budget > 0 || claimed?.checked ? [] : undefined;
     const chunks: CutChunk[] = [];
     let off = 0;
     for (const size of cuts) {
@@ -148,7 +148,7 @@ export class Ingest {
       this.#addPart(hold, off, take, ref);
       off += take;
       ends.push(off);
-      skip?.push(hash ? 1 : 0);
+      skip?.push(hash || claimed?.checked ? 1 : 0);
       chunks.push({ parts: this.#pending, size, committed: this.#committed, known: hash ?? claim, idx: ends.length - 1 });
       this.#pending = [];
       this.#pendingLen = 0;
@@ -162,9 +162,11 @@ export class Ingest {
       // Uint8Array.from copies (a Buffer's slice would be a view of memory about to be transferred).
       if ('held' in p) this.#pending[i] = { lit: Uint8Array.from(block.subarray(p.off, p.off + p.len)) };
     }
-    const hashes = this.#job.hashBlock(block, true, ends, claimed ? undefined : skip, hold, give, claimed?.hashes);
+    // Claims not checked yet are checked by the hashing thread, each chunk before it goes into the blob hash.
+    const expect = claimed && !claimed.checked ? claimed.hashes : undefined;
+    const hashes = this.#job.hashBlock(block, true, ends, expect ? undefined : skip, hold, give, expect);
     hashes.catch(() => {}); // awaited in #decide
-    this.#queue.push({ hold, hashes, chunks, size: len, claimed: claimed !== undefined });
+    this.#queue.push({ hold, hashes, chunks, size: len, claimed: expect !== undefined });
     this.#queuedBytes += len;
     // One block behind: the previous block's hashes are in, or nearly, while this one is hashed.
     while (this.#queue.length > 1) await this.#decide(this.#queue.shift()!, true);

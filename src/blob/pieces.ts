@@ -41,12 +41,12 @@ export interface VerifiedBlock {
  * is checked here; the chunks before the first that fails are appended,
  * and `bad` says why the rest is not.
  */
-export function claimedBlocks(chunks: readonly VerifiedChunk[], ours: boolean, params: { min: number; max: number }, at: { blob: string; offset: number }): { blocks: Iterable<VerifiedBlock>; bad?: CabError } {
+export function claimedBlocks(chunks: readonly VerifiedChunk[], ours: boolean, params: { min: number; max: number }, at: { blob: string; offset: number }, checked: boolean): { blocks: Iterable<VerifiedBlock>; bad?: CabError } {
   const cuttable = (c: VerifiedChunk, i: number) => !c.refs?.length && c.bytes.length > 0 && c.bytes.length <= params.max && (c.bytes.length >= params.min || i === chunks.length - 1);
   if (ours && chunks.every(cuttable)) {
-    return { blocks: verifiedBlocks(chunks, true) };
+    return { blocks: verifiedBlocks(chunks, checked ? 'checked' : 'check') };
   }
-  const i = chunks.findIndex((c) => !bytesEqual(sha256(c.bytes), c.hash));
+  const i = checked ? -1 : chunks.findIndex((c) => !bytesEqual(sha256(c.bytes), c.hash));
   if (i < 0) return { blocks: verifiedBlocks(chunks) };
   const offset = chunks.slice(0, i).reduce((n, c) => n + c.bytes.length, at.offset);
   const bad = new CabError('ERR_HASH_MISMATCH', `chunk ${toHex(chunks[i]!.hash)} at byte ${offset} of blob ${at.blob} does not hash to the hash claimed for it`, { blob: at.blob, offset });
@@ -75,9 +75,10 @@ export function checkVerified(chunks: readonly VerifiedChunk[]): void {
  * chunk is a block of its own). Chunks without refs that lie end to end
  * from the start of a recycled buffer (hash/pool.ts: a receiver's batch)
  * are that buffer, taken as it is: no copy. With `claims`, each block's
- * hashes are claims for the hashing thread to check (no refs then).
+ * hashes are claims, cut as claimed (no refs then): for the hashing thread
+ * to check, or (`checked`) checked by the caller already.
  */
-export function* verifiedBlocks(chunks: readonly VerifiedChunk[], claims = false): Generator<VerifiedBlock> {
+export function* verifiedBlocks(chunks: readonly VerifiedChunk[], claims?: 'check' | 'checked'): Generator<VerifiedBlock> {
   const whole = wholeBuffer(chunks);
   let i = 0;
   while (i < chunks.length) {
@@ -93,7 +94,7 @@ export function* verifiedBlocks(chunks: readonly VerifiedChunk[], claims = false
       n += c.bytes.length;
     }
     const block = whole ?? Buffer.concat(group.map((c) => c.bytes), n);
-    if (claims) yield { block, known: undefined, refs: undefined, claimed: { sizes: group.map((c) => c.bytes.length), hashes: Buffer.concat(group.map((c) => c.hash)) } };
+    if (claims) yield { block, known: undefined, refs: undefined, claimed: { sizes: group.map((c) => c.bytes.length), hashes: Buffer.concat(group.map((c) => c.hash)), checked: claims === 'checked' } };
     else yield { block, known, refs: refs.length ? refs : undefined };
   }
 }

@@ -301,7 +301,8 @@ export class FetchWindow {
     g.writtenBytes = off;
     try {
       // A whole get's buffer goes to the hashing thread as it is (appendVerified takes it): g.buf is not touched again.
-      await this.w.appendVerified(chunks, this.#chunker);
+      // Chunks checked here (many sources) are cut as their source cut them and not checked again.
+      await this.w.appendVerified(chunks, this.#chunker, this.#check);
     } catch (e) {
       this.#failure ??= e;
       this.#broken = true;
