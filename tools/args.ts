@@ -24,6 +24,17 @@ export function sizeArg(text: string): number {
   }
 }
 
+/** For `--range`: "START-END" (bytes, END exclusive, END >= START) or "START-" (to the end). */
+export function rangeArg(text: string): { start: number; end?: number } {
+  const m = /^(\d+)-(\d*)$/.exec(text);
+  const start = m ? Number(m[1]) : NaN;
+  const end = m && m[2] !== '' ? Number(m[2]) : undefined;
+  if (!m || !Number.isSafeInteger(start) || (end !== undefined && (!Number.isSafeInteger(end) || end < start))) {
+    throw new InvalidArgumentError('a range is START-END (bytes, END exclusive, END >= START) or START- (to the end).');
+  }
+  return end === undefined ? { start } : { start, end };
+}
+
 const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 
 /** For durations: "500ms", "90s", "30m", "24h", "7d", or "0" (never). */

@@ -1,8 +1,8 @@
 // Commands that read or remove blobs of an existing store: get, cat, ls,
 // stat (here or on a server), rm.
 import type { Command } from 'commander';
-import { sizeArg } from '../args.js';
-import { CabError, isCabError } from '../../src/errors.js';
+import { rangeArg, sizeArg, usage } from '../args.js';
+import { isCabError } from '../../src/errors.js';
 import { ioError } from '../../src/errors.js';
 import { checkBlobName } from '../../src/format/layout.js';
 import { remoteGet, writeOut, type RemoteGetOptions } from './remote-get.js';
@@ -42,16 +42,16 @@ export function blobCommands(program: Command): void {
     .option('-o, --output <file>', 'write here instead of stdout')
     .option('--follow', 'the blob is being written: write its bytes as they are flushed, and end when it is finalized')
     .option('--from <url>', 'read the blob from this server instead of the store')
-    .option('--range <start-end>', 'with --from: bytes START to END (exclusive), or START- to the end')
+    .option('--range <start-end>', 'with --from: bytes START to END (exclusive), or START- to the end', rangeArg)
     .option('--hash <hex>', "with --from: the blob's root, as you know it; a server announcing another fails with ERR_HASH_MISMATCH")
     .option('--size <bytes>', "with --hash: the blob's size as you know it (a root alone does not pin a 64-byte blob)", sizeArg)
     .option('--token-file <file>', 'with --from: the token (first line); else $CABSTORE_TOKEN')
     .option('--ca <file>', 'with --from: PEM CA for wss://')
     .action(async (name: string, o: Partial<RemoteGetOptions> & { follow?: boolean }) => {
-      if (o.size !== undefined && o.hash === undefined) throw new CabError('ERR_BAD_ARGUMENT', '--size goes with --hash');
-      if (o.follow && (o.range !== undefined || o.hash !== undefined)) throw new CabError('ERR_BAD_ARGUMENT', '--follow reads a whole blob as it grows: not with --range or --hash');
+      if (o.size !== undefined && o.hash === undefined) usage('--size goes with --hash');
+      if (o.follow && (o.range !== undefined || o.hash !== undefined)) usage('--follow reads a whole blob as it grows: not with --range or --hash');
       if (o.from !== undefined) return o.follow ? followRemote(o.from, name, o) : remoteGet(name, { ...o, from: o.from });
-      if (o.range !== undefined || o.hash !== undefined) throw new CabError('ERR_BAD_ARGUMENT', '--range and --hash go with --from');
+      if (o.range !== undefined || o.hash !== undefined) usage('--range and --hash go with --from');
       return writeBlob(name, o.output, o.follow);
     });
 

@@ -10,23 +10,12 @@ import { lib, readText, token, withScratchStore } from './context.js';
 
 export interface RemoteGetOptions {
   from: string;
-  range?: string;
+  range?: { start: number; end?: number };
   hash?: string;
   size?: number;
   output?: string;
   tokenFile?: string;
   ca?: string;
-}
-
-/** "START-END" (END exclusive) or "START-" (to the end): ERR_BAD_ARGUMENT otherwise. */
-export function parseRange(s: string): { start: number; end?: number } {
-  const m = /^(\d+)-(\d*)$/.exec(s);
-  const start = m ? Number(m[1]) : NaN;
-  const end = m && m[2] !== '' ? Number(m[2]) : undefined;
-  if (!m || !Number.isSafeInteger(start) || (end !== undefined && (!Number.isSafeInteger(end) || end < start))) {
-    throw new CabError('ERR_BAD_ARGUMENT', `--range ${JSON.stringify(s)} is not START-END (bytes, END exclusive, END >= START) or START-`);
-  }
-  return end === undefined ? { start } : { start, end };
 }
 
 /**
@@ -59,7 +48,7 @@ export async function writeOut(stream: Readable, size: number, label: string, ou
 }
 
 export async function remoteGet(name: string, o: RemoteGetOptions): Promise<void> {
-  const range = o.range === undefined ? { start: 0 } : parseRange(o.range);
+  const range = o.range ?? { start: 0 };
   const { connect } = await lib.net();
   // A connection needs a store: a scratch one stands in, and nothing lands in it.
   await withScratchStore(async (s) => {
