@@ -188,6 +188,35 @@ test('the leaf layer is made once beside the store, 32 bytes per 16 KiB; damaged
   t.deepEqual(fixed.subarray(48 + 32 * 100, 48 + 32 * 101), Buffer.from(sha256(bytes.subarray(100 * LEAF_SIZE, 101 * LEAF_SIZE))));
 });
 
+test('a leaf layer damaged after its tree is held: the group of leaf hashes read for a proof is checked, the layer made again, the read right', async (t) => {
+  const store = await tempStore(t);
+  const bytes = prngBytes('layer groups', 3 * MiB + 777);
+  const name = await putBlob(store, bytes);
+  const srv = await serve(store, { tokens: { [TOKEN]: ['read'] } });
+  t.teardown(() => srv.close());
+  const file = path.join(store.root, 'layers', name.slice(0, 2), name);
+  const leafHash = (i: number) => Buffer.from(sha256(bytes.subarray(i * LEAF_SIZE, (i + 1) * LEAF_SIZE)));
+  const read = async (leaf: number) => {
+    const c = await connect(await tempStore(t), srv.url, { token: TOKEN });
+    try {
+      const buf = Buffer.alloc(3 * LEAF_SIZE);
+      await (await c.openReader(name)).readAt(buf, leaf * LEAF_SIZE + 5);
+      t.true(buf.equals(bytes.subarray(leaf * LEAF_SIZE + 5, leaf * LEAF_SIZE + 5 + buf.length)), `bytes at leaf ${leaf}`);
+    } finally {
+      await c.close();
+    }
+  };
+  await read(0); // the layer is made, the tree held
+  const f = await fs.open(file, 'r+');
+  await f.write(Buffer.from([0xff, 0xee, 0xdd]), 0, 3, 48 + 32 * 97);
+  await f.close();
+  // Leaves 100.. need node 2/24 (leaves 96..99): below the held levels, read from the damaged group.
+  await read(100);
+  const fixed = await fs.readFile(file);
+  t.deepEqual(fixed.subarray(48 + 32 * 97, 48 + 32 * 98), leafHash(97), 'the layer was made again');
+  t.is(fixed.length, 48 + 32 * Math.ceil(bytes.length / LEAF_SIZE));
+});
+
 /**
  * A proxy that flips the last byte of the first place where `pattern` (8
  * bytes) shows up in what the server sends, once; `flipped` says if it has.

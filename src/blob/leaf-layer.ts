@@ -1,8 +1,9 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { CabError } from '../errors.js';
+import { CabError, ioError, isCabError } from '../errors.js';
 import { LEAF_SIZE } from '../hash/merkle.js';
 import { sha256, bytesEqual } from '../hash/sha256.js';
+import { parent, zeroHash } from '../hash/merkle.js';
 import { leafCount, treeLevels } from '../hash/proof.js';
 import { ensureDir, replaceDurable, writeAll } from '../disk/durable.js';
 import type { Layout } from '../format/layout.js';
@@ -18,16 +19,125 @@ import type { BlobReader } from './reader.js';
  * is never trusted as it is: loading it rebuilds the levels above the
  * leaves (one SHA-256 of 64 bytes per leaf) and compares the root with the
  * blob's, so a damaged or stale file is made again.
+ *
+ * Memory: only the levels from GROUP_LEVEL up are held (64 bytes of tree
+ * per MiB of blob: a 1 TiB blob's is 64 MB). A proof node below them is read
+ * from the file with the 63 others of its group (64 leaves, 2 KiB), whose
+ * node is computed again and compared with the held one, so a file damaged
+ * or replaced since it was checked is caught (and made again), never served.
  */
 const MAGIC = Buffer.from('CABLEAF1');
 const HEADER = MAGIC.length + 8 + 32;
-/** Bytes of the blob read at once while its leaf layer is made. */
-const BUILD_BLOCK = 1024 * 1024;
-/** Bytes of trees (all levels: about 64 bytes per 16 KiB of blob) kept in memory per store. */
+/** The lowest level held in memory: a node there covers 2^GROUP_LEVEL leaves (a group: 1 MiB of blob). */
+const GROUP_LEVEL = 6;
+const GROUP = 2 ** GROUP_LEVEL;
+/** Groups of leaf hashes read (when a layer is checked) or written (when it is made) at once: 64 KiB. */
+const IO_GROUPS = 32;
+/** Bytes of trees (held levels: about 64 bytes per MiB of blob) kept in memory per store. */
 export const TREE_CACHE_BYTES = 64 * 1024 * 1024;
 
-/** Every level of a blob's tree (treeLevels): levels[0] the leaf hashes, the last one the root. */
-export type TreeLevels = Buffer[];
+/** The node at GROUP_LEVEL over one group's leaf hashes (the last group may be short: its padding is zero hashes). */
+function groupNode(leafHashes: Uint8Array): Uint8Array {
+  const levels = treeLevels(leafHashes);
+  let top: Uint8Array = levels[levels.length - 1]!;
+  for (let level = levels.length - 1; level < GROUP_LEVEL; level++) top = parent(top, zeroHash(level));
+  return top;
+}
+
+/** Folds leaf hashes, a group at a time, into the tree's held levels. */
+class Folder {
+  readonly leaves: number;
+  readonly #tops: Buffer;
+  /** A blob of one group holds all its levels: its leaf hashes are kept. */
+  readonly #small: Buffer | undefined;
+  #groups = 0;
+
+  constructor(size: number) {
+    this.leaves = leafCount(size);
+    this.#tops = Buffer.allocUnsafe(32 * Math.ceil(this.leaves / GROUP));
+    this.#small = this.leaves <= GROUP ? Buffer.allocUnsafe(32 * this.leaves) : undefined;
+  }
+
+  /** The leaf hashes of the next whole groups (the last group may be short). */
+  add(hashes: Uint8Array): void {
+    if (this.#small) this.#small.set(hashes, 0);
+    for (let at = 0; at < hashes.length; at += 32 * GROUP) {
+      this.#tops.set(groupNode(hashes.subarray(at, Math.min(hashes.length, at + 32 * GROUP))), 32 * this.#groups++);
+    }
+  }
+
+  /** The tree, if its root is `root`. */
+  tree(file: string, root: Uint8Array): BlobTree | undefined {
+    const held = this.#small ? treeLevels(this.#small) : treeLevels(this.#tops, GROUP_LEVEL);
+    if (!bytesEqual(held[held.length - 1]!, root)) return undefined;
+    return new BlobTree(file, this.leaves, this.#small ? 0 : GROUP_LEVEL, held);
+  }
+}
+
+/** A finalized blob's tree: levels from `base` up held, the ones below read from its layer file by group. */
+export class BlobTree {
+  readonly bytes: number;
+
+  constructor(
+    readonly file: string,
+    readonly leaves: number,
+    readonly base: number,
+    readonly held: Buffer[],
+  ) {
+    this.bytes = held.reduce((s, l) => s + l.length, 0);
+  }
+
+  /** The hashes of nodes [level, index], in order. ERR_HASH_MISMATCH if a group read from the file is not the one checked. */
+  async nodes(asked: ReadonlyArray<readonly [number, number]>): Promise<Uint8Array[]> {
+    const groups = new Map<number, Buffer[]>();
+    const out: Uint8Array[] = [];
+    for (const [level, index] of asked) {
+      if (level >= this.base) {
+        out.push(this.held[level - this.base]!.subarray(32 * index, 32 * index + 32));
+        continue;
+      }
+      const per = 2 ** (GROUP_LEVEL - level);
+      const g = Math.floor(index / per);
+      let levels = groups.get(g);
+      if (!levels) groups.set(g, (levels = await this.#group(g)));
+      const at = index - g * per;
+      out.push(levels[level]!.subarray(32 * at, 32 * at + 32));
+    }
+    return out;
+  }
+
+  async #group(g: number): Promise<Buffer[]> {
+    const hashes = Buffer.allocUnsafe(32 * Math.min(GROUP, this.leaves - g * GROUP));
+    const read = await readAt(this.file, hashes, HEADER + 32 * g * GROUP);
+    if (!read || !bytesEqual(groupNode(hashes), this.held[0]!.subarray(32 * g, 32 * g + 32))) {
+      throw new CabError('ERR_HASH_MISMATCH', `the leaf layer ${this.file} changed since it was checked`, { offset: g * GROUP * LEAF_SIZE });
+    }
+    return treeLevels(hashes);
+  }
+}
+
+/** Reads buf.length bytes of `file` at `position`: false if the file is gone or shorter. */
+async function readAt(file: string, buf: Buffer, position: number): Promise<boolean> {
+  let fh: fs.FileHandle;
+  try {
+    fh = await fs.open(file, 'r');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw ioError(e, 'opening a leaf layer', { path: file });
+  }
+  try {
+    for (let done = 0; done < buf.length; ) {
+      const { bytesRead } = await fh.read(buf, done, buf.length - done, position + done);
+      if (bytesRead === 0) return false;
+      done += bytesRead;
+    }
+    return true;
+  } catch (e) {
+    throw ioError(e, 'reading a leaf layer', { path: file });
+  } finally {
+    await fh.close();
+  }
+}
 
 /**
  * The trees of a store's finalized blobs, loaded (or made) once and kept in
@@ -35,7 +145,7 @@ export type TreeLevels = Buffer[];
  * tree being loaded is shared by everyone asking for it.
  */
 export class TreeCache {
-  readonly #trees = new Map<string, Promise<TreeLevels>>();
+  readonly #trees = new Map<string, Promise<BlobTree>>();
   readonly #bytes = new Map<string, number>();
   #total = 0;
   readonly #dirs = new Set<string>();
@@ -45,8 +155,25 @@ export class TreeCache {
     readonly maxBytes = TREE_CACHE_BYTES,
   ) {}
 
-  /** The tree of the finalized blob `r` reads. ERR_HASH_MISMATCH if the blob's bytes do not hash to its root. */
-  get(r: BlobReader): Promise<TreeLevels> {
+  /**
+   * The hashes of nodes [level, index] of the tree of the finalized blob `r`
+   * reads. A layer file found changed since it was checked is checked (or
+   * made) again, once. ERR_HASH_MISMATCH if the blob's bytes do not hash to
+   * its root.
+   */
+  async nodes(r: BlobReader, asked: ReadonlyArray<readonly [number, number]>): Promise<Uint8Array[]> {
+    for (let again = false; ; again = true) {
+      const t = this.#get(r);
+      try {
+        return await (await t).nodes(asked);
+      } catch (e) {
+        if (again || !isCabError(e, 'ERR_HASH_MISMATCH') || !(await t.then(() => true, () => false))) throw e;
+        this.#drop(r.name, t);
+      }
+    }
+  }
+
+  #get(r: BlobReader): Promise<BlobTree> {
     const name = r.name;
     let t = this.#trees.get(name);
     if (t) {
@@ -58,11 +185,10 @@ export class TreeCache {
     const mine = t;
     this.#trees.set(name, t);
     t.then(
-      (levels) => {
+      (tree) => {
         if (this.#trees.get(name) !== mine) return;
-        const n = levels.reduce((s, l) => s + l.length, 0);
-        this.#bytes.set(name, n);
-        this.#total += n;
+        this.#bytes.set(name, tree.bytes);
+        this.#total += tree.bytes;
         this.#evict();
       },
       () => {
@@ -72,66 +198,83 @@ export class TreeCache {
     return t;
   }
 
+  #drop(name: string, t: Promise<BlobTree>): void {
+    if (this.#trees.get(name) !== t) return;
+    this.#trees.delete(name);
+    this.#total -= this.#bytes.get(name) ?? 0;
+    this.#bytes.delete(name);
+  }
+
   #evict(): void {
     for (const name of this.#trees.keys()) {
       if (this.#total <= this.maxBytes || this.#trees.size <= 1) return;
-      const n = this.#bytes.get(name);
-      if (n === undefined) continue; // still loading
-      this.#trees.delete(name);
-      this.#bytes.delete(name);
-      this.#total -= n;
+      if (!this.#bytes.has(name)) continue; // still loading
+      this.#drop(name, this.#trees.get(name)!);
     }
   }
 
-  async #load(r: BlobReader): Promise<TreeLevels> {
+  async #load(r: BlobReader): Promise<BlobTree> {
     if (!r.isFinalized || !r.hash) throw new CabError('ERR_BLOB_NOT_FINALIZED', `blob ${r.name} is not finalized`, { blob: r.name });
     const file = this.layout.leafLayer(r.name);
-    const leaves = await readLeafLayer(file, r.size, r.hash);
-    if (leaves) {
-      const levels = treeLevels(leaves);
-      if (bytesEqual(levels[levels.length - 1]!, r.hash)) return levels;
-    }
-    const made = await hashLeaves(r);
-    const levels = treeLevels(made);
-    if (!bytesEqual(levels[levels.length - 1]!, r.hash)) {
-      throw new CabError('ERR_HASH_MISMATCH', `blob ${r.name}'s bytes do not hash to its root`, { blob: r.name, expected: r.hash, found: levels[levels.length - 1] });
-    }
+    const found = await checkLayer(file, r.size, r.hash);
+    if (found) return found;
     await ensureDir(path.dirname(file), this.#dirs);
+    let made: BlobTree | undefined;
     await replaceDurable(file, async (fh) => {
       const head = Buffer.alloc(HEADER);
       MAGIC.copy(head, 0);
       head.writeBigUInt64BE(BigInt(r.size), MAGIC.length);
       head.set(r.hash!, MAGIC.length + 8);
       await writeAll(fh, head, 0);
-      await writeAll(fh, made, HEADER);
+      made = await hashLeaves(r, fh, file);
     });
-    return levels;
+    return made!;
   }
 }
 
-/** The leaf hashes a layer file holds, if it is there and its header names this blob; undefined if absent or stale. */
-async function readLeafLayer(file: string, size: number, root: Uint8Array): Promise<Uint8Array | undefined> {
-  let buf: Buffer;
-  try {
-    buf = await fs.readFile(file);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw e;
+/** The tree a layer file holds, if it is there, names this blob and checks out; undefined if absent, stale or damaged. */
+async function checkLayer(file: string, size: number, root: Uint8Array): Promise<BlobTree | undefined> {
+  const folder = new Folder(size);
+  const head = Buffer.allocUnsafe(HEADER);
+  if (!(await readAt(file, head, 0)) || !head.subarray(0, MAGIC.length).equals(MAGIC)) return undefined;
+  if (head.readBigUInt64BE(MAGIC.length) !== BigInt(size) || !bytesEqual(head.subarray(MAGIC.length + 8, HEADER), root)) return undefined;
+  const block = Buffer.allocUnsafe(32 * Math.min(folder.leaves, IO_GROUPS * GROUP));
+  for (let leaf = 0; leaf < folder.leaves; leaf += IO_GROUPS * GROUP) {
+    const part = block.subarray(0, 32 * Math.min(IO_GROUPS * GROUP, folder.leaves - leaf));
+    if (!(await readAt(file, part, HEADER + 32 * leaf))) return undefined;
+    folder.add(part);
   }
-  if (buf.length !== HEADER + 32 * leafCount(size) || !buf.subarray(0, MAGIC.length).equals(MAGIC)) return undefined;
-  if (buf.readBigUInt64BE(MAGIC.length) !== BigInt(size) || !bytesEqual(buf.subarray(MAGIC.length + 8, HEADER), root)) return undefined;
-  return buf.subarray(HEADER);
+  // A file longer than the blob's layer is stale too.
+  if (await readAt(file, Buffer.allocUnsafe(1), HEADER + 32 * folder.leaves)) return undefined;
+  return folder.tree(file, root);
 }
 
-/** The SHA-256 of every 16 KiB leaf of the blob, read once. */
-async function hashLeaves(r: BlobReader): Promise<Buffer> {
-  const out = Buffer.allocUnsafe(32 * leafCount(r.size));
-  const block = Buffer.allocUnsafe(Math.min(BUILD_BLOCK, r.size));
-  let leaf = 0;
-  for (let pos = 0; pos < r.size; pos += BUILD_BLOCK) {
-    const n = Math.min(BUILD_BLOCK, r.size - pos);
+/**
+ * Writes the SHA-256 of every 16 KiB leaf of the blob to `fh` after the
+ * header, reading the blob once, and returns its tree. ERR_HASH_MISMATCH if
+ * the bytes do not hash to the blob's root (the file is then not kept).
+ */
+async function hashLeaves(r: BlobReader, fh: fs.FileHandle, file: string): Promise<BlobTree> {
+  const folder = new Folder(r.size);
+  const groupBytes = GROUP * LEAF_SIZE;
+  const block = Buffer.allocUnsafe(Math.min(groupBytes, r.size));
+  const out = Buffer.allocUnsafe(32 * Math.min(folder.leaves, IO_GROUPS * GROUP));
+  let filled = 0;
+  let written = HEADER;
+  const flush = async () => {
+    folder.add(out.subarray(0, filled));
+    await writeAll(fh, out.subarray(0, filled), written);
+    written += filled;
+    filled = 0;
+  };
+  for (let pos = 0; pos < r.size; pos += groupBytes) {
+    const n = Math.min(groupBytes, r.size - pos);
     await r.readUnchecked(block.subarray(0, n), pos);
-    for (let at = 0; at < n; at += LEAF_SIZE) out.set(sha256(block.subarray(at, Math.min(n, at + LEAF_SIZE))), 32 * leaf++);
+    for (let at = 0; at < n; at += LEAF_SIZE, filled += 32) out.set(sha256(block.subarray(at, Math.min(n, at + LEAF_SIZE))), filled);
+    if (filled === out.length) await flush();
   }
-  return out;
+  if (filled > 0) await flush();
+  const tree = folder.tree(file, r.hash!);
+  if (!tree) throw new CabError('ERR_HASH_MISMATCH', `blob ${r.name}'s bytes do not hash to its root`, { blob: r.name, expected: r.hash });
+  return tree;
 }

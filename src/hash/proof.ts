@@ -154,15 +154,17 @@ export function verifyRange(plan: ProofPlan, size: number, data: Uint8Array, pro
 /**
  * Every level of a tree, from its leaf layer (32-byte hashes end to end):
  * levels[k] holds levelWidth(leaves, k) hashes. levels[depth] is the root.
+ * With `base`, the hashes given are the nodes of that level, not leaves, and
+ * levels[k] is level base + k.
  */
-export function treeLevels(leafLayer: Uint8Array): Buffer[] {
+export function treeLevels(leafLayer: Uint8Array, base = 0): Buffer[] {
   const levels = [Buffer.from(leafLayer.buffer, leafLayer.byteOffset, leafLayer.byteLength)];
   for (;;) {
     const below = levels[levels.length - 1]!;
     const n = below.length / 32;
     if (n <= 1) return levels;
     const up = Buffer.allocUnsafe(Math.ceil(n / 2) * 32);
-    const level = levels.length - 1;
+    const level = base + levels.length - 1;
     for (let p = 0; 2 * p < n; p++) {
       const l = below.subarray(64 * p, 64 * p + 32);
       const r = 2 * p + 1 < n ? below.subarray(64 * p + 32, 64 * p + 64) : zeroHash(level);
