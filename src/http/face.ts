@@ -122,7 +122,15 @@ export class HttpFront implements HttpFace {
   /** A request for @tus/server, whose body the data store reads from Node's request (RequestBodies). */
   async #toTus(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     if (req.method === 'PATCH' || req.method === 'POST') this.#floor.hold();
-    const answer = await this.#tus.handleWeb(this.#bodies.request(req, res));
+    let answer: Response;
+    let status = 500;
+    try {
+      answer = await this.#tus.handleWeb(this.#bodies.request(req, res));
+      status = answer.status;
+    } finally {
+      // Before the answer goes: a client told 413 must find no upload left behind.
+      await this.#uploads.dropUnnamed(req, status);
+    }
     const body = answer.body ? Buffer.from(await answer.arrayBuffer()) : undefined;
     if (res.destroyed) return;
     const headers: Record<string, string> = {};
