@@ -6,8 +6,18 @@
  */
 export const HEAP_FLOOR_BYTES = 32 * 1024 * 1024;
 
+/**
+ * The floor is made of arrays of this many bytes: each large enough for
+ * V8's large object space (over 128 KiB: never moved), small enough that
+ * building it leaves little garbage (an array filled with a number first
+ * holds smis, then its numbers are copied to a new store, and the first
+ * is garbage: one array of 32 MiB left 32 MiB of it, a peak RSS of 64
+ * MiB more).
+ */
+const FLOOR_PIECE_BYTES = 1024 * 1024;
+
 /** The floor, held while any HeapFloor holds it (one per process, whatever the servers). */
-let floor: number[] | undefined;
+let floor: number[][] | undefined;
 let holders = 0;
 
 /**
@@ -22,10 +32,10 @@ let holders = 0;
  * the next one starts at once. Such a run of the bench made 20 to 35 full
  * collections per 512 MiB uploaded and cost 1 to 2.5 s more CPU per GiB
  * (the main thread and V8's helper threads), in about one run out of
- * three; 18 runs with a floor of 16 or 32 MiB made none. The floor is one array of
- * numbers, which the collector does not scan and never moves (large
- * object space): it raises the heap's size, and so the limit, at almost no
- * cost per collection. `--max-semi-space-size=1` does the same from the
+ * three; 18 runs with a floor of 16 or 32 MiB made none. The floor is
+ * arrays of numbers, which the collector does not scan and never moves
+ * (large object space): it raises the heap's size, and so the limit, at
+ * almost no cost per collection. `--max-semi-space-size=1` does the same from the
  * other side, but V8 takes it only at start-up (HTTP.md, "Serving large
  * uploads").
  */
@@ -36,7 +46,7 @@ export class HeapFloor {
   hold(): void {
     if (this.#held) return;
     this.#held = true;
-    if (holders++ === 0) floor = new Array<number>(HEAP_FLOOR_BYTES / 8).fill(0.5);
+    if (holders++ === 0) floor = Array.from({ length: HEAP_FLOOR_BYTES / FLOOR_PIECE_BYTES }, () => new Array<number>(FLOOR_PIECE_BYTES / 8).fill(0.5));
   }
 
   /** Lets the floor go once no one holds it. Idempotent. */
