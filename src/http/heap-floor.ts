@@ -32,7 +32,9 @@ let holders = 0;
  * the next one starts at once. Such a run of the bench made 20 to 35 full
  * collections per 512 MiB uploaded and cost 1 to 2.5 s more CPU per GiB
  * (the main thread and V8's helper threads), in about one run out of
- * three; 18 runs with a floor of 16 or 32 MiB made none. The floor is
+ * three; 18 runs with a floor of 16 or 32 MiB at load 2 to 5 made none
+ * (at load 17 and up V8 still starts some, from a task: BENCHMARKS.md,
+ * 2026-12-05). The floor is
  * arrays of numbers, which the collector does not scan and never moves
  * (large object space): it raises the heap's size, and so the limit, at
  * almost no cost per collection. `--max-semi-space-size=1` does the same from the
