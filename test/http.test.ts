@@ -30,7 +30,13 @@ test('parseRange: single ranges, suffixes, ends past the blob, unsatisfiable, an
   t.deepEqual(parseRange('bytes=5000-', 5000), { kind: 'unsatisfiable' });
   t.deepEqual(parseRange('bytes=-0', 5000), { kind: 'unsatisfiable' });
   t.deepEqual(parseRange('bytes=0-', 0), { kind: 'unsatisfiable' });
-  for (const ignored of [undefined, 'bytes=0-1,5-6', 'items=0-5', 'bytes=5-1', 'bytes=-', 'bytes=a-b', 'bytes=99999999999999999999-']) {
+  // Positions past what a double holds exactly are still positions (RFC 9110: a last-pos past the end means the end).
+  t.deepEqual(parseRange('bytes=0-99999999999999999999', 5000), { kind: 'range', start: 0, end: 5000 });
+  t.deepEqual(parseRange(`bytes=10-${'9'.repeat(400)}`, 5000), { kind: 'range', start: 10, end: 5000 });
+  t.deepEqual(parseRange('bytes=-99999999999999999999', 5000), { kind: 'range', start: 0, end: 5000 });
+  t.deepEqual(parseRange('bytes=99999999999999999999-', 5000), { kind: 'unsatisfiable' });
+  t.deepEqual(parseRange('bytes=99999999999999999999-99999999999999999999', 5000), { kind: 'unsatisfiable' });
+  for (const ignored of [undefined, 'bytes=0-1,5-6', 'items=0-5', 'bytes=5-1', 'bytes=-', 'bytes=a-b', 'bytes=99999999999999999999-9']) {
     t.deepEqual(parseRange(ignored, 5000), { kind: 'all' }, String(ignored));
   }
 });
@@ -55,6 +61,12 @@ test('GET and HEAD /blobs/NAME: ranges with fetch, 416, 304, ETag and the root h
 
   const tail = await get(url, 'ro', { range: 'bytes=-500' });
   t.true(Buffer.from(await tail.arrayBuffer()).equals(bytes.subarray(bytes.length - 500)));
+
+  // A last position past what any blob holds is the end (RFC 9110 §14.1.2): 206 with what there is.
+  const huge = await get(url, 'ro', { range: 'bytes=100-99999999999999999999' });
+  t.is(huge.status, 206);
+  t.is(huge.headers.get('content-range'), `bytes 100-${bytes.length - 1}/${bytes.length}`);
+  t.true(Buffer.from(await huge.arrayBuffer()).equals(bytes.subarray(100)));
 
   const head = await get(url, 'ro', {}, 'HEAD');
   t.is(head.status, 200);

@@ -2,6 +2,7 @@
 // tus's rules still hold where @tus/server used to read the body itself.
 import test from 'ava';
 import crypto from 'node:crypto';
+import http from 'node:http';
 import { serve, merkleRoot, toHex } from '../src/index.js';
 import { readAll, tempStore } from './helpers/store.js';
 import { stalledPatch } from './helpers/http.js';
@@ -91,4 +92,52 @@ test('a deferred-length upload streamed past maxUploadSize is 413; the bytes bef
   t.false(st.finalized);
   t.true(st.size <= 2 * MiB, `${st.size} bytes stored`);
   t.true((await readAll(store, name)).equals(bytes.subarray(0, st.size)));
+});
+
+test('creation-with-upload refused (413) or cut leaves no upload behind: the client got no Location, so no one could resume or delete it', async (t) => {
+  const store = await tempStore(t);
+  // uploadExpiryMs 0: uploads never expire, so whatever is left would stay for good.
+  const srv = await serve(store, { tokens: { rw: ['read', 'write'] }, uploadExpiryMs: 0, maxUploadSize: 1000 });
+  t.teardown(() => srv.close());
+  const base = `http://127.0.0.1:${srv.port}`;
+  const post = (headers: Record<string, string>, body: Uint8Array) => fetch(`${base}/files/`, { method: 'POST', headers: tusHeaders({ 'content-type': 'application/offset+octet-stream', ...headers }), body });
+  const left = async () => {
+    const blobs: string[] = [];
+    for await (const n of store.listBlobIds()) blobs.push(n);
+    const records: string[] = [];
+    for await (const [n] of store.tables.uploads.stream()) records.push(n);
+    return { blobs, records };
+  };
+
+  // A body longer than the Upload-Length (refused by tus before the data store sees it).
+  const over = await post({ 'upload-length': '50' }, crypto.randomBytes(80));
+  t.is(over.status, 413);
+  t.is(over.headers.get('location'), null);
+  // A deferred length, and a body past maxUploadSize (refused by the data store part way).
+  const deferred = await post({ 'upload-defer-length': '1' }, crypto.randomBytes(5000));
+  t.is(deferred.status, 413);
+  t.deepEqual(await left(), { blobs: [], records: [] });
+
+  // A body cut short: the client went away mid-POST (its answer never came, nor its Location).
+  const req = http.request(`${base}/files/`, {
+    method: 'POST',
+    headers: tusHeaders({ 'content-type': 'application/offset+octet-stream', 'upload-length': '900', 'content-length': '900' }),
+  });
+  req.on('error', () => {}); // destroyed below
+  req.write(crypto.randomBytes(500));
+  // Once the server has made the upload (its record is there), the client goes.
+  const made = Date.now() + 10_000;
+  while ((await left()).records.length === 0 && Date.now() < made) await new Promise((r) => setTimeout(r, 20));
+  t.is((await left()).records.length, 1, 'the POST made its upload');
+  req.destroy();
+  const deadline = Date.now() + 10_000;
+  while ((await left()).records.length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  t.deepEqual(await left(), { blobs: [], records: [] });
+
+  // A POST that is answered 201 keeps its upload.
+  const ok = await post({ 'upload-length': '100' }, crypto.randomBytes(60));
+  t.is(ok.status, 201);
+  const name = ok.headers.get('location')!.split('/').pop()!;
+  t.deepEqual(await left(), { blobs: [name], records: [name] });
+  t.is((await store.stat(name)).size, 60);
 });

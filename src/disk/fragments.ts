@@ -6,15 +6,37 @@ import type { Layout } from '../format/layout.js';
 import type { Cas, FragmentHandle } from './cas.js';
 
 /**
- * A new fragment's name: 256 random bits (64 hex), not the hash of its
- * bytes. Naming a fragment by its content cost a SHA-256 pass over every
- * byte written, for nothing the format needs: every byte a blob holds is
+ * Fragments this process names in a row that share their first four hex
+ * digits, and so their directory cas/ab/cd/ (see newFragmentId).
+ */
+export const FRAGMENTS_PER_DIRECTORY = 256;
+let dirPrefix = '';
+let dirLeft = 0;
+
+/**
+ * A new fragment's name: 64 random hex digits, not the hash of its bytes.
+ * Naming a fragment by its content cost a SHA-256 pass over every byte
+ * written, for nothing the format needs: every byte a blob holds is
  * checked by the hashes in its own descriptor (chunk hashes, the open
  * chunk's hash, the blob hash), which is what reads and fsck check
  * (docs/FORMAT.md, "Fragments").
+ *
+ * The first four digits (the directory) are shared by up to
+ * FRAGMENTS_PER_DIRECTORY names in a row, the other 60 (240 bits) are new
+ * for each. A writer checkpointing every 4 MiB (a tus upload) seals a
+ * fragment per checkpoint: with four fresh random digits each went to a
+ * directory of its own, which the first fragments of a store (and most,
+ * until it holds tens of thousands) had to create, with cas/ab/, and
+ * fsync with their parents (two mkdirs, two more directory fsyncs and
+ * three stats per checkpoint).
  */
 export function newFragmentId(): string {
-  return crypto.randomBytes(32).toString('hex');
+  if (dirLeft === 0) {
+    dirPrefix = crypto.randomBytes(2).toString('hex');
+    dirLeft = FRAGMENTS_PER_DIRECTORY;
+  }
+  dirLeft--;
+  return dirPrefix + crypto.randomBytes(30).toString('hex');
 }
 
 /**

@@ -9,6 +9,7 @@ import { getBlob } from './blobs.js';
 import { errorText, sendError, statusOf } from './status.js';
 import { BlobUploads } from './tus-store.js';
 import { RequestBodies } from './tus-body.js';
+import { HeapFloor } from './heap-floor.js';
 
 /** An upload untouched this long expires (its unfinished blob deleted). */
 export const DEFAULT_UPLOAD_EXPIRY_MS = 24 * 60 * 60 * 1000;
@@ -55,6 +56,8 @@ export class HttpFront implements HttpFace {
   readonly #tus: TusServer;
   readonly #uploads: BlobUploads;
   readonly #bodies = new RequestBodies();
+  /** Held from the first upload until close: see HeapFloor. */
+  readonly #floor = new HeapFloor();
   readonly #inflight = new Set<Promise<void>>();
   readonly #timer: NodeJS.Timeout | undefined;
   #sweeping: Promise<void> = Promise.resolve();
@@ -118,7 +121,16 @@ export class HttpFront implements HttpFace {
 
   /** A request for @tus/server, whose body the data store reads from Node's request (RequestBodies). */
   async #toTus(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    const answer = await this.#tus.handleWeb(this.#bodies.request(req, res));
+    if (req.method === 'PATCH' || req.method === 'POST') this.#floor.hold();
+    let answer: Response;
+    let status = 500;
+    try {
+      answer = await this.#tus.handleWeb(this.#bodies.request(req, res));
+      status = answer.status;
+    } finally {
+      // Before the answer goes: a client told 413 must find no upload left behind.
+      await this.#uploads.dropUnnamed(req, status);
+    }
     const body = answer.body ? Buffer.from(await answer.arrayBuffer()) : undefined;
     if (res.destroyed) return;
     const headers: Record<string, string> = {};
@@ -145,5 +157,6 @@ export class HttpFront implements HttpFace {
     clearInterval(this.#timer);
     await Promise.allSettled([...this.#inflight, this.#sweeping]);
     await this.#uploads.idle();
+    this.#floor.release();
   }
 }

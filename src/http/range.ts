@@ -13,7 +13,10 @@ const BYTE_RANGE = /^(\d*)-(\d*)$/;
  * sent, as RFC 9110 allows: this server does not build multipart answers).
  * `bytes=a-b` is [a, b] inclusive, cut at the end of the blob; `bytes=a-`
  * from a to the end; `bytes=-n` the last n bytes. A range that starts at or
- * past the end, or a suffix of 0 bytes, is unsatisfiable.
+ * past the end, or a suffix of 0 bytes, is unsatisfiable. Numbers of any
+ * length count (RFC 9110 puts no bound on them): a last position far past
+ * the end means the end, a first position there is unsatisfiable (compared
+ * as doubles, which keeps their order).
  */
 export function parseRange(header: string | undefined, size: number): RangeAnswer {
   if (header === undefined) return { kind: 'all' };
@@ -23,7 +26,6 @@ export function parseRange(header: string | undefined, size: number): RangeAnswe
   if (!r || (r[1] === '' && r[2] === '')) return { kind: 'all' };
   const first = r[1] === '' ? undefined : Number(r[1]);
   const last = r[2] === '' ? undefined : Number(r[2]);
-  if ((first !== undefined && !Number.isSafeInteger(first)) || (last !== undefined && !Number.isSafeInteger(last))) return { kind: 'all' };
   if (first === undefined) {
     // A suffix: the last `last` bytes.
     if (last === 0 || size === 0) return { kind: 'unsatisfiable' };

@@ -42,6 +42,8 @@ export class BlobUploads extends DataStore {
   readonly #maxSize: number;
   /** Calls under way: the server waits for them before the store may close. */
   readonly #busy = new Set<Promise<unknown>>();
+  /** Uploads made by a POST not answered yet (its Node request -> the upload's name): see dropUnnamed. */
+  readonly #creating = new WeakMap<object, string>();
 
   /** `bodies`: where a write finds its request's body (else it reads the stream tus gives it); `maxSize`: the largest upload (Infinity: no limit). */
   constructor(store: BlobStore, expiryMs: number, bodies?: RequestBodies, maxSize = Infinity) {
@@ -86,6 +88,9 @@ export class BlobUploads extends DataStore {
   async #create(upload: Upload): Promise<Upload> {
     const name = checkBlobName(upload.id);
     const touched = new Date();
+    // tus creates under the upload's lock, held by the POST: its body is the one held for this name.
+    const post = this.#bodies?.held(name)?.body;
+    if (post) this.#creating.set(post, name);
     await this.#store.tables.uploads.set(name, { length: upload.size ?? null, metadata: { ...(upload.metadata ?? {}) }, touched });
     const w = await this.#store.newBlobWriter(name);
     if (upload.size === 0) await w.close();
@@ -119,6 +124,27 @@ export class BlobUploads extends DataStore {
     } finally {
       await this.#touch(id).finally(() => w.closeWithoutFinalize());
     }
+  }
+
+  /**
+   * Called with the status a POST (`req`, Node's request) is about to be
+   * answered with, before it is sent. A POST that made an upload and is
+   * not answered 201 (creation-with-upload whose body was refused with 413,
+   * or cut) gives the client no Location: no one can resume, finish or
+   * delete that upload, so it goes now, its blob and its record (its
+   * fragments are left to GC).
+   */
+  dropUnnamed(req: object, status: number): Promise<void> {
+    const name = this.#creating.get(req);
+    if (name === undefined) return Promise.resolve();
+    this.#creating.delete(req);
+    if (status === 201) return Promise.resolve();
+    return this.#track(
+      (async () => {
+        await this.#deleteBlob(name);
+        await this.#store.tables.uploads.delete(name);
+      })(),
+    );
   }
 
   override async declareUploadLength(id: string, length: number): Promise<void> {
