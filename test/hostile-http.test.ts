@@ -153,3 +153,20 @@ test.serial('tus expiry: an upload whose PATCH was just answered 204 is not swep
   t.is(head.status, 200);
   t.is(head.headers.get('upload-offset'), '2000');
 });
+
+test('tus creation-with-upload refused with 413 leaves no upload behind (the client got no Location: it can neither resume nor delete it)', async (t) => {
+  const store = await tempStore(t);
+  // uploadExpiryMs 0: uploads never expire, so whatever is left stays for good.
+  const { base } = await served(t, store, { uploadExpiryMs: 0, maxUploadSize: 1000 });
+  const over = await fetch(`${base}/files/`, { method: 'POST', headers: tus({ 'upload-length': '50', 'content-type': 'application/offset+octet-stream' }), body: crypto.randomBytes(80) });
+  t.is(over.status, 413);
+  t.is(over.headers.get('location'), null);
+  const deferred = await fetch(`${base}/files/`, { method: 'POST', headers: tus({ 'upload-defer-length': '1', 'content-type': 'application/offset+octet-stream' }), body: crypto.randomBytes(5000) });
+  t.is(deferred.status, 413);
+  const blobs: string[] = [];
+  for await (const n of store.listBlobIds()) blobs.push(n);
+  const records: string[] = [];
+  for await (const [n] of store.tables.uploads.stream()) records.push(n);
+  t.deepEqual(blobs, [], 'no orphan blobs');
+  t.deepEqual(records, [], 'no orphan upload records');
+});
