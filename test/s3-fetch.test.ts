@@ -1,0 +1,137 @@
+// Cold reads of a bucket-backed store through its fetching thread
+// (src/disk/fetch-thread.ts): reads in and behind the shared ring and far
+// ahead of it, a reader that stops mid-fetch, failures the thread reports,
+// and the GET it signs by hand (src/bucket/sigv4.ts), on the real radosgw.
+import fs from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
+import { BlobStore, CabError, type StoreOptions } from '../src/index.js';
+import { signGet } from '../src/bucket/sigv4.js';
+import { prngBytes } from '../tools/data.js';
+import { S3_CREDENTIALS, S3_ENDPOINT, bucketOptions, fileBucket, objects, s3Test } from './helpers/s3.js';
+import { putBlob, readAll, tempDir } from './helpers/store.js';
+import type { ExecutionContext } from 'ava';
+
+const MiB = 1024 * 1024;
+
+async function open(t: ExecutionContext, o: StoreOptions): Promise<BlobStore> {
+  const s = await BlobStore.open(path.join(tempDir(t), 's'), o);
+  t.teardown(() => s.close());
+  return s;
+}
+
+/** Files under `dir` of `root`, recursively. */
+function files(root: string, dir: string): string[] {
+  const at = path.join(root, dir);
+  if (!fs.existsSync(at)) return [];
+  return fs.readdirSync(at, { recursive: true, withFileTypes: true }).filter((e) => e.isFile()).map((e) => path.join(e.parentPath, e.name));
+}
+
+async function until(cond: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 50));
+  if (!cond()) throw new Error(`timed out waiting for ${what}`);
+}
+
+s3Test('a fragment larger than the ring, read far ahead, in the ring and behind it, is byte-exact; then it is in cas/', async (t) => {
+  const objectStore = await bucketOptions(t, { syncInterval: 0 });
+  const a = await open(t, { objectStore, fragmentSize: 40 * MiB });
+  const bytes = prngBytes('s3 fetch ring', 30 * MiB + 12345);
+  const name = await putBlob(a, bytes);
+  const b = await open(t, { objectStore });
+  const r = await b.newBlobReader(name);
+  const at = async (pos: number, n: number) => {
+    const buf = Buffer.alloc(n);
+    t.is(await r.readAt(buf, pos), n);
+    t.true(buf.equals(bytes.subarray(pos, pos + n)), `bytes ${pos}..${pos + n}`);
+  };
+  await at(25 * MiB, MiB); // far past what has arrived: a range GET of its own
+  await at(0, 2 * MiB); // at the start, as it arrives
+  await at(bytes.length - 3 * MiB, 3 * MiB - 1); // the end: waits for the whole fragment
+  await at(MiB + 7, 4 * MiB); // long out of the 8 MiB ring: from the cache file
+  await r.close();
+  await until(() => files(b.root, 'cas').length === 1, 'the fragment in cas/');
+  t.is(fs.statSync(files(b.root, 'cas')[0]!).size, bytes.length, 'the whole fragment is cached');
+  t.deepEqual(files(b.root, 'tmp'), [], 'no temp file left');
+  t.true((await readAll(b, name)).equals(bytes), 'and read from the cache');
+});
+
+s3Test('a reader that stops mid-fetch stops the GET: its temp file goes, nothing is cached, and the next read fetches it again', async (t) => {
+  const objectStore = await bucketOptions(t, { syncInterval: 0 });
+  const a = await open(t, { objectStore, fragmentSize: 128 * MiB });
+  // One fragment large enough that its GET is far from done when the reader closes (about 10 ms after it opened).
+  const bytes = prngBytes('s3 fetch stop', 80 * MiB);
+  const name = await putBlob(a, bytes);
+  const b = await open(t, { objectStore });
+  const r = await b.newBlobReader(name);
+  const buf = Buffer.alloc(MiB);
+  t.is(await r.readAt(buf, 0), MiB);
+  t.true(buf.equals(bytes.subarray(0, MiB)));
+  await r.close();
+  await until(() => files(b.root, 'tmp').length === 0, 'the temp file to go');
+  t.deepEqual(files(b.root, 'cas'), [], 'a fragment no one reads is not cached');
+  t.true((await readAll(b, name)).equals(bytes), 'read again, fetched again');
+});
+
+s3Test('a fragment missing from the bucket is ERR_FRAGMENT_MISSING; one changed there is ERR_HASH_MISMATCH, never its bytes', async (t) => {
+  const objectStore = await bucketOptions(t, { syncInterval: 0 });
+  const a = await open(t, { objectStore, fragmentSize: 2 * MiB });
+  const bytes = prngBytes('s3 fetch missing', 5 * MiB);
+  const name = await putBlob(a, bytes);
+  const { os } = await fileBucket();
+  const frags = [...(await objects(`${objectStore.prefix}cas/`)).keys()].sort();
+  t.true(frags.length >= 2, `${frags.length} fragments`);
+  const victim = frags[0]!;
+  const saved = (await os.get(victim))!;
+  await os.deleteMany([victim]);
+  const b = await open(t, { objectStore: { ...objectStore, cacheBytes: 0 } });
+  const e = await t.throwsAsync(readAll(b, name), { instanceOf: CabError });
+  t.is(e!.code, 'ERR_FRAGMENT_MISSING', e!.message);
+  const bad = Buffer.from(saved);
+  bad[bad.length - 1] ^= 0x80;
+  await os.put(victim, bad);
+  const c = await open(t, { objectStore: { ...objectStore, cacheBytes: 0 } });
+  t.is((await t.throwsAsync(readAll(c, name), { instanceOf: CabError }))!.code, 'ERR_HASH_MISMATCH');
+  await os.put(victim, saved);
+  t.true((await readAll(c, name)).equals(bytes));
+});
+
+s3Test('a prefix with characters that need escaping: keys are signed as the server reads them', async (t) => {
+  const base = await bucketOptions(t, { syncInterval: 0 });
+  const objectStore = { ...base, prefix: `${base.prefix!.slice(0, -1)}we+ird(x)*'!~=,;@$&/` };
+  const a = await open(t, { objectStore, fragmentSize: MiB });
+  const bytes = prngBytes('s3 fetch escape', 3 * MiB + 5);
+  const name = await putBlob(a, bytes);
+  const b = await open(t, { objectStore });
+  t.true((await readAll(b, name)).equals(bytes));
+});
+
+/** A signed GET sent with plain http: the status and the body. */
+function send(g: { url: string; headers: Record<string, string> }): Promise<{ status: number; body: Buffer }> {
+  return new Promise((resolve, reject) => {
+    http
+      .get(g.url, { headers: g.headers }, (res) => {
+        const parts: Buffer[] = [];
+        res.on('data', (c: Buffer) => parts.push(c));
+        res.on('end', () => resolve({ status: res.statusCode!, body: Buffer.concat(parts) }));
+      })
+      .on('error', reject);
+  });
+}
+
+s3Test('signGet: the server takes the signature of a GET and of a range, and refuses a wrong key', async (t) => {
+  const { os, bucket } = await fileBucket();
+  const key = `sig-${Date.now()}/a b+c`;
+  const body = prngBytes('s3 fetch sig', 1000);
+  await os.put(key, body);
+  const keys = { accessKeyId: S3_CREDENTIALS.accessKeyId!, secretAccessKey: S3_CREDENTIALS.secretAccessKey! };
+  const whole = await send(signGet(S3_ENDPOINT, 'us-east-1', bucket, key, keys));
+  t.is(whole.status, 200);
+  t.true(whole.body.equals(body));
+  const part = await send(signGet(S3_ENDPOINT, 'us-east-1', bucket, key, keys, { start: 10, end: 20 }));
+  t.is(part.status, 206);
+  t.true(part.body.equals(body.subarray(10, 20)));
+  const wrong = await send(signGet(S3_ENDPOINT, 'us-east-1', bucket, key, { ...keys, secretAccessKey: 'not-the-secret' }));
+  t.is(wrong.status, 403);
+  t.regex(wrong.body.toString(), /SignatureDoesNotMatch/);
+  await os.deleteMany([key]);
+});
