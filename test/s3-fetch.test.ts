@@ -46,13 +46,31 @@ s3Test('a fragment larger than the ring, read far ahead, in the ring and behind 
   };
   await at(25 * MiB, MiB); // far past what has arrived: a range GET of its own
   await at(0, 2 * MiB); // at the start, as it arrives
-  await at(bytes.length - 3 * MiB, 3 * MiB - 1); // the end: waits for the whole fragment
+  for (let pos = 2 * MiB; pos < bytes.length; pos += 3 * MiB) await at(pos, Math.min(3 * MiB, bytes.length - pos)); // following it to the end
   await at(MiB + 7, 4 * MiB); // long out of the 8 MiB ring: from the cache file
   await r.close();
   await until(() => files(b.root, 'cas').length === 1, 'the fragment in cas/');
   t.is(fs.statSync(files(b.root, 'cas')[0]!).size, bytes.length, 'the whole fragment is cached');
   t.deepEqual(files(b.root, 'tmp'), [], 'no temp file left');
   t.true((await readAll(b, name)).equals(bytes), 'and read from the cache');
+});
+
+s3Test('a reader that does not keep up holds the GET back for a while only: the fragment is fetched and cached while it waits', async (t) => {
+  const objectStore = await bucketOptions(t, { syncInterval: 0 });
+  const a = await open(t, { objectStore, fragmentSize: 64 * MiB });
+  const bytes = prngBytes('s3 fetch stall', 40 * MiB);
+  const name = await putBlob(a, bytes);
+  const b = await open(t, { objectStore });
+  const r = await b.newBlobReader(name);
+  const buf = Buffer.alloc(MiB);
+  t.is(await r.readAt(buf, 0), MiB);
+  // The GET stops at the ring's end for this reader, then goes on without it (STALL_MS, 1 s): the whole fragment lands in cas/.
+  await until(() => files(b.root, 'cas').length === 1, 'the fragment in cas/ while the reader is open');
+  t.is(fs.statSync(files(b.root, 'cas')[0]!).size, bytes.length);
+  const rest = Buffer.alloc(bytes.length - MiB);
+  await r.readFully(rest, MiB);
+  t.true(rest.equals(bytes.subarray(MiB)), 'the rest, read from the file');
+  await r.close();
 });
 
 s3Test('a reader that stops mid-fetch stops the GET: its temp file goes, nothing is cached, and the next read fetches it again', async (t) => {

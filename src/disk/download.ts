@@ -3,7 +3,7 @@ import { CabError, ioError, isCabError } from '../errors.js';
 import type { ObjectStore } from '../bucket/object-store.js';
 import { getError } from '../bucket/s3-error.js';
 import { ensureDir, fsyncDir } from './durable.js';
-import { C_HAVE, C_WANT, C_WANT_WRITTEN, C_WRITTEN, MAX_TAKE, RING, fetchThread, giveRing, newFetchId, takeRing, type FetchFailure, type FromFetcher } from './fetch-thread.js';
+import { COUNTERS, C_HAVE, C_PAUSED, C_READ_AT, C_RING_AT, C_WANT, C_WANT_WRITTEN, C_WRITTEN, MAX_TAKE, RING, copyShared, fetchThread, giveRing, newFetchId, takeRing, type FetchFailure, type FromFetcher } from './fetch-thread.js';
 
 /** A read this far past what has arrived is fetched by a range GET of its own rather than waiting. */
 const FAR_AHEAD = 8 * 1024 * 1024;
@@ -41,7 +41,7 @@ export class Download {
   /** Shared with the fetching thread until its last message; given back when idle. */
   readonly #ringMem = takeRing();
   readonly #ring = Buffer.from(this.#ringMem);
-  readonly #ctl = new BigInt64Array(new SharedArrayBuffer(4 * 8));
+  readonly #ctl = new BigInt64Array(new SharedArrayBuffer(COUNTERS * 8));
   /** The object's size, once the GET answered. */
   #size: number | undefined;
   /** Every byte is received and written to the file. */
@@ -60,8 +60,9 @@ export class Download {
     this.#os = os;
     this.#t = t;
     this.#onIdle = onIdle;
-    this.#ctl.fill(-1n, C_WANT);
-    this.#ctl.fill(0n, 0, C_WANT);
+    this.#ctl.fill(0n);
+    this.#ctl[C_WANT] = -1n;
+    this.#ctl[C_WANT_WRITTEN] = -1n;
   }
 
   /** Starts fetching; resolves once the object answered (its size known), or rejects (ERR_FRAGMENT_MISSING if it does not exist). */
@@ -72,7 +73,7 @@ export class Download {
       const { url, headers } = await os.signedGet(t.key);
       await new Promise<void>((resolve, reject) => {
         d.#answered = { resolve, reject };
-        fetchThread().get({ t: 'get', id: d.#fetch, url, headers, fd: d.#fh.fd, ring: d.#ringMem, ctl: d.#ctl.buffer as SharedArrayBuffer }, (m) => d.#on(m));
+        fetchThread().get({ t: 'get', id: d.#fetch, url, headers, fd: d.#fh.fd, tmp: t.tmp, ring: d.#ringMem, ctl: d.#ctl.buffer as SharedArrayBuffer }, (m) => d.#on(m));
       });
     } catch (e) {
       d.#settled = true;
@@ -95,7 +96,9 @@ export class Download {
   /** A reader is done. The last one stops a download still under way: a fragment no one reads is not fetched for the cache. */
   release(): void {
     if (--this.#refs > 0) return;
-    if (!this.#done && this.#error === undefined) fetchThread().stop(this.#fetch);
+    // Stopped only with bytes still to come: one whose bytes are all here is as good as cached.
+    const received = this.#size !== undefined && this.#have() >= this.#size;
+    if (!this.#done && !received && this.#error === undefined) fetchThread().stop(this.#fetch);
     this.#maybeIdle();
   }
 
@@ -193,10 +196,15 @@ export class Download {
     if (this.#waiters.some((w) => this.#ready(w))) queueMicrotask(() => this.#wake());
   }
 
+  #resume(): void {
+    if (Atomics.compareExchange(this.#ctl, C_PAUSED, 1n, 0n) === 1n) fetchThread().resume(this.#fetch);
+  }
+
   /** Resolves once `have` bytes are received and `written` are in the file (or the GET ended). */
   #until(have: number, written: number): Promise<void> | undefined {
     const w = { have, written, wake: () => {} };
     if (this.#ready(w)) return undefined;
+    this.#resume(); // a reader waiting never waits on the thread holding back for it
     return new Promise<void>((wake) => {
       w.wake = wake;
       this.#waiters.push(w);
@@ -226,11 +234,16 @@ export class Download {
     if (this.#idle) return false;
     const have = this.#have();
     if (pos + n > have || pos < have + MAX_TAKE - RING) return false;
+    const ringAt = Number(this.#ctl[C_RING_AT]); // set before the thread's `head`, which came before any read
     const from = pos % RING;
     const first = Math.min(n, RING - from);
-    buf.set(this.#ring.subarray(from, from + first), off);
-    if (first < n) buf.set(this.#ring.subarray(0, n - first), off + first);
-    return pos >= this.#have() + MAX_TAKE - RING;
+    copyShared(buf, off, this.#ring, ringAt + from, first);
+    if (first < n) copyShared(buf, off + first, this.#ring, ringAt, n - first);
+    if (pos < this.#have() + MAX_TAKE - RING) return false;
+    if (pos + n > this.#ctl[C_READ_AT]!) Atomics.store(this.#ctl, C_READ_AT, BigInt(pos + n));
+    // The thread holds the body back for this reader: once half the ring is free, let it go on.
+    if (this.#ctl[C_PAUSED] === 1n && this.#have() - (pos + n) <= RING / 2) this.#resume();
+    return true;
   }
 
   /** A range GET straight into buf, for a read far ahead of the download. */
@@ -249,13 +262,6 @@ export class Download {
     }
     return at - off;
   }
-}
-
-/** Ring bytes [at, at + n) of the fragment (n <= RING): one slice, or two where the ring wraps. */
-function ringSlices(ring: Buffer, at: number, n: number): Buffer[] {
-  const from = at % RING;
-  if (from + n <= RING) return [ring.subarray(from, from + n)];
-  return [ring.subarray(from), ring.subarray(0, n - (RING - from))];
 }
 
 /** NoSuchKey: the fragment is missing from the bucket too. */

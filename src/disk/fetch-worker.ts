@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import { parentPort } from 'node:worker_threads';
-import { C_HAVE, C_WANT, C_WANT_WRITTEN, C_WRITTEN, MAX_TAKE, RING, WRITE_BLOCK, type FromFetcher, type ToFetcher } from './fetch-thread.js';
+import { copyShared, C_HAVE, C_PAUSED, C_READ_AT, C_RING_AT, STALL_MS, C_WANT, C_WANT_WRITTEN, C_WRITTEN, MAX_TAKE, RING, RING_SLACK, WRITE_BLOCK, type FromFetcher, type ToFetcher } from './fetch-thread.js';
 
 const port = parentPort!;
 const agents = { 'http:': new http.Agent({ keepAlive: true, maxSockets: 64 }), 'https:': new https.Agent({ keepAlive: true, maxSockets: 64 }) };
@@ -16,12 +16,22 @@ const ATTEMPTS = 3;
 /** Statuses and errnos worth another try before the body has begun (the SDK's retry rule for a GetObject). */
 const TRANSIENT = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ECONNREFUSED']);
 const CONNECT_TIMEOUT = 10_000;
+/** What a direct write's offsets, lengths and memory are aligned to (a logical block of any disk). */
+const DIRECT_ALIGN = 4096;
 
 interface Get {
   m: Extract<ToFetcher, { t: 'get' }>;
   ring: Buffer;
   ctl: BigInt64Array;
   req?: http.ClientRequest;
+  /** The cache file opened with O_DIRECT, or -1 (writes go through the page cache, by `m.fd`). */
+  direct: number;
+  /** The body being read (once the server answered 200). */
+  res?: http.IncomingMessage;
+  /** Held back for a reader, and the timer that stops that. */
+  held?: NodeJS.Timeout;
+  /** No more holding back: a reader did not keep up. */
+  free: boolean;
   stopped: boolean;
   ended: boolean;
 }
@@ -31,24 +41,77 @@ const post = (m: FromFetcher) => port.postMessage(m);
 
 port.on('message', (m: ToFetcher) => {
   if (m.t === 'get') {
-    const g: Get = { m, ring: Buffer.from(m.ring), ctl: new BigInt64Array(m.ctl), stopped: false, ended: false };
+    const ctl = new BigInt64Array(m.ctl);
+    const { fd, at } = openDirect(m.tmp, m.ring);
+    Atomics.store(ctl, C_RING_AT, BigInt(at));
+    const g: Get = { m, ring: Buffer.from(m.ring, at, RING), ctl, direct: fd, free: false, stopped: false, ended: false };
     gets.set(m.id, g);
     send(g, 1);
+  } else if (m.t === 'resume') {
+    const g = gets.get(m.id);
+    if (g) release(g, false);
   } else {
     const g = gets.get(m.id);
     if (!g) return;
+    clearTimeout(g.held);
     g.stopped = true;
     g.req?.destroy();
     end(g, { t: 'fail', id: m.id, kind: 'abort', message: 'aborted' });
   }
 });
 
+/** Stops holding the body back (`free`: for good). */
+function release(g: Get, free: boolean): void {
+  g.free ||= free;
+  clearTimeout(g.held);
+  g.held = undefined;
+  Atomics.store(g.ctl, C_PAUSED, 0n);
+  if (!g.stopped) g.res?.resume();
+}
+
 /** The last message of a GET: after it, nothing of its ring or file is touched here. */
 function end(g: Get, m: FromFetcher): void {
   if (g.ended) return;
   g.ended = true;
+  clearTimeout(g.held);
   gets.delete(g.m.id);
+  if (g.direct >= 0) fs.closeSync(g.direct);
+  g.direct = -1;
   post(m);
+}
+
+/**
+ * The cache file opened again with O_DIRECT, and the offset in the ring's
+ * memory from which a direct write is taken (its address aligned): found
+ * by trying, since an unaligned one fails with EINVAL before any I/O. The
+ * trial writes land at the file's start, which the first block overwrites
+ * (and the end truncates). Where the file system refuses O_DIRECT (tmpfs),
+ * fd -1: writes go through the page cache.
+ */
+function openDirect(tmp: string, ring: SharedArrayBuffer): { fd: number; at: number } {
+  if (!fs.constants.O_DIRECT) return { fd: -1, at: 0 };
+  let fd: number;
+  try {
+    fd = fs.openSync(tmp, fs.constants.O_WRONLY | fs.constants.O_DIRECT);
+  } catch {
+    return { fd: -1, at: 0 };
+  }
+  const mem = Buffer.from(ring);
+  for (let at = 0; at < RING_SLACK; at += 16) {
+    try {
+      fs.writeSync(fd, mem, at, DIRECT_ALIGN, 0);
+      return { fd, at };
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EINVAL') break;
+    }
+  }
+  fs.closeSync(fd);
+  return { fd: -1, at: 0 };
+}
+
+/** Writes all `n` bytes of buf[off..] at `pos`. */
+function writeAll(fd: number, buf: Buffer, off: number, n: number, pos: number): void {
+  for (let done = 0; done < n; ) done += fs.writeSync(fd, buf, off + done, n - done, pos + done);
 }
 
 function send(g: Get, attempt: number): void {
@@ -77,6 +140,7 @@ function send(g: Get, attempt: number): void {
     body = true;
     const size = Number(res.headers['content-length']);
     post({ t: 'head', id: m.id, size: Number.isSafeInteger(size) ? size : -1, etag: String(res.headers.etag ?? '') });
+    g.res = res;
     pump(g, res, size);
   });
   g.req = req;
@@ -100,12 +164,24 @@ function pump(g: Get, res: http.IncomingMessage, size: number): void {
     res.destroy();
     end(g, { t: 'fail', id: m.id, bytes: have, ...f });
   };
-  const writeOut = () => {
-    while (written < have) {
+  // Whole blocks, at multiples of WRITE_BLOCK (so never across the ring's end, and aligned for O_DIRECT); with `all`, the tail too.
+  const writeOut = (all: boolean) => {
+    while (have - written >= WRITE_BLOCK || (all && written < have)) {
+      const n = Math.min(WRITE_BLOCK, have - written);
       const at = written % RING;
-      const n = Math.min(have - written, RING - at);
-      written += fs.writeSync(m.fd, ring, at, n, written);
+      if (g.direct >= 0 && n === WRITE_BLOCK) {
+        try {
+          writeAll(g.direct, ring, at, n, written);
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw e;
+          fs.closeSync(g.direct); // refused after all: through the page cache from here on
+          g.direct = -1;
+          continue;
+        }
+      } else writeAll(m.fd, ring, at, n, written);
+      written += n;
     }
+    if (all) fs.ftruncateSync(m.fd, have); // the trial writes of openDirect may have gone past a short file's end
     Atomics.store(ctl, C_WRITTEN, BigInt(written));
   };
   const tell = () => {
@@ -124,22 +200,28 @@ function pump(g: Get, res: http.IncomingMessage, size: number): void {
         // Ring bytes are overwritten only once in the file: written is never WRITE_BLOCK behind, and the ring is far larger.
         const at = have % RING;
         const take = Math.min(b.length - o, RING - at, MAX_TAKE);
-        ring.set(b.subarray(o, o + take), at);
+        copyShared(ring, at, b, o, take);
         o += take;
         have += take;
         Atomics.store(ctl, C_HAVE, BigInt(have));
-        if (have - written >= WRITE_BLOCK) writeOut();
+        if (have - written >= WRITE_BLOCK) writeOut(false);
       }
     } catch (e) {
       const err = e as NodeJS.ErrnoException;
       return fail({ kind: 'io', s3Code: err.code, message: err.message });
     }
     tell();
+    // The ring nearly full of bytes no reader has copied: hold the body back (see fetch-thread.ts).
+    if (!g.free && !g.held && have - Number(Atomics.load(ctl, C_READ_AT)) > RING - 2 * MAX_TAKE) {
+      res.pause();
+      Atomics.store(ctl, C_PAUSED, 1n);
+      g.held = setTimeout(() => release(g, true), STALL_MS);
+    }
   });
   res.on('end', () => {
     if (g.stopped) return;
     try {
-      writeOut();
+      writeOut(true);
     } catch (e) {
       const err = e as NodeJS.ErrnoException;
       return fail({ kind: 'io', s3Code: err.code, message: err.message });
