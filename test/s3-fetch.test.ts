@@ -10,6 +10,7 @@ import { signGet } from '../src/bucket/sigv4.js';
 import { prngBytes } from '../tools/data.js';
 import { S3_CREDENTIALS, S3_ENDPOINT, bucketOptions, fileBucket, objects, s3Test } from './helpers/s3.js';
 import { putBlob, readAll, tempDir } from './helpers/store.js';
+import { dropConnection, tcpProxy } from '../tools/proxy.js';
 import type { ExecutionContext } from 'ava';
 
 const MiB = 1024 * 1024;
@@ -121,6 +122,52 @@ s3Test('a prefix with characters that need escaping: keys are signed as the serv
   const name = await putBlob(a, bytes);
   const b = await open(t, { objectStore });
   t.true((await readAll(b, name)).equals(bytes));
+});
+
+/** A second store reading through a TCP proxy in front of the server (the first writes to the server itself). */
+async function behindProxy(t: ExecutionContext, bytes: Buffer, tamper?: (piece: Buffer) => void) {
+  const objectStore = await bucketOptions(t, { syncInterval: 0 });
+  const a = await open(t, { objectStore, fragmentSize: 64 * MiB });
+  const name = await putBlob(a, bytes);
+  const proxy = await tcpProxy(() => Number(new URL(S3_ENDPOINT).port), tamper ? { tamper } : {});
+  t.teardown(() => proxy.close());
+  const b = await open(t, { objectStore: { ...objectStore, endpoint: `http://127.0.0.1:${proxy.port}`, cacheBytes: 0 } });
+  return { b, name, proxy };
+}
+
+s3Test('a connection cut mid-body is ERR_OBJECT_STORE for the read, leaves no temp file, and the next read fetches anew', async (t) => {
+  const bytes = prngBytes('s3 fetch cut', 12 * MiB);
+  const { b, name, proxy } = await behindProxy(t, bytes);
+  const r = await b.newBlobReader(name);
+  proxy.next = { budget: 3 * MiB, onCut: dropConnection }; // the fragment's GET is the next connection
+  const e = await t.throwsAsync(readAll(b, name), { instanceOf: CabError });
+  t.is(e!.code, 'ERR_OBJECT_STORE', e!.message);
+  t.is(e!.data.s3Code, 'ECONNRESET');
+  await r.close();
+  await until(() => files(b.root, 'tmp').length === 0, 'the temp file to go');
+  t.true((await readAll(b, name)).equals(bytes), 'fetched again, whole');
+});
+
+s3Test('an answer without Content-Length is read through the http module instead', async (t) => {
+  const bytes = prngBytes('s3 fetch plain', 5 * MiB + 3);
+  let armed = false;
+  let tampered = 0;
+  const { b, name, proxy } = await behindProxy(t, bytes, (piece) => {
+    // The head of the fragment's answer (the store's other requests get small ones).
+    const m = armed ? /Content-Length: (\d+)/i.exec(piece.toString('latin1', 0, 4096)) : null;
+    if (!m || Number(m[1]) < bytes.length) return;
+    const i = m.index;
+    piece.write('Content-Lengtx:', i, 'latin1'); // the same length: the head stays well-formed, with no length
+    armed = false;
+    tampered++;
+  });
+  const r = await b.newBlobReader(name);
+  const before = proxy.connections;
+  armed = true;
+  t.true((await readAll(b, name)).equals(bytes));
+  t.is(tampered, 1);
+  t.true(proxy.connections >= before + 2, 'the answer that had no length, then the GET again');
+  await r.close();
 });
 
 /** A signed GET sent with plain http: the status and the body. */
