@@ -276,7 +276,9 @@ export class ObjectStore {
       throw s3Error(e, `signing a read of ${key}`, { bucket: this.bucket, key });
     }
     this.stats.requests++;
-    return signGet(this.endpoint, this.region, this.bucket, key, keys);
+    // The SDK's correction of this clock against the server's (learnt from a RequestTimeTooSkewed), as it signs.
+    const now = new Date(Date.now() + (this.#client.config.systemClockOffset ?? 0));
+    return signGet(this.endpoint, this.region, this.bucket, key, keys, undefined, now);
   }
 
   /** An object's size and time; undefined only if the bucket exists and the object does not. */

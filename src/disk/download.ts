@@ -60,7 +60,6 @@ export class Download {
     this.#os = os;
     this.#t = t;
     this.#onIdle = onIdle;
-    this.#ctl.fill(0n);
     this.#ctl[C_WANT] = -1n;
     this.#ctl[C_WANT_WRITTEN] = -1n;
   }
