@@ -49,6 +49,7 @@ s3Test('a fragment larger than the ring, read far ahead, in the ring and behind 
   await at(0, 2 * MiB); // at the start, as it arrives
   for (let pos = 2 * MiB; pos < bytes.length; pos += 3 * MiB) await at(pos, Math.min(3 * MiB, bytes.length - pos)); // following it to the end
   await at(MiB + 7, 4 * MiB); // long out of the 8 MiB ring: from the cache file
+  await at(bytes.length - MiB, MiB); // in the ring's last bytes, but the ring went once they were read: from the file
   await r.close();
   await until(() => files(b.root, 'cas').length === 1, 'the fragment in cas/');
   t.is(fs.statSync(files(b.root, 'cas')[0]!).size, bytes.length, 'the whole fragment is cached');

@@ -3,10 +3,24 @@ import { CabError, ioError, isCabError } from '../errors.js';
 import type { ObjectStore } from '../bucket/object-store.js';
 import { getError } from '../bucket/s3-error.js';
 import { ensureDir, fsyncDir } from './durable.js';
-import { COUNTERS, C_HAVE, C_PAUSED, C_READ_AT, C_RING_AT, C_WANT, C_WANT_WRITTEN, C_WRITTEN, MAX_TAKE, RING, copyShared, fetchThread, giveRing, newFetchId, takeRing, type FetchFailure, type FromFetcher } from './fetch-thread.js';
+import { COUNTERS, C_HAVE, C_PAUSED, C_READ_AT, C_RING_AT, C_WANT, C_WANT_WRITTEN, C_WRITTEN, MAX_TAKE, RING, copyShared, fetchThread, giveRing, hasSpareRing, newFetchId, takeRing, type FetchFailure, type FromFetcher } from './fetch-thread.js';
 
 /** A read this far past what has arrived is fetched by a range GET of its own rather than waiting. */
 const FAR_AHEAD = 8 * 1024 * 1024;
+
+/**
+ * Downloads whose GET has ended and that still hold a ring, oldest first:
+ * a new GET with no spare ring takes one of theirs. A reader keeps a
+ * fragment's download open after it has moved on (FragmentFiles keeps 16
+ * open), and 16 rings held that way made a 1 GiB cold read peak at 300 MB.
+ */
+const finished = new Set<Download>();
+
+/** A ring for a new GET: a spare one, the one of the oldest finished download, or new. */
+function ringForGet(): SharedArrayBuffer {
+  if (!hasSpareRing()) (finished.values().next().value as Download | undefined)?.giveUpRing();
+  return takeRing();
+}
 
 /** Where a downloaded fragment goes, and what to tell when it is there. */
 export interface DownloadTarget {
@@ -38,9 +52,10 @@ export class Download {
   readonly #os: ObjectStore;
   readonly #t: DownloadTarget;
   readonly #fetch = newFetchId();
-  /** Shared with the fetching thread until its last message; given back when idle. */
-  readonly #ringMem = takeRing();
+  /** Shared with the fetching thread until its last message; given back once read to the end, taken by a new GET, or when idle. */
+  readonly #ringMem = ringForGet();
   readonly #ring = Buffer.from(this.#ringMem);
+  #ringGone = false;
   readonly #ctl = new BigInt64Array(new SharedArrayBuffer(COUNTERS * 8));
   /** The object's size, once the GET answered. */
   #size: number | undefined;
@@ -77,7 +92,7 @@ export class Download {
     } catch (e) {
       d.#settled = true;
       d.#idle = true;
-      if (d.#error !== undefined) giveRing(d.#ringMem); // the thread is done with it
+      if (d.#error !== undefined) d.giveUpRing(); // the thread is done with it
       await d.#fh.close().catch(() => {});
       await fs.rm(t.tmp, { force: true });
       throw missingIfAbsent(e, id);
@@ -104,9 +119,17 @@ export class Download {
   #maybeIdle(): void {
     if (this.#idle || this.#refs > 0 || !this.#settled) return;
     this.#idle = true;
-    giveRing(this.#ringMem);
+    this.giveUpRing();
     this.#onIdle();
     this.#fh.close().catch(() => {});
+  }
+
+  /** The ring, once the GET has ended: reads go to the file from now on. */
+  giveUpRing(): void {
+    finished.delete(this);
+    if (this.#ringGone) return;
+    this.#ringGone = true;
+    giveRing(this.#ringMem);
   }
 
   #have(): number {
@@ -127,11 +150,13 @@ export class Download {
       this.#os.stats.bytesDown += m.bytes;
       this.#size = m.bytes;
       this.#done = true;
+      finished.add(this);
       this.#wake();
       void this.#seal();
     } else {
       this.#os.stats.bytesDown += m.bytes ?? 0;
       this.#error = this.#failure(m);
+      finished.add(this);
       this.#answered?.reject(this.#error);
       this.#wake();
       void fs.rm(this.#t.tmp, { force: true }).catch(() => {}).then(() => {
@@ -230,7 +255,7 @@ export class Download {
 
   /** Copies [pos, pos + n) from the ring, if it holds all of it until the copy is done (see fetch-thread.ts). */
   #copyFromRing(buf: Uint8Array, off: number, n: number, pos: number): boolean {
-    if (this.#idle) return false;
+    if (this.#ringGone) return false;
     const have = this.#have();
     if (pos + n > have || pos < have + MAX_TAKE - RING) return false;
     const ringAt = Number(this.#ctl[C_RING_AT]); // set before the thread's `head`, which came before any read
@@ -239,6 +264,7 @@ export class Download {
     copyShared(buf, off, this.#ring, ringAt + from, first);
     if (first < n) copyShared(buf, off + first, this.#ring, ringAt, n - first);
     if (pos < this.#have() + MAX_TAKE - RING) return false;
+    if (this.#done && pos + n === this.#size) this.giveUpRing(); // read to the end: no one needs it now
     if (pos + n > this.#ctl[C_READ_AT]!) Atomics.store(this.#ctl, C_READ_AT, BigInt(pos + n));
     // The thread holds the body back for this reader: once half the ring is free, let it go on.
     if (this.#ctl[C_PAUSED] === 1n && this.#have() - (pos + n) <= RING / 2) this.#resume();

@@ -102,6 +102,10 @@ export function takeRing(): SharedArrayBuffer {
   return spareRings.pop() ?? new SharedArrayBuffer(RING + RING_SLACK);
 }
 
+export function hasSpareRing(): boolean {
+  return spareRings.length > 0;
+}
+
 /** A ring the thread is done with (after the GET's last message), for the next GET. */
 export function giveRing(ring: SharedArrayBuffer): void {
   if (spareRings.length < SPARE_RINGS) spareRings.push(ring);
