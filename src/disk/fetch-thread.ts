@@ -5,7 +5,7 @@ import { Worker } from 'node:worker_threads';
  * one. A GET of a fragment is handed to it with a ring of RING bytes and a
  * row of counters, both in shared memory:
  *
- *   counters[C_HAVE]          bytes received, each copied into the ring at (offset % RING) before this moves
+ *   counters[C_HAVE]          bytes received, each put into the ring at (offset % RING) before this moves
  *   counters[C_WRITTEN]       bytes written to the cache file (by the thread, through `fd`)
  *   counters[C_WANT]          set here: post a `tick` once C_HAVE reaches it (then the thread sets it to -1)
  *   counters[C_WANT_WRITTEN]  the same for C_WRITTEN
@@ -14,7 +14,8 @@ import { Worker } from 'node:worker_threads';
  *   counters[C_PAUSED]        1 while the thread holds the body back (below); set to 0 here, with a `resume`
  *
  * The thread overwrites ring bytes only once they are in the file, and
- * copies at most MAX_TAKE bytes into the ring before it moves C_HAVE; so
+ * puts at most MAX_TAKE bytes into the ring (a socket read into it, or a
+ * copy) before it moves C_HAVE; so
  * the bytes [have + MAX_TAKE - RING, have) are in the ring, and a copy out
  * of it stands if that still holds when the copy is done (the thread never
  * waits for this one). Messages: `head` when the server answered (size,
@@ -42,7 +43,7 @@ import { Worker } from 'node:worker_threads';
 export const RING = 8 * 1024 * 1024;
 /** Bytes the thread gathers in the ring before one write to the cache file. */
 export const WRITE_BLOCK = 1024 * 1024;
-/** The most bytes the thread copies into the ring before it moves C_HAVE. */
+/** The most bytes the thread puts into the ring before it moves C_HAVE. */
 export const MAX_TAKE = 256 * 1024;
 export const C_HAVE = 0;
 export const C_WRITTEN = 1;

@@ -137,7 +137,7 @@ function sendRaw(s: Sink, url: URL, attempt: number): void {
     return true;
   };
   const socket = net.connect({
-    host: url.hostname,
+    host: url.hostname.replace(/^\[(.*)\]$/, '$1'), // an IPv6 address without its URL brackets
     port: Number(url.port) || 80,
     onread: {
       buffer: () => (phase === 'body' ? s.space(size - s.have) : head.subarray(headLen)),
