@@ -4,6 +4,8 @@ import https from 'node:https';
 import type { Readable } from 'node:stream';
 import type * as S3 from '@aws-sdk/client-s3';
 import { CabError, type CabErrorData } from '../errors.js';
+import { signGet, type SignedGet, type SigningKeys } from './sigv4.js';
+import { s3Error, transient } from './s3-error.js';
 
 /** How to reach a bucket. */
 export interface BucketAddress {
@@ -65,6 +67,7 @@ export interface ObjectStoreStats {
 export class ObjectStore {
   readonly bucket: string;
   readonly endpoint: string;
+  readonly region: string;
   readonly stats: ObjectStoreStats = { bytesUp: 0, bytesDown: 0, requests: 0 };
   multipartThreshold = DEFAULT_MULTIPART_THRESHOLD;
   readonly #s3: typeof S3;
@@ -75,6 +78,7 @@ export class ObjectStore {
   private constructor(a: BucketAddress, s3: typeof S3) {
     this.bucket = a.bucket;
     this.endpoint = a.endpoint;
+    this.region = a.region;
     this.#s3 = s3;
     const agent = { keepAlive: true, maxSockets: 64 };
     const config: S3.S3ClientConfig = {
@@ -259,6 +263,24 @@ export class ObjectStore {
     return { size: out.ContentLength, etag: out.ETag ?? '', chunks: chunks() };
   }
 
+  /**
+   * A GET of `key` signed for sending without the SDK (the fetching
+   * thread's: disk/fetch-worker.ts), with the credentials the SDK resolves.
+   * Counted as a request.
+   */
+  async signedGet(key: string): Promise<SignedGet> {
+    let keys: SigningKeys;
+    try {
+      keys = await this.#client.config.credentials();
+    } catch (e) {
+      throw s3Error(e, `signing a read of ${key}`, { bucket: this.bucket, key });
+    }
+    this.stats.requests++;
+    // The SDK's correction of this clock against the server's (learnt from a RequestTimeTooSkewed), as it signs.
+    const now = new Date(Date.now() + (this.#client.config.systemClockOffset ?? 0));
+    return signGet(this.endpoint, this.region, this.bucket, key, keys, undefined, now);
+  }
+
   /** An object's size and time; undefined only if the bucket exists and the object does not. */
   async head(key: string): Promise<{ size: number; mtime: Date; etag: string } | undefined> {
     try {
@@ -348,14 +370,6 @@ export class ObjectStore {
   }
 }
 
-/** Whether a failure may pass if tried again: the server busy or failing, or the connection cut. */
-function transient(e: unknown): boolean {
-  if (!(e instanceof CabError) || e.code !== 'ERR_OBJECT_STORE') return false;
-  const status = e.data.status as number | undefined;
-  if (status !== undefined) return status >= 500 || status === 429 || status === 408;
-  return ['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ECONNREFUSED', 'TimeoutError', 'RequestTimeout'].includes(String(e.data.s3Code));
-}
-
 async function retried<T>(fn: () => Promise<T>): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     try {
@@ -365,19 +379,4 @@ async function retried<T>(fn: () => Promise<T>): Promise<T> {
       await sleep(100 * 4 ** attempt);
     }
   }
-}
-
-/**
- * An SDK failure as ERR_OBJECT_STORE: data.s3Code is the S3 error code (or
- * the errno of a failed connection), data.status the HTTP status. An
- * aborted call is ERR_ABORTED; a CabError passes through.
- */
-export function s3Error(e: unknown, what: string, data: CabErrorData = {}): CabError {
-  if (e instanceof CabError) return e;
-  const err = e as { name?: string; Code?: string; code?: string; message?: string; $metadata?: { httpStatusCode?: number } };
-  if (err?.name === 'AbortError') return new CabError('ERR_ABORTED', `${what} was cancelled`, data, { cause: e });
-  const status = err?.$metadata?.httpStatusCode;
-  const s3Code = err?.Code ?? err?.code ?? (err?.name && err.name !== 'Error' ? err.name : undefined);
-  const msg = `${what}: ${s3Code ?? 'failed'}${status ? ` (HTTP ${status})` : ''}${err?.message && err.message !== s3Code ? `: ${err.message}` : ''}`;
-  return new CabError('ERR_OBJECT_STORE', msg, { ...data, s3Code, status }, { cause: e });
 }

@@ -1,16 +1,26 @@
 import fs from 'node:fs/promises';
 import { CabError, ioError, isCabError } from '../errors.js';
-import type { Fetched, ObjectStore } from '../bucket/object-store.js';
+import type { ObjectStore } from '../bucket/object-store.js';
+import { getError } from '../bucket/s3-error.js';
 import { ensureDir, fsyncDir } from './durable.js';
+import { COUNTERS, C_HAVE, C_PAUSED, C_READ_AT, C_RING_AT, C_WANT, C_WANT_WRITTEN, C_WRITTEN, MAX_TAKE, RING, copyShared, fetchThread, giveRing, hasSpareRing, newFetchId, takeRing, type FetchFailure, type FromFetcher } from './fetch-thread.js';
 
-/** Bytes gathered from the socket before one write to the cache file. */
-const WRITE_BLOCK = 1024 * 1024;
-/** Writes to the cache file in flight at once (the socket is read meanwhile). */
-const WRITES_AHEAD = 4;
-/** The most recent bytes kept in memory, so that a reader following the download copies them without a read of the file. */
-const WINDOW = 8 * 1024 * 1024;
 /** A read this far past what has arrived is fetched by a range GET of its own rather than waiting. */
 const FAR_AHEAD = 8 * 1024 * 1024;
+
+/**
+ * Downloads whose GET has ended and that still hold a ring, oldest first:
+ * a new GET with no spare ring takes one of theirs. A reader keeps a
+ * fragment's download open after it has moved on (FragmentFiles keeps 16
+ * open), and 16 rings held that way made a 1 GiB cold read peak at 300 MB.
+ */
+const finished = new Set<Download>();
+
+/** A ring for a new GET: a spare one, the one of the oldest finished download, or new. */
+function ringForGet(): SharedArrayBuffer {
+  if (!hasSpareRing()) (finished.values().next().value as Download | undefined)?.giveUpRing();
+  return takeRing();
+}
 
 /** Where a downloaded fragment goes, and what to tell when it is there. */
 export interface DownloadTarget {
@@ -23,67 +33,70 @@ export interface DownloadTarget {
   cached(size: number): void;
 }
 
-/** Bytes received, at fragment offset `at`. */
-interface Piece {
-  at: number;
-  buf: Buffer;
-}
-
 /**
  * One fragment being fetched whole from the bucket into the cache: one GET,
- * its bytes written to a temp file (a few writes in flight, so the socket
- * keeps flowing), which is fsync'd and renamed into cas/ once complete.
- * Reads are served as the bytes arrive: from the last WINDOW bytes kept in
- * memory (a reader that follows the download never reads the file), else
- * from the file once written; a read far past what has arrived (random
- * access) gets a range GET of its own. Reads of one fragment in this
- * process share its download, which lets go of its file when it is
- * complete and its last reader is done. Nothing is handed out unchecked:
- * the readers above hash every chunk (disk/blob-bytes.ts).
+ * sent by the fetching thread (disk/fetch-thread.ts), which copies the
+ * bytes into a ring in shared memory and writes them to a temp file; once
+ * complete, the file is fsync'd here and renamed into cas/. Reads are
+ * served as the bytes arrive: from the ring (the last RING bytes; a reader
+ * that follows the download never reads the file), else from the file once
+ * written; a read far past what has arrived (random access) gets a range
+ * GET of its own. Reads of one fragment in this process share its
+ * download, which lets go of its file when it is complete and its last
+ * reader is done. Nothing is handed out unchecked: the readers above hash
+ * every chunk (disk/blob-bytes.ts).
  */
 export class Download {
   readonly id: string;
   #fh!: fs.FileHandle;
   readonly #os: ObjectStore;
   readonly #t: DownloadTarget;
-  /** Bytes received (contiguous from 0), and bytes written to the file. */
-  #have = 0;
-  #written = 0;
-  /** The last bytes received, in order. */
-  #window: Piece[] = [];
-  #windowLen = 0;
+  readonly #fetch = newFetchId();
+  /** Shared with the fetching thread until its last message; given back once read to the end, taken by a new GET, or when idle. */
+  readonly #ringMem = ringForGet();
+  readonly #ring = Buffer.from(this.#ringMem);
+  #ringGone = false;
+  readonly #ctl = new BigInt64Array(new SharedArrayBuffer(COUNTERS * 8));
   /** The object's size, once the GET answered. */
   #size: number | undefined;
+  /** Every byte is received and written to the file. */
   #done = false;
+  /** The fetching thread is done with the GET, and the file is in cas/ (or will not be). */
+  #settled = false;
   #error: unknown;
-  #waiters: Array<{ ready: () => boolean; wake: () => void }> = [];
+  #waiters: Array<{ have: number; written: number; wake: () => void }> = [];
   #refs = 0;
   #idle = false;
   readonly #onIdle: () => void;
-  /** Stops the GET when the last reader lets go before it is complete. */
-  readonly #stop = new AbortController();
+  #answered: { resolve: () => void; reject: (e: unknown) => void } | undefined;
 
   private constructor(id: string, os: ObjectStore, t: DownloadTarget, onIdle: () => void) {
     this.id = id;
     this.#os = os;
     this.#t = t;
     this.#onIdle = onIdle;
+    this.#ctl[C_WANT] = -1n;
+    this.#ctl[C_WANT_WRITTEN] = -1n;
   }
 
   /** Starts fetching; resolves once the object answered (its size known), or rejects (ERR_FRAGMENT_MISSING if it does not exist). */
   static async start(id: string, os: ObjectStore, t: DownloadTarget, onIdle: () => void): Promise<Download> {
     const d = new Download(id, os, t, onIdle);
     d.#fh = await fs.open(t.tmp, 'wx+');
-    let got: Fetched;
     try {
-      got = await os.getStream(t.key, undefined, d.#stop.signal);
+      const { url, headers } = await os.signedGet(t.key);
+      await new Promise<void>((resolve, reject) => {
+        d.#answered = { resolve, reject };
+        fetchThread().get({ t: 'get', id: d.#fetch, url, headers, fd: d.#fh.fd, tmp: t.tmp, ring: d.#ringMem, ctl: d.#ctl.buffer as SharedArrayBuffer }, (m) => d.#on(m));
+      });
     } catch (e) {
+      d.#settled = true;
+      d.#idle = true;
+      if (d.#error !== undefined) d.giveUpRing(); // the thread is done with it
       await d.#fh.close().catch(() => {});
       await fs.rm(t.tmp, { force: true });
       throw missingIfAbsent(e, id);
     }
-    d.#size = got.size;
-    d.#pump(got.chunks).catch(() => {}); // its failure is kept in #error and given to every read
     return d;
   }
 
@@ -97,138 +110,165 @@ export class Download {
   /** A reader is done. The last one stops a download still under way: a fragment no one reads is not fetched for the cache. */
   release(): void {
     if (--this.#refs > 0) return;
-    if (!this.#done && this.#error === undefined) this.#stop.abort();
+    // Stopped only with bytes still to come: one whose bytes are all here is as good as cached.
+    const received = this.#size !== undefined && this.#have() >= this.#size;
+    if (!this.#done && !received && this.#error === undefined) fetchThread().stop(this.#fetch);
     this.#maybeIdle();
   }
 
   #maybeIdle(): void {
-    if (this.#idle || this.#refs > 0 || (!this.#done && this.#error === undefined)) return;
+    if (this.#idle || this.#refs > 0 || !this.#settled) return;
     this.#idle = true;
-    this.#window = [];
+    this.giveUpRing();
     this.#onIdle();
     this.#fh.close().catch(() => {});
   }
 
-  async #pump(body: AsyncGenerator<Buffer>): Promise<void> {
-    const t = this.#t;
-    const writes: Array<Promise<void>> = [];
-    try {
-      let pending: Buffer[] = [];
-      let pendingAt = 0;
-      let pendingLen = 0;
-      const flush = () => {
-        const [bufs, at, n] = [pending, pendingAt, pendingLen];
-        pending = [];
-        pendingAt += n;
-        pendingLen = 0;
-        const prev = writes[writes.length - 1] ?? Promise.resolve();
-        const w = writeAllV(this.#fh, bufs, at, n).then(async () => {
-          await prev; // #written advances in order
-          this.#written = at + n;
-          this.#wake();
-        });
-        w.catch(() => {});
-        writes.push(w);
-      };
-      for await (const b of body) {
-        this.#window.push({ at: this.#have, buf: b });
-        this.#windowLen += b.length;
-        this.#have += b.length;
-        pending.push(b);
-        pendingLen += b.length;
-        if (pendingLen >= WRITE_BLOCK) flush();
-        this.#trim();
-        this.#wake();
-        if (writes.length >= WRITES_AHEAD) await writes.shift();
-      }
-      if (pendingLen > 0) flush();
-      if (this.#size !== undefined && this.#have !== this.#size) {
-        throw new CabError('ERR_OBJECT_STORE', `fragment ${this.id}: the server sent ${this.#have} of ${this.#size} bytes`, { key: t.key, expected: this.#size, found: this.#have });
-      }
-      this.#size = this.#have;
-      for (const w of writes.splice(0)) await w;
+  /** The ring, once the GET has ended: reads go to the file from now on. */
+  giveUpRing(): void {
+    finished.delete(this);
+    if (this.#ringGone) return;
+    this.#ringGone = true;
+    giveRing(this.#ringMem);
+  }
+
+  #have(): number {
+    return Number(Atomics.load(this.#ctl, C_HAVE));
+  }
+
+  #written(): number {
+    return Number(Atomics.load(this.#ctl, C_WRITTEN));
+  }
+
+  /** A message of the fetching thread about this GET. */
+  #on(m: FromFetcher): void {
+    if (m.t === 'head') {
+      this.#size = m.size >= 0 ? m.size : undefined;
+      this.#answered?.resolve();
+    } else if (m.t === 'tick') this.#wake();
+    else if (m.t === 'done') {
+      this.#os.stats.bytesDown += m.bytes;
+      this.#size = m.bytes;
       this.#done = true;
+      finished.add(this);
       this.#wake();
-    } catch (e) {
-      await body.return(undefined).catch(() => {});
-      await Promise.allSettled(writes);
-      this.#error = ioError(e, `fetching fragment ${this.id} into the cache`, { path: t.tmp });
+      void this.#seal();
+    } else {
+      this.#os.stats.bytesDown += m.bytes ?? 0;
+      this.#error = this.#failure(m);
+      finished.add(this);
+      this.#answered?.reject(this.#error);
       this.#wake();
-      await fs.rm(t.tmp, { force: true }).catch(() => {});
-      this.#maybeIdle();
-      return;
+      void fs.rm(this.#t.tmp, { force: true }).catch(() => {}).then(() => {
+        this.#settled = true;
+        this.#maybeIdle();
+      });
     }
-    // Complete: into cas/ under its name (its readers keep reading through the file handle).
+  }
+
+  #failure(f: FetchFailure): CabError {
+    const { key, tmp } = this.#t;
+    if (f.kind === 'abort') return new CabError('ERR_ABORTED', `fetching fragment ${this.id} was cancelled`, { key });
+    if (f.kind === 'io') return ioError(Object.assign(new Error(f.message), { code: f.s3Code }), `fetching fragment ${this.id} into the cache`, { path: tmp });
+    if (f.kind === 'short') return new CabError('ERR_OBJECT_STORE', `fragment ${this.id}: ${f.message}`, { key, expected: this.#size, found: f.bytes });
+    return getError(this.#os.bucket, key, f);
+  }
+
+  /** Complete: into cas/ under its name (its readers keep reading through the file handle). */
+  async #seal(): Promise<void> {
+    const t = this.#t;
     try {
       await this.#fh.sync();
       await ensureDir(t.dir, t.knownDirs);
       await fs.rename(t.tmp, t.final);
       await fsyncDir(t.dir);
-      t.cached(this.#size);
+      t.cached(this.#size!);
     } catch {
       // A cache that could not be filled (a full disk, say) only costs a fetch next time; the bytes are read from the file.
       await fs.rm(t.tmp, { force: true }).catch(() => {});
     }
+    this.#settled = true;
     this.#maybeIdle();
   }
 
-  /** Drops the oldest pieces past WINDOW bytes, once they are in the file. */
-  #trim(): void {
-    while (this.#windowLen > WINDOW && this.#window.length > 1) {
-      const p = this.#window[0]!;
-      if (p.at + p.buf.length > this.#written) return;
-      this.#window.shift();
-      this.#windowLen -= p.buf.length;
-    }
+  #ready(w: { have: number; written: number }): boolean {
+    return this.#error !== undefined || this.#done || (this.#have() >= w.have && this.#written() >= w.written);
   }
 
   #wake(): void {
-    const left: Array<{ ready: () => boolean; wake: () => void }> = [];
+    const left: Array<{ have: number; written: number; wake: () => void }> = [];
     for (const w of this.#waiters) {
-      if (this.#error !== undefined || w.ready()) w.wake();
+      if (this.#ready(w)) w.wake();
       else left.push(w);
     }
     this.#waiters = left;
+    this.#arm();
   }
 
-  #until(ready: () => boolean): Promise<void> | undefined {
-    if (this.#error !== undefined || ready()) return undefined;
-    return new Promise<void>((wake) => this.#waiters.push({ ready, wake }));
+  /** Tells the fetching thread how far the waiters wait; wakes the ones that it reached meanwhile. */
+  #arm(): void {
+    if (this.#waiters.length === 0) return;
+    let have = Infinity;
+    let written = Infinity;
+    for (const w of this.#waiters) {
+      if (w.have > 0) have = Math.min(have, w.have);
+      if (w.written > 0) written = Math.min(written, w.written);
+    }
+    Atomics.store(this.#ctl, C_WANT, have < Infinity ? BigInt(have) : -1n);
+    Atomics.store(this.#ctl, C_WANT_WRITTEN, written < Infinity ? BigInt(written) : -1n);
+    // The thread may have gone past the marks before they were set: look again (it looks after it moves).
+    if (this.#waiters.some((w) => this.#ready(w))) queueMicrotask(() => this.#wake());
+  }
+
+  #resume(): void {
+    if (Atomics.compareExchange(this.#ctl, C_PAUSED, 1n, 0n) === 1n) fetchThread().resume(this.#fetch);
+  }
+
+  /** Resolves once `have` bytes are received and `written` are in the file (or the GET ended). */
+  #until(have: number, written: number): Promise<void> | undefined {
+    const w = { have, written, wake: () => {} };
+    if (this.#ready(w)) return undefined;
+    this.#resume(); // a reader waiting never waits on the thread holding back for it
+    return new Promise<void>((wake) => {
+      w.wake = wake;
+      this.#waiters.push(w);
+      this.#arm();
+    });
   }
 
   /** Reads up to `len` bytes at `pos` (fewer only at the object's end, 0 past it). */
   async read(buf: Uint8Array, off: number, len: number, pos: number): Promise<number> {
     const end = pos + len;
-    if (pos > this.#have + FAR_AHEAD && !this.#done && this.#error === undefined) return this.#readRange(buf, off, len, pos);
-    await this.#until(() => this.#done || this.#have >= end);
-    if (this.#error !== undefined && this.#have < end) throw this.#error;
-    const n = Math.max(0, Math.min(len, this.#have - pos));
+    if (pos > this.#have() + FAR_AHEAD && !this.#done && this.#error === undefined) return this.#readRange(buf, off, len, pos);
+    await this.#until(end, 0);
+    const have = this.#have();
+    if (this.#error !== undefined && have < end) throw this.#error;
+    const n = Math.max(0, Math.min(len, have - pos));
     if (n === 0) return 0;
-    if (this.#copyFromWindow(buf, off, n, pos)) return n;
-    // Behind the window: from the file, once written.
-    await this.#until(() => this.#done || this.#written >= pos + n);
-    if (this.#error !== undefined && this.#written < pos + n) throw this.#error;
+    if (this.#copyFromRing(buf, off, n, pos)) return n;
+    // Behind the ring: from the file, once written.
+    await this.#until(0, pos + n);
+    if (this.#error !== undefined && this.#written() < pos + n) throw this.#error;
     const { bytesRead } = await this.#fh.read(buf, off, n, pos);
     return bytesRead;
   }
 
-  /** Copies [pos, pos + n) from the pieces in memory, if they hold all of it. */
-  #copyFromWindow(buf: Uint8Array, off: number, n: number, pos: number): boolean {
-    const w = this.#window;
-    if (w.length === 0 || w[0]!.at > pos) return false;
-    // The first piece holding pos: the window is short, and reads move forward, so from the end.
-    let i = w.length - 1;
-    while (i > 0 && w[i]!.at > pos) i--;
-    let at = pos;
-    const end = pos + n;
-    for (; at < end && i < w.length; i++) {
-      const p = w[i]!;
-      const from = at - p.at;
-      const take = Math.min(p.buf.length - from, end - at);
-      buf.set(p.buf.subarray(from, from + take), off + (at - pos));
-      at += take;
-    }
-    return at === end;
+  /** Copies [pos, pos + n) from the ring, if it holds all of it until the copy is done (see fetch-thread.ts). */
+  #copyFromRing(buf: Uint8Array, off: number, n: number, pos: number): boolean {
+    if (this.#ringGone) return false;
+    const have = this.#have();
+    if (pos + n > have || pos < have + MAX_TAKE - RING) return false;
+    const ringAt = Number(this.#ctl[C_RING_AT]); // set before the thread's `head`, which came before any read
+    const from = pos % RING;
+    const first = Math.min(n, RING - from);
+    copyShared(buf, off, this.#ring, ringAt + from, first);
+    if (first < n) copyShared(buf, off + first, this.#ring, ringAt, n - first);
+    if (pos < this.#have() + MAX_TAKE - RING) return false;
+    if (this.#done && pos + n === this.#size) this.giveUpRing(); // read to the end: no one needs it now
+    if (pos + n > this.#ctl[C_READ_AT]!) Atomics.store(this.#ctl, C_READ_AT, BigInt(pos + n));
+    // The thread holds the body back for this reader: once half the ring is free, let it go on.
+    if (this.#ctl[C_PAUSED] === 1n && this.#have() - (pos + n) <= RING / 2) this.#resume();
+    return true;
   }
 
   /** A range GET straight into buf, for a read far ahead of the download. */
@@ -246,16 +286,6 @@ export class Download {
       throw missingIfAbsent(e, this.id);
     }
     return at - off;
-  }
-}
-
-/** Writes `n` bytes of `bufs` at `at`, all of them (a short write is continued). */
-async function writeAllV(fh: fs.FileHandle, bufs: Buffer[], at: number, n: number): Promise<void> {
-  let done = 0;
-  while (done < n) {
-    const { bytesWritten } = await fh.writev(done === 0 ? bufs : [Buffer.concat(bufs).subarray(done)], at + done);
-    if (bytesWritten <= 0) throw new CabError('ERR_IO', `a write to the cache wrote nothing`, { offset: at + done });
-    done += bytesWritten;
   }
 }
 

@@ -1,0 +1,177 @@
+import { Worker } from 'node:worker_threads';
+
+/**
+ * The fetching thread (disk/fetch-worker.ts) and what it shares with this
+ * one. A GET of a fragment is handed to it with a ring of RING bytes and a
+ * row of counters, both in shared memory:
+ *
+ *   counters[C_HAVE]          bytes received, each put into the ring at (offset % RING) before this moves
+ *   counters[C_WRITTEN]       bytes written to the cache file (by the thread, through `fd`)
+ *   counters[C_WANT]          set here: post a `tick` once C_HAVE reaches it (then the thread sets it to -1)
+ *   counters[C_WANT_WRITTEN]  the same for C_WRITTEN
+ *   counters[C_RING_AT]       set by the thread before its `head`: where the ring starts in its memory
+ *   counters[C_READ_AT]       set here: the end of the last copy out of the ring
+ *   counters[C_PAUSED]        1 while the thread holds the body back (below); set to 0 here, with a `resume`
+ *
+ * The thread overwrites ring bytes only once they are in the file, and
+ * puts at most MAX_TAKE bytes into the ring (a socket read into it, or a
+ * copy) before it moves C_HAVE; so
+ * the bytes [have + MAX_TAKE - RING, have) are in the ring, and a copy out
+ * of it stands if that still holds when the copy is done (the thread never
+ * waits for this one). Messages: `head` when the server answered (size,
+ * ETag); `tick`; and one last message, `done` (every byte received and
+ * written) or `fail`, after which the thread touches neither the ring nor
+ * the file. A `stop` from here ends a GET (answered with `fail`, kind
+ * 'abort').
+ *
+ * The thread writes the file with O_DIRECT where it can, in WRITE_BLOCK
+ * blocks from the ring (the tail through `fd`): a write through the page
+ * cache cost 1.1 s of CPU per GiB in the kernel's copy, a direct one 0.07 s
+ * (docs/BENCHMARKS.md, 2026-12-05). Direct I/O wants its memory aligned,
+ * and JavaScript cannot align it: the ring's memory is RING_SLACK bytes
+ * longer, and the thread finds where in it an aligned write is taken.
+ * Durability is unchanged: the file is fsync'd before it goes into cas/.
+ *
+ * Bytes written directly are not in the page cache, so a reader that falls
+ * behind the ring reads the disk. So the thread holds the body back
+ * (pauses the socket) while the ring holds RING - 2 * MAX_TAKE bytes that
+ * no reader has copied out, until a reader catches up (a `resume` from
+ * here) or for STALL_MS at most: then it stops holding back for good, for
+ * a reader that does not keep up must not hold the GET (nor the server's
+ * connection).
+ */
+export const RING = 8 * 1024 * 1024;
+/** Bytes the thread gathers in the ring before one write to the cache file. */
+export const WRITE_BLOCK = 1024 * 1024;
+/** The most bytes the thread puts into the ring before it moves C_HAVE. */
+export const MAX_TAKE = 256 * 1024;
+export const C_HAVE = 0;
+export const C_WRITTEN = 1;
+export const C_WANT = 2;
+export const C_WANT_WRITTEN = 3;
+export const C_RING_AT = 4;
+export const C_READ_AT = 5;
+export const C_PAUSED = 6;
+export const COUNTERS = 7;
+/** How long the thread holds a body back for a reader at most (see above). */
+export const STALL_MS = 1000;
+/** Bytes of a ring's memory beyond RING, for aligning it (see above). */
+export const RING_SLACK = 4096;
+
+export type ToFetcher = { t: 'get'; id: number; url: string; headers: Record<string, string>; fd: number; tmp: string; ring: SharedArrayBuffer; ctl: SharedArrayBuffer } | { t: 'stop' | 'resume'; id: number };
+
+/** Why a GET failed: the server or the connection ('http'), the cache file ('io', s3Code the errno), a short body, or a stop. */
+export type FetchFailure = { kind: 'http' | 'io' | 'short' | 'abort'; s3Code?: string; status?: number; message: string; bytes?: number };
+
+export type FromFetcher = { t: 'head'; id: number; size: number; etag: string } | { t: 'tick'; id: number } | { t: 'done'; id: number; bytes: number } | ({ t: 'fail'; id: number } & FetchFailure);
+
+/** Scratch memory of this thread for copyShared. */
+const SCRATCH = 256 * 1024;
+const scratch = new Uint8Array(SCRATCH + 8);
+
+/**
+ * Copies src[sOff, sOff + n) to dst[dOff..], one of them in shared memory.
+ * V8 copies shared memory a word at a time where both sides are
+ * word-aligned alike, and a byte at a time otherwise (four times slower:
+ * most copies here, since chunks and socket reads fall anywhere); so a copy
+ * unaligned alike goes through scratch memory placed to align with the
+ * shared side, and the other step is an ordinary memmove.
+ */
+export function copyShared(dst: Uint8Array, dOff: number, src: Uint8Array, sOff: number, n: number): void {
+  const d = dst.byteOffset + dOff;
+  const s = src.byteOffset + sOff;
+  if ((d - s) % 8 === 0 || n < 1024) {
+    dst.set(src.subarray(sOff, sOff + n), dOff);
+    return;
+  }
+  const into = dst.buffer instanceof SharedArrayBuffer;
+  for (let done = 0; done < n; ) {
+    const k = Math.min(n - done, SCRATCH);
+    const t = ((into ? d : s) + done) % 8; // scratch.byteOffset is 0, its memory 8-aligned as every ArrayBuffer's
+    scratch.set(src.subarray(sOff + done, sOff + done + k), t);
+    dst.set(scratch.subarray(t, t + k), dOff + done);
+    done += k;
+  }
+}
+
+/** Rings of finished GETs kept for the next ones (a sequential reader has two under way at most). */
+const SPARE_RINGS = 2;
+const spareRings: SharedArrayBuffer[] = [];
+
+/** A ring for a GET: a spare one, or new. */
+export function takeRing(): SharedArrayBuffer {
+  return spareRings.pop() ?? new SharedArrayBuffer(RING + RING_SLACK);
+}
+
+export function hasSpareRing(): boolean {
+  return spareRings.length > 0;
+}
+
+/** A ring the thread is done with (after the GET's last message), for the next GET. */
+export function giveRing(ring: SharedArrayBuffer): void {
+  if (spareRings.length < SPARE_RINGS) spareRings.push(ring);
+}
+
+class FetchThread {
+  readonly #worker: Worker;
+  readonly #gets = new Map<number, (m: FromFetcher) => void>();
+  #dead = false;
+
+  constructor() {
+    const file = new URL('./fetch-worker.js', import.meta.url);
+    // As the hashing thread (hash/pool.ts): the parent's flags where a worker takes them, else none.
+    const execArgv = process.execArgv.filter((a) => !a.startsWith('--input-type'));
+    try {
+      this.#worker = new Worker(file, { execArgv });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ERR_WORKER_INVALID_EXEC_ARGV') throw e;
+      this.#worker = new Worker(file, { execArgv: [] });
+    }
+    this.#worker.on('message', (m: FromFetcher) => {
+      const on = this.#gets.get(m.id);
+      if (m.t === 'done' || m.t === 'fail') {
+        this.#gets.delete(m.id);
+        if (this.#gets.size === 0) this.#worker.unref();
+      }
+      on?.(m);
+    });
+    const die = (message: string) => {
+      if (this.#dead) return;
+      this.#dead = true;
+      if (thread === this) thread = undefined;
+      for (const [id, on] of this.#gets) on({ t: 'fail', id, kind: 'http', s3Code: 'ERR_WORKER', message });
+      this.#gets.clear();
+    };
+    this.#worker.on('error', (e) => die(`the fetching thread failed: ${e.message}`));
+    this.#worker.on('exit', (code) => die(`the fetching thread exited with ${code}`));
+    this.#worker.unref();
+  }
+
+  /** Starts a GET; `on` gets its messages, the last one `done` or `fail`. */
+  get(m: Extract<ToFetcher, { t: 'get' }>, on: (m: FromFetcher) => void): void {
+    this.#gets.set(m.id, on);
+    this.#worker.ref();
+    this.#worker.postMessage(m);
+  }
+
+  stop(id: number): void {
+    if (this.#gets.has(id)) this.#worker.postMessage({ t: 'stop', id } satisfies ToFetcher);
+  }
+
+  resume(id: number): void {
+    if (this.#gets.has(id)) this.#worker.postMessage({ t: 'resume', id } satisfies ToFetcher);
+  }
+}
+
+let thread: FetchThread | undefined;
+let nextId = 1;
+
+/** The process's fetching thread, started at the first GET; idle, it does not keep the process alive. */
+export function fetchThread(): FetchThread {
+  return (thread ??= new FetchThread());
+}
+
+/** A number for a new GET. */
+export function newFetchId(): number {
+  return nextId++;
+}

@@ -1,0 +1,203 @@
+// Cold reads of a bucket-backed store through its fetching thread
+// (src/disk/fetch-thread.ts): reads in and behind the shared ring and far
+// ahead of it, a reader that stops mid-fetch, failures the thread reports,
+// and the GET it signs by hand (src/bucket/sigv4.ts), on the real radosgw.
+import fs from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
+import { BlobStore, CabError, type StoreOptions } from '../src/index.js';
+import { signGet } from '../src/bucket/sigv4.js';
+import { prngBytes } from '../tools/data.js';
+import { S3_CREDENTIALS, S3_ENDPOINT, bucketOptions, fileBucket, objects, s3Test } from './helpers/s3.js';
+import { putBlob, readAll, tempDir } from './helpers/store.js';
+import { dropConnection, tcpProxy } from '../tools/proxy.js';
+import type { ExecutionContext } from 'ava';
+
+const MiB = 1024 * 1024;
+
+async function open(t: ExecutionContext, o: StoreOptions): Promise<BlobStore> {
+  const s = await BlobStore.open(path.join(tempDir(t), 's'), o);
+  t.teardown(() => s.close());
+  return s;
+}
+
+/** Files under `dir` of `root`, recursively. */
+function files(root: string, dir: string): string[] {
+  const at = path.join(root, dir);
+  if (!fs.existsSync(at)) return [];
+  return fs.readdirSync(at, { recursive: true, withFileTypes: true }).filter((e) => e.isFile()).map((e) => path.join(e.parentPath, e.name));
+}
+
+async function until(cond: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 50));
+  if (!cond()) throw new Error(`timed out waiting for ${what}`);
+}
+
+s3Test('a fragment larger than the ring, read far ahead, in the ring and behind it, is byte-exact; then it is in cas/', async (t) => {
+  const objectStore = await bucketOptions(t, { syncInterval: 0 });
+  const a = await open(t, { objectStore, fragmentSize: 40 * MiB });
+  const bytes = prngBytes('s3 fetch ring', 30 * MiB + 12345);
+  const name = await putBlob(a, bytes);
+  const b = await open(t, { objectStore });
+  const r = await b.newBlobReader(name);
+  const at = async (pos: number, n: number) => {
+    const buf = Buffer.alloc(n);
+    t.is(await r.readAt(buf, pos), n);
+    t.true(buf.equals(bytes.subarray(pos, pos + n)), `bytes ${pos}..${pos + n}`);
+  };
+  await at(25 * MiB, MiB); // far past what has arrived: a range GET of its own
+  await at(0, 2 * MiB); // at the start, as it arrives
+  for (let pos = 2 * MiB; pos < bytes.length; pos += 3 * MiB) await at(pos, Math.min(3 * MiB, bytes.length - pos)); // following it to the end
+  await at(MiB + 7, 4 * MiB); // long out of the 8 MiB ring: from the cache file
+  await at(bytes.length - MiB, MiB); // in the ring's last bytes, but the ring went once they were read: from the file
+  await r.close();
+  await until(() => files(b.root, 'cas').length === 1, 'the fragment in cas/');
+  t.is(fs.statSync(files(b.root, 'cas')[0]!).size, bytes.length, 'the whole fragment is cached');
+  t.deepEqual(files(b.root, 'tmp'), [], 'no temp file left');
+  t.true((await readAll(b, name)).equals(bytes), 'and read from the cache');
+});
+
+s3Test('a reader that does not keep up holds the GET back for a while only: the fragment is fetched and cached while it waits', async (t) => {
+  const objectStore = await bucketOptions(t, { syncInterval: 0 });
+  const a = await open(t, { objectStore, fragmentSize: 64 * MiB });
+  const bytes = prngBytes('s3 fetch stall', 40 * MiB);
+  const name = await putBlob(a, bytes);
+  const b = await open(t, { objectStore });
+  const r = await b.newBlobReader(name);
+  const buf = Buffer.alloc(MiB);
+  t.is(await r.readAt(buf, 0), MiB);
+  // The GET stops at the ring's end for this reader, then goes on without it (STALL_MS, 1 s): the whole fragment lands in cas/.
+  await until(() => files(b.root, 'cas').length === 1, 'the fragment in cas/ while the reader is open');
+  t.is(fs.statSync(files(b.root, 'cas')[0]!).size, bytes.length);
+  const rest = Buffer.alloc(bytes.length - MiB);
+  await r.readFully(rest, MiB);
+  t.true(rest.equals(bytes.subarray(MiB)), 'the rest, read from the file');
+  await r.close();
+});
+
+s3Test('a reader that stops mid-fetch stops the GET: its temp file goes, nothing is cached, and the next read fetches it again', async (t) => {
+  const objectStore = await bucketOptions(t, { syncInterval: 0 });
+  const a = await open(t, { objectStore, fragmentSize: 128 * MiB });
+  // One fragment large enough that its GET is far from done when the reader closes (about 10 ms after it opened).
+  const bytes = prngBytes('s3 fetch stop', 80 * MiB);
+  const name = await putBlob(a, bytes);
+  const b = await open(t, { objectStore });
+  const r = await b.newBlobReader(name);
+  const buf = Buffer.alloc(MiB);
+  t.is(await r.readAt(buf, 0), MiB);
+  t.true(buf.equals(bytes.subarray(0, MiB)));
+  await r.close();
+  await until(() => files(b.root, 'tmp').length === 0, 'the temp file to go');
+  t.deepEqual(files(b.root, 'cas'), [], 'a fragment no one reads is not cached');
+  t.true((await readAll(b, name)).equals(bytes), 'read again, fetched again');
+});
+
+s3Test('a fragment missing from the bucket is ERR_FRAGMENT_MISSING; one changed there is ERR_HASH_MISMATCH, never its bytes', async (t) => {
+  const objectStore = await bucketOptions(t, { syncInterval: 0 });
+  const a = await open(t, { objectStore, fragmentSize: 2 * MiB });
+  const bytes = prngBytes('s3 fetch missing', 5 * MiB);
+  const name = await putBlob(a, bytes);
+  const { os } = await fileBucket();
+  const frags = [...(await objects(`${objectStore.prefix}cas/`)).keys()].sort();
+  t.true(frags.length >= 2, `${frags.length} fragments`);
+  const victim = frags[0]!;
+  const saved = (await os.get(victim))!;
+  await os.deleteMany([victim]);
+  const b = await open(t, { objectStore: { ...objectStore, cacheBytes: 0 } });
+  const e = await t.throwsAsync(readAll(b, name), { instanceOf: CabError });
+  t.is(e!.code, 'ERR_FRAGMENT_MISSING', e!.message);
+  const bad = Buffer.from(saved);
+  bad[bad.length - 1] ^= 0x80;
+  await os.put(victim, bad);
+  const c = await open(t, { objectStore: { ...objectStore, cacheBytes: 0 } });
+  t.is((await t.throwsAsync(readAll(c, name), { instanceOf: CabError }))!.code, 'ERR_HASH_MISMATCH');
+  await os.put(victim, saved);
+  t.true((await readAll(c, name)).equals(bytes));
+});
+
+s3Test('a prefix with characters that need escaping: keys are signed as the server reads them', async (t) => {
+  const base = await bucketOptions(t, { syncInterval: 0 });
+  const objectStore = { ...base, prefix: `${base.prefix!.slice(0, -1)}we+ird(x)*'!~=,;@$&/` };
+  const a = await open(t, { objectStore, fragmentSize: MiB });
+  const bytes = prngBytes('s3 fetch escape', 3 * MiB + 5);
+  const name = await putBlob(a, bytes);
+  const b = await open(t, { objectStore });
+  t.true((await readAll(b, name)).equals(bytes));
+});
+
+/** A second store reading through a TCP proxy in front of the server (the first writes to the server itself). */
+async function behindProxy(t: ExecutionContext, bytes: Buffer, tamper?: (piece: Buffer) => void) {
+  const objectStore = await bucketOptions(t, { syncInterval: 0 });
+  const a = await open(t, { objectStore, fragmentSize: 64 * MiB });
+  const name = await putBlob(a, bytes);
+  const proxy = await tcpProxy(() => Number(new URL(S3_ENDPOINT).port), tamper ? { tamper } : {});
+  t.teardown(() => proxy.close());
+  const b = await open(t, { objectStore: { ...objectStore, endpoint: `http://127.0.0.1:${proxy.port}`, cacheBytes: 0 } });
+  return { b, name, proxy };
+}
+
+s3Test('a connection cut mid-body is ERR_OBJECT_STORE for the read, leaves no temp file, and the next read fetches anew', async (t) => {
+  const bytes = prngBytes('s3 fetch cut', 12 * MiB);
+  const { b, name, proxy } = await behindProxy(t, bytes);
+  const r = await b.newBlobReader(name);
+  proxy.next = { budget: 3 * MiB, onCut: dropConnection }; // the fragment's GET is the next connection
+  const e = await t.throwsAsync(readAll(b, name), { instanceOf: CabError });
+  t.is(e!.code, 'ERR_OBJECT_STORE', e!.message);
+  t.is(e!.data.s3Code, 'ECONNRESET');
+  await r.close();
+  await until(() => files(b.root, 'tmp').length === 0, 'the temp file to go');
+  t.true((await readAll(b, name)).equals(bytes), 'fetched again, whole');
+});
+
+s3Test('an answer without Content-Length is read through the http module instead', async (t) => {
+  const bytes = prngBytes('s3 fetch plain', 5 * MiB + 3);
+  let armed = false;
+  let tampered = 0;
+  const { b, name, proxy } = await behindProxy(t, bytes, (piece) => {
+    // The head of the fragment's answer (the store's other requests get small ones).
+    const m = armed ? /Content-Length: (\d+)/i.exec(piece.toString('latin1', 0, 4096)) : null;
+    if (!m || Number(m[1]) < bytes.length) return;
+    const i = m.index;
+    piece.write('Content-Lengtx:', i, 'latin1'); // the same length: the head stays well-formed, with no length
+    armed = false;
+    tampered++;
+  });
+  const r = await b.newBlobReader(name);
+  const before = proxy.connections;
+  armed = true;
+  t.true((await readAll(b, name)).equals(bytes));
+  t.is(tampered, 1);
+  t.true(proxy.connections >= before + 2, 'the answer that had no length, then the GET again');
+  await r.close();
+});
+
+/** A signed GET sent with plain http: the status and the body. */
+function send(g: { url: string; headers: Record<string, string> }): Promise<{ status: number; body: Buffer }> {
+  return new Promise((resolve, reject) => {
+    http
+      .get(g.url, { headers: g.headers }, (res) => {
+        const parts: Buffer[] = [];
+        res.on('data', (c: Buffer) => parts.push(c));
+        res.on('end', () => resolve({ status: res.statusCode!, body: Buffer.concat(parts) }));
+      })
+      .on('error', reject);
+  });
+}
+
+s3Test('signGet: the server takes the signature of a GET and of a range, and refuses a wrong key', async (t) => {
+  const { os, bucket } = await fileBucket();
+  const key = `sig-${Date.now()}/a b+c`;
+  const body = prngBytes('s3 fetch sig', 1000);
+  await os.put(key, body);
+  const keys = { accessKeyId: S3_CREDENTIALS.accessKeyId!, secretAccessKey: S3_CREDENTIALS.secretAccessKey! };
+  const whole = await send(signGet(S3_ENDPOINT, 'us-east-1', bucket, key, keys));
+  t.is(whole.status, 200);
+  t.true(whole.body.equals(body));
+  const part = await send(signGet(S3_ENDPOINT, 'us-east-1', bucket, key, keys, { start: 10, end: 20 }));
+  t.is(part.status, 206);
+  t.true(part.body.equals(body.subarray(10, 20)));
+  const wrong = await send(signGet(S3_ENDPOINT, 'us-east-1', bucket, key, { ...keys, secretAccessKey: 'not-the-secret' }));
+  t.is(wrong.status, 403);
+  t.regex(wrong.body.toString(), /SignatureDoesNotMatch/);
+  await os.deleteMany([key]);
+});
