@@ -9,7 +9,7 @@ let scanFp = 0;
  * past the first byte where (fp & mask) == 0, or -1. Unrolled by four: a cut
  * is rare, so the loop is mostly the hash update and the compare.
  */
-function scan(p: Uint8Array, i: number, stop: number, mask: number, fp: number): number {
+function scan1(p: Uint8Array, i: number, stop: number, mask: number, fp: number): number {
   const gear = GEAR;
   let j = i;
   const stop4 = stop - 4;
@@ -31,6 +31,52 @@ function scan(p: Uint8Array, i: number, stop: number, mask: number, fp: number):
   }
   scanFp = fp;
   return -1;
+}
+
+/** Bytes per lane of `scan`'s windows (a window is four lanes). */
+const LANE = 512;
+
+/**
+ * `scan1`'s answer, about a third faster. The update fp = (fp << 1) + g is
+ * one long chain of dependent steps, so one lane runs at the latency of two
+ * instructions per byte whatever the CPU could do besides. Since fp is 32
+ * bits shifted left once per byte, it depends only on the last 32 bytes
+ * hashed: a lane started 32 bytes before a position has the exact fp there.
+ * So a window of four consecutive segments is hashed as four independent
+ * lanes at once (lanes 1-3 warmed up on the 32 bytes before their segment;
+ * lane 0 goes on from `fp`), and fp after the window is lane 3's. A window
+ * in which any lane finds a cut is scanned again by `scan1` from its start,
+ * which returns the first cut: the boundaries are exactly `scan1`'s.
+ */
+function scan(p: Uint8Array, i: number, stop: number, mask: number, fp: number): number {
+  const gear = GEAR;
+  let j = i;
+  while (stop - j >= 4 * LANE) {
+    const a1 = j + LANE;
+    const a2 = a1 + LANE;
+    const a3 = a2 + LANE;
+    let f1 = 0;
+    let f2 = 0;
+    let f3 = 0;
+    for (let k = -32; k < 0; k++) {
+      f1 = ((f1 << 1) + gear[p[a1 + k]!]!) | 0;
+      f2 = ((f2 << 1) + gear[p[a2 + k]!]!) | 0;
+      f3 = ((f3 << 1) + gear[p[a3 + k]!]!) | 0;
+    }
+    let f0 = fp;
+    let t = 0;
+    for (; t < LANE; t++) {
+      f0 = ((f0 << 1) + gear[p[j + t]!]!) | 0;
+      f1 = ((f1 << 1) + gear[p[a1 + t]!]!) | 0;
+      f2 = ((f2 << 1) + gear[p[a2 + t]!]!) | 0;
+      f3 = ((f3 << 1) + gear[p[a3 + t]!]!) | 0;
+      if ((f0 & mask) === 0 || (f1 & mask) === 0 || (f2 & mask) === 0 || (f3 & mask) === 0) break;
+    }
+    if (t < LANE) return scan1(p, j, stop, mask, fp);
+    fp = f3;
+    j += 4 * LANE;
+  }
+  return scan1(p, j, stop, mask, fp);
 }
 
 /**
