@@ -133,7 +133,7 @@ function referenceChunk(data: Uint8Array, params: { min: number; avg: number; ma
   return sizes;
 }
 
-test('the multi-lane gear scan cuts where the byte-at-a-time definition does', (t) => {
+test('the multi-lane gear scan (WebAssembly) and the JavaScript one cut where the byte-at-a-time definition does', (t) => {
   // Random stretches, and stretches where fp repeats or stays near zero (zeros, short periods, one byte value).
   const data = Buffer.concat([
     prngBytes('lanes a', 3_000_001),
@@ -143,9 +143,11 @@ test('the multi-lane gear scan cuts where the byte-at-a-time definition does', (
     prngBytes('lanes b', 2_000_003),
   ]);
   const rnd = prngInts(5);
-  for (const p of [DEFAULT_CHUNKER_PARAMS, { min: 64, avg: 256, max: 1024 }, { min: 2048, avg: 8192, max: 12_000 }, { min: 100, avg: 4096, max: 300_000 }]) {
+  const params = [DEFAULT_CHUNKER_PARAMS, { min: 64, avg: 256, max: 1024 }, { min: 2048, avg: 8192, max: 12_000 }, { min: 100, avg: 4096, max: 300_000 }];
+  for (const [p, jsOnly] of params.flatMap((p) => [[p, false], [p, true]] as const)) {
+    Chunker.jsOnly = jsOnly;
     const want = referenceChunk(data, p);
-    t.deepEqual(chunk(data, p), want, `whole, ${JSON.stringify(p)}`);
+    t.deepEqual(chunk(data, p), want, `whole, ${JSON.stringify(p)}, jsOnly ${jsOnly}`);
     const c = new Chunker(p);
     const got: number[] = [];
     for (let off = 0; off < data.length; ) {
@@ -155,6 +157,7 @@ test('the multi-lane gear scan cuts where the byte-at-a-time definition does', (
     }
     const last = c.end();
     if (last) got.push(last);
-    t.deepEqual(got, want, `in pieces, ${JSON.stringify(p)}`);
+    t.deepEqual(got, want, `in pieces, ${JSON.stringify(p)}, jsOnly ${jsOnly}`);
   }
+  Chunker.jsOnly = false;
 });
