@@ -256,9 +256,10 @@ export class Ingest {
       if (steady) this.#share.waited(performance.now() - t);
       // A claimed block: the chunks the hashing thread accepted; the first it did not ends the blob.
       const n = b.claimed ? new DataView(hashes.buffer, hashes.byteOffset, 4).getUint32(0, true) : b.chunks.length;
+      const seen = new Map<string, Descriptor>();
       for (let i = 0; i < n; i++) {
         const c = b.chunks[i]!;
-        await this.#place(c, c.known ?? hashes.slice(32 * c.idx, 32 * c.idx + 32), writes);
+        await this.#place(c, c.known ?? hashes.slice(32 * c.idx, 32 * c.idx + 32), writes, seen);
       }
       if (n < b.chunks.length) this.#refuse(b.chunks[n]!);
     } finally {
@@ -268,12 +269,12 @@ export class Ingest {
   }
 
   /** A chunk with its hash: reference a stored copy, or write its new bytes (those of a held block into `writes`). A chunk cut by a checkpoint has its first `committed` bytes in extents already: the rest may still be stored. */
-  async #place(c: CutChunk, hash: Uint8Array, writes: number[] | undefined): Promise<void> {
+  async #place(c: CutChunk, hash: Uint8Array, writes: number[] | undefined, seen?: Map<string, Descriptor>): Promise<void> {
     const literal = c.parts.some((p) => !('ext' in p));
     // A stored copy (of the bytes past `committed`): in the fragment being written, or in a blob the index knows.
     const local = literal ? this.#local.get(toHex(hash)) : undefined;
     const from = c.committed;
-    const stored: NewExtent[] | undefined = local !== undefined ? [{ frag: null, offset: local + from, size: c.size - from }] : literal ? await this.#pins.stored(hash, c.size, from) : undefined;
+    const stored: NewExtent[] | undefined = local !== undefined ? [{ frag: null, offset: local + from, size: c.size - from }] : literal ? await this.#pins.stored(hash, c.size, from, seen) : undefined;
     if (stored) {
       for (const e of stored) this.#pushExtent(e.frag, e.offset, e.size);
     } else {
