@@ -28,6 +28,7 @@ interface Job {
 }
 
 const jobs = new Map<number, Job>();
+threadCpuNs(); // its descriptor opened now, with the thread: a writer's first block takes no file of its own
 const port = parentPort!;
 
 function errorOf(e: Error): { message: string; code?: string } {

@@ -23,12 +23,13 @@ export function threadCpuNs(): number | undefined {
     const n = fs.readSync(fd, buf, 0, buf.length, 0);
     const ns = Number(buf.toString('latin1', 0, n).split(' ', 1)[0]);
     if (Number.isSafeInteger(ns)) return ns;
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    // No such file (not Linux, no schedstat), or not readable: no figures, and no more tries.
-    if (code !== 'ENOENT' && code !== 'EACCES' && code !== 'EPERM' && code !== 'ENOTDIR') throw e;
+  } catch {
+    // Any failure (no such file: not Linux, or no schedstat; not readable; EMFILE) means no figures, and no
+    // more tries. Deliberately every error: the figures only steer how work is shared, and a write must not
+    // fail for want of them.
   }
-  if (fd) fs.closeSync(fd);
+  const open = fd;
   fd = null;
+  if (open) fs.close(open, () => {});
   return undefined;
 }
