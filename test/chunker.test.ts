@@ -111,3 +111,53 @@ test('bad parameters are rejected with ERR_BAD_CHUNKER_PARAMS', (t) => {
   }
   t.notThrows(() => resolveChunkerParams({ min: 64, avg: 128, max: 256 }));
 });
+
+/** FastCDC as the format states it (docs/FORMAT.md), one byte at a time: what the chunker's multi-lane scan must equal. */
+function referenceChunk(data: Uint8Array, params: { min: number; avg: number; max: number }): number[] {
+  const { min, avg, max, maskS, maskL } = resolveChunkerParams(params);
+  const sizes: number[] = [];
+  let start = 0;
+  while (start < data.length) {
+    let fp = 0;
+    let size = Math.min(max, data.length - start);
+    for (let pos = min; pos < size; pos++) {
+      fp = ((fp << 1) + GEAR[data[start + pos]!]!) | 0;
+      if ((fp & (pos < avg ? maskS : maskL)) === 0) {
+        size = pos + 1;
+        break;
+      }
+    }
+    sizes.push(size);
+    start += size;
+  }
+  return sizes;
+}
+
+test('the multi-lane gear scan (WebAssembly) and the JavaScript one cut where the byte-at-a-time definition does', (t) => {
+  // Random stretches, and stretches where fp repeats or stays near zero (zeros, short periods, one byte value).
+  const data = Buffer.concat([
+    prngBytes('lanes a', 3_000_001),
+    Buffer.alloc(700_000),
+    Buffer.from(Array.from({ length: 500_000 }, (_, i) => (i % 7) * 37)),
+    Buffer.alloc(300_000, 0x5a),
+    prngBytes('lanes b', 2_000_003),
+  ]);
+  const rnd = prngInts(5);
+  const params = [DEFAULT_CHUNKER_PARAMS, { min: 64, avg: 256, max: 1024 }, { min: 2048, avg: 8192, max: 12_000 }, { min: 100, avg: 4096, max: 300_000 }];
+  for (const [p, jsOnly] of params.flatMap((p) => [[p, false], [p, true]] as const)) {
+    Chunker.jsOnly = jsOnly;
+    const want = referenceChunk(data, p);
+    t.deepEqual(chunk(data, p), want, `whole, ${JSON.stringify(p)}, jsOnly ${jsOnly}`);
+    const c = new Chunker(p);
+    const got: number[] = [];
+    for (let off = 0; off < data.length; ) {
+      const n = Math.min(data.length - off, 1 + rnd(50_000));
+      c.push(data.subarray(off, off + n), got);
+      off += n;
+    }
+    const last = c.end();
+    if (last) got.push(last);
+    t.deepEqual(got, want, `in pieces, ${JSON.stringify(p)}, jsOnly ${jsOnly}`);
+  }
+  Chunker.jsOnly = false;
+});

@@ -95,3 +95,34 @@ test('toHex and fromHex round-trip; bad hex is ERR_BAD_HEX', (t) => {
     t.is(t.throws(() => fromHex(s), { instanceOf: CabError })!.code, 'ERR_BAD_HEX');
   }
 });
+
+test('each thread reads its own CPU time, and the hashing thread reports its own with each block (the writer shares hashing by them)', async (t) => {
+  const { threadCpuNs } = await import('../src/hash/thread-cpu.js');
+  const { HashJob } = await import('../src/hash/pool.js');
+  const first = threadCpuNs();
+  if (process.platform !== 'linux') {
+    t.is(first, undefined);
+    return;
+  }
+  t.true(Number.isSafeInteger(first) && first! > 0);
+  const bytes = prngBytes('cpu', 32 * 1024 * 1024);
+  const spin = merkleRoot(bytes); // about 20 ms of CPU on this thread
+  t.is(spin.length, 32);
+  const after = threadCpuNs()!;
+  t.true(after - first! >= 5e6, `this thread ran ${after - first!} ns hashing 32 MiB`);
+  const job = new HashJob();
+  try {
+    t.is(job.threadCpuNs === undefined || Number.isSafeInteger(job.threadCpuNs), true);
+    const a = await job.hashBlock(Uint8Array.from(bytes.subarray(0, 8 << 20)), true, [8 << 20], undefined, 1, true);
+    job.writeHeld(1, []);
+    t.is(a.length, 32);
+    const one = job.threadCpuNs!;
+    const b = await job.hashBlock(Uint8Array.from(bytes.subarray(8 << 20)), true, [24 << 20], undefined, 2, true);
+    job.writeHeld(2, []);
+    t.deepEqual(Buffer.from(b), Buffer.from(sha256(bytes.subarray(8 << 20))));
+    // Not this thread's figures: the hashing thread ran the 48 MiB of SHA-256 in between (merkle and chunk).
+    t.true(job.threadCpuNs! - one >= 5e6, `the hashing thread reported ${job.threadCpuNs! - one} ns for 24 MiB hashed twice`);
+  } finally {
+    await job.close();
+  }
+});

@@ -8,6 +8,7 @@ import type { Descriptor } from '../format/descriptor.js';
 import type { Extent } from '../format/extents.js';
 import { pushParts, restoreTail, type BlockRefs, type BlockSource, type Claimed, type CutChunk, type NewExtent, type PendingBlock, type Part, type Taken } from './ingest-types.js';
 import type { StoreInternals } from './context.js';
+import { HashShare } from './ingest-share.js';
 import type { WriterPins } from './pins.js';
 
 export type { BlockRefs, BlockSource, Claimed, NewExtent, Taken } from './ingest-types.js';
@@ -47,8 +48,8 @@ export class Ingest {
   #queue: PendingBlock[] = [];
   #queuedBytes = 0;
   #nextHold = 1;
-  /** How long this thread waited for a block's hashes, on average (a moving average, in ms). */
-  #waitMs = 0;
+  /** How long this thread hashes chunks itself per block, so that both threads work alike. */
+  readonly #share: HashShare;
   /** A chunk failed its claimed hash (see feed): the blob ends before it, and nothing more is taken. */
   #refusal: CabError | undefined;
 
@@ -64,6 +65,7 @@ export class Ingest {
     this.#s = s;
     this.#pins = pins;
     this.#job = new HashJob(merkle);
+    this.#share = new HashShare(this.#job);
     this.#chunker = new Chunker(s.chunker);
   }
 
@@ -128,9 +130,9 @@ export class Ingest {
     // A plain Uint8Array view keeps the chunker's loop monomorphic (Buffers and Uint8Arrays both arrive here).
     const view = block.constructor === Uint8Array ? block : new Uint8Array(block.buffer, block.byteOffset, block.byteLength);
     const cuts = claimed ? claimed.sizes : this.#chunker.push(view, this.#cuts);
-    // For about as long as this thread waited for the hashing thread per block (on average), it hashes whole
-    // chunks of this block itself, in cache: the work balances between the two, whatever the machine.
-    let budget = known || claimed ? 0 : this.#waitMs;
+    // For #share.next() ms this thread hashes whole chunks of this block itself, in cache: the work balances between the two.
+    const share = this.#share.next();
+    let budget = known || claimed ? 0 : share;
     const ends: number[] = [];
     const skip: number[] | undefined = known || budget > 0 || claimed?.checked ? [] : undefined;
     const chunks: CutChunk[] = [];
@@ -251,12 +253,13 @@ export class Ingest {
     try {
       const t = performance.now();
       const hashes = await b.hashes;
-      if (steady) this.#waitMs = 0.75 * this.#waitMs + 0.25 * (performance.now() - t);
+      if (steady) this.#share.waited(performance.now() - t);
       // A claimed block: the chunks the hashing thread accepted; the first it did not ends the blob.
       const n = b.claimed ? new DataView(hashes.buffer, hashes.byteOffset, 4).getUint32(0, true) : b.chunks.length;
+      const seen = new Map<string, Descriptor>();
       for (let i = 0; i < n; i++) {
         const c = b.chunks[i]!;
-        await this.#place(c, c.known ?? hashes.slice(32 * c.idx, 32 * c.idx + 32), writes);
+        await this.#place(c, c.known ?? hashes.slice(32 * c.idx, 32 * c.idx + 32), writes, seen);
       }
       if (n < b.chunks.length) this.#refuse(b.chunks[n]!);
     } finally {
@@ -266,12 +269,12 @@ export class Ingest {
   }
 
   /** A chunk with its hash: reference a stored copy, or write its new bytes (those of a held block into `writes`). A chunk cut by a checkpoint has its first `committed` bytes in extents already: the rest may still be stored. */
-  async #place(c: CutChunk, hash: Uint8Array, writes: number[] | undefined): Promise<void> {
+  async #place(c: CutChunk, hash: Uint8Array, writes: number[] | undefined, seen?: Map<string, Descriptor>): Promise<void> {
     const literal = c.parts.some((p) => !('ext' in p));
     // A stored copy (of the bytes past `committed`): in the fragment being written, or in a blob the index knows.
     const local = literal ? this.#local.get(toHex(hash)) : undefined;
     const from = c.committed;
-    const stored: NewExtent[] | undefined = local !== undefined ? [{ frag: null, offset: local + from, size: c.size - from }] : literal ? await this.#pins.stored(hash, c.size, from) : undefined;
+    const stored: NewExtent[] | undefined = local !== undefined ? [{ frag: null, offset: local + from, size: c.size - from }] : literal ? await this.#pins.stored(hash, c.size, from, seen) : undefined;
     if (stored) {
       for (const e of stored) this.#pushExtent(e.frag, e.offset, e.size);
     } else {

@@ -42,17 +42,25 @@ export class WriterPins {
     });
   }
 
-  /** Bytes [from, size) of a stored copy of a chunk in a blob the index knows (its fragments pinned), or undefined. */
-  async stored(hash: Uint8Array, size: number, from = 0): Promise<Extent[] | undefined> {
+  /**
+   * Bytes [from, size) of a stored copy of a chunk in a blob the index
+   * knows (its fragments pinned), or undefined. `seen`: the sources looked
+   * at for the chunks before this one in the same block (a block's chunks
+   * mostly come from one blob: its descriptor is checked once per block,
+   * not once per chunk, about 10 us each; a snapshot a block old is no
+   * staler than one a chunk old can be by the time it is used).
+   */
+  async stored(hash: Uint8Array, size: number, from = 0, seen?: Map<string, Descriptor>): Promise<Extent[] | undefined> {
     for (const loc of this.#s.index.locations(hash)) {
       if (loc.size !== size) continue;
-      let d;
+      let d = seen?.get(loc.blob);
       try {
-        d = await this.source(loc.blob);
+        d ??= await this.source(loc.blob);
       } catch (e) {
         if (isCabError(e, 'ERR_NO_SUCH_BLOB')) continue;
         throw e;
       }
+      seen?.set(loc.blob, d);
       if (loc.offset + size > d.size || (d.damagedAt !== undefined && loc.offset + size > d.damagedAt)) continue;
       return [...d.extents.slice(loc.offset + from, size - from)];
     }

@@ -1,4 +1,5 @@
 import { GEAR } from './gear.js';
+import { DATA_AT, DATA_MAX, WASM_LANE, gearWasm } from './gear-wasm.js';
 import { resolveChunkerParams, type ChunkerParams, type ResolvedChunkerParams } from './params.js';
 
 /** The gear hash after the last `scan`, so that scan returns a plain integer. */
@@ -9,7 +10,7 @@ let scanFp = 0;
  * past the first byte where (fp & mask) == 0, or -1. Unrolled by four: a cut
  * is rare, so the loop is mostly the hash update and the compare.
  */
-function scan(p: Uint8Array, i: number, stop: number, mask: number, fp: number): number {
+function scan1(p: Uint8Array, i: number, stop: number, mask: number, fp: number): number {
   const gear = GEAR;
   let j = i;
   const stop4 = stop - 4;
@@ -34,6 +35,32 @@ function scan(p: Uint8Array, i: number, stop: number, mask: number, fp: number):
 }
 
 /**
+ * `scan1`'s answer, in about 60% of its time where WebAssembly runs. The
+ * update fp = (fp << 1) + g is one long chain of dependent steps, so one
+ * lane runs at the latency of two instructions per byte whatever the CPU
+ * could do besides. Since fp is 32 bits shifted left once per byte, it
+ * depends only on the last 32 bytes hashed: a lane started 32 bytes before
+ * a position has the exact fp there. So gear-wasm.ts hashes a window of
+ * four consecutive segments as four independent lanes at once (lanes 1-3
+ * warmed up on the 32 bytes before their segment; lane 0 goes on from
+ * `fp`), fp after the window being lane 3's, and stops at the first window
+ * in which any lane finds a cut. From there (and for the tail shorter than
+ * a window) `scan1` goes on one byte at a time and returns the first cut:
+ * the boundaries are exactly `scan1`'s. `inWasm`: the piece's bytes are in
+ * the module's memory, at the same offsets plus DATA_AT. (The same lanes in
+ * JavaScript ran no faster than `scan1`: each typed-array access there
+ * costs a bounds check.)
+ */
+function scan(p: Uint8Array, i: number, stop: number, mask: number, fp: number, inWasm: boolean): number {
+  let j = i;
+  if (inWasm && stop - j >= 4 * WASM_LANE) {
+    j = gearWasm!.lanes(DATA_AT + j, DATA_AT + stop, mask, fp) - DATA_AT;
+    fp = gearWasm!.fp.getInt32(0, true);
+  }
+  return scan1(p, j, stop, mask, fp);
+}
+
+/**
  * Streaming FastCDC (Xia et al., 2016) with normalized chunking (level 2) and
  * cut-point skipping.
  *
@@ -46,6 +73,8 @@ function scan(p: Uint8Array, i: number, stop: number, mask: number, fp: number):
  */
 export class Chunker {
   readonly params: ResolvedChunkerParams;
+  /** @internal Tests: scan in JavaScript alone even where WebAssembly runs (the two must cut alike). */
+  static jsOnly = false;
   /** Bytes of the current, unfinished chunk. */
   #pos = 0;
   #fp = 0;
@@ -64,8 +93,15 @@ export class Chunker {
    * chunk that ends inside this piece, in order, and returns `out`.
    */
   push(piece: Uint8Array, out: number[] = []): number[] {
+    if (piece.length > DATA_MAX && gearWasm) {
+      for (let o = 0; o < piece.length; o += DATA_MAX) this.push(piece.subarray(o, o + DATA_MAX), out);
+      return out;
+    }
     const { min, avg, max, maskS, maskL } = this.params;
     const n = piece.length;
+    // The bytes into WebAssembly's memory once (about 3% of the scan's time), when a window could fit.
+    const inWasm = gearWasm !== undefined && !Chunker.jsOnly && n >= 4 * WASM_LANE;
+    if (inWasm) gearWasm!.data.set(piece);
     let pos = this.#pos;
     let fp = this.#fp;
     let i = 0;
@@ -86,7 +122,7 @@ export class Chunker {
         stop = i + Math.min(max - pos, n - i);
         mask = maskL;
       }
-      const end = scan(piece, i, stop, mask, fp);
+      const end = scan(piece, i, stop, mask, fp, inWasm);
       fp = scanFp;
       const found = end >= 0;
       const j = found ? end : stop;

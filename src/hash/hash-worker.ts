@@ -7,6 +7,7 @@ import crypto from 'node:crypto';
 import { parentPort } from 'node:worker_threads';
 import { MerkleHasher, type MerkleState } from './merkle.js';
 import type { ToWorker } from './pool.js';
+import { threadCpuNs } from './thread-cpu.js';
 
 interface Held {
   bytes: Uint8Array;
@@ -27,6 +28,7 @@ interface Job {
 }
 
 const jobs = new Map<number, Job>();
+threadCpuNs(); // its descriptor opened now, with the thread: a writer's first block takes no file of its own
 const port = parentPort!;
 
 function errorOf(e: Error): { message: string; code?: string } {
@@ -37,6 +39,8 @@ function errorOf(e: Error): { message: string; code?: string } {
 interface Ack {
   n: number;
   buf?: ArrayBufferLike;
+  /** This thread's CPU time so far (threadCpuNs), on the answer to a block: the writer balances by it. */
+  cpu?: number;
 }
 
 /**
@@ -161,6 +165,7 @@ port.on('message', (m: ToWorker) => {
       const keep = m.hold !== undefined && job !== undefined && !job.error;
       if (keep) job.held.set(m.hold!, { bytes, back: m.back === true });
       const ack: Ack = !keep && m.back ? { n: m.len, buf: m.buf } : { n: m.len };
+      if (m.seq !== undefined) ack.cpu = threadCpuNs();
       if (m.seq !== undefined) reply(m.seq, job, () => out ?? null, ack);
       else port.postMessage({ t: 'ack', ...ack }, ack.buf ? [ack.buf as ArrayBuffer] : []);
       break;

@@ -34,7 +34,7 @@ export type ToWorker =
 type Request = 'written' | 'state' | 'digest' | 'open-chunk' | 'close';
 
 /** `n`: bytes of data the thread is done with (an ack), on an answer too. */
-type FromWorker = { t: 'ack'; n: number; buf?: ArrayBuffer } | { t: 'res'; seq: number; n?: number; buf?: ArrayBuffer; value?: unknown; error?: { message: string; code?: string } };
+type FromWorker = { t: 'ack'; n: number; buf?: ArrayBuffer } | { t: 'res'; seq: number; n?: number; buf?: ArrayBuffer; cpu?: number; value?: unknown; error?: { message: string; code?: string } };
 
 /** Bytes handed to the thread and not yet processed, before senders wait. */
 export const MAX_IN_FLIGHT = 16 * 1024 * 1024;
@@ -81,6 +81,8 @@ class HashThread {
   readonly #waiting = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
   #drained: Array<() => void> = [];
   #dead: Error | undefined;
+  /** The thread's CPU time (ns) as of its last answer to a block, if the system says. */
+  cpuNs: number | undefined;
 
   constructor() {
     this.#worker = startWorker();
@@ -97,6 +99,7 @@ class HashThread {
           return;
         }
       }
+      if (m.cpu !== undefined) this.cpuNs = m.cpu;
       const w = this.#waiting.get(m.seq);
       this.#waiting.delete(m.seq);
       if (this.#waiting.size === 0 && this.#inFlight === 0) this.#worker.unref();
@@ -291,6 +294,11 @@ export class HashJob {
 
   room(): Promise<void> {
     return this.#t.room();
+  }
+
+  /** The hashing thread's CPU time in ns as of its last answer to hashBlock (threadCpuNs), or undefined. */
+  get threadCpuNs(): number | undefined {
+    return this.#t.cpuNs;
   }
 
   /** Ends the job once the thread has done everything sent before (so its fd may be closed). */

@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { Readable } from 'node:stream';
@@ -15,6 +16,45 @@ function sh(cmd: string, env: Record<string, string> = {}): string {
   return execFileSync('sh', ['-c', cmd], { encoding: 'utf8', env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 64 << 20 });
 }
 
+/** CPU seconds (user + system) of each thread of this process so far, by thread id: /proc/self/task/TID/stat fields 14 and 15. */
+function threadCpu(): Map<number, number> {
+  const hz = 100; // USER_HZ: the unit of /proc's tick counts on Linux
+  const out = new Map<number, number>();
+  for (const tid of fs.readdirSync('/proc/self/task')) {
+    let f: string;
+    try {
+      f = fs.readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') continue; // a thread that ended meanwhile
+      throw e;
+    }
+    const fields = f.slice(f.lastIndexOf(')') + 2).split(' ');
+    out.set(Number(tid), (Number(fields[11]) + Number(fields[12])) / hz);
+  }
+  return out;
+}
+
+/** CPU seconds per GiB between two threadCpu() readings: the main thread, the busiest other thread (the hashing thread), and all the others (libuv's pool: reads and fsyncs; V8's: GC and compiling). */
+interface CpuSplit {
+  main: number;
+  hashing: number;
+  rest: number;
+}
+
+function cpuPerGiB(before: Map<number, number>, after: Map<number, number>, bytes: number): CpuSplit {
+  const perGiB = 2 ** 30 / bytes;
+  const others: number[] = [];
+  let main = 0;
+  for (const [tid, cpu] of after) {
+    const d = cpu - (before.get(tid) ?? 0);
+    if (tid === process.pid) main = d;
+    else others.push(d);
+  }
+  others.sort((a, b) => b - a);
+  const rest = others.slice(1).reduce((a, b) => a + b, 0);
+  return { main: main * perGiB, hashing: (others[0] ?? 0) * perGiB, rest: rest * perGiB };
+}
+
 /** Durable ingest of base, then of edited (store growth), beside cp+sync, casync make and borg create. */
 export async function benchIngest(ctx: BenchContext): Promise<void> {
   const size = ctx.sizeBytes;
@@ -24,22 +64,30 @@ export async function benchIngest(ctx: BenchContext): Promise<void> {
   const again: number[] = [];
   const againGrowth: number[] = [];
   const growth: number[] = [];
-  const put = async (store: BlobStore, file: string) => {
+  const cpuPut: CpuSplit[] = [];
+  const cpuAgain: CpuSplit[] = [];
+  const put = async (store: BlobStore, file: string, cpu?: CpuSplit[]) => {
+    const before = threadCpu();
     const w = await store.newBlobWriter();
     await w.appendBytes({ file });
     await w.close();
+    cpu?.push(cpuPerGiB(before, threadCpu(), size));
   };
+  const load = () => os.loadavg()[0]!.toFixed(1);
   for (let i = 0; i < ctx.runs; i++) {
     const root = path.join(ctx.workDir, `ingest-${i}`);
     dropCaches();
     const store = await BlobStore.open(root);
-    const [, secs] = await timeAsync(() => put(store, base));
+    const loadBefore = load();
+    const [, secs] = await timeAsync(() => put(store, base, cpuPut));
     ours.push(size / MB / secs);
     // The same file again: every chunk is known (dedup), from a cold page cache as the first.
     const had = du(path.join(root, 'cas'));
     dropCaches();
-    again.push(size / MB / (await timeAsync(() => put(store, base)))[1]);
+    again.push(size / MB / (await timeAsync(() => put(store, base, cpuAgain)))[1]);
     againGrowth.push(du(path.join(root, 'cas')) - had);
+    const split = (c: CpuSplit) => `main ${c.main.toFixed(2)} + hashing ${c.hashing.toFixed(2)} + other threads ${c.rest.toFixed(2)} s/GiB`;
+    ctx.log(`run ${i + 1} (load ${loadBefore} -> ${load()}): put ${ours.at(-1)!.toFixed(0)} MB/s, ${split(cpuPut.at(-1)!)}; again ${again.at(-1)!.toFixed(0)} MB/s, ${split(cpuAgain.at(-1)!)}`);
     const before = du(path.join(root, 'cas'));
     const w = await store.newBlobWriter();
     await w.appendBytes({ file: edited });
@@ -59,6 +107,13 @@ export async function benchIngest(ctx: BenchContext): Promise<void> {
   ctx.rows.push({ ...row, metric: 'put base, durable', ours: median(ours), peer: 'cp + sync', peerValue: median(cp), target: '>= 600 MB/s' });
   ctx.rows.push({ ...row, metric: 'put base again (all chunks known)', ours: median(again), target: '>= 1000 MB/s' });
   ctx.rows.push({ case: label, metric: 'put base again: fragment bytes added', unit: 'MB', ours: median(againGrowth) / MB, higherIsBetter: false, target: '0' });
+  // CPU per GiB, every thread of this process: what load on the machine does not change as much as it changes wall time.
+  for (const [what, xs] of [['put base', cpuPut], ['put base again', cpuAgain]] as const) {
+    const cpu = { case: label, unit: 's', higherIsBetter: false };
+    ctx.rows.push({ ...cpu, metric: `${what}: CPU per GiB, all threads`, ours: median(xs.map((c) => c.main + c.hashing + c.rest)) });
+    ctx.rows.push({ ...cpu, metric: `${what}: CPU per GiB, main thread`, ours: median(xs.map((c) => c.main)) });
+    ctx.rows.push({ ...cpu, metric: `${what}: CPU per GiB, hashing thread`, ours: median(xs.map((c) => c.hashing)) });
+  }
 
   // casync: same chunk sizes, into a chunk store (zstd: casync cannot store uncompressed)
   if (hasTool('casync')) {
