@@ -4,7 +4,6 @@ import https from 'node:https';
 import type { Readable } from 'node:stream';
 import type * as S3 from '@aws-sdk/client-s3';
 import { CabError, type CabErrorData } from '../errors.js';
-import { signGet, type SignedGet, type SigningKeys } from './sigv4.js';
 import { s3Error, transient } from './s3-error.js';
 
 /** How to reach a bucket. */
@@ -50,6 +49,15 @@ const SERVER_SIDE = new Set(['UnknownError', 'InternalError', 'ServiceUnavailabl
 let sdk: Promise<typeof S3> | undefined;
 /** The SDK is loaded by the first store that uses a bucket: a store without one never loads it. */
 const loadSdk = (): Promise<typeof S3> => (sdk ??= import('@aws-sdk/client-s3'));
+let presigner: Promise<typeof import('@aws-sdk/s3-request-presigner')> | undefined;
+/** How long a signed GET stays valid: it is sent at once, and tried again at most a few seconds later. */
+const SIGNED_FOR_S = 15 * 60;
+
+/** A GET ready to send without the SDK: its URL (signed, in its query) and the headers to send with it. */
+export interface SignedGet {
+  url: string;
+  headers: Record<string, string>;
+}
 
 /** Bytes and requests that went to and came from the server, for the bench and the tests. */
 export interface ObjectStoreStats {
@@ -264,21 +272,21 @@ export class ObjectStore {
   }
 
   /**
-   * A GET of `key` signed for sending without the SDK (the fetching
-   * thread's: disk/fetch-worker.ts), with the credentials the SDK resolves.
-   * Counted as a request.
+   * A GET of `key` for sending without the SDK (the fetching thread's:
+   * disk/fetch-worker.ts): a URL presigned by the SDK's presigner (AWS
+   * Signature Version 4 in the query, with the credentials, endpoint and
+   * clock correction the SDK resolves). Counted as a request.
    */
   async signedGet(key: string): Promise<SignedGet> {
-    let keys: SigningKeys;
+    let url: string;
     try {
-      keys = await this.#client.config.credentials();
+      const { getSignedUrl } = await (presigner ??= import('@aws-sdk/s3-request-presigner'));
+      url = await getSignedUrl(this.#client, new this.#s3.GetObjectCommand({ Bucket: this.bucket, Key: key }), { expiresIn: SIGNED_FOR_S });
     } catch (e) {
       throw s3Error(e, `signing a read of ${key}`, { bucket: this.bucket, key });
     }
     this.stats.requests++;
-    // The SDK's correction of this clock against the server's (learnt from a RequestTimeTooSkewed), as it signs.
-    const now = new Date(Date.now() + (this.#client.config.systemClockOffset ?? 0));
-    return signGet(this.endpoint, this.region, this.bucket, key, keys, undefined, now);
+    return { url, headers: { host: new URL(url).host } };
   }
 
   /** An object's size and time; undefined only if the bucket exists and the object does not. */
