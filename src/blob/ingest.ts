@@ -249,9 +249,11 @@ export class Ingest {
     this.#queuedBytes -= b.size;
     const writes: number[] = [];
     try {
+      // Every hash known, no verdict to hear (a pull's checked chunks): no wait for the answer, which queues behind this loop's work.
+      const needed = b.claimed || b.chunks.some((c) => c.known === undefined);
       const t = performance.now();
-      const hashes = await b.hashes;
-      if (steady) this.#waitMs = 0.75 * this.#waitMs + 0.25 * (performance.now() - t);
+      const hashes = needed ? await b.hashes : new Uint8Array(0);
+      if (steady && needed) this.#waitMs = 0.75 * this.#waitMs + 0.25 * (performance.now() - t);
       // A claimed block: the chunks the hashing thread accepted; the first it did not ends the blob.
       const n = b.claimed ? new DataView(hashes.buffer, hashes.byteOffset, 4).getUint32(0, true) : b.chunks.length;
       for (let i = 0; i < n; i++) {
