@@ -2,7 +2,7 @@ import { CabError } from '../errors.js';
 import { bytesEqual, sha256, toHex } from '../hash/sha256.js';
 import type { BlobWriter } from '../blob/writer.js';
 import type { ChunkRef } from '../store.js';
-import type { GetItem } from './messages.js';
+import { MAX_GET_ITEMS, type GetItem } from './messages.js';
 import { getBytes } from './remote.js';
 import type { TransferStats } from './stats.js';
 import { throwIfAborted } from './abort.js';
@@ -130,7 +130,8 @@ export class FetchWindow {
   /** Queues a chunk; asks for a batch once it is full. */
   async fetch(c: ChunkRef): Promise<void> {
     const most = Math.min(getBytes(this.set.view), Math.max(MIN_GET_BYTES, this.#lanes.limit / 4));
-    if (this.#batch.length && this.#batchBytes + c.size > most) await this.#launch();
+    // Within the peer's item limit too: tiny chunks (a peer that cuts elsewhere) fill a get's bytes only past it.
+    if (this.#batch.length && (this.#batchBytes + c.size > most || this.#batch.length >= MAX_GET_ITEMS)) await this.#launch();
     this.#batch.push(c);
     this.#batchBytes += c.size;
   }
