@@ -113,9 +113,9 @@ export class BlobBytes {
     if (p < end) await readExtents(this.#files, this.#extents, buf.subarray(p - pos), p);
   }
 
-  /** Fills buf with blob bytes [pos, pos + buf.length) as they are on disk, unchecked. */
-  readUnchecked(buf: Uint8Array, pos: number): Promise<void> {
-    return readExtents(this.#files, this.#extents, buf, pos);
+  /** Fills buf with blob bytes [pos, pos + buf.length) as they are on disk, unchecked (`now`: see readExtents). */
+  readUnchecked(buf: Uint8Array, pos: number, now = false): Promise<void> {
+    return readExtents(this.#files, this.#extents, buf, pos, now);
   }
 
   /**
