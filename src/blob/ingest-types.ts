@@ -50,6 +50,13 @@ export interface Claimed {
   checked?: boolean;
 }
 
+/** Adds fragment bytes [offset, offset + size) to `into`, growing its last extent when they follow it. */
+export function pushExtent(into: NewExtent[], frag: string | null, offset: number, size: number): void {
+  const last = into[into.length - 1];
+  if (last && last.frag === frag && last.offset + last.size === offset) last.size += size;
+  else into.push({ frag, offset, size });
+}
+
 /** Pushes to `into` the parts of bytes [off, off + len) of block `hold`: new bytes, or references where `ref` says they are stored. */
 export function pushParts(into: Part[], hold: number, off: number, len: number, ref: BlockSource | BlockRefs | undefined): void {
   if (len === 0) return;

@@ -6,7 +6,7 @@ import { sha256, toHex } from '../hash/sha256.js';
 import { FragmentWriter, type FragmentFiles } from '../disk/fragments.js';
 import type { Descriptor } from '../format/descriptor.js';
 import type { Extent } from '../format/extents.js';
-import { pushParts, restoreTail, type BlockRefs, type BlockSource, type Claimed, type CutChunk, type NewExtent, type PendingBlock, type Part, type Taken } from './ingest-types.js';
+import { pushExtent, pushParts, restoreTail, type BlockRefs, type BlockSource, type Claimed, type CutChunk, type NewExtent, type PendingBlock, type Part, type Taken } from './ingest-types.js';
 import type { StoreInternals } from './context.js';
 import { HashShare } from './ingest-share.js';
 import type { WriterPins } from './pins.js';
@@ -52,7 +52,8 @@ export class Ingest {
   readonly #share: HashShare;
   /** A chunk failed its claimed hash (see feed): the blob ends before it, and nothing more is taken. */
   #refusal: CabError | undefined;
-
+  /** The hashing thread's failure on a block whose answer was not waited for (#decide). */
+  #unheard: unknown;
   #newExtents: NewExtent[] = [];
   #newChunks: Array<[Uint8Array, number]> = [];
   #frag: FragmentWriter | null = null;
@@ -246,14 +247,18 @@ export class Ingest {
   }
 
   /** The chunks that ended in a block, by their hashes; then the block's new bytes are written and it goes. */
-  /** `steady`: one block behind (feed), where a wait means the hashing thread is behind; a drain waits for the last block in any case. */
+  /** `steady`: one block behind (feed); a drain waits for the last block, so for all (answers come in order): #unheard fails it. */
   async #decide(b: PendingBlock, steady = false): Promise<void> {
     this.#queuedBytes -= b.size;
     const writes: number[] = [];
     try {
+      // Every hash known, no verdict to hear (a pull's checked chunks): no wait for the answer, which queues behind this loop's work.
+      const needed = b.claimed || b.chunks.some((c) => c.known === undefined);
       const t = performance.now();
-      const hashes = await b.hashes;
-      if (steady) this.#share.waited(performance.now() - t);
+      const hashes = needed || !steady ? await b.hashes : new Uint8Array(0);
+      if (!needed) b.hashes.catch((e: unknown) => void (this.#unheard ??= e));
+      if (!steady && this.#unheard !== undefined) throw this.#unheard;
+      if (steady && needed) this.#share.waited(performance.now() - t);
       // A claimed block: the chunks the hashing thread accepted; the first it did not ends the blob.
       const n = b.claimed ? new DataView(hashes.buffer, hashes.byteOffset, 4).getUint32(0, true) : b.chunks.length;
       const seen = new Map<string, Descriptor>();
@@ -330,9 +335,7 @@ export class Ingest {
   }
 
   #pushExtent(frag: string | null, offset: number, size: number): void {
-    const last = this.#newExtents[this.#newExtents.length - 1];
-    if (last && last.frag === frag && last.offset + last.size === offset) last.size += size;
-    else this.#newExtents.push({ frag, offset, size });
+    pushExtent(this.#newExtents, frag, offset, size);
   }
 
   /**
@@ -362,10 +365,7 @@ export class Ingest {
     return taken;
   }
 
-  /**
-   * For a caller that appends many pieces and asks for the hash once (a
-   * transfer): appends stop waiting for the hashing thread (see settle).
-   */
+  /** For a caller that appends many pieces and asks for the hash once (a transfer): appends stop waiting for the hashing thread (see settle). */
   deferHash(): void {
     this.#deferHash = true;
   }

@@ -257,16 +257,17 @@ export class BlobReader {
    * not checked against their chunk hashes: for a sender whose receiver
    * checks every byte against the hash it asked for (a transfer's `get`),
    * so that the bytes are hashed once on their way, not twice. Damaged
-   * ranges are refused as by readAt (ERR_BLOB_DAMAGED).
+   * ranges are refused as by readAt (ERR_BLOB_DAMAGED). `now`: fragments
+   * already open are read by a blocking read (FragmentFiles.read).
    */
-  async readUnchecked(buf: Uint8Array, position: number): Promise<void> {
+  async readUnchecked(buf: Uint8Array, position: number, now = false): Promise<void> {
     this.#check();
     if (position + buf.length > this.size) {
       throw new CabError('ERR_ILLEGAL_POSITION', `blob ${this.name} ends at ${this.size}, before ${position + buf.length}`, { blob: this.name, offset: position, expected: this.size });
     }
     const clean = this.#undamaged(position, buf.length);
     if (clean < buf.length) this.#undamaged(position + clean, 1); // throws: the damage there
-    await this.#view.bytes.readUnchecked(buf, position);
+    await this.#view.bytes.readUnchecked(buf, position, now);
   }
 
   /** Reads from the seek position and advances it. */

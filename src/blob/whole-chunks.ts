@@ -40,7 +40,8 @@ export async function takeWholeChunks(
     if (groupBytes === 0) return;
     const start = offset + taken;
     const buf = Buffer.allocUnsafe(groupBytes);
-    await readExtents(files, src.extents, buf, start);
+    // Read at once if the fragment is open: the next step waits for these bytes (a pull lands its local ranges one after another).
+    await readExtents(files, src.extents, buf, start, true);
     await ingest.addWhole(src.extents.slice(start, groupBytes), group, buf);
     taken += groupBytes;
     group = [];

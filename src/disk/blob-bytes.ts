@@ -11,14 +11,15 @@ const PREFETCH = 16 * 1024 * 1024;
  * Reads blob bytes [pos, pos + buf.length) through the extents into buf,
  * unchecked. Fragments fetched from a bucket: the ones the next PREFETCH
  * bytes need start coming now, so a sequential reader does not wait at
- * each fragment's start.
+ * each fragment's start. `now`: fragments already open are read by a
+ * blocking read (see FragmentFiles.read).
  */
-export async function readExtents(files: FragmentFiles, extents: ExtentMap, buf: Uint8Array, pos: number): Promise<void> {
+export async function readExtents(files: FragmentFiles, extents: ExtentMap, buf: Uint8Array, pos: number, now = false): Promise<void> {
   let at = 0;
   const end = pos + buf.length;
   if (files.remote && end < extents.size) for (const e of extents.slice(end, PREFETCH)) files.prefetch(e.frag);
   for (const e of extents.slice(pos, buf.length)) {
-    await files.read(e.frag, buf, at, e.size, e.offset);
+    await files.read(e.frag, buf, at, e.size, e.offset, now);
     at += e.size;
   }
 }
@@ -112,9 +113,9 @@ export class BlobBytes {
     if (p < end) await readExtents(this.#files, this.#extents, buf.subarray(p - pos), p);
   }
 
-  /** Fills buf with blob bytes [pos, pos + buf.length) as they are on disk, unchecked. */
-  readUnchecked(buf: Uint8Array, pos: number): Promise<void> {
-    return readExtents(this.#files, this.#extents, buf, pos);
+  /** Fills buf with blob bytes [pos, pos + buf.length) as they are on disk, unchecked (`now`: see readExtents). */
+  readUnchecked(buf: Uint8Array, pos: number, now = false): Promise<void> {
+    return readExtents(this.#files, this.#extents, buf, pos, now);
   }
 
   /**

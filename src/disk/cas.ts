@@ -1,4 +1,5 @@
 import fs from 'node:fs/promises';
+import { read as fdRead, readSync as fdReadSync } from 'node:fs';
 import { CabError, ioError } from '../errors.js';
 import type { Layout } from '../format/layout.js';
 import type { BucketLayout } from '../bucket/keys.js';
@@ -10,6 +11,8 @@ import { Download, missingIfAbsent } from './download.js';
 export interface FragmentHandle {
   /** Reads up to `len` bytes at `pos`; fewer only at the end, 0 past it. */
   read(buf: Uint8Array, off: number, len: number, pos: number): Promise<number>;
+  /** The same, blocking (a file in cas/ only): for a caller whose next step waits on the read anyway (see FragmentFiles.read). */
+  readSync?(buf: Uint8Array, off: number, len: number, pos: number): number;
   close(): Promise<void>;
 }
 
@@ -52,10 +55,7 @@ export class Cas {
       return this.#fetch(id);
     }
     this.remote?.cache.touch(id);
-    return {
-      read: async (buf, off, len, pos) => (await fh.read(buf, off, len, pos)).bytesRead,
-      close: () => fh.close(),
-    };
+    return localFragment(fh);
   }
 
   async #fetch(id: string): Promise<FragmentHandle> {
@@ -118,4 +118,42 @@ export class Cas {
   added(id: string, size: number): void {
     this.remote?.cache.add(id, size);
   }
+}
+
+/**
+ * A fragment file read with fs.read on its fd rather than FileHandle.read:
+ * the promise API costs the calling thread about twice as much per call
+ * (50 against 25 us measured on this VM), and a pull or a serve reads once
+ * per chunk. Reads under way are counted, so that close waits for them, as
+ * FileHandle.close does (an fd closed under a read could be reused by the
+ * next open, and the read would land in another file).
+ */
+function localFragment(fh: fs.FileHandle): FragmentHandle {
+  let reading = 0;
+  let idle: (() => void) | undefined;
+  let closed = false;
+  const done = () => {
+    if (--reading === 0) idle?.();
+  };
+  return {
+    read: (buf, off, len, pos) =>
+      new Promise<number>((resolve, reject) => {
+        if (closed) return reject(Object.assign(new Error('EBADF: the fragment file is closed'), { code: 'EBADF', errno: -9 }));
+        reading++;
+        fdRead(fh.fd, buf, off, len, pos, (e, n) => {
+          done();
+          if (e) reject(e);
+          else resolve(n);
+        });
+      }),
+    readSync(buf, off, len, pos) {
+      if (closed) throw Object.assign(new Error('EBADF: the fragment file is closed'), { code: 'EBADF', errno: -9 });
+      return fdReadSync(fh.fd, buf, off, len, pos);
+    },
+    async close() {
+      closed = true;
+      if (reading > 0) await new Promise<void>((r) => (idle = r));
+      await fh.close();
+    },
+  };
 }

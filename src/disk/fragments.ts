@@ -114,6 +114,8 @@ export class FragmentWriter {
 export class FragmentFiles {
   readonly #cas: Cas;
   readonly #open = new Map<string, Promise<FragmentHandle>>();
+  /** The handles of #open that have opened, for a blocking read (read with `now`). */
+  readonly #ready = new Map<string, FragmentHandle>();
   readonly #max: number;
   #closed = false;
 
@@ -135,12 +137,18 @@ export class FragmentFiles {
     if (this.#open.size >= this.#max) {
       const [oldest, p] = this.#open.entries().next().value as [string, Promise<FragmentHandle>];
       this.#open.delete(oldest);
+      this.#ready.delete(oldest);
       p.then((fh) => fh.close()).catch(() => {});
     }
-    h = this.#cas.open(frag);
-    h.catch(() => this.#open.delete(frag));
-    this.#open.set(frag, h);
-    return h;
+    const opening = this.#cas.open(frag);
+    opening.then(
+      (fh) => {
+        if (this.#open.get(frag) === opening) this.#ready.set(frag, fh);
+      },
+      () => this.#open.delete(frag),
+    );
+    this.#open.set(frag, opening);
+    return opening;
   }
 
   /** Whether fragments may come from a bucket (then a read starts fetching the ones that follow: prefetch). */
@@ -153,12 +161,28 @@ export class FragmentFiles {
     if (!this.#closed && !this.#open.has(frag)) this.#handle(frag).catch(() => {}); // the read that needs it sees the failure
   }
 
-  /** Reads exactly `len` bytes of fragment `frag` at `position` into buf[off..]. */
-  async read(frag: string, buf: Uint8Array, off: number, len: number, position: number): Promise<void> {
-    const fh = await this.#handle(frag);
+  /**
+   * Reads exactly `len` bytes of fragment `frag` at `position` into buf[off..].
+   * `now`: if the fragment is open already and in cas/, by a blocking read.
+   * For a chain of steps that each wait on their read (a pull's writer
+   * taking local ranges): an asynchronous read's completion waits its turn
+   * behind everything else the event loop has to do, measured at 1.7-2.4 ms
+   * for 640 KiB from the page cache during a pull, against about 0.1 ms
+   * read at once.
+   */
+  async read(frag: string, buf: Uint8Array, off: number, len: number, position: number, now = false): Promise<void> {
+    const ready = now && !this.#closed ? this.#ready.get(frag) : undefined;
+    let fh: FragmentHandle;
+    if (ready?.readSync) {
+      // Its place in the LRU order, as #handle would refresh it.
+      const h = this.#open.get(frag)!;
+      this.#open.delete(frag);
+      this.#open.set(frag, h);
+      fh = ready;
+    } else fh = await this.#handle(frag);
     let done = 0;
     while (done < len) {
-      const bytesRead = await fh.read(buf, off + done, len - done, position + done);
+      const bytesRead = ready?.readSync ? ready.readSync(buf, off + done, len - done, position + done) : await fh.read(buf, off + done, len - done, position + done);
       if (bytesRead === 0) {
         throw new CabError('ERR_FRAGMENT_MISSING', `fragment ${frag} is shorter than its extents`, {
           fragment: frag,
@@ -174,6 +198,7 @@ export class FragmentFiles {
     this.#closed = true;
     const all = [...this.#open.values()];
     this.#open.clear();
+    this.#ready.clear();
     await Promise.all(all.map((p) => p.then((fh) => fh.close()).catch(() => {})));
   }
 }

@@ -2,10 +2,10 @@ import { CabError } from '../errors.js';
 import { bytesEqual, sha256, toHex } from '../hash/sha256.js';
 import type { BlobWriter } from '../blob/writer.js';
 import type { ChunkRef } from '../store.js';
-import type { GetItem } from './messages.js';
+import { MAX_GET_ITEMS, type GetItem } from './messages.js';
 import { getBytes } from './remote.js';
 import type { TransferStats } from './stats.js';
-import { orAbort, throwIfAborted } from './abort.js';
+import { throwIfAborted } from './abort.js';
 import { recycledBuffer, RECYCLED_BYTES } from '../hash/pool.js';
 import { isSourceFault, type SourceEntry, type SourceSet } from './sources.js';
 import type { ChunkerParams } from '../chunker/params.js';
@@ -109,16 +109,29 @@ export class FetchWindow {
     this.#lanes = new Lanes(set);
     this.#chunker = set.view.chunker;
     this.#check = !(set.solo && this.#chunker);
-    this.#unlisten = set.listen((dropped) => {
+    const unlisten = set.listen((dropped) => {
       if (dropped) this.#orphan(dropped);
       this.#poke();
     });
+    // One listener for the window's life rather than one per wait (#step waits once per frame landed).
+    const onAbort = () => this.#poke();
+    signal?.addEventListener('abort', onAbort, { once: true });
+    this.#unlisten = () => {
+      unlisten();
+      signal?.removeEventListener('abort', onAbort);
+    };
+  }
+
+  /** The transfer is over: the window stops listening to the set and the signal. */
+  close(): void {
+    this.#unlisten();
   }
 
   /** Queues a chunk; asks for a batch once it is full. */
   async fetch(c: ChunkRef): Promise<void> {
     const most = Math.min(getBytes(this.set.view), Math.max(MIN_GET_BYTES, this.#lanes.limit / 4));
-    if (this.#batch.length && this.#batchBytes + c.size > most) await this.#launch();
+    // Within the peer's item limit too: tiny chunks (a peer that cuts elsewhere) fill a get's bytes only past it.
+    if (this.#batch.length && (this.#batchBytes + c.size > most || this.#batch.length >= MAX_GET_ITEMS)) await this.#launch();
     this.#batch.push(c);
     this.#batchBytes += c.size;
   }
@@ -331,11 +344,10 @@ export class FetchWindow {
       // A head get may become worth stealing with nothing else happening: look again in a while.
       if (this.#lanes.live.length > 1) timer = setTimeout(r, STEAL_AFTER_MS / 4);
     });
-    try {
-      await orAbort(woken, this.signal, this.name);
-    } finally {
-      clearTimeout(timer);
-    }
+    // An abort wakes it too (the constructor's listener pokes).
+    await woken;
+    clearTimeout(timer);
+    throwIfAborted(this.signal, this.name);
   }
 
   /** Throws the failure once what landed is written. */

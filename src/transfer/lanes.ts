@@ -98,6 +98,8 @@ function before(a: Lane, b: Lane): boolean {
  */
 export class Lanes {
   readonly #lanes = new Map<SourceEntry, Lane>();
+  #liveOf: readonly SourceEntry[] | undefined;
+  #live: readonly Lane[] = [];
   #load = performance.eventLoopUtilization();
   #loadAt = performance.now();
   #wasBusy = false;
@@ -110,8 +112,14 @@ export class Lanes {
     return l;
   }
 
-  get live(): Lane[] {
-    return this.set.live.map((e) => this.lane(e));
+  /** The live sources' lanes: one array while the set's live sources stay the same. */
+  get live(): readonly Lane[] {
+    const entries = this.set.live;
+    if (entries !== this.#liveOf) {
+      this.#liveOf = entries;
+      this.#live = entries.map((e) => this.lane(e));
+    }
+    return this.#live;
   }
 
   /**

@@ -125,7 +125,7 @@ export async function receiveBlob(store: BlobStore, sources: SourceSet, name: st
  * counts as accessed. The blob is durable by now; a full disk that stops this
  * bookkeeping must not turn the transfer into a failure (nor every retry).
  */
-async function noteSources(store: BlobStore, name: string, peers: Array<{ label: string; tokenName?: string | undefined }>): Promise<void> {
+async function noteSources(store: BlobStore, name: string, peers: ReadonlyArray<{ label: string; tokenName?: string | undefined }>): Promise<void> {
   try {
     // Partial updates: a concurrent change to the blob's other fields (its owner shares, say) is kept.
     const now = new Date();

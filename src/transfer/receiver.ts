@@ -158,6 +158,7 @@ export class Receiver {
   }
 
   closeReaders(): Promise<void> {
+    this.#window.close();
     return this.#files.close();
   }
 

@@ -233,14 +233,16 @@ export class Serving {
       await turn;
       const { items } = m;
       // Every item is found before anything is sent: a get naming a chunk not here, or a range outside one, is answered `err` alone.
-      for (const [h, off, len] of items) await this.#locate(h, off, len);
+      // Found once: each item is read where it was found (the readers are pinned), not looked up again.
+      const found: Array<{ r: BlobReader; at: number }> = [];
+      for (const [h, off, len] of items) found.push(await this.#locate(h, off, len));
       let i = 0;
       do {
         let j = i + 1;
         let bytes = items[i]?.[2] ?? 0;
         while (j < items.length && bytes + items[j]![2] <= DATA_FRAME_BYTES) bytes += items[j++]![2];
         j = Math.min(j, items.length);
-        await this.#sendData(m.id, items.slice(i, j), j === items.length, bytes);
+        await this.#sendData(m.id, items.slice(i, j), found.slice(i, j), j === items.length, bytes);
         i = j;
       } while (i < items.length);
     } finally {
@@ -249,7 +251,7 @@ export class Serving {
   }
 
   /** One `data` frame of a get: its bytes held, read in place, sent; given back once it has left. */
-  async #sendData(id: number, items: GetItem[], end: boolean, bytes: number): Promise<void> {
+  async #sendData(id: number, items: GetItem[], found: Array<{ r: BlobReader; at: number }>, end: boolean, bytes: number): Promise<void> {
     const mine = await this.#ahead.take(bytes);
     const shared = await this.#c.getBudget.take(bytes);
     let buf: Buffer | undefined;
@@ -268,7 +270,12 @@ export class Serving {
       const alloc = (size: number) => (buf = this.#spareFor(size) ?? Buffer.allocUnsafeSlow(Math.ceil(size / FRAME_STEP) * FRAME_STEP));
       const { frame, at } = encodeDataFrame(id, items.map((it) => it[2]), end, alloc);
       // Every read ends before the frame's memory can go back (and be read into for another frame).
-      const reads = await Promise.allSettled(items.map(([h, off, len], k) => this.#readChunk(h, off, len, frame.subarray(at[k]!, at[k]! + len))));
+      // As they are on disk: the receiver checks every item against the hash it asked for (bytes hashed once on
+      // their way, not also here), and #locate passed over recorded damage.
+      // Read at once where the fragment is open (a frame is at most DATA_FRAME_BYTES, or one chunk): each
+      // asynchronous read woke a thread-pool thread and waited for its callback, which cost the server's
+      // thread more than the copy from the page cache.
+      const reads = await Promise.allSettled(items.map(([, , len], k) => found[k]!.r.readUnchecked(frame.subarray(at[k]!, at[k]! + len), found[k]!.at, true)));
       for (const r of reads) if (r.status === 'rejected') throw r.reason;
       await this.#c.sendFrame(frame, release);
       this.account.bytesSent += bytes;
@@ -320,18 +327,6 @@ export class Serving {
     const [b] = this.#spare.splice(k, 1);
     this.#spareBytes -= b!.length;
     return b;
-  }
-
-  /**
-   * Bytes [off, off + len) of the chunk with this hash into `into`, as they
-   * are on disk: for a `get`, whose receiver checks every item against the
-   * hash it asked for, so that the bytes are hashed once on their way and
-   * not also here (client and server may share the cores). A location in
-   * damage fsck recorded is passed over.
-   */
-  async #readChunk(hash: Uint8Array, off: number, len: number, into: Uint8Array): Promise<void> {
-    const { r, at } = await this.#locate(hash, off, len);
-    await r.readUnchecked(into, at);
   }
 
   /** Where the chunk with this hash is held here: an open reader of a blob holding it (undamaged there), and the range's offset in it. */

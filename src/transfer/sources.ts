@@ -166,6 +166,7 @@ export class SourceSet {
   #checked = performance.now();
   #view: RemoteSource | undefined;
   #solo = false;
+  #live: readonly SourceEntry[] | undefined;
 
   constructor(readonly o: SourceSetOptions) {
     this.#solo = o.solo === true;
@@ -212,8 +213,9 @@ export class SourceSet {
     this.#refused.push({ source: label, receivedBytes: 0, chunks: 0, dropped: { code: why.code, message: why.message } });
   }
 
-  get live(): SourceEntry[] {
-    return this.#entries.filter((e) => !e.dropped);
+  /** The sources not dropped, in the order added: one array until the set changes (asked for on every landed frame). */
+  get live(): readonly SourceEntry[] {
+    return (this.#live ??= this.#entries.filter((e) => !e.dropped));
   }
 
   /** Sources still connecting. */
@@ -248,6 +250,7 @@ export class SourceSet {
   }
 
   #changed(dropped: SourceEntry | undefined): void {
+    this.#live = undefined;
     for (const f of this.#listeners) f(dropped);
     const w = this.#waiters;
     this.#waiters = [];

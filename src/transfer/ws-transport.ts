@@ -31,6 +31,15 @@ export function wsTransport(ws: WebSocket, count: WireCount, options: WsTranspor
     options.onStall?.(new CabError('ERR_IDLE_TIMEOUT', `the peer took none of our data for ${drainMs} ms`));
     ws.terminate();
   };
+  // Frames sent in one turn of the event loop leave in one write: the socket is corked at the first and
+  // uncorked once the turn's callbacks have run (setImmediate). A pull sends a burst of requests per run
+  // matched, and a server a burst of data frames per get; each frame was a writev of its own.
+  const socket = (ws as unknown as { _socket?: { cork(): void; uncork(): void; destroyed?: boolean } })._socket;
+  let corked = false;
+  const uncork = () => {
+    corked = false;
+    if (socket && !socket.destroyed) socket.uncork();
+  };
   const written = () => {
     if (--unwritten === 0) clearTimeout(stall);
     else stall?.refresh();
@@ -45,6 +54,11 @@ export function wsTransport(ws: WebSocket, count: WireCount, options: WsTranspor
           stall.unref();
         }
         let waiting = false;
+        if (!corked && socket) {
+          corked = true;
+          socket.cork();
+          setImmediate(uncork);
+        }
         ws.send(frame, { binary: true }, (err) => {
           written();
           o?.onWritten?.();
