@@ -106,7 +106,7 @@ test('GET ?follow=1 of a blob whose writer is quiet for longer than idleTimeoutM
 
 test.serial('tus expiry: an upload whose PATCH was just answered 204 is not swept by the expiry pass that was already under way', async (t) => {
   const store = await tempStore(t);
-  const EXPIRY = 4000;
+  const EXPIRY = 10_000;
   const { base } = await served(t, store, { uploadExpiryMs: EXPIRY });
   // Abandoned uploads, named to sort first (made before the clock starts: each costs a few fsyncs).
   const others: string[] = [];
@@ -137,7 +137,7 @@ test.serial('tus expiry: an upload whose PATCH was just answered 204 is not swep
   for (const name of others) await store.tables.uploads.set(name, { length: 1000, metadata: {}, touched });
   t.true(Date.now() - touched.getTime() < EXPIRY, 'set up before the victim expired (a slow machine: raise EXPIRY)');
   // The sweep has begun: the first of the others is gone. Now the PATCH ends.
-  const deadline = Date.now() + 20_000;
+  const deadline = Date.now() + 40_000;
   while (fs.existsSync(store.layout.descriptor(others[0]!)) && Date.now() < deadline) await new Promise((r) => setImmediate(r));
   const left = others.filter((n) => fs.existsSync(store.layout.descriptor(n))).length;
   ctl.enqueue(crypto.randomBytes(1000));
