@@ -26,7 +26,10 @@ export interface StreamOptions {
   start?: number;
   /** End, exclusive (default, and at most: the blob's size; Infinity: to the end). */
   end?: number;
-  /** Bytes buffered ahead of the consumer (default 2 MiB). */
+  /**
+   * Bytes the stream buffers for its consumer (default 1: one block at a time, handed out as read, never
+   * joined with the next; reads of the next two blocks are under way meanwhile, whatever this is).
+   */
   highWaterMark?: number;
   /** Aborting it destroys the stream with ERR_ABORTED (at once if it has already fired). */
   signal?: AbortSignal;
@@ -308,7 +311,8 @@ export class BlobReader {
     for (const [k, v] of [['start', start], ['end', asked]] as const) {
       if (!Number.isSafeInteger(v) || v < 0) throw new CabError('ERR_NEGATIVE_POSITION', `${k} ${String(v)} is not a non-negative integer`, { blob: this.name });
     }
-    const hwm = options.highWaterMark ?? 2 * STREAM_BLOCK;
+    // One block buffered: a consumer's read() (for await, in particular) takes it as it is; two would be joined, a copy of every byte.
+    const hwm = options.highWaterMark ?? 1;
     if (!Number.isSafeInteger(hwm) || hwm < 1) throw new CabError('ERR_BAD_ARGUMENT', `highWaterMark must be a positive integer, not ${String(hwm)}`, { blob: this.name });
     // Only an end given can come before the start: the default end, the blob's size, cuts like any other.
     if (!toEnd && start > asked) throw new CabError('ERR_ILLEGAL_POSITION', `range [${start}, ${asked}) ends before it starts`, { blob: this.name, offset: start });
