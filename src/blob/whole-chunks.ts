@@ -3,10 +3,18 @@ import type { FragmentFiles } from '../disk/fragments.js';
 import type { Descriptor } from '../format/descriptor.js';
 import type { StoreInternals } from './context.js';
 import type { BlockSource, Ingest } from './ingest.js';
+import { setImmediate as nextTurn } from 'node:timers/promises';
 import { READ_BLOCK, readBlocks } from './input.js';
 
 /** Chunks are read from the index a page at a time. */
 const PAGE = 1024;
+/**
+ * Bytes taken between turns of the event loop. Reads of open fragments
+ * block and blocks whose hashes are known are not waited for, so without a
+ * turn now and then a long range would hold the loop: no other connection
+ * served, no abort seen.
+ */
+const TURN_BYTES = 8 * 1024 * 1024;
 
 /**
  * The fast path of appendBlob. With the chunker at a boundary, a range of
@@ -61,7 +69,9 @@ export async function takeWholeChunks(
       group.push(c);
       groupBytes += c.size;
       if (groupBytes >= READ_BLOCK) {
+        const before = taken;
         await flushGroup();
+        if (Math.floor(taken / TURN_BYTES) !== Math.floor(before / TURN_BYTES)) await nextTurn();
         if (signal?.aborted) return taken;
       }
     }
