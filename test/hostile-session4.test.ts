@@ -9,9 +9,11 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import type { AddressInfo } from 'node:net';
-import type { ExecutionContext } from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { BlobStore, CabError, type StoreOptions } from '../src/index.js';
 import { prngBytes } from '../tools/data.js';
+import { Chunker } from '../src/chunker/fastcdc.js';
+import { GEAR } from '../src/chunker/gear.js';
 import { S3_ENDPOINT, bucketOptions, s3Test } from './helpers/s3.js';
 import { putBlob, readAll, tempDir } from './helpers/store.js';
 
@@ -305,4 +307,106 @@ s3Test('fetch: a server that stops mid-body does not hang the store close (a rea
   const outcome = await Promise.race([read, sleep(5_000).then(() => 'read hangs after close')]);
   t.not(outcome, 'read hangs after close');
   await odd.close(); // lets a hung read go, so the file's other tests finish
+});
+
+// ---------------------------------------------------------------- 2. the WebAssembly gear scan
+
+/** FastCDC as DESIGN states it, one byte at a time, written here apart from src/chunker (the oracle). */
+function referenceCuts(data: Uint8Array, p: { min: number; avg: number; max: number }): number[] {
+  const bits = Math.log2(p.avg);
+  const top = (b: number) => (0xffffffff << (32 - b)) | 0;
+  const maskS = top(bits + 2);
+  const maskL = top(bits - 2);
+  const out: number[] = [];
+  let start = 0;
+  while (start < data.length) {
+    let fp = 0;
+    let len = Math.min(p.min, data.length - start);
+    let cut = -1;
+    while (start + len < data.length && len < p.max) {
+      fp = ((fp << 1) + GEAR[data[start + len]!]!) | 0;
+      len++;
+      if ((fp & (len <= p.avg ? maskS : maskL)) === 0) {
+        cut = len;
+        break;
+      }
+    }
+    if (cut < 0) cut = len;
+    out.push(cut);
+    start += cut;
+  }
+  return out;
+}
+
+function chunkIn(data: Uint8Array, p: { min: number; avg: number; max: number }, sizes: () => number): number[] {
+  const c = new Chunker(p);
+  const out: number[] = [];
+  for (let o = 0; o < data.length; ) {
+    const n = Math.max(1, Math.min(sizes(), data.length - o));
+    c.push(data.subarray(o, o + n), out);
+    o += n;
+  }
+  const last = c.end();
+  if (last > 0) out.push(last);
+  return out;
+}
+
+test('gear scan: cuts equal the byte-at-a-time oracle for odd inputs, pieces and parameters at their limits', (t) => {
+  let seed = 12345;
+  const rnd = (n: number) => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return seed % n;
+  };
+  const inputs: Array<[string, Uint8Array]> = [
+    ['random', prngBytes('h4 gear random', 3 * MiB + 777)],
+    ['zero', new Uint8Array(2 * MiB + 5)],
+    ['period 512', Buffer.alloc(2 * MiB, prngBytes('h4 p512', 512))],
+    ['period 2048', Buffer.alloc(2 * MiB + 100, prngBytes('h4 p2048', 2048))],
+    ['period 31', Buffer.alloc(MiB, prngBytes('h4 p31', 31))],
+    ['ones', Buffer.alloc(MiB, 0xff)],
+  ];
+  const params = [
+    { min: 64, avg: 128, max: 129 },
+    { min: 64, avg: 128, max: 256 },
+    { min: 127, avg: 128, max: 4096 },
+    { min: 2048, avg: 4096, max: 8192 },
+    { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024 },
+    { min: 64, avg: 32 * MiB, max: 64 * MiB },
+  ];
+  const splits: Array<[string, () => number]> = [
+    ['whole', () => Number.MAX_SAFE_INTEGER],
+    ['2047/2048/2049', () => 2047 + rnd(3)],
+    ['random up to 3 MiB', () => 1 + rnd(3 * MiB)],
+    ['small and large', () => (rnd(2) ? 1 + rnd(40) : 2048 + rnd(70_000))],
+  ];
+  for (const [what, data] of inputs) {
+    for (const p of params) {
+      const want = referenceCuts(data, p);
+      for (const [how, sizes] of splits) t.deepEqual(chunkIn(data, p, sizes), want, `${what}, ${JSON.stringify(p)}, ${how}`);
+    }
+  }
+  const small = prngBytes('h4 gear bytes', 200_000);
+  t.deepEqual(chunkIn(small, { min: 64, avg: 128, max: 256 }, () => 1), referenceCuts(small, { min: 64, avg: 128, max: 256 }), '1-byte pieces');
+});
+
+test('gear scan: a huge input (> DATA_MAX in one piece, max 64 MiB) and a chunker resumed at each boundary cut alike', (t) => {
+  const data = prngBytes('h4 gear huge', 70 * MiB);
+  const p = { min: 64, avg: 16 * MiB, max: 64 * MiB };
+  const want = referenceCuts(data, p);
+  t.deepEqual(chunkIn(data, p, () => data.length), want);
+  // Resumed: a new Chunker from each boundary, fed the rest in 1 MiB + 1 pieces, gives the same next cut.
+  const q = { min: 64, avg: 256, max: 1024 };
+  const d2 = prngBytes('h4 gear resume', 4 * MiB + 3);
+  const all = referenceCuts(d2, q);
+  let at = 0;
+  let bad = 0;
+  for (const [k, size] of all.entries()) {
+    if (k % 97 === 0) {
+      const c = new Chunker(q);
+      const got = c.push(d2.subarray(at, Math.min(d2.length, at + MiB + 1)));
+      if ((got[0] ?? c.end()) !== size) bad++;
+    }
+    at += size;
+  }
+  t.is(bad, 0);
 });
