@@ -410,3 +410,51 @@ test('gear scan: a huge input (> DATA_MAX in one piece, max 64 MiB) and a chunke
   }
   t.is(bad, 0);
 });
+
+// ---------------------------------------------------------------- 1b. the cache on a full (tmpfs) disk
+
+/** A fresh tmpfs of `mb` MiB, unmounted and removed when the test ends. */
+function smallTmpfs(t: ExecutionContext, mb: number): string {
+  const dir = fs.mkdtempSync(path.join(tempDir(t), 'tmpfs-'));
+  execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${mb}m`, 'tmpfs', dir]);
+  t.teardown(() => {
+    execFileSync('umount', ['-l', dir]);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  return dir;
+}
+
+s3Test('fetch: the cache on a full tmpfs: a read is the bytes or a CabError, never wrong, no temp file left, no hang; later reads still work', async (t) => {
+  const bytes = prngBytes('h4 enospc', 30 * MiB);
+  const root = path.join(smallTmpfs(t, 20), 's');
+  const { b, name } = await coldStore(t, bytes, { root });
+  const got = await Promise.race([
+    readAll(b, name).then(
+      (x) => (x.equals(bytes) ? 'bytes' : 'WRONG BYTES'),
+      (e: unknown) => (e instanceof CabError ? e.code : `not a CabError: ${String(e)}`),
+    ),
+    sleep(30_000).then(() => 'hang'),
+  ]);
+  t.true(got === 'bytes' || got === 'ERR_NO_SPACE', got);
+  await until(() => files(b.root, 'tmp').length === 0, 'the temp file to go');
+  // A range near the end, read through the same full disk: the bytes, or ERR_NO_SPACE.
+  const r = await b.newBlobReader(name);
+  const buf = Buffer.alloc(MiB);
+  const tail = await r.readAt(buf, bytes.length - MiB).then(
+    () => (buf.equals(bytes.subarray(bytes.length - MiB)) ? 'bytes' : 'WRONG BYTES'),
+    (e: unknown) => (e instanceof CabError ? e.code : String(e)),
+  );
+  await r.close();
+  t.true(tail === 'bytes' || tail === 'ERR_NO_SPACE', tail);
+  t.log(`whole read: ${got}; tail: ${tail}`);
+});
+
+s3Test('fetch: a store on tmpfs (O_DIRECT where the kernel takes it, else the page cache) reads byte-exact and caches', async (t) => {
+  const bytes = prngBytes('h4 tmpfs', 9 * MiB + 4097);
+  const root = path.join(smallTmpfs(t, 200), 's');
+  const { b, name } = await coldStore(t, bytes, { root });
+  t.true((await readAll(b, name)).equals(bytes));
+  await until(() => files(b.root, 'cas').length === 1, 'cached');
+  t.is(fs.statSync(files(b.root, 'cas')[0]!).size, bytes.length);
+  t.true((await readAll(b, name)).equals(bytes), 'from the cache');
+});
