@@ -4,7 +4,8 @@
 // server is a TCP proxy written here that answers the fetching thread's
 // presigned GETs itself (from the real server's answer, changed), and
 // passes everything else through untouched.
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -457,4 +458,61 @@ s3Test('fetch: a store on tmpfs (O_DIRECT where the kernel takes it, else the pa
   await until(() => files(b.root, 'cas').length === 1, 'cached');
   t.is(fs.statSync(files(b.root, 'cas')[0]!).size, bytes.length);
   t.true((await readAll(b, name)).equals(bytes), 'from the cache');
+});
+
+// ---------------------------------------------------------------- 4. fragment names sharing their directory
+
+const INDEX_JS = fileURLToPath(new URL('../src/index.js', import.meta.url));
+const DATA_JS = fileURLToPath(new URL('../tools/data.js', import.meta.url));
+
+const blobName = (tag: string, i: number) => (tag === 'pa' ? 'a' : 'b') + i.toString(16).padStart(31, '0');
+
+/** A child process writing `n` blobs (each sealing fragments of its own) into the store at `dir`, deleting every third. */
+function writer(dir: string, tag: string, n: number): Promise<number | null> {
+  const code = `
+    import { BlobStore } from ${JSON.stringify(INDEX_JS)};
+    import { prngBytes } from ${JSON.stringify(DATA_JS)};
+    const s = await BlobStore.open(${JSON.stringify(dir)}, { fragmentSize: 4096 });
+    for (let i = 0; i < ${n}; i++) {
+      const w = await s.newBlobWriter('${tag === 'pa' ? 'a' : 'b'}' + i.toString(16).padStart(31, '0'));
+      await w.appendBytes(prngBytes('${tag}' + i, 9000 + i));
+      await w.close();
+      if (i % 3 === 2) await s.deleteBlob('${tag === 'pa' ? 'a' : 'b'}' + (i - 1).toString(16).padStart(31, '0'));
+    }
+    await s.close();`;
+  return new Promise((resolve) => {
+    const c = spawn(process.execPath, ['--input-type=module', '-e', code], { stdio: ['ignore', 'inherit', 'inherit'] });
+    c.on('exit', (status) => resolve(status));
+  });
+}
+
+test('fragment names: two processes writing 300 blobs each (over 256 fragments per directory prefix) while gc runs: fsck clean, every blob byte-exact', async (t) => {
+  const dir = tempDir(t);
+  const s = await BlobStore.open(dir);
+  t.teardown(() => s.close());
+  const N = 300;
+  let gcs = 0;
+  let running = true;
+  const children = Promise.all([writer(dir, 'pa', N), writer(dir, 'pb', N)]).finally(() => (running = false));
+  while (running) {
+    await s.gc();
+    gcs++;
+    await sleep(50);
+  }
+  t.deepEqual(await children, [0, 0]);
+  await s.gc();
+  const rep = await s.fsck({ verify: true });
+  t.deepEqual(rep.problems, []);
+  t.deepEqual(rep.damaged, []);
+  let bad = 0;
+  for (const tag of ['pa', 'pb']) {
+    for (let i = 0; i < N; i++) {
+      const deleted = i % 3 === 1 && i + 1 < N;
+      if (deleted) continue;
+      if (!(await readAll(s, blobName(tag, i))).equals(prngBytes(tag + i, 9000 + i))) bad++;
+    }
+  }
+  t.is(bad, 0);
+  const dirs = fs.readdirSync(path.join(dir, 'cas'), { recursive: true }).length;
+  t.log(`${gcs} gc runs during the writes; ${rep.fragments} fragments; ${dirs} entries under cas/`);
 });
