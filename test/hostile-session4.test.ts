@@ -11,12 +11,12 @@ import net from 'node:net';
 import path from 'node:path';
 import type { AddressInfo } from 'node:net';
 import test, { type ExecutionContext } from 'ava';
-import { BlobStore, CabError, type StoreOptions } from '../src/index.js';
+import { BlobStore, CabError, connect, serve, type StoreOptions } from '../src/index.js';
 import { prngBytes } from '../tools/data.js';
 import { Chunker } from '../src/chunker/fastcdc.js';
 import { GEAR } from '../src/chunker/gear.js';
 import { S3_ENDPOINT, bucketOptions, s3Test } from './helpers/s3.js';
-import { putBlob, readAll, tempDir } from './helpers/store.js';
+import { putBlob, readAll, tempDir, tempStore } from './helpers/store.js';
 
 const MiB = 1024 * 1024;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -515,4 +515,63 @@ test('fragment names: two processes writing 300 blobs each (over 256 fragments p
   t.is(bad, 0);
   const dirs = fs.readdirSync(path.join(dir, 'cas'), { recursive: true }).length;
   t.log(`${gcs} gc runs during the writes; ${rep.fragments} fragments; ${dirs} entries under cas/`);
+});
+
+// ---------------------------------------------------------------- 7. range serving from the leaf layer
+
+test('leaf layer: damaged, truncated, replaced by another blob\'s and deleted while its tree is cached, under concurrent range reads: every read verified and right', async (t) => {
+  const a = await tempStore(t);
+  const b = await tempStore(t);
+  const bytes = prngBytes('h4 layer', 24 * MiB + 5000);
+  const other = prngBytes('h4 layer other', 24 * MiB + 5000);
+  const name = await putBlob(a, bytes);
+  const otherName = await putBlob(a, other);
+  const srv = await serve(a, { tokens: { tok: ['read'] } });
+  t.teardown(() => srv.close());
+  const c = await connect(b, srv.url, { token: 'tok' });
+  t.teardown(() => c.close());
+  const r = await c.openReader(name);
+  t.teardown(() => r.close());
+  const ro = await c.openReader(otherName);
+  t.teardown(() => ro.close());
+  let seed = 7;
+  const rnd = (n: number) => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return seed % n;
+  };
+  const round = async (what: string) => {
+    const outcomes = await Promise.all(
+      Array.from({ length: 12 }, async () => {
+        const pos = rnd(bytes.length - 70_000);
+        const n = 1 + rnd(70_000);
+        const buf = Buffer.alloc(n);
+        try {
+          const got = await r.readAt(buf, pos);
+          return got === n && buf.equals(bytes.subarray(pos, pos + n)) ? 'ok' : `wrong at ${pos}+${n}`;
+        } catch (e) {
+          return e instanceof CabError ? `${e.code} at ${pos}+${n}` : String(e);
+        }
+      }),
+    );
+    t.deepEqual(outcomes.filter((o) => o !== 'ok'), [], what);
+  };
+  const layer = (n: string) => path.join(a.root, 'layers', n.slice(0, 2), n);
+  await round('first: the layer made');
+  await ro.readAt(Buffer.alloc(10), 5 * MiB); // the other blob's layer made too
+  t.true(fs.existsSync(layer(name)) && fs.existsSync(layer(otherName)));
+  // Damaged in the middle of a group's leaf hashes.
+  const fd = fs.openSync(layer(name), 'r+');
+  const at = 48 + 32 * 64 * 7 + 100;
+  const one = Buffer.alloc(1);
+  fs.readSync(fd, one, 0, 1, at);
+  one[0] ^= 0xff;
+  fs.writeSync(fd, one, 0, 1, at);
+  fs.closeSync(fd);
+  await round('after a flipped byte');
+  fs.truncateSync(layer(name), 48 + 32 * 64 * 3);
+  await round('after truncation');
+  fs.copyFileSync(layer(otherName), layer(name));
+  await round('after another blob\'s layer was put in its place');
+  fs.rmSync(layer(name));
+  await Promise.all([round('after deletion (1)'), round('after deletion (2)')]);
 });
