@@ -15,6 +15,7 @@ import { BlobStore, CabError, connect, serve, type StoreOptions } from '../src/i
 import { prngBytes } from '../tools/data.js';
 import { Chunker } from '../src/chunker/fastcdc.js';
 import { GEAR } from '../src/chunker/gear.js';
+import { parseRange } from '../src/http/range.js';
 import { S3_ENDPOINT, bucketOptions, s3Test } from './helpers/s3.js';
 import { putBlob, readAll, tempDir, tempStore } from './helpers/store.js';
 
@@ -160,6 +161,23 @@ s3Test('fetch: a 500 then the real answer is tried again and read right', async 
   };
   t.true((await readAll(b, name)).equals(bytes));
   t.is(odd.gets, 2);
+});
+
+s3Test('fetch: a connection reset before any answer is tried again; three 503s are ERR_OBJECT_STORE with status 503', async (t) => {
+  const bytes = prngBytes('h4 reset', 2 * MiB + 1);
+  const { b, name, odd } = await coldStore(t, bytes);
+  odd.answer = ({ raw }, c, n) => {
+    if (n === 1) c.resetAndDestroy();
+    else c.end(raw);
+  };
+  t.true((await readAll(b, name)).equals(bytes));
+  t.is(odd.gets, 2);
+  const bytes2 = prngBytes('h4 503', MiB + 1);
+  const { b: b2, name: name2, odd: odd2 } = await coldStore(t, bytes2);
+  odd2.answer = (_, c) => void c.end('HTTP/1.1 503 Slow Down\r\nContent-Length: 0\r\n\r\n');
+  const e = await failsClean(t, b2, name2, 'ERR_OBJECT_STORE');
+  t.is(e.data.status, 503);
+  t.is(odd2.gets, 3, 'three tries, as the SDK makes');
 });
 
 s3Test('fetch: a 403 is ERR_OBJECT_STORE with status 403 and the S3 code, not tried again', async (t) => {
@@ -574,4 +592,34 @@ test('leaf layer: damaged, truncated, replaced by another blob\'s and deleted wh
   await round('after another blob\'s layer was put in its place');
   fs.rmSync(layer(name));
   await Promise.all([round('after deletion (1)'), round('after deletion (2)')]);
+});
+
+// ---------------------------------------------------------------- 6. Range parsing
+
+test('parseRange: odd headers (RFC 9110 14.1.2): whitespace, case, empty blobs, multiple ranges, signs, exponents, huge numbers', (t) => {
+  const all = { kind: 'all' };
+  const no = { kind: 'unsatisfiable' };
+  const r = (start: number, end: number) => ({ kind: 'range', start, end });
+  const cases: Array<[string | undefined, number, object]> = [
+    ['bytes=0-0', 10, r(0, 1)],
+    ['bytes=9-9', 10, r(9, 10)],
+    ['bytes=10-10', 10, no],
+    ['bytes=-1', 10, r(9, 10)],
+    ['bytes=-0', 10, no],
+    ['bytes=-5', 0, no],
+    ['bytes=0-', 0, no],
+    ['bytes=0-0,2-3', 10, all],
+    ['bytes=5-4', 10, all],
+    ['bytes=+1-2', 10, all],
+    ['bytes=1e3-', 10000, all],
+    ['bytes=0x10-', 100, all],
+    ['bytes=-', 10, all],
+    ['bytes=', 10, all],
+    ['items=0-1', 10, all],
+    ['BYTES=1-2', 10, r(1, 3)],
+    ['bytes=99999999999999999999-', 10, no],
+    ['bytes=0-99999999999999999999', 10, r(0, 10)],
+    ['bytes=-99999999999999999999', 10, r(0, 10)],
+  ];
+  for (const [h, size, want] of cases) t.deepEqual(parseRange(h, size), want, `${h} of ${size}`);
 });
