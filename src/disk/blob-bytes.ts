@@ -107,7 +107,7 @@ export class BlobBytes {
         q = next.start + next.size;
       }
       await readExtents(this.#files, this.#extents, buf.subarray(p - pos, q - pos), p);
-      for (const x of run) checkChunk(this.#name, x, buf.subarray(x.start - pos, x.start - pos + x.size));
+      for (const x of run) await this.#check(x, buf.subarray(x.start - pos, x.start - pos + x.size));
       p = q;
     }
     if (p < end) await readExtents(this.#files, this.#extents, buf.subarray(p - pos), p);
@@ -127,6 +127,16 @@ export class BlobBytes {
    * copy is made in the same turn as the check, so no other call can fill
    * the buffer in between.
    */
+  /** checkChunk; a chunk that fails in a bucket-backed store drops the cached copies of its fragments (FragmentFiles.dropCached). */
+  async #check(c: ChunkInfo, bytes: Uint8Array): Promise<void> {
+    try {
+      checkChunk(this.#name, c, bytes);
+    } catch (e) {
+      if (this.#files.remote) for (const x of this.#extents.slice(c.start, c.size)) await this.#files.dropCached(x.frag);
+      throw e;
+    }
+  }
+
   async #copyChunk(c: ChunkInfo, from: number, to: number, buf: Uint8Array, at: number): Promise<void> {
     if (this.#kept?.start !== c.start) {
       const mine = !this.#scratchBusy;
@@ -138,7 +148,7 @@ export class BlobBytes {
       try {
         const bytes = mine ? this.#scratch.subarray(0, c.size) : Buffer.allocUnsafe(c.size);
         await readExtents(this.#files, this.#extents, bytes, c.start);
-        checkChunk(this.#name, c, bytes);
+        await this.#check(c, bytes);
         if (mine || !this.#scratchBusy) this.#kept = { start: c.start, bytes };
         buf.set(bytes.subarray(from - c.start, to - c.start), at);
         return;

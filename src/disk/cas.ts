@@ -88,6 +88,16 @@ export class Cas {
     };
   }
 
+  /** See FragmentFiles.dropCached: a download of it under way is not kept either. */
+  async dropCached(id: string): Promise<void> {
+    if (!this.remote) return;
+    const p = this.#downloads.get(id);
+    if (p) this.#downloads.delete(id);
+    await p?.then((d) => d.discard(), () => {});
+    this.remote.cache.forget(id);
+    await fs.rm(this.layout.fragment(id), { force: true });
+  }
+
   #forget(id: string, p: Promise<Download>): void {
     if (this.#downloads.get(id) === p) this.#downloads.delete(id);
   }

@@ -67,6 +67,9 @@ export class Download {
   #waiters: Array<{ have: number; written: number; wake: () => void }> = [];
   #refs = 0;
   #idle = false;
+  /** The last reader let go before the end: the GET is stopped, and the download no longer handed out (take). */
+  #stopping = false;
+  #discarded = false;
   readonly #onIdle: () => void;
   #answered: { resolve: () => void; reject: (e: unknown) => void } | undefined;
 
@@ -101,8 +104,14 @@ export class Download {
   }
 
   /** A reader takes the download (`release` when done); undefined if it has ended and let go of its file. */
+  /** Its bytes failed a check: never sealed into cas/ (the file is removed instead), never handed out again. */
+  discard(): void {
+    this.#stopping = true;
+    this.#discarded = true;
+  }
+
   take(): this | undefined {
-    if (this.#idle) return undefined;
+    if (this.#idle || this.#stopping) return undefined;
     this.#refs++;
     return this;
   }
@@ -112,7 +121,12 @@ export class Download {
     if (--this.#refs > 0) return;
     // Stopped only with bytes still to come: one whose bytes are all here is as good as cached.
     const received = this.#size !== undefined && this.#have() >= this.#size;
-    if (!this.#done && !received && this.#error === undefined) fetchThread().stop(this.#fetch);
+    if (!this.#done && !received && this.#error === undefined) {
+      fetchThread().stop(this.#fetch);
+      // Dying: a reader that comes now gets a download of its own, not this one's ERR_ABORTED.
+      this.#stopping = true;
+      this.#onIdle();
+    }
     this.#maybeIdle();
   }
 
@@ -180,9 +194,14 @@ export class Download {
     try {
       await this.#fh.sync();
       await ensureDir(t.dir, t.knownDirs);
+      if (this.#discarded) throw new Error('discarded');
       await fs.rename(t.tmp, t.final);
-      await fsyncDir(t.dir);
-      t.cached(this.#size!);
+      if (this.#discarded) {
+        await fs.rm(t.final, { force: true }); // discarded while it was renamed: the copy that failed its check goes
+      } else {
+        await fsyncDir(t.dir);
+        t.cached(this.#size!);
+      }
     } catch {
       // A cache that could not be filled (a full disk, say) only costs a fetch next time; the bytes are read from the file.
       await fs.rm(t.tmp, { force: true }).catch(() => {});

@@ -119,7 +119,7 @@ function sendRaw(s: Sink, url: URL, attempt: number): void {
     phase = 'body';
     post({ t: 'head', id: s.m.id, size, etag: h.get('etag') ?? '' });
     try {
-      s.push(head.subarray(end + 4, headLen));
+      s.push(head.subarray(end + 4, Math.min(headLen, end + 4 + size))); // bytes past the body are not the fragment's
     } catch (e) {
       settle();
       s.fail(ioFailure(e));

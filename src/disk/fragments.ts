@@ -184,6 +184,7 @@ export class FragmentFiles {
     while (done < len) {
       const bytesRead = ready?.readSync ? ready.readSync(buf, off + done, len - done, position + done) : await fh.read(buf, off + done, len - done, position + done);
       if (bytesRead === 0) {
+        await this.dropCached(frag);
         throw new CabError('ERR_FRAGMENT_MISSING', `fragment ${frag} is shorter than its extents`, {
           fragment: frag,
           expected: position + len,
@@ -192,6 +193,22 @@ export class FragmentFiles {
       }
       done += bytesRead;
     }
+  }
+
+  /**
+   * A bucket-backed store's fragment whose bytes failed a check here (a
+   * wrong answer from the bucket, a damaged cache file): its handle closed
+   * and its cached copy dropped, so the next read fetches it anew. The
+   * bucket's object is the fragment; the cache is only a copy. A store
+   * without a bucket keeps its fragment (fsck records the damage).
+   */
+  async dropCached(frag: string): Promise<void> {
+    if (!this.remote) return;
+    const h = this.#open.get(frag);
+    this.#open.delete(frag);
+    this.#ready.delete(frag);
+    await h?.then((fh) => fh.close()).catch(() => {});
+    await this.#cas.dropCached(frag);
   }
 
   async close(): Promise<void> {
