@@ -102,12 +102,13 @@ async function oddServer(t: ExecutionContext): Promise<OddServer> {
 }
 
 /** A blob written to the bucket by one store, and a second store reading it through the odd server. */
-async function coldStore(t: ExecutionContext, bytes: Buffer, o: { fragmentSize?: number; root?: string } = {}) {
+async function coldStore(t: ExecutionContext, bytes: Buffer, o: { fragmentSize?: number; root?: string; idleTimeout?: number } = {}) {
   const objectStore = await bucketOptions(t, { syncInterval: 0 });
   const a = await open(t, path.join(tempDir(t), 'a'), { objectStore, fragmentSize: o.fragmentSize ?? 64 * MiB });
   const name = await putBlob(a, bytes);
   const odd = await oddServer(t);
-  const b = await open(t, o.root ?? path.join(tempDir(t), 'b'), { objectStore: { ...objectStore, endpoint: `http://127.0.0.1:${odd.port}` } });
+  const idle = o.idleTimeout === undefined ? {} : { idleTimeout: o.idleTimeout };
+  const b = await open(t, o.root ?? path.join(tempDir(t), 'b'), { objectStore: { ...objectStore, ...idle, endpoint: `http://127.0.0.1:${odd.port}` } });
   return { b, name, odd, objectStore };
 }
 
@@ -326,6 +327,27 @@ s3Test('fetch: a server that stops mid-body does not hang the store close (a rea
   const outcome = await Promise.race([read, sleep(5_000).then(() => 'read hangs after close')]);
   t.not(outcome, 'read hangs after close');
   await odd.close(); // lets a hung read go, so the file's other tests finish
+});
+
+s3Test('fetch: a server that stops mid-body, the connection left open: the read fails after idleTimeout with ERR_OBJECT_STORE (ETIMEDOUT), no temp file', async (t) => {
+  const bytes = prngBytes('h4 idle body', 6 * MiB);
+  const { b, name, odd } = await coldStore(t, bytes, { idleTimeout: 2000 });
+  odd.answer = ({ head, body }, c) => void c.write(Buffer.concat([Buffer.from(head, 'latin1'), body.subarray(0, MiB)])); // then nothing, never closed
+  const started = Date.now();
+  const e = await failsClean(t, b, name, 'ERR_OBJECT_STORE');
+  t.regex(e.message, /ETIMEDOUT|nothing from/);
+  t.true(Date.now() - started >= 1900, 'not before the timeout');
+  t.is(odd.gets, 1, 'a body begun is not tried again');
+});
+
+s3Test('fetch: a server that never answers: tried three times, each cut after idleTimeout, then ERR_OBJECT_STORE', async (t) => {
+  const bytes = prngBytes('h4 idle head', 3 * MiB);
+  const { b, name, odd } = await coldStore(t, bytes, { idleTimeout: 2000 });
+  odd.answer = () => {}; // reads the request, answers nothing
+  await failsClean(t, b, name, 'ERR_OBJECT_STORE');
+  t.is(odd.gets, 3);
+  odd.answer = undefined;
+  t.true((await readAll(b, name)).equals(bytes), 'an answering server: read whole');
 });
 
 // ---------------------------------------------------------------- 2. the WebAssembly gear scan

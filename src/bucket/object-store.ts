@@ -12,6 +12,8 @@ export interface BucketAddress {
   bucket: string;
   region: string;
   credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
+  /** See ObjectStoreOptions.idleTimeout (default 60 000 ms). */
+  idleTimeout?: number;
 }
 
 /** An object as a listing shows it. */
@@ -76,6 +78,8 @@ export class ObjectStore {
   readonly bucket: string;
   readonly endpoint: string;
   readonly region: string;
+  /** ms without a byte moving before a request fails (BucketAddress.idleTimeout). */
+  readonly idleTimeout: number;
   readonly stats: ObjectStoreStats = { bytesUp: 0, bytesDown: 0, requests: 0 };
   multipartThreshold = DEFAULT_MULTIPART_THRESHOLD;
   readonly #s3: typeof S3;
@@ -87,6 +91,7 @@ export class ObjectStore {
     this.bucket = a.bucket;
     this.endpoint = a.endpoint;
     this.region = a.region;
+    this.idleTimeout = a.idleTimeout ?? 60_000;
     this.#s3 = s3;
     const agent = { keepAlive: true, maxSockets: 64 };
     const config: S3.S3ClientConfig = {
@@ -96,7 +101,7 @@ export class ObjectStore {
       // With the defaults (WHEN_SUPPORTED) streamed uploads get a trailing checksum that radosgw refuses (411).
       requestChecksumCalculation: 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
-      requestHandler: { httpAgent: new http.Agent(agent), httpsAgent: new https.Agent(agent), connectionTimeout: 10_000 },
+      requestHandler: { httpAgent: new http.Agent(agent), httpsAgent: new https.Agent(agent), connectionTimeout: 10_000, requestTimeout: this.idleTimeout },
       ...(a.credentials ? { credentials: a.credentials } : {}),
       // Failures reach the caller as ERR_OBJECT_STORE; the SDK's own warnings on the console would be noise.
       logger: { trace() {}, debug() {}, info() {}, warn() {}, error() {} },

@@ -41,11 +41,20 @@ export interface ObjectStoreOptions {
   gcGrace?: number;
   /** Files above this many bytes are uploaded in parts (default 1 GiB). */
   multipartThreshold?: number;
+  /**
+   * A request on which no byte moves for this long (ms, default 60 000,
+   * at least 2 000: a download is held back up to 1 s for a slow reader)
+   * fails with ERR_OBJECT_STORE (ETIMEDOUT): a server that stops answering,
+   * or stops mid-body. Before its body began it is tried again, like any
+   * failed connection.
+   */
+  idleTimeout?: number;
 }
 
 export const DEFAULT_CACHE_BYTES = 4 * 1024 ** 3;
 export const DEFAULT_SYNC_INTERVAL = 30_000;
 export const DEFAULT_GC_GRACE = 3_600_000;
+export const DEFAULT_IDLE_TIMEOUT = 60_000;
 
 /** The options with their defaults, checked. */
 export type ResolvedObjectStoreOptions = Required<Omit<ObjectStoreOptions, 'credentials'>> & Pick<ObjectStoreOptions, 'credentials'>;
@@ -78,5 +87,6 @@ export function resolveObjectStoreOptions(o: unknown): ResolvedObjectStoreOption
     syncInterval: num('syncInterval', DEFAULT_SYNC_INTERVAL, 0),
     gcGrace: num('gcGrace', DEFAULT_GC_GRACE, 0),
     multipartThreshold: num('multipartThreshold', DEFAULT_MULTIPART_THRESHOLD, 5 * 1024 * 1024),
+    idleTimeout: num('idleTimeout', DEFAULT_IDLE_TIMEOUT, 2000),
   };
 }

@@ -90,7 +90,7 @@ export class Download {
       const { url, headers } = await os.signedGet(t.key);
       await new Promise<void>((resolve, reject) => {
         d.#answered = { resolve, reject };
-        fetchThread().get({ t: 'get', id: d.#fetch, url, headers, fd: d.#fh.fd, tmp: t.tmp, ring: d.#ringMem, ctl: d.#ctl.buffer as SharedArrayBuffer }, (m) => d.#on(m));
+        fetchThread().get({ t: 'get', id: d.#fetch, url, headers, idleMs: os.idleTimeout, fd: d.#fh.fd, tmp: t.tmp, ring: d.#ringMem, ctl: d.#ctl.buffer as SharedArrayBuffer }, (m) => d.#on(m));
       });
     } catch (e) {
       d.#settled = true;

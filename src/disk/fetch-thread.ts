@@ -58,7 +58,7 @@ export const STALL_MS = 1000;
 /** Bytes of a ring's memory beyond RING, for aligning it (see above). */
 export const RING_SLACK = 4096;
 
-export type ToFetcher = { t: 'get'; id: number; url: string; headers: Record<string, string>; fd: number; tmp: string; ring: SharedArrayBuffer; ctl: SharedArrayBuffer } | { t: 'stop' | 'resume'; id: number };
+export type ToFetcher = { t: 'get'; id: number; url: string; headers: Record<string, string>; idleMs: number; fd: number; tmp: string; ring: SharedArrayBuffer; ctl: SharedArrayBuffer } | { t: 'stop' | 'resume'; id: number };
 
 /** Why a GET failed: the server or the connection ('http'), the cache file ('io', s3Code the errno), a short body, or a stop. */
 export type FetchFailure = { kind: 'http' | 'io' | 'short' | 'abort'; s3Code?: string; status?: number; message: string; bytes?: number };

@@ -61,6 +61,9 @@ function s3Failure(status: number, xml: string, statusText: string): FetchFailur
   return { kind: 'http', s3Code, status, message: /<Message>([^<]*)<\/Message>/.exec(xml)?.[1] ?? statusText };
 }
 
+/** The error of a request on which nothing moved for `ms` (ObjectStoreOptions.idleTimeout): a failed connection, tried again before the body began. */
+const idleError = (ms: number, host: string) => Object.assign(new Error(`nothing from ${host} for ${ms} ms`), { code: 'ETIMEDOUT' });
+
 /** A connection not made in CONNECT_TIMEOUT (the SDK's connectionTimeout) is cut: a slow answer on one made is waited for. */
 function connectTimer(socket: net.Socket, host: string): void {
   if (!socket.connecting) return; // a kept-alive one, made already
@@ -167,6 +170,7 @@ function sendRaw(s: Sink, url: URL, attempt: number): void {
   });
   s.source = { pause: () => socket.pause(), resume: () => socket.resume(), destroy: () => socket.destroy() };
   connectTimer(socket, url.host);
+  socket.setTimeout(s.m.idleMs, () => socket.destroy(idleError(s.m.idleMs, url.host)));
   socket.on('error', (e: NodeJS.ErrnoException) => failed({ kind: 'http', s3Code: e.code ?? e.name, message: e.message }));
   socket.on('end', () => {
     if (phase === 'error' && !settled) errorDone();
@@ -209,6 +213,7 @@ function sendHttp(s: Sink, url: URL, attempt: number): void {
   });
   s.source = { pause() {}, resume() {}, destroy: () => req.destroy() };
   req.on('socket', (socket) => connectTimer(socket, url.host));
+  req.setTimeout(s.m.idleMs, () => req.destroy(idleError(s.m.idleMs, url.host)));
   req.on('error', (e: NodeJS.ErrnoException) => !body && retryOrFail(s, { kind: 'http', s3Code: e.code ?? e.name, message: e.message }, url, attempt, sendHttp));
   req.end();
 }
