@@ -16,7 +16,7 @@ import { prngBytes } from '../tools/data.js';
 import { Chunker } from '../src/chunker/fastcdc.js';
 import { GEAR } from '../src/chunker/gear.js';
 import { parseRange } from '../src/http/range.js';
-import { S3_ENDPOINT, bucketOptions, s3Test } from './helpers/s3.js';
+import { S3_ENDPOINT, bucketOptions, filesUnder, s3Test, until } from './helpers/s3.js';
 import { putBlob, readAll, tempDir, tempStore } from './helpers/store.js';
 
 const MiB = 1024 * 1024;
@@ -26,17 +26,6 @@ async function open(t: ExecutionContext, root: string, o: StoreOptions): Promise
   const s = await BlobStore.open(root, o);
   t.teardown(() => s.close());
   return s;
-}
-
-function files(root: string, dir: string): string[] {
-  const at = path.join(root, dir);
-  if (!fs.existsSync(at)) return [];
-  return fs.readdirSync(at, { recursive: true, withFileTypes: true }).filter((e) => e.isFile()).map((e) => path.join(e.parentPath, e.name));
-}
-
-async function until(cond: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 200 && !cond(); i++) await sleep(50);
-  if (!cond()) throw new Error(`timed out waiting for ${what}`);
 }
 
 /** How the proxy answers a presigned GET, given the real server's whole answer (head and body). */
@@ -125,7 +114,7 @@ async function dribble(client: net.Socket, pieces: Buffer[], gap = 2): Promise<v
 async function failsClean(t: ExecutionContext, b: BlobStore, name: string, code: CabError['code']): Promise<CabError> {
   const e = await t.throwsAsync(readAll(b, name), { instanceOf: CabError });
   t.is(e!.code, code, e!.message);
-  await until(() => files(b.root, 'tmp').length === 0, 'the temp file to go');
+  await until(() => filesUnder(b.root, 'tmp').length === 0, 'the temp file to go');
   return e!;
 }
 
@@ -198,7 +187,7 @@ s3Test('fetch: a 301 is ERR_OBJECT_STORE (status 301), never its body as the fra
   odd.answer = (_, c) => void c.end('HTTP/1.1 301 Moved Permanently\r\nLocation: http://127.0.0.1:1/x\r\nContent-Length: 5\r\n\r\nhello');
   const e = await failsClean(t, b, name, 'ERR_OBJECT_STORE');
   t.is(e.data.status, 301);
-  t.deepEqual(files(b.root, 'cas'), []);
+  t.deepEqual(filesUnder(b.root, 'cas'), []);
 });
 
 s3Test('fetch: a body shorter than its Content-Length, then close, is ERR_OBJECT_STORE; nothing cached; the next read is whole', async (t) => {
@@ -206,7 +195,7 @@ s3Test('fetch: a body shorter than its Content-Length, then close, is ERR_OBJECT
   const { b, name, odd } = await coldStore(t, bytes);
   odd.answer = async ({ head, body }, c) => dribble(c, [Buffer.from(head, 'latin1'), body.subarray(0, body.length - 1000)]);
   await failsClean(t, b, name, 'ERR_OBJECT_STORE');
-  t.deepEqual(files(b.root, 'cas'), []);
+  t.deepEqual(filesUnder(b.root, 'cas'), []);
   odd.answer = undefined;
   t.true((await readAll(b, name)).equals(bytes));
 });
@@ -218,8 +207,8 @@ s3Test('fetch: extra bytes after the body, in the same packet as the head, are n
   const { b, name, odd } = await coldStore(t, bytes);
   odd.answer = ({ raw }, c) => void c.end(Buffer.concat([raw, Buffer.from('HTTP/1.1 200 OK\r\n\r\nGARBAGE')]));
   t.true((await readAll(b, name)).equals(bytes), 'the fragment is its Content-Length bytes; the rest ignored');
-  await until(() => files(b.root, 'cas').length === 1, 'the fragment cached');
-  t.is(fs.statSync(files(b.root, 'cas')[0]!).size, bytes.length, 'no extra bytes in the cache');
+  await until(() => filesUnder(b.root, 'cas').length === 1, 'the fragment cached');
+  t.is(fs.statSync(filesUnder(b.root, 'cas')[0]!).size, bytes.length, 'no extra bytes in the cache');
 });
 
 s3Test('fetch: extra bytes after the body in a later packet are ignored; the fragment is cached at its size', async (t) => {
@@ -227,8 +216,8 @@ s3Test('fetch: extra bytes after the body in a later packet are ignored; the fra
   const { b, name, odd } = await coldStore(t, bytes);
   odd.answer = async ({ raw }, c) => dribble(c, [raw, Buffer.from('GARBAGE-GARBAGE')], 20);
   t.true((await readAll(b, name)).equals(bytes));
-  await until(() => files(b.root, 'cas').length === 1, 'the fragment cached');
-  t.is(fs.statSync(files(b.root, 'cas')[0]!).size, bytes.length);
+  await until(() => filesUnder(b.root, 'cas').length === 1, 'the fragment cached');
+  t.is(fs.statSync(filesUnder(b.root, 'cas')[0]!).size, bytes.length);
 });
 
 s3Test('fetch: a 200 whose Content-Length (and body) is short of the fragment fails the read, and does not poison the cache', async (t) => {
@@ -285,7 +274,7 @@ s3Test('fetch: many fragments at once, each through a dribbling server: every by
     }),
   );
   t.deepEqual(reads, [true, true, true, true]);
-  await until(() => files(b.root, 'tmp').length === 0, 'no temp file');
+  await until(() => filesUnder(b.root, 'tmp').length === 0, 'no temp file');
 });
 
 s3Test('fetch: a reader that opens a fragment just as another reader closes it (stopping its GET) gets the bytes, not ERR_ABORTED', async (t) => {
@@ -477,7 +466,7 @@ s3Test('fetch: the cache on a full tmpfs: a read is the bytes or a CabError, nev
     sleep(30_000).then(() => 'hang'),
   ]);
   t.true(got === 'bytes' || got === 'ERR_NO_SPACE', got);
-  await until(() => files(b.root, 'tmp').length === 0, 'the temp file to go');
+  await until(() => filesUnder(b.root, 'tmp').length === 0, 'the temp file to go');
   // A range near the end, read through the same full disk: the bytes, or ERR_NO_SPACE.
   const r = await b.newBlobReader(name);
   const buf = Buffer.alloc(MiB);
@@ -495,8 +484,8 @@ s3Test('fetch: a store on tmpfs (O_DIRECT where the kernel takes it, else the pa
   const root = path.join(smallTmpfs(t, 200), 's');
   const { b, name } = await coldStore(t, bytes, { root });
   t.true((await readAll(b, name)).equals(bytes));
-  await until(() => files(b.root, 'cas').length === 1, 'cached');
-  t.is(fs.statSync(files(b.root, 'cas')[0]!).size, bytes.length);
+  await until(() => filesUnder(b.root, 'cas').length === 1, 'cached');
+  t.is(fs.statSync(filesUnder(b.root, 'cas')[0]!).size, bytes.length);
   t.true((await readAll(b, name)).equals(bytes), 'from the cache');
 });
 

@@ -7,7 +7,7 @@ import http from 'node:http';
 import path from 'node:path';
 import { BlobStore, CabError, type StoreOptions } from '../src/index.js';
 import { prngBytes } from '../tools/data.js';
-import { S3_ENDPOINT, bucketOptions, fileBucket, objects, s3Test } from './helpers/s3.js';
+import { S3_ENDPOINT, bucketOptions, fileBucket, filesUnder, objects, s3Test, until } from './helpers/s3.js';
 import { putBlob, readAll, tempDir } from './helpers/store.js';
 import { dropConnection, tcpProxy } from '../tools/proxy.js';
 import type { ExecutionContext } from 'ava';
@@ -18,18 +18,6 @@ async function open(t: ExecutionContext, o: StoreOptions): Promise<BlobStore> {
   const s = await BlobStore.open(path.join(tempDir(t), 's'), o);
   t.teardown(() => s.close());
   return s;
-}
-
-/** Files under `dir` of `root`, recursively. */
-function files(root: string, dir: string): string[] {
-  const at = path.join(root, dir);
-  if (!fs.existsSync(at)) return [];
-  return fs.readdirSync(at, { recursive: true, withFileTypes: true }).filter((e) => e.isFile()).map((e) => path.join(e.parentPath, e.name));
-}
-
-async function until(cond: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 50));
-  if (!cond()) throw new Error(`timed out waiting for ${what}`);
 }
 
 s3Test('a fragment larger than the ring, read far ahead, in the ring and behind it, is byte-exact; then it is in cas/', async (t) => {
@@ -50,9 +38,9 @@ s3Test('a fragment larger than the ring, read far ahead, in the ring and behind 
   await at(MiB + 7, 4 * MiB); // long out of the 8 MiB ring: from the cache file
   await at(bytes.length - MiB, MiB); // in the ring's last bytes, but the ring went once they were read: from the file
   await r.close();
-  await until(() => files(b.root, 'cas').length === 1, 'the fragment in cas/');
-  t.is(fs.statSync(files(b.root, 'cas')[0]!).size, bytes.length, 'the whole fragment is cached');
-  t.deepEqual(files(b.root, 'tmp'), [], 'no temp file left');
+  await until(() => filesUnder(b.root, 'cas').length === 1, 'the fragment in cas/');
+  t.is(fs.statSync(filesUnder(b.root, 'cas')[0]!).size, bytes.length, 'the whole fragment is cached');
+  t.deepEqual(filesUnder(b.root, 'tmp'), [], 'no temp file left');
   t.true((await readAll(b, name)).equals(bytes), 'and read from the cache');
 });
 
@@ -66,8 +54,8 @@ s3Test('a reader that does not keep up holds the GET back for a while only: the 
   const buf = Buffer.alloc(MiB);
   t.is(await r.readAt(buf, 0), MiB);
   // The GET stops at the ring's end for this reader, then goes on without it (STALL_MS, 1 s): the whole fragment lands in cas/.
-  await until(() => files(b.root, 'cas').length === 1, 'the fragment in cas/ while the reader is open');
-  t.is(fs.statSync(files(b.root, 'cas')[0]!).size, bytes.length);
+  await until(() => filesUnder(b.root, 'cas').length === 1, 'the fragment in cas/ while the reader is open');
+  t.is(fs.statSync(filesUnder(b.root, 'cas')[0]!).size, bytes.length);
   const rest = Buffer.alloc(bytes.length - MiB);
   await r.readFully(rest, MiB);
   t.true(rest.equals(bytes.subarray(MiB)), 'the rest, read from the file');
@@ -86,8 +74,8 @@ s3Test('a reader that stops mid-fetch stops the GET: its temp file goes, nothing
   t.is(await r.readAt(buf, 0), MiB);
   t.true(buf.equals(bytes.subarray(0, MiB)));
   await r.close();
-  await until(() => files(b.root, 'tmp').length === 0, 'the temp file to go');
-  t.deepEqual(files(b.root, 'cas'), [], 'a fragment no one reads is not cached');
+  await until(() => filesUnder(b.root, 'tmp').length === 0, 'the temp file to go');
+  t.deepEqual(filesUnder(b.root, 'cas'), [], 'a fragment no one reads is not cached');
   t.true((await readAll(b, name)).equals(bytes), 'read again, fetched again');
 });
 
@@ -144,7 +132,7 @@ s3Test('a connection cut mid-body is ERR_OBJECT_STORE for the read, leaves no te
   t.is(e!.code, 'ERR_OBJECT_STORE', e!.message);
   t.is(e!.data.s3Code, 'ECONNRESET');
   await r.close();
-  await until(() => files(b.root, 'tmp').length === 0, 'the temp file to go');
+  await until(() => filesUnder(b.root, 'tmp').length === 0, 'the temp file to go');
   t.true((await readAll(b, name)).equals(bytes), 'fetched again, whole');
 });
 

@@ -4,6 +4,8 @@
 // never as passed) and a line on stderr says why and how to start one;
 // with CABSTORE_S3_REQUIRED=1 (.ci/run) an unreachable server fails instead.
 import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
 import http from 'node:http';
 import test, { type ExecutionContext, type ImplementationFn } from 'ava';
 import { ObjectStore } from '../../src/bucket/object-store.js';
@@ -94,4 +96,17 @@ export async function objects(prefix: string): Promise<Map<string, number>> {
   const out = new Map<string, number>();
   for await (const o of os.list(prefix)) out.set(o.key, o.size);
   return out;
+}
+
+/** Files under `dir` of `root`, recursively (none if it is absent). */
+export function filesUnder(root: string, dir: string): string[] {
+  const at = path.join(root, dir);
+  if (!fs.existsSync(at)) return [];
+  return fs.readdirSync(at, { recursive: true, withFileTypes: true }).filter((e) => e.isFile()).map((e) => path.join(e.parentPath, e.name));
+}
+
+/** Waits (up to 10 s, every 50 ms) for `cond`; throws naming `what` if it never holds. */
+export async function until(cond: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 50));
+  if (!cond()) throw new Error(`timed out waiting for ${what}`);
 }
