@@ -3,12 +3,19 @@
 // file: ava runs a file's tests in one process, and the floor is per process.
 import test from 'ava';
 import v8 from 'node:v8';
+import vm from 'node:vm';
 import crypto from 'node:crypto';
 import { serve } from '../src/index.js';
 import { HEAP_FLOOR_BYTES, HeapFloor } from '../src/http/heap-floor.js';
 import { tempStore } from './helpers/store.js';
 
-const largeObjects = () => v8.getHeapSpaceStatistics().find((s) => s.space_name === 'large_object_space')!.space_used_size;
+// A full collection before each measure: what was garbage before the upload must not be counted against the floor.
+v8.setFlagsFromString('--expose-gc');
+const gc = vm.runInNewContext('gc') as () => void;
+const largeObjects = () => {
+  gc();
+  return v8.getHeapSpaceStatistics().find((s) => s.space_name === 'large_object_space')!.space_used_size;
+};
 
 test('a server holds the heap floor from its first upload until it closes; reads alone do not take it', async (t) => {
   const store = await tempStore(t);
