@@ -176,6 +176,7 @@ function openDirect(tmp: string, ring: SharedArrayBuffer): { fd: number; at: num
   try {
     fd = fs.openSync(tmp, fs.constants.O_WRONLY | fs.constants.O_DIRECT);
   } catch {
+    // EINVAL where O_DIRECT is refused; any other failure (EMFILE, say) is met again, and reported, by the writes through m.fd.
     return { fd: -1, at: 0 };
   }
   const mem = Buffer.from(ring);
@@ -193,5 +194,9 @@ function openDirect(tmp: string, ring: SharedArrayBuffer): { fd: number; at: num
 
 /** Writes all `n` bytes of buf[off..] at `pos`. */
 function writeAll(fd: number, buf: Buffer, off: number, n: number, pos: number): void {
-  for (let done = 0; done < n; ) done += fs.writeSync(fd, buf, off + done, n - done, pos + done);
+  for (let done = 0; done < n; ) {
+    const k = fs.writeSync(fd, buf, off + done, n - done, pos + done);
+    if (k <= 0) throw Object.assign(new Error(`a write of the cache file took ${k} of ${n - done} bytes`), { code: 'EIO' });
+    done += k;
+  }
 }
