@@ -10,6 +10,7 @@ import { pushExtent, pushParts, restoreTail, type BlockRefs, type BlockSource, t
 import type { StoreInternals } from './context.js';
 import { HashShare } from './ingest-share.js';
 import type { WriterPins } from './pins.js';
+import { LayerOut, SameLeaves, type PlanChunk } from './same-leaves.js';
 
 export type { BlockRefs, BlockSource, Claimed, NewExtent, Taken } from './ingest-types.js';
 
@@ -60,6 +61,9 @@ export class Ingest {
   /** Chunks written to the current fragment: SHA-256 hex -> offset in it. */
   readonly #local = new Map<string, number>();
   readonly #cuts: number[] = [];
+  /** The leaf layer this blob keeps (a new blob's), and the leaves it may take from another's. */
+  readonly #layer: LayerOut | undefined;
+  readonly #same: SameLeaves;
 
   /** `merkle`: the hasher's state of a resumed blob (then call restore). */
   constructor(s: StoreInternals, pins: WriterPins, merkle?: MerkleState) {
@@ -68,6 +72,8 @@ export class Ingest {
     this.#job = new HashJob(merkle);
     this.#share = new HashShare(this.#job);
     this.#chunker = new Chunker(s.chunker);
+    this.#layer = merkle ? undefined : new LayerOut(s, this.#job);
+    this.#same = new SameLeaves(s);
   }
 
   /** Bytes appended so far (durable or not). */
@@ -91,11 +97,7 @@ export class Ingest {
     return !this.#frag && this.#newExtents.length === 0 && this.#newChunks.length === 0 && this.#queue.length === 0;
   }
 
-  /**
-   * Continues a blob from its descriptor `d`: re-reads at most one leaf and
-   * one chunk of the prefix to restore the hasher and the chunker, and
-   * checks the open chunk against the hash its last record holds.
-   */
+  /** Continues a blob from its descriptor `d` (restoreTail: at most one leaf and one chunk of the prefix are read again). */
   async restore(d: Descriptor, files: FragmentFiles, name: string): Promise<void> {
     const { size, chunkEnd } = d;
     this.#size = size;
@@ -108,24 +110,21 @@ export class Ingest {
   }
 
   /**
-   * Chunks and places one block of input. `give`: the block is ours and
-   * goes to the hashing thread without a copy. `ref`: the block's bytes are
-   * stored already there (appendBlob), so they are referenced, not written;
-   * or, as BlockRefs, some ranges of it are (a transfer's pieces found
-   * locally). `known`: hashes the caller checked, by (offset * 2^27 + size):
-   * not hashed again.
-   *
-   * `claimed` (at a boundary only): the block is whole chunks cut where a
-   * peer with our chunker cut them (so not chunked again), with hashes the
-   * peer claims. The hashing thread checks each before it counts; at the
-   * first that fails, the blob ends before that chunk, everything after it
-   * is dropped, and this and every later call fails with ERR_HASH_MISMATCH
-   * (a checkpoint still records the chunks before it: see `refused`).
+   * Chunks and places one block of input. `give`: the block goes to the
+   * hashing thread without a copy. `ref`: its bytes are stored already there
+   * (appendBlob), or as BlockRefs some ranges are: referenced, not written.
+   * `known`: hashes the caller checked, by (offset * 2^27 + size). `claimed`
+   * (at a boundary only): whole chunks cut where a peer with our chunker cut
+   * them, with hashes it claims, each checked by the hashing thread before it
+   * counts; at the first that fails the blob ends before it, and this and
+   * every later call fails with ERR_HASH_MISMATCH (see `refused`).
    */
   async feed(block: Uint8Array, ref: BlockSource | BlockRefs | undefined, give: boolean, known?: Map<number, Uint8Array>, claimed?: Claimed): Promise<void> {
     const len = block.length; // the block is the hashing thread's once handed over (then empty here)
     this.#throwIfRefused();
     if (len === 0) return;
+    await this.#layer?.room(this.#size);
+    const base = this.#size;
     this.#size += len;
     const hold = this.#nextHold++;
     // A plain Uint8Array view keeps the chunker's loop monomorphic (Buffers and Uint8Arrays both arrive here).
@@ -137,6 +136,7 @@ export class Ingest {
     const ends: number[] = [];
     const skip: number[] | undefined = known || budget > 0 || claimed?.checked ? [] : undefined;
     const chunks: CutChunk[] = [];
+    const plan: PlanChunk[] = [];
     let off = 0;
     for (const size of cuts) {
       const take = size - this.#pendingLen;
@@ -148,6 +148,7 @@ export class Ingest {
         hash = sha256(view.subarray(off, off + take));
         budget -= performance.now() - t;
       }
+      plan.push({ start: base + off - this.#pendingLen, size, known: hash });
       this.#addPart(hold, off, take, ref);
       off += take;
       ends.push(off);
@@ -167,7 +168,8 @@ export class Ingest {
     }
     // Claims not checked yet are checked by the hashing thread, each chunk before it goes into the blob hash.
     const expect = claimed && !claimed.checked ? claimed.hashes : undefined;
-    const hashes = this.#job.hashBlock(block, true, ends, expect ? undefined : skip, hold, give, expect);
+    const same = claimed ? undefined : this.#same.plan(plan);
+    const hashes = this.#job.hashBlock(block, true, ends, expect ? undefined : skip, hold, give, expect, same);
     hashes.catch(() => {}); // awaited in #decide
     this.#queue.push({ hold, hashes, chunks, size: len, claimed: expect !== undefined });
     this.#queuedBytes += len;
@@ -217,7 +219,8 @@ export class Ingest {
   async addWhole(extents: Iterable<Extent>, chunks: Array<{ hash: Uint8Array; size: number }>, bytes: Uint8Array): Promise<void> {
     await this.#drain();
     this.#throwIfRefused();
-    for (const e of extents) this.#pushExtent(e.frag, e.offset, e.size);
+    await this.#layer?.room(this.#size);
+    for (const e of extents) pushExtent(this.#newExtents, e.frag, e.offset, e.size);
     for (const c of chunks) {
       this.#newChunks.push([c.hash, c.size]);
       this.#chunkEnd += c.size;
@@ -279,14 +282,16 @@ export class Ingest {
     // A stored copy (of the bytes past `committed`): in the fragment being written, or in a blob the index knows.
     const local = literal ? this.#local.get(toHex(hash)) : undefined;
     const from = c.committed;
-    const stored: NewExtent[] | undefined = local !== undefined ? [{ frag: null, offset: local + from, size: c.size - from }] : literal ? await this.#pins.stored(hash, c.size, from, seen) : undefined;
+    const at = this.#chunkEnd;
+    const same = (blob: string, offset: number, d: Descriptor) => offset === at && this.#same.note(blob, d);
+    const stored: NewExtent[] | undefined = local !== undefined ? [{ frag: null, offset: local + from, size: c.size - from }] : literal ? await this.#pins.stored(hash, c.size, from, seen, same) : undefined;
     if (stored) {
-      for (const e of stored) this.#pushExtent(e.frag, e.offset, e.size);
+      for (const e of stored) pushExtent(this.#newExtents, e.frag, e.offset, e.size);
     } else {
       const allLiteral = c.committed === 0 && !c.parts.some((p) => 'ext' in p);
-      const at = this.#frag ? this.#frag.size : 0;
+      const fragAt = this.#frag ? this.#frag.size : 0;
       await this.#commitParts(c.parts, writes);
-      if (allLiteral) this.#local.set(toHex(hash), at);
+      if (allLiteral) this.#local.set(toHex(hash), fragAt);
     }
     this.#newChunks.push([hash, c.size]);
     this.#chunkEnd += c.size;
@@ -300,7 +305,7 @@ export class Ingest {
   async #commitParts(parts: Part[], writes: number[] | undefined): Promise<void> {
     for (const p of parts) {
       if ('ext' in p) {
-        this.#pushExtent(p.ext.frag, p.ext.offset, p.ext.size);
+        pushExtent(this.#newExtents, p.ext.frag, p.ext.offset, p.ext.size);
         continue;
       }
       if (!this.#frag) {
@@ -310,7 +315,7 @@ export class Ingest {
       const len = 'lit' in p ? p.lit.length : p.len;
       const at = this.#frag.size;
       this.#frag.size += len;
-      this.#pushExtent(null, at, len);
+      pushExtent(this.#newExtents, null, at, len);
       if ('lit' in p) this.#job.send(p.lit, false, [0, len, at], true);
       else {
         const w = writes!;
@@ -322,11 +327,7 @@ export class Ingest {
     }
   }
 
-  /**
-   * Decides every block handed over, then moves the chunk in progress into
-   * extents (a checkpoint in the middle of a chunk): its bytes so far are
-   * written; the rest of it is still deduplicated when it ends (#place).
-   */
+  /** Decides every block handed over, then writes the chunk in progress so far (a checkpoint in its middle: its rest is still deduplicated, #place). */
   async commitPending(): Promise<void> {
     await this.#drain();
     await this.#commitParts(this.#pending, undefined);
@@ -334,15 +335,7 @@ export class Ingest {
     this.#pending = [];
   }
 
-  #pushExtent(frag: string | null, offset: number, size: number): void {
-    pushExtent(this.#newExtents, frag, offset, size);
-  }
-
-  /**
-   * Hands over everything since the last take and starts afresh: the next
-   * bytes go to a new fragment. The hashing thread is asked now, so it
-   * answers for exactly the bytes sent so far. Call commitPending first.
-   */
+  /** Hands over everything since the last take (after commitPending); the hashing thread answers for exactly the bytes sent so far. */
   take(final: boolean): Taken {
     const frag = this.#frag;
     const taken: Taken = {
@@ -370,10 +363,7 @@ export class Ingest {
     this.#deferHash = true;
   }
 
-  /**
-   * End of an append call: its blocks decided (the new bytes written to the
-   * fragment, not yet durable) and the blob hash so far, unless deferred.
-   */
+  /** End of an append call: its blocks decided (new bytes written, not yet durable) and the blob hash so far, unless deferred. */
   async settle(): Promise<void> {
     if (this.#deferHash) return;
     const digest = this.#job.digest(); // asked first: the block's hashes, then the digest, in one round trip
@@ -389,10 +379,18 @@ export class Ingest {
     return this.hash;
   }
 
-  /** Ends the hashing job and drops an unsealed fragment. */
+  /** At finalize, after the final record: the blob's leaf layer into place (never fails). Returns the leaves lent (SameLeaves). */
+  async finishLayer(name: string): Promise<number> {
+    await this.#layer?.finish(name, this.#size, this.hash);
+    return this.#layer?.lent ?? 0;
+  }
+
+  /** Ends the hashing job and drops an unsealed fragment and leaf layer. */
   async close(): Promise<void> {
     // The hashing thread may still write to the fragment: wait for it before closing the file.
     await this.#job.close().catch(() => {});
+    this.#same.close();
+    await this.#layer?.discard();
     await this.#frag?.discard();
     this.#frag = null;
   }

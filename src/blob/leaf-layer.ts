@@ -27,10 +27,13 @@ import type { BlobReader } from './reader.js';
  * or replaced since it was checked is caught (and made again), never served.
  */
 const MAGIC = Buffer.from('CABLEAF1');
-const HEADER = MAGIC.length + 8 + 32;
+/** Bytes before the leaf hashes in a layer file. */
+export const LAYER_HEADER = MAGIC.length + 8 + 32;
+const HEADER = LAYER_HEADER;
 /** The lowest level held in memory: a node there covers 2^GROUP_LEVEL leaves (a group: 1 MiB of blob). */
 const GROUP_LEVEL = 6;
-const GROUP = 2 ** GROUP_LEVEL;
+/** Leaves per group. */
+export const GROUP = 2 ** GROUP_LEVEL;
 /** Groups of leaf hashes read (when a layer is checked) or written (when it is made) at once: 64 KiB. */
 const IO_GROUPS = 32;
 /** Bytes of trees (held levels: about 64 bytes per MiB of blob) kept in memory per store. */
@@ -106,6 +109,26 @@ export class BlobTree {
     return out;
   }
 
+  /**
+   * The leaf hashes of groups [g, g + count) (fewer at the end of the
+   * blob), each group checked against the tree as it was checked when
+   * loaded; undefined if the file is gone, shorter, or changed since.
+   */
+  async leafGroups(g: number, count: number, fh?: fs.FileHandle): Promise<Buffer | undefined> {
+    const from = g * GROUP;
+    const n = Math.min(count * GROUP, this.leaves - from);
+    if (n <= 0) return undefined;
+    if (this.base === 0) return this.held[0]!.subarray(32 * from, 32 * (from + n)); // a small tree holds its leaves
+    const hashes = Buffer.allocUnsafe(32 * n);
+    if (!(await (fh ? readFull(fh, hashes, HEADER + 32 * from) : readAt(this.file, hashes, HEADER + 32 * from)))) return undefined;
+    for (let at = 0; at < n; at += GROUP) {
+      const node = groupNode(hashes.subarray(32 * at, 32 * Math.min(n, at + GROUP)));
+      const i = g + at / GROUP;
+      if (!bytesEqual(node, this.held[0]!.subarray(32 * i, 32 * i + 32))) return undefined;
+    }
+    return hashes;
+  }
+
   async #group(g: number): Promise<Buffer[]> {
     const hashes = Buffer.allocUnsafe(32 * Math.min(GROUP, this.leaves - g * GROUP));
     const read = await readAt(this.file, hashes, HEADER + 32 * g * GROUP);
@@ -126,12 +149,7 @@ async function readAt(file: string, buf: Buffer, position: number): Promise<bool
     throw ioError(e, 'opening a leaf layer', { path: file });
   }
   try {
-    for (let done = 0; done < buf.length; ) {
-      const { bytesRead } = await fh.read(buf, done, buf.length - done, position + done);
-      if (bytesRead === 0) return false;
-      done += bytesRead;
-    }
-    return true;
+    return await readFull(fh, buf, position);
   } catch (e) {
     throw ioError(e, 'reading a leaf layer', { path: file });
   } finally {
@@ -221,32 +239,90 @@ export class TreeCache {
     await ensureDir(path.dirname(file), this.#dirs);
     let made: BlobTree | undefined;
     await replaceDurable(file, async (fh) => {
-      const head = Buffer.alloc(HEADER);
-      MAGIC.copy(head, 0);
-      head.writeBigUInt64BE(BigInt(r.size), MAGIC.length);
-      head.set(r.hash!, MAGIC.length + 8);
-      await writeAll(fh, head, 0);
+      await writeAll(fh, layerHeader(r.size, r.hash!), 0);
       made = await hashLeaves(r, fh, file);
     });
     return made!;
   }
 }
 
+/**
+ * The head of a layer file: the magic, the blob's size and root. A writer
+ * that kept its leaf hashes (src/blob/same-leaves.ts) writes it last.
+ */
+export function layerHeader(size: number, root: Uint8Array): Buffer {
+  const head = Buffer.alloc(HEADER);
+  MAGIC.copy(head, 0);
+  head.writeBigUInt64BE(BigInt(size), MAGIC.length);
+  head.set(root, MAGIC.length + 8);
+  return head;
+}
+
+/** Groups of leaf hashes read at once when a whole layer is checked: 1 MiB (512 MiB of blob). */
+const CHECK_GROUPS = 512;
+
 /** The tree a layer file holds, if it is there, names this blob and checks out; undefined if absent, stale or damaged. */
-async function checkLayer(file: string, size: number, root: Uint8Array): Promise<BlobTree | undefined> {
-  const folder = new Folder(size);
-  const head = Buffer.allocUnsafe(HEADER);
-  if (!(await readAt(file, head, 0)) || !head.subarray(0, MAGIC.length).equals(MAGIC)) return undefined;
-  if (head.readBigUInt64BE(MAGIC.length) !== BigInt(size) || !bytesEqual(head.subarray(MAGIC.length + 8, HEADER), root)) return undefined;
-  const block = Buffer.allocUnsafe(32 * Math.min(folder.leaves, IO_GROUPS * GROUP));
-  for (let leaf = 0; leaf < folder.leaves; leaf += IO_GROUPS * GROUP) {
-    const part = block.subarray(0, 32 * Math.min(IO_GROUPS * GROUP, folder.leaves - leaf));
-    if (!(await readAt(file, part, HEADER + 32 * leaf))) return undefined;
-    folder.add(part);
+export async function checkLayer(file: string, size: number, root: Uint8Array): Promise<BlobTree | undefined> {
+  const fh = await openLayer(file);
+  if (!fh) return undefined;
+  try {
+    return await checkOpenLayer(fh, file, size, root);
+  } finally {
+    await fh.close();
   }
-  // A file longer than the blob's layer is stale too.
-  if (await readAt(file, Buffer.allocUnsafe(1), HEADER + 32 * folder.leaves)) return undefined;
+}
+
+/** A layer file opened for reading, or undefined if there is none. */
+export async function openLayer(file: string): Promise<fs.FileHandle | undefined> {
+  try {
+    return await fs.open(file, 'r');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw ioError(e, 'opening a leaf layer', { path: file });
+  }
+}
+
+/** checkLayer on the open file `fh` (of path `file`), read in few, large reads. */
+export async function checkOpenLayer(fh: fs.FileHandle, file: string, size: number, root: Uint8Array): Promise<BlobTree | undefined> {
+  try {
+    return await checkLayerBytes(fh, file, size, root);
+  } catch (e) {
+    throw ioError(e, 'reading a leaf layer', { path: file });
+  }
+}
+
+async function checkLayerBytes(fh: fs.FileHandle, file: string, size: number, root: Uint8Array): Promise<BlobTree | undefined> {
+  const folder = new Folder(size);
+  const end = HEADER + 32 * folder.leaves;
+  const per = 32 * CHECK_GROUPS * GROUP;
+  // The header comes with the first hashes; the last read asks for one byte more: a longer file is stale too.
+  const buf = Buffer.allocUnsafe(Math.min(end + 1, HEADER + per));
+  for (let at = 0; ; ) {
+    const n = Math.min(at === 0 ? HEADER + per : per, end + 1 - at);
+    const last = at + n > end;
+    const { bytesRead } = await fh.read(buf, 0, n, at);
+    if (bytesRead !== (last ? n - 1 : n)) return undefined;
+    let part = buf.subarray(0, bytesRead);
+    if (at === 0) {
+      if (!part.subarray(0, MAGIC.length).equals(MAGIC) || part.readBigUInt64BE(MAGIC.length) !== BigInt(size)) return undefined;
+      if (!bytesEqual(part.subarray(MAGIC.length + 8, HEADER), root)) return undefined;
+      part = part.subarray(HEADER);
+    }
+    if (part.length > 0) folder.add(part);
+    if (last) break;
+    at += bytesRead;
+  }
   return folder.tree(file, root);
+}
+
+/** Reads buf.length bytes of `fh` at `position`: false if the file is shorter. */
+async function readFull(fh: fs.FileHandle, buf: Buffer, position: number): Promise<boolean> {
+  for (let done = 0; done < buf.length; ) {
+    const { bytesRead } = await fh.read(buf, done, buf.length - done, position + done);
+    if (bytesRead === 0) return false;
+    done += bytesRead;
+  }
+  return true;
 }
 
 /**

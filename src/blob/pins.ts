@@ -48,9 +48,10 @@ export class WriterPins {
    * at for the chunks before this one in the same block (a block's chunks
    * mostly come from one blob: its descriptor is checked once per block,
    * not once per chunk, about 10 us each; a snapshot a block old is no
-   * staler than one a chunk old can be by the time it is used).
+   * staler than one a chunk old can be by the time it is used). `hit`:
+   * told where the copy taken is.
    */
-  async stored(hash: Uint8Array, size: number, from = 0, seen?: Map<string, Descriptor>): Promise<Extent[] | undefined> {
+  async stored(hash: Uint8Array, size: number, from = 0, seen?: Map<string, Descriptor>, hit?: (blob: string, offset: number, d: Descriptor) => void): Promise<Extent[] | undefined> {
     for (const loc of this.#s.index.locations(hash)) {
       if (loc.size !== size) continue;
       let d = seen?.get(loc.blob);
@@ -62,6 +63,7 @@ export class WriterPins {
       }
       seen?.set(loc.blob, d);
       if (loc.offset + size > d.size || (d.damagedAt !== undefined && loc.offset + size > d.damagedAt)) continue;
+      hit?.(loc.blob, loc.offset, d);
       return [...d.extents.slice(loc.offset + from, size - from)];
     }
     return undefined;

@@ -57,6 +57,7 @@ export class BlobWriter {
   #state: 'open' | 'closed' | 'finalized' = 'open';
   #failure: unknown;
   readonly #calls = new Serial();
+  #leavesLent = 0;
 
   private constructor(s: StoreInternals, name: string, o: OpenDescriptor) {
     this.#s = s;
@@ -102,6 +103,9 @@ export class BlobWriter {
   get isFinalized(): boolean {
     return this.#state === 'finalized';
   }
+
+  /** @internal Leaves of the finalized blob (1 MiB or more, not resumed) taken from another blob's leaf layer, not hashed. */
+  get leavesLent(): number { return this.#leavesLent; }
 
   /** BEP 52 hash of the bytes appended so far. */
   get hash(): Uint8Array {
@@ -298,6 +302,7 @@ export class BlobWriter {
         await this.#ingest.end();
         await this.#log.run(true);
       });
+      this.#leavesLent = await this.#ingest.finishLayer(this.name);
       await this.#release('finalized');
     });
   }

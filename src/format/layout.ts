@@ -90,7 +90,7 @@ export class Layout {
   }
 
   /** A fresh temp file name: pid first, so GC can tell a live writer's files from a dead one's. */
-  tmpFile(kind: 'frag' | 'desc' = 'frag'): string {
+  tmpFile(kind: 'frag' | 'desc' | 'leaf' = 'frag'): string {
     return path.join(this.tmp, `${process.pid}-${crypto.randomBytes(8).toString('hex')}.${kind}`);
   }
 }

@@ -5,8 +5,8 @@
 import fs from 'node:fs';
 import crypto from 'node:crypto';
 import { parentPort } from 'node:worker_threads';
-import { MerkleHasher, type MerkleState } from './merkle.js';
-import type { ToWorker } from './pool.js';
+import { LEAF_SIZE, MerkleHasher, type MerkleState } from './merkle.js';
+import type { SamePlan, ToWorker } from './pool.js';
 import { threadCpuNs } from './thread-cpu.js';
 
 interface Held {
@@ -25,7 +25,25 @@ interface Job {
   error?: Error;
   /** A chunk failed its claimed hash: nothing after it is hashed or written for this job. */
   refused?: boolean;
+  /** The blob's leaf hashes as they come, for its leaf layer (see `layer` messages). */
+  layer?: LayerOut;
+  /** Leaves taken from another blob's layer rather than hashed (hashSame). */
+  lent: number;
 }
+
+/** Leaf hashes on their way to a leaf-layer file: `fd` -1 until the writer opens it (they wait in `buf`). */
+interface LayerOut {
+  fd: number;
+  buf: Buffer;
+  filled: number;
+  /** Where in the file the bytes in `buf` go. */
+  at: number;
+  leaves: number;
+  failed: boolean;
+}
+
+/** Leaf hashes gathered per write to a layer file: 64 KiB (32 MiB of blob). */
+const LAYER_BUF = 64 * 1024;
 
 const jobs = new Map<number, Job>();
 threadCpuNs(); // its descriptor opened now, with the thread: a writer's first block takes no file of its own
@@ -138,11 +156,110 @@ function write(job: Job, bytes: Uint8Array, writes: number[]): void {
   }
 }
 
+/** Writes what `l` gathered; a failure (ENOSPC, EIO) drops the layer, not the blob: it is derived data. */
+function flushLayer(l: LayerOut): void {
+  if (l.failed || l.filled === 0) return;
+  if (l.fd < 0) {
+    l.failed = true; // the writer opens the file long before the buffer fills: a layer it did not open is not kept
+    return;
+  }
+  try {
+    for (let done = 0; done < l.filled; ) {
+      const n = fs.writeSync(l.fd, l.buf, done, l.filled - done, l.at + done);
+      if (n <= 0) throw new Error('a write to a leaf layer wrote nothing');
+      done += n;
+    }
+  } catch {
+    l.failed = true;
+  }
+  l.at += l.filled;
+  l.filled = 0;
+}
+
+function keepLeaves(job: Job, at: number): void {
+  const l: LayerOut = { fd: -1, buf: Buffer.allocUnsafe(LAYER_BUF), filled: 0, at, leaves: 0, failed: false };
+  job.layer = l;
+  job.merkle.onLeaf = (h) => {
+    if (l.filled === LAYER_BUF) flushLayer(l);
+    l.buf.set(h, l.filled);
+    l.filled += 32;
+    l.leaves++;
+  };
+}
+
+/** The leaf layer's last hashes, the partial last leaf's too: the number of leaves written (-1 if the layer failed), and of leaves lent. */
+function endLayer(job: Job): [number, number] {
+  const l = job.layer;
+  if (!l) return [-1, job.lent];
+  const last = job.merkle.partialLeaf();
+  if (last) job.merkle.onLeaf!(last);
+  flushLayer(l);
+  job.layer = undefined;
+  job.merkle.onLeaf = undefined;
+  return [l.failed ? -1 : l.leaves, job.lent];
+}
+
+/**
+ * Hashes a block with a same-offset plan (see SamePlan): chunk by chunk,
+ * its chunk hash and then its merkle leaves, while it is in cache. A run
+ * of chunks each shown equal to the source blob's chunk at the same offset
+ * (the hash compared here, or by the writer: flag 2) is the source's bytes
+ * there, so its whole leaves are the source's leaves, given in `plan`; the
+ * leaves at the run's edges, and every other byte, are hashed. Bytes after
+ * a run's last whole leaf wait until the next chunk says whether the run
+ * goes on.
+ */
+function hashSame(job: Job, bytes: Uint8Array, cuts: number[], skip: number[] | undefined, out: Uint8Array, plan: SamePlan): void {
+  const base = job.merkle.size;
+  const expect = new Uint8Array(plan.expect);
+  const leaves = new Uint8Array(plan.leaves);
+  let from = 0;
+  let fed = 0; // bytes before this are in the merkle tree
+  let run = -1; // where the run of chunks equal to the source's starts, or -1
+  const feedTo = (to: number) => {
+    if (to > fed) job.merkle.update(bytes.subarray(fed, to));
+    fed = Math.max(fed, to);
+  };
+  for (let ci = 0; ci < cuts.length; ci++) {
+    const end = cuts[ci]!;
+    let h: Uint8Array | undefined;
+    if (skip?.[ci] !== 1) {
+      job.chunk.update(bytes.subarray(from, end));
+      h = job.chunk.digest();
+      out.set(h, 32 * ci);
+      job.chunk = crypto.createHash('sha256');
+    }
+    const flag = plan.flags[ci];
+    const same = flag === 2 || (flag === 1 && h !== undefined && Buffer.compare(h, expect.subarray(32 * ci, 32 * ci + 32)) === 0);
+    if (!same) {
+      run = -1;
+      feedTo(end);
+    } else {
+      if (run < 0) run = from;
+      // The whole leaves of the run so far, [lo, hi) in the block: the source's.
+      const lo = Math.ceil((base + run) / LEAF_SIZE) * LEAF_SIZE - base;
+      const hi = Math.floor((base + end) / LEAF_SIZE) * LEAF_SIZE - base;
+      const a = Math.max(lo, fed);
+      const first = (base + a) / LEAF_SIZE - plan.first;
+      const n = (hi - a) / LEAF_SIZE;
+      if (n > 0 && first >= 0 && 32 * (first + n) <= leaves.length) {
+        feedTo(lo);
+        job.merkle.pushLeaves(leaves.subarray(32 * first, 32 * (first + n)));
+        job.lent += n;
+        fed = hi;
+      }
+    }
+    from = end;
+  }
+  if (from < bytes.length) job.chunk.update(bytes.subarray(from));
+  feedTo(bytes.length);
+}
+
 port.on('message', (m: ToWorker) => {
   const job = jobs.get(m.id);
   switch (m.t) {
     case 'open':
-      jobs.set(m.id, { merkle: m.state ? MerkleHasher.fromState(m.state) : new MerkleHasher(), chunk: crypto.createHash('sha256'), fd: -1, held: new Map() });
+      jobs.set(m.id, { merkle: m.state ? MerkleHasher.fromState(m.state) : new MerkleHasher(), chunk: crypto.createHash('sha256'), fd: -1, held: new Map(), lent: 0 });
       break;
     case 'data': {
       const bytes = new Uint8Array(m.buf, m.off, m.len);
@@ -154,7 +271,8 @@ port.on('message', (m: ToWorker) => {
             out = new Uint8Array(4);
             new DataView(out.buffer).setUint32(0, check(job, bytes, m.merkle, m.cuts!, new Uint8Array(m.expect)), true);
           } else if (!job.refused) {
-            hash(job, bytes, m.merkle, m.cuts, m.skip, out);
+            if (m.same && m.merkle && out) hashSame(job, bytes, m.cuts!, m.skip, out, m.same);
+            else hash(job, bytes, m.merkle, m.cuts, m.skip, out);
             if (m.writes.length > 0) write(job, bytes, m.writes);
           }
         } catch (e) {
@@ -187,6 +305,14 @@ port.on('message', (m: ToWorker) => {
     case 'frag':
       if (job) job.fd = m.fd;
       break;
+    case 'layer':
+      // Keep the leaf hashes from here (the job's first byte), and later where to write them.
+      if (job && m.fd === undefined) keepLeaves(job, m.at);
+      else if (job?.layer) job.layer.fd = m.fd!;
+      break;
+    case 'layer-end':
+      reply(m.seq, job, () => endLayer(job!));
+      break;
     case 'written':
       // Every write to the fragment sent before this is done (or failed: the error goes back).
       reply(m.seq, job, () => {
@@ -209,6 +335,7 @@ port.on('message', (m: ToWorker) => {
       break;
     case 'close':
       jobs.delete(m.id);
+      if (job) job.merkle.onLeaf = undefined;
       if (job) for (const h of job.held.values()) release(h);
       port.postMessage({ t: 'res', seq: m.seq, value: null });
       break;

@@ -55,6 +55,8 @@ function levelsOf(n: number): number[] {
  * Fed in any split, it gives the same root; `digest()` does not end it.
  */
 export class MerkleHasher {
+  /** Called with each full leaf's hash, in order (the writer keeps them as the blob's leaf layer). */
+  onLeaf: ((hash: Uint8Array) => void) | undefined;
   #stack: Uint8Array[] = [];
   #leaves = 0;
   #size = 0;
@@ -91,7 +93,25 @@ export class MerkleHasher {
     return this;
   }
 
+  /**
+   * Full leaves given by their hashes, 32 bytes each, instead of their
+   * bytes: for leaves known to be byte for byte those of a checked tree
+   * (src/blob/same-leaves.ts). The hasher must stand at a leaf boundary.
+   */
+  pushLeaves(hashes: Uint8Array): this {
+    if (this.#partialLen !== 0) throw new Error('leaf hashes fed in the middle of a leaf');
+    for (let at = 0; at < hashes.length; at += HASH_SIZE) this.#pushLeaf(hashes.subarray(at, at + HASH_SIZE));
+    this.#size += (hashes.length / HASH_SIZE) * LEAF_SIZE;
+    return this;
+  }
+
+  /** The hash of the partial last leaf, if the bytes fed end inside one (the last entry of a leaf layer). */
+  partialLeaf(): Uint8Array | undefined {
+    return this.#partialLen > 0 ? sha256(this.#partial.subarray(0, this.#partialLen)) : undefined;
+  }
+
   #pushLeaf(hash: Uint8Array): void {
+    this.onLeaf?.(hash);
     let h = hash;
     for (let n = this.#leaves; n % 2 === 1; n = (n - 1) / 2) {
       h = parent(this.#stack.pop()!, h);

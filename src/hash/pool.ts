@@ -26,10 +26,28 @@ export type ToWorker =
       back?: boolean;
       /** Hashes claimed for the chunks ending at `cuts` (32 bytes each): checked (see `hashBlock`). */
       expect?: ArrayBuffer;
+      same?: SamePlan;
     }
+  | { t: 'layer'; id: number; at: number; fd?: number }
+  | { t: 'layer-end'; id: number; seq: number }
   | { t: 'write'; id: number; hold: number; writes: number[] }
   | { t: 'frag'; id: number; fd: number }
   | { t: 'written' | 'state' | 'digest' | 'open-chunk' | 'close'; id: number; seq: number };
+
+/**
+ * Leaves of a block that may be taken from another blob's checked leaf
+ * layer (src/blob/same-leaves.ts) rather than hashed. `flags[i]` for the
+ * chunk ending at cut i: 1, the source blob has a chunk of that size at
+ * the same offset whose hash is `expect[32i..]` (compared here); 2, the
+ * writer compared it; 0, neither. `leaves`: the source's leaf hashes from
+ * leaf number `first`.
+ */
+export interface SamePlan {
+  flags: number[];
+  expect: ArrayBuffer;
+  leaves: ArrayBuffer;
+  first: number;
+}
 
 type Request = 'written' | 'state' | 'digest' | 'open-chunk' | 'close';
 
@@ -235,10 +253,10 @@ export class HashJob {
    * accepted. After one fails, the job takes no more bytes (every later
    * block accepts 0): the blob hash stands at the end of the last good chunk.
    */
-  hashBlock(bytes: Uint8Array, merkle: boolean, cuts: number[], skip: number[] | undefined, hold: number, give: boolean, expect?: Uint8Array): Promise<Uint8Array> {
+  hashBlock(bytes: Uint8Array, merkle: boolean, cuts: number[], skip: number[] | undefined, hold: number, give: boolean, expect?: Uint8Array, same?: SamePlan): Promise<Uint8Array> {
     const claimed = expect && new Uint8Array(expect).buffer; // a copy of its own (a Buffer's slice is a view)
     return this.#t
-      .ask<Uint8Array | null>((seq) => this.#post(bytes, give, { merkle, writes: [], cuts, skip, seq, hold, expect: claimed }))
+      .ask<Uint8Array | null>((seq) => this.#post(bytes, give, { merkle, writes: [], cuts, skip, seq, hold, expect: claimed, same }))
       .then((b) => b ?? new Uint8Array(0));
   }
 
@@ -247,7 +265,7 @@ export class HashJob {
     this.#t.post({ t: 'write', id: this.#id, hold, writes });
   }
 
-  #post(bytes: Uint8Array, give: boolean, m: Pick<Extract<ToWorker, { t: 'data' }>, 'merkle' | 'writes' | 'cuts' | 'skip' | 'seq' | 'hold' | 'expect'>): void {
+  #post(bytes: Uint8Array, give: boolean, m: Pick<Extract<ToWorker, { t: 'data' }>, 'merkle' | 'writes' | 'cuts' | 'skip' | 'seq' | 'hold' | 'expect' | 'same'>): void {
     let buf: ArrayBufferLike = bytes.buffer;
     let off = bytes.byteOffset;
     if (give && isRecycled(buf)) {
@@ -277,6 +295,29 @@ export class HashJob {
   /** Starts a new fragment, written through `fd`. */
   startFragment(fd: number): void {
     this.#t.post({ t: 'frag', id: this.#id, fd });
+  }
+
+  /**
+   * Keeps the leaf hashes of every byte from now on (the job's first) for
+   * a leaf layer: written from file offset `at` once `layerFile` gives the
+   * file, which must come before 32 MiB of blob.
+   */
+  keepLeaves(at: number): void {
+    this.#t.post({ t: 'layer', id: this.#id, at });
+  }
+
+  /** Where the kept leaf hashes go (see keepLeaves). */
+  layerFile(fd: number): void {
+    this.#t.post({ t: 'layer', id: this.#id, at: 0, fd });
+  }
+
+  /**
+   * Writes the last kept leaf hashes (the partial last leaf's too): the
+   * number of leaves in the file (-1 if the layer failed), and how many
+   * leaves of the blob were taken from another's layer (SamePlan).
+   */
+  endLayer(): Promise<[number, number]> {
+    return this.#t.ask<[number, number]>((seq) => this.#t.post({ t: 'layer-end', id: this.#id, seq }));
   }
 
   /** Resolves after every write to the fragment is done (rejects if one failed). */

@@ -1,0 +1,244 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { LEAF_SIZE } from '../hash/merkle.js';
+import type { HashJob, SamePlan } from '../hash/pool.js';
+import { leafCount } from '../hash/proof.js';
+import { bytesEqual } from '../hash/sha256.js';
+import { ensureDir, writeAll } from '../disk/durable.js';
+import type { Descriptor } from '../format/descriptor.js';
+import type { StoreInternals } from './context.js';
+import { GROUP, LAYER_HEADER, checkOpenLayer, layerHeader, openLayer, type BlobTree } from './leaf-layer.js';
+
+/** Blobs smaller than this keep no leaf layer at finalize (one is made on a first range request) and lend none. */
+export const LAYER_MIN = 1024 * 1024;
+/** A writer's leaf hashes wait in the hashing thread until the blob has this many bytes; then the layer's temp file opens. */
+const LAYER_OPEN_AT = 16 * 1024 * 1024;
+/** Groups of a source's leaf hashes read at once: 32 MiB of blob, 64 KiB of hashes. */
+const WINDOW_GROUPS = 32;
+
+/**
+ * A new blob's leaf layer (src/blob/leaf-layer.ts), written as the blob
+ * is: the hashing thread keeps every leaf hash it makes or is given, and
+ * writes them to a temp file in tmp/; at finalize the header goes on, the
+ * file is fdatasync'd and renamed to layers/. A resumed blob keeps none
+ * (its prefix's leaves were not seen). It is derived data, checked against
+ * the root wherever it is loaded, so a crash that loses or tears it costs a
+ * re-hash later, never a wrong answer: it is not part of the descriptor's
+ * durability order, and its failure never fails the blob.
+ */
+export class LayerOut {
+  readonly #s: StoreInternals;
+  readonly #job: HashJob;
+  #fh: fs.FileHandle | undefined;
+  #tmp: string | undefined;
+  #done = false;
+  /** Leaves taken from another blob's layer rather than hashed, known at finish. */
+  lent = 0;
+
+  constructor(s: StoreInternals, job: HashJob) {
+    this.#s = s;
+    this.#job = job;
+    job.keepLeaves(LAYER_HEADER);
+  }
+
+  /** Opens the temp file once the blob is large enough to keep a layer for (before the hashing thread's buffer fills). */
+  async room(size: number): Promise<void> {
+    if (this.#fh || this.#done || size < LAYER_OPEN_AT) return;
+    await this.#open();
+  }
+
+  async #open(): Promise<void> {
+    this.#tmp = this.#s.layout.tmpFile('leaf');
+    this.#fh = await fs.open(this.#tmp, 'wx');
+    this.#job.layerFile(this.#fh.fd);
+  }
+
+  /** At finalize: the layer of blob `name` (`size` bytes, root `root`) into place. Never throws: a layer not made is made when needed. */
+  async finish(name: string, size: number, root: Uint8Array): Promise<void> {
+    if (this.#done) return;
+    try {
+      if (size < LAYER_MIN) return;
+      if (!this.#fh) await this.#open();
+      const [leaves, lent] = await this.#job.endLayer();
+      this.lent = lent;
+      if (leaves !== leafCount(size)) return;
+      await writeAll(this.#fh!, layerHeader(size, root), 0);
+      await this.#fh!.datasync();
+      const file = this.#s.layout.leafLayer(name);
+      await ensureDir(path.dirname(file), this.#s.knownDirs);
+      await fs.rename(this.#tmp!, file);
+      this.#tmp = undefined;
+    } catch {
+      // Derived data: the blob is finalized and durable whatever happened here.
+    } finally {
+      await this.discard();
+    }
+  }
+
+  /** Drops the temp file (after the hashing thread's job has ended, or at finish). */
+  async discard(): Promise<void> {
+    this.#done = true;
+    const fh = this.#fh;
+    const tmp = this.#tmp;
+    this.#fh = undefined;
+    this.#tmp = undefined;
+    await fh?.close().catch(() => {});
+    if (tmp) await fs.rm(tmp, { force: true }).catch(() => {});
+  }
+}
+
+/** A chunk of a block, as SameLeaves.plan sees it: where it starts in the blob, its size, its hash if known now. */
+export interface PlanChunk {
+  start: number;
+  size: number;
+  known: Uint8Array | undefined;
+}
+
+/**
+ * Where a new blob repeats a finalized blob at the same offsets (a second
+ * put of a file, an edited copy between its edits), its BEP 52 leaves
+ * need not be hashed: they are the other blob's leaves. This finds, per
+ * block, the chunks that the source blob has at the same offsets with the
+ * same sizes and their hashes (from the chunk index), and the source's
+ * leaf hashes over them (from its leaf layer, checked against its root
+ * when loaded, each group again when read). The hashing thread takes a
+ * source leaf only inside a run of chunks whose hashes it found equal to
+ * the source's (so those bytes are the source's bytes, as far as SHA-256
+ * tells: the trust dedup already places in chunk hashes); everything else,
+ * and whatever cannot be loaded or checked, is hashed from the bytes.
+ *
+ * The source is the blob of the last dedup hit at the same offset
+ * (`note`). Nothing here is ever waited for: a layer still loading, or a
+ * window of it still being read, means that block's leaves are hashed.
+ */
+export class SameLeaves {
+  readonly #s: StoreInternals;
+  #blob: string | undefined;
+  /** The source's checked tree: undefined while loading, null if it has none usable. */
+  #tree: BlobTree | null | undefined;
+  /** Leaf hashes of the source read so far: groups from `g` (`hashes` undefined while being read). */
+  #win: Window | undefined;
+  #ahead: Window | undefined;
+  /** The source's chunk number at `offset`, where the last block's search stopped. */
+  #cursor: { n: number; offset: number } | undefined;
+  /** Whether the last plan found any chunk at the same offset. */
+  #matched = false;
+  /** The source's layer file, open (one open for the check and every window). */
+  #fh: Promise<fs.FileHandle | undefined> | undefined;
+
+  constructor(s: StoreInternals) {
+    this.#s = s;
+  }
+
+  /** A chunk of ours is stored at the same offset in blob `name` (descriptor `d`): a candidate source. */
+  note(name: string, d: Descriptor): void {
+    if (name === this.#blob || !d.finalized || !d.hash || d.size < LAYER_MIN) return;
+    // Keep a source that serves, rather than load a layer for every blob that shares a chunk.
+    if (this.#blob !== undefined && this.#tree !== null && this.#matched) return;
+    this.#blob = name;
+    this.#tree = undefined;
+    this.#win = this.#ahead = undefined;
+    this.#cursor = undefined;
+    this.#matched = true;
+    this.close();
+    const file = this.#s.layout.leafLayer(name);
+    const fh = openLayer(file);
+    this.#fh = fh;
+    fh.then((f) => (f ? checkOpenLayer(f, file, d.size, d.hash!) : undefined)).then(
+      (t) => this.#blob === name && (this.#tree = t ?? null),
+      () => this.#blob === name && (this.#tree = null),
+    );
+  }
+
+  /** Closes the source's layer file (a writer's end, or a new source). */
+  close(): void {
+    const fh = this.#fh;
+    this.#fh = undefined;
+    fh?.then((f) => f?.close()).catch(() => {});
+  }
+
+  /** The plan for a block's chunks (the same-offset ones and their source leaves), or undefined. */
+  plan(chunks: readonly PlanChunk[]): SamePlan | undefined {
+    const blob = this.#blob;
+    const tree = this.#tree;
+    if (blob === undefined || !tree || chunks.length === 0) return undefined;
+    const expect = new Uint8Array(32 * chunks.length);
+    const flags = this.#match(blob, chunks, expect);
+    const firstAt = flags.findIndex((f) => f !== 0);
+    this.#matched = firstAt >= 0;
+    if (firstAt < 0) return undefined;
+    let lastAt = flags.length - 1;
+    while (flags[lastAt] === 0) lastAt--;
+    const first = Math.ceil(chunks[firstAt]!.start / LEAF_SIZE);
+    const end = Math.floor((chunks[lastAt]!.start + chunks[lastAt]!.size) / LEAF_SIZE);
+    const leaves = this.#leaves(tree, first, end);
+    if (!leaves) return undefined;
+    return { flags, expect: expect.buffer, leaves: leaves.hashes, first: leaves.first };
+  }
+
+  /** Flags per chunk (see SamePlan) and the source's hashes into `expect`. */
+  #match(blob: string, chunks: readonly PlanChunk[], expect: Uint8Array): number[] {
+    const flags: number[] = new Array<number>(chunks.length).fill(0);
+    const index = this.#s.index;
+    const start = chunks[0]!.start;
+    let n = this.#cursor?.offset === start ? this.#cursor.n : index.chunkNumberAt(blob, start);
+    if (n === undefined) return flags;
+    let i = 0;
+    for (const c of index.blobChunks(blob, n)) {
+      while (i < chunks.length && chunks[i]!.start < c.offset) i++;
+      if (i === chunks.length) break;
+      n++;
+      if (chunks[i]!.start !== c.offset) continue;
+      this.#cursor = { n, offset: c.offset + c.size };
+      const mine = chunks[i]!;
+      if (mine.size === c.size) {
+        if (mine.known === undefined) {
+          expect.set(c.hash, 32 * i);
+          flags[i] = 1;
+        } else if (bytesEqual(mine.known, c.hash)) flags[i] = 2;
+      }
+      if (++i === chunks.length) break;
+    }
+    return flags;
+  }
+
+  /** The source's leaf hashes [first, end) as far as the windows read hold them from `first`, reading ahead; undefined if none yet. */
+  #leaves(tree: BlobTree, first: number, end: number): { hashes: ArrayBuffer; first: number } | undefined {
+    if (end <= first) return undefined;
+    const g = Math.floor(first / GROUP);
+    if (this.#ahead && this.#ahead.g <= g && (!this.#win || this.#win.g < this.#ahead.g)) [this.#win, this.#ahead] = [this.#ahead, undefined];
+    const win = this.#win;
+    if (!win || g < win.g || g >= win.g + WINDOW_GROUPS) {
+      this.#win = this.#read(tree, g);
+      this.#ahead = undefined;
+      return undefined;
+    }
+    if (!this.#ahead && Math.floor(end / GROUP) >= win.g + WINDOW_GROUPS / 2) this.#ahead = this.#read(tree, win.g + WINDOW_GROUPS);
+    if (!win.hashes) return undefined;
+    const from = first - win.g * GROUP;
+    const to = Math.min(end - win.g * GROUP, win.hashes.length / 32);
+    if (to <= from) return undefined;
+    return { hashes: Uint8Array.prototype.slice.call(win.hashes, 32 * from, 32 * to).buffer, first };
+  }
+
+  #read(tree: BlobTree, g: number): Window | undefined {
+    if (g * GROUP >= tree.leaves) return undefined;
+    const w: Window = { g, hashes: undefined };
+    const blob = this.#blob;
+    this.#fh!.then((fh) => tree.leafGroups(g, WINDOW_GROUPS, fh)).then(
+      (hashes) => {
+        if (this.#blob !== blob) return;
+        // Gone, cut short or changed since it was checked: this source lends no more leaves.
+        if (!hashes) this.#tree = null;
+        else w.hashes = hashes;
+      },
+      () => this.#blob === blob && (this.#tree = null),
+    );
+    return w;
+  }
+}
+
+interface Window {
+  g: number;
+  hashes: Buffer | undefined;
+}
