@@ -36,6 +36,8 @@ export interface PendingBlock {
   chunks: CutChunk[];
   /** Whole chunks with claimed hashes, checked by the hashing thread: `hashes` is the count accepted (u32 LE). */
   claimed: boolean;
+  /** A same-offset plan went with it (SameLeaves): the source, and per chunk 2 where this thread found it equal to the source's. */
+  same?: { src: Descriptor; flags: number[] };
 }
 
 /**

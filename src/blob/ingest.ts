@@ -10,7 +10,7 @@ import { pushExtent, pushParts, restoreTail, type BlockRefs, type BlockSource, t
 import type { StoreInternals } from './context.js';
 import { HashShare } from './ingest-share.js';
 import type { WriterPins } from './pins.js';
-import { LayerOut, SameLeaves, type PlanChunk } from './same-leaves.js';
+import { LayerOut, SameLeaves, foundSame, sameAt, type PlanChunk } from './same-leaves.js';
 
 export type { BlockRefs, BlockSource, Claimed, NewExtent, Taken } from './ingest-types.js';
 
@@ -171,7 +171,8 @@ export class Ingest {
     const same = claimed ? undefined : this.#same.plan(plan);
     const hashes = this.#job.hashBlock(block, true, ends, expect ? undefined : skip, hold, give, expect, same);
     hashes.catch(() => {}); // awaited in #decide
-    this.#queue.push({ hold, hashes, chunks, size: len, claimed: expect !== undefined });
+    const src = same && this.#same.source;
+    this.#queue.push({ hold, hashes, chunks, size: len, claimed: expect !== undefined, same: src ? { src, flags: same.flags } : undefined });
     this.#queuedBytes += len;
     // One block behind: the previous block's hashes are in, or nearly, while this one is hashed.
     while (this.#queue.length > 1) await this.#decide(this.#queue.shift()!, true);
@@ -267,7 +268,7 @@ export class Ingest {
       const seen = new Map<string, Descriptor>();
       for (let i = 0; i < n; i++) {
         const c = b.chunks[i]!;
-        await this.#place(c, c.known ?? hashes.slice(32 * c.idx, 32 * c.idx + 32), writes, seen);
+        await this.#place(c, c.known ?? hashes.slice(32 * c.idx, 32 * c.idx + 32), writes, seen, foundSame(b.same, hashes, c.idx));
       }
       if (n < b.chunks.length) this.#refuse(b.chunks[n]!);
     } finally {
@@ -277,14 +278,15 @@ export class Ingest {
   }
 
   /** A chunk with its hash: reference a stored copy, or write its new bytes (those of a held block into `writes`). A chunk cut by a checkpoint has its first `committed` bytes in extents already: the rest may still be stored. */
-  async #place(c: CutChunk, hash: Uint8Array, writes: number[] | undefined, seen?: Map<string, Descriptor>): Promise<void> {
+  async #place(c: CutChunk, hash: Uint8Array, writes: number[] | undefined, seen?: Map<string, Descriptor>, same?: Descriptor): Promise<void> {
     const literal = c.parts.some((p) => !('ext' in p));
     // A stored copy (of the bytes past `committed`): in the fragment being written, or in a blob the index knows.
-    const local = literal ? this.#local.get(toHex(hash)) : undefined;
+    const local = literal && this.#local.size > 0 ? this.#local.get(toHex(hash)) : undefined;
     const from = c.committed;
     const at = this.#chunkEnd;
-    const same = (blob: string, offset: number, d: Descriptor) => offset === at && this.#same.note(blob, d);
-    const stored: NewExtent[] | undefined = local !== undefined ? [{ frag: null, offset: local + from, size: c.size - from }] : literal ? await this.#pins.stored(hash, c.size, from, seen, same) : undefined;
+    const note = (blob: string, offset: number, d: Descriptor) => offset === at && this.#same.note(blob, d);
+    const stored: NewExtent[] | undefined =
+      local !== undefined ? [{ frag: null, offset: local + from, size: c.size - from }] : literal ? (sameAt(same, at, c.size, from) ?? (await this.#pins.stored(hash, c.size, from, seen, note))) : undefined;
     if (stored) {
       for (const e of stored) pushExtent(this.#newExtents, e.frag, e.offset, e.size);
     } else {

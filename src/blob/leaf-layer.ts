@@ -36,6 +36,8 @@ const GROUP_LEVEL = 6;
 export const GROUP = 2 ** GROUP_LEVEL;
 /** Groups of leaf hashes read (when a layer is checked) or written (when it is made) at once: 64 KiB. */
 const IO_GROUPS = 32;
+/** At most this many leaf hashes are held by a tree loaded with `keep` (4 MiB of them: a blob of 2 GiB). */
+const KEEP_LEAVES = 128 * 1024;
 /** Bytes of trees (held levels: about 64 bytes per MiB of blob) kept in memory per store. */
 export const TREE_CACHE_BYTES = 64 * 1024 * 1024;
 
@@ -53,17 +55,21 @@ class Folder {
   readonly #tops: Buffer;
   /** A blob of one group holds all its levels: its leaf hashes are kept. */
   readonly #small: Buffer | undefined;
+  /** Every leaf hash, when asked for (`keep`) and the blob is at most KEEP_LEAVES leaves. */
+  readonly #all: Buffer | undefined;
   #groups = 0;
 
-  constructor(size: number) {
+  constructor(size: number, keep = false) {
     this.leaves = leafCount(size);
     this.#tops = Buffer.allocUnsafe(32 * Math.ceil(this.leaves / GROUP));
     this.#small = this.leaves <= GROUP ? Buffer.allocUnsafe(32 * this.leaves) : undefined;
+    this.#all = keep && !this.#small && this.leaves <= KEEP_LEAVES ? Buffer.allocUnsafe(32 * this.leaves) : undefined;
   }
 
   /** The leaf hashes of the next whole groups (the last group may be short). */
   add(hashes: Uint8Array): void {
     if (this.#small) this.#small.set(hashes, 0);
+    this.#all?.set(hashes, 32 * GROUP * this.#groups);
     for (let at = 0; at < hashes.length; at += 32 * GROUP) {
       this.#tops.set(groupNode(hashes.subarray(at, Math.min(hashes.length, at + 32 * GROUP))), 32 * this.#groups++);
     }
@@ -73,7 +79,7 @@ class Folder {
   tree(file: string, root: Uint8Array): BlobTree | undefined {
     const held = this.#small ? treeLevels(this.#small) : treeLevels(this.#tops, GROUP_LEVEL);
     if (!bytesEqual(held[held.length - 1]!, root)) return undefined;
-    return new BlobTree(file, this.leaves, this.#small ? 0 : GROUP_LEVEL, held);
+    return new BlobTree(file, this.leaves, this.#small ? 0 : GROUP_LEVEL, held, this.#all);
   }
 }
 
@@ -86,6 +92,8 @@ export class BlobTree {
     readonly leaves: number,
     readonly base: number,
     readonly held: Buffer[],
+    /** Every leaf hash, checked with the tree and held (see checkLayer's `keep`). */
+    readonly all?: Buffer,
   ) {
     this.bytes = held.reduce((s, l) => s + l.length, 0);
   }
@@ -118,7 +126,7 @@ export class BlobTree {
     const from = g * GROUP;
     const n = Math.min(count * GROUP, this.leaves - from);
     if (n <= 0) return undefined;
-    if (this.base === 0) return this.held[0]!.subarray(32 * from, 32 * (from + n)); // a small tree holds its leaves
+    if (this.base === 0 || this.all) return (this.all ?? this.held[0]!).subarray(32 * from, 32 * (from + n)); // held, checked
     const hashes = Buffer.allocUnsafe(32 * n);
     if (!(await (fh ? readFull(fh, hashes, HEADER + 32 * from) : readAt(this.file, hashes, HEADER + 32 * from)))) return undefined;
     for (let at = 0; at < n; at += GROUP) {
@@ -282,17 +290,21 @@ export async function openLayer(file: string): Promise<fs.FileHandle | undefined
   }
 }
 
-/** checkLayer on the open file `fh` (of path `file`), read in few, large reads. */
-export async function checkOpenLayer(fh: fs.FileHandle, file: string, size: number, root: Uint8Array): Promise<BlobTree | undefined> {
+/**
+ * checkLayer on the open file `fh` (of path `file`), read in few, large
+ * reads. `keep`: the tree holds every leaf hash, up to KEEP_LEAVES, so that
+ * leafGroups need not read and check them again.
+ */
+export async function checkOpenLayer(fh: fs.FileHandle, file: string, size: number, root: Uint8Array, keep = false): Promise<BlobTree | undefined> {
   try {
-    return await checkLayerBytes(fh, file, size, root);
+    return await checkLayerBytes(fh, file, size, root, keep);
   } catch (e) {
     throw ioError(e, 'reading a leaf layer', { path: file });
   }
 }
 
-async function checkLayerBytes(fh: fs.FileHandle, file: string, size: number, root: Uint8Array): Promise<BlobTree | undefined> {
-  const folder = new Folder(size);
+async function checkLayerBytes(fh: fs.FileHandle, file: string, size: number, root: Uint8Array, keep: boolean): Promise<BlobTree | undefined> {
+  const folder = new Folder(size, keep);
   const end = HEADER + 32 * folder.leaves;
   const per = 32 * CHECK_GROUPS * GROUP;
   // The header comes with the first hashes; the last read asks for one byte more: a longer file is stale too.

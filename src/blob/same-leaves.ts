@@ -6,6 +6,7 @@ import { leafCount } from '../hash/proof.js';
 import { bytesEqual } from '../hash/sha256.js';
 import { ensureDir, writeAll } from '../disk/durable.js';
 import type { Descriptor } from '../format/descriptor.js';
+import type { Extent } from '../format/extents.js';
 import type { StoreInternals } from './context.js';
 import { GROUP, LAYER_HEADER, checkOpenLayer, layerHeader, openLayer, type BlobTree } from './leaf-layer.js';
 
@@ -123,6 +124,7 @@ export class SameLeaves {
   #cursor: { n: number; offset: number } | undefined;
   /** Whether the last plan found any chunk at the same offset. */
   #matched = false;
+  #desc: Descriptor | undefined;
   /** The source's layer file, open (one open for the check and every window). */
   #fh: Promise<fs.FileHandle | undefined> | undefined;
 
@@ -136,6 +138,7 @@ export class SameLeaves {
     // Keep a source that serves, rather than load a layer for every blob that shares a chunk.
     if (this.#blob !== undefined && this.#tree !== null && this.#matched) return;
     this.#blob = name;
+    this.#desc = d;
     this.#tree = undefined;
     this.#win = this.#ahead = undefined;
     this.#cursor = undefined;
@@ -144,7 +147,7 @@ export class SameLeaves {
     const file = this.#s.layout.leafLayer(name);
     const fh = openLayer(file);
     this.#fh = fh;
-    fh.then((f) => (f ? checkOpenLayer(f, file, d.size, d.hash!) : undefined)).then(
+    fh.then((f) => (f ? checkOpenLayer(f, file, d.size, d.hash!, true) : undefined)).then(
       (t) => this.#blob === name && (this.#tree = t ?? null),
       () => this.#blob === name && (this.#tree = null),
     );
@@ -155,6 +158,11 @@ export class SameLeaves {
     const fh = this.#fh;
     this.#fh = undefined;
     fh?.then((f) => f?.close()).catch(() => {});
+  }
+
+  /** The source's descriptor (pinned: it came through WriterPins), while it lends leaves. */
+  get source(): Descriptor | undefined {
+    return this.#tree ? this.#desc : undefined;
   }
 
   /** The plan for a block's chunks (the same-offset ones and their source leaves), or undefined. */
@@ -241,4 +249,21 @@ export class SameLeaves {
 interface Window {
   g: number;
   hashes: Buffer | undefined;
+}
+
+/**
+ * Bytes [from, size) of the chunk at `at` of source `d`, which the hashing
+ * thread found equal to ours at the same offset: where they are stored (as
+ * WriterPins.stored would find them, without the index lookup), or
+ * undefined if they are past its end or its recorded damage.
+ */
+export function sameAt(d: Descriptor | undefined, at: number, size: number, from: number): Extent[] | undefined {
+  if (!d || at + size > d.size || (d.damagedAt !== undefined && at + size > d.damagedAt)) return undefined;
+  return [...d.extents.slice(at + from, size - from)];
+}
+
+/** The source of a chunk (number `idx` of its block) found equal to the source's at the same offset (see SamePlan), from the block's answer `hashes`. */
+export function foundSame(same: { src: Descriptor; flags: number[] } | undefined, hashes: Uint8Array, idx: number): Descriptor | undefined {
+  if (!same) return undefined;
+  return same.flags[idx] === 2 || hashes[32 * same.flags.length + idx] === 1 ? same.src : undefined;
 }

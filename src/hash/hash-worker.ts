@@ -231,6 +231,7 @@ function hashSame(job: Job, bytes: Uint8Array, cuts: number[], skip: number[] | 
     }
     const flag = plan.flags[ci];
     const same = flag === 2 || (flag === 1 && h !== undefined && Buffer.compare(h, expect.subarray(32 * ci, 32 * ci + 32)) === 0);
+    out[32 * cuts.length + ci] = same ? 1 : 0;
     if (!same) {
       run = -1;
       feedTo(end);
@@ -263,7 +264,8 @@ port.on('message', (m: ToWorker) => {
       break;
     case 'data': {
       const bytes = new Uint8Array(m.buf, m.off, m.len);
-      let out = m.seq !== undefined && m.cuts && !m.expect ? new Uint8Array(32 * m.cuts.length) : undefined;
+      // With a same-offset plan, a byte per chunk after the hashes: 1 if it was found equal to the source's.
+      let out = m.seq !== undefined && m.cuts && !m.expect ? new Uint8Array((m.same ? 33 : 32) * m.cuts.length) : undefined;
       if (job && !job.error) {
         try {
           // Claimed hashes: the answer is the number of chunks accepted, as a 4-byte count.

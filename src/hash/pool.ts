@@ -40,7 +40,8 @@ export type ToWorker =
  * chunk ending at cut i: 1, the source blob has a chunk of that size at
  * the same offset whose hash is `expect[32i..]` (compared here); 2, the
  * writer compared it; 0, neither. `leaves`: the source's leaf hashes from
- * leaf number `first`.
+ * leaf number `first`. The answer to such a block has a byte per chunk
+ * after the hashes: 1 if the chunk was found equal to the source's.
  */
 export interface SamePlan {
   flags: number[];
