@@ -219,37 +219,12 @@ export class BlobUploads extends DataStore {
  * is thrown.
  */
 async function appendFlushed(w: BlobWriter, stream: AsyncIterable<Buffer>): Promise<void> {
-  const it = stream[Symbol.asyncIterator]();
-  let carry: Buffer | undefined;
-  let ended = false;
-  // One segment of at most UPLOAD_FLUSH_BYTES; a piece that crosses its end is split, the rest carried to the next.
-  async function* segment(): AsyncGenerator<Buffer> {
-    let left = UPLOAD_FLUSH_BYTES;
-    while (left > 0) {
-      let piece = carry;
-      carry = undefined;
-      if (!piece) {
-        const r = await it.next();
-        if (r.done) {
-          ended = true;
-          return;
-        }
-        piece = r.value;
-      }
-      if (piece.length > left) {
-        carry = piece.subarray(left);
-        piece = piece.subarray(0, left);
-      }
-      left -= piece.length;
-      yield piece;
-    }
-  }
-  // A failure leaves the writer to its caller's closeWithoutFinalize, which makes what was appended durable.
-  // Each segment's checkpoint is made durable while the next is read (waiting for it held the socket up
-  // for an fsync every 8 MiB); the PATCH answers only once everything is durable (flush).
-  while (!ended) {
-    await w.appendStream(segment());
-    if (!ended) await w.checkpointSoon();
-  }
+  // One append for the whole body, the writer checkpointing inside it: each checkpoint is made durable while
+  // the next bytes are read (waiting for each fsync held the socket up), and an append per segment waited at
+  // its end for the hashing thread to catch up, 256 times a GiB. A failure leaves the writer to its caller's
+  // closeWithoutFinalize, which makes what was appended durable; the PATCH answers only once everything is
+  // durable (flush).
+  w.checkpointEvery(UPLOAD_FLUSH_BYTES);
+  await w.appendStream(stream);
   await w.flush();
 }
