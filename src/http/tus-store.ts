@@ -40,18 +40,23 @@ export class BlobUploads extends DataStore {
   readonly #expiryMs: number;
   readonly #bodies: RequestBodies | undefined;
   readonly #maxSize: number;
+  readonly #stallMs: number;
   /** Calls under way: the server waits for them before the store may close. */
   readonly #busy = new Set<Promise<unknown>>();
   /** Uploads made by a POST not answered yet (its Node request -> the upload's name): see dropUnnamed. */
   readonly #creating = new WeakMap<object, string>();
 
-  /** `bodies`: where a write finds its request's body (else it reads the stream tus gives it); `maxSize`: the largest upload (Infinity: no limit). */
-  constructor(store: BlobStore, expiryMs: number, bodies?: RequestBodies, maxSize = Infinity) {
+  /**
+   * `bodies`: where a write finds its request's body (else it reads the stream tus gives it); `maxSize`: the
+   * largest upload (Infinity: no limit); `stallMs`: a body that brings nothing this long is cut (0: never; bodyPieces).
+   */
+  constructor(store: BlobStore, expiryMs: number, bodies?: RequestBodies, maxSize = Infinity, stallMs = 0) {
     super();
     this.#store = store;
     this.#expiryMs = expiryMs;
     this.#bodies = bodies;
     this.#maxSize = maxSize;
+    this.#stallMs = stallMs;
     this.extensions = ['creation', 'creation-with-upload', 'creation-defer-length', 'termination', 'expiration'];
   }
 
@@ -118,7 +123,7 @@ export class BlobUploads extends DataStore {
       if (w.size !== offset) throw ERRORS.INVALID_OFFSET;
       // The body past what the upload may still take is tus's 413 (what tus's own limit on its stream would say).
       const held = this.#bodies?.held(id);
-      await appendFlushed(w, held ? bodyPieces(held, (rec.length ?? this.#maxSize) - offset) : stream);
+      await appendFlushed(w, held ? bodyPieces(held, (rec.length ?? this.#maxSize) - offset, this.#stallMs) : stream);
       if (rec.length !== null && w.size === rec.length) await w.close();
       return w.size;
     } finally {
