@@ -11,7 +11,7 @@ export { firstDifference } from './blob/compare.js';
 export type { FsckProblem, FsckProblemKind } from './upkeep/fsck.js';
 export type { GcProgress } from './upkeep/gc.js';
 export { connect, type CabServer, type ConnectOptions, type CabClient } from './transfer/ws.js';
-export { serve, DEFAULT_UPLOAD_EXPIRY_MS, type ServeOptions, type HttpOptions } from './http/serve.js';
+export { serve, DEFAULT_MAX_UPLOADS, DEFAULT_UPLOAD_EXPIRY_MS, DEFAULT_UPLOAD_STALL_MS, type ServeOptions, type HttpOptions } from './http/serve.js';
 export type { ServeEvent } from './transfer/serve.js';
 export { fetchBlob, DEFAULT_STALL_MS, type FetchOptions, type FetchSource, type FetchStats, type SourceReport } from './transfer/fetch-blob.js';
 export { RemoteBlobReader, type OpenReaderOptions, type RemoteReaderStreamOptions } from './transfer/remote-reader.js';

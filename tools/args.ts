@@ -15,6 +15,12 @@ export function portArg(text: string): number {
   return Number(text);
 }
 
+/** For counts: a whole number >= 1. */
+export function countArg(text: string): number {
+  if (!/^\d{1,15}$/.test(text) || Number(text) < 1) throw new InvalidArgumentError('a count is a whole number of at least 1.');
+  return Number(text);
+}
+
 /** For size options: "64KiB", "1GiB", "4096". */
 export function sizeArg(text: string): number {
   try {

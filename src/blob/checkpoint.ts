@@ -4,15 +4,31 @@ import { fromHex } from '../hash/sha256.js';
 import { encodeRecord, merkleToRecord, packChunks, type AppendRecord } from '../format/descriptor.js';
 import { writeAll } from '../disk/durable.js';
 import { catchUpBlob } from '../index/catchup.js';
+import type { IndexedRecord } from '../index/chunk-index.js';
 import type { StoreInternals } from './context.js';
 import type { Ingest, Taken } from './ingest.js';
 import type { WriterPins } from './pins.js';
 
 /**
+ * Blob bytes of durable records a background checkpoint may leave out of
+ * the index before it commits them, all in one transaction. An index commit
+ * (LMDB, synchronous, with an fdatasync) blocked the writer's thread 2 to 3
+ * ms, once per record: a tus upload checkpointing every 4 MiB made 256 a
+ * GiB. The index is derived data, so being behind is safe: a process that
+ * needs the blob's entries catches up from the descriptor (catchUpBlob),
+ * and a checkpoint that is waited for (flush, close) commits everything.
+ * What it costs: a chunk repeated within this window of the same blob is
+ * stored again (the index has not seen it yet), and lookupChunk finds the
+ * window's chunks only once it is committed.
+ */
+export const INDEX_BATCH_BYTES = 64 * 1024 * 1024;
+
+/**
  * The durable end of a writer: its descriptor, locked, and the checkpoints
  * appended to it. A checkpoint is one descriptor record for everything
  * ingested since the last one: fragment fsync + rename + directory fsync,
- * then the record and its fsync, then the index.
+ * then the record and its fsync, then the index (for a background
+ * checkpoint, once INDEX_BATCH_BYTES have gathered).
  */
 export class Checkpoints {
   readonly #s: StoreInternals;
@@ -24,9 +40,14 @@ export class Checkpoints {
   #descEnd: number;
   /** Blob size as of the last durable record: where a resume would continue. */
   #durableSize: number;
+  /** Blob size as of the last checkpoint begun (durable or not yet). */
+  #takenSize: number;
   /** The checkpoint being made durable in the background, and the first failure of one. */
   #bg: Promise<void> = Promise.resolve();
   #bgError: unknown;
+  /** Durable records not in the index yet, and the blob bytes they add. */
+  #unindexed: IndexedRecord[] = [];
+  #unindexedBytes = 0;
 
   constructor(s: StoreInternals, name: string, fh: fs.FileHandle, ends: { headerEnd: number; descEnd: number; size: number }, ingest: Ingest, pins: WriterPins) {
     this.#s = s;
@@ -35,12 +56,17 @@ export class Checkpoints {
     this.#headerEnd = ends.headerEnd;
     this.#descEnd = ends.descEnd;
     this.#durableSize = ends.size;
+    this.#takenSize = ends.size;
     this.#ingest = ingest;
     this.#pins = pins;
   }
 
   get durableSize(): number {
     return this.#durableSize;
+  }
+
+  get takenSize(): number {
+    return this.#takenSize;
   }
 
   /** Throws the failure of a background checkpoint, if one failed. */
@@ -70,12 +96,16 @@ export class Checkpoints {
     const ingest = this.#ingest;
     await ingest.commitPending();
     if (!final && ingest.idle) {
-      if (wait) await this.#bg;
+      if (wait) {
+        await this.#bg;
+        await this.#index();
+      }
       return;
     }
     if (!wait) await this.#bg; // bound the work in the background to one checkpoint
     const taken = ingest.take(final);
-    const task = this.#record(taken, this.#bg);
+    this.#takenSize = taken.size;
+    const task = this.#record(taken, this.#bg, wait);
     task.catch((e: unknown) => {
       this.#bgError ??= e;
     });
@@ -83,8 +113,12 @@ export class Checkpoints {
     if (wait) await task;
   }
 
-  /** Seals the fragment, then (after the record before, `prev`) writes the record and applies it to the index. */
-  async #record(t: Taken, prev: Promise<void>): Promise<void> {
+  /**
+   * Seals the fragment, then (after the record before, `prev`) writes the
+   * record, and applies it to the index now if `index` (else once
+   * INDEX_BATCH_BYTES have gathered).
+   */
+  async #record(t: Taken, prev: Promise<void>, index: boolean): Promise<void> {
     const { frag, size } = t;
     try {
       if (frag) {
@@ -119,14 +153,25 @@ export class Checkpoints {
       await this.#fh.truncate(start).catch(() => {});
       throw e;
     }
+    this.#unindexed.push({ rec, start, end: start + buf.length, chunkOffset: t.chunkOffset });
+    this.#unindexedBytes += size - this.#durableSize;
     this.#descEnd += buf.length;
     this.#durableSize = size;
+    if (index || this.#unindexedBytes >= INDEX_BATCH_BYTES) await this.#index();
+  }
+
+  /** Applies the durable records not yet in the index, in one transaction. */
+  async #index(): Promise<void> {
+    const recs = this.#unindexed;
+    if (recs.length === 0) return;
+    this.#unindexed = [];
+    this.#unindexedBytes = 0;
     try {
-      if (!(await this.#s.index.applyAppend(this.#name, rec, start, this.#descEnd, t.chunkOffset, this.#headerEnd))) {
+      if (!(await this.#s.index.applyAppends(this.#name, recs, this.#headerEnd))) {
         await catchUpBlob(this.#s.index, this.#s.layout, this.#name);
       }
     } catch (e) {
-      // The record is durable, so the bytes are safe; the index is derived and catches up from
+      // The records are durable, so the bytes are safe; the index is derived and catches up from
       // the descriptor when next asked (catchUpBlob). A full disk must not fail a write that stands.
       if (!isCabError(e, 'ERR_NO_SPACE')) throw e;
     }

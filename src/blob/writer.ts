@@ -58,6 +58,7 @@ export class BlobWriter {
   #failure: unknown;
   readonly #calls = new Serial();
   #leavesLent = 0;
+  #checkpointBytes = Infinity; // checkpointEvery's
 
   private constructor(s: StoreInternals, name: string, o: OpenDescriptor) {
     this.#s = s;
@@ -260,10 +261,8 @@ export class BlobWriter {
     return this.#run(() => this.#mutate(() => this.#ingest.settle().then(() => this.#log.run(false))));
   }
 
-  /** @internal A checkpoint of what was appended, made durable in the background (at most one behind); the next flush() waits for it. */
-  checkpointSoon(): Promise<void> {
-    return this.#run(() => this.#mutate(() => this.#log.run(false, false)));
-  }
+  /** @internal From now on, a background checkpoint (as a full fragment's) each time `bytes` more are appended, inside a long append (a tus PATCH). */
+  checkpointEvery(bytes: number): void { this.#checkpointBytes = bytes; }
 
   /** Makes everything durable and releases the blob, unfinalized: it can be resumed. */
   closeWithoutFinalize(): Promise<void> {
@@ -311,11 +310,11 @@ export class BlobWriter {
     await this.closeWithoutFinalize();
   }
 
-  /** One block into the ingest pipeline; a full fragment starts a checkpoint in the background. */
+  /** One block into the ingest pipeline; a full fragment (or checkpointEvery's bytes) starts a checkpoint in the background. */
   async #feed(block: Uint8Array, ref: BlockSource | BlockRefs | undefined, give: boolean, known?: Map<number, Uint8Array>, claimed?: Claimed): Promise<void> {
     await this.#ingest.feed(block, ref, give, known, claimed);
     this.#log.throwIfFailed();
-    if (this.#ingest.fragmentFull) await this.#log.run(false, false);
+    if (this.#ingest.fragmentFull || this.size - this.#log.takenSize >= this.#checkpointBytes) await this.#log.run(false, false);
   }
 
   /** appendBytes' work; `settle`: bring `hash` up to date at the end; `ours`: the byte arrays are ours to give away. */

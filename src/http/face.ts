@@ -13,6 +13,12 @@ import { HeapFloor } from './heap-floor.js';
 
 /** An upload untouched this long expires (its unfinished blob deleted). */
 export const DEFAULT_UPLOAD_EXPIRY_MS = 24 * 60 * 60 * 1000;
+/** Upload requests (tus PATCH and POST) a server works on at once: see HttpOptions.maxUploads. */
+export const DEFAULT_MAX_UPLOADS = 32;
+/** An upload body that brings nothing this long is cut: see HttpOptions.uploadStallMs. */
+export const DEFAULT_UPLOAD_STALL_MS = 30_000;
+/** What a client refused for maxUploads is told to wait (Retry-After, seconds). */
+const BUSY_RETRY_AFTER_S = 5;
 /** The longest wait between two sweeps for expired uploads. */
 const MAX_SWEEP_MS = 60 * 60 * 1000;
 
@@ -26,6 +32,22 @@ export interface HttpOptions {
   uploadExpiryMs?: number;
   /** Largest upload accepted, in bytes (a larger Upload-Length is 413). Default: no limit. */
   maxUploadSize?: number;
+  /**
+   * Upload requests (tus PATCH, and POST, which may carry a body) worked on
+   * at once; each holds a writer (file descriptors, buffers) until its
+   * body ends. One more is answered 503 with Retry-After, which tus
+   * clients retry (tus-js-client does not retry a 429). Default
+   * DEFAULT_MAX_UPLOADS (32).
+   */
+  maxUploads?: number;
+  /**
+   * An upload body that brings no byte for this long while the server
+   * waits for it is cut (the connection reset): what came before is
+   * durable, and the client resumes from it (its HEAD gives the offset).
+   * Default DEFAULT_UPLOAD_STALL_MS (30 s); 0: no limit but the
+   * connection's idleTimeoutMs.
+   */
+  uploadStallMs?: number;
 }
 
 /** Where a request goes: a blob to read, the tus uploads, or nowhere. */
@@ -60,6 +82,9 @@ export class HttpFront implements HttpFace {
   readonly #floor = new HeapFloor();
   readonly #inflight = new Set<Promise<void>>();
   readonly #timer: NodeJS.Timeout | undefined;
+  readonly #maxUploads: number;
+  /** Upload requests (PATCH, POST) under way: at most #maxUploads. */
+  #uploading = 0;
   #sweeping: Promise<void> = Promise.resolve();
   #closed = false;
 
@@ -69,8 +94,13 @@ export class HttpFront implements HttpFace {
     if (o.maxUploadSize !== undefined && (!Number.isSafeInteger(o.maxUploadSize) || o.maxUploadSize < 1)) {
       throw new CabError('ERR_BAD_ARGUMENT', `maxUploadSize must be a positive integer, not ${String(o.maxUploadSize)}`);
     }
+    const maxUploads = o.maxUploads ?? DEFAULT_MAX_UPLOADS;
+    if (!Number.isSafeInteger(maxUploads) || maxUploads < 1) throw new CabError('ERR_BAD_ARGUMENT', `maxUploads must be a positive integer, not ${String(maxUploads)}`);
+    const stallMs = o.uploadStallMs ?? DEFAULT_UPLOAD_STALL_MS;
+    if (!Number.isSafeInteger(stallMs) || stallMs < 0) throw new CabError('ERR_BAD_ARGUMENT', `uploadStallMs must be an integer >= 0, not ${String(stallMs)}`);
     this.#store = store;
-    this.#uploads = new BlobUploads(store, expiry, this.#bodies, o.maxUploadSize);
+    this.#maxUploads = maxUploads;
+    this.#uploads = new BlobUploads(store, expiry, this.#bodies, o.maxUploadSize, stallMs);
     this.#tus = new TusServer({
       path: '/files',
       datastore: this.#uploads,
@@ -119,9 +149,24 @@ export class HttpFront implements HttpFace {
     return this.#toTus(req, res);
   }
 
-  /** A request for @tus/server, whose body the data store reads from Node's request (RequestBodies). */
+  /** A request for @tus/server; an upload (PATCH, POST) counts against maxUploads until its store work is done. */
   async #toTus(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    if (req.method === 'PATCH' || req.method === 'POST') this.#floor.hold();
+    if (req.method !== 'PATCH' && req.method !== 'POST') return this.#tusAnswer(req, res);
+    if (this.#uploading >= this.#maxUploads) {
+      const busy = new CabError('ERR_TOO_MANY_REQUESTS', `this server takes ${this.#maxUploads} uploads at once: try again later`);
+      return sendError(res, 503, busy, { 'retry-after': String(BUSY_RETRY_AFTER_S), 'tus-resumable': '1.0.0' });
+    }
+    this.#uploading++;
+    try {
+      this.#floor.hold();
+      await this.#tusAnswer(req, res);
+    } finally {
+      this.#uploading--;
+    }
+  }
+
+  /** Answers through @tus/server, whose data store reads the body from Node's request (RequestBodies). */
+  async #tusAnswer(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     let answer: Response;
     let status = 500;
     try {

@@ -2,11 +2,12 @@ import type { BlobStore } from '../store.js';
 import { serve as serveTransfer, type CabServer, type ServeOptions as TransferServeOptions } from '../transfer/ws.js';
 import { HttpFront, type HttpOptions } from './face.js';
 
-export { DEFAULT_UPLOAD_EXPIRY_MS, type HttpOptions } from './face.js';
+export { DEFAULT_MAX_UPLOADS, DEFAULT_UPLOAD_EXPIRY_MS, DEFAULT_UPLOAD_STALL_MS, type HttpOptions } from './face.js';
 
 /**
  * How `serve` serves: the transfer protocol's options (host, port, tokens,
- * TLS, limits) and the HTTP face's (HttpOptions: uploadExpiryMs, maxUploadSize).
+ * TLS, limits) and the HTTP face's (HttpOptions: uploadExpiryMs, maxUploadSize,
+ * maxUploads, uploadStallMs).
  */
 export interface ServeOptions extends TransferServeOptions, HttpOptions {}
 

@@ -40,18 +40,23 @@ export class BlobUploads extends DataStore {
   readonly #expiryMs: number;
   readonly #bodies: RequestBodies | undefined;
   readonly #maxSize: number;
+  readonly #stallMs: number;
   /** Calls under way: the server waits for them before the store may close. */
   readonly #busy = new Set<Promise<unknown>>();
   /** Uploads made by a POST not answered yet (its Node request -> the upload's name): see dropUnnamed. */
   readonly #creating = new WeakMap<object, string>();
 
-  /** `bodies`: where a write finds its request's body (else it reads the stream tus gives it); `maxSize`: the largest upload (Infinity: no limit). */
-  constructor(store: BlobStore, expiryMs: number, bodies?: RequestBodies, maxSize = Infinity) {
+  /**
+   * `bodies`: where a write finds its request's body (else it reads the stream tus gives it); `maxSize`: the
+   * largest upload (Infinity: no limit); `stallMs`: a body that brings nothing this long is cut (0: never; bodyPieces).
+   */
+  constructor(store: BlobStore, expiryMs: number, bodies?: RequestBodies, maxSize = Infinity, stallMs = 0) {
     super();
     this.#store = store;
     this.#expiryMs = expiryMs;
     this.#bodies = bodies;
     this.#maxSize = maxSize;
+    this.#stallMs = stallMs;
     this.extensions = ['creation', 'creation-with-upload', 'creation-defer-length', 'termination', 'expiration'];
   }
 
@@ -118,7 +123,7 @@ export class BlobUploads extends DataStore {
       if (w.size !== offset) throw ERRORS.INVALID_OFFSET;
       // The body past what the upload may still take is tus's 413 (what tus's own limit on its stream would say).
       const held = this.#bodies?.held(id);
-      await appendFlushed(w, held ? bodyPieces(held, (rec.length ?? this.#maxSize) - offset) : stream);
+      await appendFlushed(w, held ? bodyPieces(held, (rec.length ?? this.#maxSize) - offset, this.#stallMs) : stream);
       if (rec.length !== null && w.size === rec.length) await w.close();
       return w.size;
     } finally {
@@ -219,37 +224,12 @@ export class BlobUploads extends DataStore {
  * is thrown.
  */
 async function appendFlushed(w: BlobWriter, stream: AsyncIterable<Buffer>): Promise<void> {
-  const it = stream[Symbol.asyncIterator]();
-  let carry: Buffer | undefined;
-  let ended = false;
-  // One segment of at most UPLOAD_FLUSH_BYTES; a piece that crosses its end is split, the rest carried to the next.
-  async function* segment(): AsyncGenerator<Buffer> {
-    let left = UPLOAD_FLUSH_BYTES;
-    while (left > 0) {
-      let piece = carry;
-      carry = undefined;
-      if (!piece) {
-        const r = await it.next();
-        if (r.done) {
-          ended = true;
-          return;
-        }
-        piece = r.value;
-      }
-      if (piece.length > left) {
-        carry = piece.subarray(left);
-        piece = piece.subarray(0, left);
-      }
-      left -= piece.length;
-      yield piece;
-    }
-  }
-  // A failure leaves the writer to its caller's closeWithoutFinalize, which makes what was appended durable.
-  // Each segment's checkpoint is made durable while the next is read (waiting for it held the socket up
-  // for an fsync every 8 MiB); the PATCH answers only once everything is durable (flush).
-  while (!ended) {
-    await w.appendStream(segment());
-    if (!ended) await w.checkpointSoon();
-  }
+  // One append for the whole body, the writer checkpointing inside it: each checkpoint is made durable while
+  // the next bytes are read (waiting for each fsync held the socket up), and an append per segment waited at
+  // its end for the hashing thread to catch up, 256 times a GiB. A failure leaves the writer to its caller's
+  // closeWithoutFinalize, which makes what was appended durable; the PATCH answers only once everything is
+  // durable (flush).
+  w.checkpointEvery(UPLOAD_FLUSH_BYTES);
+  await w.appendStream(stream);
   await w.flush();
 }

@@ -12,6 +12,14 @@ export interface Location {
   size: number;
 }
 
+/** One descriptor record, spanning descriptor bytes [start, end), whose first chunk starts at blob offset `chunkOffset`. */
+export interface IndexedRecord {
+  rec: AppendRecord;
+  start: number;
+  end: number;
+  chunkOffset: number;
+}
+
 /** The index's view of one blob. */
 export interface BlobEntry {
   /** Descriptor bytes applied to the index so far. */
@@ -109,12 +117,13 @@ export class ChunkIndex {
   }
 
   /**
-   * Applies one descriptor record that spans file bytes [start, end) and
-   * whose first chunk starts at blob offset `chunkOffset`. Returns false if
-   * the index was not at `start` for this blob (already applied, or behind).
+   * Applies several records of one blob, in order, in one transaction (one
+   * commit, one fsync, for a writer that checkpoints often: see
+   * blob/checkpoint.ts). Returns false at the first that does not apply
+   * (the index was not where it starts), keeping those before it.
    */
-  applyAppend(name: string, rec: AppendRecord, start: number, end: number, chunkOffset: number, headerEnd: number): Promise<boolean> {
-    return this.#write(() => this.#apply(name, rec, start, end, chunkOffset, headerEnd, []));
+  applyAppends(name: string, recs: readonly IndexedRecord[], headerEnd: number): Promise<boolean> {
+    return this.#write(() => recs.every((r) => this.#apply(name, r.rec, r.start, r.end, r.chunkOffset, headerEnd, [])));
   }
 
   applyAppendSync(name: string, rec: AppendRecord, start: number, end: number, chunkOffset: number, headerEnd: number, damage: readonly DamageRange[] = []): boolean {

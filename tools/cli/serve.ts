@@ -4,7 +4,7 @@
 import type { Command } from 'commander';
 import type { ServeEvent } from '../../src/transfer/serve.js';
 import { fmtBytes } from '../progress.js';
-import { durationArg, parseTokens, portArg, sizeArg, usage } from '../args.js';
+import { countArg, durationArg, parseTokens, portArg, sizeArg, usage } from '../args.js';
 import { json, lib, out, readText, startHashing, withStore } from './context.js';
 
 /**
@@ -32,8 +32,10 @@ export function serveCommand(program: Command): void {
     .option('--tls-key <file>', 'PEM key')
     .option('--upload-expiry <duration>', 'an upload untouched this long expires, its unfinished blob deleted (90s, 30m, 24h; 0: never)', durationArg)
     .option('--max-upload <size>', 'largest upload accepted over HTTP (e.g. 10GiB)', sizeArg)
+    .option('--max-uploads <n>', 'uploads (tus PATCH, POST) worked on at once; more are answered 503 with Retry-After (default 32)', countArg)
+    .option('--upload-stall <duration>', 'an upload body that brings nothing this long is cut, its bytes kept (default 30s; 0: no limit)', durationArg)
     .option('--quiet', 'no log lines')
-    .action(async (o: { host: string; port: number; tokenFile?: string; insecure?: boolean; tlsCert?: string; tlsKey?: string; uploadExpiry?: number; maxUpload?: number; quiet?: boolean }) => {
+    .action(async (o: { host: string; port: number; tokenFile?: string; insecure?: boolean; tlsCert?: string; tlsKey?: string; uploadExpiry?: number; maxUpload?: number; maxUploads?: number; uploadStall?: number; quiet?: boolean }) => {
       if (!o.tokenFile && !o.insecure) usage('serve needs --token-file, or --insecure');
       if (!!o.tlsCert !== !!o.tlsKey) usage('--tls-cert and --tls-key go together');
       const tokens = o.tokenFile ? parseTokens(readText(o.tokenFile), o.tokenFile) : undefined;
@@ -52,6 +54,8 @@ export function serveCommand(program: Command): void {
           ...(onEvent ? { onEvent } : {}),
           ...(o.uploadExpiry !== undefined ? { uploadExpiryMs: o.uploadExpiry } : {}),
           ...(o.maxUpload !== undefined ? { maxUploadSize: o.maxUpload } : {}),
+          ...(o.maxUploads !== undefined ? { maxUploads: o.maxUploads } : {}),
+          ...(o.uploadStall !== undefined ? { uploadStallMs: o.uploadStall } : {}),
         });
         out(`serving ${srv.url}`, { url: srv.url, port: srv.port });
         // process.on, not once: our listeners stay while the server and the store close, else
