@@ -52,8 +52,9 @@ export class Ingest {
   readonly #share: HashShare;
   /** A chunk failed its claimed hash (see feed): the blob ends before it, and nothing more is taken. */
   #refusal: CabError | undefined;
-  /** The hashing thread's failure on a block whose answer was not waited for (#decide). */
+  /** The hashing thread's failure on a block whose answer was not waited for (#decide), and the last such answer: the next drain waits for it. */
   #unheard: unknown;
+  #tail: Promise<void> | undefined;
   #newExtents: NewExtent[] = [];
   #newChunks: Array<[Uint8Array, number]> = [];
   #frag: FragmentWriter | null = null;
@@ -204,9 +205,16 @@ export class Ingest {
     this.#refusal = new CabError('ERR_HASH_MISMATCH', `chunk ${toHex(bad.known!)} at byte ${this.#chunkEnd} does not hash to the hash claimed for it`, { offset: this.#chunkEnd });
   }
 
-  /** Decides every block handed over (before a checkpoint, or anything that adds extents directly). */
-  async #drain(): Promise<void> {
-    while (this.#queue.length > 0) await this.#decide(this.#queue.shift()!);
+  /**
+   * Decides every block handed over (before a checkpoint, or anything that adds extents directly). `steady` (addWhole: a pull lands
+   * a local range after each run, and waited for the hashing thread to catch up each time): as in feed, a block whose hashes are all
+   * known is not waited for; a drain that is not steady waits for the last such answer (they come in order): #unheard fails it.
+   */
+  async #drain(steady = false): Promise<void> {
+    while (this.#queue.length > 0) await this.#decide(this.#queue.shift()!, steady);
+    if (steady) return;
+    await this.#tail;
+    if (this.#unheard !== undefined) throw this.#unheard;
   }
 
   /**
@@ -215,9 +223,9 @@ export class Ingest {
    * hash only. The chunker must be at a boundary.
    */
   async addWhole(extents: Iterable<Extent>, chunks: Array<{ hash: Uint8Array; size: number }>, bytes: Uint8Array): Promise<void> {
-    await this.#drain();
+    await this.#drain(true);
     this.#throwIfRefused();
-    for (const e of extents) this.#pushExtent(e.frag, e.offset, e.size);
+    for (const e of extents) pushExtent(this.#newExtents, e.frag, e.offset, e.size);
     for (const c of chunks) {
       this.#newChunks.push([c.hash, c.size]);
       this.#chunkEnd += c.size;
@@ -246,8 +254,7 @@ export class Ingest {
     this.#pendingLen += len;
   }
 
-  /** The chunks that ended in a block, by their hashes; then the block's new bytes are written and it goes. */
-  /** `steady`: one block behind (feed); a drain waits for the last block, so for all (answers come in order): #unheard fails it. */
+  /** The chunks that ended in a block, by their hashes; then its new bytes are written and it goes. `steady`: see #drain. */
   async #decide(b: PendingBlock, steady = false): Promise<void> {
     this.#queuedBytes -= b.size;
     const writes: number[] = [];
@@ -256,7 +263,7 @@ export class Ingest {
       const needed = b.claimed || b.chunks.some((c) => c.known === undefined);
       const t = performance.now();
       const hashes = needed || !steady ? await b.hashes : new Uint8Array(0);
-      if (!needed) b.hashes.catch((e: unknown) => void (this.#unheard ??= e));
+      if (!needed) this.#tail = b.hashes.then(() => {}, (e: unknown) => void (this.#unheard ??= e));
       if (!steady && this.#unheard !== undefined) throw this.#unheard;
       if (steady && needed) this.#share.waited(performance.now() - t);
       // A claimed block: the chunks the hashing thread accepted; the first it did not ends the blob.
@@ -281,7 +288,7 @@ export class Ingest {
     const from = c.committed;
     const stored: NewExtent[] | undefined = local !== undefined ? [{ frag: null, offset: local + from, size: c.size - from }] : literal ? await this.#pins.stored(hash, c.size, from, seen) : undefined;
     if (stored) {
-      for (const e of stored) this.#pushExtent(e.frag, e.offset, e.size);
+      for (const e of stored) pushExtent(this.#newExtents, e.frag, e.offset, e.size);
     } else {
       const allLiteral = c.committed === 0 && !c.parts.some((p) => 'ext' in p);
       const at = this.#frag ? this.#frag.size : 0;
@@ -300,7 +307,7 @@ export class Ingest {
   async #commitParts(parts: Part[], writes: number[] | undefined): Promise<void> {
     for (const p of parts) {
       if ('ext' in p) {
-        this.#pushExtent(p.ext.frag, p.ext.offset, p.ext.size);
+        pushExtent(this.#newExtents, p.ext.frag, p.ext.offset, p.ext.size);
         continue;
       }
       if (!this.#frag) {
@@ -310,7 +317,7 @@ export class Ingest {
       const len = 'lit' in p ? p.lit.length : p.len;
       const at = this.#frag.size;
       this.#frag.size += len;
-      this.#pushExtent(null, at, len);
+      pushExtent(this.#newExtents, null, at, len);
       if ('lit' in p) this.#job.send(p.lit, false, [0, len, at], true);
       else {
         const w = writes!;
@@ -332,10 +339,6 @@ export class Ingest {
     await this.#commitParts(this.#pending, undefined);
     this.#committed = this.#pendingLen;
     this.#pending = [];
-  }
-
-  #pushExtent(frag: string | null, offset: number, size: number): void {
-    pushExtent(this.#newExtents, frag, offset, size);
   }
 
   /**
@@ -370,10 +373,7 @@ export class Ingest {
     this.#deferHash = true;
   }
 
-  /**
-   * End of an append call: its blocks decided (the new bytes written to the
-   * fragment, not yet durable) and the blob hash so far, unless deferred.
-   */
+  /** End of an append call: its blocks decided (the new bytes written to the fragment, not yet durable) and the blob hash so far, unless deferred. */
   async settle(): Promise<void> {
     if (this.#deferHash) return;
     const digest = this.#job.digest(); // asked first: the block's hashes, then the digest, in one round trip
