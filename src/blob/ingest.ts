@@ -205,16 +205,11 @@ export class Ingest {
     this.#refusal = new CabError('ERR_HASH_MISMATCH', `chunk ${toHex(bad.known!)} at byte ${this.#chunkEnd} does not hash to the hash claimed for it`, { offset: this.#chunkEnd });
   }
 
-  /**
-   * Decides every block handed over (before a checkpoint, or anything that adds extents directly). `steady` (addWhole: a pull lands
-   * a local range after each run, and waited for the hashing thread to catch up each time): as in feed, a block whose hashes are all
-   * known is not waited for; a drain that is not steady waits for the last such answer (they come in order): #unheard fails it.
-   */
+  /** Decides every block handed over (before a checkpoint, or anything that adds extents directly). `steady`: see #decide. */
   async #drain(steady = false): Promise<void> {
     while (this.#queue.length > 0) await this.#decide(this.#queue.shift()!, steady);
-    if (steady) return;
-    await this.#tail;
-    if (this.#unheard !== undefined) throw this.#unheard;
+    if (!steady) await this.#tail;
+    if (!steady && this.#unheard !== undefined) throw this.#unheard;
   }
 
   /**
@@ -225,7 +220,7 @@ export class Ingest {
   async addWhole(extents: Iterable<Extent>, chunks: Array<{ hash: Uint8Array; size: number }>, bytes: Uint8Array): Promise<void> {
     await this.#drain(true);
     this.#throwIfRefused();
-    for (const e of extents) pushExtent(this.#newExtents, e.frag, e.offset, e.size);
+    for (const e of extents) this.#pushExtent(e.frag, e.offset, e.size);
     for (const c of chunks) {
       this.#newChunks.push([c.hash, c.size]);
       this.#chunkEnd += c.size;
@@ -254,7 +249,8 @@ export class Ingest {
     this.#pendingLen += len;
   }
 
-  /** The chunks that ended in a block, by their hashes; then its new bytes are written and it goes. `steady`: see #drain. */
+  /** The chunks that ended in a block, by their hashes; then the block's new bytes are written and it goes. */
+  /** `steady`: one block behind (feed), or before whole chunks (addWhole: a pull's local ranges, which waited ~1.5 ms each for the hashing thread to catch up); a drain that is not steady waits for the last answer not waited for, so for all (answers come in order): #unheard fails it. */
   async #decide(b: PendingBlock, steady = false): Promise<void> {
     this.#queuedBytes -= b.size;
     const writes: number[] = [];
@@ -288,7 +284,7 @@ export class Ingest {
     const from = c.committed;
     const stored: NewExtent[] | undefined = local !== undefined ? [{ frag: null, offset: local + from, size: c.size - from }] : literal ? await this.#pins.stored(hash, c.size, from, seen) : undefined;
     if (stored) {
-      for (const e of stored) pushExtent(this.#newExtents, e.frag, e.offset, e.size);
+      for (const e of stored) this.#pushExtent(e.frag, e.offset, e.size);
     } else {
       const allLiteral = c.committed === 0 && !c.parts.some((p) => 'ext' in p);
       const at = this.#frag ? this.#frag.size : 0;
@@ -307,7 +303,7 @@ export class Ingest {
   async #commitParts(parts: Part[], writes: number[] | undefined): Promise<void> {
     for (const p of parts) {
       if ('ext' in p) {
-        pushExtent(this.#newExtents, p.ext.frag, p.ext.offset, p.ext.size);
+        this.#pushExtent(p.ext.frag, p.ext.offset, p.ext.size);
         continue;
       }
       if (!this.#frag) {
@@ -317,7 +313,7 @@ export class Ingest {
       const len = 'lit' in p ? p.lit.length : p.len;
       const at = this.#frag.size;
       this.#frag.size += len;
-      pushExtent(this.#newExtents, null, at, len);
+      this.#pushExtent(null, at, len);
       if ('lit' in p) this.#job.send(p.lit, false, [0, len, at], true);
       else {
         const w = writes!;
@@ -339,6 +335,10 @@ export class Ingest {
     await this.#commitParts(this.#pending, undefined);
     this.#committed = this.#pendingLen;
     this.#pending = [];
+  }
+
+  #pushExtent(frag: string | null, offset: number, size: number): void {
+    pushExtent(this.#newExtents, frag, offset, size);
   }
 
   /**
