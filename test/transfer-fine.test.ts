@@ -13,6 +13,7 @@ import { BlobStore, chunk, connect, serve, decodeMessage, encodeMessage, isCabEr
 import { prngBytes } from '../tools/data.js';
 import { tempStore, putBlob, readAll } from './helpers/store.js';
 import { wsProxy, type FrameHook } from './helpers/proxies.js';
+import { flipByte } from './helpers/damage.js';
 import { edited, MiB, KiB } from './helpers/transfer.js';
 
 const TOKENS = { rw: ['read', 'write'] } as ServeOptions['tokens'];
@@ -219,6 +220,21 @@ test('a server that swaps two pieces in a fine list: the chunk they make fails i
   const { code, dst, name, srv } = await pullFromLiar(t, liar);
   t.is(code, 'ERR_HASH_MISMATCH');
   await finishHonestly(t, dst, name, srv);
+});
+
+test('a server whose own bytes of an edited chunk are wrong on disk (damage not recorded): its fine list and pieces, read unchecked, are made of them; the chunk built from them fails its hash at the receiver (ERR_HASH_MISMATCH), only verified bytes kept', async (t) => {
+  const src = await tempStore(t);
+  const name = await putBlob(src, SMALL_EDIT.bytes);
+  // A byte the receiver holds too, in the chunk of the first edit: matched finely, its piece found locally unless the list changed.
+  const offset = SMALL_EDIT.edits[0]!.at - 100;
+  await flipByte(src, name, offset);
+  const srv = await serveT(t, src);
+  const dst = await tempStore(t);
+  await putBlob(dst, SMALL);
+  const c = await connectT(t, dst, srv.url);
+  t.is(codeOf(await t.throwsAsync(c.pull(name))), 'ERR_HASH_MISMATCH');
+  const kept = await assertVerifiedPrefix(t, dst, name, SMALL_EDIT.bytes);
+  t.true(kept <= offset, `nothing kept past the wrong byte (kept ${kept})`);
 });
 
 test('a fine list that does not cover its chunk: ERR_PROTOCOL, only verified bytes kept', async (t) => {
