@@ -9,10 +9,11 @@
 import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { BlobStore, connect, serve, decodeMessage, encodeMessage, isCabError, merkleRoot, sha256, toHex, type CabClient, type CabServer, type Message, type ServeOptions } from '../src/index.js';
+import { BlobStore, chunk, connect, serve, decodeMessage, encodeMessage, isCabError, merkleRoot, sha256, toHex, type CabClient, type CabServer, type Message, type ServeOptions } from '../src/index.js';
 import { prngBytes } from '../tools/data.js';
 import { tempStore, putBlob, readAll } from './helpers/store.js';
 import { wsProxy, type FrameHook } from './helpers/proxies.js';
+import { flipByte } from './helpers/damage.js';
 import { edited, MiB, KiB } from './helpers/transfer.js';
 
 const TOKENS = { rw: ['read', 'write'] } as ServeOptions['tokens'];
@@ -221,6 +222,21 @@ test('a server that swaps two pieces in a fine list: the chunk they make fails i
   await finishHonestly(t, dst, name, srv);
 });
 
+test('a server whose own bytes of an edited chunk are wrong on disk (damage not recorded): its fine list and pieces, read unchecked, are made of them; the chunk built from them fails its hash at the receiver (ERR_HASH_MISMATCH), only verified bytes kept', async (t) => {
+  const src = await tempStore(t);
+  const name = await putBlob(src, SMALL_EDIT.bytes);
+  // A byte the receiver holds too, in the chunk of the first edit: matched finely, its piece found locally unless the list changed.
+  const offset = SMALL_EDIT.edits[0]!.at - 100;
+  await flipByte(src, name, offset);
+  const srv = await serveT(t, src);
+  const dst = await tempStore(t);
+  await putBlob(dst, SMALL);
+  const c = await connectT(t, dst, srv.url);
+  t.is(codeOf(await t.throwsAsync(c.pull(name))), 'ERR_HASH_MISMATCH');
+  const kept = await assertVerifiedPrefix(t, dst, name, SMALL_EDIT.bytes);
+  t.true(kept <= offset, `nothing kept past the wrong byte (kept ${kept})`);
+});
+
 test('a fine list that does not cover its chunk: ERR_PROTOCOL, only verified bytes kept', async (t) => {
   const liar = rewriteAnswer('fine', 5, (m) => {
     const f = m as Extract<Message, { t: 'finer' }>;
@@ -286,6 +302,43 @@ test('appendVerified with refs: referenced ranges become extents of the source, 
   await s.deleteBlob(a);
   await s.gc();
   await assertGood(t, s, w.name, bytes, toHex(merkleRoot(bytes)));
+});
+
+test("a pull's steps in one writer, hash deferred: 40 checked chunks, each followed by whole chunks of a local blob (appendBlob's fast path, which no longer waits for the hashing thread), a checkpoint halfway; the blob is every step's bytes in order", async (t) => {
+  const s = await tempStore(t);
+  const old = prngBytes('steps source', 16 * MiB);
+  const a = await putBlob(s, old);
+  // New chunks as a peer with our chunker cut them: each ends where the writer's chunker cuts, so the next range starts at a boundary.
+  const fresh = prngBytes('steps fresh', 8 * MiB);
+  const cut = (b: Buffer) => {
+    let o = 0;
+    return chunk(b, s.chunker).map((n) => b.subarray(o, (o += n)));
+  };
+  const runs = cut(fresh).slice(0, -1); // not the last: it ends where the stream does, not at a cut
+  const local = cut(old);
+  t.true(runs.length >= 40 && local.length >= 120);
+  const w = await s.newBlobWriter();
+  w.deferHash();
+  const parts: Buffer[] = [];
+  let at = 0;
+  for (let i = 0; i < 40; i++) {
+    await w.appendVerified([{ bytes: runs[i]!, hash: sha256(runs[i]!) }]);
+    parts.push(runs[i]!);
+    const range = local.slice(3 * i, 3 * i + 3).reduce((n, c) => n + c.length, 0);
+    await w.appendBlob(a, at, range);
+    parts.push(old.subarray(at, at + range));
+    at += range;
+    if (i === 20) await w.flush();
+  }
+  const bytes = Buffer.concat(parts);
+  const hash = toHex(merkleRoot(bytes));
+  t.is(toHex(await w.digest()), hash);
+  await w.close();
+  await assertGood(t, s, w.name, bytes, hash);
+  t.true(fragmentBytes(s) < old.length + 40 * 300 * KiB, 'the local ranges were referenced, not written again');
+  const again = await BlobStore.open(s.root);
+  t.teardown(() => again.close());
+  t.true((await readAll(again, w.name)).equals(bytes), 'the same in a store opened anew');
 });
 
 test('appendVerified with refs out of order or out of bounds: ERR_BAD_ARGUMENT, nothing appended, the writer stays open; source() after close: ERR_CLOSED', async (t) => {

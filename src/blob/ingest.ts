@@ -53,8 +53,9 @@ export class Ingest {
   readonly #share: HashShare;
   /** A chunk failed its claimed hash (see feed): the blob ends before it, and nothing more is taken. */
   #refusal: CabError | undefined;
-  /** The hashing thread's failure on a block whose answer was not waited for (#decide). */
+  /** The hashing thread's failure on a block whose answer was not waited for (#decide), and the last such answer: the next drain waits for it. */
   #unheard: unknown;
+  #tail: Promise<void> | undefined;
   #newExtents: NewExtent[] = [];
   #newChunks: Array<[Uint8Array, number]> = [];
   #frag: FragmentWriter | null = null;
@@ -207,18 +208,16 @@ export class Ingest {
     this.#refusal = new CabError('ERR_HASH_MISMATCH', `chunk ${toHex(bad.known!)} at byte ${this.#chunkEnd} does not hash to the hash claimed for it`, { offset: this.#chunkEnd });
   }
 
-  /** Decides every block handed over (before a checkpoint, or anything that adds extents directly). */
-  async #drain(): Promise<void> {
-    while (this.#queue.length > 0) await this.#decide(this.#queue.shift()!);
+  /** Decides every block handed over (before a checkpoint, or anything that adds extents directly). `steady`: see #decide. */
+  async #drain(steady = false): Promise<void> {
+    while (this.#queue.length > 0) await this.#decide(this.#queue.shift()!, steady);
+    if (!steady) await this.#tail;
+    if (!steady && this.#unheard !== undefined) throw this.#unheard;
   }
 
-  /**
-   * Whole chunks of a stored blob, taken as they are (appendBlob's fast
-   * path): their extents and recorded chunks, and their bytes for the blob
-   * hash only. The chunker must be at a boundary.
-   */
+  /** Whole chunks of a stored blob, taken as they are (appendBlob's fast path): their extents and recorded chunks, and their bytes for the blob hash only. The chunker must be at a boundary. */
   async addWhole(extents: Iterable<Extent>, chunks: Array<{ hash: Uint8Array; size: number }>, bytes: Uint8Array): Promise<void> {
-    await this.#drain();
+    await this.#drain(true);
     this.#throwIfRefused();
     await this.#layer?.room(this.#size);
     for (const e of extents) pushExtent(this.#newExtents, e.frag, e.offset, e.size);
@@ -250,8 +249,7 @@ export class Ingest {
     this.#pendingLen += len;
   }
 
-  /** The chunks that ended in a block, by their hashes; then the block's new bytes are written and it goes. */
-  /** `steady`: one block behind (feed); a drain waits for the last block, so for all (answers come in order): #unheard fails it. */
+  /** The chunks that ended in a block, by their hashes; then the block's new bytes are written and it goes. `steady`: one block behind (feed), or before whole chunks (addWhole: a pull's local ranges, which waited ~1.5 ms each for the hashing thread to catch up); a drain that is not steady waits for the last answer not waited for, so for all (answers come in order): #unheard fails it. */
   async #decide(b: PendingBlock, steady = false): Promise<void> {
     this.#queuedBytes -= b.size;
     const writes: number[] = [];
@@ -260,7 +258,7 @@ export class Ingest {
       const needed = b.claimed || b.chunks.some((c) => c.known === undefined);
       const t = performance.now();
       const hashes = needed || !steady ? await b.hashes : new Uint8Array(0);
-      if (!needed) b.hashes.catch((e: unknown) => void (this.#unheard ??= e));
+      if (!needed) this.#tail = b.hashes.then(() => {}, (e: unknown) => void (this.#unheard ??= e));
       if (!steady && this.#unheard !== undefined) throw this.#unheard;
       if (steady && needed) this.#share.waited(performance.now() - t);
       // A claimed block: the chunks the hashing thread accepted; the first it did not ends the blob.
