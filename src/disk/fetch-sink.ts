@@ -106,6 +106,7 @@ export class Sink {
 
   /** Bytes received elsewhere, copied into the ring; what does not fit waits there for the file's writes (the body held back meanwhile). */
   push(b: Uint8Array): void {
+    if (this.#pending) b = Buffer.concat([this.#pending, b]); // a piece that came as the body was held back: after the waiting ones
     let o = 0;
     for (; o < b.length; ) {
       const to = this.space(Math.min(b.length - o, this.#written + RING - this.have));
