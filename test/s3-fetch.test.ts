@@ -127,6 +127,16 @@ s3Test('the fetching thread checks the chunks as they land: those before a chang
   // Found by the fetching thread (its error, about the fragment, is the cause), not by a check here.
   t.like((e!.cause as CabError).data, { fragment: frags[0]!.split('/').pop(), offset: c.start, size: c.size });
   await r.close();
+  // readAt inside a chunk (a chunk read whole, then cut): the same check, on a fetch of its own.
+  const r2 = await b.newBlobReader(name);
+  const some = Buffer.alloc(1000);
+  t.is(await r2.readAt(some, 12345), 1000);
+  t.true(some.equals(bytes.subarray(12345, 13345)));
+  const e2 = await t.throwsAsync(r2.readAt(some, c.start + 10), { instanceOf: CabError });
+  t.is(e2!.code, 'ERR_HASH_MISMATCH', e2!.message);
+  t.like(e2!.data, { blob: name, offset: c.start, size: c.size });
+  t.like((e2!.cause as CabError).data, { offset: c.start, size: c.size });
+  await r2.close();
   await until(() => filesUnder(b.root, 'tmp').length === 0, 'the temp file to go');
   t.deepEqual(filesUnder(b.root, 'cas'), [], 'the copy that failed is not cached');
   await os.put(frags[0]!, saved);

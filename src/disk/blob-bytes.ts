@@ -224,8 +224,13 @@ export class BlobBytes {
       }
       try {
         const bytes = mine ? this.#scratch.subarray(0, c.size) : Buffer.allocUnsafe(c.size);
-        await readExtents(this.#files, this.#extents, bytes, c.start);
-        await this.#check(c, bytes);
+        if (this.#files.remote) {
+          prefetchAfter(this.#files, this.#extents, c.start + c.size, this.#planFor);
+          await this.#readChunk(c, bytes);
+        } else {
+          await readExtents(this.#files, this.#extents, bytes, c.start);
+          await this.#check(c, bytes);
+        }
         if (mine || !this.#scratchBusy) this.#kept = { start: c.start, bytes };
         buf.set(bytes.subarray(from - c.start, to - c.start), at);
         return;
