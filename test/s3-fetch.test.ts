@@ -102,6 +102,47 @@ s3Test('a fragment missing from the bucket is ERR_FRAGMENT_MISSING; one changed 
   t.true((await readAll(c, name)).equals(bytes));
 });
 
+s3Test('the fetching thread checks the chunks as they land: those before a changed one are served, that one is ERR_HASH_MISMATCH at its blob offset, nothing is cached', async (t) => {
+  const objectStore = await bucketOptions(t, { syncInterval: 0 });
+  const a = await open(t, { objectStore, fragmentSize: 64 * MiB });
+  const bytes = prngBytes('s3 fetch thread check', 6 * MiB + 777);
+  const name = await putBlob(a, bytes);
+  const frags = [...(await objects(`${objectStore.prefix}cas/`)).keys()];
+  t.is(frags.length, 1, 'one fragment: blob offset = fragment offset');
+  const { os } = await fileBucket();
+  const saved = (await os.get(frags[0]!))!;
+  const bad = Buffer.from(saved);
+  bad[4 * MiB + 3] ^= 0x01;
+  await os.put(frags[0]!, bad);
+  const b = await open(t, { objectStore: { ...objectStore, cacheBytes: 0 } });
+  const r = await b.newBlobReader(name);
+  let c = { start: 0, size: 0 };
+  for await (const x of r.chunks()) if (x.start <= 4 * MiB + 3 && 4 * MiB + 3 < x.start + x.size) c = x;
+  t.true(c.size > 0 && c.start > 0, 'the changed chunk');
+  const before = Buffer.concat(await r.stream({ end: c.start }).toArray());
+  t.true(before.equals(bytes.subarray(0, c.start)), 'the chunks before it, byte-exact');
+  const e = await t.throwsAsync(r.stream({ start: c.start, end: c.start + c.size }).toArray(), { instanceOf: CabError });
+  t.is(e!.code, 'ERR_HASH_MISMATCH', e!.message);
+  t.like(e!.data, { blob: name, offset: c.start, size: c.size });
+  // Found by the fetching thread (its error, about the fragment, is the cause), not by a check here.
+  t.like((e!.cause as CabError).data, { fragment: frags[0]!.split('/').pop(), offset: c.start, size: c.size });
+  await r.close();
+  // readAt inside a chunk (a chunk read whole, then cut): the same check, on a fetch of its own.
+  const r2 = await b.newBlobReader(name);
+  const some = Buffer.alloc(1000);
+  t.is(await r2.readAt(some, 12345), 1000);
+  t.true(some.equals(bytes.subarray(12345, 13345)));
+  const e2 = await t.throwsAsync(r2.readAt(some, c.start + 10), { instanceOf: CabError });
+  t.is(e2!.code, 'ERR_HASH_MISMATCH', e2!.message);
+  t.like(e2!.data, { blob: name, offset: c.start, size: c.size });
+  t.like((e2!.cause as CabError).data, { offset: c.start, size: c.size });
+  await r2.close();
+  await until(() => filesUnder(b.root, 'tmp').length === 0, 'the temp file to go');
+  t.deepEqual(filesUnder(b.root, 'cas'), [], 'the copy that failed is not cached');
+  await os.put(frags[0]!, saved);
+  t.true((await readAll(b, name)).equals(bytes), 'fetched anew once the object is right');
+});
+
 s3Test('a prefix with characters that need escaping: keys are signed as the server reads them', async (t) => {
   const base = await bucketOptions(t, { syncInterval: 0 });
   const objectStore = { ...base, prefix: `${base.prefix!.slice(0, -1)}we+ird(x)*'!~=,;@$&/` };

@@ -1,8 +1,9 @@
-import { CabError } from '../errors.js';
+import { CabError, isCabError } from '../errors.js';
 import { bytesEqual, sha256, toHex } from '../hash/sha256.js';
 import type { ChunkInfo, ChunkPager } from './chunk-pager.js';
 import type { ExtentMap } from '../format/extents.js';
 import type { FragmentFiles } from './fragments.js';
+import type { PlanFor } from './cas.js';
 
 /** How far past a read the fragments of a bucket-backed store are fetched ahead. */
 const PREFETCH = 16 * 1024 * 1024;
@@ -14,13 +15,22 @@ const PREFETCH = 16 * 1024 * 1024;
  * each fragment's start. `now`: fragments already open are read by a
  * blocking read (see FragmentFiles.read).
  */
-export async function readExtents(files: FragmentFiles, extents: ExtentMap, buf: Uint8Array, pos: number, now = false): Promise<void> {
+export async function readExtents(files: FragmentFiles, extents: ExtentMap, buf: Uint8Array, pos: number, now = false, planFor?: (i: number) => PlanFor): Promise<void> {
   let at = 0;
-  const end = pos + buf.length;
-  if (files.remote && end < extents.size) for (const e of extents.slice(end, PREFETCH)) files.prefetch(e.frag);
+  prefetchAfter(files, extents, pos + buf.length, planFor);
   for (const e of extents.slice(pos, buf.length)) {
     await files.read(e.frag, buf, at, e.size, e.offset, now);
     at += e.size;
+  }
+}
+
+/** Starts fetching the fragments of the PREFETCH bytes from `end` (a bucket-backed store), each with the plan `planFor` gives for its extent. */
+function prefetchAfter(files: FragmentFiles, extents: ExtentMap, end: number, planFor?: (i: number) => PlanFor): void {
+  if (!files.remote || end >= extents.size) return;
+  for (let i = extents.find(end); i < extents.count; i++) {
+    const e = extents.at(i);
+    if (e.start >= end + PREFETCH) break;
+    files.prefetch(e.frag, planFor?.(i));
   }
 }
 
@@ -106,8 +116,14 @@ export class BlobBytes {
         run.push(next);
         q = next.start + next.size;
       }
-      await readExtents(this.#files, this.#extents, buf.subarray(p - pos, q - pos), p);
-      for (const x of run) await this.#check(x, buf.subarray(x.start - pos, x.start - pos + x.size));
+      if (this.#files.remote) {
+        // Chunk by chunk: a chunk fetched now is checked on its way (see #readChunk).
+        prefetchAfter(this.#files, this.#extents, q, this.#planFor);
+        for (const x of run) await this.#readChunk(x, buf.subarray(x.start - pos, x.start - pos + x.size));
+      } else {
+        await readExtents(this.#files, this.#extents, buf.subarray(p - pos, q - pos), p);
+        for (const x of run) await this.#check(x, buf.subarray(x.start - pos, x.start - pos + x.size));
+      }
       p = q;
     }
     if (p < end) await readExtents(this.#files, this.#extents, buf.subarray(p - pos), p);
@@ -117,6 +133,67 @@ export class BlobBytes {
   readUnchecked(buf: Uint8Array, pos: number, now = false): Promise<void> {
     return readExtents(this.#files, this.#extents, buf, pos, now);
   }
+
+  /**
+   * Reads chunk `x` (a bucket-backed store) into `bytes`, checked: by the
+   * fetching thread if the fragment is being fetched with a plan that has
+   * it (the plan of its extent, from #planFor), else here. A chunk across
+   * two extents is read and checked here.
+   */
+  async #readChunk(x: ChunkInfo, bytes: Uint8Array): Promise<void> {
+    const i = this.#extents.find(x.start);
+    const e = this.#extents.at(i);
+    if (x.start + x.size > e.start + e.size) {
+      await readExtents(this.#files, this.#extents, bytes, x.start);
+      return this.#check(x, bytes);
+    }
+    const at = e.offset + (x.start - e.start);
+    let checked: boolean;
+    try {
+      checked = await this.#files.readChunk(e.frag, bytes, 0, x.size, at, x.hash, this.#planFor(i));
+    } catch (err) {
+      if (!isCabError(err, 'ERR_HASH_MISMATCH')) throw err;
+      await this.#files.dropCached(e.frag);
+      if (err.data.offset !== at) throw err; // a chunk before this one failed: the fragment's error as it is
+      const { expected, found } = err.data;
+      throw new CabError('ERR_HASH_MISMATCH', `blob ${this.#name}: bytes ${x.start}..${x.start + x.size} do not hash to their recorded chunk (fragment ${e.frag} from the bucket)`, {
+        blob: this.#name,
+        offset: x.start,
+        size: x.size,
+        expected,
+        found,
+      }, { cause: err });
+    }
+    if (!checked) await this.#check(x, bytes);
+  }
+
+  /**
+   * The plan of extent `i` for its fetch (see ChunkPlan): the recorded
+   * chunks wholly inside it, at their fragment offsets; made only if the
+   * fragment is fetched. A chunk across two extents is not in it.
+   */
+  readonly #planFor = (i: number): PlanFor => async () => {
+    const e = this.#extents.at(i);
+    const end = Math.min(e.start + e.size, this.#chunkEnd);
+    const at: number[] = [];
+    const hashes: Uint8Array[] = [];
+    let p = e.start;
+    if (p < end) {
+      const c = await this.#pager.chunkAt(p);
+      if (c.start < p) p = c.start + c.size;
+    }
+    while (p < end) {
+      const c = await this.#pager.chunkAt(p);
+      if (c.start + c.size > end) break;
+      at.push(e.offset + (c.start - e.start), c.size);
+      hashes.push(c.hash);
+      p = c.start + c.size;
+    }
+    if (at.length === 0) return undefined;
+    const h = new Uint8Array(32 * hashes.length);
+    hashes.forEach((x, k) => h.set(x, 32 * k));
+    return { at: Float64Array.from(at), hashes: h };
+  };
 
   /**
    * Copies bytes [from, to) of chunk `c` to buf[at..], the chunk read whole
@@ -147,8 +224,13 @@ export class BlobBytes {
       }
       try {
         const bytes = mine ? this.#scratch.subarray(0, c.size) : Buffer.allocUnsafe(c.size);
-        await readExtents(this.#files, this.#extents, bytes, c.start);
-        await this.#check(c, bytes);
+        if (this.#files.remote) {
+          prefetchAfter(this.#files, this.#extents, c.start + c.size, this.#planFor);
+          await this.#readChunk(c, bytes);
+        } else {
+          await readExtents(this.#files, this.#extents, bytes, c.start);
+          await this.#check(c, bytes);
+        }
         if (mine || !this.#scratchBusy) this.#kept = { start: c.start, bytes };
         buf.set(bytes.subarray(from - c.start, to - c.start), at);
         return;

@@ -6,11 +6,17 @@ import type { BucketLayout } from '../bucket/keys.js';
 import type { ObjectStore } from '../bucket/object-store.js';
 import { FragmentCache } from './cache.js';
 import { Download, missingIfAbsent } from './download.js';
+import type { ChunkPlan } from './fetch-thread.js';
+
+/** The chunks a reader wants checked as a fragment is fetched (see ChunkPlan), asked for only when it is. */
+export type PlanFor = () => Promise<ChunkPlan | undefined>;
 
 /** An open fragment, local or being fetched. */
 export interface FragmentHandle {
   /** Reads up to `len` bytes at `pos`; fewer only at the end, 0 past it. */
   read(buf: Uint8Array, off: number, len: number, pos: number): Promise<number>;
+  /** See Download.readChecked (a fragment being fetched only). */
+  readChecked?(buf: Uint8Array, off: number, len: number, pos: number, hash: Uint8Array): Promise<boolean>;
   /** The same, blocking (a file in cas/ only): for a caller whose next step waits on the read anyway (see FragmentFiles.read). */
   readSync?(buf: Uint8Array, off: number, len: number, pos: number): number;
   close(): Promise<void>;
@@ -44,21 +50,25 @@ export class Cas {
     this.remote = remote;
   }
 
-  /** Opens a fragment for reading: cas/, else (bucket-backed) a fetch. ERR_FRAGMENT_MISSING if it is in neither. */
-  async open(id: string): Promise<FragmentHandle> {
+  /**
+   * Opens a fragment for reading: cas/, else (bucket-backed) a fetch, which
+   * checks the chunks of `plan` as they come. ERR_FRAGMENT_MISSING if it is
+   * in neither.
+   */
+  async open(id: string, plan?: PlanFor): Promise<FragmentHandle> {
     let fh: fs.FileHandle;
     try {
       fh = await fs.open(this.layout.fragment(id), 'r');
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw ioError(e, `opening fragment ${id}`, { fragment: id }); // EMFILE, EIO: ERR_IO, never "missing"
       if (!this.remote) throw new CabError('ERR_FRAGMENT_MISSING', `fragment ${id} is missing`, { fragment: id, cause: e });
-      return this.#fetch(id);
+      return this.#fetch(id, plan);
     }
     this.remote?.cache.touch(id);
     return localFragment(fh);
   }
 
-  async #fetch(id: string): Promise<FragmentHandle> {
+  async #fetch(id: string, plan: PlanFor | undefined): Promise<FragmentHandle> {
     const remote = this.remote!;
     let p = this.#downloads.get(id);
     if (!p) {
@@ -71,16 +81,17 @@ export class Cas {
         knownDirs: this.knownDirs,
         cached: (size: number) => remote.cache.add(id, size),
       };
-      const started: Promise<Download> = Download.start(id, remote.os, target, () => this.#forget(id, started));
+      const started: Promise<Download> = (plan ? plan() : Promise.resolve(undefined)).then((p) => Download.start(id, remote.os, target, () => this.#forget(id, started), p));
       this.#downloads.set(id, started);
       started.catch(() => this.#forget(id, started));
       p = started;
     }
     const d = (await p).take();
-    if (!d) return this.open(id); // it ended as we came: the file is in cas/ now (or will be fetched anew)
+    if (!d) return this.open(id, plan); // it ended as we came: the file is in cas/ now (or will be fetched anew)
     let closed = false;
     return {
       read: (buf, off, len, pos) => d.read(buf, off, len, pos),
+      readChecked: (buf, off, len, pos, hash) => d.readChecked(buf, off, len, pos, hash),
       close: async () => {
         if (!closed) d.release();
         closed = true;

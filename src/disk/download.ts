@@ -3,7 +3,8 @@ import { CabError, ioError, isCabError } from '../errors.js';
 import type { ObjectStore } from '../bucket/object-store.js';
 import { getError } from '../bucket/s3-error.js';
 import { ensureDir, fsyncDir } from './durable.js';
-import { COUNTERS, C_HAVE, C_PAUSED, C_READ_AT, C_RING_AT, C_WANT, C_WANT_WRITTEN, C_WRITTEN, MAX_TAKE, RING, copyShared, fetchThread, giveRing, hasSpareRing, newFetchId, takeRing, type FetchFailure, type FromFetcher } from './fetch-thread.js';
+import { bytesEqual } from '../hash/sha256.js';
+import { COUNTERS, C_HAVE, C_LANDED, C_PAUSED, C_READ_AT, C_RING_AT, C_WANT, C_WANT_WRITTEN, C_WRITTEN, MAX_TAKE, RING, copyShared, fetchThread, giveRing, hasSpareRing, newFetchId, takeRing, type ChunkPlan, type FetchFailure, type FromFetcher } from './fetch-thread.js';
 
 /** A read this far past what has arrived is fetched by a range GET of its own rather than waiting. */
 const FAR_AHEAD = 8 * 1024 * 1024;
@@ -43,8 +44,11 @@ export interface DownloadTarget {
  * written; a read far past what has arrived (random access) gets a range
  * GET of its own. Reads of one fragment in this process share its
  * download, which lets go of its file when it is complete and its last
- * reader is done. Nothing is handed out unchecked: the readers above hash
- * every chunk (disk/blob-bytes.ts).
+ * reader is done. Nothing is handed out unchecked: the chunks of the
+ * plan the first reader gave (see ChunkPlan) are checked by the fetching
+ * thread as they land, and handed out by readChecked only from the ring
+ * (bytes read back from the file are checked again); the readers above
+ * hash every other chunk (disk/blob-bytes.ts).
  */
 export class Download {
   readonly id: string;
@@ -72,9 +76,14 @@ export class Download {
   #discarded = false;
   readonly #onIdle: () => void;
   #answered: { resolve: () => void; reject: (e: unknown) => void } | undefined;
+  /** The chunks the thread checks: fragment offset -> index in `#plan`. */
+  readonly #planned = new Map<number, number>();
+  readonly #plan: ChunkPlan | undefined;
 
-  private constructor(id: string, os: ObjectStore, t: DownloadTarget, onIdle: () => void) {
+  private constructor(id: string, os: ObjectStore, t: DownloadTarget, onIdle: () => void, plan: ChunkPlan | undefined) {
     this.id = id;
+    this.#plan = plan;
+    if (plan) for (let k = 0; k < plan.at.length / 2; k++) this.#planned.set(plan.at[2 * k]!, k);
     this.#os = os;
     this.#t = t;
     this.#onIdle = onIdle;
@@ -82,15 +91,19 @@ export class Download {
     this.#ctl[C_WANT_WRITTEN] = -1n;
   }
 
-  /** Starts fetching; resolves once the object answered (its size known), or rejects (ERR_FRAGMENT_MISSING if it does not exist). */
-  static async start(id: string, os: ObjectStore, t: DownloadTarget, onIdle: () => void): Promise<Download> {
-    const d = new Download(id, os, t, onIdle);
+  /**
+   * Starts fetching, the chunks of `plan` checked by the fetching thread;
+   * resolves once the object answered (its size known), or rejects
+   * (ERR_FRAGMENT_MISSING if it does not exist).
+   */
+  static async start(id: string, os: ObjectStore, t: DownloadTarget, onIdle: () => void, plan?: ChunkPlan): Promise<Download> {
+    const d = new Download(id, os, t, onIdle, plan);
     d.#fh = await fs.open(t.tmp, 'wx+');
     try {
       const { url, headers } = await os.signedGet(t.key);
       await new Promise<void>((resolve, reject) => {
         d.#answered = { resolve, reject };
-        fetchThread().get({ t: 'get', id: d.#fetch, url, headers, idleMs: os.idleTimeout, fd: d.#fh.fd, tmp: t.tmp, ring: d.#ringMem, ctl: d.#ctl.buffer as SharedArrayBuffer }, (m) => d.#on(m));
+        fetchThread().get({ t: 'get', id: d.#fetch, url, headers, idleMs: os.idleTimeout, fd: d.#fh.fd, tmp: t.tmp, ring: d.#ringMem, ctl: d.#ctl.buffer as SharedArrayBuffer, ...(plan ? { plan } : {}) }, (m) => d.#on(m));
       });
     } catch (e) {
       d.#settled = true;
@@ -150,6 +163,10 @@ export class Download {
     return Number(Atomics.load(this.#ctl, C_HAVE));
   }
 
+  #landed(): number {
+    return Number(Atomics.load(this.#ctl, C_LANDED));
+  }
+
   #written(): number {
     return Number(Atomics.load(this.#ctl, C_WRITTEN));
   }
@@ -184,6 +201,9 @@ export class Download {
     const { key, tmp } = this.#t;
     if (f.kind === 'abort') return new CabError('ERR_ABORTED', `fetching fragment ${this.id} was cancelled`, { key });
     if (f.kind === 'io') return ioError(Object.assign(new Error(f.message), { code: f.s3Code }), `fetching fragment ${this.id} into the cache`, { path: tmp });
+    if (f.kind === 'corrupt') {
+      return new CabError('ERR_HASH_MISMATCH', `fragment ${this.id} from the bucket: ${f.message}`, { fragment: this.id, key, offset: f.offset, size: f.size, expected: f.expected, found: f.found });
+    }
     if (f.kind === 'short') return new CabError('ERR_OBJECT_STORE', `fragment ${this.id}: ${f.message}`, { key, expected: this.#size, found: f.bytes });
     return getError(this.#os.bucket, key, f);
   }
@@ -272,21 +292,40 @@ export class Download {
     return bytesRead;
   }
 
+  /**
+   * Reads the `len` bytes at `pos` if they are a chunk of the plan with
+   * SHA-256 `hash`, checked by the fetching thread, and still in the ring:
+   * true, they need no other check. False: nothing of them was read (they
+   * are not such a chunk, or no longer in the ring); read them with `read`.
+   * A failed check of this chunk, or of one before it, rejects as `read`
+   * would (ERR_HASH_MISMATCH).
+   */
+  async readChecked(buf: Uint8Array, off: number, len: number, pos: number, hash: Uint8Array): Promise<boolean> {
+    const k = this.#planned.get(pos);
+    const plan = this.#plan;
+    if (k === undefined || plan!.at[2 * k + 1] !== len || !bytesEqual(plan!.hashes.subarray(32 * k, 32 * k + 32), hash)) return false;
+    if (pos > this.#have() + FAR_AHEAD && !this.#done && this.#error === undefined) return false; // far ahead: a range GET of its own
+    // A reader ahead of the download waits for the next MAX_TAKE bytes with its chunk, not for each chunk (a message from the thread each).
+    const end = pos + len;
+    if (this.#have() < end) await this.#until(this.#size === undefined ? end : Math.max(end, Math.min(this.#size, end + MAX_TAKE)), 0);
+    if (this.#error !== undefined && this.#have() < end) throw this.#error;
+    return this.#have() >= end && this.#copyFromRing(buf, off, len, pos);
+  }
+
   /** Copies [pos, pos + n) from the ring, if it holds all of it until the copy is done (see fetch-thread.ts). */
   #copyFromRing(buf: Uint8Array, off: number, n: number, pos: number): boolean {
     if (this.#ringGone) return false;
-    const have = this.#have();
-    if (pos + n > have || pos < have + MAX_TAKE - RING) return false;
+    if (pos + n > this.#have() || pos < this.#landed() + MAX_TAKE - RING) return false;
     const ringAt = Number(this.#ctl[C_RING_AT]); // set before the thread's `head`, which came before any read
     const from = pos % RING;
     const first = Math.min(n, RING - from);
     copyShared(buf, off, this.#ring, ringAt + from, first);
     if (first < n) copyShared(buf, off + first, this.#ring, ringAt, n - first);
-    if (pos < this.#have() + MAX_TAKE - RING) return false;
+    if (pos < this.#landed() + MAX_TAKE - RING) return false;
     if (this.#done && pos + n === this.#size) this.giveUpRing(); // read to the end: no one needs it now
     if (pos + n > this.#ctl[C_READ_AT]!) Atomics.store(this.#ctl, C_READ_AT, BigInt(pos + n));
     // The thread holds the body back for this reader: once half the ring is free, let it go on.
-    if (this.#ctl[C_PAUSED] === 1n && this.#have() - (pos + n) <= RING / 2) this.#resume();
+    if (this.#ctl[C_PAUSED] === 1n && this.#landed() - (pos + n) <= RING / 2) this.#resume();
     return true;
   }
 

@@ -3,8 +3,11 @@
 // reads, and its end. See disk/fetch-thread.ts for the protocol.
 import fs from 'node:fs';
 import { parentPort } from 'node:worker_threads';
-import { copyShared, C_HAVE, C_PAUSED, C_READ_AT, C_RING_AT, C_WANT, C_WANT_WRITTEN, C_WRITTEN, MAX_TAKE, RING, RING_SLACK, STALL_MS, WRITE_BLOCK, type FetchFailure, type FromFetcher, type ToFetcher } from './fetch-thread.js';
+import { FetchError, PlanCheck } from './fetch-check.js';
+import { copyShared, C_HAVE, C_LANDED, C_PAUSED, C_READ_AT, C_RING_AT, C_WANT, C_WANT_WRITTEN, C_WRITTEN, MAX_TAKE, RING, RING_SLACK, STALL_MS, WRITE_BLOCK, type FetchFailure, type FromFetcher, type ToFetcher } from './fetch-thread.js';
 
+/** The most bytes of one write of the file. */
+const MAX_WRITE = 4 * 1024 * 1024;
 /** What a direct write's offsets, lengths and memory are aligned to (a logical block of any disk). */
 const DIRECT_ALIGN = 4096;
 
@@ -28,7 +31,11 @@ export class Sink {
   readonly #ctl: BigInt64Array;
   /** The cache file opened with O_DIRECT, or -1 (writes go through the page cache, by `m.fd`). */
   #direct: number;
+  /** Bytes received (C_LANDED). */
   have = 0;
+  /** Bytes received and checked (C_HAVE). */
+  #published = 0;
+  readonly #check: PlanCheck | undefined;
   #written = 0;
   /** The body being received, once the server answered; cut by `stop`. */
   source: BodySource | undefined;
@@ -38,6 +45,18 @@ export class Sink {
   #free = false;
   stopped = false;
   #ended = false;
+  /** A write of the file under way (one at a time). */
+  #writing = false;
+  /** The body is held back (paused): for a reader, or for room in the ring. */
+  #holding = false;
+  /** Bytes pushed that did not fit in the ring yet. */
+  #pending: Uint8Array | undefined;
+  /** `finish` came while bytes were pending: its size. */
+  #finishing: number | undefined;
+  /** `finish` came: the tail is written too, then `done`. */
+  #tail = false;
+  /** The failure to post once the write under way is done. */
+  #failure: FromFetcher | undefined;
 
   readonly #onEnd: () => void;
 
@@ -45,78 +64,118 @@ export class Sink {
     this.m = m;
     this.#onEnd = onEnd;
     this.#ctl = new BigInt64Array(m.ctl);
+    if (m.plan) this.#check = new PlanCheck(m.plan);
     const { fd, at } = openDirect(m.tmp, m.ring);
     this.#direct = fd;
     Atomics.store(this.#ctl, C_RING_AT, BigInt(at));
     this.#ring = Buffer.from(m.ring, at, RING);
   }
 
-  /** Where the next bytes of the body go in the ring, at most `left` (a read straight into it is then `landed`). */
+  /**
+   * Where the next bytes of the body go in the ring, at most `left` (a
+   * read straight into it is then `landed`). Some of it may be bytes not
+   * in the file yet: the body is held back then (#flow) until they are,
+   * and the socket asks for its next buffer before it stops, so this is
+   * never empty.
+   */
   space(left: number): Buffer {
     const at = this.have % RING;
     return this.#ring.subarray(at, at + Math.min(RING - at, MAX_TAKE, left));
   }
 
-  /** `n` bytes were put at `space()`: into the file once a block is whole, then counted. Throws a write's errno. */
+  /**
+   * `n` bytes were put at `space()`: checked as far as the plan allows,
+   * counted, and written to the file once a block is whole. Throws a
+   * FetchError for a chunk that failed its check.
+   */
   landed(n: number): void {
+    const from = this.have;
+    const at = from % RING;
     this.have += n;
-    Atomics.store(this.#ctl, C_HAVE, BigInt(this.have));
-    if (this.have - this.#written >= WRITE_BLOCK) this.#writeOut(false);
+    Atomics.store(this.#ctl, C_LANDED, BigInt(this.have));
+    try {
+      this.#published = this.#check ? this.#check.landed(this.#ring.subarray(at, at + n), from) : this.have;
+    } catch (e) {
+      // The bytes before the chunk that failed are checked (the plan is in order), and readers may have them.
+      if (e instanceof FetchError && e.failure.offset !== undefined) Atomics.store(this.#ctl, C_HAVE, BigInt(Math.max(this.#published, e.failure.offset)));
+      throw e;
+    }
+    Atomics.store(this.#ctl, C_HAVE, BigInt(this.#published));
+    this.#pump();
   }
 
-  /** Bytes received elsewhere, copied into the ring. */
+  /** Bytes received elsewhere, copied into the ring; what does not fit waits there for the file's writes (the body held back meanwhile). */
   push(b: Uint8Array): void {
-    for (let o = 0; o < b.length; ) {
-      const to = this.space(b.length - o);
+    if (this.#pending) b = Buffer.concat([this.#pending, b]); // a piece that came as the body was held back: after the waiting ones
+    let o = 0;
+    for (; o < b.length; ) {
+      const to = this.space(Math.min(b.length - o, this.#written + RING - this.have));
+      if (to.length === 0) break;
       copyShared(to, 0, b, o, to.length);
       o += to.length;
       this.landed(to.length);
     }
+    this.#pending = o < b.length ? b.subarray(o) : undefined;
+    this.#flow();
   }
 
   /** After bytes landed: wakes the main thread if it waits for them; holds the body back if no reader keeps up. */
   after(): void {
+    this.#tick();
+    // The ring nearly full of bytes no reader has copied: hold the body back (see fetch-thread.ts).
+    if (!this.#free && !this.#held && this.have - Number(Atomics.load(this.#ctl, C_READ_AT)) > RING - 2 * MAX_TAKE) {
+      Atomics.store(this.#ctl, C_PAUSED, 1n);
+      this.#held = setTimeout(() => this.release(true), STALL_MS);
+    }
+    this.#flow();
+  }
+
+  /** The main thread said how far it waits (C_WANT, C_WANT_WRITTEN): tell it once that is reached (it sets the mark, then looks again). */
+  #tick(): void {
     const ctl = this.#ctl;
-    // The main thread said how far it waits: tell it once that is reached (it sets the mark, then looks again).
     const want = Atomics.load(ctl, C_WANT);
     const wantW = Atomics.load(ctl, C_WANT_WRITTEN);
     let wake = false;
-    if (want >= 0n && BigInt(this.have) >= want && Atomics.compareExchange(ctl, C_WANT, want, -1n) === want) wake = true;
+    if (want >= 0n && BigInt(this.#published) >= want && Atomics.compareExchange(ctl, C_WANT, want, -1n) === want) wake = true;
     if (wantW >= 0n && BigInt(this.#written) >= wantW && Atomics.compareExchange(ctl, C_WANT_WRITTEN, wantW, -1n) === wantW) wake = true;
     if (wake) post({ t: 'tick', id: this.m.id });
-    // The ring nearly full of bytes no reader has copied: hold the body back (see fetch-thread.ts).
-    if (!this.#free && !this.#held && this.have - Number(Atomics.load(ctl, C_READ_AT)) > RING - 2 * MAX_TAKE) {
-      this.source?.pause();
-      Atomics.store(ctl, C_PAUSED, 1n);
-      this.#held = setTimeout(() => this.release(true), STALL_MS);
-    }
   }
 
-  /** Stops holding the body back (`free`: for good). */
+  /** Holds the body back while a reader is waited for, or while the ring has no room for another read (bytes not in the file yet); lets it go otherwise. */
+  #flow(): void {
+    const hold = !this.stopped && (this.#held !== undefined || this.#pending !== undefined || this.#written + RING - this.have < MAX_TAKE);
+    if (hold === this.#holding || this.stopped) return;
+    this.#holding = hold;
+    if (hold) this.source?.pause();
+    else this.source?.resume();
+  }
+
+  /** Stops holding the body back for a reader (`free`: for good). */
   release(free: boolean): void {
     this.#free ||= free;
     clearTimeout(this.#held);
     this.#held = undefined;
     Atomics.store(this.#ctl, C_PAUSED, 0n);
-    if (!this.stopped) this.source?.resume();
+    this.#flow();
   }
 
-  /** The whole body is here: the tail into the file; then `done`, or `fail` if it is not `size` bytes. */
+  /** The whole body is here: `fail` if it is not `size` bytes (or not what the plan has); else the rest into the file, then `done`. */
   finish(size: number): void {
-    try {
-      this.#writeOut(true);
-    } catch (e) {
-      return this.fail(ioFailure(e));
-    }
+    if (this.#pending) return void (this.#finishing = size); // once the bytes that wait for room are in
     if (size >= 0 && this.have !== size) return this.fail({ kind: 'short', message: `the server sent ${this.have} of ${size} bytes` });
-    this.#end({ t: 'done', id: this.m.id, bytes: this.have });
+    const short = this.#check?.ended(this.have);
+    if (short) return this.fail(short);
+    this.#tail = true;
+    this.#pump();
   }
 
-  /** Ends the GET with a failure (the body cut). */
+  /** Ends the GET with a failure (the body cut), once no write of the file is under way. */
   fail(f: FetchFailure): void {
+    if (this.stopped) return;
     this.stopped = true;
     this.source?.destroy();
-    this.#end({ t: 'fail', id: this.m.id, bytes: this.have, ...f });
+    this.#failure = { t: 'fail', id: this.m.id, bytes: this.have, ...f };
+    if (!this.#writing) this.#end(this.#failure);
   }
 
   /** The last message of a GET: after it, nothing of its ring or file is touched here. */
@@ -134,30 +193,70 @@ export class Sink {
     return this.#ended;
   }
 
-  // Whole blocks, at multiples of WRITE_BLOCK (so never across the ring's end, and aligned for O_DIRECT); with `all`, the tail too.
-  #writeOut(all: boolean): void {
-    while (this.have - this.#written >= WRITE_BLOCK || (all && this.#written < this.have)) {
-      const n = Math.min(WRITE_BLOCK, this.have - this.#written);
-      const at = this.#written % RING;
-      if (this.#direct >= 0 && n === WRITE_BLOCK) {
-        try {
-          writeAll(this.#direct, this.#ring, at, n, this.#written);
-        } catch (e) {
-          if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw e;
-          fs.closeSync(this.#direct); // refused after all: through the page cache from here on
-          this.#direct = -1;
-          continue;
-        }
-      } else writeAll(this.m.fd, this.#ring, at, n, this.#written);
-      this.#written += n;
+  /**
+   * Starts the next write of the file, if none is under way: whole blocks
+   * at multiples of WRITE_BLOCK (so never across the ring's end, and aligned
+   * for O_DIRECT), up to MAX_WRITE; once `finish` came, the tail too, then
+   * `done`. One write at a time, off this thread (the libuv pool): a write
+   * made here blocked the thread for the disk (0.64 s of 1.17 s wall for
+   * 512 MiB, docs/BENCHMARKS.md), time it now spends receiving and hashing.
+   */
+  #pump(): void {
+    if (this.#writing || this.#ended) return;
+    if (this.stopped) return this.#end(this.#failure!);
+    const left = this.have - this.#written;
+    const at = this.#written % RING;
+    let n = Math.min(left - (left % WRITE_BLOCK), RING - at, MAX_WRITE);
+    if (n === 0 && this.#tail) {
+      if (left === 0) return this.#done();
+      n = Math.min(left, RING - at);
     }
-    if (all) fs.ftruncateSync(this.m.fd, this.have); // the trial writes of openDirect may have gone past a short file's end
-    Atomics.store(this.#ctl, C_WRITTEN, BigInt(this.#written));
+    if (n === 0) return;
+    const direct = this.#direct >= 0 && n % WRITE_BLOCK === 0;
+    this.#writing = true;
+    writeAll(direct ? this.#direct : this.m.fd, this.#ring, at, n, this.#written, (e) => {
+      this.#writing = false;
+      if (e && direct && e.code === 'EINVAL') {
+        fs.closeSync(this.#direct); // refused after all: through the page cache from here on
+        this.#direct = -1;
+      } else if (e) {
+        if (!this.stopped) this.fail(ioFailure(e));
+      } else {
+        this.#written += n;
+        Atomics.store(this.#ctl, C_WRITTEN, BigInt(this.#written));
+        if (!this.stopped) this.#tick();
+      }
+      if (this.#pending && !this.stopped) {
+        const b = this.#pending;
+        this.#pending = undefined;
+        try {
+          this.push(b);
+        } catch (err) {
+          this.fail(ioFailure(err));
+        }
+        this.after();
+        if (!this.#pending && this.#finishing !== undefined) this.finish(this.#finishing);
+      }
+      this.#flow();
+      this.#pump();
+    });
+  }
+
+  /** Every byte in the file: its length set, and `done`. */
+  #done(): void {
+    try {
+      fs.ftruncateSync(this.m.fd, this.have); // the trial writes of openDirect may have gone past a short file's end
+    } catch (e) {
+      this.stopped = true;
+      return this.#end({ t: 'fail', id: this.m.id, bytes: this.have, ...ioFailure(e) });
+    }
+    this.#end({ t: 'done', id: this.m.id, bytes: this.have });
   }
 }
 
-/** A failed write of the cache file. */
+/** A failed write of the cache file (or a failed check, thrown by `landed`). */
 export function ioFailure(e: unknown): FetchFailure {
+  if (e instanceof FetchError) return e.failure;
   const err = e as NodeJS.ErrnoException;
   return { kind: 'io', s3Code: err.code, message: err.message };
 }
@@ -192,11 +291,12 @@ function openDirect(tmp: string, ring: SharedArrayBuffer): { fd: number; at: num
   return { fd: -1, at: 0 };
 }
 
-/** Writes all `n` bytes of buf[off..] at `pos`. */
-function writeAll(fd: number, buf: Buffer, off: number, n: number, pos: number): void {
-  for (let done = 0; done < n; ) {
-    const k = fs.writeSync(fd, buf, off + done, n - done, pos + done);
-    if (k <= 0) throw Object.assign(new Error(`a write of the cache file took ${k} of ${n - done} bytes`), { code: 'EIO' });
-    done += k;
-  }
+/** Writes all `n` bytes of buf[off..] at `pos`, then calls `done`. */
+function writeAll(fd: number, buf: Buffer, off: number, n: number, pos: number, done: (e: NodeJS.ErrnoException | null) => void): void {
+  fs.write(fd, buf, off, n, pos, (e, k) => {
+    if (e) return done(e);
+    if (k <= 0) return done(Object.assign(new Error(`a write of the cache file took ${k} of ${n} bytes`), { code: 'EIO' }));
+    if (k < n) return writeAll(fd, buf, off + k, n - k, pos + k, done);
+    done(null);
+  });
 }

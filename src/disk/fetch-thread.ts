@@ -5,7 +5,8 @@ import { Worker } from 'node:worker_threads';
  * one. A GET of a fragment is handed to it with a ring of RING bytes and a
  * row of counters, both in shared memory:
  *
- *   counters[C_HAVE]          bytes received, each put into the ring at (offset % RING) before this moves
+ *   counters[C_LANDED]        bytes received, each put into the ring at (offset % RING) before this moves
+ *   counters[C_HAVE]          bytes received and checked (see ChunkPlan): what readers may be given; <= C_LANDED
  *   counters[C_WRITTEN]       bytes written to the cache file (by the thread, through `fd`)
  *   counters[C_WANT]          set here: post a `tick` once C_HAVE reaches it (then the thread sets it to -1)
  *   counters[C_WANT_WRITTEN]  the same for C_WRITTEN
@@ -16,7 +17,7 @@ import { Worker } from 'node:worker_threads';
  * The thread overwrites ring bytes only once they are in the file, and
  * puts at most MAX_TAKE bytes into the ring (a socket read into it, or a
  * copy) before it moves C_HAVE; so
- * the bytes [have + MAX_TAKE - RING, have) are in the ring, and a copy out
+ * the bytes [landed + MAX_TAKE - RING, landed) are in the ring, and a copy out
  * of it stands if that still holds when the copy is done (the thread never
  * waits for this one). Messages: `head` when the server answered (size,
  * ETag); `tick`; and one last message, `done` (every byte received and
@@ -52,16 +53,35 @@ export const C_WANT_WRITTEN = 3;
 export const C_RING_AT = 4;
 export const C_READ_AT = 5;
 export const C_PAUSED = 6;
-export const COUNTERS = 7;
+export const C_LANDED = 7;
+export const COUNTERS = 8;
 /** How long the thread holds a body back for a reader at most (see above). */
 export const STALL_MS = 1000;
 /** Bytes of a ring's memory beyond RING, for aligning it (see above). */
 export const RING_SLACK = 4096;
 
-export type ToFetcher = { t: 'get'; id: number; url: string; headers: Record<string, string>; idleMs: number; fd: number; tmp: string; ring: SharedArrayBuffer; ctl: SharedArrayBuffer } | { t: 'stop' | 'resume'; id: number };
+/**
+ * The chunks a GET checks as their bytes land, in fragment order: chunk k
+ * is bytes [at[2k], at[2k] + at[2k + 1]) of the fragment, and its SHA-256
+ * is hashes[32k, 32k + 32). The thread moves C_HAVE past a planned chunk's
+ * last byte only once the chunk hashed to its hash, so every byte of a
+ * planned chunk below C_HAVE is checked; a chunk that does not is the
+ * GET's end (`fail`, kind 'corrupt'), with C_HAVE left at its start.
+ */
+export interface ChunkPlan {
+  at: Float64Array;
+  hashes: Uint8Array;
+}
 
-/** Why a GET failed: the server or the connection ('http'), the cache file ('io', s3Code the errno), a short body, or a stop. */
-export type FetchFailure = { kind: 'http' | 'io' | 'short' | 'abort'; s3Code?: string; status?: number; message: string; bytes?: number };
+export type ToFetcher = { t: 'get'; id: number; url: string; headers: Record<string, string>; idleMs: number; fd: number; tmp: string; ring: SharedArrayBuffer; ctl: SharedArrayBuffer; plan?: ChunkPlan } | { t: 'stop' | 'resume'; id: number };
+
+/**
+ * Why a GET failed: the server or the connection ('http'), the cache file
+ * ('io', s3Code the errno), a short body, a stop, or a planned chunk that
+ * did not hash to its hash ('corrupt': `offset` and `size` in the fragment,
+ * `expected` and `found` in hex).
+ */
+export type FetchFailure = { kind: 'http' | 'io' | 'short' | 'abort' | 'corrupt'; s3Code?: string; status?: number; message: string; bytes?: number; offset?: number; size?: number; expected?: string; found?: string };
 
 export type FromFetcher = { t: 'head'; id: number; size: number; etag: string } | { t: 'tick'; id: number } | { t: 'done'; id: number; bytes: number } | ({ t: 'fail'; id: number } & FetchFailure);
 

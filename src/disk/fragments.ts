@@ -3,7 +3,7 @@ import fs from 'node:fs/promises';
 import { CabError } from '../errors.js';
 import { ensureDir, fsyncDir, writeAll } from './durable.js';
 import type { Layout } from '../format/layout.js';
-import type { Cas, FragmentHandle } from './cas.js';
+import type { Cas, FragmentHandle, PlanFor } from './cas.js';
 
 /**
  * Fragments this process names in a row that share their first four hex
@@ -124,7 +124,7 @@ export class FragmentFiles {
     this.#max = max;
   }
 
-  #handle(frag: string): Promise<FragmentHandle> {
+  #handle(frag: string, plan?: PlanFor): Promise<FragmentHandle> {
     // After close, a read still under way must not open a file that nothing would close (a leak of fds).
     if (this.#closed) return Promise.reject(new CabError('ERR_CLOSED', `fragment files are closed (fragment ${frag})`, { fragment: frag }));
     let h = this.#open.get(frag);
@@ -140,7 +140,7 @@ export class FragmentFiles {
       this.#ready.delete(oldest);
       p.then((fh) => fh.close()).catch(() => {});
     }
-    const opening = this.#cas.open(frag);
+    const opening = this.#cas.open(frag, plan);
     opening.then(
       (fh) => {
         if (this.#open.get(frag) === opening) this.#ready.set(frag, fh);
@@ -156,9 +156,22 @@ export class FragmentFiles {
     return this.#cas.remote !== undefined;
   }
 
-  /** Starts opening (for a bucket-backed store: fetching) a fragment a read will soon need. */
-  prefetch(frag: string): void {
-    if (!this.#closed && !this.#open.has(frag)) this.#handle(frag).catch(() => {}); // the read that needs it sees the failure
+  /** Starts opening (for a bucket-backed store: fetching, with the chunks of `plan` checked as they come) a fragment a read will soon need. */
+  prefetch(frag: string, plan?: PlanFor): void {
+    if (!this.#closed && !this.#open.has(frag)) this.#handle(frag, plan).catch(() => {}); // the read that needs it sees the failure
+  }
+
+  /**
+   * Reads exactly the `len` bytes of fragment `frag` at `position` into
+   * buf[off..], as `read`; true if they are a chunk with SHA-256 `hash`
+   * checked on the way (by the fetching thread: see Download.readChecked),
+   * false if the caller must check them. `plan`: as for prefetch.
+   */
+  async readChunk(frag: string, buf: Uint8Array, off: number, len: number, position: number, hash: Uint8Array, plan?: PlanFor): Promise<boolean> {
+    const fh = await this.#handle(frag, plan);
+    if (await fh.readChecked?.(buf, off, len, position, hash)) return true;
+    await this.read(frag, buf, off, len, position);
+    return false;
   }
 
   /**
