@@ -45,17 +45,32 @@ const CASES: Record<string, (ctx: BenchContext) => Promise<void>> = {
 /** Older names, and groups. */
 const ALIASES: Record<string, string[]> = { chunker: ['chunk'], store: ['ingest', 'read', 'resume', 'stream'] };
 
-const { values, positionals } = parseArgs({
-  allowPositionals: true,
-  options: {
-    only: { type: 'string' },
-    size: { type: 'string', default: '1GiB' },
-    runs: { type: 'string', default: '3' },
-    json: { type: 'string' },
-    dir: { type: 'string' },
-    child: { type: 'string' },
-  },
-});
+const OPTIONS = {
+  only: { type: 'string' },
+  size: { type: 'string', default: '1GiB' },
+  runs: { type: 'string', default: '3' },
+  json: { type: 'string' },
+  dir: { type: 'string' },
+  child: { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+/** The command line, or exit 2 with what is wrong in it (not a stack). */
+function args() {
+  try {
+    return parseArgs({ allowPositionals: true, options: OPTIONS });
+  } catch (e) {
+    console.error(`bench: ${(e as Error).message.split('. ')[0]} (--help lists the options)`);
+    process.exit(2);
+  }
+}
+
+const { values, positionals } = args();
+if (values.help) {
+  console.log(`npm run bench [-- CASE...] [--only CASE,...] [--size 1GiB[,64MiB...]] [--runs N] [--json FILE] [--dir DIR]
+cases: ${Object.keys(CASES).join(', ')}; groups: ${Object.entries(ALIASES).map(([k, v]) => `${k} = ${v.join(' ')}`).join('; ')}`);
+  process.exit(0);
+}
 
 const sizes = values.size!.split(',').map((s) => parseSize(s.trim()));
 const runs = Math.max(1, Number(values.runs));
