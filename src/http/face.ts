@@ -173,8 +173,9 @@ export class HttpFront implements HttpFace {
       answer = await this.#tus.handleWeb(this.#bodies.request(req, res));
       status = answer.status;
     } finally {
-      // Before the answer goes: a client told 413 must find no upload left behind.
-      await this.#uploads.dropUnnamed(req, status);
+      // Before the answer goes: a client told 413, or gone (its body cut: tus may still say 201 to no one), must find no upload left behind.
+      const gone = res.destroyed || !!res.socket?.destroyed || (req.destroyed && !req.complete);
+      await this.#uploads.dropUnnamed(req, gone ? 0 : status);
     }
     const body = answer.body ? Buffer.from(await answer.arrayBuffer()) : undefined;
     if (res.destroyed) return;
