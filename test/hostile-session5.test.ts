@@ -1,8 +1,11 @@
 // Hostile review, fifth session: failing tests for what the review found.
+import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import test, { type ExecutionContext } from 'ava';
-import { merkleRoot, toHex } from '../src/index.js';
+import { BlobStore, merkleRoot, toHex } from '../src/index.js';
+import { readDescriptor } from '../src/format/descriptor.js';
+import { descriptorPath } from './helpers/paths.js';
 import { prngBytes } from '../tools/data.js';
 import { readAll, tempDir, tempStore } from './helpers/store.js';
 
@@ -39,4 +42,87 @@ test('same-leaves: a source name deleted and reused under a writer lends the old
   t.true((await readAll(store, w.name)).equals(q), 'the writer\'s blob reads back its bytes');
   t.is(w.leavesLent, 0, 'no leaves lent from a blob that is gone');
   t.is(toHex(w.hash), toHex(merkleRoot(q)), 'the writer\'s root is the true root of its bytes');
+});
+
+/** A child process that writes `total` bytes of prngBytes(seed) with checkpointEvery(1 MiB), stalling for ever at `stopAt`; prints the blob name. */
+function stalledWriter(dir: string, seed: string, total: number, stopAt: number): { child: ChildProcess; name: Promise<string> } {
+  const src = new URL('../src/index.js', import.meta.url).href;
+  const data = new URL('../tools/data.js', import.meta.url).href;
+  const code = `
+    const { BlobStore } = await import(${JSON.stringify(src)});
+    const { prngBytes } = await import(${JSON.stringify(data)});
+    setInterval(() => {}, 1000);
+    const store = await BlobStore.open(${JSON.stringify(dir)});
+    const bytes = prngBytes(${JSON.stringify(seed)}, ${total});
+    const w = await store.newBlobWriter();
+    process.stdout.write(w.name + '\\n');
+    w.checkpointEvery(1024 * 1024);
+    async function* body() {
+      for (let at = 0; at < bytes.length; at += 65536) {
+        if (at === ${stopAt}) await new Promise(() => {});
+        yield bytes.subarray(at, at + 65536);
+      }
+    }
+    await w.appendStream(body());
+  `;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', code], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const name = new Promise<string>((resolve, reject) => {
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('\n')) resolve(out.trim());
+    });
+    child.once('exit', (c) => reject(new Error(`child exited ${c}`)));
+  });
+  return { child, name };
+}
+
+async function durableSize(store: BlobStore, name: string): Promise<number> {
+  try {
+    return (await readDescriptor(descriptorPath(store, name), name)).size;
+  } catch {
+    return 0;
+  }
+}
+
+test('checkpoints: a writer SIGKILLed with durable records out of the index; GC meanwhile, then reopen: fsck clean, chunks found, resumes, bytes right', async (t) => {
+  const dir = tempDir(t);
+  const total = 12 * MiB;
+  const bytes = prngBytes('h5-kill', total);
+  const { child, name: named } = stalledWriter(dir, 'h5-kill', total, 8 * MiB);
+  t.teardown(() => child.kill('SIGKILL'));
+  const name = await named;
+  const other = await BlobStore.open(dir);
+  let closed = false;
+  t.teardown(() => (closed ? undefined : other.close()));
+  const deadline = Date.now() + 30_000;
+  while ((await durableSize(other, name)) < 7 * MiB && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  const durable = await durableSize(other, name);
+  t.true(durable >= 7 * MiB, `durable ${durable}`);
+  // Another process meanwhile: GC must keep every fragment a durable record names; its bytes read back.
+  await other.gc();
+  const r = await other.newBlobReader(name).catch(() => undefined);
+  if (r) await r.close();
+  t.is(child.exitCode, null, 'the writer is still running when killed');
+  const exited = new Promise((res) => child.once('exit', res));
+  child.kill('SIGKILL');
+  await exited;
+  await other.gc();
+  await other.close();
+  closed = true;
+  const store = await BlobStore.open(dir);
+  t.teardown(() => store.close());
+  const report = await store.fsck({ verify: true } as never);
+  t.deepEqual(report.problems, [], 'fsck finds nothing wrong after the kill');
+  const w = await store.resumeBlobWriter(name);
+  t.is(w.size, durable);
+  // Every chunk of the durable records is in the index after reopen (dedup needs it).
+  for await (const c of store.blobChunkStream(name)) {
+    const loc = await store.lookupChunk(c.hash);
+    t.is(loc.size, c.size);
+  }
+  await w.appendBytes(bytes.subarray(durable));
+  await w.close();
+  t.is(toHex(w.hash), toHex(merkleRoot(bytes)));
+  t.true((await readAll(store, name)).equals(bytes));
 });
