@@ -126,3 +126,50 @@ test('checkpoints: a writer SIGKILLed with durable records out of the index; GC 
   t.is(toHex(w.hash), toHex(merkleRoot(bytes)));
   t.true((await readAll(store, name)).equals(bytes));
 });
+
+test('same-leaves: edits at leaf and chunk edges, odd sizes, appendBlob mixed with bytes, two writers at once, a resumed writer: every root is the true root', async (t) => {
+  const store = await tempStore(t);
+  const size = 24 * MiB + 16383;
+  const base = prngBytes('h5-base', size);
+  const fb = file(t, base, 'base.bin');
+  const a = await store.newBlobWriter();
+  await a.appendBytes({ file: fb });
+  await a.close();
+  const variants: Buffer[] = [];
+  // One byte changed right before, at and after leaf boundaries, and in the last partial leaf.
+  const edged = Buffer.from(base);
+  for (const at of [16384 * 100 - 1, 16384 * 300, 16384 * 500 + 1, size - 3]) edged[at] = edged[at]! ^ 1;
+  variants.push(edged);
+  // Same prefix, shorter (a partial last leaf inside the source's full leaf), and longer.
+  variants.push(base.subarray(0, 20 * MiB + 5));
+  variants.push(Buffer.concat([base, prngBytes('h5-more', 100_000)]));
+  for (const [i, v] of variants.entries()) {
+    const w = await store.newBlobWriter();
+    await w.appendBytes({ file: file(t, v, `v${i}.bin`) });
+    await w.close();
+    t.is(toHex(w.hash), toHex(merkleRoot(v)), `variant ${i}`);
+  }
+  // appendBlob of the source's middle between bytes of its own.
+  const mixed = Buffer.concat([base.subarray(0, 5 * MiB + 7), base.subarray(5 * MiB + 7, 15 * MiB), prngBytes('h5-x', 3333), base.subarray(15 * MiB + 3333)]);
+  const m = await store.newBlobWriter();
+  await m.appendBytes(mixed.subarray(0, 5 * MiB + 7));
+  await m.appendBlob(a.name, 5 * MiB + 7, 10 * MiB - 5 * MiB - 7 + 5 * MiB);
+  await m.appendBytes(mixed.subarray(15 * MiB));
+  await m.close();
+  t.is(toHex(m.hash), toHex(merkleRoot(mixed)), 'mixed appendBlob and bytes');
+  // Two writers at once, of edged and of base.
+  const [x, y] = await Promise.all([store.newBlobWriter(), store.newBlobWriter()]);
+  await Promise.all([x.appendBytes({ file: fb }), y.appendBytes(edged)]);
+  await Promise.all([x.close(), y.close()]);
+  t.is(toHex(x.hash), toHex(merkleRoot(base)));
+  t.is(toHex(y.hash), toHex(merkleRoot(edged)));
+  // A resumed writer.
+  const r = await store.newBlobWriter();
+  await r.appendBytes(edged.subarray(0, 9 * MiB + 1));
+  await r.closeWithoutFinalize();
+  const r2 = await store.resumeBlobWriter(r.name);
+  await r2.appendBytes(edged.subarray(9 * MiB + 1));
+  await r2.close();
+  t.is(toHex(r2.hash), toHex(merkleRoot(edged)), 'resumed');
+  t.true((await readAll(store, r2.name)).equals(edged));
+});
