@@ -1,9 +1,11 @@
 // Hostile review, fifth session: failing tests for what the review found.
 import { spawn, type ChildProcess } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
 import test, { type ExecutionContext } from 'ava';
-import { BlobStore, merkleRoot, toHex } from '../src/index.js';
+import { BlobStore, merkleRoot, serve, toHex, type ServeOptions } from '../src/index.js';
 import { readDescriptor } from '../src/format/descriptor.js';
 import { descriptorPath } from './helpers/paths.js';
 import { prngBytes } from '../tools/data.js';
@@ -172,4 +174,65 @@ test('same-leaves: edits at leaf and chunk edges, odd sizes, appendBlob mixed wi
   await r2.close();
   t.is(toHex(r2.hash), toHex(merkleRoot(edged)), 'resumed');
   t.true((await readAll(store, r2.name)).equals(edged));
+});
+
+const tusHeaders = (o: Record<string, string> = {}) => ({ authorization: 'Bearer rw', 'tus-resumable': '1.0.0', ...o });
+
+async function served(t: ExecutionContext, o: ServeOptions): Promise<{ store: BlobStore; base: string }> {
+  const store = await tempStore(t);
+  const srv = await serve(store, { tokens: { rw: ['read', 'write'] }, ...o });
+  t.teardown(() => srv.close());
+  return { store, base: `http://127.0.0.1:${srv.port}` };
+}
+
+async function create(base: string, length: number): Promise<string> {
+  const r = await fetch(`${base}/files/`, { method: 'POST', headers: tusHeaders({ 'upload-length': String(length) }) });
+  if (r.status !== 201) throw new Error(`POST: ${r.status}`);
+  return new URL(r.headers.get('location')!, base).href;
+}
+
+/** A raw PATCH that sends `first` and holds the body open; `rest()` sends the rest and ends it. */
+function heldPatch(url: string, offset: number, body: Buffer, first: number): { answer: Promise<number>; rest: () => void; cut: () => void } {
+  const req = http.request(url, { method: 'PATCH', headers: tusHeaders({ 'upload-offset': String(offset), 'content-type': 'application/offset+octet-stream', 'content-length': String(body.length - offset) }) });
+  const answer = new Promise<number>((resolve) => {
+    req.on('response', (res) => (res.resume(), resolve(res.statusCode!)));
+    req.on('error', () => resolve(-1));
+  });
+  req.write(body.subarray(offset, first));
+  return { answer, rest: () => req.end(body.subarray(first)), cut: () => req.destroy() };
+}
+
+test('tus: two PATCHes on one upload at once, and clients cut mid-body, with maxUploads 2: no bytes lost or doubled, and the server still takes uploads after', async (t) => {
+  const { store, base } = await served(t, { maxUploads: 2, uploadStallMs: 2000 });
+  const bytes = crypto.randomBytes(3 * MiB);
+  const url = await create(base, bytes.length);
+  const name = url.split('/').pop()!;
+  const one = heldPatch(url, 0, bytes, MiB);
+  await new Promise((r) => setTimeout(r, 300));
+  const two = heldPatch(url, 0, bytes, 2 * MiB);
+  await new Promise((r) => setTimeout(r, 300));
+  one.rest();
+  two.rest();
+  const [s1, s2] = await Promise.all([one.answer, two.answer]);
+  t.log('statuses', s1, s2);
+  const head = await fetch(url, { method: 'HEAD', headers: tusHeaders() });
+  const offset = Number(head.headers.get('upload-offset'));
+  t.true(offset <= bytes.length, `offset ${offset}`);
+  if (offset < bytes.length) {
+    const r = await fetch(url, { method: 'PATCH', headers: tusHeaders({ 'upload-offset': String(offset), 'content-type': 'application/offset+octet-stream' }), body: bytes.subarray(offset) });
+    t.is(r.status, 204);
+  }
+  t.true((await readAll(store, name)).equals(bytes), 'the upload holds exactly its bytes');
+  // Clients that go mid-body, more than maxUploads of them, one after another: each frees its place.
+  for (let i = 0; i < 5; i++) {
+    const u = await create(base, MiB);
+    const p = heldPatch(u, 0, crypto.randomBytes(MiB), 1000);
+    await new Promise((r) => setTimeout(r, 100));
+    p.cut();
+    await p.answer;
+  }
+  await new Promise((r) => setTimeout(r, 300));
+  const last = await create(base, 10);
+  const r = await fetch(last, { method: 'PATCH', headers: tusHeaders({ 'upload-offset': '0', 'content-type': 'application/offset+octet-stream' }), body: Buffer.alloc(10, 7) });
+  t.is(r.status, 204, 'the server still takes an upload');
 });
