@@ -5,6 +5,7 @@ import type { HashJob, SamePlan } from '../hash/pool.js';
 import { leafCount } from '../hash/proof.js';
 import { bytesEqual } from '../hash/sha256.js';
 import { ensureDir, writeAll } from '../disk/durable.js';
+import { flatDamage } from '../format/damage.js';
 import type { Descriptor } from '../format/descriptor.js';
 import type { Extent } from '../format/extents.js';
 import type { StoreInternals } from './context.js';
@@ -112,6 +113,8 @@ export interface PlanChunk {
  * (`note`). Nothing here is ever waited for: a layer still loading, or a
  * window of it still being read, means that block's leaves are hashed.
  */
+const EMPTY = new Uint8Array(0);
+
 export class SameLeaves {
   readonly #s: StoreInternals;
   #blob: string | undefined;
@@ -134,7 +137,8 @@ export class SameLeaves {
 
   /** A chunk of ours is stored at the same offset in blob `name` (descriptor `d`): a candidate source. */
   note(name: string, d: Descriptor): void {
-    if (name === this.#blob || !d.finalized || !d.hash || d.size < LAYER_MIN) return;
+    // The same name with another root is another blob (deleted, the name used again): a new source.
+    if ((name === this.#blob && bytesEqual(d.hash ?? EMPTY, this.#desc?.hash ?? EMPTY)) || !d.finalized || !d.hash || d.size < LAYER_MIN) return;
     // Keep a source that serves, rather than load a layer for every blob that shares a chunk.
     if (this.#blob !== undefined && this.#tree !== null && this.#matched) return;
     this.#blob = name;
@@ -170,6 +174,13 @@ export class SameLeaves {
     const blob = this.#blob;
     const tree = this.#tree;
     if (blob === undefined || !tree || chunks.length === 0) return undefined;
+    // The index must still describe the blob whose layer and descriptor are held: not another under its name
+    // (deleted and written again), nor the same with damage recorded since (its chunks there lend nothing).
+    const e = this.#s.index.blob(blob);
+    if (!e?.h || !bytesEqual(e.h, this.#desc!.hash!) || String(e.k) !== String(flatDamage(this.#desc!.damage))) {
+      this.#tree = null;
+      return undefined;
+    }
     const expect = new Uint8Array(32 * chunks.length);
     const flags = this.#match(blob, chunks, expect);
     const firstAt = flags.findIndex((f) => f !== 0);
