@@ -5,11 +5,12 @@ import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import test, { type ExecutionContext } from 'ava';
-import { BlobStore, merkleRoot, serve, toHex, type ServeOptions } from '../src/index.js';
+import { BlobStore, merkleRoot, toHex } from '../src/index.js';
 import { readDescriptor } from '../src/format/descriptor.js';
 import { descriptorPath } from './helpers/paths.js';
 import { prngBytes } from '../tools/data.js';
 import { readAll, tempDir, tempStore } from './helpers/store.js';
+import { create, served, tusHeaders } from './helpers/http.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 40 * MiB + 12345;
@@ -176,21 +177,6 @@ test('same-leaves: edits at leaf and chunk edges, odd sizes, appendBlob mixed wi
   t.is(toHex(r2.hash), toHex(merkleRoot(edged)), 'resumed');
   t.true((await readAll(store, r2.name)).equals(edged));
 });
-
-const tusHeaders = (o: Record<string, string> = {}) => ({ authorization: 'Bearer rw', 'tus-resumable': '1.0.0', ...o });
-
-async function served(t: ExecutionContext, o: ServeOptions): Promise<{ store: BlobStore; base: string }> {
-  const store = await tempStore(t);
-  const srv = await serve(store, { tokens: { rw: ['read', 'write'] }, ...o });
-  t.teardown(() => srv.close());
-  return { store, base: `http://127.0.0.1:${srv.port}` };
-}
-
-async function create(base: string, length: number): Promise<string> {
-  const r = await fetch(`${base}/files/`, { method: 'POST', headers: tusHeaders({ 'upload-length': String(length) }) });
-  if (r.status !== 201) throw new Error(`POST: ${r.status}`);
-  return new URL(r.headers.get('location')!, base).href;
-}
 
 /** A raw PATCH that sends `first` and holds the body open; `rest()` sends the rest and ends it. */
 function heldPatch(url: string, offset: number, body: Buffer, first: number): { answer: Promise<number>; rest: () => void; cut: () => void } {

@@ -4,27 +4,10 @@
 import test from 'ava';
 import crypto from 'node:crypto';
 import http from 'node:http';
-import type { ExecutionContext } from 'ava';
-import { serve, merkleRoot, toHex, type BlobStore, type ServeOptions } from '../src/index.js';
+import { serve, merkleRoot, toHex, type BlobStore } from '../src/index.js';
 import { tempDir, tempStore } from './helpers/store.js';
-import { stalledPatch, tusUpload } from './helpers/http.js';
+import { create, served, stalledPatch, tusHeaders, tusUpload } from './helpers/http.js';
 import { assertUsage, cli } from './helpers/cli.js';
-
-const tusHeaders = (o: Record<string, string> = {}) => ({ authorization: 'Bearer rw', 'tus-resumable': '1.0.0', ...o });
-
-/** A server on a fresh store, token rw, with `o`; closed at the test's end. */
-async function served(t: ExecutionContext, o: ServeOptions): Promise<{ store: BlobStore; base: string }> {
-  const store = await tempStore(t);
-  const srv = await serve(store, { tokens: { rw: ['read', 'write'] }, ...o });
-  t.teardown(() => srv.close());
-  return { store, base: `http://127.0.0.1:${srv.port}` };
-}
-
-async function create(base: string, length: number): Promise<string> {
-  const r = await fetch(`${base}/files/`, { method: 'POST', headers: tusHeaders({ 'upload-length': String(length) }) });
-  if (r.status !== 201) throw new Error(`POST: ${r.status}`);
-  return new URL(r.headers.get('location')!, base).href;
-}
 
 const patch = (url: string, offset: number, body: Uint8Array) =>
   fetch(url, { method: 'PATCH', headers: tusHeaders({ 'upload-offset': String(offset), 'content-type': 'application/offset+octet-stream' }), body });

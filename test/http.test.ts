@@ -8,7 +8,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { serve, merkleRoot, toHex, connect, type BlobStore, type CabServer, type ServeOptions } from '../src/index.js';
 import { parseRange } from '../src/http/range.js';
 import { putBlob, readAll, tempDir, tempStore } from './helpers/store.js';
-import { get, stalledPatch, tusUpload } from './helpers/http.js';
+import { get, stalledPatch, tusHeaders, tusUpload } from './helpers/http.js';
 import { fragmentBytes } from '../tools/bench/tus-kill.js';
 
 const TOKENS = { rw: ['read', 'write'], ro: ['read'], wo: ['write'] } as const;
@@ -172,7 +172,6 @@ test('tus-js-client uploads a file: Location /files/NAME, the blob at /blobs/NAM
   t.true(fragmentBytes(store.layout.root) - before < 1024 * 1024, 'the second copy adds (almost) no fragment bytes');
 });
 
-const tusHeaders = (o: Record<string, string> = {}) => ({ authorization: 'Bearer rw', 'tus-resumable': '1.0.0', ...o });
 const patch = (url: string, offset: number, body: Buffer) =>
   fetch(url, { method: 'PATCH', headers: tusHeaders({ 'upload-offset': String(offset), 'content-type': 'application/offset+octet-stream' }), body });
 

@@ -139,3 +139,21 @@ test('a blob not finalized keeps no layer and leaves no temp file; a resumed one
   t.is(toHex(r.hash), toHex(merkleRoot(bytes)));
   t.false(fs.existsSync(store.layout.leafLayer(w.name)));
 });
+
+test('a layer that cannot be kept (its folder is a file: ENOTDIR) fails nothing: the blob finalizes with its true root, no temp file is left, and a second put lends nothing', async (t) => {
+  const store = await tempStore(t);
+  const bytes = prngBytes('same-notdir', SIZE);
+  const f = file(t, bytes);
+  const layers = path.dirname(path.dirname(store.layout.leafLayer('0'.repeat(32))));
+  fs.rmSync(layers, { recursive: true, force: true });
+  fs.writeFileSync(layers, 'not a folder');
+  const a = await put(store, f);
+  t.is(a.hash, toHex(merkleRoot(bytes)));
+  t.true((await readAll(store, a.name)).equals(bytes));
+  t.false(fs.existsSync(store.layout.leafLayer(a.name)));
+  t.deepEqual(fs.readdirSync(path.join(store.root, 'tmp')), [], 'no temp file left');
+  // The same bytes again: nothing to lend, the true root all the same.
+  const b = await put(store, f);
+  t.is(b.hash, a.hash);
+  t.is(b.lent, 0);
+});

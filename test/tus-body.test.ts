@@ -5,11 +5,9 @@ import crypto from 'node:crypto';
 import http from 'node:http';
 import { serve, merkleRoot, toHex } from '../src/index.js';
 import { readAll, tempStore } from './helpers/store.js';
-import { stalledPatch } from './helpers/http.js';
+import { stalledPatch, tusHeaders } from './helpers/http.js';
 
 const MiB = 1024 * 1024;
-const tusHeaders = (o: Record<string, string> = {}) => ({ authorization: 'Bearer rw', 'tus-resumable': '1.0.0', ...o });
-
 test('a PATCH whose client went silent gives way to a later request on the same upload: what it sent is kept and the upload goes on from there', async (t) => {
   const store = await tempStore(t);
   const srv = await serve(store, { tokens: { rw: ['read', 'write'] } });

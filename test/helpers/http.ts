@@ -1,7 +1,28 @@
 // Clients of the HTTP face that no one here wrote: tus-js-client for uploads,
 // Node's fetch for reads (and curl, in the tests that run it).
 import fs from 'node:fs';
+import type { ExecutionContext } from 'ava';
 import { Upload } from 'tus-js-client';
+import { serve, type BlobStore, type ServeOptions } from '../../src/index.js';
+import { tempStore } from './store.js';
+
+/** tus request headers with the token rw, and `o`. */
+export const tusHeaders = (o: Record<string, string> = {}) => ({ authorization: 'Bearer rw', 'tus-resumable': '1.0.0', ...o });
+
+/** A server on a fresh store, token rw, with `o`; closed at the test's end. */
+export async function served(t: ExecutionContext, o: ServeOptions): Promise<{ store: BlobStore; base: string }> {
+  const store = await tempStore(t);
+  const srv = await serve(store, { tokens: { rw: ['read', 'write'] }, ...o });
+  t.teardown(() => srv.close());
+  return { store, base: `http://127.0.0.1:${srv.port}` };
+}
+
+/** A tus upload of `length` bytes made with a POST: its URL. */
+export async function create(base: string, length: number): Promise<string> {
+  const r = await fetch(`${base}/files/`, { method: 'POST', headers: tusHeaders({ 'upload-length': String(length) }) });
+  if (r.status !== 201) throw new Error(`POST: ${r.status}`);
+  return new URL(r.headers.get('location')!, base).href;
+}
 
 export interface TusResult {
   /** The upload's URL (the Location the server gave). */
@@ -70,7 +91,7 @@ export async function stalledPatch(url: string, offset: number, first: Uint8Arra
   });
   const answer = fetch(url, {
     method: 'PATCH',
-    headers: { authorization: 'Bearer rw', 'tus-resumable': '1.0.0', 'upload-offset': String(offset), 'content-type': 'application/offset+octet-stream' },
+    headers: tusHeaders({ 'upload-offset': String(offset), 'content-type': 'application/offset+octet-stream' }),
     body,
     duplex: 'half',
   } as RequestInit).catch((e: unknown) => e);
