@@ -159,6 +159,7 @@ async function readAt(file: string, buf: Buffer, position: number): Promise<bool
   try {
     return await readFull(fh, buf, position);
   } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EISDIR') return false; // no layer file there any more
     throw ioError(e, 'reading a leaf layer', { path: file });
   } finally {
     await fh.close();
@@ -245,6 +246,7 @@ export class TreeCache {
     const found = await checkLayer(file, r.size, r.hash);
     if (found) return found;
     await ensureDir(path.dirname(file), this.#dirs);
+    await clearNonFile(file);
     let made: BlobTree | undefined;
     await replaceDurable(file, async (fh) => {
       await writeAll(fh, layerHeader(r.size, r.hash!), 0);
@@ -280,13 +282,37 @@ export async function checkLayer(file: string, size: number, root: Uint8Array): 
   }
 }
 
-/** A layer file opened for reading, or undefined if there is none. */
+/** A layer file opened for reading, or undefined if there is none (nothing, or something other than a file, at its path). */
 export async function openLayer(file: string): Promise<fs.FileHandle | undefined> {
+  let fh: fs.FileHandle;
   try {
-    return await fs.open(file, 'r');
+    fh = await fs.open(file, 'r');
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw ioError(e, 'opening a leaf layer', { path: file });
+  }
+  try {
+    if ((await fh.stat()).isFile()) return fh;
+  } catch (e) {
+    await fh.close();
+    throw ioError(e, 'opening a leaf layer', { path: file });
+  }
+  await fh.close();
+  return undefined;
+}
+
+/**
+ * Removes what is at a layer's path if it is not a file (a directory, a
+ * link): layers/ is derived data of the store's own (docs/FORMAT.md), and a
+ * layer is made again in its place.
+ */
+async function clearNonFile(file: string): Promise<void> {
+  try {
+    if ((await fs.lstat(file)).isFile()) return;
+    await fs.rm(file, { recursive: true, force: true });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw ioError(e, 'clearing the path of a leaf layer', { path: file });
   }
 }
 

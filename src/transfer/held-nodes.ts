@@ -34,7 +34,11 @@ export class HeldNodes {
     const s = this.#slots.get(key);
     if (s !== undefined) return this.#slab.slice(s * HASH_SIZE, (s + 1) * HASH_SIZE);
     const p = this.#promised.get(key);
-    return p?.then((nodes) => nodes.get(key)!);
+    if (!p) return undefined;
+    const node = p.then((nodes) => nodes.get(key)!);
+    // The plan that holds it may fail on its own request first and never await it: that must not be an unhandled rejection.
+    node.catch(() => {});
+    return node;
   }
 
   /** The nodes a request's answer will verify: a request made meanwhile waits for them rather than asking for them again. */
