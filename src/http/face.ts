@@ -6,7 +6,7 @@ import type { BlobStore } from '../store.js';
 import type { Perm } from '../transfer/messages.js';
 import type { HttpConnection, HttpFace } from '../transfer/ws.js';
 import { getBlob } from './blobs.js';
-import { errorText, sendError, statusOf } from './status.js';
+import { drainUnread, errorText, sendError, statusOf } from './status.js';
 import { BlobUploads } from './tus-store.js';
 import { RequestBodies } from './tus-body.js';
 import { HeapFloor } from './heap-floor.js';
@@ -181,10 +181,12 @@ export class HttpFront implements HttpFace {
     if (res.destroyed) return;
     const headers: Record<string, string> = {};
     answer.headers.forEach((v, k) => (headers[k] = v));
-    // A body not read to its end (an upload refused part way): Node is not to read the rest.
-    if (!req.complete) headers.connection = 'close';
+    // tus says `Connection: close` after a failed PATCH; the client, still sending, would see that as a broken pipe.
+    if (!req.complete) delete headers.connection;
     res.writeHead(answer.status, headers);
     res.end(body);
+    // A body not read to its end (an upload refused part way): the rest is dropped while the client reads the answer.
+    drainUnread(req);
   }
 
   #sweep(): void {

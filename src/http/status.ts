@@ -27,10 +27,17 @@ export function errorText(e: unknown): string {
   return `${(e as Error)?.message ?? String(e)}\n`;
 }
 
+/** How much of an unread body is read and dropped after an error answer, and for how long, before the connection is cut. */
+const DRAIN_BYTES = 16 * 1024 * 1024;
+const DRAIN_MS = 5000;
+
 /**
  * Answers with an error status and a one-line text body. A request whose
- * body we have not read (an upload refused) gets `Connection: close`, so
- * that Node does not read the rest of it.
+ * body we have not read (an upload refused, or cut short by a full disk)
+ * has the rest of it read and dropped, up to DRAIN_BYTES or DRAIN_MS, while
+ * the client sees the answer: a client still sending when the connection
+ * closed would see a broken pipe (and retry it as a network failure), not
+ * the status. Past the bound, the connection is cut.
  */
 export function sendError(res: http.ServerResponse, status: number, e: unknown, extra: http.OutgoingHttpHeaders = {}): void {
   if (res.headersSent) {
@@ -40,6 +47,21 @@ export function sendError(res: http.ServerResponse, status: number, e: unknown, 
   const body = errorText(e);
   const req = res.req;
   const unread = req && !req.complete && (req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined);
-  res.writeHead(status, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body), ...(unread ? { connection: 'close' } : {}), ...extra });
+  res.writeHead(status, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body), ...extra });
   res.end(body);
+  if (unread) drainUnread(req);
+}
+
+/** After an answer sent before the request's body was read to its end: reads and drops the rest, within the bounds above. */
+export function drainUnread(req: http.IncomingMessage): void {
+  if (req.complete || req.destroyed) return;
+  let n = 0;
+  const cut = () => req.socket.destroy();
+  const timer = setTimeout(cut, DRAIN_MS);
+  timer.unref();
+  req.on('data', (b: Buffer) => {
+    if ((n += b.length) > DRAIN_BYTES) cut();
+  });
+  req.once('close', () => clearTimeout(timer));
+  req.resume();
 }
