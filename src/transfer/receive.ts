@@ -14,6 +14,9 @@ import { orAbort } from './abort.js';
 export type { RemoteSource } from './remote.js';
 export type { ReceiveOptions, TransferProgress, TransferStats } from './stats.js';
 
+/** Bytes a receiving writer appends between checkpoints (each: a fragment fdatasync and a descriptor record, in the background). */
+const RECEIVE_CHECKPOINT_BYTES = 16 * 1024 * 1024;
+
 /**
  * Fetches blob `name` from `src` into `store` under the same name: only the
  * chunks the store lacks travel, each verified against its hash before it
@@ -92,6 +95,9 @@ export async function receiveBlob(store: BlobStore, sources: SourceSet, name: st
     stats.resumedFrom = writer.size;
     options.onProgress?.({ ...stats }); // where it starts: a resumed transfer's progress goes on from there
     writer.deferHash();
+    // What arrived is made durable as it goes, so a receiver killed (SIGKILL, a power cut) resumes
+    // from there: the next pull or push fetches only the rest.
+    writer.checkpointEvery(RECEIVE_CHECKPOINT_BYTES);
     const receiver = new Receiver(store, sources, list, name, writer, stats, options, prefix);
     try {
       await receiver.run();
