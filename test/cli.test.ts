@@ -302,7 +302,8 @@ test('serve + pull / push between two stores on 127.0.0.1, with token files and 
   const z = await put(t, client, files.z!.file);
 
   const tokens = writeFile(dir, 'tokens', Buffer.from('# server tokens\nrw-7f3a read,write\nro-19c2 read\n'));
-  const rwFile = writeFile(dir, 'rw.token', Buffer.from('rw-7f3a\n'));
+  // A client's token file may be a line of the server's: the token is its first word.
+  const rwFile = writeFile(dir, 'rw.token', Buffer.from('rw-7f3a read,write\n'));
   const roFile = writeFile(dir, 'ro.token', Buffer.from('ro-19c2\n'));
   const badFile = writeFile(dir, 'bad.token', Buffer.from('nobody\n'));
 

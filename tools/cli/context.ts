@@ -172,9 +172,10 @@ export function readText(file: string): string {
   }
 }
 
-/** The token for a server: the first line of --token-file, else $CABSTORE_TOKEN. */
+/** The token for a server: the first word of --token-file's first line, else $CABSTORE_TOKEN. */
 export function token(opts: { tokenFile?: string }): string | undefined {
-  if (opts.tokenFile) return readText(opts.tokenFile).split('\n')[0]!.trim();
+  // The first word: a server's token file ("TOKEN read,write") serves a client as it is.
+  if (opts.tokenFile) return readText(opts.tokenFile).split('\n')[0]!.trim().split(/\s+/)[0];
   return process.env.CABSTORE_TOKEN;
 }
 
