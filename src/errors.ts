@@ -23,7 +23,7 @@ export const ERROR_CODES = {
   ERR_DESCRIPTOR_CORRUPT:
     "a blob's descriptor is corrupt: a bad header, or a bad record that a crash cannot have left (it is followed by good records, or is complete and not zero-filled; data.offset is where): reading or resuming the blob fails, GC fails and deletes nothing, fsck reports it and --repair leaves it as it is, until it is mended or deleted (docs/FORMAT.md)",
   ERR_FORMAT_VERSION: 'the store or a descriptor has a newer format version than this code reads',
-  ERR_BAD_STORE: "the directory is not a cabstore store (data.reason: 'absent', 'not-empty': other files and no store, 'not-a-directory'), or its cabstore.json is damaged",
+  ERR_BAD_STORE: "the directory is not a cabstore store (data.reason: 'absent', 'not-empty': other files and no store, 'not-a-directory', 'tables-damaged': its tables file is not one LMDB can open safely), or its cabstore.json is damaged",
   ERR_GC_RUNNING: 'another GC is running on this store (pass wait: true to wait for it)',
   ERR_FSCK_FAILED: 'fsck found a problem it did not repair, or a blob with damage recorded (its report lists them; the command line exits 1 with this code)',
   ERR_PROTOCOL: 'a peer sent a malformed, unknown or out-of-place message',

@@ -3,7 +3,7 @@ import { isCabError } from '../errors.js';
 import { fromHex } from '../hash/sha256.js';
 import { encodeRecord, merkleToRecord, packChunks, type AppendRecord } from '../format/descriptor.js';
 import { writeAll } from '../disk/durable.js';
-import { catchUpBlob } from '../index/catchup.js';
+import { catchUpBehind, catchUpBlob } from '../index/catchup.js';
 import type { IndexedRecord } from '../index/chunk-index.js';
 import type { StoreInternals } from './context.js';
 import type { Ingest, Taken } from './ingest.js';
@@ -170,10 +170,12 @@ export class Checkpoints {
       if (!(await this.#s.index.applyAppends(this.#name, recs, this.#headerEnd))) {
         await catchUpBlob(this.#s.index, this.#s.layout, this.#name);
       }
+      await catchUpBehind(this.#s.index, this.#s.layout);
     } catch (e) {
       // The records are durable, so the bytes are safe; the index is derived and catches up from
-      // the descriptor when next asked (catchUpBlob). A full disk must not fail a write that stands.
+      // the descriptor (catchUpBehind). A full disk must not fail a write that stands.
       if (!isCabError(e, 'ERR_NO_SPACE')) throw e;
+      this.#s.index.behind.add(this.#name);
     }
   }
 }

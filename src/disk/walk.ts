@@ -42,3 +42,16 @@ export async function* walk(dir: string, depth: number): AsyncGenerator<string> 
     for (const ent of ents) if (ent.isFile()) yield ent.name;
   }
 }
+
+/**
+ * The entries of a store's tmp/ folder: `own`, the files cabstore makes
+ * there (a pid, a dash, then anything), and `stray`, everything else (a
+ * folder, a link, a name of no process), which gc leaves alone and fsck
+ * reports.
+ */
+export async function tempEntries(tmp: string): Promise<{ own: string[]; stray: string[] }> {
+  const own: string[] = [];
+  const stray: string[] = [];
+  for (const ent of await list(tmp)) (ent.isFile() && /^[1-9][0-9]*-/.test(ent.name) ? own : stray).push(ent.name);
+  return { own, stray };
+}

@@ -58,6 +58,21 @@ export async function catchUpBlob(index: ChunkIndex, layout: Layout, name: strin
   return changed;
 }
 
+/**
+ * Catches up the blobs in index.behind, keeping for later those a full disk
+ * still stops. Anything else wrong with one is left to whoever opens it.
+ */
+export async function catchUpBehind(index: ChunkIndex, layout: Layout): Promise<void> {
+  for (const name of [...index.behind]) {
+    try {
+      await catchUpBlob(index, layout, name);
+    } catch (e) {
+      if (isCabError(e, 'ERR_NO_SPACE')) return;
+    }
+    index.behind.delete(name);
+  }
+}
+
 /** A blob with no index entry yet starts at its first append record. */
 function startOfRecords(start: number, cur: { d: number } | undefined): number {
   return cur ? cur.d : start;
@@ -79,13 +94,14 @@ export async function catchUpAll(index: ChunkIndex, layout: Layout, names: Async
       if (!isCabError(e, 'ERR_NO_SPACE') && !isCabError(e, 'ERR_DESCRIPTOR_CORRUPT')) throw e;
     }
   }
-  for (const name of [...index.blobNames()]) {
-    if (!(await exists(layout.descriptor(name)))) await index.removeBlob(name);
-  }
   try {
+    for (const name of [...index.blobNames()]) {
+      if (!(await exists(layout.descriptor(name)))) await index.removeBlob(name);
+    }
     await index.fillRoots();
   } catch (e) {
-    // As above: findByHash misses those blobs until an open that has the space.
+    // As above: entries of deleted blobs stay (harmless: a writer takes a chunk only through a
+    // descriptor, and GC removes them), and findByHash misses those blobs until an open with room.
     if (!isCabError(e, 'ERR_NO_SPACE')) throw e;
   }
 }

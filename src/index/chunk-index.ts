@@ -1,8 +1,11 @@
+import fs from 'node:fs';
+import path from 'node:path';
 import { open, type RootDatabase, type Database } from 'lmdb';
 import { toHex } from '../hash/sha256.js';
 import { flatDamage, overlapsDamage, type DamageRange } from '../format/damage.js';
 import { chunkEntries, type AppendRecord } from '../format/descriptor.js';
 import { lmdbWriteSync } from './lmdb-write.js';
+import { lmdbDamage } from './lmdb-check.js';
 import { PAGE, takePage } from './paging.js';
 
 /** Where a chunk's bytes are: a range of a local blob. */
@@ -65,6 +68,9 @@ function after(prefix: Uint8Array): Buffer {
   return Buffer.concat([prefix, Buffer.alloc(64, 0xff)]);
 }
 
+/** Chunks of a blob removed from the index in one transaction. */
+const REMOVE_BATCH = 1024;
+
 /**
  * The chunk index, in LMDB under index/. Derived data: everything in it can
  * be rebuilt from the descriptors. Four databases:
@@ -84,6 +90,12 @@ function after(prefix: Uint8Array): Buffer {
  */
 export class ChunkIndex {
   readonly #env: RootDatabase;
+  /**
+   * Blobs whose index commit failed on a full disk while their records were
+   * durable: catchUpBehind brings them up to date at the next commit that
+   * succeeds, and before findByHash, fsck and GC read the index.
+   */
+  readonly behind = new Set<string>();
   readonly #chunks: Database<number, Buffer>;
   readonly #bchunks: Database<[Uint8Array, number, number], Buffer>;
   readonly #blobs: Database<BlobEntry, Buffer>;
@@ -101,6 +113,9 @@ export class ChunkIndex {
   }
 
   static open(dir: string): ChunkIndex {
+    // Derived data: a data file LMDB cannot open safely (lmdbDamage) is removed, and the store's
+    // catch-up at open makes the entries again from the descriptors.
+    if (lmdbDamage(dir)) for (const f of ['data.mdb', 'lock.mdb']) fs.rmSync(path.join(dir, f), { force: true });
     // noMetaSync: one fsync per commit, not two. A power cut may then undo the last commit (never
     // corrupt the environment), which catch-up redoes from the descriptors, as after a crash between
     // a record and its index update. The two fsyncs blocked a writer's thread about 4 ms per checkpoint.
@@ -187,20 +202,28 @@ export class ChunkIndex {
   }
 
   /** Removes every entry of a blob. Returns the number of chunk entries removed. */
-  removeBlob(name: string): Promise<number> {
-    return this.#write(() => {
-      let removed = 0;
-      const prefix = nameKey(name);
-      for (const { key, value } of this.#bchunks.getRange({ start: prefix, end: after(prefix) })) {
-        this.#chunks.remove(chunkKey(value[0], name, value[2]));
-        this.#bchunks.remove(key);
-        removed++;
-      }
-      const h = this.#blobs.get(prefix)?.h;
-      if (h) this.#roots.remove(rootKey(h, name));
-      this.#blobs.remove(prefix);
-      return removed;
-    });
+  async removeBlob(name: string): Promise<number> {
+    // In transactions of REMOVE_BATCH chunks: each needs few new pages (LMDB reuses those the one
+    // before freed), so a store's reserve (disk/reserve.ts) covers a blob of any size on a full disk.
+    // The blob's own entry goes last: one removed in part is still known, and removed again.
+    const prefix = nameKey(name);
+    for (let removed = 0; ; ) {
+      const n = await this.#write(() => {
+        let k = 0;
+        for (const { key, value } of this.#bchunks.getRange({ start: prefix, end: after(prefix), limit: REMOVE_BATCH })) {
+          this.#chunks.remove(chunkKey(value[0], name, value[2]));
+          this.#bchunks.remove(key);
+          k++;
+        }
+        if (k === REMOVE_BATCH) return k;
+        const h = this.#blobs.get(prefix)?.h;
+        if (h) this.#roots.remove(rootKey(h, name));
+        this.#blobs.remove(prefix);
+        return k;
+      });
+      removed += n;
+      if (n < REMOVE_BATCH) return removed;
+    }
   }
 
   /**

@@ -1,5 +1,6 @@
 import fs from 'node:fs/promises';
-import { CabError } from '../errors.js';
+import { CabError, isCabError } from '../errors.js';
+import { withReserve } from '../disk/reserve.js';
 import { openDescriptor } from '../format/descriptor.js';
 import type { Layout } from '../format/layout.js';
 import { fsyncDir } from '../disk/durable.js';
@@ -8,10 +9,12 @@ import type { ChunkIndex } from './chunk-index.js';
 import type { Tables } from './tables.js';
 
 /**
- * Removes a blob from this folder: its descriptor (unlinked with the
- * writer lock held, so no writer can resume it meanwhile: ERR_BLOB_LOCKED
- * while one has it), then what is derived from it (index entries, leaf
- * layer, the mark that it is published) and its metadata. `whileLocked`
+ * Removes a blob from this folder: its metadata, then its descriptor (both
+ * with the writer lock held, so no writer can resume it meanwhile:
+ * ERR_BLOB_LOCKED while one has it), then what is derived from it (index
+ * entries, leaf layer, the mark that it is published). On a full disk the
+ * store's reserve (disk/reserve.ts) is spent on the table and index
+ * updates. `whileLocked`
  * runs with the lock held, before the unlink (a bucket-backed store
  * deletes the published descriptor there). Its fragments stay until GC.
  */
@@ -20,15 +23,21 @@ export async function removeBlob(layout: Layout, index: ChunkIndex, tables: Tabl
   const fh = await openDescriptor(file, name, 'r');
   try {
     if (!tryLockExclusive(fh.fd)) throw new CabError('ERR_BLOB_LOCKED', `blob ${name} is being written`, { blob: name });
+    // Metadata is about a blob we hold (a signpost says where to find one we do not, so it stays).
+    // It goes first: a full disk then fails the delete with nothing changed, never leaves a deleted
+    // blob's metadata to a later blob of the same name.
+    await withReserve(layout, () => tables.metadata.delete(name));
     await whileLocked?.();
     await fs.unlink(file);
     await fsyncDir(layout.blobDir(name));
   } finally {
     await fh.close();
   }
-  // Derived (the leaf layer, the mark): whatever is at their paths goes, and never fails a delete that is done.
+  // Derived (index entries, the leaf layer, the mark): whatever is at their paths goes, and never fails
+  // a delete that is done. Index entries a full disk keeps are removed by the next catch-up or GC.
   const derived = [layout.leafLayer(name), layout.publishedMark(name)].map((p) => fs.rm(p, { force: true, recursive: true }).catch(() => {}));
-  await Promise.all([index.removeBlob(name), ...derived]);
-  // Metadata is about a blob we hold; a signpost says where to find one we do not, so it stays.
-  await tables.metadata.delete(name);
+  const entries = withReserve(layout, () => index.removeBlob(name)).catch((e: unknown) => {
+    if (!isCabError(e, 'ERR_NO_SPACE')) throw e;
+  });
+  await Promise.all([entries, ...derived]);
 }

@@ -1,8 +1,10 @@
+import path from 'node:path';
 import { open, type RootDatabase, type Database } from 'lmdb';
 import { CabError } from '../errors.js';
 import { checkBlobName } from '../format/layout.js';
 import { lmdbWriteSync } from './lmdb-write.js';
 import { paged } from './paging.js';
+import { lmdbDamage } from './lmdb-check.js';
 
 /** What a sync app keeps about a blob it holds. */
 export interface BlobMetadata {
@@ -354,6 +356,11 @@ export class Tables {
   }
 
   static open(dir: string): Tables {
+    // Not derived (metadata, signposts, syncgroups): a damaged file is reported, never replaced.
+    const damage = lmdbDamage(dir);
+    if (damage) {
+      throw new CabError('ERR_BAD_STORE', `the tables file ${path.join(dir, 'data.mdb')} (blob metadata, signposts, syncgroups) is damaged: ${damage}; restore it from a backup, or move it away to start with empty tables`, { reason: 'tables-damaged', path: dir });
+    }
     return new Tables(open({ path: dir, maxDbs: 8, overlappingSync: false }), dir);
   }
 

@@ -7,6 +7,7 @@ import { openConfig, type OpenedBucket } from '../disk/bucket-config.js';
 import { Cas } from '../disk/cas.js';
 import { FragmentCache } from '../disk/cache.js';
 import { Lease } from '../disk/lease.js';
+import { keepReserve } from '../disk/reserve.js';
 import { startHashThread } from '../hash/pool.js';
 import { ChunkIndex } from '../index/chunk-index.js';
 import { Tables } from '../index/tables.js';
@@ -46,6 +47,7 @@ export async function openParts(root: string, options: StoreOptions): Promise<St
     const made = new Set<string>();
     for (const dir of [layout.blobRoot, layout.casRoot, layout.tmp, layout.index, layout.leases, layout.tables]) await ensureDir(dir, made);
     await fsyncDir(layout.root);
+    await keepReserve(layout);
     const cache = bucket && new FragmentCache(layout, bucket.options.cacheBytes);
     await cache?.load();
     const index = ChunkIndex.open(layout.index);

@@ -23,7 +23,8 @@ export type FsckProblemKind =
   | 'hash-mismatch' // a finalized blob's content does not hash to its recorded hash (--verify)
   | 'damaged' // a blob with damage recorded (by this or an earlier repair): only a pull or import heals it
   | 'index-mismatch' // the chunk index disagrees with a descriptor
-  | 'index-orphan'; // the chunk index has a blob with no descriptor
+  | 'index-orphan' // the chunk index has a blob with no descriptor
+  | 'stray'; // something in tmp/ that cabstore did not make (a folder, a link, a name of no process): gc leaves it, never repaired
 
 export interface FsckProblem {
   kind: FsckProblemKind;

@@ -1,13 +1,16 @@
 import fs from 'node:fs/promises';
+import path from 'node:path';
 import { CabError, ioError, isCabError, throwIfAborted } from '../errors.js';
 import { HashJob } from '../hash/pool.js';
 import { bytesEqual } from '../hash/sha256.js';
 import { readExtents } from '../disk/blob-bytes.js';
 import type { ChunkIndex } from '../index/chunk-index.js';
+import { catchUpBehind } from '../index/catchup.js';
 import { readDescriptor, type Descriptor } from '../format/descriptor.js';
 import { checkBlob } from './fsck-blob.js';
 import { problem, type FsckContext, type FsckOptions, type FsckReport } from './fsck-context.js';
 import { FragmentFiles } from '../disk/fragments.js';
+import { tempEntries } from '../disk/walk.js';
 import type { Layout } from '../format/layout.js';
 import type { Cas } from '../disk/cas.js';
 
@@ -20,6 +23,7 @@ export type { FsckOptions, FsckProblem, FsckProblemKind, FsckReport } from './fs
  */
 export async function fsck(cas: Cas, index: ChunkIndex, blobNames: AsyncIterable<string>, fragIds: AsyncIterable<string>, opts: FsckOptions = {}): Promise<FsckReport> {
   try {
+    await catchUpBehind(index, cas.layout);
     return await check(cas, index, blobNames, fragIds, opts);
   } catch (e) {
     throw ioError(e, 'fsck');
@@ -96,6 +100,9 @@ async function check(cas: Cas, index: ChunkIndex, blobNames: AsyncIterable<strin
     if (known.has(name) || (await descriptorIsFile(layout, name))) continue;
     if (opts.repair) await index.removeBlob(name);
     problem(ctx, { kind: 'index-orphan', blob: name, detail: 'the chunk index has a blob with no descriptor' }, !!opts.repair);
+  }
+  for (const ent of (await tempEntries(layout.tmp)).stray) {
+    problem(ctx, { kind: 'stray', detail: `${path.join(layout.tmp, ent)} is not a temp file cabstore makes: gc leaves it; remove it if nothing of yours is in it` });
   }
   report.seconds = (performance.now() - t0) / 1000;
   return report;

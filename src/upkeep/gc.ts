@@ -6,8 +6,11 @@ import type { ChunkIndex } from '../index/chunk-index.js';
 import { readDescriptor } from '../format/descriptor.js';
 import type { Layout } from '../format/layout.js';
 import { livePins, type Lease } from '../disk/lease.js';
-import { isLocked } from '../disk/lock.js';
+import { isLocked, tryLockExclusive } from '../disk/lock.js';
 import { exists } from '../disk/durable.js';
+import { tempEntries } from '../disk/walk.js';
+import { keepReserve, withReserve } from '../disk/reserve.js';
+import { catchUpBehind } from '../index/catchup.js';
 import type { BlobMetadata, Tables } from '../index/tables.js';
 import { forEachLimit } from './limit.js';
 import { evict, type Candidate } from './evict.js';
@@ -84,7 +87,7 @@ export interface GcStore {
 /**
  * Mark and sweep, safe while other processes use the store:
  *
- * 1. one GC at a time (proper-lockfile on leases/gc);
+ * 1. one GC at a time (gcLock);
  * 2. list cas/: only these fragments are candidates (one renamed in later is not);
  * 3. with the gate held exclusively (no reader or writer takes a new
  *    reference meanwhile): read the pins of live leases, mark the fragments
@@ -118,27 +121,22 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
     throw new CabError('ERR_BAD_ARGUMENT', `maxBytes must be a non-negative integer, not ${options.maxBytes}`);
   }
   const progress = options.onProgress ?? (() => {});
-  const lockTarget = path.join(layout.leases, 'gc');
-  await fs.writeFile(lockTarget, '', { flag: 'a' });
-  let release: () => Promise<void>;
-  try {
-    release = await lockfile.lock(lockTarget, {
-      realpath: false,
-      stale: 60_000,
-      update: 10_000,
-      retries: options.wait ? { retries: 1_000_000, factor: 1.2, minTimeout: 20, maxTimeout: 1000 } : 0,
-    });
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ELOCKED') throw new CabError('ERR_GC_RUNNING', 'another GC is running on this store', {}, { cause: e });
-    throw e;
-  }
+  const release = await gcLock(layout, !!options.wait);
   try {
     // Index entries of blobs whose descriptor is gone (a crash between unlink and index update).
+    // On a full disk they stay (a writer takes a chunk only through its blob's descriptor, so an entry
+    // of a deleted blob leads nowhere): GC goes on to free space.
     progress({ phase: 'index', done: 0 });
+    await catchUpBehind(index, layout);
     for (const name of [...index.blobNames()]) {
       throwIfAborted(options.signal, 'gc');
       if (await exists(layout.descriptor(name))) continue;
-      report.indexEntriesRemoved += dryRun ? 0 : await index.removeBlob(name);
+      if (dryRun) continue;
+      const removed = await withReserve(layout, () => index.removeBlob(name)).catch((e: unknown) => {
+        if (!isCabError(e, 'ERR_NO_SPACE')) throw e;
+        return 0;
+      });
+      report.indexEntriesRemoved += removed;
     }
 
     // Candidates: the fragments there are now.
@@ -194,18 +192,23 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
         const state = { marked, sizes, pinned, bytes: 0 };
         for (const [f, s] of sizes) if (keep(f)) state.bytes += s;
         evictable.sort((a, b) => a.when - b.when || (a.name < b.name ? -1 : 1));
+        let full = false;
         const remove = async (b: Candidate): Promise<boolean> => {
           throwIfAborted(options.signal, 'gc');
           // Owned since the mark: it stays (an owner set from now on is the application's race).
           if (owned(store.tables.metadata.get(b.name))) return false;
           if (dryRun) return true;
+          if (full) return false;
           try {
             await store.deleteBlob(b.name);
             return true;
           } catch (e) {
-            // Opened or deleted since we looked: leave it, and keep its fragments.
+            // Opened or deleted since we looked: leave it, and keep its fragments. A disk too full to
+            // delete even with the reserve spent: evict no more, and sweep what was evicted.
             if (isCabError(e, 'ERR_BLOB_LOCKED') || isCabError(e, 'ERR_NO_SUCH_BLOB')) return false;
-            throw e;
+            if (!isCabError(e, 'ERR_NO_SPACE')) throw e;
+            full = true;
+            return false;
           }
         };
         const done = await evict(state, evictable, options.maxBytes, remove, (n) => progress({ phase: 'evict', done: n }));
@@ -239,7 +242,7 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
 
     // Temp files of processes that are gone (the pid starts the name: fragments, descriptors, leases
     // being made), and pins files left without their lease.
-    for (const ent of await fs.readdir(layout.tmp)) {
+    for (const ent of (await tempEntries(layout.tmp)).own) {
       throwIfAborted(options.signal, 'gc');
       const pid = Number(ent.split('-')[0]);
       // A process that runs has temp files in flight even before its lease exists (the lease itself
@@ -251,6 +254,7 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
     }
     progress({ phase: 'tmp', done: report.tempFilesDeleted });
     if (!dryRun) await dropOrphanPins(layout);
+    if (!dryRun) await keepReserve(layout); // spent on a full disk: made again if there is room now
   } finally {
     await release().catch(() => {});
   }
@@ -284,5 +288,41 @@ async function dropOrphanPins(layout: Layout): Promise<void> {
   for (const ent of entries) {
     const m = /^(.*)\.pins(\.tmp)?$/.exec(ent);
     if (m && !names.has(`${m[1]}.lease`)) await fs.rm(path.join(layout.leases, ent), { force: true });
+  }
+}
+
+/**
+ * One GC at a time: an exclusive flock on `leases/gc`, which the kernel
+ * drops when its process dies, so a GC killed mid-run stops no GC after it.
+ * The proper-lockfile lock beside it (`leases/gc.lock`, for file systems
+ * where a lock directory is what other machines see) is taken too; one
+ * found while holding the flock was left by a GC that died, since every GC
+ * holds the flock while it runs, and it is removed. With `wait`, the flock
+ * is tried again (20 ms, growing to 1 s) until it is free.
+ */
+async function gcLock(layout: Layout, wait: boolean): Promise<() => Promise<void>> {
+  const target = path.join(layout.leases, 'gc');
+  const fh = await fs.open(target, 'a');
+  try {
+    for (let delay = 20; !tryLockExclusive(fh.fd); delay = Math.min(1000, delay * 1.2)) {
+      if (!wait) throw new CabError('ERR_GC_RUNNING', 'another GC is running on this store');
+      await new Promise((r) => setTimeout(r, delay));
+    }
+    const take = () => lockfile.lock(target, { realpath: false, stale: 60_000, update: 10_000, retries: 0 });
+    let unlock: () => Promise<void>;
+    try {
+      unlock = await take();
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ELOCKED') throw e;
+      await fs.rm(`${target}.lock`, { recursive: true, force: true }); // a dead GC's
+      unlock = await take();
+    }
+    return async () => {
+      await unlock().catch(() => {});
+      await fh.close();
+    };
+  } catch (e) {
+    await fh.close().catch(() => {});
+    throw e;
   }
 }

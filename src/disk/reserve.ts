@@ -1,0 +1,46 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { isCabError } from '../errors.js';
+import type { Layout } from '../format/layout.js';
+
+/**
+ * Space the store keeps for the way out of a full disk: `<root>/reserve`,
+ * a file of RESERVE_BYTES. Deleting a blob frees its fragments only at the
+ * next GC, and updating the chunk index and the tables on the way there
+ * needs pages of its own, which a disk full to the last byte does not have.
+ * A delete that meets ERR_NO_SPACE there releases the reserve and tries
+ * once more; the reserve is made again by the next open or GC that has the
+ * room. Making it is best effort and never fails an operation.
+ */
+export const RESERVE_BYTES = 1024 * 1024;
+
+const file = (layout: Layout) => path.join(layout.root, 'reserve');
+
+/** Makes the reserve if it is missing or short (written in full, then renamed in); a full disk leaves it missing. */
+export async function keepReserve(layout: Layout): Promise<void> {
+  const st = await fs.stat(file(layout)).catch(() => undefined);
+  if (st?.isFile() && st.size >= RESERVE_BYTES) return;
+  if (st && !st.isFile()) return; // not ours to replace
+  const tmp = layout.tmpFile();
+  try {
+    await fs.writeFile(tmp, Buffer.alloc(RESERVE_BYTES), { flag: 'wx' });
+    await fs.rename(tmp, file(layout));
+  } catch {
+    await fs.rm(tmp, { force: true }).catch(() => {});
+  }
+}
+
+/** Runs `op`; if it fails with ERR_NO_SPACE and the reserve was there to release, releases it and runs `op` again. */
+export async function withReserve<T>(layout: Layout, op: () => Promise<T>): Promise<T> {
+  try {
+    return await op();
+  } catch (e) {
+    if (!isCabError(e, 'ERR_NO_SPACE')) throw e;
+    try {
+      await fs.unlink(file(layout));
+    } catch {
+      throw e; // no reserve left: the disk is full
+    }
+    return await op();
+  }
+}
