@@ -45,6 +45,8 @@ export class Checkpoints {
   /** The checkpoint being made durable in the background, and the first failure of one. */
   #bg: Promise<void> = Promise.resolve();
   #bgError: unknown;
+  /** The checkpoint before #bg (settled before it: see #record): a background checkpoint waits for it, so at most two run at once. */
+  #older: Promise<void> = Promise.resolve();
   /** Durable records not in the index yet, and the blob bytes they add. */
   #unindexed: IndexedRecord[] = [];
   #unindexedBytes = 0;
@@ -88,7 +90,7 @@ export class Checkpoints {
    * Makes one record of everything ingested since the last one. The sealing
    * (hashing thread done, fragment fsync + rename + directory fsync) and the
    * record's write and fsync run in the background while the writer goes on,
-   * at most one checkpoint behind; with `wait` this resolves only once the
+   * at most two checkpoints behind; with `wait` this resolves only once the
    * record is durable (and so are all before it). `final` ends the blob: the
    * record carries its hash.
    */
@@ -102,13 +104,15 @@ export class Checkpoints {
       }
       return;
     }
-    if (!wait) await this.#bg; // bound the work in the background to one checkpoint
+    // Bound the work in the background to two checkpoints: the writer goes on while one fragment's fsync is slow.
+    if (!wait) await this.#older;
     const taken = ingest.take(final);
     this.#takenSize = taken.size;
     const task = this.#record(taken, this.#bg, wait);
     task.catch((e: unknown) => {
       this.#bgError ??= e;
     });
+    this.#older = this.#bg;
     this.#bg = task;
     if (wait) await task;
   }
@@ -128,6 +132,7 @@ export class Checkpoints {
       }
     } catch (e) {
       await frag?.discard();
+      await prev.catch(() => {}); // settled after the one before, always: #bg settled means every checkpoint did
       throw e;
     }
     await prev;

@@ -15,6 +15,8 @@ import { LayerOut, SameLeaves, foundSame, sameAt, type PlanChunk } from './same-
 export type { BlockRefs, BlockSource, Claimed, NewExtent, Taken } from './ingest-types.js';
 
 const EMPTY_HASH = sha256(new Uint8Array(0));
+/** Blocks handed to the hashing thread before the oldest is decided: two, so that a slow block on either thread does not stall the other. */
+const BEHIND = 2;
 
 /**
  * The write path of one blob's bytes. The main thread reads and chunks
@@ -45,7 +47,7 @@ export class Ingest {
   #chunkEnd = 0;
   /** Where the chunks of the next record start. */
   #recordedChunkEnd = 0;
-  /** Blocks handed to the hashing thread whose chunks are not decided yet (at most two). */
+  /** Blocks handed to the hashing thread whose chunks are not decided yet (at most BEHIND + 1). */
   #queue: PendingBlock[] = [];
   #queuedBytes = 0;
   #nextHold = 1;
@@ -175,8 +177,8 @@ export class Ingest {
     const src = same && this.#same.source;
     this.#queue.push({ hold, hashes, chunks, size: len, claimed: expect !== undefined, same: src ? { src, flags: same.flags } : undefined });
     this.#queuedBytes += len;
-    // One block behind: the previous block's hashes are in, or nearly, while this one is hashed.
-    while (this.#queue.length > 1) await this.#decide(this.#queue.shift()!, true);
+    // BEHIND blocks behind: their hashes are in, or nearly, while this one is hashed.
+    while (this.#queue.length > BEHIND) await this.#decide(this.#queue.shift()!, true);
     this.#throwIfRefused();
     await this.#job.room();
   }

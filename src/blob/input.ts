@@ -183,22 +183,30 @@ export function checkBlobRange(src: Descriptor, blob: string, offset: number, si
   return n;
 }
 
+/** Reads readBlocks keeps going ahead of the block its caller works on. */
+const READ_AHEAD = 2;
+
 /**
- * Yields `total` bytes in blocks from `read(pos, n)`, reading one block ahead
- * so that I/O overlaps the caller's work on the previous block.
+ * Yields `total` bytes in blocks from `read(pos, n)`, READ_AHEAD blocks
+ * ahead, so that I/O overlaps the caller's work: one slow read (a cold
+ * page cache, a disk shared with others) does not stall it.
  */
 export async function* readBlocks(total: number, blockSize: number, read: (pos: number, n: number) => Promise<Uint8Array>): AsyncGenerator<Uint8Array> {
   let pos = 0;
-  const start = (p: number) => {
-    const r = read(p, Math.min(blockSize, total - p));
-    r.catch(() => {}); // awaited below; this only keeps an abandoned read from being unhandled
-    return r;
+  const ahead: Array<Promise<Uint8Array>> = [];
+  const fill = () => {
+    while (ahead.length < READ_AHEAD && pos < total) {
+      const n = Math.min(blockSize, total - pos);
+      const r = read(pos, n);
+      r.catch(() => {}); // awaited below; this only keeps an abandoned read from being unhandled
+      ahead.push(r);
+      pos += n;
+    }
   };
-  let next = total > 0 ? start(0) : null;
-  while (next) {
-    const cur = await next;
-    pos += cur.length;
-    next = pos < total ? start(pos) : null;
+  fill();
+  while (ahead.length > 0) {
+    const cur = await ahead.shift()!;
+    fill();
     yield cur;
   }
 }

@@ -256,6 +256,21 @@ function hashSame(job: Job, bytes: Uint8Array, cuts: number[], skip: number[] | 
   feedTo(bytes.length);
 }
 
+/** Writes ranges of held block `hold` and lets it go (a `write` message, or a `data` message's `free`). */
+function writeHeld(job: Job | undefined, hold: number, writes: number[]): void {
+  const h = job?.held.get(hold);
+  if (!job || !h) return;
+  job.held.delete(hold);
+  if (!job.error) {
+    try {
+      write(job, h.bytes, writes);
+    } catch (e) {
+      job.error = e as Error;
+    }
+  }
+  release(h);
+}
+
 port.on('message', (m: ToWorker) => {
   const job = jobs.get(m.id);
   switch (m.t) {
@@ -263,6 +278,7 @@ port.on('message', (m: ToWorker) => {
       jobs.set(m.id, { merkle: m.state ? MerkleHasher.fromState(m.state) : new MerkleHasher(), chunk: crypto.createHash('sha256'), fd: -1, held: new Map(), lent: 0 });
       break;
     case 'data': {
+      if (m.free) writeHeld(job, m.free.hold, m.free.writes);
       const bytes = new Uint8Array(m.buf, m.off, m.len);
       // With a same-offset plan, a byte per chunk after the hashes: 1 if it was found equal to the source's.
       let out = m.seq !== undefined && m.cuts && !m.expect ? new Uint8Array((m.same ? 33 : 32) * m.cuts.length) : undefined;
@@ -290,20 +306,9 @@ port.on('message', (m: ToWorker) => {
       else port.postMessage({ t: 'ack', ...ack }, ack.buf ? [ack.buf as ArrayBuffer] : []);
       break;
     }
-    case 'write': {
-      const h = job?.held.get(m.hold);
-      if (!job || !h) break;
-      job.held.delete(m.hold);
-      if (!job.error) {
-        try {
-          write(job, h.bytes, m.writes);
-        } catch (e) {
-          job.error = e as Error;
-        }
-      }
-      release(h);
+    case 'write':
+      writeHeld(job, m.hold, m.writes);
       break;
-    }
     case 'frag':
       if (job) job.fd = m.fd;
       break;

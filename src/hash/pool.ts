@@ -27,6 +27,8 @@ export type ToWorker =
       /** Hashes claimed for the chunks ending at `cuts` (32 bytes each): checked (see `hashBlock`). */
       expect?: ArrayBuffer;
       same?: SamePlan;
+      /** A held block's writes and release (writeHeld), done before this message's bytes: one message a block, not two. */
+      free?: { hold: number; writes: number[] };
     }
   | { t: 'layer'; id: number; at: number; fd?: number }
   | { t: 'layer-end'; id: number; seq: number }
@@ -222,6 +224,8 @@ export class HashJob {
   readonly #t: HashThread;
   readonly #id = nextJob++;
   #closed = false;
+  /** A writeHeld that goes with the next message (see writeHeld). */
+  #free: { hold: number; writes: number[] } | undefined;
 
   constructor(state?: MerkleState) {
     thread ??= new HashThread();
@@ -261,12 +265,35 @@ export class HashJob {
       .then((b) => b ?? new Uint8Array(0));
   }
 
-  /** Writes ranges of a block handed over with hashBlock ([offset in block, length, fragment offset] triples), and lets it go. */
+  /**
+   * Writes ranges of a block handed over with hashBlock ([offset in block,
+   * length, fragment offset] triples), and lets it go. The message waits
+   * here until the next one this job sends: a block's data carries it (one
+   * message a block rather than two); any other message goes after it.
+   */
   writeHeld(hold: number, writes: number[]): void {
-    this.#t.post({ t: 'write', id: this.#id, hold, writes });
+    this.#flushFree();
+    this.#free = { hold, writes };
   }
 
-  #post(bytes: Uint8Array, give: boolean, m: Pick<Extract<ToWorker, { t: 'data' }>, 'merkle' | 'writes' | 'cuts' | 'skip' | 'seq' | 'hold' | 'expect' | 'same'>): void {
+  /** A writeHeld not sent yet, posted on its own (before a message that is not a block's data). */
+  #flushFree(): void {
+    const f = this.#free;
+    if (!f) return;
+    this.#free = undefined;
+    this.#t.post({ t: 'write', id: this.#id, hold: f.hold, writes: f.writes });
+  }
+
+  /** Posts a message other than data, after the writeHeld it must follow. */
+  #send(m: ToWorker): void {
+    this.#flushFree();
+    this.#t.post(m);
+  }
+
+  #post(bytes: Uint8Array, give: boolean, fields: Pick<Extract<ToWorker, { t: 'data' }>, 'merkle' | 'writes' | 'cuts' | 'skip' | 'seq' | 'hold' | 'expect' | 'same'>): void {
+    const m: typeof fields & { free?: { hold: number; writes: number[] } } = fields;
+    if (this.#free) m.free = this.#free;
+    this.#free = undefined;
     let buf: ArrayBufferLike = bytes.buffer;
     let off = bytes.byteOffset;
     if (give && isRecycled(buf)) {
@@ -290,12 +317,13 @@ export class HashJob {
 
   /** The SHA-256 of the chunk in progress (the bytes hashed since the last cut), for a record. */
   async openChunkHash(): Promise<Uint8Array> {
+    this.#flushFree();
     return new Uint8Array(await this.#t.request<ArrayBuffer>('open-chunk', this.#id));
   }
 
   /** Starts a new fragment, written through `fd`. */
   startFragment(fd: number): void {
-    this.#t.post({ t: 'frag', id: this.#id, fd });
+    this.#send({ t: 'frag', id: this.#id, fd });
   }
 
   /**
@@ -304,12 +332,12 @@ export class HashJob {
    * file, which must come before 32 MiB of blob.
    */
   keepLeaves(at: number): void {
-    this.#t.post({ t: 'layer', id: this.#id, at });
+    this.#send({ t: 'layer', id: this.#id, at });
   }
 
   /** Where the kept leaf hashes go (see keepLeaves). */
   layerFile(fd: number): void {
-    this.#t.post({ t: 'layer', id: this.#id, at: 0, fd });
+    this.#send({ t: 'layer', id: this.#id, at: 0, fd });
   }
 
   /**
@@ -318,19 +346,22 @@ export class HashJob {
    * leaves of the blob were taken from another's layer (SamePlan).
    */
   endLayer(): Promise<[number, number]> {
-    return this.#t.ask<[number, number]>((seq) => this.#t.post({ t: 'layer-end', id: this.#id, seq }));
+    return this.#t.ask<[number, number]>((seq) => this.#send({ t: 'layer-end', id: this.#id, seq }));
   }
 
   /** Resolves after every write to the fragment is done (rejects if one failed). */
   async fragmentWritten(): Promise<void> {
+    this.#flushFree();
     await this.#t.request('written', this.#id);
   }
 
   state(): Promise<MerkleState> {
+    this.#flushFree();
     return this.#t.request('state', this.#id);
   }
 
   async digest(): Promise<Uint8Array> {
+    this.#flushFree();
     return new Uint8Array(await this.#t.request<Uint8Array>('digest', this.#id));
   }
 
@@ -347,6 +378,11 @@ export class HashJob {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    try {
+      this.#flushFree();
+    } catch {
+      // A dead thread: the request below says so.
+    }
     await this.#t.request('close', this.#id).catch((e: unknown) => {
       throw new CabError('ERR_CLOSED', 'hash thread failed', {}, { cause: e });
     });
