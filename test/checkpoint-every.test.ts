@@ -2,10 +2,11 @@
 // tus PATCH uses) and leaves the chunk index behind its durable records
 // until INDEX_BATCH_BYTES have gathered or a checkpoint is waited for.
 import crypto from 'node:crypto';
+import fs from 'node:fs';
 import test from 'ava';
 import { readDescriptor } from '../src/format/descriptor.js';
-import { INDEX_BATCH_BYTES } from '../src/blob/checkpoint.js';
-import { descriptorPath } from './helpers/paths.js';
+import { CHECKPOINTS_IN_FLIGHT, INDEX_BATCH_BYTES } from '../src/blob/checkpoint.js';
+import { descriptorPath, fragmentPath } from './helpers/paths.js';
 import { readAll, tempStore } from './helpers/store.js';
 
 const MiB = 1024 * 1024;
@@ -81,5 +82,33 @@ test('a source that fails mid-append: closeWithoutFinalize commits the records t
   t.is(again.size, 3 * MiB);
   await again.appendBytes(bytes.subarray(3 * MiB));
   await again.close();
+  t.true((await readAll(store, w.name)).equals(bytes), 'the blob holds the bytes appended');
+});
+
+test('checkpoints made two at a time: the records follow one another in order, each after its fragment is named, and the blob reads back', async (t) => {
+  t.true(CHECKPOINTS_IN_FLIGHT >= 2, 'checkpoints overlap');
+  const store = await tempStore(t);
+  const w = await store.newBlobWriter();
+  const bytes = crypto.randomBytes(24 * MiB);
+  // A checkpoint every 256 KiB: far more often than the fsyncs end, so they overlap.
+  w.checkpointEvery(256 * 1024);
+  t.is(await w.appendStream(pieces(bytes, -1, Promise.resolve())), bytes.length);
+  await w.flush();
+  const sizes: number[] = [];
+  const frags = new Set<string>();
+  await readDescriptor(descriptorPath(store, w.name), w.name, {
+    onAppend: (rec) => {
+      sizes.push(rec.s);
+      for (const [frag] of rec.x) frags.add(Buffer.from(frag).toString('hex'));
+    },
+  });
+  t.true(sizes.length >= 24, `${sizes.length} records`);
+  t.true(
+    sizes.every((s, i) => i === 0 || s > sizes[i - 1]!),
+    `each record ends past the one before: ${sizes.join(' ')}`,
+  );
+  t.is(sizes.at(-1), bytes.length);
+  for (const f of frags) t.true(fs.existsSync(fragmentPath(store, f)), `fragment ${f} of a durable record is in cas/`);
+  await w.close();
   t.true((await readAll(store, w.name)).equals(bytes), 'the blob holds the bytes appended');
 });

@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { BlobStore } from '../src/index.js';
 import { UPLOAD_FLUSH_BYTES } from '../src/http/tus-store.js';
+import { CHECKPOINTS_IN_FLIGHT } from '../src/blob/checkpoint.js';
 import { prngStream } from '../tools/data.js';
 import { KillableServer, blobRoot, fileRoot, fragmentBytes, uploadThroughKills } from '../tools/bench/tus-kill.js';
 import { tempDir } from './helpers/store.js';
@@ -38,9 +39,9 @@ test('a tus upload survives the server being killed with SIGKILL three times, re
     up.resumes.every((r) => r.at >= UPLOAD_FLUSH_BYTES),
     `resumed from the durable bytes, not from 0: ${said}`,
   );
-  // What a kill can make the client send again: the segment being appended, the one whose checkpoint
-  // was being made durable, and what was in flight (the request's buffers, the sockets' and the proxy's).
-  const perKill = 2 * UPLOAD_FLUSH_BYTES + 16 * MiB;
+  // What a kill can make the client send again: the segment being appended, those whose checkpoints
+  // were being made durable, and what was in flight (the request's buffers, the sockets' and the proxy's).
+  const perKill = (1 + CHECKPOINTS_IN_FLIGHT) * UPLOAD_FLUSH_BYTES + 16 * MiB;
   t.true(up.wire <= size + 3 * perKill, `${up.wire} bytes on the wire for ${size}`);
   t.is(await blobRoot(store, up.name), want);
 

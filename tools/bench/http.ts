@@ -7,13 +7,15 @@
 // NODE_OPTIONS=--max-semi-space-size=1 (see BENCHMARKS.md: V8's heuristics
 // run a full GC every 15 MiB or so of an upload in a process whose heap is
 // as small as serve's). Besides the speed, each server's CPU time (every
-// thread) per GiB uploaded: the machine is shared, and CPU time moves less
+// thread; and the main thread and the busiest other one apart) per GiB
+// uploaded, and the client's: the machine is shared, and CPU time moves less
 // than wall time. Reads: a GET of the whole blob from our /blobs/NAME
 // (every byte checked against its chunk hash) and from a server piping
 // fs.createReadStream to the response. Each upload goes to a fresh store or
 // folder, so dedup plays no part.
 import fs from 'node:fs';
 import http from 'node:http';
+import os from 'node:os';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -33,14 +35,54 @@ interface Upload {
   mbps: number;
   /** Server CPU seconds per GiB uploaded. */
   cpu: number | null;
+  /** The same, of the server's main thread and of its busiest other thread (ours: the hashing thread). */
+  main: number | null;
+  next: number | null;
+  /** CPU seconds per GiB of this process (the client, tus-js-client) over the upload. */
+  client: number | null;
+  /** The load average when the upload ended. */
+  load: number;
 }
 
-/** Uploads `file` to the tus endpoint of a server process `pid`: speed, and the server's CPU time per GiB. */
+/** CPU seconds (user + system) of each thread of a live process, by thread id, from /proc (empty elsewhere). */
+function threadCpu(pid: number): Map<number, number> {
+  const out = new Map<number, number>();
+  try {
+    for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+      try {
+        const st = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+        const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
+        out.set(Number(tid), (Number(f[11]) + Number(f[12])) / 100);
+      } catch {
+        // the thread ended meanwhile
+      }
+    }
+  } catch {
+    // no /proc
+  }
+  return out;
+}
+
+/** Uploads `file` to the tus endpoint of a server process `pid`: speed, the server's CPU time per GiB (all of it, and its two busiest threads), the client's. */
 async function timedUpload(endpoint: string, file: string, size: number, pid: number): Promise<Upload & { name: string }> {
   const cpu0 = processCpu(pid);
+  const threads0 = threadCpu(pid);
+  const client0 = processCpu(process.pid);
   const [up, secs] = await timeAsync(() => tusUploadFile(endpoint, file));
   const cpu1 = processCpu(pid);
-  return { name: up.name, mbps: size / MB / secs, cpu: cpu0 === null || cpu1 === null ? null : ((cpu1 - cpu0) * GiB) / size };
+  const client1 = processCpu(process.pid);
+  const perGiB = (a: number | null | undefined, b: number | null | undefined) => (a == null || b == null ? null : ((b - a) * GiB) / size);
+  const used = [...threadCpu(pid)].map(([tid, t]) => [tid, t - (threads0.get(tid) ?? 0)] as const);
+  const others = used.filter(([tid]) => tid !== pid).sort((a, b) => b[1] - a[1]);
+  return {
+    name: up.name,
+    mbps: size / MB / secs,
+    cpu: perGiB(cpu0, cpu1),
+    main: perGiB(0, used.find(([tid]) => tid === pid)?.[1]),
+    next: perGiB(0, others[0]?.[1]),
+    client: perGiB(client0, client1),
+    load: os.loadavg()[0]!,
+  };
 }
 
 /** `cabstore serve` of a fresh store: a tus upload and (unless `upOnly`) a GET of the blob; the server's peak RSS. */
@@ -94,10 +136,13 @@ export async function benchHttp(ctx: BenchContext): Promise<void> {
     const r = { ours: await ours(ctx, file, `${i}`, {}, false), tuned: await ours(ctx, file, `${i}-tuned`, SMALL_YOUNG_GEN, true), peer: await peer(ctx, file, `${i}`) };
     runs.push(r);
     const cpu = (u: Upload) => (u.cpu === null ? '?' : u.cpu.toFixed(2));
+    const f = (x: number | null) => (x === null ? '?' : x.toFixed(2));
+    const threads = (what: string, u: Upload) => `${what} ${cpu(u)} (main ${f(u.main)}, next ${f(u.next)}; client ${f(u.client)}; load ${u.load.toFixed(1)})`;
     ctx.log(
       `run ${i + 1}: tus ${r.ours.up.mbps.toFixed(0)} (${cpu(r.ours.up)} s CPU/GiB), with ${SMALL_YOUNG_GEN.NODE_OPTIONS} ${r.tuned.up.mbps.toFixed(0)} (${cpu(r.tuned.up)}) vs ${r.peer.up.mbps.toFixed(0)} MB/s (${cpu(r.peer.up)}); ` +
         `GET ${r.ours.get!.toFixed(0)} vs ${r.peer.get.toFixed(0)} MB/s`,
     );
+    ctx.log(`  CPU s/GiB by thread: ${threads('ours', r.ours.up)}; ${threads('tuned', r.tuned.up)}; ${threads('peer', r.peer.up)}`);
   }
   const med = (f: (r: (typeof runs)[number]) => number | null | undefined) => {
     const xs = runs.map(f).filter((x): x is number => typeof x === 'number');
@@ -110,6 +155,8 @@ export async function benchHttp(ctx: BenchContext): Promise<void> {
   const cpuRow = { case: label, unit: 's', higherIsBetter: false, peer: '@tus/server + @tus/file-store', peerValue: med((r) => r.peer.up.cpu) };
   ctx.rows.push({ ...cpuRow, metric: 'tus upload: server CPU per GiB, all threads', ours: med((r) => r.ours.up.cpu) });
   ctx.rows.push({ ...cpuRow, metric: `tus upload: server CPU per GiB, ${SMALL_YOUNG_GEN.NODE_OPTIONS}`, ours: med((r) => r.tuned.up.cpu) });
+  ctx.rows.push({ ...cpuRow, metric: 'tus upload: server CPU per GiB, main thread', ours: med((r) => r.ours.up.main), peerValue: med((r) => r.peer.up.main) });
+  ctx.rows.push({ ...cpuRow, metric: 'tus upload: client CPU per GiB (tus-js-client)', ours: med((r) => r.ours.up.client), peerValue: med((r) => r.peer.up.client) });
   ctx.rows.push({ ...row, metric: 'GET whole blob, verified', ours: med((r) => r.ours.get), peer: 'fs.createReadStream piped', peerValue: med((r) => r.peer.get) });
   ctx.rows.push({ case: label, unit: 'MB', higherIsBetter: false, metric: 'peak RSS, cabstore serve', ours: Math.max(...runs.map((r) => r.ours.rss ?? 0)), target: '< 300 MB' });
 }
