@@ -10,8 +10,16 @@ import { recycledBuffer, RECYCLED_BYTES } from '../hash/pool.js';
 import { isSourceFault, type SourceEntry, type SourceSet } from './sources.js';
 import type { ChunkerParams } from '../chunker/params.js';
 import { Lanes, STEAL_AFTER_MS, type Lane } from './lanes.js';
+import { HeapFloor } from './heap-floor.js';
 
 export { FETCH_WINDOW_BYTES } from './lanes.js';
+
+/**
+ * A window that has taken this many bytes holds the heap floor (HeapFloor) until it closes: a long stream of
+ * frames keeps a small heap near V8's limit, and full collections then follow each other (57 per GiB received).
+ * Not before: building the floor takes 20-90 ms of this thread, more than a small pull spends in all.
+ */
+export const FLOOR_AFTER_BYTES = 64 * 1024 * 1024;
 
 /** Gets are at least this large (a quarter of the least in flight), unless a chunk alone is. */
 const MIN_GET_BYTES = 256 * 1024;
@@ -97,6 +105,7 @@ export class FetchWindow {
   readonly #chunker: ChunkerParams | undefined;
   /** Check each chunk as it lands (see #land). */
   readonly #check: boolean;
+  readonly #floor = new HeapFloor();
 
   constructor(
     readonly set: SourceSet,
@@ -125,6 +134,7 @@ export class FetchWindow {
   /** The transfer is over: the window stops listening to the set and the signal. */
   close(): void {
     this.#unlisten();
+    this.#floor.release();
   }
 
   /** Queues a chunk; asks for a batch once it is full. */
@@ -160,6 +170,7 @@ export class FetchWindow {
     while (this.#asks.size > 0) await new Promise<void>((r) => this.#waiters.push(r));
     await this.#flush();
     this.#unlisten();
+    this.#floor.release();
   }
 
   async #launch(): Promise<void> {
@@ -249,6 +260,7 @@ export class FetchWindow {
     let n = 0;
     for (const b of items) n += b.length;
     this.stats.receivedBytes += n;
+    if (this.stats.receivedBytes >= FLOOR_AFTER_BYTES) this.#floor.hold();
     const arrived = Math.min(n, a.left);
     a.left -= arrived;
     a.lane.inFlight -= arrived;
