@@ -10,16 +10,9 @@ import { recycledBuffer, RECYCLED_BYTES } from '../hash/pool.js';
 import { isSourceFault, type SourceEntry, type SourceSet } from './sources.js';
 import type { ChunkerParams } from '../chunker/params.js';
 import { Lanes, STEAL_AFTER_MS, type Lane } from './lanes.js';
-import { HeapFloor } from './heap-floor.js';
+import { FLOOR_AFTER_BYTES, HeapFloor } from './heap-floor.js';
 
 export { FETCH_WINDOW_BYTES } from './lanes.js';
-
-/**
- * A window that has taken this many bytes holds the heap floor (HeapFloor) until it closes: a long stream of
- * frames keeps a small heap near V8's limit, and full collections then follow each other (57 per GiB received).
- * Not before: building the floor takes 20-90 ms of this thread, more than a small pull spends in all.
- */
-export const FLOOR_AFTER_BYTES = 64 * 1024 * 1024;
 
 /** Gets are at least this large (a quarter of the least in flight), unless a chunk alone is. */
 const MIN_GET_BYTES = 256 * 1024;
@@ -260,6 +253,7 @@ export class FetchWindow {
     let n = 0;
     for (const b of items) n += b.length;
     this.stats.receivedBytes += n;
+    // A long pull: see FLOOR_AFTER_BYTES.
     if (this.stats.receivedBytes >= FLOOR_AFTER_BYTES) this.#floor.hold();
     const arrived = Math.min(n, a.left);
     a.left -= arrived;

@@ -7,6 +7,16 @@
 export const HEAP_FLOOR_BYTES = 32 * 1024 * 1024;
 
 /**
+ * A transfer holds the floor once it has received (fetch-window.ts), or a
+ * connection has been sent (serve.ts), this many bytes, until it ends: a
+ * long stream of frames keeps a small heap near V8's limit, and full
+ * collections then follow each other (57 per GiB received). Not before:
+ * building the floor takes 20-90 ms of the main thread, more than a small
+ * pull spends in all.
+ */
+export const FLOOR_AFTER_BYTES = 64 * 1024 * 1024;
+
+/**
  * The floor is made of arrays of this many bytes: each large enough for
  * V8's large object space (over 128 KiB: never moved), small enough that
  * its garbage can go while the rest is built (an array filled with a
