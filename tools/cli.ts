@@ -7,6 +7,7 @@
 // library it needs when it runs (cli/context.ts, lib), so that --help and
 // --version load none.
 import fs from 'node:fs';
+import v8 from 'node:v8';
 import { CommanderError } from 'commander';
 import { isCabError } from '../src/errors.js';
 import { Interrupted, program, usageHelp } from './cli/context.js';
@@ -19,6 +20,13 @@ import { signpostCommand } from './cli/signpost.js';
 
 /** The package's own version, from the package.json two levels above dist/tools/. */
 const VERSION = (JSON.parse(fs.readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+
+// V8 starts incremental marking from a task whenever a heap nears its soft limit, and a heap as small as this
+// process's (about 12 MB) stays near it while a pull or a serve moves hundreds of MB through short-lived buffers:
+// 52-71 full collections per 512 MiB pulled, against 4-16 without the task (marking then starts at the
+// allocation limit), and the pull's CPU 7.6-8.2 s per GiB against 5.9-6.4 (docs/BENCHMARKS.md, sixth session).
+// The process is the CLI's own; the library leaves V8's flags to the application that embeds it.
+v8.setFlagsFromString('--no-incremental-marking-task');
 
 // A reader that goes away (`cabstore cat X | head`) is the end of the output, as for cat: exit 0, quietly.
 process.stdout.on('error', (e: NodeJS.ErrnoException) => {
