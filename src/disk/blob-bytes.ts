@@ -5,8 +5,22 @@ import type { ExtentMap } from '../format/extents.js';
 import type { FragmentFiles } from './fragments.js';
 import type { PlanFor } from './cas.js';
 
-/** How far past a read the fragments of a bucket-backed store are fetched ahead. */
-const PREFETCH = 16 * 1024 * 1024;
+/**
+ * How far past a read the fragments of a bucket-backed store are fetched
+ * ahead, and how many fragments at most (each GET holds a ring of
+ * fetch-thread.ts's RING bytes). A GET's first byte came 10 to 100 ms after
+ * it was sent (radosgw, 2026-12-05): with 16 MiB, the next fragment's GET
+ * was sent when the one before had about 8 MiB left to receive (its ring
+ * ahead of the reader), and the connection sat idle at every fragment's
+ * start. With 32 MiB it is sent about 24 MiB before that, 24 ms for a
+ * reader at 1 GB/s. Not more: a download sent ahead fills its ring and is
+ * held for its reader for a second at most (STALL_MS), after which it runs
+ * to the end into the file and is read back from the disk and hashed here;
+ * 32 MiB stays inside that second down to a reader of 32 MB/s (one run at
+ * 48 MiB and load 13 read at 63 MB/s and went that way).
+ */
+const PREFETCH = 32 * 1024 * 1024;
+export const PREFETCH_FRAGMENTS = 4;
 
 /**
  * Reads blob bytes [pos, pos + buf.length) through the extents into buf,
@@ -27,9 +41,12 @@ export async function readExtents(files: FragmentFiles, extents: ExtentMap, buf:
 /** Starts fetching the fragments of the PREFETCH bytes from `end` (a bucket-backed store), each with the plan `planFor` gives for its extent. */
 function prefetchAfter(files: FragmentFiles, extents: ExtentMap, end: number, planFor?: (i: number) => PlanFor): void {
   if (!files.remote || end >= extents.size) return;
+  const seen = new Set<string>();
   for (let i = extents.find(end); i < extents.count; i++) {
     const e = extents.at(i);
     if (e.start >= end + PREFETCH) break;
+    if (!seen.has(e.frag) && seen.size === PREFETCH_FRAGMENTS) break;
+    seen.add(e.frag);
     files.prefetch(e.frag, planFor?.(i));
   }
 }
