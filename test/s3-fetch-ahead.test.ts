@@ -2,14 +2,15 @@
 // fragments' GETs are sent before the reader needs them (PREFETCH in
 // src/disk/blob-bytes.ts), on a second fetching thread while the first is
 // busy (src/disk/fetch-thread.ts), and no more than PREFETCH_FRAGMENTS at a
-// time. On the real radosgw. Serial: the fetching threads are this file's.
+// time; a chunk changed in the bucket in the middle of a stream block. On
+// the real radosgw. Serial: the fetching threads are this file's.
 import fs from 'node:fs';
 import path from 'node:path';
-import { BlobStore, type StoreOptions } from '../src/index.js';
+import { BlobStore, CabError, type StoreOptions } from '../src/index.js';
 import { PREFETCH_FRAGMENTS } from '../src/disk/blob-bytes.js';
 import { fetchThreadsBusy } from '../src/disk/fetch-thread.js';
 import { prngBytes } from '../tools/data.js';
-import { bucketOptions, filesUnder, objects, s3Test, until } from './helpers/s3.js';
+import { bucketOptions, fileBucket, filesUnder, objects, s3Test, until } from './helpers/s3.js';
 import { putBlob, readAll, tempDir } from './helpers/store.js';
 import type { ExecutionContext } from 'ava';
 
@@ -90,4 +91,39 @@ s3Test.serial(`fetching ahead stops at ${PREFETCH_FRAGMENTS} fragments, however 
   const fetched = filesUnder(b.root, 'cas').length;
   t.true(fetched >= 2 && fetched <= PREFETCH_FRAGMENTS + 1, `${fetched} fragments fetched for a read of the first 64 KiB`);
   await r.close();
+});
+
+s3Test.serial('a stream over a chunk changed in the bucket: every block before it byte-exact, then ERR_HASH_MISMATCH at that chunk\'s blob offset, nothing cached', async (t) => {
+  const objectStore = await bucketOptions(t, { syncInterval: 0 });
+  const a = await open(t, { objectStore, fragmentSize: 64 * MiB });
+  const bytes = prngBytes('s3 fetch ahead run', 5 * MiB + 99);
+  const name = await putBlob(a, bytes);
+  const frags = [...(await objects(`${objectStore.prefix}cas/`)).keys()];
+  t.is(frags.length, 1, 'one fragment: blob offset = fragment offset');
+  const { os } = await fileBucket();
+  const saved = (await os.get(frags[0]!))!;
+  const bad = Buffer.from(saved);
+  const at = 3 * MiB + 500 * 1024; // inside a stream block, with whole chunks before it in the block
+  bad[at] ^= 0x10;
+  await os.put(frags[0]!, bad);
+  const b = await open(t, { objectStore: { ...objectStore, cacheBytes: 0 } });
+  const r = await b.newBlobReader(name);
+  let c = { start: 0, size: 0 };
+  for await (const x of r.chunks()) if (x.start <= at && at < x.start + x.size) c = x;
+  const got: Buffer[] = [];
+  const e = await t.throwsAsync(
+    (async () => {
+      for await (const x of r.stream()) got.push(x as Buffer);
+    })(),
+    { instanceOf: CabError },
+  );
+  t.is(e!.code, 'ERR_HASH_MISMATCH', e!.message);
+  t.like(e!.data, { blob: name, offset: c.start, size: c.size });
+  const before = Buffer.concat(got);
+  t.true(before.length > 0 && before.length <= c.start && before.equals(bytes.subarray(0, before.length)), `${before.length} bytes before it, byte-exact`);
+  await r.close();
+  await until(() => filesUnder(b.root, 'tmp').length === 0, 'the temp file to go');
+  t.deepEqual(filesUnder(b.root, 'cas'), [], 'the copy that failed is not cached');
+  await os.put(frags[0]!, saved);
+  t.true((await readAll(b, name)).equals(bytes), 'fetched anew once the object is right');
 });
