@@ -8,18 +8,14 @@ import type { PlanFor } from './cas.js';
 /**
  * How far past a read the fragments of a bucket-backed store are fetched
  * ahead, and how many fragments at most (each GET holds a ring of
- * fetch-thread.ts's RING bytes). A GET's first byte came 10 to 100 ms after
- * it was sent (radosgw, 2026-12-05): with 16 MiB, the next fragment's GET
- * was sent when the one before had about 8 MiB left to receive (its ring
- * ahead of the reader), and the connection sat idle at every fragment's
- * start. With 32 MiB it is sent about 24 MiB before that, 24 ms for a
- * reader at 1 GB/s. Not more: a download sent ahead fills its ring and is
- * held for its reader for a second at most (STALL_MS), after which it runs
- * to the end into the file and is read back from the disk and hashed here;
- * 32 MiB stays inside that second down to a reader of 32 MB/s (one run at
- * 48 MiB and load 13 read at 63 MB/s and went that way).
+ * fetch-thread.ts's RING bytes; a blob of 1 MiB fragments had 16 GETs
+ * under way). Not further: a download sent ahead fills its ring and is
+ * held for its reader for a second at most (STALL_MS), after which it
+ * runs to the end into the file and is read back from the disk and hashed
+ * here. With 32 MiB a reader slower than 32 MB/s went that way: paced at
+ * 25 MB/s it took 6.1 s/GiB of CPU against 2.9 with 16 MiB (2026-12-05).
  */
-const PREFETCH = 32 * 1024 * 1024;
+const PREFETCH = 16 * 1024 * 1024;
 export const PREFETCH_FRAGMENTS = 4;
 
 /**

@@ -1,4 +1,5 @@
 import fs from 'node:fs/promises';
+import path from 'node:path';
 import { CabError, ioError, isCabError } from '../errors.js';
 import type { ObjectStore } from '../bucket/object-store.js';
 import { getError } from '../bucket/s3-error.js';
@@ -105,7 +106,7 @@ export class Download {
       const { url, headers } = await os.signedGet(t.key);
       await new Promise<void>((resolve, reject) => {
         d.#answered = { resolve, reject };
-        const at = ringAt(d.#ringMem);
+        const at = ringAt(d.#ringMem, path.dirname(t.tmp));
         d.#thread = fetchThread();
         d.#thread.get({ t: 'get', id: d.#fetch, url, headers, idleMs: os.idleTimeout, fd: d.#fh.fd, tmp: t.tmp, ring: d.#ringMem, ctl: d.#ctl.buffer as SharedArrayBuffer, ...(plan ? { plan } : {}), ...(at !== undefined ? { ringAt: at } : {}) }, (m) => d.#on(m));
       });
@@ -185,7 +186,7 @@ export class Download {
       this.#os.stats.bytesDown += m.bytes;
       this.#size = m.bytes;
       this.#done = true;
-      setRingAt(this.#ringMem, m.ringAt);
+      setRingAt(this.#ringMem, path.dirname(this.#t.tmp), m.ringAt);
       finished.add(this);
       this.#wake();
       void this.#seal();

@@ -122,20 +122,24 @@ export function giveRing(ring: SharedArrayBuffer): void {
 }
 
 /**
- * Rings whose aligned offset a GET found (see RING_SLACK): the next GET
- * with the ring is told it, and skips the trial writes, which are
- * blocking writes to the disk on the fetching thread (63 ms of its 1.5 s
- * per 512 MiB, 8 GETs: `--cpu-prof`, 2026-12-05). A ring's memory does not
- * move, and every cache file is on the same file system.
+ * Rings whose aligned offset a GET found (see RING_SLACK), by the folder
+ * of the cache file (stores of one process may be on file systems that
+ * align differently): the next GET with the ring into that folder is told
+ * it, and skips the trial writes, which are blocking writes to the disk
+ * on the fetching thread (63 ms of its 1.5 s per 512 MiB, 8 GETs:
+ * `--cpu-prof`, 2026-12-05). A ring's memory does not move.
  */
-const aligned = new WeakMap<SharedArrayBuffer, number>();
+const aligned = new WeakMap<SharedArrayBuffer, Map<string, number>>();
 
-export function ringAt(ring: SharedArrayBuffer): number | undefined {
-  return aligned.get(ring);
+export function ringAt(ring: SharedArrayBuffer, dir: string): number | undefined {
+  return aligned.get(ring)?.get(dir);
 }
 
-export function setRingAt(ring: SharedArrayBuffer, at: number | undefined): void {
-  if (at !== undefined) aligned.set(ring, at);
+export function setRingAt(ring: SharedArrayBuffer, dir: string, at: number | undefined): void {
+  if (at === undefined) return;
+  let m = aligned.get(ring);
+  if (!m) aligned.set(ring, (m = new Map()));
+  m.set(dir, at);
 }
 
 class FetchThread {
