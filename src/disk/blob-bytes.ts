@@ -5,8 +5,19 @@ import type { ExtentMap } from '../format/extents.js';
 import type { FragmentFiles } from './fragments.js';
 import type { PlanFor } from './cas.js';
 
-/** How far past a read the fragments of a bucket-backed store are fetched ahead. */
+/**
+ * How far past a read the fragments of a bucket-backed store are fetched
+ * ahead, and how many fragments at most (each GET holds a ring of
+ * fetch-thread.ts's RING bytes; a blob of 1 MiB fragments had 16 GETs
+ * under way). Not further: a download sent ahead fills its ring and is
+ * held for its reader for a second at most (STALL_MS), after which it
+ * runs to the end into the file and is read back from the disk and hashed
+ * here. With 32 MiB a reader slower than 32 MB/s went that way: paced at
+ * 25 MB/s, 5 GETs of 8 ran out their hold (none with 16 MiB) and the read
+ * took 6.1 s/GiB of CPU, 2.9 to 4.7 with 16 MiB (2026-12-05).
+ */
 const PREFETCH = 16 * 1024 * 1024;
+export const PREFETCH_FRAGMENTS = 4;
 
 /**
  * Reads blob bytes [pos, pos + buf.length) through the extents into buf,
@@ -27,9 +38,12 @@ export async function readExtents(files: FragmentFiles, extents: ExtentMap, buf:
 /** Starts fetching the fragments of the PREFETCH bytes from `end` (a bucket-backed store), each with the plan `planFor` gives for its extent. */
 function prefetchAfter(files: FragmentFiles, extents: ExtentMap, end: number, planFor?: (i: number) => PlanFor): void {
   if (!files.remote || end >= extents.size) return;
+  const seen = new Set<string>();
   for (let i = extents.find(end); i < extents.count; i++) {
     const e = extents.at(i);
     if (e.start >= end + PREFETCH) break;
+    if (!seen.has(e.frag) && seen.size === PREFETCH_FRAGMENTS) break;
+    seen.add(e.frag);
     files.prefetch(e.frag, planFor?.(i));
   }
 }

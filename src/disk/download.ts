@@ -1,10 +1,11 @@
 import fs from 'node:fs/promises';
+import path from 'node:path';
 import { CabError, ioError, isCabError } from '../errors.js';
 import type { ObjectStore } from '../bucket/object-store.js';
 import { getError } from '../bucket/s3-error.js';
 import { ensureDir, fsyncDir } from './durable.js';
 import { bytesEqual } from '../hash/sha256.js';
-import { COUNTERS, C_HAVE, C_LANDED, C_PAUSED, C_READ_AT, C_RING_AT, C_WANT, C_WANT_WRITTEN, C_WRITTEN, MAX_TAKE, RING, copyShared, fetchThread, giveRing, hasSpareRing, newFetchId, takeRing, type ChunkPlan, type FetchFailure, type FromFetcher } from './fetch-thread.js';
+import { COUNTERS, C_HAVE, C_LANDED, C_PAUSED, C_READ_AT, C_RING_AT, C_WANT, C_WANT_WRITTEN, C_WRITTEN, MAX_TAKE, RING, copyShared, fetchThread, giveRing, hasSpareRing, newFetchId, ringAt, setRingAt, takeRing, type ChunkPlan, type FetchFailure, type FromFetcher } from './fetch-thread.js';
 
 /** A read this far past what has arrived is fetched by a range GET of its own rather than waiting. */
 const FAR_AHEAD = 8 * 1024 * 1024;
@@ -56,6 +57,8 @@ export class Download {
   readonly #os: ObjectStore;
   readonly #t: DownloadTarget;
   readonly #fetch = newFetchId();
+  /** The fetching thread of its GET, chosen as it is sent. */
+  #thread!: ReturnType<typeof fetchThread>;
   /** Shared with the fetching thread until its last message; given back once read to the end, taken by a new GET, or when idle. */
   readonly #ringMem = ringForGet();
   readonly #ring = Buffer.from(this.#ringMem);
@@ -103,7 +106,9 @@ export class Download {
       const { url, headers } = await os.signedGet(t.key);
       await new Promise<void>((resolve, reject) => {
         d.#answered = { resolve, reject };
-        fetchThread().get({ t: 'get', id: d.#fetch, url, headers, idleMs: os.idleTimeout, fd: d.#fh.fd, tmp: t.tmp, ring: d.#ringMem, ctl: d.#ctl.buffer as SharedArrayBuffer, ...(plan ? { plan } : {}) }, (m) => d.#on(m));
+        const at = ringAt(d.#ringMem, path.dirname(t.tmp));
+        d.#thread = fetchThread();
+        d.#thread.get({ t: 'get', id: d.#fetch, url, headers, idleMs: os.idleTimeout, fd: d.#fh.fd, tmp: t.tmp, ring: d.#ringMem, ctl: d.#ctl.buffer as SharedArrayBuffer, ...(plan ? { plan } : {}), ...(at !== undefined ? { ringAt: at } : {}) }, (m) => d.#on(m));
       });
     } catch (e) {
       d.#settled = true;
@@ -135,7 +140,7 @@ export class Download {
     // Stopped only with bytes still to come: one whose bytes are all here is as good as cached.
     const received = this.#size !== undefined && this.#have() >= this.#size;
     if (!this.#done && !received && this.#error === undefined) {
-      fetchThread().stop(this.#fetch);
+      this.#thread.stop(this.#fetch);
       // Dying: a reader that comes now gets a download of its own, not this one's ERR_ABORTED.
       this.#stopping = true;
       this.#onIdle();
@@ -181,6 +186,7 @@ export class Download {
       this.#os.stats.bytesDown += m.bytes;
       this.#size = m.bytes;
       this.#done = true;
+      setRingAt(this.#ringMem, path.dirname(this.#t.tmp), m.ringAt);
       finished.add(this);
       this.#wake();
       void this.#seal();
@@ -260,7 +266,7 @@ export class Download {
   }
 
   #resume(): void {
-    if (Atomics.compareExchange(this.#ctl, C_PAUSED, 1n, 0n) === 1n) fetchThread().resume(this.#fetch);
+    if (Atomics.compareExchange(this.#ctl, C_PAUSED, 1n, 0n) === 1n) this.#thread.resume(this.#fetch);
   }
 
   /** Resolves once `have` bytes are received and `written` are in the file (or the GET ended). */

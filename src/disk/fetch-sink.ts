@@ -65,7 +65,7 @@ export class Sink {
     this.#onEnd = onEnd;
     this.#ctl = new BigInt64Array(m.ctl);
     if (m.plan) this.#check = new PlanCheck(m.plan);
-    const { fd, at } = openDirect(m.tmp, m.ring);
+    const { fd, at } = openDirect(m.tmp, m.ring, m.ringAt);
     this.#direct = fd;
     Atomics.store(this.#ctl, C_RING_AT, BigInt(at));
     this.#ring = Buffer.from(m.ring, at, RING);
@@ -250,7 +250,8 @@ export class Sink {
       this.stopped = true;
       return this.#end({ t: 'fail', id: this.m.id, bytes: this.have, ...ioFailure(e) });
     }
-    this.#end({ t: 'done', id: this.m.id, bytes: this.have });
+    const ringAt = this.#direct >= 0 ? Number(this.#ctl[C_RING_AT]) : undefined;
+    this.#end({ t: 'done', id: this.m.id, bytes: this.have, ...(ringAt !== undefined ? { ringAt } : {}) });
   }
 }
 
@@ -267,9 +268,11 @@ export function ioFailure(e: unknown): FetchFailure {
  * by trying, since an unaligned one fails with EINVAL before any I/O. The
  * trial writes land at the file's start, which the first block overwrites
  * (and the end truncates). Where the file system refuses O_DIRECT (tmpfs),
- * fd -1: writes go through the page cache.
+ * fd -1: writes go through the page cache. `known`: the offset an earlier
+ * GET with this ring found (no trial; a write refused after all falls back
+ * to the page cache, see #pump).
  */
-function openDirect(tmp: string, ring: SharedArrayBuffer): { fd: number; at: number } {
+function openDirect(tmp: string, ring: SharedArrayBuffer, known: number | undefined): { fd: number; at: number } {
   if (!fs.constants.O_DIRECT) return { fd: -1, at: 0 };
   let fd: number;
   try {
@@ -278,6 +281,7 @@ function openDirect(tmp: string, ring: SharedArrayBuffer): { fd: number; at: num
     // EINVAL where O_DIRECT is refused; any other failure (EMFILE, say) is met again, and reported, by the writes through m.fd.
     return { fd: -1, at: 0 };
   }
+  if (known !== undefined) return { fd, at: known };
   const mem = Buffer.from(ring);
   for (let at = 0; at < RING_SLACK; at += 16) {
     try {

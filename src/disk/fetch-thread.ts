@@ -1,7 +1,7 @@
 import { Worker } from 'node:worker_threads';
 
 /**
- * The fetching thread (disk/fetch-worker.ts) and what it shares with this
+ * The fetching threads (disk/fetch-worker.ts) and what they share with this
  * one. A GET of a fragment is handed to it with a ring of RING bytes and a
  * row of counters, both in shared memory:
  *
@@ -73,7 +73,8 @@ export interface ChunkPlan {
   hashes: Uint8Array;
 }
 
-export type ToFetcher = { t: 'get'; id: number; url: string; headers: Record<string, string>; idleMs: number; fd: number; tmp: string; ring: SharedArrayBuffer; ctl: SharedArrayBuffer; plan?: ChunkPlan } | { t: 'stop' | 'resume'; id: number };
+/** `ringAt`: where an aligned direct write is taken in `ring`'s memory, found by an earlier GET with this ring (see ringAt). */
+export type ToFetcher = { t: 'get'; id: number; url: string; headers: Record<string, string>; idleMs: number; fd: number; tmp: string; ring: SharedArrayBuffer; ctl: SharedArrayBuffer; plan?: ChunkPlan; ringAt?: number } | { t: 'stop' | 'resume'; id: number };
 
 /**
  * Why a GET failed: the server or the connection ('http'), the cache file
@@ -83,35 +84,23 @@ export type ToFetcher = { t: 'get'; id: number; url: string; headers: Record<str
  */
 export type FetchFailure = { kind: 'http' | 'io' | 'short' | 'abort' | 'corrupt'; s3Code?: string; status?: number; message: string; bytes?: number; offset?: number; size?: number; expected?: string; found?: string };
 
-export type FromFetcher = { t: 'head'; id: number; size: number; etag: string } | { t: 'tick'; id: number } | { t: 'done'; id: number; bytes: number } | ({ t: 'fail'; id: number } & FetchFailure);
+/** `ringAt` in `done`: the GET's writes of the file were direct ones, taken from that offset in the ring's memory. */
+export type FromFetcher = { t: 'head'; id: number; size: number; etag: string } | { t: 'tick'; id: number } | { t: 'done'; id: number; bytes: number; ringAt?: number } | ({ t: 'fail'; id: number } & FetchFailure);
 
-/** Scratch memory of this thread for copyShared. */
-const SCRATCH = 256 * 1024;
-const scratch = new Uint8Array(SCRATCH + 8);
+const fill = Buffer.prototype.fill;
 
 /**
- * Copies src[sOff, sOff + n) to dst[dOff..], one of them in shared memory.
- * V8 copies shared memory a word at a time where both sides are
- * word-aligned alike, and a byte at a time otherwise (four times slower:
- * most copies here, since chunks and socket reads fall anywhere); so a copy
- * unaligned alike goes through scratch memory placed to align with the
- * shared side, and the other step is an ordinary memmove.
+ * Copies src[sOff, sOff + n) to dst[dOff..], one of them in shared memory,
+ * by one memcpy: Buffer's fill with a buffer as long as the range copies
+ * it once in C++. V8's own copies of shared memory (TypedArray set) go a
+ * word at a time where both sides are word-aligned alike and a byte at a
+ * time otherwise, which most copies here are (chunks and socket reads
+ * fall anywhere); through aligned scratch memory (two copies) a cold read
+ * of chunks into fresh 1 MiB blocks cost 0.27 to 0.39 s/GiB, by fill 0.15
+ * to 0.18 (2026-12-05, measured apart, page faults of the blocks included).
  */
 export function copyShared(dst: Uint8Array, dOff: number, src: Uint8Array, sOff: number, n: number): void {
-  const d = dst.byteOffset + dOff;
-  const s = src.byteOffset + sOff;
-  if ((d - s) % 8 === 0 || n < 1024) {
-    dst.set(src.subarray(sOff, sOff + n), dOff);
-    return;
-  }
-  const into = dst.buffer instanceof SharedArrayBuffer;
-  for (let done = 0; done < n; ) {
-    const k = Math.min(n - done, SCRATCH);
-    const t = ((into ? d : s) + done) % 8; // scratch.byteOffset is 0, its memory 8-aligned as every ArrayBuffer's
-    scratch.set(src.subarray(sOff + done, sOff + done + k), t);
-    dst.set(scratch.subarray(t, t + k), dOff + done);
-    done += k;
-  }
+  if (n > 0) fill.call(dst, src.subarray(sOff, sOff + n), dOff, dOff + n);
 }
 
 /** Rings of finished GETs kept for the next ones (a sequential reader has two under way at most). */
@@ -130,6 +119,27 @@ export function hasSpareRing(): boolean {
 /** A ring the thread is done with (after the GET's last message), for the next GET. */
 export function giveRing(ring: SharedArrayBuffer): void {
   if (spareRings.length < SPARE_RINGS) spareRings.push(ring);
+}
+
+/**
+ * Rings whose aligned offset a GET found (see RING_SLACK), by the folder
+ * of the cache file (stores of one process may be on file systems that
+ * align differently): the next GET with the ring into that folder is told
+ * it, and skips the trial writes, which are blocking writes to the disk
+ * on the fetching thread (63 ms of its 1.5 s per 512 MiB, 8 GETs:
+ * `--cpu-prof`, 2026-12-05). A ring's memory does not move.
+ */
+const aligned = new WeakMap<SharedArrayBuffer, Map<string, number>>();
+
+export function ringAt(ring: SharedArrayBuffer, dir: string): number | undefined {
+  return aligned.get(ring)?.get(dir);
+}
+
+export function setRingAt(ring: SharedArrayBuffer, dir: string, at: number | undefined): void {
+  if (at === undefined) return;
+  let m = aligned.get(ring);
+  if (!m) aligned.set(ring, (m = new Map()));
+  m.set(dir, at);
 }
 
 class FetchThread {
@@ -158,7 +168,8 @@ class FetchThread {
     const die = (message: string) => {
       if (this.#dead) return;
       this.#dead = true;
-      if (thread === this) thread = undefined;
+      const at = threads.indexOf(this);
+      if (at >= 0) threads.splice(at, 1);
       for (const [id, on] of this.#gets) on({ t: 'fail', id, kind: 'http', s3Code: 'ERR_WORKER', message });
       this.#gets.clear();
     };
@@ -174,6 +185,11 @@ class FetchThread {
     this.#worker.postMessage(m);
   }
 
+  /** GETs under way on it. */
+  get busy(): number {
+    return this.#gets.size;
+  }
+
   stop(id: number): void {
     if (this.#gets.has(id)) this.#worker.postMessage({ t: 'stop', id } satisfies ToFetcher);
   }
@@ -183,12 +199,34 @@ class FetchThread {
   }
 }
 
-let thread: FetchThread | undefined;
+/**
+ * Fetching threads, at most FETCH_THREADS. A sequential reader has two
+ * GETs under way at a fragment's end (the next one is sent ahead: see
+ * PREFETCH in disk/blob-bytes.ts); on one thread the two shared its turn,
+ * and the one thread (SHA-256 of every byte, 0.8 s/GiB, and the socket:
+ * 1.3 s/GiB in all) was a stage that nothing ran beside.
+ */
+const FETCH_THREADS = 2;
+const threads: FetchThread[] = [];
 let nextId = 1;
 
-/** The process's fetching thread, started at the first GET; idle, it does not keep the process alive. */
+/**
+ * A fetching thread for a new GET: an idle one, else a new one while there
+ * are fewer than FETCH_THREADS, else the least busy. Started at the first
+ * GET; idle, they do not keep the process alive.
+ */
 export function fetchThread(): FetchThread {
-  return (thread ??= new FetchThread());
+  let best: FetchThread | undefined;
+  for (const t of threads) if (!best || t.busy < best.busy) best = t;
+  if (best && (best.busy === 0 || threads.length >= FETCH_THREADS)) return best;
+  const t = new FetchThread();
+  threads.push(t);
+  return t;
+}
+
+/** GETs under way on each fetching thread started (for tests). */
+export function fetchThreadsBusy(): number[] {
+  return threads.map((t) => t.busy);
 }
 
 /** A number for a new GET. */
