@@ -1,4 +1,4 @@
-// The heap floor a server holds while it takes uploads (src/transfer/heap-floor.ts):
+// The heap floor a server holds while it takes uploads (src/http/heap-floor.ts):
 // taken by the first upload request, let go when the server closes. Its own
 // file: ava runs a file's tests in one process, and the floor is per process.
 import test from 'ava';
@@ -6,7 +6,7 @@ import v8 from 'node:v8';
 import vm from 'node:vm';
 import crypto from 'node:crypto';
 import { serve } from '../src/index.js';
-import { HEAP_FLOOR_BYTES, HeapFloor } from '../src/transfer/heap-floor.js';
+import { HEAP_FLOOR_BYTES, HeapFloor } from '../src/http/heap-floor.js';
 import { tempStore } from './helpers/store.js';
 
 // A full collection before each measure: what was garbage before the upload must not be counted against the floor.

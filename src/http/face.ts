@@ -9,7 +9,7 @@ import { getBlob } from './blobs.js';
 import { drainUnread, errorText, sendError, statusOf } from './status.js';
 import { BlobUploads } from './tus-store.js';
 import { RequestBodies } from './tus-body.js';
-import { HeapFloor } from '../transfer/heap-floor.js';
+import { HeapFloor } from './heap-floor.js';
 
 /** An upload untouched this long expires (its unfinished blob deleted). */
 export const DEFAULT_UPLOAD_EXPIRY_MS = 24 * 60 * 60 * 1000;

@@ -10,7 +10,6 @@ import { recycledBuffer, RECYCLED_BYTES } from '../hash/pool.js';
 import { isSourceFault, type SourceEntry, type SourceSet } from './sources.js';
 import type { ChunkerParams } from '../chunker/params.js';
 import { Lanes, STEAL_AFTER_MS, type Lane } from './lanes.js';
-import { FLOOR_AFTER_BYTES, HeapFloor } from './heap-floor.js';
 
 export { FETCH_WINDOW_BYTES } from './lanes.js';
 
@@ -98,7 +97,6 @@ export class FetchWindow {
   readonly #chunker: ChunkerParams | undefined;
   /** Check each chunk as it lands (see #land). */
   readonly #check: boolean;
-  readonly #floor = new HeapFloor();
 
   constructor(
     readonly set: SourceSet,
@@ -127,7 +125,6 @@ export class FetchWindow {
   /** The transfer is over: the window stops listening to the set and the signal. */
   close(): void {
     this.#unlisten();
-    this.#floor.release();
   }
 
   /** Queues a chunk; asks for a batch once it is full. */
@@ -163,7 +160,6 @@ export class FetchWindow {
     while (this.#asks.size > 0) await new Promise<void>((r) => this.#waiters.push(r));
     await this.#flush();
     this.#unlisten();
-    this.#floor.release();
   }
 
   async #launch(): Promise<void> {
@@ -253,8 +249,6 @@ export class FetchWindow {
     let n = 0;
     for (const b of items) n += b.length;
     this.stats.receivedBytes += n;
-    // A long pull: see FLOOR_AFTER_BYTES.
-    if (this.stats.receivedBytes >= FLOOR_AFTER_BYTES) this.#floor.hold();
     const arrived = Math.min(n, a.left);
     a.left -= arrived;
     a.lane.inFlight -= arrived;

@@ -15,7 +15,6 @@ import type { WireCount } from './stats.js';
 import { ServeAccount } from './serve-event.js';
 import { ListDigest } from './list-digest.js';
 import { answerRange } from './serve-range.js';
-import { FLOOR_AFTER_BYTES, HeapFloor } from './heap-floor.js';
 
 export type { ServeEvent } from './serve-event.js';
 
@@ -81,8 +80,6 @@ export class Serving {
   readonly #receiving = new Map<number, AbortController>();
   /** What the other end did here, for a server's ServeEvent. */
   readonly account = new ServeAccount();
-  /** Held once this connection has been sent FLOOR_AFTER_BYTES, until it goes. */
-  readonly #floor = new HeapFloor();
   /** Ends the `stat`s that wait (for a blob being written) when the connection goes. */
   readonly #gone = new AbortController();
 
@@ -126,7 +123,6 @@ export class Serving {
   /** The connection is gone: close readers. Gets stop at their next frame; a push being received fails on its next request. */
   close(): void {
     this.#gone.abort();
-    this.#floor.release();
     this.#spare = [];
     this.#spareBytes = 0;
     void this.#readers.close();
@@ -283,7 +279,6 @@ export class Serving {
       for (const r of reads) if (r.status === 'rejected') throw r.reason;
       await this.#c.sendFrame(frame, release);
       this.account.bytesSent += bytes;
-      if (this.account.bytesSent >= FLOOR_AFTER_BYTES) this.#floor.hold();
     } catch (e) {
       release();
       throw e;

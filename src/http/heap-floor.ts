@@ -1,20 +1,10 @@
 /**
- * Bytes of JavaScript heap that a process taking uploads, or receiving a
- * long pull (fetch-window.ts), keeps allocated (HeapFloor). Enough to keep V8's headroom above the young generation's
+ * Bytes of JavaScript heap that a process taking uploads keeps allocated
+ * (HeapFloor). Enough to keep V8's headroom above the young generation's
  * size with room to spare (see HeapFloor); 16 MiB sufficed in the runs
  * measured, and twice that leaves a margin.
  */
 export const HEAP_FLOOR_BYTES = 32 * 1024 * 1024;
-
-/**
- * A transfer holds the floor once it has received (fetch-window.ts), or a
- * connection has been sent (serve.ts), this many bytes, until it ends: a
- * long stream of frames keeps a small heap near V8's limit, and full
- * collections then follow each other (57 per GiB received). Not before:
- * building the floor takes 20-90 ms of the main thread, more than a small
- * pull spends in all.
- */
-export const FLOOR_AFTER_BYTES = 64 * 1024 * 1024;
 
 /**
  * The floor is made of arrays of this many bytes: each large enough for
@@ -32,9 +22,7 @@ let holders = 0;
 
 /**
  * Keeps the old generation of V8's heap at least HEAP_FLOOR_BYTES larger
- * while a server takes uploads, or a transfer receives a long run of data
- * frames (the same storms: 50 to 64 full collections per 512 MiB pulled
- * into an empty store, 1 to 3 with the floor; BENCHMARKS.md, sixth session). Why: `serve`'s heap is small (about 12 MB
+ * while a server takes uploads. Why: `serve`'s heap is small (about 12 MB
  * after a full collection), and an upload grows V8's young generation to
  * its full 16 MiB. Node 20's V8 starts incremental marking as soon as the
  * old generation's room below its limit is less than the young
