@@ -4,8 +4,14 @@ import { ioError } from '../errors.js';
 
 /** LMDB's meta page magic (MDB_MAGIC), at the same place in both meta pages. */
 const MAGIC = 0xbeefc0de;
-/** Where lmdb-js's LMDB keeps, in a meta page: the magic, the page size (the free DB's md_pad), the last page used and the transaction id. */
-const AT = { magic: 24, pageSize: 48, lastPage: 144, txnid: 152 } as const;
+/**
+ * Where lmdb-js's LMDB keeps, in a meta page: the magic, the page size (the
+ * free DB's md_pad), the root pages of the free and main DBs (md_root) and
+ * the transaction id.
+ */
+const AT = { magic: 24, pageSize: 48, freeRoot: 88, mainRoot: 136, txnid: 152 } as const;
+/** md_root of an empty DB (P_INVALID). */
+const NO_PAGE = 0xffffffffffffffffn;
 const META_BYTES = 160;
 
 /**
@@ -13,9 +19,12 @@ const META_BYTES = 160;
  * if it can (or has no data file yet). LMDB trusts its file: a data file of
  * garbage, or cut short, makes it read outside its map and the process dies
  * of SIGSEGV, with no error to report. So before opening, the two meta
- * pages are checked (magic, page number, a sane page size) and the file
- * must hold every page the newer one counts. Damage deeper in the file is
- * not found here.
+ * pages are checked (magic, page number, a sane page size), and the root
+ * pages the newer one names must be in the file. Not "every page up to its
+ * last page": pages made and freed in one transaction are never written, so
+ * a sound file may be shorter (mdb.c says so of mm_last_pg). The size is
+ * read after the meta pages: LMDB writes a transaction's pages before the
+ * meta page naming them. Damage deeper in the file is not found here.
  */
 export function lmdbDamage(dir: string): string | undefined {
   const file = path.join(dir, 'data.mdb');
@@ -27,11 +36,10 @@ export function lmdbDamage(dir: string): string | undefined {
     throw ioError(e, 'opening an LMDB data file to check it', { path: file });
   }
   try {
-    const size = fs.fstatSync(fd).size;
-    if (size === 0) return undefined; // made and never written: LMDB starts it afresh
+    if (fs.fstatSync(fd).size === 0) return undefined; // made and never written: LMDB starts it afresh
     const meta = (page: number, pageSize: number): Buffer | string => {
       const b = Buffer.alloc(META_BYTES);
-      if (fs.readSync(fd, b, 0, META_BYTES, page * pageSize) !== META_BYTES) return `meta page ${page} is cut short (${size} bytes)`;
+      if (fs.readSync(fd, b, 0, META_BYTES, page * pageSize) !== META_BYTES) return `meta page ${page} is cut short`;
       if (b.readBigUInt64LE(0) !== BigInt(page) || b.readUInt32LE(AT.magic) !== MAGIC) return `meta page ${page} is not an LMDB meta page`;
       return b;
     };
@@ -42,8 +50,11 @@ export function lmdbDamage(dir: string): string | undefined {
     const second = meta(1, pageSize);
     if (typeof second === 'string') return second;
     const newer = first.readBigUInt64LE(AT.txnid) >= second.readBigUInt64LE(AT.txnid) ? first : second;
-    const pages = Number(newer.readBigUInt64LE(AT.lastPage)) + 1;
-    if (size < pages * pageSize) return `the file holds ${size} bytes, its meta page counts ${pages} pages of ${pageSize}`;
+    const pages = BigInt(Math.floor(fs.fstatSync(fd).size / pageSize));
+    for (const at of [AT.freeRoot, AT.mainRoot]) {
+      const root = newer.readBigUInt64LE(at);
+      if (root !== NO_PAGE && root >= pages) return `a root page (${root}) is past the end of the file (${pages} pages of ${pageSize})`;
+    }
     return undefined;
   } catch (e) {
     throw ioError(e, 'checking an LMDB data file', { path: file });
