@@ -1,4 +1,5 @@
 import fs from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import lockfile from 'proper-lockfile';
 import { CabError, isCabError, throwIfAborted } from '../errors.js';
@@ -9,7 +10,8 @@ import { livePins, type Lease } from '../disk/lease.js';
 import { isLocked, tryLockExclusive } from '../disk/lock.js';
 import { exists } from '../disk/durable.js';
 import { tempEntries } from '../disk/walk.js';
-import { keepReserve, withReserve } from '../disk/reserve.js';
+import { keepReserve } from '../disk/reserve.js';
+import { removeEntries } from '../index/remove.js';
 import { catchUpBehind } from '../index/catchup.js';
 import type { BlobMetadata, Tables } from '../index/tables.js';
 import { forEachLimit } from './limit.js';
@@ -121,7 +123,7 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
     throw new CabError('ERR_BAD_ARGUMENT', `maxBytes must be a non-negative integer, not ${options.maxBytes}`);
   }
   const progress = options.onProgress ?? (() => {});
-  const release = await gcLock(layout, !!options.wait);
+  const release = await gcLock(layout, !!options.wait, options.signal);
   try {
     // Index entries of blobs whose descriptor is gone (a crash between unlink and index update).
     // On a full disk they stay (a writer takes a chunk only through its blob's descriptor, so an entry
@@ -131,12 +133,7 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
     for (const name of [...index.blobNames()]) {
       throwIfAborted(options.signal, 'gc');
       if (await exists(layout.descriptor(name))) continue;
-      if (dryRun) continue;
-      const removed = await withReserve(layout, () => index.removeBlob(name)).catch((e: unknown) => {
-        if (!isCabError(e, 'ERR_NO_SPACE')) throw e;
-        return 0;
-      });
-      report.indexEntriesRemoved += removed;
+      if (!dryRun) report.indexEntriesRemoved += await removeEntries(layout, index, name);
     }
 
     // Candidates: the fragments there are now.
@@ -293,20 +290,34 @@ async function dropOrphanPins(layout: Layout): Promise<void> {
 
 /**
  * One GC at a time: an exclusive flock on `leases/gc`, which the kernel
- * drops when its process dies, so a GC killed mid-run stops no GC after it.
- * The proper-lockfile lock beside it (`leases/gc.lock`, for file systems
- * where a lock directory is what other machines see) is taken too; one
- * found while holding the flock was left by a GC that died, since every GC
- * holds the flock while it runs, and it is removed. With `wait`, the flock
- * is tried again (20 ms, growing to 1 s) until it is free.
+ * drops when its process dies, so a GC killed mid-run stops no GC after it;
+ * and proper-lockfile's lock beside it (`leases/gc.lock`), which is what a
+ * GC of older code, or one on another machine of a network file system,
+ * takes. `leases/gc.owner` names the host and the inode of the gc.lock
+ * that a flock-holding GC made: one found while holding the flock, on this
+ * host and naming that same gc.lock, was left by a GC that died, and is
+ * removed. Any other gc.lock is someone's: ERR_GC_RUNNING (proper-lockfile
+ * takes it over once it is stale, 60 s unrefreshed). With `wait`, tried
+ * again (20 ms, growing to 1 s) until free or `signal` aborts.
  */
-async function gcLock(layout: Layout, wait: boolean): Promise<() => Promise<void>> {
-  const target = path.join(layout.leases, 'gc');
+async function gcLock(layout: Layout, wait: boolean, signal: AbortSignal | undefined): Promise<() => Promise<void>> {
+  for (let delay = 20; ; delay = Math.min(1000, delay * 1.2)) {
+    throwIfAborted(signal, 'gc');
+    const release = await tryGcLock(path.join(layout.leases, 'gc'));
+    if (release) return release;
+    if (!wait) throw new CabError('ERR_GC_RUNNING', 'another GC is running on this store');
+    await new Promise((r) => setTimeout(r, delay));
+  }
+}
+
+async function tryGcLock(target: string): Promise<(() => Promise<void>) | undefined> {
   const fh = await fs.open(target, 'a');
+  const lockDir = `${target}.lock`;
+  const owner = `${target}.owner`;
   try {
-    for (let delay = 20; !tryLockExclusive(fh.fd); delay = Math.min(1000, delay * 1.2)) {
-      if (!wait) throw new CabError('ERR_GC_RUNNING', 'another GC is running on this store');
-      await new Promise((r) => setTimeout(r, delay));
+    if (!tryLockExclusive(fh.fd)) {
+      await fh.close();
+      return undefined;
     }
     const take = () => lockfile.lock(target, { realpath: false, stale: 60_000, update: 10_000, retries: 0 });
     let unlock: () => Promise<void>;
@@ -314,10 +325,19 @@ async function gcLock(layout: Layout, wait: boolean): Promise<() => Promise<void
       unlock = await take();
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ELOCKED') throw e;
-      await fs.rm(`${target}.lock`, { recursive: true, force: true }); // a dead GC's
+      const [left, dir] = await Promise.all([fs.readFile(owner, 'utf8').catch(() => ''), fs.stat(lockDir).catch(() => undefined)]);
+      if (!dir || left !== `${os.hostname()} ${dir.ino}\n`) {
+        await fh.close();
+        return undefined;
+      }
+      await fs.rm(lockDir, { recursive: true, force: true }); // a dead GC's, of this host, that held the flock
       unlock = await take();
     }
+    // Best effort: on a full disk (where GC is the way out) there may be no room for it; a GC that
+    // then dies leaves a gc.lock that waits out proper-lockfile's stale time.
+    await fs.writeFile(owner, `${os.hostname()} ${(await fs.stat(lockDir)).ino}\n`).catch(() => {});
     return async () => {
+      await fs.rm(owner, { force: true }).catch(() => {});
       await unlock().catch(() => {});
       await fh.close();
     };
