@@ -5,7 +5,7 @@ import { BlobReader, type ReaderOptions } from './blob/reader.js';
 import { ChunkIndex, type Location } from './index/chunk-index.js';
 import { catchUpAll, catchUpBlob } from './index/catchup.js';
 import { paged } from './index/paging.js';
-import { planRecipe, type ChunkRef, type RecipeStep } from './index/recipes.js';
+import { liveLocations, planRecipe, type ChunkRef, type RecipeStep } from './index/recipes.js';
 import { Snapshots } from './index/snapshots.js';
 import type { Descriptor } from './format/descriptor.js';
 import { exists } from './disk/durable.js';
@@ -278,16 +278,14 @@ export class BlobStore {
    */
   async *recipeStreamFromChunkStream(chunks: AsyncIterable<ChunkRef> | Iterable<ChunkRef>): AsyncGenerator<RecipeStep> {
     this.checkOpen();
-    yield* planRecipe(this.index, chunks);
+    yield* planRecipe(this.index, this.layout, chunks);
   }
 
   /** A local blob range holding the chunk; ERR_NO_SUCH_CHUNK if none. Never a deleted blob. */
   async lookupChunk(hash: Uint8Array): Promise<Location> {
     this.checkOpen();
     if (!(hash instanceof Uint8Array) || hash.length !== 32) throw new CabError('ERR_BAD_ARGUMENT', 'a chunk hash is 32 bytes');
-    for (const loc of this.index.locations(hash)) {
-      if (await exists(this.layout.descriptor(loc.blob))) return loc;
-    }
+    for await (const loc of liveLocations(this.index, this.layout, hash)) return loc;
     throw new CabError('ERR_NO_SUCH_CHUNK', `no chunk ${Buffer.from(hash).toString('hex')}`, { found: Buffer.from(hash).toString('hex') });
   }
 

@@ -1,5 +1,5 @@
+import crypto from 'node:crypto';
 import fs from 'node:fs/promises';
-import path from 'node:path';
 import { isCabError } from '../errors.js';
 import type { Layout } from '../format/layout.js';
 
@@ -14,17 +14,21 @@ import type { Layout } from '../format/layout.js';
  */
 export const RESERVE_BYTES = 1024 * 1024;
 
-const file = (layout: Layout) => path.join(layout.root, 'reserve');
-
-/** Makes the reserve if it is missing or short (written in full, then renamed in); a full disk leaves it missing. */
+/**
+ * Makes the reserve if it is missing or short (written in full, then
+ * renamed in); a full disk leaves it missing. Random bytes, not zeros: a
+ * file system that compresses or dedups would store zeros in no space, and
+ * deleting them would free none. Not fsynced: one lost to a crash is made
+ * again at the next open.
+ */
 export async function keepReserve(layout: Layout): Promise<void> {
-  const st = await fs.stat(file(layout)).catch(() => undefined);
+  const st = await fs.stat(layout.reserve).catch(() => undefined);
   if (st?.isFile() && st.size >= RESERVE_BYTES) return;
   if (st && !st.isFile()) return; // not ours to replace
   const tmp = layout.tmpFile();
   try {
-    await fs.writeFile(tmp, Buffer.alloc(RESERVE_BYTES), { flag: 'wx' });
-    await fs.rename(tmp, file(layout));
+    await fs.writeFile(tmp, crypto.randomBytes(RESERVE_BYTES), { flag: 'wx' });
+    await fs.rename(tmp, layout.reserve);
   } catch {
     await fs.rm(tmp, { force: true }).catch(() => {});
   }
@@ -37,7 +41,7 @@ export async function withReserve<T>(layout: Layout, op: () => Promise<T>): Prom
   } catch (e) {
     if (!isCabError(e, 'ERR_NO_SPACE')) throw e;
     try {
-      await fs.unlink(file(layout));
+      await fs.unlink(layout.reserve);
     } catch {
       throw e; // no reserve left: the disk is full
     }

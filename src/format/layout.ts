@@ -39,6 +39,8 @@ export class Layout {
   readonly blobRoot: string;
   readonly casRoot: string;
   readonly tmp: string;
+  /** The reserve kept for a full disk (disk/reserve.ts). */
+  readonly reserve: string;
   readonly index: string;
   readonly leases: string;
   readonly tables: string;
@@ -52,6 +54,7 @@ export class Layout {
     this.blobRoot = path.join(this.root, 'blob');
     this.casRoot = path.join(this.root, 'cas');
     this.tmp = path.join(this.root, 'tmp');
+    this.reserve = path.join(this.root, 'reserve');
     this.index = path.join(this.root, 'index');
     this.leases = path.join(this.root, 'leases');
     this.tables = path.join(this.root, 'tables');

@@ -5,6 +5,7 @@ import type { ChunkIndex } from './chunk-index.js';
 import { flatDamage } from '../format/damage.js';
 import { readDescriptor } from '../format/descriptor.js';
 import type { Layout } from '../format/layout.js';
+import { removeEntries } from './remove.js';
 
 /**
  * Brings the index entries of one blob up to date with its descriptor: the
@@ -60,7 +61,8 @@ export async function catchUpBlob(index: ChunkIndex, layout: Layout, name: strin
 
 /**
  * Catches up the blobs in index.behind, keeping for later those a full disk
- * still stops. Anything else wrong with one is left to whoever opens it.
+ * still stops. A blob deleted since, or whose descriptor is corrupt, is left
+ * to whoever opens it (as at open: catchUpAll); any other failure is thrown.
  */
 export async function catchUpBehind(index: ChunkIndex, layout: Layout): Promise<void> {
   for (const name of [...index.behind]) {
@@ -68,6 +70,7 @@ export async function catchUpBehind(index: ChunkIndex, layout: Layout): Promise<
       await catchUpBlob(index, layout, name);
     } catch (e) {
       if (isCabError(e, 'ERR_NO_SPACE')) return;
+      if (!isCabError(e, 'ERR_NO_SUCH_BLOB') && !isCabError(e, 'ERR_DESCRIPTOR_CORRUPT')) throw e;
     }
     index.behind.delete(name);
   }
@@ -94,10 +97,10 @@ export async function catchUpAll(index: ChunkIndex, layout: Layout, names: Async
       if (!isCabError(e, 'ERR_NO_SPACE') && !isCabError(e, 'ERR_DESCRIPTOR_CORRUPT')) throw e;
     }
   }
+  for (const name of [...index.blobNames()]) {
+    if (!(await exists(layout.descriptor(name)))) await removeEntries(layout, index, name);
+  }
   try {
-    for (const name of [...index.blobNames()]) {
-      if (!(await exists(layout.descriptor(name)))) await index.removeBlob(name);
-    }
     await index.fillRoots();
   } catch (e) {
     // As above: entries of deleted blobs stay (harmless: a writer takes a chunk only through a

@@ -1,4 +1,6 @@
 import { CabError } from '../errors.js';
+import { exists } from '../disk/durable.js';
+import type { Layout } from '../format/layout.js';
 import type { ChunkIndex, Location } from './chunk-index.js';
 
 /** A chunk by its SHA-256 and size: what blobChunkStream yields and a recipe consumes. */
@@ -13,11 +15,25 @@ export type RecipeStep = { kind: 'blob'; blob: string; offset: number; size: num
 /** Locations looked at for one that continues the step before, before settling for the first. */
 const CONTINUE_SEARCH = 16;
 
+/**
+ * The indexed locations of a chunk in blobs whose descriptor is there: the
+ * index may still name a deleted blob (a process killed after the unlink,
+ * a full disk: the next catch-up or GC removes those entries). `alive`
+ * remembers, per blob, what one look found.
+ */
+export async function* liveLocations(index: ChunkIndex, layout: Layout, hash: Uint8Array, alive = new Map<string, boolean>()): AsyncGenerator<Location> {
+  for (const loc of index.locations(hash)) {
+    let here = alive.get(loc.blob);
+    if (here === undefined) alive.set(loc.blob, (here = await exists(layout.descriptor(loc.blob))));
+    if (here) yield loc;
+  }
+}
+
 /** A local location of a chunk, preferring one that continues `after`. */
-function locate(index: ChunkIndex, hash: Uint8Array, size: number, after?: { blob: string; end: number }): Location | undefined {
+async function locate(locations: AsyncIterable<Location>, size: number, after?: { blob: string; end: number }): Promise<Location | undefined> {
   let first: Location | undefined;
   let seen = 0;
-  for (const loc of index.locations(hash)) {
+  for await (const loc of locations) {
     if (loc.size !== size) continue;
     if (after && loc.blob === after.blob && loc.offset === after.end) return loc;
     first ??= loc;
@@ -31,14 +47,15 @@ function locate(index: ChunkIndex, hash: Uint8Array, size: number, after?: { blo
  * local ranges where the index has the chunk (contiguous ones merged), and
  * the chunks to fetch. Streams: holds one step at a time.
  */
-export async function* planRecipe(index: ChunkIndex, chunks: AsyncIterable<ChunkRef> | Iterable<ChunkRef>): AsyncGenerator<RecipeStep> {
+export async function* planRecipe(index: ChunkIndex, layout: Layout, chunks: AsyncIterable<ChunkRef> | Iterable<ChunkRef>): AsyncGenerator<RecipeStep> {
   let cur: RecipeStep | undefined;
+  const alive = new Map<string, boolean>(); // a recipe's chunks come from few blobs: one look each
   for await (const c of chunks) {
     if (!(c?.hash instanceof Uint8Array) || c.hash.length !== 32 || !Number.isSafeInteger(c.size) || c.size <= 0) {
       throw new CabError('ERR_BAD_ARGUMENT', 'a chunk reference needs a 32-byte hash and a positive size');
     }
     const after = cur?.kind === 'blob' ? { blob: cur.blob, end: cur.offset + cur.size } : undefined;
-    const loc = locate(index, c.hash, c.size, after);
+    const loc = await locate(liveLocations(index, layout, c.hash, alive), c.size, after);
     if (loc && cur?.kind === 'blob' && after && loc.blob === after.blob && loc.offset === after.end) {
       cur.size += c.size;
       continue;

@@ -9,26 +9,31 @@ import type { ChunkIndex } from './chunk-index.js';
 import type { Tables } from './tables.js';
 
 /**
- * Removes a blob from this folder: its metadata, then its descriptor (both
- * with the writer lock held, so no writer can resume it meanwhile:
- * ERR_BLOB_LOCKED while one has it), then what is derived from it (index
- * entries, leaf layer, the mark that it is published). On a full disk the
- * store's reserve (disk/reserve.ts) is spent on the table and index
- * updates. `whileLocked`
- * runs with the lock held, before the unlink (a bucket-backed store
- * deletes the published descriptor there). Its fragments stay until GC.
+ * Removes a blob from this folder, with the writer lock held (so no writer
+ * can resume it meanwhile: ERR_BLOB_LOCKED while one has it): `whileLocked`
+ * (a bucket-backed store deletes the published descriptor there), its
+ * metadata, its descriptor; then what is derived from it (index entries,
+ * leaf layer, the mark that it is published). On a full disk the store's
+ * reserve (disk/reserve.ts) is spent on the table and index updates. Its
+ * fragments stay until GC.
  */
 export async function removeBlob(layout: Layout, index: ChunkIndex, tables: Tables, name: string, whileLocked?: () => Promise<void>): Promise<void> {
   const file = layout.descriptor(name);
   const fh = await openDescriptor(file, name, 'r');
   try {
     if (!tryLockExclusive(fh.fd)) throw new CabError('ERR_BLOB_LOCKED', `blob ${name} is being written`, { blob: name });
-    // Metadata is about a blob we hold (a signpost says where to find one we do not, so it stays).
-    // It goes first: a full disk then fails the delete with nothing changed, never leaves a deleted
-    // blob's metadata to a later blob of the same name.
-    await withReserve(layout, () => tables.metadata.delete(name));
     await whileLocked?.();
-    await fs.unlink(file);
+    // Metadata is about a blob we hold (a signpost says where to find one we do not, so it stays).
+    // It goes before the descriptor: a full disk then fails the delete with the blob still here, never
+    // leaves a deleted blob's metadata to a later blob of the same name. Put back if the unlink fails.
+    const md = tables.metadata.get(name);
+    await withReserve(layout, () => tables.metadata.delete(name));
+    try {
+      await fs.unlink(file);
+    } catch (e) {
+      if (md) await tables.metadata.set(name, md).catch(() => {});
+      throw e;
+    }
     await fsyncDir(layout.blobDir(name));
   } finally {
     await fh.close();
@@ -36,8 +41,18 @@ export async function removeBlob(layout: Layout, index: ChunkIndex, tables: Tabl
   // Derived (index entries, the leaf layer, the mark): whatever is at their paths goes, and never fails
   // a delete that is done. Index entries a full disk keeps are removed by the next catch-up or GC.
   const derived = [layout.leafLayer(name), layout.publishedMark(name)].map((p) => fs.rm(p, { force: true, recursive: true }).catch(() => {}));
-  const entries = withReserve(layout, () => index.removeBlob(name)).catch((e: unknown) => {
+  await Promise.all([removeEntries(layout, index, name), ...derived]);
+}
+
+/**
+ * Removes a deleted blob's index entries, spending the reserve on a full
+ * disk; returns how many. If even that fails for space, they stay (0): a
+ * writer or a recipe takes a chunk only from a blob whose descriptor is
+ * there (recipes.ts liveLocations), and the next catch-up or GC removes them.
+ */
+export async function removeEntries(layout: Layout, index: ChunkIndex, name: string): Promise<number> {
+  return withReserve(layout, () => index.removeBlob(name)).catch((e: unknown) => {
     if (!isCabError(e, 'ERR_NO_SPACE')) throw e;
+    return 0;
   });
-  await Promise.all([entries, ...derived]);
 }

@@ -9,6 +9,7 @@ import { receive, type RemoteSource, type TransferStats } from './receive.js';
 import { withHexJSON } from './stats.js';
 import { RecordWriter, packr, scan } from './records.js';
 import { readHave } from './have.js';
+import { liveLocations } from '../index/recipes.js';
 
 export { writeHave } from './have.js';
 
@@ -254,10 +255,11 @@ export async function importBundle(store: BlobStore, file: string, options: Impo
       };
       // Is every chunk here or in the bundle? Say exactly what is not.
       const missing: ImportReport['incomplete'][number]['missing'] = [];
+      const alive = new Map<string, boolean>();
       let missingCount = 0;
       for await (const c of list()) {
         if (data.has(toHex(c.hash))) continue;
-        if (store.index.locations(c.hash).next().done === false) continue;
+        if (!(await liveLocations(store.index, store.layout, c.hash, alive).next()).done) continue;
         missingCount++;
         if (missing.length < 100) missing.push(withHexJSON({ hash: Uint8Array.from(c.hash), offset: c.offset, size: c.size }));
       }

@@ -343,7 +343,15 @@ export class Serving {
       if ((size !== undefined && size !== loc.size) || off + len > loc.size) {
         throw new CabError('ERR_ILLEGAL_POSITION', `range ${off}+${len} is outside the chunk (${loc.size} bytes)`);
       }
-      const r = await this.#readers.get(loc.blob);
+      let r: BlobReader;
+      try {
+        r = await this.#readers.get(loc.blob);
+      } catch (e) {
+        // An index entry of a blob deleted (the next catch-up or GC removes it): look on.
+        if (!isCabError(e, 'ERR_NO_SUCH_BLOB')) throw e;
+        gone = true;
+        continue;
+      }
       // A blob being written: the chunk may have been recorded since its reader last looked.
       if (loc.offset + loc.size > r.size && !r.isFinalized) await r.catchUp();
       if (loc.offset + loc.size > r.size) {
