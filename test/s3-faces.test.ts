@@ -28,6 +28,7 @@ s3Test('put on one store folder, cat on another: the blob goes through the bucke
   t.is((await cli(['--store', path.join(dir, 'b'), ...s3, 'init'])).code, 0);
   const cat2 = await cli(['--store', path.join(dir, 'b'), 'cat', name]);
   t.is(cat2.code, 0, `the store remembers its bucket: ${cat2.stderr}`);
+  t.notRegex(cat2.stderr, /Warning/, 'no SDK warning on stderr without --s3 either');
   t.true(cat2.stdout.equals(bytes));
 });
 

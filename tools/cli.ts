@@ -28,6 +28,11 @@ const VERSION = (JSON.parse(fs.readFileSync(new URL('../../package.json', import
 // The process is the CLI's own; the library leaves V8's flags to the application that embeds it.
 v8.setFlagsFromString('--no-incremental-marking-task');
 
+// The AWS SDK warns once (8 lines) that its releases of 2027 will not support Node 20. A store
+// opened on a bucket, with --s3 or remembered, would print it on every command; the CLI's stderr
+// is the user's, and the library leaves the choice to its embedder.
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+
 // A reader that goes away (`cabstore cat X | head`) is the end of the output, as for cat: exit 0, quietly.
 process.stdout.on('error', (e: NodeJS.ErrnoException) => {
   if (e.code === 'EPIPE') process.exit(0);

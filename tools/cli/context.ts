@@ -60,8 +60,6 @@ export async function storeOptions(): Promise<Pick<StoreOptions, 'objectStore'>>
   }
   const endpoint = o.s3Endpoint ?? process.env.CABSTORE_S3_ENDPOINT;
   if (!endpoint) throw new CommanderError(2, 'cabstore.usage', 'error: --s3 needs --s3-endpoint URL (or $CABSTORE_S3_ENDPOINT)');
-  // The SDK warns once that Node 20 will not be supported by versions of 2027; a command line tool's stderr is the user's.
-  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
   const { parseS3Url } = await import('../../src/bucket/keys.js');
   const [bucket, prefix] = parseS3Url(o.s3);
   return { objectStore: { endpoint, bucket, prefix } };
