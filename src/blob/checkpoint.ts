@@ -177,6 +177,7 @@ export class Checkpoints {
       await this.#fh.truncate(start).catch(() => {});
       throw e;
     }
+    if (frag) this.#pins.durable(frag.id); // the record references it now
     this.#unindexed.push({ rec, start, end: start + buf.length, chunkOffset: t.chunkOffset });
     this.#unindexedBytes += size - this.#durableSize;
     this.#descEnd += buf.length;

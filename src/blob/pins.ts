@@ -73,6 +73,17 @@ export class WriterPins {
     if (this.#released) throw new CabError('ERR_CLOSED', `the writer referencing blob ${name} is closed`, { blob: name });
   }
 
+  /**
+   * A fragment the writer made is referenced by a durable record of its
+   * descriptor: GC marks it from there, so its pin goes (lease.forget). Not
+   * in a bucket-backed store, whose other nodes cannot see this folder's
+   * unfinalized descriptors: there the pin is what the bucket lease carries.
+   */
+  durable(id: string): void {
+    if (this.#s.shared || !this.#pinned.delete(id)) return;
+    this.#s.lease.forget([id]);
+  }
+
   /** Pins a fragment the writer made, before it appears in cas/, so no GC takes it before a record references it. */
   async fragment(id: string): Promise<void> {
     if (this.#pinned.has(id)) return;

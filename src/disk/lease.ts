@@ -164,6 +164,17 @@ export class Lease {
     }
   }
 
+  /**
+   * Drops pins without publishing: the file keeps them (more than needed,
+   * never less) until the next pin or unpin publishes the smaller set. For
+   * fragments a durable record now references (GC marks those through the
+   * descriptor), so that a long writer's pins file stays small rather than
+   * growing, and being rewritten whole, at each checkpoint.
+   */
+  forget(fragments: Iterable<string>): void {
+    for (const f of fragments) drop(this.#frags, f);
+  }
+
   /** Drops pins; resolves once the smaller set is published. */
   unpin(fragments: Iterable<string>, blobs: Iterable<string> = []): Promise<void> {
     for (const f of fragments) drop(this.#frags, f);
