@@ -7,21 +7,16 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { BlobStore, CabError, type StoreOptions } from '../src/index.js';
+import { BlobStore, CabError } from '../src/index.js';
 import { PREFETCH_FRAGMENTS } from '../src/disk/blob-bytes.js';
 import { fetchThreadsBusy } from '../src/disk/fetch-thread.js';
 import { prngBytes } from '../tools/data.js';
-import { bucketOptions, fileBucket, filesUnder, objects, s3Test, until } from './helpers/s3.js';
+import { blobWithBadByte, bucketOptions, fileBucket, filesUnder, objects, openTemp, s3Test, until } from './helpers/s3.js';
 import { putBlob, readAll, tempDir } from './helpers/store.js';
-import type { ExecutionContext } from 'ava';
 
 const MiB = 1024 * 1024;
 
-async function open(t: ExecutionContext, o: StoreOptions): Promise<BlobStore> {
-  const s = await BlobStore.open(path.join(tempDir(t), 's'), o);
-  t.teardown(() => s.close());
-  return s;
-}
+const open = openTemp;
 
 s3Test.serial('a stream fetches the next fragments while it reads one, on two fetching threads at once; every byte exact, every fragment cached whole', async (t) => {
   const objectStore = await bucketOptions(t, { syncInterval: 0 });
@@ -95,22 +90,9 @@ s3Test.serial(`fetching ahead stops at ${PREFETCH_FRAGMENTS} fragments, however 
 });
 
 s3Test.serial('a stream over a chunk changed in the bucket: every block before it byte-exact, then ERR_HASH_MISMATCH at that chunk\'s blob offset, nothing cached', async (t) => {
-  const objectStore = await bucketOptions(t, { syncInterval: 0 });
-  const a = await open(t, { objectStore, fragmentSize: 64 * MiB });
-  const bytes = prngBytes('s3 fetch ahead run', 5 * MiB + 99);
-  const name = await putBlob(a, bytes);
-  const frags = [...(await objects(`${objectStore.prefix}cas/`)).keys()];
-  t.is(frags.length, 1, 'one fragment: blob offset = fragment offset');
-  const { os } = await fileBucket();
-  const saved = (await os.get(frags[0]!))!;
-  const bad = Buffer.from(saved);
   const at = 3 * MiB + 500 * 1024; // inside a stream block, with whole chunks before it in the block
-  bad[at] ^= 0x10;
-  await os.put(frags[0]!, bad);
-  const b = await open(t, { objectStore: { ...objectStore, cacheBytes: 0 } });
+  const { b, name, bytes, chunk: c, restore } = await blobWithBadByte(t, 's3 fetch ahead run', 5 * MiB + 99, at, 0x10);
   const r = await b.newBlobReader(name);
-  let c = { start: 0, size: 0 };
-  for await (const x of r.chunks()) if (x.start <= at && at < x.start + x.size) c = x;
   const got: Buffer[] = [];
   const e = await t.throwsAsync(
     (async () => {
@@ -125,7 +107,7 @@ s3Test.serial('a stream over a chunk changed in the bucket: every block before i
   await r.close();
   await until(() => filesUnder(b.root, 'tmp').length === 0, 'the temp file to go');
   t.deepEqual(filesUnder(b.root, 'cas'), [], 'the copy that failed is not cached');
-  await os.put(frags[0]!, saved);
+  await restore();
   t.true((await readAll(b, name)).equals(bytes), 'fetched anew once the object is right');
 });
 

@@ -4,21 +4,16 @@
 // and the presigned GET it sends, on the real radosgw.
 import fs from 'node:fs';
 import http from 'node:http';
-import path from 'node:path';
-import { BlobStore, CabError, type StoreOptions } from '../src/index.js';
+import { CabError } from '../src/index.js';
 import { prngBytes } from '../tools/data.js';
-import { S3_ENDPOINT, bucketOptions, fileBucket, filesUnder, objects, s3Test, until } from './helpers/s3.js';
-import { putBlob, readAll, tempDir } from './helpers/store.js';
+import { S3_ENDPOINT, blobWithBadByte, bucketOptions, fileBucket, filesUnder, objects, openTemp, s3Test, until } from './helpers/s3.js';
+import { putBlob, readAll } from './helpers/store.js';
 import { dropConnection, tcpProxy } from '../tools/proxy.js';
 import type { ExecutionContext } from 'ava';
 
 const MiB = 1024 * 1024;
 
-async function open(t: ExecutionContext, o: StoreOptions): Promise<BlobStore> {
-  const s = await BlobStore.open(path.join(tempDir(t), 's'), o);
-  t.teardown(() => s.close());
-  return s;
-}
+const open = openTemp;
 
 s3Test('a fragment larger than the ring, read far ahead, in the ring and behind it, is byte-exact; then it is in cas/', async (t) => {
   const objectStore = await bucketOptions(t, { syncInterval: 0 });
@@ -103,21 +98,8 @@ s3Test('a fragment missing from the bucket is ERR_FRAGMENT_MISSING; one changed 
 });
 
 s3Test('the fetching thread checks the chunks as they land: those before a changed one are served, that one is ERR_HASH_MISMATCH at its blob offset, nothing is cached', async (t) => {
-  const objectStore = await bucketOptions(t, { syncInterval: 0 });
-  const a = await open(t, { objectStore, fragmentSize: 64 * MiB });
-  const bytes = prngBytes('s3 fetch thread check', 6 * MiB + 777);
-  const name = await putBlob(a, bytes);
-  const frags = [...(await objects(`${objectStore.prefix}cas/`)).keys()];
-  t.is(frags.length, 1, 'one fragment: blob offset = fragment offset');
-  const { os } = await fileBucket();
-  const saved = (await os.get(frags[0]!))!;
-  const bad = Buffer.from(saved);
-  bad[4 * MiB + 3] ^= 0x01;
-  await os.put(frags[0]!, bad);
-  const b = await open(t, { objectStore: { ...objectStore, cacheBytes: 0 } });
+  const { b, name, bytes, fragment, chunk: c, restore } = await blobWithBadByte(t, 's3 fetch thread check', 6 * MiB + 777, 4 * MiB + 3, 0x01);
   const r = await b.newBlobReader(name);
-  let c = { start: 0, size: 0 };
-  for await (const x of r.chunks()) if (x.start <= 4 * MiB + 3 && 4 * MiB + 3 < x.start + x.size) c = x;
   t.true(c.size > 0 && c.start > 0, 'the changed chunk');
   const before = Buffer.concat(await r.stream({ end: c.start }).toArray());
   t.true(before.equals(bytes.subarray(0, c.start)), 'the chunks before it, byte-exact');
@@ -125,7 +107,7 @@ s3Test('the fetching thread checks the chunks as they land: those before a chang
   t.is(e!.code, 'ERR_HASH_MISMATCH', e!.message);
   t.like(e!.data, { blob: name, offset: c.start, size: c.size });
   // Found by the fetching thread (its error, about the fragment, is the cause), not by a check here.
-  t.like((e!.cause as CabError).data, { fragment: frags[0]!.split('/').pop(), offset: c.start, size: c.size });
+  t.like((e!.cause as CabError).data, { fragment: fragment.split('/').pop(), offset: c.start, size: c.size });
   await r.close();
   // readAt inside a chunk (a chunk read whole, then cut): the same check, on a fetch of its own.
   const r2 = await b.newBlobReader(name);
@@ -139,7 +121,7 @@ s3Test('the fetching thread checks the chunks as they land: those before a chang
   await r2.close();
   await until(() => filesUnder(b.root, 'tmp').length === 0, 'the temp file to go');
   t.deepEqual(filesUnder(b.root, 'cas'), [], 'the copy that failed is not cached');
-  await os.put(frags[0]!, saved);
+  await restore();
   t.true((await readAll(b, name)).equals(bytes), 'fetched anew once the object is right');
 });
 

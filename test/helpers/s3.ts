@@ -9,7 +9,9 @@ import path from 'node:path';
 import http from 'node:http';
 import test, { type ExecutionContext, type ImplementationFn } from 'ava';
 import { ObjectStore } from '../../src/bucket/object-store.js';
-import type { ObjectStoreOptions } from '../../src/index.js';
+import { BlobStore, type ObjectStoreOptions, type StoreOptions } from '../../src/index.js';
+import { prngBytes } from '../../tools/data.js';
+import { putBlob, tempDir } from './store.js';
 
 export const S3_ENDPOINT = process.env.CABSTORE_S3_ENDPOINT ?? 'http://127.0.0.1:17480';
 // As a user would: the credentials in the environment (scripts/s3-server.sh's user unless set).
@@ -109,4 +111,37 @@ export function filesUnder(root: string, dir: string): string[] {
 export async function until(cond: () => boolean, what: string): Promise<void> {
   for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 50));
   if (!cond()) throw new Error(`timed out waiting for ${what}`);
+}
+
+/** A store on a fresh folder, closed at the end of the test. */
+export async function openTemp(t: ExecutionContext, o: StoreOptions): Promise<BlobStore> {
+  const s = await BlobStore.open(path.join(tempDir(t), 's'), o);
+  t.teardown(() => s.close());
+  return s;
+}
+
+/**
+ * A blob of `size` bytes of `seed` written in one fragment (so a blob offset
+ * is a fragment offset) to a fresh bucket, whose object then has byte `at`
+ * changed; `b`, a second store on the bucket with no cache, reads it cold.
+ * `chunk`: the chunk holding `at`; `restore` puts the object back.
+ */
+export async function blobWithBadByte(t: ExecutionContext, seed: string, size: number, at: number, flip: number) {
+  const objectStore = await bucketOptions(t, { syncInterval: 0 });
+  const a = await openTemp(t, { objectStore, fragmentSize: 64 * 1024 * 1024 });
+  const bytes = prngBytes(seed, size);
+  const name = await putBlob(a, bytes);
+  const frags = [...(await objects(`${objectStore.prefix}cas/`)).keys()];
+  t.is(frags.length, 1, 'one fragment: blob offset = fragment offset');
+  const { os } = await fileBucket();
+  const saved = (await os.get(frags[0]!))!;
+  const bad = Buffer.from(saved);
+  bad[at] ^= flip;
+  await os.put(frags[0]!, bad);
+  const b = await openTemp(t, { objectStore: { ...objectStore, cacheBytes: 0 } });
+  const r = await b.newBlobReader(name);
+  let chunk = { start: 0, size: 0 };
+  for await (const x of r.chunks()) if (x.start <= at && at < x.start + x.size) chunk = x;
+  await r.close();
+  return { b, name, bytes, fragment: frags[0]!, chunk, restore: () => os.put(frags[0]!, saved) };
 }
