@@ -186,18 +186,20 @@ export class Lease {
     const next = this.#publishing.then(async () => {
       if (this.#closed) return;
       const body = JSON.stringify({ pid: process.pid, fragments: [...this.#frags.keys()], blobs: [...this.#blobs.keys()] } satisfies Pins);
-      if (body === this.#published) return this.#remote?.pins(this.#frags.keys());
-      const tmp = `${this.#base}.pins.tmp`;
-      try {
-        await fs.writeFile(tmp, body);
-        await fs.rename(tmp, `${this.#base}.pins`);
-      } catch (e) {
-        await fs.rm(tmp, { force: true }).catch(() => {});
-        throw e;
+      if (body !== this.#published) {
+        const tmp = `${this.#base}.pins.tmp`;
+        try {
+          await fs.writeFile(tmp, body);
+          await fs.rename(tmp, `${this.#base}.pins`);
+        } catch (e) {
+          await fs.rm(tmp, { force: true }).catch(() => {});
+          throw e;
+        }
+        this.#published = body;
       }
-      this.#published = body;
+      // The file tells the truth again (rewritten now, or the pins came back to what it said, as when
+      // a pin a full disk kept out of it is dropped): the hold taken meanwhile goes, GC may go by it.
       if (this.#holding) {
-        // The file tells the truth again: GC may go by it.
         this.#holding = false;
         unlock(this.#holdFh!.fd);
       }
