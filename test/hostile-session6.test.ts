@@ -11,7 +11,7 @@ import { prngBytes } from '../tools/data.js';
 import { readDescriptor } from '../src/format/descriptor.js';
 import { Layout } from '../src/format/layout.js';
 import { cli, type RunResult } from './helpers/cli.js';
-import { fillDisk, freeBytes, smallDisk } from './helpers/faults.js';
+import { fillDisk, fillToTheByte, freeBytes, smallDisk } from './helpers/faults.js';
 import { tusUpload } from './helpers/http.js';
 import { collect, putBlob, readAll, tempDir, tempStore } from './helpers/store.js';
 import { killHard, startServerChild } from './helpers/transfer.js';
@@ -25,26 +25,6 @@ const how = (r: RunResult) => `exit ${r.code ?? r.signal}: ${r.stderr.trim().spl
 /** A CLI run that ended as the contract says: exit 0, or exit 1 with a line naming a code. Never a signal. */
 function endedAsContracted(r: RunResult): boolean {
   return r.signal === null && (r.code === 0 || (r.code === 1 && /ERR_[A-Z_]+/.test(r.stderr)));
-}
-
-/** fillDisk, then smaller writes until the file system takes not one byte more (tmpfs counts pages). */
-function fillToTheByte(disk: string): void {
-  const filler = fillDisk(disk, 0);
-  const fd = fs.openSync(filler, 'a');
-  try {
-    for (const size of [4096, 512, 1]) {
-      for (;;) {
-        try {
-          fs.writeSync(fd, Buffer.alloc(size, 7));
-        } catch (e) {
-          if ((e as NodeJS.ErrnoException).code === 'ENOSPC') break;
-          throw e;
-        }
-      }
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
 }
 
 /** A store of three blobs made by the CLI in a fresh folder: its path and the blobs' names. */

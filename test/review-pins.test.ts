@@ -11,7 +11,7 @@ import { BlobStore, toHex, merkleRoot } from '../src/index.js';
 import { truncateBlob } from '../src/blob/truncate.js';
 import { prngBytes } from '../tools/data.js';
 import { runGcChild } from './helpers/children.js';
-import { smallDisk } from './helpers/faults.js';
+import { fillToTheByte, smallDisk } from './helpers/faults.js';
 import { putBlob, readAll, tempDir, tempStore } from './helpers/store.js';
 
 const KiB = 1024;
@@ -129,27 +129,6 @@ test('review-pins: GC looping in another process while a writer flushes, is cut 
   t.deepEqual((await store.fsck({ verify: true })).problems, []);
 });
 
-/** Fills the file system holding `dir` to the byte with one file; returns its path (remove it to free the space). */
-function fill(dir: string): string {
-  const filler = path.join(dir, 'filler');
-  const fd = fs.openSync(filler, 'a');
-  try {
-    for (const size of [1 << 20, 4096, 512, 1]) {
-      for (;;) {
-        try {
-          fs.writeSync(fd, Buffer.alloc(size, 7));
-        } catch (e) {
-          if ((e as NodeJS.ErrnoException).code === 'ENOSPC') break;
-          throw e;
-        }
-      }
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
-  return filler;
-}
-
 // Pre-existing (not bc4a8c4's doing, which adds one more way in: Lease.forget takes the set back to what the file
 // says): Lease.#publish returns early when the set equals what the pins file says, without ending the shared hold on
 // the gate that covers pins a full disk kept from being written. Nothing is unpublished any more, yet the hold stays
@@ -162,7 +141,7 @@ test.serial('review-pins: a pin a full disk kept from the pins file, dropped aga
   const a = await putBlob(store, prngBytes('review-pins hold a', 256 * KiB));
   const b = await putBlob(store, prngBytes('review-pins hold b', 256 * KiB));
   const ra = await store.newBlobReader(a); // the pins file now says: a's fragments, and a
-  const filler = fill(disk);
+  const filler = fillToTheByte(disk);
   const rb = await store.newBlobReader(b); // its pins cannot be written: covered by a shared hold on the gate
   fs.rmSync(filler); // room again
   await rb.close(); // the set is back to what the file says: nothing unpublished

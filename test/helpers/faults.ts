@@ -65,3 +65,24 @@ export function fillDisk(dir: string, leave = 0, filler = path.join(dir, 'filler
   }
   return filler;
 }
+
+/** fillDisk, then smaller writes until the file system takes not one byte more (tmpfs counts pages). Returns the filler. */
+export function fillToTheByte(disk: string): string {
+  const filler = fillDisk(disk, 0);
+  const fd = fs.openSync(filler, 'a');
+  try {
+    for (const size of [4096, 512, 1]) {
+      for (;;) {
+        try {
+          fs.writeSync(fd, Buffer.alloc(size, 7));
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code === 'ENOSPC') break;
+          throw e;
+        }
+      }
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return filler;
+}
