@@ -5,7 +5,7 @@ import { BlobReader, type ReaderOptions } from './blob/reader.js';
 import { ChunkIndex, type Location } from './index/chunk-index.js';
 import { catchUpAll, catchUpBlob } from './index/catchup.js';
 import { paged } from './index/paging.js';
-import { liveLocations, planRecipe, type ChunkRef, type RecipeStep } from './index/recipes.js';
+import { liveLocation, planRecipe, type ChunkRef, type RecipeStep } from './index/recipes.js';
 import { Snapshots } from './index/snapshots.js';
 import type { Descriptor } from './format/descriptor.js';
 import { exists } from './disk/durable.js';
@@ -285,7 +285,8 @@ export class BlobStore {
   async lookupChunk(hash: Uint8Array): Promise<Location> {
     this.checkOpen();
     if (!(hash instanceof Uint8Array) || hash.length !== 32) throw new CabError('ERR_BAD_ARGUMENT', 'a chunk hash is 32 bytes');
-    for await (const loc of liveLocations(this.index, this.layout, hash)) return loc;
+    const loc = await liveLocation(this.index, this.layout, hash, new Map());
+    if (loc) return loc;
     throw new CabError('ERR_NO_SUCH_CHUNK', `no chunk ${Buffer.from(hash).toString('hex')}`, { found: Buffer.from(hash).toString('hex') });
   }
 

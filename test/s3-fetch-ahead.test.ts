@@ -16,16 +16,14 @@ import { putBlob, readAll, tempDir } from './helpers/store.js';
 
 const MiB = 1024 * 1024;
 
-const open = openTemp;
-
 s3Test.serial('a stream fetches the next fragments while it reads one, on two fetching threads at once; every byte exact, every fragment cached whole', async (t) => {
   const objectStore = await bucketOptions(t, { syncInterval: 0 });
-  const a = await open(t, { objectStore, fragmentSize: 12 * MiB });
+  const a = await openTemp(t, { objectStore, fragmentSize: 12 * MiB });
   const bytes = prngBytes('s3 fetch ahead', 50 * MiB + 4321);
   const name = await putBlob(a, bytes);
   const frags = await objects(`${objectStore.prefix}cas/`);
   t.true(frags.size >= 4, `${frags.size} fragments`);
-  const b = await open(t, { objectStore });
+  const b = await openTemp(t, { objectStore });
   const r = await b.newBlobReader(name);
   let both = 0;
   const seen = new Set<number>();
@@ -44,7 +42,7 @@ s3Test.serial('a stream fetches the next fragments while it reads one, on two fe
   await until(() => filesUnder(b.root, 'tmp').length === 0 && filesUnder(b.root, 'cas').length === frags.size, 'every fragment in cas/');
   const sizes = filesUnder(b.root, 'cas').map((f) => fs.statSync(f).size).sort((x, y) => x - y);
   t.deepEqual(sizes, [...frags.values()].sort((x, y) => x - y), 'each cached file is its object, whole');
-  const c = await open(t, { objectStore });
+  const c = await openTemp(t, { objectStore });
   fs.rmSync(path.join(c.root, 'cas'), { recursive: true, force: true });
   fs.cpSync(path.join(b.root, 'cas'), path.join(c.root, 'cas'), { recursive: true });
   t.true((await readAll(c, name)).equals(bytes), 'the cached files read (and checked) as the blob');
@@ -53,10 +51,10 @@ s3Test.serial('a stream fetches the next fragments while it reads one, on two fe
 s3Test.serial('a reader that closes stops every GET it started, on either thread: no temp file left, nothing cached', async (t) => {
   const objectStore = await bucketOptions(t, { syncInterval: 0 });
   // The first block sends the GETs of the fragments of the next 16 MiB: the first two, on the two threads.
-  const a = await open(t, { objectStore, fragmentSize: 10 * MiB });
+  const a = await openTemp(t, { objectStore, fragmentSize: 10 * MiB });
   const bytes = prngBytes('s3 fetch ahead stop', 80 * MiB);
   const name = await putBlob(a, bytes);
-  const b = await open(t, { objectStore });
+  const b = await openTemp(t, { objectStore });
   const r = await b.newBlobReader(name);
   const s = r.stream();
   const first = (await s[Symbol.asyncIterator]().next()).value as Buffer;
@@ -72,11 +70,11 @@ s3Test.serial('a reader that closes stops every GET it started, on either thread
 
 s3Test.serial(`fetching ahead stops at ${PREFETCH_FRAGMENTS} fragments, however small they are`, async (t) => {
   const objectStore = await bucketOptions(t, { syncInterval: 0 });
-  const a = await open(t, { objectStore, fragmentSize: 1 * MiB });
+  const a = await openTemp(t, { objectStore, fragmentSize: 1 * MiB });
   const bytes = prngBytes('s3 fetch ahead cap', 24 * MiB);
   const name = await putBlob(a, bytes);
   t.true((await objects(`${objectStore.prefix}cas/`)).size >= 16, 'many small fragments');
-  const b = await open(t, { objectStore });
+  const b = await openTemp(t, { objectStore });
   const r = await b.newBlobReader(name);
   const buf = Buffer.alloc(64 * 1024);
   t.is(await r.readAt(buf, 0), buf.length);
@@ -113,7 +111,7 @@ s3Test.serial('a stream over a chunk changed in the bucket: every block before i
 
 s3Test.serial('rings reused across stores on two file systems (a disk, a tmpfs) in one process: every read byte-exact, every fragment cached whole', async (t) => {
   const objectStore = await bucketOptions(t, { syncInterval: 0 });
-  const a = await open(t, { objectStore, fragmentSize: 10 * MiB });
+  const a = await openTemp(t, { objectStore, fragmentSize: 10 * MiB });
   const bytes = prngBytes('s3 fetch ahead two file systems', 30 * MiB + 77);
   const name = await putBlob(a, bytes);
   const sizes = [...(await objects(`${objectStore.prefix}cas/`)).values()].sort((x, y) => x - y);

@@ -13,14 +13,12 @@ import type { ExecutionContext } from 'ava';
 
 const MiB = 1024 * 1024;
 
-const open = openTemp;
-
 s3Test('a fragment larger than the ring, read far ahead, in the ring and behind it, is byte-exact; then it is in cas/', async (t) => {
   const objectStore = await bucketOptions(t, { syncInterval: 0 });
-  const a = await open(t, { objectStore, fragmentSize: 40 * MiB });
+  const a = await openTemp(t, { objectStore, fragmentSize: 40 * MiB });
   const bytes = prngBytes('s3 fetch ring', 30 * MiB + 12345);
   const name = await putBlob(a, bytes);
-  const b = await open(t, { objectStore });
+  const b = await openTemp(t, { objectStore });
   const r = await b.newBlobReader(name);
   const at = async (pos: number, n: number) => {
     const buf = Buffer.alloc(n);
@@ -41,10 +39,10 @@ s3Test('a fragment larger than the ring, read far ahead, in the ring and behind 
 
 s3Test('a reader that does not keep up holds the GET back for a while only: the fragment is fetched and cached while it waits', async (t) => {
   const objectStore = await bucketOptions(t, { syncInterval: 0 });
-  const a = await open(t, { objectStore, fragmentSize: 64 * MiB });
+  const a = await openTemp(t, { objectStore, fragmentSize: 64 * MiB });
   const bytes = prngBytes('s3 fetch stall', 40 * MiB);
   const name = await putBlob(a, bytes);
-  const b = await open(t, { objectStore });
+  const b = await openTemp(t, { objectStore });
   const r = await b.newBlobReader(name);
   const buf = Buffer.alloc(MiB);
   t.is(await r.readAt(buf, 0), MiB);
@@ -59,11 +57,11 @@ s3Test('a reader that does not keep up holds the GET back for a while only: the 
 
 s3Test('a reader that stops mid-fetch stops the GET: its temp file goes, nothing is cached, and the next read fetches it again', async (t) => {
   const objectStore = await bucketOptions(t, { syncInterval: 0 });
-  const a = await open(t, { objectStore, fragmentSize: 128 * MiB });
+  const a = await openTemp(t, { objectStore, fragmentSize: 128 * MiB });
   // One fragment large enough that its GET is far from done when the reader closes (about 10 ms after it opened).
   const bytes = prngBytes('s3 fetch stop', 80 * MiB);
   const name = await putBlob(a, bytes);
-  const b = await open(t, { objectStore });
+  const b = await openTemp(t, { objectStore });
   const r = await b.newBlobReader(name);
   const buf = Buffer.alloc(MiB);
   t.is(await r.readAt(buf, 0), MiB);
@@ -76,7 +74,7 @@ s3Test('a reader that stops mid-fetch stops the GET: its temp file goes, nothing
 
 s3Test('a fragment missing from the bucket is ERR_FRAGMENT_MISSING; one changed there is ERR_HASH_MISMATCH, never its bytes', async (t) => {
   const objectStore = await bucketOptions(t, { syncInterval: 0 });
-  const a = await open(t, { objectStore, fragmentSize: 2 * MiB });
+  const a = await openTemp(t, { objectStore, fragmentSize: 2 * MiB });
   const bytes = prngBytes('s3 fetch missing', 5 * MiB);
   const name = await putBlob(a, bytes);
   const { os } = await fileBucket();
@@ -85,13 +83,13 @@ s3Test('a fragment missing from the bucket is ERR_FRAGMENT_MISSING; one changed 
   const victim = frags[0]!;
   const saved = (await os.get(victim))!;
   await os.deleteMany([victim]);
-  const b = await open(t, { objectStore: { ...objectStore, cacheBytes: 0 } });
+  const b = await openTemp(t, { objectStore: { ...objectStore, cacheBytes: 0 } });
   const e = await t.throwsAsync(readAll(b, name), { instanceOf: CabError });
   t.is(e!.code, 'ERR_FRAGMENT_MISSING', e!.message);
   const bad = Buffer.from(saved);
   bad[bad.length - 1] ^= 0x80;
   await os.put(victim, bad);
-  const c = await open(t, { objectStore: { ...objectStore, cacheBytes: 0 } });
+  const c = await openTemp(t, { objectStore: { ...objectStore, cacheBytes: 0 } });
   t.is((await t.throwsAsync(readAll(c, name), { instanceOf: CabError }))!.code, 'ERR_HASH_MISMATCH');
   await os.put(victim, saved);
   t.true((await readAll(c, name)).equals(bytes));
@@ -128,21 +126,21 @@ s3Test('the fetching thread checks the chunks as they land: those before a chang
 s3Test('a prefix with characters that need escaping: keys are signed as the server reads them', async (t) => {
   const base = await bucketOptions(t, { syncInterval: 0 });
   const objectStore = { ...base, prefix: `${base.prefix!.slice(0, -1)}we+ird(x)*'!~=,;@$&/` };
-  const a = await open(t, { objectStore, fragmentSize: MiB });
+  const a = await openTemp(t, { objectStore, fragmentSize: MiB });
   const bytes = prngBytes('s3 fetch escape', 3 * MiB + 5);
   const name = await putBlob(a, bytes);
-  const b = await open(t, { objectStore });
+  const b = await openTemp(t, { objectStore });
   t.true((await readAll(b, name)).equals(bytes));
 });
 
 /** A second store reading through a TCP proxy in front of the server (the first writes to the server itself). */
 async function behindProxy(t: ExecutionContext, bytes: Buffer, tamper?: (piece: Buffer) => void) {
   const objectStore = await bucketOptions(t, { syncInterval: 0 });
-  const a = await open(t, { objectStore, fragmentSize: 64 * MiB });
+  const a = await openTemp(t, { objectStore, fragmentSize: 64 * MiB });
   const name = await putBlob(a, bytes);
   const proxy = await tcpProxy(() => Number(new URL(S3_ENDPOINT).port), tamper ? { tamper } : {});
   t.teardown(() => proxy.close());
-  const b = await open(t, { objectStore: { ...objectStore, endpoint: `http://127.0.0.1:${proxy.port}`, cacheBytes: 0 } });
+  const b = await openTemp(t, { objectStore: { ...objectStore, endpoint: `http://127.0.0.1:${proxy.port}`, cacheBytes: 0 } });
   return { b, name, proxy };
 }
 

@@ -147,19 +147,13 @@ export class BlobTree {
   }
 }
 
-/** Reads buf.length bytes of `file` at `position`: false if the file is gone or shorter. */
+/** Reads buf.length bytes of `file` at `position`: false if the file is gone (or is no file now) or shorter. */
 async function readAt(file: string, buf: Buffer, position: number): Promise<boolean> {
-  let fh: fs.FileHandle;
-  try {
-    fh = await fs.open(file, 'r');
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
-    throw ioError(e, 'opening a leaf layer', { path: file });
-  }
+  const fh = await openLayer(file);
+  if (!fh) return false;
   try {
     return await readFull(fh, buf, position);
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'EISDIR') return false; // no layer file there any more
     throw ioError(e, 'reading a leaf layer', { path: file });
   } finally {
     await fh.close();

@@ -22,9 +22,13 @@ export const RESERVE_BYTES = 1024 * 1024;
  * again at the next open.
  */
 export async function keepReserve(layout: Layout): Promise<void> {
-  const st = await fs.stat(layout.reserve).catch(() => undefined);
-  if (st?.isFile() && st.size >= RESERVE_BYTES) return;
-  if (st && !st.isFile()) return; // not ours to replace
+  let st;
+  try {
+    st = await fs.stat(layout.reserve);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') return; // cannot tell: leave it be
+  }
+  if (st && (!st.isFile() || st.size >= RESERVE_BYTES)) return; // there, or not ours to replace
   const tmp = layout.tmpFile();
   try {
     await fs.writeFile(tmp, crypto.randomBytes(RESERVE_BYTES), { flag: 'wx' });

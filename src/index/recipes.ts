@@ -15,26 +15,38 @@ export type RecipeStep = { kind: 'blob'; blob: string; offset: number; size: num
 /** Locations looked at for one that continues the step before, before settling for the first. */
 const CONTINUE_SEARCH = 16;
 
+/** Where to look for a chunk: its size (any if undefined), and the step before, whose continuation is preferred. */
+interface Wanted {
+  size?: number;
+  after?: { blob: string; end: number };
+}
+
 /**
- * The indexed locations of a chunk in blobs whose descriptor is there: the
- * index may still name a deleted blob (a process killed after the unlink,
- * a full disk: the next catch-up or GC removes those entries). `alive`
- * remembers, per blob, what one look found.
+ * A local location of a chunk in a blob whose descriptor is there,
+ * preferring one that continues `want.after`: the index may still name a
+ * deleted blob (a process killed after the unlink, a full disk; the next
+ * catch-up or GC removes those entries). `alive` remembers, per blob, what
+ * one look at its descriptor found: a recipe's chunks come from few blobs,
+ * so nearly every chunk is decided without a wait. The index is read
+ * between the looks, never across one (no read transaction spans an await).
  */
-export async function* liveLocations(index: ChunkIndex, layout: Layout, hash: Uint8Array, alive = new Map<string, boolean>()): AsyncGenerator<Location> {
-  for (const loc of index.locations(hash)) {
-    let here = alive.get(loc.blob);
-    if (here === undefined) alive.set(loc.blob, (here = await exists(layout.descriptor(loc.blob))));
-    if (here) yield loc;
+export async function liveLocation(index: ChunkIndex, layout: Layout, hash: Uint8Array, alive: Map<string, boolean>, want: Wanted = {}): Promise<Location | undefined> {
+  for (;;) {
+    const found = locate(index, hash, alive, want);
+    if (typeof found !== 'string') return found;
+    alive.set(found, await exists(layout.descriptor(found)));
   }
 }
 
-/** A local location of a chunk, preferring one that continues `after`. */
-async function locate(locations: AsyncIterable<Location>, size: number, after?: { blob: string; end: number }): Promise<Location | undefined> {
+/** liveLocation's look at the index: the location, or the name of a blob whose descriptor must be looked at first. */
+function locate(index: ChunkIndex, hash: Uint8Array, alive: Map<string, boolean>, { size, after }: Wanted): Location | string | undefined {
   let first: Location | undefined;
   let seen = 0;
-  for await (const loc of locations) {
-    if (loc.size !== size) continue;
+  for (const loc of index.locations(hash)) {
+    if (size !== undefined && loc.size !== size) continue;
+    const here = alive.get(loc.blob);
+    if (here === undefined) return loc.blob;
+    if (!here) continue;
     if (after && loc.blob === after.blob && loc.offset === after.end) return loc;
     first ??= loc;
     if (!after || ++seen >= CONTINUE_SEARCH) break;
@@ -55,7 +67,7 @@ export async function* planRecipe(index: ChunkIndex, layout: Layout, chunks: Asy
       throw new CabError('ERR_BAD_ARGUMENT', 'a chunk reference needs a 32-byte hash and a positive size');
     }
     const after = cur?.kind === 'blob' ? { blob: cur.blob, end: cur.offset + cur.size } : undefined;
-    const loc = await locate(liveLocations(index, layout, c.hash, alive), c.size, after);
+    const loc = await liveLocation(index, layout, c.hash, alive, { size: c.size, after });
     if (loc && cur?.kind === 'blob' && after && loc.blob === after.blob && loc.offset === after.end) {
       cur.size += c.size;
       continue;

@@ -48,7 +48,7 @@ export async function removeBlob(layout: Layout, index: ChunkIndex, tables: Tabl
  * Removes a deleted blob's index entries, spending the reserve on a full
  * disk; returns how many. If even that fails for space, they stay (0): a
  * writer or a recipe takes a chunk only from a blob whose descriptor is
- * there (recipes.ts liveLocations), and the next catch-up or GC removes them.
+ * there (recipes.ts liveLocation), and the next catch-up or GC removes them.
  */
 export async function removeEntries(layout: Layout, index: ChunkIndex, name: string): Promise<number> {
   return withReserve(layout, () => index.removeBlob(name)).catch((e: unknown) => {

@@ -9,7 +9,7 @@ import { receive, type RemoteSource, type TransferStats } from './receive.js';
 import { withHexJSON } from './stats.js';
 import { RecordWriter, packr, scan } from './records.js';
 import { readHave } from './have.js';
-import { liveLocations } from '../index/recipes.js';
+import { liveLocation } from '../index/recipes.js';
 
 export { writeHave } from './have.js';
 
@@ -259,7 +259,7 @@ export async function importBundle(store: BlobStore, file: string, options: Impo
       let missingCount = 0;
       for await (const c of list()) {
         if (data.has(toHex(c.hash))) continue;
-        if (!(await liveLocations(store.index, store.layout, c.hash, alive).next()).done) continue;
+        if (await liveLocation(store.index, store.layout, c.hash, alive)) continue;
         missingCount++;
         if (missing.length < 100) missing.push(withHexJSON({ hash: Uint8Array.from(c.hash), offset: c.offset, size: c.size }));
       }
