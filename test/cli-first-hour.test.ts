@@ -71,10 +71,10 @@ test('plain fsck says what it checked, not "0 fragments verified"; --verify says
   const plain = await cli(['--store', dir, 'fsck']);
   t.is(plain.code, 0, plain.stderr);
   t.notRegex(plain.out, /fragments verified/);
-  t.regex(plain.out, /1 blobs checked/);
+  t.regex(plain.out, /1 blob checked/);
   const verify = await cli(['--store', dir, 'fsck', '--verify']);
   t.is(verify.code, 0, verify.stderr);
-  t.regex(verify.out, /1 blobs verified \(hashed 293\.0 KiB of blob content; 1 fragments\)/);
+  t.regex(verify.out, /1 blob verified \(hashed 293\.0 KiB of blob content; 1 fragment\)/);
 });
 
 test('reading commands need an existing store: ERR_BAD_STORE saying how to make one, and nothing is created', async (t) => {
@@ -195,5 +195,5 @@ test('fsck --verify says how many bytes of blob content it hashed', async (t) =>
   t.is(js.bytesVerified, 2 * 300_000, 'each blob is hashed');
   t.is(js.fragments, 1, 'the second blob wrote no fragment');
   const text = await ok(t, dir, ['fsck', '--verify']);
-  t.regex(text, /2 blobs verified \(hashed 585\.9 KiB of blob content; 1 fragments\), 0 problems/);
+  t.regex(text, /2 blobs verified \(hashed 585\.9 KiB of blob content; 1 fragment\), 0 problems/);
 });

@@ -59,3 +59,8 @@ export function fmtBytes(n: number): string {
   }
   return `${n.toFixed(i === 0 ? 0 : 1)} ${u[i]}`;
 }
+
+/** "1 blob", "2 blobs": a count and its noun (`plural` for nouns that do not take an s). */
+export function count(n: number, noun: string, plural = `${noun}s`): string {
+  return `${n} ${n === 1 ? noun : plural}`;
+}

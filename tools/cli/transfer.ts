@@ -5,7 +5,7 @@ import { CabError, isCabError } from '../../src/errors.js';
 import type { BlobStore } from '../../src/store.js';
 import type { TransferProgress } from '../../src/transfer/stats.js';
 import { checkBlobName } from '../../src/format/layout.js';
-import { Progress, fmtBytes } from '../progress.js';
+import { Progress, count, fmtBytes } from '../progress.js';
 import { statInput } from '../source.js';
 import { sizeArg, usage } from '../args.js';
 import { hex as toHex, json, lib, out, readText, replacer, startHashing, token, withScratchStore, withStore, withStoreMadeAfter } from './context.js';
@@ -62,7 +62,7 @@ export function transferCommands(program: Command): void {
       const { writeHave } = await lib.bundle();
       await withStore(false, async (s) => {
         const r = await writeHave(s, o.output);
-        out(`${o.output}: ${r.chunks} chunks in ${fmtBytes(r.bytes)}`, { file: o.output, ...r });
+        out(`${o.output}: ${count(r.chunks, 'chunk')} in ${fmtBytes(r.bytes)}`, { file: o.output, ...r });
       });
     });
 
@@ -78,7 +78,7 @@ export function transferCommands(program: Command): void {
         const p = new Progress('export');
         const r = await exportBundle(s, names, o.output, { have: o.have, onProgress: (b) => p.set(b) });
         p.end();
-        out(`${o.output}: ${r.blobs} blobs, ${r.chunks} chunks (${fmtBytes(r.dataBytes)} of data), ${fmtBytes(r.bytes)}`, { file: o.output, ...r });
+        out(`${o.output}: ${count(r.blobs, 'blob')}, ${count(r.chunks, 'chunk')} (${fmtBytes(r.dataBytes)} of data), ${fmtBytes(r.bytes)}`, { file: o.output, ...r });
       });
     });
 
@@ -98,7 +98,7 @@ export function transferCommands(program: Command): void {
         else {
           for (const b of r.imported) console.log(`${b.name} ${toHex(b.hash)}: ${b.alreadyHad ? 'already here' : `${fmtBytes(b.receivedBytes)} from the bundle, ${fmtBytes(b.reusedBytes)} local`}`);
           for (const b of r.incomplete) {
-            console.log(`INCOMPLETE ${b.name}: ${b.missingCount} chunks neither here nor in the bundle`);
+            console.log(`INCOMPLETE ${b.name}: ${count(b.missingCount, 'chunk')} neither here nor in the bundle`);
             for (const m of b.missing.slice(0, MISSING_SHOWN)) console.log(`  missing chunk ${toHex(m.hash)} at ${m.offset} (${m.size} bytes)`);
             if (b.missingCount > MISSING_SHOWN) console.log(`  and ${b.missingCount - MISSING_SHOWN} more (--json lists the first ${b.missing.length})`);
           }
@@ -173,7 +173,7 @@ async function pullMany(urls: string[], name: string, o: PullOptions): Promise<v
       throw noSourceLeft(e, name);
     }
     p.end();
-    const lines = st.sources.map((x) => `  ${x.source}: ${x.dropped ? `dropped, ${x.dropped.message.split('\n')[0]}` : `${fmtBytes(x.receivedBytes)} in ${x.chunks} chunks`}`);
+    const lines = st.sources.map((x) => `  ${x.source}: ${x.dropped ? `dropped, ${x.dropped.message.split('\n')[0]}` : `${fmtBytes(x.receivedBytes)} in ${count(x.chunks, 'chunk')}`}`);
     const used = st.sources.filter((x) => !x.dropped).length;
     out(
       [`${name} ${toHex(st.hash)}: ${st.alreadyHad ? 'already here' : `${fmtBytes(st.receivedBytes)} received, ${fmtBytes(st.reusedBytes)} reused`}, from ${used} of ${st.sources.length} sources`, ...lines].join('\n'),

@@ -1,7 +1,7 @@
 // Commands that look after a store: gc and fsck.
 import type { Command } from 'commander';
 import { CabError } from '../../src/errors.js';
-import { Progress, fmtBytes } from '../progress.js';
+import { Progress, count, fmtBytes } from '../progress.js';
 import { sizeArg } from '../args.js';
 import { json, out, withStore } from './context.js';
 
@@ -24,11 +24,11 @@ export function upkeepCommands(program: Command): void {
         if (tty) process.stderr.write('\r\x1b[K');
         const [del, evict] = r.dryRun ? ['would delete', 'would evict'] : ['deleted', 'evicted'];
         out(
-          `${del} ${r.fragmentsDeleted} fragments (${fmtBytes(r.bytesDeleted)}), kept ${r.fragmentsKept} (${fmtBytes(r.bytesKept)}), ` +
-            `${r.tempFilesDeleted} temp files, ${r.indexEntriesRemoved} index entries, ${evict} ${r.evicted.length} blobs, in ${r.seconds.toFixed(2)} s` +
+          `${del} ${count(r.fragmentsDeleted, 'fragment')} (${fmtBytes(r.bytesDeleted)}), kept ${r.fragmentsKept} (${fmtBytes(r.bytesKept)}), ` +
+            `${count(r.tempFilesDeleted, 'temp file')}, ${count(r.indexEntriesRemoved, 'index entry', 'index entries')}, ${evict} ${count(r.evicted.length, 'blob')}, in ${r.seconds.toFixed(2)} s` +
             (r.bucket
               ? `\nbucket: ${del} ${r.bucket.fragmentsDeleted} fragments (${fmtBytes(r.bucket.bytesDeleted)}), kept ${r.bucket.fragmentsKept} (${fmtBytes(r.bucket.bytesKept)}), ` +
-                `${r.bucket.uploadsAborted} uploads aborted; read ${r.bucket.descriptors} published descriptors, ${r.bucket.leases} leases`
+                `${count(r.bucket.uploadsAborted, 'upload')} aborted; read ${count(r.bucket.descriptors, 'published descriptor')}, ${count(r.bucket.leases, 'lease')}`
               : '') +
             r.evicted.map((name) => `\n${evict} ${name}`).join('') +
             r.passedOver.map((name) => `\nkept    ${name} (evicting it frees nothing: a blob that stays shares its data)`).join(''),
@@ -60,14 +60,14 @@ export function upkeepCommands(program: Command): void {
         // Plain fsck reads no data: say what it checked. --verify hashes the blobs' content
         // (bytes that blobs share are read once per blob).
         const checked = o.verify
-          ? `${r.blobs} blobs verified (hashed ${fmtBytes(r.bytesVerified)} of blob content; ${r.fragments} fragments)`
-          : `${r.blobs} blobs checked (structure, fragment sizes, index; --verify also hashes the data)`;
-        console.log(`${checked}, ${r.problems.length} problems, ${r.repaired} repaired, ${r.unrepaired} not repaired, ${r.seconds.toFixed(2)} s`);
+          ? `${count(r.blobs, 'blob')} verified (hashed ${fmtBytes(r.bytesVerified)} of blob content; ${count(r.fragments, 'fragment')})`
+          : `${count(r.blobs, 'blob')} checked (structure, fragment sizes, index; --verify also hashes the data)`;
+        console.log(`${checked}, ${count(r.problems.length, 'problem')}, ${r.repaired} repaired, ${r.unrepaired} not repaired, ${r.seconds.toFixed(2)} s`);
       }
       // A damaged blob is a problem until a pull or an import heals it, repaired (recorded) or not.
       if (r.unrepaired > 0 || r.damaged.length > 0) {
         const damaged = new Set(r.damaged.map((d) => d.blob)).size;
-        throw new CabError('ERR_FSCK_FAILED', `${r.unrepaired} problems not repaired, ${damaged} blobs damaged (the report lists them)`);
+        throw new CabError('ERR_FSCK_FAILED', `${count(r.unrepaired, 'problem')} not repaired, ${count(damaged, 'blob')} damaged (the report lists them)`);
       }
     });
 }
