@@ -4,7 +4,7 @@
  * single list of codes; the README documents the same list.
  */
 export const ERROR_CODES = {
-  ERR_BAD_CHUNKER_PARAMS: 'chunker parameters are not integers with 64 <= min < avg < max <= 64 MiB and avg a power of two',
+  ERR_BAD_CHUNKER_PARAMS: 'chunker parameters are not integers with 64 <= min < avg < max <= 4 MiB (the chunker alone: 64 MiB) and avg a power of two',
   ERR_BAD_HASH_STATE: 'a saved merkle hasher state is malformed or inconsistent',
   ERR_BAD_HEX: 'a string is not an even number of lowercase or uppercase hex digits',
   ERR_BAD_ARGUMENT: 'an argument has the wrong type or is out of range',

@@ -23,6 +23,22 @@ export const DEFAULT_CHUNKER_PARAMS: Readonly<ChunkerParams> = Object.freeze({
 export const MIN_CHUNK_LOWER_BOUND = 64;
 export const MAX_CHUNK_UPPER_BOUND = 64 * 1024 * 1024;
 
+/**
+ * The largest `max` a store is made with, and the largest chunk a peer may
+ * list: one get (4 MiB) carries a chunk whole, and a bundle record holds
+ * one. The chunker itself cuts up to MAX_CHUNK_UPPER_BOUND.
+ */
+export const STORE_MAX_CHUNK = 4 * 1024 * 1024;
+
+/** resolveChunkerParams, and `max` no more than STORE_MAX_CHUNK (ERR_BAD_CHUNKER_PARAMS): a new store's chunker. */
+export function resolveStoreChunkerParams(params: Partial<ChunkerParams> = {}): ResolvedChunkerParams {
+  const p = resolveChunkerParams(params);
+  if (p.max > STORE_MAX_CHUNK) {
+    throw new CabError('ERR_BAD_CHUNKER_PARAMS', `max is above ${STORE_MAX_CHUNK}, the largest chunk a store takes (min ${p.min}, avg ${p.avg}, max ${p.max})`, { found: { min: p.min, avg: p.avg, max: p.max } });
+  }
+  return p;
+}
+
 /** Parameters with the two FastCDC masks derived from them. */
 export interface ResolvedChunkerParams extends ChunkerParams {
   /** Harder mask (log2(avg) + 2 bits) used before `avg` bytes. */

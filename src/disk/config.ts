@@ -1,7 +1,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { CabError } from '../errors.js';
-import { resolveChunkerParams, sameChunkerParams, type ChunkerParams } from '../chunker/params.js';
+import { resolveChunkerParams, resolveStoreChunkerParams, sameChunkerParams, type ChunkerParams } from '../chunker/params.js';
 import { HASH_NAME } from '../hash/sha256.js';
 import { FORMAT_VERSION, type Layout } from '../format/layout.js';
 import { ensureDir, exists, writeFileDurable } from './durable.js';
@@ -58,7 +58,7 @@ export async function loadConfig(layout: Layout, chunker: Partial<ChunkerParams>
     if (!create) throw notAStore(layout, 'absent', `no cabstore store at ${layout.root}`);
     await ensureDir(layout.root, new Set());
     if (!(await mayBecomeStore(layout))) return loadConfig(layout, chunker, create);
-    const p = resolveChunkerParams(chunker);
+    const p = resolveStoreChunkerParams(chunker);
     const config: StoreConfig = { format: FORMAT_VERSION, hash: HASH_NAME, chunker: { min: p.min, avg: p.avg, max: p.max } };
     try {
       await writeFileDurable(layout.config, JSON.stringify(config, null, 2) + '\n');

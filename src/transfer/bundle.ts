@@ -110,19 +110,20 @@ export async function exportBundle(
           offset += c.size;
           if (sent.has(key) || have?.has(c.hash)) continue;
           sent.add(key);
-          const buf = Buffer.allocUnsafe(c.size);
-          await r.readFully(buf, at);
-          items.push([c.hash, buf]);
-          bytes += c.size;
-          report.chunks++;
-          report.dataBytes += c.size;
-          if (bytes >= MAX_GET_BYTES) {
+          // A record holds at most MAX_GET_BYTES of chunk data (or one chunk, no larger: STORE_MAX_CHUNK).
+          if (items.length > 0 && bytes + c.size > MAX_GET_BYTES) {
             aborted();
             await w.put({ t: 'chunks', items });
             options.onProgress?.(report.dataBytes);
             items = [];
             bytes = 0;
           }
+          const buf = Buffer.allocUnsafe(c.size);
+          await r.readFully(buf, at);
+          items.push([c.hash, buf]);
+          bytes += c.size;
+          report.chunks++;
+          report.dataBytes += c.size;
         }
         if (items.length) {
           await w.put({ t: 'chunks', items });
@@ -174,6 +175,7 @@ export async function importBundle(store: BlobStore, file: string, options: Impo
   // Pass 1: check everything, and note where each chunk's data and each blob's list are.
   const blobs: Array<{ name: string; size: number; hash: Uint8Array; lists: Array<[number, number]>; listed: number; at: number }> = [];
   const data = new Map<string, [number, number, number]>(); // hash hex -> [record offset, record length, item index]
+  const named = new Map<string, { size: number; hash: Uint8Array }>();
   let header = false;
   await scan(file, BUNDLE_MAGIC, (r, at, len) => {
     aborted();
@@ -189,6 +191,12 @@ export async function importBundle(store: BlobStore, file: string, options: Impo
         if (!isBlobName(r.name)) throw bad(`a blob record with a bad name ${JSON.stringify(String(r.name).slice(0, 80))}`);
         if (typeof r.size !== 'number' || !Number.isSafeInteger(r.size) || r.size < 0) throw bad(`blob ${r.name} has a bad size ${String(r.size)}`);
         if (!(r.hash instanceof Uint8Array) || r.hash.length !== 32) throw bad(`blob ${r.name} has a bad hash`);
+        {
+          // One name, two contents: which is the blob? Refused whole, before anything is written (the same blob twice is harmless).
+          const twin = named.get(r.name);
+          if (twin && (twin.size !== r.size || !bytesEqual(twin.hash, r.hash as Uint8Array))) throw bad(`blob ${r.name} is named twice, with different contents`);
+          named.set(r.name, { size: r.size, hash: r.hash as Uint8Array });
+        }
         blobs.push({ name: r.name, size: r.size, hash: Uint8Array.from(r.hash), lists: [], listed: 0, at });
         break;
       case 'listr': {

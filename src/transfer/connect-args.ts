@@ -20,6 +20,8 @@ export function checkConnectArgs(store: unknown, url: unknown, options: unknown)
   if (o.token !== undefined && typeof o.token !== 'string') throw bad('token must be a string');
   if (o.ca !== undefined && typeof o.ca !== 'string' && !(o.ca instanceof Uint8Array)) throw bad('ca must be a PEM string or a Buffer');
   if (o.maxFrame !== undefined && (!Number.isSafeInteger(o.maxFrame) || (o.maxFrame as number) < 1)) throw bad(`maxFrame must be a positive integer, not ${String(o.maxFrame)}`);
-  const t = o.timeoutMs;
-  if (t !== undefined && (typeof t !== 'number' || !(t > 0) || t > MAX_TIMER_MS)) throw bad(`timeoutMs must be a positive number of milliseconds up to ${MAX_TIMER_MS}, not ${String(t)}`);
+  for (const k of ['timeoutMs', 'idleTimeoutMs'] as const) {
+    const t = o[k];
+    if (t !== undefined && (typeof t !== 'number' || !(t > 0) || t > MAX_TIMER_MS)) throw bad(`${k} must be a positive number of milliseconds up to ${MAX_TIMER_MS}, not ${String(t)}`);
+  }
 }

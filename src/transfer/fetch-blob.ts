@@ -6,15 +6,14 @@ import type { ChunkerParams } from '../chunker/params.js';
 import { checkCount, checkSignal } from '../blob/input.js';
 import { announcedDoubt } from './remote-reader.js';
 import { receiveBlob } from './receive.js';
-import { SourceSet, type SourceReport } from './sources.js';
+import { DEFAULT_STALL_MS, SourceSet, type SourceReport } from './sources.js';
 import { withHexJSON, type ReceiveOptions, type TransferStats } from './stats.js';
 import { connect } from './ws.js';
 import { throwIfAborted } from './abort.js';
 
 export type { SourceReport } from './sources.js';
 
-/** A source that owes answers and sends nothing for this long is dropped. */
-export const DEFAULT_STALL_MS = 30_000;
+export { DEFAULT_STALL_MS };
 
 /** A server to pull from, and how to authenticate to it. */
 export interface FetchSource {

@@ -93,6 +93,8 @@ export async function* remoteBytes(src: RemoteSource, name: string, o: RemoteStr
       for (const c of b) at += c[1];
       return s;
     });
+    // A finalized blob's list is checked before its bytes are asked for: none past the size announced is handed out.
+    if (st.finalized && at > st.size) throw new CabError('ERR_PROTOCOL', `the chunk list of ${name} runs past the ${st.size} bytes announced`, { blob: name });
     let next = todo.length > 0 ? fetchBatch(src, name, todo[0]!, starts[0]!, per) : undefined;
     for (let i = 0; i < todo.length; i++) {
       const mine = next!;

@@ -1,5 +1,5 @@
 import { CabError, isCabError } from '../errors.js';
-import { resolveChunkerParams, type ChunkerParams } from '../chunker/params.js';
+import { STORE_MAX_CHUNK, resolveStoreChunkerParams, type ChunkerParams } from '../chunker/params.js';
 import { packr } from '../format/frame.js';
 
 /**
@@ -34,7 +34,7 @@ export const MAX_LIST = 4096;
  */
 export const FIRST_LIST_PAGE = 128;
 /** Most bytes asked for in one `get` (and so carried by one `data`). */
-export const MAX_GET_BYTES = 4 * 1024 * 1024;
+export const MAX_GET_BYTES = STORE_MAX_CHUNK; // a chunk, whole
 /** Request ids and chunk numbers are below 2^32 (PROTOCOL.md): a chunk number is a u32 in the index's keys. */
 export const MAX_U32 = 2 ** 32 - 1;
 /** Most items in one `get`. */
@@ -178,16 +178,16 @@ const bool = (x: unknown, what: string): boolean => {
 const chunks = (x: unknown, max: number, hashBytes = 32): WireChunk[] =>
   arr(x, 'c', max).map((c) => {
     const a = arr(c, 'a chunk', 2);
-    const size = count(a[1], 'a chunk size', 64 * 1024 * 1024);
+    const size = count(a[1], 'a chunk size', STORE_MAX_CHUNK);
     if (size === 0) throw bad('a chunk of size 0'); // no chunker cuts one
     return [hash(a[0], 'a chunk hash', hashBytes), size];
   });
-/** Chunker params that a store could have (resolveChunkerParams' rules), else ERR_PROTOCOL. */
+/** Chunker params that a new store could have (resolveStoreChunkerParams' rules), else ERR_PROTOCOL. */
 const params = (x: unknown): ChunkerParams => {
   if (!isObj(x)) throw bad('chunker is not a map');
   const p = { min: count(x.min, 'chunker.min'), avg: count(x.avg, 'chunker.avg'), max: count(x.max, 'chunker.max') };
   try {
-    resolveChunkerParams(p);
+    resolveStoreChunkerParams(p);
   } catch (e) {
     if (!isCabError(e, 'ERR_BAD_CHUNKER_PARAMS')) throw e;
     throw bad(`chunker: ${e.message}`);

@@ -1,4 +1,4 @@
-import { CabError, ERROR_CODES, isCabError, type ErrorCode } from '../errors.js';
+import { CabError, isCabError } from '../errors.js';
 import { checkBlobName } from '../format/layout.js';
 import type { BlobStore } from '../store.js';
 import { MAX_FRAME, MAX_GET_BYTES, decode, encode, type GetItem, type Message, type Perm } from './messages.js';
@@ -9,6 +9,7 @@ import { ByteBudget } from './budget.js';
 import { abortError, orAbort, throwIfAborted } from './abort.js';
 import { authenticate, checkPeer, helloFor, welcomeFor, type AuthOptions } from './handshake.js';
 import { Serving, SERVE_AHEAD_BYTES, type ServeEvent } from './serve.js';
+import { remoteError, type PushOptions, type PushResult } from './peer-types.js';
 
 /** What a session needs from a transport (a WebSocket, or anything that carries frames in order). */
 export interface Transport {
@@ -34,7 +35,7 @@ export interface PeerOptions extends AuthOptions {
   token?: string;
   /** Requests a peer may have outstanding here before it is cut off (server). */
   maxRequests?: number;
-  /** Close a connection that sends nothing for this long (server). */
+  /** Close a connection that sends nothing for this long (a server), or, with requests outstanding, answers nothing (a client). Default DEFAULT_IDLE_MS. */
   idleMs?: number;
   /** A name for the other side (signposts). */
   label?: string;
@@ -50,20 +51,7 @@ export interface PeerOptions extends AuthOptions {
   wire?: WireCount;
 }
 
-export interface PushOptions {
-  /** Cancels this push only: it rejects with ERR_ABORTED, the server is told to stop (`cancel`), other transfers go on. */
-  signal?: AbortSignal;
-}
-
-export interface PushResult {
-  name: string;
-  /** The blob hash (BEP 52); hex in JSON. */
-  hash: Uint8Array;
-  /** Chunk bytes the server fetched from us. */
-  received: number;
-  /** Bytes the server took from its own blobs. */
-  reused: number;
-}
+export type { PushOptions, PushResult } from './peer-types.js';
 
 interface Pending {
   resolve: (m: Message) => void;
@@ -71,14 +59,6 @@ interface Pending {
   /** A get's: its items handed over frame by frame as they come, and how many are still to come. */
   take?: (items: Uint8Array[]) => void;
   items?: number;
-}
-
-/** Turns an `err` message into a CabError with the remote's code when it is one of ours. */
-function remoteError(m: { code: string; msg: string }): CabError {
-  const code = (Object.hasOwn(ERROR_CODES, m.code) ? m.code : 'ERR_REMOTE') as ErrorCode;
-  // The peer's message already starts with its code: say it once ("ERR_AUTH: peer: this server needs a token").
-  const msg = m.msg.startsWith(`${m.code}: `) ? m.msg.slice(m.code.length + 2) : m.msg;
-  return new CabError(code, `peer: ${msg}`, { remote: true, found: m.code });
 }
 
 const ANSWERS = new Set<Message['t']>(['statr', 'listr', 'matchr', 'finer', 'data', 'ranger', 'done', 'err']);
@@ -109,6 +89,8 @@ export class Peer {
   #idle: NodeJS.Timeout | undefined;
   #windowWaiters: Array<() => void> = [];
   #remoteMaxRequests = DEFAULT_MAX_REQUESTS;
+  /** Follow stats (with `after`), which the server holds up to STAT_WAIT_MS: at most half the window, so other requests still go. */
+  #parked: ByteBudget | undefined;
   remoteChunker: { min: number; avg: number; max: number } | undefined;
 
   constructor(transport: Transport, options: PeerOptions) {
@@ -165,8 +147,10 @@ export class Peer {
   }
 
   #touch(): void {
-    if (this.#o.role !== 'server') return;
     clearTimeout(this.#idle);
+    // A client waits only while it has asked: then an answer owes it a message every idleMs (a server that stopped
+    // answering hung pulls, streams and remote reads for good). A follow stat is answered within STAT_WAIT_MS.
+    if (this.#o.role !== 'server' && this.#pending.size === 0) return;
     this.#idle = setTimeout(() => this.#fatal(new CabError('ERR_IDLE_TIMEOUT', `no message for ${this.#o.idleMs ?? DEFAULT_IDLE_MS} ms`)), this.#o.idleMs ?? DEFAULT_IDLE_MS);
     this.#idle.unref();
   }
@@ -261,6 +245,7 @@ export class Peer {
       m = { t: 'data', id: m.id, items: [], end: true };
     }
     this.#pending.delete(m.id!);
+    if (this.#pending.size === 0 && this.#o.role !== 'server') clearTimeout(this.#idle);
     this.#windowWaiters.shift()?.();
     if (m.t === 'err') p.reject(remoteError(m));
     else p.resolve(m);
@@ -268,6 +253,8 @@ export class Peer {
 
   #onWelcome(m: Extract<Message, { t: 'welcome' }>): void {
     if (this.#o.role !== 'client') return this.#fatal(new CabError('ERR_PROTOCOL', 'welcome sent to a server'));
+    // The terms of a session are set once (a second welcome would swap its perms, chunker and window mid-way).
+    if (this.remoteChunker !== undefined) return this.#fatal(new CabError('ERR_PROTOCOL', 'a second welcome'));
     try {
       checkPeer(m);
     } catch (e) {
@@ -314,11 +301,13 @@ export class Peer {
       this.#pending.set(id, { resolve, reject, ...(m.t === 'get' && take ? { take, items: m.items.length } : {}) }),
     );
     answer.catch(() => {}); // awaited below, unless cancelled: then nobody waits for it
+    if (this.#pending.size === 1 && this.#o.role !== 'server') this.#touch(); // the first outstanding: the wait starts
     try {
       await this.#send({ ...m, id } as Message);
     } catch (e) {
       // Never sent: nothing will answer it.
       this.#pending.delete(id);
+      if (this.#pending.size === 0 && this.#o.role !== 'server') clearTimeout(this.#idle);
       throw isCabError(e) ? e : new CabError('ERR_CONNECTION', (e as Error).message, {}, { cause: e });
     }
     let a: Message;
@@ -341,7 +330,8 @@ export class Peer {
       // An answer must fit in a frame this end accepts, with room for its framing.
       maxGetBytes: Math.max(64 * 1024, Math.min(MAX_GET_BYTES, (this.#o.maxFrame ?? MAX_FRAME) - FRAME_OVERHEAD)),
       stat: async (name, after) => {
-        const r = await this.request({ t: 'stat', id: 0, name, ...(after === undefined ? {} : { after }) }, 'statr');
+        const parked = after === undefined ? undefined : await (this.#parked ??= new ByteBudget(Math.max(1, this.#remoteMaxRequests >> 1))).take(1);
+        const r = await this.request({ t: 'stat', id: 0, name, ...(after === undefined ? {} : { after }) }, 'statr').finally(parked);
         // The hash as the library hands every hash out: a plain Uint8Array (the decoder gives a Buffer).
         return withHexJSON({ size: r.size, finalized: r.fin, ...(r.hash ? { hash: Uint8Array.from(r.hash) } : {}) });
       },

@@ -8,7 +8,7 @@ import { sharedListPages } from './list-pages.js';
 import type { RemoteSource } from './remote.js';
 import { withHexJSON, type ReceiveOptions, type TransferStats } from './stats.js';
 import { Receiver } from './receiver.js';
-import { SourceSet } from './sources.js';
+import { DEFAULT_STALL_MS, SourceSet } from './sources.js';
 import { orAbort } from './abort.js';
 
 export type { RemoteSource } from './remote.js';
@@ -34,7 +34,12 @@ export async function receive(store: BlobStore, src: RemoteSource, name: string,
   if (options.expect && (options.expect.size !== st.size || !bytesEqual(options.expect.hash, st.hash))) {
     throw new CabError('ERR_PROTOCOL', `blob ${name} is not what the sender announced`, { blob: name });
   }
-  return receiveBlob(store, SourceSet.of(src, { name, signal: options.signal }), name, { size: st.size, hash: st.hash }, options);
+  const set = SourceSet.of(src, { name, signal: options.signal, stallMs: options.stallMs ?? DEFAULT_STALL_MS });
+  try {
+    return await receiveBlob(store, set, name, { size: st.size, hash: st.hash }, options);
+  } finally {
+    await set.close(); // its stall watch (the source is the caller's)
+  }
 }
 
 /**

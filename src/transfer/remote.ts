@@ -61,7 +61,7 @@ export interface ListStart {
  * from `start`. ERR_PROTOCOL if the list does not cover the blob exactly
  * (checked once it is read to the end).
  */
-export async function* remoteChunks(src: RemoteSource, name: string, size: number, start: ListStart = { from: 0, offset: 0 }): AsyncGenerator<RemoteChunk> {
+export async function* remoteChunks(src: RemoteSource, name: string, total: number, start: ListStart = { from: 0, offset: 0 }): AsyncGenerator<RemoteChunk> {
   let { from, offset } = start;
   // Pages grow from FIRST_LIST_PAGE: the same sizes from the same start, whoever reads (sharedListPages relies on it).
   let max = FIRST_LIST_PAGE;
@@ -75,10 +75,12 @@ export async function* remoteChunks(src: RemoteSource, name: string, size: numbe
       next.catch(() => {}); // awaited in turn; a caller that stops early must not leave it unhandled
     }
     for (const [hash, size] of page.chunks) {
+      // Caught as it goes: a list running past the size announced would have us write (or hand out) without end.
+      if (offset + size > total) throw new CabError('ERR_PROTOCOL', `the chunk list runs past the ${total} bytes announced`, { blob: name });
       yield { hash, size, offset };
       offset += size;
     }
     if (page.end || page.chunks.length === 0) break;
   }
-  if (offset !== size) throw new CabError('ERR_PROTOCOL', `the chunk list covers ${offset} bytes of ${size}`, { blob: name });
+  if (offset !== total) throw new CabError('ERR_PROTOCOL', `the chunk list covers ${offset} bytes of ${total}`, { blob: name });
 }

@@ -174,10 +174,15 @@ export class Serving {
       }
       case 'fine': {
         this.#need('read');
-        // A chunk may be up to 64 MiB: its read counts against the same budget as gets.
+        // A chunk may be up to 64 MiB: its read counts against the same budget as gets, taken once the chunk is
+        // found here with that size (a fine of a chunk not here, waiting its turn for 64 MiB, held up every get).
+        const { r, at } = await this.#locate(m.hash, 0, m.size, m.size);
         const release = await this.#c.getBudget.take(m.size);
         try {
-          const bytes = await this.#chunkBytes(m.hash, 0, m.size, m.size);
+          // Read at once where the fragment is open, unchecked here as a get's items are (#locate passed over
+          // recorded damage; the receiver checks what it builds from the answer).
+          const bytes = new Uint8Array(m.size);
+          await r.readUnchecked(bytes, at, true);
           const c: WireChunk[] = [];
           let off = 0;
           for (const size of cdc(bytes, FINE_CHUNKER)) {
@@ -310,19 +315,6 @@ export class Serving {
     checkBlobName(name);
     if (this.#c.role === 'client' && !this.#pushing.has(name)) throw new CabError('ERR_PERMISSION', `blob ${name} is not being pushed`, { blob: name });
     return name;
-  }
-
-  /**
-   * Bytes [off, off + len) of the chunk with this hash, from a local blob holding it: as a get's items are, read at once where
-   * the fragment is open and not checked here (#locate passed over recorded damage; the receiver checks each fetched piece
-   * and the chunk built from them, so bytes wrong on disk fail there). A fine answer's read and hash of the whole chunk, on
-   * the thread that answers everything, made each run of an update wait longer for its list.
-   */
-  async #chunkBytes(hash: Uint8Array, off: number, len: number, size?: number): Promise<Uint8Array> {
-    const { r, at } = await this.#locate(hash, off, len, size);
-    const buf = new Uint8Array(len);
-    await r.readUnchecked(buf, at, true);
-    return buf;
   }
 
   /** A spare frame buffer of at least `size` bytes, taken off the list. */

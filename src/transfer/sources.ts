@@ -133,6 +133,9 @@ export class SourceEntry {
   }
 }
 
+/** A source that owes answers and sends nothing for this long is dropped. */
+export const DEFAULT_STALL_MS = 30_000;
+
 export interface SourceSetOptions {
   /** Blob name, for errors. */
   name: string;
@@ -171,6 +174,7 @@ export class SourceSet {
   constructor(readonly o: SourceSetOptions) {
     this.#solo = o.solo === true;
     const stall = o.stallMs;
+    if (stall !== undefined && !(Number.isSafeInteger(stall) && stall > 0)) throw new CabError('ERR_BAD_ARGUMENT', `stallMs must be a positive integer (ms), not ${String(stall)}`, { blob: o.name });
     if (stall !== undefined) {
       const every = Math.max(10, Math.floor(stall / 4));
       this.#timer = setInterval(() => this.#checkStalls(stall, every), every);

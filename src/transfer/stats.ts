@@ -40,6 +40,8 @@ export interface ReceiveOptions {
   label?: string;
   /** What the sender announced (push): checked against its stat. */
   expect?: { size: number; hash: Uint8Array };
+  /** A sender that owes answers and sends nothing for this long fails the transfer with ERR_IDLE_TIMEOUT (what landed stays, resumable). Default DEFAULT_STALL_MS (30 s). */
+  stallMs?: number;
 }
 
 function hexJSON(this: Record<string, unknown>): Record<string, unknown> {

@@ -224,6 +224,8 @@ export interface ConnectOptions {
   timeoutMs?: number;
   /** Cancels the connect (the upgrade or the handshake): it rejects with ERR_ABORTED and leaves no socket open. Once connected, the signal plays no part. */
   signal?: AbortSignal;
+  /** With requests outstanding, a server that sends nothing for this long is cut off: every waiting request (a pull, a stream, a remote read) fails with ERR_IDLE_TIMEOUT. Default DEFAULT_IDLE_MS (120 s); a follow wait is answered within 20 s. */
+  idleTimeoutMs?: number;
 }
 
 export interface CabClient {
@@ -284,7 +286,7 @@ export async function connect(store: BlobStore, url: string, options: ConnectOpt
       ws.once('open', () => resolve());
       ws.once('error', (e) => reject(new CabError('ERR_CONNECTION', `cannot connect to ${url}: ${e.message}`, {}, { cause: e })));
     });
-    peer = new Peer(wsTransport(ws, count), { store, role: 'client', token: options.token, label: url, maxFrame: options.maxFrame ?? MAX_FRAME });
+    peer = new Peer(wsTransport(ws, count), { store, role: 'client', token: options.token, label: url, maxFrame: options.maxFrame ?? MAX_FRAME, idleMs: options.idleTimeoutMs ?? DEFAULT_IDLE_MS });
     wire(ws, peer, count);
     await peer.hello();
   } catch (e) {
