@@ -215,6 +215,23 @@ export class BlobStore {
     return this.#t.forHeldBlob(name, () => this.has(name), this.tables.metadata.updater(name, patch));
   }
 
+  /**
+   * @internal updateSignpost and updateBlobMetadata in one transaction (one
+   * commit: a pull's bookkeeping). A blob not held here gets the signpost
+   * alone, and ERR_NO_SUCH_BLOB as updateBlobMetadata.
+   */
+  async updateSignpostAndMetadata(name: string, sp: PatchOf<Signpost, SignpostPatch>, md: PatchOf<BlobMetadata, BlobMetadataPatch>): Promise<void> {
+    const t = this.#t;
+    const signpost = t.signposts.updater(name, sp);
+    const metadata = t.metadata.updater(name, md);
+    try {
+      await t.forHeldBlob(name, () => this.has(name), () => t.together(() => (signpost(), metadata())));
+    } catch (e) {
+      if (isCabError(e, 'ERR_NO_SUCH_BLOB')) signpost();
+      throw e;
+    }
+  }
+
   /** undefined if the blob has no metadata, or does not exist (it does not look for the blob). */
   async getBlobMetadata(name: string): Promise<BlobMetadata | undefined> {
     return this.#t.metadata.get(name);

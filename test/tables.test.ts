@@ -139,3 +139,34 @@ test('the tables survive deleting index/', async (t) => {
   t.deepEqual(await s.getPerSyncgroup('g'), psg(4));
   t.is((await collect(s.blobChunkStream(name))).length, 1);
 });
+
+test("updateSignpostAndMetadata: one transaction (a patch that throws writes neither); a blob not held gets the signpost alone", async (t) => {
+  const s = await tempStore(t);
+  await putBlob(s, Buffer.from('a'), A);
+  await s.setSignpost(A, sp(1));
+  await s.setBlobMetadata(A, md(1));
+  const seen = { whenSeen: new Date(1_800_000_000_000), isProxy: false, isServer: true };
+  await s.updateSignpostAndMetadata(A, { locations: { 'peer-c': seen } }, { accessed: new Date(1_800_000_000_001) });
+  t.deepEqual((await s.getSignpost(A))!.locations['peer-c'], seen);
+  t.truthy((await s.getSignpost(A))!.locations['peer-a'], 'locations merge');
+  t.deepEqual((await s.getBlobMetadata(A))!.accessed, new Date(1_800_000_000_001));
+  t.deepEqual((await s.getBlobMetadata(A))!.ownerShares, md(1).ownerShares);
+
+  // The metadata's patch fails after the signpost's ran: the signpost's write is undone with it.
+  const before = { sp: await s.getSignpost(A), md: await s.getBlobMetadata(A) };
+  const boom = new Error('patch failed');
+  const e = await t.throwsAsync(() =>
+    s.updateSignpostAndMetadata(A, { locations: { 'peer-d': seen } }, () => {
+      throw boom;
+    }),
+  );
+  t.is(e, boom);
+  t.deepEqual(await s.getSignpost(A), before.sp, 'the signpost is as it was');
+  t.deepEqual(await s.getBlobMetadata(A), before.md);
+
+  // Not held: the signpost is written, the metadata refused.
+  const err = await t.throwsAsync(() => s.updateSignpostAndMetadata(B, { locations: { 'peer-c': seen } }, { accessed: new Date(7) }));
+  t.is((err as CabError).code, 'ERR_NO_SUCH_BLOB');
+  t.deepEqual((await s.getSignpost(B))!.locations['peer-c'], seen);
+  t.is(await s.getBlobMetadata(B), undefined);
+});

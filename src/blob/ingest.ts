@@ -1,7 +1,7 @@
 import { CabError } from '../errors.js';
 import { Chunker } from '../chunker/fastcdc.js';
 import type { MerkleState } from '../hash/merkle.js';
-import { HashJob } from '../hash/pool.js';
+import { HashJob, type FileBytes } from '../hash/pool.js';
 import { sha256, toHex } from '../hash/sha256.js';
 import { FragmentWriter, type FragmentFiles } from '../disk/fragments.js';
 import type { Descriptor } from '../format/descriptor.js';
@@ -217,8 +217,8 @@ export class Ingest {
     if (!steady && this.#unheard !== undefined) throw this.#unheard;
   }
 
-  /** Whole chunks of a stored blob, taken as they are (appendBlob's fast path): their extents and recorded chunks, and their bytes for the blob hash only. The chunker must be at a boundary. */
-  async addWhole(extents: Iterable<Extent>, chunks: Array<{ hash: Uint8Array; size: number }>, bytes: Uint8Array): Promise<void> {
+  /** Whole chunks of a stored blob, taken as they are (appendBlob's fast path): their extents and recorded chunks, and their bytes (or where the hashing thread reads them) for the blob hash only. The chunker must be at a boundary. */
+  async addWhole(extents: Iterable<Extent>, chunks: Array<{ hash: Uint8Array; size: number }>, bytes: Uint8Array | FileBytes): Promise<void> {
     await this.#drain(true);
     this.#throwIfRefused();
     await this.#layer?.room(this.#size);

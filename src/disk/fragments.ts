@@ -156,6 +156,11 @@ export class FragmentFiles {
     return this.#cas.remote !== undefined;
   }
 
+  /** Opens fragment `frag` (kept open, as a read would): ERR_FRAGMENT_MISSING if it is not there. */
+  async open(frag: string): Promise<void> {
+    await this.#handle(frag);
+  }
+
   /** Starts opening (for a bucket-backed store: fetching, with the chunks of `plan` checked as they come) a fragment a read will soon need. */
   prefetch(frag: string, plan?: PlanFor): void {
     if (!this.#closed && !this.#open.has(frag)) this.#handle(frag, plan).catch(() => {}); // the read that needs it sees the failure

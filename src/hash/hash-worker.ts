@@ -256,6 +256,34 @@ function hashSame(job: Job, bytes: Uint8Array, cuts: number[], skip: number[] | 
   feedTo(bytes.length);
 }
 
+/** Where `read` messages' bytes go, a slice at a time (hashed while in cache). */
+const scratch = Buffer.allocUnsafe(SLICE);
+
+/** Reads [path, position, length] triples of fragments (FileBytes) into the merkle tree. One gone or shorter than that fails the job, as a read on the main thread would (ERR_FRAGMENT_MISSING). */
+function hashFiles(job: Job, files: Array<string | number>): void {
+  for (let i = 0; i < files.length; i += 3) {
+    const file = files[i] as string;
+    const missing = (why: string) => Object.assign(new Error(`fragment ${file.slice(file.lastIndexOf('/') + 1)} ${why}`), { code: 'ERR_FRAGMENT_MISSING' });
+    let fd: number;
+    try {
+      fd = fs.openSync(file, 'r');
+    } catch (e) {
+      throw (e as NodeJS.ErrnoException).code === 'ENOENT' ? missing('is missing') : e;
+    }
+    try {
+      const end = (files[i + 1] as number) + (files[i + 2] as number);
+      for (let pos = files[i + 1] as number; pos < end; ) {
+        const n = fs.readSync(fd, scratch, 0, Math.min(SLICE, end - pos), pos);
+        if (n <= 0) throw missing('is shorter than its extents');
+        job.merkle.update(scratch.subarray(0, n));
+        pos += n;
+      }
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+}
+
 /** Writes ranges of held block `hold` and lets it go (a `write` message, or a `data` message's `free`). */
 function writeHeld(job: Job | undefined, hold: number, writes: number[]): void {
   const h = job?.held.get(hold);
@@ -306,6 +334,16 @@ port.on('message', (m: ToWorker) => {
       else port.postMessage({ t: 'ack', ...ack }, ack.buf ? [ack.buf as ArrayBuffer] : []);
       break;
     }
+    case 'read':
+      if (job && !job.error && !job.refused) {
+        try {
+          hashFiles(job, m.files);
+        } catch (e) {
+          job.error = e as Error;
+        }
+      }
+      port.postMessage({ t: 'ack', n: m.len });
+      break;
     case 'write':
       writeHeld(job, m.hold, m.writes);
       break;

@@ -30,6 +30,8 @@ export type ToWorker =
       /** A held block's writes and release (writeHeld), done before this message's bytes: one message a block, not two. */
       free?: { hold: number; writes: number[] };
     }
+  /** Bytes of stored files (FileBytes.files) for the merkle tree only, read by the thread itself: `len` bytes in all. */
+  | { t: 'read'; id: number; files: Array<string | number>; len: number }
   | { t: 'layer'; id: number; at: number; fd?: number }
   | { t: 'layer-end'; id: number; seq: number }
   | { t: 'write'; id: number; hold: number; writes: number[] }
@@ -53,6 +55,9 @@ export interface SamePlan {
 }
 
 type Request = 'written' | 'state' | 'digest' | 'open-chunk' | 'close';
+
+/** Bytes of files that stay as they are while the sender holds them (a pinned blob's fragments): [path, position, length] triples, `length` in all; the hashing thread reads them (HashJob.send). */
+export interface FileBytes { files: Array<string | number>; length: number }
 
 /** `n`: bytes of data the thread is done with (an ack), on an answer too. */
 type FromWorker = { t: 'ack'; n: number; buf?: ArrayBuffer } | { t: 'res'; seq: number; n?: number; buf?: ArrayBuffer; cpu?: number; value?: unknown; error?: { message: string; code?: string } };
@@ -128,7 +133,7 @@ class HashThread {
       if (m.error) {
         // An errno from the thread's writes (ENOSPC, EIO) keeps its meaning: ERR_NO_SPACE or ERR_IO.
         const e = Object.assign(new Error(m.error.message), m.error.code ? { code: m.error.code } : {});
-        w.reject(m.error.code === 'ERR_CLOSED' ? new CabError('ERR_CLOSED', m.error.message) : ioError(e, 'writing a fragment'));
+        w.reject(m.error.code === 'ERR_CLOSED' || m.error.code === 'ERR_FRAGMENT_MISSING' ? new CabError(m.error.code, m.error.message) : ioError(e, 'writing a fragment'));
       } else w.resolve(m.value);
     });
     this.#worker.on('error', (e) => this.#die(new CabError('ERR_CLOSED', `the hashing thread failed: ${e.message}`, {}, { cause: e })));
@@ -155,7 +160,7 @@ class HashThread {
 
   post(m: ToWorker, transfer: ArrayBuffer[] = []): void {
     if (this.#dead) throw this.#dead;
-    if (m.t === 'data') this.#inFlight += m.len;
+    if (m.t === 'data' || m.t === 'read') this.#inFlight += m.len;
     this.#worker.ref();
     this.#worker.postMessage(m, transfer);
   }
@@ -238,9 +243,11 @@ export class HashJob {
    * `writes` lists [offset in bytes, length, fragment offset] triples to
    * write to the current fragment. With `give`, the buffer is transferred
    * and the caller must not touch it again; otherwise it is copied.
+   * FileBytes (merkle only, no writes) are read by the thread.
    */
-  send(bytes: Uint8Array, merkle: boolean, writes: number[], give: boolean): void {
+  send(bytes: Uint8Array | FileBytes, merkle: boolean, writes: number[], give: boolean): void {
     if (bytes.length === 0) return;
+    if (!(bytes instanceof Uint8Array)) return this.#send({ t: 'read', id: this.#id, files: bytes.files, len: bytes.length });
     this.#post(bytes, give, { merkle, writes });
   }
 

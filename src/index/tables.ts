@@ -332,8 +332,11 @@ export class Tables {
   /** Uploads through the HTTP face, by blob name. */
   readonly uploads: Table<UploadRecord>;
 
+  readonly #dir: string;
+
   private constructor(env: RootDatabase, dir: string) {
     this.#env = env;
+    this.#dir = dir;
     const db = <T>(name: string) => env.openDB<T, string>({ name, keyEncoding: 'ordered-binary' });
     this.metadata = new Table(db<BlobMetadata>('metadata'), dir, (k) => checkBlobName(k), checkMetadata, patchMetadata);
     this.signposts = new Table(db<Signpost>('signposts'), dir, (k) => checkBlobName(k), checkSignpost, patchSignpost);
@@ -353,6 +356,25 @@ export class Tables {
     if (await held()) return out;
     await this.metadata.delete(name);
     throw gone();
+  }
+
+  /** Runs table writes (each its own transaction) as one transaction: one commit, one fdatasync; a write that throws undoes them all. */
+  together<T>(writes: () => T): T {
+    let failed: { e: unknown } | undefined;
+    try {
+      return lmdbWriteSync('writing a table', this.#dir, () =>
+        this.#env.transactionSync(() => {
+          try {
+            return writes();
+          } catch (e) {
+            failed = { e };
+            throw e; // undoes the transaction
+          }
+        }),
+      );
+    } catch (e) {
+      throw failed ? failed.e : e; // a write's own error as it came, not as LMDB's
+    }
   }
 
   static open(dir: string): Tables {
