@@ -90,6 +90,8 @@ export class FetchWindow {
   #stopped = false;
   /** Waiting for room or for the end: a head get may be stolen. */
   #blocked = false;
+  /** When #dispatch last looked (the wait looks again every STEAL_AFTER_MS / 4 while there is a source to steal for). */
+  #looked = performance.now();
   #writing: Promise<void> | undefined;
   #waiters: Array<() => void> = [];
   readonly #unlisten: () => void;
@@ -197,10 +199,15 @@ export class FetchWindow {
       if (none) this.#failure = none;
     }
     const head = this.#queue.find((g) => g.got < g.chunks.length);
+    const now = performance.now();
+    // This process was busy (a look came late): what arrived meanwhile is not read yet, so the head's wait starts again.
+    const late = now - this.#looked > STEAL_AFTER_MS / 2;
+    this.#looked = now;
     if (this.#blocked && head?.ask) {
       const rest = head.bytes - head.at;
       const idle = this.#lanes.idle(head.ask.lane, rest);
-      if (idle && performance.now() - head.moved > Math.max(STEAL_AFTER_MS, 4 * idle.finish(rest))) this.#ask(head, idle);
+      if (late) head.moved = Math.max(head.moved, now);
+      else if (idle && now - head.moved > Math.max(STEAL_AFTER_MS, 4 * idle.finish(rest))) this.#ask(head, idle);
     }
   }
 
