@@ -11,8 +11,9 @@ import { threadCpuNs } from './thread-cpu.js';
 
 interface Held {
   bytes: Uint8Array;
-  /** The buffer goes back to the sender once released (a recycled one). */
+  /** The buffer goes back to the sender once released (a recycled one), or the shared slot at this offset does. */
   back: boolean;
+  slot?: number;
 }
 
 interface Job {
@@ -57,6 +58,8 @@ function errorOf(e: Error): { message: string; code?: string } {
 interface Ack {
   n: number;
   buf?: ArrayBufferLike;
+  /** A shared slot the thread is done with (blocks.ts): its offset. */
+  slot?: number;
   /** This thread's CPU time so far (threadCpuNs), on the answer to a block: the writer balances by it. */
   cpu?: number;
 }
@@ -80,7 +83,8 @@ function reply(seq: number, job: Job | undefined, value: () => unknown, ack: Ack
 
 /** A held block let go: a recycled buffer goes back for the next one. */
 function release(h: Held): void {
-  if (h.back) port.postMessage({ t: 'ack', n: 0, buf: h.bytes.buffer }, [h.bytes.buffer as ArrayBuffer]);
+  if (h.slot !== undefined) port.postMessage({ t: 'ack', n: 0, slot: h.slot });
+  else if (h.back) port.postMessage({ t: 'ack', n: 0, buf: h.bytes.buffer }, [h.bytes.buffer as ArrayBuffer]);
 }
 
 /**
@@ -299,8 +303,8 @@ port.on('message', (m: ToWorker) => {
       }
       // Held for the writes to come; otherwise done with (a recycled buffer goes back with the ack).
       const keep = m.hold !== undefined && job !== undefined && !job.error;
-      if (keep) job.held.set(m.hold!, { bytes, back: m.back === true });
-      const ack: Ack = !keep && m.back ? { n: m.len, buf: m.buf } : { n: m.len };
+      if (keep) job.held.set(m.hold!, { bytes, back: m.back === true, slot: m.slot });
+      const ack: Ack = keep || !m.back ? { n: m.len } : m.slot !== undefined ? { n: m.len, slot: m.slot } : { n: m.len, buf: m.buf };
       if (m.seq !== undefined) ack.cpu = threadCpuNs();
       if (m.seq !== undefined) reply(m.seq, job, () => out ?? null, ack);
       else port.postMessage({ t: 'ack', ...ack }, ack.buf ? [ack.buf as ArrayBuffer] : []);
