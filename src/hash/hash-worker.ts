@@ -7,6 +7,7 @@ import crypto from 'node:crypto';
 import { parentPort } from 'node:worker_threads';
 import { LEAF_SIZE, MerkleHasher, type MerkleState } from './merkle.js';
 import type { SamePlan, ToWorker } from './pool.js';
+import { sha256 } from './sha256.js';
 import { threadCpuNs } from './thread-cpu.js';
 
 interface Held {
@@ -18,8 +19,9 @@ interface Held {
 
 interface Job {
   merkle: MerkleHasher;
-  /** The SHA-256 of the chunk in progress: the bytes since the last cut. */
+  /** The SHA-256 of the chunk in progress: the bytes since the last cut (`chunkFed`: there are some). */
   chunk: crypto.Hash;
+  chunkFed: boolean;
   fd: number;
   /** Blocks kept until the writer says which of their bytes to write. */
   held: Map<number, Held>;
@@ -101,6 +103,25 @@ const SLICE = 256 * 1024;
  * written to `out` 32 bytes per cut. A cut whose `skip` entry is 1 ends a
  * chunk whose hash the writer knows already: its bytes are not hashed.
  */
+/** Bytes of the chunk in progress, not its end (see chunkEnd). */
+function chunkPart(job: Job, bytes: Uint8Array): void {
+  job.chunk.update(bytes);
+  job.chunkFed = true;
+}
+
+/**
+ * The hash of the chunk in progress, ending with `last`; the next starts
+ * afresh. A chunk that lies whole in `last` (most: they are shorter than a
+ * block) is hashed in one shot, without a Hash object (a few us each).
+ */
+function chunkEnd(job: Job, last: Uint8Array): Uint8Array {
+  if (!job.chunkFed) return sha256(last);
+  const h = job.chunk.update(last).digest();
+  job.chunk = crypto.createHash('sha256');
+  job.chunkFed = false;
+  return h;
+}
+
 function hash(job: Job, bytes: Uint8Array, merkle: boolean, cuts: number[] | undefined, skip: number[] | undefined, out: Uint8Array | undefined): void {
   let ci = 0;
   let from = 0; // bytes before this are in a chunk hash (or skipped)
@@ -109,14 +130,10 @@ function hash(job: Job, bytes: Uint8Array, merkle: boolean, cuts: number[] | und
     if (merkle) job.merkle.update(bytes.subarray(s, e));
     if (!cuts) continue;
     for (; ci < cuts.length && cuts[ci]! <= e; ci++) {
-      if (skip?.[ci] !== 1) {
-        job.chunk.update(bytes.subarray(from, cuts[ci]));
-        out!.set(job.chunk.digest(), 32 * ci);
-        job.chunk = crypto.createHash('sha256');
-      }
+      if (skip?.[ci] !== 1) out!.set(chunkEnd(job, bytes.subarray(from, cuts[ci])), 32 * ci);
       from = cuts[ci]!;
     }
-    if (from < e && skip?.[ci] !== 1) job.chunk.update(bytes.subarray(from, e));
+    if (from < e && skip?.[ci] !== 1) chunkPart(job, bytes.subarray(from, e));
     from = e;
   }
 }
@@ -134,8 +151,8 @@ function check(job: Job, bytes: Uint8Array, merkle: boolean, cuts: number[], exp
   let from = 0;
   for (let ci = 0; ci < cuts.length; ci++) {
     const chunk = bytes.subarray(from, cuts[ci]);
-    const h = crypto.createHash('sha256').update(chunk).digest();
-    if (h.compare(expect, 32 * ci, 32 * ci + 32) !== 0) {
+    const h = sha256(chunk);
+    if (Buffer.compare(h, expect.subarray(32 * ci, 32 * ci + 32)) !== 0) {
       job.refused = true;
       return ci;
     }
@@ -228,10 +245,8 @@ function hashSame(job: Job, bytes: Uint8Array, cuts: number[], skip: number[] | 
     const end = cuts[ci]!;
     let h: Uint8Array | undefined;
     if (skip?.[ci] !== 1) {
-      job.chunk.update(bytes.subarray(from, end));
-      h = job.chunk.digest();
+      h = chunkEnd(job, bytes.subarray(from, end));
       out.set(h, 32 * ci);
-      job.chunk = crypto.createHash('sha256');
     }
     const flag = plan.flags[ci];
     const same = flag === 2 || (flag === 1 && h !== undefined && Buffer.compare(h, expect.subarray(32 * ci, 32 * ci + 32)) === 0);
@@ -256,7 +271,7 @@ function hashSame(job: Job, bytes: Uint8Array, cuts: number[], skip: number[] | 
     }
     from = end;
   }
-  if (from < bytes.length) job.chunk.update(bytes.subarray(from));
+  if (from < bytes.length) chunkPart(job, bytes.subarray(from));
   feedTo(bytes.length);
 }
 
@@ -279,7 +294,7 @@ port.on('message', (m: ToWorker) => {
   const job = jobs.get(m.id);
   switch (m.t) {
     case 'open':
-      jobs.set(m.id, { merkle: m.state ? MerkleHasher.fromState(m.state) : new MerkleHasher(), chunk: crypto.createHash('sha256'), fd: -1, held: new Map(), lent: 0 });
+      jobs.set(m.id, { merkle: m.state ? MerkleHasher.fromState(m.state) : new MerkleHasher(), chunk: crypto.createHash('sha256'), chunkFed: false, fd: -1, held: new Map(), lent: 0 });
       break;
     case 'data': {
       if (m.free) writeHeld(job, m.free.hold, m.free.writes);
