@@ -1,7 +1,11 @@
 import fs from 'node:fs/promises';
 import { CabError } from '../errors.js';
-import { RECYCLED_BYTES, recycledBuffer } from '../hash/pool.js';
+import { RECYCLED_BYTES, blockBuffer, dropBlock, shareSlots } from '../hash/blocks.js';
+import { SLOTS_AT, SLOT_BYTES, SLOT_COUNT, gearWasm } from '../chunker/gear-wasm.js';
 import type { Descriptor } from '../format/descriptor.js';
+
+// Blocks of input go into the chunker's memory where the hashing thread shares it (hash/blocks.ts).
+if (gearWasm?.shared && SLOT_BYTES === RECYCLED_BYTES) shareSlots(gearWasm.shared, SLOTS_AT, SLOT_COUNT);
 
 /**
  * What appendBytes takes: bytes (a Uint8Array; a Buffer is one), or a range
@@ -156,8 +160,13 @@ export async function feedInputs(inputs: Input[], feed: (block: Uint8Array, give
       }
     } else {
       await flushGather();
-      for await (const block of readBlocks(input.size, READ_BLOCK, (pos, n) => readFile(input.fh, input.offset + pos, n))) {
-        await feed(block, true);
+      for await (const block of readBlocks(input.size, READ_BLOCK, (pos, n) => readFile(input.fh, input.offset + pos, n), dropBlock)) {
+        try {
+          await feed(block, true);
+        } catch (e) {
+          dropBlock(block); // not given, if it failed before the hashing thread had it
+          throw e;
+        }
       }
     }
   }
@@ -189,9 +198,10 @@ const READ_AHEAD = 2;
 /**
  * Yields `total` bytes in blocks from `read(pos, n)`, READ_AHEAD blocks
  * ahead, so that I/O overlaps the caller's work: one slow read (a cold
- * page cache, a disk shared with others) does not stall it.
+ * page cache, a disk shared with others) does not stall it. `drop`: what
+ * becomes of a block read ahead and never yielded (the caller stopped).
  */
-export async function* readBlocks(total: number, blockSize: number, read: (pos: number, n: number) => Promise<Uint8Array>): AsyncGenerator<Uint8Array> {
+export async function* readBlocks(total: number, blockSize: number, read: (pos: number, n: number) => Promise<Uint8Array>, drop?: (block: Uint8Array) => void): AsyncGenerator<Uint8Array> {
   let pos = 0;
   const ahead: Array<Promise<Uint8Array>> = [];
   const fill = () => {
@@ -204,25 +214,34 @@ export async function* readBlocks(total: number, blockSize: number, read: (pos: 
     }
   };
   fill();
-  while (ahead.length > 0) {
-    const cur = await ahead.shift()!;
-    fill();
-    yield cur;
+  try {
+    while (ahead.length > 0) {
+      const cur = await ahead.shift()!;
+      fill();
+      yield cur;
+    }
+  } finally {
+    for (const r of ahead.splice(0)) r.then((b) => drop?.(b), () => {});
   }
 }
 
 /**
  * Bytes [position, position + n) of a file being appended; ERR_ILLEGAL_POSITION
- * if it shrank meanwhile. Read into a recycled buffer, which the hashing
- * thread hands back: fresh memory for every block cost a page fault per 4 KiB.
+ * if it shrank meanwhile. Read into a block buffer (a shared slot or a
+ * recycled buffer), which the hashing thread hands back: fresh memory for
+ * every block cost a page fault per 4 KiB.
  */
 async function readFile(fh: fs.FileHandle, position: number, n: number): Promise<Buffer> {
-  const buf = n <= RECYCLED_BYTES ? recycledBuffer(n) : Buffer.allocUnsafe(n);
-  let done = 0;
-  while (done < n) {
-    const { bytesRead } = await fh.read(buf, done, n - done, position + done);
-    if (bytesRead === 0) throw new CabError('ERR_ILLEGAL_POSITION', 'the file shrank while it was being read', { offset: position + done });
-    done += bytesRead;
+  const buf = n <= RECYCLED_BYTES ? blockBuffer(n) : Buffer.allocUnsafe(n);
+  try {
+    for (let done = 0; done < n; ) {
+      const { bytesRead } = await fh.read(buf, done, n - done, position + done);
+      if (bytesRead === 0) throw new CabError('ERR_ILLEGAL_POSITION', 'the file shrank while it was being read', { offset: position + done });
+      done += bytesRead;
+    }
+  } catch (e) {
+    dropBlock(buf);
+    throw e;
   }
   return buf;
 }

@@ -17,6 +17,16 @@ export const LAYER_MIN = 1024 * 1024;
 const LAYER_OPEN_AT = 16 * 1024 * 1024;
 /** Groups of a source's leaf hashes read at once: 32 MiB of blob, 64 KiB of hashes. */
 const WINDOW_GROUPS = 32;
+/** A source's chunks read from the index at once (about 8 MiB of blob at 64 KiB chunks): one read, and one look at its entry, per batch rather than per block. */
+const BATCH_CHUNKS = 128;
+
+/** A run of a source's chunks from the index: chunk number `n` on, their hashes (32 bytes each), sizes and offsets. */
+interface Batch {
+  n: number;
+  hashes: Uint8Array;
+  sizes: number[];
+  offsets: number[];
+}
 
 /**
  * A new blob's leaf layer (src/blob/leaf-layer.ts), written as the blob
@@ -125,6 +135,8 @@ export class SameLeaves {
   #ahead: Window | undefined;
   /** The source's chunk number at `offset`, where the last block's search stopped. */
   #cursor: { n: number; offset: number } | undefined;
+  /** The source's chunks read last (see #batch). */
+  #batch: Batch | undefined;
   /** Whether the last plan found any chunk at the same offset. */
   #matched = false;
   #desc: Descriptor | undefined;
@@ -146,6 +158,7 @@ export class SameLeaves {
     this.#tree = undefined;
     this.#win = this.#ahead = undefined;
     this.#cursor = undefined;
+    this.#batch = undefined;
     this.#matched = true;
     this.close();
     const file = this.#s.layout.leafLayer(name);
@@ -174,15 +187,9 @@ export class SameLeaves {
     const blob = this.#blob;
     const tree = this.#tree;
     if (blob === undefined || !tree || chunks.length === 0) return undefined;
-    // The index must still describe the blob whose layer and descriptor are held: not another under its name
-    // (deleted and written again), nor the same with damage recorded since (its chunks there lend nothing).
-    const e = this.#s.index.blob(blob);
-    if (!e?.h || !bytesEqual(e.h, this.#desc!.hash!) || String(e.k) !== String(flatDamage(this.#desc!.damage))) {
-      this.#tree = null;
-      return undefined;
-    }
     const expect = new Uint8Array(32 * chunks.length);
     const flags = this.#match(blob, chunks, expect);
+    if (this.#tree === null) return undefined;
     const firstAt = flags.findIndex((f) => f !== 0);
     this.#matched = firstAt >= 0;
     if (firstAt < 0) return undefined;
@@ -198,27 +205,67 @@ export class SameLeaves {
   /** Flags per chunk (see SamePlan) and the source's hashes into `expect`. */
   #match(blob: string, chunks: readonly PlanChunk[], expect: Uint8Array): number[] {
     const flags: number[] = new Array<number>(chunks.length).fill(0);
-    const index = this.#s.index;
     const start = chunks[0]!.start;
-    let n = this.#cursor?.offset === start ? this.#cursor.n : index.chunkNumberAt(blob, start);
+    let n = this.#cursor?.offset === start ? this.#cursor.n : this.#s.index.chunkNumberAt(blob, start);
     if (n === undefined) return flags;
+    let b = this.#batchAt(blob, n);
     let i = 0;
-    for (const c of index.blobChunks(blob, n)) {
-      while (i < chunks.length && chunks[i]!.start < c.offset) i++;
+    while (b && i < chunks.length) {
+      const k = n - b.n;
+      if (k >= b.sizes.length) {
+        // Past the batch: the next one, unless the source has no more chunks.
+        b = b.sizes.length === BATCH_CHUNKS ? this.#batchAt(blob, n) : undefined;
+        continue;
+      }
+      const offset = b.offsets[k]!;
+      const size = b.sizes[k]!;
+      while (i < chunks.length && chunks[i]!.start < offset) i++;
       if (i === chunks.length) break;
       n++;
-      if (chunks[i]!.start !== c.offset) continue;
-      this.#cursor = { n, offset: c.offset + c.size };
+      if (chunks[i]!.start !== offset) continue;
+      this.#cursor = { n, offset: offset + size };
       const mine = chunks[i]!;
-      if (mine.size === c.size) {
+      if (mine.size === size) {
+        const hash = b.hashes.subarray(32 * k, 32 * k + 32);
         if (mine.known === undefined) {
-          expect.set(c.hash, 32 * i);
+          expect.set(hash, 32 * i);
           flags[i] = 1;
-        } else if (bytesEqual(mine.known, c.hash)) flags[i] = 2;
+        } else if (bytesEqual(mine.known, hash)) flags[i] = 2;
       }
-      if (++i === chunks.length) break;
+      i++;
     }
     return flags;
+  }
+
+  /**
+   * The batch holding the source's chunk number `n`, read from the index
+   * if the last one does not (undefined, and no more lending, if the
+   * source changed). With each read the index must still describe the blob
+   * whose layer and descriptor are held: not another under its name
+   * (deleted and written again), nor the same with damage recorded since
+   * (its chunks there lend nothing). Between reads the batch is the held
+   * blob's, so its hashes and the layer's leaves still agree; a source
+   * deleted or damaged meanwhile goes on lending to the end of the batch
+   * at most, as a block decided after such a change did before.
+   */
+  #batchAt(blob: string, n: number): Batch | undefined {
+    const last = this.#batch;
+    if (last && n >= last.n && n < last.n + last.sizes.length) return last;
+    const e = this.#s.index.blob(blob);
+    if (!e?.h || !bytesEqual(e.h, this.#desc!.hash!) || String(e.k) !== String(flatDamage(this.#desc!.damage))) {
+      this.#tree = null;
+      this.#batch = undefined;
+      return undefined;
+    }
+    const b: Batch = { n, hashes: new Uint8Array(32 * BATCH_CHUNKS), sizes: [], offsets: [] };
+    for (const c of this.#s.index.blobChunks(blob, n)) {
+      b.hashes.set(c.hash, 32 * b.sizes.length);
+      b.sizes.push(c.size);
+      b.offsets.push(c.offset);
+      if (b.sizes.length === BATCH_CHUNKS) break;
+    }
+    this.#batch = b;
+    return b;
   }
 
   /** The source's leaf hashes [first, end) as far as the windows read hold them from `first`, reading ahead; undefined if none yet. */

@@ -46,15 +46,15 @@ function scan1(p: Uint8Array, i: number, stop: number, mask: number, fp: number)
  * `fp`), fp after the window being lane 3's, and stops at the first window
  * in which any lane finds a cut. From there (and for the tail shorter than
  * a window) `scan1` goes on one byte at a time and returns the first cut:
- * the boundaries are exactly `scan1`'s. `inWasm`: the piece's bytes are in
- * the module's memory, at the same offsets plus DATA_AT. (The same lanes in
+ * the boundaries are exactly `scan1`'s. `at`: the piece's bytes are in
+ * the module's memory from this address (-1: they are not). (The same lanes in
  * JavaScript ran no faster than `scan1`: each typed-array access there
  * costs a bounds check.)
  */
-function scan(p: Uint8Array, i: number, stop: number, mask: number, fp: number, inWasm: boolean): number {
+function scan(p: Uint8Array, i: number, stop: number, mask: number, fp: number, at: number): number {
   let j = i;
-  if (inWasm && stop - j >= 4 * WASM_LANE) {
-    j = gearWasm!.lanes(DATA_AT + j, DATA_AT + stop, mask, fp) - DATA_AT;
+  if (at >= 0 && stop - j >= 4 * WASM_LANE) {
+    j = gearWasm!.lanes(at + j, at + stop, mask, fp) - at;
     fp = gearWasm!.fp.getInt32(0, true);
   }
   return scan1(p, j, stop, mask, fp);
@@ -99,9 +99,17 @@ export class Chunker {
     }
     const { min, avg, max, maskS, maskL } = this.params;
     const n = piece.length;
-    // The bytes into WebAssembly's memory once (about 3% of the scan's time), when a window could fit.
-    const inWasm = gearWasm !== undefined && !Chunker.jsOnly && n >= 4 * WASM_LANE;
-    if (inWasm) gearWasm!.data.set(piece);
+    // The bytes into WebAssembly's memory once, when a window could fit, unless they are there already
+    // (a block read into one of its slots: src/hash/blocks.ts). The copy, of bytes just read and out of
+    // cache, cost a third as much as the scan.
+    let at = -1;
+    if (gearWasm !== undefined && !Chunker.jsOnly && n >= 4 * WASM_LANE) {
+      if (gearWasm.shared !== undefined && piece.buffer === gearWasm.shared) at = piece.byteOffset;
+      else {
+        gearWasm.data.set(piece);
+        at = DATA_AT;
+      }
+    }
     let pos = this.#pos;
     let fp = this.#fp;
     let i = 0;
@@ -122,7 +130,7 @@ export class Chunker {
         stop = i + Math.min(max - pos, n - i);
         mask = maskL;
       }
-      const end = scan(piece, i, stop, mask, fp, inWasm);
+      const end = scan(piece, i, stop, mask, fp, at);
       fp = scanFp;
       const found = end >= 0;
       const j = found ? end : stop;

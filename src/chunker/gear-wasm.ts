@@ -8,7 +8,11 @@ import { GEAR } from './gear.js';
  * needs no toolchain and can be read and checked like the rest.
  *
  * Memory: the gear table at 0 (256 little-endian i32), the fp out at
- * FP_AT, the bytes to scan from DATA_AT (at most DATA_MAX of them).
+ * FP_AT, the bytes to scan from DATA_AT (at most DATA_MAX of them), and
+ * from SLOTS_AT SLOT_COUNT slots of SLOT_BYTES, where blocks of input are
+ * read and then scanned where they lie (src/hash/blocks.ts). The memory is
+ * shared (a SharedArrayBuffer) where that is available, so that the
+ * hashing thread reads the same blocks without a copy.
  *
  *   (func $lanes (param $j i32) (param $stop i32) (param $mask i32) (param $fp i32) (result i32)
  *     (local $f0 $f1 $f2 $f3 $t $a1 $a2 $a3 $k i32)
@@ -42,7 +46,12 @@ export const DATA_MAX = 1024 * 1024;
 /** Bytes per lane; a window is four lanes. The same as fastcdc.ts's LANE. */
 export const WASM_LANE = 512;
 const FP_AT = 1024;
-const PAGES = Math.ceil((DATA_AT + DATA_MAX) / 65536);
+const PAGE = 65536;
+/** Slots for blocks of input, their size, and where the first starts (a page boundary after the data). */
+export const SLOT_COUNT = 16;
+export const SLOT_BYTES = 1024 * 1024;
+export const SLOTS_AT = Math.ceil((DATA_AT + DATA_MAX) / PAGE) * PAGE;
+const PAGES = (SLOTS_AT + SLOT_COUNT * SLOT_BYTES) / PAGE;
 
 // Instructions used (WebAssembly binary format, section 5.4).
 const BLOCK = 0x02, LOOP = 0x03, END = 0x0b, BR = 0x0c, BR_IF = 0x0d, VOID = 0x40;
@@ -120,14 +129,15 @@ function section(id: number, bytes: number[]): number[] {
 
 const name = (s: string) => [...uleb(s.length), ...Buffer.from(s, 'latin1')];
 
-function moduleBytes(): Uint8Array {
+/** The module, which imports its memory (`m.mem`, PAGES pages; `shared`: a shared memory, limits flag 3). */
+function moduleBytes(shared: boolean): Uint8Array {
   const b = body();
   return Uint8Array.from([
     0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
     ...section(1, [1, 0x60, 4, 0x7f, 0x7f, 0x7f, 0x7f, 1, 0x7f]), // type 0: (i32 i32 i32 i32) -> i32
+    ...section(2, [1, ...name('m'), ...name('mem'), 0x02, shared ? 0x03 : 0x01, ...uleb(PAGES), ...uleb(PAGES)]), // memory import
     ...section(3, [1, 0]), // function 0 has type 0
-    ...section(5, [1, 0x00, ...uleb(PAGES)]), // one memory, PAGES pages
-    ...section(7, [2, ...name('mem'), 0x02, 0, ...name('lanes'), 0x00, 0]),
+    ...section(7, [1, ...name('lanes'), 0x00, 0]),
     ...section(10, [1, ...uleb(b.length), ...b]),
   ]);
 }
@@ -140,25 +150,42 @@ export interface GearWasm {
   data: Uint8Array;
   /** The fp where `lanes` stopped. */
   fp: DataView;
+  /** The memory, where it is shared (then blocks in its slots are scanned in place): otherwise undefined. */
+  shared: SharedArrayBuffer | undefined;
 }
 
 /** The little of the WebAssembly API used here (our TypeScript lib has no declarations of it). */
 interface Wasm {
   Module: new (bytes: Uint8Array) => object;
-  Instance: new (module: object) => { exports: { mem: { buffer: ArrayBuffer }; lanes: GearWasm['lanes'] } };
+  Memory: new (d: { initial: number; maximum: number; shared?: boolean }) => { buffer: ArrayBuffer | SharedArrayBuffer };
+  Instance: new (module: object, imports: object) => { exports: { lanes: GearWasm['lanes'] } };
+}
+
+/** The module with a memory: shared if this runtime shares WebAssembly memory, a plain one otherwise. */
+function withMemory(wasm: Wasm): { inst: InstanceType<Wasm['Instance']>; mem: { buffer: ArrayBuffer | SharedArrayBuffer } } {
+  for (const shared of [true, false]) {
+    try {
+      const mem = new wasm.Memory({ initial: PAGES, maximum: PAGES, shared });
+      if (shared && !(mem.buffer instanceof SharedArrayBuffer)) continue;
+      return { inst: new wasm.Instance(new wasm.Module(moduleBytes(shared)), { m: { mem } }), mem };
+    } catch (e) {
+      if (!shared) throw e;
+    }
+  }
+  throw new Error('unreachable');
 }
 
 function instantiate(): GearWasm | undefined {
   const wasm = (globalThis as { WebAssembly?: Wasm }).WebAssembly;
   if (wasm === undefined) return undefined;
-  const inst = new wasm.Instance(new wasm.Module(moduleBytes()));
-  const mem = inst.exports.mem;
+  const { inst, mem } = withMemory(wasm);
   const table = new DataView(mem.buffer, 0, 1024);
   GEAR.forEach((g, i) => table.setInt32(4 * i, g, true)); // little-endian, as i32.load reads it
   return {
     lanes: inst.exports.lanes,
     data: new Uint8Array(mem.buffer, DATA_AT, DATA_MAX),
     fp: new DataView(mem.buffer, FP_AT, 4),
+    shared: typeof SharedArrayBuffer !== 'undefined' && mem.buffer instanceof SharedArrayBuffer ? mem.buffer : undefined,
   };
 }
 

@@ -7,18 +7,22 @@ import crypto from 'node:crypto';
 import { parentPort } from 'node:worker_threads';
 import { LEAF_SIZE, MerkleHasher, type MerkleState } from './merkle.js';
 import type { SamePlan, ToWorker } from './pool.js';
+import { sha256 } from './sha256.js';
 import { threadCpuNs } from './thread-cpu.js';
+import { hashFiles } from './hash-files.js';
 
 interface Held {
   bytes: Uint8Array;
-  /** The buffer goes back to the sender once released (a recycled one). */
+  /** The buffer goes back to the sender once released (a recycled one), or the shared slot at this offset does. */
   back: boolean;
+  slot?: number;
 }
 
 interface Job {
   merkle: MerkleHasher;
-  /** The SHA-256 of the chunk in progress: the bytes since the last cut. */
+  /** The SHA-256 of the chunk in progress: the bytes since the last cut (`chunkFed`: there are some). */
   chunk: crypto.Hash;
+  chunkFed: boolean;
   fd: number;
   /** Blocks kept until the writer says which of their bytes to write. */
   held: Map<number, Held>;
@@ -57,6 +61,8 @@ function errorOf(e: Error): { message: string; code?: string } {
 interface Ack {
   n: number;
   buf?: ArrayBufferLike;
+  /** A shared slot the thread is done with (blocks.ts): its offset. */
+  slot?: number;
   /** This thread's CPU time so far (threadCpuNs), on the answer to a block: the writer balances by it. */
   cpu?: number;
 }
@@ -80,7 +86,8 @@ function reply(seq: number, job: Job | undefined, value: () => unknown, ack: Ack
 
 /** A held block let go: a recycled buffer goes back for the next one. */
 function release(h: Held): void {
-  if (h.back) port.postMessage({ t: 'ack', n: 0, buf: h.bytes.buffer }, [h.bytes.buffer as ArrayBuffer]);
+  if (h.slot !== undefined) port.postMessage({ t: 'ack', n: 0, slot: h.slot });
+  else if (h.back) port.postMessage({ t: 'ack', n: 0, buf: h.bytes.buffer }, [h.bytes.buffer as ArrayBuffer]);
 }
 
 /**
@@ -90,6 +97,25 @@ function release(h: Held): void {
  * the speed.)
  */
 const SLICE = 256 * 1024;
+
+/** Bytes of the chunk in progress, not its end (see chunkEnd). */
+function chunkPart(job: Job, bytes: Uint8Array): void {
+  job.chunk.update(bytes);
+  job.chunkFed = true;
+}
+
+/**
+ * The hash of the chunk in progress, ending with `last`; the next starts
+ * afresh. A chunk that lies whole in `last` (most: they are shorter than a
+ * block) is hashed in one shot, without a Hash object (a few us each).
+ */
+function chunkEnd(job: Job, last: Uint8Array): Uint8Array {
+  if (!job.chunkFed) return sha256(last);
+  const h = job.chunk.update(last).digest();
+  job.chunk = crypto.createHash('sha256');
+  job.chunkFed = false;
+  return h;
+}
 
 /**
  * Hashes `bytes`: into the merkle tree (`merkle`) and, with `cuts` (the
@@ -105,14 +131,10 @@ function hash(job: Job, bytes: Uint8Array, merkle: boolean, cuts: number[] | und
     if (merkle) job.merkle.update(bytes.subarray(s, e));
     if (!cuts) continue;
     for (; ci < cuts.length && cuts[ci]! <= e; ci++) {
-      if (skip?.[ci] !== 1) {
-        job.chunk.update(bytes.subarray(from, cuts[ci]));
-        out!.set(job.chunk.digest(), 32 * ci);
-        job.chunk = crypto.createHash('sha256');
-      }
+      if (skip?.[ci] !== 1) out!.set(chunkEnd(job, bytes.subarray(from, cuts[ci])), 32 * ci);
       from = cuts[ci]!;
     }
-    if (from < e && skip?.[ci] !== 1) job.chunk.update(bytes.subarray(from, e));
+    if (from < e && skip?.[ci] !== 1) chunkPart(job, bytes.subarray(from, e));
     from = e;
   }
 }
@@ -130,8 +152,8 @@ function check(job: Job, bytes: Uint8Array, merkle: boolean, cuts: number[], exp
   let from = 0;
   for (let ci = 0; ci < cuts.length; ci++) {
     const chunk = bytes.subarray(from, cuts[ci]);
-    const h = crypto.createHash('sha256').update(chunk).digest();
-    if (h.compare(expect, 32 * ci, 32 * ci + 32) !== 0) {
+    const h = sha256(chunk);
+    if (Buffer.compare(h, expect.subarray(32 * ci, 32 * ci + 32)) !== 0) {
       job.refused = true;
       return ci;
     }
@@ -224,10 +246,8 @@ function hashSame(job: Job, bytes: Uint8Array, cuts: number[], skip: number[] | 
     const end = cuts[ci]!;
     let h: Uint8Array | undefined;
     if (skip?.[ci] !== 1) {
-      job.chunk.update(bytes.subarray(from, end));
-      h = job.chunk.digest();
+      h = chunkEnd(job, bytes.subarray(from, end));
       out.set(h, 32 * ci);
-      job.chunk = crypto.createHash('sha256');
     }
     const flag = plan.flags[ci];
     const same = flag === 2 || (flag === 1 && h !== undefined && Buffer.compare(h, expect.subarray(32 * ci, 32 * ci + 32)) === 0);
@@ -252,36 +272,8 @@ function hashSame(job: Job, bytes: Uint8Array, cuts: number[], skip: number[] | 
     }
     from = end;
   }
-  if (from < bytes.length) job.chunk.update(bytes.subarray(from));
+  if (from < bytes.length) chunkPart(job, bytes.subarray(from));
   feedTo(bytes.length);
-}
-
-/** Where `read` messages' bytes go, a slice at a time (hashed while in cache). */
-const scratch = Buffer.allocUnsafe(SLICE);
-
-/** Reads [path, position, length] triples of fragments (FileBytes) into the merkle tree. One gone or shorter than that fails the job, as a read on the main thread would (ERR_FRAGMENT_MISSING). */
-function hashFiles(job: Job, files: Array<string | number>): void {
-  for (let i = 0; i < files.length; i += 3) {
-    const file = files[i] as string;
-    const missing = (why: string) => Object.assign(new Error(`fragment ${file.slice(file.lastIndexOf('/') + 1)} ${why}`), { code: 'ERR_FRAGMENT_MISSING' });
-    let fd: number;
-    try {
-      fd = fs.openSync(file, 'r');
-    } catch (e) {
-      throw (e as NodeJS.ErrnoException).code === 'ENOENT' ? missing('is missing') : e;
-    }
-    try {
-      const end = (files[i + 1] as number) + (files[i + 2] as number);
-      for (let pos = files[i + 1] as number; pos < end; ) {
-        const n = fs.readSync(fd, scratch, 0, Math.min(SLICE, end - pos), pos);
-        if (n <= 0) throw missing('is shorter than its extents');
-        job.merkle.update(scratch.subarray(0, n));
-        pos += n;
-      }
-    } finally {
-      fs.closeSync(fd);
-    }
-  }
 }
 
 /** Writes ranges of held block `hold` and lets it go (a `write` message, or a `data` message's `free`). */
@@ -303,7 +295,7 @@ port.on('message', (m: ToWorker) => {
   const job = jobs.get(m.id);
   switch (m.t) {
     case 'open':
-      jobs.set(m.id, { merkle: m.state ? MerkleHasher.fromState(m.state) : new MerkleHasher(), chunk: crypto.createHash('sha256'), fd: -1, held: new Map(), lent: 0 });
+      jobs.set(m.id, { merkle: m.state ? MerkleHasher.fromState(m.state) : new MerkleHasher(), chunk: crypto.createHash('sha256'), chunkFed: false, fd: -1, held: new Map(), lent: 0 });
       break;
     case 'data': {
       if (m.free) writeHeld(job, m.free.hold, m.free.writes);
@@ -327,8 +319,8 @@ port.on('message', (m: ToWorker) => {
       }
       // Held for the writes to come; otherwise done with (a recycled buffer goes back with the ack).
       const keep = m.hold !== undefined && job !== undefined && !job.error;
-      if (keep) job.held.set(m.hold!, { bytes, back: m.back === true });
-      const ack: Ack = !keep && m.back ? { n: m.len, buf: m.buf } : { n: m.len };
+      if (keep) job.held.set(m.hold!, { bytes, back: m.back === true, slot: m.slot });
+      const ack: Ack = keep || !m.back ? { n: m.len } : m.slot !== undefined ? { n: m.len, slot: m.slot } : { n: m.len, buf: m.buf };
       if (m.seq !== undefined) ack.cpu = threadCpuNs();
       if (m.seq !== undefined) reply(m.seq, job, () => out ?? null, ack);
       else port.postMessage({ t: 'ack', ...ack }, ack.buf ? [ack.buf as ArrayBuffer] : []);
@@ -337,7 +329,7 @@ port.on('message', (m: ToWorker) => {
     case 'read':
       if (job && !job.error && !job.refused) {
         try {
-          hashFiles(job, m.files);
+          hashFiles(job.merkle, m.files, SLICE);
         } catch (e) {
           job.error = e as Error;
         }

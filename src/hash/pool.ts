@@ -1,6 +1,7 @@
 import { Worker } from 'node:worker_threads';
 import { CabError, ioError } from '../errors.js';
 import type { MerkleState } from './merkle.js';
+import { giveBack, giveSlot, isRecycled } from './blocks.js';
 
 /**
  * Messages to the hashing thread. `data`: bytes to hash into the merkle tree
@@ -24,6 +25,8 @@ export type ToWorker =
       seq?: number;
       hold?: number;
       back?: boolean;
+      /** `buf` is shared memory (blocks.ts): the slot at this offset goes back instead of the buffer. */
+      slot?: number;
       /** Hashes claimed for the chunks ending at `cuts` (32 bytes each): checked (see `hashBlock`). */
       expect?: ArrayBuffer;
       same?: SamePlan;
@@ -60,40 +63,12 @@ type Request = 'written' | 'state' | 'digest' | 'open-chunk' | 'close';
 export interface FileBytes { files: Array<string | number>; length: number }
 
 /** `n`: bytes of data the thread is done with (an ack), on an answer too. */
-type FromWorker = { t: 'ack'; n: number; buf?: ArrayBuffer } | { t: 'res'; seq: number; n?: number; buf?: ArrayBuffer; cpu?: number; value?: unknown; error?: { message: string; code?: string } };
+type FromWorker = { t: 'ack'; n: number; buf?: ArrayBuffer; slot?: number } | { t: 'res'; seq: number; n?: number; buf?: ArrayBuffer; slot?: number; cpu?: number; value?: unknown; error?: { message: string; code?: string } };
 
 /** Bytes handed to the thread and not yet processed, before senders wait. */
 export const MAX_IN_FLIGHT = 16 * 1024 * 1024;
 
-/** The size of a recycled buffer (see recycledBuffer). */
-export const RECYCLED_BYTES = 1024 * 1024;
-/** Recycled buffers kept free, at most (what an idle process keeps of them: 16 MiB). */
-const MAX_FREE = 16;
-/** Buffers that go back to the free list once the hashing thread is done with them. */
-const recyclable = new WeakSet<ArrayBuffer>();
-const free: ArrayBuffer[] = [];
-
-/**
- * A Buffer of `n` bytes (at most RECYCLED_BYTES) over memory that the
- * hashing thread, once it has hashed and written it, hands back for the
- * next one: a receiver that fills a buffer per 1 MiB received and gives it
- * to a writer made the main thread's garbage collector run a full
- * collection every few MiB.
- */
-export function recycledBuffer(n: number): Buffer {
-  if (n > RECYCLED_BYTES) throw new RangeError(`a recycled buffer holds at most ${RECYCLED_BYTES} bytes`);
-  let ab = free.pop();
-  if (!ab) {
-    ab = new ArrayBuffer(RECYCLED_BYTES);
-    recyclable.add(ab);
-  }
-  return Buffer.from(ab, 0, n);
-}
-
-/** Whether `buf` is a recycled buffer's memory: given to the hashing thread, it is sent whole and comes back. */
-export function isRecycled(buf: ArrayBufferLike): boolean {
-  return buf instanceof ArrayBuffer && recyclable.has(buf);
-}
+export { RECYCLED_BYTES, blockBuffer, isRecycled, recycledBuffer } from './blocks.js';
 
 /**
  * One hashing thread per process, shared by every writer of every store.
@@ -115,10 +90,7 @@ class HashThread {
     this.#worker.on('message', (m: FromWorker) => {
       if (m.t === 'ack' || m.n) {
         this.#inFlight -= m.n ?? 0;
-        if (m.buf && free.length < MAX_FREE) {
-          recyclable.add(m.buf);
-          free.push(m.buf);
-        }
+        giveBack(m.buf, m.slot);
         if (this.#inFlight <= MAX_IN_FLIGHT / 2) this.#wake();
         if (m.t === 'ack') {
           if (this.#waiting.size === 0 && this.#inFlight === 0) this.#worker.unref();
@@ -303,6 +275,12 @@ export class HashJob {
     this.#free = undefined;
     let buf: ArrayBufferLike = bytes.buffer;
     let off = bytes.byteOffset;
+    // A shared slot (blocks.ts) is shared, not moved: the thread answers with its offset once done with it.
+    const slot = give ? giveSlot(bytes) : undefined;
+    if (slot !== undefined) {
+      this.#t.post({ t: 'data', id: this.#id, buf, off, len: bytes.length, ...m, back: true, slot });
+      return;
+    }
     if (give && isRecycled(buf)) {
       this.#t.post({ t: 'data', id: this.#id, buf, off, len: bytes.length, ...m, back: true }, [buf as ArrayBuffer]);
       return;
