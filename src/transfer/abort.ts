@@ -1,5 +1,8 @@
 import { CabError, raceAbort, throwIfAborted as throwIf } from '../errors.js';
 
+/** The longest timer Node keeps (a longer one fires at once, with a warning). */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /** ERR_ABORTED for `blob`, carrying the signal's reason. */
 export function abortError(signal: AbortSignal, blob?: string): CabError {
   return new CabError('ERR_ABORTED', 'the transfer was cancelled', blob === undefined ? {} : { blob }, { cause: signal.reason });

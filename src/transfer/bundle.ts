@@ -1,7 +1,7 @@
 import fs from 'node:fs/promises';
 import { CabError, ioError, isCabError, throwIfAborted } from '../errors.js';
 import { HASH_NAME, bytesEqual, toHex } from '../hash/sha256.js';
-import { resolveChunkerParams } from '../chunker/params.js';
+import { STORE_MAX_CHUNK, resolveStoreChunkerParams } from '../chunker/params.js';
 import { checkBlobName, isBlobName } from '../format/layout.js';
 import type { BlobStore } from '../store.js';
 import { MAX_LIST, MAX_GET_BYTES, type WireChunk } from './messages.js';
@@ -71,6 +71,8 @@ export async function exportBundle(
   options: ExportOptions = {},
 ): Promise<ExportReport> {
   for (const n of names) checkBlobName(n);
+  // A store made before chunks were bound to 4 MiB may hold larger ones, which no bundle record carries.
+  resolveStoreChunkerParams(store.chunker);
   const { signal } = options;
   const aborted = () => throwIfAborted(signal, `exporting ${file}`);
   aborted();
@@ -203,7 +205,7 @@ export async function importBundle(store: BlobStore, file: string, options: Impo
         const b = blobs[blobs.length - 1];
         if (!b || !Array.isArray(r.c)) throw bad('a chunk list outside a blob');
         for (const c of r.c as unknown[]) {
-          if (!Array.isArray(c) || !(c[0] instanceof Uint8Array) || c[0].length !== 32 || !Number.isSafeInteger(c[1]) || c[1] <= 0) throw bad('a malformed chunk reference');
+          if (!Array.isArray(c) || !(c[0] instanceof Uint8Array) || c[0].length !== 32 || !Number.isSafeInteger(c[1]) || c[1] <= 0 || c[1] > STORE_MAX_CHUNK) throw bad('a malformed chunk reference');
           b.listed += c[1] as number;
         }
         b.lists.push([at, len]);
@@ -333,7 +335,7 @@ function checkHeader(r: Record<string, unknown>, bad: (why: string) => CabError)
   const c = r.chunker as Record<string, unknown> | undefined;
   if (c === null || typeof c !== 'object' || Array.isArray(c)) throw bad('the bundle header has no chunker params');
   try {
-    resolveChunkerParams({ min: c.min as number, avg: c.avg as number, max: c.max as number });
+    resolveStoreChunkerParams({ min: c.min as number, avg: c.avg as number, max: c.max as number });
   } catch (e) {
     if (!isCabError(e, 'ERR_BAD_CHUNKER_PARAMS')) throw e;
     throw bad(`the bundle header's chunker params: ${e.message}`);

@@ -1,9 +1,8 @@
 import { CabError } from '../errors.js';
 import { checkSignal } from '../blob/input.js';
 import { BlobStore } from '../store.js';
+import { MAX_TIMER_MS } from './abort.js';
 
-/** The longest timer Node keeps (a longer one fires at once, with a warning). */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 
 const bad = (message: string) => new CabError('ERR_BAD_ARGUMENT', `connect: ${message}`);
 

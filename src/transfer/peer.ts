@@ -10,6 +10,7 @@ import { abortError, orAbort, throwIfAborted } from './abort.js';
 import { authenticate, checkPeer, helloFor, welcomeFor, type AuthOptions } from './handshake.js';
 import { Serving, SERVE_AHEAD_BYTES, type ServeEvent } from './serve.js';
 import { remoteError, type PushOptions, type PushResult } from './peer-types.js';
+import { IdleWatch } from './idle-watch.js';
 
 /** What a session needs from a transport (a WebSocket, or anything that carries frames in order). */
 export interface Transport {
@@ -21,6 +22,8 @@ export interface Transport {
    */
   send(frame: Uint8Array, options?: { onWritten?: () => void }): Promise<void>;
   close(code: number, reason: string): void;
+  /** Bytes read from the connection so far, whole frames or not (a frame of one 4 MiB chunk takes a while on a slow link). */
+  bytesRead?(): number;
 }
 
 export const DEFAULT_MAX_REQUESTS = 64;
@@ -86,7 +89,7 @@ export class Peer {
   #readyResolve!: () => void;
   #readyReject!: (e: Error) => void;
   #closed: Error | undefined;
-  #idle: NodeJS.Timeout | undefined;
+  readonly #idle: IdleWatch;
   #windowWaiters: Array<() => void> = [];
   #remoteMaxRequests = DEFAULT_MAX_REQUESTS;
   /** Follow stats (with `after`), which the server holds up to STAT_WAIT_MS: at most half the window, so other requests still go. */
@@ -96,6 +99,12 @@ export class Peer {
   constructor(transport: Transport, options: PeerOptions) {
     this.#t = transport;
     this.#o = options;
+    this.#idle = new IdleWatch({
+      ms: options.idleMs ?? DEFAULT_IDLE_MS,
+      bytesRead: transport.bytesRead && (() => transport.bytesRead!()),
+      waitLonger: () => this.#parked !== undefined && this.#parked.free < this.#parked.total,
+      onIdle: (e) => this.#fatal(e),
+    });
     this.#serving = new Serving({
       store: options.store,
       role: options.role,
@@ -147,12 +156,16 @@ export class Peer {
   }
 
   #touch(): void {
-    clearTimeout(this.#idle);
     // A client waits only while it has asked: then an answer owes it a message every idleMs (a server that stopped
-    // answering hung pulls, streams and remote reads for good). A follow stat is answered within STAT_WAIT_MS.
-    if (this.#o.role !== 'server' && this.#pending.size === 0) return;
-    this.#idle = setTimeout(() => this.#fatal(new CabError('ERR_IDLE_TIMEOUT', `no message for ${this.#o.idleMs ?? DEFAULT_IDLE_MS} ms`)), this.#o.idleMs ?? DEFAULT_IDLE_MS);
-    this.#idle.unref();
+    // answering hung pulls, streams and remote reads for good).
+    if (this.#o.role !== 'server' && this.#pending.size === 0) this.#idle.stop();
+    else this.#idle.heard();
+  }
+
+  /** A request answered or never sent: a client with none left waits for nothing. */
+  #settled(id: number): void {
+    this.#pending.delete(id);
+    if (this.#pending.size === 0 && this.#o.role !== 'server') this.#idle.stop();
   }
 
   async #send(m: Message): Promise<void> {
@@ -179,7 +192,7 @@ export class Peer {
     if (this.#closed) return;
     this.#closed = e ?? new CabError('ERR_CONNECTION', 'the connection closed');
     if (!isCabError(this.#closed)) this.#closed = new CabError('ERR_CONNECTION', this.#closed.message, {}, { cause: e });
-    clearTimeout(this.#idle);
+    this.#idle.stop();
     this.#readyReject(this.#closed);
     for (const p of this.#pending.values()) p.reject(this.#closed);
     this.#pending.clear();
@@ -244,8 +257,7 @@ export class Peer {
       // Its items went to `take`: the answer resolves without them, and so does not keep the frame alive.
       m = { t: 'data', id: m.id, items: [], end: true };
     }
-    this.#pending.delete(m.id!);
-    if (this.#pending.size === 0 && this.#o.role !== 'server') clearTimeout(this.#idle);
+    this.#settled(m.id!);
     this.#windowWaiters.shift()?.();
     if (m.t === 'err') p.reject(remoteError(m));
     else p.resolve(m);
@@ -306,8 +318,7 @@ export class Peer {
       await this.#send({ ...m, id } as Message);
     } catch (e) {
       // Never sent: nothing will answer it.
-      this.#pending.delete(id);
-      if (this.#pending.size === 0 && this.#o.role !== 'server') clearTimeout(this.#idle);
+      this.#settled(id);
       throw isCabError(e) ? e : new CabError('ERR_CONNECTION', (e as Error).message, {}, { cause: e });
     }
     let a: Message;
@@ -329,6 +340,7 @@ export class Peer {
       chunker: this.remoteChunker,
       // An answer must fit in a frame this end accepts, with room for its framing.
       maxGetBytes: Math.max(64 * 1024, Math.min(MAX_GET_BYTES, (this.#o.maxFrame ?? MAX_FRAME) - FRAME_OVERHEAD)),
+      ...(this.#t.bytesRead ? { bytesRead: () => this.#t.bytesRead!() } : {}),
       stat: async (name, after) => {
         const parked = after === undefined ? undefined : await (this.#parked ??= new ByteBudget(Math.max(1, this.#remoteMaxRequests >> 1))).take(1);
         const r = await this.request({ t: 'stat', id: 0, name, ...(after === undefined ? {} : { after }) }, 'statr').finally(parked);

@@ -8,7 +8,7 @@ import { sharedListPages } from './list-pages.js';
 import type { RemoteSource } from './remote.js';
 import { withHexJSON, type ReceiveOptions, type TransferStats } from './stats.js';
 import { Receiver } from './receiver.js';
-import { DEFAULT_STALL_MS, SourceSet } from './sources.js';
+import { DEFAULT_STALL_MS, SourceSet, checkStallMs } from './sources.js';
 import { orAbort } from './abort.js';
 
 export type { RemoteSource } from './remote.js';
@@ -29,6 +29,7 @@ const RECEIVE_CHECKPOINT_BYTES = 16 * 1024 * 1024;
  * The pull of receiveBlob from a set of one source.
  */
 export async function receive(store: BlobStore, src: RemoteSource, name: string, options: ReceiveOptions = {}): Promise<TransferStats> {
+  checkStallMs(options.stallMs, name);
   const st = await orAbort(src.stat(name), options.signal, name);
   if (!st.finalized || !st.hash) throw new CabError('ERR_BLOB_NOT_FINALIZED', `the sender's blob ${name} is not finalized`, { blob: name });
   if (options.expect && (options.expect.size !== st.size || !bytesEqual(options.expect.hash, st.hash))) {

@@ -33,6 +33,8 @@ export interface RemoteSource {
    * been taken. Absent: `get` (the items arrive all at once).
    */
   stream?(items: GetItem[], take: (items: Uint8Array[]) => void): Promise<void>;
+  /** Bytes that have arrived from the source so far, whole answers or not (a peer's connection): while they grow, it is not stalled. */
+  bytesRead?(): number;
 }
 
 /** A chunk of the sender's list, with its offset in the blob. */

@@ -32,26 +32,31 @@ export async function answerRange(
   listable: (name: string) => Promise<string>,
 ): Promise<number> {
   const r = await readers.get(await listable(m.name));
-  const leaves = leafCount(r.size);
-  if (m.leaf + m.n > leaves) {
-    throw new CabError('ERR_ILLEGAL_POSITION', `leaves ${m.leaf}..${m.leaf + m.n} are past the blob's ${leaves}`, { blob: m.name, offset: m.leaf * LEAF_SIZE });
-  }
-  const depth = treeDepth(leaves);
-  for (const [level, index] of m.proof) {
-    if (level > depth || index >= levelWidth(leaves, level)) {
-      throw new CabError('ERR_PROTOCOL', `node ${level}/${index} is not in the tree of ${leaves} leaves`, { blob: m.name });
-    }
-  }
-  const proof = await treesOf(c.store).nodes(r, m.proof);
-  const start = m.leaf * LEAF_SIZE;
-  const end = Math.min(r.size, (m.leaf + m.n) * LEAF_SIZE);
-  const release = await c.getBudget.take(end - start);
+  const held = readers.hold(r);
   try {
-    const data = Buffer.allocUnsafe(end - start);
-    await r.readUnchecked(data, start);
-    await c.send({ t: 'ranger', id: m.id, data, proof });
-    return data.length;
+    const leaves = leafCount(r.size);
+    if (m.leaf + m.n > leaves) {
+      throw new CabError('ERR_ILLEGAL_POSITION', `leaves ${m.leaf}..${m.leaf + m.n} are past the blob's ${leaves}`, { blob: m.name, offset: m.leaf * LEAF_SIZE });
+    }
+    const depth = treeDepth(leaves);
+    for (const [level, index] of m.proof) {
+      if (level > depth || index >= levelWidth(leaves, level)) {
+        throw new CabError('ERR_PROTOCOL', `node ${level}/${index} is not in the tree of ${leaves} leaves`, { blob: m.name });
+      }
+    }
+    const proof = await treesOf(c.store).nodes(r, m.proof);
+    const start = m.leaf * LEAF_SIZE;
+    const end = Math.min(r.size, (m.leaf + m.n) * LEAF_SIZE);
+    const release = await c.getBudget.take(end - start);
+    try {
+      const data = Buffer.allocUnsafe(end - start);
+      await r.readUnchecked(data, start);
+      await c.send({ t: 'ranger', id: m.id, data, proof });
+      return data.length;
+    } finally {
+      release();
+    }
   } finally {
-    release();
+    held();
   }
 }

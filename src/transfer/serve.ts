@@ -172,30 +172,38 @@ export class Serving {
         }
         return { t: 'matchr', id: m.id, ok: d.n === m.n && bytesEqual(d.digest(), m.digest) };
       }
-      case 'fine': {
-        this.#need('read');
-        // A chunk may be up to 64 MiB: its read counts against the same budget as gets, taken once the chunk is
-        // found here with that size (a fine of a chunk not here, waiting its turn for 64 MiB, held up every get).
-        const { r, at } = await this.#locate(m.hash, 0, m.size, m.size);
-        const release = await this.#c.getBudget.take(m.size);
-        try {
-          // Read at once where the fragment is open, unchecked here as a get's items are (#locate passed over
-          // recorded damage; the receiver checks what it builds from the answer).
-          const bytes = new Uint8Array(m.size);
-          await r.readUnchecked(bytes, at, true);
-          const c: WireChunk[] = [];
-          let off = 0;
-          for (const size of cdc(bytes, FINE_CHUNKER)) {
-            c.push([sha256(bytes.subarray(off, off + size)).subarray(0, FINE_HASH_BYTES), size]);
-            off += size;
-          }
-          return { t: 'finer', id: m.id, c };
-        } finally {
-          release();
-        }
-      }
+      case 'fine':
+        return this.#fine(m);
       case 'push':
         return this.#receivePush(m);
+    }
+  }
+
+  /** A `fine`: the fine chunks of a chunk held here (hash prefixes and sizes), for the asker to match its own bytes against. */
+  async #fine(m: Extract<Message, { t: 'fine' }>): Promise<Message> {
+    this.#need('read');
+    // A chunk may be up to 4 MiB: its read counts against the same budget as gets, taken once the chunk is found
+    // here with that size (a fine of a chunk not here, waiting its turn for 64 MiB, held up every get).
+    const { r, at, release: letGo } = await this.#locate(m.hash, 0, m.size, m.size);
+    try {
+      const release = await this.#c.getBudget.take(m.size);
+      try {
+        // Read at once where the fragment is open, unchecked here as a get's items are (#locate passed over
+        // recorded damage; the receiver checks what it builds from the answer).
+        const bytes = new Uint8Array(m.size);
+        await r.readUnchecked(bytes, at, true);
+        const c: WireChunk[] = [];
+        let off = 0;
+        for (const size of cdc(bytes, FINE_CHUNKER)) {
+          c.push([sha256(bytes.subarray(off, off + size)).subarray(0, FINE_HASH_BYTES), size]);
+          off += size;
+        }
+        return { t: 'finer', id: m.id, c };
+      } finally {
+        release();
+      }
+    } finally {
+      letGo();
     }
   }
 
@@ -240,19 +248,34 @@ export class Serving {
       // Every item is found before anything is sent: a get naming a chunk not here, or a range outside one, is answered `err` alone.
       // Found once: each item is read where it was found (the readers are pinned), not looked up again.
       const found: Array<{ r: BlobReader; at: number }> = [];
-      for (const [h, off, len] of items) found.push(await this.#locate(h, off, len));
-      let i = 0;
-      do {
-        let j = i + 1;
-        let bytes = items[i]?.[2] ?? 0;
-        while (j < items.length && bytes + items[j]![2] <= DATA_FRAME_BYTES) bytes += items[j++]![2];
-        j = Math.min(j, items.length);
-        await this.#sendData(m.id, items.slice(i, j), found.slice(i, j), j === items.length, bytes);
-        i = j;
-      } while (i < items.length);
+      const releases: Array<() => void> = [];
+      try {
+        for (const [h, off, len] of items) {
+          const f = await this.#locate(h, off, len);
+          releases.push(f.release);
+          found.push(f);
+        }
+        await this.#sendAll(m, found);
+      } finally {
+        for (const release of releases) release();
+      }
     } finally {
       done();
     }
+  }
+
+  /** The frames of get `m`, each item read where `found` says. */
+  async #sendAll(m: Extract<Message, { t: 'get' }>, found: Array<{ r: BlobReader; at: number }>): Promise<void> {
+    const { items } = m;
+    let i = 0;
+    do {
+      let j = i + 1;
+      let bytes = items[i]?.[2] ?? 0;
+      while (j < items.length && bytes + items[j]![2] <= DATA_FRAME_BYTES) bytes += items[j++]![2];
+      j = Math.min(j, items.length);
+      await this.#sendData(m.id, items.slice(i, j), found.slice(i, j), j === items.length, bytes);
+      i = j;
+    } while (i < items.length);
   }
 
   /** One `data` frame of a get: its bytes held, read in place, sent; given back once it has left. */
@@ -301,13 +324,18 @@ export class Serving {
     this.#need('read');
     this.#servable(name);
     const r = await this.#readers.get(name);
-    // A cached reader may predate the final record; one that was open (a follower's) may have just seen it, and
-    // the index may lag that record (the writer in another process commits it after): caught up too.
-    const wasOpen = !r.isFinalized;
-    if (wasOpen) await r.catchUp();
-    if (!r.isFinalized && !open) throw new CabError('ERR_BLOB_NOT_FINALIZED', `blob ${name} is not finalized`, { blob: name });
-    if (catchUp || wasOpen) await catchUpBlob(this.#c.store.index, this.#c.store.layout, name);
-    return name;
+    const release = this.#readers.hold(r);
+    try {
+      // A cached reader may predate the final record; one that was open (a follower's) may have just seen it, and
+      // the index may lag that record (the writer in another process commits it after): caught up too.
+      const wasOpen = !r.isFinalized;
+      if (wasOpen) await r.catchUp();
+      if (!r.isFinalized && !open) throw new CabError('ERR_BLOB_NOT_FINALIZED', `blob ${name} is not finalized`, { blob: name });
+      if (catchUp || wasOpen) await catchUpBlob(this.#c.store.index, this.#c.store.layout, name);
+      return name;
+    } finally {
+      release();
+    }
   }
 
   /** A name this end may serve: any on a server; on a client, only a blob it is pushing. */
@@ -327,7 +355,7 @@ export class Serving {
   }
 
   /** Where the chunk with this hash is held here: an open reader of a blob holding it (undamaged there), and the range's offset in it. */
-  async #locate(hash: Uint8Array, off: number, len: number, size?: number): Promise<{ r: BlobReader; at: number }> {
+  async #locate(hash: Uint8Array, off: number, len: number, size?: number): Promise<{ r: BlobReader; at: number; release: () => void }> {
     const { store } = this.#c;
     let gone = false;
     for (const loc of store.index.locations(hash)) {
@@ -344,14 +372,17 @@ export class Serving {
         gone = true;
         continue;
       }
-      // A blob being written: the chunk may have been recorded since its reader last looked.
-      if (loc.offset + loc.size > r.size && !r.isFinalized) await r.catchUp();
-      if (loc.offset + loc.size > r.size) {
-        gone = true;
-        continue;
+      const release = this.#readers.hold(r);
+      try {
+        // A blob being written: the chunk may have been recorded since its reader last looked.
+        if (loc.offset + loc.size > r.size && !r.isFinalized) await r.catchUp();
+      } catch (e) {
+        release();
+        throw e;
       }
-      if (overlapsDamage(r.damage, loc.offset, loc.offset + loc.size)) continue;
-      return { r, at: loc.offset + off };
+      if (loc.offset + loc.size > r.size) gone = true;
+      else if (!overlapsDamage(r.damage, loc.offset, loc.offset + loc.size)) return { r, at: loc.offset + off, release };
+      release();
     }
     throw new CabError('ERR_NO_SUCH_CHUNK', gone ? 'the chunk is no longer there' : `no chunk ${toHex(hash)}`);
   }

@@ -2,7 +2,7 @@ import { setMaxListeners } from 'node:events';
 import { CabError, isCabError, raceAbort, type ErrorCode } from '../errors.js';
 import type { GetItem } from './messages.js';
 import { getBytes, type RemoteSource } from './remote.js';
-import { abortError } from './abort.js';
+import { MAX_TIMER_MS, abortError } from './abort.js';
 
 /**
  * Failures that are the source's, not ours: a pull drops that source and
@@ -51,6 +51,8 @@ export class SourceEntry {
   /** Requests sent and not answered; when the last answer (or frame) came. */
   outstanding = 0;
   lastHeard = 0;
+  /** The source's bytesRead when last looked at (undefined: it does not say). */
+  lastBytes: number | undefined;
   readonly #gone = new AbortController();
 
   constructor(
@@ -107,6 +109,7 @@ export class SourceEntry {
       label: raw.label,
       ...(raw.maxGetBytes === undefined ? {} : { maxGetBytes: raw.maxGetBytes }),
       ...(raw.chunker === undefined ? {} : { chunker: raw.chunker }),
+      ...(raw.bytesRead === undefined ? {} : { bytesRead: () => raw.bytesRead!() }),
       stat: (name, after) => this.#call(() => raw.stat(name, after)),
       list: (name, from, max) => this.#call(() => raw.list(name, from, max)),
       get: (items: GetItem[]) =>
@@ -135,6 +138,14 @@ export class SourceEntry {
 
 /** A source that owes answers and sends nothing for this long is dropped. */
 export const DEFAULT_STALL_MS = 30_000;
+
+/** `stallMs` as given (undefined: none), else ERR_BAD_ARGUMENT: a whole number of milliseconds a timer holds. */
+export function checkStallMs(ms: number | undefined, name: string): number | undefined {
+  if (ms !== undefined && !(Number.isSafeInteger(ms) && ms > 0 && ms <= MAX_TIMER_MS)) {
+    throw new CabError('ERR_BAD_ARGUMENT', `stallMs must be a whole number of milliseconds in 1..${MAX_TIMER_MS}, not ${String(ms)}`, { blob: name });
+  }
+  return ms;
+}
 
 export interface SourceSetOptions {
   /** Blob name, for errors. */
@@ -173,8 +184,7 @@ export class SourceSet {
 
   constructor(readonly o: SourceSetOptions) {
     this.#solo = o.solo === true;
-    const stall = o.stallMs;
-    if (stall !== undefined && !(Number.isSafeInteger(stall) && stall > 0)) throw new CabError('ERR_BAD_ARGUMENT', `stallMs must be a positive integer (ms), not ${String(stall)}`, { blob: o.name });
+    const stall = checkStallMs(o.stallMs, o.name);
     if (stall !== undefined) {
       const every = Math.max(10, Math.floor(stall / 4));
       this.#timer = setInterval(() => this.#checkStalls(stall, every), every);
@@ -268,6 +278,13 @@ export class SourceSet {
     for (const e of this.live) {
       // This process was busy (the check came late): what arrived meanwhile has not been read yet. The wait starts again.
       if (late) {
+        e.lastHeard = Math.max(e.lastHeard, now);
+        continue;
+      }
+      // Bytes still arriving, a frame not yet whole (one 4 MiB chunk on a slow link): not a stall.
+      const read = e.src.bytesRead?.();
+      if (read !== undefined && read !== e.lastBytes) {
+        e.lastBytes = read;
         e.lastHeard = Math.max(e.lastHeard, now);
         continue;
       }

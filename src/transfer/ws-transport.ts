@@ -34,7 +34,7 @@ export function wsTransport(ws: WebSocket, count: WireCount, options: WsTranspor
   // Frames sent in one turn of the event loop leave in one write: the socket is corked at the first and
   // uncorked once the turn's callbacks have run (setImmediate). A pull sends a burst of requests per run
   // matched, and a server a burst of data frames per get; each frame was a writev of its own.
-  const socket = (ws as unknown as { _socket?: { cork(): void; uncork(): void; destroyed?: boolean } })._socket;
+  const socket = (ws as unknown as { _socket?: { cork(): void; uncork(): void; destroyed?: boolean; bytesRead?: number } })._socket;
   let corked = false;
   const uncork = () => {
     corked = false;
@@ -45,6 +45,7 @@ export function wsTransport(ws: WebSocket, count: WireCount, options: WsTranspor
     else stall?.refresh();
   };
   return {
+    bytesRead: () => socket?.bytesRead ?? count.received,
     send: (frame, o) =>
       new Promise<void>((resolve, reject) => {
         if (ws.readyState !== ws.OPEN) return reject(new CabError('ERR_CONNECTION', 'the connection is closed'));
