@@ -45,7 +45,7 @@ export class PlanCheck {
       if (start >= to) break;
       let found: Uint8Array;
       if (this.#hash === undefined && start >= from && end <= to) {
-        // The whole chunk in these bytes (most are: 64 KiB on average, 256 KiB a socket read): one call, no Hash object.
+        // The whole chunk in these bytes (most are: 64 KiB on average, in socket reads of up to MAX_TAKE): one call, no Hash object.
         found = sha256(bytes.subarray(start - from, end - from));
       } else {
         const a = Math.max(from, start);

@@ -44,8 +44,17 @@ import { Worker } from 'node:worker_threads';
 export const RING = 8 * 1024 * 1024;
 /** Bytes the thread gathers in the ring before one write to the cache file. */
 export const WRITE_BLOCK = 1024 * 1024;
-/** The most bytes the thread puts into the ring before it moves C_HAVE. */
-export const MAX_TAKE = 256 * 1024;
+/**
+ * The most bytes the thread puts into the ring before it moves C_HAVE: the
+ * most one socket read takes. A cold read fills each read whole (the
+ * socket is ahead of the thread); at 256 KiB, 4,096 reads per GiB, each
+ * with its callback, checks and counters. With 1 MiB the fetching
+ * threads took 1.34 to 1.40 s/GiB of CPU, 1.50 to 1.66 without (against
+ * 1.38 to 1.70 before the seventh session's changes), and the main thread,
+ * woken once per MAX_TAKE at most, 0.56 to 0.64 (0.62 to 0.78 before):
+ * docs/BENCHMARKS.md, 2026-12-05 "seventh session".
+ */
+export const MAX_TAKE = 1024 * 1024;
 export const C_HAVE = 0;
 export const C_WRITTEN = 1;
 export const C_WANT = 2;
