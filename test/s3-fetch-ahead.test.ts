@@ -3,7 +3,8 @@
 // src/disk/blob-bytes.ts), on a second fetching thread while the first is
 // busy (src/disk/fetch-thread.ts), and no more than PREFETCH_FRAGMENTS at a
 // time; a chunk changed in the bucket in the middle of a stream block;
-// rings reused across file systems. On the real radosgw. Serial: the fetching threads are this file's.
+// rings reused across file systems; the second thread started early. On the
+// real radosgw. Serial: the fetching threads are this file's.
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -15,6 +16,21 @@ import { blobWithBadByte, bucketOptions, fileBucket, filesUnder, objects, openTe
 import { putBlob, readAll, tempDir } from './helpers/store.js';
 
 const MiB = 1024 * 1024;
+
+// First in this file: no GET has run in this process before it.
+s3Test.serial('the second fetching thread starts once the first GET answered, before any second GET needs it', async (t) => {
+  const objectStore = await bucketOptions(t, { syncInterval: 0 });
+  const a = await openTemp(t, { objectStore });
+  const bytes = prngBytes('s3 one fragment', 3 * MiB + 5);
+  const name = await putBlob(a, bytes);
+  t.is((await objects(`${objectStore.prefix}cas/`)).size, 1, 'one fragment');
+  t.deepEqual(fetchThreadsBusy(), [], 'no fetching thread yet');
+  const b = await openTemp(t, { objectStore });
+  t.true((await readAll(b, name)).equals(bytes), 'byte-exact');
+  const busy = fetchThreadsBusy();
+  t.is(busy.length, 2, 'two fetching threads after one GET');
+  t.is(busy[1], 0, 'the second one has had no GET');
+});
 
 s3Test.serial('a stream fetches the next fragments while it reads one, on two fetching threads at once; every byte exact, every fragment cached whole', async (t) => {
   const objectStore = await bucketOptions(t, { syncInterval: 0 });

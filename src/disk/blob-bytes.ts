@@ -122,18 +122,13 @@ export class BlobBytes {
         continue;
       }
       // A run of whole chunks: one read into the caller's buffer, each chunk checked in place.
-      const run = [c];
-      let q = cEnd;
-      while (q < checkedEnd) {
-        const next = await this.#pager.chunkAt(q);
-        if (next.start + next.size > end) break;
-        run.push(next);
-        q = next.start + next.size;
-      }
+      const run = await this.#pager.chunksUntil(c.start, checkedEnd);
+      const last = run[run.length - 1]!;
+      const q = last.start + last.size;
       if (this.#files.remote) {
-        // Chunk by chunk: a chunk fetched now is checked on its way (see #readChunk).
+        // The chunks of one extent at a time: a chunk fetched now is checked on its way (see #readChunks).
         prefetchAfter(this.#files, this.#extents, q, this.#planFor);
-        for (const x of run) await this.#readChunk(x, buf.subarray(x.start - pos, x.start - pos + x.size));
+        for (let k = 0; k < run.length; ) k += await this.#readChunks(run, k, buf, pos);
       } else {
         await readExtents(this.#files, this.#extents, buf.subarray(p - pos, q - pos), p);
         for (const x of run) await this.#check(x, buf.subarray(x.start - pos, x.start - pos + x.size));
@@ -149,22 +144,30 @@ export class BlobBytes {
   }
 
   /**
-   * Reads chunk `x` (a bucket-backed store) into `bytes`, checked: by the
-   * fetching thread if the fragment is being fetched with a plan that has
-   * it (the plan of its extent, from #planFor), else here. A chunk across
-   * two extents is read and checked here.
+   * Reads chunks of `run` (a bucket-backed store), from run[k] on, into
+   * buf (which holds blob bytes from `pos`), checked: the ones that follow
+   * run[k] in its extent at once, if the fetching thread checked them (a
+   * fragment being fetched with the plan of that extent, from #planFor),
+   * else run[k] alone, checked here. Returns how many chunks it read. A
+   * chunk across two extents is read and checked here.
    */
-  async #readChunk(x: ChunkInfo, bytes: Uint8Array): Promise<void> {
+  async #readChunks(run: ChunkInfo[], k: number, buf: Uint8Array, pos: number): Promise<number> {
+    const x = run[k]!;
+    const bytes = buf.subarray(x.start - pos, x.start - pos + x.size);
     const i = this.#extents.find(x.start);
     const e = this.#extents.at(i);
-    if (x.start + x.size > e.start + e.size) {
+    const eEnd = e.start + e.size;
+    if (x.start + x.size > eEnd) {
       await readExtents(this.#files, this.#extents, bytes, x.start);
-      return this.#check(x, bytes);
+      await this.#check(x, bytes);
+      return 1;
     }
+    let m = k + 1;
+    while (m < run.length && run[m]!.start + run[m]!.size <= eEnd) m++;
     const at = e.offset + (x.start - e.start);
-    let checked: boolean;
+    let n: number;
     try {
-      checked = await this.#files.readChunk(e.frag, bytes, 0, x.size, at, x.hash, this.#planFor(i));
+      n = await this.#files.readChunks(e.frag, buf, x.start - pos, at, m === k + 1 ? [x] : run.slice(k, m), this.#planFor(i));
     } catch (err) {
       if (!isCabError(err, 'ERR_HASH_MISMATCH')) throw err;
       await this.#files.dropCached(e.frag);
@@ -178,7 +181,9 @@ export class BlobBytes {
         found,
       }, { cause: err });
     }
-    if (!checked) await this.#check(x, bytes);
+    if (n > 0) return n;
+    await this.#check(x, bytes);
+    return 1;
   }
 
   /**
@@ -196,12 +201,9 @@ export class BlobBytes {
       const c = await this.#pager.chunkAt(p);
       if (c.start < p) p = c.start + c.size;
     }
-    while (p < end) {
-      const c = await this.#pager.chunkAt(p);
-      if (c.start + c.size > end) break;
+    for (const c of p < end ? await this.#pager.chunksUntil(p, end) : []) {
       at.push(e.offset + (c.start - e.start), c.size);
       hashes.push(c.hash);
-      p = c.start + c.size;
     }
     if (at.length === 0) return undefined;
     const h = new Uint8Array(32 * hashes.length);
@@ -240,7 +242,7 @@ export class BlobBytes {
         const bytes = mine ? this.#scratch.subarray(0, c.size) : Buffer.allocUnsafe(c.size);
         if (this.#files.remote) {
           prefetchAfter(this.#files, this.#extents, c.start + c.size, this.#planFor);
-          await this.#readChunk(c, bytes);
+          await this.#readChunks([c], 0, bytes, c.start);
         } else {
           await readExtents(this.#files, this.#extents, bytes, c.start);
           await this.#check(c, bytes);

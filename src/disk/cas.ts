@@ -5,7 +5,7 @@ import type { Layout } from '../format/layout.js';
 import type { BucketLayout } from '../bucket/keys.js';
 import type { ObjectStore } from '../bucket/object-store.js';
 import { FragmentCache } from './cache.js';
-import { Download, missingIfAbsent } from './download.js';
+import { Download, missingIfAbsent, type CheckedChunk } from './download.js';
 import type { ChunkPlan } from './fetch-thread.js';
 
 /** The chunks a reader wants checked as a fragment is fetched (see ChunkPlan), asked for only when it is. */
@@ -16,7 +16,7 @@ export interface FragmentHandle {
   /** Reads up to `len` bytes at `pos`; fewer only at the end, 0 past it. */
   read(buf: Uint8Array, off: number, len: number, pos: number): Promise<number>;
   /** See Download.readChecked (a fragment being fetched only). */
-  readChecked?(buf: Uint8Array, off: number, len: number, pos: number, hash: Uint8Array): Promise<boolean>;
+  readChecked?(buf: Uint8Array, off: number, pos: number, run: readonly CheckedChunk[]): Promise<number>;
   /** The same, blocking (a file in cas/ only): for a caller whose next step waits on the read anyway (see FragmentFiles.read). */
   readSync?(buf: Uint8Array, off: number, len: number, pos: number): number;
   close(): Promise<void>;
@@ -81,7 +81,7 @@ export class Cas {
         knownDirs: this.knownDirs,
         cached: (size: number) => remote.cache.add(id, size),
       };
-      const started: Promise<Download> = (plan ? plan() : Promise.resolve(undefined)).then((p) => Download.start(id, remote.os, target, () => this.#forget(id, started), p));
+      const started: Promise<Download> = Download.start(id, remote.os, target, () => this.#forget(id, started), plan);
       this.#downloads.set(id, started);
       started.catch(() => this.#forget(id, started));
       p = started;
@@ -91,7 +91,7 @@ export class Cas {
     let closed = false;
     return {
       read: (buf, off, len, pos) => d.read(buf, off, len, pos),
-      readChecked: (buf, off, len, pos, hash) => d.readChecked(buf, off, len, pos, hash),
+      readChecked: (buf, off, pos, run) => d.readChecked(buf, off, pos, run),
       close: async () => {
         if (!closed) d.release();
         closed = true;

@@ -44,8 +44,17 @@ import { Worker } from 'node:worker_threads';
 export const RING = 8 * 1024 * 1024;
 /** Bytes the thread gathers in the ring before one write to the cache file. */
 export const WRITE_BLOCK = 1024 * 1024;
-/** The most bytes the thread puts into the ring before it moves C_HAVE. */
-export const MAX_TAKE = 256 * 1024;
+/**
+ * The most bytes the thread puts into the ring before it moves C_HAVE: the
+ * most one socket read takes. A cold read fills each read whole (the
+ * socket is ahead of the thread); at 256 KiB, 4,096 reads per GiB, each
+ * with its callback, checks and counters. With 1 MiB the fetching
+ * threads took 1.34 to 1.40 s/GiB of CPU, 1.50 to 1.66 without (against
+ * 1.38 to 1.70 before the seventh session's changes), and the main thread,
+ * woken once per MAX_TAKE at most, 0.56 to 0.64 (0.62 to 0.78 before):
+ * docs/BENCHMARKS.md, 2026-12-05 "seventh session".
+ */
+export const MAX_TAKE = 1024 * 1024;
 export const C_HAVE = 0;
 export const C_WRITTEN = 1;
 export const C_WANT = 2;
@@ -158,6 +167,7 @@ class FetchThread {
       this.#worker = new Worker(file, { execArgv: [] });
     }
     this.#worker.on('message', (m: FromFetcher) => {
+      if (m.t === 'head') answered();
       const on = this.#gets.get(m.id);
       if (m.t === 'done' || m.t === 'fail') {
         this.#gets.delete(m.id);
@@ -219,9 +229,25 @@ export function fetchThread(): FetchThread {
   let best: FetchThread | undefined;
   for (const t of threads) if (!best || t.busy < best.busy) best = t;
   if (best && (best.busy === 0 || threads.length >= FETCH_THREADS)) return best;
+  return startThread();
+}
+
+function startThread(): FetchThread {
   const t = new FetchThread();
   threads.push(t);
   return t;
+}
+
+/**
+ * The first GET answered: the next thread starts now, off the path of the
+ * next GET. Started when that GET came (a sequential reader's second,
+ * sent as the first ends), its start (40 to 100 ms on a loaded machine)
+ * came before that GET's first byte, the connection idle meanwhile; started
+ * with the first thread, it slowed the first GET's start as much
+ * (2026-12-05 "seventh session").
+ */
+function answered(): void {
+  if (threads.length < FETCH_THREADS) startThread();
 }
 
 /** GETs under way on each fetching thread started (for tests). */

@@ -4,6 +4,7 @@ import { CabError } from '../errors.js';
 import { ensureDir, fsyncDir, writeAll } from './durable.js';
 import type { Layout } from '../format/layout.js';
 import type { Cas, FragmentHandle, PlanFor } from './cas.js';
+import type { CheckedChunk } from './download.js';
 
 /**
  * Fragments this process names in a row that share their first four hex
@@ -167,16 +168,17 @@ export class FragmentFiles {
   }
 
   /**
-   * Reads exactly the `len` bytes of fragment `frag` at `position` into
-   * buf[off..], as `read`; true if they are a chunk with SHA-256 `hash`
-   * checked on the way (by the fetching thread: see Download.readChecked),
-   * false if the caller must check them. `plan`: as for prefetch.
+   * Reads chunks `run` of fragment `frag`, one after another from
+   * `position`, into buf[off..]: returns how many, from the first, were
+   * read checked on the way (by the fetching thread: see
+   * Download.readChecked). If none, the first is read as `read` does and
+   * 0 returned: the caller checks it. `plan`: as for prefetch.
    */
-  async readChunk(frag: string, buf: Uint8Array, off: number, len: number, position: number, hash: Uint8Array, plan?: PlanFor): Promise<boolean> {
+  async readChunks(frag: string, buf: Uint8Array, off: number, position: number, run: readonly CheckedChunk[], plan?: PlanFor): Promise<number> {
     const fh = await this.#handle(frag, plan);
-    if (await fh.readChecked?.(buf, off, len, position, hash)) return true;
-    await this.read(frag, buf, off, len, position);
-    return false;
+    const n = (await fh.readChecked?.(buf, off, position, run)) ?? 0;
+    if (n === 0) await this.read(frag, buf, off, run[0]!.size, position);
+    return n;
   }
 
   /**

@@ -12,7 +12,9 @@
 //   the blob, every chunk fetched and checked, vs GetObject of Upload's object.
 //
 // Each side's CPU time is this process's, all threads and the main one (the
-// server's is not counted).
+// server's is not counted); the run's line also gives the cold read's CPU
+// per thread other than the main one (fetching threads, V8's helpers, the
+// libuv pool), busiest first.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -44,13 +46,31 @@ const mainCpu = () => {
   }
 };
 
-/** Wall seconds and CPU seconds of `fn` (every thread, and the main one's). */
-async function measure(fn: () => Promise<unknown>): Promise<{ secs: number; cpu: number; main: number }> {
+/** CPU seconds of each thread of this process, by thread id (empty where there is no /proc). */
+const threadCpu = (): Map<string, number> => {
+  const m = new Map<string, number>();
+  try {
+    for (const tid of fs.readdirSync('/proc/self/task')) {
+      const f = fs.readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+      const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
+      m.set(tid, (Number(rest[11]) + Number(rest[12])) / 100);
+    }
+  } catch {
+    // a thread that ended between the listing and its read: the others are still right
+  }
+  return m;
+};
+
+/** Wall seconds and CPU seconds of `fn` (every thread, the main one's, and each thread's that used any, busiest first). */
+async function measure(fn: () => Promise<unknown>): Promise<{ secs: number; cpu: number; main: number; threads: number[] }> {
   const c0 = cpu();
   const m0 = mainCpu();
   const t0 = performance.now();
+  const before = threadCpu();
   await fn();
-  return { secs: (performance.now() - t0) / 1000, cpu: cpu() - c0, main: mainCpu() - m0 };
+  const after = threadCpu();
+  const threads = [...after].filter(([tid]) => tid !== String(process.pid)).map(([tid, s]) => s - (before.get(tid) ?? 0)).filter((s) => s > 0).sort((a, b) => b - a);
+  return { secs: (performance.now() - t0) / 1000, cpu: cpu() - c0, main: mainCpu() - m0, threads };
 }
 
 export async function benchS3(ctx: BenchContext): Promise<void> {
@@ -72,7 +92,7 @@ export async function benchS3(ctx: BenchContext): Promise<void> {
   });
   const label = `s3 ${Math.round(size / MiB)} MiB`;
   const r = { up: [] as number[], upCpu: [] as number[], peerUp: [] as number[], peerUpCpu: [] as number[], edit: [] as number[] };
-  const g = { ours: [] as number[], oursCpu: [] as number[], oursMain: [] as number[], peer: [] as number[], peerCpu: [] as number[], peerMain: [] as number[] };
+  const g = { ours: [] as number[], oursCpu: [] as number[], oursMain: [] as number[], oursThreads: [] as string[], peer: [] as number[], peerCpu: [] as number[], peerMain: [] as number[] };
   try {
     for (let i = 0; i < ctx.runs; i++) {
       const key = `peer-${i}`;
@@ -118,6 +138,7 @@ export async function benchS3(ctx: BenchContext): Promise<void> {
         g.ours.push(size / MB / read.secs);
         g.oursCpu.push(read.cpu);
         g.oursMain.push(read.main);
+        g.oursThreads.push(read.threads.map((s) => s.toFixed(2)).join(' '));
       } finally {
         await b.close();
       }
@@ -132,7 +153,7 @@ export async function benchS3(ctx: BenchContext): Promise<void> {
       g.peerMain.push(peerGet.main);
       ctx.log(
         `run ${i + 1}: upload ${r.up[i]!.toFixed(0)} vs ${r.peerUp[i]!.toFixed(0)} MB/s (cpu ${r.upCpu[i]!.toFixed(2)} vs ${r.peerUpCpu[i]!.toFixed(2)} s), ` +
-          `edited copy ${r.edit[i]!.toFixed(2)}% uploaded, cold read ${g.ours[i]!.toFixed(0)} vs ${g.peer[i]!.toFixed(0)} MB/s (cpu ${g.oursCpu[i]!.toFixed(2)} vs ${g.peerCpu[i]!.toFixed(2)} s, main thread ${g.oursMain[i]!.toFixed(2)} vs ${g.peerMain[i]!.toFixed(2)} s), load ${os.loadavg()[0]!.toFixed(1)}`,
+          `edited copy ${r.edit[i]!.toFixed(2)}% uploaded, cold read ${g.ours[i]!.toFixed(0)} vs ${g.peer[i]!.toFixed(0)} MB/s (cpu ${g.oursCpu[i]!.toFixed(2)} vs ${g.peerCpu[i]!.toFixed(2)} s, main thread ${g.oursMain[i]!.toFixed(2)} vs ${g.peerMain[i]!.toFixed(2)} s; ours, other threads: ${g.oursThreads[i]}), load ${os.loadavg()[0]!.toFixed(1)}`,
       );
       await emptyPrefix(admin, '');
       fs.rmSync(dirA, { recursive: true, force: true });
