@@ -103,9 +103,9 @@ class HashThread {
       if (this.#waiting.size === 0 && this.#inFlight === 0) this.#worker.unref();
       if (!w) return;
       if (m.error) {
-        // An errno from the thread's writes (ENOSPC, EIO) keeps its meaning: ERR_NO_SPACE or ERR_IO.
+        // An errno from the thread's writes or reads (ENOSPC, EIO) keeps its meaning: ERR_NO_SPACE or ERR_IO.
         const e = Object.assign(new Error(m.error.message), m.error.code ? { code: m.error.code } : {});
-        w.reject(m.error.code === 'ERR_CLOSED' || m.error.code === 'ERR_FRAGMENT_MISSING' ? new CabError(m.error.code, m.error.message) : ioError(e, 'writing a fragment'));
+        w.reject(m.error.code === 'ERR_CLOSED' || m.error.code === 'ERR_FRAGMENT_MISSING' ? new CabError(m.error.code, m.error.message) : ioError(e, 'a fragment read or write on the hashing thread'));
       } else w.resolve(m.value);
     });
     this.#worker.on('error', (e) => this.#die(new CabError('ERR_CLOSED', `the hashing thread failed: ${e.message}`, {}, { cause: e })));
