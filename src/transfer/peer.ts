@@ -102,7 +102,7 @@ export class Peer {
     this.#idle = new IdleWatch({
       ms: options.idleMs ?? DEFAULT_IDLE_MS,
       bytesRead: transport.bytesRead && (() => transport.bytesRead!()),
-      waitLonger: () => this.#parked !== undefined && this.#parked.free < this.#parked.total,
+      waitLonger: () => this.#requestsServed > 0 || (this.#parked !== undefined && this.#parked.free < this.#parked.total),
       onIdle: (e) => this.#fatal(e),
     });
     this.#serving = new Serving({

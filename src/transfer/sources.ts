@@ -3,6 +3,7 @@ import { CabError, isCabError, raceAbort, type ErrorCode } from '../errors.js';
 import type { GetItem } from './messages.js';
 import { getBytes, type RemoteSource } from './remote.js';
 import { MAX_TIMER_MS, abortError } from './abort.js';
+import { stillArriving } from './idle-watch.js';
 
 /**
  * Failures that are the source's, not ours: a pull drops that source and
@@ -281,12 +282,15 @@ export class SourceSet {
         e.lastHeard = Math.max(e.lastHeard, now);
         continue;
       }
-      // Bytes still arriving, a frame not yet whole (one 4 MiB chunk on a slow link): not a stall.
+      // Bytes still arriving, a frame not yet whole (one 4 MiB chunk on a slow link): not a stall, above a trickle.
       const read = e.src.bytesRead?.();
-      if (read !== undefined && read !== e.lastBytes) {
+      if (read !== undefined) {
+        const alive = e.lastBytes !== undefined && stillArriving(read - e.lastBytes, every);
         e.lastBytes = read;
-        e.lastHeard = Math.max(e.lastHeard, now);
-        continue;
+        if (alive) {
+          e.lastHeard = Math.max(e.lastHeard, now);
+          continue;
+        }
       }
       if (e.outstanding > 0 && now - e.lastHeard > ms) {
         this.drop(e, new CabError('ERR_IDLE_TIMEOUT', `${e.label} sent nothing for ${ms} ms with ${e.outstanding} requests waiting`, { blob: this.o.name }));
