@@ -37,6 +37,7 @@ import { fillToTheByte, smallDisk } from './helpers/faults.js';
 import { cli, start, finished } from './helpers/cli.js';
 import { RawClient } from './helpers/transfer.js';
 import { chunkKeys, chunksOf, keysOf, readAll, tempDir, tempStore } from './helpers/store.js';
+import { settle } from './helpers/hostile.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -46,16 +47,6 @@ function codeOf(e: unknown): string {
   return isCabError(e) ? e.code : `not a CabError: ${String(e)}`;
 }
 
-/** How `p` settles within `ms`: 'resolved', its CabError code, or 'pending'. */
-async function settle(p: Promise<unknown>, ms: number): Promise<string> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<string>((resolve) => (timer = setTimeout(() => resolve('pending'), ms)));
-  try {
-    return await Promise.race([p.then(() => 'resolved', codeOf), late]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** A finalized blob of `bytes` (named `name`, or a fresh name): its writer, closed (name and hash). */
 async function put(store: BlobStore, bytes: Uint8Array, name?: string) {

@@ -12,6 +12,7 @@ import { BlobStore, PROTOCOL_VERSION, connect, serve, decodeMessage, encodeMessa
 import { prngBytes } from '../tools/data.js';
 import { filesUnder, blobWithBadByte, bucketOptions, openTemp, s3Test, until } from './helpers/s3.js';
 import { putBlob, tempStore } from './helpers/store.js';
+import { settle } from './helpers/hostile.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -20,16 +21,6 @@ const TOKEN = 'review7b';
 
 const codeOf = (e: unknown): string => (isCabError(e) ? e.code : String(e));
 
-/** How `p` settles within `ms`: 'resolved', its CabError code, or 'pending'. */
-async function settle(p: Promise<unknown>, ms: number): Promise<string> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<string>((resolve) => (timer = setTimeout(() => resolve('pending'), ms)));
-  try {
-    return await Promise.race([p.then(() => 'resolved', codeOf), late]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** A WebSocket server on 127.0.0.1 that answers hello with a welcome, then hands every other message to `script`. */
 async function fakeServer(t: ExecutionContext, script: (m: Message, ws: WebSocket) => void): Promise<string> {

@@ -3,7 +3,7 @@
 // and a client on a fresh store connected through it; all closed when the
 // test ends.
 import type { ExecutionContext } from 'ava';
-import { connect, serve, type BlobStore, type CabClient } from '../../src/index.js';
+import { connect, isCabError, serve, type BlobStore, type CabClient } from '../../src/index.js';
 import { wsProxy, type FrameHook } from './proxies.js';
 import { tempStore } from './store.js';
 
@@ -16,4 +16,15 @@ export async function throughLiar(t: ExecutionContext, src: BlobStore, toClient:
   const client = await connect(dst, liar.url, { token: 'ro' });
   t.teardown(() => client.close());
   return { client, dst, url: liar.url };
+}
+
+/** How `p` settles within `ms`: 'resolved', its CabError code (else `not a CabError: ...`), or 'pending'. */
+export async function settle(p: Promise<unknown>, ms: number): Promise<string> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<string>((resolve) => (timer = setTimeout(() => resolve('pending'), ms)));
+  try {
+    return await Promise.race([p.then(() => 'resolved', (e: unknown) => (isCabError(e) ? e.code : `not a CabError: ${String(e)}`)), late]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
