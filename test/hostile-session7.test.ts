@@ -12,15 +12,12 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import fs from 'node:fs';
 import path from 'node:path';
-import type { AddressInfo } from 'node:net';
-import { WebSocket, WebSocketServer, type RawData } from 'ws';
+import type { WebSocket } from 'ws';
 import {
   BlobStore,
   PROTOCOL_VERSION,
   connect,
   serve,
-  decodeMessage,
-  encodeMessage,
   exportBundle,
   importBundle,
   fetchBlob,
@@ -37,7 +34,7 @@ import { fillToTheByte, smallDisk } from './helpers/faults.js';
 import { cli, start, finished } from './helpers/cli.js';
 import { RawClient } from './helpers/transfer.js';
 import { chunkKeys, chunksOf, keysOf, readAll, tempDir, tempStore } from './helpers/store.js';
-import { settle } from './helpers/hostile.js';
+import { fakeServer, settle, type Send } from './helpers/hostile.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -57,47 +54,6 @@ async function put(store: BlobStore, bytes: Uint8Array, name?: string) {
 }
 
 // --- a fake server: a raw `ws` server that says welcome and then follows a script --------------------
-
-type Send = (m: Message | Record<string, unknown> | Uint8Array) => void;
-type Script = (m: Message, send: Send, ws: WebSocket) => void;
-
-const toBuf = (d: RawData): Buffer => (Array.isArray(d) ? Buffer.concat(d) : Buffer.isBuffer(d) ? d : Buffer.from(d as ArrayBuffer));
-
-/** A WebSocket server on 127.0.0.1 that answers hello with a welcome (fields overridden by `welcome`), then hands every message to `script`. */
-async function fakeServer(t: ExecutionContext, script: Script, welcome: Record<string, unknown> = {}): Promise<string> {
-  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: false, maxPayload: 64 * MiB });
-  await once(wss, 'listening');
-  const socks = new Set<WebSocket>();
-  wss.on('connection', (ws) => {
-    socks.add(ws);
-    ws.on('error', () => {});
-    const send: Send = (x) => {
-      if (ws.readyState === WebSocket.OPEN) ws.send(x instanceof Uint8Array ? x : encodeMessage(x as Message), { binary: true });
-    };
-    ws.on('message', (d, isBinary) => {
-      if (!isBinary) return;
-      let m: Message;
-      try {
-        m = decodeMessage(toBuf(d));
-      } catch (e) {
-        // What a real server does with a malformed request: err without id, and close.
-        send({ t: 'err', code: isCabError(e) ? e.code : 'ERR_PROTOCOL', msg: String(e) });
-        ws.close(1008);
-        return;
-      }
-      if (m.t === 'hello') {
-        send({ t: 'welcome', v: PROTOCOL_VERSION, chunker: m.chunker, hash: 'sha256', perms: ['read'], maxFrame: 4 * MiB + 64 * KiB, maxRequests: 64, ...welcome });
-        return;
-      }
-      script(m, send, ws);
-    });
-  });
-  t.teardown(() => {
-    for (const s of socks) s.terminate();
-    return new Promise<void>((resolve) => wss.close(() => resolve()));
-  });
-  return `ws://127.0.0.1:${(wss.address() as AddressInfo).port}`;
-}
 
 /** A blob as a server would hold it: bytes, chunk list, root; and where each chunk is. */
 function served(bytes: Buffer) {

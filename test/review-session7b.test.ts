@@ -6,13 +6,11 @@
 // them). Serial: the tests time what a peer waits for, on a shared machine.
 import test, { type ExecutionContext } from 'ava';
 import { once } from 'node:events';
-import type { AddressInfo } from 'node:net';
-import { WebSocket, WebSocketServer, type RawData } from 'ws';
-import { BlobStore, PROTOCOL_VERSION, connect, serve, decodeMessage, encodeMessage, isCabError, type Message } from '../src/index.js';
+import { BlobStore, connect, serve, encodeMessage, isCabError, type Message } from '../src/index.js';
 import { prngBytes } from '../tools/data.js';
 import { filesUnder, blobWithBadByte, bucketOptions, openTemp, s3Test, until } from './helpers/s3.js';
 import { putBlob, tempStore } from './helpers/store.js';
-import { settle } from './helpers/hostile.js';
+import { fakeServer, settle } from './helpers/hostile.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -22,31 +20,6 @@ const TOKEN = 'review7b';
 const codeOf = (e: unknown): string => (isCabError(e) ? e.code : String(e));
 
 
-/** A WebSocket server on 127.0.0.1 that answers hello with a welcome, then hands every other message to `script`. */
-async function fakeServer(t: ExecutionContext, script: (m: Message, ws: WebSocket) => void): Promise<string> {
-  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: false, maxPayload: 64 * MiB });
-  await once(wss, 'listening');
-  const socks = new Set<WebSocket>();
-  wss.on('connection', (ws) => {
-    socks.add(ws);
-    ws.on('error', () => {});
-    ws.on('message', (d: RawData, isBinary) => {
-      if (!isBinary) return;
-      const m = decodeMessage(Array.isArray(d) ? Buffer.concat(d) : Buffer.isBuffer(d) ? d : Buffer.from(d as ArrayBuffer));
-      if (m.t === 'hello') {
-        const welcome = { t: 'welcome', v: PROTOCOL_VERSION, chunker: m.chunker, hash: 'sha256', perms: ['read'], maxFrame: 4 * MiB + 64 * KiB, maxRequests: 64 };
-        ws.send(encodeMessage(welcome as unknown as Message), { binary: true });
-        return;
-      }
-      script(m, ws);
-    });
-  });
-  t.teardown(() => {
-    for (const s of socks) s.terminate();
-    return new Promise<void>((resolve) => wss.close(() => resolve()));
-  });
-  return `ws://127.0.0.1:${(wss.address() as AddressInfo).port}`;
-}
 
 test.serial('serve idleTimeoutMs below the 20 s a server holds a follow stat (STAT_WAIT_MS): the server does not cut a follower it owes the answer to, and the blob that grows after 3 s reaches it', async (t) => {
   // abf1019 made the CLIENT wait at least STAT_WAIT_MS + 10 s while a follow stat is outstanding. The server's
@@ -90,7 +63,7 @@ test.serial('connect idleTimeoutMs 1000: a server that trickles a frame (4 bytes
   // healthy link of review-session7 working and still end this.
   const drips: NodeJS.Timeout[] = [];
   t.teardown(() => drips.forEach((d) => clearInterval(d)));
-  const url = await fakeServer(t, (m, ws) => {
+  const url = await fakeServer(t, (m, _send, ws) => {
     if (m.t !== 'stat') return;
     const socket = (ws as unknown as { _socket: { write(b: Uint8Array): boolean; destroyed: boolean } })._socket;
     // A binary frame (FIN, opcode 2, unmasked as a server's are) announcing 60,000 payload bytes.

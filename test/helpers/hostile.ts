@@ -3,7 +3,13 @@
 // and a client on a fresh store connected through it; all closed when the
 // test ends.
 import type { ExecutionContext } from 'ava';
-import { connect, isCabError, serve, type BlobStore, type CabClient } from '../../src/index.js';
+import { once } from 'node:events';
+import type { AddressInfo } from 'node:net';
+import { WebSocket, WebSocketServer, type RawData } from 'ws';
+import { PROTOCOL_VERSION, connect, decodeMessage, encodeMessage, isCabError, serve, type BlobStore, type CabClient, type Message } from '../../src/index.js';
+
+const MiB = 1024 * 1024;
+const KiB = 1024;
 import { wsProxy, type FrameHook } from './proxies.js';
 import { tempStore } from './store.js';
 
@@ -27,4 +33,45 @@ export async function settle(p: Promise<unknown>, ms: number): Promise<string> {
   } finally {
     clearTimeout(timer);
   }
+}
+
+export type Send = (m: Message | Record<string, unknown> | Uint8Array) => void;
+export type Script = (m: Message, send: Send, ws: WebSocket) => void;
+
+const toBuf = (d: RawData): Buffer => (Array.isArray(d) ? Buffer.concat(d) : Buffer.isBuffer(d) ? d : Buffer.from(d as ArrayBuffer));
+
+/** A WebSocket server on 127.0.0.1 that answers hello with a welcome (fields overridden by `welcome`), then hands every message to `script`. */
+export async function fakeServer(t: ExecutionContext, script: Script, welcome: Record<string, unknown> = {}): Promise<string> {
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: false, maxPayload: 64 * MiB });
+  await once(wss, 'listening');
+  const socks = new Set<WebSocket>();
+  wss.on('connection', (ws) => {
+    socks.add(ws);
+    ws.on('error', () => {});
+    const send: Send = (x) => {
+      if (ws.readyState === WebSocket.OPEN) ws.send(x instanceof Uint8Array ? x : encodeMessage(x as Message), { binary: true });
+    };
+    ws.on('message', (d, isBinary) => {
+      if (!isBinary) return;
+      let m: Message;
+      try {
+        m = decodeMessage(toBuf(d));
+      } catch (e) {
+        // What a real server does with a malformed request: err without id, and close.
+        send({ t: 'err', code: isCabError(e) ? e.code : 'ERR_PROTOCOL', msg: String(e) });
+        ws.close(1008);
+        return;
+      }
+      if (m.t === 'hello') {
+        send({ t: 'welcome', v: PROTOCOL_VERSION, chunker: m.chunker, hash: 'sha256', perms: ['read'], maxFrame: 4 * MiB + 64 * KiB, maxRequests: 64, ...welcome });
+        return;
+      }
+      script(m, send, ws);
+    });
+  });
+  t.teardown(() => {
+    for (const s of socks) s.terminate();
+    return new Promise<void>((resolve) => wss.close(() => resolve()));
+  });
+  return `ws://127.0.0.1:${(wss.address() as AddressInfo).port}`;
 }
