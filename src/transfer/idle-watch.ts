@@ -37,7 +37,8 @@ export class IdleWatch {
   heard(): void {
     this.#heardAt = this.#readAt = performance.now();
     this.#read = this.o.bytesRead?.();
-    this.#arm(this.o.ms);
+    // One timer, not one per message (a pull hears a frame per chunk): when it fires, it waits on from #heardAt.
+    if (this.#timer === undefined) this.#arm(this.o.ms);
   }
 
   stop(): void {
@@ -62,7 +63,8 @@ export class IdleWatch {
     }
     const since = now - this.#heardAt;
     const longest = this.o.waitLonger() ? Math.max(this.o.ms, STAT_WAIT_MS + 10_000) : this.o.ms;
-    if (since < longest) return this.#arm(longest - since);
+    if (since < longest) return this.#arm(Math.max(1, longest - since));
+    this.#timer = undefined;
     this.o.onIdle(new CabError('ERR_IDLE_TIMEOUT', `no message for ${Math.round(since)} ms`));
   }
 }
