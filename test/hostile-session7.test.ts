@@ -34,7 +34,7 @@ import { fillToTheByte, smallDisk } from './helpers/faults.js';
 import { cli, start, finished } from './helpers/cli.js';
 import { RawClient } from './helpers/transfer.js';
 import { chunkKeys, chunksOf, keysOf, readAll, tempDir, tempStore } from './helpers/store.js';
-import { fakeServer, settle, type Send } from './helpers/hostile.js';
+import { drain, fakeServer, settle, type Send } from './helpers/hostile.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -632,19 +632,6 @@ test.serial('held: tus: DELETE while a PATCH is still sending, and while one has
 
 // --- 3. follow mode --------------------------------------------------------------------------------
 
-/** Reads a follower's stream to its end: the bytes, and how it ended ('end' or an error code). */
-async function drain(s: AsyncIterable<Uint8Array>, onBytes?: (n: number) => void): Promise<{ bytes: Buffer; how: string }> {
-  const parts: Buffer[] = [];
-  try {
-    for await (const b of s) {
-      parts.push(Buffer.from(b));
-      onBytes?.(b.length);
-    }
-    return { bytes: Buffer.concat(parts), how: 'end' };
-  } catch (e) {
-    return { bytes: Buffer.concat(parts), how: codeOf(e) };
-  }
-}
 
 test.serial('a follower of a blob deleted and written again under the same name (between two looks) does not splice the new blob onto the old one', async (t) => {
   const store = await tempStore(t);

@@ -75,3 +75,17 @@ export async function fakeServer(t: ExecutionContext, script: Script, welcome: R
   });
   return `ws://127.0.0.1:${(wss.address() as AddressInfo).port}`;
 }
+
+/** Everything a stream gives, and how it ended: 'end', or its CabError code. */
+export async function drain(s: AsyncIterable<Uint8Array>, onBytes?: (n: number) => void): Promise<{ bytes: Buffer; how: string }> {
+  const parts: Buffer[] = [];
+  try {
+    for await (const b of s) {
+      parts.push(Buffer.from(b));
+      onBytes?.(b.length);
+    }
+    return { bytes: Buffer.concat(parts), how: 'end' };
+  } catch (e) {
+    return { bytes: Buffer.concat(parts), how: isCabError(e) ? e.code : `not a CabError: ${String(e)}` };
+  }
+}
