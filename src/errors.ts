@@ -27,7 +27,7 @@ export const ERROR_CODES = {
   ERR_GC_RUNNING: 'another GC is running on this store (pass wait: true to wait for it)',
   ERR_FSCK_FAILED: 'fsck found a problem it did not repair, or a blob with damage recorded (its report lists them; the command line exits 1 with this code)',
   ERR_PROTOCOL: 'a peer sent a malformed, unknown or out-of-place message',
-  ERR_TOO_MANY_REQUESTS: 'a peer has more requests outstanding than the limit, or the HTTP face has as many uploads under way as it takes (503, Retry-After)',
+  ERR_TOO_MANY_REQUESTS: 'a peer has more requests outstanding than the limit, the HTTP face has as many uploads under way as it takes (503, Retry-After), or the server has as many connections open as it takes (maxConnections: a refused connect, or 503 with Retry-After)',
   ERR_IDLE_TIMEOUT: 'a peer sent nothing, said no hello, or read nothing for longer than its limit (an upload body that stalls is cut with it)',
   ERR_AUTH: 'the credential is missing or unknown',
   ERR_AUTH_LIMIT: 'too many failed credentials came from this address: refused, even a good one, until it has waited',

@@ -1,6 +1,7 @@
 // A server against clients that cost it without a credential, or guess one,
 // or send numbers past the protocol's range: real sockets on 127.0.0.1.
 import test, { type ExecutionContext } from 'ava';
+import http from 'node:http';
 import net from 'node:net';
 import { connect, decodeMessage, encodeMessage, isCabError, serve, type CabServer, type Message, type ServeOptions } from '../src/index.js';
 import { prngBytes } from '../tools/data.js';
@@ -134,4 +135,86 @@ test('id and list.from are below 2^32: 2^32 is ERR_PROTOCOL in the decoder and o
   t.like(await edge.hello(RW), { t: 'welcome' });
   edge.send({ t: 'list', id: 2 ** 32 - 1, name: blob, from: 2 ** 32 - 1 });
   t.like(await edge.waitFor((m) => m.t === 'listr' || m.t === 'err'), { t: 'listr', id: 2 ** 32 - 1, c: [], end: true });
+});
+
+// --- maxConnections (eighth session) ----------------------------------------------------------------
+
+const codeOf = (e: unknown) => (isCabError(e) ? e.code : `not a CabError: ${String(e)}`);
+
+test('maxConnections: N clients are served, the next is refused with ERR_TOO_MANY_REQUESTS, the others go on; a slot freed by a close is used again', async (t) => {
+  const { srv, name } = await serveT(t, { maxConnections: 3 });
+  const clients: Awaited<ReturnType<typeof connect>>[] = [];
+  for (let i = 0; i < 3; i++) {
+    const c = await connect(await tempStore(t), srv.url, { token: RW });
+    t.teardown(() => c.close());
+    clients.push(c);
+  }
+  t.is(srv.open, 3);
+  const e = await t.throwsAsync(connect(await tempStore(t), srv.url, { token: RW }));
+  t.is(codeOf(e), 'ERR_TOO_MANY_REQUESTS', String(e));
+  t.regex(String(e), /3 connections open/);
+  for (const c of clients) t.like(await c.stat(name), { finalized: true }, 'the connections already open are not affected');
+  await clients[0]!.close();
+  t.true(await until(() => srv.open === 2, 5000), `open: ${srv.open}`);
+  const again = await connect(await tempStore(t), srv.url, { token: RW });
+  t.teardown(() => again.close());
+  t.like(await again.stat(name), { finalized: true }, 'the freed slot is taken');
+  t.is(codeOf(await t.throwsAsync(connect(await tempStore(t), srv.url, { token: RW }))), 'ERR_TOO_MANY_REQUESTS', 'full again');
+  t.is(codeOf(await t.throwsAsync(serve(await tempStore(t), { insecure: true, maxConnections: 0 }))), 'ERR_BAD_ARGUMENT');
+});
+
+test('maxConnections: connections not welcomed (TCP only, WebSocket without hello) hold slots until helloTimeoutMs closes them', async (t) => {
+  const { srv, name } = await serveT(t, { maxConnections: 2, helloTimeoutMs: 800 });
+  const tcp = await silentSocket(t, srv.port);
+  const mute = await raw(t, srv.url);
+  t.is(srv.open, 2);
+  t.is(codeOf(await t.throwsAsync(connect(await tempStore(t), srv.url, { token: RW }))), 'ERR_TOO_MANY_REQUESTS', 'half-open sockets count');
+  t.true(await until(() => tcp.closed, 10_000), 'the TCP connection is closed at the hello deadline');
+  t.true(await mute.waitClosed(10_000), 'so is the WebSocket that said nothing');
+  t.true(await until(() => srv.open === 0, 5000), `open: ${srv.open}`);
+  const c = await connect(await tempStore(t), srv.url, { token: RW });
+  t.teardown(() => c.close());
+  t.like(await c.stat(name), { finalized: true });
+});
+
+test('maxConnections covers the HTTP face on the same port: an HTTP request past it is answered 503 with Retry-After and the code', async (t) => {
+  const { serve: serveHttp } = await import('../src/http/serve.js');
+  const store = await tempStore(t);
+  const name = await putBlob(store, prngBytes('hardening http', 100_000));
+  const srv = await serveHttp(store, { tokens: { [RW]: ['read'] }, maxConnections: 1 });
+  t.teardown(() => srv.close());
+  const get = (): Promise<{ status: number; retry?: string; body: string }> =>
+    new Promise((resolve, reject) => {
+      const req = http.get(`http://127.0.0.1:${srv.port}/blobs/${name}`, { agent: false, headers: { authorization: `Bearer ${RW}` } }, (res) => {
+        const parts: Buffer[] = [];
+        res.on('data', (b: Buffer) => parts.push(b));
+        res.on('end', () => resolve({ status: res.statusCode!, ...(res.headers['retry-after'] ? { retry: String(res.headers['retry-after']) } : {}), body: Buffer.concat(parts).toString() }));
+      });
+      req.on('error', reject);
+    });
+  t.is((await get()).status, 200, 'a free slot: served');
+  t.true(await until(() => srv.open === 0, 5000), 'the HTTP connection (agent: false) closed');
+  const c = await connect(await tempStore(t), srv.url, { token: RW });
+  t.teardown(() => c.close());
+  const busy = await get();
+  t.is(busy.status, 503);
+  t.is(busy.retry, '1');
+  t.regex(busy.body, /^ERR_TOO_MANY_REQUESTS: /);
+  await c.close();
+  t.true(await until(() => srv.open === 0, 5000));
+  t.is((await get()).status, 200, 'served again once the WebSocket closed');
+});
+
+test('before its welcome a connection may send a frame of 64 KiB at most (closed 1009): the connections waiting cannot make the server hold maxFrame each; after it, maxFrame', async (t) => {
+  const { srv } = await serveT(t);
+  const big = await raw(t, srv.url);
+  big.send(Buffer.alloc(100 * 1024, 0x90));
+  t.true(await big.waitClosed(5000));
+  t.is(big.closed?.code, 1009);
+  const welcomed = await raw(t, srv.url);
+  t.like(await welcomed.hello(RW), { t: 'welcome' });
+  welcomed.send(Buffer.alloc(1024 * 1024, 0x90)); // not a message: ERR_PROTOCOL, but read whole
+  t.true(await welcomed.waitClosed(5000));
+  t.is(welcomed.closed?.code, 1008);
+  t.deepEqual(welcomed.fatalErrors.map((e) => e.code), ['ERR_PROTOCOL']);
 });

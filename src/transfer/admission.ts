@@ -1,5 +1,8 @@
 import type net from 'node:net';
+import { CabError } from '../errors.js';
 
+/** Connections open on the server's port at once, of every kind (WebSocket and HTTP, welcomed or not). */
+export const DEFAULT_MAX_CONNECTIONS = 256;
 /** Connections that have not been welcomed yet (no hello, or not answered), over the whole server. */
 export const DEFAULT_MAX_PENDING = 64;
 /** A connection must be welcomed within this long of connecting. */
@@ -13,6 +16,14 @@ const MAX_ADDRESSES = 10_000;
 const CLOSE_GRACE_MS = 1000;
 
 export interface AdmissionOptions {
+  /**
+   * At most this many connections open on the port at once (default 256):
+   * WebSocket sessions, HTTP connections, and those not yet welcomed. One
+   * more is refused with ERR_TOO_MANY_REQUESTS (its upgrade gets `err` and
+   * close 1013, its HTTP request 503 with Retry-After); a slot frees when a
+   * connection closes.
+   */
+  maxConnections?: number;
   /** At most this many connections not yet welcomed at once; more are closed on arrival (default 64). */
   maxPending?: number;
   /** A connection not welcomed this long after it connected is closed (default 10 s). */
@@ -33,22 +44,29 @@ export interface AuthGate {
 interface Pending {
   socket: net.Socket;
   timer: NodeJS.Timeout;
+  /** Came when maxConnections were open: it is told so at its first request, and closed. */
+  refused: boolean;
   /** Says why to the peer on this socket, if it has one yet. */
   tellExpired?: () => void;
 }
 
 /**
- * Who may hold a connection, and who may try a token. Before hello a
- * connection costs the server without any credential, so those are capped
- * in number and in time; and an address that keeps presenting bad tokens is
- * refused for a while, so tokens cannot be guessed at the speed of the wire.
+ * Who may hold a connection, and who may try a token. Every connection
+ * holds a slot of maxConnections until it closes. Before hello a connection
+ * costs the server without any credential, so those are capped in number
+ * and in time; and an address that keeps presenting bad tokens is refused
+ * for a while, so tokens cannot be guessed at the speed of the wire.
  *
  *   TCP accept --(over maxPending)--> closed at once
- *       |--(welcomed)--> admitted: no longer counted, no deadline
+ *       |--(maxConnections open)--> refused: told so at its first request (pending till then), closed
+ *       |--(welcomed)--> admitted: no longer pending, no deadline, holds its slot till it closes
  *       +--(helloTimeoutMs)--> told why (if it speaks WebSocket), closed
  */
 export class Admission {
   readonly #maxPending: number;
+  readonly #maxOpen: number;
+  /** Connections holding a slot of maxConnections (all but the refused). */
+  #open = 0;
   readonly #helloMs: number;
   readonly #maxFailures: number;
   readonly #windowMs: number;
@@ -59,6 +77,7 @@ export class Admission {
 
   constructor(o: AdmissionOptions = {}) {
     this.#maxPending = o.maxPending ?? DEFAULT_MAX_PENDING;
+    this.#maxOpen = o.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
     this.#helloMs = o.helloTimeoutMs ?? DEFAULT_HELLO_TIMEOUT_MS;
     this.#maxFailures = o.maxAuthFailures ?? DEFAULT_MAX_AUTH_FAILURES;
     this.#windowMs = o.authFailureWindowMs ?? DEFAULT_AUTH_FAILURE_WINDOW_MS;
@@ -69,20 +88,41 @@ export class Admission {
     return this.#pending.size;
   }
 
-  /** A TCP connection arrived: counted and given its deadline, or closed if too many are waiting. */
+  /** Connections holding a slot (at most maxConnections). */
+  get open(): number {
+    return this.#open;
+  }
+
+  /**
+   * A TCP connection arrived: counted and given its deadline, or closed if
+   * too many are waiting; refused (to be told so) if maxConnections are open.
+   */
   accept(socket: net.Socket): void {
     const key = keyOf(socket);
     if (this.#pending.size >= this.#maxPending || key === undefined) {
       socket.destroy();
       return;
     }
-    const p: Pending = { socket, timer: setTimeout(() => this.#expire(p), this.#helloMs) };
+    const refused = this.#open >= this.#maxOpen;
+    if (!refused) this.#open++;
+    const p: Pending = { socket, refused, timer: setTimeout(() => this.#expire(p), this.#helloMs) };
     p.timer.unref();
     this.#pending.set(key, p);
     socket.once('close', () => {
       clearTimeout(p.timer);
+      if (!refused) this.#open--;
       if (this.#pending.get(key) === p) this.#pending.delete(key);
     });
+  }
+
+  /** Whether `socket` came when maxConnections were open: then its first request is answered ERR_TOO_MANY_REQUESTS, and it is closed. */
+  refused(socket: net.Socket): boolean {
+    return this.#pending.get(keyOf(socket) ?? '')?.refused === true;
+  }
+
+  /** The error a refused connection is told. */
+  busy(): CabError {
+    return new CabError('ERR_TOO_MANY_REQUESTS', `the server has ${this.#maxOpen} connections open, as many as it takes: try again later`);
   }
 
   /** The connection speaks WebSocket now: at its deadline, `tellExpired` says why before it is closed. */
@@ -95,7 +135,7 @@ export class Admission {
   welcomed(socket: net.Socket): void {
     const key = keyOf(socket) ?? '';
     const p = this.#pending.get(key);
-    if (!p) return;
+    if (!p || p.refused) return;
     clearTimeout(p.timer);
     this.#pending.delete(key);
   }

@@ -9,20 +9,34 @@ export function stillArriving(grown: number, ms: number): boolean {
   return grown > 0 && grown >= (MIN_LIVE_RATE * ms) / 1000;
 }
 
+/** A peer silent for this share of the idle wait is pinged (its pong, or any byte, is a sign of life). */
+export const PING_SHARE = 4;
+
 export interface IdleWatchOptions {
-  /** Idle after this long with no message. */
+  /** Idle after this long with no message (or, with `ping`, no pong either). */
   ms: number;
   /** Bytes read from the connection so far: while they grow, a frame is on its way (one 4 MiB chunk on a slow link). */
   bytesRead?: (() => number) | undefined;
-  /** A follow stat is outstanding, which the server may hold STAT_WAIT_MS (or, on a server, one is being answered): wait at least that (and a margin). */
+  /** A follow stat is outstanding, which the server may hold STAT_WAIT_MS (or, on a server, one is being answered): wait at least that (and a margin). Without `ping` only. */
   waitLonger: () => boolean;
+  /**
+   * Pings the peer (a WebSocket ping, which its transport answers by itself
+   * with a pong: `answered`) if it owes us something now, and says whether it
+   * did: a peer silent while it works for us is then cut only if it answers
+   * nothing. A peer that owes nothing is not pinged, so an idle one is cut.
+   */
+  ping?: () => boolean;
   onIdle: (e: CabError) => void;
 }
 
 /**
  * The idle timer of one connection: `heard` (a message came, or a client's
- * first request went out) starts the wait again, `stop` ends it. When it
- * runs out with bytes still arriving (at MIN_LIVE_RATE at least), or a
+ * first request went out) starts the wait again, `stop` ends it. With
+ * `ping`, a peer silent for a PING_SHARE of the wait is pinged, and its pong
+ * (`answered`) starts the wait again: this timer asks only whether the peer
+ * is there; whether a request makes progress is for the stall checks
+ * (SourceSet's stallMs), which pongs do not satisfy. When it runs out with
+ * bytes still arriving (at MIN_LIVE_RATE at least), or (without `ping`) a
  * follow stat that may rightly be held longer, it waits on; else `onIdle`
  * gets ERR_IDLE_TIMEOUT.
  */
@@ -31,14 +45,28 @@ export class IdleWatch {
   #heardAt = 0;
   #read: number | undefined;
   #readAt = 0;
+  /** A ping went out since the peer was last heard: its pong is a sign of life. */
+  #pinged = false;
+  /** How long between checks: with pings, a share of the wait, so that a ping goes out in time. */
+  readonly #step: number;
 
-  constructor(readonly o: IdleWatchOptions) {}
+  constructor(readonly o: IdleWatchOptions) {
+    this.#step = o.ping ? Math.max(1, o.ms / PING_SHARE) : o.ms;
+  }
 
   heard(): void {
     this.#heardAt = this.#readAt = performance.now();
     this.#read = this.o.bytesRead?.();
+    this.#pinged = false;
     // One timer, not one per message (a pull hears a frame per chunk): when it fires, it waits on from #heardAt.
-    if (this.#timer === undefined) this.#arm(this.o.ms);
+    if (this.#timer === undefined) this.#arm(this.#step);
+  }
+
+  /** A pong came: the answer to our ping (an unasked one, or one while the timer is stopped, counts for nothing). */
+  answered(): void {
+    if (!this.#pinged || this.#timer === undefined) return;
+    this.#pinged = false;
+    this.#heardAt = performance.now();
   }
 
   stop(): void {
@@ -59,12 +87,15 @@ export class IdleWatch {
       const alive = stillArriving(read - this.#read, now - this.#readAt);
       this.#read = read;
       this.#readAt = now;
-      if (alive) return this.#arm(this.o.ms);
+      if (alive) return this.#arm(this.#step);
     }
     const since = now - this.#heardAt;
-    const longest = this.o.waitLonger() ? Math.max(this.o.ms, STAT_WAIT_MS + 10_000) : this.o.ms;
-    if (since < longest) return this.#arm(Math.max(1, longest - since));
+    const longest = !this.o.ping && this.o.waitLonger() ? Math.max(this.o.ms, STAT_WAIT_MS + 10_000) : this.o.ms;
+    if (since < longest) {
+      if (!this.#pinged && since >= this.#step / 2) this.#pinged = this.o.ping?.() ?? false;
+      return this.#arm(Math.max(1, Math.min(this.#step, longest - since)));
+    }
     this.#timer = undefined;
-    this.o.onIdle(new CabError('ERR_IDLE_TIMEOUT', `no message for ${Math.round(since)} ms`));
+    this.o.onIdle(new CabError('ERR_IDLE_TIMEOUT', `no message${this.#pinged ? ' and no pong' : ''} for ${Math.round(since)} ms`));
   }
 }

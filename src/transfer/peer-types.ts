@@ -1,4 +1,8 @@
 import { CabError, ERROR_CODES, type ErrorCode } from '../errors.js';
+import type { BlobStore } from '../store.js';
+import type { AuthOptions } from './handshake.js';
+import type { ByteBudget } from './budget.js';
+import type { WireCount } from './stats.js';
 
 export interface PushOptions {
   /** Cancels this push only: it rejects with ERR_ABORTED, the server is told to stop (`cancel`), other transfers go on. */
@@ -21,4 +25,43 @@ export function remoteError(m: { code: string; msg: string }): CabError {
   // The peer's message already starts with its code: say it once ("ERR_AUTH: peer: this server needs a token").
   const msg = m.msg.startsWith(`${m.code}: `) ? m.msg.slice(m.code.length + 2) : m.msg;
   return new CabError(code, `peer: ${msg}`, { remote: true, found: m.code });
+}
+
+/** What a session needs from a transport (a WebSocket, or anything that carries frames in order). */
+export interface Transport {
+  /**
+   * Sends one frame. Resolves when the transport can take more (under its
+   * high-water mark: backpressure). `onWritten` is called once the frame has
+   * left the process, or failed to (so that whoever holds its memory can let
+   * go); not if the send rejects at once, the connection being closed.
+   */
+  send(frame: Uint8Array, options?: { onWritten?: () => void }): Promise<void>;
+  close(code: number, reason: string): void;
+  /** Bytes read from the connection so far, whole frames or not (a frame of one 4 MiB chunk takes a while on a slow link). */
+  bytesRead?(): number;
+  /** Asks the other end for a sign of life (its pong goes to Peer.onPong); false if it could not be sent. */
+  ping?(): boolean;
+}
+
+export interface PeerOptions extends AuthOptions {
+  store: BlobStore;
+  role: 'server' | 'client';
+  /** Client: the credential to present. */
+  token?: string;
+  /** Requests a peer may have outstanding here before it is cut off (server). */
+  maxRequests?: number;
+  /** Close a connection that sends nothing for this long (a server), or, with requests outstanding, answers nothing (a client); while the peer's silence is no fault (see Peer #slow), a pong to a ping will do. Default DEFAULT_IDLE_MS. */
+  idleMs?: number;
+  /** A name for the other side (signposts). */
+  label?: string;
+  /** The largest frame this end accepts (its transport's limit); it bounds the gets it sends. */
+  maxFrame?: number;
+  /**
+   * Bytes of `data` frames being read or waiting to be written, shared with
+   * other connections (a server's); a frame waits for its bytes. Default:
+   * this connection's own, as much as it may have ahead (SERVE_AHEAD_BYTES).
+   */
+  getBudget?: ByteBudget;
+  /** The transport's count of frame bytes (for a server's ServeEvent). */
+  wire?: WireCount;
 }

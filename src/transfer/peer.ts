@@ -1,64 +1,30 @@
 import { CabError, isCabError } from '../errors.js';
 import { checkBlobName } from '../format/layout.js';
-import type { BlobStore } from '../store.js';
 import { MAX_FRAME, MAX_GET_BYTES, decode, encode, type GetItem, type Message, type Perm } from './messages.js';
 import { receive } from './receive.js';
 import type { RemoteSource } from './remote.js';
-import { withHexJSON, type ReceiveOptions, type TransferStats, type WireCount } from './stats.js';
+import { withHexJSON, type ReceiveOptions, type TransferStats } from './stats.js';
 import { ByteBudget } from './budget.js';
 import { abortError, orAbort, throwIfAborted } from './abort.js';
-import { authenticate, checkPeer, helloFor, welcomeFor, type AuthOptions } from './handshake.js';
+import { authenticate, checkPeer, helloFor, welcomeFor } from './handshake.js';
 import { Serving, SERVE_AHEAD_BYTES, type ServeEvent } from './serve.js';
-import { remoteError, type PushOptions, type PushResult } from './peer-types.js';
-import { IdleWatch } from './idle-watch.js';
+import { remoteError, type PeerOptions, type PushOptions, type PushResult, type Transport } from './peer-types.js';
 
-/** What a session needs from a transport (a WebSocket, or anything that carries frames in order). */
-export interface Transport {
-  /**
-   * Sends one frame. Resolves when the transport can take more (under its
-   * high-water mark: backpressure). `onWritten` is called once the frame has
-   * left the process, or failed to (so that whoever holds its memory can let
-   * go); not if the send rejects at once, the connection being closed.
-   */
-  send(frame: Uint8Array, options?: { onWritten?: () => void }): Promise<void>;
-  close(code: number, reason: string): void;
-  /** Bytes read from the connection so far, whole frames or not (a frame of one 4 MiB chunk takes a while on a slow link). */
-  bytesRead?(): number;
-}
+export type { Transport } from './peer-types.js';
+import { IdleWatch } from './idle-watch.js';
 
 export const DEFAULT_MAX_REQUESTS = 64;
 /** Room for a `data` frame's map, id and per-item headers beside its largest item. */
 const FRAME_OVERHEAD = 64 * 1024;
 export const DEFAULT_IDLE_MS = 120_000;
 
-export interface PeerOptions extends AuthOptions {
-  store: BlobStore;
-  role: 'server' | 'client';
-  /** Client: the credential to present. */
-  token?: string;
-  /** Requests a peer may have outstanding here before it is cut off (server). */
-  maxRequests?: number;
-  /** Close a connection that sends nothing for this long (a server), or, with requests outstanding, answers nothing (a client). Default DEFAULT_IDLE_MS. */
-  idleMs?: number;
-  /** A name for the other side (signposts). */
-  label?: string;
-  /** The largest frame this end accepts (its transport's limit); it bounds the gets it sends. */
-  maxFrame?: number;
-  /**
-   * Bytes of `data` frames being read or waiting to be written, shared with
-   * other connections (a server's); a frame waits for its bytes. Default:
-   * this connection's own, as much as it may have ahead (SERVE_AHEAD_BYTES).
-   */
-  getBudget?: ByteBudget;
-  /** The transport's count of frame bytes (for a server's ServeEvent). */
-  wire?: WireCount;
-}
-
-export type { PushOptions, PushResult } from './peer-types.js';
+export type { PeerOptions, PushOptions, PushResult } from './peer-types.js';
 
 interface Pending {
   resolve: (m: Message) => void;
   reject: (e: Error) => void;
+  /** A request whose answer may rightly take long (see #slow). */
+  slow: boolean;
   /** A get's: its items handed over frame by frame as they come, and how many are still to come. */
   take?: (items: Uint8Array[]) => void;
   items?: number;
@@ -94,6 +60,14 @@ export class Peer {
   #remoteMaxRequests = DEFAULT_MAX_REQUESTS;
   /** Follow stats (with `after`), which the server holds up to STAT_WAIT_MS: at most half the window, so other requests still go. */
   #parked: ByteBudget | undefined;
+  /**
+   * Requests outstanding whose answer may rightly take long: a push (the
+   * server's work), a get (behind other connections' gets), a follow stat
+   * (held). While there are some, a silent server is pinged, and its pong
+   * will do; a quick question (stat, list, match, fine, range) owes its
+   * answer within idleMs, pongs or not.
+   */
+  #slow = 0;
   remoteChunker: { min: number; avg: number; max: number } | undefined;
 
   constructor(transport: Transport, options: PeerOptions) {
@@ -104,6 +78,9 @@ export class Peer {
       bytesRead: transport.bytesRead && (() => transport.bytesRead!()),
       waitLonger: () => this.#requestsServed > 0 || (this.#parked !== undefined && this.#parked.free < this.#parked.total),
       onIdle: (e) => this.#fatal(e),
+      // Pinged only while its silence is no fault: a server while it answers a slow request (#slow); a client while
+      // this server answers one of its requests (it owes nothing then). An idle client still goes at idleMs.
+      ...(transport.ping ? { ping: () => (this.#o.role === 'server' ? this.#requestsServed > 0 : this.#slow > 0) && transport.ping!() } : {}),
     });
     this.#serving = new Serving({
       store: options.store,
@@ -164,6 +141,7 @@ export class Peer {
 
   /** A request answered or never sent: a client with none left waits for nothing. */
   #settled(id: number): void {
+    if (this.#pending.get(id)?.slow) this.#slow--;
     this.#pending.delete(id);
     if (this.#pending.size === 0 && this.#o.role !== 'server') this.#idle.stop();
   }
@@ -196,9 +174,15 @@ export class Peer {
     this.#readyReject(this.#closed);
     for (const p of this.#pending.values()) p.reject(this.#closed);
     this.#pending.clear();
+    this.#slow = 0;
     for (const w of this.#windowWaiters) w();
     this.#windowWaiters = [];
     this.#serving.close();
+  }
+
+  /** A pong arrived: if it answers our ping, the peer is there. */
+  onPong(): void {
+    this.#idle.answered();
   }
 
   /** A frame arrived. */
@@ -309,9 +293,11 @@ export class Peer {
     if (this.#closed) throw this.#closed;
     throwIfAborted(signal);
     const id = this.#nextId++;
+    const slow = m.t === 'push' || m.t === 'get' || (m.t === 'stat' && m.after !== undefined);
     const answer = new Promise<Message>((resolve, reject) =>
-      this.#pending.set(id, { resolve, reject, ...(m.t === 'get' && take ? { take, items: m.items.length } : {}) }),
+      this.#pending.set(id, { resolve, reject, slow, ...(m.t === 'get' && take ? { take, items: m.items.length } : {}) }),
     );
+    if (slow) this.#slow++;
     answer.catch(() => {}); // awaited below, unless cancelled: then nobody waits for it
     if (this.#pending.size === 1 && this.#o.role !== 'server') this.#touch(); // the first outstanding: the wait starts
     try {

@@ -5,8 +5,8 @@ import { createRequire } from 'node:module';
 import type * as WsModule from 'ws';
 import { CabError, ioError, throwIfAborted } from '../errors.js';
 import type { BlobStore } from '../store.js';
-import { MAX_FRAME, MAX_GET_BYTES, type Perm } from './messages.js';
-import { Peer, DEFAULT_IDLE_MS, DEFAULT_MAX_REQUESTS, type PushOptions, type PushResult } from './peer.js';
+import { MAX_FRAME, MAX_GET_BYTES, encode, type Perm } from './messages.js';
+import { Peer, DEFAULT_IDLE_MS, DEFAULT_MAX_REQUESTS, type PushOptions, type PushResult, type Transport } from './peer.js';
 import type { ReceiveOptions, TransferStats } from './stats.js';
 import { ByteBudget } from './budget.js';
 import type { ServeEvent } from './serve.js';
@@ -33,8 +33,11 @@ export const DEFAULT_MAX_GET_MEMORY = 64 * 1024 * 1024;
 /** How long connect waits for the upgrade and the welcome together. */
 export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
 
+/** Largest frame a connection may send before it is welcomed (a hello is small): more closes it with 1009. */
+export const HELLO_MAX_FRAME = 64 * 1024;
+
 /**
- * Also, from AdmissionOptions: `maxPending` connections not yet welcomed (64),
+ * Also, from AdmissionOptions: `maxConnections` open at once (256), `maxPending` connections not yet welcomed (64),
  * `helloTimeoutMs` to be welcomed in (10 s), `maxAuthFailures` failed tokens
  * per address per `authFailureWindowMs` (10 a minute).
  */
@@ -53,7 +56,7 @@ export interface ServeOptions extends AdmissionOptions {
   maxFrame?: number;
   /** Requests a client may have outstanding before it is cut off (default 64). */
   maxRequests?: number;
-  /** A connection that sends nothing this long is closed (default 120 s). */
+  /** A connection that sends nothing this long is closed (default 120 s); while the server answers one of its requests, it is pinged, and a pong will do. */
   idleTimeoutMs?: number;
   /** A connection that takes none of our data this long (it does not read) is cut (default 120 s). */
   drainTimeoutMs?: number;
@@ -77,6 +80,8 @@ export interface CabServer {
   readonly port: number;
   /** Open connections (WebSocket). */
   readonly connections: number;
+  /** Connections holding a slot of maxConnections: WebSocket and HTTP, welcomed or not (refused ones are not counted). */
+  readonly open: number;
   /** Connections not yet welcomed (counted from TCP accept; at most maxPending). */
   readonly pending: number;
   /** Stops serving; calling it again returns the same promise. */
@@ -120,6 +125,10 @@ export async function serve(store: BlobStore, options: ServeOptions = {}, face?:
   const host = options.host ?? '127.0.0.1';
   const wantPort = options.port ?? 0;
   if (!Number.isSafeInteger(wantPort) || wantPort < 0 || wantPort > 65535) throw new CabError('ERR_BAD_ARGUMENT', `port ${String(wantPort)} is not in 0..65535`);
+  const { maxConnections } = options;
+  if (maxConnections !== undefined && !(Number.isSafeInteger(maxConnections) && maxConnections >= 1)) {
+    throw new CabError('ERR_BAD_ARGUMENT', `maxConnections must be a whole number of at least 1, not ${String(maxConnections)}`);
+  }
   const server = options.tls ? https.createServer({ cert: options.tls.cert, key: options.tls.key }) : http.createServer();
   // A request's body may take long (an upload): none is cut short by its total time, but a socket idle this long is.
   server.requestTimeout = 0;
@@ -141,6 +150,11 @@ export async function serve(store: BlobStore, options: ServeOptions = {}, face?:
   const admission = new Admission(options);
   server.on('connection', (socket) => admission.accept(socket));
   server.on('request', (req, res) => {
+    if (admission.refused(req.socket)) {
+      const body = `${admission.busy().message}\n`;
+      res.writeHead(503, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body), 'retry-after': '1', connection: 'close' }).end(body);
+      return;
+    }
     if (!face) {
       res.writeHead(426, { 'content-type': 'text/plain' }).end('cabstore speaks WebSocket here\n');
       return;
@@ -157,10 +171,15 @@ export async function serve(store: BlobStore, options: ServeOptions = {}, face?:
   const sockets = new Set<WebSocket>();
   const getBudget = new ByteBudget(Math.max(MAX_GET_BYTES, options.maxGetMemory ?? DEFAULT_MAX_GET_MEMORY));
   wss.on('connection', (ws, req) => {
+    // Until welcomed, a frame is at most a hello's worth: the connections not yet welcomed cannot make the server
+    // buffer maxFrame each (64 of 4 MiB). ws keeps the limit in its receiver; the welcome restores maxFrame.
+    const receiver = (ws as unknown as { _receiver?: { _maxPayload: number } })._receiver;
+    if (receiver) receiver._maxPayload = Math.min(HELLO_MAX_FRAME, options.maxFrame ?? MAX_FRAME);
+    if (admission.refused(req.socket)) return refuse(ws, admission.busy());
     sockets.add(ws);
     ws.on('close', () => sockets.delete(ws));
     const count = { sent: 0, received: 0 };
-    const transport = wsTransport(ws, count, { drainTimeoutMs: options.drainTimeoutMs, onStall: (e) => peer.closed(e) });
+    const transport = pinging(ws, wsTransport(ws, count, { drainTimeoutMs: options.drainTimeoutMs, onStall: (e) => peer.closed(e) }));
     const peer = new Peer(transport, {
       store,
       getBudget,
@@ -175,12 +194,16 @@ export async function serve(store: BlobStore, options: ServeOptions = {}, face?:
       wire: count,
     });
     wire(ws, peer, count);
+    ws.on('pong', () => peer.onPong());
     // Registered after wire()'s, which has told the peer why it ended. 1000 and 1005: a normal close.
     const onEvent = options.onEvent;
     if (onEvent) ws.on('close', (code) => onEvent(peer.serveEvent(code === 1000 || code === 1005)));
     admission.upgraded(req.socket, () => peer.fail(new CabError('ERR_IDLE_TIMEOUT', `no hello within ${options.helloTimeoutMs ?? DEFAULT_HELLO_TIMEOUT_MS} ms`)));
     peer.ready.then(
-      () => admission.welcomed(req.socket),
+      () => {
+        if (receiver) receiver._maxPayload = options.maxFrame ?? MAX_FRAME;
+        admission.welcomed(req.socket);
+      },
       () => {}, // the connection ended before welcome: its socket's close took it off the list
     );
   });
@@ -194,6 +217,9 @@ export async function serve(store: BlobStore, options: ServeOptions = {}, face?:
     },
     get pending() {
       return admission.pending;
+    },
+    get open() {
+      return admission.open;
     },
     close() {
       closing ??= new Promise<void>((resolve) => {
@@ -224,7 +250,7 @@ export interface ConnectOptions {
   timeoutMs?: number;
   /** Cancels the connect (the upgrade or the handshake): it rejects with ERR_ABORTED and leaves no socket open. Once connected, the signal plays no part. */
   signal?: AbortSignal;
-  /** With requests outstanding, a server that sends nothing for this long is cut off: every waiting request (a pull, a stream, a remote read) fails with ERR_IDLE_TIMEOUT. Default DEFAULT_IDLE_MS (120 s); a follow wait is answered within 20 s. */
+  /** With requests outstanding, a server that sends nothing for this long is cut off: every waiting request (a pull, a stream, a remote read) fails with ERR_IDLE_TIMEOUT. While a push, get or follow stat is outstanding (its answer may rightly take long), the server is pinged and a pong will do. Default DEFAULT_IDLE_MS (120 s). */
   idleTimeoutMs?: number;
 }
 
@@ -286,8 +312,9 @@ export async function connect(store: BlobStore, url: string, options: ConnectOpt
       ws.once('open', () => resolve());
       ws.once('error', (e) => reject(new CabError('ERR_CONNECTION', `cannot connect to ${url}: ${e.message}`, {}, { cause: e })));
     });
-    peer = new Peer(wsTransport(ws, count), { store, role: 'client', token: options.token, label: url, maxFrame: options.maxFrame ?? MAX_FRAME, idleMs: options.idleTimeoutMs ?? DEFAULT_IDLE_MS });
+    peer = new Peer(pinging(ws, wsTransport(ws, count)), { store, role: 'client', token: options.token, label: url, maxFrame: options.maxFrame ?? MAX_FRAME, idleMs: options.idleTimeoutMs ?? DEFAULT_IDLE_MS });
     wire(ws, peer, count);
+    ws.on('pong', () => peer.onPong());
     await peer.hello();
   } catch (e) {
     ws.terminate();
@@ -325,4 +352,31 @@ export async function connect(store: BlobStore, url: string, options: ConnectOpt
     },
   };
   return client;
+}
+
+/** `t` with WebSocket pings, for the peer's idle timer (IdleWatch): ws answers them by itself, and pongs go to Peer.onPong. */
+function pinging(ws: WebSocket, t: Transport): Transport {
+  return {
+    ...t,
+    ping: () => {
+      if (ws.readyState !== ws.OPEN) return false;
+      ws.ping();
+      return true;
+    },
+  };
+}
+
+/**
+ * Answers the hello of a connection that came when the server was full:
+ * `err` with why, close 1013 (try again later). At its hello, not before: a
+ * client hears frames only once it is ready for them. One that says nothing
+ * is closed at the hello deadline.
+ */
+function refuse(ws: WebSocket, e: CabError): void {
+  ws.on('error', () => {});
+  ws.once('message', () => {
+    ws.send(encode({ t: 'err', code: e.code, msg: e.message }), { binary: true });
+    ws.close(1013, e.code);
+    setTimeout(() => ws.terminate(), 1000).unref();
+  });
 }

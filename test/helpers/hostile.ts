@@ -40,9 +40,14 @@ export type Script = (m: Message, send: Send, ws: WebSocket) => void;
 
 const toBuf = (d: RawData): Buffer => (Array.isArray(d) ? Buffer.concat(d) : Buffer.isBuffer(d) ? d : Buffer.from(d as ArrayBuffer));
 
-/** A WebSocket server on 127.0.0.1 that answers hello with a welcome (fields overridden by `welcome`), then hands every message to `script`. */
-export async function fakeServer(t: ExecutionContext, script: Script, welcome: Record<string, unknown> = {}): Promise<string> {
-  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: false, maxPayload: 64 * MiB });
+/**
+ * A WebSocket server on 127.0.0.1 that answers hello with a welcome (fields
+ * overridden by `welcome`), then hands every message to `script`. It answers
+ * pings (as every ws end does by itself) unless `autoPong` is false: a hung
+ * process, or a TCP connection whose other end is gone.
+ */
+export async function fakeServer(t: ExecutionContext, script: Script, welcome: Record<string, unknown> = {}, o: { autoPong?: boolean } = {}): Promise<string> {
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: false, maxPayload: 64 * MiB, autoPong: o.autoPong ?? true });
   await once(wss, 'listening');
   const socks = new Set<WebSocket>();
   wss.on('connection', (ws) => {

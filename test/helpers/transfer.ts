@@ -133,8 +133,8 @@ export class RawClient {
     ws.on('error', () => {});
   }
 
-  /** `localAddress`: connect from this address (any 127.x.y.z on Linux), to look like another client. */
-  static open(url: string, options: { localAddress?: string } = {}): Promise<RawClient> {
+  /** `localAddress`: connect from this address (any 127.x.y.z on Linux), to look like another client; `autoPong` false: pings go unanswered. */
+  static open(url: string, options: { localAddress?: string; autoPong?: boolean } = {}): Promise<RawClient> {
     return new Promise((resolve, reject) => {
       const ws = new WebSocket(url, { perMessageDeflate: false, maxPayload: 64 * MiB, ...options });
       const c = new RawClient(ws);

@@ -34,8 +34,9 @@ export function serveCommand(program: Command): void {
     .option('--max-upload <size>', 'largest upload accepted over HTTP (e.g. 10GiB)', sizeArg)
     .option('--max-uploads <n>', 'uploads (tus PATCH, POST) worked on at once; more are answered 503 with Retry-After (default 32)', countArg)
     .option('--upload-stall <duration>', 'an upload body that brings nothing this long is cut, its bytes kept (default 30s; 0: no limit)', durationArg)
+    .option('--max-connections <n>', 'connections open at once, WebSocket and HTTP (default 256); one more is refused with ERR_TOO_MANY_REQUESTS', countArg)
     .option('--quiet', 'no log lines')
-    .action(async (o: { host: string; port: number; tokenFile?: string; insecure?: boolean; tlsCert?: string; tlsKey?: string; uploadExpiry?: number; maxUpload?: number; maxUploads?: number; uploadStall?: number; quiet?: boolean }) => {
+    .action(async (o: { host: string; port: number; tokenFile?: string; insecure?: boolean; tlsCert?: string; tlsKey?: string; uploadExpiry?: number; maxUpload?: number; maxUploads?: number; uploadStall?: number; maxConnections?: number; quiet?: boolean }) => {
       if (!o.tokenFile && !o.insecure) usage('serve needs --token-file, or --insecure');
       if (!!o.tlsCert !== !!o.tlsKey) usage('--tls-cert and --tls-key go together');
       const tokens = o.tokenFile ? parseTokens(readText(o.tokenFile), o.tokenFile) : undefined;
@@ -56,6 +57,7 @@ export function serveCommand(program: Command): void {
           ...(o.maxUpload !== undefined ? { maxUploadSize: o.maxUpload } : {}),
           ...(o.maxUploads !== undefined ? { maxUploads: o.maxUploads } : {}),
           ...(o.uploadStall !== undefined ? { uploadStallMs: o.uploadStall } : {}),
+          ...(o.maxConnections !== undefined ? { maxConnections: o.maxConnections } : {}),
         });
         out(`serving ${srv.url}`, { url: srv.url, port: srv.port });
         // process.on, not once: our listeners stay while the server and the store close, else
