@@ -122,3 +122,30 @@ test('cabstore serve logs a line per transfer on stderr; --json makes it an obje
   await killed(silent, 'SIGTERM');
   t.is(silentErr, '', '--quiet: nothing on stderr');
 });
+
+test('cabstore serve --max-connections 1: a second client is refused with ERR_TOO_MANY_REQUESTS and logged with that code; served once the first has gone', async (t) => {
+  const dir = tempDir(t);
+  const server = path.join(dir, 'server');
+  const tokens = writeFile(dir, 'tokens', Buffer.from('tok read,write\n'));
+  const s = await BlobStore.open(server);
+  const name = await putBlob(s, prngBytes('serve max connections', 100_000));
+  await s.close();
+  const child = start(['--store', server, 'serve', '--token-file', tokens, '--max-connections', '1']);
+  t.teardown(() => killed(child));
+  const one = { c: child, url: (await waitFor(child, /(ws:\/\/127\.0\.0\.1:\d+)/, 'serve'))[1]! };
+  const lines = stderrLines(one.c);
+  const holder = await connect(await tempStore(t), one.url, { token: 'tok' });
+  t.teardown(() => holder.close());
+  const client = path.join(dir, 'client');
+  await ok(t, client, ['init']);
+  const env = { CABSTORE_TOKEN: 'tok' };
+  const refused = await cli(['--store', client, 'stat', one.url, name], { env });
+  t.is(refused.code, 1, refused.stderr);
+  t.regex(refused.stderr, /ERR_TOO_MANY_REQUESTS/);
+  const [line] = await lines(1);
+  t.regex(line!, / 127\.0\.0\.1:\d+ connect - sent 0 B received 0 B \d+\.\d\ds ERR_TOO_MANY_REQUESTS$/, 'the refusal is logged with its code');
+  await holder.close();
+  await lines(2);
+  await ok(t, client, ['stat', one.url, name], { env });
+  t.is((await cli(['--store', server, 'serve', '--token-file', tokens, '--max-connections', '0'])).code, 2, 'a count of 0 is bad usage');
+});

@@ -34,7 +34,8 @@ export interface ServeEvent {
   /**
    * Absent if all went well; else the code of the first request that
    * failed, or of why the connection ended (ERR_AUTH, ERR_IDLE_TIMEOUT,
-   * ERR_PROTOCOL, ERR_CONNECTION if it dropped without closing).
+   * ERR_PROTOCOL, ERR_CONNECTION if it dropped without closing,
+   * ERR_TOO_MANY_REQUESTS if it came when maxConnections were open).
    */
   error?: ErrorCode;
 }

@@ -10,6 +10,7 @@ import { Peer, DEFAULT_IDLE_MS, DEFAULT_MAX_REQUESTS, type PushOptions, type Pus
 import type { ReceiveOptions, TransferStats } from './stats.js';
 import { ByteBudget } from './budget.js';
 import type { ServeEvent } from './serve.js';
+import { ServeAccount } from './serve-event.js';
 import { Admission, DEFAULT_HELLO_TIMEOUT_MS, type AdmissionOptions } from './admission.js';
 import { authenticate } from './handshake.js';
 import { wire, wsTransport } from './ws-transport.js';
@@ -175,7 +176,7 @@ export async function serve(store: BlobStore, options: ServeOptions = {}, face?:
     // buffer maxFrame each (64 of 4 MiB). ws keeps the limit in its receiver; the welcome restores maxFrame.
     const receiver = (ws as unknown as { _receiver?: { _maxPayload: number } })._receiver;
     if (receiver) receiver._maxPayload = Math.min(HELLO_MAX_FRAME, options.maxFrame ?? MAX_FRAME);
-    if (admission.refused(req.socket)) return refuse(ws, admission.busy());
+    if (admission.refused(req.socket)) return refuse(ws, admission.busy(), `${req.socket.remoteAddress}:${req.socket.remotePort}`, options.onEvent);
     sockets.add(ws);
     ws.on('close', () => sockets.delete(ws));
     const count = { sent: 0, received: 0 };
@@ -356,14 +357,13 @@ export async function connect(store: BlobStore, url: string, options: ConnectOpt
 
 /** `t` with WebSocket pings, for the peer's idle timer (IdleWatch): ws answers them by itself, and pongs go to Peer.onPong. */
 function pinging(ws: WebSocket, t: Transport): Transport {
-  return {
-    ...t,
+  return Object.assign(t, {
     ping: () => {
       if (ws.readyState !== ws.OPEN) return false;
       ws.ping();
       return true;
     },
-  };
+  });
 }
 
 /**
@@ -372,11 +372,12 @@ function pinging(ws: WebSocket, t: Transport): Transport {
  * client hears frames only once it is ready for them. One that says nothing
  * is closed at the hello deadline.
  */
-function refuse(ws: WebSocket, e: CabError): void {
+function refuse(ws: WebSocket, e: CabError, label: string, onEvent: ((e: ServeEvent) => void) | undefined): void {
   ws.on('error', () => {});
   ws.once('message', () => {
     ws.send(encode({ t: 'err', code: e.code, msg: e.message }), { binary: true });
     ws.close(1013, e.code);
     setTimeout(() => ws.terminate(), 1000).unref();
+    onEvent?.(new ServeAccount().event(label, e));
   });
 }
