@@ -9,9 +9,9 @@ import { abortError, orAbort, throwIfAborted } from './abort.js';
 import { authenticate, checkPeer, helloFor, welcomeFor } from './handshake.js';
 import { Serving, SERVE_AHEAD_BYTES, type ServeEvent } from './serve.js';
 import { remoteError, type PeerOptions, type PushOptions, type PushResult, type Transport } from './peer-types.js';
+import { IdleWatch } from './idle-watch.js';
 
 export type { Transport } from './peer-types.js';
-import { IdleWatch } from './idle-watch.js';
 
 export const DEFAULT_MAX_REQUESTS = 64;
 /** Room for a `data` frame's map, id and per-item headers beside its largest item. */
