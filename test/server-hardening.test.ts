@@ -200,6 +200,16 @@ test('maxConnections covers the HTTP face on the same port: an HTTP request past
   t.is(busy.status, 503);
   t.is(busy.retry, '1');
   t.regex(busy.body, /^ERR_TOO_MANY_REQUESTS: /);
+  // An upload with a body the server never reads: the client sees the 503, not a reset.
+  const upload = await new Promise<number>((resolve, reject) => {
+    const req = http.request(`http://127.0.0.1:${srv.port}/files/`, { method: 'POST', agent: false, headers: { authorization: `Bearer ${RW}`, 'tus-resumable': '1.0.0', 'upload-length': '4194304', 'content-type': 'application/offset+octet-stream' } }, (res) => {
+      res.resume();
+      resolve(res.statusCode!);
+    });
+    req.on('error', reject);
+    req.end(Buffer.alloc(4 * 1024 * 1024, 1));
+  });
+  t.is(upload, 503);
   await c.close();
   t.true(await until(() => srv.open === 0, 5000));
   t.is((await get()).status, 200, 'served again once the WebSocket closed');
