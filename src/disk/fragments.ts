@@ -139,9 +139,9 @@ export class FragmentWriter {
     const id = this.id;
     const { layout } = cas;
     try {
-      await this.#syncing;
+      // The fsync does not wait for a writeback under way (on a busy disk, two flushes in a row): they run together.
+      await Promise.all([this.#syncing, this.#fh.sync(), cas.upload(id, this.tmpPath, this.size)]);
       if (this.#syncError !== undefined) throw ioError(this.#syncError, `writing fragment ${id} back to disk`, { fragment: id });
-      await Promise.all([this.#fh.sync(), cas.upload(id, this.tmpPath, this.size)]);
       await this.#fh.close();
       const dir = layout.fragmentDir(id);
       await ensureDir(dir, cas.knownDirs);
