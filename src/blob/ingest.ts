@@ -315,8 +315,7 @@ export class Ingest {
         this.#job.startFragment(this.#frag.fd);
       }
       const len = 'lit' in p ? p.lit.length : p.len;
-      const at = this.#frag.size;
-      this.#frag.size += len;
+      const at = this.#frag.assign(len);
       pushExtent(this.#newExtents, null, at, len);
       if ('lit' in p) this.#job.send(p.lit, false, [0, len, at], true);
       else {
