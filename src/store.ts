@@ -15,9 +15,9 @@ import { SharedNode } from './shared/node.js';
 import type { SyncReport } from './shared/sync.js';
 import { walk } from './disk/walk.js';
 import { checkBlobName, isBlobName, isFragmentId, newBlobName, type Layout } from './format/layout.js';
-import { fsck, type FsckOptions, type FsckReport } from './upkeep/fsck.js';
+import type { FsckOptions, FsckReport } from './upkeep/fsck.js';
 import type { Lease } from './disk/lease.js';
-import { collect, type GcOptions, type GcReport } from './upkeep/gc.js';
+import type { GcOptions, GcReport } from './upkeep/gc.js';
 import { blobsWithRoot } from './index/roots.js';
 import { openParts } from './store/open.js';
 import type { BlobStat, StoreOptions } from './store/options.js';
@@ -339,6 +339,7 @@ export class BlobStore {
   async gc(options: GcOptions = {}): Promise<GcReport> {
     this.checkOpen();
     try {
+      const { collect } = await import('./upkeep/gc.js'); // here: a process that never collects loads none of it (a CLI pull)
       const report = await collect(this, options);
       if (this.shared) report.bucket = await this.shared.gc(options);
       return report;
@@ -352,6 +353,7 @@ export class BlobStore {
   /** Checks the store (and with `repair`, mends it); see FsckReport. Safe while other processes use the store. */
   async fsck(options: FsckOptions = {}): Promise<FsckReport> {
     this.checkOpen();
+    const { fsck } = await import('./upkeep/fsck.js');
     const report = await fsck(this.cas, this.index, this.listBlobIds(), this.listCaIds(), options);
     this.#snapshots.clear();
     return report;
