@@ -11,7 +11,7 @@ import type { Descriptor } from './format/descriptor.js';
 import { exists } from './disk/durable.js';
 import type { Cas } from './disk/cas.js';
 import { removeBlob } from './index/remove.js';
-import { SharedNode } from './shared/node.js';
+import type { SharedNode } from './shared/node.js';
 import type { SyncReport } from './shared/sync.js';
 import { walk } from './disk/walk.js';
 import { checkBlobName, isBlobName, isFragmentId, newBlobName, type Layout } from './format/layout.js';
@@ -83,7 +83,7 @@ export class BlobStore {
       const store = new BlobStore(p.cas, p.index, p.tables, p.lease, p.chunker, p.fragmentSize);
       // Re-indexes every descriptor the index is behind on, and forgets blobs whose descriptor is gone.
       if (options.catchUpIndex ?? true) await catchUpAll(p.index, p.cas.layout, store.listBlobIds());
-      if (p.bucket) store.shared = await SharedNode.start(store, p.bucket);
+      if (p.bucket) store.shared = await (await import('./shared/node.js')).SharedNode.start(store, p.bucket); // its code: a store on a bucket's only
       return store;
     } catch (e) {
       await p.close();
