@@ -93,8 +93,9 @@ export async function catchUpAll(index: ChunkIndex, layout: Layout, names: Async
     } catch (e) {
       // A full disk must not lock the store: it opens with this blob's index entries behind, and
       // whoever needs them (a chunk list, appendBlob) catches the blob up first. Nor must one corrupt
-      // descriptor: its entries stay as they were, and whoever opens the blob is told.
-      if (!isCabError(e, 'ERR_NO_SPACE') && !isCabError(e, 'ERR_DESCRIPTOR_CORRUPT')) throw e;
+      // descriptor: its entries stay as they were, and whoever opens the blob is told. A blob another
+      // process deleted after it was listed is no failure of this open: the loop below forgets it.
+      if (!isCabError(e, 'ERR_NO_SPACE') && !isCabError(e, 'ERR_DESCRIPTOR_CORRUPT') && !isCabError(e, 'ERR_NO_SUCH_BLOB')) throw e;
     }
   }
   for (const name of [...index.blobNames()]) {
