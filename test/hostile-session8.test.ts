@@ -1,0 +1,226 @@
+// Eighth hostile session: the server-wide connection limit and WebSocket
+// keepalive (what landed in the eighth session), bucket-backed stores on a real
+// radosgw, the sync-app tables, and the maintenance CLI against damaged or busy
+// stores. Each test is a finding (fails until fixed) or, named "held: ...", an
+// attack the code withstood. Real sockets on 127.0.0.1, real processes, real files.
+import test, { type ExecutionContext } from 'ava';
+import http from 'node:http';
+import net from 'node:net';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { spawn } from 'node:child_process';
+import { connect, isCabError, serve, type CabServer, type ServeOptions } from '../src/index.js';
+import { prngBytes } from '../tools/data.js';
+import { putBlob, tempDir, tempStore } from './helpers/store.js';
+import { RawClient, killHard } from './helpers/transfer.js';
+
+const RW = 'hostile8-rw';
+
+const codeOf = (e: unknown) => (isCabError(e) ? e.code : `not a CabError: ${String(e)}`);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Polls `cond` every 50 ms until it holds or `ms` have passed. */
+async function until(cond: () => boolean, ms: number): Promise<boolean> {
+  for (const end = Date.now() + ms; !cond() && Date.now() < end; ) await sleep(50);
+  return cond();
+}
+
+async function serveT(t: ExecutionContext, options: Partial<ServeOptions> = {}): Promise<{ srv: CabServer; name: string }> {
+  const store = await tempStore(t);
+  const name = await putBlob(store, prngBytes('hostile8', 300_000));
+  const srv = await serve(store, { tokens: { [RW]: ['read', 'write'] }, ...options });
+  t.teardown(() => srv.close());
+  return { srv, name };
+}
+
+/** A WebSocket frame from a client (masked, as RFC 6455 requires of clients). */
+function clientFrame(opcode: number, payload: Buffer): Buffer {
+  const mask = crypto.randomBytes(4);
+  const masked = Buffer.from(payload);
+  for (let i = 0; i < masked.length; i++) masked[i]! ^= mask[i % 4]!;
+  const len = payload.length;
+  const head = len < 126 ? Buffer.from([0x80 | opcode, 0x80 | len]) : Buffer.from([0x80 | opcode, 0x80 | 126, len >> 8, len & 0xff]);
+  return Buffer.concat([head, mask, masked]);
+}
+
+/** A raw TCP socket upgraded to WebSocket by hand (no ws library): the caller decides what it reads and writes. */
+async function rawUpgrade(t: ExecutionContext, port: number): Promise<net.Socket> {
+  const s = net.connect(port, '127.0.0.1');
+  t.teardown(() => s.destroy());
+  s.on('error', () => {});
+  await new Promise((r) => s.once('connect', r));
+  s.write(`GET / HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${crypto.randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n\r\n`);
+  let head = '';
+  await new Promise<void>((resolve, reject) => {
+    const onData = (b: Buffer) => {
+      head += b.toString('latin1');
+      if (head.includes('\r\n\r\n')) {
+        s.off('data', onData);
+        if (!head.startsWith('HTTP/1.1 101')) reject(new Error(`no upgrade: ${head}`));
+        else resolve();
+      }
+    };
+    s.on('data', onData);
+  });
+  return s;
+}
+
+/** Resident memory of a process, in bytes (Linux). */
+function rssOf(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return Number(m![1]) * 1024;
+}
+
+// ---------------------------------------------------------------------------
+// 1. Connection limit and keepalive
+
+test.serial('held: a client that floods pings before any hello and never reads the pongs: the server does not queue them without bound (ws cuts it at maxPendingAutoPongs)', async (t) => {
+  const { spawnServer } = await serverChild(t);
+  const { port, pid } = spawnServer;
+  const s = await rawUpgrade(t, port);
+  s.pause(); // never read: the server's pongs pile up in its process
+  const before = rssOf(pid);
+  const ping = clientFrame(0x9, Buffer.alloc(125, 7));
+  const batch = Buffer.concat(Array.from({ length: 512 }, () => ping));
+  let sent = 0;
+  let closed = false;
+  s.on('close', () => (closed = true));
+  const end = Date.now() + 6000;
+  while (!closed && Date.now() < end && sent < 400 * 1024 * 1024) {
+    if (!s.write(batch)) await new Promise((r) => s.once('drain', r).once('close', r));
+    sent += batch.length;
+  }
+  await sleep(300);
+  const grown = rssOf(pid) - before;
+  t.log(`sent ${(sent / 2 ** 20).toFixed(0)} MiB of pings; server RSS grew ${(grown / 2 ** 20).toFixed(0)} MiB; cut: ${closed}`);
+  t.true(closed, 'cut');
+  t.true(grown < 64 * 1024 * 1024, `the server holds ${(grown / 2 ** 20).toFixed(0)} MiB more for one unauthenticated client that sent pings and read nothing`);
+});
+
+/** A cabstore server in a child process (test/helpers/transfer-child), for measuring its memory. */
+async function serverChild(t: ExecutionContext): Promise<{ spawnServer: { port: number; pid: number; url: string } }> {
+  const root = tempDir(t);
+  const child = spawn(process.execPath, [new URL('./helpers/transfer-child.js', import.meta.url).pathname, root, '0', RW], { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.teardown(() => killHard(child));
+  const url = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      const m = /url (ws:\/\/\S+)\n/.exec(out);
+      if (m) resolve(m[1]!);
+    });
+    child.once('exit', () => reject(new Error(`server child exited: ${out}`)));
+  });
+  return { spawnServer: { url, port: Number(new URL(url).port), pid: child.pid! } };
+}
+
+test.serial('a welcomed client that asks nothing but sends a ping every 10 ms is never cut at idleTimeoutMs: its pings count as "bytes still arriving"', async (t) => {
+  const { srv } = await serveT(t, { idleTimeoutMs: 400 });
+  const raw = await RawClient.open(srv.url);
+  t.teardown(() => raw.close());
+  t.like(await raw.hello(RW), { t: 'welcome' });
+  const timer = setInterval(() => raw.isOpen && raw.ws.ping(Buffer.alloc(125)), 10);
+  t.teardown(() => clearInterval(timer));
+  t.true(await raw.waitClosed(4000), 'an idle client (nothing asked) is closed at idleTimeoutMs (400 ms), pings or not');
+});
+
+test.serial('held: a welcomed client that asks nothing and sends pongs nobody asked for (one a second) is still closed at idleTimeoutMs', async (t) => {
+  const { srv } = await serveT(t, { idleTimeoutMs: 400 });
+  const raw = await RawClient.open(srv.url);
+  t.teardown(() => raw.close());
+  t.like(await raw.hello(RW), { t: 'welcome' });
+  const timer = setInterval(() => raw.isOpen && raw.ws.pong(), 100);
+  t.teardown(() => clearInterval(timer));
+  t.true(await raw.waitClosed(4000));
+  t.deepEqual(raw.fatalErrors.map((e) => e.code), ['ERR_IDLE_TIMEOUT']);
+});
+
+test.serial('a refused HTTP client that retries after Retry-After: 1 on its keep-alive connection (as fetch does) is refused again though slots are free', async (t) => {
+  const { srv, name } = await serveT(t, { maxConnections: 1 });
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  t.teardown(() => agent.destroy());
+  const get = () =>
+    new Promise<number>((resolve, reject) => {
+      const req = http.get(`http://127.0.0.1:${srv.port}/blobs/${name}`, { agent, headers: { authorization: `Bearer ${RW}` } }, (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode!));
+      });
+      req.on('error', reject);
+    });
+  const c = await connect(await tempStore(t), srv.url, { token: RW });
+  t.is(await get(), 503, 'full: refused');
+  await c.close();
+  t.true(await until(() => srv.open === 0, 5000), `open ${srv.open}`);
+  await sleep(1100); // Retry-After: 1
+  t.is(await get(), 200, 'a slot is free, the retry the 503 asked for is served');
+});
+
+test.serial('held: after storms of connections that fail at every stage (reset before upgrade, mid-upgrade, bad tokens, reset after hello, keep-alive HTTP, refused), the server takes exactly maxConnections again', async (t) => {
+  const max = 4;
+  const { srv, name } = await serveT(t, { maxConnections: max, helloTimeoutMs: 1500, maxAuthFailures: 1000 });
+  const storms: Promise<unknown>[] = [];
+  for (let i = 0; i < 20; i++) {
+    // reset right after connect
+    const a = net.connect(srv.port, '127.0.0.1');
+    a.on('error', () => {});
+    a.on('connect', () => a.resetAndDestroy());
+    // half an upgrade request, then reset
+    const b = net.connect(srv.port, '127.0.0.1');
+    b.on('error', () => {});
+    b.on('connect', () => {
+      b.write('GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConn');
+      setTimeout(() => b.resetAndDestroy(), 20);
+    });
+    // a bad token, then a reset
+    storms.push(
+      RawClient.open(srv.url).then(
+        async (r) => {
+          await r.hello('no-such-token');
+          r.close();
+        },
+        () => {},
+      ),
+    );
+    // a good hello then an abrupt reset
+    storms.push(
+      RawClient.open(srv.url).then(
+        async (r) => {
+          await r.hello(RW);
+          r.ws.terminate();
+        },
+        () => {},
+      ),
+    );
+    // keep-alive HTTP with a bad token, and an aborted download
+    storms.push(
+      new Promise<void>((resolve) => {
+        const req = http.get(`http://127.0.0.1:${srv.port}/blobs/${name}`, { headers: { authorization: 'Bearer nope' } }, (res) => {
+          res.resume();
+          res.on('end', () => resolve());
+        });
+        req.on('error', () => resolve());
+      }),
+      new Promise<void>((resolve) => {
+        const req = http.get(`http://127.0.0.1:${srv.port}/blobs/${name}`, { headers: { authorization: `Bearer ${RW}` } }, (res) => {
+          res.once('data', () => {
+            req.destroy();
+            resolve();
+          });
+        });
+        req.on('error', () => resolve());
+      }),
+    );
+    if (i % 5 === 4) await Promise.all(storms.splice(0));
+  }
+  await Promise.all(storms);
+  t.true(await until(() => srv.open === 0 && srv.pending === 0, 8000), `after the storm: open ${srv.open}, pending ${srv.pending}`);
+  const clients = [];
+  for (let i = 0; i < max; i++) {
+    const c = await connect(await tempStore(t), srv.url, { token: RW });
+    t.teardown(() => c.close());
+    clients.push(c);
+  }
+  t.is(codeOf(await t.throwsAsync(connect(await tempStore(t), srv.url, { token: RW }))), 'ERR_TOO_MANY_REQUESTS');
+  for (const c of clients) t.like(await c.stat(name), { finalized: true });
+});
