@@ -10,9 +10,10 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
-import { connect, isCabError, serve, type CabServer, type ServeOptions } from '../src/index.js';
+import { BlobStore, connect, isCabError, serve, type CabServer, type ServeOptions } from '../src/index.js';
 import { prngBytes } from '../tools/data.js';
-import { putBlob, tempDir, tempStore } from './helpers/store.js';
+import { putBlob, readAll, tempDir, tempStore } from './helpers/store.js';
+import { S3_ENDPOINT, bucketOptions, fileBucket, objects, s3Test } from './helpers/s3.js';
 import { RawClient, killHard } from './helpers/transfer.js';
 
 const RW = 'hostile8-rw';
@@ -223,4 +224,188 @@ test.serial('held: after storms of connections that fail at every stage (reset b
   }
   t.is(codeOf(await t.throwsAsync(connect(await tempStore(t), srv.url, { token: RW }))), 'ERR_TOO_MANY_REQUESTS');
   for (const c of clients) t.like(await c.stat(name), { finalized: true });
+});
+
+// ---------------------------------------------------------------------------
+// 2. Bucket-backed stores on a real radosgw, killed and stopped under them
+
+const RGW_BASE = process.env.CABSTORE_S3_BASE ?? '/tmp/cabstore-s3-17480';
+const rgwPid = () => Number(fs.readFileSync(path.join(RGW_BASE, 'run/rgw.pid'), 'utf8'));
+
+/** Whether radosgw answers on its port now. */
+function rgwAnswers(): Promise<boolean> {
+  return new Promise((resolve) => {
+    const req = http.get(S3_ENDPOINT, { timeout: 1000 }, (res) => {
+      res.resume();
+      resolve(true);
+    });
+    req.on('timeout', () => req.destroy());
+    req.on('error', () => resolve(false));
+  });
+}
+
+/** SIGKILLs the radosgw scripts/s3-server.sh started (its pid file), and waits until the port refuses. */
+async function killRgw(): Promise<void> {
+  process.kill(rgwPid(), 'SIGKILL');
+  for (let i = 0; i < 100 && (await rgwAnswers()); i++) await sleep(50);
+}
+
+/** Starts radosgw again as scripts/s3-server.sh does (same config, same pid file), and waits until it answers. */
+async function startRgw(): Promise<void> {
+  if (await rgwAnswers()) return;
+  const out = fs.openSync(path.join(RGW_BASE, 'log/rgw.out'), 'a');
+  const c = spawn('radosgw', ['-f', '-n', 'client.rgw.a'], { env: { ...process.env, CEPH_CONF: path.join(RGW_BASE, 'ceph.conf') }, detached: true, stdio: ['ignore', out, out] });
+  c.unref();
+  fs.closeSync(out);
+  fs.writeFileSync(path.join(RGW_BASE, 'run/rgw.pid'), `${c.pid}\n`);
+  for (let i = 0; i < 300 && !(await rgwAnswers()); i++) await sleep(100);
+  if (!(await rgwAnswers())) throw new Error('radosgw did not come back');
+}
+
+/** A bucket-backed store test that kills radosgw: it is always started again, whatever the test did. */
+function rgwKillTest(title: string, fn: (t: ExecutionContext) => Promise<void>): void {
+  s3Test.serial(title, async (t) => {
+    t.teardown(() => startRgw());
+    await fn(t);
+  });
+}
+
+const MiB = 1024 * 1024;
+
+rgwKillTest('held: radosgw SIGKILLed mid-write: the writer fails with ERR_OBJECT_STORE (no hang, no success); once radosgw is back the blob resumes from its durable size and another folder reads it byte-exact', async (t) => {
+  const o = await bucketOptions(t, { syncInterval: 0, idleTimeout: 2000 });
+  const dir = path.join(tempDir(t), 'w');
+  const bytes = prngBytes('rgw kill write', 24 * MiB);
+  let store = await BlobStore.open(dir, { objectStore: o, fragmentSize: 2 * MiB });
+  const w = await store.newBlobWriter();
+  const name = w.name;
+  let failure: unknown;
+  let at = 0;
+  try {
+    for (; at < bytes.length; at += 256 * 1024) {
+      if (at === 6 * MiB) await killRgw();
+      await w.appendBytes(bytes.subarray(at, at + 256 * 1024));
+    }
+    await w.close();
+  } catch (e) {
+    failure = e;
+  }
+  t.is(codeOf(failure), 'ERR_OBJECT_STORE', `appended to ${at} with radosgw dead: ${String(failure)}`);
+  await w.closeWithoutFinalize().catch(() => {});
+  await store.close().catch(() => {});
+  await startRgw();
+  store = await BlobStore.open(dir, { objectStore: o, fragmentSize: 2 * MiB });
+  t.teardown(() => store.close());
+  const r = await store.resumeBlobWriter(name);
+  const from = r.size;
+  t.true(from <= at, `resumed at ${from}, after ${at} appended`);
+  t.true(Buffer.from(bytes.subarray(0, from)).equals(await readPrefix(store, name, from)), 'what was kept is the prefix');
+  await r.appendBytes(bytes.subarray(from));
+  await r.close();
+  const other = await BlobStore.open(path.join(tempDir(t), 'r'), { objectStore: o });
+  t.teardown(() => other.close());
+  t.true((await readAll(other, name)).equals(bytes));
+});
+
+async function readPrefix(store: BlobStore, name: string, n: number): Promise<Buffer> {
+  const r = await store.newBlobReader(name);
+  try {
+    const out = Buffer.alloc(n);
+    let got = 0;
+    while (got < n) {
+      const k = await r.readAt(out.subarray(got), got);
+      if (k === 0) break;
+      got += k;
+    }
+    return out.subarray(0, got);
+  } finally {
+    await r.close();
+  }
+}
+
+rgwKillTest('held: radosgw SIGKILLed mid cold read: the reader gets right bytes then ERR_OBJECT_STORE, never "absent" (ERR_FRAGMENT_MISSING, ERR_NO_SUCH_BLOB) nor wrong bytes; once back, a new reader reads it whole', async (t) => {
+  const o = await bucketOptions(t, { syncInterval: 0, idleTimeout: 2000 });
+  const bytes = prngBytes('rgw kill read', 48 * MiB);
+  const a = await BlobStore.open(path.join(tempDir(t), 'a'), { objectStore: o, fragmentSize: 4 * MiB });
+  t.teardown(() => a.close());
+  const name = await putBlob(a, bytes);
+  const b = await BlobStore.open(path.join(tempDir(t), 'b'), { objectStore: { ...o, cacheBytes: 0 } });
+  t.teardown(() => b.close());
+  const r = await b.newBlobReader(name);
+  let got = 0;
+  let failure: unknown;
+  try {
+    const buf = Buffer.alloc(256 * 1024);
+    for (;;) {
+      if (got === buf.length) await killRgw(); // after the first read: what was fetched ahead is all there is
+      const n = await r.readAt(buf, got);
+      if (n === 0) break;
+      t.true(buf.subarray(0, n).equals(bytes.subarray(got, got + n)), `bytes at ${got} are right`);
+      got += n;
+    }
+  } catch (e) {
+    failure = e;
+  } finally {
+    await r.close();
+  }
+  t.log(`read ${got} bytes, then ${String(failure)}`);
+  t.true(got < bytes.length, 'radosgw was dead for most of the blob');
+  t.is(codeOf(failure), 'ERR_OBJECT_STORE');
+  await startRgw();
+  t.true((await readAll(b, name)).equals(bytes));
+});
+
+rgwKillTest('held: radosgw SIGKILLed mid-gc: gc rejects with ERR_OBJECT_STORE, the live blob loses nothing, and a gc once radosgw is back deletes the garbage', async (t) => {
+  const o = await bucketOptions(t, { syncInterval: 0, idleTimeout: 2000, gcGrace: 0 });
+  const a = await BlobStore.open(path.join(tempDir(t), 'a'), { objectStore: o, fragmentSize: 1 * MiB });
+  t.teardown(() => a.close());
+  const keep = prngBytes('rgw gc keep', 6 * MiB);
+  const kept = await putBlob(a, keep);
+  for (let i = 0; i < 6; i++) await a.deleteBlob(await putBlob(a, prngBytes(`rgw gc drop ${i}`, 4 * MiB)));
+  const before = (await objects(`${o.prefix}cas/`)).size;
+  const gc = a.gc();
+  const killed = sleep(30).then(() => killRgw());
+  const outcome = await gc.then((r) => `done: ${JSON.stringify(r.bucket)}`, (e: unknown) => codeOf(e));
+  await killed;
+  t.log(`${before} fragments; gc: ${outcome}`);
+  await startRgw();
+  if (outcome !== 'ERR_OBJECT_STORE') t.log('gc finished before radosgw died: the kill came late');
+  const fresh = await BlobStore.open(path.join(tempDir(t), 'c'), { objectStore: { ...o, cacheBytes: 0 } });
+  t.teardown(() => fresh.close());
+  t.true((await readAll(fresh, kept)).equals(keep), 'the live blob is whole, read cold');
+  const r = (await a.gc()).bucket!;
+  t.is((await objects(`${o.prefix}cas/`)).size, r.fragmentsKept);
+  t.true(r.fragmentsKept <= 7, `kept ${r.fragmentsKept}`);
+  t.true((await readAll(fresh, kept)).equals(keep));
+});
+
+s3Test.serial('a descriptor object overwritten with garbage in the bucket: another store still opens and reads the other blobs; the damaged one fails with a documented code', async (t) => {
+  const o = await bucketOptions(t, { syncInterval: 0 });
+  const a = await BlobStore.open(path.join(tempDir(t), 'a'), { objectStore: o });
+  t.teardown(() => a.close().catch(() => {}));
+  const good = prngBytes('desc good', 300_000);
+  const goodName = await putBlob(a, good);
+  const badName = await putBlob(a, prngBytes('desc bad', 300_000));
+  const { os } = await fileBucket();
+  await os.put(`${o.prefix}blob/${badName}`, Buffer.from('this is not a descriptor at all, just some bytes a clumsy operator copied here'));
+  let b: BlobStore | undefined;
+  const opened = await BlobStore.open(path.join(tempDir(t), 'b'), { objectStore: o }).then(
+    (s) => ((b = s), 'opened'),
+    (e: unknown) => codeOf(e),
+  );
+  if (b) t.teardown(() => b!.close());
+  const synced = await a.sync().then(() => 'synced', (e: unknown) => codeOf(e));
+  await a.close();
+  const reopened = await BlobStore.open(a.root, { objectStore: o }).then(
+    async (s) => (await s.close(), 'opened'),
+    (e: unknown) => codeOf(e),
+  );
+  t.log(`new store: ${opened}; sync of the store that wrote it: ${synced}; that store reopened: ${reopened}`);
+  t.is(opened, 'opened', 'one bad object in the bucket does not stop every new store from opening');
+  t.is(synced, 'synced', 'nor every sync');
+  t.is(reopened, 'opened', 'nor the reopening of a store that has its folder');
+  if (!b) return;
+  t.true((await readAll(b, goodName)).equals(good));
+  const e = await t.throwsAsync(readAll(b, badName));
+  t.true(['ERR_DESCRIPTOR_CORRUPT', 'ERR_CORRUPT', 'ERR_OBJECT_STORE'].includes(codeOf(e)), String(e));
 });
