@@ -12,7 +12,7 @@ import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { BlobStore, connect, isCabError, serve, type CabServer, type ServeOptions } from '../src/index.js';
 import { prngBytes } from '../tools/data.js';
-import { putBlob, readAll, tempDir, tempStore } from './helpers/store.js';
+import { collect, putBlob, readAll, tempDir, tempStore } from './helpers/store.js';
 import { S3_ENDPOINT, bucketOptions, fileBucket, objects, s3Test } from './helpers/s3.js';
 import { RawClient, killHard } from './helpers/transfer.js';
 
@@ -408,4 +408,115 @@ s3Test.serial('a descriptor object overwritten with garbage in the bucket: anoth
   t.true((await readAll(b, goodName)).equals(good));
   const e = await t.throwsAsync(readAll(b, badName));
   t.true(['ERR_DESCRIPTOR_CORRUPT', 'ERR_CORRUPT', 'ERR_OBJECT_STORE'].includes(codeOf(e)), String(e));
+});
+
+// ---------------------------------------------------------------------------
+// 3. The sync tables
+
+const DIST_INDEX = new URL('../src/index.js', import.meta.url).pathname;
+
+/** A node child that runs `body` (an async function body; `BlobStore` and `root` in scope), with stdout piped. */
+function tablesChild(root: string, body: string) {
+  const code = `import { BlobStore } from ${JSON.stringify(DIST_INDEX)}; const root = ${JSON.stringify(root)}; ${body}`;
+  return spawn(process.execPath, ['--input-type=module', '-e', code], { stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+function finishedChild(c: ReturnType<typeof spawn>): Promise<{ code: number | null; out: string; err: string }> {
+  let out = '';
+  let err = '';
+  c.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  c.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  return new Promise((resolve) => c.once('exit', (code) => resolve({ code, out, err })));
+}
+
+test.serial('held: two processes incrementing the same signpost counter and metadata share 150 times each lose no update', async (t) => {
+  const root = tempDir(t);
+  const s = await BlobStore.open(root);
+  const name = await putBlob(s, prngBytes('tables race', 10_000));
+  await s.close();
+  const body = (who: string) => `
+    const s = await BlobStore.open(root);
+    for (let i = 0; i < 150; i++) {
+      await s.updateSignpost(${JSON.stringify(name)}, (sp) => ({ fetchAttempts: (sp?.fetchAttempts ?? 0) + 1, locations: { ['ws://${who}:' + (i % 7)]: { whenSeen: new Date(), isProxy: false, isServer: true } } }));
+      await s.updateBlobMetadata(${JSON.stringify(name)}, (md) => ({ ownerShares: { sg: (md?.ownerShares.sg ?? 0) + 1 } }));
+    }
+    await s.close();`;
+  const runs = await Promise.all([finishedChild(tablesChild(root, body('a'))), finishedChild(tablesChild(root, body('b')))]);
+  for (const r of runs) t.is(r.code, 0, r.err);
+  const again = await BlobStore.open(root);
+  t.teardown(() => again.close());
+  const sp = (await again.getSignpost(name))!;
+  t.is(sp.fetchAttempts, 300);
+  t.is(Object.keys(sp.locations).length, 14);
+  t.is((await again.getBlobMetadata(name))!.ownerShares.sg, 300);
+});
+
+test.serial('held: a process SIGKILLed in the middle of a stream of signpost updates: after it, the table holds the last update it saw resolve (or the one after), never less', async (t) => {
+  const root = tempDir(t);
+  const s = await BlobStore.open(root);
+  await s.close();
+  const name = 'c'.repeat(32);
+  const c = tablesChild(root, `
+    const s = await BlobStore.open(root);
+    for (let i = 1; ; i++) {
+      await s.updateSignpost(${JSON.stringify(name)}, { fetchAttempts: i, sgIds: ['x'.repeat(900) + i] });
+      process.stdout.write(i + '\\n');
+    }`);
+  let out = '';
+  c.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  t.true(await until(() => out.split('\n').length > 300, 15_000), 'updates flow');
+  await killHard(c);
+  const lines = out.trim().split('\n');
+  const last = Number(lines[lines.length - 1]);
+  const again = await BlobStore.open(root);
+  t.teardown(() => again.close());
+  const sp = (await again.getSignpost(name))!;
+  t.true(sp.fetchAttempts === last || sp.fetchAttempts === last + 1, `resolved ${last}, found ${sp.fetchAttempts}`);
+  t.is(sp.sgIds[0], 'x'.repeat(900) + sp.fetchAttempts, 'the record is whole, one update, not a mix');
+});
+
+test.serial('held: a blob deleted while its metadata is updated: after both, the deleted blob has no metadata left (not an orphan record a later reader or gc --max-bytes sees)', async (t) => {
+  const s = await tempStore(t);
+  const names: string[] = [];
+  for (let i = 0; i < 60; i++) names.push(await putBlob(s, prngBytes(`md race ${i}`, 2000)));
+  const outcomes = await Promise.all(
+    names.map(async (n, i) => {
+      const del = (async () => {
+        for (let k = 0; k < i % 5; k++) await Promise.resolve();
+        await s.deleteBlob(n);
+      })();
+      const upd = s.updateBlobMetadata(n, { accessed: new Date(), ownerShares: { sg: 1 } }).then(
+        () => 'updated',
+        (e: unknown) => codeOf(e),
+      );
+      await del;
+      return upd;
+    }),
+  );
+  const orphans: string[] = [];
+  for (const n of names) if ((await s.getBlobMetadata(n)) !== undefined) orphans.push(n);
+  t.log(`update outcomes: ${JSON.stringify(Object.fromEntries([...new Set(outcomes)].map((o) => [o, outcomes.filter((x) => x === o).length])))}`);
+  t.deepEqual(orphans, [], `${orphans.length} deleted blobs still have metadata`);
+  t.deepEqual(await collect(s.blobMetadataStream()), []);
+});
+
+test.serial('held: huge table values: a signpost naming 200,000 peers or metadata with 200,000 syncgroups is refused (ERR_BAD_ARGUMENT) or stored and read back whole; nothing in between', async (t) => {
+  const s = await tempStore(t);
+  const name = await putBlob(s, prngBytes('huge md', 1000));
+  const locations: Record<string, { whenSeen: Date; isProxy: boolean; isServer: boolean }> = {};
+  for (let i = 0; i < 200_000; i++) locations[`ws://peer-${i}.example:${i % 65535}`] = { whenSeen: new Date(i), isProxy: false, isServer: true };
+  const ownerShares: Record<string, number> = {};
+  for (let i = 0; i < 200_000; i++) ownerShares[`syncgroup-${i}-${'y'.repeat(40)}`] = i;
+  const sp = await s.setSignpost(name, { locations, sgIds: [], fetchAttempts: 0 }).then(
+    () => 'stored',
+    (e: unknown) => codeOf(e),
+  );
+  const md = await s.setBlobMetadata(name, { ownerShares, referenced: new Date(), accessed: new Date() }).then(
+    () => 'stored',
+    (e: unknown) => codeOf(e),
+  );
+  t.log(`signpost: ${sp}; metadata: ${md}`);
+  t.true(['stored', 'ERR_BAD_ARGUMENT'].includes(sp) && ['stored', 'ERR_BAD_ARGUMENT'].includes(md));
+  if (sp === 'stored') t.is(Object.keys((await s.getSignpost(name))!.locations).length, 200_000);
+  if (md === 'stored') t.is(Object.keys((await s.getBlobMetadata(name))!.ownerShares).length, 200_000);
 });
