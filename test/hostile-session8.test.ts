@@ -15,6 +15,7 @@ import { prngBytes } from '../tools/data.js';
 import { collect, putBlob, readAll, tempDir, tempStore } from './helpers/store.js';
 import { S3_ENDPOINT, bucketOptions, fileBucket, objects, s3Test } from './helpers/s3.js';
 import { RawClient, killHard } from './helpers/transfer.js';
+import { assertFails, cli, finished, ok, putLines, start, waitFor, writeFile } from './helpers/cli.js';
 
 const RW = 'hostile8-rw';
 
@@ -519,4 +520,96 @@ test.serial('held: huge table values: a signpost naming 200,000 peers or metadat
   t.true(['stored', 'ERR_BAD_ARGUMENT'].includes(sp) && ['stored', 'ERR_BAD_ARGUMENT'].includes(md));
   if (sp === 'stored') t.is(Object.keys((await s.getSignpost(name))!.locations).length, 200_000);
   if (md === 'stored') t.is(Object.keys((await s.getBlobMetadata(name))!.ownerShares).length, 200_000);
+});
+
+// ---------------------------------------------------------------------------
+// 4. The maintenance CLI against damaged and busy stores
+
+/** A store made by the CLI with four blobs, each in a fragment of its own (put one at a time); their names and bytes. */
+async function cliStore(t: ExecutionContext): Promise<{ dir: string; blobs: Array<{ name: string; bytes: Buffer }> }> {
+  const work = tempDir(t);
+  const dir = path.join(work, 'store');
+  const blobs: Array<{ name: string; bytes: Buffer }> = [];
+  for (let i = 0; i < 4; i++) {
+    const bytes = prngBytes(`cli damage ${i}`, 300_000 + i * 100_000);
+    const file = writeFile(work, `f${i}`, bytes);
+    const [line] = putLines(await ok(t, dir, ['put', file]));
+    blobs.push({ name: line!.name, bytes });
+  }
+  return { dir, blobs };
+}
+
+const descriptorOf = (dir: string, name: string) => path.join(dir, 'blob', name.slice(0, 2), name);
+
+/** What `cabstore gc` did to a blob: exact, or the code its read fails with. */
+async function afterGc(t: ExecutionContext, dir: string, name: string, bytes: Buffer): Promise<string> {
+  const gc = await cli(['--store', dir, 'gc']);
+  const cat = await cli(['--store', dir, 'cat', name]);
+  t.log(`gc: exit ${gc.code} ${gc.out.trim()} ${gc.stderr.trim()}; cat: exit ${cat.code} ${cat.stderr.trim()}`);
+  return cat.code === 0 && cat.stdout.equals(bytes) ? 'exact' : /ERR_[A-Z_]+/.exec(cat.stderr)?.[0] ?? `exit ${cat.code}`;
+}
+
+test.serial('a blob whose descriptor is a symlink (an operator moved it to another disk): stat and cat read it, ls leaves it out with exit 0, and `cabstore gc` deletes its fragment: the blob is lost (ERR_FRAGMENT_MISSING)', async (t) => {
+  const { dir, blobs } = await cliStore(t);
+  const { name, bytes } = blobs[0]!;
+  const elsewhere = path.join(tempDir(t), name);
+  fs.renameSync(descriptorOf(dir, name), elsewhere);
+  fs.symlinkSync(elsewhere, descriptorOf(dir, name));
+  t.regex(await ok(t, dir, ['stat', name]), /finalized true/, 'the store reads the blob through the link');
+  const ls = await cli(['--store', dir, 'ls']);
+  t.true(ls.out.includes(name) || (ls.code === 1 && ls.stderr.includes(name)), `ls lists the blob or names it as one it cannot open (README): exit ${ls.code}, ${ls.stderr}`);
+  t.is(await afterGc(t, dir, name, bytes), 'exact', 'gc deletes nothing a blob the store reads uses (or stops, as fsck does)');
+});
+
+test.serial('a blob fan-out directory that is a symlink (blob/ab -> another disk): gc deletes the fragments of every blob in it', async (t) => {
+  const { dir, blobs } = await cliStore(t);
+  const { name, bytes } = blobs[1]!;
+  const fan = path.dirname(descriptorOf(dir, name));
+  const moved = path.join(tempDir(t), 'fan');
+  fs.renameSync(fan, moved);
+  fs.symlinkSync(moved, fan);
+  t.true((await cli(['--store', dir, 'cat', name])).stdout.equals(bytes), 'read through the link');
+  t.is(await afterGc(t, dir, name, bytes), 'exact');
+});
+
+test.serial('a directory where a descriptor should be: fsck stops with ERR_IO (rule 16), but ls exits 0 without naming it and gc goes on and deletes the fragment the old blob used', async (t) => {
+  const { dir, blobs } = await cliStore(t);
+  const { name } = blobs[2]!;
+  const d = descriptorOf(dir, name);
+  const saved = fs.readFileSync(d);
+  fs.rmSync(d);
+  fs.mkdirSync(d);
+  const fsck = await cli(['--store', dir, 'fsck']);
+  assertFails(t, fsck, 'ERR_IO', 'fsck');
+  const ls = await cli(['--store', dir, 'ls']);
+  t.true(ls.code === 1 && ls.stderr.includes(name), `ls names the blob it cannot open, with its code, and exits 1 (README): exit ${ls.code} ${ls.stderr}`);
+  const gc = await cli(['--store', dir, 'gc']);
+  t.is(gc.code, 1, `gc stops, as fsck does, rather than take the blob for absent: ${gc.out} ${gc.stderr}`);
+  // The operator puts the descriptor back: the blob must still be there.
+  fs.rmdirSync(d);
+  fs.writeFileSync(d, saved);
+  t.true((await cli(['--store', dir, 'cat', name])).stdout.equals(blobs[2]!.bytes));
+});
+
+test.serial('held: gc, fsck, fsck --repair, rm and ls from other processes while `cabstore put -` writes a blob from a pipe: rm is ERR_BLOB_LOCKED, fsck leaves the live blob alone, and the blob ends byte-exact', async (t) => {
+  const { dir } = await cliStore(t);
+  const bytes = prngBytes('cli busy', 3_000_000);
+  const put = start(['--store', dir, 'put', '-'], { stdin: 'pipe' });
+  const done = finished(put);
+  put.stdin!.write(bytes.subarray(0, 1_000_000));
+  const m = await waitFor(put, /writing blob ([0-9a-f]{32})/, 'put names its blob', 'stderr');
+  const name = m[1]!;
+  await sleep(300);
+  const gc = await cli(['--store', dir, 'gc']);
+  t.is(gc.code, 0, gc.stderr);
+  const fsck = await cli(['--store', dir, 'fsck', '--verify', '--repair']);
+  t.is(fsck.code, 0, `${fsck.out} ${fsck.stderr}`);
+  assertFails(t, await cli(['--store', dir, 'rm', name]), 'ERR_BLOB_LOCKED', 'rm of the blob being written');
+  const ls = await cli(['--store', dir, 'ls']);
+  t.is(ls.code, 0, ls.stderr);
+  put.stdin!.end(bytes.subarray(1_000_000));
+  const r = await done;
+  t.is(r.code, 0, r.stderr);
+  t.true((await cli(['--store', dir, 'cat', name])).stdout.equals(bytes));
+  t.is((await cli(['--store', dir, 'fsck', '--verify'])).code, 0);
 });
