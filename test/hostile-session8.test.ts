@@ -158,7 +158,7 @@ test.serial('a refused HTTP client that retries after Retry-After: 1 on its keep
   t.is(await get(), 200, 'a slot is free, the retry the 503 asked for is served');
 });
 
-test.serial('held: after storms of connections that fail at every stage (reset before upgrade, mid-upgrade, bad tokens, reset after hello, keep-alive HTTP, refused), the server takes exactly maxConnections again', async (t) => {
+test.serial('held: after storms of connections that fail at every stage (reset before upgrade, mid-upgrade, bad tokens, reset after hello, keep-alive HTTP, downloads and tus uploads cut mid-body), the server takes exactly maxConnections again', async (t) => {
   const max = 4;
   const { srv, name } = await serveT(t, { maxConnections: max, helloTimeoutMs: 1500, maxAuthFailures: 1000 });
   const storms: Promise<unknown>[] = [];
@@ -211,6 +211,18 @@ test.serial('held: after storms of connections that fail at every stage (reset b
           });
         });
         req.on('error', () => resolve());
+      }),
+    );
+    // a tus creation-with-upload whose body is cut half-way
+    storms.push(
+      new Promise<void>((resolve) => {
+        const req = http.request(`http://127.0.0.1:${srv.port}/files/`, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${RW}`, 'tus-resumable': '1.0.0', 'upload-length': '1000000', 'content-type': 'application/offset+octet-stream', 'content-length': '1000000' },
+        });
+        req.on('error', () => resolve());
+        req.on('response', (res) => (res.resume(), resolve()));
+        req.write(Buffer.alloc(300_000, 3), () => setTimeout(() => (req.destroy(), resolve()), 30));
       }),
     );
     if (i % 5 === 4) await Promise.all(storms.splice(0));
@@ -699,4 +711,47 @@ test.serial('keepalive on the server side: a pull of large chunks over a slow, s
   );
   t.is(got, 'ok', events.join('\n'));
   if (got === 'ok') t.true((await readAll(dst, name)).equals(bytes));
+});
+
+test.serial('a keep-alive connection welcomed by one HTTP request (good token) and then upgraded to WebSocket, saying nothing more, holds its slot past helloTimeoutMs and idleTimeoutMs', async (t) => {
+  const { srv, name } = await serveT(t, { maxConnections: 2, helloTimeoutMs: 800, idleTimeoutMs: 800 });
+  const s = net.connect(srv.port, '127.0.0.1');
+  t.teardown(() => s.destroy());
+  s.on('error', () => {});
+  let closed = false;
+  s.on('close', () => (closed = true));
+  let got = '';
+  s.on('data', (b: Buffer) => (got += b.toString('latin1')));
+  await new Promise((r) => s.once('connect', r));
+  s.write(`HEAD /blobs/${name} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${RW}\r\n\r\n`);
+  t.true(await until(() => got.includes('\r\n\r\n'), 3000));
+  t.regex(got, /^HTTP\/1.1 200/);
+  s.write(`GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${crypto.randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n\r\n`);
+  t.true(await until(() => got.includes('101 Switching'), 3000), got);
+  t.true(await until(() => closed, 5000), `a WebSocket that never says hello is closed (helloTimeoutMs, idleTimeoutMs 800 ms); open ${srv.open}`);
+});
+
+test.serial('on an insecure server anyone fills maxConnections for good: HEAD, then upgrade, then silence, twice; every later client is refused ERR_TOO_MANY_REQUESTS', async (t) => {
+  const store = await tempStore(t);
+  const name = await putBlob(store, prngBytes('hostile8 insecure', 10_000));
+  const srv = await serve(store, { insecure: true, maxConnections: 2, helloTimeoutMs: 800, idleTimeoutMs: 800 });
+  t.teardown(() => srv.close());
+  for (let i = 0; i < 2; i++) {
+    const s = net.connect(srv.port, '127.0.0.1');
+    t.teardown(() => s.destroy());
+    s.on('error', () => {});
+    let got = '';
+    s.on('data', (b: Buffer) => (got += b.toString('latin1')));
+    await new Promise((r) => s.once('connect', r));
+    s.write(`HEAD /blobs/${name} HTTP/1.1\r\nHost: x\r\n\r\n`);
+    t.true(await until(() => got.includes('\r\n\r\n'), 3000));
+    s.write(`GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${crypto.randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n\r\n`);
+    t.true(await until(() => got.includes('101 Switching'), 3000), got);
+  }
+  await sleep(3000);
+  const c = await connect(await tempStore(t), srv.url).then(
+    async (x) => (await x.close(), 'connected'),
+    (e: unknown) => codeOf(e),
+  );
+  t.is(c, 'connected', 'the two silent sockets were closed long ago (hello or idle deadline, 800 ms)');
 });
