@@ -534,6 +534,25 @@ test.serial('held: huge table values: a signpost naming 200,000 peers or metadat
   if (md === 'stored') t.is(Object.keys((await s.getBlobMetadata(name))!.ownerShares).length, 200_000);
 });
 
+test.serial('a syncgroup or peer named "__proto__" (keys from JSON): its owner share and its signpost location are dropped without a word, where other bad keys are ERR_BAD_ARGUMENT', async (t) => {
+  const s = await tempStore(t);
+  const name = await putBlob(s, prngBytes('proto keys', 1000));
+  const shares = JSON.parse('{"__proto__": 3, "sg-ok": 1}') as Record<string, number>;
+  const md = await s.updateBlobMetadata(name, { ownerShares: shares }).then(
+    (r) => JSON.stringify(r.ownerShares),
+    (e: unknown) => codeOf(e),
+  );
+  const loc = JSON.parse('{"__proto__": {"isProxy": false, "isServer": true}, "ws://ok:1": {"isProxy": false, "isServer": true}}') as Record<string, { whenSeen: Date; isProxy: boolean; isServer: boolean }>;
+  for (const v of Object.values(loc)) v.whenSeen = new Date(5);
+  const sp = await s.setSignpost(name, { locations: loc, sgIds: [], fetchAttempts: 0 }).then(
+    async () => JSON.stringify(Object.keys((await s.getSignpost(name))!.locations)),
+    (e: unknown) => codeOf(e),
+  );
+  t.log(`metadata: ${md}; signpost: ${sp}`);
+  t.true(md === 'ERR_BAD_ARGUMENT' || md === JSON.stringify({ __proto__: 3, 'sg-ok': 1 }) || md.includes('"__proto__":3'), `the share of syncgroup "__proto__" is kept or refused, not dropped: ${md}`);
+  t.true(sp === 'ERR_BAD_ARGUMENT' || sp.includes('__proto__'), `the peer "__proto__" is kept or refused, not dropped: ${sp}`);
+});
+
 // ---------------------------------------------------------------------------
 // 4. The maintenance CLI against damaged and busy stores
 
