@@ -423,6 +423,60 @@ s3Test.serial('a descriptor object overwritten with garbage in the bucket: anoth
   t.true(['ERR_DESCRIPTOR_CORRUPT', 'ERR_CORRUPT', 'ERR_OBJECT_STORE'].includes(codeOf(e)), String(e));
 });
 
+rgwKillTest('radosgw stopped (SIGSTOP, a hung server): a cold read fails with ERR_OBJECT_STORE in seconds, but gc (every request through the AWS SDK: list, head, put, delete) waits for good, idleTimeout notwithstanding', async (t) => {
+  const o = await bucketOptions(t, { syncInterval: 0, idleTimeout: 2000, gcGrace: 0 });
+  const a = await BlobStore.open(path.join(tempDir(t), 'a'), { objectStore: o, fragmentSize: 1 * MiB });
+  t.teardown(() => a.close());
+  const bytes = prngBytes('rgw stop', 3 * MiB);
+  const name = await putBlob(a, bytes);
+  await a.deleteBlob(await putBlob(a, prngBytes('rgw stop drop', 2 * MiB)));
+  const b = await BlobStore.open(path.join(tempDir(t), 'b'), { objectStore: { ...o, cacheBytes: 0 } });
+  t.teardown(() => b.close());
+  const r = await b.newBlobReader(name);
+  const pid = rgwPid();
+  process.kill(pid, 'SIGSTOP');
+  let stopped = true;
+  t.teardown(() => stopped && process.kill(pid, 'SIGCONT'));
+  const began = performance.now();
+  const bounded = (p: Promise<string>) => Promise.race([p.then((x) => `${x} after ${Math.round(performance.now() - began)} ms`), sleep(15_000).then(() => 'still waiting after 15 s')]);
+  const gcP = a.gc().then(() => 'done', (e: unknown) => codeOf(e));
+  const readP = r.readAt(Buffer.alloc(4096), 0).then(() => 'read', (e: unknown) => codeOf(e));
+  const [gc, read] = await Promise.all([bounded(gcP), bounded(readP)]);
+  process.kill(pid, 'SIGCONT');
+  stopped = false;
+  t.log(`gc: ${gc}; read: ${read}; once radosgw went on: gc ${await gcP}, read ${await readP}`);
+  await r.close();
+  t.regex(gc, /^ERR_OBJECT_STORE after/);
+  t.regex(read, /^ERR_OBJECT_STORE after/);
+  t.true((await readAll(b, name)).equals(bytes));
+  t.is((await a.gc()).bucket!.fragmentsDeleted, 2);
+});
+
+s3Test.serial('held: a fragment object cut short, or made longer, behind the stores\' back: a cold read fails with a documented code (never its bytes, never "absent"), and caches nothing', async (t) => {
+  const o = await bucketOptions(t, { syncInterval: 0 });
+  const a = await BlobStore.open(path.join(tempDir(t), 'a'), { objectStore: o });
+  t.teardown(() => a.close());
+  const bytes = prngBytes('rgw cut object', 2 * MiB);
+  const name = await putBlob(a, bytes);
+  const frags = [...(await objects(`${o.prefix}cas/`)).keys()];
+  t.is(frags.length, 1);
+  const { os } = await fileBucket();
+  const saved = (await os.get(frags[0]!))!;
+  for (const changed of [saved.subarray(0, saved.length / 2), Buffer.concat([saved, Buffer.alloc(1000, 9)]), Buffer.alloc(0)]) {
+    await os.put(frags[0]!, changed);
+    const b = await BlobStore.open(path.join(tempDir(t), 'b'), { objectStore: { ...o, cacheBytes: 0 } });
+    const got = await readAll(b, name).then(
+      (x) => (x.equals(bytes) ? 'exact' : 'WRONG BYTES'),
+      (e: unknown) => codeOf(e),
+    );
+    await b.close();
+    t.true(['ERR_OBJECT_STORE', 'ERR_HASH_MISMATCH', 'ERR_FRAGMENT_MISSING', 'exact'].includes(got) && got !== 'WRONG BYTES', `an object of ${changed.length} bytes for one of ${saved.length}: ${got}`);
+    t.not(got, 'ERR_FRAGMENT_MISSING', 'the object is there: not "absent"');
+    if (changed.length > saved.length) t.log(`longer object: ${got}`);
+  }
+  await os.put(frags[0]!, saved);
+});
+
 // ---------------------------------------------------------------------------
 // 3. The sync tables
 
