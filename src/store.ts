@@ -143,7 +143,7 @@ export class BlobStore {
    */
   async sync(): Promise<SyncReport> {
     this.checkOpen();
-    if (!this.shared) return { imported: 0, removed: 0, published: 0 };
+    if (!this.shared) return { imported: 0, removed: 0, published: 0, damaged: [] };
     return this.shared.sync();
   }
 
