@@ -138,7 +138,7 @@ export async function syncBlobs(ctx: SyncContext): Promise<SyncReport> {
     if (name) remote.set(name, o.etag);
   }
   const local = new Set<string>();
-  for await (const name of walk(ctx.layout.blobRoot, 1)) if (isBlobName(name)) local.add(name);
+  for await (const name of walk(ctx.layout.blobRoot, 1, { everyEntry: true })) if (isBlobName(name)) local.add(name);
   const marked = new Set<string>();
   for await (const name of walk(ctx.layout.published, 1)) if (isBlobName(name)) marked.add(name);
   for (const [name, etag] of remote) {
