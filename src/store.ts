@@ -8,7 +8,7 @@ import { paged } from './index/paging.js';
 import { liveLocation, planRecipe, type ChunkRef, type RecipeStep } from './index/recipes.js';
 import { Snapshots } from './index/snapshots.js';
 import type { Descriptor } from './format/descriptor.js';
-import { exists } from './disk/durable.js';
+import { descriptorThere } from './disk/durable.js';
 import type { Cas } from './disk/cas.js';
 import { removeBlob } from './index/remove.js';
 import type { SharedNode } from './shared/node.js';
@@ -143,7 +143,7 @@ export class BlobStore {
    */
   async sync(): Promise<SyncReport> {
     this.checkOpen();
-    if (!this.shared) return { imported: 0, removed: 0, published: 0 };
+    if (!this.shared) return { imported: 0, removed: 0, published: 0, damaged: [] };
     return this.shared.sync();
   }
 
@@ -166,7 +166,7 @@ export class BlobStore {
     checkBlobName(name);
     this.checkOpen();
     try {
-      return (await exists(this.layout.descriptor(name))) || ((await this.shared?.fetch(name)) ?? false);
+      return (await descriptorThere(this.layout.descriptor(name))) || ((await this.shared?.fetch(name)) ?? false);
     } catch (e) {
       throw ioError(e, `looking for blob ${name}`, { blob: name });
     }
@@ -319,10 +319,10 @@ export class BlobStore {
     return blobsWithRoot(this.index, this.layout, root);
   }
 
-  /** Names of all blobs (finalized or not), lazily, from the descriptors on disk. */
+  /** Names of all blobs (finalized or not), lazily, from blob/ on disk: also those whose descriptor cannot be opened (ERR_IO then). */
   async *listBlobIds(): AsyncGenerator<string> {
     this.checkOpen();
-    for await (const name of walk(this.layout.blobRoot, 1)) if (isBlobName(name)) yield name;
+    for await (const name of walk(this.layout.blobRoot, 1, { everyEntry: true })) if (isBlobName(name)) yield name;
   }
 
   /** Ids of all fragments, lazily. */

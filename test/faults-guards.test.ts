@@ -6,7 +6,7 @@
 import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { BlobStore, CabError } from '../src/index.js';
 import { prngBytes } from '../tools/data.js';
 import { runGcChild } from './helpers/children.js';
@@ -72,6 +72,55 @@ test('GC of a store whose descriptor path is a symlink loop (ELOOP) stops with E
   const loc = await store.lookupChunk(first!.hash);
   t.is(loc.blob, name);
   t.true((await readAll(store, name)).equals(bytes));
+});
+
+// An operator moved a descriptor, or a whole fan-out folder, to another disk and linked it back, and that disk
+// is not mounted now: the link leads nowhere. Not "absent": the blob comes back with the disk, and its fragments
+// must still be there then.
+for (const [what, unmount] of [
+  ['a descriptor', (dir: string, name: string) => path.join(dir, 'blob', name.slice(0, 2), name)],
+  ['a fan-out folder', (dir: string, name: string) => path.join(dir, 'blob', name.slice(0, 2))],
+] as const) {
+  test(`${what} behind a link to nothing (a disk not mounted): gc stops with ERR_IO deleting nothing, the blob reads ERR_IO (not ERR_NO_SUCH_BLOB), and it is whole once the link leads somewhere again`, async (t) => {
+    const dir = tempDir(t);
+    const { store, garbage, kept } = await storeWithGarbage(dir);
+    t.teardown(() => store.close());
+    const bytes = await readAll(store, kept);
+    const [first] = await collect(store.blobChunkStream(kept));
+    const moved = unmount(dir, kept);
+    const elsewhere = path.join(tempDir(t), 'disk');
+    fs.renameSync(moved, elsewhere);
+    fs.symlinkSync(path.join(tempDir(t), 'not-mounted'), moved);
+    const e = await t.throwsAsync(store.gc(), { instanceOf: CabError });
+    t.is(e!.code, 'ERR_IO', e!.message);
+    t.deepEqual((await collect(store.listCaIds())).sort(), garbage.sort(), 'not one fragment was deleted');
+    t.is((await t.throwsAsync(store.newBlobReader(kept), { instanceOf: CabError }))!.code, 'ERR_IO');
+    t.is((await t.throwsAsync(store.has(kept), { instanceOf: CabError }))!.code, 'ERR_IO');
+    const fsckErr = await t.throwsAsync(store.fsck(), { instanceOf: CabError });
+    t.is(fsckErr!.code, 'ERR_IO');
+    fs.rmSync(moved);
+    fs.symlinkSync(elsewhere, moved); // the disk is back
+    t.is((await store.lookupChunk(first!.hash)).blob, kept, 'the index did not drop the blob meanwhile');
+    t.true((await readAll(store, kept)).equals(bytes));
+    await store.gc();
+    t.true((await readAll(store, kept)).equals(bytes), 'a gc through the link keeps what the blob uses');
+    t.is((await collect(store.listCaIds())).length, 1);
+  });
+}
+
+test('a FIFO where a descriptor should be: gc stops with ERR_IO (it does not wait on the FIFO), and a reader of it gets ERR_IO', async (t) => {
+  const dir = tempDir(t);
+  const { store, garbage, kept } = await storeWithGarbage(dir);
+  t.teardown(() => store.close());
+  const file = path.join(dir, 'blob', kept.slice(0, 2), kept);
+  fs.renameSync(file, `${file}.away`);
+  execFileSync('mkfifo', [file]);
+  const e = await t.throwsAsync(store.gc(), { instanceOf: CabError });
+  t.is(e!.code, 'ERR_IO', e!.message);
+  t.deepEqual((await collect(store.listCaIds())).sort(), garbage.sort());
+  t.is((await t.throwsAsync(store.newBlobReader(kept), { instanceOf: CabError }))!.code, 'ERR_IO');
+  fs.rmSync(file);
+  fs.renameSync(`${file}.away`, file);
 });
 
 test('GC spares the temp files of a live process that has no lease yet (a lease being taken)', async (t) => {

@@ -149,7 +149,7 @@ s3Test('a blob deleted on one store goes from the others at their next sync; fsc
   t.deepEqual((await collect(b.listBlobIds())).sort(), [keep, gone].sort());
   await a.deleteBlob(gone);
   t.false((await objects(`${objectStore.prefix}blob/`)).has(`${objectStore.prefix}blob/${gone}`), 'its published descriptor is deleted');
-  t.deepEqual(await b.sync(), { imported: 0, removed: 1, published: 0 });
+  t.deepEqual(await b.sync(), { imported: 0, removed: 1, published: 0, damaged: [] });
   t.deepEqual(await collect(b.listBlobIds()), [keep]);
   // fsck of a store whose cache holds nothing: every fragment is looked for in the bucket
   const report = await b.fsck();

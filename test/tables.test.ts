@@ -78,6 +78,17 @@ test('bad values and keys are rejected and nothing is written', async (t) => {
   for (const v of badSp) {
     t.is((await t.throwsAsync(s.setSignpost(A, v as Signpost), { instanceOf: CabError }))!.code, 'ERR_BAD_ARGUMENT');
   }
+  // "__proto__" from JSON is an own key, but a plain object would drop it when copied: refused, never lost silently.
+  const proto = <T>(v: T) => JSON.parse(`{"__proto__": ${JSON.stringify(v)}, "ok": ${JSON.stringify(v)}}`) as Record<string, T>;
+  const loc = { whenSeen: new Date(5), isProxy: false, isServer: true };
+  const protoCalls: Array<() => Promise<unknown>> = [
+    () => s.setBlobMetadata(A, { ...md(1), ownerShares: proto(3) }),
+    () => s.updateBlobMetadata(A, { ownerShares: proto(3) }),
+    () => s.updateBlobMetadata(A, { ownerShares: proto(null) }),
+    () => s.setSignpost(A, { ...sp(1), locations: Object.fromEntries(Object.entries(proto(0)).map(([k]) => [k, loc])) }),
+    () => s.updateSignpost(A, { locations: Object.fromEntries(Object.entries(proto(0)).map(([k]) => [k, loc])) }),
+  ];
+  for (const call of protoCalls) t.is((await t.throwsAsync(call(), { instanceOf: CabError }))!.code, 'ERR_BAD_ARGUMENT');
   const badPsg: unknown[] = [{ priority: { ...psg(1).priority, distance: Infinity } }, { priority: { ...psg(1).priority, devType: 'x' } }, { priority: null }];
   for (const v of badPsg) {
     t.is((await t.throwsAsync(s.setPerSyncgroup('sg', v as PerSyncgroup), { instanceOf: CabError }))!.code, 'ERR_BAD_ARGUMENT');

@@ -101,7 +101,10 @@ export class ObjectStore {
       // With the defaults (WHEN_SUPPORTED) streamed uploads get a trailing checksum that radosgw refuses (411).
       requestChecksumCalculation: 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
-      requestHandler: { httpAgent: new http.Agent(agent), httpsAgent: new https.Agent(agent), connectionTimeout: 10_000, requestTimeout: this.idleTimeout },
+      // socketTimeout, not requestTimeout: in @smithy/node-http-handler 4.x requestTimeout only logs a warning
+      // (unless throwOnRequestTimeout), so a hung server held every SDK call for good. socketTimeout fails a
+      // request when nothing moves on its socket that long, which is what idleTimeout promises.
+      requestHandler: { httpAgent: new http.Agent(agent), httpsAgent: new https.Agent(agent), connectionTimeout: 10_000, socketTimeout: this.idleTimeout },
       ...(a.credentials ? { credentials: a.credentials } : {}),
       // Failures reach the caller as ERR_OBJECT_STORE; the SDK's own warnings on the console would be noise.
       logger: { trace() {}, debug() {}, info() {}, warn() {}, error() {} },

@@ -1,6 +1,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { CabError } from '../errors.js';
+import { brokenLink } from '../format/descriptor-file.js';
 
 /** fsync a directory so that entries created or renamed in it survive a power cut. */
 export async function fsyncDir(dir: string): Promise<void> {
@@ -113,6 +114,22 @@ export async function exists(file: string): Promise<boolean> {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
     throw e;
   }
+}
+
+/** Whether a blob's descriptor is there (as `has` asks); ERR_IO if it is behind a link to nothing (not absent: it may come back). */
+export async function descriptorThere(file: string): Promise<boolean> {
+  if (await exists(file)) return true;
+  if (await brokenLink(file)) throw new CabError('ERR_IO', `${file} is behind a link to nothing (a disk not mounted?)`, { path: file, found: 'ENOENT' });
+  return false;
+}
+
+/**
+ * Whether a blob's descriptor is gone (ENOENT), so that its index entries
+ * may go: not when it is behind a link to nothing (a disk not mounted),
+ * which may come back.
+ */
+export async function descriptorGone(file: string): Promise<boolean> {
+  return !(await exists(file)) && !(await brokenLink(file));
 }
 
 /**

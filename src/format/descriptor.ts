@@ -8,6 +8,9 @@ import { ExtentMap } from './extents.js';
 import { FRAME_HEADER, decodeFrame, encodeFrame } from './frame.js';
 import { FORMAT_VERSION } from './layout.js';
 import { corruptTail } from './tail.js';
+import { openDescriptor } from './descriptor-file.js';
+
+export { openDescriptor };
 
 /**
  * A descriptor is an append-only file of records, each framed as frame.ts
@@ -201,17 +204,6 @@ export function descriptorCorrupt(name: string, offset: number, why: string): Ca
     `the descriptor of blob ${name} is corrupt at byte ${offset}: ${why}. The blob is not read, written or collected until it is mended (see docs/FORMAT.md, "Torn tails and corruption")`,
     { blob: name, offset, reason: why },
   );
-}
-
-/** Opens a blob's descriptor; ERR_NO_SUCH_BLOB if there is none. */
-export async function openDescriptor(file: string, name: string, flags: 'r' | 'r+'): Promise<fs.FileHandle> {
-  try {
-    return await fs.open(file, flags);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new CabError('ERR_NO_SUCH_BLOB', `no blob ${name}`, { blob: name });
-    // EMFILE, EIO, a directory where the file should be: ERR_IO, never read as "absent".
-    throw ioError(e, `opening the descriptor of blob ${name}`, { blob: name });
-  }
 }
 
 /**

@@ -1,9 +1,10 @@
 import fs from 'node:fs/promises';
-import { isCabError } from '../errors.js';
-import { exists } from '../disk/durable.js';
+import { CabError, isCabError } from '../errors.js';
 import type { ChunkIndex } from './chunk-index.js';
 import { flatDamage } from '../format/damage.js';
 import { readDescriptor } from '../format/descriptor.js';
+import { brokenLink } from '../format/descriptor-file.js';
+import { descriptorGone } from '../disk/durable.js';
 import type { Layout } from '../format/layout.js';
 import { removeEntries } from './remove.js';
 
@@ -20,6 +21,9 @@ export async function catchUpBlob(index: ChunkIndex, layout: Layout, name: strin
     size = (await fs.stat(layout.descriptor(name))).size;
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    if (await brokenLink(layout.descriptor(name))) {
+      throw new CabError('ERR_IO', `the descriptor of blob ${name} is behind a link to nothing (a disk not mounted?)`, { blob: name, path: layout.descriptor(name) });
+    }
     if (!index.blob(name)) return false;
     await index.removeBlob(name);
     return true;
@@ -93,13 +97,15 @@ export async function catchUpAll(index: ChunkIndex, layout: Layout, names: Async
     } catch (e) {
       // A full disk must not lock the store: it opens with this blob's index entries behind, and
       // whoever needs them (a chunk list, appendBlob) catches the blob up first. Nor must one corrupt
-      // descriptor: its entries stay as they were, and whoever opens the blob is told. A blob another
-      // process deleted after it was listed is no failure of this open: the loop below forgets it.
+      // descriptor, nor one that is not a file (a directory, a link to nothing): its entries stay as they
+      // were, and whoever opens the blob is told (GC and fsck stop on it). A blob another process deleted
+      // after it was listed is no failure of this open: the loop below forgets it.
+      if (isCabError(e, 'ERR_IO') && e.data.blob === name) continue;
       if (!isCabError(e, 'ERR_NO_SPACE') && !isCabError(e, 'ERR_DESCRIPTOR_CORRUPT') && !isCabError(e, 'ERR_NO_SUCH_BLOB')) throw e;
     }
   }
   for (const name of [...index.blobNames()]) {
-    if (!(await exists(layout.descriptor(name)))) await removeEntries(layout, index, name);
+    if (await descriptorGone(layout.descriptor(name))) await removeEntries(layout, index, name);
   }
   try {
     await index.fillRoots();

@@ -106,6 +106,12 @@ export function checkId(id: unknown, what: string): string {
   return id;
 }
 
+/** A key of ownerShares or locations: an id, not "__proto__" (assigning that key to a plain object sets its prototype: lost). */
+function mapKey(k: string, what: string): string {
+  if (k === '__proto__') throw bad(`${what} cannot be "__proto__" (a plain object would drop that key)`, k);
+  return checkId(k, what);
+}
+
 function bad(what: string, found?: unknown): CabError {
   return new CabError('ERR_BAD_ARGUMENT', what, { found });
 }
@@ -142,7 +148,7 @@ export function checkMetadata(md: unknown): BlobMetadata {
   exactKeys(o, ['ownerShares', 'referenced', 'accessed'], 'BlobMetadata');
   const shares = plainObject(o.ownerShares, 'ownerShares');
   const ownerShares: Record<string, number> = {};
-  for (const [k, v] of Object.entries(shares)) ownerShares[checkId(k, 'a syncgroup id')] = int(v, `ownerShares[${JSON.stringify(k)}]`);
+  for (const [k, v] of Object.entries(shares)) ownerShares[mapKey(k, 'a syncgroup id')] = int(v, `ownerShares[${JSON.stringify(k)}]`);
   return { ownerShares, referenced: date(o.referenced, 'referenced'), accessed: date(o.accessed, 'accessed') };
 }
 
@@ -167,7 +173,7 @@ export function checkSignpost(sp: unknown): Signpost {
   for (const [peer, loc] of Object.entries(plainObject(o.locations, 'locations'))) {
     const l = plainObject(loc, `locations[${JSON.stringify(peer)}]`);
     exactKeys(l, ['whenSeen', 'isProxy', 'isServer'], 'a signpost location', ['tokenName']);
-    locations[checkId(peer, 'a peer name')] = {
+    locations[mapKey(peer, 'a peer name')] = {
       whenSeen: date(l.whenSeen, 'whenSeen'),
       isProxy: bool(l.isProxy, 'isProxy'),
       isServer: bool(l.isServer, 'isServer'),
@@ -201,6 +207,7 @@ function patchFields(patch: unknown, keys: string[], what: string): Record<strin
 function mergeMap(cur: Record<string, unknown>, patch: unknown, what: string): Record<string, unknown> {
   const out: Record<string, unknown> = { ...cur };
   for (const [k, v] of Object.entries(plainObject(patch, what))) {
+    mapKey(k, `a key of ${what}`);
     if (v === null) delete out[k];
     else if (v !== undefined) out[k] = v;
   }

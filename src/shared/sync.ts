@@ -31,6 +31,13 @@ export interface SyncReport {
   removed: number;
   /** Finalized blobs of this folder that were not in the bucket yet, now published. */
   published: number;
+  /**
+   * Blobs whose descriptor object in the bucket is not a whole finalized
+   * descriptor (damaged behind the stores' back): skipped. This folder's
+   * copy, if any, stays as it is; a read of one fetched by name fails with
+   * ERR_DESCRIPTOR_CORRUPT, and GC on the bucket stops before deleting.
+   */
+  damaged: string[];
 }
 
 /**
@@ -124,19 +131,25 @@ async function replaceLocal(ctx: SyncContext, name: string, body: Buffer): Promi
  * that could not publish) are published.
  */
 export async function syncBlobs(ctx: SyncContext): Promise<SyncReport> {
-  const report: SyncReport = { imported: 0, removed: 0, published: 0 };
+  const report: SyncReport = { imported: 0, removed: 0, published: 0, damaged: [] };
   const remote = new Map<string, string>();
   for await (const o of ctx.os.list(ctx.keys.descriptors)) {
     const name = ctx.keys.blobOf(o.key);
     if (name) remote.set(name, o.etag);
   }
   const local = new Set<string>();
-  for await (const name of walk(ctx.layout.blobRoot, 1)) if (isBlobName(name)) local.add(name);
+  for await (const name of walk(ctx.layout.blobRoot, 1, { everyEntry: true })) if (isBlobName(name)) local.add(name);
   const marked = new Set<string>();
   for await (const name of walk(ctx.layout.published, 1)) if (isBlobName(name)) marked.add(name);
   for (const [name, etag] of remote) {
     if (local.has(name) && (!marked.has(name) || (await readMark(ctx.layout, name)) === etag)) continue;
-    if (await fetchBlob(ctx, name)) report.imported++;
+    try {
+      if (await fetchBlob(ctx, name)) report.imported++;
+    } catch (e) {
+      // One damaged object must not stop every store on the bucket from opening and syncing: only that blob fails.
+      if (!isCabError(e, 'ERR_DESCRIPTOR_CORRUPT')) throw e;
+      report.damaged.push(name);
+    }
   }
   for (const name of marked) {
     if (remote.has(name) || !local.has(name)) continue;

@@ -5,10 +5,10 @@ import lockfile from 'proper-lockfile';
 import { CabError, isCabError, throwIfAborted } from '../errors.js';
 import type { ChunkIndex } from '../index/chunk-index.js';
 import { readDescriptor } from '../format/descriptor.js';
+import { descriptorGone } from '../disk/durable.js';
 import type { Layout } from '../format/layout.js';
 import { livePins, type Lease } from '../disk/lease.js';
 import { isLocked, tryLockExclusive } from '../disk/lock.js';
-import { exists } from '../disk/durable.js';
 import { tempEntries } from '../disk/walk.js';
 import { keepReserve } from '../disk/reserve.js';
 import { removeEntries } from '../index/remove.js';
@@ -132,7 +132,7 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
     await catchUpBehind(index, layout);
     for (const name of [...index.blobNames()]) {
       throwIfAborted(options.signal, 'gc');
-      if (await exists(layout.descriptor(name))) continue;
+      if (!(await descriptorGone(layout.descriptor(name)))) continue;
       if (!dryRun) report.indexEntriesRemoved += await removeEntries(layout, index, name);
     }
 
