@@ -60,6 +60,7 @@ interface Pending {
  *   TCP accept --(over maxPending)--> closed at once
  *       |--(maxConnections open)--> refused: told so at its first request (pending till then), closed
  *       |--(welcomed)--> admitted: no longer pending, no deadline, holds its slot till it closes
+ *       |                    +--(HTTP-welcomed, then upgraded to WebSocket)--> pending again, a new deadline
  *       +--(helloTimeoutMs)--> told why (if it speaks WebSocket), closed
  */
 export class Admission {
@@ -103,16 +104,23 @@ export class Admission {
       socket.destroy();
       return;
     }
-    const refused = this.#open >= this.#maxOpen;
-    if (!refused) this.#open++;
+    const p = this.#wait(socket, key, this.#open >= this.#maxOpen);
+    if (!p.refused) this.#open++;
+    socket.once('close', () => {
+      if (!p.refused) this.#open--;
+    });
+  }
+
+  /** Puts `socket` on the pending list, its hello deadline helloTimeoutMs from now. */
+  #wait(socket: net.Socket, key: string, refused: boolean): Pending {
     const p: Pending = { socket, refused, timer: setTimeout(() => this.#expire(p), this.#helloMs) };
     p.timer.unref();
     this.#pending.set(key, p);
     socket.once('close', () => {
       clearTimeout(p.timer);
-      if (!refused) this.#open--;
       if (this.#pending.get(key) === p) this.#pending.delete(key);
     });
+    return p;
   }
 
   /** Whether `socket` came when maxConnections were open: then its first request is answered ERR_TOO_MANY_REQUESTS, and it is closed. */
@@ -125,10 +133,25 @@ export class Admission {
     return new CabError('ERR_TOO_MANY_REQUESTS', `the server has ${this.#maxOpen} connections open, as many as it takes: try again later`);
   }
 
-  /** The connection speaks WebSocket now: at its deadline, `tellExpired` says why before it is closed. */
+  /**
+   * The connection speaks WebSocket now: at its deadline, `tellExpired` says
+   * why before it is closed. One an HTTP request welcomed (a good token) is
+   * not welcomed as a WebSocket: it waits for its hello again, with a new
+   * deadline (and closed at once if maxPending wait), or it held its slot
+   * for good by saying nothing.
+   */
   upgraded(socket: net.Socket, tellExpired: () => void): void {
-    const p = this.#pending.get(keyOf(socket) ?? '');
-    if (p) p.tellExpired = tellExpired;
+    const key = keyOf(socket);
+    if (key === undefined) return;
+    let p = this.#pending.get(key);
+    if (!p) {
+      if (this.#pending.size >= this.#maxPending) {
+        socket.destroy();
+        return;
+      }
+      p = this.#wait(socket, key, false);
+    }
+    p.tellExpired = tellExpired;
   }
 
   /** The connection was welcomed: it no longer counts, and has no deadline. */
