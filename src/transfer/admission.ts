@@ -44,7 +44,7 @@ export interface AuthGate {
 interface Pending {
   socket: net.Socket;
   timer: NodeJS.Timeout;
-  /** Came when maxConnections were open: it is told so at its first request, and closed. */
+  /** Came when maxConnections were open, and has not taken a slot since: each request on it is told so. */
   refused: boolean;
   /** Says why to the peer on this socket, if it has one yet. */
   tellExpired?: () => void;
@@ -58,7 +58,8 @@ interface Pending {
  * for a while, so tokens cannot be guessed at the speed of the wire.
  *
  *   TCP accept --(over maxPending)--> closed at once
- *       |--(maxConnections open)--> refused: told so at its first request (pending till then), closed
+ *       |--(maxConnections open)--> refused: each request told so while all are still open; one that finds a slot
+ *       |                           free takes it (and goes on as any other); still pending, so closed at the deadline
  *       |--(welcomed)--> admitted: no longer pending, no deadline, holds its slot till it closes
  *       |                    +--(HTTP-welcomed, then upgraded to WebSocket)--> pending again, a new deadline
  *       +--(helloTimeoutMs)--> told why (if it speaks WebSocket), closed
@@ -123,9 +124,19 @@ export class Admission {
     return p;
   }
 
-  /** Whether `socket` came when maxConnections were open: then its first request is answered ERR_TOO_MANY_REQUESTS, and it is closed. */
+  /**
+   * Whether `socket`, which came when maxConnections were open, is still
+   * refused: asked at each of its requests, so that a client retrying on its
+   * keep-alive connection (after Retry-After, as fetch does) takes a slot
+   * that has freed since. A refused request is answered ERR_TOO_MANY_REQUESTS.
+   */
   refused(socket: net.Socket): boolean {
-    return this.#pending.get(keyOf(socket) ?? '')?.refused === true;
+    const p = this.#pending.get(keyOf(socket) ?? '');
+    if (p?.refused !== true) return false;
+    if (this.#open >= this.#maxOpen) return true;
+    p.refused = false;
+    this.#open++;
+    return false;
   }
 
   /** The error a refused connection is told. */

@@ -152,8 +152,8 @@ export async function serve(store: BlobStore, options: ServeOptions = {}, face?:
   server.on('connection', (socket) => admission.accept(socket));
   server.on('request', (req, res) => {
     if (admission.refused(req.socket)) {
-      // Not `connection: close`: an upload's body is read and dropped (Node does) while the client sees the 503, and the
-      // connection, refused for good, goes at the hello deadline.
+      // Not `connection: close`: an upload's body is read and dropped (Node does) while the client sees the 503; a retry
+      // on the connection is asked again (a slot may have freed), and one refused till the hello deadline is closed then.
       const body = `${admission.busy().message}\n`;
       res.writeHead(503, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body), 'retry-after': '1' }).end(body);
       return;
