@@ -14,6 +14,7 @@ import { ServeAccount } from './serve-event.js';
 import { Admission, DEFAULT_HELLO_TIMEOUT_MS, type AdmissionOptions } from './admission.js';
 import { authenticate } from './handshake.js';
 import { wire, wsTransport } from './ws-transport.js';
+import { lively } from './ws-life.js';
 import { orAbort } from './abort.js';
 import { checkConnectArgs } from './connect-args.js';
 import type { Readable } from 'node:stream';
@@ -182,7 +183,7 @@ export async function serve(store: BlobStore, options: ServeOptions = {}, face?:
     sockets.add(ws);
     ws.on('close', () => sockets.delete(ws));
     const count = { sent: 0, received: 0 };
-    const transport = pinging(ws, wsTransport(ws, count, { drainTimeoutMs: options.drainTimeoutMs, onStall: (e) => peer.closed(e) }));
+    const transport = lively(ws, wsTransport(ws, count, { drainTimeoutMs: options.drainTimeoutMs, onStall: (e) => peer.closed(e) }), true);
     const peer = new Peer(transport, {
       store,
       getBudget,
@@ -315,7 +316,7 @@ export async function connect(store: BlobStore, url: string, options: ConnectOpt
       ws.once('open', () => resolve());
       ws.once('error', (e) => reject(new CabError('ERR_CONNECTION', `cannot connect to ${url}: ${e.message}`, {}, { cause: e })));
     });
-    peer = new Peer(pinging(ws, wsTransport(ws, count)), { store, role: 'client', token: options.token, label: url, maxFrame: options.maxFrame ?? MAX_FRAME, idleMs: options.idleTimeoutMs ?? DEFAULT_IDLE_MS });
+    peer = new Peer(lively(ws, wsTransport(ws, count), false), { store, role: 'client', token: options.token, label: url, maxFrame: options.maxFrame ?? MAX_FRAME, idleMs: options.idleTimeoutMs ?? DEFAULT_IDLE_MS });
     wire(ws, peer, count);
     ws.on('pong', () => peer.onPong());
     await peer.hello();
@@ -355,17 +356,6 @@ export async function connect(store: BlobStore, url: string, options: ConnectOpt
     },
   };
   return client;
-}
-
-/** `t` with WebSocket pings, for the peer's idle timer (IdleWatch): ws answers them by itself, and pongs go to Peer.onPong. */
-function pinging(ws: WebSocket, t: Transport): Transport {
-  return Object.assign(t, {
-    ping: () => {
-      if (ws.readyState !== ws.OPEN) return false;
-      ws.ping();
-      return true;
-    },
-  });
 }
 
 /**
