@@ -1,5 +1,6 @@
 import type { WebSocket } from 'ws';
 import type { Transport } from './peer-types.js';
+import type { WireCount } from './stats.js';
 
 /**
  * Bytes of a control frame (ping, pong) beside its payload: a 2-byte header
@@ -16,9 +17,10 @@ function controlHead(fromClient: boolean): number {
  * Peer.onPong. `bytesRead` without control frames: bytes still arriving are a
  * frame on its way, and a peer that only pings (a ping every 10 ms is 13 KiB
  * a second) sends none; it kept an idle connection open for good.
- * `server`: this end is the server, so the frames it reads are masked.
+ * `bytesSent`: frame bytes handed to the socket (`count.sent`), written or
+ * still buffered. `server`: this end is the server, so the frames it reads are masked.
  */
-export function lively(ws: WebSocket, t: Transport, server: boolean): Transport {
+export function lively(ws: WebSocket, t: Transport, count: WireCount, server: boolean): Transport {
   let control = 0;
   const onControl = (data: Buffer) => (control += controlHead(server) + data.length);
   ws.on('ping', onControl).on('pong', onControl);
@@ -29,6 +31,7 @@ export function lively(ws: WebSocket, t: Transport, server: boolean): Transport 
       ws.ping();
       return true;
     },
+    bytesSent: () => count.sent,
     ...(read ? { bytesRead: () => read.call(t) - control } : {}),
   });
 }

@@ -183,7 +183,7 @@ export async function serve(store: BlobStore, options: ServeOptions = {}, face?:
     sockets.add(ws);
     ws.on('close', () => sockets.delete(ws));
     const count = { sent: 0, received: 0 };
-    const transport = lively(ws, wsTransport(ws, count, { drainTimeoutMs: options.drainTimeoutMs, onStall: (e) => peer.closed(e) }), true);
+    const transport = lively(ws, wsTransport(ws, count, { drainTimeoutMs: options.drainTimeoutMs, onStall: (e) => peer.closed(e) }), count, true);
     const peer = new Peer(transport, {
       store,
       getBudget,
@@ -316,7 +316,7 @@ export async function connect(store: BlobStore, url: string, options: ConnectOpt
       ws.once('open', () => resolve());
       ws.once('error', (e) => reject(new CabError('ERR_CONNECTION', `cannot connect to ${url}: ${e.message}`, {}, { cause: e })));
     });
-    peer = new Peer(lively(ws, wsTransport(ws, count), false), { store, role: 'client', token: options.token, label: url, maxFrame: options.maxFrame ?? MAX_FRAME, idleMs: options.idleTimeoutMs ?? DEFAULT_IDLE_MS });
+    peer = new Peer(lively(ws, wsTransport(ws, count), count, false), { store, role: 'client', token: options.token, label: url, maxFrame: options.maxFrame ?? MAX_FRAME, idleMs: options.idleTimeoutMs ?? DEFAULT_IDLE_MS });
     wire(ws, peer, count);
     ws.on('pong', () => peer.onPong());
     await peer.hello();
