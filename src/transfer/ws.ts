@@ -58,7 +58,7 @@ export interface ServeOptions extends AdmissionOptions {
   maxFrame?: number;
   /** Requests a client may have outstanding before it is cut off (default 64). */
   maxRequests?: number;
-  /** A connection that sends nothing this long is closed (default 120 s); while the server answers one of its requests, it is pinged, and a pong will do. */
+  /** A connection that sends nothing this long is closed (default 120 s); while the server answers one of its requests, it is pinged, and a pong will do. Data the server has sent it since it was last heard adds its time at 1 KiB/s (the client answers only once the data is there), until its pong to a ping sent behind it. */
   idleTimeoutMs?: number;
   /** A connection that takes none of our data this long (it does not read) is cut (default 120 s). */
   drainTimeoutMs?: number;
@@ -254,7 +254,7 @@ export interface ConnectOptions {
   timeoutMs?: number;
   /** Cancels the connect (the upgrade or the handshake): it rejects with ERR_ABORTED and leaves no socket open. Once connected, the signal plays no part. */
   signal?: AbortSignal;
-  /** With requests outstanding, a server that sends nothing for this long is cut off: every waiting request (a pull, a stream, a remote read) fails with ERR_IDLE_TIMEOUT. While a push, get or follow stat is outstanding (its answer may rightly take long), the server is pinged and a pong will do. Default DEFAULT_IDLE_MS (120 s). */
+  /** With requests outstanding, a server that sends nothing for this long is cut off: every waiting request (a pull, a stream, a remote read) fails with ERR_IDLE_TIMEOUT. While a push, get or follow stat is outstanding (its answer may rightly take long), the server is pinged and a pong will do. Data sent since the server was last heard (a push's chunks) adds its time at 1 KiB/s, until a pong to a ping sent behind it. Default DEFAULT_IDLE_MS (120 s). */
   idleTimeoutMs?: number;
 }
 
