@@ -120,3 +120,18 @@ test.serial('an idle client (nothing asked, nothing being answered) is not pinge
   t.deepEqual(raw.fatalErrors.map((e) => e.code), ['ERR_IDLE_TIMEOUT']);
   t.is(pings, 0);
 });
+
+test.serial('a client that pulled large chunks and then sits idle: the time the server gives its own bytes to get there (at 1 KiB/s) ends with the pong to its ping behind them, and the client is closed at idleTimeoutMs', async (t) => {
+  const chunker = { min: 1536 * 1024, avg: 2 * 1024 * 1024, max: 4 * 1024 * 1024 };
+  const src = await tempStore(t, { chunker });
+  const name = await putBlob(src, prngBytes('keepalive idle after pull', 6 * 1024 * 1024));
+  const srv = await serve(src, { tokens: { [RW]: ['read'] }, idleTimeoutMs: IDLE_MS });
+  t.teardown(() => srv.close());
+  const c = await connect(await tempStore(t, { chunker }), srv.url, { token: RW });
+  t.teardown(() => c.close());
+  await c.pull(name);
+  const done = performance.now();
+  // Megabytes sent since the client's last get would buy it an hour at 1 KiB/s; delivered, they buy nothing.
+  for (const end = done + 20 * IDLE_MS; srv.connections > 0 && performance.now() < end; ) await new Promise((r) => setTimeout(r, 50));
+  t.is(srv.connections, 0, `still open ${Math.round(performance.now() - done)} ms after the pull`);
+});

@@ -44,7 +44,7 @@ export interface AuthGate {
 interface Pending {
   socket: net.Socket;
   timer: NodeJS.Timeout;
-  /** Came when maxConnections were open: it is told so at its first request, and closed. */
+  /** Came when maxConnections were open, and has not taken a slot since: each request on it is told so. */
   refused: boolean;
   /** Says why to the peer on this socket, if it has one yet. */
   tellExpired?: () => void;
@@ -58,8 +58,10 @@ interface Pending {
  * for a while, so tokens cannot be guessed at the speed of the wire.
  *
  *   TCP accept --(over maxPending)--> closed at once
- *       |--(maxConnections open)--> refused: told so at its first request (pending till then), closed
+ *       |--(maxConnections open)--> refused: each request told so while all are still open; one that finds a slot
+ *       |                           free takes it (and goes on as any other); still pending, so closed at the deadline
  *       |--(welcomed)--> admitted: no longer pending, no deadline, holds its slot till it closes
+ *       |                    +--(HTTP-welcomed, then upgraded to WebSocket)--> pending again, a new deadline
  *       +--(helloTimeoutMs)--> told why (if it speaks WebSocket), closed
  */
 export class Admission {
@@ -103,21 +105,38 @@ export class Admission {
       socket.destroy();
       return;
     }
-    const refused = this.#open >= this.#maxOpen;
-    if (!refused) this.#open++;
+    const p = this.#wait(socket, key, this.#open >= this.#maxOpen);
+    if (!p.refused) this.#open++;
+    socket.once('close', () => {
+      if (!p.refused) this.#open--;
+    });
+  }
+
+  /** Puts `socket` on the pending list, its hello deadline helloTimeoutMs from now. */
+  #wait(socket: net.Socket, key: string, refused: boolean): Pending {
     const p: Pending = { socket, refused, timer: setTimeout(() => this.#expire(p), this.#helloMs) };
     p.timer.unref();
     this.#pending.set(key, p);
     socket.once('close', () => {
       clearTimeout(p.timer);
-      if (!refused) this.#open--;
       if (this.#pending.get(key) === p) this.#pending.delete(key);
     });
+    return p;
   }
 
-  /** Whether `socket` came when maxConnections were open: then its first request is answered ERR_TOO_MANY_REQUESTS, and it is closed. */
+  /**
+   * Whether `socket`, which came when maxConnections were open, is still
+   * refused: asked at each of its requests, so that a client retrying on its
+   * keep-alive connection (after Retry-After, as fetch does) takes a slot
+   * that has freed since. A refused request is answered ERR_TOO_MANY_REQUESTS.
+   */
   refused(socket: net.Socket): boolean {
-    return this.#pending.get(keyOf(socket) ?? '')?.refused === true;
+    const p = this.#pending.get(keyOf(socket) ?? '');
+    if (p?.refused !== true) return false;
+    if (this.#open >= this.#maxOpen) return true;
+    p.refused = false;
+    this.#open++;
+    return false;
   }
 
   /** The error a refused connection is told. */
@@ -125,10 +144,25 @@ export class Admission {
     return new CabError('ERR_TOO_MANY_REQUESTS', `the server has ${this.#maxOpen} connections open, as many as it takes: try again later`);
   }
 
-  /** The connection speaks WebSocket now: at its deadline, `tellExpired` says why before it is closed. */
+  /**
+   * The connection speaks WebSocket now: at its deadline, `tellExpired` says
+   * why before it is closed. One an HTTP request welcomed (a good token) is
+   * not welcomed as a WebSocket: it waits for its hello again, with a new
+   * deadline (and closed at once if maxPending wait), or it held its slot
+   * for good by saying nothing.
+   */
   upgraded(socket: net.Socket, tellExpired: () => void): void {
-    const p = this.#pending.get(keyOf(socket) ?? '');
-    if (p) p.tellExpired = tellExpired;
+    const key = keyOf(socket);
+    if (key === undefined) return;
+    let p = this.#pending.get(key);
+    if (!p) {
+      if (this.#pending.size >= this.#maxPending) {
+        socket.destroy();
+        return;
+      }
+      p = this.#wait(socket, key, false);
+    }
+    p.tellExpired = tellExpired;
   }
 
   /** The connection was welcomed: it no longer counts, and has no deadline. */

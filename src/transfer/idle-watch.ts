@@ -17,15 +17,19 @@ export interface IdleWatchOptions {
   ms: number;
   /** Bytes read from the connection so far: while they grow, a frame is on its way (one 4 MiB chunk on a slow link). */
   bytesRead?: (() => number) | undefined;
+  /** Bytes we have sent so far: the peer may answer them (and our ping behind them) only once they have reached it. */
+  bytesSent?: (() => number) | undefined;
   /** A follow stat is outstanding, which the server may hold STAT_WAIT_MS (or, on a server, one is being answered): wait at least that (and a margin). Without `ping` only. */
   waitLonger: () => boolean;
   /**
    * Pings the peer (a WebSocket ping, which its transport answers by itself
-   * with a pong: `answered`) if it owes us something now, and says whether it
-   * did: a peer silent while it works for us is then cut only if it answers
-   * nothing. A peer that owes nothing is not pinged, so an idle one is cut.
+   * with a pong: `answered`) if it owes us something now, or whatever it
+   * owes if `ours` (our own bytes on their way to it would take longer than
+   * `ms` at MIN_LIVE_RATE), and says whether it did: a peer silent while it
+   * works for us, or takes our bytes, is then cut only if it answers nothing.
+   * A peer that owes nothing is not pinged, so an idle one is cut.
    */
-  ping?: () => boolean;
+  ping?: (ours: boolean) => boolean;
   onIdle: (e: CabError) => void;
 }
 
@@ -38,7 +42,14 @@ export interface IdleWatchOptions {
  * (SourceSet's stallMs), which pongs do not satisfy. When it runs out with
  * bytes still arriving (at MIN_LIVE_RATE at least), or (without `ping`) a
  * follow stat that may rightly be held longer, it waits on; else `onIdle`
- * gets ERR_IDLE_TIMEOUT.
+ * gets ERR_IDLE_TIMEOUT. Our own bytes sent since the peer was last heard
+ * (its answer, and the pong to a ping sent behind them, comes only once they
+ * have reached it) lengthen the wait by their time at MIN_LIVE_RATE: which
+ * share of them still sits in socket buffers, ours or the kernel's (4 MB and
+ * more), cannot be seen, and a slow, healthy link was cut. A peer that takes
+ * nothing of what is still buffered here goes at the transport's drain
+ * timeout; when they would take longer than `ms`, the peer is pinged, and its
+ * pong (all before the ping has reached it) ends that extra wait.
  */
 export class IdleWatch {
   #timer: NodeJS.Timeout | undefined;
@@ -47,6 +58,9 @@ export class IdleWatch {
   #readAt = 0;
   /** A ping went out since the peer was last heard: its pong is a sign of life. */
   #pinged = false;
+  /** bytesSent when the peer was last heard (or, once it answers, when our ping went out): what is sent after may not have reached it. */
+  #sentHeard = 0;
+  #sentAtPing = 0;
   /** How long between checks: with pings, a share of the wait, so that a ping goes out in time. */
   readonly #step: number;
 
@@ -57,6 +71,7 @@ export class IdleWatch {
   heard(): void {
     this.#heardAt = this.#readAt = performance.now();
     this.#read = this.o.bytesRead?.();
+    this.#sentHeard = this.o.bytesSent?.() ?? 0;
     this.#pinged = false;
     // One timer, not one per message (a pull hears a frame per chunk): when it fires, it waits on from #heardAt.
     if (this.#timer === undefined) this.#arm(this.#step);
@@ -67,6 +82,7 @@ export class IdleWatch {
     if (!this.#pinged || this.#timer === undefined) return;
     this.#pinged = false;
     this.#heardAt = performance.now();
+    this.#sentHeard = this.#sentAtPing;
   }
 
   stop(): void {
@@ -90,9 +106,14 @@ export class IdleWatch {
       if (alive) return this.#arm(this.#step);
     }
     const since = now - this.#heardAt;
-    const longest = !this.o.ping && this.o.waitLonger() ? Math.max(this.o.ms, STAT_WAIT_MS + 10_000) : this.o.ms;
+    const sent = this.o.bytesSent?.() ?? 0;
+    const base = !this.o.ping && this.o.waitLonger() ? Math.max(this.o.ms, STAT_WAIT_MS + 10_000) : this.o.ms;
+    const longest = base + ((sent - this.#sentHeard) * 1000) / MIN_LIVE_RATE;
     if (since < longest) {
-      if (!this.#pinged && since >= this.#step / 2) this.#pinged = this.o.ping?.() ?? false;
+      if (!this.#pinged && since >= this.#step / 2) {
+        this.#pinged = this.o.ping?.(longest - base >= this.o.ms) ?? false;
+        this.#sentAtPing = sent;
+      }
       return this.#arm(Math.max(1, Math.min(this.#step, longest - since)));
     }
     this.#timer = undefined;

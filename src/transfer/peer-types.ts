@@ -37,8 +37,10 @@ export interface Transport {
    */
   send(frame: Uint8Array, options?: { onWritten?: () => void }): Promise<void>;
   close(code: number, reason: string): void;
-  /** Bytes read from the connection so far, whole frames or not (a frame of one 4 MiB chunk takes a while on a slow link). */
+  /** Bytes of frames read from the connection so far, whole or not (a frame of one 4 MiB chunk takes a while on a slow link); control frames (pings, pongs) do not count. */
   bytesRead?(): number;
+  /** Bytes of frames handed to `send` so far, written or still buffered (the other end answers them only once they reach it). */
+  bytesSent?(): number;
   /** Asks the other end for a sign of life (its pong goes to Peer.onPong); false if it could not be sent. */
   ping?(): boolean;
 }

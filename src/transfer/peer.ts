@@ -76,11 +76,13 @@ export class Peer {
     this.#idle = new IdleWatch({
       ms: options.idleMs ?? DEFAULT_IDLE_MS,
       bytesRead: transport.bytesRead && (() => transport.bytesRead!()),
+      bytesSent: transport.bytesSent && (() => transport.bytesSent!()),
       waitLonger: () => this.#requestsServed > 0 || (this.#parked !== undefined && this.#parked.free < this.#parked.total),
       onIdle: (e) => this.#fatal(e),
       // Pinged only while its silence is no fault: a server while it answers a slow request (#slow); a client while
-      // this server answers one of its requests (it owes nothing then). An idle client still goes at idleMs.
-      ...(transport.ping ? { ping: () => (this.#o.role === 'server' ? this.#requestsServed > 0 : this.#slow > 0) && transport.ping!() } : {}),
+      // this server answers one of its requests (it owes nothing then); either while our own bytes are on their way
+      // to it (`ours`: a chunk on a slow link). An idle client still goes at idleMs.
+      ...(transport.ping ? { ping: (ours: boolean) => (ours || (this.#o.role === 'server' ? this.#requestsServed > 0 : this.#slow > 0)) && transport.ping!() } : {}),
     });
     this.#serving = new Serving({
       store: options.store,

@@ -14,6 +14,7 @@ import { ServeAccount } from './serve-event.js';
 import { Admission, DEFAULT_HELLO_TIMEOUT_MS, type AdmissionOptions } from './admission.js';
 import { authenticate } from './handshake.js';
 import { wire, wsTransport } from './ws-transport.js';
+import { lively } from './ws-life.js';
 import { orAbort } from './abort.js';
 import { checkConnectArgs } from './connect-args.js';
 import type { Readable } from 'node:stream';
@@ -57,7 +58,7 @@ export interface ServeOptions extends AdmissionOptions {
   maxFrame?: number;
   /** Requests a client may have outstanding before it is cut off (default 64). */
   maxRequests?: number;
-  /** A connection that sends nothing this long is closed (default 120 s); while the server answers one of its requests, it is pinged, and a pong will do. */
+  /** A connection that sends nothing this long is closed (default 120 s); while the server answers one of its requests, it is pinged, and a pong will do. Data the server has sent it since it was last heard adds its time at 1 KiB/s (the client answers only once the data is there), until its pong to a ping sent behind it. */
   idleTimeoutMs?: number;
   /** A connection that takes none of our data this long (it does not read) is cut (default 120 s). */
   drainTimeoutMs?: number;
@@ -152,8 +153,8 @@ export async function serve(store: BlobStore, options: ServeOptions = {}, face?:
   server.on('connection', (socket) => admission.accept(socket));
   server.on('request', (req, res) => {
     if (admission.refused(req.socket)) {
-      // Not `connection: close`: an upload's body is read and dropped (Node does) while the client sees the 503, and the
-      // connection, refused for good, goes at the hello deadline.
+      // Not `connection: close`: an upload's body is read and dropped (Node does) while the client sees the 503; a retry
+      // on the connection is asked again (a slot may have freed), and one refused till the hello deadline is closed then.
       const body = `${admission.busy().message}\n`;
       res.writeHead(503, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body), 'retry-after': '1' }).end(body);
       return;
@@ -182,7 +183,7 @@ export async function serve(store: BlobStore, options: ServeOptions = {}, face?:
     sockets.add(ws);
     ws.on('close', () => sockets.delete(ws));
     const count = { sent: 0, received: 0 };
-    const transport = pinging(ws, wsTransport(ws, count, { drainTimeoutMs: options.drainTimeoutMs, onStall: (e) => peer.closed(e) }));
+    const transport = lively(ws, wsTransport(ws, count, { drainTimeoutMs: options.drainTimeoutMs, onStall: (e) => peer.closed(e) }), count, true);
     const peer = new Peer(transport, {
       store,
       getBudget,
@@ -253,7 +254,7 @@ export interface ConnectOptions {
   timeoutMs?: number;
   /** Cancels the connect (the upgrade or the handshake): it rejects with ERR_ABORTED and leaves no socket open. Once connected, the signal plays no part. */
   signal?: AbortSignal;
-  /** With requests outstanding, a server that sends nothing for this long is cut off: every waiting request (a pull, a stream, a remote read) fails with ERR_IDLE_TIMEOUT. While a push, get or follow stat is outstanding (its answer may rightly take long), the server is pinged and a pong will do. Default DEFAULT_IDLE_MS (120 s). */
+  /** With requests outstanding, a server that sends nothing for this long is cut off: every waiting request (a pull, a stream, a remote read) fails with ERR_IDLE_TIMEOUT. While a push, get or follow stat is outstanding (its answer may rightly take long), the server is pinged and a pong will do. Data sent since the server was last heard (a push's chunks) adds its time at 1 KiB/s, until a pong to a ping sent behind it. Default DEFAULT_IDLE_MS (120 s). */
   idleTimeoutMs?: number;
 }
 
@@ -315,7 +316,7 @@ export async function connect(store: BlobStore, url: string, options: ConnectOpt
       ws.once('open', () => resolve());
       ws.once('error', (e) => reject(new CabError('ERR_CONNECTION', `cannot connect to ${url}: ${e.message}`, {}, { cause: e })));
     });
-    peer = new Peer(pinging(ws, wsTransport(ws, count)), { store, role: 'client', token: options.token, label: url, maxFrame: options.maxFrame ?? MAX_FRAME, idleMs: options.idleTimeoutMs ?? DEFAULT_IDLE_MS });
+    peer = new Peer(lively(ws, wsTransport(ws, count), count, false), { store, role: 'client', token: options.token, label: url, maxFrame: options.maxFrame ?? MAX_FRAME, idleMs: options.idleTimeoutMs ?? DEFAULT_IDLE_MS });
     wire(ws, peer, count);
     ws.on('pong', () => peer.onPong());
     await peer.hello();
@@ -356,17 +357,6 @@ export async function connect(store: BlobStore, url: string, options: ConnectOpt
     },
   };
   return client;
-}
-
-/** `t` with WebSocket pings, for the peer's idle timer (IdleWatch): ws answers them by itself, and pongs go to Peer.onPong. */
-function pinging(ws: WebSocket, t: Transport): Transport {
-  return Object.assign(t, {
-    ping: () => {
-      if (ws.readyState !== ws.OPEN) return false;
-      ws.ping();
-      return true;
-    },
-  });
 }
 
 /**
