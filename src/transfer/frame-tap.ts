@@ -90,6 +90,8 @@ export class FrameTap {
   #item: Uint8Array | undefined;
   #placed = false;
   readonly #onData = (b: Buffer) => this.#feed(b);
+  /** The socket reads into one buffer, again and again (readIntoOne): nothing of it may be kept past #feed. */
+  #transient = false;
 
   private constructor(
     readonly ws: WsInternals,
@@ -110,6 +112,7 @@ export class FrameTap {
     if (r._bufferedBytes === 0 && r._state === 0) tap.#frameStart();
     socket.removeListener('data', theirs);
     socket.on('data', tap.#onData);
+    tap.#transient = readIntoOne(socket, (b) => tap.#feed(b));
     return true;
   }
 
@@ -142,7 +145,7 @@ export class FrameTap {
         }
         case S.Whole: {
           const k = Math.min(this.#left, n - i);
-          if (!this.#whole && k === this.#left) {
+          if (!this.#whole && k === this.#left && !this.#transient) {
             this.#left = 0;
             this.#message(b.subarray(i, i + k));
           } else {
@@ -171,7 +174,7 @@ export class FrameTap {
         case S.ItemBody: {
           const len = this.#itemLen;
           const k = Math.min(len - this.#at, n - i);
-          if (this.#at === 0 && k === len && !this.#item) this.#items.push(b.subarray(i, i + k)); // whole in this read: a view of it
+          if (this.#at === 0 && k === len && !this.#item && !this.#transient) this.#items.push(b.subarray(i, i + k)); // whole in this read: a view of it
           else {
             // A place no longer wanted (its get given up on, or written): the rest goes to a buffer of its own, which its taker drops.
             if (this.#placed && (this.#item!.byteLength === 0 || !this.sink.placing(this.#id))) this.#item = undefined;
@@ -197,7 +200,8 @@ export class FrameTap {
 
   #toWs(b: Buffer): void {
     // ws resumes the socket on its receiver's drain.
-    if (this.#reading() && !this.r.write(b) && this.#reading()) this.ws._socket?.pause();
+    // ws keeps what it is given until its frame is whole: a copy, if the socket's buffer is read into again.
+    if (this.#reading() && !this.r.write(this.#transient ? Buffer.from(b) : b) && this.#reading()) this.ws._socket?.pause();
     if (!this.#reading()) this.#s = S.Off;
   }
 
@@ -332,4 +336,30 @@ export class FrameTap {
     this.#s = S.Off;
     this.sink.fault(new CabError('ERR_PROTOCOL', `an undecodable message: ${msg}`));
   }
+}
+
+/** Bytes a connection's socket reads at once into its one buffer. */
+const READ_BYTES = 256 * 1024;
+
+/**
+ * Makes a plain TCP socket read into one buffer of its own, again and again,
+ * handing each read to `take` (as `net.Socket`'s `onread` option does, set
+ * here once the WebSocket upgrade is done): Node otherwise makes a new
+ * ArrayBuffer for every read, 16,000 a GiB, and they, not the heap, set off
+ * most of a pull's full collections. False (nothing changed) on a socket
+ * without those internals, a TLS one, or one holding unread data.
+ */
+function readIntoOne(socket: object, take: (b: Buffer) => void): boolean {
+  const s = socket as Record<symbol, unknown> & { _handle?: { useUserBuffer?(b: Uint8Array): void }; encrypted?: boolean; readableLength?: number };
+  const sym = (name: string) => Object.getOwnPropertySymbols(s).find((k) => k.description === name);
+  const [kBuffer, kBufferCb, kBufferGen] = [sym('kBuffer'), sym('kBufferCb'), sym('kBufferGen')];
+  if (!kBuffer || !kBufferCb || !kBufferGen || s[kBuffer] !== null || s[kBufferGen] !== null) return false;
+  if (s.encrypted || s.readableLength !== 0 || typeof s._handle?.useUserBuffer !== 'function') return false;
+  const buf = Buffer.allocUnsafeSlow(READ_BYTES);
+  s[kBuffer] = buf;
+  s[kBufferCb] = (n: number) => {
+    take(buf.subarray(0, n));
+  };
+  s._handle.useUserBuffer(buf);
+  return true;
 }
