@@ -3,7 +3,7 @@ import { bytesEqual, sha256, toHex } from '../hash/sha256.js';
 import type { BlobWriter } from '../blob/writer.js';
 import type { ChunkRef } from '../store.js';
 import { MAX_GET_ITEMS, type GetItem } from './messages.js';
-import { getBytes } from './remote.js';
+import { getBytes, type Take } from './remote.js';
 import type { TransferStats } from './stats.js';
 import { throwIfAborted } from './abort.js';
 import { recycledBuffer, RECYCLED_BYTES } from '../hash/pool.js';
@@ -221,7 +221,9 @@ export class FetchWindow {
     this.#asks.add(a);
     const items = g.chunks.slice(g.got).map((c): GetItem => [c.hash, 0, c.size]);
     const src = lane.entry.src;
-    const take = (got: Uint8Array[]) => this.#land(a, got);
+    const take: Take = (got) => this.#land(a, got);
+    take.place = (k, len) => this.#place(a, k, len);
+    take.placing = () => this.#failure === undefined && !this.#flushing && g.ask === a;
     const answer = src.stream ? src.stream(items, take) : src.get(items).then(take);
     answer
       .then(() => {
@@ -251,6 +253,16 @@ export class FetchWindow {
     for (const a of this.#asks) if (a.lane.entry === e) this.#asks.delete(a);
   }
 
+  /** Where item `k` of the frame arriving for `a` is to be written (Take.place): its place in the get's buffer, if it is the chunk due there. */
+  #place(a: Ask, k: number, len: number): Uint8Array | undefined {
+    const g = a.g;
+    if (this.#failure !== undefined || this.#flushing || g.ask !== a || g.got + k >= g.chunks.length || g.chunks[g.got + k]!.size !== len) return undefined;
+    let at = g.at;
+    for (let j = g.got; j < g.got + k; j++) at += g.chunks[j]!.size;
+    g.buf ??= g.bytes <= RECYCLED_BYTES ? recycledBuffer(g.bytes) : Buffer.allocUnsafeSlow(g.bytes);
+    return g.buf.subarray(at, at + len);
+  }
+
   /** Frames of an ask arrived (called as they do, in order): each chunk checked (or, from a source alone, left to the writer), then copied into the get's buffer. */
   #land(a: Ask, items: Uint8Array[]): void {
     let n = 0;
@@ -278,7 +290,7 @@ export class FetchWindow {
       }
       // Memory the hashing thread takes without a copy (and hands back for the next get, if recycled).
       g.buf ??= g.bytes <= RECYCLED_BYTES ? recycledBuffer(g.bytes) : Buffer.allocUnsafeSlow(g.bytes);
-      g.buf.set(bytes, g.at);
+      if (bytes.buffer !== g.buf.buffer || bytes.byteOffset !== g.buf.byteOffset + g.at) g.buf.set(bytes, g.at); // not written in place
       g.at += bytes.length;
       g.got++;
       lane.entry.report.chunks++;

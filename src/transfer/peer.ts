@@ -2,7 +2,7 @@ import { CabError, isCabError } from '../errors.js';
 import { checkBlobName } from '../format/layout.js';
 import { MAX_FRAME, MAX_GET_BYTES, decode, encode, type GetItem, type Message, type Perm } from './messages.js';
 import { receive } from './receive.js';
-import type { RemoteSource } from './remote.js';
+import type { RemoteSource, Take } from './remote.js';
 import { withHexJSON, type ReceiveOptions, type TransferStats } from './stats.js';
 import { ByteBudget } from './budget.js';
 import { abortError, orAbort, throwIfAborted } from './abort.js';
@@ -26,7 +26,7 @@ interface Pending {
   /** A request whose answer may rightly take long (see #slow). */
   slow: boolean;
   /** A get's: its items handed over frame by frame as they come, and how many are still to come. */
-  take?: (items: Uint8Array[]) => void;
+  take?: Take;
   items?: number;
 }
 
@@ -210,6 +210,18 @@ export class Peer {
     void this.#serve(m);
   }
 
+  /** A `data` frame the transport took apart itself (FrameTap): as onFrame, decoded. */
+  onData(id: number, items: Uint8Array[], end: boolean): void {
+    if (this.#closed) return;
+    this.#touch();
+    this.#onAnswer({ t: 'data', id, items, end });
+  }
+
+  /** The taker of get `id`'s items, for the transport to write them in place (Take.place). */
+  taker(id: number): Take | undefined {
+    return this.#pending.get(id)?.take;
+  }
+
   /** A request from the other end. */
   async #serve(m: Message): Promise<void> {
     if (this.#o.role === 'server' && this.#perms.size === 0) return this.#fatal(new CabError('ERR_PROTOCOL', `${m.t} before hello`));
@@ -289,7 +301,7 @@ export class Peer {
    * A `get` with `take`: its items go to `take` frame by frame as they
    * come, and it resolves with the last frame.
    */
-  async request<T extends Message['t']>(m: Message, expect: T, signal?: AbortSignal, take?: (items: Uint8Array[]) => void): Promise<Extract<Message, { t: T }>> {
+  async request<T extends Message['t']>(m: Message, expect: T, signal?: AbortSignal, take?: Take): Promise<Extract<Message, { t: T }>> {
     await this.#ready;
     while (this.#pending.size >= this.#remoteMaxRequests && !this.#closed) await new Promise<void>((r) => this.#windowWaiters.push(r));
     if (this.#closed) throw this.#closed;
@@ -346,7 +358,7 @@ export class Peer {
         await this.request({ t: 'get', id: 0, items }, 'data', undefined, (got) => out.push(...got));
         return out;
       },
-      stream: async (items: GetItem[], take: (got: Uint8Array[]) => void) => {
+      stream: async (items: GetItem[], take: Take) => {
         await this.request({ t: 'get', id: 0, items }, 'data', undefined, take);
       },
     };

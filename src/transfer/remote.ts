@@ -32,10 +32,20 @@ export interface RemoteSource {
    * resolves once all have been. Items that arrived before a failure have
    * been taken. Absent: `get` (the items arrive all at once).
    */
-  stream?(items: GetItem[], take: (items: Uint8Array[]) => void): Promise<void>;
+  stream?(items: GetItem[], take: Take): Promise<void>;
   /** Bytes that have arrived from the source so far, whole answers or not (a peer's connection): while they grow, it is not stalled. */
   bytesRead?(): number;
 }
+
+/**
+ * Takes a get's items as they arrive (RemoteSource.stream). `place`, if
+ * there, says where item `k` of the frame now arriving (`len` bytes) is to
+ * be written, or undefined: a transport that reads frames itself writes it
+ * there as it comes, and hands over that place as the item (one copy out of
+ * the socket's buffers, not two). `placing()`: whether the places given are
+ * still wanted (asked before each write into one).
+ */
+export type Take = ((items: Uint8Array[]) => void) & { place?(k: number, len: number): Uint8Array | undefined; placing?(): boolean };
 
 /** A chunk of the sender's list, with its offset in the blob. */
 export interface RemoteChunk {

@@ -1,7 +1,7 @@
 import { setMaxListeners } from 'node:events';
 import { CabError, isCabError, raceAbort, type ErrorCode } from '../errors.js';
 import type { GetItem } from './messages.js';
-import { getBytes, type RemoteSource } from './remote.js';
+import { getBytes, type RemoteSource, type Take } from './remote.js';
 import { MAX_TIMER_MS, abortError } from './abort.js';
 import { stillArriving } from './idle-watch.js';
 
@@ -123,15 +123,19 @@ export class SourceEntry {
     if (raw.match) src.match = (name, n, digest) => this.#call(() => raw.match!(name, n, digest));
     if (raw.fine) src.fine = (hash, size) => this.#call(() => raw.fine!(hash, size));
     if (raw.stream) {
-      src.stream = (items, take) =>
-        this.#call(() =>
-          raw.stream!(items, (got) => {
-            if (this.dropped) return; // what a dropped source still sends is not taken
-            this.#heard();
-            this.#received(got);
-            take(got);
-          }),
-        );
+      src.stream = (items, take) => {
+        const taking: Take = (got) => {
+          if (this.dropped) return; // what a dropped source still sends is not taken
+          this.#heard();
+          this.#received(got);
+          take(got);
+        };
+        if (take.place) {
+          taking.place = (k, len) => (this.dropped ? undefined : take.place!(k, len));
+          taking.placing = () => !this.dropped && take.placing!();
+        }
+        return this.#call(() => raw.stream!(items, taking));
+      };
     }
     return src;
   }

@@ -2,6 +2,7 @@ import type { WebSocket, RawData } from 'ws';
 import { CabError } from '../errors.js';
 import type { Peer, Transport } from './peer.js';
 import type { WireCount } from './stats.js';
+import { FrameTap } from './frame-tap.js';
 
 /** A send waits for the socket to drain while more than this many bytes are buffered on it. */
 export const HIGH_WATER = 8 * 1024 * 1024;
@@ -76,8 +77,19 @@ export function wsTransport(ws: WebSocket, count: WireCount, options: WsTranspor
   };
 }
 
-/** Feeds a socket's frames to its peer, and tells the peer when the socket is gone. */
+/**
+ * Feeds a socket's frames to its peer, and tells the peer when the socket is
+ * gone. Binary frames are read by a FrameTap (`data` frames written straight
+ * where the peer's taker wants them); what it leaves to ws comes as messages.
+ */
 export function wire(ws: WebSocket, peer: Peer, count: WireCount): void {
+  FrameTap.attach(ws, {
+    frame: (buf) => peer.onFrame(buf),
+    data: (id, items, end) => peer.onData(id, items, end),
+    place: (id, k, len) => peer.taker(id)?.place?.(k, len),
+    placing: (id) => peer.taker(id)?.placing?.() ?? false,
+    fault: (e) => peer.fail(e),
+  }, (n) => (count.received += n));
   ws.on('message', (data: RawData, isBinary: boolean) => {
     if (!isBinary) {
       peer.onFrame(new Uint8Array(0)); // not MessagePack: a protocol error
