@@ -16,6 +16,7 @@ import { collect, putBlob, readAll, tempDir, tempStore } from './helpers/store.j
 import { S3_ENDPOINT, bucketOptions, fileBucket, objects, s3Test } from './helpers/s3.js';
 import { RawClient, killHard } from './helpers/transfer.js';
 import { assertFails, cli, finished, ok, putLines, start, waitFor, writeFile } from './helpers/cli.js';
+import { slowLink } from './helpers/slow-link.js';
 
 const RW = 'hostile8-rw';
 
@@ -699,53 +700,6 @@ test.serial('held: gc, fsck, fsck --repair, rm and ls from other processes while
   t.is((await cli(['--store', dir, 'fsck', '--verify'])).code, 0);
 });
 
-/** A TCP proxy whose client-to-server direction carries `bytesPerSecond` steadily (a slow, healthy uplink); the other way is free. */
-async function slowUplink(t: ExecutionContext, targetPort: number, bytesPerSecond: number, direction: 'up' | 'down' = 'up'): Promise<{ port: number; up: () => number }> {
-  const sockets = new Set<net.Socket>();
-  let up = 0;
-  const server = net.createServer((near) => {
-    const far = net.connect(targetPort, '127.0.0.1');
-    sockets.add(near).add(far);
-    // `client` is the side whose bytes are slowed, `upstream` the side they go to.
-    const [client, upstream] = direction === 'up' ? [near, far] : [far, near];
-    upstream.pipe(client);
-    const queue: Buffer[] = [];
-    let queued = 0;
-    client.on('data', (d: Buffer) => {
-      queue.push(d);
-      queued += d.length;
-      if (queued > 256 * 1024) client.pause();
-    });
-    const tick = setInterval(() => {
-      let room = Math.floor(bytesPerSecond / 50);
-      while (room > 0 && queue.length > 0) {
-        const d = queue[0]!;
-        const part = d.subarray(0, room);
-        upstream.write(part);
-        up += part.length;
-        room -= part.length;
-        queued -= part.length;
-        if (part.length === d.length) queue.shift();
-        else queue[0] = d.subarray(part.length);
-      }
-      if (queued <= 256 * 1024) client.resume();
-    }, 20);
-    const end = () => {
-      clearInterval(tick);
-      client.destroy();
-      upstream.destroy();
-    };
-    client.on('close', end).on('error', end);
-    upstream.on('close', end).on('error', end);
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-  t.teardown(() => {
-    for (const s of sockets) s.destroy();
-    server.close();
-  });
-  return { port: (server.address() as net.AddressInfo).port, up: () => up };
-}
-
 test.serial('keepalive across a push of large chunks over a slow, steady uplink (1 MiB/s, chunks of 1.5-4 MiB, connect idleTimeoutMs 1000): the push is not cut; the client\'s ping waits behind its own chunk frames', async (t) => {
   const chunker = { min: 1536 * 1024, avg: 2 * MiB, max: 4 * MiB };
   const src = await tempStore(t, { chunker });
@@ -754,13 +708,13 @@ test.serial('keepalive across a push of large chunks over a slow, steady uplink 
   const dst = await tempStore(t, { chunker });
   const srv = await serve(dst, { tokens: { [RW]: ['read', 'write'] } });
   t.teardown(() => srv.close());
-  const link = await slowUplink(t, srv.port, MiB);
+  const link = await slowLink(t, srv.port, MiB, 'up');
   const c = await connect(src, `ws://127.0.0.1:${link.port}`, { token: RW, idleTimeoutMs: 1000 });
   t.teardown(() => c.close());
   const began = performance.now();
   const got = await c.push(name).then(
     () => 'ok',
-    (e: unknown) => `${codeOf(e)}: ${(e as Error).message} (${link.up()} bytes had gone up the link after ${Math.round(performance.now() - began)} ms)`,
+    (e: unknown) => `${codeOf(e)}: ${(e as Error).message} (${link.moved()} bytes had gone up the link after ${Math.round(performance.now() - began)} ms)`,
   );
   t.is(got, 'ok');
   if (got === 'ok') t.true((await readAll(dst, name)).equals(bytes));
@@ -774,7 +728,7 @@ test.serial('keepalive on the server side: a pull of large chunks over a slow, s
   const events: string[] = [];
   const srv = await serve(src, { tokens: { [RW]: ['read', 'write'] }, idleTimeoutMs: 1000, onEvent: (e) => events.push(JSON.stringify(e)) });
   t.teardown(() => srv.close());
-  const link = await slowUplink(t, srv.port, MiB, 'down');
+  const link = await slowLink(t, srv.port, MiB, 'down');
   const dst = await tempStore(t, { chunker });
   const c = await connect(dst, `ws://127.0.0.1:${link.port}`, { token: RW });
   t.teardown(() => c.close());

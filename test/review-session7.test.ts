@@ -7,12 +7,12 @@ import test from 'ava';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import type { AddressInfo } from 'node:net';
 import { BlobStore, connect, serve, exportBundle, importBundle, isCabError, type Message } from '../src/index.js';
 import { prngBytes } from '../tools/data.js';
 import { readAll, tempDir, tempStore } from './helpers/store.js';
 import { RawClient } from './helpers/transfer.js';
 import { drain } from './helpers/hostile.js';
+import { slowLink } from './helpers/slow-link.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -36,54 +36,6 @@ async function oldStore(t: import('ava').ExecutionContext, chunker: { min: numbe
   const store = await BlobStore.open(root);
   t.teardown(() => store.close());
   return store;
-}
-
-/**
- * A TCP proxy on 127.0.0.1 whose server-to-client direction carries
- * `bytesPerSecond`, steadily (a slow but healthy link): slices every 20 ms.
- */
-async function slowLink(t: import('ava').ExecutionContext, targetPort: number, bytesPerSecond: number): Promise<{ port: number; down: () => number }> {
-  const sockets = new Set<net.Socket>();
-  let down = 0;
-  const server = net.createServer((client) => {
-    const upstream = net.connect(targetPort, '127.0.0.1');
-    sockets.add(client).add(upstream);
-    client.pipe(upstream);
-    const queue: Buffer[] = [];
-    let queued = 0;
-    upstream.on('data', (d: Buffer) => {
-      queue.push(d);
-      queued += d.length;
-      if (queued > 256 * KiB) upstream.pause();
-    });
-    const tick = setInterval(() => {
-      let room = Math.floor(bytesPerSecond / 50);
-      while (room > 0 && queue.length > 0) {
-        const d = queue[0]!;
-        const part = d.subarray(0, room);
-        client.write(part);
-        down += part.length;
-        room -= part.length;
-        queued -= part.length;
-        if (part.length === d.length) queue.shift();
-        else queue[0] = d.subarray(part.length);
-      }
-      if (queued <= 256 * KiB) upstream.resume();
-    }, 20);
-    const done = () => {
-      clearInterval(tick);
-      client.destroy();
-      upstream.destroy();
-    };
-    client.on('close', done).on('error', () => {});
-    upstream.on('close', done).on('error', () => {});
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
-  t.teardown(async () => {
-    for (const s of sockets) s.destroy();
-    await new Promise((resolve) => server.close(resolve));
-  });
-  return { port: (server.address() as AddressInfo).port, down: () => down };
 }
 
 async function served(t: import('ava').ExecutionContext, store: BlobStore): Promise<{ url: string; port: number }> {
@@ -134,13 +86,13 @@ test.serial('client.pull over a slow but steady link (512 KiB/s) with stallMs 15
   const bytes = prngBytes('review7 slow link', 4 * MiB);
   await put(src, NAME, bytes);
   const { port } = await served(t, src);
-  const slow = await slowLink(t, port, 512 * KiB);
+  const slow = await slowLink(t, port, 512 * KiB, 'down');
   const dst = await tempStore(t);
   const c = await connect(dst, `ws://127.0.0.1:${slow.port}`, { token: TOKEN });
   t.teardown(() => c.close());
   const got = await c.pull(NAME, { stallMs: 1500 }).then(
     () => 'ok',
-    (e: unknown) => `${codeOf(e)}: ${(e as Error).message} (${slow.down()} bytes had come down the link by then)`,
+    (e: unknown) => `${codeOf(e)}: ${(e as Error).message} (${slow.moved()} bytes had come down the link by then)`,
   );
   t.is(got, 'ok');
 });
