@@ -9,7 +9,7 @@ import { LEAF_SIZE, MerkleHasher, type MerkleState } from './merkle.js';
 import type { SamePlan, ToWorker } from './pool.js';
 import { sha256 } from './sha256.js';
 import { threadCpuNs } from './thread-cpu.js';
-import { hashFiles } from './hash-files.js';
+import { onAnswers, readFiles, stopHelper, waiting, type SplitJob } from './leaf-split.js';
 
 interface Held {
   bytes: Uint8Array;
@@ -18,15 +18,13 @@ interface Held {
   slot?: number;
 }
 
-interface Job {
-  merkle: MerkleHasher;
+interface Job extends SplitJob {
   /** The SHA-256 of the chunk in progress: the bytes since the last cut (`chunkFed`: there are some). */
   chunk: crypto.Hash;
   chunkFed: boolean;
   fd: number;
   /** Blocks kept until the writer says which of their bytes to write. */
   held: Map<number, Held>;
-  error?: Error;
   /** A chunk failed its claimed hash: nothing after it is hashed or written for this job. */
   refused?: boolean;
   /** The blob's leaf hashes as they come, for its leaf layer (see `layer` messages). */
@@ -291,14 +289,26 @@ function writeHeld(job: Job | undefined, hold: number, writes: number[]): void {
   release(h);
 }
 
+// Messages in order; a job's messages other than reads wait while the leaf helper is behind (leaf-split.ts).
+const inbox: ToWorker[] = [];
+function pump(): void {
+  while (inbox.length > 0 && (inbox[0]!.t === 'read' || !waiting(jobs.get(inbox[0]!.id)))) handle(inbox.shift()!);
+}
+onAnswers((n) => port.postMessage({ t: 'ack', n }), pump);
 port.on('message', (m: ToWorker) => {
+  inbox.push(m);
+  pump();
+});
+
+function handle(m: ToWorker): void {
   const job = jobs.get(m.id);
   switch (m.t) {
     case 'open':
-      jobs.set(m.id, { merkle: m.state ? MerkleHasher.fromState(m.state) : new MerkleHasher(), chunk: crypto.createHash('sha256'), chunkFed: false, fd: -1, held: new Map(), lent: 0 });
+      jobs.set(m.id, { merkle: m.state ? MerkleHasher.fromState(m.state) : new MerkleHasher(), chunk: crypto.createHash('sha256'), chunkFed: false, fd: -1, held: new Map(), lent: 0, run: 0, parts: [] });
       break;
     case 'data': {
       if (m.free) writeHeld(job, m.free.hold, m.free.writes);
+      if (job) job.run = 0;
       const bytes = new Uint8Array(m.buf, m.off, m.len);
       // With a same-offset plan, a byte per chunk after the hashes: 1 if it was found equal to the source's.
       let out = m.seq !== undefined && m.cuts && !m.expect ? new Uint8Array((m.same ? 33 : 32) * m.cuts.length) : undefined;
@@ -327,14 +337,7 @@ port.on('message', (m: ToWorker) => {
       break;
     }
     case 'read':
-      if (job && !job.error && !job.refused) {
-        try {
-          hashFiles(job.merkle, m.files, SLICE);
-        } catch (e) {
-          job.error = e as Error;
-        }
-      }
-      port.postMessage({ t: 'ack', n: m.len });
+      port.postMessage({ t: 'ack', n: job && !job.error && !job.refused ? readFiles(job, m.files, m.len) : m.len });
       break;
     case 'write':
       writeHeld(job, m.hold, m.writes);
@@ -374,7 +377,8 @@ port.on('message', (m: ToWorker) => {
       jobs.delete(m.id);
       if (job) job.merkle.onLeaf = undefined;
       if (job) for (const h of job.held.values()) release(h);
+      if (jobs.size === 0) stopHelper();
       port.postMessage({ t: 'res', seq: m.seq, value: null });
       break;
   }
-});
+}

@@ -105,6 +105,11 @@ export class MerkleHasher {
     return this;
   }
 
+  /** The bytes of the partial last leaf (a copy): what a hasher that goes on from this one's leaves is fed. */
+  partialBytes(): Uint8Array {
+    return Uint8Array.from(this.#partial.subarray(0, this.#partialLen));
+  }
+
   /** The hash of the partial last leaf, if the bytes fed end inside one (the last entry of a leaf layer). */
   partialLeaf(): Uint8Array | undefined {
     return this.#partialLen > 0 ? sha256(this.#partial.subarray(0, this.#partialLen)) : undefined;
