@@ -9,9 +9,12 @@
 import test from 'ava';
 import fs from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
+import path from 'node:path';
 import { connect, merkleRoot, serve, toHex, type BlobStore, type ServeOptions } from '../src/index.js';
+import { HashJob } from '../src/hash/pool.js';
+import { MerkleHasher, type MerkleState } from '../src/hash/merkle.js';
 import { prngBytes } from '../tools/data.js';
-import { tempStore, putBlob, readAll, codeOf } from './helpers/store.js';
+import { tempDir, tempStore, putBlob, readAll, codeOf } from './helpers/store.js';
 import { fragmentPath } from './helpers/paths.js';
 import { edited } from './helpers/transfer.js';
 
@@ -44,7 +47,7 @@ async function chunkStarts(s: BlobStore, blob: string): Promise<number[]> {
 /** The first chunk start at or after `pos`. */
 const startAfter = (starts: number[], pos: number) => starts.find((s) => s >= pos)!;
 
-test.serial('appendBlob runs shorter and longer than the split threshold, after inserts at odd offsets: the hash is the merkle root of the bytes; the helper thread hashes a share and is gone after close', async (t) => {
+test.serial('appendBlob runs shorter and longer than the split threshold, after inserts at odd offsets: the hash is the merkle root of the bytes; the helper thread hashes a share and is gone after close (2 s later)', async (t) => {
   const s = await tempStore(t, { fragmentSize: 8 * MiB });
   const a = prngBytes('leaf split a', 48 * MiB + 777);
   const src = await putBlob(s, a);
@@ -54,7 +57,7 @@ test.serial('appendBlob runs shorter and longer than the split threshold, after 
   const b = prngBytes('leaf split b', 4 * MiB);
   const other = await putBlob(s, b);
   const bStarts = await chunkStarts(s, other);
-  await sleep(300); // the previous writer's helper (if any) stopped
+  await sleep(2500); // the previous writer's helper (if any) stopped
   const before = linux ? threads() : new Map<string, number>();
   const w = await s.newBlobWriter();
   const parts: Buffer[] = [];
@@ -98,7 +101,8 @@ test.serial('appendBlob runs shorter and longer than the split threshold, after 
   const helperCpu = Math.max(...started.map(([tid, ns]) => (after.get(tid) ?? ns) - ns));
   t.log(`helper thread CPU over the split runs: ${(helperCpu / 1e6).toFixed(1)} ms`);
   t.true(helperCpu > 5e6, 'the helper hashed a share');
-  await sleep(500);
+  // It stays 2 s for the next writer, then stops.
+  for (let i = 0; i < 40 && started.some(([tid]) => threads().has(tid)); i++) await sleep(100);
   const left = threads();
   t.deepEqual(started.filter(([tid]) => left.has(tid) && cpu0.has(tid)).length, 0, 'the helper is gone once no writer is open');
 });
@@ -145,4 +149,69 @@ test.serial('pull of a blob with inserts at odd offsets into a store with the ol
   t.is(toHex(r.hash!), toHex(merkleRoot(ed.bytes)));
   await r.close();
   t.true((await readAll(dst, name)).equals(ed.bytes));
+});
+
+test.serial('states asked for while the helper is behind on reads (checkpoints): each is the state at its point of the stream, and the root at the end is right', async (t) => {
+  const dir = tempDir(t);
+  const file = path.join(dir, 'bytes');
+  const bytes = prngBytes('leaf split states', 40 * MiB + 12345);
+  fs.writeFileSync(file, bytes);
+  const job = new HashJob();
+  let fed = 0;
+  const read = (n: number) => {
+    job.send({ files: [file, fed, n], length: n }, true, [], true);
+    fed += n;
+  };
+  // A long run starts the helper; reads of odd lengths after it, so that states fall mid-leaf.
+  read(3 * MiB + 7);
+  await job.state();
+  await sleep(300);
+  const states: Array<[number, Promise<MerkleState>]> = [];
+  for (const n of [4 * MiB + 1, 4 * MiB + 16383, 3 * MiB, 5 * MiB + 99, 4 * MiB, 1 * MiB + 5, 4 * MiB + 3]) {
+    read(n);
+    states.push([fed, job.state()]);
+  }
+  read(bytes.length - fed);
+  const root = await job.digest();
+  await job.close();
+  t.is(toHex(root), toHex(merkleRoot(bytes)));
+  for (const [at, p] of states) {
+    const st = await p;
+    t.is(st.size, at);
+    const h = MerkleHasher.fromState(st).update(bytes.subarray(st.leaves * 16384, at));
+    t.is(toHex(h.digest()), toHex(merkleRoot(bytes.subarray(0, at))), `the state at ${at}`);
+  }
+});
+
+test.serial('a writer that defers its hash (as a pull) with checkpoints over long runs: closed unfinalized, resumed, it ends with the root of its bytes', async (t) => {
+  const s = await tempStore(t, { fragmentSize: 8 * MiB });
+  const a = prngBytes('leaf split resume', 40 * MiB);
+  const src = await putBlob(s, a);
+  const starts = await chunkStarts(s, src);
+  const at = (mib: number) => startAfter(starts, mib * MiB);
+  const b = prngBytes('leaf split resume b', 2 * MiB);
+  const other = await putBlob(s, b);
+  const bStarts = await chunkStarts(s, other);
+  const w = await s.newBlobWriter();
+  w.deferHash(); // as a pull: no digest after each append, so nothing waits for the helper but the checkpoints' states
+  w.checkpointEvery(1 * MiB);
+  const parts: Buffer[] = [];
+  await w.appendBlob(src, 0, at(6));
+  parts.push(a.subarray(0, at(6)));
+  await sleep(300); // the helper online
+  for (const [i, from, to] of [[1, 7, 15], [2, 16, 25], [3, 26, 34]] as const) {
+    await w.appendBlob(other, bStarts[i]!, bStarts[i + 1]! - bStarts[i]!);
+    parts.push(b.subarray(bStarts[i]!, bStarts[i + 1]!));
+    await w.appendBlob(src, at(from), at(to) - at(from));
+    parts.push(a.subarray(at(from), at(to)));
+  }
+  await w.closeWithoutFinalize();
+  const again = await s.resumeBlobWriter(w.name);
+  t.is(again.size, parts.reduce((n, p) => n + p.length, 0));
+  await again.appendBlob(src, at(35), a.length - at(35));
+  parts.push(a.subarray(at(35)));
+  await again.close();
+  const want = Buffer.concat(parts);
+  t.is(toHex(again.hash), toHex(merkleRoot(want)));
+  t.true((await readAll(s, w.name)).equals(want));
 });

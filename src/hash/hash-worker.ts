@@ -9,7 +9,7 @@ import { LEAF_SIZE, MerkleHasher, type MerkleState } from './merkle.js';
 import type { SamePlan, ToWorker } from './pool.js';
 import { sha256 } from './sha256.js';
 import { threadCpuNs } from './thread-cpu.js';
-import { onAnswers, readFiles, stopHelper, waiting, type SplitJob } from './leaf-split.js';
+import { deferState, onAnswers, pollAnswers, readFiles, stopHelper, waiting, type SplitJob } from './leaf-split.js';
 
 interface Held {
   bytes: Uint8Array;
@@ -126,7 +126,7 @@ function hash(job: Job, bytes: Uint8Array, merkle: boolean, cuts: number[] | und
   let from = 0; // bytes before this are in a chunk hash (or skipped)
   for (let s = 0; s < bytes.length; s += SLICE) {
     const e = Math.min(bytes.length, s + SLICE);
-    if (merkle) job.merkle.update(bytes.subarray(s, e));
+    if (merkle) (job.carry ?? job.merkle).update(bytes.subarray(s, e));
     if (!cuts) continue;
     for (; ci < cuts.length && cuts[ci]! <= e; ci++) {
       if (skip?.[ci] !== 1) out!.set(chunkEnd(job, bytes.subarray(from, cuts[ci])), 32 * ci);
@@ -155,7 +155,7 @@ function check(job: Job, bytes: Uint8Array, merkle: boolean, cuts: number[], exp
       job.refused = true;
       return ci;
     }
-    if (merkle) job.merkle.update(chunk);
+    if (merkle) (job.carry ?? job.merkle).update(chunk);
     from = cuts[ci]!;
   }
   return cuts.length;
@@ -289,10 +289,14 @@ function writeHeld(job: Job | undefined, hold: number, writes: number[]): void {
   release(h);
 }
 
-// Messages in order; a job's messages other than reads wait while the leaf helper is behind (leaf-split.ts).
+// Messages in order. While the leaf helper is behind on a job's reads, the bytes of its blocks go after them
+// (job.carry, leaf-split.ts); its messages that need the tree itself wait until the helper's leaves are in.
 const inbox: ToWorker[] = [];
+const needsTree = (m: ToWorker) =>
+  m.t === 'digest' || m.t === 'layer-end' || m.t === 'close' || (m.t === 'data' && m.same !== undefined) || (m.t === 'layer' && m.fd === undefined);
 function pump(): void {
-  while (inbox.length > 0 && (inbox[0]!.t === 'read' || !waiting(jobs.get(inbox[0]!.id)))) handle(inbox.shift()!);
+  pollAnswers();
+  while (inbox.length > 0 && !(needsTree(inbox[0]!) && waiting(jobs.get(inbox[0]!.id)))) handle(inbox.shift()!);
 }
 onAnswers((n) => port.postMessage({ t: 'ack', n }), pump);
 port.on('message', (m: ToWorker) => {
@@ -368,6 +372,8 @@ function handle(m: ToWorker): void {
       });
       break;
     case 'state':
+      // Behind the helper: answered when its leaves before this point are in (deferState).
+      if (job && !job.error && deferState(job, (st) => reply(m.seq, job, () => st))) break;
       reply(m.seq, job, () => job!.merkle.state() satisfies MerkleState);
       break;
     case 'digest':
@@ -377,7 +383,7 @@ function handle(m: ToWorker): void {
       jobs.delete(m.id);
       if (job) job.merkle.onLeaf = undefined;
       if (job) for (const h of job.held.values()) release(h);
-      if (jobs.size === 0) stopHelper();
+      if (jobs.size === 0) stopHelper(() => jobs.size === 0);
       port.postMessage({ t: 'res', seq: m.seq, value: null });
       break;
   }

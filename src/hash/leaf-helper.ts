@@ -3,7 +3,7 @@
 // It hashes whole 16 KiB leaves of fragment bytes ([path, position,
 // length] triples) and answers with their hashes, 32 bytes a leaf; the
 // hashing thread puts them into the blob's merkle tree in order.
-import { parentPort } from 'node:worker_threads';
+import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { LEAF_SIZE, MerkleHasher } from './merkle.js';
 import { hashFiles } from './hash-files.js';
 
@@ -13,14 +13,14 @@ const SLICE = 256 * 1024;
 export interface LeafTask { part: number; files: Array<string | number>; len: number }
 export type LeafAnswer = { part: number; leaves: Uint8Array } | { part: number; error: { message: string; code?: string } };
 
-const port = parentPort!;
-port.on('message', (m: LeafTask) => {
+/** Tasks come from the hashing thread; answers go back on a port of their own (leaf-split.ts). */
+const port = (workerData as { answers: MessagePort }).answers;
+parentPort!.on('message', (m: LeafTask) => {
   const leaves = new Uint8Array((32 * m.len) / LEAF_SIZE);
   let n = 0;
-  const h = new MerkleHasher();
-  h.onLeaf = (leaf) => {
+  const h = MerkleHasher.leavesOnly((leaf) => {
     leaves.set(leaf, 32 * n++);
-  };
+  });
   try {
     hashFiles(h, m.files, SLICE);
     if (n * LEAF_SIZE !== m.len) throw new Error(`a leaf task of ${m.len} bytes gave ${n} leaves`);

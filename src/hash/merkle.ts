@@ -62,6 +62,15 @@ export class MerkleHasher {
   #size = 0;
   readonly #partial = Buffer.allocUnsafe(LEAF_SIZE);
   #partialLen = 0;
+  #leavesOnly = false;
+
+  /** A hasher that only makes leaf hashes (to `onLeaf`), for another hasher's tree: no tree of its own, no digest. */
+  static leavesOnly(onLeaf: (hash: Uint8Array) => void): MerkleHasher {
+    const h = new MerkleHasher();
+    h.#leavesOnly = true;
+    h.onLeaf = onLeaf;
+    return h;
+  }
 
   /** Bytes fed so far. */
   get size(): number {
@@ -117,6 +126,7 @@ export class MerkleHasher {
 
   #pushLeaf(hash: Uint8Array): void {
     this.onLeaf?.(hash);
+    if (this.#leavesOnly) return void this.#leaves++;
     let h = hash;
     for (let n = this.#leaves; n % 2 === 1; n = (n - 1) / 2) {
       h = parent(this.#stack.pop()!, h);
