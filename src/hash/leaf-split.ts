@@ -189,6 +189,7 @@ export function readFiles(job: SplitJob, files: Array<string | number>, len: num
   job.run += len;
   if (job.run >= SPLIT_RUN && !helper && !broken) startHelper();
   pollAnswers();
+  if (job.error) return len; // a share before this one failed (settle)
   const sink = job.carry ?? job.merkle;
   const lead = Math.min(len, (LEAF_SIZE - (sink.size % LEAF_SIZE)) % LEAF_SIZE);
   const whole = Math.floor((len - lead) / LEAF_SIZE) * LEAF_SIZE;
