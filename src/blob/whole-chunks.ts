@@ -8,6 +8,14 @@ import type { BlockSource, Ingest } from './ingest.js';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { READ_BLOCK, readBlocks } from './input.js';
 
+/**
+ * Bytes of whole chunks per group in a store on disk, whose bytes the
+ * hashing thread reads itself (only their places are sent): 4 MiB, a
+ * message per group and its answer, each a wake-up of a thread (tens of
+ * us in a VM), and the unit the leaf helper takes (hash/leaf-split.ts).
+ */
+const LOCAL_GROUP = 4 * 1024 * 1024;
+
 /** Chunks are read from the index a page at a time. */
 const PAGE = 1024;
 /**
@@ -46,6 +54,8 @@ export async function takeWholeChunks(
   let taken = 0;
   let group: Array<{ hash: Uint8Array; size: number }> = [];
   let groupBytes = 0;
+  // Read by the hashing thread (wholeBytes): a message per group, and each costs a wake-up of a thread.
+  const groupMax = s.cas.remote ? READ_BLOCK : LOCAL_GROUP;
   const flushGroup = async () => {
     if (groupBytes === 0) return;
     const start = offset + taken;
@@ -68,7 +78,7 @@ export async function takeWholeChunks(
       if (src.finalized && cEnd === src.size && c.size < s.chunker.max) return (await flushGroup(), taken);
       group.push(c);
       groupBytes += c.size;
-      if (groupBytes >= READ_BLOCK) {
+      if (groupBytes >= groupMax) {
         const before = taken;
         await flushGroup();
         if (Math.floor(taken / TURN_BYTES) !== Math.floor(before / TURN_BYTES)) await nextTurn();

@@ -9,7 +9,7 @@ import { LEAF_SIZE, MerkleHasher, type MerkleState } from './merkle.js';
 import type { SamePlan, ToWorker } from './pool.js';
 import { sha256 } from './sha256.js';
 import { threadCpuNs } from './thread-cpu.js';
-import { hashFiles } from './hash-files.js';
+import { deferState, onAnswers, pollAnswers, readFiles, stopHelper, waiting, type SplitJob } from './leaf-split.js';
 
 interface Held {
   bytes: Uint8Array;
@@ -18,15 +18,13 @@ interface Held {
   slot?: number;
 }
 
-interface Job {
-  merkle: MerkleHasher;
+interface Job extends SplitJob {
   /** The SHA-256 of the chunk in progress: the bytes since the last cut (`chunkFed`: there are some). */
   chunk: crypto.Hash;
   chunkFed: boolean;
   fd: number;
   /** Blocks kept until the writer says which of their bytes to write. */
   held: Map<number, Held>;
-  error?: Error;
   /** A chunk failed its claimed hash: nothing after it is hashed or written for this job. */
   refused?: boolean;
   /** The blob's leaf hashes as they come, for its leaf layer (see `layer` messages). */
@@ -128,7 +126,7 @@ function hash(job: Job, bytes: Uint8Array, merkle: boolean, cuts: number[] | und
   let from = 0; // bytes before this are in a chunk hash (or skipped)
   for (let s = 0; s < bytes.length; s += SLICE) {
     const e = Math.min(bytes.length, s + SLICE);
-    if (merkle) job.merkle.update(bytes.subarray(s, e));
+    if (merkle) (job.carry ?? job.merkle).update(bytes.subarray(s, e));
     if (!cuts) continue;
     for (; ci < cuts.length && cuts[ci]! <= e; ci++) {
       if (skip?.[ci] !== 1) out!.set(chunkEnd(job, bytes.subarray(from, cuts[ci])), 32 * ci);
@@ -157,7 +155,7 @@ function check(job: Job, bytes: Uint8Array, merkle: boolean, cuts: number[], exp
       job.refused = true;
       return ci;
     }
-    if (merkle) job.merkle.update(chunk);
+    if (merkle) (job.carry ?? job.merkle).update(chunk);
     from = cuts[ci]!;
   }
   return cuts.length;
@@ -291,14 +289,30 @@ function writeHeld(job: Job | undefined, hold: number, writes: number[]): void {
   release(h);
 }
 
+// Messages in order. While the leaf helper is behind on a job's reads, the bytes of its blocks go after them
+// (job.carry, leaf-split.ts); its messages that need the tree itself wait until the helper's leaves are in.
+const inbox: ToWorker[] = [];
+const needsTree = (m: ToWorker) =>
+  m.t === 'digest' || m.t === 'layer-end' || m.t === 'close' || (m.t === 'data' && m.same !== undefined) || (m.t === 'layer' && m.fd === undefined);
+function pump(): void {
+  pollAnswers();
+  while (inbox.length > 0 && !(needsTree(inbox[0]!) && waiting(jobs.get(inbox[0]!.id)))) handle(inbox.shift()!);
+}
+onAnswers((n) => port.postMessage({ t: 'ack', n }), pump);
 port.on('message', (m: ToWorker) => {
+  inbox.push(m);
+  pump();
+});
+
+function handle(m: ToWorker): void {
   const job = jobs.get(m.id);
   switch (m.t) {
     case 'open':
-      jobs.set(m.id, { merkle: m.state ? MerkleHasher.fromState(m.state) : new MerkleHasher(), chunk: crypto.createHash('sha256'), chunkFed: false, fd: -1, held: new Map(), lent: 0 });
+      jobs.set(m.id, { merkle: m.state ? MerkleHasher.fromState(m.state) : new MerkleHasher(), chunk: crypto.createHash('sha256'), chunkFed: false, fd: -1, held: new Map(), lent: 0, run: 0, parts: [] });
       break;
     case 'data': {
       if (m.free) writeHeld(job, m.free.hold, m.free.writes);
+      if (job) job.run = 0;
       const bytes = new Uint8Array(m.buf, m.off, m.len);
       // With a same-offset plan, a byte per chunk after the hashes: 1 if it was found equal to the source's.
       let out = m.seq !== undefined && m.cuts && !m.expect ? new Uint8Array((m.same ? 33 : 32) * m.cuts.length) : undefined;
@@ -327,14 +341,7 @@ port.on('message', (m: ToWorker) => {
       break;
     }
     case 'read':
-      if (job && !job.error && !job.refused) {
-        try {
-          hashFiles(job.merkle, m.files, SLICE);
-        } catch (e) {
-          job.error = e as Error;
-        }
-      }
-      port.postMessage({ t: 'ack', n: m.len });
+      port.postMessage({ t: 'ack', n: job && !job.error && !job.refused ? readFiles(job, m.files, m.len) : m.len });
       break;
     case 'write':
       writeHeld(job, m.hold, m.writes);
@@ -365,6 +372,8 @@ port.on('message', (m: ToWorker) => {
       });
       break;
     case 'state':
+      // Behind the helper: answered when its leaves before this point are in (deferState).
+      if (job && !job.error && deferState(job, (st) => reply(m.seq, job, () => st))) break;
       reply(m.seq, job, () => job!.merkle.state() satisfies MerkleState);
       break;
     case 'digest':
@@ -374,7 +383,8 @@ port.on('message', (m: ToWorker) => {
       jobs.delete(m.id);
       if (job) job.merkle.onLeaf = undefined;
       if (job) for (const h of job.held.values()) release(h);
+      if (jobs.size === 0) stopHelper(() => jobs.size === 0);
       port.postMessage({ t: 'res', seq: m.seq, value: null });
       break;
   }
-});
+}

@@ -62,6 +62,15 @@ export class MerkleHasher {
   #size = 0;
   readonly #partial = Buffer.allocUnsafe(LEAF_SIZE);
   #partialLen = 0;
+  #leavesOnly = false;
+
+  /** A hasher that only makes leaf hashes (to `onLeaf`), for another hasher's tree: no tree of its own, no digest. */
+  static leavesOnly(onLeaf: (hash: Uint8Array) => void): MerkleHasher {
+    const h = new MerkleHasher();
+    h.#leavesOnly = true;
+    h.onLeaf = onLeaf;
+    return h;
+  }
 
   /** Bytes fed so far. */
   get size(): number {
@@ -105,6 +114,11 @@ export class MerkleHasher {
     return this;
   }
 
+  /** The bytes of the partial last leaf (a copy): what a hasher that goes on from this one's leaves is fed. */
+  partialBytes(): Uint8Array {
+    return Uint8Array.from(this.#partial.subarray(0, this.#partialLen));
+  }
+
   /** The hash of the partial last leaf, if the bytes fed end inside one (the last entry of a leaf layer). */
   partialLeaf(): Uint8Array | undefined {
     return this.#partialLen > 0 ? sha256(this.#partial.subarray(0, this.#partialLen)) : undefined;
@@ -112,6 +126,7 @@ export class MerkleHasher {
 
   #pushLeaf(hash: Uint8Array): void {
     this.onLeaf?.(hash);
+    if (this.#leavesOnly) return void this.#leaves++;
     let h = hash;
     for (let n = this.#leaves; n % 2 === 1; n = (n - 1) / 2) {
       h = parent(this.#stack.pop()!, h);
