@@ -15,7 +15,7 @@ import { connect, decodeMessage, encodeMessage, isCabError, serve } from '../src
 import { helloFor } from '../src/transfer/handshake.js';
 import { prngBytes } from '../tools/data.js';
 import { putBlob, tempDir, tempStore } from './helpers/store.js';
-import { fakeServer, settle } from './helpers/hostile.js';
+import { fakeServer, rawUpgrade, settle } from './helpers/hostile.js';
 
 const codeOf = (e: unknown) => (isCabError(e) ? e.code : `not a CabError: ${String(e)}`);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -69,28 +69,6 @@ function serverFrames(s: net.Socket): { frames: Array<{ b0: number; payload: Buf
     }
   });
   return { frames, closed: () => closed };
-}
-
-/** A raw TCP socket upgraded to WebSocket by hand: the caller writes the frames, byte for byte. */
-async function rawUpgrade(t: ExecutionContext, port: number): Promise<net.Socket> {
-  const s = net.connect(port, '127.0.0.1');
-  t.teardown(() => s.destroy());
-  s.on('error', () => {});
-  await new Promise((r) => s.once('connect', r));
-  s.write(`GET / HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${crypto.randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n\r\n`);
-  let head = '';
-  await new Promise<void>((resolve, reject) => {
-    const onData = (b: Buffer) => {
-      head += b.toString('latin1');
-      if (head.includes('\r\n\r\n')) {
-        s.off('data', onData);
-        if (!head.startsWith('HTTP/1.1 101')) reject(new Error(`no upgrade: ${head}`));
-        else resolve();
-      }
-    };
-    s.on('data', onData);
-  });
-  return s;
 }
 
 /** What each frame a server sent is: the message type of a binary one, `close <code>` of a close. */
@@ -226,22 +204,23 @@ async function runChild(t: ExecutionContext, lib: string, script: string, maxFil
   return JSON.parse(line) as Record<string, string>;
 }
 
-const CODE_OF = `const codeOf = (e) => (isCabError(e) ? e.code : 'not a CabError: ' + (e && e.code ? e.code + ' ' : '') + String(e).split('\\n')[0]);`;
+/** The start of a child's script: the library copy's exports, `codeOf`, and a store (`store`) holding one small blob (`w`). */
+const PRELUDE = `import fs from 'node:fs';
+const [src, root] = process.argv.slice(2);
+const { BlobStore, connect, serve, isCabError } = await import(src + '/index.js');
+const codeOf = (e) => (isCabError(e) ? e.code : 'not a CabError: ' + (e && e.code ? e.code + ' ' : '') + String(e).split('\\n')[0]);
+const store = await BlobStore.open(root);
+const w = await store.newBlobWriter();
+await w.appendBytes(Buffer.alloc(10000, 7));
+await w.close();
+`;
 
 test('finding: fsck and a client\'s openReader, whose code is loaded at the first call, reject with a plain Error (not a CabError) when it cannot be loaded; gc says ERR_IO', async (t) => {
   const lib = libCopy(t);
   const got = await runChild(
     t,
     lib,
-    `import fs from 'node:fs';
-const [src, root] = process.argv.slice(2);
-const { BlobStore, connect, serve, isCabError } = await import(src + '/index.js');
-${CODE_OF}
-const store = await BlobStore.open(root);
-const w = await store.newBlobWriter();
-await w.appendBytes(Buffer.alloc(10000, 7));
-await w.close();
-const srv = await serve(store, { insecure: true });
+    `${PRELUDE}const srv = await serve(store, { insecure: true });
 const client = await connect(store, srv.url);
 // The files go after the process has started and opened everything: as an upgrade in place would take them.
 for (const f of ['upkeep/gc.js', 'upkeep/fsck.js', 'transfer/remote-reader.js']) fs.rmSync(src + '/' + f);
@@ -265,15 +244,7 @@ test('finding: gc and fsck called first while the process is out of file descrip
   const got = await runChild(
     t,
     lib,
-    `import fs from 'node:fs';
-const [src, root] = process.argv.slice(2);
-const { BlobStore, isCabError } = await import(src + '/index.js');
-${CODE_OF}
-const store = await BlobStore.open(root);
-const w = await store.newBlobWriter();
-await w.appendBytes(Buffer.alloc(10000, 7));
-await w.close();
-// Every descriptor the limit allows, taken (as by many connections at once) ...
+    `${PRELUDE}// Every descriptor the limit allows, taken (as by many connections at once) ...
 const held = [];
 try {
   for (;;) held.push(fs.openSync('/dev/null', 'r'));
