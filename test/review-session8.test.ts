@@ -11,10 +11,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { connect, decodeMessage, encodeMessage, isCabError, serve } from '../src/index.js';
+import { connect, decodeMessage, encodeMessage, fetchBlob, isCabError, merkleRoot, serve, toHex } from '../src/index.js';
 import { helloFor } from '../src/transfer/handshake.js';
 import { prngBytes } from '../tools/data.js';
-import { putBlob, tempDir, tempStore } from './helpers/store.js';
+import { putBlob, readAll, tempDir, tempStore } from './helpers/store.js';
 import { fakeServer, rawUpgrade, settle } from './helpers/hostile.js';
 
 const codeOf = (e: unknown) => (isCabError(e) ? e.code : `not a CabError: ${String(e)}`);
@@ -162,6 +162,64 @@ test('held: a hello in three fragments (FIN clear), with a ping between them and
   t.true(await until(() => kinds(got.frames).includes('welcome'), 5000), kinds(got.frames).join(', '));
   t.true(got.frames.some((f) => (f.b0 & 0x0f) === 0x0a && f.payload.toString() === 'ping between fragments'), 'the ping was answered');
   t.false(got.closed());
+});
+
+/** A TCP relay to 127.0.0.1:port whose way down (server to client) carries `piece` bytes every `everyMs`: items arrive a piece at a time. */
+async function trickle(t: ExecutionContext, port: number, piece: number, everyMs: number): Promise<string> {
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((client) => {
+    const up = net.connect(port, '127.0.0.1');
+    sockets.add(client).add(up);
+    client.on('error', () => {});
+    up.on('error', () => {});
+    client.pipe(up);
+    let queue = Buffer.alloc(0);
+    const timer = setInterval(() => {
+      if (queue.length === 0) return;
+      client.write(queue.subarray(0, piece));
+      queue = queue.subarray(piece);
+      if (queue.length < 4 * piece) up.resume();
+    }, everyMs);
+    up.on('data', (b: Buffer) => {
+      queue = Buffer.concat([queue, b]);
+      if (queue.length > 16 * piece) up.pause();
+    });
+    const end = () => {
+      clearInterval(timer);
+      client.destroy();
+      up.destroy();
+    };
+    client.on('close', end);
+    up.on('close', end);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => {
+    for (const x of sockets) x.destroy();
+    server.close();
+  });
+  return `ws://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
+}
+
+test('held: a pull from a source that trickles its items in 8 KiB pieces and a fast one: gets stolen from the slow one while its items are half written in place land whole from the other; every byte right', async (t) => {
+  const bytes = prngBytes('review8 steal', 12 * 1024 * 1024);
+  const slowStore = await tempStore(t);
+  const name = await putBlob(slowStore, bytes);
+  const fastStore = await tempStore(t);
+  await putBlob(fastStore, bytes, name);
+  const slow = await serve(slowStore, { insecure: true });
+  t.teardown(() => slow.close());
+  const fast = await serve(fastStore, { insecure: true });
+  t.teardown(() => fast.close());
+  const slowUrl = await trickle(t, slow.port, 8 * 1024, 10); // about 800 KB/s
+  const local = await tempStore(t);
+  // The slow one first: its root is taken, and it is asked first.
+  const stats = await fetchBlob(local, name, { from: [slowUrl, fast.url] });
+  t.log(JSON.stringify(stats.sources.map((x) => [x.source === slowUrl ? 'slow' : 'fast', x.receivedBytes, x.chunks, x.dropped?.code])));
+  t.true((await readAll(local, name)).equals(bytes), 'every byte right');
+  t.is(toHex(stats.hash), toHex(merkleRoot(bytes)));
+  const report = await local.fsck({ verify: true });
+  t.is(report.problems.length, 0, JSON.stringify(report.problems));
+  t.true(stats.sources.some((x) => x.source === slowUrl && x.receivedBytes > 0), 'the slow source sent some');
 });
 
 // ---------------------------------------------------------------------------
