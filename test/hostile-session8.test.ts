@@ -15,6 +15,7 @@ import { prngBytes } from '../tools/data.js';
 import { collect, putBlob, readAll, tempDir, tempStore } from './helpers/store.js';
 import { S3_ENDPOINT, bucketOptions, fileBucket, objects, s3Test } from './helpers/s3.js';
 import { RawClient, killHard } from './helpers/transfer.js';
+import { rawUpgrade } from './helpers/hostile.js';
 import { assertFails, cli, finished, ok, putLines, start, waitFor, writeFile } from './helpers/cli.js';
 import { slowLink } from './helpers/slow-link.js';
 
@@ -45,28 +46,6 @@ function clientFrame(opcode: number, payload: Buffer): Buffer {
   const len = payload.length;
   const head = len < 126 ? Buffer.from([0x80 | opcode, 0x80 | len]) : Buffer.from([0x80 | opcode, 0x80 | 126, len >> 8, len & 0xff]);
   return Buffer.concat([head, mask, masked]);
-}
-
-/** A raw TCP socket upgraded to WebSocket by hand (no ws library): the caller decides what it reads and writes. */
-async function rawUpgrade(t: ExecutionContext, port: number): Promise<net.Socket> {
-  const s = net.connect(port, '127.0.0.1');
-  t.teardown(() => s.destroy());
-  s.on('error', () => {});
-  await new Promise((r) => s.once('connect', r));
-  s.write(`GET / HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${crypto.randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n\r\n`);
-  let head = '';
-  await new Promise<void>((resolve, reject) => {
-    const onData = (b: Buffer) => {
-      head += b.toString('latin1');
-      if (head.includes('\r\n\r\n')) {
-        s.off('data', onData);
-        if (!head.startsWith('HTTP/1.1 101')) reject(new Error(`no upgrade: ${head}`));
-        else resolve();
-      }
-    };
-    s.on('data', onData);
-  });
-  return s;
 }
 
 /** Resident memory of a process, in bytes (Linux). */

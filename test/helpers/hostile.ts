@@ -4,6 +4,8 @@
 // test ends.
 import type { ExecutionContext } from 'ava';
 import { once } from 'node:events';
+import crypto from 'node:crypto';
+import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { PROTOCOL_VERSION, connect, decodeMessage, encodeMessage, isCabError, serve, type BlobStore, type CabClient, type Message } from '../../src/index.js';
@@ -93,4 +95,26 @@ export async function drain(s: AsyncIterable<Uint8Array>, onBytes?: (n: number) 
   } catch (e) {
     return { bytes: Buffer.concat(parts), how: isCabError(e) ? e.code : `not a CabError: ${String(e)}` };
   }
+}
+
+/** A raw TCP socket upgraded to WebSocket by hand (no ws library): the caller decides what it reads and writes. */
+export async function rawUpgrade(t: ExecutionContext, port: number): Promise<net.Socket> {
+  const s = net.connect(port, '127.0.0.1');
+  t.teardown(() => s.destroy());
+  s.on('error', () => {});
+  await new Promise((r) => s.once('connect', r));
+  s.write(`GET / HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${crypto.randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n\r\n`);
+  let head = '';
+  await new Promise<void>((resolve, reject) => {
+    const onData = (b: Buffer) => {
+      head += b.toString('latin1');
+      if (head.includes('\r\n\r\n')) {
+        s.off('data', onData);
+        if (!head.startsWith('HTTP/1.1 101')) reject(new Error(`no upgrade: ${head}`));
+        else resolve();
+      }
+    };
+    s.on('data', onData);
+  });
+  return s;
 }
