@@ -24,6 +24,10 @@ interface WsReceiver {
   _isServer: boolean;
   destroyed?: boolean;
   writableEnded?: boolean;
+  /** Set by ws the moment it refuses a frame (the receiver is destroyed only on the next tick). */
+  _errored?: boolean;
+  /** Node's Writable: set once a write has failed. */
+  errored?: unknown;
 }
 interface WsInternals {
   readyState: number;
@@ -195,7 +199,7 @@ export class FrameTap {
   /** Whether ws still reads the socket: not once its parser failed or the peer's close frame came (ws then lets go of the socket's data, and so does this). */
   #reading(): boolean {
     const r = this.r;
-    return !r.destroyed && !r.writableEnded && !this.ws._closeFrameReceived;
+    return !r.destroyed && !r.writableEnded && !r._errored && !r.errored && !this.ws._closeFrameReceived;
   }
 
   #toWs(b: Buffer): void {
