@@ -11,13 +11,13 @@ import type { Descriptor } from './format/descriptor.js';
 import { descriptorThere } from './disk/durable.js';
 import type { Cas } from './disk/cas.js';
 import { removeBlob } from './index/remove.js';
-import type { SharedNode } from './shared/node.js';
+import { SharedNode } from './shared/node.js';
 import type { SyncReport } from './shared/sync.js';
 import { walk } from './disk/walk.js';
 import { checkBlobName, isBlobName, isFragmentId, newBlobName, type Layout } from './format/layout.js';
-import type { FsckOptions, FsckReport } from './upkeep/fsck.js';
+import { fsck, type FsckOptions, type FsckReport } from './upkeep/fsck.js';
 import type { Lease } from './disk/lease.js';
-import type { GcOptions, GcReport } from './upkeep/gc.js';
+import { collect, type GcOptions, type GcReport } from './upkeep/gc.js';
 import { blobsWithRoot } from './index/roots.js';
 import { openParts } from './store/open.js';
 import type { BlobStat, StoreOptions } from './store/options.js';
@@ -83,7 +83,7 @@ export class BlobStore {
       const store = new BlobStore(p.cas, p.index, p.tables, p.lease, p.chunker, p.fragmentSize);
       // Re-indexes every descriptor the index is behind on, and forgets blobs whose descriptor is gone.
       if (options.catchUpIndex ?? true) await catchUpAll(p.index, p.cas.layout, store.listBlobIds());
-      if (p.bucket) store.shared = await (await import('./shared/node.js')).SharedNode.start(store, p.bucket); // its code: a store on a bucket's only
+      if (p.bucket) store.shared = await SharedNode.start(store, p.bucket);
       return store;
     } catch (e) {
       await p.close();
@@ -339,7 +339,6 @@ export class BlobStore {
   async gc(options: GcOptions = {}): Promise<GcReport> {
     this.checkOpen();
     try {
-      const { collect } = await import('./upkeep/gc.js'); // here: a process that never collects loads none of it (a CLI pull)
       const report = await collect(this, options);
       if (this.shared) report.bucket = await this.shared.gc(options);
       return report;
@@ -353,7 +352,6 @@ export class BlobStore {
   /** Checks the store (and with `repair`, mends it); see FsckReport. Safe while other processes use the store. */
   async fsck(options: FsckOptions = {}): Promise<FsckReport> {
     this.checkOpen();
-    const { fsck } = await import('./upkeep/fsck.js');
     const report = await fsck(this.cas, this.index, this.listBlobIds(), this.listCaIds(), options);
     this.#snapshots.clear();
     return report;

@@ -1,8 +1,6 @@
 // The CLI loads only what a command needs (issue 15, item 5): --help and
 // --version load no store, no lmdb and no WebSocket code; put no WebSocket
-// code; pull no bundle code, and neither the collector's code (with its
-// lock file package) nor the remote reader's, which gc and openReader load
-// when called. Each command runs in a real child process that
+// code; pull no bundle code. Each command runs in a real child process that
 // lists the module files it loaded (helpers/loaded-modules.ts). How long
 // start-up takes is measured by `npm run bench -- start`, not here.
 import fs from 'node:fs';
@@ -28,8 +26,6 @@ async function loaded(t: ExecutionContext, args: string[]): Promise<{ r: RunResu
 
 const STORE = /^dist\/src\/(store|index)\.js$|^node_modules\/(lmdb|msgpackr|proper-lockfile|fs-ext)\//;
 const NET = /^dist\/src\/transfer\/ws\.js$|^node_modules\/ws\//;
-/** What a pull or a put does not use: gc's and fsck's code (and proper-lockfile, gc's), and the remote reader's. */
-const UNUSED = /^dist\/src\/upkeep\/(gc|fsck)\.js$|^node_modules\/proper-lockfile\/|^dist\/src\/transfer\/remote-reader\.js$/;
 
 test('--help and --version load no store, lmdb or WebSocket code', async (t) => {
   for (const args of [['--help'], ['--version'], ['put', '--help'], ['pull', '--help']]) {
@@ -61,24 +57,6 @@ test('pull loads the WebSocket code but no bundle code', async (t) => {
   t.true(files.includes('dist/src/transfer/ws.js'), 'the transfer code');
   t.true(files.some((f) => f.startsWith('node_modules/ws/')), 'ws');
   t.deepEqual(files.filter((f) => /^dist\/src\/transfer\/bundle\.js$/.test(f)), []);
-  t.deepEqual(files.filter((f) => UNUSED.test(f)), [], 'no collector, fsck or remote reader code');
-});
-
-test('gc and fsck load their code when run, and work', async (t) => {
-  const dir = tempDir(t);
-  const file = path.join(dir, 'data');
-  fs.writeFileSync(file, prngBytes('cli start gc', 50_000));
-  const store = path.join(dir, 'store');
-  const put = await loaded(t, ['--store', store, 'put', file]);
-  t.is(put.r.code, 0, put.r.stderr);
-  t.deepEqual(put.files.filter((f) => UNUSED.test(f)), [], 'put: none of it');
-  const gc = await loaded(t, ['--store', store, 'gc']);
-  t.is(gc.r.code, 0, gc.r.stderr);
-  t.true(gc.files.includes('dist/src/upkeep/gc.js'), 'gc: the collector');
-  t.true(gc.files.some((f) => f.startsWith('node_modules/proper-lockfile/')), 'gc: its lock file package');
-  const fsck = await loaded(t, ['--store', store, 'fsck']);
-  t.is(fsck.r.code, 0, fsck.r.stderr);
-  t.true(fsck.files.includes('dist/src/upkeep/fsck.js'), 'fsck: its code');
 });
 
 test('a process that started the hashing thread ahead of any job exits when its work is done', async (t) => {

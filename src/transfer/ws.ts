@@ -21,7 +21,7 @@ import type { Readable } from 'node:stream';
 import { checkBlobName } from '../format/layout.js';
 import { remoteStream, type RemoteStreamOptions } from './follow-remote.js';
 import type { WireCount } from './stats.js';
-import type { RemoteBlobReader, OpenReaderOptions } from './remote-reader.js';
+import { RemoteBlobReader, type OpenReaderOptions } from './remote-reader.js';
 
 // ws is CommonJS. Imported, it takes the ESM loader about 30 ms to load (every file of it is lexed for its
 // exports); required, under 10 ms: a CLI pull starts that much sooner (issue 15).
@@ -339,8 +339,7 @@ export async function connect(store: BlobStore, url: string, options: ConnectOpt
     stat: (name, o) => orAbort(peer.source().stat(name), o?.signal, name),
     pull: (name, o) => peer.pull(name, o),
     push: (name, o) => peer.push(name, o),
-    // Loaded at the first openReader: a pull does not load the remote reader's code (issue 15, start-up).
-    openReader: async (name, o) => (await import('./remote-reader.js')).RemoteBlobReader.open(peer, name, o ?? {}, store),
+    openReader: (name, o) => RemoteBlobReader.open(peer, name, o ?? {}, store),
     stream: (name, o) => remoteStream(peer.source(), checkBlobName(name), o),
     close() {
       closing ??= (async () => {
