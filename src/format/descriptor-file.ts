@@ -1,4 +1,5 @@
 import fs from 'node:fs/promises';
+import path from 'node:path';
 import { CabError, ioError } from '../errors.js';
 
 /**
@@ -35,14 +36,16 @@ export async function openDescriptor(file: string, name: string, flags: 'r' | 'r
   throw new CabError('ERR_IO', `${what}: ${file} is not a regular file`, { blob: name, path: file });
 }
 
-/** Whether ENOENT at `file` comes from a link to nothing: the file's own, or its folder's. */
+/** Whether ENOENT at `file` comes from a link to nothing: the file's own, or one of its folders' (its fan-out folder, blob/ itself). */
 export async function brokenLink(file: string): Promise<boolean> {
-  for (const p of [file, file.slice(0, file.lastIndexOf('/'))]) {
+  // The nearest of the file and its folders that is there: the file, its fan-out folder, blob/ itself, or above.
+  for (let p = file; ; ) {
     const st = await fs.lstat(p).catch(undefinedIfAbsent);
-    if (st === undefined) continue;
-    return st.isSymbolicLink() && (await fs.stat(p).catch(undefinedIfAbsent)) === undefined;
+    if (st !== undefined) return st.isSymbolicLink() && (await fs.stat(p).catch(undefinedIfAbsent)) === undefined;
+    const up = path.dirname(p);
+    if (up === p) return false;
+    p = up;
   }
-  return false;
 }
 
 function undefinedIfAbsent(e: unknown): undefined {

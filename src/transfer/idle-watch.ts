@@ -12,6 +12,13 @@ export function stillArriving(grown: number, ms: number): boolean {
 /** A peer silent for this share of the idle wait is pinged (its pong, or any byte, is a sign of life). */
 export const PING_SHARE = 4;
 
+/**
+ * Pongs keep a peer that owes an answer for at most this many idle waits
+ * with no message (a server at work for a push may rightly say nothing for
+ * long; one whose disk hung while its event loop runs answers pings for ever).
+ */
+export const PONGS_ONLY_WAITS = 10;
+
 export interface IdleWatchOptions {
   /** Idle after this long with no message (or, with `ping`, no pong either). */
   ms: number;
@@ -49,11 +56,15 @@ export interface IdleWatchOptions {
  * more), cannot be seen, and a slow, healthy link was cut. A peer that takes
  * nothing of what is still buffered here goes at the transport's drain
  * timeout; when they would take longer than `ms`, the peer is pinged, and its
- * pong (all before the ping has reached it) ends that extra wait.
+ * pong (all before the ping has reached it) ends that extra wait. Pongs
+ * alone keep a peer PONGS_ONLY_WAITS idle waits at most: a peer that answers
+ * pings and says nothing for that long is cut too.
  */
 export class IdleWatch {
   #timer: NodeJS.Timeout | undefined;
   #heardAt = 0;
+  /** When the last message came (a pong is none). */
+  #messageAt = 0;
   #read: number | undefined;
   #readAt = 0;
   /** A ping went out since the peer was last heard: its pong is a sign of life. */
@@ -69,7 +80,7 @@ export class IdleWatch {
   }
 
   heard(): void {
-    this.#heardAt = this.#readAt = performance.now();
+    this.#heardAt = this.#messageAt = this.#readAt = performance.now();
     this.#read = this.o.bytesRead?.();
     this.#sentHeard = this.o.bytesSent?.() ?? 0;
     this.#pinged = false;
@@ -109,7 +120,9 @@ export class IdleWatch {
     const sent = this.o.bytesSent?.() ?? 0;
     const base = !this.o.ping && this.o.waitLonger() ? Math.max(this.o.ms, STAT_WAIT_MS + 10_000) : this.o.ms;
     const longest = base + ((sent - this.#sentHeard) * 1000) / MIN_LIVE_RATE;
-    if (since < longest) {
+    // Pongs alone keep the peer PONGS_ONLY_WAITS idle waits at most (or while our bytes are still on their way).
+    const quiet = now - this.#messageAt < Math.max(PONGS_ONLY_WAITS * this.o.ms, longest);
+    if (since < longest && quiet) {
       if (!this.#pinged && since >= this.#step / 2) {
         this.#pinged = this.o.ping?.(longest - base >= this.o.ms) ?? false;
         this.#sentAtPing = sent;
@@ -117,6 +130,7 @@ export class IdleWatch {
       return this.#arm(Math.max(1, Math.min(this.#step, longest - since)));
     }
     this.#timer = undefined;
-    this.o.onIdle(new CabError('ERR_IDLE_TIMEOUT', `no message${this.#pinged ? ' and no pong' : ''} for ${Math.round(since)} ms`));
+    const why = quiet ? `no message${this.#pinged ? ' and no pong' : ''} for ${Math.round(since)} ms` : `no message for ${Math.round(now - this.#messageAt)} ms, only pongs`;
+    this.o.onIdle(new CabError('ERR_IDLE_TIMEOUT', why));
   }
 }

@@ -16,7 +16,7 @@ import { authenticate } from './handshake.js';
 import { wire, wsTransport } from './ws-transport.js';
 import { lively } from './ws-life.js';
 import { orAbort } from './abort.js';
-import { checkConnectArgs } from './connect-args.js';
+import { checkConnectArgs, checkMaxFrame } from './connect-args.js';
 import type { Readable } from 'node:stream';
 import { checkBlobName } from '../format/layout.js';
 import { remoteStream, type RemoteStreamOptions } from './follow-remote.js';
@@ -131,6 +131,7 @@ export async function serve(store: BlobStore, options: ServeOptions = {}, face?:
   if (maxConnections !== undefined && !(Number.isSafeInteger(maxConnections) && maxConnections >= 1)) {
     throw new CabError('ERR_BAD_ARGUMENT', `maxConnections must be a whole number of at least 1, not ${String(maxConnections)}`);
   }
+  checkMaxFrame(options.maxFrame, 'serve');
   const server = options.tls ? https.createServer({ cert: options.tls.cert, key: options.tls.key }) : http.createServer();
   // A request's body may take long (an upload): none is cut short by its total time, but a socket idle this long is.
   server.requestTimeout = 0;
