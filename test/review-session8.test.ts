@@ -16,6 +16,8 @@ import { helloFor } from '../src/transfer/handshake.js';
 import { prngBytes } from '../tools/data.js';
 import { putBlob, readAll, tempDir, tempStore } from './helpers/store.js';
 import { fakeServer, rawUpgrade, settle } from './helpers/hostile.js';
+import { ByteBudget } from '../src/transfer/budget.js';
+import { SpareFrames } from '../src/transfer/spare-frames.js';
 
 const codeOf = (e: unknown) => (isCabError(e) ? e.code : `not a CabError: ${String(e)}`);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -385,4 +387,25 @@ test('a push to a server that takes it and then says nothing but pongs (its disk
   const how = await settle(client.push(name), 12_000);
   t.is(pushes, 1);
   t.is(how, 'ERR_IDLE_TIMEOUT', 'a server silent for 12 idle timeouts, with no bytes on their way either side, is cut (before this change: at 1 s)');
+});
+
+// ---------------------------------------------------------------------------
+// Smaller points of the review: spare frame buffers held across a server
+
+test('spare frame buffers: all of a server\'s connections keep at most its get budget\'s total (256 connections of 5 MiB each had held 1.25 GiB), and bytes dropped or taken free room for others', (t) => {
+  const budget = new ByteBudget(10 * 1024);
+  const [a, b] = [new SpareFrames(budget, 8 * 1024, 60_000), new SpareFrames(budget, 8 * 1024, 60_000)];
+  t.teardown(() => (a.drop(), b.drop()));
+  a.keep(Buffer.alloc(6 * 1024));
+  b.keep(Buffer.alloc(6 * 1024));
+  t.is(b.take(1), undefined, 'over the server-wide total: not kept');
+  a.keep(Buffer.alloc(4 * 1024));
+  t.is(a.take(5 * 1024)?.length, 6 * 1024, 'the smallest that fits');
+  b.keep(Buffer.alloc(6 * 1024));
+  t.is(b.take(1)?.length, 6 * 1024, 'room freed by a take is used');
+  a.drop();
+  b.keep(Buffer.alloc(9 * 1024));
+  t.is(b.take(1), undefined, 'over one connection\'s most (8 KiB): not kept');
+  b.keep(Buffer.alloc(8 * 1024));
+  t.is(b.take(1)?.length, 8 * 1024, 'room freed by a drop is used');
 });

@@ -10,6 +10,7 @@ import { MAX_LIST, STAT_WAIT_MS, FINE_CHUNKER, FINE_HASH_BYTES, DATA_FRAME_BYTES
 import { receive } from './receive.js';
 import type { RemoteSource } from './remote.js';
 import { ByteBudget } from './budget.js';
+import { SpareFrames } from './spare-frames.js';
 import { DEFAULT_READERS, ReaderCache } from './reader-cache.js';
 import type { WireCount } from './stats.js';
 import { ServeAccount } from './serve-event.js';
@@ -70,10 +71,8 @@ export class Serving {
   #getTurn: Promise<void> = Promise.resolve();
   /** Bytes of this connection's data frames read and not yet written. */
   readonly #ahead = new ByteBudget(SERVE_AHEAD_BYTES);
-  /** Frame buffers written and free for the next frames, and their bytes. */
-  #spare: Buffer[] = [];
-  #spareBytes = 0;
-  #spareTimer: NodeJS.Timeout | undefined;
+  /** Frame buffers written and free for the next frames. */
+  readonly #spare: SpareFrames;
   /** Blobs this end pushes: the only ones a client serves. */
   readonly #pushing = new Map<string, number>();
   /** Pushes being received (server), by request id: a `cancel` aborts one. */
@@ -87,6 +86,7 @@ export class Serving {
     this.#c = c;
     // Followers: a blob being written is served as far as its chunks are recorded, which grows.
     this.#readers = new ReaderCache(c.store, DEFAULT_READERS, true);
+    this.#spare = new SpareFrames(c.getBudget, SPARE_BYTES, SPARE_IDLE_MS);
     if (c.wire) this.account.wire = c.wire;
   }
 
@@ -123,7 +123,7 @@ export class Serving {
   /** The connection is gone: close readers. Gets stop at their next frame; a push being received fails on its next request. */
   close(): void {
     this.#gone.abort();
-    this.#dropSpare();
+    this.#spare.drop();
     void this.#readers.close();
   }
 
@@ -285,17 +285,13 @@ export class Serving {
     const release = () => {
       shared();
       mine();
-      if (buf && this.#spareBytes + buf.length <= SPARE_BYTES && !this.#c.closedBy()) {
-        this.#spare.push(buf);
-        this.#spareBytes += buf.length;
-        (this.#spareTimer ??= setTimeout(() => this.#dropSpare(), SPARE_IDLE_MS).unref()).refresh();
-      }
+      if (buf && !this.#c.closedBy()) this.#spare.keep(buf);
       buf = undefined;
     };
     try {
       const closed = this.#c.closedBy();
       if (closed) throw closed;
-      const alloc = (size: number) => (buf = this.#spareFor(size) ?? Buffer.allocUnsafeSlow(Math.ceil(size / FRAME_STEP) * FRAME_STEP));
+      const alloc = (size: number) => (buf = this.#spare.take(size) ?? Buffer.allocUnsafeSlow(Math.ceil(size / FRAME_STEP) * FRAME_STEP));
       const { frame, at } = encodeDataFrame(id, items.map((it) => it[2]), end, alloc);
       // Every read ends before the frame's memory can go back (and be read into for another frame).
       // As they are on disk: the receiver checks every item against the hash it asked for (bytes hashed once on
@@ -343,22 +339,6 @@ export class Serving {
     checkBlobName(name);
     if (this.#c.role === 'client' && !this.#pushing.has(name)) throw new CabError('ERR_PERMISSION', `blob ${name} is not being pushed`, { blob: name });
     return name;
-  }
-
-  /** After SPARE_IDLE_MS without a frame written, or once closed: an idle connection holds no spare buffers. */
-  #dropSpare(): void {
-    clearTimeout(this.#spareTimer);
-    [this.#spare, this.#spareBytes, this.#spareTimer] = [[], 0, undefined];
-  }
-
-  /** The smallest spare frame buffer of at least `size` bytes, taken off the list. */
-  #spareFor(size: number): Buffer | undefined {
-    let k = -1;
-    for (let i = 0; i < this.#spare.length; i++) if (this.#spare[i]!.length >= size && (k < 0 || this.#spare[i]!.length < this.#spare[k]!.length)) k = i;
-    if (k < 0) return undefined;
-    const [b] = this.#spare.splice(k, 1);
-    this.#spareBytes -= b!.length;
-    return b;
   }
 
   /** Where the chunk with this hash is held here: an open reader of a blob holding it (undamaged there), and the range's offset in it. */
