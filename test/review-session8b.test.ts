@@ -571,3 +571,31 @@ test.serial('the helper thread dies mid-run (an uncaught exception or process.ex
   }
   t.log(runs.join('\n'));
 });
+
+test.serial('HashJob resumed from a state taken mid-leaf while the helper was behind, fed on by reads only (its partial leaf too): the root of the bytes', async (t) => {
+  const dir = tempDir(t);
+  const file = path.join(dir, 'bytes');
+  const bytes = prngBytes('review8b resume job', 30 * MiB + 777);
+  fs.writeFileSync(file, bytes);
+  const read = (job: HashJob, from: number, n: number) => job.send({ files: [file, from, n], length: n }, true, [], true);
+  const first = new HashJob();
+  read(first, 0, 3 * MiB + 5);
+  await first.state();
+  await sleep(300); // the helper online
+  read(first, 3 * MiB + 5, 4 * MiB);
+  read(first, 7 * MiB + 5, 4 * MiB + 999);
+  const at = 11 * MiB + 1004;
+  const st = await first.state();
+  await first.close();
+  t.is(st.size, at);
+  const job = new HashJob(st);
+  read(job, st.leaves * LEAF, at - st.leaves * LEAF); // the partial leaf, as a read
+  for (let pos = at; pos < bytes.length; ) {
+    const n = Math.min(bytes.length - pos, 4 * MiB + 4097);
+    read(job, pos, n);
+    pos += n;
+  }
+  const root = await job.digest();
+  await job.close();
+  t.is(toHex(root), toHex(merkleRoot(bytes)));
+});
