@@ -16,6 +16,8 @@ import type { LeafAnswer, LeafTask } from './leaf-helper.js';
 export const SPLIT_RUN = 2 * 1024 * 1024;
 /** The helper's bytes not yet answered, at most: past this the reads are hashed here. */
 const AHEAD = 8 * 1024 * 1024;
+/** Bytes of reads hashed here behind a helper's share not yet answered, past which they are acked only once it is (their leaves wait in memory). */
+const BEHIND = 64 * 1024 * 1024;
 /** A read with fewer bytes of whole leaves is hashed here (a message costs more than it saves). */
 const MIN_SHARE = 256 * 1024;
 const SLICE = 256 * 1024;
@@ -41,6 +43,8 @@ interface Part {
   error?: Error;
   /** A `state` asked for at this point of the blob: answered once the parts before it are in the tree. */
   mark?: () => void;
+  /** Bytes of a read hashed here, acked once the parts before it are in the tree (see BEHIND). */
+  held?: number;
 }
 
 export interface SplitJob {
@@ -51,6 +55,8 @@ export interface SplitJob {
   /** Parts not yet in `merkle`, the first a helper's share: bytes read after it go to `carry`. */
   parts: Part[];
   carry?: MerkleHasher;
+  /** Bytes hashed into `carry` since the tree fell behind. */
+  behind?: number;
 }
 
 let helper: Worker | undefined;
@@ -91,16 +97,19 @@ function startHelper(): void {
   // MessagePort's queue is drained whole before another's, so answers waited behind every queued read.
   const { port1, port2 } = new MessageChannel();
   const options = { workerData: { answers: port2 }, transferList: [port2] };
+  // As the hashing thread (pool.ts startWorker): without the parent's flags if Node refuses one. A helper that
+  // cannot start at all (no thread to be had) costs only speed: the reads are hashed here, as before it existed.
   try {
-    helper = new Worker(file, { ...options, execArgv: process.execArgv.filter((a) => !a.startsWith('--input-type')) });
-  } catch {
     try {
+      helper = new Worker(file, { ...options, execArgv: process.execArgv.filter((a) => !a.startsWith('--input-type')) });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ERR_WORKER_INVALID_EXEC_ARGV') throw e;
       helper = new Worker(file, { ...options, execArgv: [] });
-    } catch {
-      port1.close();
-      broken = true;
-      return;
     }
+  } catch {
+    port1.close();
+    broken = true;
+    return;
   }
   const w = helper;
   answers = port1;
@@ -166,8 +175,10 @@ function settle(job: SplitJob): void {
     if (p.error) job.error ??= p.error;
     if (!job.error) for (const leaf of p.leaves) job.merkle.pushLeaves(leaf);
     p.mark?.();
+    if (p.held) ack(p.held);
   }
   if (job.parts.length > 0 || !job.carry) return;
+  job.behind = 0;
   if (!job.error) job.merkle.update(job.carry.partialBytes());
   job.carry = undefined;
 }
@@ -197,7 +208,10 @@ export function readFiles(job: SplitJob, files: Array<string | number>, len: num
     if (!ready || whole < MIN_SHARE || balance < 0 || ahead + whole > AHEAD) {
       hashFiles(sink, files, SLICE);
       if (ready) balance += len;
-      return len;
+      if (sink !== job.carry || (job.behind = (job.behind ?? 0) + len) <= BEHIND) return len;
+      // The helper is behind: this read's leaves wait in memory, so the writer is held back until they go in.
+      job.parts.push({ id: 0, helper: false, leaves: [], done: true, bytes: 0, share: 0, files: [], held: len });
+      return 0;
     }
   } catch (e) {
     job.error ??= e as Error;
