@@ -14,7 +14,7 @@ import { connect, merkleRoot, serve, toHex, type BlobStore, type ServeOptions } 
 import { HashJob } from '../src/hash/pool.js';
 import { MerkleHasher, type MerkleState } from '../src/hash/merkle.js';
 import { prngBytes } from '../tools/data.js';
-import { tempDir, tempStore, putBlob, readAll, codeOf } from './helpers/store.js';
+import { tempDir, tempStore, putBlob, readAll, codeOf, chunkStarts } from './helpers/store.js';
 import { fragmentPath } from './helpers/paths.js';
 import { edited } from './helpers/transfer.js';
 
@@ -32,16 +32,6 @@ function threads(): Map<string, number> {
     }
   }
   return out;
-}
-
-async function chunkStarts(s: BlobStore, blob: string): Promise<number[]> {
-  const starts: number[] = [];
-  let at = 0;
-  for await (const c of s.blobChunkStream(blob)) {
-    starts.push(at);
-    at += c.size;
-  }
-  return starts;
 }
 
 /** The first chunk start at or after `pos`. */

@@ -17,23 +17,13 @@ import { slowLink } from './helpers/slow-link.js';
 import { HashJob } from '../src/hash/pool.js';
 import { MerkleHasher, type MerkleState } from '../src/hash/merkle.js';
 import { prngBytes } from '../tools/data.js';
-import { tempDir, tempStore, putBlob, readAll, codeOf, blobState } from './helpers/store.js';
+import { tempDir, tempStore, putBlob, readAll, codeOf, blobState, chunkStarts } from './helpers/store.js';
 import { fragmentPath } from './helpers/paths.js';
 
 const MiB = 1024 * 1024;
 const LEAF = 16384;
 const indexJs = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../src/index.js');
 
-async function chunkStarts(s: BlobStore, blob: string): Promise<number[]> {
-  const starts: number[] = [];
-  let at = 0;
-  for await (const c of s.blobChunkStream(blob)) {
-    starts.push(at);
-    at += c.size;
-  }
-  starts.push(at);
-  return starts;
-}
 /** This process's threads and their CPU time so far (ns). */
 function threads(): Map<string, number> {
   const out = new Map<string, number>();
@@ -145,8 +135,8 @@ test.serial('two stores, three writers at once sharing the helper, each with lon
   const b = prngBytes('review8b many b', 20 * MiB + 11);
   const srcA = await putBlob(s1, a);
   const srcB = await putBlob(s2, b);
-  const startsA = await chunkStarts(s1, srcA);
-  const startsB = await chunkStarts(s2, srcB);
+  const startsA = await chunkStarts(s1, srcA, true);
+  const startsB = await chunkStarts(s2, srcB, true);
   await sleep(2500); // an earlier test's helper gone
   const watch = newThreads();
   const one = async (s: BlobStore, src: string, bytes: Buffer, starts: number[], seed: string) => {
@@ -180,7 +170,7 @@ test.serial('a fragment deleted under one writer\'s long run while another store
   const srcB = await putBlob(s2, b);
   const ids: string[] = [];
   for await (const id of s1.listCaIds()) ids.push(id);
-  const startsA = await chunkStarts(s1, srcA);
+  const startsA = await chunkStarts(s1, srcA, true);
   await sleep(2500); // an earlier test's helper gone
   const watch = newThreads();
   const w1 = await s1.newBlobWriter();
@@ -261,7 +251,7 @@ test.serial(`a writer child SIGKILLed mid-appendBlob of long runs (checkpoints e
   const a = prngBytes('review8b kill', 40 * MiB);
   let s = await BlobStore.open(path.join(dir, 'store'), { fragmentSize: 8 * MiB });
   const src = await putBlob(s, a);
-  const starts = await chunkStarts(s, src);
+  const starts = await chunkStarts(s, src, true);
   await s.close();
   // The child's stream: for k = 0.., 7 bytes of insert, then src[start after k*5 MiB, start after k*5+4 MiB)
   // (four chunks read on the main thread, back on the source's boundaries, then whole chunks: a long run).
@@ -358,7 +348,7 @@ test.serial('odd chunker parameters (big chunks near the 4 MiB max, groups past 
     const s = await tempStore(t, { chunker, fragmentSize: 5 * MiB + 3 });
     const a = prngBytes(`review8b chunker ${chunker.avg}`, chunker.avg === 256 ? 12 * MiB + 9 : 36 * MiB + 9);
     const src = await putBlob(s, a);
-    const starts = await chunkStarts(s, src);
+    const starts = await chunkStarts(s, src, true);
     await sleep(2500); // an earlier writer's helper gone
     const watch = newThreads();
     const w = await s.newBlobWriter();
@@ -381,8 +371,8 @@ test.serial('the leaf layer a writer keeps for a blob made of long runs of two b
   const b = prngBytes('review8b layer b', 12 * MiB + 5);
   const src = await putBlob(s, a);
   const srcB = await putBlob(s, b);
-  const starts = await chunkStarts(s, src);
-  const startsB = await chunkStarts(s, srcB);
+  const starts = await chunkStarts(s, src, true);
+  const startsB = await chunkStarts(s, srcB, true);
   await sleep(2500); // an earlier test's helper gone
   const watch = newThreads();
   const w = await s.newBlobWriter();
@@ -466,7 +456,7 @@ test.serial('appendBlob of a long run aborted by its signal while the helper has
   const s = await tempStore(t, { fragmentSize: 8 * MiB });
   const a = prngBytes('review8b abort', 48 * MiB);
   const src = await putBlob(s, a);
-  const starts = await chunkStarts(s, src);
+  const starts = await chunkStarts(s, src, true);
   const results: string[] = [];
   const from = startAfter(starts, 3 * MiB);
   for (const delay of [0, 2, 8]) {
@@ -501,11 +491,11 @@ test.serial('a checkpointing writer fails under a long run (a source fragment cu
   const srcB = await putBlob(s, b);
   const idsB: string[] = [];
   for await (const id of s.listCaIds()) if (!before.has(id)) idsB.push(id);
-  const startsB = await chunkStarts(s, srcB);
+  const startsB = await chunkStarts(s, srcB, true);
   const w = await s.newBlobWriter();
   w.deferHash();
   w.checkpointEvery(1 * MiB);
-  const endA = startAfter(await chunkStarts(s, srcA), 20 * MiB);
+  const endA = startAfter(await chunkStarts(s, srcA, true), 20 * MiB);
   const parts: Buffer[] = [a.subarray(0, endA), Buffer.from('67')];
   await w.appendBlob(srcA, 0, endA); // whole chunks: the helper's shares, checkpoints while it is behind
   await w.appendBytes(parts[1]!);
@@ -543,7 +533,7 @@ test.serial('the helper thread dies mid-run (an uncaught exception or process.ex
   const a = prngBytes('review8b helper dies', 40 * MiB);
   const s = await BlobStore.open(path.join(dir, 'store'), { fragmentSize: 8 * MiB });
   const src = await putBlob(s, a);
-  const starts = await chunkStarts(s, src);
+  const starts = await chunkStarts(s, src, true);
   await s.close();
   const plan: Array<[number, number, number]> = [];
   for (let k = 0; k < 7; k++) {

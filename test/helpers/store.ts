@@ -94,3 +94,15 @@ export async function blobState(store: BlobStore, name: string): Promise<{ size:
     throw e;
   }
 }
+
+/** Where each of a blob's chunks starts, in order; with `withEnd`, the blob's size after them. */
+export async function chunkStarts(store: BlobStore, blob: string, withEnd = false): Promise<number[]> {
+  const starts: number[] = [];
+  let at = 0;
+  for await (const c of store.blobChunkStream(blob)) {
+    starts.push(at);
+    at += c.size;
+  }
+  if (withEnd) starts.push(at);
+  return starts;
+}
