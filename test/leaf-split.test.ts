@@ -10,7 +10,7 @@ import test from 'ava';
 import fs from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import path from 'node:path';
-import { connect, merkleRoot, serve, toHex, type BlobStore, type ServeOptions } from '../src/index.js';
+import { connect, merkleRoot, serve, toHex, type ServeOptions } from '../src/index.js';
 import { HashJob } from '../src/hash/pool.js';
 import { MerkleHasher, type MerkleState } from '../src/hash/merkle.js';
 import { prngBytes } from '../tools/data.js';
