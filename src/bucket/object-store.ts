@@ -101,9 +101,8 @@ export class ObjectStore {
       // With the defaults (WHEN_SUPPORTED) streamed uploads get a trailing checksum that radosgw refuses (411).
       requestChecksumCalculation: 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
-      // socketTimeout, not requestTimeout: in @smithy/node-http-handler 4.x requestTimeout only logs a warning
-      // (unless throwOnRequestTimeout), so a hung server held every SDK call for good. socketTimeout fails a
-      // request when nothing moves on its socket that long, which is what idleTimeout promises.
+      // socketTimeout (nothing moving on the socket that long, as idleTimeout promises), not requestTimeout:
+      // in @smithy/node-http-handler 4.x that one only logs a warning, and a hung server held every call for good.
       requestHandler: { httpAgent: new http.Agent(agent), httpsAgent: new https.Agent(agent), connectionTimeout: 10_000, socketTimeout: this.idleTimeout },
       ...(a.credentials ? { credentials: a.credentials } : {}),
       // Failures reach the caller as ERR_OBJECT_STORE; the SDK's own warnings on the console would be noise.
@@ -198,11 +197,13 @@ export class ObjectStore {
   async #putParts(key: string, body: FileBody, signal?: AbortSignal): Promise<'created' | 'exists'> {
     const s3 = this.#s3;
     const what = `writing ${key} in parts`;
-    const { UploadId } = await this.#send<S3.CreateMultipartUploadCommandOutput>(this.#client, new s3.CreateMultipartUploadCommand({ Bucket: this.bucket, Key: key }), what, { key }, signal);
+    // Not cut by `signal`: a create cancelled here may still be made there, open for good (aborted below instead).
+    const { UploadId } = await this.#send<S3.CreateMultipartUploadCommandOutput>(this.#client, new s3.CreateMultipartUploadCommand({ Bucket: this.bucket, Key: key }), what, { key });
     const partSize = Math.max(PART_SIZE, Math.ceil(body.size / 10_000));
     const count = Math.ceil(body.size / partSize);
     const parts: S3.CompletedPart[] = [];
     try {
+      if (signal?.aborted) throw s3Error(Object.assign(new Error('aborted'), { name: 'AbortError' }), what, { bucket: this.bucket, key });
       let next = 0;
       const worker = async () => {
         while (next < count) {
