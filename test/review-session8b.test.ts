@@ -202,7 +202,7 @@ let children = 0;
  * start of the leaf helper (the one thread with an `answers` port in its workerData, src/hash/leaf-split.ts)
  * and, with REVIEW8B_DIE_MS in `env`, makes it die that long after it starts (REVIEW8B_HOW: throw or exit).
  */
-function child(dir: string, code: string, onLine?: (line: string, kill: () => void) => void, env: Record<string, string> = {}): Promise<{ lines: string[]; code: number | null; signal: string | null; exitAfterLastLine: number; helperStarts: number; helperDeaths: number; stderr: string }> {
+function child(dir: string, code: string, onLine?: (line: string, kill: (afterHelper?: boolean) => void) => void, env: Record<string, string> = {}): Promise<{ lines: string[]; code: number | null; signal: string | null; exitAfterLastLine: number; helperStarts: number; helperDeaths: number; stderr: string }> {
   const hook = path.join(dir, 'hook.mjs');
   const marks = path.join(dir, `helper-${++children}`);
   fs.writeFileSync(
@@ -221,6 +221,12 @@ function child(dir: string, code: string, onLine?: (line: string, kill: () => vo
   fs.writeFileSync(script, `const index = await import(${JSON.stringify(indexJs)});\n${code}`);
   const p = spawn(process.execPath, ['--import', hook, script], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env, REVIEW8B_MARKS: marks } });
   const lines: string[] = [];
+  // SIGKILL, with `afterHelper` once the leaf helper has started (its thread takes a while to start on a busy machine).
+  const kill = (afterHelper = false) => {
+    const began = Date.now();
+    const poll = (): unknown => (!afterHelper || fs.readFileSync(marks, { encoding: 'latin1', flag: 'a+' }).includes('s') || Date.now() - began > 5000 ? p.kill('SIGKILL') : setTimeout(poll, 5));
+    poll();
+  };
   let buf = '';
   let stderr = '';
   let last = Date.now();
@@ -232,7 +238,7 @@ function child(dir: string, code: string, onLine?: (line: string, kill: () => vo
       buf = buf.slice(i + 1);
       lines.push(line);
       last = Date.now();
-      onLine?.(line, () => p.kill('SIGKILL'));
+      onLine?.(line, kill);
     }
   });
   const killer = setTimeout(() => p.kill('SIGKILL'), 18000);
@@ -278,7 +284,7 @@ test.serial(`a writer child SIGKILLed mid-appendBlob of long runs (checkpoints e
      }
      await new Promise(() => setInterval(() => {}, 1000));`,
     (line, kill) => {
-      if (JSON.parse(line).k !== undefined && ++appended === 6) kill();
+      if (JSON.parse(line).k !== undefined && ++appended === 6) kill(true);
     },
     slow ? { REVIEW8B_SLOW: '1' } : {},
   );
@@ -428,7 +434,7 @@ test.serial(`a pulling child SIGKILLed mid-pull of an update with long local run
       void (async () => {
         for (let i = 0; i < 1000 && watching; i++) {
           const st = await blobState(dst, name);
-          if (st && st.size > 6 * MiB) return kill();
+          if (st && st.size > 6 * MiB) return kill(true);
           await sleep(5);
         }
       })();
