@@ -17,9 +17,17 @@ export async function served(t: ExecutionContext, o: ServeOptions): Promise<{ st
   return { store, base: `http://127.0.0.1:${srv.port}` };
 }
 
-/** A tus upload of `length` bytes made with a POST: its URL. */
-export async function create(base: string, length: number): Promise<string> {
-  const r = await fetch(`${base}/files/`, { method: 'POST', headers: tusHeaders({ 'upload-length': String(length) }) });
+/**
+ * A tus upload of `length` bytes made with a POST: its URL. With `busyMs`, a
+ * 503 (every upload place taken) is tried again, 50 ms apart, for that long.
+ */
+export async function create(base: string, length: number, busyMs = 0): Promise<string> {
+  const began = Date.now();
+  let r = await fetch(`${base}/files/`, { method: 'POST', headers: tusHeaders({ 'upload-length': String(length) }) });
+  while (r.status === 503 && Date.now() - began < busyMs) {
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    r = await fetch(`${base}/files/`, { method: 'POST', headers: tusHeaders({ 'upload-length': String(length) }) });
+  }
   if (r.status !== 201) throw new Error(`POST: ${r.status}`);
   return new URL(r.headers.get('location')!, base).href;
 }
