@@ -38,7 +38,10 @@ export async function rsyncDaemon(workDir: string, files: Record<string, string>
   }
   const port = await freePort();
   const conf = path.join(workDir, 'rsyncd.conf');
-  fs.writeFileSync(conf, `use chroot = no\npid file = ${workDir}/rsyncd.pid\n[m]\npath = ${modDir}\nread only = yes\n`);
+  // Run as root, the daemon serves as `nobody` unless told otherwise, and nobody cannot read the bench's
+  // folders (mkdtemp makes them 0700): it serves as the user who runs the bench.
+  const ids = `uid = ${process.getuid?.() ?? 0}\ngid = ${process.getgid?.() ?? 0}\n`;
+  fs.writeFileSync(conf, `use chroot = no\n${ids}pid file = ${workDir}/rsyncd.pid\n[m]\npath = ${modDir}\nread only = yes\n`);
   const daemon: ChildProcess = spawn('rsync', ['--daemon', '--no-detach', `--config=${conf}`, `--port=${port}`, '--address=127.0.0.1'], { stdio: 'ignore' });
   const exited = new Promise<void>((resolve) => daemon.once('exit', () => resolve()));
   await waitForPort(port);
