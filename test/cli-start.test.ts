@@ -1,8 +1,11 @@
 // The CLI loads only what a command needs (issue 15, item 5): --help and
 // --version load no store, no lmdb and no WebSocket code; put no WebSocket
 // code; pull no bundle code. Each command runs in a real child process that
-// lists the module files it loaded (helpers/loaded-modules.ts). How long
-// start-up takes is measured by `npm run bench -- start`, not here.
+// lists the module files it loaded (helpers/loaded-modules.ts). The CLI is a
+// bundle (dist/bin, scripts/bundle.mjs): each of its files that loaded stands
+// for the modules esbuild put in it (its metafile, dist/bin/meta.json), so the
+// same rules hold of the modules whatever files they were bundled into. How
+// long start-up takes is measured by `npm run bench -- start`, not here.
 import fs from 'node:fs';
 import { spawn } from 'node:child_process';
 import path from 'node:path';
@@ -15,12 +18,23 @@ const PRELOAD = new URL('helpers/loaded-modules.js', import.meta.url).href;
 /** The package's root (dist/test/ is two levels below it), as a URL. */
 const ROOT = new URL('../../', import.meta.url).href;
 
-/** Runs `cabstore ARGS`; its result, and the module files it loaded (paths under the package). */
+/** What esbuild put in each file of the bundle: output path (from the package's root) to its input modules. */
+const META = JSON.parse(fs.readFileSync(new URL('../bin/meta.json', import.meta.url), 'utf8')) as { outputs: Record<string, { inputs: Record<string, unknown> }> };
+
+/**
+ * Runs `cabstore ARGS`; its result, and the modules it loaded (paths under
+ * the package): the files themselves, and the modules bundled in those of dist/bin.
+ */
 async function loaded(t: ExecutionContext, args: string[]): Promise<{ r: RunResult; files: string[] }> {
   const list = path.join(tempDir(t), 'loaded');
   fs.writeFileSync(list, '');
   const r = await cli(args, { env: { NODE_OPTIONS: `--import=${PRELOAD}`, CABSTORE_TEST_LOADED: list } });
-  const files = [...new Set(fs.readFileSync(list, 'utf8').split('\n'))].filter((u) => u.startsWith(ROOT)).map((u) => u.slice(ROOT.length));
+  const own = [...new Set(fs.readFileSync(list, 'utf8').split('\n'))].filter((u) => u.startsWith(ROOT)).map((u) => u.slice(ROOT.length));
+  t.true(own.includes('dist/bin/cabstore.js'), `${args.join(' ')}: the bundle ran (${own.length} files)`);
+  t.deepEqual(own.filter((f) => /^dist\/(src|tools)\//.test(f)), [], `${args.join(' ')}: every module of ours is in the bundle`);
+  const bundled = own.filter((f) => f.startsWith('dist/bin/'));
+  t.deepEqual(bundled.filter((f) => !META.outputs[f]), [], 'every file of the bundle that loaded is in the metafile');
+  const files = [...own, ...bundled.flatMap((f) => Object.keys(META.outputs[f]?.inputs ?? {}))];
   return { r, files };
 }
 
@@ -31,7 +45,7 @@ test('--help and --version load no store, lmdb or WebSocket code', async (t) => 
   for (const args of [['--help'], ['--version'], ['put', '--help'], ['pull', '--help']]) {
     const { r, files } = await loaded(t, args);
     t.is(r.code, 0, `${args.join(' ')}: ${r.stderr}`);
-    t.true(files.includes('dist/tools/cli.js'), `${args.join(' ')}: the list of loaded files is there (${files.length} files)`);
+    t.true(files.includes('dist/tools/cli.js'), `${args.join(' ')}: the list of loaded modules is there (${files.length} modules)`);
     t.true(files.some((f) => f.startsWith('node_modules/commander/')), `${args.join(' ')}: commander`);
     t.deepEqual(files.filter((f) => STORE.test(f) || NET.test(f)), [], args.join(' '));
   }
