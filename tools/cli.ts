@@ -1,4 +1,3 @@
-#!/usr/bin/env node
 // The cabstore command line. Exit codes: 0 success, 1 failure (a line naming
 // the CabError code, the last on stderr), 2 bad usage (what is wrong, then the
 // command's help). Stopped by SIGINT or SIGTERM, put and resume clean up and
@@ -62,7 +61,7 @@ serveCommand(program);
 transferCommands(program);
 signpostCommand(program);
 
-// No top-level await: the bundle may be CommonJS-shaped (scripts/bundle.mjs, a V8 code cache).
+// No top-level await: the bundle is CommonJS-shaped, for a V8 code cache (tools/launch.ts).
 void (async () => {
   try {
     // Bare `cabstore` is bad usage: say how to use it, exit 2.
