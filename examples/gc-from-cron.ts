@@ -29,7 +29,7 @@ const reading = await store.newBlobReader(dropped);
 await store.deleteBlob(dropped);
 
 // The cron job: the CLI, in another process.
-const cli = fileURLToPath(new URL('../tools/cli.js', import.meta.resolve('cabstore')));
+const cli = fileURLToPath(new URL('../bin/cabstore.js', import.meta.resolve('cabstore')));
 const run = (...args: string[]) => promisify(execFile)(process.execPath, [cli, '--store', dir, ...args]);
 console.log('gc while the app reads:', (await run('gc', '--wait')).stdout.trim());
 

@@ -88,8 +88,9 @@ test('the packed package installs, a strict TypeScript app type-checks against i
   const dir = tempDir(t, 'cabstore-package-');
   const packed = JSON.parse(run('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', dir], ROOT)) as Array<{ filename: string; files: Array<{ path: string }> }>;
   const files = packed[0]!.files.map((f) => f.path);
-  for (const f of ['package.json', 'README.md', 'dist/src/index.js', 'dist/src/index.d.ts', 'dist/tools/cli.js', 'docs/FORMAT.md', 'docs/PROTOCOL.md']) t.true(files.includes(f), f);
+  for (const f of ['package.json', 'README.md', 'dist/src/index.js', 'dist/src/index.d.ts', 'dist/bin/cabstore.js', 'dist/bin/cli.cjs', 'dist/bin/hash-worker.js', 'docs/FORMAT.md', 'docs/PROTOCOL.md']) t.true(files.includes(f), f);
   t.deepEqual(files.filter((f) => /(^|\/)test\/|\.test\.|^src\/|^tools\/|bench|demo|gen-vectors/.test(f)), [], 'no tests, sources or developer tools');
+  t.deepEqual(files.filter((f) => /^dist\/(tools|bin\/meta)/.test(f)), [], 'the CLI is its bundle alone');
 
   // The app, with our lockfile's dependency versions and the published typings (no skipLibCheck).
   const app = path.join(dir, 'app');

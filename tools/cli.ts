@@ -1,4 +1,3 @@
-#!/usr/bin/env node
 // The cabstore command line. Exit codes: 0 success, 1 failure (a line naming
 // the CabError code, the last on stderr), 2 bad usage (what is wrong, then the
 // command's help). Stopped by SIGINT or SIGTERM, put and resume clean up and
@@ -62,31 +61,34 @@ serveCommand(program);
 transferCommands(program);
 signpostCommand(program);
 
-try {
-  // Bare `cabstore` is bad usage: say how to use it, exit 2.
-  if (process.argv.length <= 2) throw new CommanderError(2, 'cabstore.usage', 'error: a command is needed');
-  await program.parseAsync(process.argv);
-} catch (e) {
-  if (e instanceof CommanderError) {
-    if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') process.exit(0);
-    // What is wrong first, then the help of the command it concerns.
-    process.stderr.write(`cabstore: ${e.message.replace(/^error: /, '')}\n\n${usageHelp()}`);
-    process.exit(2);
-  }
-  if (e instanceof Interrupted) {
-    process.stderr.write(`cabstore: ${e.message}\n`);
-    // Having cleaned up, die of the signal itself, as a program that catches SIGINT should: the shell sees
-    // 130 (SIGINT) or 143 (SIGTERM), and a script running us stops too. process.exit would also wait
-    // forever for a read of a FIFO that nobody writes to (Node joins its I/O threads at exit).
-    process.removeAllListeners(e.signal);
-    process.kill(process.pid, e.signal);
-  }
-  if (isCabError(e)) {
-    process.stderr.write(`cabstore: ${e.message.split('\n')[0]}\n`);
+// No top-level await: the bundle is CommonJS-shaped, for a V8 code cache (tools/launch.ts).
+void (async () => {
+  try {
+    // Bare `cabstore` is bad usage: say how to use it, exit 2.
+    if (process.argv.length <= 2) throw new CommanderError(2, 'cabstore.usage', 'error: a command is needed');
+    await program.parseAsync(process.argv);
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') process.exit(0);
+      // What is wrong first, then the help of the command it concerns.
+      process.stderr.write(`cabstore: ${e.message.replace(/^error: /, '')}\n\n${usageHelp()}`);
+      process.exit(2);
+    }
+    if (e instanceof Interrupted) {
+      process.stderr.write(`cabstore: ${e.message}\n`);
+      // Having cleaned up, die of the signal itself, as a program that catches SIGINT should: the shell sees
+      // 130 (SIGINT) or 143 (SIGTERM), and a script running us stops too. process.exit would also wait
+      // forever for a read of a FIFO that nobody writes to (Node joins its I/O threads at exit).
+      process.removeAllListeners(e.signal);
+      process.kill(process.pid, e.signal);
+    }
+    if (isCabError(e)) {
+      process.stderr.write(`cabstore: ${e.message.split('\n')[0]}\n`);
+      process.exit(1);
+    }
+    // An errno error that escaped its own wrapping is still an I/O failure, and says so by its code.
+    const errno = typeof (e as NodeJS.ErrnoException)?.errno === 'number';
+    process.stderr.write(`cabstore: ${errno ? 'ERR_IO: ' : ''}${(e as Error).message ?? String(e)}\n`);
     process.exit(1);
   }
-  // An errno error that escaped its own wrapping is still an I/O failure, and says so by its code.
-  const errno = typeof (e as NodeJS.ErrnoException)?.errno === 'number';
-  process.stderr.write(`cabstore: ${errno ? 'ERR_IO: ' : ''}${(e as Error).message ?? String(e)}\n`);
-  process.exit(1);
-}
+})();

@@ -1,8 +1,7 @@
 import http from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
-import { createRequire } from 'node:module';
-import type * as WsModule from 'ws';
+import { WebSocket, WebSocketServer } from './ws-lib.js';
 import { CabError, ioError, throwIfAborted } from '../errors.js';
 import type { BlobStore } from '../store.js';
 import { MAX_FRAME, MAX_GET_BYTES, encode, type Perm } from './messages.js';
@@ -22,11 +21,6 @@ import { checkBlobName } from '../format/layout.js';
 import { remoteStream, type RemoteStreamOptions } from './follow-remote.js';
 import type { WireCount } from './stats.js';
 import { RemoteBlobReader, type OpenReaderOptions } from './remote-reader.js';
-
-// ws is CommonJS. Imported, it takes the ESM loader about 30 ms to load (every file of it is lexed for its
-// exports); required, under 10 ms: a CLI pull starts that much sooner (issue 15).
-const { WebSocket, WebSocketServer } = createRequire(import.meta.url)('ws') as typeof WsModule;
-type WebSocket = WsModule.WebSocket;
 
 export type { WireCount } from './stats.js';
 

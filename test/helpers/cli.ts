@@ -1,12 +1,19 @@
-// The built CLI (dist/tools/cli.js) run as a user runs it: a child process
-// with a clean environment, its exit code, stdout and stderr.
+// The built CLI (dist/bin/cabstore.js, the package's bin: the bundle of
+// dist/tools/cli.js that `npm run build` makes) run as a user runs it: a
+// child process with a clean environment, its exit code, stdout and stderr.
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import type { ExecutionContext } from 'ava';
 
-export const CLI = fileURLToPath(new URL('../../tools/cli.js', import.meta.url));
+export const CLI = fileURLToPath(new URL('../../bin/cabstore.js', import.meta.url));
+
+// A bundle older than what tsc last built tests old code: say so rather than pass or fail on it.
+const BUILT = fileURLToPath(new URL('../../tools/cli.js', import.meta.url));
+if (!fs.existsSync(CLI) || fs.statSync(CLI).mtimeMs < fs.statSync(BUILT).mtimeMs) {
+  throw new Error(`${CLI} is missing or older than ${BUILT}: run \`npm run bundle\` after tsc (npm run build does both)`);
+}
 
 export interface RunResult {
   code: number | null;

@@ -11,7 +11,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { MB } from './harness.js';
 
-export const CLI = fileURLToPath(new URL('../cli.js', import.meta.url));
+/** The package's bin, the bundle of dist/tools/cli.js (scripts/bundle.mjs). */
+export const CLI = fileURLToPath(new URL('../../bin/cabstore.js', import.meta.url));
 const RSS_HOOK = new URL('./rss-hook.js', import.meta.url).href;
 
 /** The token of the bench's servers (read only). */
