@@ -155,6 +155,7 @@ export function checkUpload(u: unknown): UploadRecord {
   let bytes = 0;
   for (const [k, v] of Object.entries(plainObject(o.metadata, 'metadata'))) {
     if (v !== null && typeof v !== 'string') throw bad(`metadata[${JSON.stringify(k)}] must be a string or null`, v);
+    if (k === '__proto__') throw bad('an upload metadata key cannot be "__proto__" (a plain object would drop that key)', k);
     bytes += k.length + (v?.length ?? 0);
     metadata[k] = v;
   }
