@@ -2,10 +2,16 @@
 // keys that name Object.prototype's properties, sync-table record sizes, a
 // silent peer's slot freed at once by the idle cut, the leaf helper's
 // BEHIND bound. Real sockets, real files.
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
+import crypto from 'node:crypto';
+import { open as openLmdb } from 'lmdb';
+import { Packr } from 'msgpackr';
+import { BlobStore, type BlobMetadata, type Signpost } from '../src/index.js';
 import { newBlobName } from '../src/format/layout.js';
+import { MAX_RECORD_BYTES } from '../src/index/table-records.js';
 import { served, tusHeaders } from './helpers/http.js';
-import { tempStore } from './helpers/store.js';
+import { codeOf, putBlob, tempDir, tempStore } from './helpers/store.js';
+import { connectPeer, servePeer } from './helpers/peers.js';
 
 const b64 = (s: string) => Buffer.from(s).toString('base64');
 
@@ -36,4 +42,107 @@ test('the uploads table: a metadata key "__proto__" (from JSON) is ERR_BAD_ARGUM
   t.is(store.tables.uploads.get(name), undefined, 'nothing stored');
   await store.tables.uploads.set(name, { length: 5, metadata: { constructor: 'c', toString: null }, touched: new Date() });
   t.deepEqual(Object.entries(store.tables.uploads.get(name)!.metadata), [['constructor', 'c'], ['toString', null]]);
+});
+
+// --- sync-table records have a size limit ------------------------------------
+
+/** A record's size as the limit counts it: plain MessagePack. */
+const sizeOf = (v: unknown) => new Packr({ useRecords: false }).pack(v).length;
+const sgId = (i: number) => `sg-${String(i).padStart(6, '0')}-${'x'.repeat(26)}`;
+const shares = (from: number, n: number) => Object.fromEntries(Array.from({ length: n }, (_, i) => [sgId(from + i), 1]));
+const peers = (from: number, n: number) => Object.fromEntries(Array.from({ length: n }, (_, i) => [`ws://peer-${from + i}.example:7000`, { whenSeen: new Date(1_700_000_000_123), isProxy: false, isServer: true }]));
+
+/** A signpost within `slack` bytes of MAX_RECORD_BYTES: peers up to about 1000 bytes short, and one more whose name fills the rest. */
+function fullSignpost(slack: number): Signpost {
+  const of = (n: number): Signpost => ({ locations: peers(0, n), sgIds: ['sg'], fetchAttempts: 1 });
+  const perPeer = (sizeOf(of(100)) - sizeOf(of(0))) / 100;
+  const base = of(Math.floor((MAX_RECORD_BYTES - slack - 1000 - sizeOf(of(0))) / perPeer));
+  const padded = (m: number): Signpost => ({ ...base, locations: { ...base.locations, [`p${'x'.repeat(m)}`]: { whenSeen: new Date(0), isProxy: true, isServer: false } } });
+  let m = MAX_RECORD_BYTES - slack - sizeOf(padded(0));
+  while (sizeOf(padded(m)) > MAX_RECORD_BYTES - slack) m--;
+  return padded(m);
+}
+
+async function tooLarge(t: ExecutionContext, p: Promise<unknown>, what: string): Promise<void> {
+  const e = (await t.throwsAsync(p, undefined, what)) as { code?: string; data?: { reason?: string; found?: number } } | undefined;
+  t.is(e?.code, 'ERR_BAD_ARGUMENT', what);
+  t.is(e?.data?.reason, 'too-large', what);
+  t.true((e?.data?.found ?? 0) > MAX_RECORD_BYTES, what);
+}
+
+test('blob metadata over MAX_RECORD_BYTES is ERR_BAD_ARGUMENT (too-large), by set or by update, and the stored record stays as it was; up to the limit it is taken', async (t) => {
+  const store = await tempStore(t);
+  const name = await putBlob(store, crypto.randomBytes(1000));
+  const small: BlobMetadata = { ownerShares: shares(0, 3), referenced: new Date(1_700_000_000_000), accessed: new Date(1_700_000_000_000) };
+  await store.setBlobMetadata(name, small);
+  await tooLarge(t, store.setBlobMetadata(name, { ...small, ownerShares: shares(0, 5000) }), 'set');
+  t.deepEqual(await store.getBlobMetadata(name), small);
+  await tooLarge(t, store.updateBlobMetadata(name, { ownerShares: shares(10, 5000) }), 'update');
+  await tooLarge(t, store.updateBlobMetadata(name, (md) => ({ ownerShares: shares(Object.keys(md!.ownerShares).length, 5000) })), 'update by a function');
+  t.deepEqual(await store.getBlobMetadata(name), small);
+  // Grown a hundred shares at a time: taken while within the limit, refused past it, the last good record kept.
+  let n = 3;
+  for (;;) {
+    const before = await store.getBlobMetadata(name);
+    const r = await store.updateBlobMetadata(name, { ownerShares: shares(n, 100) }).then(
+      () => 'ok',
+      (e: { data?: { reason?: string } }) => e.data?.reason,
+    );
+    if (r !== 'ok') {
+      t.is(r, 'too-large');
+      t.deepEqual(await store.getBlobMetadata(name), before);
+      break;
+    }
+    n += 100;
+    t.true(sizeOf(await store.getBlobMetadata(name)) <= MAX_RECORD_BYTES);
+  }
+  t.true(n > 1000, `over a thousand 36-character syncgroups fit (${n})`);
+  // Removing shares brings it back: a record at the limit is not stuck.
+  await store.updateBlobMetadata(name, { ownerShares: Object.fromEntries(Object.keys(shares(3, 1000)).map((k) => [k, null])) });
+  t.true(sizeOf(await store.getBlobMetadata(name)) < MAX_RECORD_BYTES / 2);
+});
+
+test('a signpost over MAX_RECORD_BYTES is ERR_BAD_ARGUMENT (too-large), by set or by update, the stored one unchanged; a pull into a blob whose signpost is full still succeeds and sets accessed', async (t) => {
+  const src = await tempStore(t);
+  const name = await putBlob(src, crypto.randomBytes(200_000));
+  const dst = await tempStore(t);
+  const full = fullSignpost(20);
+  t.true(sizeOf(full) <= MAX_RECORD_BYTES && sizeOf(full) >= MAX_RECORD_BYTES - 20, `a signpost with 20 bytes to spare (${sizeOf(full)})`);
+  await dst.setSignpost(name, full);
+  await tooLarge(t, dst.setSignpost(name, { ...full, locations: peers(0, 2000) }), 'set');
+  await tooLarge(t, dst.setSignpost(name, { ...full, sgIds: Object.keys(shares(0, 2000)) }), 'set with many syncgroups');
+  await tooLarge(t, dst.updateSignpost(name, { locations: peers(5000, 1) }), 'update');
+  await tooLarge(t, dst.updateSignpost(name, (sp) => ({ sgIds: [...sp!.sgIds, 'one-more-syncgroup-id'] })), 'update by a function');
+  t.deepEqual(await dst.getSignpost(name), full);
+  // The pull adds the server's URL as a peer: the signpost has no room, the blob still comes and counts as accessed.
+  const srv = await servePeer(t, src);
+  const c = await connectPeer(t, dst, srv.url);
+  const before = Date.now();
+  const got = await c.pull(name);
+  t.false(got.alreadyHad);
+  t.true((await dst.stat(name)).finalized);
+  t.deepEqual(await dst.getSignpost(name), full, 'the signpost had no room: unchanged');
+  t.true((await dst.getBlobMetadata(name))!.accessed.getTime() >= before, 'accessed was set');
+});
+
+test('a record over the limit written before it existed still reads, and takes an update that does not grow it (not one that does)', async (t) => {
+  const dir = tempDir(t);
+  const name = newBlobName();
+  const big: Signpost = { locations: peers(0, 1500), sgIds: [], fetchAttempts: 0 };
+  t.true(sizeOf(big) > MAX_RECORD_BYTES);
+  {
+    const s = await BlobStore.open(dir);
+    await s.close();
+    // As older code wrote it: straight into the tables' LMDB, unchecked.
+    const env = openLmdb({ path: `${dir}/tables`, maxDbs: 8 });
+    await env.openDB<Signpost, string>({ name: 'signposts', keyEncoding: 'ordered-binary' }).put(name, big);
+    await env.close();
+  }
+  const store = await BlobStore.open(dir);
+  t.teardown(() => store.close());
+  t.deepEqual(await store.getSignpost(name), big);
+  t.is((await store.updateSignpost(name, { fetchAttempts: 3 })).fetchAttempts, 3);
+  t.is(await codeOf(store.updateSignpost(name, { locations: peers(5000, 1) })), 'ERR_BAD_ARGUMENT');
+  const shrunk = await store.updateSignpost(name, { locations: Object.fromEntries(Object.keys(peers(0, 1000)).map((k) => [k, null])) });
+  t.is(Object.keys(shrunk.locations).length, 500);
 });

@@ -1,5 +1,6 @@
 // The records of the sync tables (and the uploads table): their types, and
 // the checks and patches that make the values stored.
+import { Packr } from 'msgpackr';
 import { CabError } from '../errors.js';
 
 /** What a sync app keeps about a blob it holds. */
@@ -93,6 +94,30 @@ const MAX_ID = 1024;
 /** Bytes of an upload's metadata keys and values, together. */
 const MAX_UPLOAD_METADATA = 16 * 1024;
 
+/**
+ * The most bytes a sync-table record (metadata, signpost, per-syncgroup)
+ * may take as plain MessagePack (maps with their field names, dates as
+ * timestamps: what `PLAIN` makes). About 1,650 owner shares or 800
+ * signpost locations of 36-character ids; each update rewrites the whole
+ * record, and GC and the streams read them all.
+ */
+export const MAX_RECORD_BYTES = 64 * 1024;
+/** msgpackr without shared structures: a record's size does not depend on what the table held before. */
+const PLAIN = new Packr({ useRecords: false });
+
+/**
+ * `v` (a checked record) if it is within MAX_RECORD_BYTES, or no larger
+ * than `was`, the record it replaces (one written before the limit, which
+ * an update may keep or shrink); else ERR_BAD_ARGUMENT, data.reason 'too-large'.
+ */
+function sized<T>(v: T, what: string, was: T | undefined): T {
+  const n = PLAIN.pack(v).length;
+  if (n > MAX_RECORD_BYTES && (was === undefined || n > PLAIN.pack(was).length)) {
+    throw new CabError('ERR_BAD_ARGUMENT', `${what} would take ${n} bytes, over the ${MAX_RECORD_BYTES} a record may take`, { reason: 'too-large', expected: MAX_RECORD_BYTES, found: n });
+  }
+  return v;
+}
+
 /** A syncgroup id or peer name: 1..1024 characters, no control characters. */
 export function checkId(id: unknown, what: string): string {
   // eslint-disable-next-line no-control-regex
@@ -139,13 +164,14 @@ function bool(x: unknown, what: string): boolean {
 }
 
 /** Checks a BlobMetadata and returns a normalized copy (what is stored). */
-export function checkMetadata(md: unknown): BlobMetadata {
+/** `was`: the record this one replaces (see sized). */
+export function checkMetadata(md: unknown, was?: BlobMetadata): BlobMetadata {
   const o = plainObject(md, 'BlobMetadata');
   exactKeys(o, ['ownerShares', 'referenced', 'accessed'], 'BlobMetadata');
   const shares = plainObject(o.ownerShares, 'ownerShares');
   const ownerShares: Record<string, number> = {};
   for (const [k, v] of Object.entries(shares)) ownerShares[mapKey(k, 'a syncgroup id')] = int(v, `ownerShares[${JSON.stringify(k)}]`);
-  return { ownerShares, referenced: date(o.referenced, 'referenced'), accessed: date(o.accessed, 'accessed') };
+  return sized({ ownerShares, referenced: date(o.referenced, 'referenced'), accessed: date(o.accessed, 'accessed') }, 'the blob metadata', was);
 }
 
 export function checkUpload(u: unknown): UploadRecord {
@@ -163,7 +189,8 @@ export function checkUpload(u: unknown): UploadRecord {
   return { length: o.length === null ? null : int(o.length, 'length', 0), metadata, touched: date(o.touched, 'touched') };
 }
 
-export function checkSignpost(sp: unknown): Signpost {
+/** `was`: the record this one replaces (see sized). */
+export function checkSignpost(sp: unknown, was?: Signpost): Signpost {
   const o = plainObject(sp, 'Signpost');
   exactKeys(o, ['locations', 'sgIds', 'fetchAttempts'], 'Signpost');
   const locations: Signpost['locations'] = {};
@@ -178,7 +205,8 @@ export function checkSignpost(sp: unknown): Signpost {
     };
   }
   if (!Array.isArray(o.sgIds)) throw bad('sgIds must be an array', o.sgIds);
-  return { locations, sgIds: o.sgIds.map((s) => checkId(s, 'a syncgroup id')), fetchAttempts: int(o.fetchAttempts, 'fetchAttempts', 0) };
+  const sgIds = o.sgIds.map((s) => checkId(s, 'a syncgroup id'));
+  return sized({ locations, sgIds, fetchAttempts: int(o.fetchAttempts, 'fetchAttempts', 0) }, 'the signpost', was);
 }
 
 export function checkPerSyncgroup(psg: unknown): PerSyncgroup {
@@ -220,7 +248,7 @@ export function patchMetadata(cur: BlobMetadata | undefined, patch: unknown): Bl
     ownerShares: 'ownerShares' in p ? mergeMap(base.ownerShares, p.ownerShares, 'ownerShares') : base.ownerShares,
     referenced: 'referenced' in p ? p.referenced : base.referenced,
     accessed: 'accessed' in p ? p.accessed : base.accessed,
-  });
+  }, cur);
 }
 
 /** The signpost `patch` makes of `cur` (checked). With no signpost yet, it starts empty: no locations or syncgroups, no attempts. */
@@ -231,5 +259,5 @@ export function patchSignpost(cur: Signpost | undefined, patch: unknown): Signpo
     locations: 'locations' in p ? mergeMap(base.locations, p.locations, 'locations') : base.locations,
     sgIds: 'sgIds' in p ? p.sgIds : base.sgIds,
     fetchAttempts: 'fetchAttempts' in p ? p.fetchAttempts : base.fetchAttempts,
-  });
+  }, cur);
 }
