@@ -97,13 +97,18 @@ const MAX_UPLOAD_METADATA = 16 * 1024;
 /**
  * The most bytes a sync-table record (metadata, signpost, per-syncgroup)
  * may take as plain MessagePack (maps with their field names, dates as
- * timestamps: what `PLAIN` makes). About 1,650 owner shares or 800
+ * timestamps: what `PLAIN` makes). About 1,650 owner shares or 850
  * signpost locations of 36-character ids; each update rewrites the whole
  * record, and GC and the streams read them all.
  */
 export const MAX_RECORD_BYTES = 64 * 1024;
-/** msgpackr without shared structures: a record's size does not depend on what the table held before. */
-const PLAIN = new Packr({ useRecords: false });
+/** msgpackr without shared structures (a record's size does not depend on what the table held before), each map's size in its shortest form. */
+const PLAIN = new Packr({ useRecords: false, variableMapSize: true });
+
+/** A record's size as MAX_RECORD_BYTES counts it. */
+export function recordBytes(v: unknown): number {
+  return PLAIN.pack(v).length;
+}
 
 /**
  * `v` (a checked record) if it is within MAX_RECORD_BYTES, or no larger
@@ -111,8 +116,8 @@ const PLAIN = new Packr({ useRecords: false });
  * an update may keep or shrink); else ERR_BAD_ARGUMENT, data.reason 'too-large'.
  */
 function sized<T>(v: T, what: string, was: T | undefined): T {
-  const n = PLAIN.pack(v).length;
-  if (n > MAX_RECORD_BYTES && (was === undefined || n > PLAIN.pack(was).length)) {
+  const n = recordBytes(v);
+  if (n > MAX_RECORD_BYTES && (was === undefined || n > recordBytes(was))) {
     throw new CabError('ERR_BAD_ARGUMENT', `${what} would take ${n} bytes, over the ${MAX_RECORD_BYTES} a record may take`, { reason: 'too-large', expected: MAX_RECORD_BYTES, found: n });
   }
   return v;
