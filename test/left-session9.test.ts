@@ -5,13 +5,14 @@
 import test, { type ExecutionContext } from 'ava';
 import crypto from 'node:crypto';
 import { open as openLmdb } from 'lmdb';
-import { Packr } from 'msgpackr';
-import { BlobStore, type BlobMetadata, type Signpost } from '../src/index.js';
+import { BlobStore, connect, encodeMessage, isCabError, serve, type BlobMetadata, type Signpost } from '../src/index.js';
+import { helloFor } from '../src/transfer/handshake.js';
 import { newBlobName } from '../src/format/layout.js';
-import { MAX_RECORD_BYTES } from '../src/index/table-records.js';
+import { MAX_RECORD_BYTES, recordBytes } from '../src/index/table-records.js';
 import { served, tusHeaders } from './helpers/http.js';
 import { codeOf, putBlob, tempDir, tempStore } from './helpers/store.js';
 import { connectPeer, servePeer } from './helpers/peers.js';
+import { clientFrame, rawUpgrade } from './helpers/hostile.js';
 
 const b64 = (s: string) => Buffer.from(s).toString('base64');
 
@@ -46,8 +47,7 @@ test('the uploads table: a metadata key "__proto__" (from JSON) is ERR_BAD_ARGUM
 
 // --- sync-table records have a size limit ------------------------------------
 
-/** A record's size as the limit counts it: plain MessagePack. */
-const sizeOf = (v: unknown) => new Packr({ useRecords: false }).pack(v).length;
+const sizeOf = recordBytes;
 const sgId = (i: number) => `sg-${String(i).padStart(6, '0')}-${'x'.repeat(26)}`;
 const shares = (from: number, n: number) => Object.fromEntries(Array.from({ length: n }, (_, i) => [sgId(from + i), 1]));
 const peers = (from: number, n: number) => Object.fromEntries(Array.from({ length: n }, (_, i) => [`ws://peer-${from + i}.example:7000`, { whenSeen: new Date(1_700_000_000_123), isProxy: false, isServer: true }]));
@@ -145,4 +145,48 @@ test('a record over the limit written before it existed still reads, and takes a
   t.is(await codeOf(store.updateSignpost(name, { locations: peers(5000, 1) })), 'ERR_BAD_ARGUMENT');
   const shrunk = await store.updateSignpost(name, { locations: Object.fromEntries(Object.keys(peers(0, 1000)).map((k) => [k, null])) });
   t.is(Object.keys(shrunk.locations).length, 500);
+});
+
+// --- an idle cut frees the slot at once --------------------------------------
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+test('a peer that says hello and then nothing (no pong, no close) is cut at idleTimeoutMs and its maxConnections slot is free at once, not after ws\'s 30 s close wait', async (t) => {
+  const IDLE = 1000;
+  const store = await tempStore(t);
+  const srv = await serve(store, { insecure: true, maxConnections: 1, idleTimeoutMs: IDLE });
+  t.teardown(() => srv.close());
+  const s = await rawUpgrade(t, srv.port);
+  let got = Buffer.alloc(0);
+  s.on('data', (b: Buffer) => (got = Buffer.concat([got, b])));
+  let closedAt = 0;
+  s.on('close', () => (closedAt = performance.now()));
+  s.write(clientFrame(0x82, Buffer.from(encodeMessage(helloFor(store.chunker, undefined)))));
+  for (const end = Date.now() + 5000; got.length === 0 && Date.now() < end; ) await sleep(10);
+  t.true(got.length > 0, 'welcomed');
+  const welcomedAt = performance.now();
+  // From now on the raw client says nothing: it answers no ping and no close. Its slot is the only one.
+  const other = await tempStore(t);
+  let tries = 0;
+  let freedAt = 0;
+  let last = '';
+  while (performance.now() - welcomedAt < 15_000) {
+    tries++;
+    last = await connect(other, srv.url).then(
+      async (c) => (await c.close(), 'connected'),
+      (e: unknown) => (isCabError(e) ? e.code : String(e)),
+    );
+    if (last === 'connected') {
+      freedAt = performance.now();
+      break;
+    }
+    await sleep(100);
+  }
+  t.is(last, 'connected', `a new client got the slot (${tries} tries)`);
+  const after = freedAt - welcomedAt;
+  t.log(`slot free ${Math.round(after)} ms after the welcome (idle ${IDLE} ms); the silent socket closed at ${Math.round(closedAt - welcomedAt)} ms`);
+  t.true(after < IDLE + 3000, `the slot was free within the idle wait and a little (${Math.round(after)} ms)`);
+  t.true(closedAt > 0 && closedAt - welcomedAt < IDLE + 3000, 'the silent socket was closed');
+  // Told why before the socket went: a close frame 1001 with the code.
+  t.true(got.includes(Buffer.concat([Buffer.from([0x03, 0xe9]), Buffer.from('ERR_IDLE_TIMEOUT')])), 'the close frame (1001 ERR_IDLE_TIMEOUT) reached the peer');
 });
