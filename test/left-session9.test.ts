@@ -4,9 +4,14 @@
 // BEHIND bound. Real sockets, real files.
 import test, { type ExecutionContext } from 'ava';
 import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { spawn, spawnSync } from 'node:child_process';
 import { open as openLmdb } from 'lmdb';
 import { BlobStore, connect, encodeMessage, isCabError, serve, type BlobMetadata, type Signpost } from '../src/index.js';
 import { helloFor } from '../src/transfer/handshake.js';
+import { MerkleHasher } from '../src/hash/merkle.js';
+import { AHEAD, BEHIND, onAnswers, pollAnswers, readFiles, stopHelper, type SplitJob } from '../src/hash/leaf-split.js';
 import { newBlobName } from '../src/format/layout.js';
 import { MAX_RECORD_BYTES, recordBytes } from '../src/index/table-records.js';
 import { served, tusHeaders } from './helpers/http.js';
@@ -189,4 +194,63 @@ test('a peer that says hello and then nothing (no pong, no close) is cut at idle
   t.true(closedAt > 0 && closedAt - welcomedAt < IDLE + 3000, 'the silent socket was closed');
   // Told why before the socket went: a close frame 1001 with the code.
   t.true(got.includes(Buffer.concat([Buffer.from([0x03, 0xe9]), Buffer.from('ERR_IDLE_TIMEOUT')])), 'the close frame (1001 ERR_IDLE_TIMEOUT) reached the peer');
+});
+
+// --- the leaf helper's BEHIND bound --------------------------------------------
+
+test.serial('leaf split: while the leaf helper is stuck on a share, reads hashed here are acked at once only up to BEHIND; the rest are held (not acked) until the helper answers, then all are acked', async (t) => {
+  const MiB = 1024 * 1024;
+  const dir = tempDir(t);
+  const file = path.join(dir, 'bytes');
+  fs.writeFileSync(file, crypto.randomBytes(MiB));
+  // The helper's stuck share: a FIFO, whose open blocks the helper until someone opens it for writing.
+  const fifo = path.join(dir, 'fifo');
+  t.is(spawnSync('mkfifo', [fifo]).status, 0, 'mkfifo');
+  // Should the FIFO be read here by mistake (this thread blocked), a child opens it for writing in 20 s: the test fails, not hangs.
+  const guard = spawn('sh', ['-c', `sleep 20; : > '${fifo}'`], { stdio: 'ignore' });
+  t.teardown(() => void guard.kill());
+  let acked = 0;
+  onAnswers(
+    (n) => (acked += n),
+    () => {},
+  );
+  const job: SplitJob = { merkle: new MerkleHasher(), run: 0, parts: [] };
+  let fed = 0;
+  const read = (f: string) => {
+    fed += MiB;
+    const n = readFiles(job, [f, 0, MiB], MiB);
+    acked += n;
+    return n;
+  };
+  // A long run starts the helper; once it is online it takes a read's whole leaves (that read is not acked at once).
+  read(file);
+  read(file);
+  let took = false;
+  for (const end = Date.now() + 10_000; !took && Date.now() < end; ) {
+    await sleep(50);
+    took = read(file) === 0;
+  }
+  t.true(took, 'the helper started and took a share');
+  await sleep(200); // its answer came
+  pollAnswers();
+  read(file); // hashed here: the helper's turn is next
+  t.is(read(fifo), 0, 'the FIFO read went to the helper');
+  const before = acked;
+  const stuckFrom = fed;
+  // 160 MiB more while the helper is stuck: AHEAD of them go to it (behind the FIFO), the rest are hashed here.
+  for (let i = 0; i < 160; i++) read(file);
+  const ackedWhileStuck = acked - before;
+  t.log(`while the helper was stuck: ${(fed - stuckFrom) / MiB} MiB read, ${ackedWhileStuck / MiB} MiB acked (BEHIND ${BEHIND / MiB} MiB, AHEAD ${AHEAD / MiB} MiB)`);
+  t.true(ackedWhileStuck <= BEHIND + MiB, `no more than BEHIND acked past the stuck share (${ackedWhileStuck / MiB} MiB)`);
+  t.true(ackedWhileStuck >= BEHIND - AHEAD, `reads hashed here were acked up to the bound (${ackedWhileStuck / MiB} MiB)`);
+  // The helper is let go (its positioned read of a FIFO then fails: the job fails, as a fragment that cannot be read fails it).
+  // Without blocking: ENXIO if no one has the FIFO open for reading (it was not the helper's to read).
+  fs.closeSync(fs.openSync(fifo, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK));
+  for (const end = Date.now() + 10_000; acked < fed && Date.now() < end; ) {
+    await sleep(20);
+    pollAnswers();
+  }
+  t.is(acked, fed, 'every byte acked once the helper answered');
+  t.truthy(job.error, 'the FIFO share failed the job');
+  stopHelper(() => true);
 });
