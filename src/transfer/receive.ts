@@ -134,8 +134,9 @@ export async function receiveBlob(store: BlobStore, sources: SourceSet, name: st
 /**
  * A successful transfer: the peers (a label, the URL of a server, and the
  * name of its token if known) go into the blob's signpost (unless it is
- * full: MAX_RECORD_BYTES), and the blob counts as accessed. The blob is durable by now; a full disk that stops this
- * bookkeeping must not turn the transfer into a failure (nor every retry).
+ * full: MAX_RECORD_BYTES), and the blob counts as accessed. The blob is
+ * durable by now; a full disk that stops this bookkeeping must not turn
+ * the transfer into a failure (nor every retry).
  */
 async function noteSources(store: BlobStore, name: string, peers: ReadonlyArray<{ label: string; tokenName?: string | undefined }>): Promise<void> {
   try {
