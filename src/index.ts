@@ -2,6 +2,7 @@ export { CabError, ERROR_CODES, isCabError, type ErrorCode, type CabErrorData } 
 export * from './hash/index.js';
 export * from './chunker/index.js';
 export { BlobStore, DEFAULT_FRAGMENT_SIZE, type StoreOptions, type BlobStat, type ChunkRef, type RecipeStep, type Location, type BlobMetadata, type BlobMetadataPatch, type Signpost, type SignpostLocation, type SignpostPatch, type PatchOf, type PerSyncgroup, type FsckOptions, type FsckReport, type GcOptions, type GcReport } from './store.js';
+export { MAX_RECORD_BYTES } from './index/table-records.js';
 export type { ObjectStoreOptions } from './bucket/options.js';
 export type { BucketGcReport } from './bucket/report.js';
 export type { SyncReport } from './shared/sync.js';

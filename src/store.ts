@@ -200,7 +200,7 @@ export class BlobStore {
     return this.tables;
   }
 
-  /** Replaces a blob's metadata. ERR_NO_SUCH_BLOB if the store does not hold the blob (a bad value is ERR_BAD_ARGUMENT first). */
+  /** Replaces a blob's metadata. ERR_NO_SUCH_BLOB if the store does not hold the blob (a bad value, or one over MAX_RECORD_BYTES, is ERR_BAD_ARGUMENT first). */
   async setBlobMetadata(name: string, md: BlobMetadata): Promise<void> {
     await this.#t.forHeldBlob(name, () => this.has(name), this.tables.metadata.setter(name, md));
   }

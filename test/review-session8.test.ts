@@ -15,7 +15,7 @@ import { connect, decodeMessage, encodeMessage, fetchBlob, isCabError, merkleRoo
 import { helloFor } from '../src/transfer/handshake.js';
 import { prngBytes } from '../tools/data.js';
 import { putBlob, readAll, tempDir, tempStore } from './helpers/store.js';
-import { fakeServer, rawUpgrade, settle } from './helpers/hostile.js';
+import { clientFrame, fakeServer, rawUpgrade, settle } from './helpers/hostile.js';
 import { ByteBudget } from '../src/transfer/budget.js';
 import { SpareFrames } from '../src/transfer/spare-frames.js';
 
@@ -25,23 +25,6 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 async function until(cond: () => boolean, ms: number): Promise<boolean> {
   for (const end = Date.now() + ms; !cond() && Date.now() < end; ) await sleep(20);
   return cond();
-}
-
-/** A frame from a client: `b0` is the first byte as sent (FIN, RSV bits, opcode); masked with `key` (zeros: as cabstore's client masks). */
-function clientFrame(b0: number, payload: Buffer, key: Buffer = Buffer.alloc(4)): Buffer {
-  const masked = Buffer.from(payload);
-  for (let i = 0; i < masked.length; i++) masked[i]! ^= key[i % 4]!;
-  const len = payload.length;
-  let head: Buffer;
-  if (len < 126) head = Buffer.from([b0, 0x80 | len]);
-  else if (len < 65536) head = Buffer.from([b0, 0x80 | 126, len >> 8, len & 0xff]);
-  else {
-    head = Buffer.alloc(10);
-    head[0] = b0;
-    head[1] = 0x80 | 127;
-    head.writeBigUInt64BE(BigInt(len), 2);
-  }
-  return Buffer.concat([head, key, masked]);
 }
 
 /** What a server sent on a raw socket, frame by frame (server frames are not masked). */

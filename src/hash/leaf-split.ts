@@ -15,9 +15,9 @@ import type { LeafAnswer, LeafTask } from './leaf-helper.js';
 /** Bytes a job reads in a row (no `data` between) that start the helper (it then takes a share of every read). */
 export const SPLIT_RUN = 2 * 1024 * 1024;
 /** The helper's bytes not yet answered, at most: past this the reads are hashed here. */
-const AHEAD = 8 * 1024 * 1024;
+export const AHEAD = 8 * 1024 * 1024;
 /** Bytes of reads hashed here behind a helper's share not yet answered, past which they are acked only once it is (their leaves wait in memory). */
-const BEHIND = 64 * 1024 * 1024;
+export const BEHIND = 64 * 1024 * 1024;
 /** A read with fewer bytes of whole leaves is hashed here (a message costs more than it saves). */
 const MIN_SHARE = 256 * 1024;
 const SLICE = 256 * 1024;

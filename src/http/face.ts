@@ -7,7 +7,7 @@ import type { Perm } from '../transfer/messages.js';
 import type { HttpConnection, HttpFace } from '../transfer/ws.js';
 import { getBlob } from './blobs.js';
 import { drainUnread, errorText, sendError, statusOf } from './status.js';
-import { BlobUploads } from './tus-store.js';
+import { BlobUploads, metadataKeyRefusal } from './tus-store.js';
 import { RequestBodies } from './tus-body.js';
 import { HeapFloor } from './heap-floor.js';
 
@@ -152,6 +152,8 @@ export class HttpFront implements HttpFace {
   /** A request for @tus/server; an upload (PATCH, POST) counts against maxUploads until its store work is done. */
   async #toTus(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     if (req.method !== 'PATCH' && req.method !== 'POST') return this.#tusAnswer(req, res);
+    const refused = req.method === 'POST' ? metadataKeyRefusal(req.headers['upload-metadata']?.toString()) : undefined;
+    if (refused) return sendError(res, 400, refused, { 'tus-resumable': '1.0.0' });
     if (this.#uploading >= this.#maxUploads) {
       const busy = new CabError('ERR_TOO_MANY_REQUESTS', `this server takes ${this.#maxUploads} uploads at once: try again later`);
       return sendError(res, 503, busy, { 'retry-after': String(BUSY_RETRY_AFTER_S), 'tus-resumable': '1.0.0' });

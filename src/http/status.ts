@@ -3,6 +3,7 @@ import { isCabError, type ErrorCode } from '../errors.js';
 
 /** The HTTP status of a store's error; 500 for any other. */
 const STATUS: Partial<Record<ErrorCode, number>> = {
+  ERR_BAD_ARGUMENT: 400,
   ERR_AUTH: 401,
   ERR_PERMISSION: 403,
   ERR_AUTH_LIMIT: 429,

@@ -1,6 +1,6 @@
 import type { Readable } from 'node:stream';
 import { DataStore, ERRORS, Upload } from '@tus/utils';
-import { isCabError } from '../errors.js';
+import { CabError, isCabError } from '../errors.js';
 import { checkBlobName } from '../format/layout.js';
 import type { UploadRecord } from '../index/tables.js';
 import type { BlobStore } from '../store.js';
@@ -20,6 +20,21 @@ import { bodyPieces, type RequestBodies } from './tus-body.js';
  * begun, the pins file, three fsyncs): 8 MiB would save about 0.5 s per GiB.
  */
 export const UPLOAD_FLUSH_BYTES = 4 * 1024 * 1024;
+
+/**
+ * ERR_BAD_ARGUMENT for a POST's Upload-Metadata with a key that names a
+ * property of Object.prototype (`__proto__`, `constructor`, `toString`...),
+ * else undefined. @tus/server parses the pairs into a plain object and
+ * takes such a key for a repeat (a bare 400, no code); `__proto__` could
+ * not be kept in one anyway (the uploads table refuses it).
+ */
+export function metadataKeyRefusal(header: string | undefined): CabError | undefined {
+  for (const pair of header?.split(',') ?? []) {
+    const key = pair.split(' ')[0]!;
+    if (key in Object.prototype) return new CabError('ERR_BAD_ARGUMENT', `Upload-Metadata cannot have the key ${JSON.stringify(key)} (a name of JavaScript's Object.prototype)`, { found: key });
+  }
+  return undefined;
+}
 
 /**
  * tus uploads as blobs of this store (a DataStore of @tus/server). The

@@ -36,7 +36,14 @@ export interface Transport {
    * go); not if the send rejects at once, the connection being closed.
    */
   send(frame: Uint8Array, options?: { onWritten?: () => void }): Promise<void>;
-  close(code: number, reason: string): void;
+  /**
+   * Closes the connection, telling the other end `code` and `reason`.
+   * `silent`: the other end has answered nothing for the idle wait, so it
+   * will not answer the close either: the connection goes once the close is
+   * handed to the socket, not after a wait for the other end's (ws waits
+   * 30 s, holding a slot of maxConnections).
+   */
+  close(code: number, reason: string, silent?: boolean): void;
   /** Bytes of frames read from the connection so far, whole or not (a frame of one 4 MiB chunk takes a while on a slow link); control frames (pings, pongs) do not count. */
   bytesRead?(): number;
   /** Bytes of frames handed to `send` so far, written or still buffered (the other end answers them only once they reach it). */

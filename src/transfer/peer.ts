@@ -159,11 +159,11 @@ export class Peer {
     await this.#t.send(frame, { onWritten });
   }
 
-  /** A broken peer: tell it why, and hang up. */
+  /** A broken peer: tell it why, and hang up (at once if it is silent: it would not answer the close either). */
   #fatal(e: CabError): void {
     if (this.#closed) return;
     void this.#t.send(encode({ t: 'err', code: e.code, msg: e.message })).catch(() => {});
-    this.#t.close(e.code === 'ERR_IDLE_TIMEOUT' ? 1001 : 1008, e.code);
+    this.#t.close(e.code === 'ERR_IDLE_TIMEOUT' ? 1001 : 1008, e.code, e.code === 'ERR_IDLE_TIMEOUT');
     this.closed(e);
   }
 

@@ -133,9 +133,10 @@ export async function receiveBlob(store: BlobStore, sources: SourceSet, name: st
 
 /**
  * A successful transfer: the peers (a label, the URL of a server, and the
- * name of its token if known) go into the blob's signpost, and the blob
- * counts as accessed. The blob is durable by now; a full disk that stops this
- * bookkeeping must not turn the transfer into a failure (nor every retry).
+ * name of its token if known) go into the blob's signpost (unless it is
+ * full: MAX_RECORD_BYTES), and the blob counts as accessed. The blob is
+ * durable by now; a full disk that stops this bookkeeping must not turn
+ * the transfer into a failure (nor every retry).
  */
 async function noteSources(store: BlobStore, name: string, peers: ReadonlyArray<{ label: string; tokenName?: string | undefined }>): Promise<void> {
   try {
@@ -157,6 +158,8 @@ async function noteSources(store: BlobStore, name: string, peers: ReadonlyArray<
       { accessed: now },
     );
   } catch (e) {
+    // A signpost at its size limit (MAX_RECORD_BYTES) takes no more peers: the blob still counts as accessed (if its metadata has room).
+    if (isCabError(e, 'ERR_BAD_ARGUMENT') && e.data.reason === 'too-large') return peers.length > 0 ? noteSources(store, name, []) : undefined;
     // Nor must a blob deleted the moment it was finalized.
     if (!isCabError(e, 'ERR_NO_SPACE') && !isCabError(e, 'ERR_NO_SUCH_BLOB')) throw e;
   }

@@ -71,8 +71,10 @@ export function wsTransport(ws: WebSocket, count: WireCount, options: WsTranspor
         if (ws.bufferedAmount > HIGH_WATER) waiting = true;
         else resolve();
       }),
-    close: (code, reason) => {
+    close: (code, reason, silent) => {
       if (ws.readyState === ws.OPEN || ws.readyState === ws.CONNECTING) ws.close(code, reason);
+      // The close (and an `err` sent just before it) leaves with this turn's corked write (uncork, queued first).
+      if (silent) setImmediate(() => ws.terminate());
     },
   };
 }

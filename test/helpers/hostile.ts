@@ -118,3 +118,20 @@ export async function rawUpgrade(t: ExecutionContext, port: number): Promise<net
   });
   return s;
 }
+
+/** A frame from a client: `b0` is the first byte as sent (FIN, RSV bits, opcode); masked with `key` (zeros: as cabstore's client masks). */
+export function clientFrame(b0: number, payload: Buffer, key: Buffer = Buffer.alloc(4)): Buffer {
+  const masked = Buffer.from(payload);
+  for (let i = 0; i < masked.length; i++) masked[i]! ^= key[i % 4]!;
+  const len = payload.length;
+  let head: Buffer;
+  if (len < 126) head = Buffer.from([b0, 0x80 | len]);
+  else if (len < 65536) head = Buffer.from([b0, 0x80 | 126, len >> 8, len & 0xff]);
+  else {
+    head = Buffer.alloc(10);
+    head[0] = b0;
+    head[1] = 0x80 | 127;
+    head.writeBigUInt64BE(BigInt(len), 2);
+  }
+  return Buffer.concat([head, key, masked]);
+}
