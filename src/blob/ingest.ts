@@ -11,6 +11,7 @@ import type { StoreInternals } from './context.js';
 import { HashShare } from './ingest-share.js';
 import type { WriterPins } from './pins.js';
 import { LayerOut, SameLeaves, foundSame, sameAt, type PlanChunk } from './same-leaves.js';
+import { objectArray } from '../lists.js';
 
 export type { BlockRefs, BlockSource, Claimed, NewExtent, Taken } from './ingest-types.js';
 
@@ -41,14 +42,14 @@ export class Ingest {
   #size = 0;
 
   /** The chunk in progress: its parts so far, their length, and how much of it is in extents already. */
-  #pending: Part[] = [];
+  #pending: Part[] = objectArray();
   #pendingLen = 0;
   #committed = 0;
   #chunkEnd = 0;
   /** Where the chunks of the next record start. */
   #recordedChunkEnd = 0;
   /** Blocks handed to the hashing thread whose chunks are not decided yet (at most BEHIND + 1). */
-  #queue: PendingBlock[] = [];
+  #queue: PendingBlock[] = objectArray();
   #queuedBytes = 0;
   #nextHold = 1;
   /** How long this thread hashes chunks itself per block, so that both threads work alike. */
@@ -58,8 +59,8 @@ export class Ingest {
   /** The hashing thread's failure on a block whose answer was not waited for (#decide), and the last such answer: the next drain waits for it. */
   #unheard: unknown;
   #tail: Promise<void> | undefined;
-  #newExtents: NewExtent[] = [];
-  #newChunks: Array<[Uint8Array, number]> = [];
+  #newExtents: NewExtent[] = objectArray();
+  #newChunks: Array<[Uint8Array, number]> = objectArray();
   #frag: FragmentWriter | null = null;
   /** Chunks written to the current fragment: SHA-256 hex -> offset in it. */
   readonly #local = new Map<string, number>();
@@ -157,7 +158,7 @@ export class Ingest {
       ends.push(off);
       skip?.push(hash || claimed?.checked ? 1 : 0);
       chunks.push({ parts: this.#pending, size, committed: this.#committed, known: hash ?? claim, idx: ends.length - 1 });
-      this.#pending = [];
+      this.#pending = objectArray();
       this.#pendingLen = 0;
       this.#committed = 0;
     }
@@ -203,7 +204,7 @@ export class Ingest {
       this.#job.writeHeld(later.hold, []);
     }
     this.#chunker.end();
-    this.#pending = [];
+    this.#pending = objectArray();
     this.#pendingLen = 0;
     this.#committed = 0;
     this.#size = this.#chunkEnd;
@@ -239,7 +240,7 @@ export class Ingest {
     if (this.#chunker.end() === 0) return;
     const size = this.#pendingLen;
     const c: CutChunk = { parts: this.#pending, size, committed: this.#committed, known: await this.#job.openChunkHash(), idx: -1 };
-    this.#pending = [];
+    this.#pending = objectArray();
     this.#pendingLen = 0;
     this.#committed = 0;
     await this.#place(c, c.known!, undefined);
@@ -333,7 +334,7 @@ export class Ingest {
     await this.#drain();
     await this.#commitParts(this.#pending, undefined);
     this.#committed = this.#pendingLen;
-    this.#pending = [];
+    this.#pending = objectArray();
   }
 
   /** Hands over everything since the last take (after commitPending); the hashing thread answers for exactly the bytes sent so far. */
@@ -353,8 +354,8 @@ export class Ingest {
     for (const p of [taken.fragWritten, taken.state, taken.digest, taken.openHash]) p?.catch(() => {});
     this.#frag = null;
     this.#local.clear();
-    this.#newExtents = [];
-    this.#newChunks = [];
+    this.#newExtents = objectArray();
+    this.#newChunks = objectArray();
     this.#recordedChunkEnd = this.#chunkEnd;
     return taken;
   }

@@ -1,5 +1,6 @@
 import { CabError } from '../errors.js';
 import { sha256, toHex, fromHex, HASH_SIZE } from './sha256.js';
+import { objectArray } from '../lists.js';
 
 /** BEP 52 leaf (block) size. */
 export const LEAF_SIZE = 16384;
@@ -57,7 +58,7 @@ function levelsOf(n: number): number[] {
 export class MerkleHasher {
   /** Called with each full leaf's hash, in order (the writer keeps them as the blob's leaf layer). */
   onLeaf: ((hash: Uint8Array) => void) | undefined;
-  #stack: Uint8Array[] = [];
+  #stack: Uint8Array[] = objectArray();
   #leaves = 0;
   #size = 0;
   readonly #partial = Buffer.allocUnsafe(LEAF_SIZE);

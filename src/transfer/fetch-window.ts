@@ -10,6 +10,7 @@ import { recycledBuffer, RECYCLED_BYTES } from '../hash/pool.js';
 import { isSourceFault, type SourceEntry, type SourceSet } from './sources.js';
 import type { ChunkerParams } from '../chunker/params.js';
 import { Lanes, STEAL_AFTER_MS, type Lane } from './lanes.js';
+import { objectArray } from '../lists.js';
 
 export { FETCH_WINDOW_BYTES } from './lanes.js';
 
@@ -71,10 +72,10 @@ interface Get {
  *                                  ^---------(its source dropped: the rest)------'
  */
 export class FetchWindow {
-  #batch: ChunkRef[] = [];
+  #batch: ChunkRef[] = objectArray();
   #batchBytes = 0;
   /** Gets asked for (or waiting for a lane) and not wholly written, oldest first. */
-  readonly #queue: Get[] = [];
+  readonly #queue: Get[] = objectArray();
   /** Bytes asked for and not yet written. */
   #held = 0;
   /** Asks whose answer has not settled, on sources not dropped. */
@@ -93,7 +94,7 @@ export class FetchWindow {
   /** When #dispatch last looked (the wait looks again every STEAL_AFTER_MS / 4 while there is a source to steal for). */
   #looked = performance.now();
   #writing: Promise<void> | undefined;
-  #waiters: Array<() => void> = [];
+  #waiters: Array<() => void> = objectArray();
   readonly #unlisten: () => void;
   /** The sources' chunker (a peer's, in its welcome): their chunks are claims the writer checks (appendVerified). */
   readonly #chunker: ChunkerParams | undefined;
@@ -178,7 +179,7 @@ export class FetchWindow {
     }
     const g: Get = { chunks: this.#batch, bytes: this.#batchBytes, got: 0, at: 0, buf: undefined, written: 0, writtenBytes: 0, ask: undefined, moved: 0 };
     this.#held += g.bytes;
-    this.#batch = [];
+    this.#batch = objectArray();
     this.#batchBytes = 0;
     this.#queue.push(g);
     this.#dispatch();
@@ -388,7 +389,7 @@ export class FetchWindow {
   #poke(): void {
     this.#dispatch();
     const w = this.#waiters;
-    this.#waiters = [];
+    this.#waiters = objectArray();
     for (const f of w) f();
   }
 }

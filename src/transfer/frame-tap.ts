@@ -1,5 +1,6 @@
 import { CabError } from '../errors.js';
 import { MAX_GET_ITEMS } from './messages.js';
+import { objectArray } from '../lists.js';
 
 /** What the tap hands on (a Peer, through wire()). */
 export interface TapSink {
@@ -88,7 +89,7 @@ export class FrameTap {
   #id = 0;
   #end = false;
   #count = 0;
-  #items: Uint8Array[] = [];
+  #items: Uint8Array[] = objectArray();
   /** The item being read: its length, and where it goes (a place, a buffer of its own, or, read whole in one socket read, undefined). */
   #itemLen = 0;
   #item: Uint8Array | undefined;
@@ -276,7 +277,7 @@ export class FrameTap {
     }
     this.#id = id;
     this.#count = count;
-    this.#items = [];
+    this.#items = objectArray();
     // The bytes read past the head are the first item's: read again as such.
     const rest = Buffer.from(h.subarray(p, this.#have));
     this.#left += rest.length;
@@ -321,7 +322,7 @@ export class FrameTap {
     }
     if (this.#left !== 0) return this.#fault('the data frame goes on past its items');
     const items = this.#items;
-    this.#items = [];
+    this.#items = objectArray();
     this.#frameStart();
     this.counted(this.#len);
     this.sink.data(this.#id, items, this.#end);

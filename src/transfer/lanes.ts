@@ -1,5 +1,6 @@
 import type { SourceEntry, SourceSet } from './sources.js';
 import { MIN_IN_FLIGHT, Pace } from './pace.js';
+import { objectArray } from '../lists.js';
 
 /**
  * Bytes of whole chunks asked for and not yet written, from one source:
@@ -99,7 +100,7 @@ function before(a: Lane, b: Lane): boolean {
 export class Lanes {
   readonly #lanes = new Map<SourceEntry, Lane>();
   #liveOf: readonly SourceEntry[] | undefined;
-  #live: readonly Lane[] = [];
+  #live: readonly Lane[] = objectArray();
   #load = performance.eventLoopUtilization();
   #loadAt = performance.now();
   #wasBusy = false;
@@ -117,7 +118,10 @@ export class Lanes {
     const entries = this.set.live;
     if (entries !== this.#liveOf) {
       this.#liveOf = entries;
-      this.#live = entries.map((e) => this.lane(e));
+      // An array of objects from the start, as #live's first: an empty `[]` and map()'s result are arrays of two kinds, and code made for one deopted at the other in each new pull.
+      const live = objectArray<Lane>();
+      for (const e of entries) live.push(this.lane(e));
+      this.#live = live;
     }
     return this.#live;
   }

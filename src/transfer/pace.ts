@@ -1,3 +1,5 @@
+import { objectArray } from '../lists.js';
+
 /**
  * Bytes a fetch lets be on their way at least (asked for and not yet
  * landed). 1 MiB lost less to a cut, but slowed a full copy on 2 shared
@@ -24,7 +26,7 @@ export class Pace {
   #rtt = Number.POSITIVE_INFINITY;
   #landed = 0;
   /** [time, bytes landed by then] at the ends of the last gets. */
-  #marks: Array<[number, number]> = [];
+  #marks: Array<[number, number]> = objectArray();
   limit: number;
 
   /** `min`: the least limit (MIN_IN_FLIGHT over a connection; a source with nothing to cut, the most). */
@@ -57,6 +59,6 @@ export class Pace {
 
   /** Nothing is asked for for a while (local ranges, fine matching): that time is no measure of the rate. */
   paused(): void {
-    this.#marks = [];
+    this.#marks = objectArray();
   }
 }

@@ -12,6 +12,7 @@ import type { ReceiveOptions, TransferStats } from './stats.js';
 import { FetchWindow } from './fetch-window.js';
 import { FINE_SLACK, matchRun, type FineContext, type LocalWindow } from './fine.js';
 import { orAbort, throwIfAborted } from './abort.js';
+import { objectArray } from '../lists.js';
 
 /** A run of missing chunks at most this long is matched at the fine grain against nearby local bytes. */
 export const FINE_RUN_MAX = 1024 * 1024;
@@ -48,13 +49,13 @@ type Queued = { blob: string; offset: number; size: number } | { chunks: Promise
 export class Receiver {
   /** Where the last local range ended: the local bytes most like what comes next. */
   #cursor: { blob: string; offset: number } | undefined;
-  #run: ChunkRef[] = [];
+  #run: ChunkRef[] = objectArray();
   #runBytes = 0;
-  readonly #queue: Queued[] = [];
+  readonly #queue: Queued[] = objectArray();
   /** The steps are written in the background as soon as the oldest is ready (see #drain), while the list is read on. */
   #draining: Promise<void> | undefined;
   #drainFailure: unknown;
-  #landed: Array<() => void> = [];
+  #landed: Array<() => void> = objectArray();
   #runsQueued = 0;
   #bytesQueued = 0;
   /** Fires when the transfer is cancelled or fails: runs being matched stop waiting for answers. */
@@ -142,7 +143,7 @@ export class Receiver {
           await this.#drain();
           streaming = true;
           for (const c of this.#run) await this.#window.fetch(c);
-          this.#run = [];
+          this.#run = objectArray();
           this.#runBytes = 0;
         }
       }
@@ -185,7 +186,7 @@ export class Receiver {
     if (this.#run.length === 0) return;
     const run = this.#run;
     const runBytes = this.#runBytes;
-    this.#run = [];
+    this.#run = objectArray();
     this.#runBytes = 0;
     const near = this.sources.view.fine ? nearBytes(this.#cursor, next, runBytes) : undefined;
     if (near) {

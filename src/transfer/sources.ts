@@ -4,6 +4,7 @@ import type { GetItem } from './messages.js';
 import { getBytes, type RemoteSource, type Take } from './remote.js';
 import { MAX_TIMER_MS, abortError } from './abort.js';
 import { stillArriving } from './idle-watch.js';
+import { objectArray } from '../lists.js';
 
 /**
  * Failures that are the source's, not ours: a pull drops that source and
@@ -55,6 +56,8 @@ export class SourceEntry {
   /** The source's bytesRead when last looked at (undefined: it does not say). */
   lastBytes: number | undefined;
   readonly #gone = new AbortController();
+  /** Why it was dropped. Read per frame: a field of our own, for an AbortSignal's map changes as it aborts, and the optimized readers of `signal.aborted` deopted in each new pull. */
+  #why: CabError | undefined;
 
   constructor(
     raw: RemoteSource,
@@ -70,13 +73,14 @@ export class SourceEntry {
   }
 
   get dropped(): CabError | undefined {
-    return this.#gone.signal.aborted ? (this.#gone.signal.reason as CabError) : undefined;
+    return this.#why;
   }
 
   /** Marks it dropped for `why`; false if it was already. */
   drop(why: CabError): boolean {
     if (this.dropped) return false;
     this.report.dropped = { code: why.code, message: why.message };
+    this.#why = why;
     this.#gone.abort(why);
     return true;
   }
@@ -174,13 +178,13 @@ export interface SourceSetOptions {
  *   sources still connecting are waited for before "none is left"
  */
 export class SourceSet {
-  readonly #entries: SourceEntry[] = [];
+  readonly #entries: SourceEntry[] = objectArray();
   /** Sources never added (they failed to connect, or announced another root): reported, never used. */
-  readonly #refused: SourceReport[] = [];
+  readonly #refused: SourceReport[] = objectArray();
   #pending = 0;
   #lastFailure: CabError | undefined;
   readonly #listeners = new Set<(e: SourceEntry | undefined) => void>();
-  #waiters: Array<() => void> = [];
+  #waiters: Array<() => void> = objectArray();
   readonly #timer: NodeJS.Timeout | undefined;
   #checked = performance.now();
   #view: RemoteSource | undefined;
@@ -272,7 +276,7 @@ export class SourceSet {
     this.#live = undefined;
     for (const f of this.#listeners) f(dropped);
     const w = this.#waiters;
-    this.#waiters = [];
+    this.#waiters = objectArray();
     for (const f of w) f();
   }
 
