@@ -371,3 +371,20 @@ test('a fine list names each piece by the first 8 bytes of its SHA-256: a 32-byt
   const e = t.throws(() => decodeMessage(encodeMessage({ t: 'finer', id: 1, c: [[piece, 3]] })));
   t.true(isCabError(e, 'ERR_PROTOCOL'));
 });
+
+test('a run with two edits 60 KiB apart (pieces between them match neither end of the run): the local bytes are cut finely and searched, and only the pieces around the edits travel', async (t) => {
+  const old = prngBytes('fine two edits', 4 * MiB);
+  const at = 2 * MiB + 12345;
+  // An insert, then 60 KiB further a delete: the bytes between them are shifted by the insert, and match neither the run's head nor its tail.
+  const bytes = Buffer.concat([old.subarray(0, at), prngBytes('fine two edits insert', 150), old.subarray(at, at + 60 * KiB), old.subarray(at + 60 * KiB + 100)]);
+  const src = await tempStore(t);
+  const name = await putBlob(src, bytes);
+  const srv = await serveT(t, src);
+  const dst = await tempStore(t);
+  await putBlob(dst, old);
+  const st = await (await connectT(t, dst, srv.url)).pull(name);
+  t.log(`received ${st.receivedBytes}, reused ${st.reusedBytes}`);
+  t.is(st.receivedBytes + st.reusedBytes, bytes.length);
+  t.true(st.receivedBytes < 40 * KiB, `received ${st.receivedBytes}: the 60 KiB between the edits were found locally`);
+  await assertGood(t, dst, name, bytes, toHex(merkleRoot(bytes)));
+});
