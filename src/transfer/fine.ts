@@ -34,7 +34,7 @@ export interface LocalWindow {
  * above which the whole window is cut finely and searched: more than one
  * edit's worth (an edit touches a piece or two, of up to FINE_CHUNKER.max).
  */
-export const FINE_ALIGNED_LEFT = 4 * FINE_CHUNKER.max;
+export const FINE_ALIGNED_LEFT = FINE_CHUNKER.max;
 
 /** What matching a run works with. */
 export interface FineContext {
@@ -85,28 +85,61 @@ export async function matchRun(x: FineContext, run: ChunkRef[], near: LocalWindo
   const local = await localBytes(x, near);
   const got: WireChunk[][] = [];
   for (const l of lists) got.push(await orAbort(l, x.signal, x.name));
-  const plans = planRun(x, run, got, local, near);
-  const want: Array<{ c: ChunkRef; piece: Extract<Piece, { hash: Uint8Array }> }> = [];
-  plans.forEach((plan, i) => {
-    for (const piece of plan) if ('hash' in piece) want.push({ c: run[i]!, piece });
+  // Pieces fetched, by chunk and place (piece #i of chunk #c: c * 2^32 + its offset in the chunk), kept for a second plan.
+  const fetched = new Map<number, Uint8Array>();
+  const guessed = await withPieces(x, run, planRun(x, run, got, local, near, false), local, fetched);
+  if (guessed.every((c) => c !== undefined)) return guessed;
+  // A chunk with pieces taken unhashed failed its hash (more than one edit between the probes): planned again, every local piece hashed.
+  const checked = await withPieces(x, run, planRun(x, run, got, local, near, true), local, fetched);
+  return run.map((c, i) => {
+    const v = checked[i];
+    if (v === undefined) throw new CabError('ERR_HASH_MISMATCH', `chunk ${toHex(c.hash)} assembled from pieces does not hash to it`, { blob: x.name });
+    return v;
   });
-  const fetched = await fetchPieces(x, want);
-  return run.map((c, i) => assemble(x, c, plans[i]!, local, fetched));
+}
+
+/** The hash of a piece that an earlier plan fetched (withPieces): not asked for again. */
+const FETCHED = new Uint8Array(0);
+
+/** Fetches the pieces the plans do not find locally (unless in `fetched`, to which they are added), and assembles each chunk: undefined where it fails its hash. */
+async function withPieces(x: FineContext, run: ChunkRef[], plans: Piece[][], local: Local | undefined, fetched: Map<number, Uint8Array>): Promise<Array<VerifiedChunk | undefined>> {
+  const want: Array<{ c: ChunkRef; piece: Extract<Piece, { hash: Uint8Array }> }> = [];
+  const place = new Map<Piece, number>();
+  plans.forEach((plan, i) => {
+    plan.forEach((piece, k) => {
+      // Fetched for an earlier plan: taken as fetched, so that bytes received and bytes reused still add up to the chunk.
+      if ('local' in piece && fetched.has(i * 2 ** 32 + piece.at)) plan[k] = { at: piece.at, size: piece.size, hash: FETCHED };
+    });
+    for (const piece of plan) {
+      if (!('hash' in piece)) continue;
+      place.set(piece, i * 2 ** 32 + piece.at);
+      if (!fetched.has(i * 2 ** 32 + piece.at)) want.push({ c: run[i]!, piece });
+    }
+  });
+  for (const [piece, bytes] of await fetchPieces(x, want)) fetched.set(place.get(piece)!, bytes);
+  return run.map((c, i) => assemble(c, plans[i]!, local, (p) => fetched.get(i * 2 ** 32 + p.at)!));
 }
 
 /**
- * Each chunk's fine pieces, each found in `local` or to fetch. Where the
- * run would start (`near.head`), the local bytes are compared piece by
- * piece with the sender's pieces in order, up to the first that differs;
- * where it would end (`near.tail`), backwards from the last: an edit
+ * Each chunk's fine pieces, each found in `local` or to fetch. An edit
  * between two local ranges leaves its bytes on either side where they
- * were, so this finds them with one hash per piece and no fine cut of the
- * local bytes. Only if more than FINE_ALIGNED_LEFT bytes are left between
- * (several edits, bytes moved, a window without both ends) is the window
- * cut finely and each piece left looked up among its pieces. A local
- * piece counts if it has the sender's size and FINE_HASH_BYTES of hash.
+ * were: from where the run would start (`near.head`), the local bytes are
+ * the sender's pieces in order up to the first piece the edit touched, and
+ * from where it would end (`near.tail`) backwards. So the pieces at the
+ * aligned ends are found with no fine cut of the local bytes: bisecting
+ * for the first piece that differs from each end, a few pieces hashed per
+ * run, the pieces up to it taken unhashed (their chunk's SHA-256, checked
+ * as it is assembled, covers them; matchRun plans again if it fails). With
+ * `hashEach`, or when both ends put the pieces at the same places (an
+ * overwrite: the head's pieces after it are where they were too), every
+ * piece is hashed where the head puts it, and if not there, where the
+ * tail does. Only if more than
+ * FINE_ALIGNED_LEFT bytes are left between (several edits, bytes moved, a
+ * window without both ends) is the window cut finely and each piece left
+ * looked up among its pieces. A hashed local piece counts if it has the
+ * sender's size and FINE_HASH_BYTES of hash.
  */
-function planRun(x: FineContext, run: ChunkRef[], lists: WireChunk[][], local: Local | undefined, near: LocalWindow): Piece[][] {
+function planRun(x: FineContext, run: ChunkRef[], lists: WireChunk[][], local: Local | undefined, near: LocalWindow, hashEach: boolean): Piece[][] {
   const plans: Piece[][] = [];
   // Every piece of the run in order: its plan, its index there, and where it starts in the run.
   const flat: Array<{ plan: Piece[]; k: number; runAt: number; size: number; hash: Uint8Array }> = [];
@@ -125,26 +158,51 @@ function planRun(x: FineContext, run: ChunkRef[], lists: WireChunk[][], local: L
   });
   if (!local) return plans;
   const { bytes, from } = local;
+  const n = flat.length;
   const found = (p: (typeof flat)[number], off: number) => {
     p.plan[p.k] = { at: p.plan[p.k]!.at, size: p.size, local: off };
   };
-  // The piece of the sender's at blob offset `at`, if the local bytes there are it.
-  const alike = (p: (typeof flat)[number], at: number) => {
-    const off = at - from;
-    if (off < 0 || off + p.size > bytes.length || !sameFine(sha256Latin1(bytes.subarray(off, off + p.size)), p.hash)) return false;
-    found(p, off);
-    return true;
+  // Where piece k would be in `bytes`, from the head or from the tail.
+  const headAt = (k: number) => near.head! - from + flat[k]!.runAt;
+  const tailAt = (k: number) => near.tail! - from - runAt + flat[k]!.runAt;
+  // Whether the local bytes at `off` are piece k.
+  const alike = (k: number, off: number) => {
+    const p = flat[k]!;
+    return off >= 0 && off + p.size <= bytes.length && sameFine(sha256Latin1(bytes.subarray(off, off + p.size)), p.hash);
   };
-  let f = 0;
-  if (near.head !== undefined) while (f < flat.length && alike(flat[f]!, near.head + flat[f]!.runAt)) f++;
-  let b = flat.length;
-  if (near.tail !== undefined) while (b > f && alike(flat[b - 1]!, near.tail - runAt + flat[b - 1]!.runAt)) b--;
+  const head = near.head !== undefined && near.head >= from;
+  // The tail must end inside the window (the bound checks are monotone only from the head).
+  const tail = near.tail !== undefined && near.tail - from <= bytes.length;
+  // The run as long as the bytes between its ends (an overwrite): the head's pieces after the edit are where they were too, so no bisecting.
+  if (hashEach || (head && tail && tailAt(0) === headAt(0))) {
+    // Every piece hashed where the head puts it, and those that are not there where the tail puts it (unless that is the same place).
+    for (let k = 0; k < n; k++) {
+      if (head && alike(k, headAt(k))) found(flat[k]!, headAt(k));
+      else if (tail && (!head || tailAt(k) !== headAt(k)) && alike(k, tailAt(k))) found(flat[k]!, tailAt(k));
+    }
+  } else {
+    // Pieces [0, f) at the head, [f, b) bisected for where they stop; [b, n) at the tail.
+    let f = 0;
+    for (let hi = n; head && f < hi; ) {
+      const mid = (f + hi) >> 1;
+      if (alike(mid, headAt(mid))) f = mid + 1;
+      else hi = mid;
+    }
+    let b = n;
+    for (let lo = f; tail && lo < b; ) {
+      const mid = (lo + b) >> 1;
+      if (alike(mid, tailAt(mid))) b = mid;
+      else lo = mid + 1;
+    }
+    for (let k = 0; k < f; k++) found(flat[k]!, headAt(k));
+    for (let k = b; k < n; k++) found(flat[k]!, tailAt(k));
+  }
   let left = 0;
-  for (let k = f; k < b; k++) left += flat[k]!.size;
+  for (const p of flat) if (!('local' in p.plan[p.k]!)) left += p.size;
   if (left <= FINE_ALIGNED_LEFT) return plans;
   const pieces = cutLocal(bytes);
-  for (let k = f; k < b; k++) {
-    const p = flat[k]!;
+  for (const p of flat) {
+    if ('local' in p.plan[p.k]!) continue;
     const mine = pieces.get(hashKey(p.hash));
     if (mine && mine[1] === p.size && sameFine(mine[2], p.hash)) found(p, mine[0]);
   }
@@ -214,8 +272,8 @@ function inGets<T>(src: RemoteSource, items: T[], item: (t: T) => GetItem): T[][
   return gets;
 }
 
-/** The chunk from its pieces, checked against its hash; its local pieces as references, contiguous ones merged. */
-function assemble(x: FineContext, c: ChunkRef, plan: Piece[], local: Local | undefined, got: Map<Piece, Uint8Array>): VerifiedChunk {
+/** The chunk from its pieces, checked against its hash (undefined if it fails); its local pieces as references, contiguous ones merged. */
+function assemble(c: ChunkRef, plan: Piece[], local: Local | undefined, got: (p: Piece) => Uint8Array): VerifiedChunk | undefined {
   const bytes = new Uint8Array(c.size);
   const refs: Array<{ at: number; size: number; local: number }> = [];
   for (const p of plan) {
@@ -223,12 +281,10 @@ function assemble(x: FineContext, c: ChunkRef, plan: Piece[], local: Local | und
       const last = refs.at(-1);
       if (last && last.at + last.size === p.at && last.local + last.size === p.local) last.size += p.size;
       else refs.push({ at: p.at, size: p.size, local: p.local });
-    } else bytes.set(got.get(p)!, p.at);
+    } else bytes.set(got(p), p.at);
   }
   for (const r of refs) bytes.set(local!.bytes.subarray(r.local, r.local + r.size), r.at);
-  if (!bytesEqual(sha256(bytes), c.hash)) {
-    throw new CabError('ERR_HASH_MISMATCH', `chunk ${toHex(c.hash)} assembled from pieces does not hash to it`, { blob: x.name });
-  }
+  if (!bytesEqual(sha256(bytes), c.hash)) return undefined;
   if (refs.length === 0) return { bytes, hash: c.hash };
   const { d, from } = local!;
   return { bytes, hash: c.hash, refs: refs.map((r) => ({ at: r.at, size: r.size, src: { extents: d.extents, offset: from + r.local } })) };
