@@ -1,5 +1,5 @@
 import { CabError } from '../errors.js';
-import { isRecycled } from '../hash/pool.js';
+import { isGiven, isRecycled } from '../hash/pool.js';
 import { bytesEqual, sha256, toHex } from '../hash/sha256.js';
 import type { BlockRefs, BlockSource, Claimed } from './ingest.js';
 import { READ_BLOCK } from './input.js';
@@ -73,9 +73,9 @@ export function checkVerified(chunks: readonly VerifiedChunk[]): void {
 
 /**
  * appendVerified's chunks in blocks of up to READ_BLOCK bytes (a longer
- * chunk is a block of its own). Chunks without refs that lie end to end
- * from the start of a recycled buffer (hash/pool.ts: a receiver's batch)
- * are that buffer, taken as it is: no copy. With `claims`, each block's
+ * chunk is a block of its own). Chunks that lie end to end from the start
+ * of a recycled buffer (hash/pool.ts: a receiver's batch), or over all of a
+ * given one (a matched run), are that buffer, taken as it is: no copy. With `claims`, each block's
  * hashes are claims, cut as claimed: for the hashing thread
  * to check, or (`checked`) checked by the caller already.
  */
@@ -103,16 +103,20 @@ export function* verifiedBlocks(chunks: readonly VerifiedChunk[], claims?: 'chec
 
 /**
  * The bytes that `chunks` cover end to end from the start of a recycled
- * buffer (hash/pool.ts), whose memory goes to the hashing thread and back.
- * Any other buffer is the caller's, and is copied; so are chunks with refs.
+ * buffer (hash/pool.ts), whose memory goes to the hashing thread and back,
+ * or over all of a buffer its maker gives away (givenBuffer: a pull's
+ * matched run). Any other buffer is the caller's, and is copied.
  */
 function wholeBuffer(chunks: readonly VerifiedChunk[]): Buffer | undefined {
   const buf = chunks[0]?.bytes.buffer;
-  if (buf === undefined || !isRecycled(buf)) return undefined;
+  if (buf === undefined) return undefined;
+  const given = isGiven(buf);
+  if (!given && !isRecycled(buf)) return undefined;
   let at = 0;
-  for (const { bytes, refs } of chunks) {
-    if (refs?.length || bytes.buffer !== buf || bytes.byteOffset !== at) return undefined;
+  for (const { bytes } of chunks) {
+    if (bytes.buffer !== buf || bytes.byteOffset !== at) return undefined;
     at += bytes.length;
   }
+  if (given && at !== buf.byteLength) return undefined;
   return Buffer.from(buf, 0, at);
 }

@@ -258,12 +258,17 @@ export class Receiver {
     const q = this.#queue[0]!;
     if ('chunks' in q) {
       const chunks = await orAbort(q.chunks, this.o.signal, this.name);
+      // Counted first: their bytes go to the hashing thread as they are (empty here after).
+      let bytes = 0;
+      let reused = 0;
+      for (const c of chunks) {
+        bytes += c.bytes.length;
+        for (const r of c.refs ?? []) reused += r.size;
+      }
       // Checked as assembled (fine.ts); cut where the sender cut them: with our chunker, taken as whole chunks, not cut again.
       await this.w.appendVerified(chunks, this.sources.view.chunker, true);
-      for (const c of chunks) {
-        this.stats.verifiedBytes += c.bytes.length;
-        for (const r of c.refs ?? []) this.stats.reusedBytes += r.size;
-      }
+      this.stats.verifiedBytes += bytes;
+      this.stats.reusedBytes += reused;
       this.stats.chunksFetched += chunks.length;
       this.#runsQueued--;
       this.#bytesQueued -= q.held;
