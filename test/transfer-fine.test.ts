@@ -371,3 +371,32 @@ test('a fine list names each piece by the first 8 bytes of its SHA-256: a 32-byt
   const e = t.throws(() => decodeMessage(encodeMessage({ t: 'finer', id: 1, c: [[piece, 3]] })));
   t.true(isCabError(e, 'ERR_PROTOCOL'));
 });
+
+/** `bytes` pulled into a store holding `old`: received + reused cover it, received is under `most`, the blob is exact. */
+async function pullOverOld(t: ExecutionContext, old: Buffer, bytes: Buffer, most: number): Promise<void> {
+  const src = await tempStore(t);
+  const name = await putBlob(src, bytes);
+  const srv = await serveT(t, src);
+  const dst = await tempStore(t);
+  await putBlob(dst, old);
+  const st = await (await connectT(t, dst, srv.url)).pull(name);
+  t.log(`received ${st.receivedBytes}, reused ${st.reusedBytes}`);
+  t.is(st.receivedBytes + st.reusedBytes, bytes.length);
+  t.true(st.receivedBytes < most, `received ${st.receivedBytes} < ${most}`);
+  await assertGood(t, dst, name, bytes, toHex(merkleRoot(bytes)));
+}
+
+test('a run with two edits 60 KiB apart (pieces between them match neither end of the run): the local bytes are cut finely and searched, and only the pieces around the edits travel', async (t) => {
+  const old = prngBytes('fine two edits', 4 * MiB);
+  const at = 2 * MiB + 12345;
+  // An insert, then 60 KiB further a delete: the bytes between them are shifted by the insert, and match neither the run's head nor its tail.
+  const bytes = Buffer.concat([old.subarray(0, at), prngBytes('fine two edits insert', 150), old.subarray(at, at + 60 * KiB), old.subarray(at + 60 * KiB + 100)]);
+  await pullOverOld(t, old, bytes, 40 * KiB);
+});
+
+test('a run with an overwrite and, 10 KiB after it, an insert (the pieces between them are where they were from the head, not from the tail): a piece taken unhashed fails its chunk, the run is planned again with every piece hashed; the blob is exact and only the pieces around the edits travel', async (t) => {
+  const old = prngBytes('fine overwrite then insert', 4 * MiB);
+  const at = 2 * MiB + 12345;
+  const bytes = Buffer.concat([old.subarray(0, at), prngBytes('fine overwrite', 100), old.subarray(at + 100, at + 10 * KiB), prngBytes('fine insert', 50), old.subarray(at + 10 * KiB)]);
+  await pullOverOld(t, old, bytes, 8 * KiB);
+});

@@ -1,5 +1,5 @@
 import { CabError } from '../errors.js';
-import { isRecycled } from '../hash/pool.js';
+import { isGiven, isRecycled } from '../hash/pool.js';
 import { bytesEqual, sha256, toHex } from '../hash/sha256.js';
 import type { BlockRefs, BlockSource, Claimed } from './ingest.js';
 import { READ_BLOCK } from './input.js';
@@ -33,16 +33,17 @@ export interface VerifiedBlock {
 /**
  * appendVerified's blocks when the hashes are a peer's claims, not checked
  * yet. Cut by a peer with our chunker (`ours`, and the writer at a chunk
- * boundary), chunks without refs and of sizes our chunker can cut (`min`
- * to `max`; the last may be shorter: a blob's last chunk) go as claims,
- * checked by the hashing thread, not chunked again. A peer that cuts
+ * boundary), chunks of sizes our chunker can cut (`min` to `max`; the
+ * last may be shorter: a blob's last chunk) go as claims, checked by the
+ * hashing thread (unless `checked`), not chunked again; their refs go by
+ * reference as appendVerified's always do. A peer that cuts
  * elsewhere only spoils its own blob's dedup; it cannot swell the chunk
  * index with tiny chunks (at most one short chunk per call). Otherwise each
  * is checked here; the chunks before the first that fails are appended,
  * and `bad` says why the rest is not.
  */
 export function claimedBlocks(chunks: readonly VerifiedChunk[], ours: boolean, params: { min: number; max: number }, at: { blob: string; offset: number }, checked: boolean): { blocks: Iterable<VerifiedBlock>; bad?: CabError } {
-  const cuttable = (c: VerifiedChunk, i: number) => !c.refs?.length && c.bytes.length > 0 && c.bytes.length <= params.max && (c.bytes.length >= params.min || i === chunks.length - 1);
+  const cuttable = (c: VerifiedChunk, i: number) => c.bytes.length > 0 && c.bytes.length <= params.max && (c.bytes.length >= params.min || i === chunks.length - 1);
   if (ours && chunks.every(cuttable)) {
     return { blocks: verifiedBlocks(chunks, checked ? 'checked' : 'check') };
   }
@@ -72,10 +73,10 @@ export function checkVerified(chunks: readonly VerifiedChunk[]): void {
 
 /**
  * appendVerified's chunks in blocks of up to READ_BLOCK bytes (a longer
- * chunk is a block of its own). Chunks without refs that lie end to end
- * from the start of a recycled buffer (hash/pool.ts: a receiver's batch)
- * are that buffer, taken as it is: no copy. With `claims`, each block's
- * hashes are claims, cut as claimed (no refs then): for the hashing thread
+ * chunk is a block of its own). Chunks that lie end to end from the start
+ * of a recycled buffer (hash/pool.ts: a receiver's batch), or over all of a
+ * given one (a matched run), are that buffer, taken as it is: no copy. With `claims`, each block's
+ * hashes are claims, cut as claimed: for the hashing thread
  * to check, or (`checked`) checked by the caller already.
  */
 export function* verifiedBlocks(chunks: readonly VerifiedChunk[], claims?: 'check' | 'checked'): Generator<VerifiedBlock> {
@@ -94,23 +95,28 @@ export function* verifiedBlocks(chunks: readonly VerifiedChunk[], claims?: 'chec
       n += c.bytes.length;
     }
     const block = whole ?? Buffer.concat(group.map((c) => c.bytes), n);
-    if (claims) yield { block, known: undefined, refs: undefined, claimed: { sizes: group.map((c) => c.bytes.length), hashes: Buffer.concat(group.map((c) => c.hash)), checked: claims === 'checked' } };
-    else yield { block, known, refs: refs.length ? refs : undefined };
+    const stored = refs.length ? refs : undefined;
+    if (claims) yield { block, known: undefined, refs: stored, claimed: { sizes: group.map((c) => c.bytes.length), hashes: Buffer.concat(group.map((c) => c.hash)), checked: claims === 'checked' } };
+    else yield { block, known, refs: stored };
   }
 }
 
 /**
  * The bytes that `chunks` cover end to end from the start of a recycled
- * buffer (hash/pool.ts), whose memory goes to the hashing thread and back.
- * Any other buffer is the caller's, and is copied; so are chunks with refs.
+ * buffer (hash/pool.ts), whose memory goes to the hashing thread and back,
+ * or over all of a buffer its maker gives away (givenBuffer: a pull's
+ * matched run). Any other buffer is the caller's, and is copied.
  */
 function wholeBuffer(chunks: readonly VerifiedChunk[]): Buffer | undefined {
   const buf = chunks[0]?.bytes.buffer;
-  if (buf === undefined || !isRecycled(buf)) return undefined;
+  if (buf === undefined) return undefined;
+  const given = isGiven(buf);
+  if (!given && !isRecycled(buf)) return undefined;
   let at = 0;
-  for (const { bytes, refs } of chunks) {
-    if (refs?.length || bytes.buffer !== buf || bytes.byteOffset !== at) return undefined;
+  for (const { bytes } of chunks) {
+    if (bytes.buffer !== buf || bytes.byteOffset !== at) return undefined;
     at += bytes.length;
   }
+  if (given && at !== buf.byteLength) return undefined;
   return Buffer.from(buf, 0, at);
 }

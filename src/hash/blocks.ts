@@ -32,6 +32,26 @@ export function isRecycled(buf: ArrayBufferLike): boolean {
   return buf instanceof ArrayBuffer && recyclable.has(buf);
 }
 
+/** Memory made by givenBuffer. */
+const giveable = new WeakSet<ArrayBuffer>();
+
+/**
+ * A Buffer of `n` bytes over memory of its own (not zeroed), which whoever
+ * fills it means to give away whole: BlobWriter.appendVerified's chunks
+ * lying end to end over all of it go to the hashing thread without a copy
+ * (as a recycled buffer's do), and it is not used again.
+ */
+export function givenBuffer(n: number): Buffer {
+  const b = Buffer.allocUnsafeSlow(n);
+  giveable.add(b.buffer as ArrayBuffer);
+  return b;
+}
+
+/** Whether `buf` is a givenBuffer's memory. */
+export function isGiven(buf: ArrayBufferLike): boolean {
+  return buf instanceof ArrayBuffer && giveable.has(buf);
+}
+
 /** The shared region (see shareSlots): its memory, the offsets of the slots not in use, and of those handed out by blockBuffer and not given to the hashing thread yet. */
 let shared: { mem: SharedArrayBuffer; at: number; slots: number[]; out: Set<number> } | undefined;
 

@@ -68,7 +68,7 @@ type FromWorker = { t: 'ack'; n: number; buf?: ArrayBuffer; slot?: number } | { 
 /** Bytes handed to the thread and not yet processed, before senders wait. */
 export const MAX_IN_FLIGHT = 16 * 1024 * 1024;
 
-export { RECYCLED_BYTES, blockBuffer, isRecycled, recycledBuffer } from './blocks.js';
+export { RECYCLED_BYTES, blockBuffer, givenBuffer, isGiven, isRecycled, recycledBuffer } from './blocks.js';
 
 /**
  * One hashing thread per process, shared by every writer of every store.

@@ -16,6 +16,17 @@ export function sha256(data: Uint8Array): Uint8Array {
   return crypto.createHash('sha256').update(data).digest();
 }
 
+/**
+ * SHA-256 as a latin1 string (a character a byte): for many short inputs
+ * whose hash is only compared (a pull's fine pieces), about a third cheaper
+ * per call than sha256, which allocates a Buffer for each.
+ */
+export function sha256Latin1(data: Uint8Array): string {
+  // 'binary' is Node's name for latin1.
+  if (oneShot !== undefined) return (oneShot as unknown as (alg: string, data: Uint8Array, enc: 'binary') => string)('sha256', data, 'binary');
+  return crypto.createHash('sha256').update(data).digest('binary');
+}
+
 /** An incremental SHA-256 for data that arrives in pieces. */
 export function sha256Stream(): crypto.Hash {
   return crypto.createHash('sha256');

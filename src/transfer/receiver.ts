@@ -259,11 +259,17 @@ export class Receiver {
     const q = this.#queue[0]!;
     if ('chunks' in q) {
       const chunks = await orAbort(q.chunks, this.o.signal, this.name);
-      await this.w.appendVerified(chunks);
+      // Counted first: their bytes go to the hashing thread as they are (empty here after).
+      let bytes = 0;
+      let reused = 0;
       for (const c of chunks) {
-        this.stats.verifiedBytes += c.bytes.length;
-        for (const r of c.refs ?? []) this.stats.reusedBytes += r.size;
+        bytes += c.bytes.length;
+        for (const r of c.refs ?? []) reused += r.size;
       }
+      // Checked as assembled (fine.ts); cut where the sender cut them: with our chunker, taken as whole chunks, not cut again.
+      await this.w.appendVerified(chunks, this.sources.view.chunker, true);
+      this.stats.verifiedBytes += bytes;
+      this.stats.reusedBytes += reused;
       this.stats.chunksFetched += chunks.length;
       this.#runsQueued--;
       this.#bytesQueued -= q.held;
@@ -282,13 +288,16 @@ export class Receiver {
  * local range before it (`cursor`: where it ended) and the one after it
  * (`next`). Between two ranges of one blob, the run replaces exactly the
  * bytes between them (an edit's old bytes, and the unchanged bytes of its
- * chunks): those, up to the run size plus FINE_SLACK. Otherwise the run
- * size plus FINE_SLACK on either side of where it would be.
+ * chunks): those, up to the run size plus FINE_SLACK, the run's ends at
+ * theirs (`head`, `tail`). Otherwise the run size plus FINE_SLACK on either
+ * side of where it would be, from `cursor` (`head`) or up to `next` (`tail`).
  */
 export function nearBytes(cursor: { blob: string; offset: number } | undefined, next: { blob: string; offset: number } | undefined, runBytes: number): LocalWindow | undefined {
   if (cursor && next && next.blob === cursor.blob && next.offset >= cursor.offset) {
-    return { blob: cursor.blob, from: cursor.offset, to: Math.min(next.offset, cursor.offset + runBytes + FINE_SLACK) };
+    return { blob: cursor.blob, from: cursor.offset, to: Math.min(next.offset, cursor.offset + runBytes + FINE_SLACK), head: cursor.offset, tail: next.offset };
   }
-  const at = cursor ?? (next ? { blob: next.blob, offset: Math.max(0, next.offset - runBytes) } : undefined);
-  return at && { blob: at.blob, from: Math.max(0, at.offset - FINE_SLACK), to: at.offset + runBytes + FINE_SLACK };
+  if (cursor) return { blob: cursor.blob, from: Math.max(0, cursor.offset - FINE_SLACK), to: cursor.offset + runBytes + FINE_SLACK, head: cursor.offset };
+  if (!next) return undefined;
+  const at = Math.max(0, next.offset - runBytes);
+  return { blob: next.blob, from: Math.max(0, at - FINE_SLACK), to: at + runBytes + FINE_SLACK, tail: next.offset };
 }
