@@ -150,3 +150,15 @@ test('the code cache: written by the first run of a command, kept by the next, r
   await version({ XDG_CACHE_HOME: path.join(dir, 'xdg') });
   t.is(fs.readdirSync(path.join(dir, 'xdg', 'cabstore')).length, 1);
 });
+
+test("the code cache's command names (tools/launch.ts) are the CLI's commands: each command has a cache file of its own", async (t) => {
+  const r = await cli(['--help'], { env: { CABSTORE_CODE_CACHE: 'off' } });
+  t.is(r.code, 0, r.stderr);
+  const commands = [...r.out.slice(r.out.indexOf('Commands:')).matchAll(/^ {2}([a-z]+)\b/gm)].map((m) => m[1]!).sort();
+  t.true(commands.length > 10, commands.join(' '));
+  const bin = fs.readFileSync(new URL('../bin/cabstore.js', import.meta.url), 'utf8');
+  const listed = /new Set\(\[([^\]]*)\]\)/.exec(bin)?.[1];
+  t.truthy(listed, 'the list is in the bin');
+  const known = new Set([...listed!.matchAll(/"([a-z]+)"/g)].map((m) => m[1]!));
+  t.deepEqual(commands.filter((c) => !known.has(c)), [], 'commands missing from launch.ts COMMANDS');
+});
