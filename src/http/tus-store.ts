@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import { DataStore, ERRORS, Upload } from '@tus/utils';
+import { DataStore, ERRORS, Metadata, Upload } from '@tus/utils';
 import { CabError, isCabError } from '../errors.js';
 import { checkBlobName } from '../format/layout.js';
 import type { UploadRecord } from '../index/tables.js';
@@ -22,16 +22,29 @@ import { bodyPieces, type RequestBodies } from './tus-body.js';
 export const UPLOAD_FLUSH_BYTES = 4 * 1024 * 1024;
 
 /**
- * ERR_BAD_ARGUMENT for a POST's Upload-Metadata with a key that names a
- * property of Object.prototype (`__proto__`, `constructor`, `toString`...),
- * else undefined. @tus/server parses the pairs into a plain object and
- * takes such a key for a repeat (a bare 400, no code); `__proto__` could
- * not be kept in one anyway (the uploads table refuses it).
+ * ERR_BAD_ARGUMENT for a POST's Upload-Metadata that @tus/server would
+ * refuse with a bare 400 (no code), else undefined: a key that names a
+ * property of Object.prototype (`__proto__`, `constructor`, `toString`...:
+ * @tus/server parses the pairs into a plain object and takes such a key for
+ * a repeat; `__proto__` could not be kept in one anyway, the uploads table
+ * refuses it), and any header its parser refuses (tus 1.0: comma-separated
+ * pairs `KEY BASE64`, or a bare `KEY`; keys of printable ASCII without
+ * spaces or commas, each once; no space after a comma).
  */
 export function metadataKeyRefusal(header: string | undefined): CabError | undefined {
-  for (const pair of header?.split(',') ?? []) {
+  if (!header) return undefined; // none, as @tus/server reads an empty one
+  for (const pair of header.split(',')) {
     const key = pair.split(' ')[0]!;
     if (key in Object.prototype) return new CabError('ERR_BAD_ARGUMENT', `Upload-Metadata cannot have the key ${JSON.stringify(key)} (a name of JavaScript's Object.prototype)`, { found: key });
+  }
+  try {
+    Metadata.parse(header);
+  } catch {
+    return new CabError(
+      'ERR_BAD_ARGUMENT',
+      'Upload-Metadata is not valid: tus wants comma-separated pairs "KEY BASE64VALUE" (or a bare KEY), each key once, of ASCII without spaces or commas, and no space after a comma',
+      { found: header.slice(0, 200) },
+    );
   }
   return undefined;
 }
