@@ -105,9 +105,27 @@ export const MAX_RECORD_BYTES = 64 * 1024;
 /** msgpackr without shared structures (a record's size does not depend on what the table held before), each map's size in its shortest form. */
 const PLAIN = new Packr({ useRecords: false, variableMapSize: true });
 
-/** A record's size as MAX_RECORD_BYTES counts it. */
+/**
+ * A record's size as MAX_RECORD_BYTES counts it: packed plainly, each Date
+ * counted at the widest timestamp (15 bytes). MessagePack packs a Date of
+ * whole seconds 4 bytes shorter than one with milliseconds: counted as
+ * packed, a record at the limit could not have a date replaced (its
+ * `accessed` updated by every pull), a change that adds nothing.
+ */
 export function recordBytes(v: unknown): number {
-  return PLAIN.pack(v).length;
+  return PLAIN.pack(widenDates(v)).length;
+}
+
+/** A 13-byte bin (2 bytes of head): 15 bytes packed, as a 96-bit timestamp. */
+const DATE_WIDE = new Uint8Array(13);
+
+function widenDates(v: unknown): unknown {
+  if (v instanceof Date) return DATE_WIDE;
+  if (Array.isArray(v)) return v.map(widenDates);
+  if (v === null || typeof v !== 'object' || ArrayBuffer.isView(v)) return v;
+  const out: Record<string, unknown> = {};
+  for (const [k, x] of Object.entries(v)) out[k] = widenDates(x);
+  return out;
 }
 
 /**

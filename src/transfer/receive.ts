@@ -158,7 +158,7 @@ async function noteSources(store: BlobStore, name: string, peers: ReadonlyArray<
       { accessed: now },
     );
   } catch (e) {
-    // A signpost at its size limit (MAX_RECORD_BYTES) takes no more peers: the blob still counts as accessed (if its metadata has room).
+    // A signpost at its size limit (MAX_RECORD_BYTES) takes no more peers: the blob still counts as accessed.
     if (isCabError(e, 'ERR_BAD_ARGUMENT') && e.data.reason === 'too-large') return peers.length > 0 ? noteSources(store, name, []) : undefined;
     // Nor must a blob deleted the moment it was finalized.
     if (!isCabError(e, 'ERR_NO_SPACE') && !isCabError(e, 'ERR_NO_SUCH_BLOB')) throw e;
