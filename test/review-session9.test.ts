@@ -6,26 +6,13 @@
 // middle of the new paths. After each, the blob reads back byte-exact and
 // fsck --verify is clean.
 import test, { type ExecutionContext } from 'ava';
-import { BlobStore, chunk, sha256, connect, serve, decodeMessage, encodeMessage, isCabError, merkleRoot, toHex, type CabClient, type CabServer, type ServeOptions, type StoreOptions } from '../src/index.js';
+import { BlobStore, chunk, sha256, decodeMessage, encodeMessage, isCabError, merkleRoot, toHex, type StoreOptions } from '../src/index.js';
 import { prngBytes } from '../tools/data.js';
 import { tempStore, putBlob, readAll } from './helpers/store.js';
 import { wsProxy } from './helpers/proxies.js';
+import { connectPeer, servePeer } from './helpers/peers.js';
 import { flipByte } from './helpers/damage.js';
 import { MiB, KiB } from './helpers/transfer.js';
-
-const TOKENS = { rw: ['read', 'write'] } as ServeOptions['tokens'];
-
-async function serveT(t: ExecutionContext, store: BlobStore): Promise<CabServer> {
-  const srv = await serve(store, { tokens: TOKENS });
-  t.teardown(() => srv.close());
-  return srv;
-}
-
-async function connectT(t: ExecutionContext, store: BlobStore, url: string): Promise<CabClient> {
-  const c = await connect(store, url, { token: 'rw' });
-  t.teardown(() => c.close());
-  return c;
-}
 
 /** The blob is finalized, holds exactly `bytes` and hashes to their root; fsck --verify finds nothing wrong. */
 async function assertGood(t: ExecutionContext, store: BlobStore, name: string, bytes: Buffer): Promise<void> {
@@ -38,21 +25,20 @@ async function assertGood(t: ExecutionContext, store: BlobStore, name: string, b
   t.deepEqual(f.problems, [], 'fsck --verify finds nothing wrong');
 }
 
+/** Blob `name` of `has` pulled into `wants` (served by `has`) or pushed to it (served by `wants`): received and reused bytes. */
+async function send(t: ExecutionContext, how: 'pull' | 'push', has: BlobStore, wants: BlobStore, name: string): Promise<{ received: number; reused: number }> {
+  if (how === 'push') return (await connectPeer(t, has, (await servePeer(t, wants)).url)).push(name);
+  const st = await (await connectPeer(t, wants, (await servePeer(t, has)).url)).pull(name);
+  return { received: st.receivedBytes, reused: st.reusedBytes };
+}
+
 /** `bytes` pulled into a store holding `old` (or pushed from a store holding `bytes` to one holding `old`): exact, fsck clean, received + reused add up. */
 async function update(t: ExecutionContext, old: Buffer, bytes: Buffer, how: 'pull' | 'push', options: { here?: StoreOptions; there?: StoreOptions } = {}): Promise<{ received: number; reused: number }> {
   const has = await tempStore(t, options.here);
   const name = await putBlob(has, bytes);
   const wants = await tempStore(t, options.there);
   await putBlob(wants, old);
-  let r: { received: number; reused: number };
-  if (how === 'pull') {
-    const srv = await serveT(t, has);
-    const st = await (await connectT(t, wants, srv.url)).pull(name);
-    r = { received: st.receivedBytes, reused: st.reusedBytes };
-  } else {
-    const srv = await serveT(t, wants);
-    r = await (await connectT(t, has, srv.url)).push(name);
-  }
+  const r = await send(t, how, has, wants, name);
   t.log(`${how}: received ${r.received}, reused ${r.reused}`);
   t.is(r.received + r.reused, bytes.length);
   await assertGood(t, wants, name, bytes);
@@ -96,7 +82,7 @@ for (const how of ['pull', 'push'] as const) {
   });
 }
 
-test('pull between stores with other chunkers (the receiver re-cuts the matched runs; their refs go by reference): exact, fsck clean', async (t) => {
+test('pull between stores with other chunkers (few chunks in common, so few local ranges: mostly fetched whole, as PROTOCOL.md says): exact, fsck clean', async (t) => {
   await update(t, OLD, MANY, 'pull', { here: { create: true, chunker: { min: 4 * KiB, avg: 16 * KiB, max: 64 * KiB } } });
 });
 
@@ -108,13 +94,13 @@ test('pull over an old version shorter than the new (bytes appended) and one lon
 test('pull over a local blob damaged (not recorded) next to an edit: the damaged piece is not taken; the new blob is exact, and after the old one is deleted and collected fsck --verify is clean', async (t) => {
   const src = await tempStore(t);
   const name = await putBlob(src, MANY);
-  const srv = await serveT(t, src);
+  const srv = await servePeer(t, src);
   const dst = await tempStore(t);
   const old = await putBlob(dst, OLD);
   // Unchanged bytes in the run's chunks, on both sides of the first edit: a piece the head bisection would take unhashed.
   await flipByte(dst, old, AT - 300);
   await flipByte(dst, old, AT + 5 * KiB);
-  await (await connectT(t, dst, srv.url)).pull(name);
+  await (await connectPeer(t, dst, srv.url)).pull(name);
   t.true((await readAll(dst, name)).equals(MANY), 'content is byte-exact');
   await dst.deleteBlob(old);
   await dst.gc();
@@ -125,11 +111,11 @@ test('pull while the local blob it matches against is deleted and collected: ref
   const src = await tempStore(t);
   const bytes = Buffer.concat([MANY.subarray(0, 3 * MiB), fresh(100, 'late'), MANY.subarray(3 * MiB)]);
   const name = await putBlob(src, bytes);
-  const srv = await serveT(t, src);
+  const srv = await servePeer(t, src);
   const dst = await tempStore(t);
   const old = await putBlob(dst, OLD);
   let deleting: Promise<unknown> | undefined;
-  await (await connectT(t, dst, srv.url)).pull(name, { onProgress: () => void (deleting ??= dst.deleteBlob(old).then(() => dst.gc())) });
+  await (await connectPeer(t, dst, srv.url)).pull(name, { onProgress: () => void (deleting ??= dst.deleteBlob(old).then(() => dst.gc())) });
   await deleting;
   await dst.gc();
   await assertGood(t, dst, name, bytes);
@@ -142,7 +128,7 @@ test('a connection cut in the middle of the fine answers (at the 3rd get), then 
   const bytes = Buffer.concat(parts);
   const src = await tempStore(t);
   const name = await putBlob(src, bytes);
-  const srv = await serveT(t, src);
+  const srv = await servePeer(t, src);
   let gets = 0;
   const proxy = await wsProxy(srv.url, {
     toServer: (frame) => {
@@ -153,12 +139,12 @@ test('a connection cut in the middle of the fine answers (at the 3rd get), then 
   t.teardown(() => proxy.close());
   const dst = await tempStore(t);
   await putBlob(dst, OLD);
-  const e = await t.throwsAsync((await connectT(t, dst, proxy.url)).pull(name));
+  const e = await t.throwsAsync((await connectPeer(t, dst, proxy.url)).pull(name));
   t.true(isCabError(e), String(e));
   const r = await dst.newBlobReader(name);
   await r.close();
   t.true((await readAll(dst, name)).equals(bytes.subarray(0, r.size)), 'every byte kept is the source prefix');
-  await (await connectT(t, dst, srv.url)).pull(name);
+  await (await connectPeer(t, dst, srv.url)).pull(name);
   await assertGood(t, dst, name, bytes);
 });
 
@@ -221,15 +207,7 @@ async function fuzz(t: ExecutionContext, how: 'pull' | 'push', rounds: number, s
     parts.push(base.subarray(pos));
     const bytes = Buffer.concat(parts);
     const name = await putBlob(has, bytes);
-    let r: { received: number; reused: number };
-    if (how === 'pull') {
-      const srv = await serveT(t, has);
-      const st = await (await connectT(t, wants, srv.url)).pull(name);
-      r = { received: st.receivedBytes, reused: st.reusedBytes };
-    } else {
-      const srv = await serveT(t, wants);
-      r = await (await connectT(t, has, srv.url)).push(name);
-    }
+    const r = await send(t, how, has, wants, name);
     t.is(r.received + r.reused, bytes.length, `round ${round}`);
     t.true((await readAll(wants, name)).equals(bytes), `round ${round}: content is byte-exact`);
     const f = await wants.fsck({ verify: true });
@@ -258,7 +236,7 @@ test('PROTOCOL.md `fine`: a fine list the fine chunker could not have cut (16-by
   }
   const asked = new Map<number, Buffer>();
   let lied = 0;
-  const srv = await serveT(t, src);
+  const srv = await servePeer(t, src);
   const proxy = await wsProxy(srv.url, {
     toServer: (frame) => {
       const m = decodeMessage(frame);
@@ -281,7 +259,16 @@ test('PROTOCOL.md `fine`: a fine list the fine chunker could not have cut (16-by
   t.teardown(() => proxy.close());
   const dst = await tempStore(t);
   await putBlob(dst, OLD);
-  const e = await t.throwsAsync((await connectT(t, dst, proxy.url)).pull(name));
+  const e = await t.throwsAsync((await connectPeer(t, dst, proxy.url)).pull(name));
   t.true(lied > 0, 'the proxy lied');
   t.true(isCabError(e, 'ERR_PROTOCOL'), `got ${String((e as { code?: string } | undefined)?.code)}: ${String(e?.message)}`);
 });
+
+for (const how of ['pull', 'push'] as const) {
+  test(`${how} of a blob that repeats itself with edits (its second half's chunks are its own first half's, being written: all fetched, none taken from the blob in progress): exact, fsck clean`, async (t) => {
+    const r = prngBytes('review9 self', 3 * MiB);
+    const second = Buffer.concat([r.subarray(0, MiB + 333), fresh(120, 'self a'), r.subarray(MiB + 333, 2 * MiB), fresh(50, 'self b'), r.subarray(2 * MiB + 700)]);
+    const bytes = Buffer.concat([r, second]);
+    await update(t, prngBytes('review9 unrelated', 64 * KiB), bytes, how);
+  });
+}
