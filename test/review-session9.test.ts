@@ -8,7 +8,7 @@
 import test, { type ExecutionContext } from 'ava';
 import { BlobStore, chunk, sha256, decodeMessage, encodeMessage, isCabError, merkleRoot, toHex, type StoreOptions } from '../src/index.js';
 import { prngBytes } from '../tools/data.js';
-import { tempStore, putBlob, readAll } from './helpers/store.js';
+import { collect, tempStore, putBlob, readAll } from './helpers/store.js';
 import { wsProxy } from './helpers/proxies.js';
 import { connectPeer, servePeer } from './helpers/peers.js';
 import { flipByte } from './helpers/damage.js';
@@ -272,3 +272,34 @@ for (const how of ['pull', 'push'] as const) {
     await update(t, prngBytes('review9 unrelated', 64 * KiB), bytes, how);
   });
 }
+
+test("DESIGN \"same content gives the same chunk list\" / pieces.ts \"cannot swell the chunk index with tiny chunks\": a peer with our chunker whose blob is cut into 1-byte chunks between chunks we hold gets none of them stored as chunks of ours (each fine-matched run is its own appendVerified call, whose last chunk may be short)", async (t) => {
+  const src = await tempStore(t);
+  const r = prngBytes('review9 tiny', 3 * MiB);
+  const cuts = chunk(r, src.chunker);
+  // The peer's blob: R's first 24 chunks, each followed by one new byte, then the rest of R; cut so (one chunk per appendVerified, taken as claimed).
+  const w = await src.newBlobWriter();
+  const parts: Buffer[] = [];
+  let off = 0;
+  for (const [i, size] of cuts.entries()) {
+    const c = r.subarray(off, (off += size));
+    await w.appendVerified([{ bytes: Buffer.from(c), hash: sha256(c) }], src.chunker);
+    parts.push(c);
+    if (i < 24) {
+      const x = Buffer.from([i]);
+      await w.appendVerified([{ bytes: Buffer.from(x), hash: sha256(x) }], src.chunker);
+      parts.push(x);
+    }
+  }
+  await w.close();
+  const bytes = Buffer.concat(parts);
+  const theirs = await collect(src.blobChunkStream(w.name));
+  t.is(theirs.filter((c) => c.size === 1).length, 24, "the peer's blob has 24 one-byte chunks");
+  const dst = await tempStore(t);
+  await putBlob(dst, r);
+  await (await connectPeer(t, dst, (await servePeer(t, src)).url)).pull(w.name);
+  t.true((await readAll(dst, w.name)).equals(bytes), 'the bytes are right');
+  const ours = await collect(dst.blobChunkStream(w.name));
+  const tiny = ours.slice(0, -1).filter((c) => c.size < dst.chunker.min).length;
+  t.is(tiny, 0, `stored with ${tiny} chunks under our chunker's min (${dst.chunker.min}) before its last`);
+});
