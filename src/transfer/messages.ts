@@ -255,8 +255,14 @@ export function decode(frame: Uint8Array): Message {
       return { t: 'matchr', id: id(), ok: bool(m.ok, 'ok') };
     case 'fine':
       return { t: 'fine', id: id(), hash: hash(m.hash, 'hash'), size: count(m.size, 'size', 64 * 1024 * 1024) };
-    case 'finer':
-      return { t: 'finer', id: id(), c: chunks(m.c, 1 << 16, FINE_HASH_BYTES) };
+    case 'finer': {
+      // Pieces the fine chunker cuts: at most its max, at least its min but the last (a chunk shorter than min is one piece).
+      const c = chunks(m.c, 1 << 16, FINE_HASH_BYTES);
+      c.forEach(([, size], i) => {
+        if (size > FINE_CHUNKER.max || (size < FINE_CHUNKER.min && i < c.length - 1)) throw bad(`a fine piece of ${size} bytes, which the fine chunker does not cut`);
+      });
+      return { t: 'finer', id: id(), c };
+    }
     case 'get': {
       let total = 0;
       const items = arr(m.items, 'items', MAX_GET_ITEMS).map((it): GetItem => {
