@@ -273,11 +273,10 @@ for (const how of ['pull', 'push'] as const) {
   });
 }
 
-test("DESIGN \"same content gives the same chunk list\" / pieces.ts \"cannot swell the chunk index with tiny chunks\": a peer with our chunker whose blob is cut into 1-byte chunks between chunks we hold gets none of them stored as chunks of ours (each fine-matched run is its own appendVerified call, whose last chunk may be short)", async (t) => {
-  const src = await tempStore(t);
+/** A blob of `src` cut by our chunker with a one-byte chunk after each of R's first 24 chunks (one chunk per appendVerified, taken as claimed); R and the blob's name and bytes. */
+async function tinyChunkBlob(t: ExecutionContext, src: BlobStore): Promise<{ r: Buffer; name: string; bytes: Buffer }> {
   const r = prngBytes('review9 tiny', 3 * MiB);
   const cuts = chunk(r, src.chunker);
-  // The peer's blob: R's first 24 chunks, each followed by one new byte, then the rest of R; cut so (one chunk per appendVerified, taken as claimed).
   const w = await src.newBlobWriter();
   const parts: Buffer[] = [];
   let off = 0;
@@ -292,14 +291,56 @@ test("DESIGN \"same content gives the same chunk list\" / pieces.ts \"cannot swe
     }
   }
   await w.close();
-  const bytes = Buffer.concat(parts);
   const theirs = await collect(src.blobChunkStream(w.name));
   t.is(theirs.filter((c) => c.size === 1).length, 24, "the peer's blob has 24 one-byte chunks");
-  const dst = await tempStore(t);
-  await putBlob(dst, r);
-  await (await connectPeer(t, dst, (await servePeer(t, src)).url)).pull(w.name);
-  t.true((await readAll(dst, w.name)).equals(bytes), 'the bytes are right');
-  const ours = await collect(dst.blobChunkStream(w.name));
-  const tiny = ours.slice(0, -1).filter((c) => c.size < dst.chunker.min).length;
-  t.is(tiny, 0, `stored with ${tiny} chunks under our chunker's min (${dst.chunker.min}) before its last`);
+  return { r, name: w.name, bytes: Buffer.concat(parts) };
+}
+
+for (const [how, holdsR] of [['between chunks we hold (fine-matched runs, each its own appendVerified call, whose last chunk may be short)', true], ['into an empty store (whole chunks, a get\'s landed items per appendVerified call)', false]] as const) {
+  test(`DESIGN "same content gives the same chunk list" / pieces.ts "cannot swell the chunk index with tiny chunks": a peer with our chunker whose blob is cut into 1-byte chunks, pulled ${how}, gets none of them stored as chunks of ours`, async (t) => {
+    const src = await tempStore(t);
+    const { r, name, bytes } = await tinyChunkBlob(t, src);
+    const dst = await tempStore(t);
+    if (holdsR) await putBlob(dst, r);
+    await (await connectPeer(t, dst, (await servePeer(t, src)).url)).pull(name);
+    t.true((await readAll(dst, name)).equals(bytes), 'the bytes are right');
+    const ours = await collect(dst.blobChunkStream(name));
+    const tiny = ours.slice(0, -1).filter((c) => c.size < dst.chunker.min).length;
+    t.is(tiny, 0, `stored with ${tiny} chunks under our chunker's min (${dst.chunker.min}) before its last`);
+  });
+}
+
+test('appendVerified with the blob\'s size (a transfer\'s whole-chunk path, fetch-window.ts): a short chunk at the end of a call is taken as claimed only where the call ends the blob; elsewhere the call is cut again by our chunker (before, a peer whose frames each ended at a tiny chunk got every one into our index)', async (t) => {
+  const s = await tempStore(t);
+  const r = prngBytes('review9 tiny calls', 3 * MiB);
+  const cuts = chunk(r, s.chunker);
+  const total = r.length + 24;
+  const w = await s.newBlobWriter();
+  const parts: Buffer[] = [];
+  let off = 0;
+  for (const [i, size] of cuts.entries()) {
+    const c = r.subarray(off, (off += size));
+    const calls = [{ bytes: Buffer.from(c), hash: sha256(c) }];
+    parts.push(c);
+    if (i < 24) {
+      const x = Buffer.from([i]);
+      calls.push({ bytes: Buffer.from(x), hash: sha256(x) });
+      parts.push(x);
+    }
+    await w.appendVerified(calls, s.chunker, false, total);
+  }
+  await w.close();
+  const bytes = Buffer.concat(parts);
+  t.is(bytes.length, total);
+  t.true((await readAll(s, w.name)).equals(bytes));
+  const ours = await collect(s.blobChunkStream(w.name));
+  const tiny = ours.slice(0, -1).filter((c) => c.size < s.chunker.min).length;
+  t.is(tiny, 0, `stored with ${tiny} chunks under the chunker's min (${s.chunker.min}) before its last`);
+  // At the blob's end a short last chunk is the blob's own: taken as claimed.
+  const w2 = await s.newBlobWriter();
+  const tail = Buffer.from('a short last chunk');
+  await w2.appendVerified([{ bytes: Buffer.from(cuts.length ? r.subarray(0, cuts[0]!) : r), hash: sha256(r.subarray(0, cuts[0]!)) }, { bytes: tail, hash: sha256(tail) }], s.chunker, false, cuts[0]! + tail.length);
+  await w2.close();
+  const two = await collect(s.blobChunkStream(w2.name));
+  t.deepEqual(two.map((c) => c.size), [cuts[0]!, tail.length]);
 });

@@ -34,7 +34,8 @@ export interface VerifiedBlock {
  * appendVerified's blocks when the hashes are a peer's claims, not checked
  * yet. Cut by a peer with our chunker (`ours`, and the writer at a chunk
  * boundary), chunks of sizes our chunker can cut (`min` to `max`; the
- * last may be shorter: a blob's last chunk) go as claims, checked by the
+ * last may be shorter: a blob's last chunk, where the call ends at
+ * `blobSize` if given) go as claims, checked by the
  * hashing thread (unless `checked`), not chunked again; their refs go by
  * reference as appendVerified's always do. A peer that cuts
  * elsewhere only spoils its own blob's dedup; it cannot swell the chunk
@@ -42,8 +43,12 @@ export interface VerifiedBlock {
  * is checked here; the chunks before the first that fails are appended,
  * and `bad` says why the rest is not.
  */
-export function claimedBlocks(chunks: readonly VerifiedChunk[], ours: boolean, params: { min: number; max: number }, at: { blob: string; offset: number }, checked: boolean): { blocks: Iterable<VerifiedBlock>; bad?: CabError } {
-  const cuttable = (c: VerifiedChunk, i: number) => c.bytes.length > 0 && c.bytes.length <= params.max && (c.bytes.length >= params.min || i === chunks.length - 1);
+export function claimedBlocks(chunks: readonly VerifiedChunk[], ours: boolean, params: { min: number; max: number }, at: { blob: string; offset: number }, checked: boolean, blobSize?: number): { blocks: Iterable<VerifiedBlock>; bad?: CabError } {
+  // Only the blob's own last chunk may be short: the call's last, where it ends the blob (`blobSize`, when the caller knows it).
+  let end = at.offset;
+  for (const c of chunks) end += c.bytes.length;
+  const lastMayBeShort = blobSize === undefined || end === blobSize;
+  const cuttable = (c: VerifiedChunk, i: number) => c.bytes.length > 0 && c.bytes.length <= params.max && (c.bytes.length >= params.min || (lastMayBeShort && i === chunks.length - 1));
   if (ours && chunks.every(cuttable)) {
     return { blocks: verifiedBlocks(chunks, checked ? 'checked' : 'check') };
   }

@@ -140,15 +140,15 @@ export class BlobWriter {
    * (the peer's chunker), the hashes are the peer's claims, checked here
    * (claimedBlocks); at the first that fails, the chunks before it are made
    * durable and the writer fails with ERR_HASH_MISMATCH. `checked`: the
-   * caller has checked them already; only the cuts are taken as claimed.
+   * caller has checked them already; only the cuts are taken as claimed. `blobSize` (if known): only its last chunk may be short.
    */
-  async appendVerified(chunks: readonly VerifiedChunk[], claimedBy?: ChunkerParams, checked = false): Promise<void> {
+  async appendVerified(chunks: readonly VerifiedChunk[], claimedBy?: ChunkerParams, checked = false, blobSize?: number): Promise<void> {
     checkVerified(chunks);
     return this.#run(() =>
       this.#mutate(async () => {
         const at = { blob: this.name, offset: this.size };
         const fast = claimedBy && this.#ingest.atBoundary && sameChunkerParams(claimedBy, this.#s.chunker);
-        const { blocks, bad } = claimedBy ? claimedBlocks(chunks, fast === true, this.#s.chunker, at, checked) : { blocks: verifiedBlocks(chunks) };
+        const { blocks, bad } = claimedBy ? claimedBlocks(chunks, fast === true, this.#s.chunker, at, checked, blobSize) : { blocks: verifiedBlocks(chunks) };
         for (const b of blocks) await this.#feed(b.block, b.refs, true, b.known, b.claimed);
         if (bad) throw (await this.#log.run(false), bad);
         await this.#ingest.settle();

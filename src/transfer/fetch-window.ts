@@ -335,7 +335,8 @@ export class FetchWindow {
     try {
       // A whole get's buffer goes to the hashing thread as it is (appendVerified takes it): g.buf is not touched again.
       // Chunks checked here (many sources) are cut as their source cut them and not checked again.
-      await this.w.appendVerified(chunks, this.#chunker, this.#check);
+      // A short chunk is taken as cut only as the blob's last (stats.size): a peer cannot put tiny chunks into our index.
+      await this.w.appendVerified(chunks, this.#chunker, this.#check, this.stats.size);
     } catch (e) {
       this.#failure ??= e;
       this.#broken = true;
