@@ -39,7 +39,7 @@ export interface VerifiedBlock {
  * hashing thread (unless `checked`), not chunked again; their refs go by
  * reference as appendVerified's always do. A peer that cuts
  * elsewhere only spoils its own blob's dedup; it cannot swell the chunk
- * index with tiny chunks (at most one short chunk per call). Otherwise each
+ * index with tiny chunks (given `blobSize`, none but the blob's last). Otherwise each
  * is checked here; the chunks before the first that fails are appended,
  * and `bad` says why the rest is not.
  */

@@ -266,11 +266,9 @@ export class Receiver {
         bytes += c.bytes.length;
         for (const r of c.refs ?? []) reused += r.size;
       }
-      // Checked as assembled (fine.ts); cut where the sender cut them: with our chunker, taken as whole chunks, not cut again. Not a run
-      // with a chunk under the chunker's min (a blob's last, or a peer's tiny cut between local ranges): each run is a call of its own,
-      // whose last chunk claimedBlocks lets be short, so such runs are cut again here.
-      const chunker = this.sources.view.chunker;
-      await this.w.appendVerified(chunks, chunker && chunks.every((c) => c.bytes.length >= chunker.min) ? chunker : undefined, true);
+      // Checked as assembled (fine.ts); cut where the sender cut them: with our chunker, taken as whole chunks, not cut again. A run
+      // with a chunk under the chunker's min (but the blob's last: stats.size) is cut again by ours (claimedBlocks).
+      await this.w.appendVerified(chunks, this.sources.view.chunker, true, this.stats.size);
       this.stats.verifiedBytes += bytes;
       this.stats.reusedBytes += reused;
       this.stats.chunksFetched += chunks.length;
