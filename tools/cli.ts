@@ -24,8 +24,14 @@ const VERSION = (JSON.parse(fs.readFileSync(new URL('../../package.json', import
 // process's (about 12 MB) stays near it while a pull or a serve moves hundreds of MB through short-lived buffers:
 // 52-71 full collections per 512 MiB pulled, against 4-16 without the task (marking then starts at the
 // allocation limit), and the pull's CPU 7.6-8.2 s per GiB against 5.9-6.4 (docs/BENCHMARKS.md, sixth session).
+// V8 compiles a function with TurboFan (on helper threads) once it has run about 66 KB of bytecode
+// (--interrupt-budget), and a one-shot command's functions mostly get there just before the process ends: a
+// CLI pull of a 64 MiB update spent ~120 ms of CPU compiling code it then hardly ran (0.53 s of CPU for a
+// 0.40 s pull, on 2 cores shared with the server). With 16 times the budget: 0.41 s of CPU, 0.35 s wall; the
+// hot loops of a long pull or of a server are optimized a moment later (docs/BENCHMARKS.md, tenth session).
 // The process is the CLI's own; the library leaves V8's flags to the application that embeds it.
 v8.setFlagsFromString('--no-incremental-marking-task');
+v8.setFlagsFromString('--interrupt-budget=1048576');
 
 // The AWS SDK warns once (8 lines) that its releases of 2027 will not support Node 20. A store
 // opened on a bucket, with --s3 or remembered, would print it on every command; the CLI's stderr

@@ -28,8 +28,9 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 /** The bundle's content hash, put in by scripts/bundle.mjs (esbuild's define). */
 declare const CABSTORE_CLI_HASH: string;
 
-// The CLI's own flag (cli.ts says why), set before compiling: a cache made under other flags is rejected.
+// The CLI's own flags (cli.ts says why), set before compiling: a cache made under other flags is rejected.
 v8.setFlagsFromString('--no-incremental-marking-task');
+v8.setFlagsFromString('--interrupt-budget=1048576');
 
 const file = fileURLToPath(new URL('./cli.cjs', import.meta.url));
 const source = fs.readFileSync(file, 'utf8');
