@@ -259,7 +259,12 @@ export class FragmentFiles {
     } else fh = await this.#handle(frag);
     let done = 0;
     while (done < len) {
-      const bytesRead = ready?.readSync ? ready.readSync(buf, off + done, len - done, position + done) : await fh.read(buf, off + done, len - done, position + done);
+      let bytesRead: number;
+      try {
+        bytesRead = ready?.readSync ? ready.readSync(buf, off + done, len - done, position + done) : await fh.read(buf, off + done, len - done, position + done);
+      } catch (e) {
+        throw ioError(e, `reading fragment ${frag}`, { fragment: frag });
+      }
       if (bytesRead === 0) {
         await this.dropCached(frag);
         throw new CabError('ERR_FRAGMENT_MISSING', `fragment ${frag} is shorter than its extents`, {

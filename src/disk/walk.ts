@@ -1,5 +1,5 @@
 import fs from 'node:fs/promises';
-import { CabError } from '../errors.js';
+import { CabError, ioError } from '../errors.js';
 
 /** Fan-out directory listings read ahead while the walk yields from the one before. */
 const READ_AHEAD = 16;
@@ -21,7 +21,7 @@ async function list(dir: string, everyEntry: boolean) {
     return await fs.readdir(dir, { withFileTypes: true });
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    if (code !== 'ENOENT' && code !== 'ENOTDIR') throw e;
+    if (code !== 'ENOENT' && code !== 'ENOTDIR') throw ioError(e, `listing ${dir}`, { path: dir });
     // A fan-out directory removed meanwhile (or never made, or a link to a file) holds nothing; a link to nothing may hide anything.
     if (everyEntry && code === 'ENOENT' && (await isLink(dir))) {
       throw new CabError('ERR_IO', `listing ${dir}: it is a link to nothing (a disk not mounted?), and the blobs in it cannot be listed`, { path: dir, found: code });
@@ -35,7 +35,7 @@ async function isLink(p: string): Promise<boolean> {
     return (await fs.lstat(p)).isSymbolicLink();
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
-    throw e;
+    throw ioError(e, `looking at ${p}`, { path: p });
   }
 }
 

@@ -234,15 +234,19 @@ export async function readRecordAt(fh: fs.FileHandle, start: number, end: number
 export async function readDescriptor(file: string, name: string, opts: ReadDescriptorOptions = {}): Promise<Descriptor> {
   const fh = await openDescriptor(file, name, 'r');
   try {
-    return await parse(fh, name, opts);
+    return await readDescriptorFrom(fh, name, opts);
   } finally {
     await fh.close();
   }
 }
 
-/** Reads a descriptor from a handle on it (the file a reader holds, whatever its name now points at). */
-export function readDescriptorFrom(fh: fs.FileHandle, name: string, opts: ReadDescriptorOptions = {}): Promise<Descriptor> {
-  return parse(fh, name, opts);
+/** Reads a descriptor from a handle on it (the file a reader holds, whatever its name now points at). A read that fails is ERR_IO. */
+export async function readDescriptorFrom(fh: fs.FileHandle, name: string, opts: ReadDescriptorOptions = {}): Promise<Descriptor> {
+  try {
+    return await parse(fh, name, opts);
+  } catch (e) {
+    throw ioError(e, `reading the descriptor of blob ${name}`, { blob: name });
+  }
 }
 
 /** Reads a descriptor held in memory (one fetched from a bucket). */

@@ -1,5 +1,5 @@
 import fs from 'node:fs';
-import { CabError } from '../errors.js';
+import { CabError, ioError } from '../errors.js';
 import { readDescriptor, type Descriptor } from '../format/descriptor.js';
 import { checkBlobName, type Layout } from '../format/layout.js';
 
@@ -33,7 +33,7 @@ export class Snapshots {
     } catch (e) {
       this.#cache.delete(name);
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new CabError('ERR_NO_SUCH_BLOB', `no blob ${name}`, { blob: name });
-      throw e;
+      throw ioError(e, `looking at the descriptor of blob ${name}`, { blob: name });
     }
     const hit = this.#cache.get(name);
     if (hit && hit.fileSize === fileSize && hit.ino === ino) {
