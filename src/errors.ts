@@ -104,6 +104,15 @@ export function throwIfAborted(signal: AbortSignal | undefined, what: string, da
   if (signal?.aborted) throw abortError(signal, what, data);
 }
 
+/** The `signal` of an options object (which may be absent): absent, or an AbortSignal. */
+export function checkSignal(options: unknown, what: string): AbortSignal | undefined {
+  if (options === undefined) return undefined;
+  if (options === null || typeof options !== 'object') throw new CabError('ERR_BAD_ARGUMENT', `${what} takes an options object`);
+  const { signal } = options as { signal?: unknown };
+  if (signal === undefined || signal instanceof AbortSignal) return signal;
+  throw new CabError('ERR_BAD_ARGUMENT', `${what}: signal must be an AbortSignal`);
+}
+
 /**
  * Settles as `p` does, unless `signal` fires first: then with what
  * `onAbort()` returns, or rejects with what it throws. `p` goes on; its

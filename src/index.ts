@@ -11,7 +11,9 @@ export { BlobReader, type ReaderOptions, type StreamOptions } from './blob/reade
 export { firstDifference } from './blob/compare.js';
 export type { FsckProblem, FsckProblemKind } from './upkeep/fsck.js';
 export type { GcProgress } from './upkeep/gc.js';
-export { connect, type CabServer, type ConnectOptions, type CabClient } from './transfer/ws.js';
+export type { CabServer } from './transfer/ws.js';
+export { connect, type ConnectOptions, type CabClient } from './transfer/connect.js';
+export { dial, Dial, type DialOptions } from './transfer/dial.js';
 export { serve, DEFAULT_MAX_UPLOADS, DEFAULT_UPLOAD_EXPIRY_MS, DEFAULT_UPLOAD_STALL_MS, type ServeOptions, type HttpOptions } from './http/serve.js';
 export type { ServeEvent } from './transfer/serve.js';
 export { fetchBlob, DEFAULT_STALL_MS, type FetchOptions, type FetchSource, type FetchStats, type SourceReport } from './transfer/fetch-blob.js';

@@ -1,6 +1,6 @@
 // The CLI loads only what a command needs (issue 15, item 5): --help and
 // --version load no store, no lmdb and no WebSocket code; put no WebSocket
-// code; pull no bundle code. Each command runs in a real child process that
+// code; pull no bundle code and no server code. Each command runs in a real child process that
 // lists the module files it loaded (helpers/loaded-modules.ts) and, as the CLI
 // is one bundled script (dist/bin/cli.cjs, scripts/bundle.mjs), which of the
 // modules in it were evaluated: esbuild wraps each module that is imported
@@ -62,7 +62,7 @@ async function loaded(t: ExecutionContext, args: string[]): Promise<{ r: RunResu
 }
 
 const STORE = /^dist\/src\/(store|index)\.js$|^node_modules\/(lmdb|msgpackr|proper-lockfile|fs-ext)\//;
-const NET = /^dist\/src\/transfer\/ws\.js$|^node_modules\/ws\//;
+const NET = /^dist\/src\/transfer\/(ws|dial|connect)\.js$|^node_modules\/ws\//;
 
 test('--help and --version load no store, lmdb or WebSocket code', async (t) => {
   for (const args of [['--help'], ['--version'], ['put', '--help'], ['pull', '--help']]) {
@@ -86,14 +86,14 @@ test('put loads the store but no WebSocket code; the blob is stored all the same
   t.deepEqual(files.filter((f) => NET.test(f)), []);
 });
 
-test('pull loads the WebSocket code but no bundle code', async (t) => {
+test("pull loads the WebSocket code but no bundle code, nor the server's", async (t) => {
   const dir = tempDir(t);
   // Nothing listens on port 1: the pull fails to connect, having loaded what a pull loads.
   const { r, files } = await loaded(t, ['--store', path.join(dir, 'store'), 'pull', 'ws://127.0.0.1:1', '0123456789abcdef0123456789abcdef']);
   t.is(r.code, 1, r.stderr);
-  t.true(files.includes('dist/src/transfer/ws.js'), 'the transfer code');
+  t.true(files.includes('dist/src/transfer/dial.js'), 'the dialing code (the session\'s, connect.js, loads once a store is open)');
   t.true(files.some((f) => f.startsWith('node_modules/ws/')), 'ws');
-  t.deepEqual(files.filter((f) => /^dist\/src\/transfer\/bundle\.js$/.test(f)), []);
+  t.deepEqual(files.filter((f) => /^dist\/src\/(transfer\/(bundle|ws)|http\/\w+)\.js$/.test(f)), []);
 });
 
 test('a process that started the hashing thread ahead of any job exits when its work is done', async (t) => {

@@ -1,8 +1,11 @@
 import fs from 'node:fs/promises';
-import { CabError } from '../errors.js';
+import { CabError, checkSignal } from '../errors.js';
 import { RECYCLED_BYTES, blockBuffer, dropBlock, shareSlots } from '../hash/blocks.js';
 import { SLOTS_AT, SLOT_BYTES, SLOT_COUNT, gearWasm } from '../chunker/gear-wasm.js';
 import type { Descriptor } from '../format/descriptor.js';
+
+// Kept in errors.ts (light: connect's checks load no blob code); the blob code's own callers find it here.
+export { checkSignal };
 
 // Blocks of input go into the chunker's memory where the hashing thread shares it (hash/blocks.ts).
 if (gearWasm?.shared && SLOT_BYTES === RECYCLED_BYTES) shareSlots(gearWasm.shared, SLOTS_AT, SLOT_COUNT);
@@ -30,15 +33,6 @@ export interface AppendOptions {
    * open. A signal aborted before the call changes nothing.
    */
   signal?: AbortSignal;
-}
-
-/** The `signal` of an options object (which may be absent): absent, or an AbortSignal. */
-export function checkSignal(options: unknown, what: string): AbortSignal | undefined {
-  if (options === undefined) return undefined;
-  if (options === null || typeof options !== 'object') throw new CabError('ERR_BAD_ARGUMENT', `${what} takes an options object`);
-  const { signal } = options as { signal?: unknown };
-  if (signal === undefined || signal instanceof AbortSignal) return signal;
-  throw new CabError('ERR_BAD_ARGUMENT', `${what}: signal must be an AbortSignal`);
 }
 
 /**

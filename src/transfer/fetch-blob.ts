@@ -8,7 +8,7 @@ import { announcedDoubt } from './remote-reader.js';
 import { receiveBlob } from './receive.js';
 import { DEFAULT_STALL_MS, SourceSet, type SourceReport } from './sources.js';
 import { withHexJSON, type ReceiveOptions, type TransferStats } from './stats.js';
-import { connect } from './ws.js';
+import { connect } from './connect.js';
 import { throwIfAborted } from './abort.js';
 
 export type { SourceReport } from './sources.js';

@@ -3,6 +3,7 @@ import type { BlobStore } from '../store.js';
 import type { AuthOptions } from './handshake.js';
 import type { ByteBudget } from './budget.js';
 import type { WireCount } from './stats.js';
+import type { Message } from './messages.js';
 
 export interface PushOptions {
   /** Cancels this push only: it rejects with ERR_ABORTED, the server is told to stop (`cancel`), other transfers go on. */
@@ -55,8 +56,18 @@ export interface Transport {
 export interface PeerOptions extends AuthOptions {
   store: BlobStore;
   role: 'server' | 'client';
-  /** Client: the credential to present. */
-  token?: string;
+  /**
+   * Client: a connection the hello has gone on (dial.ts): the server's
+   * welcome, the first request id free, and the requests sent before, whose
+   * answers this peer takes from now on.
+   */
+  welcomed?: {
+    welcome: Extract<Message, { t: 'welcome' }>;
+    nextId: number;
+    pending: Map<number, { resolve: (m: Message) => void; reject: (e: Error) => void }>;
+    /** The answer to request `m` if the dial sent it ahead: each taken once. */
+    early(m: Message): Promise<Message> | undefined;
+  };
   /** Requests a peer may have outstanding here before it is cut off (server). */
   maxRequests?: number;
   /** Close a connection that sends nothing for this long (a server), or, with requests outstanding, answers nothing (a client); while the peer's silence is no fault (see Peer #slow), a pong to a ping will do. Default DEFAULT_IDLE_MS. */

@@ -3,10 +3,10 @@ import { checkBlobName } from '../format/layout.js';
 import { MAX_FRAME, MAX_GET_BYTES, decode, encode, type GetItem, type Message, type Perm } from './messages.js';
 import { receive } from './receive.js';
 import type { RemoteSource, Take } from './remote.js';
-import { withHexJSON, type ReceiveOptions, type TransferStats } from './stats.js';
+import { remoteStat, withHexJSON, type ReceiveOptions, type TransferStats } from './stats.js';
 import { ByteBudget } from './budget.js';
 import { abortError, orAbort, throwIfAborted } from './abort.js';
-import { authenticate, checkPeer, helloFor, welcomeFor } from './handshake.js';
+import { authenticate, checkPeer, welcomeFor } from './handshake.js';
 import { Serving, SERVE_AHEAD_BYTES, type ServeEvent } from './serve.js';
 import { remoteError, type PeerOptions, type PushOptions, type PushResult, type Transport } from './peer-types.js';
 import { IdleWatch } from './idle-watch.js';
@@ -38,7 +38,7 @@ const ANSWERS = new Set<Message['t']>(['statr', 'listr', 'matchr', 'finer', 'dat
  * transport. Both ends can request (a push makes the server ask the client
  * for chunks), each numbering its own requests.
  *
- *   client: --hello--> server: checks version, hash and token --welcome--> ready
+ *   client (its dial, dial.ts): --hello--> server: checks version, hash and token --welcome--> ready
  *   either: --stat/list/match/fine/get/push {id}--> other: --statr/listr/matchr/finer/data/done {id} | err {id}
  *   client: --cancel {id}--> server: stops receiving push id, answers err {id, ERR_ABORTED}
  *   a broken peer: --err (no id)--> and the connection is closed
@@ -96,11 +96,13 @@ export class Peer {
       source: () => this.source(),
       ...(options.wire ? { wire: options.wire } : {}),
     });
-    this.#ready = new Promise((res, rej) => {
-      this.#readyResolve = res;
-      this.#readyReject = rej;
-    });
+    this.#ready = new Promise((res, rej) => ((this.#readyResolve = res), (this.#readyReject = rej)));
     this.#ready.catch(() => {});
+    // A client over a dial's connection (dial.ts): welcomed already, and its requests sent ahead are answered here.
+    const w = options.welcomed;
+    for (const [id, p] of w?.pending ?? []) this.#pending.set(id, { ...p, slow: false });
+    this.#nextId = w?.nextId ?? 1;
+    if (w) this.#onWelcome(w.welcome);
     this.#touch();
   }
 
@@ -126,12 +128,6 @@ export class Peer {
   /** Hangs up on the peer, telling it why (an `err` without id). */
   fail(e: CabError): void {
     this.#fatal(e);
-  }
-
-  /** Client: sends hello and resolves on welcome. */
-  async hello(): Promise<void> {
-    await this.#send(helloFor(this.#o.store.chunker, this.#o.token));
-    await this.#ready;
   }
 
   #touch(): void {
@@ -302,6 +298,14 @@ export class Peer {
    * come, and it resolves with the last frame.
    */
   async request<T extends Message['t']>(m: Message, expect: T, signal?: AbortSignal, take?: Take): Promise<Extract<Message, { t: T }>> {
+    // The answer to a request a dial sent ahead (dial.ts): taken once, instead of asking again.
+    const early = this.#o.welcomed?.early(m);
+    const a = early ? await orAbort(early, signal) : await this.#ask(m, signal, take);
+    if (a.t !== expect) throw new CabError('ERR_PROTOCOL', `expected ${expect}, got ${a.t}`);
+    return a as Extract<Message, { t: T }>;
+  }
+
+  async #ask(m: Message, signal: AbortSignal | undefined, take: Take | undefined): Promise<Message> {
     await this.#ready;
     while (this.#pending.size >= this.#remoteMaxRequests && !this.#closed) await new Promise<void>((r) => this.#windowWaiters.push(r));
     if (this.#closed) throw this.#closed;
@@ -321,16 +325,13 @@ export class Peer {
       this.#settled(id);
       throw isCabError(e) ? e : new CabError('ERR_CONNECTION', (e as Error).message, {}, { cause: e });
     }
-    let a: Message;
     try {
-      a = await orAbort(answer, signal);
+      return await orAbort(answer, signal);
     } catch (e) {
       // The answer stays pending, so that it is matched (and dropped) when it comes.
       if (signal?.aborted && isCabError(e, 'ERR_ABORTED')) void this.#send({ t: 'cancel', id }).catch(() => {});
       throw e;
     }
-    if (a.t !== expect) throw new CabError('ERR_PROTOCOL', `expected ${expect}, got ${a.t}`);
-    return a as Extract<Message, { t: T }>;
   }
 
   /** The other end as a source of blobs for `receive`. */
@@ -343,9 +344,7 @@ export class Peer {
       ...(this.#t.bytesRead ? { bytesRead: () => this.#t.bytesRead!() } : {}),
       stat: async (name, after) => {
         const parked = after === undefined ? undefined : await (this.#parked ??= new ByteBudget(Math.max(1, this.#remoteMaxRequests >> 1))).take(1);
-        const r = await this.request({ t: 'stat', id: 0, name, ...(after === undefined ? {} : { after }) }, 'statr').finally(parked);
-        // The hash as the library hands every hash out: a plain Uint8Array (the decoder gives a Buffer).
-        return withHexJSON({ size: r.size, finalized: r.fin, ...(r.hash ? { hash: Uint8Array.from(r.hash) } : {}) });
+        return remoteStat(await this.request({ t: 'stat', id: 0, name, ...(after === undefined ? {} : { after }) }, 'statr').finally(parked));
       },
       list: async (name, from, max) => {
         const r = await this.request({ t: 'list', id: 0, name, from, ...(max === undefined ? {} : { max }) }, 'listr');

@@ -59,6 +59,18 @@ export function withHexJSON<T extends object>(o: T): T {
   return o;
 }
 
+/** A remote blob's stat, as CabClient.stat and Dial.stat give it. */
+export interface RemoteStat {
+  size: number;
+  finalized: boolean;
+  hash?: Uint8Array;
+}
+
+/** A `statr` answer as a RemoteStat: the hash as the library hands every hash out, a plain Uint8Array (the decoder gives a Buffer). */
+export function remoteStat(r: { size: number; fin: boolean; hash?: Uint8Array }): RemoteStat {
+  return withHexJSON({ size: r.size, finalized: r.fin, ...(r.hash ? { hash: Uint8Array.from(r.hash) } : {}) });
+}
+
 /** Application bytes (frame payloads) sent and received on one connection. */
 export interface WireCount {
   sent: number;

@@ -2,11 +2,10 @@ import http from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { WebSocket, WebSocketServer } from './ws-lib.js';
-import { CabError, ioError, throwIfAborted } from '../errors.js';
+import { CabError, ioError } from '../errors.js';
 import type { BlobStore } from '../store.js';
 import { MAX_FRAME, MAX_GET_BYTES, encode, type Perm } from './messages.js';
-import { Peer, DEFAULT_IDLE_MS, DEFAULT_MAX_REQUESTS, type PushOptions, type PushResult, type Transport } from './peer.js';
-import type { ReceiveOptions, TransferStats } from './stats.js';
+import { Peer, DEFAULT_IDLE_MS, DEFAULT_MAX_REQUESTS } from './peer.js';
 import { ByteBudget } from './budget.js';
 import type { ServeEvent } from './serve.js';
 import { ServeAccount } from './serve-event.js';
@@ -14,20 +13,15 @@ import { Admission, DEFAULT_HELLO_TIMEOUT_MS, type AdmissionOptions } from './ad
 import { authenticate } from './handshake.js';
 import { wire, wsTransport } from './ws-transport.js';
 import { lively } from './ws-life.js';
-import { orAbort } from './abort.js';
-import { checkConnectArgs, checkMaxFrame } from './connect-args.js';
-import type { Readable } from 'node:stream';
-import { checkBlobName } from '../format/layout.js';
-import { remoteStream, type RemoteStreamOptions } from './follow-remote.js';
-import type { WireCount } from './stats.js';
-import { RemoteBlobReader, type OpenReaderOptions } from './remote-reader.js';
+import { checkMaxFrame } from './connect-args.js';
 
+// The client's side lives in connect.ts (and dial.ts): a pull loads none of the server's code.
+export { connect, type CabClient, type ConnectOptions } from './connect.js';
+export { dial, Dial, DEFAULT_CONNECT_TIMEOUT_MS, type DialOptions } from './dial.js';
 export type { WireCount } from './stats.js';
 
 /** Bytes of `get` answers (data frames) a server reads and buffers at once, over all its connections. */
 export const DEFAULT_MAX_GET_MEMORY = 64 * 1024 * 1024;
-/** How long connect waits for the upgrade and the welcome together. */
-export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
 
 /** Largest frame a connection may send before it is welcomed (a hello is small): more closes it with 1009. */
 export const HELLO_MAX_FRAME = 64 * 1024;
@@ -236,121 +230,6 @@ export async function serve(store: BlobStore, options: ServeOptions = {}, face?:
     },
   };
   return cab;
-}
-
-export interface ConnectOptions {
-  /** The credential (a token the server knows). */
-  token?: string;
-  /** For wss:// with a private CA or a self-signed certificate. */
-  ca?: string | Buffer;
-  /** Largest frame accepted from the server. */
-  maxFrame?: number;
-  /** Give up connecting after this long, the WebSocket upgrade and the hello/welcome handshake together (default 10 s): ERR_CONNECTION. */
-  timeoutMs?: number;
-  /** Cancels the connect (the upgrade or the handshake): it rejects with ERR_ABORTED and leaves no socket open. Once connected, the signal plays no part. */
-  signal?: AbortSignal;
-  /** With requests outstanding, a server that sends nothing for this long is cut off: every waiting request (a pull, a stream, a remote read) fails with ERR_IDLE_TIMEOUT. While a push, get or follow stat is outstanding (its answer may rightly take long), the server is pinged and a pong will do. Data sent since the server was last heard (a push's chunks) adds its time at 1 KiB/s, until a pong to a ping sent behind it. Default DEFAULT_IDLE_MS (120 s). */
-  idleTimeoutMs?: number;
-}
-
-export interface CabClient {
-  readonly url: string;
-  /** @internal The session, for fetchBlob (its source, and the server's chunker). */
-  readonly peer: Peer;
-  /** @internal Resolves once the connection has closed, for whatever reason. */
-  readonly closed: Promise<void>;
-  /** Frame payload bytes this connection has sent and received so far. */
-  readonly wire: Readonly<WireCount>;
-  /** Size, finalized, and hash (a Uint8Array, as everywhere; hex in JSON) of a remote blob. `signal` stops waiting for the answer (ERR_ABORTED). */
-  stat(name: string, options?: { signal?: AbortSignal }): Promise<{ size: number; finalized: boolean; hash?: Uint8Array }>;
-  /** Fetches a remote blob into the local store (only what the store lacks travels). `signal` cancels (ERR_ABORTED): what was written stays, unfinalized and resumable. */
-  pull(name: string, options?: ReceiveOptions): Promise<TransferStats>;
-  /** Sends a local blob to the remote store (only what it lacks travels). `signal` cancels that push only. */
-  push(name: string, options?: PushOptions): Promise<PushResult>;
-  /**
-   * Reads a finalized remote blob without storing it: only the 16 KiB leaves
-   * covering what is read travel, each checked against the blob's root (the
-   * trusted `hash`, else the one the server announces) before it is returned.
-   */
-  openReader(name: string, options?: OpenReaderOptions): Promise<RemoteBlobReader>;
-  /** A remote blob's bytes, each chunk checked as it comes, the root at the end; with `follow`, a blob still being written (see RemoteStreamOptions). Nothing is stored here. */
-  stream(name: string, options?: RemoteStreamOptions): Readable;
-  /** Closes the connection; calling it again returns the same promise. */
-  close(): Promise<void>;
-  /** `await using c = await connect(...)`: close(). */
-  [Symbol.asyncDispose](): Promise<void>;
-}
-
-/** Connects a local store to a cabstore server. */
-export async function connect(store: BlobStore, url: string, options: ConnectOptions = {}): Promise<CabClient> {
-  checkConnectArgs(store, url, options);
-  const { signal } = options;
-  throwIfAborted(signal, `connecting to ${url}`);
-  const timeoutMs = options.timeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
-  const ws = new WebSocket(url, {
-    maxPayload: options.maxFrame ?? MAX_FRAME,
-    perMessageDeflate: false,
-    // A zero mask: ws then neither masks what we send nor the server unmasks it, a pass over every
-    // pushed byte on each side. Masking guards proxies against scripts in browsers; this is not one.
-    generateMask: (mask: Buffer) => mask.fill(0),
-    handshakeTimeout: timeoutMs,
-    ...(options.ca ? { ca: options.ca } : {}),
-  });
-  // An abort or the timeout ends the socket; whichever step is waiting then fails, and the catch says why.
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    ws.terminate();
-  }, timeoutMs);
-  const onAbort = () => ws.terminate();
-  signal?.addEventListener('abort', onAbort, { once: true });
-  const count = { sent: 0, received: 0 };
-  let peer: Peer;
-  try {
-    await new Promise<void>((resolve, reject) => {
-      ws.once('open', () => resolve());
-      ws.once('error', (e) => reject(new CabError('ERR_CONNECTION', `cannot connect to ${url}: ${e.message}`, {}, { cause: e })));
-    });
-    peer = new Peer(lively(ws, wsTransport(ws, count), count, false), { store, role: 'client', token: options.token, label: url, maxFrame: options.maxFrame ?? MAX_FRAME, idleMs: options.idleTimeoutMs ?? DEFAULT_IDLE_MS });
-    wire(ws, peer, count);
-    ws.on('pong', () => peer.onPong());
-    await peer.hello();
-  } catch (e) {
-    ws.terminate();
-    throwIfAborted(signal, `connecting to ${url}`);
-    if (timedOut) throw new CabError('ERR_CONNECTION', `cannot connect to ${url}: not connected (upgrade and welcome) within ${timeoutMs} ms`, {}, { cause: e });
-    throw e;
-  } finally {
-    clearTimeout(timer);
-    signal?.removeEventListener('abort', onAbort);
-  }
-  const closed = new Promise<void>((resolve) => ws.once('close', () => resolve()));
-  let closing: Promise<void> | undefined;
-  const client: CabClient = {
-    url,
-    peer,
-    closed,
-    wire: count,
-    stat: (name, o) => orAbort(peer.source().stat(name), o?.signal, name),
-    pull: (name, o) => peer.pull(name, o),
-    push: (name, o) => peer.push(name, o),
-    openReader: (name, o) => RemoteBlobReader.open(peer, name, o ?? {}, store),
-    stream: (name, o) => remoteStream(peer.source(), checkBlobName(name), o),
-    close() {
-      closing ??= (async () => {
-        if (ws.readyState !== WebSocket.CLOSED) {
-          ws.close(1000, 'bye');
-          await Promise.race([closed, new Promise((r) => setTimeout(r, 2000).unref())]);
-          ws.terminate();
-        }
-      })();
-      return closing;
-    },
-    [Symbol.asyncDispose]() {
-      return this.close();
-    },
-  };
-  return client;
 }
 
 /**

@@ -98,17 +98,14 @@ export function blobCommands(program: Command): void {
     .option('--token-file <file>', 'the token (first line) for a server')
     .action(async (a: string, b: string | undefined, o: { tokenFile?: string }) => {
       if (b !== undefined) {
-        // Asks the server only: no store is needed here, so a scratch one stands in for it.
-        const { connect } = await lib.net();
-        await withScratchStore(async (s) => {
-          const c = await connect(s, a, { token: token(o) });
-          try {
-            const st = await c.stat(b);
-            out(`size ${st.size}\nfinalized ${st.finalized}\nhash ${st.hash ? toHex(st.hash) : '-'}`, { name: b, ...st });
-          } finally {
-            await c.close();
-          }
-        });
+        // Asks the server only, on a dial: no store is needed here.
+        const d = (await lib.dial()).dial(a, { token: token(o) });
+        try {
+          const st = await d.stat(b);
+          out(`size ${st.size}\nfinalized ${st.finalized}\nhash ${st.hash ? toHex(st.hash) : '-'}`, { name: b, ...st });
+        } finally {
+          await d.close();
+        }
         return;
       }
       await withStore(false, async (s) => {

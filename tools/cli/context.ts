@@ -27,7 +27,10 @@ export const usageHelp = (): string => (active ?? program).helpInformation();
  */
 export const lib = {
   store: () => import('../../src/store.js'),
-  net: () => import('../../src/transfer/ws.js'),
+  /** A connection opened before the store (light: no store code), for connect to take over. */
+  dial: () => import('../../src/transfer/dial.js'),
+  /** A client's session (connect); the server's code stays out (serve loads it, with the HTTP face). */
+  net: () => import('../../src/transfer/connect.js'),
   /** serve: the transfer protocol and the HTTP face on one port. */
   http: () => import('../../src/http/serve.js'),
   bundle: () => import('../../src/transfer/bundle.js'),

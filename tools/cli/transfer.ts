@@ -8,7 +8,9 @@ import { checkBlobName } from '../../src/format/layout.js';
 import { Progress, count, fmtBytes } from '../progress.js';
 import { statInput } from '../source.js';
 import { sizeArg, usage } from '../args.js';
-import { hex as toHex, json, lib, out, readText, replacer, startHashing, token, withScratchStore, withStore, withStoreMadeAfter } from './context.js';
+import type { Dial } from '../../src/transfer/dial.js';
+import type { RemoteStat } from '../../src/transfer/stats.js';
+import { hex as toHex, json, lib, out, readText, replacer, startHashing, token, withStore, withStoreMadeAfter } from './context.js';
 
 /** Missing chunks an incomplete import lists per blob; --json has the library's list (the first 100). */
 const MISSING_SHOWN = 10;
@@ -33,9 +35,17 @@ export function transferCommands(program: Command): void {
     const name = b ?? a;
     const urls = [...(b === undefined ? [] : [a]), ...o.from];
     checkBlobName(name);
-    await startHashing();
     if (o.size !== undefined && o.hash === undefined) usage('pull: --size goes with --hash');
-    if (urls.length === 1 && o.hash === undefined) return pullOne(urls[0]!, name, o);
+    // From one server: the connection, and the blob's stat, get under way before the hashing thread starts and
+    // the store's code loads; they go on while it loads and the store opens (issue 15).
+    const d = urls.length === 1 && o.hash === undefined ? (await lib.dial()).dial(urls[0]!, { ...serverOpts(o), prefetch: name }) : undefined;
+    const asked = d?.stat(name);
+    asked?.catch(() => {}); // awaited by pullOne, unless the store is there already
+    // Two turns of the event loop (the connect is made in the first): a local server's TCP connect completes,
+    // and the upgrade request leaves before the loading, which holds the loop for some 50 ms.
+    for (let turn = 0; d && turn < 2; turn++) await new Promise((r) => setImmediate(r));
+    await startHashing();
+    if (d) return pullOne(d, asked!, name);
     return pullMany(urls, name, o);
   });
 
@@ -43,7 +53,7 @@ export function transferCommands(program: Command): void {
     async (url: string, name: string, o: { tokenFile?: string; ca?: string }) => {
       const { connect } = await lib.net();
       await withStore(false, async (s) => {
-        const c = await connect(s, url, { token: token(o), ...(o.ca ? { ca: readText(o.ca) } : {}) });
+        const c = await connect(s, url, serverOpts(o));
         try {
           const r = await c.push(name);
           out(`${name}: ${fmtBytes(r.received)} sent, ${fmtBytes(r.reused)} reused by the server, ${fmtBytes(c.wire.sent + c.wire.received)} on the wire`, { ...r, wire: c.wire });
@@ -123,28 +133,39 @@ interface PullOptions {
   ca?: string;
 }
 
-/** A pull from one server: its stats, and the bytes on the wire. */
-async function pullOne(url: string, name: string, o: PullOptions): Promise<void> {
-  const { connect } = await lib.net();
-  const opts = { token: token(o), ...(o.ca ? { ca: readText(o.ca) } : {}) };
-  // With no store here yet, one is made only for a blob the server has, finalized: ask it first.
-  await withStoreMadeAfter(
-    () => firstHas([url], name, opts),
-    async (s) => {
-      const c = await connect(s, url, opts);
-      try {
-        const p = progress(name);
-        const st = await c.pull(name, { onProgress: p.on });
-        p.end();
-        out(
-          `${name} ${toHex(st.hash)}: ${st.alreadyHad ? 'already here' : `${fmtBytes(st.receivedBytes)} received, ${fmtBytes(st.reusedBytes)} reused`}, ${fmtBytes(c.wire.sent + c.wire.received)} on the wire`,
-          { ...st, wire: c.wire },
-        );
-      } finally {
-        await c.close();
-      }
-    },
-  );
+/** The options of a connection to a server: the token, and the CA for wss://. */
+const serverOpts = (o: { tokenFile?: string; ca?: string }) => ({ token: token(o), ...(o.ca ? { ca: readText(o.ca) } : {}) });
+
+/**
+ * A pull from one server, over dial `d` (already asked the blob's stat,
+ * `asked`): its stats, and the bytes on the wire. With no store here yet,
+ * one is made only for a blob the server has, finalized.
+ */
+async function pullOne(d: Dial, asked: Promise<RemoteStat>, name: string): Promise<void> {
+  try {
+    await withStoreMadeAfter(
+      async () => {
+        finalized(await asked, name);
+      },
+      async (s) => {
+        const { connect } = await lib.net();
+        const c = await connect(s, d);
+        try {
+          const p = progress(name);
+          const st = await c.pull(name, { onProgress: p.on });
+          p.end();
+          out(
+            `${name} ${toHex(st.hash)}: ${st.alreadyHad ? 'already here' : `${fmtBytes(st.receivedBytes)} received, ${fmtBytes(st.reusedBytes)} reused`}, ${fmtBytes(c.wire.sent + c.wire.received)} on the wire`,
+            { ...st, wire: c.wire },
+          );
+        } finally {
+          await c.close();
+        }
+      },
+    );
+  } finally {
+    await d.close(); // one no connect took: the store was not made or failed to open (else the client's to close)
+  }
 }
 
 /**
@@ -187,28 +208,31 @@ async function pullMany(urls: string[], name: string, o: PullOptions): Promise<v
 
 /** Resolves once one of the servers has blob `name` finalized (with root `hash`, if given); else fails with the last server's reason. */
 async function firstHas(urls: string[], name: string, opts: { token: string | undefined; ca?: string }, hash?: string): Promise<void> {
-  const { connect } = await lib.net();
+  const { dial } = await lib.dial();
   let last: unknown;
   for (const url of urls) {
     try {
-      await withScratchStore(async (scratch) => {
-        const c = await connect(scratch, url, opts);
-        try {
-          const st = await c.stat(name);
-          if (!st.finalized) throw new CabError('ERR_BLOB_NOT_FINALIZED', `the sender's blob ${name} is not finalized`, { blob: name });
-          if (hash !== undefined && toHex(st.hash!) !== hash.toLowerCase()) {
-            throw new CabError('ERR_HASH_MISMATCH', `${url} announces root ${toHex(st.hash!)} for blob ${name}, not ${hash}`, { blob: name });
-          }
-        } finally {
-          await c.close();
+      const d = dial(url, opts);
+      try {
+        const st = finalized(await d.stat(name), name);
+        if (hash !== undefined && toHex(st.hash!) !== hash.toLowerCase()) {
+          throw new CabError('ERR_HASH_MISMATCH', `${url} announces root ${toHex(st.hash!)} for blob ${name}, not ${hash}`, { blob: name });
         }
-      });
+      } finally {
+        await d.close();
+      }
       return;
     } catch (e) {
       last = e;
     }
   }
   throw last;
+}
+
+/** A sender's stat of a blob that can be pulled (finalized); ERR_BLOB_NOT_FINALIZED otherwise. */
+function finalized(st: RemoteStat, name: string): RemoteStat {
+  if (!st.finalized) throw new CabError('ERR_BLOB_NOT_FINALIZED', `the sender's blob ${name} is not finalized`, { blob: name });
+  return st;
 }
 
 /** A pull that failed with no source left says what each source did, in one line. */
