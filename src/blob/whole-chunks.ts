@@ -27,6 +27,13 @@ const PAGE = 1024;
 const TURN_BYTES = 8 * 1024 * 1024;
 
 /**
+ * Per source descriptor, the number of the chunk after the last one taken
+ * from it: a pull's next local range of that blob starts a chunk or two
+ * further on (ChunkIndex.chunkNumberAt's `near`).
+ */
+const nextTaken = new WeakMap<Descriptor, number>();
+
+/**
  * The fast path of appendBlob. With the chunker at a boundary, a range of
  * blob `blob` (descriptor `src`) that starts at one of the source's chunk
  * boundaries is made of the source's chunks: FastCDC restarted at a
@@ -48,8 +55,9 @@ export async function takeWholeChunks(
   signal?: AbortSignal,
 ): Promise<number> {
   const index = s.index;
-  const first = index.chunkNumberAt(blob, offset);
+  const first = index.chunkNumberAt(blob, offset, nextTaken.get(src));
   if (first === undefined) return 0;
+  let chunksTaken = 0;
   const end = offset + n;
   let taken = 0;
   let group: Array<{ hash: Uint8Array; size: number }> = [];
@@ -62,6 +70,8 @@ export async function takeWholeChunks(
     const extents = [...src.extents.slice(start, groupBytes)];
     await ingest.addWhole(extents, group, await wholeBytes(s, files, src, extents, start, groupBytes));
     taken += groupBytes;
+    chunksTaken += group.length;
+    nextTaken.set(src, first + chunksTaken);
     group = [];
     groupBytes = 0;
   };

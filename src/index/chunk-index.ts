@@ -40,14 +40,15 @@ export interface BlobEntry {
 
 const nameKey = (name: string) => Buffer.from(name, 'hex');
 
-function u64(n: number): Buffer {
-  const b = Buffer.allocUnsafe(8);
-  b.writeBigUInt64BE(BigInt(n));
+/** A `chunks` key; `name` as a name key (nameKey) where one is at hand. */
+function chunkKey(hash: Uint8Array, name: string | Buffer, offset: number): Buffer {
+  const b = Buffer.allocUnsafe(56);
+  b.set(hash, 0);
+  if (typeof name === 'string') b.write(name, 32, 'hex');
+  else b.set(name, 32);
+  b.writeUInt32BE(Math.floor(offset / 2 ** 32), 48);
+  b.writeUInt32BE(offset >>> 0, 52);
   return b;
-}
-
-function chunkKey(hash: Uint8Array, name: string, offset: number): Buffer {
-  return Buffer.concat([hash, nameKey(name), u64(offset)]);
 }
 
 /** A finalized blob under its BEP 52 root. */
@@ -175,7 +176,7 @@ export class ChunkIndex {
     let off = chunkOffset;
     let n = cur.n;
     for (const [hash, size] of chunkEntries(rec.c)) {
-      if (!overlapsDamage(damage, off, off + size)) this.#chunks.put(chunkKey(hash, name, off), size);
+      if (!overlapsDamage(damage, off, off + size)) this.#chunks.put(chunkKey(hash, key, off), size);
       this.#bchunks.put(blobChunkKey(name, n), [hash, size, off]);
       off += size;
       n++;
@@ -288,6 +289,11 @@ export class ChunkIndex {
     }
   }
 
+  /** The size of the chunk with this hash at `offset` of blob `blob`, if the index has it there: one look, not a walk of its locations. */
+  sizeAt(hash: Uint8Array, blob: string, offset: number): number | undefined {
+    return this.#chunks.get(chunkKey(hash, blob, offset));
+  }
+
   /**
    * Up to `limit` chunk hashes in order, after `after` (a hash), without
    * repeats: a page, so that no read transaction spans an await.
@@ -306,11 +312,26 @@ export class ChunkIndex {
     }
   }
 
-  /** The number of the blob's chunk that starts at `offset`, if one does (binary search). */
-  chunkNumberAt(name: string, offset: number): number | undefined {
+  /**
+   * The number of the blob's chunk that starts at `offset`, if one does
+   * (binary search). `near`: a chunk number at or before it, most likely a
+   * few chunks before (the end of the range taken before): the search
+   * gallops from there (a pull's next local range starts a chunk or two
+   * after the last: three or four looks rather than ten).
+   */
+  chunkNumberAt(name: string, offset: number, near?: number): number | undefined {
     const n = this.blob(name)?.n ?? 0;
     let lo = 0;
     let hi = n - 1;
+    for (let step = 1, at = near ?? n; at < n; step *= 2, at = lo + step) {
+      const v = this.#bchunks.get(blobChunkKey(name, at));
+      if (!v || v[2] > offset) {
+        hi = Math.min(hi, at - 1);
+        break;
+      }
+      if (v[2] === offset) return at;
+      lo = at + 1;
+    }
     while (lo <= hi) {
       const mid = (lo + hi) >> 1;
       const v = this.#bchunks.get(blobChunkKey(name, mid));

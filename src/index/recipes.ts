@@ -40,6 +40,11 @@ export async function liveLocation(index: ChunkIndex, layout: Layout, hash: Uint
 
 /** liveLocation's look at the index: the location, or the name of a blob whose descriptor must be looked at first. */
 function locate(index: ChunkIndex, hash: Uint8Array, alive: Map<string, boolean>, { size, after }: Wanted): Location | string | undefined {
+  // Most chunks of a recipe continue the step before: one look at that place first.
+  if (after && alive.get(after.blob) === true) {
+    const here = index.sizeAt(hash, after.blob, after.end);
+    if (here !== undefined && (size === undefined || here === size)) return { blob: after.blob, offset: after.end, size: here };
+  }
   let first: Location | undefined;
   let seen = 0;
   for (const loc of index.locations(hash)) {

@@ -1,12 +1,11 @@
 import { CabError, isCabError } from '../errors.js';
-import { chunk as cdc } from '../chunker/fastcdc.js';
-import { bytesEqual, sha256, toHex } from '../hash/sha256.js';
+import { bytesEqual, toHex } from '../hash/sha256.js';
 import { checkBlobName } from '../format/layout.js';
 import { overlapsDamage } from '../format/damage.js';
 import { catchUpBlob } from '../index/catchup.js';
 import type { BlobStore } from '../store.js';
 import type { BlobReader } from '../blob/reader.js';
-import { MAX_LIST, STAT_WAIT_MS, FINE_CHUNKER, FINE_HASH_BYTES, DATA_FRAME_BYTES, encodeDataFrame, type GetItem, type Message, type Perm, type WireChunk } from './messages.js';
+import { MAX_LIST, STAT_WAIT_MS, DATA_FRAME_BYTES, encodeDataFrame, type GetItem, type Message, type Perm, type WireChunk } from './messages.js';
 import { receive } from './receive.js';
 import type { RemoteSource } from './remote.js';
 import { ByteBudget } from './budget.js';
@@ -16,6 +15,7 @@ import type { WireCount } from './stats.js';
 import { ServeAccount } from './serve-event.js';
 import { ListDigest } from './list-digest.js';
 import { answerRange } from './serve-range.js';
+import { finePieces } from './fine.js';
 
 export type { ServeEvent } from './serve-event.js';
 
@@ -189,15 +189,9 @@ export class Serving {
       try {
         // Read at once where the fragment is open, unchecked here as a get's items are (#locate passed over
         // recorded damage; the receiver checks what it builds from the answer).
-        const bytes = new Uint8Array(m.size);
+        const bytes = Buffer.allocUnsafe(m.size); // every byte read, or the read throws
         await r.readUnchecked(bytes, at, true);
-        const c: WireChunk[] = [];
-        let off = 0;
-        for (const size of cdc(bytes, FINE_CHUNKER)) {
-          c.push([sha256(bytes.subarray(off, off + size)).subarray(0, FINE_HASH_BYTES), size]);
-          off += size;
-        }
-        return { t: 'finer', id: m.id, c };
+        return { t: 'finer', id: m.id, c: finePieces(bytes) };
       } finally {
         release();
       }
