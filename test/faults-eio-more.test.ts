@@ -7,9 +7,12 @@
 import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { BlobStore, isCabError, merkleRoot, toHex, type FsckReport } from '../src/index.js';
+import { BlobStore, connect, exportBundle, importBundle, isCabError, merkleRoot, serve, toHex, type CabClient, type CabServer, type FsckReport, type ServeOptions } from '../src/index.js';
 import { prngBytes } from '../tools/data.js';
-import { readAll } from './helpers/store.js';
+import { collect, putBlob, readAll, tempDir, tempStore } from './helpers/store.js';
+import { runCli } from './helpers/cli.js';
+import { settle } from './helpers/hostile.js';
+import { edited } from './helpers/transfer.js';
 import { faultStore, type FaultStore } from './helpers/faults.js';
 
 const KiB = 1024;
@@ -268,4 +271,366 @@ test('fsck --repair with descriptors or fragments it cannot stat or list is ERR_
   await w.close();
   await whole(t, store, name, data);
   t.true((await readAll(store, w.name)).equals(data.subarray(0, 300 * KiB)));
+});
+
+// --- transfer, bundles and the HTTP face ---
+
+const TOKEN = 'eio';
+const TOKENS = { [TOKEN]: ['read', 'write'] } as ServeOptions['tokens'];
+
+async function serveT(t: ExecutionContext, store: BlobStore): Promise<CabServer> {
+  const srv = await serve(store, { tokens: TOKENS });
+  t.teardown(() => srv.close());
+  return srv;
+}
+
+async function connectT(t: ExecutionContext, store: BlobStore, url: string): Promise<CabClient> {
+  const c = await connect(store, url, { token: TOKEN });
+  t.teardown(() => c.close());
+  return c;
+}
+
+/** The code `p` settles with within `ms` ('resolved', 'pending', or the CabError's code). */
+const within = settle;
+
+test('a server whose fragment read fails mid-pull: the pull fails (ERR_REMOTE or ERR_IO, never "absent") at once, the server serves other requests, and the pull completes once the disk is back', async (t) => {
+  const fsx = await faultStore(t);
+  if (!fsx) return;
+  const data = prngBytes('eio serve', 3 * MiB + 9);
+  const { store: server, name } = await withBlob(t, fsx, data);
+  const other = await putBlob(server, prngBytes('eio serve other', 200 * KiB));
+  const srv = await serveT(t, server);
+  const client = await tempStore(t);
+  const c = await connectT(t, client, srv.url);
+  // Only the big blob's fragments fail.
+  const r = await server.newBlobReader(name);
+  const frags = r.fragments().map((f) => f.slice(0, 16));
+  await r.close();
+  fsx.fail(...frags.map((f) => `read ${f}`), ...frags.map((f) => `open ${f}`));
+  const got = await within(c.pull(name), 20_000);
+  t.true(['ERR_REMOTE', 'ERR_IO'].includes(got), `the pull fails with ERR_REMOTE or ERR_IO, not ${got}`);
+  t.log(`the pull: ${got}`);
+  t.is(await within(c.stat(other), 5000), 'resolved', 'the server answers another request');
+  t.is(await within(c.pull(other), 10_000), 'resolved', 'and serves another blob');
+  const again = await within(c.openReader(name).then((rr) => rr.close()), 10_000);
+  t.not(again, 'pending');
+  fsx.fail();
+  await c.pull(name);
+  await whole(t, client, name, data);
+  await whole(t, server, name, data);
+});
+
+test('a push into a server whose fsyncs fail is not acknowledged: it fails with ERR_REMOTE or ERR_IO, the server\'s blob is not final, and a push once the disk is back completes', async (t) => {
+  const fsx = await faultStore(t);
+  if (!fsx) return;
+  const server = await BlobStore.open(fsx.root);
+  t.teardown(() => server.close().catch(() => {}));
+  const srv = await serveT(t, server);
+  const client = await tempStore(t);
+  const data = prngBytes('eio push', 3 * MiB + 1);
+  const name = await putBlob(client, data);
+  const c = await connectT(t, client, srv.url);
+  fsx.fail('fsync ^/tmp/', 'fsync \\.frag$', 'fsyncdir .');
+  const got = await within(c.push(name), 20_000);
+  t.true(['ERR_REMOTE', 'ERR_IO'].includes(got), `the push fails with ERR_REMOTE or ERR_IO, not ${got}`);
+  fsx.fail();
+  const st = await server.stat(name).catch(() => undefined);
+  t.false(st?.finalized ?? false, 'not final on the server');
+  await c.push(name);
+  await whole(t, server, name, data);
+});
+
+test('a receiver whose local chunk read fails while it builds from an older version: ERR_IO, or a blob fetched and verified; never a wrong blob', async (t) => {
+  const fsx = await faultStore(t);
+  if (!fsx) return;
+  const old = prngBytes('eio fine', 4 * MiB);
+  const next = edited(old, 3, 8).bytes;
+  const { store: client } = await withBlob(t, fsx, old);
+  const server = await tempStore(t);
+  const name = await putBlob(server, next);
+  const srv = await serveT(t, server);
+  const c = await connectT(t, client, srv.url);
+  fsx.fail('read ^/cas/', 'read \\.frag$');
+  const got = await within(c.pull(name), 30_000);
+  t.true(['ERR_IO', 'resolved'].includes(got), `the pull fails with ERR_IO or completes, not ${got}`);
+  t.log(`the pull: ${got}`);
+  fsx.fail();
+  if (got !== 'resolved') await c.pull(name);
+  await whole(t, client, name, next);
+});
+
+test('bundles: an export whose fragment read fails, and an import whose fsync fails, are ERR_IO; the import completes once the disk is back', async (t) => {
+  const fsx = await faultStore(t);
+  if (!fsx) return;
+  const data = prngBytes('eio bundle', 2 * MiB + 3);
+  const { store, name } = await withBlob(t, fsx, data);
+  const dir = tempDir(t);
+  const file = path.join(dir, 'b.cab');
+  fsx.fail('read ^/cas/');
+  await failsIo(t, exportBundle(store, [name], file), 'export');
+  fsx.fail();
+  await exportBundle(store, [name], file);
+  // Into a second store on another fault mount.
+  const fsy = await faultStore(t);
+  if (!fsy) return;
+  const dst = await BlobStore.open(fsy.root);
+  t.teardown(() => dst.close().catch(() => {}));
+  fsy.fail('fsync ^/tmp/', 'fsync \\.frag$');
+  await failsIo(t, importBundle(dst, file), 'import');
+  fsy.fail();
+  const st = await dst.stat(name).catch(() => undefined);
+  t.false(st?.finalized ?? false, 'not final after the failed import');
+  await importBundle(dst, file);
+  await whole(t, dst, name, data);
+});
+
+test('HTTP: GET /blobs/NAME (whole, and a Range) with a fragment EIO is a 5xx or a cut body, never a 404 nor a clean end; the server answers after', async (t) => {
+  const fsx = await faultStore(t);
+  if (!fsx) return;
+  const data = prngBytes('eio http get', 2 * MiB + 3);
+  const { store, name } = await withBlob(t, fsx, data);
+  const srv = await serveT(t, store);
+  const base = `http://127.0.0.1:${srv.port}`;
+  fsx.fail('read ^/cas/', 'open ^/cas/');
+  for (const range of [undefined, 'bytes=1000-300000', 'bytes=-5000']) {
+    const how = await fetch(`${base}/blobs/${name}`, { headers: { authorization: `Bearer ${TOKEN}`, ...(range ? { range } : {}) } }).then(
+      async (res) => (res.status >= 500 ? `status ${res.status}` : res.status < 300 ? await res.arrayBuffer().then(() => `status ${res.status}, clean end`, () => 'cut') : `status ${res.status}`),
+      () => 'cut',
+    );
+    t.true(/^status 5\d\d$|^cut$/.test(how), `${range ?? 'whole'}: a 5xx or a cut body, not ${how}`);
+  }
+  fsx.fail();
+  const ok = await fetch(`${base}/blobs/${name}`, { headers: { authorization: `Bearer ${TOKEN}` } });
+  t.is(ok.status, 200);
+  t.true(Buffer.from(await ok.arrayBuffer()).equals(data));
+});
+
+test('HTTP: a tus PATCH whose fsync fails is not acknowledged (a 5xx), HEAD then gives a durable offset, and the upload completes from it once the disk is back', async (t) => {
+  const fsx = await faultStore(t);
+  if (!fsx) return;
+  const store = await BlobStore.open(fsx.root);
+  t.teardown(() => store.close().catch(() => {}));
+  const srv = await serveT(t, store);
+  const base = `http://127.0.0.1:${srv.port}`;
+  const data = prngBytes('eio tus', 2 * MiB + 3);
+  const headers = (o: Record<string, string> = {}) => ({ authorization: `Bearer ${TOKEN}`, 'tus-resumable': '1.0.0', ...o });
+  const created = await fetch(`${base}/files/`, { method: 'POST', headers: headers({ 'upload-length': String(data.length) }) });
+  t.is(created.status, 201);
+  const url = new URL(created.headers.get('location')!, base).href;
+  const name = url.split('/').pop()!;
+  const patch = (at: number, body: Buffer) => fetch(url, { method: 'PATCH', headers: headers({ 'upload-offset': String(at), 'content-type': 'application/offset+octet-stream' }), body });
+  t.is((await patch(0, data.subarray(0, MiB))).status, 204);
+  fsx.fail('fsync ^/tmp/', 'fsync \\.frag$', 'fdatasync .');
+  const failed = await patch(MiB, data.subarray(MiB, 2 * MiB)).then((r) => `status ${r.status}`, () => 'cut');
+  t.true(/^status 5\d\d$|^cut$/.test(failed), `the PATCH is not acknowledged: ${failed}`);
+  fsx.fail();
+  const head = await fetch(url, { method: 'HEAD', headers: headers() });
+  const at = Number(head.headers.get('upload-offset'));
+  t.true(head.status === 200 && at >= MiB && at <= 2 * MiB, `HEAD: ${head.status} at ${at}`);
+  const done = await patch(at, data.subarray(at));
+  t.is(done.status, 204);
+  await whole(t, store, name, data);
+});
+
+test('verified range reads from a server whose leaf layer or fragment read fails: an error that is not "corrupt", and the server serves after', async (t) => {
+  const fsx = await faultStore(t);
+  if (!fsx) return;
+  const data = prngBytes('eio range', 3 * MiB + 1);
+  const { store, name } = await withBlob(t, fsx, data);
+  const srv = await serveT(t, store);
+  const client = await tempStore(t);
+  const c = await connectT(t, client, srv.url);
+  const buf = Buffer.alloc(64 * KiB);
+  // A first read makes the leaf layer.
+  const r0 = await c.openReader(name);
+  await r0.readAt(buf, MiB);
+  await r0.close();
+  for (const rule of ['read ^/layers/', 'open ^/layers/', 'read ^/cas/']) {
+    fsx.fail(rule);
+    const c2 = await connectT(t, client, srv.url);
+    const got = await within(c2.openReader(name).then(async (r) => {
+      try {
+        await r.readAt(buf, 2 * MiB + 77);
+      } finally {
+        await r.close();
+      }
+    }), 20_000);
+    fsx.fail();
+    t.true(['ERR_REMOTE', 'ERR_IO', 'resolved'].includes(got), `${rule}: ERR_REMOTE or ERR_IO (or the bytes), not ${got}`);
+    if (got === 'resolved') t.true(buf.equals(data.subarray(2 * MiB + 77, 2 * MiB + 77 + buf.length)));
+    t.is(await within(c2.stat(name), 5000), 'resolved', `${rule}: the server answers after`);
+  }
+  await whole(t, store, name, data);
+});
+
+// --- opening, resuming, lookups, followers, eviction, the CLI ---
+
+test('opening the store while blob/ or its descriptors fail: ERR_IO or an open store, and the catch-up removes no index entry for it', async (t) => {
+  const fsx = await faultStore(t);
+  if (!fsx) return;
+  const data = prngBytes('eio open', MiB + 3);
+  const { store, name } = await withBlob(t, fsx, data);
+  const chunks = await collect(store.blobChunkStream(name));
+  await store.close();
+  for (const rule of ['readdir ^/blob', 'getattr ^/blob/', 'open ^/blob/', 'read ^/blob/', 'readdir ^/tmp', 'unlink ^/tmp/', 'readdir ^/leases', 'open ^/leases/', 'create ^/leases/', 'getattr ^/tmp', 'mkdir .', 'statfs .']) {
+    fsx.fail(rule);
+    const s = await BlobStore.open(fsx.root).catch((e: unknown) => e);
+    fsx.fail();
+    if (s instanceof BlobStore) await s.close();
+    else t.true(isCabError(s, 'ERR_IO'), `${rule}: open fails with ERR_IO, not ${String(s)}`);
+  }
+  const again = await BlobStore.open(fsx.root);
+  t.teardown(() => again.close().catch(() => {}));
+  for (const c of chunks) t.is((await again.lookupChunk(c.hash)).blob, name, 'the chunk index still has the blob');
+  await whole(t, again, name, data);
+});
+
+test('lookups while the disk fails: lookupChunk, blobChunkStream, findByHash and listCaIds are ERR_IO, never "no such chunk" nor a short list', async (t) => {
+  const fsx = await faultStore(t);
+  if (!fsx) return;
+  const data = prngBytes('eio lookups', MiB + 3);
+  const { store, name } = await withBlob(t, fsx, data);
+  const chunks = await collect(store.blobChunkStream(name));
+  await store.close();
+  for (const rule of ['getattr ^/blob/', 'open ^/blob/', 'read ^/blob/']) {
+    const s = await BlobStore.open(fsx.root);
+    fsx.fail(rule);
+    try {
+      const l = await s.lookupChunk(chunks[0]!.hash).then((v) => v.blob, (e: unknown) => e);
+      t.true(l === name || isCabError(l, 'ERR_IO'), `${rule}: lookupChunk: the blob or ERR_IO, not ${String(l)}`);
+      const cs = await collect(s.blobChunkStream(name)).then((v) => v, (e: unknown) => e);
+      t.true(Array.isArray(cs) ? cs.length === chunks.length : isCabError(cs, 'ERR_IO'), `${rule}: blobChunkStream: the chunks or ERR_IO, not ${String(cs)}`);
+      const f = await collect(s.findByHash(merkleRoot(data))).then((v) => v, (e: unknown) => e);
+      t.true(Array.isArray(f) ? f.includes(name) : isCabError(f, 'ERR_IO'), `${rule}: findByHash: the blob or ERR_IO, not ${String(f)}`);
+    } finally {
+      fsx.fail();
+      await s.close();
+    }
+  }
+  const s = await BlobStore.open(fsx.root);
+  t.teardown(() => s.close().catch(() => {}));
+  fsx.fail('readdir ^/cas');
+  await failsIo(t, collect(s.listCaIds()), 'listCaIds');
+  fsx.fail();
+  await whole(t, s, name, data);
+});
+
+test('resuming a blob whose descriptor cannot be read or cut is ERR_IO, never ERR_DESCRIPTOR_CORRUPT nor a shorter blob', async (t) => {
+  const fsx = await faultStore(t);
+  if (!fsx) return;
+  const data = prngBytes('eio resume', 2 * MiB + 3);
+  const store = await BlobStore.open(fsx.root);
+  t.teardown(() => store.close().catch(() => {}));
+  const w = await store.newBlobWriter();
+  await w.appendBytes(data.subarray(0, MiB));
+  await w.closeWithoutFinalize();
+  for (const rule of ['read ^/blob/', 'open ^/blob/', 'getattr ^/blob/', 'truncate ^/blob/', 'fsync ^/blob/', 'read ^/cas/', 'read \\.frag$', 'open \\.frag$', 'truncate \\.frag$', 'getattr \\.frag$', 'create ^/tmp/']) {
+    fsx.fail(rule);
+    const e = await store.resumeBlobWriter(w.name).then(async (w2) => {
+      await w2.appendBytes(data.subarray(w2.size, w2.size + 1000));
+      await w2.closeWithoutFinalize();
+    }).then(() => undefined, (x: unknown) => x);
+    fsx.fail();
+    if (e !== undefined) t.true(isCabError(e, 'ERR_IO'), `${rule}: ERR_IO, not ${String(e)}`);
+    const st = await store.stat(w.name);
+    t.true(st.size >= MiB, `${rule}: size ${st.size}`);
+    const back = await readAll(store, w.name);
+    t.true(back.equals(data.subarray(0, st.size)), `${rule}: the bytes are right (${String(e)}; size ${st.size}, read ${back.length}, first difference at ${back.findIndex((b, i) => b !== data[i])})`);
+  }
+  const w3 = await store.resumeBlobWriter(w.name);
+  await w3.appendBytes(data.subarray(w3.size));
+  await w3.close();
+  await whole(t, store, w.name, data);
+});
+
+test('a follower of a blob being written whose descriptor or fragments cannot be read fails with ERR_IO, never waits forever nor ends early', async (t) => {
+  const fsx = await faultStore(t);
+  if (!fsx) return;
+  const data = prngBytes('eio follow', 2 * MiB);
+  const store = await BlobStore.open(fsx.root);
+  t.teardown(() => store.close().catch(() => {}));
+  for (const rule of ['read ^/blob/', 'open ^/blob/', 'getattr ^/blob/', 'read ^/tmp/', 'open ^/tmp/']) {
+    const w = await store.newBlobWriter();
+    await w.appendBytes(data.subarray(0, 512 * KiB));
+    await w.flush();
+    const r = await store.newBlobReader(w.name, { follow: true });
+    const got: Buffer[] = [];
+    const done = (async () => {
+      for await (const b of r.stream()) got.push(b as Buffer);
+    })();
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    fsx.fail(rule);
+    const wrote = await w.appendBytes(data.subarray(512 * KiB, MiB)).then(() => w.flush()).then(() => 'ok', (e: unknown) => (isCabError(e) ? e.code : String(e)));
+    const how = await settle(done, 1500);
+    fsx.fail();
+    t.true(['ERR_IO', 'pending'].includes(how) || how === 'resolved', `${rule}: ${how}`);
+    if (how === 'pending') {
+      // The fault is gone: the follower goes on, and ends with the blob.
+      if (wrote !== 'ok') {
+        await w.close().catch(() => {});
+        const w2 = await store.resumeBlobWriter(w.name);
+        await w2.appendBytes(data.subarray(w2.size));
+        await w2.close();
+      } else {
+        await w.appendBytes(data.subarray(MiB));
+        await w.close();
+      }
+      const end = await settle(done, 10_000);
+      t.true(end === 'resolved' || end === 'ERR_IO', `${rule}: after the fault: ${end}`);
+      if (end === 'resolved') t.true(Buffer.concat(got).equals(data), `${rule}: the follower got the blob`);
+    } else {
+      t.not(how, 'resolved', `${rule}: the follower ended early with ${Buffer.concat(got).length} bytes`);
+      await w.close().catch(() => {});
+    }
+    await r.close().catch(() => {});
+    t.log(`${rule}: writer ${wrote}, follower ${how}`);
+  }
+});
+
+test('gc with maxBytes while descriptors cannot be read evicts nothing on doubt: ERR_IO or nothing evicted', async (t) => {
+  const fsx = await faultStore(t);
+  if (!fsx) return;
+  const store = await BlobStore.open(fsx.root);
+  t.teardown(() => store.close().catch(() => {}));
+  const blobs: Array<[string, Buffer]> = [];
+  for (let i = 0; i < 3; i++) {
+    const d = prngBytes(`eio evict ${i}`, 400 * KiB + i);
+    blobs.push([await putBlob(store, d), d]);
+  }
+  for (const rule of ['read ^/blob/', 'open ^/blob/', 'getattr ^/blob/', 'getattr ^/cas/', 'fsyncdir ^/blob/', 'rename ^/blob/']) {
+    fsx.fail(rule);
+    const g = await store.gc({ maxBytes: 0 }).catch((x: Error) => x);
+    fsx.fail();
+    t.true(g instanceof Error ? isCabError(g, 'ERR_IO') : g.evicted.length === 0, `${rule}: gc: ERR_IO or nothing evicted: ${g instanceof Error ? g.message : JSON.stringify(g)}`);
+    for (const [name, d] of blobs) if (await store.has(name)) await whole(t, store, name, d);
+  }
+});
+
+test('the CLI on a failing disk: get, cat, stat, ls, rm, gc and fsck exit 1 with ERR_IO on stderr, never "no such blob"', async (t) => {
+  const fsx = await faultStore(t);
+  if (!fsx) return;
+  const data = prngBytes('eio cli', MiB + 3);
+  const { store, name } = await withBlob(t, fsx, data);
+  await store.close();
+  const out = path.join(tempDir(t), 'out');
+  const runs: Array<[string, string[]]> = [
+    ['read ^/cas/', ['get', name, '-o', out]],
+    ['read ^/cas/', ['cat', name]],
+    ['read ^/blob/', ['stat', name]],
+    ['readdir ^/blob', ['ls']],
+    ['rename ^/blob/', ['rm', name]],
+    ['readdir ^/cas', ['gc']],
+    ['read ^/cas/', ['fsck', '--verify', '--repair']],
+  ];
+  for (const [rule, args] of runs) {
+    fsx.fail(rule);
+    const r = await runCli(fsx.root, ...args);
+    fsx.fail();
+    t.is(r.code, 1, `${args.join(' ')} with ${rule}: exit 1 (${r.stderr.trim()})`);
+    t.regex(r.stderr, /ERR_IO/, `${args.join(' ')} with ${rule}: says ERR_IO`);
+    t.notRegex(r.stderr, /ERR_NO_SUCH|ERR_FRAGMENT_MISSING|ERR_HASH_MISMATCH|ERR_DESCRIPTOR_CORRUPT/, `${args.join(' ')}: nothing called absent or corrupt`);
+  }
+  const again = await BlobStore.open(fsx.root);
+  t.teardown(() => again.close().catch(() => {}));
+  await whole(t, again, name, data);
 });

@@ -1,6 +1,6 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { CabError } from '../errors.js';
+import { CabError, ioError } from '../errors.js';
 import { brokenLink } from '../format/descriptor-file.js';
 
 /** fsync a directory so that entries created or renamed in it survive a power cut. */
@@ -112,7 +112,7 @@ export async function exists(file: string): Promise<boolean> {
     return true;
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
-    throw e;
+    throw ioError(e, `looking for ${file}`, { path: file });
   }
 }
 
