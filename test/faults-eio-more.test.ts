@@ -7,7 +7,7 @@
 import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { BlobStore, connect, exportBundle, importBundle, isCabError, merkleRoot, serve, toHex, type CabClient, type CabServer, type FsckReport, type ServeOptions } from '../src/index.js';
+import { BlobStore, connect, exportBundle, fetchBlob, importBundle, isCabError, merkleRoot, serve, toHex, type CabClient, type CabServer, type FsckReport, type ServeOptions } from '../src/index.js';
 import { prngBytes } from '../tools/data.js';
 import { collect, putBlob, readAll, tempDir, tempStore } from './helpers/store.js';
 import { runCli } from './helpers/cli.js';
@@ -606,14 +606,19 @@ test('gc with maxBytes while descriptors cannot be read evicts nothing on doubt:
   }
 });
 
-test('the CLI on a failing disk: get, cat, stat, ls, rm, gc and fsck exit 1 with ERR_IO on stderr, never "no such blob"', async (t) => {
+test('the CLI on a failing disk: put (of a file it cannot stat or open), get, cat, stat, ls, rm, gc and fsck exit 1 with ERR_IO on stderr, never "no such blob"', async (t) => {
   const fsx = await faultStore(t);
   if (!fsx) return;
   const data = prngBytes('eio cli', MiB + 3);
   const { store, name } = await withBlob(t, fsx, data);
   await store.close();
   const out = path.join(tempDir(t), 'out');
+  fs.mkdirSync(path.join(fsx.root, 'in'));
+  const input = path.join(fsx.root, 'in', 'input.bin');
+  fs.writeFileSync(input, data.subarray(0, 1000));
   const runs: Array<[string, string[]]> = [
+    ['getattr ^/in/', ['put', input]],
+    ['open ^/in/', ['put', input]],
     ['read ^/cas/', ['get', name, '-o', out]],
     ['read ^/cas/', ['cat', name]],
     ['read ^/blob/', ['stat', name]],
@@ -630,7 +635,124 @@ test('the CLI on a failing disk: get, cat, stat, ls, rm, gc and fsck exit 1 with
     t.regex(r.stderr, /ERR_IO/, `${args.join(' ')} with ${rule}: says ERR_IO`);
     t.notRegex(r.stderr, /ERR_NO_SUCH|ERR_FRAGMENT_MISSING|ERR_HASH_MISMATCH|ERR_DESCRIPTOR_CORRUPT/, `${args.join(' ')}: nothing called absent or corrupt`);
   }
+  fs.rmSync(path.join(fsx.root, 'in'), { recursive: true });
   const again = await BlobStore.open(fsx.root);
   t.teardown(() => again.close().catch(() => {}));
   await whole(t, again, name, data);
+});
+
+// --- a descriptor that cannot be read is not "no such blob", on any face ---
+
+test('a server whose descriptors cannot be read: stat, pull and GET /blobs/NAME (and tus HEAD) fail as I/O errors, never "no such blob" nor 404', async (t) => {
+  const fsx = await faultStore(t);
+  if (!fsx) return;
+  const data = prngBytes('eio remote desc', MiB + 3);
+  const { store, name } = await withBlob(t, fsx, data);
+  const srv = await serveT(t, store);
+  const base = `http://127.0.0.1:${srv.port}`;
+  const created = await fetch(`${base}/files/`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}`, 'tus-resumable': '1.0.0', 'upload-length': '5000' } });
+  t.is(created.status, 201);
+  const upload = new URL(created.headers.get('location')!, base).href;
+  const client = await tempStore(t);
+  const c = await connectT(t, client, srv.url);
+  for (const rule of ['open ^/blob/', 'read ^/blob/', 'getattr ^/blob/']) {
+    fsx.fail(rule);
+    try {
+      for (const [what, p] of [['stat', c.stat(name)], ['pull', c.pull(name)], ['openReader', c.openReader(name).then((r) => r.close())]] as const) {
+        const got = await within(p, 10_000);
+        t.true(['ERR_IO', 'ERR_REMOTE'].includes(got), `${rule}: ${what}: ERR_IO or ERR_REMOTE, not ${got}`);
+      }
+      const get = await fetch(`${base}/blobs/${name}`, { headers: { authorization: `Bearer ${TOKEN}` } });
+      await get.arrayBuffer().catch(() => {});
+      t.true(get.status >= 500, `${rule}: GET: a 5xx, not ${get.status}`);
+      const head = await fetch(upload, { method: 'HEAD', headers: { authorization: `Bearer ${TOKEN}`, 'tus-resumable': '1.0.0' } });
+      t.true(head.status >= 500 || (head.status === 200 && head.headers.get('upload-offset') === '0'), `${rule}: tus HEAD: a 5xx (or the offset it knows), not ${head.status}`);
+    } finally {
+      fsx.fail();
+    }
+  }
+  await c.pull(name);
+  await whole(t, client, name, data);
+  t.is((await fetch(upload, { method: 'HEAD', headers: { authorization: `Bearer ${TOKEN}`, 'tus-resumable': '1.0.0' } })).status, 200);
+});
+
+test('fetchBlob from two servers, one whose fragments fail: the failing one is dropped and the blob comes whole from the other; from it alone, an error that is not "absent"', async (t) => {
+  const fsx = await faultStore(t);
+  if (!fsx) return;
+  const data = prngBytes('eio multi', 3 * MiB + 3);
+  const { store: bad, name } = await withBlob(t, fsx, data);
+  const good = await tempStore(t);
+  await putBlob(good, data, name);
+  const [sb, sg] = [await serveT(t, bad), await serveT(t, good)];
+  fsx.fail('read ^/cas/');
+  const alone = await tempStore(t);
+  const got = await within(fetchBlob(alone, name, { from: [sb.url], token: TOKEN }), 20_000);
+  t.true(['ERR_IO', 'ERR_REMOTE'].includes(got), `from the failing server alone: ERR_IO or ERR_REMOTE, not ${got}`);
+  const local = await tempStore(t);
+  const stats = await fetchBlob(local, name, { from: [sb.url, sg.url], token: TOKEN });
+  t.log(JSON.stringify(stats.sources.map((s) => [s.source === sb.url ? 'bad' : 'good', s.chunks, s.dropped?.code])));
+  fsx.fail();
+  await whole(t, local, name, data);
+});
+
+test('appendBytes from a file that cannot be read, and a write stream whose fragment writes fail: ERR_IO, never "no such file"; the blob resumes', async (t) => {
+  const fsx = await faultStore(t);
+  if (!fsx) return;
+  const data = prngBytes('eio input', 2 * MiB + 3);
+  const store = await BlobStore.open(fsx.root);
+  t.teardown(() => store.close().catch(() => {}));
+  // An input file on the faulty mount (outside the store's own folders).
+  fs.mkdirSync(path.join(fsx.root, 'in'), { recursive: true });
+  const input = path.join(fsx.root, 'in', 'input.bin');
+  fs.writeFileSync(input, data);
+  for (const rule of ['read ^/in/', 'open ^/in/', 'getattr ^/in/']) {
+    const w = await store.newBlobWriter();
+    fsx.fail(rule);
+    const e = await w.appendBytes({ file: input }).then(() => undefined, (x: unknown) => x);
+    fsx.fail();
+    t.true(isCabError(e, 'ERR_IO'), `${rule}: appendBytes(file): ERR_IO, not ${String(e)}`);
+    await w.close().catch(() => {});
+    await store.deleteBlob(w.name).catch(() => {});
+  }
+  fs.rmSync(path.join(fsx.root, 'in'), { recursive: true });
+  const w = await store.newBlobWriter();
+  const ws = w.createWriteStream();
+  ws.write(data.subarray(0, MiB));
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  fsx.fail('write \\.frag$', 'write ^/tmp/');
+  const done = new Promise<unknown>((resolve) => {
+    ws.on('error', resolve);
+    ws.on('finish', () => resolve('finished'));
+  });
+  ws.end(data.subarray(MiB));
+  const e = await done;
+  fsx.fail();
+  t.true(isCabError(e, 'ERR_IO'), `the stream fails with ERR_IO, not ${String(e)}`);
+  await w.close().catch(() => {});
+  const w2 = await store.resumeBlobWriter(w.name);
+  await w2.appendBytes(data.subarray(w2.size));
+  await w2.close();
+  await whole(t, store, w.name, data);
+});
+
+test('fsck --repair while descriptors cannot be read: ERR_IO or a report that calls nothing corrupt and repairs nothing', async (t) => {
+  const fsx = await faultStore(t);
+  if (!fsx) return;
+  const data = prngBytes('eio fsck desc', MiB + 3);
+  const { store, name } = await withBlob(t, fsx, data);
+  const w = await store.newBlobWriter();
+  await w.appendBytes(data.subarray(0, 300 * KiB));
+  await w.closeWithoutFinalize();
+  const before = fragCount(fsx.root);
+  for (const rule of ['open ^/blob/', 'read ^/blob/', 'truncate .', 'read ^/tmp/', 'rename .', 'unlink .']) {
+    fsx.fail(rule);
+    const report: FsckReport | Error = await store.fsck({ verify: true, repair: true }).catch((x: Error) => x);
+    fsx.fail();
+    if (report instanceof Error) t.true(isCabError(report, 'ERR_IO'), `${rule}: fsck fails with ERR_IO, not ${String(report)}`);
+    else t.deepEqual(report.problems.filter((p) => p.repaired || /missing|mismatch|damaged|corrupt/.test(p.kind)), [], `${rule}: nothing called missing or corrupt, nothing repaired: ${JSON.stringify(report.problems)}`);
+    t.is(fragCount(fsx.root), before, `${rule}: no fragment removed`);
+    t.is((await store.stat(w.name)).size, 300 * KiB, `${rule}: the open blob keeps its bytes`);
+  }
+  await whole(t, store, name, data);
+  t.true((await readAll(store, w.name)).equals(data.subarray(0, 300 * KiB)));
 });
