@@ -756,3 +756,166 @@ test('fsck --repair while descriptors cannot be read: ERR_IO or a report that ca
   await whole(t, store, name, data);
   t.true((await readAll(store, w.name)).equals(data.subarray(0, 300 * KiB)));
 });
+
+// --- more writers' and upkeep's paths ---
+
+test('gc while a writer is open and tmp/ cannot be listed or looked at: ERR_IO or nothing of the writer removed; the writer finishes', async (t) => {
+  const fsx = await faultStore(t);
+  if (!fsx) return;
+  const data = prngBytes('eio gc tmp', 2 * MiB + 3);
+  const store = await BlobStore.open(fsx.root);
+  t.teardown(() => store.close().catch(() => {}));
+  const w = await store.newBlobWriter();
+  await w.appendBytes(data.subarray(0, MiB));
+  await w.flush();
+  const tmpBefore = fs.readdirSync(path.join(fsx.root, 'tmp')).sort();
+  for (const rule of ['readdir ^/tmp', 'getattr ^/tmp/', 'open ^/tmp/', 'unlink ^/tmp/', 'open ^/leases/', 'getattr ^/leases/']) {
+    fsx.fail(rule);
+    const g = await store.gc().catch((x: Error) => x);
+    fsx.fail();
+    t.true(g instanceof Error ? isCabError(g, 'ERR_IO') : g.tempFilesDeleted === 0, `${rule}: gc: ERR_IO or no temp file deleted: ${g instanceof Error ? g.message : JSON.stringify(g)}`);
+    t.deepEqual(fs.readdirSync(path.join(fsx.root, 'tmp')).sort(), tmpBefore, `${rule}: tmp/ as it was`);
+  }
+  await w.appendBytes(data.subarray(MiB));
+  await w.close();
+  await whole(t, store, w.name, data);
+});
+
+test('a checkpoint (checkpointEvery) whose writes or fsyncs fail: ERR_IO, and the blob resumes from what was durable', async (t) => {
+  const fsx = await faultStore(t);
+  if (!fsx) return;
+  const data = prngBytes('eio checkpoint', 3 * MiB);
+  for (const rule of ['write ^/tmp/', 'fsync ^/tmp/', 'fdatasync ^/tmp/']) {
+    const store = await BlobStore.open(fsx.root);
+    const w = await store.newBlobWriter();
+    w.checkpointEvery(256 * KiB);
+    await w.appendBytes(data.subarray(0, 512 * KiB));
+    fsx.fail(rule);
+    let e: unknown;
+    try {
+      for (let at = 512 * KiB; at < 2 * MiB; at += 256 * KiB) await w.appendBytes(data.subarray(at, at + 256 * KiB));
+      await w.flush();
+    } catch (x) {
+      e = x;
+    }
+    fsx.fail();
+    t.true(isCabError(e, 'ERR_IO'), `${rule}: ERR_IO, not ${String(e)}`);
+    await store.close().catch(() => {});
+    const again = await BlobStore.open(fsx.root);
+    const w2 = await again.resumeBlobWriter(w.name);
+    t.true(w2.size <= 2 * MiB, `${rule}: resumes at ${w2.size}`);
+    t.true((await readAll(again, w.name)).equals(data.subarray(0, w2.size)), `${rule}: what it holds is right`);
+    await w2.appendBytes(data.subarray(w2.size));
+    await w2.close();
+    await whole(t, again, w.name, data);
+    await again.close();
+  }
+});
+
+test('a pull into a store whose fsyncs or writes fail: ERR_IO (the local disk, not the source\'s fault), and the pull resumes once the disk is back', async (t) => {
+  const fsx = await faultStore(t);
+  if (!fsx) return;
+  const data = prngBytes('eio pull in', 3 * MiB + 1);
+  const server = await tempStore(t);
+  const name = await putBlob(server, data);
+  const srv = await serveT(t, server);
+  const client = await BlobStore.open(fsx.root);
+  t.teardown(() => client.close().catch(() => {}));
+  for (const rule of ['fsync ^/tmp/', 'write ^/tmp/', 'rename ^/tmp/', 'create ^/tmp/']) {
+    fsx.fail(rule);
+    const got = await within(fetchBlob(client, name, { from: [srv.url], token: TOKEN }), 20_000);
+    fsx.fail();
+    t.true(['ERR_IO', 'resolved'].includes(got), `${rule}: ERR_IO (or done), not ${got}`);
+    const st = await client.stat(name).catch(() => undefined);
+    if (got === 'resolved') break;
+    t.false(st?.finalized ?? false, `${rule}: not final`);
+  }
+  const c = await connectT(t, client, srv.url);
+  await c.pull(name);
+  await whole(t, client, name, data);
+});
+
+test('a push from a store whose fragment read fails: ERR_IO, and the server holds no finalized blob of it', async (t) => {
+  const fsx = await faultStore(t);
+  if (!fsx) return;
+  const data = prngBytes('eio push from', 3 * MiB + 1);
+  const { store: client, name } = await withBlob(t, fsx, data);
+  const server = await tempStore(t);
+  const srv = await serveT(t, server);
+  const c = await connectT(t, client, srv.url);
+  fsx.fail('read ^/cas/');
+  const got = await within(c.push(name), 20_000);
+  fsx.fail();
+  t.is(got, 'ERR_IO');
+  t.false((await server.stat(name).catch(() => undefined))?.finalized ?? false, 'not final on the server');
+  await c.push(name);
+  await whole(t, server, name, data);
+});
+
+test('a range read whose leaf layer cannot be made (layers/ create, write, fsync, rename or mkdir fails, or layers/ was removed under the server): the bytes, or ERR_IO, not a raw error nor "corrupt"; later reads work', async (t) => {
+  const fsx = await faultStore(t);
+  if (!fsx) return;
+  const data = prngBytes('eio layer make', 3 * MiB + 1);
+  const { store, name } = await withBlob(t, fsx, data);
+  const client = await tempStore(t);
+  const buf = Buffer.alloc(64 * KiB);
+  const readVia = async (srv: CabServer, blob: string, at: number) => {
+    const c = await connectT(t, client, srv.url);
+    const r = await c.openReader(blob);
+    try {
+      await r.readAt(buf, at);
+    } finally {
+      await r.close();
+    }
+  };
+  let srv: CabServer | undefined;
+  // Each rule on a fresh server (a tree it loaded stays in its memory), with no layer file.
+  for (const rule of ['mkdir ^/layers', 'create ^/layers/', 'write ^/layers/', 'fsync ^/layers/', 'rename ^/layers/', 'fsyncdir ^/layers']) {
+    fs.rmSync(path.join(fsx.root, 'layers'), { recursive: true, force: true });
+    srv = await serveT(t, store);
+    fsx.fail(rule);
+    const got = await within(readVia(srv, name, MiB + 5), 20_000);
+    fsx.fail();
+    t.true(['ERR_IO', 'resolved'].includes(got), `${rule}: ${got}`);
+    if (got === 'resolved') t.true(buf.equals(data.subarray(MiB + 5, MiB + 5 + buf.length)), `${rule}: the bytes`);
+    t.log(`${rule}: ${got}`);
+    await readVia(srv, name, 2 * MiB);
+    t.true(buf.equals(data.subarray(2 * MiB, 2 * MiB + buf.length)), `${rule}: a later read`);
+  }
+  // layers/ removed under a server that made a layer there: a blob whose layer goes in the same folder is served.
+  const other = prngBytes('eio layer other', 2 * MiB);
+  const near = await putBlob(store, other, `${name.slice(0, 2)}${'0'.repeat(29)}1`);
+  fs.rmSync(path.join(fsx.root, 'layers'), { recursive: true });
+  await readVia(srv!, near, MiB);
+  t.true(buf.equals(other.subarray(MiB, MiB + buf.length)), 'served after layers/ was removed');
+  await whole(t, store, name, data);
+});
+
+test('HTTP: a tus POST whose descriptor cannot be made, and a PATCH whose writes fail, are 5xx, never 2xx or 404', async (t) => {
+  const fsx = await faultStore(t);
+  if (!fsx) return;
+  const store = await BlobStore.open(fsx.root);
+  t.teardown(() => store.close().catch(() => {}));
+  const srv = await serveT(t, store);
+  const base = `http://127.0.0.1:${srv.port}`;
+  const headers = (o: Record<string, string> = {}) => ({ authorization: `Bearer ${TOKEN}`, 'tus-resumable': '1.0.0', ...o });
+  for (const rule of ['create ^/tmp/', 'fsync ^/tmp/', 'mkdir ^/blob']) {
+    fsx.fail(rule);
+    const r = await fetch(`${base}/files/`, { method: 'POST', headers: headers({ 'upload-length': '1000' }) });
+    fsx.fail();
+    t.true(r.status >= 500 || r.status === 201, `${rule}: POST: a 5xx (or made), not ${r.status}`);
+  }
+  const created = await fetch(`${base}/files/`, { method: 'POST', headers: headers({ 'upload-length': String(MiB) }) });
+  const url = new URL(created.headers.get('location')!, base).href;
+  const name = url.split('/').pop()!;
+  const data = prngBytes('eio tus write', MiB);
+  fsx.fail('write ^/tmp/', 'write \\.frag$');
+  const r = await fetch(url, { method: 'PATCH', headers: headers({ 'upload-offset': '0', 'content-type': 'application/offset+octet-stream' }), body: data }).then((x) => `status ${x.status}`, () => 'cut');
+  fsx.fail();
+  t.true(/^status 5\d\d$|^cut$/.test(r), `PATCH: ${r}`);
+  const head = await fetch(url, { method: 'HEAD', headers: headers() });
+  const at = Number(head.headers.get('upload-offset'));
+  const done = await fetch(url, { method: 'PATCH', headers: headers({ 'upload-offset': String(at), 'content-type': 'application/offset+octet-stream' }), body: data.subarray(at) });
+  t.is(done.status, 204);
+  await whole(t, store, name, data);
+});

@@ -20,6 +20,11 @@ export async function fsyncDir(dir: string): Promise<void> {
  */
 export async function ensureDir(dir: string, known: Set<string>): Promise<void> {
   if (known.has(dir)) return;
+  await makeDirs(dir).catch((e: unknown) => Promise.reject(ioError(e, `making the folder ${dir}`, { path: dir })));
+  known.add(dir);
+}
+
+async function makeDirs(dir: string): Promise<void> {
   const chain: string[] = [];
   for (let d = dir; ; d = path.dirname(d)) {
     try {
@@ -39,7 +44,6 @@ export async function ensureDir(dir: string, known: Set<string>): Promise<void> 
     }
     await fsyncDir(path.dirname(d));
   }
-  known.add(dir);
 }
 
 /**
