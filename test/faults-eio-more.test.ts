@@ -7,12 +7,12 @@
 import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { BlobStore, connect, exportBundle, fetchBlob, importBundle, isCabError, merkleRoot, serve, toHex, type CabClient, type CabServer, type FsckReport, type ServeOptions } from '../src/index.js';
+import { BlobStore, exportBundle, fetchBlob, importBundle, isCabError, merkleRoot, toHex, type CabServer, type FsckReport, type GcOptions, type GcReport } from '../src/index.js';
 import { prngBytes } from '../tools/data.js';
 import { collect, putBlob, readAll, tempDir, tempStore } from './helpers/store.js';
 import { runCli } from './helpers/cli.js';
 import { settle } from './helpers/hostile.js';
-import { edited } from './helpers/transfer.js';
+import { connectRw, edited, serveRw } from './helpers/transfer.js';
 import { faultStore, type FaultStore } from './helpers/faults.js';
 
 const KiB = 1024;
@@ -27,14 +27,31 @@ async function failsIo(t: ExecutionContext, p: Promise<unknown>, what: string): 
   t.true(isCabError(e, 'ERR_IO'), `${what}: ERR_IO, not ${String(e)}${(e as Error)?.stack && !isCabError(e) ? `\n${(e as Error).stack}` : ''}`);
 }
 
-/** A store on the fault mount with one finalized blob of `data`. */
-async function withBlob(t: ExecutionContext, fsx: FaultStore, data: Buffer): Promise<{ store: BlobStore; name: string }> {
+/** A store on the fault mount with one finalized blob of `size` bytes made from `seed` (`data`). */
+async function withBlob(t: ExecutionContext, fsx: FaultStore, seed: string, size: number): Promise<{ store: BlobStore; name: string; data: Buffer }> {
+  const data = prngBytes(seed, size);
   const store = await BlobStore.open(fsx.root);
   t.teardown(() => store.close().catch(() => {}));
   const w = await store.newBlobWriter();
   await w.appendBytes(data);
   await w.close();
-  return { store, name: w.name };
+  return { store, name: w.name, data };
+}
+
+/** What `p` rejects with; undefined if it resolves. */
+const rejection = (p: Promise<unknown>): Promise<unknown> => p.then(() => undefined, (e: unknown) => e);
+
+/** Resumes blob `name` and appends the rest of `data`, finalizing it. */
+async function finish(store: BlobStore, name: string, data: Buffer): Promise<void> {
+  const w = await store.resumeBlobWriter(name);
+  await w.appendBytes(data.subarray(w.size));
+  await w.close();
+}
+
+/** gc failed with ERR_IO, or its report passes `ok` (it removed nothing it should keep). */
+async function gcSafe(t: ExecutionContext, store: BlobStore, options: GcOptions, ok: (g: GcReport) => boolean, what: string): Promise<void> {
+  const g = await store.gc(options).catch((x: Error) => x);
+  t.true(g instanceof Error ? isCabError(g, 'ERR_IO') : ok(g), `${what}: gc: ERR_IO, or a report that removed nothing it should keep: ${g instanceof Error ? g.message : JSON.stringify(g)}`);
 }
 
 const fragCount = (root: string) => fs.readdirSync(path.join(root, 'cas'), { recursive: true }).length;
@@ -51,8 +68,7 @@ async function whole(t: ExecutionContext, store: BlobStore, name: string, data: 
 test('a reader whose fragment read fails: readAt, readFully, read after seek and stream all fail with ERR_IO; the blob reads once the disk is back', async (t) => {
   const fsx = await faultStore(t);
   if (!fsx) return;
-  const data = prngBytes('eio reader', 3 * MiB + 11);
-  const { store, name } = await withBlob(t, fsx, data);
+  const { store, name, data } = await withBlob(t, fsx, 'eio reader', 3 * MiB + 11);
   const r = await store.newBlobReader(name);
   t.teardown(() => r.close().catch(() => {}));
   fsx.fail('read \\.frag$', 'read ^/cas/');
@@ -75,17 +91,16 @@ test('a reader whose fragment read fails: readAt, readFully, read after seek and
 test('appendBlob from a blob whose fragments cannot be read, and a copy of bytes the store holds: ERR_IO or a good copy, never a wrong one', async (t) => {
   const fsx = await faultStore(t);
   if (!fsx) return;
-  const data = prngBytes('eio appendBlob', 2 * MiB + 3);
-  const { store, name } = await withBlob(t, fsx, data);
+  const { store, name, data } = await withBlob(t, fsx, 'eio appendBlob', 2 * MiB + 3);
   fsx.fail('read ^/cas/', 'open ^/cas/');
   const w = await store.newBlobWriter();
-  const a = await w.appendBlob(name, 100, 1500 * KiB).then(() => undefined, (e: unknown) => e);
+  const a = await rejection(w.appendBlob(name, 100, 1500 * KiB));
   if (a !== undefined) t.true(isCabError(a, 'ERR_IO'), `appendBlob: ERR_IO, not ${String(a)}`);
-  const c = await w.close().then(() => undefined, (e: unknown) => e);
+  const c = await rejection(w.close());
   if (c !== undefined) t.true(isCabError(c, 'ERR_IO') || isCabError(c), `close: a CabError, not ${String(c)}`);
   // The same bytes again (dedup may read the chunks it holds to compare them).
   const w2 = await store.newBlobWriter();
-  const b = await w2.appendBytes(data).then(() => w2.close()).then(() => undefined, (e: unknown) => e);
+  const b = await rejection(w2.appendBytes(data).then(() => w2.close()));
   if (b !== undefined) t.true(isCabError(b, 'ERR_IO'), `a second copy: ERR_IO, not ${String(b)}`);
   fsx.fail();
   if (a === undefined && c === undefined) t.true((await readAll(store, w.name)).equals(data.subarray(100, 100 + 1500 * KiB)), 'the appended range is right');
@@ -104,10 +119,10 @@ for (const rule of ['write \\.frag$', 'fsync \\.frag$', 'write \\.desc$', 'fsync
     await w.appendBytes(data.subarray(0, MiB));
     await w.flush();
     fsx.fail(rule);
-    const e = await w.appendBytes(data.subarray(MiB, 2 * MiB)).then(() => w.flush()).then(() => undefined, (x: unknown) => x);
+    const e = await rejection(w.appendBytes(data.subarray(MiB, 2 * MiB)).then(() => w.flush()));
     if (e === undefined) {
       // Nothing failed at flush (the rule names a file the flush did not touch): then close must fail, or the blob is whole.
-      const c = await w.close().then(() => undefined, (x: unknown) => x);
+      const c = await rejection(w.close());
       if (c !== undefined) t.true(isCabError(c, 'ERR_IO'), `close: ERR_IO, not ${String(c)}`);
     } else {
       t.true(isCabError(e, 'ERR_IO'), `flush: ERR_IO, not ${String(e)}`);
@@ -122,9 +137,7 @@ for (const rule of ['write \\.frag$', 'fsync \\.frag$', 'write \\.desc$', 'fsync
       t.true(st.size >= MiB, `the flushed MiB stands (size ${st.size})`);
       t.true((await readAll(again, w.name)).equals(data.subarray(0, st.size)), 'what it holds is right');
       t.deepEqual((await again.fsck({ verify: true })).problems, []);
-      const w2 = await again.resumeBlobWriter(w.name);
-      await w2.appendBytes(data.subarray(w2.size));
-      await w2.close();
+      await finish(again, w.name, data);
     } else {
       t.is(st.size, 2 * MiB);
       const w2 = await again.resumeBlobWriter(w.name).catch(() => undefined);
@@ -146,7 +159,7 @@ for (const rule of ['rename \\.frag$', 'rename ^/tmp/', 'fsync \\.desc$', 'write
     const w = await store.newBlobWriter();
     await w.appendBytes(data);
     fsx.fail(rule);
-    const e = await w.close().then(() => undefined, (x: unknown) => x);
+    const e = await rejection(w.close());
     fsx.fail();
     if (e === undefined) {
       t.log(`${rule}: finalize did not touch it`);
@@ -160,9 +173,7 @@ for (const rule of ['rename \\.frag$', 'rename ^/tmp/', 'fsync \\.desc$', 'write
     const st = await again.stat(w.name);
     if (!st.finalized) {
       t.deepEqual((await again.fsck({ verify: true })).problems, []);
-      const w2 = await again.resumeBlobWriter(w.name);
-      await w2.appendBytes(data.subarray(w2.size));
-      await w2.close();
+      await finish(again, w.name, data);
     }
     await whole(t, again, w.name, data);
   });
@@ -171,8 +182,7 @@ for (const rule of ['rename \\.frag$', 'rename ^/tmp/', 'fsync \\.desc$', 'write
 test('deleteBlob whose unlink or directory fsync fails is ERR_IO, never a raw EIO nor a success; the blob is whole after a failed unlink, and the next delete works', async (t) => {
   const fsx = await faultStore(t);
   if (!fsx) return;
-  const data = prngBytes('eio delete', MiB + 1);
-  const { store, name } = await withBlob(t, fsx, data);
+  const { store, name, data } = await withBlob(t, fsx, 'eio delete', MiB + 1);
   fsx.fail('unlink ^/blob/', 'rename ^/blob/');
   await failsIo(t, store.deleteBlob(name), 'deleteBlob');
   fsx.fail();
@@ -190,21 +200,18 @@ test('deleteBlob whose unlink or directory fsync fails is ERR_IO, never a raw EI
 test('gc whose unlink of a fragment fails is ERR_IO and reports nothing deleted it did not delete; a live blob loses nothing', async (t) => {
   const fsx = await faultStore(t);
   if (!fsx) return;
-  const keep = prngBytes('eio gc keep', MiB + 7);
-  const { store, name } = await withBlob(t, fsx, keep);
+  const { store, name, data: keep } = await withBlob(t, fsx, 'eio gc keep', MiB + 7);
   const w = await store.newBlobWriter();
   await w.appendBytes(prngBytes('eio gc drop', MiB));
   await w.close();
   await store.deleteBlob(w.name);
   fsx.fail('unlink ^/cas/');
-  const g = await store.gc().catch((x: Error) => x);
-  t.true(g instanceof Error ? isCabError(g, 'ERR_IO') : g.fragmentsDeleted === 0, `gc: ERR_IO or nothing deleted: ${g instanceof Error ? g.message : JSON.stringify(g)}`);
+  await gcSafe(t, store, {}, (g) => g.fragmentsDeleted === 0, 'unlink ^/cas/');
   for (const rule of ['read ^/blob/', 'open ^/blob/', 'getattr ^/blob/', 'readdir ^/leases', 'open ^/leases/', 'read ^/leases/', 'getattr ^/leases/']) {
     fsx.fail(rule);
     const before = fragCount(fsx.root);
-    const g2 = await store.gc().catch((x: Error) => x);
+    await gcSafe(t, store, {}, (g) => g.fragmentsDeleted <= 1, rule); // at most the deleted blob's fragment
     fsx.fail();
-    t.true(g2 instanceof Error ? isCabError(g2, 'ERR_IO') : g2.fragmentsDeleted <= 1, `gc with ${rule}: ERR_IO or only the dropped blob's fragment deleted: ${g2 instanceof Error ? g2.message : JSON.stringify(g2)}`);
     t.true(fragCount(fsx.root) >= before - 1, `${rule}`);
     await whole(t, store, name, keep);
   }
@@ -216,17 +223,15 @@ test('gc whose unlink of a fragment fails is ERR_IO and reports nothing deleted 
 test('gc while a writer pins a blob it appends from: a lease it cannot read stops gc, and the pinned fragments stay', async (t) => {
   const fsx = await faultStore(t);
   if (!fsx) return;
-  const data = prngBytes('eio pins', MiB + 3);
-  const { store, name } = await withBlob(t, fsx, data);
+  const { store, name, data } = await withBlob(t, fsx, 'eio pins', MiB + 3);
   const w = await store.newBlobWriter();
   await w.appendBlob(name);
   await store.deleteBlob(name);
   const before = fragCount(fsx.root);
   for (const rule of ['read \\.pins$', 'open \\.pins$', 'open \\.lease$', 'readdir ^/leases']) {
     fsx.fail(rule);
-    const g = await store.gc().catch((x: Error) => x);
+    await gcSafe(t, store, {}, (g) => g.fragmentsDeleted === 0, rule);
     fsx.fail();
-    t.true(g instanceof Error ? isCabError(g, 'ERR_IO') : g.fragmentsDeleted === 0, `gc with ${rule}: ERR_IO or nothing deleted: ${g instanceof Error ? g.message : JSON.stringify(g)}`);
     t.is(fragCount(fsx.root), before, `${rule}: no fragment removed`);
   }
   await w.close();
@@ -236,12 +241,11 @@ test('gc while a writer pins a blob it appends from: a lease it cannot read stop
 test('a pin that cannot be written (leases/ write or rename fails) fails appendBlob with ERR_IO, never a pin gc cannot see', async (t) => {
   const fsx = await faultStore(t);
   if (!fsx) return;
-  const data = prngBytes('eio pin write', MiB + 3);
-  const { store, name } = await withBlob(t, fsx, data);
+  const { store, name, data } = await withBlob(t, fsx, 'eio pin write', MiB + 3);
   for (const rule of ['write ^/leases/', 'fsync ^/leases/', 'rename ^/leases/', 'create ^/leases/']) {
     const w = await store.newBlobWriter();
     fsx.fail(rule);
-    const e = await w.appendBlob(name).then(() => undefined, (x: unknown) => x);
+    const e = await rejection(w.appendBlob(name));
     fsx.fail();
     if (e !== undefined) t.true(isCabError(e, 'ERR_IO'), `${rule}: appendBlob: ERR_IO, not ${String(e)}`);
     else t.log(`${rule}: appendBlob did not write a pin`);
@@ -254,8 +258,7 @@ test('a pin that cannot be written (leases/ write or rename fails) fails appendB
 test('fsck --repair with descriptors or fragments it cannot stat or list is ERR_IO or a report that repairs nothing', async (t) => {
   const fsx = await faultStore(t);
   if (!fsx) return;
-  const data = prngBytes('eio fsck', MiB + 3);
-  const { store, name } = await withBlob(t, fsx, data);
+  const { store, name, data } = await withBlob(t, fsx, 'eio fsck', MiB + 3);
   const w = await store.newBlobWriter();
   await w.appendBytes(data.subarray(0, 300 * KiB));
   await w.flush();
@@ -276,19 +279,8 @@ test('fsck --repair with descriptors or fragments it cannot stat or list is ERR_
 // --- transfer, bundles and the HTTP face ---
 
 const TOKEN = 'eio';
-const TOKENS = { [TOKEN]: ['read', 'write'] } as ServeOptions['tokens'];
-
-async function serveT(t: ExecutionContext, store: BlobStore): Promise<CabServer> {
-  const srv = await serve(store, { tokens: TOKENS });
-  t.teardown(() => srv.close());
-  return srv;
-}
-
-async function connectT(t: ExecutionContext, store: BlobStore, url: string): Promise<CabClient> {
-  const c = await connect(store, url, { token: TOKEN });
-  t.teardown(() => c.close());
-  return c;
-}
+const serveT = (t: ExecutionContext, store: BlobStore) => serveRw(t, store, TOKEN);
+const connectT = (t: ExecutionContext, store: BlobStore, url: string) => connectRw(t, store, url, TOKEN);
 
 /** The code `p` settles with within `ms` ('resolved', 'pending', or the CabError's code). */
 const within = settle;
@@ -296,8 +288,7 @@ const within = settle;
 test('a server whose fragment read fails mid-pull: the pull fails (ERR_REMOTE or ERR_IO, never "absent") at once, the server serves other requests, and the pull completes once the disk is back', async (t) => {
   const fsx = await faultStore(t);
   if (!fsx) return;
-  const data = prngBytes('eio serve', 3 * MiB + 9);
-  const { store: server, name } = await withBlob(t, fsx, data);
+  const { store: server, name, data } = await withBlob(t, fsx, 'eio serve', 3 * MiB + 9);
   const other = await putBlob(server, prngBytes('eio serve other', 200 * KiB));
   const srv = await serveT(t, server);
   const client = await tempStore(t);
@@ -343,9 +334,8 @@ test('a push into a server whose fsyncs fail is not acknowledged: it fails with 
 test('a receiver whose local chunk read fails while it builds from an older version: ERR_IO, or a blob fetched and verified; never a wrong blob', async (t) => {
   const fsx = await faultStore(t);
   if (!fsx) return;
-  const old = prngBytes('eio fine', 4 * MiB);
+  const { store: client, data: old } = await withBlob(t, fsx, 'eio fine', 4 * MiB);
   const next = edited(old, 3, 8).bytes;
-  const { store: client } = await withBlob(t, fsx, old);
   const server = await tempStore(t);
   const name = await putBlob(server, next);
   const srv = await serveT(t, server);
@@ -362,8 +352,7 @@ test('a receiver whose local chunk read fails while it builds from an older vers
 test('bundles: an export whose fragment read fails, and an import whose fsync fails, are ERR_IO; the import completes once the disk is back', async (t) => {
   const fsx = await faultStore(t);
   if (!fsx) return;
-  const data = prngBytes('eio bundle', 2 * MiB + 3);
-  const { store, name } = await withBlob(t, fsx, data);
+  const { store, name, data } = await withBlob(t, fsx, 'eio bundle', 2 * MiB + 3);
   const dir = tempDir(t);
   const file = path.join(dir, 'b.cab');
   fsx.fail('read ^/cas/');
@@ -387,8 +376,7 @@ test('bundles: an export whose fragment read fails, and an import whose fsync fa
 test('HTTP: GET /blobs/NAME (whole, and a Range) with a fragment EIO is a 5xx or a cut body, never a 404 nor a clean end; the server answers after', async (t) => {
   const fsx = await faultStore(t);
   if (!fsx) return;
-  const data = prngBytes('eio http get', 2 * MiB + 3);
-  const { store, name } = await withBlob(t, fsx, data);
+  const { store, name, data } = await withBlob(t, fsx, 'eio http get', 2 * MiB + 3);
   const srv = await serveT(t, store);
   const base = `http://127.0.0.1:${srv.port}`;
   fsx.fail('read ^/cas/', 'open ^/cas/');
@@ -435,8 +423,7 @@ test('HTTP: a tus PATCH whose fsync fails is not acknowledged (a 5xx), HEAD then
 test('verified range reads from a server whose leaf layer or fragment read fails: an error that is not "corrupt", and the server serves after', async (t) => {
   const fsx = await faultStore(t);
   if (!fsx) return;
-  const data = prngBytes('eio range', 3 * MiB + 1);
-  const { store, name } = await withBlob(t, fsx, data);
+  const { store, name, data } = await withBlob(t, fsx, 'eio range', 3 * MiB + 1);
   const srv = await serveT(t, store);
   const client = await tempStore(t);
   const c = await connectT(t, client, srv.url);
@@ -468,8 +455,7 @@ test('verified range reads from a server whose leaf layer or fragment read fails
 test('opening the store while blob/ or its descriptors fail: ERR_IO or an open store, and the catch-up removes no index entry for it', async (t) => {
   const fsx = await faultStore(t);
   if (!fsx) return;
-  const data = prngBytes('eio open', MiB + 3);
-  const { store, name } = await withBlob(t, fsx, data);
+  const { store, name, data } = await withBlob(t, fsx, 'eio open', MiB + 3);
   const chunks = await collect(store.blobChunkStream(name));
   await store.close();
   for (const rule of ['readdir ^/blob', 'getattr ^/blob/', 'open ^/blob/', 'read ^/blob/', 'readdir ^/tmp', 'unlink ^/tmp/', 'readdir ^/leases', 'open ^/leases/', 'create ^/leases/', 'getattr ^/tmp', 'mkdir .', 'statfs .']) {
@@ -488,8 +474,7 @@ test('opening the store while blob/ or its descriptors fail: ERR_IO or an open s
 test('lookups while the disk fails: lookupChunk, blobChunkStream, findByHash and listCaIds are ERR_IO, never "no such chunk" nor a short list', async (t) => {
   const fsx = await faultStore(t);
   if (!fsx) return;
-  const data = prngBytes('eio lookups', MiB + 3);
-  const { store, name } = await withBlob(t, fsx, data);
+  const { store, name, data } = await withBlob(t, fsx, 'eio lookups', MiB + 3);
   const chunks = await collect(store.blobChunkStream(name));
   await store.close();
   for (const rule of ['getattr ^/blob/', 'open ^/blob/', 'read ^/blob/']) {
@@ -537,9 +522,7 @@ test('resuming a blob whose descriptor cannot be read or cut is ERR_IO, never ER
     const back = await readAll(store, w.name);
     t.true(back.equals(data.subarray(0, st.size)), `${rule}: the bytes are right (${String(e)}; size ${st.size}, read ${back.length}, first difference at ${back.findIndex((b, i) => b !== data[i])})`);
   }
-  const w3 = await store.resumeBlobWriter(w.name);
-  await w3.appendBytes(data.subarray(w3.size));
-  await w3.close();
+  await finish(store, w.name, data);
   await whole(t, store, w.name, data);
 });
 
@@ -568,9 +551,7 @@ test('a follower of a blob being written whose descriptor or fragments cannot be
       // The fault is gone: the follower goes on, and ends with the blob.
       if (wrote !== 'ok') {
         await w.close().catch(() => {});
-        const w2 = await store.resumeBlobWriter(w.name);
-        await w2.appendBytes(data.subarray(w2.size));
-        await w2.close();
+        await finish(store, w.name, data);
       } else {
         await w.appendBytes(data.subarray(MiB));
         await w.close();
@@ -599,9 +580,8 @@ test('gc with maxBytes while descriptors cannot be read evicts nothing on doubt:
   }
   for (const rule of ['read ^/blob/', 'open ^/blob/', 'getattr ^/blob/', 'getattr ^/cas/', 'fsyncdir ^/blob/', 'rename ^/blob/']) {
     fsx.fail(rule);
-    const g = await store.gc({ maxBytes: 0 }).catch((x: Error) => x);
+    await gcSafe(t, store, { maxBytes: 0 }, (g) => g.evicted.length === 0, rule);
     fsx.fail();
-    t.true(g instanceof Error ? isCabError(g, 'ERR_IO') : g.evicted.length === 0, `${rule}: gc: ERR_IO or nothing evicted: ${g instanceof Error ? g.message : JSON.stringify(g)}`);
     for (const [name, d] of blobs) if (await store.has(name)) await whole(t, store, name, d);
   }
 });
@@ -609,8 +589,7 @@ test('gc with maxBytes while descriptors cannot be read evicts nothing on doubt:
 test('the CLI on a failing disk: put (of a file it cannot stat or open), get, cat, stat, ls, rm, gc and fsck exit 1 with ERR_IO on stderr, never "no such blob"', async (t) => {
   const fsx = await faultStore(t);
   if (!fsx) return;
-  const data = prngBytes('eio cli', MiB + 3);
-  const { store, name } = await withBlob(t, fsx, data);
+  const { store, name, data } = await withBlob(t, fsx, 'eio cli', MiB + 3);
   await store.close();
   const out = path.join(tempDir(t), 'out');
   fs.mkdirSync(path.join(fsx.root, 'in'));
@@ -646,8 +625,7 @@ test('the CLI on a failing disk: put (of a file it cannot stat or open), get, ca
 test('a server whose descriptors cannot be read: stat, pull and GET /blobs/NAME (and tus HEAD) fail as I/O errors, never "no such blob" nor 404', async (t) => {
   const fsx = await faultStore(t);
   if (!fsx) return;
-  const data = prngBytes('eio remote desc', MiB + 3);
-  const { store, name } = await withBlob(t, fsx, data);
+  const { store, name, data } = await withBlob(t, fsx, 'eio remote desc', MiB + 3);
   const srv = await serveT(t, store);
   const base = `http://127.0.0.1:${srv.port}`;
   const created = await fetch(`${base}/files/`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}`, 'tus-resumable': '1.0.0', 'upload-length': '5000' } });
@@ -679,8 +657,7 @@ test('a server whose descriptors cannot be read: stat, pull and GET /blobs/NAME 
 test('fetchBlob from two servers, one whose fragments fail: the failing one is dropped and the blob comes whole from the other; from it alone, an error that is not "absent"', async (t) => {
   const fsx = await faultStore(t);
   if (!fsx) return;
-  const data = prngBytes('eio multi', 3 * MiB + 3);
-  const { store: bad, name } = await withBlob(t, fsx, data);
+  const { store: bad, name, data } = await withBlob(t, fsx, 'eio multi', 3 * MiB + 3);
   const good = await tempStore(t);
   await putBlob(good, data, name);
   const [sb, sg] = [await serveT(t, bad), await serveT(t, good)];
@@ -708,7 +685,7 @@ test('appendBytes from a file that cannot be read, and a write stream whose frag
   for (const rule of ['read ^/in/', 'open ^/in/', 'getattr ^/in/']) {
     const w = await store.newBlobWriter();
     fsx.fail(rule);
-    const e = await w.appendBytes({ file: input }).then(() => undefined, (x: unknown) => x);
+    const e = await rejection(w.appendBytes({ file: input }));
     fsx.fail();
     t.true(isCabError(e, 'ERR_IO'), `${rule}: appendBytes(file): ERR_IO, not ${String(e)}`);
     await w.close().catch(() => {});
@@ -729,17 +706,14 @@ test('appendBytes from a file that cannot be read, and a write stream whose frag
   fsx.fail();
   t.true(isCabError(e, 'ERR_IO'), `the stream fails with ERR_IO, not ${String(e)}`);
   await w.close().catch(() => {});
-  const w2 = await store.resumeBlobWriter(w.name);
-  await w2.appendBytes(data.subarray(w2.size));
-  await w2.close();
+  await finish(store, w.name, data);
   await whole(t, store, w.name, data);
 });
 
 test('fsck --repair while descriptors cannot be read: ERR_IO or a report that calls nothing corrupt and repairs nothing', async (t) => {
   const fsx = await faultStore(t);
   if (!fsx) return;
-  const data = prngBytes('eio fsck desc', MiB + 3);
-  const { store, name } = await withBlob(t, fsx, data);
+  const { store, name, data } = await withBlob(t, fsx, 'eio fsck desc', MiB + 3);
   const w = await store.newBlobWriter();
   await w.appendBytes(data.subarray(0, 300 * KiB));
   await w.closeWithoutFinalize();
@@ -771,9 +745,8 @@ test('gc while a writer is open and tmp/ cannot be listed or looked at: ERR_IO o
   const tmpBefore = fs.readdirSync(path.join(fsx.root, 'tmp')).sort();
   for (const rule of ['readdir ^/tmp', 'getattr ^/tmp/', 'open ^/tmp/', 'unlink ^/tmp/', 'open ^/leases/', 'getattr ^/leases/']) {
     fsx.fail(rule);
-    const g = await store.gc().catch((x: Error) => x);
+    await gcSafe(t, store, {}, (g) => g.tempFilesDeleted === 0, rule);
     fsx.fail();
-    t.true(g instanceof Error ? isCabError(g, 'ERR_IO') : g.tempFilesDeleted === 0, `${rule}: gc: ERR_IO or no temp file deleted: ${g instanceof Error ? g.message : JSON.stringify(g)}`);
     t.deepEqual(fs.readdirSync(path.join(fsx.root, 'tmp')).sort(), tmpBefore, `${rule}: tmp/ as it was`);
   }
   await w.appendBytes(data.subarray(MiB));
@@ -838,8 +811,7 @@ test('a pull into a store whose fsyncs or writes fail: ERR_IO (the local disk, n
 test('a push from a store whose fragment read fails: ERR_IO, and the server holds no finalized blob of it', async (t) => {
   const fsx = await faultStore(t);
   if (!fsx) return;
-  const data = prngBytes('eio push from', 3 * MiB + 1);
-  const { store: client, name } = await withBlob(t, fsx, data);
+  const { store: client, name, data } = await withBlob(t, fsx, 'eio push from', 3 * MiB + 1);
   const server = await tempStore(t);
   const srv = await serveT(t, server);
   const c = await connectT(t, client, srv.url);
@@ -855,8 +827,7 @@ test('a push from a store whose fragment read fails: ERR_IO, and the server hold
 test('a range read whose leaf layer cannot be made (layers/ create, write, fsync, rename or mkdir fails, or layers/ was removed under the server): the bytes, or ERR_IO, not a raw error nor "corrupt"; later reads work', async (t) => {
   const fsx = await faultStore(t);
   if (!fsx) return;
-  const data = prngBytes('eio layer make', 3 * MiB + 1);
-  const { store, name } = await withBlob(t, fsx, data);
+  const { store, name, data } = await withBlob(t, fsx, 'eio layer make', 3 * MiB + 1);
   const client = await tempStore(t);
   const buf = Buffer.alloc(64 * KiB);
   const readVia = async (srv: CabServer, blob: string, at: number) => {
@@ -918,4 +889,111 @@ test('HTTP: a tus POST whose descriptor cannot be made, and a PATCH whose writes
   const done = await fetch(url, { method: 'PATCH', headers: headers({ 'upload-offset': String(at), 'content-type': 'application/offset+octet-stream' }), body: data.subarray(at) });
   t.is(done.status, 204);
   await whole(t, store, name, data);
+});
+
+// --- reuse of what the store holds, when reading it fails ---
+
+test('appendBlob whose source descriptor cannot be read, and a whole-blob copy whose source leaf layer cannot be read: ERR_IO or a good copy', async (t) => {
+  const fsx = await faultStore(t);
+  if (!fsx) return;
+  const { store, name, data } = await withBlob(t, fsx, 'eio reuse', 2 * MiB + 3);
+  // The leaf layer, made by a range request.
+  const srv = await serveT(t, store);
+  const c = await connectT(t, await tempStore(t), srv.url);
+  const rr = await c.openReader(name);
+  await rr.readAt(Buffer.alloc(100), 5);
+  await rr.close();
+  for (const rule of ['open ^/blob/', 'read ^/blob/', 'read ^/layers/', 'open ^/layers/']) {
+    await store.close();
+    const s = await BlobStore.open(fsx.root);
+    const w = await s.newBlobWriter();
+    fsx.fail(rule);
+    const e = await rejection(w.appendBlob(name).then(() => w.close()));
+    fsx.fail();
+    if (e === undefined) t.true((await readAll(s, w.name)).equals(data), `${rule}: the copy is right`);
+    else {
+      t.true(isCabError(e, 'ERR_IO'), `${rule}: ERR_IO, not ${String(e)}`);
+      await w.close().catch(() => {});
+    }
+    t.log(`${rule}: ${e === undefined ? 'copied' : (e as Error).message.slice(0, 100)}`);
+    await s.close();
+  }
+  const s = await BlobStore.open(fsx.root);
+  t.teardown(() => s.close().catch(() => {}));
+  await whole(t, s, name, data);
+});
+
+test('a push into a server that builds from its own older version and cannot read it: the push fails (ERR_IO from the peer) or the blob is whole; never a wrong blob', async (t) => {
+  const fsx = await faultStore(t);
+  if (!fsx) return;
+  const { store: server, data: old } = await withBlob(t, fsx, 'eio push fine', 4 * MiB);
+  const next = edited(old, 5, 8).bytes;
+  const srv = await serveT(t, server);
+  const client = await tempStore(t);
+  const name = await putBlob(client, next);
+  const c = await connectT(t, client, srv.url);
+  fsx.fail('read ^/cas/');
+  const got = await within(c.push(name), 30_000);
+  fsx.fail();
+  t.true(['ERR_IO', 'ERR_REMOTE', 'resolved'].includes(got), `the push: ${got}`);
+  t.log(`the push: ${got}`);
+  if (got !== 'resolved') await c.push(name);
+  await whole(t, server, name, next);
+});
+
+test('an import into a store that holds an older version it cannot read: ERR_IO or a whole blob', async (t) => {
+  const fsx = await faultStore(t);
+  if (!fsx) return;
+  const old = prngBytes('eio import fine', 4 * MiB);
+  const next = edited(old, 7, 8).bytes;
+  const src = await tempStore(t);
+  const name = await putBlob(src, next);
+  const file = path.join(tempDir(t), 'b.cab');
+  await exportBundle(src, [name], file);
+  const dst = await BlobStore.open(fsx.root);
+  t.teardown(() => dst.close().catch(() => {}));
+  await putBlob(dst, old);
+  fsx.fail('read ^/cas/');
+  const got = await within(importBundle(dst, file), 30_000);
+  fsx.fail();
+  t.true(['ERR_IO', 'resolved'].includes(got), `the import: ${got}`);
+  if (got !== 'resolved') await importBundle(dst, file);
+  await whole(t, dst, name, next);
+});
+
+test('a cached remote reader (cache: true) whose local copy cannot be written: the reads give the right bytes or ERR_IO, and the copy is never final and wrong', async (t) => {
+  const fsx = await faultStore(t);
+  if (!fsx) return;
+  const data = prngBytes('eio cache', 2 * MiB + 3);
+  const server = await tempStore(t);
+  const name = await putBlob(server, data);
+  const srv = await serveT(t, server);
+  const local = await BlobStore.open(fsx.root);
+  t.teardown(() => local.close().catch(() => {}));
+  const c = await connectT(t, local, srv.url);
+  const r = await c.openReader(name, { cache: true });
+  const buf = Buffer.alloc(256 * KiB);
+  await r.readAt(buf, 0);
+  fsx.fail('write ^/tmp/', 'fsync ^/tmp/', 'fdatasync ^/tmp/');
+  const results: string[] = [];
+  for (let at = buf.length; at < data.length; at += buf.length) {
+    const n = await r.readAt(buf, at).then((k) => k, (e: unknown) => e);
+    if (typeof n === 'number') {
+      t.true(buf.subarray(0, n).equals(data.subarray(at, at + n)), `the bytes at ${at}`);
+      results.push('ok');
+    } else {
+      t.true(isCabError(n, 'ERR_IO'), `a read at ${at}: ERR_IO, not ${String(n)}`);
+      results.push('ERR_IO');
+    }
+  }
+  const closed = await r.close().then(() => 'closed', (e: unknown) => (isCabError(e) ? e.code : String(e)));
+  fsx.fail();
+  t.log(results.join(' '), closed);
+  t.true(['closed', 'ERR_IO'].includes(closed), `close: ${closed}`);
+  const st = await local.stat(name).catch(() => undefined);
+  if (st?.finalized) await whole(t, local, name, data);
+  else {
+    await c.pull(name);
+    await whole(t, local, name, data);
+  }
 });
