@@ -7,7 +7,7 @@
 import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { BlobStore, exportBundle, fetchBlob, importBundle, isCabError, merkleRoot, toHex, type CabServer, type FsckReport, type GcOptions, type GcReport } from '../src/index.js';
+import { BlobStore, exportBundle, writeHave, fetchBlob, importBundle, isCabError, merkleRoot, toHex, type CabServer, type FsckReport, type GcOptions, type GcReport } from '../src/index.js';
 import { prngBytes } from '../tools/data.js';
 import { collect, putBlob, readAll, tempDir, tempStore } from './helpers/store.js';
 import { runCli } from './helpers/cli.js';
@@ -996,4 +996,60 @@ test('a cached remote reader (cache: true) whose local copy cannot be written: t
     await c.pull(name);
     await whole(t, local, name, data);
   }
+});
+
+test('a bundle or have-file on a failing disk: reading it is ERR_IO, never "truncated" nor "corrupt"; writing one that fails is ERR_IO and leaves no bundle', async (t) => {
+  const fsx = await faultStore(t);
+  if (!fsx) return;
+  const src = await tempStore(t);
+  const data = prngBytes('eio bundle file', 2 * MiB + 3);
+  const name = await putBlob(src, data);
+  const dir = path.join(fsx.root, 'in');
+  fs.mkdirSync(dir);
+  const bundle = path.join(dir, 'b.cab');
+  const have = path.join(dir, 'have');
+  await exportBundle(src, [name], bundle);
+  const dst = await tempStore(t);
+  await putBlob(dst, data.subarray(0, MiB));
+  await writeHave(dst, have);
+  for (const rule of ['read ^/in/', 'open ^/in/', 'getattr ^/in/']) {
+    fsx.fail(rule);
+    await failsIo(t, importBundle(dst, bundle), `${rule}: import`);
+    await failsIo(t, exportBundle(src, [name], path.join(tempDir(t), 'x.cab'), { have }), `${rule}: export with a have-file`);
+    fsx.fail();
+    t.false((await dst.stat(name).catch(() => undefined))?.finalized ?? false, `${rule}: nothing imported`);
+  }
+  for (const rule of ['write ^/in/', 'fsync ^/in/', 'create ^/in/', 'rename ^/in/']) {
+    fsx.fail(rule);
+    const out = path.join(dir, 'out.cab');
+    const e = await rejection(exportBundle(src, [name], out));
+    const h = await rejection(writeHave(dst, path.join(dir, 'have2')));
+    fsx.fail();
+    t.true(isCabError(e, 'ERR_IO'), `${rule}: export: ERR_IO, not ${String(e)}`);
+    t.true(h === undefined || isCabError(h, 'ERR_IO'), `${rule}: writeHave: ERR_IO, not ${String(h)}`);
+    t.false(fs.existsSync(out), `${rule}: no bundle left`);
+  }
+  await importBundle(dst, bundle);
+  await whole(t, dst, name, data);
+  fs.rmSync(dir, { recursive: true });
+});
+
+test('HTTP: a tus termination (DELETE) whose unlink fails is not a success, and the upload is still there', async (t) => {
+  const fsx = await faultStore(t);
+  if (!fsx) return;
+  const store = await BlobStore.open(fsx.root);
+  t.teardown(() => store.close().catch(() => {}));
+  const srv = await serveT(t, store);
+  const base = `http://127.0.0.1:${srv.port}`;
+  const headers = (o: Record<string, string> = {}) => ({ authorization: `Bearer ${TOKEN}`, 'tus-resumable': '1.0.0', ...o });
+  const created = await fetch(`${base}/files/`, { method: 'POST', headers: headers({ 'upload-length': '5000' }) });
+  const url = new URL(created.headers.get('location')!, base).href;
+  t.is((await fetch(url, { method: 'PATCH', headers: headers({ 'upload-offset': '0', 'content-type': 'application/offset+octet-stream' }), body: Buffer.alloc(1000, 1) })).status, 204);
+  fsx.fail('unlink ^/blob/', 'rename ^/blob/', 'fsyncdir ^/blob/');
+  const del = await fetch(url, { method: 'DELETE', headers: headers() });
+  fsx.fail();
+  t.true(del.status >= 500, `DELETE: a 5xx, not ${del.status}`);
+  const head = await fetch(url, { method: 'HEAD', headers: headers() });
+  t.true(head.status === 200 || head.status === 404, `HEAD after: ${head.status}`);
+  if (head.status === 200) t.is(head.headers.get('upload-offset'), '1000');
 });
