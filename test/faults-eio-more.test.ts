@@ -1053,3 +1053,28 @@ test('HTTP: a tus termination (DELETE) whose unlink fails is not a success, and 
   t.true(head.status === 200 || head.status === 404, `HEAD after: ${head.status}`);
   if (head.status === 200) t.is(head.headers.get('upload-offset'), '1000');
 });
+
+test('a reader whose pins cannot be published (leases/ write or rename fails): ERR_IO, or a reader whose fragments gc keeps', async (t) => {
+  const fsx = await faultStore(t);
+  if (!fsx) return;
+  const { store, name, data } = await withBlob(t, fsx, 'eio reader pins', MiB + 3);
+  for (const rule of ['write ^/leases/', 'rename ^/leases/', 'create ^/leases/']) {
+    fsx.fail(rule);
+    const r = await store.newBlobReader(name).catch((e: Error) => e);
+    fsx.fail();
+    if (!(r instanceof Error)) {
+      const before = fragCount(fsx.root);
+      await store.deleteBlob(name);
+      await store.gc();
+      t.is(fragCount(fsx.root), before, `${rule}: gc keeps the open reader's fragments`);
+      const buf = Buffer.alloc(data.length);
+      await r.readFully(buf, 0);
+      t.true(buf.equals(data), `${rule}: the reader reads the blob`);
+      await r.close();
+      t.log(`${rule}: a reader`);
+      return;
+    }
+    t.true(isCabError(r, 'ERR_IO'), `${rule}: ERR_IO, not ${String(r)}`);
+  }
+  await whole(t, store, name, data);
+});
