@@ -7,7 +7,7 @@
 import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { BlobStore, exportBundle, writeHave, fetchBlob, importBundle, isCabError, merkleRoot, toHex, type CabServer, type FsckReport, type GcOptions, type GcReport } from '../src/index.js';
+import { BlobStore, exportBundle, writeHave, fetchBlob, importBundle, isCabError, merkleRoot, toHex, type CabServer, type ChunkRef, type FsckReport, type GcOptions, type GcReport } from '../src/index.js';
 import { prngBytes } from '../tools/data.js';
 import { collect, putBlob, readAll, tempDir, tempStore } from './helpers/store.js';
 import { runCli } from './helpers/cli.js';
@@ -36,6 +36,14 @@ async function withBlob(t: ExecutionContext, fsx: FaultStore, seed: string, size
   await w.appendBytes(data);
   await w.close();
   return { store, name: w.name, data };
+}
+
+/** withBlob of 1 MiB + 3 bytes, its chunks, and the store closed again. */
+async function closedBlob(t: ExecutionContext, fsx: FaultStore, seed: string): Promise<{ name: string; data: Buffer; chunks: ChunkRef[] }> {
+  const { store, name, data } = await withBlob(t, fsx, seed, MiB + 3);
+  const chunks = await collect(store.blobChunkStream(name));
+  await store.close();
+  return { name, data, chunks };
 }
 
 /** What `p` rejects with; undefined if it resolves. */
@@ -455,9 +463,7 @@ test('verified range reads from a server whose leaf layer or fragment read fails
 test('opening the store while blob/ or its descriptors fail: ERR_IO or an open store, and the catch-up removes no index entry for it', async (t) => {
   const fsx = await faultStore(t);
   if (!fsx) return;
-  const { store, name, data } = await withBlob(t, fsx, 'eio open', MiB + 3);
-  const chunks = await collect(store.blobChunkStream(name));
-  await store.close();
+  const { name, data, chunks } = await closedBlob(t, fsx, 'eio open');
   for (const rule of ['readdir ^/blob', 'getattr ^/blob/', 'open ^/blob/', 'read ^/blob/', 'readdir ^/tmp', 'unlink ^/tmp/', 'readdir ^/leases', 'open ^/leases/', 'create ^/leases/', 'getattr ^/tmp', 'mkdir .', 'statfs .']) {
     fsx.fail(rule);
     const s = await BlobStore.open(fsx.root).catch((e: unknown) => e);
@@ -474,9 +480,7 @@ test('opening the store while blob/ or its descriptors fail: ERR_IO or an open s
 test('lookups while the disk fails: lookupChunk, blobChunkStream, findByHash and listCaIds are ERR_IO, never "no such chunk" nor a short list', async (t) => {
   const fsx = await faultStore(t);
   if (!fsx) return;
-  const { store, name, data } = await withBlob(t, fsx, 'eio lookups', MiB + 3);
-  const chunks = await collect(store.blobChunkStream(name));
-  await store.close();
+  const { name, data, chunks } = await closedBlob(t, fsx, 'eio lookups');
   for (const rule of ['getattr ^/blob/', 'open ^/blob/', 'read ^/blob/']) {
     const s = await BlobStore.open(fsx.root);
     fsx.fail(rule);
