@@ -17,7 +17,7 @@ export const ERROR_CODES = {
   ERR_NEGATIVE_POSITION: 'a position, offset or size is negative or not an integer',
   ERR_BAD_WHENCE: 'seek whence is not 0, 1 or 2',
   ERR_NO_SUCH_CHUNK: 'no blob in the store holds a chunk with that hash',
-  ERR_NO_SUCH_FILE: 'a local file given to appendBytes does not exist or cannot be read',
+  ERR_NO_SUCH_FILE: 'a local file given to appendBytes (or compared with a blob) does not exist or may not be read (ENOENT, EACCES, not a file, ...); an I/O error reading it is ERR_IO',
   ERR_BLOB_DAMAGED: 'the bytes asked for lie in a range fsck recorded as damaged (data.offset..data.end); a pull or import of the blob heals it',
   ERR_FRAGMENT_MISSING: 'a fragment a blob needs is missing or shorter than its extents',
   ERR_DESCRIPTOR_CORRUPT:
@@ -87,6 +87,15 @@ export function ioError(e: unknown, what: string, data: CabErrorData = {}): CabE
     return new CabError('ERR_NO_SPACE', `${what}: the file system is full (${msg})`, { ...data, found: err?.code }, { cause: e });
   }
   return new CabError('ERR_IO', `${what}: ${msg}`, { ...data, found: err?.code }, { cause: e });
+}
+
+/** Errnos of an open that mean the file is not there to read, or not ours to read: ERR_NO_SUCH_FILE. */
+const NOT_THERE = new Set(['ENOENT', 'ENOTDIR', 'EISDIR', 'EACCES', 'EPERM', 'ELOOP', 'ENAMETOOLONG', 'ENXIO']);
+
+/** The error of a failed open (or stat) of a local file the user names: ERR_NO_SUCH_FILE if it is not there (or not ours), else ERR_IO (EIO, EMFILE: the file may be fine). */
+export function inputFileError(e: unknown, file: string): CabError {
+  if (!NOT_THERE.has((e as NodeJS.ErrnoException)?.code ?? '')) return ioError(e, `opening ${file}`, { path: file });
+  return new CabError('ERR_NO_SUCH_FILE', `cannot read ${file}: ${(e as Error).message}`, { path: file }, { cause: e });
 }
 
 /** Narrowing helper: `isCabError(e, 'ERR_CLOSED')`. */

@@ -5,29 +5,20 @@
 // and pull between stores with different chunkers (the claims are then
 // checked on arrival and the bytes chunked again).
 import test, { type ExecutionContext } from 'ava';
-import { BlobStore, connect, serve, decodeMessage, encodeMessage, isCabError, merkleRoot, toHex, type CabClient, type CabServer, type Message } from '../src/index.js';
+import { BlobStore, decodeMessage, encodeMessage, isCabError, merkleRoot, toHex, type Message } from '../src/index.js';
 import { createHash } from 'node:crypto';
 import { prngBytes } from '../tools/data.js';
 import { tempStore, putBlob, readAll } from './helpers/store.js';
 import { wsProxy, decodedFrame, type FrameHook } from './helpers/proxies.js';
-import { MiB } from './helpers/transfer.js';
+import { MiB, connectRw, serveRw } from './helpers/transfer.js';
 
 const TOKEN = 'claims';
 const BYTES = prngBytes('claimed chunks', 12 * MiB);
 const HASH = toHex(merkleRoot(BYTES));
 const SMALL_CHUNKER = { min: 4096, avg: 16384, max: 65536 };
 
-async function serveT(t: ExecutionContext, store: BlobStore): Promise<CabServer> {
-  const srv = await serve(store, { tokens: { [TOKEN]: ['read', 'write'] } });
-  t.teardown(() => srv.close());
-  return srv;
-}
-
-async function connectT(t: ExecutionContext, store: BlobStore, url: string): Promise<CabClient> {
-  const c = await connect(store, url, { token: TOKEN });
-  t.teardown(() => c.close());
-  return c;
-}
+const serveT = (t: ExecutionContext, store: BlobStore) => serveRw(t, store, TOKEN);
+const connectT = (t: ExecutionContext, store: BlobStore, url: string) => connectRw(t, store, url, TOKEN);
 
 const codeOf = (e: unknown): string => (isCabError(e) ? e.code : `not a CabError: ${String(e)}`);
 

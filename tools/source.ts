@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import type { Readable } from 'node:stream';
-import { CabError, ioError } from '../src/errors.js';
+import { CabError, inputFileError, ioError } from '../src/errors.js';
 import { orAbort } from '../src/transfer/abort.js';
 import type { BlobWriter } from '../src/blob/writer.js';
 
@@ -32,7 +32,7 @@ export async function statInput(file: string): Promise<fs.Stats> {
     st = await fsp.stat(file);
     if (st.isFile()) await fsp.access(file, fs.constants.R_OK);
   } catch (e) {
-    throw new CabError('ERR_NO_SUCH_FILE', `cannot read ${file}: ${(e as Error).message}`, { path: file }, { cause: e });
+    throw inputFileError(e, file);
   }
   if (st.isDirectory()) throw new CabError('ERR_NO_SUCH_FILE', `${file} is a directory`, { path: file });
   return st;

@@ -1,5 +1,5 @@
 import fs from 'node:fs/promises';
-import { CabError, isCabError } from '../errors.js';
+import { inputFileError, isCabError } from '../errors.js';
 import { bytesEqual, sha256 } from '../hash/sha256.js';
 import type { BlobReader } from './reader.js';
 
@@ -19,7 +19,7 @@ export async function firstDifference(store: { newBlobReader(name: string): Prom
     fh = await fs.open(file, 'r');
   } catch (e) {
     await r.close();
-    throw new CabError('ERR_NO_SUCH_FILE', `cannot read ${file}: ${(e as Error).message}`, { path: file }, { cause: e });
+    throw inputFileError(e, file);
   }
   try {
     const fileBytes = async (pos: number, n: number) => {

@@ -2,7 +2,7 @@ import fs, { type FSWatcher } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { CabError, abortError } from '../errors.js';
+import { CabError, abortError, ioError } from '../errors.js';
 import { bytesEqual, sha256, toHex } from '../hash/sha256.js';
 import { BlobBytes, readExtents } from '../disk/blob-bytes.js';
 import { ChunkPager } from '../disk/chunk-pager.js';
@@ -155,7 +155,7 @@ export class Follow {
         st = await fsp.stat(file);
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new CabError('ERR_NO_SUCH_BLOB', `blob ${name} was deleted while it was followed`, { blob: name });
-        throw e;
+        throw ioError(e, `following blob ${name}`, { blob: name, path: file });
       }
       let next: View;
       if (st.ino !== v.d.ino) {

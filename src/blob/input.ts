@@ -1,5 +1,5 @@
 import fs from 'node:fs/promises';
-import { CabError, checkSignal } from '../errors.js';
+import { CabError, checkSignal, inputFileError } from '../errors.js';
 import { RECYCLED_BYTES, blockBuffer, dropBlock, shareSlots } from '../hash/blocks.js';
 import { SLOTS_AT, SLOT_BYTES, SLOT_COUNT, gearWasm } from '../chunker/gear-wasm.js';
 import type { Descriptor } from '../format/descriptor.js';
@@ -90,7 +90,7 @@ export async function openInputs(items: AppendItem[]): Promise<Input[]> {
       try {
         fh = await fs.open(item.file, 'r');
       } catch (e) {
-        throw new CabError('ERR_NO_SUCH_FILE', `cannot read ${item.file}: ${(e as Error).message}`, { path: item.file }, { cause: e });
+        throw inputFileError(e, item.file);
       }
       const input = { fh, offset, size: 0, file: item.file };
       inputs.push(input);

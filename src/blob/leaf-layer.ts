@@ -239,14 +239,22 @@ export class TreeCache {
     const file = this.layout.leafLayer(r.name);
     const found = await checkLayer(file, r.size, r.hash);
     if (found) return found;
-    await ensureDir(path.dirname(file), this.#dirs);
-    await clearNonFile(file);
-    let made: BlobTree | undefined;
-    await replaceDurable(file, async (fh) => {
-      await writeAll(fh, layerHeader(r.size, r.hash!), 0);
-      made = await hashLeaves(r, fh, file);
-    });
-    return made!;
+    for (let again = false; ; again = true) {
+      try {
+        await ensureDir(path.dirname(file), this.#dirs);
+        await clearNonFile(file);
+        let made: BlobTree | undefined;
+        await replaceDurable(file, async (fh) => {
+          await writeAll(fh, layerHeader(r.size, r.hash!), 0);
+          made = await hashLeaves(r, fh, file);
+        });
+        return made!;
+      } catch (e) {
+        // Its folder is made again next time: it may have been removed since we made it (layers/ is derived data).
+        this.#dirs.delete(path.dirname(file));
+        if (again || (e as NodeJS.ErrnoException).code !== 'ENOENT') throw ioError(e, `making the leaf layer of blob ${r.name}`, { blob: r.name, path: file });
+      }
+    }
   }
 }
 

@@ -32,7 +32,7 @@ export async function createDescriptor<T>(s: StoreInternals, name: string, start
   const { layout } = s;
   await ensureDir(layout.blobDir(name), s.knownDirs);
   const tmp = layout.tmpFile('desc');
-  const fh = await fs.open(tmp, 'wx+');
+  const fh = await fs.open(tmp, 'wx+').catch((e: unknown) => Promise.reject(ioError(e, `creating blob ${name}`, { blob: name })));
   let linked = false;
   let ok = false;
   try {

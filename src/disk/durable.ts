@@ -1,6 +1,6 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { CabError } from '../errors.js';
+import { CabError, ioError } from '../errors.js';
 import { brokenLink } from '../format/descriptor-file.js';
 
 /** fsync a directory so that entries created or renamed in it survive a power cut. */
@@ -20,6 +20,11 @@ export async function fsyncDir(dir: string): Promise<void> {
  */
 export async function ensureDir(dir: string, known: Set<string>): Promise<void> {
   if (known.has(dir)) return;
+  await makeDirs(dir).catch((e: unknown) => Promise.reject(ioError(e, `making the folder ${dir}`, { path: dir })));
+  known.add(dir);
+}
+
+async function makeDirs(dir: string): Promise<void> {
   const chain: string[] = [];
   for (let d = dir; ; d = path.dirname(d)) {
     try {
@@ -39,7 +44,6 @@ export async function ensureDir(dir: string, known: Set<string>): Promise<void> 
     }
     await fsyncDir(path.dirname(d));
   }
-  known.add(dir);
 }
 
 /**
@@ -112,7 +116,7 @@ export async function exists(file: string): Promise<boolean> {
     return true;
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
-    throw e;
+    throw ioError(e, `looking for ${file}`, { path: file });
   }
 }
 

@@ -1,5 +1,5 @@
 import fs from 'node:fs/promises';
-import { CabError, isCabError } from '../errors.js';
+import { CabError, ioError, isCabError } from '../errors.js';
 import type { ChunkIndex } from './chunk-index.js';
 import { flatDamage } from '../format/damage.js';
 import { readDescriptor } from '../format/descriptor.js';
@@ -20,7 +20,7 @@ export async function catchUpBlob(index: ChunkIndex, layout: Layout, name: strin
   try {
     size = (await fs.stat(layout.descriptor(name))).size;
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw ioError(e, `looking at the descriptor of blob ${name}`, { blob: name });
     if (await brokenLink(layout.descriptor(name))) {
       throw new CabError('ERR_IO', `the descriptor of blob ${name} is behind a link to nothing (a disk not mounted?)`, { blob: name, path: layout.descriptor(name) });
     }

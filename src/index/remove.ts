@@ -1,5 +1,5 @@
 import fs from 'node:fs/promises';
-import { CabError, isCabError } from '../errors.js';
+import { CabError, ioError, isCabError } from '../errors.js';
 import { withReserve } from '../disk/reserve.js';
 import { openDescriptor } from '../format/descriptor.js';
 import type { Layout } from '../format/layout.js';
@@ -20,6 +20,7 @@ import type { Tables } from './tables.js';
 export async function removeBlob(layout: Layout, index: ChunkIndex, tables: Tables, name: string, whileLocked?: () => Promise<void>): Promise<void> {
   const file = layout.descriptor(name);
   const fh = await openDescriptor(file, name, 'r');
+  let unsynced: CabError | undefined;
   try {
     if (!tryLockExclusive(fh.fd)) throw new CabError('ERR_BLOB_LOCKED', `blob ${name} is being written`, { blob: name });
     await whileLocked?.();
@@ -32,9 +33,10 @@ export async function removeBlob(layout: Layout, index: ChunkIndex, tables: Tabl
       await fs.unlink(file);
     } catch (e) {
       if (md) await tables.metadata.set(name, md).catch(() => {});
-      throw e;
+      throw ioError(e, `deleting blob ${name} (it is still there)`, { blob: name, path: file });
     }
-    await fsyncDir(layout.blobDir(name));
+    // Unlinked, maybe not durably: what is derived goes as for a delete done, and the delete fails.
+    unsynced = await fsyncDir(layout.blobDir(name)).then(() => undefined, (e: unknown) => ioError(e, `deleting blob ${name} (its descriptor is unlinked, maybe not durably)`, { blob: name }));
   } finally {
     await fh.close();
   }
@@ -42,6 +44,7 @@ export async function removeBlob(layout: Layout, index: ChunkIndex, tables: Tabl
   // a delete that is done. Index entries a full disk keeps are removed by the next catch-up or GC.
   const derived = [layout.leafLayer(name), layout.publishedMark(name)].map((p) => fs.rm(p, { force: true, recursive: true }).catch(() => {}));
   await Promise.all([removeEntries(layout, index, name), ...derived]);
+  if (unsynced) throw unsynced;
 }
 
 /**

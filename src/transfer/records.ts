@@ -1,5 +1,5 @@
 import fs from 'node:fs/promises';
-import { CabError, ioError } from '../errors.js';
+import { CabError, inputFileError, ioError } from '../errors.js';
 import { openOutput, type OutputFile } from '../disk/output.js';
 import { FRAME_HEADER, decodeFrame, encodeFrame, frameLength, packr } from '../format/frame.js';
 
@@ -52,9 +52,7 @@ export class RecordWriter {
 
 /** Reads and checks every record of a file; calls `on` with each and its offset. Rejects truncated or corrupt files. */
 export async function scan(file: string, magic: Buffer, on: (rec: Record<string, unknown>, at: number, len: number) => void | Promise<void>): Promise<number> {
-  const fh = await fs.open(file, 'r').catch((e: NodeJS.ErrnoException) => {
-    throw new CabError('ERR_NO_SUCH_FILE', `cannot read ${file}: ${e.message}`, { path: file }, { cause: e });
-  });
+  const fh = await fs.open(file, 'r').catch((e: unknown) => Promise.reject(inputFileError(e, file)));
   const corrupt = (why: string, at: number) => new CabError('ERR_BUNDLE_CORRUPT', `${file}: ${why} at byte ${at}`, { path: file, offset: at });
   try {
     const st = await fh.stat();

@@ -5,7 +5,8 @@
 #   OP REGEX        e.g.  fsync /tmp/    read \.desc$    open /cas/
 # OP is one of fsync (fsync and fdatasync of a file), fdatasync (that one
 # only), read, write, open,
-# getattr, readdir, rename, unlink, create; the operation on a path (as seen
+# getattr, readdir, rename, unlink, create, fsyncdir (fsync of a directory),
+# truncate, mkdir, statfs; the operation on a path (as seen
 # from MNT's root, starting with /) that REGEX matches (re.search) fails with
 # EIO. The faults are the kernel's real errors to the process: a failed
 # fdatasync is an EIO from fdatasync(2), as a failing disk gives.
@@ -78,6 +79,7 @@ class FaultFS(Operations):
         return 0
 
     def fsyncdir(self, path, datasync, fh):
+        self.faults.check('fsyncdir', path)
         return 0
 
     def getattr(self, path, fh=None):
@@ -89,6 +91,7 @@ class FaultFS(Operations):
         return os.link(self._p(source), self._p(target))
 
     def mkdir(self, path, mode):
+        self.faults.check('mkdir', path)
         return os.mkdir(self._p(path), mode)
 
     def mknod(self, path, mode, dev):
@@ -120,6 +123,7 @@ class FaultFS(Operations):
         return os.rmdir(self._p(path))
 
     def statfs(self, path):
+        self.faults.check('statfs', path)
         st = os.statvfs(self._p(path))
         return {k: getattr(st, k) for k in ('f_bavail', 'f_bfree', 'f_blocks', 'f_bsize', 'f_favail', 'f_ffree', 'f_files', 'f_flag', 'f_frsize', 'f_namemax')}
 
@@ -127,6 +131,7 @@ class FaultFS(Operations):
         return os.symlink(source, self._p(target))
 
     def truncate(self, path, length, fh=None):
+        self.faults.check('truncate', path)
         if fh is not None:
             return os.ftruncate(fh, length)
         with open(self._p(path), 'r+') as f:

@@ -2,14 +2,29 @@
 // difference between two blobs, a server child process, and a raw
 // WebSocket client that speaks (or mangles) the protocol frame by frame.
 import { spawn, type ChildProcess } from 'node:child_process';
+import type { ExecutionContext } from 'ava';
 import { fileURLToPath } from 'node:url';
 import { WebSocket, type RawData } from 'ws';
-import { decodeMessage, encodeMessage, toHex, PROTOCOL_VERSION, type BlobStore, type Message } from '../../src/index.js';
+import { connect, decodeMessage, encodeMessage, serve, toHex, PROTOCOL_VERSION, type BlobStore, type CabClient, type CabServer, type Message } from '../../src/index.js';
 import { prngBytes, prngInts } from '../../tools/data.js';
 import { collect } from './store.js';
 
 export const KiB = 1024;
 export const MiB = 1024 * 1024;
+
+/** A server of `store` on 127.0.0.1 where `token` may read and write; closed when the test ends. */
+export async function serveRw(t: ExecutionContext, store: BlobStore, token: string): Promise<CabServer> {
+  const srv = await serve(store, { tokens: { [token]: ['read', 'write'] } });
+  t.teardown(() => srv.close());
+  return srv;
+}
+
+/** A client of `store` connected to `url` with `token`; closed when the test ends. */
+export async function connectRw(t: ExecutionContext, store: BlobStore, url: string, token: string): Promise<CabClient> {
+  const c = await connect(store, url, { token });
+  t.teardown(() => c.close());
+  return c;
+}
 /** The store's largest chunk (default chunker max). */
 export const MAX_CHUNK = 256 * KiB;
 

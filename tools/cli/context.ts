@@ -5,7 +5,7 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { Command, CommanderError } from 'commander';
-import { CabError, ioError, isCabError } from '../../src/errors.js';
+import { CabError, inputFileError, ioError, isCabError } from '../../src/errors.js';
 import type { BlobStore, StoreOptions } from '../../src/store.js';
 
 export const program = new Command();
@@ -169,7 +169,7 @@ export function readText(file: string): string {
   try {
     return fs.readFileSync(file, 'utf8');
   } catch (e) {
-    throw new CabError('ERR_NO_SUCH_FILE', `cannot read ${file}: ${(e as Error).message}`, { path: file }, { cause: e });
+    throw inputFileError(e, file);
   }
 }
 
