@@ -6,10 +6,11 @@
 import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { connect, dial, serve } from '../src/index.js';
+import { BlobStore, connect, dial, isCabError, serve } from '../src/index.js';
 import { prngBytes } from '../tools/data.js';
 import { codeOf, putBlob, readAll, tempDir, tempStore } from './helpers/store.js';
 import { assertFails, cli } from './helpers/cli.js';
+import { faultStore } from './helpers/faults.js';
 
 const TOKEN = 'review10-token';
 const KiB = 1024;
@@ -96,4 +97,54 @@ test('CLI pull into a path it cannot use (a file, under a file, unwritable), or 
   assertFails(t, await cli(['--store', none, 'pull', 'ws://127.0.0.1:1', name], { env }), 'ERR_CONNECTION', 'server down');
   assertFails(t, await cli(['--store', none, 'pull', srv.url, 'ef'.repeat(16)], { env }), 'ERR_NO_SUCH_BLOB', 'absent');
   t.false(fs.existsSync(none), 'no store made');
+});
+
+test("(held) opening a store whose cabstore.json cannot be opened or read (EIO), or whose folder cannot be listed when it has none: ERR_IO, not a raw errno", async (t) => {
+  const fsx = await faultStore(t);
+  if (!fsx) return;
+  for (const rule of ['open /cabstore\\.json$', 'read /cabstore\\.json$', 'getattr /cabstore\\.json$']) {
+    fsx.fail(rule);
+    const s = await BlobStore.open(fsx.root).catch((e: unknown) => e);
+    fsx.fail();
+    if (s instanceof BlobStore) await s.close();
+    else t.true(isCabError(s, 'ERR_IO'), `${rule}: open fails with ERR_IO, not ${String(s)}`);
+  }
+  // A folder with no cabstore.json: whether it may become a store is a listing of it.
+  const fresh = path.join(fsx.root, 'fresh');
+  fs.mkdirSync(fresh);
+  fsx.fail('readdir ^/fresh$');
+  const e = await BlobStore.open(fresh).catch((x: unknown) => x);
+  fsx.fail();
+  t.true(isCabError(e, 'ERR_IO'), `a folder that cannot be listed: ERR_IO, not ${String(e)}`);
+  t.deepEqual(fs.readdirSync(fresh), [], 'nothing made in it');
+});
+
+test('(held) a dial whose server goes away before connect, one given to two connects at once, and one whose signal fires after the welcome', async (t) => {
+  const bytes = prngBytes('review10 held', 100 * KiB);
+  const { name, srv } = await served(t, bytes);
+  const store = await tempStore(t);
+  // Two connects at once: one takes it, the other is ERR_BAD_ARGUMENT, and the pull works.
+  const d = dial(srv.url, { token: TOKEN, prefetch: name });
+  const [a, b] = await Promise.allSettled([connect(store, d), connect(store, d)]);
+  const won = a.status === 'fulfilled' ? a.value : b.status === 'fulfilled' ? b.value : undefined;
+  t.truthy(won);
+  const lost = a.status === 'rejected' ? a.reason : b.status === 'rejected' ? b.reason : undefined;
+  t.true(isCabError(lost, 'ERR_BAD_ARGUMENT'));
+  await won!.pull(name);
+  await won!.close();
+  // The signal after the welcome plays no part.
+  const ac = new AbortController();
+  const late = dial(srv.url, { token: TOKEN, signal: ac.signal });
+  await late.ready;
+  ac.abort();
+  const c = await connect(await tempStore(t), late);
+  t.true((await c.stat(name)).finalized);
+  await c.close();
+  // The server goes away after the welcome: connect fails ERR_CONNECTION, in time.
+  const gone = dial(srv.url, { token: TOKEN, prefetch: name });
+  await gone.ready;
+  await srv.close();
+  // A stat not asked ahead goes to the server: once the socket is gone here, it fails at once.
+  t.is(await codeOf(gone.stat('ab'.repeat(16))), 'ERR_CONNECTION');
+  t.is(await codeOf(connect(store, gone)), 'ERR_CONNECTION');
 });

@@ -47,7 +47,9 @@ export interface DialOptions extends ConnectOptions {
   /**
    * A blob this connection is opened to pull: its stat goes right behind
    * the hello, so that the answer is on its way while the store opens. A
-   * pull of it (and `stat`) takes that answer instead of asking again.
+   * pull of it (and `stat`) takes that answer instead of asking again, if
+   * it found the blob finalized; else `stat` gives it once and the pull
+   * asks again (see lasting).
    * (Its chunk list is not asked ahead: a pull of a blob the store already
    * has needs none, and the server's log would call it a pull.)
    */
