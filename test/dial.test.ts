@@ -5,7 +5,6 @@
 // CLI as a child process.
 import test from 'ava';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { BlobStore, connect, dial, serve, toHex, type ServeEvent } from '../src/index.js';
 import { prngBytes } from '../tools/data.js';
@@ -141,8 +140,11 @@ test('CLI pull into a store not made yet: one connection asks and pulls; a blob 
   const dir = tempDir(t);
   const bytes = prngBytes('dial cli', 300 * KiB);
   const { store, name, srv, events } = await served(t, bytes);
-  const env = { CABSTORE_TOKEN: TOKEN };
-  const scratch = () => fs.readdirSync(os.tmpdir()).filter((f) => f.startsWith('cabstore-scratch-')).length;
+  // A temp folder of its own: other CLI commands of the suite, running at once, make scratch stores in the shared one.
+  const tmp = path.join(dir, 'tmp');
+  fs.mkdirSync(tmp);
+  const env = { CABSTORE_TOKEN: TOKEN, TMPDIR: tmp };
+  const scratch = () => fs.readdirSync(tmp).filter((f) => f.startsWith('cabstore-scratch-')).length;
   const before = scratch();
   const made = path.join(dir, 'made');
   t.regex(await ok(t, made, ['pull', srv.url, name], { env }), new RegExp(`^${name} `));

@@ -67,6 +67,9 @@ export async function connect(store: BlobStore, to: string | Dial, options?: Con
     throw e;
   }
   if (!sameChunkerParams(h.chunker, store.chunker)) {
+    // Requests asked on the dial (its stat) that the closing socket leaves unanswered fail, rather than wait for good.
+    const e = new CabError('ERR_CONNECTION', `dial ${d.url}: closed, its hello having announced other chunker parameters than the store's; ask the client`);
+    for (const p of h.pending.values()) p.reject(e);
     void closeSocket(h.ws);
     d = dial(d.url, { ...h.options, chunker: store.chunker });
     h = await d.take().catch(async (e: unknown) => {

@@ -47,7 +47,9 @@ export interface DialOptions extends ConnectOptions {
   /**
    * A blob this connection is opened to pull: its stat goes right behind
    * the hello, so that the answer is on its way while the store opens. A
-   * pull of it (and `stat`) takes that answer instead of asking again.
+   * pull of it (and `stat`) takes that answer instead of asking again, if
+   * it found the blob finalized; else `stat` gives it once and the pull
+   * asks again (see lasting).
    * (Its chunk list is not asked ahead: a pull of a blob the store already
    * has needs none, and the server's log would call it a pull.)
    */
@@ -66,8 +68,8 @@ export interface Handover {
   /** The first request id that is free. */
   nextId: number;
   pending: Map<number, Waiter>;
-  /** The answer to a request sent ahead (`prefetch`), if `m` is one: each taken once. */
-  early(m: Message): Promise<Message> | undefined;
+  /** The answer to a request sent ahead (`prefetch`), if `m` is one and it still holds (see lasting): each taken once. */
+  early(m: Message): Promise<Message | undefined> | undefined;
   options: DialOptions;
 }
 
@@ -75,6 +77,14 @@ export interface Handover {
 function earlyKey(m: Message): string | undefined {
   return m.t === 'stat' && m.after === undefined ? `stat ${m.name}` : undefined;
 }
+
+/**
+ * Whether an answer asked ahead still holds when it is taken, maybe long
+ * after: a finalized blob's stat (such a blob changes only by being
+ * deleted, which the pull's next request finds). A blob unfinalized or
+ * absent then may be finalized by now: its stat is asked again.
+ */
+const lasting = (a: Message): boolean => a.t === 'statr' && a.fin;
 
 /**
  * A connection on its way to a server, or there, that no store has taken
@@ -164,7 +174,11 @@ export class Dial {
     if (this.#taken) throw new CabError('ERR_BAD_ARGUMENT', `dial ${this.url}: taken by connect(); ask the client`);
     await orAbort(this.ready, options?.signal, name);
     if (this.#failed) throw this.#failed;
-    const r = await orAbort(this.#early.get(`stat ${name}`) ?? this.#request({ t: 'stat', id: 0, name }), options?.signal, name);
+    const key = `stat ${name}`;
+    const early = this.#early.get(key);
+    // An answer asked ahead that may not hold for long is given once: a stat asked again (polling) asks the server.
+    void early?.then((a) => lasting(a) || this.#early.delete(key), () => this.#early.delete(key));
+    const r = await orAbort(early ?? this.#request({ t: 'stat', id: 0, name }), options?.signal, name);
     if (r.t !== 'statr') throw new CabError('ERR_PROTOCOL', `expected statr, got ${r.t}`);
     return remoteStat(r);
   }
@@ -207,7 +221,7 @@ export class Dial {
       const key = earlyKey(m);
       const a = key === undefined ? undefined : this.#early.get(key);
       if (a) this.#early.delete(key!);
-      return a;
+      return a?.then((r) => (lasting(r) ? r : undefined), () => undefined);
     };
     return { ws: this.#ws, welcome: this.#welcome!, chunker: this.#chunker, count: this.#count, nextId: this.#nextId, pending: this.#pending, early, options: this.#o };
   }

@@ -65,8 +65,8 @@ export interface PeerOptions extends AuthOptions {
     welcome: Extract<Message, { t: 'welcome' }>;
     nextId: number;
     pending: Map<number, { resolve: (m: Message) => void; reject: (e: Error) => void }>;
-    /** The answer to request `m` if the dial sent it ahead: each taken once. */
-    early(m: Message): Promise<Message> | undefined;
+    /** The answer to request `m` if the dial sent it ahead (undefined once it is in: it may no longer hold, ask again): each taken once. */
+    early(m: Message): Promise<Message | undefined> | undefined;
   };
   /** Requests a peer may have outstanding here before it is cut off (server). */
   maxRequests?: number;

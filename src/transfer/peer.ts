@@ -298,9 +298,9 @@ export class Peer {
    * come, and it resolves with the last frame.
    */
   async request<T extends Message['t']>(m: Message, expect: T, signal?: AbortSignal, take?: Take): Promise<Extract<Message, { t: T }>> {
-    // The answer to a request a dial sent ahead (dial.ts): taken once, instead of asking again.
+    // The answer to a request a dial sent ahead (dial.ts): taken once, instead of asking again, if it still holds.
     const early = this.#o.welcomed?.early(m);
-    const a = early ? await orAbort(early, signal) : await this.#ask(m, signal, take);
+    const a = (early && (await orAbort(early, signal))) || (await this.#ask(m, signal, take));
     if (a.t !== expect) throw new CabError('ERR_PROTOCOL', `expected ${expect}, got ${a.t}`);
     return a as Extract<Message, { t: T }>;
   }
