@@ -182,7 +182,7 @@ export class BlobStore {
     checkBlobName(name);
     this.checkOpen();
     const shared = this.shared;
-    await this.#fetched(name, () => removeBlob(this.layout, this.index, this.tables, name, shared && (() => shared.unpublish(name))));
+    await this.#fetched(name, () => removeBlob(this.layout, this.index, this.tables, name, shared ? { whileLocked: () => shared.unpublish(name) } : {}));
     shared?.forget(name);
     this.#snapshots.forget(name);
   }

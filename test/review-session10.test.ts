@@ -11,6 +11,7 @@ import { prngBytes } from '../tools/data.js';
 import { codeOf, putBlob, readAll, tempDir, tempStore } from './helpers/store.js';
 import { assertFails, cli } from './helpers/cli.js';
 import { faultStore } from './helpers/faults.js';
+import { removeBlob } from '../src/index/remove.js';
 
 const TOKEN = 'review10-token';
 const KiB = 1024;
@@ -147,4 +148,27 @@ test('(held) a dial whose server goes away before connect, one given to two conn
   // A stat not asked ahead goes to the server: once the socket is gone here, it fails at once.
   t.is(await codeOf(gone.stat('ab'.repeat(16))), 'ERR_CONNECTION');
   t.is(await codeOf(connect(store, gone)), 'ERR_CONNECTION');
+});
+
+test('a delete whose blob another deleter removed between its open and its lock, the name since taken by a new blob, leaves the new blob alone (ERR_NO_SUCH_BLOB)', async (t) => {
+  const store = await tempStore(t);
+  const name = 'ab'.repeat(16);
+  const old = await store.newBlobWriter(name);
+  await old.appendBytes(prngBytes('review10 old', 50 * KiB));
+  await old.close();
+  const fresh = prngBytes('review10 new', 70 * KiB);
+  const e = await t.throwsAsync(
+    removeBlob(store.layout, store.index, store.tables, name, {
+      afterOpen: async () => {
+        await store.deleteBlob(name); // the other deleter
+        const w = await store.newBlobWriter(name); // and a new blob of the same name
+        await w.appendBytes(fresh);
+        await w.close();
+      },
+    }),
+  );
+  t.true(isCabError(e, 'ERR_NO_SUCH_BLOB'), `the late delete says the blob it found is gone, not ${String(e)}`);
+  t.true((await store.stat(name)).finalized, 'the new blob is still there');
+  t.true((await readAll(store, name)).equals(fresh));
+  t.deepEqual((await store.fsck({ verify: true })).problems, []);
 });

@@ -1,4 +1,5 @@
 import fs from 'node:fs/promises';
+import path from 'node:path';
 import { CabError, ioError, isCabError } from '../errors.js';
 import { withReserve } from '../disk/reserve.js';
 import { openDescriptor } from '../format/descriptor.js';
@@ -7,6 +8,24 @@ import { fsyncDir } from '../disk/durable.js';
 import { tryLockExclusive } from '../disk/lock.js';
 import type { ChunkIndex } from './chunk-index.js';
 import type { Tables } from './tables.js';
+
+export interface RemoveOptions {
+  /** Run with the writer lock held, before anything is removed (a bucket-backed store deletes the published descriptor there). */
+  whileLocked?: () => Promise<void>;
+  /** @internal For tests: run between the descriptor's open and its lock. */
+  afterOpen?: () => Promise<void>;
+}
+
+/** Whether `file` still names the file `fh` has open (not unlinked, not replaced by another of the same name). */
+async function stillNamed(fh: fs.FileHandle, file: string): Promise<boolean> {
+  try {
+    const [held, named] = await Promise.all([fh.stat(), fs.stat(file)]);
+    return held.ino === named.ino && held.dev === named.dev;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw ioError(e, `looking at the descriptor of ${path.basename(file)}`, { path: file });
+  }
+}
 
 /**
  * Removes a blob from this folder, with the writer lock held (so no writer
@@ -17,13 +36,17 @@ import type { Tables } from './tables.js';
  * reserve (disk/reserve.ts) is spent on the table and index updates. Its
  * fragments stay until GC.
  */
-export async function removeBlob(layout: Layout, index: ChunkIndex, tables: Tables, name: string, whileLocked?: () => Promise<void>): Promise<void> {
+export async function removeBlob(layout: Layout, index: ChunkIndex, tables: Tables, name: string, opts: RemoveOptions = {}): Promise<void> {
   const file = layout.descriptor(name);
   const fh = await openDescriptor(file, name, 'r');
   let unsynced: CabError | undefined;
   try {
-    if (!tryLockExclusive(fh.fd)) throw new CabError('ERR_BLOB_LOCKED', `blob ${name} is being written`, { blob: name });
-    await whileLocked?.();
+    await opts.afterOpen?.();
+    if (!tryLockExclusive(fh.fd)) throw new CabError('ERR_BLOB_LOCKED', `blob ${name} is being written or deleted`, { blob: name });
+    // The lock is on the file opened; between the open and the lock another deleter may have unlinked it,
+    // and a new blob may have taken the name: that one is not ours to unlink.
+    if (!(await stillNamed(fh, file))) throw new CabError('ERR_NO_SUCH_BLOB', `no blob ${name} (deleted meanwhile)`, { blob: name });
+    await opts.whileLocked?.();
     // Metadata is about a blob we hold (a signpost says where to find one we do not, so it stays).
     // It goes before the descriptor: a full disk then fails the delete with the blob still here, never
     // leaves a deleted blob's metadata to a later blob of the same name. Put back if the unlink fails.
