@@ -10,6 +10,8 @@ import { withHexJSON, type ReceiveOptions, type TransferStats } from './stats.js
 import { Receiver } from './receiver.js';
 import { DEFAULT_STALL_MS, SourceSet, checkStallMs } from './sources.js';
 import { orAbort } from './abort.js';
+import { FIRST_LIST_PAGE } from './messages.js';
+import { removeBlob } from '../index/remove.js';
 
 export type { RemoteSource } from './remote.js';
 export type { ReceiveOptions, TransferProgress, TransferStats } from './stats.js';
@@ -64,11 +66,19 @@ export async function receiveBlob(store: BlobStore, sources: SourceSet, name: st
     healedBytes: 0,
   });
   let writer: BlobWriter;
+  let made = false;
   let prefix: Prefix | undefined;
   let list = sources.view;
-  try {
-    const have = await store.newBlobReader(name);
-    await have.close();
+  // Only the store's own answer that it has no such blob means a new one: the same code from the sender (its
+  // list, below) is the pull's failure.
+  const have = await store.newBlobReader(name).then(
+    async (r) => (await r.close(), r),
+    (e: unknown) => {
+      if (!isCabError(e, 'ERR_NO_SUCH_BLOB')) throw e;
+      return undefined;
+    },
+  );
+  if (have) {
     if (have.isFinalized) {
       if (!bytesEqual(have.hash!, st.hash)) {
         throw new CabError('ERR_BLOB_EXISTS', `blob ${name} exists here with other content`, { blob: name, expected: toHex(st.hash), found: toHex(have.hash!) });
@@ -92,9 +102,16 @@ export async function receiveBlob(store: BlobStore, sources: SourceSet, name: st
       await writer.closeWithoutFinalize();
       throw new CabError('ERR_BLOB_LOCKED', `blob ${name} changed while its bytes were checked against the sender's`, { blob: name });
     }
-  } catch (e) {
-    if (!isCabError(e, 'ERR_NO_SUCH_BLOB')) throw e;
+  } else {
+    // A new blob: its first list page is asked for while the blob is made here (the descriptor's fsyncs), and
+    // taken by the receiver. A sender that no longer has the blob (deleted or replaced since its stat) says so
+    // there, before anything is fetched: the blob made for it goes again (dropMade), not left empty.
+    const pages = sharedListPages(sources.view);
+    const first = pages.first.list(name, 0, FIRST_LIST_PAGE);
+    first.catch(() => {});
+    list = pages.second;
     writer = await store.newBlobWriter(name);
+    made = true;
   }
   try {
     if (writer.size > st.size) throw new CabError('ERR_BLOB_EXISTS', `blob ${name} here is longer than the sender's`, { blob: name });
@@ -125,10 +142,31 @@ export async function receiveBlob(store: BlobStore, sources: SourceSet, name: st
     await writer.close();
   } catch (e) {
     await writer.closeWithoutFinalize().catch(() => {});
+    if (made && writer.size === 0 && (isCabError(e, 'ERR_NO_SUCH_BLOB') || isCabError(e, 'ERR_BLOB_NOT_FINALIZED'))) await dropMade(store, name);
     throw e;
   }
   await noteSources(store, name, options.label !== undefined ? [{ label: options.label }] : sources.live);
   return stats;
+}
+
+/**
+ * The blob a pull made, when the sender turns out not to have it (deleted,
+ * or not finalized, since its stat) and nothing came: removed, so that no
+ * empty unfinalized blob is left that nothing would resume. Only if it is
+ * still empty and unfinalized with the writer lock held (another process
+ * may have resumed it meanwhile); a removal that fails leaves it, and never
+ * hides the pull's own error.
+ */
+async function dropMade(store: BlobStore, name: string): Promise<void> {
+  const whileLocked = async () => {
+    const st = await store.stat(name);
+    if (st.size > 0 || st.finalized) throw new CabError('ERR_BLOB_EXISTS', `blob ${name} has bytes now: kept`, { blob: name });
+    await store.shared?.unpublish(name);
+  };
+  await removeBlob(store.layout, store.index, store.tables, name, { whileLocked }).then(
+    () => store.shared?.forget(name),
+    () => {},
+  );
 }
 
 /**
