@@ -7,7 +7,7 @@ import { checkPrefix, type Prefix } from './prefix.js';
 import { sharedListPages } from './list-pages.js';
 import type { RemoteSource } from './remote.js';
 import { withHexJSON, type ReceiveOptions, type TransferStats } from './stats.js';
-import { Receiver } from './receiver.js';
+import { Receiver, isSourceGone } from './receiver.js';
 import { DEFAULT_STALL_MS, SourceSet, checkStallMs } from './sources.js';
 import { orAbort } from './abort.js';
 import { FIRST_LIST_PAGE } from './messages.js';
@@ -65,8 +65,32 @@ export async function receiveBlob(store: BlobStore, sources: SourceSet, name: st
     chunksFetched: 0,
     healedBytes: 0,
   });
+  const at = { made: false, attempt: 0 };
+  for (;;) {
+    try {
+      return await receiveOnce(store, sources, name, st, options, stats, at);
+    } catch (e) {
+      // A local blob it took ranges from was deleted during the pull: what it wrote stands (durable, unfinalized), and
+      // the rest is planned again from the index as it is now (resumed: its prefix checked against the sender's list).
+      if (!isSourceGone(e) || ++at.attempt > SOURCE_GONE_RETRIES) throw e;
+    }
+  }
+}
+
+/** Times a pull plans again after a local source blob was deleted under it (each time, from what it wrote). */
+const SOURCE_GONE_RETRIES = 3;
+
+/** One go of receiveBlob, adding to `stats`; `at.made`: the blob was made by this pull (by this go or an earlier one). */
+async function receiveOnce(
+  store: BlobStore,
+  sources: SourceSet,
+  name: string,
+  st: { size: number; hash: Uint8Array },
+  options: ReceiveOptions,
+  stats: TransferStats,
+  at: { made: boolean; attempt: number },
+): Promise<TransferStats> {
   let writer: BlobWriter;
-  let made = false;
   let prefix: Prefix | undefined;
   let list = sources.view;
   // Only the store's own answer that it has no such blob means a new one: the same code from the sender (its
@@ -111,11 +135,11 @@ export async function receiveBlob(store: BlobStore, sources: SourceSet, name: st
     first.catch(() => {});
     list = pages.second;
     writer = await store.newBlobWriter(name);
-    made = true;
+    at.made = true;
   }
   try {
     if (writer.size > st.size) throw new CabError('ERR_BLOB_EXISTS', `blob ${name} here is longer than the sender's`, { blob: name });
-    stats.resumedFrom = writer.size;
+    if (at.attempt === 0) stats.resumedFrom = writer.size;
     options.onProgress?.({ ...stats }); // where it starts: a resumed transfer's progress goes on from there
     writer.deferHash();
     // What arrived is made durable as it goes, so a receiver killed (SIGKILL, a power cut) resumes
@@ -142,7 +166,7 @@ export async function receiveBlob(store: BlobStore, sources: SourceSet, name: st
     await writer.close();
   } catch (e) {
     await writer.closeWithoutFinalize().catch(() => {});
-    if (made && writer.size === 0 && (isCabError(e, 'ERR_NO_SUCH_BLOB') || isCabError(e, 'ERR_BLOB_NOT_FINALIZED'))) await dropMade(store, name);
+    if (at.made && writer.size === 0 && (isCabError(e, 'ERR_NO_SUCH_BLOB') || isCabError(e, 'ERR_BLOB_NOT_FINALIZED'))) await dropMade(store, name);
     throw e;
   }
   await noteSources(store, name, options.label !== undefined ? [{ label: options.label }] : sources.live);
