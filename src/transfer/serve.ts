@@ -321,7 +321,11 @@ export class Serving {
       const wasOpen = !r.isFinalized;
       if (wasOpen) await r.catchUp();
       if (!r.isFinalized && !open) throw new CabError('ERR_BLOB_NOT_FINALIZED', `blob ${name} is not finalized`, { blob: name });
-      if (catchUp || wasOpen) await catchUpBlob(this.#c.store.index, this.#c.store.layout, name);
+      // Nor may the index lag the reader: a reader another request caught up to the final record (a follower's,
+      // shared through the cache) while the writer's index update, or that request's catch-up, is still to come.
+      const entry = this.#c.store.index.blob(name);
+      const behind = !entry || entry.s < r.size || (r.isFinalized && !entry.h);
+      if (catchUp || wasOpen || behind) await catchUpBlob(this.#c.store.index, this.#c.store.layout, name);
       return name;
     } finally {
       release();
