@@ -3,9 +3,9 @@
 // again (resumed from what it wrote) and ends exact, instead of failing with
 // ERR_NO_SUCH_BLOB. Real sockets, a proxy holding the sender's answers.
 import test from 'ava';
-import { decodeMessage, merkleRoot, toHex } from '../src/index.js';
+import { decodeMessage } from '../src/index.js';
 import { prngBytes } from '../tools/data.js';
-import { putBlob, readAll, tempStore } from './helpers/store.js';
+import { assertBlobGood, putBlob, tempStore } from './helpers/store.js';
 import { wsProxy } from './helpers/proxies.js';
 import { connectPeer, servePeer } from './helpers/peers.js';
 import { KiB, MiB } from './helpers/transfer.js';
@@ -56,12 +56,6 @@ for (const how of ['pull', 'push'] as const) {
     holding = false;
     for (const h of held.splice(0)) h.send();
     await moving;
-    const r = await dst.newBlobReader(name);
-    await r.close();
-    t.true(r.isFinalized);
-    t.is(toHex(r.hash!), toHex(merkleRoot(bytes)));
-    t.true((await readAll(dst, name)).equals(bytes), 'content is byte-exact');
-    const f = await dst.fsck({ verify: true });
-    t.deepEqual(f.problems, [], 'fsck --verify finds nothing wrong');
+    await assertBlobGood(t, dst, name, bytes);
   });
 }
