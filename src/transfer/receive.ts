@@ -70,15 +70,33 @@ export async function receiveBlob(store: BlobStore, sources: SourceSet, name: st
     try {
       return await receiveOnce(store, sources, name, st, options, stats, at);
     } catch (e) {
-      // A local blob it took ranges from was deleted during the pull: what it wrote stands (durable, unfinalized), and
-      // the rest is planned again from the index as it is now (resumed: its prefix checked against the sender's list).
-      if (!isSourceGone(e) || ++at.attempt > SOURCE_GONE_RETRIES) throw e;
+      // Another transfer of the blob into this store (a second pull, a push, here or in another process) made or
+      // finalized it since it was looked at: it is looked at again, and taken as that one left it (finalized with
+      // this hash: nothing to fetch; still being written: ERR_BLOB_LOCKED, the answer for a second writer).
+      // Or a local blob it took ranges from was deleted during the pull: what it wrote stands (durable,
+      // unfinalized), and the rest is planned again from the index as it is now (resumed, its prefix checked).
+      const again = e instanceof LookAgain;
+      if ((!again && !isSourceGone(e)) || ++at.attempt > RETRIES) throw again ? e.cause : e;
     }
   }
 }
 
-/** Times a pull plans again after a local source blob was deleted under it (each time, from what it wrote). */
-const SOURCE_GONE_RETRIES = 3;
+/** Times a transfer looks at its blob again, or plans again, when others change the store under it (see receiveBlob). */
+const RETRIES = 3;
+
+/** The blob was made or finalized by another since this transfer looked at it (`cause`: what said so). */
+class LookAgain extends Error {
+  constructor(cause: unknown) {
+    super('look again', { cause });
+  }
+}
+
+/** `p`, or LookAgain if it fails with one of `codes` (a sign that another transfer changed the blob meanwhile). */
+function orLookAgain<T>(p: Promise<T>, ...codes: Array<'ERR_BLOB_EXISTS' | 'ERR_BLOB_FINALIZED'>): Promise<T> {
+  return p.catch((e: unknown) => {
+    throw codes.some((c) => isCabError(e, c)) ? new LookAgain(e) : e;
+  });
+}
 
 /** One go of receiveBlob, adding to `stats`; `at.made`: the blob was made by this pull (by this go or an earlier one). */
 async function receiveOnce(
@@ -117,11 +135,12 @@ async function receiveOnce(
       return stats;
     }
     // The receiver reads the chunk list again: the pages checkPrefix read are kept for it.
+    // Finalized meanwhile (checkPrefix's cut, or the resume, meets it): looked at again.
     const pages = sharedListPages(sources.view);
-    prefix = await checkPrefix(store, pages.first, name, st.size);
+    prefix = await orLookAgain(checkPrefix(store, pages.first, name, st.size), 'ERR_BLOB_FINALIZED');
     list = pages.second;
     stats.receivedBytes += prefix.wasted;
-    writer = await store.resumeBlobWriter(name);
+    writer = await orLookAgain(store.resumeBlobWriter(name), 'ERR_BLOB_FINALIZED');
     if (writer.size !== prefix.kept) {
       await writer.closeWithoutFinalize();
       throw new CabError('ERR_BLOB_LOCKED', `blob ${name} changed while its bytes were checked against the sender's`, { blob: name });
@@ -134,7 +153,7 @@ async function receiveOnce(
     const first = pages.first.list(name, 0, FIRST_LIST_PAGE);
     first.catch(() => {});
     list = pages.second;
-    writer = await store.newBlobWriter(name);
+    writer = await orLookAgain(store.newBlobWriter(name), 'ERR_BLOB_EXISTS'); // made meanwhile: looked at again
     at.made = true;
   }
   try {
