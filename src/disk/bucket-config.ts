@@ -53,9 +53,20 @@ export async function openConfig(
   const os = await ObjectStore.connect(o);
   os.multipartThreshold = o.multipartThreshold;
   try {
-    await os.ensureBucket(create);
+    // A store already on the bucket never makes it, nor its cabstore.json: without them this is not the
+    // bucket it was on (another endpoint's bucket of that name, or one emptied), and its first sync would
+    // read every blob published here as deleted elsewhere, and remove it.
+    await os.ensureBucket(create && !recorded);
     const keys = new BucketLayout(o.prefix);
     let shared = await bucketConfig(os, keys);
+    if (!shared && recorded) {
+      throw new CabError('ERR_OBJECT_STORE', `s3://${o.bucket}/${keys.config} at ${o.endpoint} is absent, and this store was opened on it: not the bucket it was on, or emptied (this folder is left as it is)`, {
+        bucket: o.bucket,
+        key: keys.config,
+        s3Code: 'NoSuchKey',
+        status: 404,
+      });
+    }
     if (shared && chunker && !sameChunkerParams(resolveChunkerParams(shared.chunker), resolveChunkerParams(chunker))) throw otherChunker(shared, chunker);
     const config = await loadConfig(layout, chunker ?? shared?.chunker, create);
     if (!shared) {
