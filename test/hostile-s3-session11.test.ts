@@ -7,6 +7,7 @@
 // by stopping the server, which other test files share) and from an S3
 // client changing objects behind the stores' back.
 import path from 'node:path';
+import { CreateMultipartUploadCommand, S3Client } from '@aws-sdk/client-s3';
 import { BlobStore, CabError } from '../src/index.js';
 import { ObjectStore } from '../src/bucket/object-store.js';
 import { prngBytes } from '../tools/data.js';
@@ -57,4 +58,47 @@ s3Test('a store whose bucket is gone is refused on open (ERR_OBJECT_STORE, 404):
   t.is(e!.data.status, 404);
   t.is(codeOf(await os.ensureBucket(false).catch((x: unknown) => x)), 'ERR_OBJECT_STORE', 'the bucket was not made again');
   t.true(filesUnder(dir, 'blob').some((f) => f.endsWith(name)), 'the blob is still in the folder');
+});
+
+// ---------------------------------------------------------------------------
+// 2. GC on a bucket shared with other stores (other prefixes) and other applications
+
+s3Test('gc keeps to its own keys: uploads of other applications and of a store at a longer prefix stay, and so does a store at prefix clock/; it reads no one else\'s objects', async (t) => {
+  const base = await bucketOptions(t, { syncInterval: 0, gcGrace: 0 });
+  const bucket = `cabstore-test-mixed-${Date.now().toString(36)}`;
+  const os = await ObjectStore.connect({ endpoint: S3_ENDPOINT, bucket, region: 'us-east-1', credentials: S3_CREDENTIALS });
+  t.teardown(async () => {
+    await emptyBucket(os);
+    os.close();
+  });
+  // A store at the bucket's root, one at clock/ and one at nodes/ (each a prefix of its own, as the docs allow).
+  const root = await BlobStore.open(path.join(tempDir(t), 'root'), { objectStore: { ...base, bucket, prefix: '' } });
+  t.teardown(() => root.close());
+  await putBlob(root, prngBytes('s11 root', 1000));
+  const others = [];
+  for (const prefix of ['clock/', 'nodes/']) {
+    const s = await BlobStore.open(path.join(tempDir(t), prefix.slice(0, -1)), { objectStore: { ...base, bucket, prefix }, fragmentSize: 1024 * 1024 });
+    const bytes = prngBytes(`s11 ${prefix}`, 3 * 1024 * 1024);
+    others.push({ prefix, bytes, name: await putBlob(s, bytes) });
+    await s.close();
+  }
+  // Multipart uploads under way: another application's, and one of a store at tenant/.
+  const c = new S3Client({ endpoint: S3_ENDPOINT, region: 'us-east-1', forcePathStyle: true, credentials: S3_CREDENTIALS as never });
+  t.teardown(() => c.destroy());
+  const uploads = ['backups/db.tar', `tenant/cas/${'ab'.repeat(32)}`];
+  for (const Key of uploads) await c.send(new CreateMultipartUploadCommand({ Bucket: bucket, Key }));
+  await new Promise((r) => setTimeout(r, 1100)); // older than gcGrace (0) by the server's clock, to the second
+  const down = root.shared!.bucket.os.stats.bytesDown;
+  const r = (await root.gc()).bucket!;
+  t.is(r.uploadsAborted, 0, 'none of those uploads is this store\'s');
+  const left: string[] = [];
+  for await (const u of os.listUploads('')) left.push(u.key);
+  t.deepEqual(left.sort(), uploads.sort(), 'the uploads are all still open');
+  t.true(root.shared!.bucket.os.stats.bytesDown - down < 64 * 1024, `gc read ${root.shared!.bucket.os.stats.bytesDown - down} bytes: not the other stores' fragments`);
+  for (const x of others) {
+    const s = await BlobStore.open(path.join(tempDir(t), `${x.prefix.slice(0, -1)}-reader`), { objectStore: { ...base, bucket, prefix: x.prefix, cacheBytes: 0 } });
+    t.true((await readAll(s, x.name)).equals(x.bytes), `the store at ${x.prefix} reads its blob whole`);
+    t.deepEqual((await s.fsck()).problems, [], `fsck of the store at ${x.prefix}`);
+    await s.close();
+  }
 });
