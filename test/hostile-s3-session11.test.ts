@@ -6,6 +6,8 @@
 // come from a TCP proxy or an HTTP middleman in front of the server (never
 // by stopping the server, which other test files share) and from an S3
 // client changing objects behind the stores' back.
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { CreateMultipartUploadCommand, S3Client } from '@aws-sdk/client-s3';
 import { BlobStore, CabError } from '../src/index.js';
@@ -101,4 +103,98 @@ s3Test('gc keeps to its own keys: uploads of other applications and of a store a
     t.deepEqual((await s.fsck()).problems, [], `fsck of the store at ${x.prefix}`);
     await s.close();
   }
+});
+
+// ---------------------------------------------------------------------------
+// 3. A server whose listings are wrong
+
+/** What a middleman's hook sees of one request: its method and URL, and the answer's status and body (to change). */
+interface Exchange {
+  method: string;
+  url: URL;
+  status: number;
+  body: Buffer;
+}
+
+/**
+ * An HTTP middleman on 127.0.0.1 in front of the S3 server: every request
+ * goes through as it came (its Host header too, so its signature holds),
+ * and `hook` may change the answer's body (its length is set again) before
+ * the client sees it.
+ */
+async function s3Middleman(hook: (x: Exchange) => Buffer | undefined): Promise<{ endpoint: string; close(): Promise<void> }> {
+  const target = new URL(S3_ENDPOINT);
+  const srv = http.createServer((req, res) => {
+    const up = http.request({ host: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers }, (ans) => {
+      const parts: Buffer[] = [];
+      ans.on('data', (d: Buffer) => parts.push(d));
+      ans.on('end', () => {
+        const body = Buffer.concat(parts);
+        const out = req.method === 'HEAD' ? undefined : hook({ method: req.method!, url: new URL(req.url!, 'http://x'), status: ans.statusCode!, body });
+        const headers = { ...ans.headers };
+        if (out) {
+          delete headers['transfer-encoding'];
+          headers['content-length'] = String(out.length);
+        }
+        res.writeHead(ans.statusCode!, headers);
+        res.end(out ?? body);
+      });
+    });
+    up.on('error', () => res.destroy());
+    req.pipe(up);
+  });
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+  return {
+    endpoint: `http://127.0.0.1:${(srv.address() as AddressInfo).port}`,
+    close: () => new Promise<void>((r) => (srv.closeAllConnections(), srv.close(() => r()))),
+  };
+}
+
+/** Whether an exchange is a listing of keys under `prefix`. */
+const listing = (x: Exchange, prefix: string) => x.method === 'GET' && x.url.searchParams.get('list-type') === '2' && x.url.searchParams.get('prefix') === prefix;
+
+s3Test('a listing that says it is truncated but gives no continuation token is ERR_OBJECT_STORE: gc used to take it for the whole listing and delete the fragments of the published blobs it left out', async (t) => {
+  const o = await bucketOptions(t, { syncInterval: 0, gcGrace: 0 });
+  const a = await BlobStore.open(path.join(tempDir(t), 'a'), { objectStore: o, fragmentSize: 1024 * 1024 });
+  const blobs = [];
+  for (let i = 0; i < 3; i++) {
+    const bytes = prngBytes(`s11 truncated ${i}`, 2 * 1024 * 1024);
+    blobs.push({ bytes, name: await putBlob(a, bytes) });
+  }
+  await a.close();
+  // Once armed, every listing of blob/ keeps its first key only, says there is more, and gives no token.
+  let armed = false;
+  const mid = await s3Middleman((x) => {
+    if (!armed || !listing(x, `${o.prefix}blob/`)) return undefined;
+    const s = x.body.toString();
+    const first = s.indexOf('</Contents>') + '</Contents>'.length;
+    const rest = s.lastIndexOf('</Contents>') + '</Contents>'.length;
+    return Buffer.from((s.slice(0, first) + s.slice(rest)).replace(/<IsTruncated>false<\/IsTruncated>/, '<IsTruncated>true</IsTruncated>').replace(/<NextContinuationToken>.*?<\/NextContinuationToken>/, ''));
+  });
+  t.teardown(() => mid.close());
+  const g = await BlobStore.open(path.join(tempDir(t), 'g'), { objectStore: { ...o, endpoint: mid.endpoint } });
+  armed = true;
+  const e = await t.throwsAsync(g.gc(), { instanceOf: CabError });
+  t.is(e?.code, 'ERR_OBJECT_STORE', e?.message);
+  await g.close();
+  const b = await BlobStore.open(path.join(tempDir(t), 'b'), { objectStore: { ...o, cacheBytes: 0 } });
+  t.teardown(() => b.close());
+  for (const x of blobs) t.true((await readAll(b, x.name)).equals(x.bytes), `blob ${x.name} is whole`);
+});
+
+s3Test('a server that answers a continued listing with its first page again is ERR_OBJECT_STORE, not a listing that never ends', async (t) => {
+  const o = await bucketOptions(t, { syncInterval: 0, gcGrace: 0 });
+  const a = await BlobStore.open(path.join(tempDir(t), 'a'), { objectStore: o });
+  t.teardown(() => a.close());
+  await putBlob(a, prngBytes('s11 again', 1000));
+  // A server that ignores continuation-token (a ListObjects v1 server reading v2 requests): the same page, always truncated.
+  const mid = await s3Middleman((x) => {
+    if (!listing(x, `${o.prefix}cas/`)) return undefined;
+    return Buffer.from(x.body.toString().replace(/<IsTruncated>false<\/IsTruncated>/, '<IsTruncated>true</IsTruncated><NextContinuationToken>again</NextContinuationToken>'));
+  });
+  t.teardown(() => mid.close());
+  const g = await BlobStore.open(path.join(tempDir(t), 'g'), { objectStore: { ...o, endpoint: mid.endpoint } });
+  t.teardown(() => g.close());
+  const outcome = await Promise.race([g.gc().then(() => 'done', codeOf), new Promise((r) => setTimeout(() => r('still listing after 10 s'), 10_000))]);
+  t.is(outcome, 'ERR_OBJECT_STORE');
 });
