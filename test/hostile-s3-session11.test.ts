@@ -6,6 +6,7 @@
 // come from a TCP proxy or an HTTP middleman in front of the server (never
 // by stopping the server, which other test files share) and from an S3
 // client changing objects behind the stores' back.
+import fs from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
@@ -17,6 +18,7 @@ import { S3_CREDENTIALS, S3_ENDPOINT, bucketOptions, emptyBucket, fileBucket, fi
 import { putBlob, readAll, tempDir } from './helpers/store.js';
 
 const codeOf = (e: unknown) => (e instanceof CabError ? e.code : String(e));
+const MiB = 1024 * 1024;
 
 // ---------------------------------------------------------------------------
 // 1. A store opened on a bucket that is not the one it was on
@@ -197,4 +199,41 @@ s3Test('a server that answers a continued listing with its first page again is E
   t.teardown(() => g.close());
   const outcome = await Promise.race([g.gc().then(() => 'done', codeOf), new Promise((r) => setTimeout(() => r('still listing after 10 s'), 10_000))]);
   t.is(outcome, 'ERR_OBJECT_STORE');
+});
+
+// ---------------------------------------------------------------------------
+// 4. Two folders on one bucket
+
+s3Test('a copy of a store\'s folder takes a node of its own: it used to drop the original\'s lease as its own dead process\'s, and gc deleted fragments the original had flushed', async (t) => {
+  const o = await bucketOptions(t, { syncInterval: 0, gcGrace: 0, cacheBytes: 0 });
+  const dirA = path.join(tempDir(t), 'a');
+  const dirB = path.join(tempDir(t), 'b');
+  const bytes = prngBytes('s11 copied folder', 5 * MiB);
+  let a = await BlobStore.open(dirA, { objectStore: o, fragmentSize: MiB });
+  let w = await a.newBlobWriter();
+  const name = w.name;
+  await w.appendBytes(bytes.subarray(0, 1.5 * MiB));
+  await w.closeWithoutFinalize();
+  await a.close();
+  const node = (dir: string) => JSON.parse(fs.readFileSync(path.join(dir, 'cabstore.json'), 'utf8')).objectStore.node;
+  const nodeA = node(dirA);
+  // The operator makes a second node from a copy of the first's folder; the first goes on writing.
+  fs.cpSync(dirA, dirB, { recursive: true });
+  a = await BlobStore.open(dirA, { objectStore: o, fragmentSize: MiB });
+  w = await a.resumeBlobWriter(name);
+  await w.appendBytes(bytes.subarray(1.5 * MiB, 4 * MiB));
+  await w.closeWithoutFinalize(); // durable at 4 MiB: its fragments held in A's lease while A is down
+  await a.close();
+  const b = await BlobStore.open(dirB, { objectStore: o, fragmentSize: MiB });
+  t.not(node(dirB), nodeA, 'the copy has a node of its own');
+  t.is((await b.gc()).bucket!.fragmentsDeleted, 0, 'gc on the copy deletes none of what A holds');
+  await b.close();
+  a = await BlobStore.open(dirA, { objectStore: o, fragmentSize: MiB });
+  t.teardown(() => a.close());
+  t.is(node(dirA), nodeA, 'A keeps its node');
+  w = await a.resumeBlobWriter(name);
+  t.is(w.size, 4 * MiB);
+  await w.appendBytes(bytes.subarray(w.size));
+  await w.close();
+  t.true((await readAll(a, name)).equals(bytes), 'A\'s blob is whole, read from the bucket');
 });

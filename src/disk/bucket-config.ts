@@ -74,11 +74,17 @@ export async function openConfig(
       if ((await os.putIfAbsent(keys.config, Buffer.from(JSON.stringify(body, null, 2) + '\n'))) === 'exists') shared = await bucketConfig(os, keys);
     }
     if (shared && !sameChunkerParams(resolveChunkerParams(shared.chunker), resolveChunkerParams(config.chunker))) throw otherChunker(shared, config.chunker);
+    // The folder's node is its own: a copy of the folder (or the folder moved to another file system,
+    // restored) carries the node of the folder it came from, and would drop that folder's leases as its
+    // own dead processes' (shared/node.ts). So the node goes with the folder's inode: another inode, another node.
+    const folder = String((await fs.stat(layout.root)).ino);
     let node = recorded?.node;
-    if (!node) {
-      await uploadAll(layout, os, keys);
-      node = crypto.randomBytes(8).toString('hex');
-      const objectStore = { endpoint: o.endpoint, bucket: o.bucket, prefix: o.prefix, region: o.region, node };
+    if (!node || recorded!.folder !== folder) {
+      if (!node) await uploadAll(layout, os, keys);
+      // One recorded before the inode was: it is this folder's (no copy can be told from it).
+      else if (recorded!.folder !== undefined) node = undefined;
+      node ??= crypto.randomBytes(8).toString('hex');
+      const objectStore = { endpoint: o.endpoint, bucket: o.bucket, prefix: o.prefix, region: o.region, node, folder };
       await writeFileDurable(layout.config, JSON.stringify({ ...config, objectStore }, null, 2) + '\n');
     }
     return { config, bucket: { os, keys, node, options: o } };
