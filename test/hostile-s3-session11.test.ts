@@ -237,3 +237,47 @@ s3Test('a copy of a store\'s folder takes a node of its own: it used to drop the
   await w.close();
   t.true((await readAll(a, name)).equals(bytes), 'A\'s blob is whole, read from the bucket');
 });
+
+// ---------------------------------------------------------------------------
+// 5. Damage: in the bucket, in the cache, on the way
+
+/** Changes one byte of a file in place. */
+function flipByte(file: string, at: number): void {
+  const fd = fs.openSync(file, 'r+');
+  const b = Buffer.alloc(1);
+  fs.readSync(fd, b, 0, 1, at);
+  b[0]! ^= 0x55;
+  fs.writeSync(fd, b, 0, 1, at);
+  fs.closeSync(fd);
+}
+
+s3Test('fsck --verify --repair of a bucket-backed store whose cached copy of a fragment is damaged (the bucket\'s is whole) fetches it again and records no damage: it used to record the blob as damaged, unreadable here for good', async (t) => {
+  const o = await bucketOptions(t, { syncInterval: 0 });
+  const a = await BlobStore.open(path.join(tempDir(t), 'a'), { objectStore: o, fragmentSize: MiB });
+  t.teardown(() => a.close());
+  const bytes = prngBytes('s11 cache damage', 3 * MiB);
+  const name = await putBlob(a, bytes);
+  // And an unfinalized blob (checked chunk by chunk, without a blob hash).
+  const open = prngBytes('s11 cache damage open', 2 * MiB + 5000);
+  const w = await a.newBlobWriter();
+  await w.appendBytes(open);
+  await w.closeWithoutFinalize();
+  const cached = filesUnder(a.root, 'cas');
+  t.true(cached.length >= 4, `${cached.length} fragments cached`);
+  for (const f of cached) flipByte(f, 1000);
+  t.deepEqual((await a.fsck({ verify: true })).problems, [], 'the cached copies are only copies: fetched again, they are whole');
+  for (const f of filesUnder(a.root, 'cas')) flipByte(f, 2000);
+  const r = await a.fsck({ verify: true, repair: true });
+  t.deepEqual(r.problems, [], 'nothing recorded as damaged');
+  t.deepEqual(r.damaged, []);
+  t.true((await readAll(a, name)).equals(bytes), 'the blob reads here');
+  // A cached copy cut short (a plain fsck reads the chunks of a short fragment): not damage either.
+  for (const f of filesUnder(a.root, 'cas')) fs.truncateSync(f, 500_000);
+  const short = await a.fsck({ repair: true });
+  t.deepEqual(short.problems, [], 'a short cached copy is fetched again, not recorded');
+  t.true((await readAll(a, name)).equals(bytes), 'the blob reads here');
+  const again = await a.resumeBlobWriter(w.name);
+  t.is(again.size, open.length);
+  await again.close();
+  t.true((await readAll(a, w.name)).equals(open), 'and the unfinalized one, finished');
+});
