@@ -281,3 +281,38 @@ s3Test('fsck --verify --repair of a bucket-backed store whose cached copy of a f
   await again.close();
   t.true((await readAll(a, w.name)).equals(open), 'and the unfinalized one, finished');
 });
+
+s3Test('a bucket-backed store with a corrupt descriptor of an unpublished blob in its folder opens (only that blob fails, as on disk), and every gc on the bucket stops until it is deleted: it used to refuse to open at all (not even for fsck)', async (t) => {
+  const o = await bucketOptions(t, { syncInterval: 0, gcGrace: 0 });
+  const dir = path.join(tempDir(t), 'a');
+  let a = await BlobStore.open(dir, { objectStore: o, fragmentSize: MiB });
+  const keep = prngBytes('s11 corrupt keep', MiB);
+  const kept = await putBlob(a, keep);
+  const w = await a.newBlobWriter();
+  await w.appendBytes(prngBytes('s11 corrupt 1', 3 * MiB));
+  await w.flush();
+  await w.appendBytes(prngBytes('s11 corrupt 2', MiB));
+  await w.flush();
+  await w.closeWithoutFinalize();
+  await a.close();
+  // A record in the middle of its descriptor damaged on disk: good records follow it, so no crash left it.
+  const file = path.join(dir, 'blob', w.name.slice(0, 2), w.name);
+  flipByte(file, Math.floor(fs.statSync(file).size / 2));
+  a = await BlobStore.open(dir);
+  t.teardown(() => a.close());
+  t.true((await readAll(a, kept)).equals(keep), 'the other blob reads');
+  t.is(codeOf(await a.resumeBlobWriter(w.name).catch((e: unknown) => e)), 'ERR_DESCRIPTOR_CORRUPT');
+  t.deepEqual((await a.fsck()).problems.map((p) => p.kind), ['corrupt-descriptor']);
+  // Another store's gc: the blob's records past the damage may name any fragment in the bucket.
+  const b = await BlobStore.open(path.join(tempDir(t), 'b'), { objectStore: o });
+  t.teardown(() => b.close());
+  const before = (await objects(`${o.prefix}cas/`)).size;
+  const e = await t.throwsAsync(b.gc(), { instanceOf: CabError });
+  t.is(e!.code, 'ERR_DESCRIPTOR_CORRUPT', e!.message);
+  t.is((await objects(`${o.prefix}cas/`)).size, before, 'nothing deleted');
+  // Deleted where it is: gc runs again, and deletes its fragments.
+  await a.deleteBlob(w.name);
+  const r = (await b.gc()).bucket!;
+  t.true(r.fragmentsDeleted >= 4, `gc deleted ${r.fragmentsDeleted} fragments`);
+  t.true((await readAll(b, kept)).equals(keep));
+});
