@@ -1,6 +1,20 @@
-import type * as S3 from '@aws-sdk/client-s3';
 import { CabError } from '../errors.js';
 import type { ObjectInfo } from './object-store.js';
+
+/** A page of ListObjectsV2, as far as it is read here (the SDK's output; its types stay out of the published ones). */
+export interface ObjectsPage {
+  Contents?: Array<{ Key?: string; Size?: number; LastModified?: Date; ETag?: string }>;
+  IsTruncated?: boolean;
+  NextContinuationToken?: string;
+}
+
+/** A page of ListMultipartUploads, likewise. */
+export interface UploadsPage {
+  Uploads?: Array<{ Key?: string; UploadId?: string; Initiated?: Date }>;
+  IsTruncated?: boolean;
+  NextKeyMarker?: string;
+  NextUploadIdMarker?: string;
+}
 
 /** A multipart upload in progress, as a listing shows it. */
 export interface UploadInfo {
@@ -18,7 +32,7 @@ export interface UploadInfo {
  * first page again), or keys not in strictly rising order (S3 lists in
  * UTF-8 byte order, each key once).
  */
-export async function* listObjects(bucket: string, prefix: string, page: (token: string | undefined) => Promise<S3.ListObjectsV2CommandOutput>): AsyncGenerator<ObjectInfo> {
+export async function* listObjects(bucket: string, prefix: string, page: (token: string | undefined) => Promise<ObjectsPage>): AsyncGenerator<ObjectInfo> {
   let token: string | undefined;
   let last: Buffer | undefined;
   do {
@@ -35,7 +49,7 @@ export async function* listObjects(bucket: string, prefix: string, page: (token:
 }
 
 /** Pages through the multipart uploads under `prefix` (`page`, given the markers), checked as listObjects checks its pages. */
-export async function* listUploads(bucket: string, prefix: string, page: (key?: string, id?: string) => Promise<S3.ListMultipartUploadsCommandOutput>): AsyncGenerator<UploadInfo> {
+export async function* listUploads(bucket: string, prefix: string, page: (key?: string, id?: string) => Promise<UploadsPage>): AsyncGenerator<UploadInfo> {
   let keyMarker: string | undefined;
   let idMarker: string | undefined;
   for (;;) {
