@@ -118,21 +118,25 @@ interface Exchange {
   body: Buffer;
 }
 
+/** A request body as a middleman's `body` hook sees it: one piece of it, at byte `at` of the body; it may change the piece in place. */
+type BodyHook = (req: { method: string; url: URL }, piece: Buffer, at: number) => void;
+
 /**
  * An HTTP middleman on 127.0.0.1 in front of the S3 server: every request
  * goes through as it came (its Host header too, so its signature holds),
- * and `hook` may change the answer's body (its length is set again) before
- * the client sees it.
+ * except what `body` changes of its body on the way; `answer` may change
+ * the answer's body (its length is set again) before the client sees it.
  */
-async function s3Middleman(hook: (x: Exchange) => Buffer | undefined): Promise<{ endpoint: string; close(): Promise<void> }> {
+async function s3Middleman(hooks: { answer?: (x: Exchange) => Buffer | undefined; body?: BodyHook }): Promise<{ endpoint: string; close(): Promise<void> }> {
   const target = new URL(S3_ENDPOINT);
   const srv = http.createServer((req, res) => {
+    const url = new URL(req.url!, 'http://x');
     const up = http.request({ host: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers }, (ans) => {
       const parts: Buffer[] = [];
       ans.on('data', (d: Buffer) => parts.push(d));
       ans.on('end', () => {
         const body = Buffer.concat(parts);
-        const out = req.method === 'HEAD' ? undefined : hook({ method: req.method!, url: new URL(req.url!, 'http://x'), status: ans.statusCode!, body });
+        const out = req.method === 'HEAD' ? undefined : hooks.answer?.({ method: req.method!, url, status: ans.statusCode!, body });
         const headers = { ...ans.headers };
         if (out) {
           delete headers['transfer-encoding'];
@@ -143,7 +147,13 @@ async function s3Middleman(hook: (x: Exchange) => Buffer | undefined): Promise<{
       });
     });
     up.on('error', () => res.destroy());
-    req.pipe(up);
+    let at = 0;
+    req.on('data', (d: Buffer) => {
+      hooks.body?.({ method: req.method!, url }, d, at);
+      at += d.length;
+      up.write(d);
+    });
+    req.on('end', () => up.end());
   });
   await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
   return {
@@ -166,13 +176,13 @@ s3Test('a listing that says it is truncated but gives no continuation token is E
   await a.close();
   // Once armed, every listing of blob/ keeps its first key only, says there is more, and gives no token.
   let armed = false;
-  const mid = await s3Middleman((x) => {
+  const mid = await s3Middleman({ answer: (x) => {
     if (!armed || !listing(x, `${o.prefix}blob/`)) return undefined;
     const s = x.body.toString();
     const first = s.indexOf('</Contents>') + '</Contents>'.length;
     const rest = s.lastIndexOf('</Contents>') + '</Contents>'.length;
     return Buffer.from((s.slice(0, first) + s.slice(rest)).replace(/<IsTruncated>false<\/IsTruncated>/, '<IsTruncated>true</IsTruncated>').replace(/<NextContinuationToken>.*?<\/NextContinuationToken>/, ''));
-  });
+  } });
   t.teardown(() => mid.close());
   const g = await BlobStore.open(path.join(tempDir(t), 'g'), { objectStore: { ...o, endpoint: mid.endpoint } });
   armed = true;
@@ -190,10 +200,10 @@ s3Test('a server that answers a continued listing with its first page again is E
   t.teardown(() => a.close());
   await putBlob(a, prngBytes('s11 again', 1000));
   // A server that ignores continuation-token (a ListObjects v1 server reading v2 requests): the same page, always truncated.
-  const mid = await s3Middleman((x) => {
+  const mid = await s3Middleman({ answer: (x) => {
     if (!listing(x, `${o.prefix}cas/`)) return undefined;
     return Buffer.from(x.body.toString().replace(/<IsTruncated>false<\/IsTruncated>/, '<IsTruncated>true</IsTruncated><NextContinuationToken>again</NextContinuationToken>'));
-  });
+  } });
   t.teardown(() => mid.close());
   const g = await BlobStore.open(path.join(tempDir(t), 'g'), { objectStore: { ...o, endpoint: mid.endpoint } });
   t.teardown(() => g.close());
@@ -315,4 +325,34 @@ s3Test('a bucket-backed store with a corrupt descriptor of an unpublished blob i
   const r = (await b.gc()).bucket!;
   t.true(r.fragmentsDeleted >= 4, `gc deleted ${r.fragmentsDeleted} fragments`);
   t.true((await readAll(b, kept)).equals(keep));
+});
+
+s3Test('a fragment whose upload is changed on the way is refused by the server and sent again; changed every time, the write fails: it used to be stored changed, answered 200, and reported durable (the blob unreadable from the bucket)', async (t) => {
+  const o = await bucketOptions(t, { syncInterval: 0, cacheBytes: 0 });
+  // Flips one byte of the body of the first `times` fragment uploads (a middlebox, a NIC: TCP's checksum is weak).
+  let times = 1;
+  const mid = await s3Middleman({
+    body: (req, piece, at) => {
+      if (times === 0 || req.method !== 'PUT' || !/\/cas\/[0-9a-f]{64}$/.test(req.url.pathname) || at > 100_000 || at + piece.length <= 100_000) return;
+      piece[100_000 - at]! ^= 1;
+      times--;
+    },
+  });
+  t.teardown(() => mid.close());
+  const a = await BlobStore.open(path.join(tempDir(t), 'a'), { objectStore: { ...o, endpoint: mid.endpoint }, fragmentSize: MiB });
+  t.teardown(() => a.close());
+  const bytes = prngBytes('s11 changed upload', 3 * MiB);
+  const name = await putBlob(a, bytes);
+  t.is(times, 0, 'an upload was changed');
+  const b = await BlobStore.open(path.join(tempDir(t), 'b'), { objectStore: o });
+  t.teardown(() => b.close());
+  t.true((await readAll(b, name)).equals(bytes), 'another store reads it whole from the bucket');
+  // Every upload changed: the write fails, and nothing of it is published.
+  times = Infinity;
+  const w = await a.newBlobWriter();
+  await w.appendBytes(prngBytes('s11 changed upload 2', 2 * MiB));
+  const e = await t.throwsAsync(w.close(), { instanceOf: CabError });
+  t.is(e!.code, 'ERR_OBJECT_STORE', e!.message);
+  t.is(e!.data.s3Code, 'XAmzContentSHA256Mismatch');
+  t.false((await objects(`${o.prefix}blob/`)).has(`${o.prefix}blob/${w.name}`), 'not published');
 });

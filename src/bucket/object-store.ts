@@ -6,6 +6,7 @@ import type * as S3 from '@aws-sdk/client-s3';
 import { CabError, type CabErrorData } from '../errors.js';
 import { s3Error, transient } from './s3-error.js';
 import { listObjects, listUploads, type UploadInfo } from './listing.js';
+import { fileSha256, signPayload } from './payload.js';
 
 /** How to reach a bucket. */
 export interface BucketAddress {
@@ -185,9 +186,10 @@ export class ObjectStore {
     if (body instanceof Uint8Array) {
       out = await this.#send(this.#client, new this.#s3.PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentLength: size, ...cond }), what, { key }, signal);
     } else {
+      const sha = await fileSha256(body.file, 0, size);
       out = await retried(() => {
         const stream = fs.createReadStream(body.file, { start: 0, end: Math.max(0, size - 1), highWaterMark: 1024 * 1024 });
-        const cmd = new this.#s3.PutObjectCommand({ Bucket: this.bucket, Key: key, Body: size ? stream : new Uint8Array(0), ContentLength: size, ...cond });
+        const cmd = signPayload(new this.#s3.PutObjectCommand({ Bucket: this.bucket, Key: key, Body: size ? stream : new Uint8Array(0), ContentLength: size, ...cond }), sha);
         return this.#send<S3.PutObjectCommandOutput>(this.#once, cmd, what, { key }, signal).finally(() => stream.destroy());
       });
     }
@@ -211,9 +213,10 @@ export class ObjectStore {
           const i = next++;
           const start = i * partSize;
           const len = Math.min(partSize, body.size - start);
+          const sha = await fileSha256(body.file, start, len);
           const out = await retried(() => {
             const stream = fs.createReadStream(body.file, { start, end: start + len - 1, highWaterMark: 1024 * 1024 });
-            const cmd = new s3.UploadPartCommand({ Bucket: this.bucket, Key: key, UploadId, PartNumber: i + 1, Body: stream, ContentLength: len });
+            const cmd = signPayload(new s3.UploadPartCommand({ Bucket: this.bucket, Key: key, UploadId, PartNumber: i + 1, Body: stream, ContentLength: len }), sha);
             return this.#send<S3.UploadPartCommandOutput>(this.#once, cmd, what, { key }, signal).finally(() => stream.destroy());
           });
           this.stats.bytesUp += len;
