@@ -16,6 +16,8 @@ import { ObjectStore } from '../src/bucket/object-store.js';
 import { prngBytes } from '../tools/data.js';
 import { S3_CREDENTIALS, S3_ENDPOINT, bucketOptions, emptyBucket, fileBucket, filesUnder, objects, s3Test } from './helpers/s3.js';
 import { putBlob, readAll, tempDir } from './helpers/store.js';
+import { connectPeer, servePeer } from './helpers/peers.js';
+import { dropConnection, tcpProxy } from '../tools/proxy.js';
 
 const codeOf = (e: unknown) => (e instanceof CabError ? e.code : String(e));
 const MiB = 1024 * 1024;
@@ -355,4 +357,34 @@ s3Test('a fragment whose upload is changed on the way is refused by the server a
   t.is(e!.code, 'ERR_OBJECT_STORE', e!.message);
   t.is(e!.data.s3Code, 'XAmzContentSHA256Mismatch');
   t.false((await objects(`${o.prefix}blob/`)).has(`${o.prefix}blob/${w.name}`), 'not published');
+});
+
+// ---------------------------------------------------------------------------
+// 6. Held
+
+s3Test('held: a pull into a bucket-backed store whose S3 connections are cut mid-way fails with ERR_OBJECT_STORE, keeps what was durable, and the next pull resumes and reads byte-exact elsewhere', async (t) => {
+  const o = await bucketOptions(t, { syncInterval: 0 });
+  const src = await BlobStore.open(path.join(tempDir(t), 'src'), { fragmentSize: MiB });
+  t.teardown(() => src.close());
+  const bytes = prngBytes('s11 pull cut', 24 * MiB);
+  const name = await putBlob(src, bytes);
+  const srv = await servePeer(t, src);
+  // Every S3 connection cut at its next byte up once `cut` is set (the store's uploads, its lease).
+  let cut = false;
+  const proxy = await tcpProxy(() => Number(new URL(S3_ENDPOINT).port), { every: { direction: 'up', cutAt: () => (cut ? 0 : undefined), onCut: dropConnection } });
+  t.teardown(() => proxy.close());
+  const dst = await BlobStore.open(path.join(tempDir(t), 'dst'), { objectStore: { ...o, endpoint: `http://127.0.0.1:${proxy.port}`, idleTimeout: 2000 }, fragmentSize: MiB });
+  t.teardown(() => dst.close());
+  const c = await connectPeer(t, dst, srv.url);
+  const pulling = c.pull(name, { onProgress: (p) => void (p.verifiedBytes >= 8 * MiB && (cut = true)) });
+  t.is(codeOf(await pulling.catch((e: unknown) => e)), 'ERR_OBJECT_STORE');
+  cut = false;
+  const kept = (await dst.stat(name)).size;
+  t.true(kept < bytes.length, `${kept} bytes kept`);
+  const st = await (await connectPeer(t, dst, srv.url)).pull(name);
+  t.true(st.receivedBytes <= bytes.length - kept + 4 * MiB, `resumed: ${st.receivedBytes} bytes received after ${kept} were kept`);
+  const other = await BlobStore.open(path.join(tempDir(t), 'other'), { objectStore: { ...o, cacheBytes: 0 } });
+  t.teardown(() => other.close());
+  t.true((await readAll(other, name)).equals(bytes));
+  t.deepEqual(filesUnder(dst.root, 'tmp'), [], 'no temp file left');
 });
