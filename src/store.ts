@@ -183,14 +183,14 @@ export class BlobStore {
     this.checkOpen();
     const shared = this.shared;
     await this.#fetched(name, () => removeBlob(this.layout, this.index, this.tables, name, shared ? { whileLocked: () => shared.unpublish(name) } : {}));
-    shared?.forget(name);
+    await shared?.forget(name);
     this.#snapshots.forget(name);
   }
 
   /** @internal Removes a blob from this folder only (the bucket deleted it). */
   async removeLocal(name: string): Promise<void> {
     await removeBlob(this.layout, this.index, this.tables, name);
-    this.shared?.forget(name);
+    await this.shared?.forget(name);
     this.#snapshots.forget(name);
   }
 
