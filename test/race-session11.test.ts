@@ -128,3 +128,56 @@ test.serial('race: fsck while another process creates a blob, between its descri
   t.deepEqual((await store.fsck()).problems, []);
   t.deepEqual(await store.stat(name), { size: 0, finalized: false });
 });
+
+test.serial('race: a local blob that a pull takes a range from is deleted by another process between the recipe and the append: the pull fetches that range instead, and finishes', async (t) => {
+  t.timeout(60_000);
+  const MiB = 1024 * 1024;
+  const dir = tempDir(t);
+  const remote = tempDir(t);
+  const local = `1b${'0'.repeat(30)}`;
+  const name = `1e${'0'.repeat(30)}`;
+  const a = prngBytes('race local head', MiB / 2);
+  const b = prngBytes('race local tail', MiB / 2);
+  const bytes = Buffer.concat([a, prngBytes('race missing middle', 3 * MiB), b]);
+  {
+    const r = await BlobStore.open(remote);
+    const w = await r.newBlobWriter(name);
+    await w.appendBytes(bytes);
+    await w.close();
+    await r.close();
+  }
+  const store = await BlobStore.open(dir);
+  t.teardown(() => store.close());
+  {
+    const w = await store.newBlobWriter(local);
+    await w.appendBytes(Buffer.concat([a, b]));
+    await w.close();
+  }
+  const server = await startServerChild(remote, 0, TOKEN);
+  t.teardown(() => killHard(server.child));
+  // The middle comes at 2 MiB/s: the recipe has found the tail in `local` (and looks no more) long before it lands.
+  const link = await slowLink(t, server.port, 2 * MiB, 'down');
+  const rm = party('rm-on-line', [dir, local]);
+  t.teardown(() => killHard(rm.child));
+  await until(rm, 'ready');
+  const c = await connect(store, `ws://127.0.0.1:${link.port}`, { token: TOKEN });
+  t.teardown(() => c.close());
+  let asked = false;
+  const stats = await c.pull(name, {
+    onProgress: (p) => {
+      if (!asked && p.verifiedBytes >= a.length + 1.5 * MiB) {
+        asked = true;
+        rm.child.stdin!.write('now\n');
+      }
+    },
+  });
+  await rm.done;
+  t.true(rm.lines.includes('deleted'), rm.stderr());
+  t.false(await store.has(local));
+  // Before the fix: ERR_NO_SUCH_BLOB (of `local`) from the append of the tail's range, and the pull failed.
+  t.true((await readAll(store, name)).equals(bytes));
+  t.is((await store.stat(name)).finalized, true);
+  t.true(stats.receivedBytes >= 3 * MiB + b.length, `received ${stats.receivedBytes}`);
+  await store.gc();
+  t.deepEqual((await store.fsck({ verify: true })).problems, []);
+});

@@ -1,5 +1,5 @@
 import { setMaxListeners } from 'node:events';
-import { CabError } from '../errors.js';
+import { CabError, isCabError } from '../errors.js';
 import { bytesEqual } from '../hash/sha256.js';
 import { FragmentFiles } from '../disk/fragments.js';
 import type { VerifiedChunk } from '../blob/pieces.js';
@@ -28,7 +28,7 @@ const QUEUE_MAX = 256;
  * matched, with a bound on the bytes it holds at once (its local bytes, the
  * pieces fetched, its chunks assembled, and their copy into the writer).
  */
-type Queued = { blob: string; offset: number; size: number } | { chunks: Promise<VerifiedChunk[]>; held: number };
+type Queued = { blob: string; offset: number; size: number; refs: ChunkRef[] } | { chunks: Promise<VerifiedChunk[]>; held: number };
 
 /**
  * Writes the sender's blob after what the writer holds: the sender's chunk
@@ -56,6 +56,8 @@ export class Receiver {
   #draining: Promise<void> | undefined;
   #drainFailure: unknown;
   #landed: Array<() => void> = objectArray();
+  /** The sender's chunks the recipe has read and not yet turned into steps (it reads one ahead): a local range's are kept with it. */
+  readonly #planned: ChunkRef[] = objectArray();
   #runsQueued = 0;
   #bytesQueued = 0;
   /** Fires when the transfer is cancelled or fails: runs being matched stop waiting for answers. */
@@ -117,10 +119,17 @@ export class Receiver {
         yield { hash: c.hash, size: c.size };
       }
     }
+    async function* kept(): AsyncGenerator<ChunkRef> {
+      for await (const c of rest()) {
+        self.#planned.push(c);
+        yield c;
+      }
+    }
     // streaming: a missing region too long to match finely, fetched as it comes
     let streaming = false;
-    for await (const step of this.store.recipeStreamFromChunkStream(rest()) as AsyncIterable<RecipeStep>) {
+    for await (const step of this.store.recipeStreamFromChunkStream(kept()) as AsyncIterable<RecipeStep>) {
       throwIfAborted(this.o.signal, this.name);
+      const refs = this.#stepChunks(step.size);
       if (step.kind === 'blob') {
         if (streaming) {
           await this.#window.drain();
@@ -128,7 +137,7 @@ export class Receiver {
           this.#cursor = undefined;
         }
         await this.#flushRun(step);
-        await this.#enqueue({ blob: step.blob, offset: step.offset, size: step.size });
+        await this.#enqueue({ blob: step.blob, offset: step.offset, size: step.size, refs });
         this.#cursor = { blob: step.blob, offset: step.offset + step.size };
       } else {
         this.stats.neededBytes += step.size;
@@ -151,6 +160,18 @@ export class Receiver {
     await this.#window.drain();
     await this.#flushRun(undefined);
     await this.#drain();
+  }
+
+  /** The sender's chunks a step of `size` bytes covers, from #planned. */
+  #stepChunks(size: number): ChunkRef[] {
+    const out: ChunkRef[] = [];
+    for (let n = 0; n < size; ) {
+      const c = this.#planned.shift();
+      if (!c) throw new CabError('ERR_PROTOCOL', `the recipe of ${this.name} covers more than its chunk list`, { blob: this.name });
+      out.push(c);
+      n += c.size;
+    }
+    return out;
   }
 
   /** After a cancel: writes the answers already on their way. */
@@ -275,9 +296,18 @@ export class Receiver {
       this.#runsQueued--;
       this.#bytesQueued -= q.held;
     } else {
-      await this.w.appendBlob(q.blob, q.offset, q.size);
-      this.stats.reusedBytes += q.size;
-      this.stats.verifiedBytes += q.size;
+      try {
+        await this.w.appendBlob(q.blob, q.offset, q.size);
+        this.stats.reusedBytes += q.size;
+        this.stats.verifiedBytes += q.size;
+      } catch (e) {
+        // Deleted here since the recipe found the range in it (appendBlob appended nothing): its chunks come
+        // from the sender. The window is idle while steps are queued (#steps drains it before it queues one).
+        if (!isCabError(e, 'ERR_NO_SUCH_BLOB') || e.data.blob !== q.blob) throw e;
+        this.stats.neededBytes += q.size;
+        for (const c of q.refs) await this.#window.fetch(c);
+        await this.#window.drain();
+      }
     }
     this.#queue.shift();
     this.#progress();
