@@ -181,3 +181,30 @@ test.serial('race: a local blob that a pull takes a range from is deleted by ano
   await store.gc();
   t.deepEqual((await store.fsck({ verify: true })).problems, []);
 });
+
+test.serial('race: the leaf layer of a blob whose delete was killed after the descriptor went (or that was made as its blob was deleted) is removed by gc, not left for good', async (t) => {
+  const dir = tempDir(t);
+  const store = await BlobStore.open(dir);
+  t.teardown(() => store.close());
+  const names: string[] = [];
+  for (let i = 0; i < 3; i++) {
+    const w = await store.newBlobWriter();
+    await w.appendBytes(prngBytes(`race layer ${i}`, 1024 * 1024 + i)); // 1 MiB or more from its first byte: its layer is written with it
+    await w.close();
+    names.push(w.name);
+  }
+  const layer = (n: string) => path.join(dir, 'layers', n.slice(0, 2), n);
+  for (const n of names) await fs.access(layer(n));
+  // What a deleteBlob SIGKILLed between its unlink and the removal of the derived files leaves: no descriptor, the layer there.
+  await fs.unlink(path.join(dir, 'blob', names[0]!.slice(0, 2), names[0]!));
+  await store.deleteBlob(names[1]!);
+  const dry = await store.gc({ dryRun: true });
+  t.is(dry.layersDeleted, 1);
+  await fs.access(layer(names[0]!));
+  const r = await store.gc();
+  t.is(r.layersDeleted, 1);
+  await t.throwsAsync(fs.access(layer(names[0]!)), { code: 'ENOENT' });
+  await fs.access(layer(names[2]!)); // a live blob's stays
+  t.is((await store.gc()).layersDeleted, 0);
+  t.deepEqual((await store.fsck({ verify: true })).problems, []);
+});
