@@ -208,3 +208,39 @@ test.serial('race: the leaf layer of a blob whose delete was killed after the de
   t.is((await store.gc()).layersDeleted, 0);
   t.deepEqual((await store.fsck({ verify: true })).problems, []);
 });
+
+test.serial(`race: two pulls of one blob into one store at once, from two processes, round after round: each pulls it, finds it pulled, or says ERR_BLOB_LOCKED (seed ${SEED})`, async (t) => {
+  t.timeout(120_000);
+  const dir = tempDir(t);
+  const remote = tempDir(t);
+  await (await BlobStore.open(dir)).close();
+  const name = `d0${'0'.repeat(30)}`;
+  const bytes = prngBytes(`race two pulls ${SEED}`, 2 * 1024 * 1024);
+  {
+    const r = await BlobStore.open(remote);
+    const w = await r.newBlobWriter(name);
+    await w.appendBytes(bytes);
+    await w.close();
+    await r.close();
+  }
+  const server = await startServerChild(remote, 0, TOKEN);
+  t.teardown(() => killHard(server.child));
+  const seen = new Map<string, number>();
+  for (let round = 0; round < 12; round++) {
+    const ps = [party('pull', [dir, server.url, TOKEN, name]), party('pull', [dir, server.url, TOKEN, name])];
+    await Promise.all(ps.map((p) => p.done));
+    for (const p of ps) {
+      // Before the fix: ERR_BLOB_FINALIZED (the other finalized it between this one's look and its resume) or
+      // ERR_BLOB_EXISTS, 'exists here with other content' (the other made it between the look and newBlobWriter).
+      const end = p.lines.find((l) => l.startsWith('pulled')) ? 'pulled' : (/ERR_[A-Z_]+/.exec(p.stderr())?.[0] ?? p.stderr());
+      seen.set(end, (seen.get(end) ?? 0) + 1);
+      t.true(end === 'pulled' || end === 'ERR_BLOB_LOCKED', `${p.lines.join('\n')}${p.stderr()}`);
+    }
+    const s = await BlobStore.open(dir);
+    t.true((await readAll(s, name)).equals(bytes));
+    await s.deleteBlob(name);
+    await s.close();
+  }
+  t.log(`seed ${SEED}: ${JSON.stringify(Object.fromEntries(seen))}`);
+  await checkStore(t, dir, new Map());
+});

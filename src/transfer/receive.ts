@@ -14,6 +14,9 @@ import { orAbort } from './abort.js';
 export type { RemoteSource } from './remote.js';
 export type { ReceiveOptions, TransferProgress, TransferStats } from './stats.js';
 
+/** Times a receiver looks at the blob before it takes a writer, when others make or finalize it meanwhile (see receiveBlob). */
+const LOOKS = 3;
+
 /** Bytes a receiving writer appends between checkpoints (each: a fragment fdatasync and a descriptor record, in the background). */
 const RECEIVE_CHECKPOINT_BYTES = 16 * 1024 * 1024;
 
@@ -63,38 +66,48 @@ export async function receiveBlob(store: BlobStore, sources: SourceSet, name: st
     chunksFetched: 0,
     healedBytes: 0,
   });
-  let writer: BlobWriter;
+  let writer: BlobWriter | undefined;
   let prefix: Prefix | undefined;
   let list = sources.view;
-  try {
-    const have = await store.newBlobReader(name);
-    await have.close();
-    if (have.isFinalized) {
-      if (!bytesEqual(have.hash!, st.hash)) {
-        throw new CabError('ERR_BLOB_EXISTS', `blob ${name} exists here with other content`, { blob: name, expected: toHex(st.hash), found: toHex(have.hash!) });
+  // Another process (a second pull of the same blob, a push into this store) may make or finalize the
+  // blob between the look below and the writer: then it is looked at again, and is what that one left.
+  for (let look = 1; !writer; look++) {
+    prefix = undefined;
+    list = sources.view;
+    try {
+      const have = await store.newBlobReader(name);
+      await have.close();
+      if (have.isFinalized) {
+        if (!bytesEqual(have.hash!, st.hash)) {
+          throw new CabError('ERR_BLOB_EXISTS', `blob ${name} exists here with other content`, { blob: name, expected: toHex(st.hash), found: toHex(have.hash!) });
+        }
+        if (have.damage.length > 0) {
+          const { received, healed } = await sources.attempt((src) => healFrom(store, src, name, st.size, options.signal));
+          stats.receivedBytes = stats.neededBytes = received;
+          stats.healedBytes = healed;
+        } else stats.alreadyHad = true;
+        stats.verifiedBytes = st.size;
+        await noteSources(store, name, options.label !== undefined ? [{ label: options.label }] : sources.live);
+        return stats;
       }
-      if (have.damage.length > 0) {
-        const { received, healed } = await sources.attempt((src) => healFrom(store, src, name, st.size, options.signal));
-        stats.receivedBytes = stats.neededBytes = received;
-        stats.healedBytes = healed;
-      } else stats.alreadyHad = true;
-      stats.verifiedBytes = st.size;
-      await noteSources(store, name, options.label !== undefined ? [{ label: options.label }] : sources.live);
-      return stats;
+      // The receiver reads the chunk list again: the pages checkPrefix read are kept for it.
+      const pages = sharedListPages(sources.view);
+      prefix = await checkPrefix(store, pages.first, name, st.size);
+      list = pages.second;
+      stats.receivedBytes += prefix.wasted;
+      writer = await store.resumeBlobWriter(name);
+      if (writer.size !== prefix.kept) {
+        await writer.closeWithoutFinalize();
+        throw new CabError('ERR_BLOB_LOCKED', `blob ${name} changed while its bytes were checked against the sender's`, { blob: name });
+      }
+    } catch (e) {
+      if (isCabError(e, 'ERR_BLOB_FINALIZED') && look < LOOKS) continue; // finalized meanwhile (checkPrefix's cut, or the resume)
+      if (!isCabError(e, 'ERR_NO_SUCH_BLOB')) throw e;
+      writer = await store.newBlobWriter(name).catch((e: unknown) => {
+        if (isCabError(e, 'ERR_BLOB_EXISTS') && look < LOOKS) return undefined; // made meanwhile
+        throw e;
+      });
     }
-    // The receiver reads the chunk list again: the pages checkPrefix read are kept for it.
-    const pages = sharedListPages(sources.view);
-    prefix = await checkPrefix(store, pages.first, name, st.size);
-    list = pages.second;
-    stats.receivedBytes += prefix.wasted;
-    writer = await store.resumeBlobWriter(name);
-    if (writer.size !== prefix.kept) {
-      await writer.closeWithoutFinalize();
-      throw new CabError('ERR_BLOB_LOCKED', `blob ${name} changed while its bytes were checked against the sender's`, { blob: name });
-    }
-  } catch (e) {
-    if (!isCabError(e, 'ERR_NO_SUCH_BLOB')) throw e;
-    writer = await store.newBlobWriter(name);
   }
   try {
     if (writer.size > st.size) throw new CabError('ERR_BLOB_EXISTS', `blob ${name} here is longer than the sender's`, { blob: name });
