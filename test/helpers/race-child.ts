@@ -6,10 +6,12 @@
 //   push STORE URL TOKEN NAME          push NAME to the server at URL
 //   churn STORE SEED MS SRC            until MS have passed: blobs of ranges of SRC (appendBlob) and of edits of its
 //                                      bytes (dedup), then deletes them; prints "final NAME" before each delete
-//   put STORE SEED SIZE NAME           write blob NAME of prngBytes(SEED, SIZE), in 64 KiB appends, flushing; finalize
+//   put STORE SEED SIZE NAME           write blob NAME of prngBytes(SEED, SIZE), in 64 KiB appends, flushing every 256 KiB
+//                                      ("flushed SIZE"), resuming it if it is there; finalize
 //   export STORE FILE NAME             export NAME to a bundle
 //   import STORE FILE                  import a bundle
 //   read STORE NAME                    read NAME whole (a follower if FOLLOW=1), print "read NAME BYTES SHA256"
+//   rm STORE NAME                      delete NAME; print "deleted" (or the error's code)
 //   rm-on-line STORE NAME              print "ready", delete NAME when a line comes on stdin, print "deleted"
 //   half-created STORE NAME            make NAME's descriptor as a new writer does (header durable, locked, linked into
 //                                      blob/) and stop before its index entry: print "linked", wait to be killed
@@ -99,7 +101,10 @@ if (mode === 'gc-loop' || mode === 'fsck-loop') {
   const w = (await store.has(name)) ? await store.resumeBlobWriter(name) : await store.newBlobWriter(name);
   for (let at = w.size; at < bytes.length; at += 65536) {
     await w.appendBytes(bytes.subarray(at, Math.min(bytes.length, at + 65536)));
-    if ((at / 65536) % 4 === 3) await w.flush();
+    if ((at / 65536) % 4 === 3) {
+      await w.flush();
+      say(`flushed ${w.size}`);
+    }
   }
   await w.close();
   say(`final ${name}`);
@@ -121,6 +126,11 @@ if (mode === 'gc-loop' || mode === 'fsck-loop') {
   }
   await r.close();
   say(`read ${name} ${n} ${h.digest('hex')}`);
+} else if (mode === 'rm') {
+  await store.deleteBlob(args[0]!).then(
+    () => say('deleted'),
+    (e: unknown) => say(`rm failed ${code(e)}`),
+  );
 } else if (mode === 'rm-on-line') {
   say('ready');
   await new Promise((resolve) => process.stdin.once('data', resolve));
