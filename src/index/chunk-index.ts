@@ -127,6 +127,18 @@ export class ChunkIndex {
     return this.#blobs.get(nameKey(name));
   }
 
+  /**
+   * The blob's entry as committed now. lmdb-js reads through a snapshot
+   * that it renews once per event-loop turn (a setTimeout(0) resets it), so
+   * blob() may still show what another process has since changed: fsck,
+   * comparing the index with a descriptor it just looked at, must not take
+   * that for disagreement.
+   */
+  blobNow(name: string): BlobEntry | undefined {
+    this.#env.resetReadTxn();
+    return this.blob(name);
+  }
+
   /** Names of every blob the index knows, in order. */
   *blobNames(): Generator<string> {
     for (const key of this.#blobs.getKeys()) yield toHex(key as Buffer);

@@ -11,6 +11,8 @@
 //   export STORE FILE NAME             export NAME to a bundle
 //   import STORE FILE                  import a bundle
 //   read STORE NAME                    read NAME whole (a follower if FOLLOW=1), print "read NAME BYTES SHA256"
+//   name-loop STORE NAME MS SIDE       until MS have passed: SIDE 'make' makes blob NAME (20 KB) whenever it is absent,
+//                                      SIDE 'rm' deletes it whenever it is there; prints "done N"
 //   rm STORE NAME                      delete NAME; print "deleted" (or the error's code)
 //   rm-on-line STORE NAME              print "ready", delete NAME when a line comes on stdin, print "deleted"
 //   half-created STORE NAME            make NAME's descriptor as a new writer does (header durable, locked, linked into
@@ -126,6 +128,25 @@ if (mode === 'gc-loop' || mode === 'fsck-loop') {
   }
   await r.close();
   say(`read ${name} ${n} ${h.digest('hex')}`);
+} else if (mode === 'name-loop') {
+  const [name, ms, side] = args as [string, string, string];
+  const until = Date.now() + Number(ms);
+  let n = 0;
+  while (Date.now() < until) {
+    try {
+      if (side === 'rm') await store.deleteBlob(name);
+      else {
+        const w = await store.newBlobWriter(name);
+        await w.appendBytes(prngBytes(`name-loop ${n}`, 20_000));
+        await w.close();
+      }
+      n++;
+    } catch (e) {
+      // The other side has it (being made or deleted), or it is not there to delete, or there already.
+      if (!isCabError(e, 'ERR_NO_SUCH_BLOB') && !isCabError(e, 'ERR_BLOB_LOCKED') && !isCabError(e, 'ERR_BLOB_EXISTS')) throw e;
+    }
+  }
+  say(`done ${n}`);
 } else if (mode === 'rm') {
   await store.deleteBlob(args[0]!).then(
     () => say('deleted'),
