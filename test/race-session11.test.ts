@@ -4,10 +4,10 @@ import path from 'node:path';
 import crypto from 'node:crypto';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { BlobStore, merkleRoot, toHex } from '../src/index.js';
+import { BlobStore, merkleRoot, toHex, type StoreOptions } from '../src/index.js';
 import { prngBytes, prngInts } from '../tools/data.js';
 import { tempDir, readAll, collect } from './helpers/store.js';
-import { edited, startServerChild, killHard } from './helpers/transfer.js';
+import { edited, startServerChild, killHard, RawClient } from './helpers/transfer.js';
 import { slowLink } from './helpers/slow-link.js';
 import { connect } from '../src/index.js';
 
@@ -64,6 +64,27 @@ async function killAfter(p: Party, ms: number): Promise<boolean> {
   return code !== null;
 }
 
+/** Two new temp folders: a store made in the first (so that the processes started on it do not race to make it), and one for another store. */
+async function twoFolders(t: ExecutionContext): Promise<[string, string]> {
+  const dirs: [string, string] = [tempDir(t), tempDir(t)];
+  await (await BlobStore.open(dirs[0])).close();
+  return dirs;
+}
+
+/** Opens the store at `dir` (making it), writes each blob, finalized, under its name, and closes it. */
+async function writeBlobs(dir: string, blobs: Map<string, Buffer>, options?: StoreOptions): Promise<void> {
+  const s = await BlobStore.open(dir, options);
+  try {
+    for (const [name, bytes] of blobs) {
+      const w = await s.newBlobWriter(name);
+      await w.appendBytes(bytes);
+      await w.close();
+    }
+  } finally {
+    await s.close();
+  }
+}
+
 /**
  * What must hold once every party is gone and a GC has run: every
  * finalized blob reads whole and hashes to its hash, `want`'s blobs read
@@ -105,23 +126,9 @@ test.serial(`race: pulls whose fine phase reuses local fragments, SIGKILLed at r
   const remote = tempDir(t);
   const base = prngBytes(`race base ${SEED}`, 3 * 1024 * 1024);
   const targets = new Map<string, Buffer>();
-  {
-    const s = await BlobStore.open(local, { fragmentSize: 256 * 1024 });
-    const w = await s.newBlobWriter('ba5e0000000000000000000000000000');
-    await w.appendBytes(base);
-    await w.close();
-    await s.close();
-    const r = await BlobStore.open(remote);
-    for (let i = 0; i < 4; i++) {
-      const name = `7a${String(i).padStart(30, '0')}`;
-      const bytes = edited(base, SEED + i, 12).bytes;
-      const w = await r.newBlobWriter(name);
-      await w.appendBytes(bytes);
-      await w.close();
-      targets.set(name, bytes);
-    }
-    await r.close();
-  }
+  await writeBlobs(local, new Map([['ba5e0000000000000000000000000000', base]]), { fragmentSize: 256 * 1024 });
+  for (let i = 0; i < 4; i++) targets.set(`7a${String(i).padStart(30, '0')}`, edited(base, SEED + i, 12).bytes);
+  await writeBlobs(remote, targets);
   const server = await startServerChild(remote, 0, TOKEN);
   t.teardown(() => killHard(server.child));
   const stopKilling = Date.now() + 10_000;
@@ -216,20 +223,10 @@ test.serial('race: a local blob that a pull takes a range from is deleted by ano
   const a = prngBytes('race local head', MiB / 2);
   const b = prngBytes('race local tail', MiB / 2);
   const bytes = Buffer.concat([a, prngBytes('race missing middle', 3 * MiB), b]);
-  {
-    const r = await BlobStore.open(remote);
-    const w = await r.newBlobWriter(name);
-    await w.appendBytes(bytes);
-    await w.close();
-    await r.close();
-  }
+  await writeBlobs(remote, new Map([[name, bytes]]));
+  await writeBlobs(dir, new Map([[local, Buffer.concat([a, b])]]));
   const store = await BlobStore.open(dir);
   t.teardown(() => store.close());
-  {
-    const w = await store.newBlobWriter(local);
-    await w.appendBytes(Buffer.concat([a, b]));
-    await w.close();
-  }
   const server = await startServerChild(remote, 0, TOKEN);
   t.teardown(() => killHard(server.child));
   // The middle comes at 2 MiB/s: the recipe has found the tail in `local` (and looks no more) long before it lands.
@@ -289,19 +286,11 @@ test.serial('race: the leaf layer of a blob whose delete was killed after the de
 test.serial(`race: fsck --repair loops while writers write, are SIGKILLed and resume, and two pulls of one blob run at once (seed ${SEED})`, async (t) => {
   t.timeout(120_000);
   const rnd = prngInts(SEED + 1);
-  const dir = tempDir(t);
-  const remote = tempDir(t);
-  await (await BlobStore.open(dir)).close();
+  const [dir, remote] = await twoFolders(t);
   const want = new Map<string, Buffer>();
   const pulled = `5e${'0'.repeat(30)}`;
   const pulledBytes = prngBytes(`race pulled ${SEED}`, 3 * 1024 * 1024);
-  {
-    const r = await BlobStore.open(remote);
-    const w = await r.newBlobWriter(pulled);
-    await w.appendBytes(pulledBytes);
-    await w.close();
-    await r.close();
-  }
+  await writeBlobs(remote, new Map([[pulled, pulledBytes]]));
   want.set(pulled, pulledBytes);
   const server = await startServerChild(remote, 0, TOKEN);
   t.teardown(() => killHard(server.child));
@@ -344,18 +333,10 @@ test.serial(`race: fsck --repair loops while writers write, are SIGKILLed and re
 
 test.serial(`race: two pulls of one blob into one store at once, from two processes, round after round: each pulls it, finds it pulled, or says ERR_BLOB_LOCKED (seed ${SEED})`, async (t) => {
   t.timeout(120_000);
-  const dir = tempDir(t);
-  const remote = tempDir(t);
-  await (await BlobStore.open(dir)).close();
+  const [dir, remote] = await twoFolders(t);
   const name = `d0${'0'.repeat(30)}`;
   const bytes = prngBytes(`race two pulls ${SEED}`, 2 * 1024 * 1024);
-  {
-    const r = await BlobStore.open(remote);
-    const w = await r.newBlobWriter(name);
-    await w.appendBytes(bytes);
-    await w.close();
-    await r.close();
-  }
+  await writeBlobs(remote, new Map([[name, bytes]]));
   const server = await startServerChild(remote, 0, TOKEN);
   t.teardown(() => killHard(server.child));
   const seen = new Map<string, number>();
@@ -452,23 +433,11 @@ test.serial(`race: a blob deleted (and gc looping) while a follower follows it b
 test.serial(`race: a push into a store and a pull of the same blob into it cross, round after round, one of them SIGKILLed at times: each ends done or ERR_BLOB_LOCKED, and the blob is whole (seed ${SEED})`, async (t) => {
   t.timeout(120_000);
   const rnd = prngInts(SEED + 3);
-  const a = tempDir(t);
-  const b = tempDir(t);
-  await (await BlobStore.open(b)).close();
+  const [b, a] = await twoFolders(t);
   const want = new Map<string, Buffer>();
-  {
-    const s = await BlobStore.open(a);
-    for (let i = 0; i < 6; i++) {
-      const name = `e${i}${'0'.repeat(30)}`;
-      // Alike: later blobs dedup against earlier ones in b.
-      const bytes = edited(prngBytes(`race crossing ${SEED}`, 2 * 1024 * 1024), SEED + i, 6).bytes;
-      const w = await s.newBlobWriter(name);
-      await w.appendBytes(bytes);
-      await w.close();
-      want.set(name, bytes);
-    }
-    await s.close();
-  }
+  // Alike: later blobs dedup against earlier ones in b.
+  for (let i = 0; i < 6; i++) want.set(`e${i}${'0'.repeat(30)}`, edited(prngBytes(`race crossing ${SEED}`, 2 * 1024 * 1024), SEED + i, 6).bytes);
+  await writeBlobs(a, want);
   const fromA = await startServerChild(a, 0, TOKEN);
   const intoB = await startServerChild(b, 0, TOKEN);
   t.teardown(() => killHard(fromA.child));
@@ -520,4 +489,26 @@ test.serial('race: one process deletes a blob and another makes a blob of the sa
   t.log(`fsck ${runs} times while ${make.lines.join('')} makes and ${rm.lines.join('')} deletes`);
   t.deepEqual(Object.fromEntries(problems), {});
   t.deepEqual((await store.fsck()).problems, []);
+});
+
+test.serial('race: a blob deleted by another process while a server lists its chunks to a pull: the next page is ERR_NO_SUCH_BLOB, not an empty page that says the list ended (which the pull took for a lying sender: ERR_PROTOCOL)', async (t) => {
+  const [dir] = await twoFolders(t);
+  const name = `f1${'0'.repeat(30)}`;
+  await writeBlobs(dir, new Map([[name, prngBytes('race listed', 2 * 1024 * 1024)]]));
+  const server = await startServerChild(dir, 0, TOKEN);
+  t.teardown(() => killHard(server.child));
+  const raw = await RawClient.open(server.url);
+  t.teardown(() => raw.close());
+  t.like(await raw.hello(TOKEN), { t: 'welcome' });
+  raw.send({ t: 'list', id: 1, name, from: 0, max: 4 });
+  const first = await raw.waitFor((m) => 'id' in m && m.id === 1);
+  t.like(first, { t: 'listr', end: false });
+  t.is((first as { c: unknown[] }).c.length, 4);
+  // The server's reader of the blob stays open (its cache), so the next page is read from the index, which the delete emptied.
+  const rm = party('rm', [dir, name]);
+  await rm.done;
+  t.deepEqual(rm.lines, ['deleted'], rm.stderr());
+  raw.send({ t: 'list', id: 2, name, from: 4, max: 4 });
+  // Before the fix: listr with no chunks and end: true.
+  t.like(await raw.waitFor((m) => 'id' in m && m.id === 2), { t: 'err', code: 'ERR_NO_SUCH_BLOB' });
 });
