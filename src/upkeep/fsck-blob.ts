@@ -51,7 +51,7 @@ export async function checkBlob(ctx: FsckContext, name: string, hashOk: boolean 
 
     // The chunk index against the descriptor (after any repair above).
     const cur = await readDescriptorFrom(fh, name, { extents: false });
-    const entry = index.blob(name);
+    const entry = index.blobNow(name); // not lmdb-js's snapshot of an older turn: the last writer may have just committed
     const agrees =
       entry !== undefined &&
       entry.d === cur.validEnd &&
