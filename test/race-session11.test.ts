@@ -14,9 +14,12 @@ import { connect } from '../src/index.js';
 /**
  * Many processes on one store, SIGKILLed at random moments (race-session11).
  * Each test prints its seed; CABSTORE_RACE_SEED replays one (the kill
- * moments are timing, so a replay is close, not exact).
+ * moments are timing, so a replay is close, not exact). The pulls killed
+ * in the first test are killed for CABSTORE_RACE_SECONDS (10 by default;
+ * `npm run soak` gives 120).
  */
 const SEED = process.env.CABSTORE_RACE_SEED !== undefined ? Number(process.env.CABSTORE_RACE_SEED) : crypto.randomInt(2 ** 31);
+const KILL_SECONDS = Number(process.env.CABSTORE_RACE_SECONDS ?? 10);
 const CHILD = fileURLToPath(new URL('./helpers/race-child.js', import.meta.url));
 const TOKEN = 'race-token';
 
@@ -120,7 +123,7 @@ async function checkStore(t: ExecutionContext, dir: string, want: Map<string, Bu
 }
 
 test.serial(`race: pulls whose fine phase reuses local fragments, SIGKILLed at random, while gc loops and churn appends ranges of and dedups against the local base, which is deleted midway (seed ${SEED})`, async (t) => {
-  t.timeout(120_000);
+  t.timeout(120_000 + KILL_SECONDS * 1000);
   const rnd = prngInts(SEED);
   const local = tempDir(t);
   const remote = tempDir(t);
@@ -131,7 +134,7 @@ test.serial(`race: pulls whose fine phase reuses local fragments, SIGKILLed at r
   await writeBlobs(remote, targets);
   const server = await startServerChild(remote, 0, TOKEN);
   t.teardown(() => killHard(server.child));
-  const stopKilling = Date.now() + 10_000;
+  const stopKilling = Date.now() + KILL_SECONDS * 1000;
   let kills = 0;
   let pulls = 0;
   let slowest = 0;
