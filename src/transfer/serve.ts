@@ -158,7 +158,13 @@ export class Serving {
           if (c.length === (m.max ?? MAX_LIST)) break;
         }
         const entry = store.index.blob(name);
-        return { t: 'listr', id: m.id, c, end: !entry || m.from + c.length >= entry.n };
+        // Entries gone, or fewer than the blob has (a page short of its end): deleted since its reader opened, its
+        // index entries going (remove.ts), or, rarer, rebuilt in another process (a heal). Not a list that ends
+        // early, which the asker takes for a lie (ERR_PROTOCOL, the source dropped); its gets would find no chunk.
+        if (!entry || (c.length < (m.max ?? MAX_LIST) && m.from + c.length < entry.n)) {
+          throw new CabError('ERR_NO_SUCH_BLOB', `blob ${name} was deleted (or its index entries are being rebuilt)`, { blob: name });
+        }
+        return { t: 'listr', id: m.id, c, end: m.from + c.length >= entry.n };
       }
       case 'match': {
         // The first n entries of the list, summed up here: n entries read from the index, none sent.

@@ -104,6 +104,9 @@ async function check(cas: Cas, index: ChunkIndex, blobNames: AsyncIterable<strin
   const known = new Set(names);
   for (const name of [...index.blobNames()]) {
     if (known.has(name) || (await descriptorIsFile(layout, name))) continue;
+    // Looked at again, as committed now: a delete in another process removes the entries before the descriptor,
+    // and a new blob of that name gets its descriptor before its entry.
+    if (!index.blobNow(name) || (await descriptorIsFile(layout, name))) continue;
     if (opts.repair) await index.removeBlob(name);
     problem(ctx, { kind: 'index-orphan', blob: name, detail: 'the chunk index has a blob with no descriptor' }, !!opts.repair);
   }
