@@ -1,0 +1,43 @@
+// The eleventh session's new user, following only README.md, docs/API.md
+// and --help, from a shell: what they met that did not do what the docs say.
+import test from 'ava';
+import fs from 'node:fs';
+import path from 'node:path';
+import { spawn } from 'node:child_process';
+import { tempDir } from './helpers/store.js';
+import { CLI, assertFails, cli, finished, ok, putLines, writeFile } from './helpers/cli.js';
+
+/** Runs the CLI with stdin and stdout given as file descriptors (a shell's `< FILE > FILE`). */
+function withFds(args: string[], stdin: number | 'ignore', stdout: number | 'pipe'): ReturnType<typeof finished> {
+  const env = { ...process.env };
+  delete env.CABSTORE_DIR;
+  return finished(spawn(process.execPath, [CLI, ...args], { env, stdio: [stdin, stdout, 'pipe'] }), stdout === 'pipe');
+}
+
+test('cat and ls to a full device (> /dev/full): exit 1 naming ERR_NO_SPACE, no stack trace', async (t) => {
+  if (!fs.existsSync('/dev/full')) return t.pass('NOT RUN: no /dev/full here');
+  const dir = tempDir(t);
+  const store = path.join(dir, 'store');
+  const [{ name }] = putLines(await ok(t, store, ['put', writeFile(dir, 'f', Buffer.alloc(200_000, 1))]));
+  const full = fs.openSync('/dev/full', 'w');
+  t.teardown(() => fs.closeSync(full));
+  for (const args of [['cat', name!], ['get', name!], ['ls']]) {
+    const r = await withFds(['--store', store, ...args], 'ignore', full);
+    assertFails(t, r, 'ERR_NO_SPACE', `${args[0]} > /dev/full`);
+    t.notRegex(r.stderr, /\n\s+at /, `${args[0]} > /dev/full: a message, not a stack trace`);
+  }
+});
+
+test('put - with a directory on stdin (< /tmp) stores nothing: ERR_NO_SUCH_FILE, not an empty blob', async (t) => {
+  const dir = tempDir(t);
+  const store = path.join(dir, 'store');
+  await ok(t, store, ['init']);
+  const fd = fs.openSync(dir, 'r');
+  t.teardown(() => fs.closeSync(fd));
+  for (const arg of ['-', '/dev/stdin']) {
+    const r = await withFds(['--store', store, 'put', arg], fd, 'pipe');
+    assertFails(t, r, 'ERR_NO_SUCH_FILE', `put ${arg} < a directory`);
+    t.regex(r.stderr, /directory/, `put ${arg} < a directory: says stdin is a directory`);
+  }
+  t.is((await cli(['--store', store, 'ls'])).out, '', 'no blob was made');
+});
