@@ -41,3 +41,19 @@ test('put - with a directory on stdin (< /tmp) stores nothing: ERR_NO_SUCH_FILE,
   }
   t.is((await cli(['--store', store, 'ls'])).out, '', 'no blob was made');
 });
+
+test('a --store that is a symbolic link to nothing: ls, put and init say so (ERR_BAD_STORE), not "init makes one" then ERR_IO on a temp file', async (t) => {
+  const dir = tempDir(t);
+  const link = path.join(dir, 'store');
+  fs.symlinkSync(path.join(dir, 'elsewhere'), link);
+  const file = writeFile(dir, 'f', Buffer.from('bytes'));
+  for (const args of [['ls'], ['put', file], ['init']]) {
+    const r = await cli(['--store', link, ...args]);
+    assertFails(t, r, 'ERR_BAD_STORE', `${args[0]} through a link to nothing`);
+    t.regex(r.stderr, /symbolic link to .*elsewhere, which does not exist/, `${args[0]}: names the link and its missing target`);
+    t.notRegex(r.stderr, /cabstore init/, `${args[0]}: does not advise an init that cannot work`);
+  }
+  t.false(fs.existsSync(path.join(dir, 'elsewhere')), 'nothing was made');
+  fs.mkdirSync(path.join(dir, 'elsewhere'));
+  t.is(putLines(await ok(t, link, ['put', file])).length, 1, 'once the directory exists, the link serves as a store');
+});
