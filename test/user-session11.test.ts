@@ -4,7 +4,10 @@ import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
-import { tempDir } from './helpers/store.js';
+import { connect } from '../src/index.js';
+import { prngBytes } from '../tools/data.js';
+import { putBlob, readAll, tempDir, tempStore } from './helpers/store.js';
+import { serveRw } from './helpers/transfer.js';
 import { CLI, assertFails, cli, finished, ok, putLines, writeFile } from './helpers/cli.js';
 
 /** Runs the CLI with stdin and stdout given as file descriptors (a shell's `< FILE > FILE`). */
@@ -56,4 +59,22 @@ test('a --store that is a symbolic link to nothing: ls, put and init say so (ERR
   t.false(fs.existsSync(path.join(dir, 'elsewhere')), 'nothing was made');
   fs.mkdirSync(path.join(dir, 'elsewhere'));
   t.is(putLines(await ok(t, link, ['put', file])).length, 1, 'once the directory exists, the link serves as a store');
+});
+
+test('two pulls of one blob into one store at once: one makes it, the other finds it held (done, or ERR_BLOB_LOCKED), never ERR_BLOB_EXISTS', async (t) => {
+  const server = await tempStore(t);
+  const bytes = prngBytes('two pulls at once', 3 * 1024 * 1024 + 17);
+  const srv = await serveRw(t, server, 'tok');
+  const here = await tempStore(t);
+  const [a, b] = [await connect(here, srv.url, { token: 'tok' }), await connect(here, srv.url, { token: 'tok' })];
+  t.teardown(() => Promise.all([a.close(), b.close()]));
+  for (let round = 0; round < 4; round++) {
+    const name = await putBlob(server, bytes);
+    const results = await Promise.allSettled([a.pull(name), b.pull(name)]);
+    for (const r of results) {
+      if (r.status === 'rejected') t.is((r.reason as { code?: string }).code, 'ERR_BLOB_LOCKED', `round ${round}: ${String(r.reason)}`);
+    }
+    t.true(results.some((r) => r.status === 'fulfilled'), `round ${round}: one pull made the blob`);
+    t.true(Buffer.from(await readAll(here, name)).equals(bytes), `round ${round}: the blob reads back whole`);
+  }
 });

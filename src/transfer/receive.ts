@@ -49,7 +49,7 @@ export async function receive(store: BlobStore, src: RemoteSource, name: string,
  * receive): each request goes to one source, and to another if that one
  * fails by its own fault; the pull fails only when none is left.
  */
-export async function receiveBlob(store: BlobStore, sources: SourceSet, name: string, st: { size: number; hash: Uint8Array }, options: ReceiveOptions = {}): Promise<TransferStats> {
+export async function receiveBlob(store: BlobStore, sources: SourceSet, name: string, st: { size: number; hash: Uint8Array }, options: ReceiveOptions = {}, lookedAgain = false): Promise<TransferStats> {
   const stats: TransferStats = withHexJSON({
     name,
     hash: st.hash,
@@ -94,7 +94,15 @@ export async function receiveBlob(store: BlobStore, sources: SourceSet, name: st
     }
   } catch (e) {
     if (!isCabError(e, 'ERR_NO_SUCH_BLOB')) throw e;
-    writer = await store.newBlobWriter(name);
+    try {
+      writer = await store.newBlobWriter(name);
+    } catch (e2) {
+      // Made since it was looked for, by another transfer of it (two pulls at once, here or in another
+      // process): look again, as at a blob held here. It is finalized by now (nothing to fetch), or that
+      // transfer holds it (ERR_BLOB_LOCKED), never ERR_BLOB_EXISTS for a blob this pull was to make.
+      if (!isCabError(e2, 'ERR_BLOB_EXISTS') || lookedAgain) throw e2;
+      return receiveBlob(store, sources, name, st, options, true);
+    }
   }
   try {
     if (writer.size > st.size) throw new CabError('ERR_BLOB_EXISTS', `blob ${name} here is longer than the sender's`, { blob: name });
