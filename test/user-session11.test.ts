@@ -78,3 +78,20 @@ test('two pulls of one blob into one store at once: one makes it, the other find
     t.true(Buffer.from(await readAll(here, name)).equals(bytes), `round ${round}: the blob reads back whole`);
   }
 });
+
+test('a fragment deleted by hand: fsck says it is missing (not that bytes fail their hash), and a read says what to do', async (t) => {
+  const dir = tempDir(t);
+  const store = path.join(dir, 'store');
+  const [{ name }] = putLines(await ok(t, store, ['put', writeFile(dir, 'f', prngBytes('missing fragment', 300_000))]));
+  const cas = path.join(store, 'cas');
+  for (const a of fs.readdirSync(cas)) for (const b of fs.readdirSync(path.join(cas, a))) for (const f of fs.readdirSync(path.join(cas, a, b))) fs.rmSync(path.join(cas, a, b, f));
+  const get = await cli(['--store', store, 'get', name!]);
+  assertFails(t, get, 'ERR_FRAGMENT_MISSING', 'get');
+  t.regex(get.stderr, /fsck --repair.*pull/, 'get: says how to go on');
+  const r = await cli(['--store', store, '--json', 'fsck']);
+  t.is(r.code, 1);
+  const problems = (JSON.parse(r.out) as { problems: Array<{ kind: string; detail: string }> }).problems.filter((p) => p.kind === 'missing-fragment');
+  t.is(problems.length, 1, r.out);
+  t.regex(problems[0]!.detail, /missing/, 'the detail says the fragment is missing');
+  t.notRegex(problems[0]!.detail, /hash/, 'and not that bytes failed a hash check, which nothing did');
+});
