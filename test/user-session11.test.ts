@@ -95,3 +95,18 @@ test('a fragment deleted by hand: fsck says it is missing (not that bytes fail t
   t.regex(problems[0]!.detail, /missing/, 'the detail says the fragment is missing');
   t.notRegex(problems[0]!.detail, /hash/, 'and not that bytes failed a hash check, which nothing did');
 });
+
+test('pull NAME from a signpost peer whose token name has no $CABSTORE_TOKEN_<NAME>: the message names the variable to set', async (t) => {
+  const server = await tempStore(t);
+  const name = await putBlob(server, prngBytes('signpost token', 100_000));
+  const srv = await serveRw(t, server, 'tok');
+  const dir = tempDir(t);
+  const store = path.join(dir, 'store');
+  await ok(t, store, ['init']);
+  await ok(t, store, ['signpost', name, '--add', srv.url, '--token-name', 'lab-1']);
+  const r = await cli(['--store', store, 'pull', name]);
+  assertFails(t, r, 'ERR_AUTH', 'pull NAME without the token');
+  t.regex(r.stderr, /\$CABSTORE_TOKEN_LAB_1\b/, 'names the variable');
+  t.notRegex(r.stderr, /tokens option/, "not the library's option");
+  await ok(t, store, ['pull', name], { env: { CABSTORE_TOKEN_LAB_1: 'tok' } });
+});

@@ -183,7 +183,11 @@ async function pullMany(urls: string[], name: string, o: PullOptions): Promise<v
     ...(o.size === undefined ? {} : { size: o.size }),
     ...(ca === undefined ? {} : { ca }),
     token: token(o),
-    tokens: (n: string) => process.env[`CABSTORE_TOKEN_${n.toUpperCase().replace(/[^A-Z0-9_]/g, '_')}`],
+    tokens: (n: string) => {
+      const v = `CABSTORE_TOKEN_${n.toUpperCase().replace(/[^A-Z0-9_]/g, '_')}`;
+      if (process.env[v] === undefined) throw new CabError('ERR_AUTH', `no token named ${JSON.stringify(n)} (the signpost's token name): set $${v}`, { found: n });
+      return process.env[v];
+    },
     onProgress: p.on,
   };
   const pull = async (s: BlobStore) => {
