@@ -8,6 +8,7 @@ import { connect } from '../src/index.js';
 import { prngBytes } from '../tools/data.js';
 import { putBlob, readAll, tempDir, tempStore } from './helpers/store.js';
 import { serveRw } from './helpers/transfer.js';
+import { decodedFrame, wsProxy } from './helpers/proxies.js';
 import { CLI, assertFails, cli, finished, ok, putLines, writeFile } from './helpers/cli.js';
 
 /** Runs the CLI with stdin and stdout given as file descriptors (a shell's `< FILE > FILE`). */
@@ -109,4 +110,37 @@ test('pull NAME from a signpost peer whose token name has no $CABSTORE_TOKEN_<NA
   t.regex(r.stderr, /\$CABSTORE_TOKEN_LAB_1\b/, 'names the variable');
   t.notRegex(r.stderr, /tokens option/, "not the library's option");
   await ok(t, store, ['pull', name], { env: { CABSTORE_TOKEN_LAB_1: 'tok' } });
+});
+
+test('pull({ signal }) aborted while a live server is slow to send what was asked: rejects ERR_ABORTED at once, not at the stall limit (30 s), keeping what landed', async (t) => {
+  const server = await tempStore(t);
+  const bytes = prngBytes('abort while asked', 6 * 1024 * 1024 + 3);
+  const name = await putBlob(server, bytes);
+  const srv = await serveRw(t, server, 'tok');
+  // Passes the first 8 data frames, then drops the rest: the server is alive, its answers never come.
+  let seen = 0;
+  const proxy = await wsProxy(srv.url, { toClient: (f, isBinary) => (decodedFrame(f, isBinary)?.t !== 'data' || seen++ < 8 ? f : null) });
+  t.teardown(() => proxy.close());
+  const here = await tempStore(t);
+  const c = await connect(here, proxy.url, { token: 'tok' });
+  t.teardown(() => c.close());
+  const ac = new AbortController();
+  const pull = c.pull(name, { signal: ac.signal });
+  pull.catch(() => {});
+  for (let i = 0; seen < 9 && i < 600; i++) await new Promise((r) => setTimeout(r, 50));
+  t.true(seen >= 9, 'some data landed, the rest is held');
+  const began = performance.now();
+  ac.abort();
+  const e = await t.throwsAsync(pull);
+  const ms = performance.now() - began;
+  t.is((e as { code?: string }).code, 'ERR_ABORTED', String(e));
+  t.true(ms < 10_000, `rejected ${Math.round(ms)} ms after the abort`);
+  const st = await here.stat(name);
+  t.false(st.finalized);
+  t.true(st.size > 0, `what landed was kept (${st.size} bytes)`);
+  const direct = await connect(here, srv.url, { token: 'tok' });
+  const again = await direct.pull(name);
+  await direct.close();
+  t.is(again.resumedFrom, st.size, 'a pull from the server itself resumes from there');
+  t.true(Buffer.from(await readAll(here, name)).equals(bytes));
 });

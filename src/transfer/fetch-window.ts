@@ -5,7 +5,7 @@ import type { ChunkRef } from '../store.js';
 import { MAX_GET_ITEMS, type GetItem } from './messages.js';
 import { getBytes, type Take } from './remote.js';
 import type { TransferStats } from './stats.js';
-import { throwIfAborted } from './abort.js';
+import { abortError, throwIfAborted } from './abort.js';
 import { recycledBuffer, RECYCLED_BYTES } from '../hash/pool.js';
 import { isSourceFault, type SourceEntry, type SourceSet } from './sources.js';
 import type { ChunkerParams } from '../chunker/params.js';
@@ -153,14 +153,17 @@ export class FetchWindow {
   }
 
   /**
-   * After the transfer failed or was cancelled: the asks still under way on
-   * live sources land (they are paid for; on a dead connection they fail at
-   * once), then everything that landed is written, so the next run need
-   * not fetch it.
+   * After the transfer failed: the asks still under way on live sources
+   * land (they are paid for; on a dead connection they fail at once), then
+   * everything that landed is written, so the next run need not fetch it.
+   * Cancelled (the signal fired), it waits for no ask (one that a source is
+   * slow to answer could hold the cancel until the stall limit, 30 s):
+   * what landed is written, and what lands later is dropped.
    */
   async salvage(): Promise<void> {
     this.#stopped = true;
-    while (this.#asks.size > 0) await new Promise<void>((r) => this.#waiters.push(r));
+    if (this.signal?.aborted) this.#failure ??= abortError(this.signal, this.name);
+    while (this.#asks.size > 0 && this.#failure === undefined) await new Promise<void>((r) => this.#waiters.push(r));
     await this.#flush();
     this.#unlisten();
   }
