@@ -9,7 +9,7 @@ import { prngBytes } from '../tools/data.js';
 import { putBlob, readAll, tempDir, tempStore } from './helpers/store.js';
 import { serveRw } from './helpers/transfer.js';
 import { decodedFrame, wsProxy } from './helpers/proxies.js';
-import { CLI, assertFails, cli, finished, ok, putLines, writeFile } from './helpers/cli.js';
+import { CLI, assertFails, cli, finished, ok, putLines, start, writeFile } from './helpers/cli.js';
 
 /** Runs the CLI with stdin and stdout given as file descriptors (a shell's `< FILE > FILE`). */
 function withFds(args: string[], stdin: number | 'ignore', stdout: number | 'pipe'): ReturnType<typeof finished> {
@@ -110,6 +110,40 @@ test('pull NAME from a signpost peer whose token name has no $CABSTORE_TOKEN_<NA
   t.regex(r.stderr, /\$CABSTORE_TOKEN_LAB_1\b/, 'names the variable');
   t.notRegex(r.stderr, /tokens option/, "not the library's option");
   await ok(t, store, ['pull', name], { env: { CABSTORE_TOKEN_LAB_1: 'tok' } });
+});
+
+test('pull stopped by Ctrl-C (SIGINT): keeps what it verified, says so and the command that goes on (as put does), dies of SIGINT; that command finishes it', async (t) => {
+  const server = await tempStore(t);
+  const bytes = prngBytes('pull interrupted', 6 * 1024 * 1024 + 5);
+  const name = await putBlob(server, bytes);
+  const srv = await serveRw(t, server, 'tok');
+  // In front of the server, a proxy that passes the first 8 data frames, then holds the rest until told.
+  let passed = 0;
+  let open = false;
+  const proxy = await wsProxy(srv.url, { toClient: (f, isBinary) => (open || decodedFrame(f, isBinary)?.t !== 'data' || passed++ < 8 ? f : null) });
+  t.teardown(() => proxy.close());
+  const dir = tempDir(t);
+  const store = path.join(dir, 'store');
+  const env = { CABSTORE_TOKEN: 'tok' };
+  const c = start(['--store', store, 'pull', proxy.url, name], { env });
+  const done = finished(c);
+  for (let i = 0; passed < 9 && i < 600; i++) await new Promise((r) => setTimeout(r, 50));
+  t.true(passed >= 9, 'the pull got its first data and waits for more');
+  c.kill('SIGINT');
+  const r = await done;
+  t.is(r.signal, 'SIGINT', `ended by SIGINT (exit ${r.code}; stderr: ${r.stderr})`);
+  const m = /interrupted: blob ([0-9a-f]{32}) holds the first (\d+) bytes, durably, unfinalized; to go on: (.*)$/m.exec(r.stderr);
+  t.truthy(m, r.stderr);
+  t.is(m![1], name);
+  const held = Number(m![2]);
+  t.true(held > 0 && held < bytes.length, `holds a prefix (${held} bytes)`);
+  t.deepEqual((await cli(['--store', store, '--json', 'stat', name])).out.includes(`"size":${held}`), true, 'stat says as much');
+  t.is(m![3], `cabstore --store ${store} pull ${proxy.url} ${name}`);
+  open = true;
+  const again = await cli(['--store', store, '--json', 'pull', proxy.url, name], { env });
+  t.is(again.code, 0, again.stderr);
+  t.is((JSON.parse(again.out) as { resumedFrom: number }).resumedFrom, held, 'the rerun resumes where it stopped');
+  t.true((await cli(['--store', store, 'get', name])).stdout.equals(bytes));
 });
 
 test('pull({ signal }) aborted while a live server is slow to send what was asked: rejects ERR_ABORTED at once, not at the stall limit (30 s), keeping what landed', async (t) => {
