@@ -178,3 +178,20 @@ test('pull({ signal }) aborted while a live server is slow to send what was aske
   t.is(again.resumedFrom, st.size, 'a pull from the server itself resumes from there');
   t.true(Buffer.from(await readAll(here, name)).equals(bytes));
 });
+
+test('closeWithoutFinalize or close called again while the first waits behind an append: both resolve, and store.close() after one does not reject with ERR_CLOSED', async (t) => {
+  const store = await tempStore(t);
+  const w = await store.newBlobWriter();
+  const append = w.appendBytes(Buffer.alloc(8 << 20, 1));
+  t.deepEqual((await Promise.allSettled([w.closeWithoutFinalize(), w.closeWithoutFinalize(), append])).map((r) => r.status), ['fulfilled', 'fulfilled', 'fulfilled']);
+  t.is((await store.stat(w.name)).size, 8 << 20, 'what was appended is durable');
+  const f = await store.newBlobWriter();
+  const append2 = f.appendBytes(Buffer.alloc(8 << 20, 2));
+  t.deepEqual((await Promise.allSettled([f.close(), f.close(), append2])).map((r) => r.status), ['fulfilled', 'fulfilled', 'fulfilled']);
+  t.true((await store.stat(f.name)).finalized);
+  const g = await store.newBlobWriter();
+  const append3 = g.appendBytes(Buffer.alloc(8 << 20, 3));
+  const closing = g.closeWithoutFinalize(); // a transfer's cleanup, say, still queued when the app shuts down
+  await t.notThrowsAsync(store.close(), 'the store closes cleanly');
+  await t.notThrowsAsync(Promise.all([closing, append3]));
+});
