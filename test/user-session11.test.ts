@@ -195,3 +195,13 @@ test('closeWithoutFinalize or close called again while the first waits behind an
   await t.notThrowsAsync(store.close(), 'the store closes cleanly');
   await t.notThrowsAsync(Promise.all([closing, append3]));
 });
+
+test('ERR_GC_RUNNING says how to wait for the other GC', async (t) => {
+  const store = await tempStore(t);
+  for (let i = 0; i < 20; i++) await store.deleteBlob(await putBlob(store, prngBytes(`gc ${i}`, 70_000)));
+  const [a, b] = await Promise.allSettled([store.gc(), store.gc()]);
+  const refused = [a, b].find((r) => r.status === 'rejected') as PromiseRejectedResult | undefined;
+  if (!refused) return t.pass('NOT RUN: the first GC ended before the second began');
+  t.is((refused.reason as { code?: string }).code, 'ERR_GC_RUNNING');
+  t.regex(String(refused.reason), /wait: true.*cabstore gc --wait/);
+});
