@@ -4,7 +4,7 @@ import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
-import { connect } from '../src/index.js';
+import { BlobStore, connect } from '../src/index.js';
 import { prngBytes } from '../tools/data.js';
 import { putBlob, readAll, tempDir, tempStore } from './helpers/store.js';
 import { serveRw } from './helpers/transfer.js';
@@ -204,4 +204,21 @@ test('ERR_GC_RUNNING says how to wait for the other GC', async (t) => {
   if (!refused) return t.pass('NOT RUN: the first GC ended before the second began');
   t.is((refused.reason as { code?: string }).code, 'ERR_GC_RUNNING');
   t.regex(String(refused.reason), /wait: true.*cabstore gc --wait/);
+});
+
+test('get and cat of a blob not finalized write the bytes durable so far, and say on stderr that it is not the whole blob', async (t) => {
+  const dir = tempDir(t);
+  const root = path.join(dir, 'store');
+  const store = await BlobStore.open(root);
+  const w = await store.newBlobWriter();
+  const bytes = prngBytes('partial get', 200_000);
+  await w.appendBytes(bytes);
+  await w.closeWithoutFinalize();
+  await store.close();
+  for (const args of [['get', w.name], ['cat', w.name], ['get', w.name, '-o', path.join(dir, 'out')]]) {
+    const r = await cli(['--store', root, ...args]);
+    t.is(r.code, 0, r.stderr);
+    t.regex(r.stderr, new RegExp(`blob ${w.name} is not finalized: these are the 200000 bytes durable so far`), args.join(' '));
+  }
+  t.true(fs.readFileSync(path.join(dir, 'out')).equals(bytes));
 });

@@ -12,6 +12,8 @@ async function writeBlob(name: string, output?: string, follow = false): Promise
   await withStore(false, async (s) => {
     const r = await s.newBlobReader(name, { follow });
     try {
+      // Not an error (a partial upload may be worth reading), but not the whole blob either: say so.
+      if (!follow && !r.isFinalized) process.stderr.write(`cabstore: blob ${name} is not finalized: these are the ${r.size} bytes durable so far (--follow waits for the rest)\n`);
       await writeOut(r.stream(), r.size, `get ${name.slice(0, 8)}`, output);
     } finally {
       await r.close();
