@@ -3,8 +3,8 @@
 import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { spawn } from 'node:child_process';
-import { BlobStore, connect } from '../src/index.js';
+import { execFileSync, spawn } from 'node:child_process';
+import { BlobStore, connect, serve } from '../src/index.js';
 import { prngBytes } from '../tools/data.js';
 import { putBlob, readAll, tempDir, tempStore } from './helpers/store.js';
 import { serveRw } from './helpers/transfer.js';
@@ -221,4 +221,18 @@ test('get and cat of a blob not finalized write the bytes durable so far, and sa
     t.regex(r.stderr, new RegExp(`blob ${w.name} is not finalized: these are the 200000 bytes durable so far`), args.join(' '));
   }
   t.true(fs.readFileSync(path.join(dir, 'out')).equals(bytes));
+});
+
+test('stat URL NAME of a wss:// server with its own CA: --ca, as pull, push and get --from take it', async (t) => {
+  const dir = tempDir(t);
+  const [key, cert] = [path.join(dir, 'key.pem'), path.join(dir, 'cert.pem')];
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
+  const server = await tempStore(t);
+  const name = await putBlob(server, prngBytes('stat over wss', 50_000));
+  const srv = await serve(server, { tokens: { tok: ['read'] }, tls: { cert: fs.readFileSync(cert), key: fs.readFileSync(key) } });
+  t.teardown(() => srv.close());
+  const r = await cli(['--json', 'stat', srv.url, name, '--ca', cert], { env: { CABSTORE_TOKEN: 'tok' } });
+  t.is(r.code, 0, r.stderr);
+  t.like(JSON.parse(r.out), { name, size: 50_000, finalized: true });
+  assertFails(t, await cli(['stat', srv.url, name], { env: { CABSTORE_TOKEN: 'tok' } }), 'ERR_CONNECTION', 'without --ca');
 });

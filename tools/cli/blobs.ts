@@ -97,11 +97,12 @@ export function blobCommands(program: Command): void {
     .description('facts about a blob, here (NAME) or on a server (URL NAME: no store needed here)')
     .argument('<name-or-url>')
     .argument('[name]')
-    .option('--token-file <file>', 'the token (first line) for a server')
-    .action(async (a: string, b: string | undefined, o: { tokenFile?: string }) => {
+    .option('--token-file <file>', 'the token (first line) for a server; else $CABSTORE_TOKEN')
+    .option('--ca <file>', 'PEM CA for a wss:// server')
+    .action(async (a: string, b: string | undefined, o: { tokenFile?: string; ca?: string }) => {
       if (b !== undefined) {
         // Asks the server only, on a dial: no store is needed here.
-        const d = (await lib.dial()).dial(a, { token: token(o) });
+        const d = (await lib.dial()).dial(a, { token: token(o), ...(o.ca ? { ca: readText(o.ca) } : {}) });
         try {
           const st = await d.stat(b);
           out(`size ${st.size}\nfinalized ${st.finalized}\nhash ${st.hash ? toHex(st.hash) : '-'}`, { name: b, ...st });
