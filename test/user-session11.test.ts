@@ -236,3 +236,10 @@ test('stat URL NAME of a wss:// server with its own CA: --ca, as pull, push and 
   t.like(JSON.parse(r.out), { name, size: 50_000, finalized: true });
   assertFails(t, await cli(['stat', srv.url, name], { env: { CABSTORE_TOKEN: 'tok' } }), 'ERR_CONNECTION', 'without --ca');
 });
+
+test('BlobStore.open at a new path with bad chunker parameters: ERR_BAD_CHUNKER_PARAMS, and no directory left behind', async (t) => {
+  const root = path.join(tempDir(t), 'new', 'store');
+  const e = await t.throwsAsync(BlobStore.open(root, { chunker: { min: 1, avg: 3, max: 2 } }));
+  t.is((e as { code?: string }).code, 'ERR_BAD_CHUNKER_PARAMS');
+  t.false(fs.existsSync(path.dirname(root)), 'nothing made');
+});

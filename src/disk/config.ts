@@ -153,6 +153,7 @@ export function checkOpenArgs(root: unknown, options: unknown): void {
   }
   if (o.fragmentSize !== undefined && (!Number.isSafeInteger(o.fragmentSize) || (o.fragmentSize as number) < 1)) throw bad(`fragmentSize must be a positive integer, not ${String(o.fragmentSize)}`);
   if (o.chunker !== undefined && (o.chunker === null || typeof o.chunker !== 'object')) throw bad('chunker must be an object of min, avg and max');
+  if (o.chunker !== undefined) resolveStoreChunkerParams(o.chunker as Partial<ChunkerParams>); // ERR_BAD_CHUNKER_PARAMS before a directory is made
   if (o.objectStore !== undefined) resolveObjectStoreOptions(o.objectStore);
 }
 
