@@ -4,7 +4,7 @@ import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync, spawn } from 'node:child_process';
-import { BlobStore, connect, serve } from '../src/index.js';
+import { BlobStore, Chunker, MerkleHasher, chunk, connect, merkleRoot, serve, toHex } from '../src/index.js';
 import { prngBytes } from '../tools/data.js';
 import { putBlob, readAll, tempDir, tempStore } from './helpers/store.js';
 import { serveRw } from './helpers/transfer.js';
@@ -242,4 +242,18 @@ test('BlobStore.open at a new path with bad chunker parameters: ERR_BAD_CHUNKER_
   const e = await t.throwsAsync(BlobStore.open(root, { chunker: { min: 1, avg: 3, max: 2 } }));
   t.is((e as { code?: string }).code, 'ERR_BAD_CHUNKER_PARAMS');
   t.false(fs.existsSync(path.dirname(root)), 'nothing made');
+});
+
+test('the hasher and the chunker refuse what is not bytes with ERR_BAD_ARGUMENT, instead of a NaN size or a wrong root', (t) => {
+  const bad: Array<[string, () => unknown]> = [
+    ['update(string)', () => new MerkleHasher().update('abc' as unknown as Uint8Array)],
+    ['update(number)', () => new MerkleHasher().update(5 as unknown as Uint8Array)],
+    ['update(Uint16Array)', () => new MerkleHasher().update(new Uint16Array(3) as unknown as Uint8Array)],
+    ['pushLeaves(31 bytes)', () => new MerkleHasher().pushLeaves(new Uint8Array(31))],
+    ['pushLeaves mid-leaf', () => new MerkleHasher().update(new Uint8Array(5)).pushLeaves(new Uint8Array(32))],
+    ['chunk(string)', () => chunk('abc' as unknown as Uint8Array)],
+    ['Chunker.push(string)', () => new Chunker().push('abc' as unknown as Uint8Array)],
+  ];
+  for (const [what, f] of bad) t.is((t.throws(f, undefined, what) as { code?: string }).code, 'ERR_BAD_ARGUMENT', what);
+  t.is(toHex(new MerkleHasher().update(Buffer.from('abc')).digest()), toHex(merkleRoot(new Uint8Array([97, 98, 99]))), 'a Buffer is bytes');
 });
