@@ -9,7 +9,7 @@ import { abortError, throwIfAborted } from './abort.js';
 import { recycledBuffer, RECYCLED_BYTES } from '../hash/pool.js';
 import { isSourceFault, type SourceEntry, type SourceSet } from './sources.js';
 import type { ChunkerParams } from '../chunker/params.js';
-import { Lanes, STEAL_AFTER_MS, type Lane } from './lanes.js';
+import { Lanes, SALVAGE_MS, STEAL_AFTER_MS, type Lane } from './lanes.js';
 import { objectArray } from '../lists.js';
 
 export { FETCH_WINDOW_BYTES } from './lanes.js';
@@ -153,17 +153,18 @@ export class FetchWindow {
   }
 
   /**
-   * After the transfer failed: the asks still under way on live sources
-   * land (they are paid for; on a dead connection they fail at once), then
-   * everything that landed is written, so the next run need not fetch it.
-   * Cancelled (the signal fired), it waits for no ask (one that a source is
-   * slow to answer could hold the cancel until the stall limit, 30 s):
-   * what landed is written, and what lands later is dropped.
+   * After the transfer failed or was cancelled: the asks still under way on
+   * live sources land (they are paid for; on a dead connection they fail at
+   * once), then everything that landed is written, so the next run need
+   * not fetch it; cancelled, for SALVAGE_MS at most (a slow source would
+   * hold the cancel until the stall limit, 30 s), then what lands is dropped.
    */
   async salvage(): Promise<void> {
     this.#stopped = true;
-    if (this.signal?.aborted) this.#failure ??= abortError(this.signal, this.name);
+    const giveUp = () => ((this.#failure ??= abortError(this.signal!, this.name)), this.#poke());
+    const timer = this.signal?.aborted ? setTimeout(giveUp, SALVAGE_MS) : undefined;
     while (this.#asks.size > 0 && this.#failure === undefined) await new Promise<void>((r) => this.#waiters.push(r));
+    clearTimeout(timer);
     await this.#flush();
     this.#unlisten();
   }
