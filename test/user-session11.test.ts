@@ -1,6 +1,6 @@
 // The eleventh session's new user, following only README.md, docs/API.md
 // and --help, from a shell: what they met that did not do what the docs say.
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync, spawn } from 'node:child_process';
@@ -112,23 +112,36 @@ test('pull NAME from a signpost peer whose token name has no $CABSTORE_TOKEN_<NA
   await ok(t, store, ['pull', name], { env: { CABSTORE_TOKEN_LAB_1: 'tok' } });
 });
 
-test('pull stopped by Ctrl-C (SIGINT): keeps what it verified, says so and the command that goes on (as put does), dies of SIGINT; that command finishes it', async (t) => {
+/**
+ * A served blob of 6 MiB, and in front of the server a proxy that passes the
+ * first `pass` frames of answers of kind `kind`, then drops the rest (the
+ * server alive, its answers never coming) until `proxy.open()`. `held()`
+ * resolves true once a frame was dropped.
+ */
+async function heldServer(t: ExecutionContext, seed: string, kind: 'data' | 'ranger' = 'data', pass = 8) {
   const server = await tempStore(t);
-  const bytes = prngBytes('pull interrupted', 6 * 1024 * 1024 + 5);
+  const bytes = prngBytes(seed, 6 * 1024 * 1024 + 5);
   const name = await putBlob(server, bytes);
   const srv = await serveRw(t, server, 'tok');
-  // In front of the server, a proxy that passes the first 8 data frames, then holds the rest until told.
-  let passed = 0;
+  let seen = 0;
   let open = false;
-  const proxy = await wsProxy(srv.url, { toClient: (f, isBinary) => (open || decodedFrame(f, isBinary)?.t !== 'data' || passed++ < 8 ? f : null) });
-  t.teardown(() => proxy.close());
+  const ws = await wsProxy(srv.url, { toClient: (f, isBinary) => (open || decodedFrame(f, isBinary)?.t !== kind || seen++ < pass ? f : null) });
+  t.teardown(() => ws.close());
+  const held = async () => {
+    for (let i = 0; seen <= pass && i < 600; i++) await new Promise((r) => setTimeout(r, 50));
+    return seen > pass;
+  };
+  return { bytes, name, srv, held, proxy: { url: ws.url, open: () => void (open = true) } };
+}
+
+test('pull stopped by Ctrl-C (SIGINT): keeps what it verified, says so and the command that goes on (as put does), dies of SIGINT; that command finishes it', async (t) => {
+  const { bytes, name, proxy, held: holding } = await heldServer(t, 'pull interrupted');
   const dir = tempDir(t);
   const store = path.join(dir, 'store');
   const env = { CABSTORE_TOKEN: 'tok' };
   const c = start(['--store', store, 'pull', proxy.url, name], { env });
   const done = finished(c);
-  for (let i = 0; passed < 9 && i < 600; i++) await new Promise((r) => setTimeout(r, 50));
-  t.true(passed >= 9, 'the pull got its first data and waits for more');
+  t.true(await holding(), 'the pull got its first data and waits for more');
   c.kill('SIGINT');
   const r = await done;
   t.is(r.signal, 'SIGINT', `ended by SIGINT (exit ${r.code}; stderr: ${r.stderr})`);
@@ -139,7 +152,7 @@ test('pull stopped by Ctrl-C (SIGINT): keeps what it verified, says so and the c
   t.true(held > 0 && held < bytes.length, `holds a prefix (${held} bytes)`);
   t.deepEqual((await cli(['--store', store, '--json', 'stat', name])).out.includes(`"size":${held}`), true, 'stat says as much');
   t.is(m![3], `cabstore --store ${store} pull ${proxy.url} ${name}`);
-  open = true;
+  proxy.open();
   const again = await cli(['--store', store, '--json', 'pull', proxy.url, name], { env });
   t.is(again.code, 0, again.stderr);
   t.is((JSON.parse(again.out) as { resumedFrom: number }).resumedFrom, held, 'the rerun resumes where it stopped');
@@ -147,22 +160,14 @@ test('pull stopped by Ctrl-C (SIGINT): keeps what it verified, says so and the c
 });
 
 test('pull({ signal }) aborted while a live server is slow to send what was asked: rejects ERR_ABORTED at once, not at the stall limit (30 s), keeping what landed', async (t) => {
-  const server = await tempStore(t);
-  const bytes = prngBytes('abort while asked', 6 * 1024 * 1024 + 3);
-  const name = await putBlob(server, bytes);
-  const srv = await serveRw(t, server, 'tok');
-  // Passes the first 8 data frames, then drops the rest: the server is alive, its answers never come.
-  let seen = 0;
-  const proxy = await wsProxy(srv.url, { toClient: (f, isBinary) => (decodedFrame(f, isBinary)?.t !== 'data' || seen++ < 8 ? f : null) });
-  t.teardown(() => proxy.close());
+  const { bytes, name, srv, proxy, held } = await heldServer(t, 'abort while asked');
   const here = await tempStore(t);
   const c = await connect(here, proxy.url, { token: 'tok' });
   t.teardown(() => c.close());
   const ac = new AbortController();
   const pull = c.pull(name, { signal: ac.signal });
   pull.catch(() => {});
-  for (let i = 0; seen < 9 && i < 600; i++) await new Promise((r) => setTimeout(r, 50));
-  t.true(seen >= 9, 'some data landed, the rest is held');
+  t.true(await held(), 'some data landed, the rest is held');
   const began = performance.now();
   ac.abort();
   const e = await t.throwsAsync(pull);
@@ -256,4 +261,63 @@ test('the hasher and the chunker refuse what is not bytes with ERR_BAD_ARGUMENT,
   ];
   for (const [what, f] of bad) t.is((t.throws(f, undefined, what) as { code?: string }).code, 'ERR_BAD_ARGUMENT', what);
   t.is(toHex(new MerkleHasher().update(Buffer.from('abc')).digest()), toHex(merkleRoot(new Uint8Array([97, 98, 99]))), 'a Buffer is bytes');
+});
+
+test('import of a truncated or corrupt bundle into no store makes no store (README: only once the bundle checks out); a good one makes it', async (t) => {
+  const dir = tempDir(t);
+  const from = path.join(dir, 'from');
+  const [{ name }] = putLines(await ok(t, from, ['put', writeFile(dir, 'f', prngBytes('bundle check', 400_000))]));
+  const bundle = path.join(dir, 'b.bundle');
+  await ok(t, from, ['export', name!, '-o', bundle]);
+  const whole = fs.readFileSync(bundle);
+  const cut = writeFile(dir, 'cut.bundle', whole.subarray(0, whole.length - 100));
+  const flipped = Buffer.from(whole);
+  flipped[Math.floor(whole.length / 2)]! ^= 0xff;
+  const bad = writeFile(dir, 'bad.bundle', flipped);
+  for (const [file, code] of [[cut, 'ERR_BUNDLE_TRUNCATED'], [bad, 'ERR_BUNDLE_CORRUPT']] as const) {
+    const store = path.join(dir, `new-${code}`);
+    assertFails(t, await cli(['--store', store, 'import', file]), code, path.basename(file));
+    t.false(fs.existsSync(store), `${path.basename(file)}: no store made`);
+  }
+  const store = path.join(dir, 'new-good');
+  await ok(t, store, ['import', bundle]);
+  t.true((await cli(['--store', store, 'get', name!])).stdout.equals(fs.readFileSync(path.join(dir, 'f'))));
+});
+
+test('get --from URL -o FILE stopped by Ctrl-C: no FILE, no temp file beside it, no scratch store left in the temp folder; it dies of SIGINT', async (t) => {
+  const { name, proxy, held } = await heldServer(t, 'get interrupted', 'ranger', 1);
+  const dir = tempDir(t);
+  const [tmp, outDir] = [path.join(dir, 'tmp'), path.join(dir, 'out')];
+  fs.mkdirSync(tmp);
+  fs.mkdirSync(outDir);
+  const c = start(['get', name, '--from', proxy.url, '-o', path.join(outDir, 'blob.bin')], { env: { CABSTORE_TOKEN: 'tok', TMPDIR: tmp } });
+  const done = finished(c);
+  t.true(await held(), 'the get has its first range and waits for the next');
+  c.kill('SIGINT');
+  const r = await done;
+  t.is(r.signal, 'SIGINT', `ended by SIGINT (exit ${r.code}; stderr: ${r.stderr})`);
+  t.regex(r.stderr, /interrupted: .*blob\.bin not written/);
+  t.deepEqual(fs.readdirSync(outDir), [], 'neither FILE nor its temp file');
+  t.deepEqual(fs.readdirSync(tmp), [], 'no scratch store left');
+});
+
+test('get --follow -o FILE of a blob nobody writes, stopped by Ctrl-C: no FILE and no temp file beside it', async (t) => {
+  const dir = tempDir(t);
+  const root = path.join(dir, 'store');
+  const store = await BlobStore.open(root);
+  const w = await store.newBlobWriter();
+  await w.appendBytes(prngBytes('follow interrupted', 100_000));
+  await w.closeWithoutFinalize();
+  await store.close();
+  const outDir = path.join(dir, 'out');
+  fs.mkdirSync(outDir);
+  const c = start(['--store', root, 'get', w.name, '--follow', '-o', path.join(outDir, 'blob.bin')]);
+  const done = finished(c);
+  for (let i = 0; fs.readdirSync(outDir).length === 0 && i < 600; i++) await new Promise((r) => setTimeout(r, 50));
+  t.is(fs.readdirSync(outDir).length, 1, 'the get is writing its temp file');
+  await new Promise((r) => setTimeout(r, 300));
+  c.kill('SIGINT');
+  const r = await done;
+  t.is(r.signal, 'SIGINT', `ended by SIGINT (exit ${r.code}; stderr: ${r.stderr})`);
+  t.deepEqual(fs.readdirSync(outDir), [], 'neither FILE nor its temp file');
 });

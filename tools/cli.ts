@@ -83,7 +83,7 @@ void (async () => {
       process.exit(2);
     }
     if (e instanceof Interrupted) {
-      process.stderr.write(`cabstore: ${e.message}\n`);
+      if (e.message) process.stderr.write(`cabstore: ${e.message}\n`);
       // Having cleaned up, die of the signal itself, as a program that catches SIGINT should: the shell sees
       // 130 (SIGINT) or 143 (SIGTERM), and a script running us stops too. process.exit would also wait
       // forever for a read of a FIFO that nobody writes to (Node joins its I/O threads at exit).

@@ -212,3 +212,21 @@ export async function untilSignal<T>(fn: (signal: AbortSignal) => Promise<T>): P
     process.off('SIGTERM', stop);
   }
 }
+
+/**
+ * Runs a command that writes a file through a temp file (get -o, have,
+ * export) or works in a scratch store (get --from): stopped by Ctrl-C or
+ * SIGTERM, `fn` is stopped through its signal and cleans up (no temp file
+ * beside the output, no scratch store left in the temp folder), then the
+ * command dies of the signal, saying `message` (if any).
+ */
+export function cleanlyInterruptible<T>(message: string, fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  return untilSignal(async (signal) => {
+    try {
+      return await fn(signal);
+    } catch (e) {
+      if (signal.aborted) throw new Interrupted(signal.reason as NodeJS.Signals, message);
+      throw e;
+    }
+  });
+}

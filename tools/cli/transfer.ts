@@ -10,7 +10,7 @@ import { statInput } from '../source.js';
 import { sizeArg, usage } from '../args.js';
 import type { Dial } from '../../src/transfer/dial.js';
 import type { RemoteStat } from '../../src/transfer/stats.js';
-import { Interrupted, cabstoreCommand, hex as toHex, json, lib, out, readText, replacer, startHashing, token, untilSignal, withStore, withStoreMadeAfter } from './context.js';
+import { Interrupted, cabstoreCommand, cleanlyInterruptible, hex as toHex, json, lib, out, readText, replacer, startHashing, token, untilSignal, withStore, withStoreMadeAfter } from './context.js';
 
 /** Missing chunks an incomplete import lists per blob; --json has the library's list (the first 100). */
 const MISSING_SHOWN = 10;
@@ -72,10 +72,10 @@ export function transferCommands(program: Command): void {
     .option('-o, --output <file>', 'output file', 'cabstore.have')
     .action(async (o: { output: string }) => {
       const { writeHave } = await lib.bundle();
-      await withStore(false, async (s) => {
-        const r = await writeHave(s, o.output);
+      await cleanlyInterruptible(`interrupted: ${o.output} not written`, (signal) => withStore(false, async (s) => {
+        const r = await writeHave(s, o.output, { signal });
         out(`${o.output}: ${count(r.chunks, 'chunk')} in ${fmtBytes(r.bytes)}`, { file: o.output, ...r });
-      });
+      }));
     });
 
   program
@@ -86,12 +86,12 @@ export function transferCommands(program: Command): void {
     .option('--have <file>', "the receiver's have file")
     .action(async (names: string[], o: { output: string; have?: string }) => {
       const { exportBundle } = await lib.bundle();
-      await withStore(false, async (s) => {
+      await cleanlyInterruptible(`interrupted: ${o.output} not written`, (signal) => withStore(false, async (s) => {
         const p = new Progress('export');
-        const r = await exportBundle(s, names, o.output, { have: o.have, onProgress: (b) => p.set(b) });
+        const r = await exportBundle(s, names, o.output, { have: o.have, onProgress: (b) => p.set(b), signal });
         p.end();
         out(`${o.output}: ${count(r.blobs, 'blob')}, ${count(r.chunks, 'chunk')} (${fmtBytes(r.dataBytes)} of data), ${fmtBytes(r.bytes)}`, { file: o.output, ...r });
-      });
+      }));
     });
 
   program
@@ -101,8 +101,9 @@ export function transferCommands(program: Command): void {
     .action(async (file: string) => {
       await statInput(file); // before a store is made for it
       await startHashing();
-      const { importBundle } = await lib.bundle();
-      await withStore(true, async (s) => {
+      const { checkBundle, importBundle } = await lib.bundle();
+      // With no store here, the bundle is read through and checked first: a store is made only for one that checks out.
+      await withStoreMadeAfter(async () => void (await checkBundle(file)), async (s) => {
         const p = new Progress('import');
         const r = await importBundle(s, file, { onProgress: (b) => p.set(b) });
         p.end();
