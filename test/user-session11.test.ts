@@ -321,3 +321,26 @@ test('get --follow -o FILE of a blob nobody writes, stopped by Ctrl-C: no FILE a
   t.is(r.signal, 'SIGINT', `ended by SIGINT (exit ${r.code}; stderr: ${r.stderr})`);
   t.deepEqual(fs.readdirSync(outDir), [], 'neither FILE nor its temp file');
 });
+
+test("a follower's stream destroyed while it waits for more bytes (a pipeline whose consumer went away) ends at once, not when the writer next writes", async (t) => {
+  const store = await tempStore(t);
+  const w = await store.newBlobWriter();
+  t.teardown(() => w.closeWithoutFinalize());
+  await w.appendBytes(prngBytes('follow destroyed', 1000));
+  await w.flush();
+  const r = await store.newBlobReader(w.name, { follow: true });
+  t.teardown(() => r.close());
+  const stream = r.stream();
+  const got: Buffer[] = [];
+  const reading = (async () => {
+    for await (const b of stream) got.push(b as Buffer);
+  })();
+  reading.catch(() => {});
+  while (got.length === 0) await new Promise((res) => setTimeout(res, 20));
+  await new Promise((res) => setTimeout(res, 200)); // now waiting for more
+  const began = performance.now();
+  stream.destroy(new Error('the consumer went away'));
+  const ended = await Promise.race([reading.then(() => 'ended', (e: Error) => e.message), new Promise((res) => setTimeout(() => res('still waiting'), 5000))]);
+  t.is(ended, 'the consumer went away');
+  t.true(performance.now() - began < 2000, `ended ${Math.round(performance.now() - began)} ms after destroy`);
+});
