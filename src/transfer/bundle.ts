@@ -160,7 +160,7 @@ export interface MissingChunk {
   size: number;
 }
 
-/** A bundle read through and checked (checkBundle): where each blob's chunk lists and each chunk's data are. */
+/** A bundle read through and checked (checkBundle): where the chunk lists of each blob and the data of each chunk are. */
 interface CheckedBundle {
   blobs: Array<{ name: string; size: number; hash: Uint8Array; lists: Array<[number, number]>; listed: number; at: number }>;
   /** Chunk hash (hex) -> [record offset, record length, item index]. */
@@ -168,11 +168,11 @@ interface CheckedBundle {
 }
 
 /**
- * An import's first pass, which needs no store: reads the whole bundle and
- * checks it (framing, CRCs, the end record, the header, every record; see
- * importBundle), noting where each blob's chunk lists and each chunk's data
- * are. ERR_BUNDLE_TRUNCATED or ERR_BUNDLE_CORRUPT otherwise. The command
- * line runs it before it makes a store for an import.
+ * The first pass of an import, which needs no store: reads the whole bundle
+ * and checks it (framing, CRCs, the end record, the header, every record;
+ * see importBundle), noting where the chunk lists of each blob and the data
+ * of each chunk are. ERR_BUNDLE_TRUNCATED or ERR_BUNDLE_CORRUPT otherwise.
+ * The command line runs it before it makes a store for an import.
  */
 export async function checkBundle(file: string, signal?: AbortSignal): Promise<CheckedBundle> {
   const aborted = () => throwIfAborted(signal, `importing ${file}`);

@@ -154,10 +154,9 @@ export class FetchWindow {
 
   /**
    * After the transfer failed or was cancelled: the asks still under way on
-   * live sources land (they are paid for; on a dead connection they fail at
-   * once), then everything that landed is written, so the next run need
-   * not fetch it; cancelled, for SALVAGE_MS at most (a slow source would
-   * hold the cancel until the stall limit, 30 s), then what lands is dropped.
+   * live sources land (paid for; on a dead connection they fail at once; if
+   * cancelled, for SALVAGE_MS at most, not the 30 s stall of a slow source), then
+   * everything that landed is written, so the next run need not fetch it.
    */
   async salvage(): Promise<void> {
     this.#stopped = true;
