@@ -4,7 +4,6 @@ import { BlobWriter } from './blob/writer.js';
 import { BlobReader, type ReaderOptions } from './blob/reader.js';
 import { ChunkIndex, type Location } from './index/chunk-index.js';
 import { catchUpAll, catchUpBlob } from './index/catchup.js';
-import { paged } from './index/paging.js';
 import { liveLocation, planRecipe, type ChunkRef, type RecipeStep } from './index/recipes.js';
 import { Snapshots } from './index/snapshots.js';
 import type { Descriptor } from './format/descriptor.js';
@@ -183,14 +182,14 @@ export class BlobStore {
     this.checkOpen();
     const shared = this.shared;
     await this.#fetched(name, () => removeBlob(this.layout, this.index, this.tables, name, shared ? { whileLocked: () => shared.unpublish(name) } : {}));
-    shared?.forget(name);
+    await shared?.forget(name);
     this.#snapshots.forget(name);
   }
 
   /** @internal Removes a blob from this folder only (the bucket deleted it). */
   async removeLocal(name: string): Promise<void> {
     await removeBlob(this.layout, this.index, this.tables, name);
-    this.shared?.forget(name);
+    await this.shared?.forget(name);
     this.#snapshots.forget(name);
   }
 
@@ -284,8 +283,7 @@ export class BlobStore {
     checkBlobName(name);
     this.checkOpen();
     await catchUpBlob(this.index, this.layout, name);
-    if (!this.index.blob(name)) throw new CabError('ERR_NO_SUCH_BLOB', `no blob ${name}`, { blob: name });
-    for await (const c of paged<ChunkRef & { offset: number }>((_, done) => this.index.blobChunks(name, done))) yield { hash: c.hash, size: c.size };
+    for await (const c of this.index.chunkList(name)) yield { hash: c.hash, size: c.size };
   }
 
   /**

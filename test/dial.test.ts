@@ -162,3 +162,33 @@ test('CLI pull into a store not made yet: one connection asks and pulls; a blob 
   assertFails(t, await cli(['--store', none, 'pull', srv.url, name], { env: { CABSTORE_TOKEN: 'wrong' } }), 'ERR_AUTH', 'refused');
   t.false(fs.existsSync(none), 'no store made');
 });
+
+test('a blob the server deletes after the stat a dial asked ahead: the pull fails ERR_NO_SUCH_BLOB and leaves no empty blob it made; a blob it resumes stays', async (t) => {
+  const bytes = prngBytes('dial gone', 300 * KiB);
+  const { store: server, name, srv } = await served(t, bytes);
+  const store = await tempStore(t);
+  const pullGone = async () => {
+    const d = dial(srv.url, { token: TOKEN, prefetch: name });
+    t.true((await d.stat(name)).finalized);
+    await server.deleteBlob(name);
+    const c = await connect(store, d);
+    try {
+      return await codeOf(c.pull(name));
+    } finally {
+      await c.close();
+    }
+  };
+  t.is(await pullGone(), 'ERR_NO_SUCH_BLOB');
+  t.false(await store.has(name), 'the blob made for the pull went again');
+  t.deepEqual([...store.index.blobNames()], [], "nor is it in the index");
+
+  // An unfinalized blob of that name here, with bytes (an interrupted pull, or anyone's): never removed.
+  await putBlob(server, bytes, name);
+  const w = await store.newBlobWriter(name);
+  await w.appendBytes(bytes.subarray(0, 100 * KiB));
+  await w.closeWithoutFinalize();
+  t.is(await pullGone(), 'ERR_NO_SUCH_BLOB');
+  const st = await store.stat(name);
+  t.is(st.size, 100 * KiB, 'the blob it would have resumed is kept, bytes and all');
+  t.false(st.finalized);
+});

@@ -560,18 +560,19 @@ test.serial('the helper thread dies mid-run (an uncaught exception or process.ex
   const runs: string[] = [];
   for (const [how, ms] of [['throw', 5], ['throw', 30], ['exit', 5], ['exit', 30]] as const) {
     // The helper starts only once a job has read 2 MiB in a row; on a busy machine it may start so late that
-    // the run is over before its timer fires, even at 5 ms (seen at load 12). At 5 ms the child runs again
-    // (up to three times) until the helper does die; every run's root is checked.
+    // the run is over before its timer fires, even at 5 ms (seen at load 12), or before it is up at all (seen
+    // at load 5). At 5 ms the child runs again (up to five times) until the helper does die; every run's root
+    // is checked.
     let died = false;
-    for (let attempt = 0; attempt < (ms === 5 ? 3 : 1) && !died; attempt++) {
+    for (let attempt = 0; attempt < (ms === 5 ? 5 : 1) && !died; attempt++) {
       const r = await child(dir, code, undefined, { REVIEW8B_DIE_MS: String(ms), REVIEW8B_HOW: how });
       runs.push(`${how} at ${ms} ms: exit ${r.code} ${r.signal ?? ''}, helper started ${r.helperStarts}, died ${r.helperDeaths}: ${r.lines.join(' ')} ${r.stderr.trim().split('\n').slice(0, 3).join(' | ')}`);
       t.is(r.code, 0, `${how} at ${ms} ms: ${r.stderr}`);
-      t.true(r.helperStarts >= 1 && r.helperDeaths <= 1, `${how} at ${ms} ms: the helper started (and died, or the run was over first)`);
+      t.true(r.helperDeaths <= Math.min(1, r.helperStarts), `${how} at ${ms} ms: the helper died at most once, and only if it started`);
       if (r.code === 0) t.is(JSON.parse(r.lines[0]!).hash, want, `${how} at ${ms} ms`);
       died = r.helperDeaths === 1;
     }
-    if (ms === 5) t.true(died, `${how} at ${ms} ms: the helper started and died in one of three runs`);
+    if (ms === 5) t.true(died, `${how} at ${ms} ms: the helper started and died in one of five runs`);
   }
   t.log(runs.join('\n'));
 });

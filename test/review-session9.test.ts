@@ -8,22 +8,14 @@
 import test, { type ExecutionContext } from 'ava';
 import { BlobStore, chunk, sha256, decodeMessage, encodeMessage, isCabError, merkleRoot, toHex, type StoreOptions } from '../src/index.js';
 import { prngBytes } from '../tools/data.js';
-import { collect, tempStore, putBlob, readAll } from './helpers/store.js';
+import { assertBlobGood, collect, tempStore, putBlob, readAll } from './helpers/store.js';
 import { wsProxy } from './helpers/proxies.js';
 import { connectPeer, servePeer } from './helpers/peers.js';
 import { flipByte } from './helpers/damage.js';
 import { MiB, KiB } from './helpers/transfer.js';
 
 /** The blob is finalized, holds exactly `bytes` and hashes to their root; fsck --verify finds nothing wrong. */
-async function assertGood(t: ExecutionContext, store: BlobStore, name: string, bytes: Buffer): Promise<void> {
-  const r = await store.newBlobReader(name);
-  await r.close();
-  t.true(r.isFinalized);
-  t.is(toHex(r.hash!), toHex(merkleRoot(bytes)));
-  t.true((await readAll(store, name)).equals(bytes), 'content is byte-exact');
-  const f = await store.fsck({ verify: true });
-  t.deepEqual(f.problems, [], 'fsck --verify finds nothing wrong');
-}
+const assertGood = assertBlobGood;
 
 /** Blob `name` of `has` pulled into `wants` (served by `has`) or pushed to it (served by `wants`): received and reused bytes. */
 async function send(t: ExecutionContext, how: 'pull' | 'push', has: BlobStore, wants: BlobStore, name: string): Promise<{ received: number; reused: number }> {

@@ -49,6 +49,11 @@ export class BucketLayout {
     return `${this.prefix}clock/${crypto.randomBytes(8).toString('hex')}`;
   }
 
+  /** Whether a key is one clock() names (and not, say, an object of a store whose prefix is this one's + 'clock/'). */
+  isClock(key: string): boolean {
+    return key.startsWith(this.prefix) && /^clock\/[0-9a-f]{16}$/.test(key.slice(this.prefix.length));
+  }
+
   /** The fragment id a key names, or undefined if it names none. */
   fragmentOf(key: string): string | undefined {
     const id = key.startsWith(this.fragments) ? key.slice(this.fragments.length) : '';

@@ -1,6 +1,6 @@
 import os from 'node:os';
 import { CabError } from '../errors.js';
-import { isFragmentId } from '../format/layout.js';
+import { isBlobName, isFragmentId } from '../format/layout.js';
 import type { BucketLayout } from './keys.js';
 import type { ObjectStore } from './object-store.js';
 
@@ -13,6 +13,13 @@ export interface BucketLeaseBody {
   pid: number;
   /** Fragments GC must not delete. */
   fragments: string[];
+  /**
+   * Blobs of its folder it must hold and cannot read: their descriptors are
+   * corrupt there, and their records may name any fragment. While one is
+   * listed, every GC on the bucket stops before deleting anything (as for a
+   * corrupt published descriptor). Absent when there are none.
+   */
+  corrupt?: string[];
 }
 
 /**
@@ -30,6 +37,8 @@ export class NodeLease {
   readonly #body: Omit<BucketLeaseBody, 'fragments'>;
   #pinned: string[] = [];
   readonly #held = new Map<string, readonly string[]>();
+  /** Blobs of #held's kind whose descriptors cannot be read (BucketLeaseBody.corrupt). */
+  readonly #corrupt = new Set<string>();
   /** Publishing: a generation counter so that many changes while one PUT is in flight make one more. */
   #wanted = 0;
   #done = 0;
@@ -60,13 +69,19 @@ export class NodeLease {
     this.#held.set(name, fragments);
   }
 
-  /** The blob is published (or deleted): its hold goes with the next publish. */
-  unhold(name: string): void {
+  /** A blob to hold whose descriptor is corrupt (BucketLeaseBody.corrupt), for the next publish. */
+  holdCorrupt(name: string): void {
+    this.#corrupt.add(name);
+  }
+
+  /** The blob is published (or deleted): its hold goes with the next publish. True if it was held as corrupt. */
+  unhold(name: string): boolean {
     this.#held.delete(name);
+    return this.#corrupt.delete(name);
   }
 
   get holds(): number {
-    return this.#held.size;
+    return this.#held.size + this.#corrupt.size;
   }
 
   /** Writes the lease as it is now; resolves once a PUT that began after this call has succeeded. */
@@ -77,7 +92,8 @@ export class NodeLease {
         const target = this.#wanted;
         const frags = new Set(this.#pinned);
         for (const f of this.#held.values()) for (const x of f) frags.add(x);
-        const body = JSON.stringify({ ...this.#body, fragments: [...frags].sort() } satisfies BucketLeaseBody);
+        const corrupt = this.#corrupt.size > 0 ? { corrupt: [...this.#corrupt].sort() } : {};
+        const body = JSON.stringify({ ...this.#body, fragments: [...frags].sort(), ...corrupt } satisfies BucketLeaseBody);
         if (body !== this.#lastPut) {
           await this.#os.put(this.key, Buffer.from(body));
           this.#lastPut = body;
@@ -99,7 +115,7 @@ export class NodeLease {
     if (this.#closed) return;
     this.#closed = true;
     await this.#putting?.catch(() => {});
-    if (this.#held.size === 0) await this.#os.deleteMany([this.key]);
+    if (this.holds === 0) await this.#os.deleteMany([this.key]);
     else await this.pins([]);
   }
 }
@@ -112,8 +128,15 @@ export function parseLease(key: string, body: Buffer): BucketLeaseBody {
   } catch (e) {
     throw new CabError('ERR_OBJECT_STORE', `the lease ${key} is not JSON (GC stopped, nothing deleted)`, { key }, { cause: e });
   }
-  if (l?.v !== 1 || !Array.isArray(l.fragments) || !l.fragments.every((f) => typeof f === 'string' && isFragmentId(f))) {
+  const ids = (x: unknown, ok: (s: string) => boolean) => Array.isArray(x) && x.every((f) => typeof f === 'string' && ok(f));
+  if (l?.v !== 1 || !ids(l.fragments, isFragmentId) || (l.corrupt !== undefined && !ids(l.corrupt, isBlobName))) {
     throw new CabError('ERR_OBJECT_STORE', `the lease ${key} is malformed (GC stopped, nothing deleted)`, { key });
+  }
+  if (l.corrupt?.length) {
+    throw new CabError('ERR_DESCRIPTOR_CORRUPT', `gc stopped before deleting anything: the lease ${key} holds blob ${l.corrupt[0]}, whose descriptor in its folder (node ${l.node}, host ${l.host}) is corrupt and may name any fragment; mend or delete it there`, {
+      key,
+      blob: l.corrupt[0],
+    });
   }
   return l;
 }

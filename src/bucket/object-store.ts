@@ -5,6 +5,8 @@ import type { Readable } from 'node:stream';
 import type * as S3 from '@aws-sdk/client-s3';
 import { CabError, type CabErrorData } from '../errors.js';
 import { s3Error, transient } from './s3-error.js';
+import { listObjects, listUploads, type UploadInfo } from './listing.js';
+import { fileSha256, signPayload } from './payload.js';
 
 /** How to reach a bucket. */
 export interface BucketAddress {
@@ -184,9 +186,10 @@ export class ObjectStore {
     if (body instanceof Uint8Array) {
       out = await this.#send(this.#client, new this.#s3.PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentLength: size, ...cond }), what, { key }, signal);
     } else {
+      const sha = await fileSha256(body.file, 0, size);
       out = await retried(() => {
         const stream = fs.createReadStream(body.file, { start: 0, end: Math.max(0, size - 1), highWaterMark: 1024 * 1024 });
-        const cmd = new this.#s3.PutObjectCommand({ Bucket: this.bucket, Key: key, Body: size ? stream : new Uint8Array(0), ContentLength: size, ...cond });
+        const cmd = signPayload(new this.#s3.PutObjectCommand({ Bucket: this.bucket, Key: key, Body: size ? stream : new Uint8Array(0), ContentLength: size, ...cond }), sha);
         return this.#send<S3.PutObjectCommandOutput>(this.#once, cmd, what, { key }, signal).finally(() => stream.destroy());
       });
     }
@@ -210,9 +213,10 @@ export class ObjectStore {
           const i = next++;
           const start = i * partSize;
           const len = Math.min(partSize, body.size - start);
+          const sha = await fileSha256(body.file, start, len);
           const out = await retried(() => {
             const stream = fs.createReadStream(body.file, { start, end: start + len - 1, highWaterMark: 1024 * 1024 });
-            const cmd = new s3.UploadPartCommand({ Bucket: this.bucket, Key: key, UploadId, PartNumber: i + 1, Body: stream, ContentLength: len });
+            const cmd = signPayload(new s3.UploadPartCommand({ Bucket: this.bucket, Key: key, UploadId, PartNumber: i + 1, Body: stream, ContentLength: len }), sha);
             return this.#send<S3.UploadPartCommandOutput>(this.#once, cmd, what, { key }, signal).finally(() => stream.destroy());
           });
           this.stats.bytesUp += len;
@@ -311,15 +315,11 @@ export class ObjectStore {
     return undefined;
   }
 
-  /** Objects whose keys start with `prefix`, in key order, lazily, a page (`pageSize`, at most 1000) at a time. */
-  async *list(prefix: string, pageSize = 1000): AsyncGenerator<ObjectInfo> {
-    let token: string | undefined;
-    do {
-      const cmd = new this.#s3.ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, ContinuationToken: token, MaxKeys: pageSize });
-      const out = await this.#send<S3.ListObjectsV2CommandOutput>(this.#client, cmd, `listing ${prefix}`, { key: prefix });
-      for (const o of out.Contents ?? []) yield { key: o.Key!, size: o.Size ?? 0, mtime: o.LastModified ?? new Date(0), etag: o.ETag ?? '' };
-      token = out.IsTruncated ? out.NextContinuationToken : undefined;
-    } while (token);
+  /** Objects whose keys start with `prefix`, in key order, lazily, a page (`pageSize`, at most 1000) at a time (checked: bucket/listing.ts). */
+  list(prefix: string, pageSize = 1000): AsyncGenerator<ObjectInfo> {
+    return listObjects(this.bucket, prefix, (token) =>
+      this.#send(this.#client, new this.#s3.ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, ContinuationToken: token, MaxKeys: pageSize }), `listing ${prefix}`, { key: prefix }),
+    );
   }
 
   /**
@@ -343,18 +343,11 @@ export class ObjectStore {
     }
   }
 
-  /** Multipart uploads in progress under `prefix`. */
-  async *listUploads(prefix: string): AsyncGenerator<{ key: string; uploadId: string; initiated: Date }> {
-    let keyMarker: string | undefined;
-    let idMarker: string | undefined;
-    for (;;) {
-      const cmd = new this.#s3.ListMultipartUploadsCommand({ Bucket: this.bucket, Prefix: prefix, KeyMarker: keyMarker, UploadIdMarker: idMarker });
-      const out = await this.#send<S3.ListMultipartUploadsCommandOutput>(this.#client, cmd, `listing uploads under ${prefix}`, { key: prefix });
-      for (const u of out.Uploads ?? []) yield { key: u.Key!, uploadId: u.UploadId!, initiated: u.Initiated ?? new Date(0) };
-      if (!out.IsTruncated) return;
-      keyMarker = out.NextKeyMarker;
-      idMarker = out.NextUploadIdMarker;
-    }
+  /** Multipart uploads in progress under `prefix` (checked: bucket/listing.ts). */
+  listUploads(prefix: string): AsyncGenerator<UploadInfo> {
+    return listUploads(this.bucket, prefix, (KeyMarker, UploadIdMarker) =>
+      this.#send(this.#client, new this.#s3.ListMultipartUploadsCommand({ Bucket: this.bucket, Prefix: prefix, KeyMarker, UploadIdMarker }), `listing uploads under ${prefix}`, { key: prefix }),
+    );
   }
 
   async abortUpload(key: string, uploadId: string): Promise<void> {

@@ -1,9 +1,11 @@
 import { CabError, type CabErrorData } from '../errors.js';
 
-/** Whether a failure may pass if tried again: the server busy or failing, or the connection cut. */
+/** Whether a failure may pass if tried again: the server busy or failing, the connection cut, or a body changed on the way. */
 export function transient(e: unknown): boolean {
   if (!(e instanceof CabError) || e.code !== 'ERR_OBJECT_STORE') return false;
   const status = e.data.status as number | undefined;
+  // A body the server hashed to something else than the client signed (or sent as Content-MD5): changed on the way.
+  if (['XAmzContentSHA256Mismatch', 'BadDigest'].includes(String(e.data.s3Code))) return true;
   if (status !== undefined) return status >= 500 || status === 429 || status === 408;
   return ['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ECONNREFUSED', 'TimeoutError', 'RequestTimeout'].includes(String(e.data.s3Code));
 }

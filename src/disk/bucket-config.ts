@@ -53,9 +53,20 @@ export async function openConfig(
   const os = await ObjectStore.connect(o);
   os.multipartThreshold = o.multipartThreshold;
   try {
-    await os.ensureBucket(create);
+    // A store already on the bucket never makes it, nor its cabstore.json: without them this is not the
+    // bucket it was on (another endpoint's bucket of that name, or one emptied), and its first sync would
+    // read every blob published here as deleted elsewhere, and remove it.
+    await os.ensureBucket(create && !recorded);
     const keys = new BucketLayout(o.prefix);
     let shared = await bucketConfig(os, keys);
+    if (!shared && recorded) {
+      throw new CabError('ERR_OBJECT_STORE', `s3://${o.bucket}/${keys.config} at ${o.endpoint} is absent, and this store was opened on it: not the bucket it was on, or emptied (this folder is left as it is)`, {
+        bucket: o.bucket,
+        key: keys.config,
+        s3Code: 'NoSuchKey',
+        status: 404,
+      });
+    }
     if (shared && chunker && !sameChunkerParams(resolveChunkerParams(shared.chunker), resolveChunkerParams(chunker))) throw otherChunker(shared, chunker);
     const config = await loadConfig(layout, chunker ?? shared?.chunker, create);
     if (!shared) {
@@ -63,11 +74,17 @@ export async function openConfig(
       if ((await os.putIfAbsent(keys.config, Buffer.from(JSON.stringify(body, null, 2) + '\n'))) === 'exists') shared = await bucketConfig(os, keys);
     }
     if (shared && !sameChunkerParams(resolveChunkerParams(shared.chunker), resolveChunkerParams(config.chunker))) throw otherChunker(shared, config.chunker);
+    // The folder's node is its own: a copy of the folder (or the folder moved to another file system,
+    // restored) carries the node of the folder it came from, and would drop that folder's leases as its
+    // own dead processes' (shared/node.ts). So the node goes with the folder's inode: another inode, another node.
+    const folder = String((await fs.stat(layout.root)).ino);
     let node = recorded?.node;
-    if (!node) {
-      await uploadAll(layout, os, keys);
-      node = crypto.randomBytes(8).toString('hex');
-      const objectStore = { endpoint: o.endpoint, bucket: o.bucket, prefix: o.prefix, region: o.region, node };
+    if (!node || recorded!.folder !== folder) {
+      if (!node) await uploadAll(layout, os, keys);
+      // One recorded before the inode was: it is this folder's (no copy can be told from it).
+      else if (recorded!.folder !== undefined) node = undefined;
+      node ??= crypto.randomBytes(8).toString('hex');
+      const objectStore = { endpoint: o.endpoint, bucket: o.bucket, prefix: o.prefix, region: o.region, node, folder };
       await writeFileDurable(layout.config, JSON.stringify({ ...config, objectStore }, null, 2) + '\n');
     }
     return { config, bucket: { os, keys, node, options: o } };

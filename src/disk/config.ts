@@ -24,6 +24,8 @@ export interface Attachment {
   region: string;
   /** 16 hex: this folder's name in the bucket's nodes/. */
   node: string;
+  /** The inode of the folder the node is for (decimal): a copy of the folder has another, and takes a node of its own. */
+  folder?: string;
 }
 
 /**
@@ -175,7 +177,7 @@ export async function recordedAttachment(layout: Layout): Promise<Attachment | u
   }
   if (a === undefined) return undefined;
   const x = a as Record<string, unknown>;
-  if (!['endpoint', 'bucket', 'prefix', 'region', 'node'].every((k) => typeof x[k] === 'string') || !/^[0-9a-f]{16}$/.test(x.node as string)) {
+  if (!['endpoint', 'bucket', 'prefix', 'region', 'node'].every((k) => typeof x[k] === 'string') || !/^[0-9a-f]{16}$/.test(x.node as string) || !['undefined', 'string'].includes(typeof x.folder)) {
     throw new CabError('ERR_BAD_STORE', `${layout.config}: objectStore is malformed`, { path: layout.config });
   }
   return a as Attachment;

@@ -6,7 +6,8 @@ import { flatDamage, overlapsDamage, type DamageRange } from '../format/damage.j
 import { chunkEntries, type AppendRecord } from '../format/descriptor.js';
 import { lmdbWriteSync } from './lmdb-write.js';
 import { lmdbDamage } from './lmdb-check.js';
-import { PAGE, takePage } from './paging.js';
+import { PAGE, paged, takePage } from './paging.js';
+import { CabError } from '../errors.js';
 
 /** Where a chunk's bytes are: a range of a local blob. */
 export interface Location {
@@ -125,6 +126,18 @@ export class ChunkIndex {
 
   blob(name: string): BlobEntry | undefined {
     return this.#blobs.get(nameKey(name));
+  }
+
+  /**
+   * The blob's entry as committed now. lmdb-js reads through a snapshot
+   * that it renews once per event-loop turn (a setTimeout(0) resets it), so
+   * blob() may still show what another process has since changed: fsck,
+   * comparing the index with a descriptor it just looked at, must not take
+   * that for disagreement.
+   */
+  blobNow(name: string): BlobEntry | undefined {
+    this.#env.resetReadTxn();
+    return this.blob(name);
   }
 
   /** Names of every blob the index knows, in order. */
@@ -346,9 +359,27 @@ export class ChunkIndex {
   /** A blob's chunks in order, lazily, from chunk number `from`. */
   *blobChunks(name: string, from = 0): Generator<{ hash: Uint8Array; size: number; offset: number }> {
     const prefix = nameKey(name);
-    for (const { value } of this.#bchunks.getRange({ start: blobChunkKey(name, from), end: after(prefix) })) {
+    let n = from;
+    for (const { key, value } of this.#bchunks.getRange({ start: blobChunkKey(name, from), end: after(prefix) })) {
+      // Chunk n, then n + 1, ...: a blob being removed (its chunks go 1024 to a transaction, the first first)
+      // ends the list where one is missing, never lists a later chunk in an earlier one's place.
+      if ((key as Buffer).readUInt32BE(prefix.length) !== n++) return;
       yield { hash: Uint8Array.from(value[0]), size: value[1], offset: value[2] };
     }
+  }
+
+  /**
+   * Every chunk of a blob, lazily, a page at a time; ERR_NO_SUCH_BLOB if it
+   * has no entry, or if its entries go before the last page is read (a
+   * delete or a rebuild in another process): never a list cut short.
+   */
+  async *chunkList(name: string): AsyncGenerator<{ hash: Uint8Array; size: number; offset: number }> {
+    const n = this.blob(name)?.n;
+    if (n === undefined) throw new CabError('ERR_NO_SUCH_BLOB', `no blob ${name}`, { blob: name });
+    let got = 0;
+    for await (const c of paged<{ hash: Uint8Array; size: number; offset: number }>((_, done) => this.blobChunks(name, done))) yield (got++, c);
+    // Fewer than it had (a blob only grows): its entries went meanwhile.
+    if (got < n) throw new CabError('ERR_NO_SUCH_BLOB', `blob ${name} was deleted while its chunks were listed`, { blob: name });
   }
 
   /** Drops everything (for a rebuild). */

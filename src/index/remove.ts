@@ -8,6 +8,7 @@ import { fsyncDir } from '../disk/durable.js';
 import { tryLockExclusive } from '../disk/lock.js';
 import type { ChunkIndex } from './chunk-index.js';
 import type { Tables } from './tables.js';
+import { catchUpBlob } from './catchup.js';
 
 export interface RemoveOptions {
   /** Run with the writer lock held, before anything is removed (a bucket-backed store deletes the published descriptor there). */
@@ -31,8 +32,8 @@ async function stillNamed(fh: fs.FileHandle, file: string): Promise<boolean> {
  * Removes a blob from this folder, with the writer lock held (so no writer
  * can resume it meanwhile: ERR_BLOB_LOCKED while one has it): `whileLocked`
  * (a bucket-backed store deletes the published descriptor there), its
- * metadata, its descriptor; then what is derived from it (index entries,
- * leaf layer, the mark that it is published). On a full disk the store's
+ * metadata, its index entries, its descriptor; then what else is derived
+ * from it (leaf layer, the mark that it is published). On a full disk the store's
  * reserve (disk/reserve.ts) is spent on the table and index updates. Its
  * fragments stay until GC.
  */
@@ -52,10 +53,16 @@ export async function removeBlob(layout: Layout, index: ChunkIndex, tables: Tabl
     // leaves a deleted blob's metadata to a later blob of the same name. Put back if the unlink fails.
     const md = tables.metadata.get(name);
     await withReserve(layout, () => tables.metadata.delete(name));
+    // The index entries too, while the name is still taken: once the descriptor is unlinked, another
+    // process may make a blob of that name (a pull of it again), whose entries must not be the ones removed;
+    // and an fsck meanwhile finds a blob being deleted (locked: only looked at), never entries of no blob.
+    // A kill before the unlink leaves the blob unindexed: catch-up (an open, a list, fsck --repair) indexes it.
     try {
+      await removeEntries(layout, index, name);
       await fs.unlink(file);
     } catch (e) {
       if (md) await tables.metadata.set(name, md).catch(() => {});
+      await catchUpBlob(index, layout, name).catch(() => {});
       throw ioError(e, `deleting blob ${name} (it is still there)`, { blob: name, path: file });
     }
     // Unlinked, maybe not durably: what is derived goes as for a delete done, and the delete fails.
@@ -63,10 +70,9 @@ export async function removeBlob(layout: Layout, index: ChunkIndex, tables: Tabl
   } finally {
     await fh.close();
   }
-  // Derived (index entries, the leaf layer, the mark): whatever is at their paths goes, and never fails
-  // a delete that is done. Index entries a full disk keeps are removed by the next catch-up or GC.
-  const derived = [layout.leafLayer(name), layout.publishedMark(name)].map((p) => fs.rm(p, { force: true, recursive: true }).catch(() => {}));
-  await Promise.all([removeEntries(layout, index, name), ...derived]);
+  // Derived (the leaf layer, the mark): whatever is at their paths goes, and never fails a delete that is
+  // done. Index entries a full disk kept are removed by the next catch-up or GC.
+  await Promise.all([layout.leafLayer(name), layout.publishedMark(name)].map((p) => fs.rm(p, { force: true, recursive: true }).catch(() => {})));
   if (unsynced) throw unsynced;
 }
 

@@ -67,14 +67,15 @@ export async function collectBucket(c: BucketGcContext): Promise<BucketGcReport>
   }
   if (!c.dryRun) await os.deleteMany(gone);
 
-  // Leftovers of writers and GCs that were killed.
-  for await (const u of os.listUploads(keys.prefix)) {
-    if (u.initiated.getTime() > now - c.gcGrace) continue;
+  // Leftovers of writers and GCs that were killed: uploads of fragments only (under the prefix there may be
+  // another store's, at a longer prefix, or anything else the bucket's other users put there).
+  for await (const u of os.listUploads(keys.fragments)) {
+    if (!keys.fragmentOf(u.key) || u.initiated.getTime() > now - c.gcGrace) continue;
     if (!c.dryRun) await os.abortUpload(u.key, u.uploadId);
     r.uploadsAborted++;
   }
   const clocks: string[] = [];
-  for await (const o of os.list(`${keys.prefix}clock/`)) if (o.mtime.getTime() < now - c.gcGrace) clocks.push(o.key);
+  for await (const o of os.list(`${keys.prefix}clock/`)) if (keys.isClock(o.key) && o.mtime.getTime() < now - c.gcGrace) clocks.push(o.key);
   if (!c.dryRun) await os.deleteMany(clocks);
   return r;
 }
@@ -82,9 +83,8 @@ export async function collectBucket(c: BucketGcContext): Promise<BucketGcReport>
 /** Adds the fragments of every published descriptor to `marked`; the number of descriptors. */
 async function markPublished(c: BucketGcContext, marked: Set<string>): Promise<number> {
   let n = 0;
-  await eachObject(c, c.keys.descriptors, async (key, body) => {
-    const name = c.keys.blobOf(key);
-    if (!name) return;
+  await eachObject(c, c.keys.descriptors, (key) => c.keys.blobOf(key), async (key, body) => {
+    const name = c.keys.blobOf(key)!;
     let d;
     try {
       d = await readDescriptorBytes(body, name);
@@ -111,8 +111,7 @@ async function leasePins(c: BucketGcContext, r: BucketGcReport): Promise<Set<str
   for (let attempt = 0; attempt < 10; attempt++) {
     const pinned = new Set<string>();
     let leases = 0;
-    const whole = await eachObject(c, c.keys.leases, async (key, body) => {
-      if (!c.keys.leaseOf(key)) return;
+    const whole = await eachObject(c, c.keys.leases, (key) => c.keys.leaseOf(key), async (key, body) => {
       for (const f of parseLease(key, body).fragments) pinned.add(f);
       leases++;
     });
@@ -125,9 +124,10 @@ async function leasePins(c: BucketGcContext, r: BucketGcReport): Promise<Set<str
 }
 
 /** Fetches every object under `prefix` (a few at a time) and hands it to `fn`; false if one vanished meanwhile. */
-async function eachObject(c: BucketGcContext, prefix: string, fn: (key: string, body: Buffer) => Promise<void>): Promise<boolean> {
+async function eachObject(c: BucketGcContext, prefix: string, ours: (key: string) => unknown, fn: (key: string, body: Buffer) => Promise<void>): Promise<boolean> {
   const keys: string[] = [];
-  for await (const o of c.os.list(prefix)) keys.push(o.key);
+  // Only the keys `fn` reads (a descriptor, a lease): not the objects of a store at a longer prefix, read whole.
+  for await (const o of c.os.list(prefix)) if (ours(o.key)) keys.push(o.key);
   let next = 0;
   let whole = true;
   const worker = async () => {

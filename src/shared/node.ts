@@ -106,7 +106,11 @@ export class SharedNode {
       frags = (await readDescriptor(this.#host.layout.descriptor(name), name)).extents.fragments();
     } catch (e) {
       if (isCabError(e, 'ERR_NO_SUCH_BLOB')) return;
-      throw e;
+      if (!isCabError(e, 'ERR_DESCRIPTOR_CORRUPT')) throw e;
+      // Held as corrupt: the store opens (as one on disk does: only that blob fails), and GC on the bucket stops until it is mended or deleted.
+      this.lease.holdCorrupt(name);
+      if (now) await this.lease.publish();
+      return;
     }
     if (now) await this.lease.hold(name, frags);
     else this.lease.holdLater(name, frags);
@@ -125,9 +129,9 @@ export class SharedNode {
     return collectBucket({ os, keys, gcGrace: o.gcGrace, dryRun: !!options.dryRun, ...(options.signal ? { signal: options.signal } : {}) });
   }
 
-  /** A blob deleted here: no hold. */
-  forget(name: string): void {
-    this.lease.unhold(name);
+  /** A blob deleted here: no hold (one held as corrupt goes at once, for GC to run again; if that fails, with the next publish). */
+  async forget(name: string): Promise<void> {
+    if (this.lease.unhold(name)) await this.lease.publish().catch(() => {});
   }
 
   /**

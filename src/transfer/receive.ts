@@ -7,9 +7,11 @@ import { checkPrefix, type Prefix } from './prefix.js';
 import { sharedListPages } from './list-pages.js';
 import type { RemoteSource } from './remote.js';
 import { withHexJSON, type ReceiveOptions, type TransferStats } from './stats.js';
-import { Receiver } from './receiver.js';
+import { Receiver, isSourceGone } from './receiver.js';
 import { DEFAULT_STALL_MS, SourceSet, checkStallMs } from './sources.js';
 import { orAbort } from './abort.js';
+import { FIRST_LIST_PAGE } from './messages.js';
+import { removeBlob } from '../index/remove.js';
 
 export type { RemoteSource } from './remote.js';
 export type { ReceiveOptions, TransferProgress, TransferStats } from './stats.js';
@@ -49,7 +51,7 @@ export async function receive(store: BlobStore, src: RemoteSource, name: string,
  * receive): each request goes to one source, and to another if that one
  * fails by its own fault; the pull fails only when none is left.
  */
-export async function receiveBlob(store: BlobStore, sources: SourceSet, name: string, st: { size: number; hash: Uint8Array }, options: ReceiveOptions = {}, lookedAgain = false): Promise<TransferStats> {
+export async function receiveBlob(store: BlobStore, sources: SourceSet, name: string, st: { size: number; hash: Uint8Array }, options: ReceiveOptions = {}): Promise<TransferStats> {
   const stats: TransferStats = withHexJSON({
     name,
     hash: st.hash,
@@ -63,12 +65,62 @@ export async function receiveBlob(store: BlobStore, sources: SourceSet, name: st
     chunksFetched: 0,
     healedBytes: 0,
   });
+  const at = { made: false, attempt: 0 };
+  for (;;) {
+    try {
+      return await receiveOnce(store, sources, name, st, options, stats, at);
+    } catch (e) {
+      // Another transfer of the blob into this store (a second pull, a push, here or in another process) made or
+      // finalized it since it was looked at: it is looked at again, and taken as that one left it (finalized with
+      // this hash: nothing to fetch; still being written: ERR_BLOB_LOCKED, the answer for a second writer).
+      // Or a local blob it took ranges from was deleted during the pull: what it wrote stands (durable,
+      // unfinalized), and the rest is planned again from the index as it is now (resumed, its prefix checked).
+      const again = e instanceof LookAgain;
+      if ((!again && !isSourceGone(e)) || ++at.attempt > RETRIES) throw again ? e.cause : e;
+    }
+  }
+}
+
+/** Times a transfer looks at its blob again, or plans again, when others change the store under it (see receiveBlob). */
+const RETRIES = 3;
+
+/** The blob was made or finalized by another since this transfer looked at it (`cause`: what said so). */
+class LookAgain extends Error {
+  constructor(cause: unknown) {
+    super('look again', { cause });
+  }
+}
+
+/** `p`, or LookAgain if it fails with one of `codes` (a sign that another transfer changed the blob meanwhile). */
+function orLookAgain<T>(p: Promise<T>, ...codes: Array<'ERR_BLOB_EXISTS' | 'ERR_BLOB_FINALIZED'>): Promise<T> {
+  return p.catch((e: unknown) => {
+    throw codes.some((c) => isCabError(e, c)) ? new LookAgain(e) : e;
+  });
+}
+
+/** One go of receiveBlob, adding to `stats`; `at.made`: the blob was made by this pull (by this go or an earlier one). */
+async function receiveOnce(
+  store: BlobStore,
+  sources: SourceSet,
+  name: string,
+  st: { size: number; hash: Uint8Array },
+  options: ReceiveOptions,
+  stats: TransferStats,
+  at: { made: boolean; attempt: number },
+): Promise<TransferStats> {
   let writer: BlobWriter;
   let prefix: Prefix | undefined;
   let list = sources.view;
-  try {
-    const have = await store.newBlobReader(name);
-    await have.close();
+  // Only the store's own answer that it has no such blob means a new one: the same code from the sender (its
+  // list, below) is the pull's failure.
+  const have = await store.newBlobReader(name).then(
+    async (r) => (await r.close(), r),
+    (e: unknown) => {
+      if (!isCabError(e, 'ERR_NO_SUCH_BLOB')) throw e;
+      return undefined;
+    },
+  );
+  if (have) {
     if (have.isFinalized) {
       if (!bytesEqual(have.hash!, st.hash)) {
         throw new CabError('ERR_BLOB_EXISTS', `blob ${name} exists here with other content`, { blob: name, expected: toHex(st.hash), found: toHex(have.hash!) });
@@ -83,30 +135,30 @@ export async function receiveBlob(store: BlobStore, sources: SourceSet, name: st
       return stats;
     }
     // The receiver reads the chunk list again: the pages checkPrefix read are kept for it.
+    // Finalized meanwhile (checkPrefix's cut, or the resume, meets it): looked at again.
     const pages = sharedListPages(sources.view);
-    prefix = await checkPrefix(store, pages.first, name, st.size);
+    prefix = await orLookAgain(checkPrefix(store, pages.first, name, st.size), 'ERR_BLOB_FINALIZED');
     list = pages.second;
     stats.receivedBytes += prefix.wasted;
-    writer = await store.resumeBlobWriter(name);
+    writer = await orLookAgain(store.resumeBlobWriter(name), 'ERR_BLOB_FINALIZED');
     if (writer.size !== prefix.kept) {
       await writer.closeWithoutFinalize();
       throw new CabError('ERR_BLOB_LOCKED', `blob ${name} changed while its bytes were checked against the sender's`, { blob: name });
     }
-  } catch (e) {
-    if (!isCabError(e, 'ERR_NO_SUCH_BLOB')) throw e;
-    try {
-      writer = await store.newBlobWriter(name);
-    } catch (e2) {
-      // Made since it was looked for, by another transfer of it (two pulls at once, here or in another
-      // process): look again, as at a blob held here. It is finalized by now (nothing to fetch), or that
-      // transfer holds it (ERR_BLOB_LOCKED), never ERR_BLOB_EXISTS for a blob this pull was to make.
-      if (!isCabError(e2, 'ERR_BLOB_EXISTS') || lookedAgain) throw e2;
-      return receiveBlob(store, sources, name, st, options, true);
-    }
+  } else {
+    // A new blob: its first list page is asked for while the blob is made here (the descriptor's fsyncs), and
+    // taken by the receiver. A sender that no longer has the blob (deleted or replaced since its stat) says so
+    // there, before anything is fetched: the blob made for it goes again (dropMade), not left empty.
+    const pages = sharedListPages(sources.view);
+    const first = pages.first.list(name, 0, FIRST_LIST_PAGE);
+    first.catch(() => {});
+    list = pages.second;
+    writer = await orLookAgain(store.newBlobWriter(name), 'ERR_BLOB_EXISTS'); // made meanwhile: looked at again
+    at.made = true;
   }
   try {
     if (writer.size > st.size) throw new CabError('ERR_BLOB_EXISTS', `blob ${name} here is longer than the sender's`, { blob: name });
-    stats.resumedFrom = writer.size;
+    if (at.attempt === 0) stats.resumedFrom = writer.size;
     options.onProgress?.({ ...stats }); // where it starts: a resumed transfer's progress goes on from there
     writer.deferHash();
     // What arrived is made durable as it goes, so a receiver killed (SIGKILL, a power cut) resumes
@@ -133,10 +185,31 @@ export async function receiveBlob(store: BlobStore, sources: SourceSet, name: st
     await writer.close();
   } catch (e) {
     await writer.closeWithoutFinalize().catch(() => {});
+    if (at.made && writer.size === 0 && (isCabError(e, 'ERR_NO_SUCH_BLOB') || isCabError(e, 'ERR_BLOB_NOT_FINALIZED'))) await dropMade(store, name);
     throw e;
   }
   await noteSources(store, name, options.label !== undefined ? [{ label: options.label }] : sources.live);
   return stats;
+}
+
+/**
+ * The blob a pull made, when the sender turns out not to have it (deleted,
+ * or not finalized, since its stat) and nothing came: removed, so that no
+ * empty unfinalized blob is left that nothing would resume. Only if it is
+ * still empty and unfinalized with the writer lock held (another process
+ * may have resumed it meanwhile); a removal that fails leaves it, and never
+ * hides the pull's own error.
+ */
+async function dropMade(store: BlobStore, name: string): Promise<void> {
+  const whileLocked = async () => {
+    const st = await store.stat(name);
+    if (st.size > 0 || st.finalized) throw new CabError('ERR_BLOB_EXISTS', `blob ${name} has bytes now: kept`, { blob: name });
+    await store.shared?.unpublish(name);
+  };
+  await removeBlob(store.layout, store.index, store.tables, name, { whileLocked }).then(
+    () => store.shared?.forget(name),
+    () => {},
+  );
 }
 
 /**

@@ -1,5 +1,5 @@
 import { setMaxListeners } from 'node:events';
-import { CabError } from '../errors.js';
+import { CabError, isCabError } from '../errors.js';
 import { bytesEqual } from '../hash/sha256.js';
 import { FragmentFiles } from '../disk/fragments.js';
 import type { VerifiedChunk } from '../blob/pieces.js';
@@ -275,13 +275,29 @@ export class Receiver {
       this.#runsQueued--;
       this.#bytesQueued -= q.held;
     } else {
-      await this.w.appendBlob(q.blob, q.offset, q.size);
+      try {
+        await this.w.appendBlob(q.blob, q.offset, q.size);
+      } catch (e) {
+        // The local blob the recipe took this range from was deleted since: receive() plans the rest again.
+        if (isCabError(e, 'ERR_NO_SUCH_BLOB') && e.data.blob === q.blob) throw sourceGone(q.blob, e);
+        throw e;
+      }
       this.stats.reusedBytes += q.size;
       this.stats.verifiedBytes += q.size;
     }
     this.#queue.shift();
     this.#progress();
   }
+}
+
+/** The failure of a pull whose local source blob `blob` was deleted after the recipe chose it (see isSourceGone). */
+function sourceGone(blob: string, cause: unknown): CabError {
+  return new CabError('ERR_NO_SUCH_BLOB', `blob ${blob}, a local source of the transfer, was deleted during it`, { blob, sourceGone: true }, { cause });
+}
+
+/** Whether a pull failed only because a local blob it was taking a range from was deleted meanwhile: what it wrote stands, and the rest can be planned again. */
+export function isSourceGone(e: unknown): boolean {
+  return isCabError(e, 'ERR_NO_SUCH_BLOB') && e.data.sourceGone === true;
 }
 
 /**

@@ -158,7 +158,13 @@ export class Serving {
           if (c.length === (m.max ?? MAX_LIST)) break;
         }
         const entry = store.index.blob(name);
-        return { t: 'listr', id: m.id, c, end: !entry || m.from + c.length >= entry.n };
+        // Entries gone, or fewer than the blob has (a page short of its end): deleted since its reader opened, its
+        // index entries going (remove.ts), or, rarer, rebuilt in another process (a heal). Not a list that ends
+        // early, which the asker takes for a lie (ERR_PROTOCOL, the source dropped); its gets would find no chunk.
+        if (!entry || (c.length < (m.max ?? MAX_LIST) && m.from + c.length < entry.n)) {
+          throw new CabError('ERR_NO_SUCH_BLOB', `blob ${name} was deleted (or its index entries are being rebuilt)`, { blob: name });
+        }
+        return { t: 'listr', id: m.id, c, end: m.from + c.length >= entry.n };
       }
       case 'match': {
         // The first n entries of the list, summed up here: n entries read from the index, none sent.
@@ -321,7 +327,11 @@ export class Serving {
       const wasOpen = !r.isFinalized;
       if (wasOpen) await r.catchUp();
       if (!r.isFinalized && !open) throw new CabError('ERR_BLOB_NOT_FINALIZED', `blob ${name} is not finalized`, { blob: name });
-      if (catchUp || wasOpen) await catchUpBlob(this.#c.store.index, this.#c.store.layout, name);
+      // Nor may the index lag the reader: a reader another request caught up to the final record (a follower's,
+      // shared through the cache) while the writer's index update, or that request's catch-up, is still to come.
+      const entry = this.#c.store.index.blob(name);
+      const behind = !entry || entry.s < r.size || (r.isFinalized && !entry.h);
+      if (catchUp || wasOpen || behind) await catchUpBlob(this.#c.store.index, this.#c.store.layout, name);
       return name;
     } finally {
       release();

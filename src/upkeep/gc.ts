@@ -6,10 +6,10 @@ import { CabError, isCabError, throwIfAborted } from '../errors.js';
 import type { ChunkIndex } from '../index/chunk-index.js';
 import { readDescriptor } from '../format/descriptor.js';
 import { descriptorGone } from '../disk/durable.js';
-import type { Layout } from '../format/layout.js';
+import { isBlobName, type Layout } from '../format/layout.js';
 import { livePins, type Lease } from '../disk/lease.js';
 import { isLocked, tryLockExclusive } from '../disk/lock.js';
-import { tempEntries } from '../disk/walk.js';
+import { tempEntries, walk } from '../disk/walk.js';
 import { keepReserve } from '../disk/reserve.js';
 import { removeEntries } from '../index/remove.js';
 import { catchUpBehind } from '../index/catchup.js';
@@ -57,6 +57,8 @@ export interface GcReport {
   fragmentsKept: number;
   bytesKept: number;
   tempFilesDeleted: number;
+  /** Leaf layers (layers/) of blobs that are gone, removed: a delete killed before it removed one, or one made while its blob was deleted. */
+  layersDeleted: number;
   /** Index entries (chunk locations) removed because their blob is gone. */
   indexEntriesRemoved: number;
   /** Leases of dead processes whose pins were dropped. */
@@ -113,6 +115,7 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
     fragmentsKept: 0,
     bytesKept: 0,
     tempFilesDeleted: 0,
+    layersDeleted: 0,
     indexEntriesRemoved: 0,
     deadLeases: 0,
     evicted: [],
@@ -148,6 +151,7 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
       if (sizes.size % 10_000 === 0) progress({ phase: 'list', done: sizes.size });
     });
 
+    const listed = new Set<string>(); // blobs the mark read
     const livePids = await store.lease.gateExclusive(async () => {
       const live = await livePins(layout, dryRun);
       report.deadLeases = live.deadLeases;
@@ -175,6 +179,7 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
           }
           throw e;
         }
+        listed.add(name);
         const frags = d.extents.fragments();
         for (const f of frags) marked.set(f, (marked.get(f) ?? 0) + 1);
         if (options.maxBytes !== undefined && d.finalized && !openBlobs.has(name)) {
@@ -236,6 +241,16 @@ export async function collect(store: GcStore, options: GcOptions = {}): Promise<
       });
       return live.livePids;
     });
+
+    // Leaf layers of blobs that are gone: derived data that only deleteBlob removes, so one it left (killed
+    // between the descriptor's unlink and the layer's, or a layer made for a range read as the blob went)
+    // would stay for good. One of a blob made since the mark is looked at again, and kept.
+    for await (const name of walk(layout.layers, 1)) {
+      throwIfAborted(options.signal, 'gc');
+      if (listed.has(name) || !isBlobName(name) || !(await descriptorGone(layout.descriptor(name)))) continue;
+      if (!dryRun) await fs.rm(layout.leafLayer(name), { force: true });
+      report.layersDeleted++;
+    }
 
     // Temp files of processes that are gone (the pid starts the name: fragments, descriptors, leases
     // being made), and pins files left without their lease.

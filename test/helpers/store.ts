@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { ExecutionContext } from 'ava';
-import { BlobStore, chunk, isCabError, sha256, toHex, type StoreOptions } from '../../src/index.js';
+import { BlobStore, chunk, isCabError, merkleRoot, sha256, toHex, type StoreOptions } from '../../src/index.js';
 
 /** A fresh temp directory, removed when the test ends. */
 export function tempDir(t: ExecutionContext, prefix = 'cabstore-test-'): string {
@@ -105,4 +105,15 @@ export async function chunkStarts(store: BlobStore, blob: string, withEnd = fals
   }
   if (withEnd) starts.push(at);
   return starts;
+}
+
+/** Blob `name` of `store` is finalized with the root of `bytes`, reads back as `bytes`, and fsck --verify finds nothing wrong in the store. */
+export async function assertBlobGood(t: ExecutionContext, store: BlobStore, name: string, bytes: Uint8Array): Promise<void> {
+  const r = await store.newBlobReader(name);
+  await r.close();
+  t.true(r.isFinalized);
+  t.is(toHex(r.hash!), toHex(merkleRoot(bytes)));
+  t.true((await readAll(store, name)).equals(bytes), 'content is byte-exact');
+  const f = await store.fsck({ verify: true });
+  t.deepEqual(f.problems, [], 'fsck --verify finds nothing wrong');
 }
