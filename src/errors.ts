@@ -98,6 +98,11 @@ export function inputFileError(e: unknown, file: string): CabError {
   return new CabError('ERR_NO_SUCH_FILE', `cannot read ${file}: ${(e as Error).message}`, { path: file }, { cause: e });
 }
 
+/** ERR_BAD_ARGUMENT unless `x` is bytes (a Uint8Array or Buffer; not a string, nor another typed array, whose bytes depend on the machine). */
+export function checkBytes(x: unknown, what: string): asserts x is Uint8Array {
+  if (!(x instanceof Uint8Array)) throw new CabError('ERR_BAD_ARGUMENT', `${what} takes a Uint8Array (or Buffer), not ${x === null ? 'null' : ArrayBuffer.isView(x) ? x.constructor.name : typeof x}`);
+}
+
 /** Narrowing helper: `isCabError(e, 'ERR_CLOSED')`. */
 export function isCabError(e: unknown, code?: ErrorCode): e is CabError {
   return e instanceof CabError && (code === undefined || e.code === code);

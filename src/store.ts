@@ -43,7 +43,7 @@ export class BlobStore {
   readonly tables: Tables;
   /** @internal */
   readonly lease: Lease;
-  /** @internal */
+  /** The chunker parameters of this store (from its cabstore.json): what `connect` announces for it, and what `dial` takes as `chunker`. */
   readonly chunker: ResolvedChunkerParams;
   /** @internal */
   readonly fragmentSize: number;

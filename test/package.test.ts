@@ -60,7 +60,7 @@ function appLock(tarball: string): object {
   return { name: 'app', lockfileVersion: 3, requires: true, packages };
 }
 
-const APP = `import { BlobStore, CabError, connect, serve, toHex, type BlobReader, type BlobStat, type TransferStats } from 'cabstore';
+const APP = `import { BlobStore, CabError, connect, dial, serve, toHex, type BlobReader, type BlobStat, type TransferStats } from 'cabstore';
 const [dir, text] = process.argv.slice(2) as [string, string];
 const a: BlobStore = await BlobStore.open(dir + '/a');
 const w = await a.newBlobWriter();
@@ -75,7 +75,8 @@ const st: BlobStat = await a.stat(w.name);
 const has: boolean = await a.has(w.name);
 const srv = await serve(a, { tokens: { t: ['read'] } });
 const b = await BlobStore.open(dir + '/b');
-const c = await connect(b, srv.url, { token: 't' });
+// docs/API.md: connect(store, url, options) is connect(store, dial(url, { ...options, chunker: store.chunker })).
+const c = await connect(b, dial(srv.url, { token: 't', chunker: b.chunker }));
 const p: TransferStats = await c.pull(w.name);
 await c.close();
 await srv.close();

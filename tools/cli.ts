@@ -8,7 +8,7 @@
 import fs from 'node:fs';
 import v8 from 'node:v8';
 import { CommanderError } from 'commander';
-import { isCabError } from '../src/errors.js';
+import { ioError, isCabError } from '../src/errors.js';
 import { Interrupted, program, usageHelp } from './cli/context.js';
 import { writeCommands } from './cli/write.js';
 import { blobCommands } from './cli/blobs.js';
@@ -39,9 +39,11 @@ v8.setFlagsFromString('--interrupt-budget=1048576');
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
 // A reader that goes away (`cabstore cat X | head`) is the end of the output, as for cat: exit 0, quietly.
+// Any other failure to write it (`> /dev/full`: ENOSPC, EIO) is the command's failure: its code, exit 1.
 process.stdout.on('error', (e: NodeJS.ErrnoException) => {
   if (e.code === 'EPIPE') process.exit(0);
-  throw e;
+  process.stderr.write(`cabstore: ${ioError(e, 'writing to stdout').message}\n`);
+  process.exit(1);
 });
 
 program
@@ -81,7 +83,7 @@ void (async () => {
       process.exit(2);
     }
     if (e instanceof Interrupted) {
-      process.stderr.write(`cabstore: ${e.message}\n`);
+      if (e.message) process.stderr.write(`cabstore: ${e.message}\n`);
       // Having cleaned up, die of the signal itself, as a program that catches SIGINT should: the shell sees
       // 130 (SIGINT) or 143 (SIGTERM), and a script running us stops too. process.exit would also wait
       // forever for a read of a FIFO that nobody writes to (Node joins its I/O threads at exit).

@@ -39,7 +39,11 @@ export async function statInput(file: string): Promise<fs.Stats> {
 }
 
 export async function openSource(file: string): Promise<Source> {
-  if (file === STDIN) return { file, size: undefined, open: () => process.stdin };
+  if (file === STDIN) {
+    // Node reads a directory on fd 0 (`put - < /tmp`) as an empty stream: that would store an empty blob.
+    if (fstat0()?.isDirectory()) throw new CabError('ERR_NO_SUCH_FILE', 'stdin is a directory: give - a file or a pipe', { path: file });
+    return { file, size: undefined, open: () => process.stdin };
+  }
   const st = await statInput(file);
   if (st.isFile()) return { file, size: st.size };
   // /dev/stdin, /dev/fd/0: opened again by name, a socket (what a parent process may give as stdin) fails with ENXIO.
@@ -48,14 +52,18 @@ export async function openSource(file: string): Promise<Source> {
 }
 
 function isStdin(st: fs.Stats): boolean {
-  let fd0: fs.Stats;
+  const fd0 = fstat0();
+  return fd0 !== undefined && st.dev === fd0.dev && st.ino === fd0.ino;
+}
+
+/** What stdin (fd 0) is; undefined if there is none. */
+function fstat0(): fs.Stats | undefined {
   try {
-    fd0 = fs.fstatSync(0);
+    return fs.fstatSync(0);
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'EBADF') return false; // no stdin at all
+    if ((e as NodeJS.ErrnoException).code === 'EBADF') return undefined; // no stdin at all
     throw e;
   }
-  return st.dev === fd0.dev && st.ino === fd0.ino;
 }
 
 export interface AppendOptions {

@@ -317,13 +317,16 @@ export class BlobReader {
     // Only an end given can come before the start: the default end, the blob's size, cuts like any other.
     if (!toEnd && start > asked) throw new CabError('ERR_ILLEGAL_POSITION', `range [${start}, ${asked}) ends before it starts`, { blob: this.name, offset: start });
     let end = Math.min(asked, this.size);
+    // destroy() (a pipeline whose consumer went away) ends a wait for more bytes, rather than waiting for the writer.
+    const stop = new AbortController();
+    const waitOn = signal ? AbortSignal.any([signal, stop.signal]) : stop.signal;
     const blocks = async function* (this: BlobReader): AsyncGenerator<Buffer> {
       const inflight: Array<Promise<Buffer>> = [];
       let pos = start;
       for (;;) {
         if (follow && pos >= end && inflight.length === 0 && pos < asked) {
           // At the end of what is readable: wait for more, or the end at finalize.
-          await this.#more(pos, signal);
+          await this.#more(pos, waitOn);
           end = Math.min(asked, this.size);
           if (pos >= end) break;
         }
@@ -342,6 +345,8 @@ export class BlobReader {
       }
     };
     const stream = Readable.from(blocks.call(this), { objectMode: false, highWaterMark: hwm });
+    const destroy = stream._destroy.bind(stream);
+    stream._destroy = (err, cb) => (stop.abort(), destroy(err, cb));
     if (signal) {
       const onAbort = () => stream.destroy(abortError(signal, `reading blob ${this.name}`, { blob: this.name }));
       if (signal.aborted) onAbort();

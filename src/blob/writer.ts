@@ -273,7 +273,7 @@ export class BlobWriter {
       } finally {
         await this.#release('closed');
       }
-    });
+    }, undefined, () => this.#state !== 'open');
   }
 
   /**
@@ -303,7 +303,7 @@ export class BlobWriter {
       });
       this.#leavesLent = await this.#ingest.finishLayer(this.name);
       await this.#release('finalized');
-    });
+    }, undefined, () => this.#state === 'finalized');
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
@@ -357,9 +357,10 @@ export class BlobWriter {
     return abortError(signal, `appending to blob ${this.name}`, { blob: this.name, offset: this.size });
   }
 
-  /** Serializes calls on one writer (see Serial); after close or failure they reject. */
-  #run<T>(fn: () => Promise<T>, signal?: AbortSignal): Promise<T> {
+  /** Serializes calls on one writer (see Serial); after close or failure they reject, but a close queued behind another that did its work (`done`) resolves. */
+  #run<T>(fn: () => Promise<T>, signal?: AbortSignal, done?: () => boolean): Promise<T> {
     const call = () => {
+      if (done?.()) return Promise.resolve(undefined as T);
       this.#throwIfNotOpen();
       return fn();
     };

@@ -1,3 +1,4 @@
+import { checkBytes } from '../errors.js';
 import { GEAR } from './gear.js';
 import { DATA_AT, DATA_MAX, WASM_LANE, gearWasm } from './gear-wasm.js';
 import { resolveChunkerParams, type ChunkerParams, type ResolvedChunkerParams } from './params.js';
@@ -93,6 +94,7 @@ export class Chunker {
    * chunk that ends inside this piece, in order, and returns `out`.
    */
   push(piece: Uint8Array, out: number[] = []): number[] {
+    checkBytes(piece, 'the chunker');
     if (piece.length > DATA_MAX && gearWasm) {
       for (let o = 0; o < piece.length; o += DATA_MAX) this.push(piece.subarray(o, o + DATA_MAX), out);
       return out;

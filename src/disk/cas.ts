@@ -61,7 +61,10 @@ export class Cas {
       fh = await fs.open(this.layout.fragment(id), 'r');
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw ioError(e, `opening fragment ${id}`, { fragment: id }); // EMFILE, EIO: ERR_IO, never "missing"
-      if (!this.remote) throw new CabError('ERR_FRAGMENT_MISSING', `fragment ${id} is missing`, { fragment: id, cause: e });
+      if (!this.remote) {
+        const next = 'fsck with repair (`cabstore fsck --repair`) records the damage in the blobs that use it, and a pull of each from a store that holds it heals it';
+        throw new CabError('ERR_FRAGMENT_MISSING', `fragment ${id} is missing: ${next}`, { fragment: id, cause: e });
+      }
       return this.#fetch(id, plan);
     }
     this.remote?.cache.touch(id);

@@ -33,7 +33,8 @@ export interface Attachment {
  * 'absent' (no directory, or an empty one, and not asked to create a
  * store), 'not-empty' (other files and no cabstore.json: never made a
  * store, or a store that lost its cabstore.json), 'not-a-directory' (a
- * file where the store or a directory above it should be).
+ * file where the store or a directory above it should be, or a symbolic
+ * link to nothing).
  */
 export type NotAStore = 'absent' | 'not-empty' | 'not-a-directory';
 
@@ -114,7 +115,12 @@ async function mayBecomeStore(layout: Layout): Promise<boolean> {
     entries = await fs.readdir(layout.root);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') return true;
+    if (code === 'ENOENT') {
+      // A link to nothing: no store could be made through it (mkdir meets the link), nor is one there.
+      const target = await fs.readlink(layout.root).catch(() => undefined);
+      if (target === undefined) return true;
+      throw notAStore(layout, 'not-a-directory', `${layout.root} is a symbolic link to ${target}, which does not exist: make that directory, or point the link at a store`);
+    }
     if (code !== 'ENOTDIR') throw e;
     throw notAStore(layout, 'not-a-directory', `${layout.root} is not a directory (it, or a directory above it, is a file)`);
   }
@@ -149,6 +155,7 @@ export function checkOpenArgs(root: unknown, options: unknown): void {
   }
   if (o.fragmentSize !== undefined && (!Number.isSafeInteger(o.fragmentSize) || (o.fragmentSize as number) < 1)) throw bad(`fragmentSize must be a positive integer, not ${String(o.fragmentSize)}`);
   if (o.chunker !== undefined && (o.chunker === null || typeof o.chunker !== 'object')) throw bad('chunker must be an object of min, avg and max');
+  if (o.chunker !== undefined) resolveStoreChunkerParams(o.chunker as Partial<ChunkerParams>); // ERR_BAD_CHUNKER_PARAMS before a directory is made
   if (o.objectStore !== undefined) resolveObjectStoreOptions(o.objectStore);
 }
 

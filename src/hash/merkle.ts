@@ -1,4 +1,4 @@
-import { CabError } from '../errors.js';
+import { CabError, checkBytes } from '../errors.js';
 import { sha256, toHex, fromHex, HASH_SIZE } from './sha256.js';
 import { objectArray } from '../lists.js';
 
@@ -79,6 +79,7 @@ export class MerkleHasher {
   }
 
   update(bytes: Uint8Array): this {
+    checkBytes(bytes, 'MerkleHasher.update');
     let off = 0;
     const len = bytes.byteLength;
     if (this.#partialLen > 0) {
@@ -109,7 +110,9 @@ export class MerkleHasher {
    * (src/blob/same-leaves.ts). The hasher must stand at a leaf boundary.
    */
   pushLeaves(hashes: Uint8Array): this {
-    if (this.#partialLen !== 0) throw new Error('leaf hashes fed in the middle of a leaf');
+    checkBytes(hashes, 'MerkleHasher.pushLeaves');
+    if (hashes.length % HASH_SIZE !== 0) throw new CabError('ERR_BAD_ARGUMENT', `MerkleHasher.pushLeaves takes 32-byte hashes, not ${hashes.length} bytes`);
+    if (this.#partialLen !== 0) throw new CabError('ERR_BAD_ARGUMENT', 'MerkleHasher.pushLeaves: leaf hashes fed in the middle of a leaf');
     for (let at = 0; at < hashes.length; at += HASH_SIZE) this.#pushLeaf(hashes.subarray(at, at + HASH_SIZE));
     this.#size += (hashes.length / HASH_SIZE) * LEAF_SIZE;
     return this;

@@ -160,22 +160,24 @@ export interface MissingChunk {
   size: number;
 }
 
+/** A bundle read through and checked (checkBundle): where the chunk lists of each blob and the data of each chunk are. */
+interface CheckedBundle {
+  blobs: Array<{ name: string; size: number; hash: Uint8Array; lists: Array<[number, number]>; listed: number; at: number }>;
+  /** Chunk hash (hex) -> [record offset, record length, item index]. */
+  data: Map<string, [number, number, number]>;
+}
+
 /**
- * Imports a bundle: the whole file is checked first (a truncated or corrupt
- * bundle changes nothing: ERR_BUNDLE_TRUNCATED, ERR_BUNDLE_CORRUPT; each
- * blob record must have a valid name, a size that is a non-negative integer
- * and the sum of its chunk list, and a 32-byte hash); then
- * each blob is rebuilt from local data plus the bundle's chunks, every chunk
- * and the blob hash verified, exactly as a pull. A blob needing a chunk that
- * neither has is left out and reported with what is missing. An interrupted
- * import, run again, finishes the job.
+ * The first pass of an import, which needs no store: reads the whole bundle
+ * and checks it (framing, CRCs, the end record, the header, every record;
+ * see importBundle), noting where the chunk lists of each blob and the data
+ * of each chunk are. ERR_BUNDLE_TRUNCATED or ERR_BUNDLE_CORRUPT otherwise.
+ * The command line runs it before it makes a store for an import.
  */
-export async function importBundle(store: BlobStore, file: string, options: ImportOptions = {}): Promise<ImportReport> {
-  const { signal } = options;
+export async function checkBundle(file: string, signal?: AbortSignal): Promise<CheckedBundle> {
   const aborted = () => throwIfAborted(signal, `importing ${file}`);
   aborted();
-  // Pass 1: check everything, and note where each chunk's data and each blob's list are.
-  const blobs: Array<{ name: string; size: number; hash: Uint8Array; lists: Array<[number, number]>; listed: number; at: number }> = [];
+  const blobs: CheckedBundle['blobs'] = [];
   const data = new Map<string, [number, number, number]>(); // hash hex -> [record offset, record length, item index]
   const named = new Map<string, { size: number; hash: Uint8Array }>();
   let header = false;
@@ -230,6 +232,23 @@ export async function importBundle(store: BlobStore, file: string, options: Impo
       throw new CabError('ERR_BUNDLE_CORRUPT', `${file}: blob ${b.name} says ${b.size} bytes, its chunks make ${b.listed}`, { path: file, offset: b.at, blob: b.name });
     }
   }
+  return { blobs, data };
+}
+
+/**
+ * Imports a bundle: the whole file is checked first (a truncated or corrupt
+ * bundle changes nothing: ERR_BUNDLE_TRUNCATED, ERR_BUNDLE_CORRUPT; each
+ * blob record must have a valid name, a size that is a non-negative integer
+ * and the sum of its chunk list, and a 32-byte hash); then
+ * each blob is rebuilt from local data plus the bundle's chunks, every chunk
+ * and the blob hash verified, exactly as a pull. A blob needing a chunk that
+ * neither has is left out and reported with what is missing. An interrupted
+ * import, run again, finishes the job.
+ */
+export async function importBundle(store: BlobStore, file: string, options: ImportOptions = {}): Promise<ImportReport> {
+  const { signal } = options;
+  const aborted = () => throwIfAborted(signal, `importing ${file}`);
+  const { blobs, data } = await checkBundle(file, signal);
 
   const fh = await fs.open(file, 'r').catch((e: unknown) => {
     throw ioError(e, `reading ${file}`, { path: file });

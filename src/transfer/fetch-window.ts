@@ -5,11 +5,11 @@ import type { ChunkRef } from '../store.js';
 import { MAX_GET_ITEMS, type GetItem } from './messages.js';
 import { getBytes, type Take } from './remote.js';
 import type { TransferStats } from './stats.js';
-import { throwIfAborted } from './abort.js';
+import { abortError, throwIfAborted } from './abort.js';
 import { recycledBuffer, RECYCLED_BYTES } from '../hash/pool.js';
 import { isSourceFault, type SourceEntry, type SourceSet } from './sources.js';
 import type { ChunkerParams } from '../chunker/params.js';
-import { Lanes, STEAL_AFTER_MS, type Lane } from './lanes.js';
+import { Lanes, SALVAGE_MS, STEAL_AFTER_MS, type Lane } from './lanes.js';
 import { objectArray } from '../lists.js';
 
 export { FETCH_WINDOW_BYTES } from './lanes.js';
@@ -154,13 +154,16 @@ export class FetchWindow {
 
   /**
    * After the transfer failed or was cancelled: the asks still under way on
-   * live sources land (they are paid for; on a dead connection they fail at
-   * once), then everything that landed is written, so the next run need
-   * not fetch it.
+   * live sources land (paid for; on a dead connection they fail at once; if
+   * cancelled, for SALVAGE_MS at most, not the 30 s stall of a slow source), then
+   * everything that landed is written, so the next run need not fetch it.
    */
   async salvage(): Promise<void> {
     this.#stopped = true;
-    while (this.#asks.size > 0) await new Promise<void>((r) => this.#waiters.push(r));
+    const giveUp = () => ((this.#failure ??= abortError(this.signal!, this.name)), this.#poke());
+    const timer = this.signal?.aborted ? setTimeout(giveUp, SALVAGE_MS) : undefined;
+    while (this.#asks.size > 0 && this.#failure === undefined) await new Promise<void>((r) => this.#waiters.push(r));
+    clearTimeout(timer);
     await this.#flush();
     this.#unlisten();
   }

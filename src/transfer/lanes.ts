@@ -16,6 +16,9 @@ export const FETCH_WINDOW_BYTES = 8 * 1024 * 1024;
  * stay under it; a stalled source does not.
  */
 export const STEAL_AFTER_MS = 500;
+
+/** How long a cancelled fetch waits for the answers under way (what lands is written: the next run need not fetch it again). */
+export const SALVAGE_MS = 1000;
 /**
  * A source asked nothing for this long is measured again: it may take the
  * next get even if it looked slow (its speed was measured once, maybe while

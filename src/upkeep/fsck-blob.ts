@@ -117,7 +117,8 @@ async function checkDamage(ctx: FsckContext, fh: fs.FileHandle, d: Descriptor, h
     await catchUpBlob(ctx.index, ctx.layout, name);
   }
   for (const r of fresh) {
-    const detail = `blob bytes ${r.o}..${r.e} ${r.fragment ? `(fragment ${r.fragment}) ` : ''}do not hash to their recorded chunks${repair ? ': recorded as damaged' : ''}`;
+    const what = r.kind === 'missing-fragment' ? 'are in a fragment that is missing' : r.kind === 'short-fragment' ? 'lie past the end of their fragment' : 'do not hash to their recorded chunks';
+    const detail = `blob bytes ${r.o}..${r.e} ${r.fragment ? `(fragment ${r.fragment}) ` : ''}${what}${repair ? ': recorded as damaged' : ''}`;
     problem(ctx, { kind: r.kind, blob: name, fragment: r.fragment, offset: r.o, end: r.e, detail }, repair);
   }
   const all = normalizeDamage<DamageRange>([...d.damage, ...fresh]);

@@ -320,7 +320,7 @@ async function gcLock(layout: Layout, wait: boolean, signal: AbortSignal | undef
     throwIfAborted(signal, 'gc');
     const release = await tryGcLock(path.join(layout.leases, 'gc'));
     if (release) return release;
-    if (!wait) throw new CabError('ERR_GC_RUNNING', 'another GC is running on this store');
+    if (!wait) throw new CabError('ERR_GC_RUNNING', 'another GC is running on this store: wait for it (gc({ wait: true }), `cabstore gc --wait`) or run this one later');
     await new Promise((r) => setTimeout(r, delay));
   }
 }

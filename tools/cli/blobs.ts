@@ -5,33 +5,35 @@ import { rangeArg, sizeArg, usage } from '../args.js';
 import { isCabError } from '../../src/errors.js';
 import { ioError } from '../../src/errors.js';
 import { checkBlobName } from '../../src/format/layout.js';
-import { remoteGet, writeOut, type RemoteGetOptions } from './remote-get.js';
-import { hex as toHex, json, lib, out, readText, token, withScratchStore, withStore } from './context.js';
+import { notWritten, remoteGet, writeOut, type RemoteGetOptions } from './remote-get.js';
+import { cleanlyInterruptible, hex as toHex, json, lib, out, readText, token, withScratchStore, withStore } from './context.js';
 
 async function writeBlob(name: string, output?: string, follow = false): Promise<void> {
-  await withStore(false, async (s) => {
+  await cleanlyInterruptible(notWritten(output), (signal) => withStore(false, async (s) => {
     const r = await s.newBlobReader(name, { follow });
     try {
-      await writeOut(r.stream(), r.size, `get ${name.slice(0, 8)}`, output);
+      // Not an error (a partial upload may be worth reading), but not the whole blob either: say so.
+      if (!follow && !r.isFinalized) process.stderr.write(`cabstore: blob ${name} is not finalized: these are the ${r.size} bytes durable so far (--follow waits for the rest)\n`);
+      await writeOut(r.stream({ signal }), r.size, `get ${name.slice(0, 8)}`, output);
     } finally {
       await r.close();
     }
-  });
+  }));
 }
 
 /** get --from URL --follow: a blob the server is still writing, each chunk checked as it comes and the root at the end; no store here. */
 async function followRemote(url: string, name: string, o: { output?: string; tokenFile?: string; ca?: string }): Promise<void> {
   checkBlobName(name);
   const { connect } = await lib.net();
-  await withScratchStore(async (s) => {
-    const c = await connect(s, url, { token: token(o), ...(o.ca ? { ca: readText(o.ca) } : {}) });
+  await cleanlyInterruptible(notWritten(o.output), (signal) => withScratchStore(async (s) => {
+    const c = await connect(s, url, { token: token(o), ...(o.ca ? { ca: readText(o.ca) } : {}), signal });
     try {
-      const size = (await c.stat(name)).size;
-      await writeOut(c.stream(name, { follow: true }), size, `get ${name.slice(0, 8)}`, o.output);
+      const size = (await c.stat(name, { signal })).size;
+      await writeOut(c.stream(name, { follow: true, signal }), size, `get ${name.slice(0, 8)}`, o.output);
     } finally {
       await c.close();
     }
-  });
+  }));
 }
 
 export function blobCommands(program: Command): void {
@@ -95,11 +97,12 @@ export function blobCommands(program: Command): void {
     .description('facts about a blob, here (NAME) or on a server (URL NAME: no store needed here)')
     .argument('<name-or-url>')
     .argument('[name]')
-    .option('--token-file <file>', 'the token (first line) for a server')
-    .action(async (a: string, b: string | undefined, o: { tokenFile?: string }) => {
+    .option('--token-file <file>', 'the token (first line) for a server; else $CABSTORE_TOKEN')
+    .option('--ca <file>', 'PEM CA for a wss:// server')
+    .action(async (a: string, b: string | undefined, o: { tokenFile?: string; ca?: string }) => {
       if (b !== undefined) {
         // Asks the server only, on a dial: no store is needed here.
-        const d = (await lib.dial()).dial(a, { token: token(o) });
+        const d = (await lib.dial()).dial(a, { token: token(o), ...(o.ca ? { ca: readText(o.ca) } : {}) });
         try {
           const st = await d.stat(b);
           out(`size ${st.size}\nfinalized ${st.finalized}\nhash ${st.hash ? toHex(st.hash) : '-'}`, { name: b, ...st });

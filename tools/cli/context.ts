@@ -188,3 +188,45 @@ export class Interrupted extends Error {
     this.signal = signal;
   }
 }
+
+/**
+ * Runs `fn` with a signal that SIGINT or SIGTERM fires; a second signal
+ * ends the process at once. An Interrupted error is then what ended it.
+ */
+export async function untilSignal<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const ac = new AbortController();
+  // Our listener stays until the cleanup is done: with none left, proper-lockfile's signal-exit (loaded
+  // with the store) would re-raise the first signal and end the process before the cleanup.
+  const stop = (sig: NodeJS.Signals) => {
+    if (!ac.signal.aborted) return ac.abort(sig);
+    process.off('SIGINT', stop);
+    process.off('SIGTERM', stop);
+    process.kill(process.pid, sig); // a second signal: at once
+  };
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
+  try {
+    return await fn(ac.signal);
+  } finally {
+    process.off('SIGINT', stop);
+    process.off('SIGTERM', stop);
+  }
+}
+
+/**
+ * Runs a command that writes a file through a temp file (get -o, have,
+ * export) or works in a scratch store (get --from): stopped by Ctrl-C or
+ * SIGTERM, `fn` is stopped through its signal and cleans up (no temp file
+ * beside the output, no scratch store left in the temp folder), then the
+ * command dies of the signal, saying `message` (if any).
+ */
+export function cleanlyInterruptible<T>(message: string, fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  return untilSignal(async (signal) => {
+    try {
+      return await fn(signal);
+    } catch (e) {
+      if (signal.aborted) throw new Interrupted(signal.reason as NodeJS.Signals, message);
+      throw e;
+    }
+  });
+}

@@ -10,7 +10,7 @@ import { statInput } from '../source.js';
 import { sizeArg, usage } from '../args.js';
 import type { Dial } from '../../src/transfer/dial.js';
 import type { RemoteStat } from '../../src/transfer/stats.js';
-import { hex as toHex, json, lib, out, readText, replacer, startHashing, token, withStore, withStoreMadeAfter } from './context.js';
+import { Interrupted, cabstoreCommand, cleanlyInterruptible, hex as toHex, json, lib, out, readText, replacer, startHashing, token, untilSignal, withStore, withStoreMadeAfter } from './context.js';
 
 /** Missing chunks an incomplete import lists per blob; --json has the library's list (the first 100). */
 const MISSING_SHOWN = 10;
@@ -45,8 +45,10 @@ export function transferCommands(program: Command): void {
     // and the upgrade request leaves before the loading, which holds the loop for some 50 ms.
     for (let turn = 0; d && turn < 2; turn++) await new Promise((r) => setImmediate(r));
     await startHashing();
-    if (d) return pullOne(d, asked!, name);
-    return pullMany(urls, name, o);
+    const flags = { '--from': o.from, '--hash': o.hash, '--size': o.size, '--token-file': o.tokenFile, '--ca': o.ca };
+    const again = cabstoreCommand('pull', a, ...(b === undefined ? [] : [b]), ...Object.entries(flags).flatMap(([f, v]) => [v ?? []].flat().flatMap((x) => [f, String(x)])));
+    if (d) return pullOne(d, asked!, name, again);
+    return pullMany(urls, name, o, again);
   });
 
   transferOpts(program.command('push').description('send a blob to a server; only what it lacks travels').argument('<url>').argument('<name>')).action(
@@ -70,10 +72,10 @@ export function transferCommands(program: Command): void {
     .option('-o, --output <file>', 'output file', 'cabstore.have')
     .action(async (o: { output: string }) => {
       const { writeHave } = await lib.bundle();
-      await withStore(false, async (s) => {
-        const r = await writeHave(s, o.output);
+      await cleanlyInterruptible(`interrupted: ${o.output} not written`, (signal) => withStore(false, async (s) => {
+        const r = await writeHave(s, o.output, { signal });
         out(`${o.output}: ${count(r.chunks, 'chunk')} in ${fmtBytes(r.bytes)}`, { file: o.output, ...r });
-      });
+      }));
     });
 
   program
@@ -84,12 +86,12 @@ export function transferCommands(program: Command): void {
     .option('--have <file>', "the receiver's have file")
     .action(async (names: string[], o: { output: string; have?: string }) => {
       const { exportBundle } = await lib.bundle();
-      await withStore(false, async (s) => {
+      await cleanlyInterruptible(`interrupted: ${o.output} not written`, (signal) => withStore(false, async (s) => {
         const p = new Progress('export');
-        const r = await exportBundle(s, names, o.output, { have: o.have, onProgress: (b) => p.set(b) });
+        const r = await exportBundle(s, names, o.output, { have: o.have, onProgress: (b) => p.set(b), signal });
         p.end();
         out(`${o.output}: ${count(r.blobs, 'blob')}, ${count(r.chunks, 'chunk')} (${fmtBytes(r.dataBytes)} of data), ${fmtBytes(r.bytes)}`, { file: o.output, ...r });
-      });
+      }));
     });
 
   program
@@ -99,8 +101,9 @@ export function transferCommands(program: Command): void {
     .action(async (file: string) => {
       await statInput(file); // before a store is made for it
       await startHashing();
-      const { importBundle } = await lib.bundle();
-      await withStore(true, async (s) => {
+      const { checkBundle, importBundle } = await lib.bundle();
+      // With no store here, the bundle is read through and checked first: a store is made only for one that checks out.
+      await withStoreMadeAfter(async () => void (await checkBundle(file)), async (s) => {
         const p = new Progress('import');
         const r = await importBundle(s, file, { onProgress: (b) => p.set(b) });
         p.end();
@@ -141,7 +144,7 @@ const serverOpts = (o: { tokenFile?: string; ca?: string }) => ({ token: token(o
  * `asked`): its stats, and the bytes on the wire. With no store here yet,
  * one is made only for a blob the server has, finalized.
  */
-async function pullOne(d: Dial, asked: Promise<RemoteStat>, name: string): Promise<void> {
+async function pullOne(d: Dial, asked: Promise<RemoteStat>, name: string, again: string): Promise<void> {
   try {
     await withStoreMadeAfter(
       async () => {
@@ -152,7 +155,7 @@ async function pullOne(d: Dial, asked: Promise<RemoteStat>, name: string): Promi
         const c = await connect(s, d);
         try {
           const p = progress(name);
-          const st = await c.pull(name, { onProgress: p.on });
+          const st = await interruptible(s, name, again, (signal) => c.pull(name, { onProgress: p.on, signal }));
           p.end();
           out(
             `${name} ${toHex(st.hash)}: ${st.alreadyHad ? 'already here' : `${fmtBytes(st.receivedBytes)} received, ${fmtBytes(st.reusedBytes)} reused`}, ${fmtBytes(c.wire.sent + c.wire.received)} on the wire`,
@@ -173,7 +176,7 @@ async function pullOne(d: Dial, asked: Promise<RemoteStat>, name: string): Promi
  * fetchBlob. A token name a signpost gives is looked up in
  * $CABSTORE_TOKEN_<NAME> (upper case, other characters as _).
  */
-async function pullMany(urls: string[], name: string, o: PullOptions): Promise<void> {
+async function pullMany(urls: string[], name: string, o: PullOptions, again: string): Promise<void> {
   const { fetchBlob } = await import('../../src/transfer/fetch-blob.js');
   const ca = o.ca ? readText(o.ca) : undefined;
   const p = progress(name);
@@ -183,15 +186,19 @@ async function pullMany(urls: string[], name: string, o: PullOptions): Promise<v
     ...(o.size === undefined ? {} : { size: o.size }),
     ...(ca === undefined ? {} : { ca }),
     token: token(o),
-    tokens: (n: string) => process.env[`CABSTORE_TOKEN_${n.toUpperCase().replace(/[^A-Z0-9_]/g, '_')}`],
+    tokens: (n: string) => {
+      const v = `CABSTORE_TOKEN_${n.toUpperCase().replace(/[^A-Z0-9_]/g, '_')}`;
+      if (process.env[v] === undefined) throw new CabError('ERR_AUTH', `no token named ${JSON.stringify(n)} (the signpost's token name): set $${v}`, { found: n });
+      return process.env[v];
+    },
     onProgress: p.on,
   };
   const pull = async (s: BlobStore) => {
     let st;
     try {
-      st = await fetchBlob(s, name, options);
+      st = await interruptible(s, name, again, (signal) => fetchBlob(s, name, { ...options, signal }));
     } catch (e) {
-      throw noSourceLeft(e, name);
+      throw e instanceof Interrupted ? e : noSourceLeft(e, name);
     }
     p.end();
     const lines = st.sources.map((x) => `  ${x.source}: ${x.dropped ? `dropped, ${x.dropped.message.split('\n')[0]}` : `${fmtBytes(x.receivedBytes)} in ${count(x.chunks, 'chunk')}`}`);
@@ -204,6 +211,24 @@ async function pullMany(urls: string[], name: string, o: PullOptions): Promise<v
   // No URL: the signpost is in the store, which must be there. URLs: a store is made once a server has the blob.
   if (urls.length === 0) await withStore(false, pull);
   else await withStoreMadeAfter(() => firstHas(urls, name, { token: token(o), ...(ca === undefined ? {} : { ca }) }, o.hash), pull);
+}
+
+/**
+ * Runs a pull with a signal that Ctrl-C or SIGTERM fires: the pull stops
+ * and keeps what it verified, durably, unfinalized; the command then says
+ * how much the blob holds and how to go on, and dies of the signal, as put
+ * does.
+ */
+async function interruptible<T>(s: BlobStore, name: string, again: string, fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  return untilSignal(async (signal) => {
+    try {
+      return await fn(signal);
+    } catch (e) {
+      if (!signal.aborted) throw e;
+      const held = await s.stat(name).then((st) => st.size, () => 0);
+      throw new Interrupted(signal.reason as NodeJS.Signals, `interrupted: blob ${name} holds the first ${held} bytes, durably, unfinalized; to go on: ${again}`);
+    }
+  });
 }
 
 /** Resolves once one of the servers has blob `name` finalized (with root `hash`, if given); else fails with the last server's reason. */

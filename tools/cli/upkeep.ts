@@ -40,7 +40,7 @@ export function upkeepCommands(program: Command): void {
   program
     .command('fsck')
     .description('check the store; exits 1 if it finds a problem it did not repair, or a damaged blob')
-    .option('--verify', 'also hash every fragment and every finalized blob')
+    .option('--verify', 'also hash the data: every blob, finalized or not, against the hashes it records')
     .option('--repair', 'fix what can be fixed without losing anything')
     .action(async (o: { verify?: boolean; repair?: boolean }) => {
       const r = await withStore(

@@ -9,7 +9,7 @@ import { checkBlobName } from '../../src/format/layout.js';
 import { Progress } from '../progress.js';
 import { STDIN, appendSource, openSource, type Source } from '../source.js';
 import { usage } from '../args.js';
-import { Interrupted, cabstoreCommand, hex as toHex, lib, out, startHashing, storeDir, storeOptions, withStore } from './context.js';
+import { Interrupted, cabstoreCommand, hex as toHex, lib, out, startHashing, storeDir, storeOptions, untilSignal, withStore } from './context.js';
 
 export function writeCommands(program: Command): void {
   program
@@ -85,30 +85,6 @@ export function writeCommands(program: Command): void {
         }),
       );
     });
-}
-
-/**
- * Runs `fn` with a signal that SIGINT or SIGTERM fires; a second signal
- * ends the process at once. An Interrupted error is then what ended it.
- */
-async function untilSignal<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
-  const ac = new AbortController();
-  // Our listener stays until the cleanup is done: with none left, proper-lockfile's signal-exit (loaded
-  // with the store) would re-raise the first signal and end the process before the cleanup.
-  const stop = (sig: NodeJS.Signals) => {
-    if (!ac.signal.aborted) return ac.abort(sig);
-    process.off('SIGINT', stop);
-    process.off('SIGTERM', stop);
-    process.kill(process.pid, sig); // a second signal: at once
-  };
-  process.on('SIGINT', stop);
-  process.on('SIGTERM', stop);
-  try {
-    return await fn(ac.signal);
-  } finally {
-    process.off('SIGINT', stop);
-    process.off('SIGTERM', stop);
-  }
 }
 
 /**
