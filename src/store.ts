@@ -175,13 +175,14 @@ export class BlobStore {
    * Removes a blob: its descriptor and index entries (and in a bucket-backed
    * store its published descriptor: every store on the bucket loses it).
    * Its fragments stay until GC finds no one needs them. ERR_BLOB_LOCKED
-   * while a writer has it.
+   * while a writer has it. `onlyIf` (internal): run with the writer lock held, before anything is removed; if it rejects, the blob stays.
    */
-  async deleteBlob(name: string): Promise<void> {
+  async deleteBlob(name: string, onlyIf?: () => Promise<void>): Promise<void> {
     checkBlobName(name);
     this.checkOpen();
     const shared = this.shared;
-    await this.#fetched(name, () => removeBlob(this.layout, this.index, this.tables, name, shared ? { whileLocked: () => shared.unpublish(name) } : {}));
+    const whileLocked = async () => (await onlyIf?.(), await shared?.unpublish(name));
+    await this.#fetched(name, () => removeBlob(this.layout, this.index, this.tables, name, { whileLocked }));
     await shared?.forget(name);
     this.#snapshots.forget(name);
   }

@@ -11,7 +11,6 @@ import { Receiver, isSourceGone } from './receiver.js';
 import { DEFAULT_STALL_MS, SourceSet, checkStallMs } from './sources.js';
 import { orAbort } from './abort.js';
 import { FIRST_LIST_PAGE } from './messages.js';
-import { removeBlob } from '../index/remove.js';
 
 export type { RemoteSource } from './remote.js';
 export type { ReceiveOptions, TransferProgress, TransferStats } from './stats.js';
@@ -201,15 +200,11 @@ async function receiveOnce(
  * hides the pull's own error.
  */
 async function dropMade(store: BlobStore, name: string): Promise<void> {
-  const whileLocked = async () => {
+  const stillEmpty = async () => {
     const st = await store.stat(name);
     if (st.size > 0 || st.finalized) throw new CabError('ERR_BLOB_EXISTS', `blob ${name} has bytes now: kept`, { blob: name });
-    await store.shared?.unpublish(name);
   };
-  await removeBlob(store.layout, store.index, store.tables, name, { whileLocked }).then(
-    () => store.shared?.forget(name),
-    () => {},
-  );
+  await store.deleteBlob(name, stillEmpty).catch(() => {});
 }
 
 /**
