@@ -50,6 +50,13 @@ interface Part {
 export interface SplitJob {
   merkle: MerkleHasher;
   error?: Error;
+  /**
+   * The first failure in blob order among the parts put in the tree: a
+   * `state` marked before it is failed. `error` may be set sooner, by a read
+   * after a mark (hashed here while the helper's share before the mark is
+   * out); that mark still answers, its leaves all good.
+   */
+  treeError?: Error;
   /** Bytes read in a row. */
   run: number;
   /** Parts not yet in `merkle`, the first a helper's share: bytes read after it go to `carry`. */
@@ -172,8 +179,11 @@ function answered(a: LeafAnswer, here = false): void {
 function settle(job: SplitJob): void {
   while (job.parts.length > 0 && job.parts[0]!.done) {
     const p = job.parts.shift()!;
-    if (p.error) job.error ??= p.error;
-    if (!job.error) for (const leaf of p.leaves) job.merkle.pushLeaves(leaf);
+    if (p.error) {
+      job.treeError ??= p.error;
+      job.error ??= p.error;
+    }
+    if (!job.treeError) for (const leaf of p.leaves) job.merkle.pushLeaves(leaf);
     p.mark?.();
     if (p.held) ack(p.held);
   }
@@ -243,13 +253,16 @@ export function readFiles(job: SplitJob, files: Array<string | number>, len: num
 /**
  * The tree's state at this point (`answer`ed once the helper's leaves
  * before it are in), so that a checkpoint holds up no later message; false
- * if the tree is not behind (the caller answers at once).
+ * if the tree is not behind (the caller answers at once). A failure of a
+ * part before the mark is its answer; one of a later read is not (the
+ * checkpoint of the bytes before it stands).
  */
-export function deferState(job: SplitJob, answer: (state: MerkleState) => void): boolean {
+export function deferState(job: SplitJob, answer: (state: MerkleState | Error) => void): boolean {
   if (job.parts.length === 0) return false;
   // The tree stands at a leaf boundary when the mark comes up; the bytes after it are the carry's partial leaf.
   const partial = job.carry!.size % LEAF_SIZE;
   const mark = () => {
+    if (job.treeError) return answer(job.treeError);
     const st = job.merkle.state();
     answer({ ...st, size: st.size + partial });
   };

@@ -9,7 +9,9 @@
 # truncate, mkdir, statfs; the operation on a path (as seen
 # from MNT's root, starting with /) that REGEX matches (re.search) fails with
 # EIO. The faults are the kernel's real errors to the process: a failed
-# fdatasync is an EIO from fdatasync(2), as a failing disk gives.
+# fdatasync is an EIO from fdatasync(2), as a failing disk gives. OP
+# prefixed with "slow" (slowread, slowopen, ...) does not fail: the operation
+# waits 10 ms first, as on a slow disk.
 #
 # Usage: faultfs.py ROOT MNT CONTROL (runs in the foreground until unmounted;
 # prints "ready" once mounted). Debian: python3-fusepy (module fusepy).
@@ -42,6 +44,8 @@ class Faults:
             parts = line.strip().split(None, 1)
             if len(parts) == 2 and parts[0] == op and re.search(parts[1], path):
                 raise FuseOSError(errno.EIO)
+            if len(parts) == 2 and parts[0] == 'slow' + op and re.search(parts[1], path):
+                time.sleep(0.01)
 
 
 class FaultFS(Operations):
