@@ -81,7 +81,10 @@ export class BlobStore {
     try {
       const store = new BlobStore(p.cas, p.index, p.tables, p.lease, p.chunker, p.fragmentSize);
       // Re-indexes every descriptor the index is behind on, and forgets blobs whose descriptor is gone.
-      if (options.catchUpIndex ?? true) await catchUpAll(p.index, p.cas.layout, store.listBlobIds());
+      if (options.catchUpIndex ?? true) {
+        await catchUpAll(p.index, p.cas.layout, store.listBlobIds());
+        p.index.caughtUp = true;
+      }
       if (p.bucket) store.shared = await SharedNode.start(store, p.bucket);
       return store;
     } catch (e) {

@@ -207,12 +207,16 @@ test.serial('race: fsck while another process creates a blob, between its descri
   t.deepEqual((await store.fsck()).problems, []);
   t.deepEqual((await store.fsck({ repair: true })).problems, []);
   t.deepEqual((await store.fsck({ verify: true })).problems, []);
-  // Its writer gone, what it left is a blob with a header and no index entry: fsck --repair indexes it.
+  // Its writer gone, what it left is a blob with a header and no index entry: what the next open of the
+  // store indexes (catchUpAll), and so does fsck now, as no problem (session 12: reporting it made the fsck
+  // loop of the race below fail whenever a writer was killed in that window).
   await killHard(w.child);
-  const r = await store.fsck({ repair: true });
-  t.deepEqual(r.problems.map((p) => p.kind), ['index-mismatch']);
-  t.is(r.repaired, 1);
-  t.deepEqual((await store.fsck()).problems, []);
+  t.is(store.index.blob(name), undefined);
+  const r = await store.fsck();
+  t.deepEqual(r.problems, []);
+  t.is(r.repaired, 0);
+  t.truthy(store.index.blob(name), 'indexed by fsck');
+  t.deepEqual((await store.fsck({ repair: true })).problems, []);
   t.deepEqual(await store.stat(name), { size: 0, finalized: false });
 });
 

@@ -6,7 +6,12 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { HashJob } from '../src/hash/pool.js';
 import { MerkleHasher } from '../src/hash/merkle.js';
 import { prngBytes } from '../tools/data.js';
+import { spawn } from 'node:child_process';
+import { BlobStore } from '../src/index.js';
+import { Layout } from '../src/format/layout.js';
+import { readDescriptor } from '../src/format/descriptor.js';
 import { faultStore } from './helpers/faults.js';
+import { tempDir, readAll } from './helpers/store.js';
 
 const MiB = 1024 * 1024;
 
@@ -51,4 +56,39 @@ test.serial('a state asked while the leaf helper has a share before it is answer
     await job.close().catch(() => {});
   }
   t.log(rounds.join(', '));
+});
+
+// race-session11's fsck loop found this under load: a writer SIGKILLed between a durable record (or its
+// descriptor's link) and the index commit after it leaves the index behind its descriptor, which every open
+// catches up (catchUpAll); an fsck of a store opened before the kill reported it as index-mismatch.
+test.serial('fsck in a process that opened the store before a writer was SIGKILLed with its index behind its durable records: no problem, and the index caught up', async (t) => {
+  const dir = tempDir(t);
+  const s = await BlobStore.open(dir);
+  t.teardown(() => s.close());
+  const indexJs = new URL('../src/index.js', import.meta.url).href;
+  // Fragments of 1 MiB: each full one is a background checkpoint, whose record is durable at once and indexed
+  // only once 64 MiB have gathered (INDEX_BATCH_BYTES), or at a flush or close, which this writer never reaches.
+  const code = `const { BlobStore } = await import(${JSON.stringify(indexJs)});
+    const s = await BlobStore.open(${JSON.stringify(dir)}, { fragmentSize: 1024 * 1024 });
+    const w = await s.newBlobWriter('ab${'0'.repeat(30)}');
+    for (let i = 0; i < 6; i++) await w.appendBytes(Buffer.alloc(1024 * 1024, i + 1));
+    setTimeout(() => console.log('ready'), 500);
+    setInterval(() => {}, 1000);`;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', code], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.teardown(() => void child.kill('SIGKILL'));
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.on('data', (d: Buffer) => d.toString().includes('ready') && resolve());
+    child.on('exit', (c) => reject(new Error(`the writer exited ${c} before it was ready`)));
+  });
+  child.kill('SIGKILL');
+  await new Promise((r) => child.once('exit', r));
+  const name = `ab${'0'.repeat(30)}`;
+  const d = await readDescriptor(new Layout(dir).descriptor(name), name, { extents: false });
+  const before = s.index.blob(name);
+  t.true(d.size >= 4 * 1024 * 1024, `records durable at the kill: ${d.size} bytes`);
+  t.true(before === undefined || before.d < d.validEnd, `the index behind the descriptor at the kill (${before?.d} < ${d.validEnd})`);
+  const r = await s.fsck();
+  t.deepEqual(r.problems, []);
+  t.is(s.index.blob(name)?.s, d.size, 'the index caught up');
+  t.true((await readAll(s, name)).equals(Buffer.concat(Array.from({ length: d.size / (1024 * 1024) }, (_, i) => Buffer.alloc(1024 * 1024, i + 1)))));
 });

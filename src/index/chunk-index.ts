@@ -98,6 +98,8 @@ export class ChunkIndex {
    * succeeds, and before findByHash, fsck and GC read the index.
    */
   readonly behind = new Set<string>();
+  /** Caught up with every descriptor at open (catchUpAll): fsck catches up a blob behind since, as an open would. */
+  caughtUp = false;
   readonly #chunks: Database<number, Buffer>;
   readonly #bchunks: Database<[Uint8Array, number, number], Buffer>;
   readonly #blobs: Database<BlobEntry, Buffer>;

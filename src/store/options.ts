@@ -9,7 +9,9 @@ export interface StoreOptions {
   /**
    * Bring the chunk index up to date with the descriptors on open (default
    * true). fsck opens with false, to report what it finds rather than have
-   * open mend it silently.
+   * open mend it silently. In a store opened with it, `fsck()` catches up a
+   * blob whose writer died since (the index behind its descriptor, as the
+   * next open would) and reports only what still disagrees.
    */
   catchUpIndex?: boolean;
   /**

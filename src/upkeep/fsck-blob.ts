@@ -51,7 +51,16 @@ export async function checkBlob(ctx: FsckContext, name: string, hashOk: boolean 
 
     // The chunk index against the descriptor (after any repair above).
     const cur = await readDescriptorFrom(fh, name, { extents: false });
-    const entry = index.blobNow(name); // not lmdb-js's snapshot of an older turn: the last writer may have just committed
+    let entry = index.blobNow(name); // not lmdb-js's snapshot of an older turn: the last writer may have just committed
+    // No writer (the lock is ours), and the index behind the descriptor or without the blob, in a store
+    // whose open caught the index up: a writer died since, between a durable record (or the descriptor's
+    // link) and its index commit. The index is derived data, which the next open catches up from the
+    // descriptors (catchUpAll): so does this, and only what still disagrees after is a problem. (A store
+    // opened with catchUpIndex false shows its index as it is.)
+    if (mine && index.caughtUp && (entry === undefined || entry.d < cur.validEnd)) {
+      await catchUpBlob(index, layout, name);
+      entry = index.blobNow(name);
+    }
     const agrees =
       entry !== undefined &&
       entry.d === cur.validEnd &&

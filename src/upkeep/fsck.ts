@@ -35,7 +35,9 @@ export async function fsck(cas: Cas, index: ChunkIndex, blobNames: AsyncIterable
  *
  * - Plain: descriptors parse and end cleanly; every fragment a blob
  *   references exists, is a regular file and is long enough; the chunk
- *   index agrees with the descriptors; damage recorded earlier is reported.
+ *   index agrees with the descriptors (in a store opened with catchUpIndex, the
+ *   index of a blob whose writer died since is caught up first, as the next
+ *   open would); damage recorded earlier is reported.
  *   No content is read, except the chunks of an extent whose fragment is
  *   missing or short (to tell which are lost).
  * - `verify`: also every finalized, undamaged blob is hashed against its
