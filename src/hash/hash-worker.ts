@@ -299,7 +299,7 @@ function pump(): void {
   pollAnswers();
   while (inbox.length > 0 && !(needsTree(inbox[0]!) && waiting(jobs.get(inbox[0]!.id)))) handle(inbox.shift()!);
 }
-onAnswers((n) => port.postMessage({ t: 'ack', n }), pump);
+onAnswers((n) => port.postMessage({ t: 'ack', n, r: 1 }), pump);
 port.on('message', (m: ToWorker) => {
   inbox.push(m);
   pump();
@@ -342,7 +342,7 @@ function handle(m: ToWorker): void {
       break;
     }
     case 'read':
-      port.postMessage({ t: 'ack', n: job && !job.error && !job.refused ? readFiles(job, m.files, m.len) : m.len });
+      port.postMessage({ t: 'ack', n: job && !job.error && !job.refused ? readFiles(job, m.files, m.len) : m.len, r: 1 });
       break;
     case 'write':
       writeHeld(job, m.hold, m.writes);

@@ -14,8 +14,8 @@ import type { LeafAnswer, LeafTask } from './leaf-helper.js';
 
 /** Bytes a job reads in a row (no `data` between) that start the helper (it then takes a share of every read). */
 export const SPLIT_RUN = 2 * 1024 * 1024;
-/** The helper's bytes not yet answered, at most: past this the reads are hashed here. */
-export const AHEAD = 8 * 1024 * 1024;
+/** The helper's bytes not yet answered, at most: past this the reads are hashed here (with pool.ts MAX_READS_IN_FLIGHT, which it must stay under). */
+export const AHEAD = 16 * 1024 * 1024;
 /** Bytes of reads hashed here behind a helper's share not yet answered, past which they are acked only once it is (their leaves wait in memory). */
 export const BEHIND = 64 * 1024 * 1024;
 /** A read with fewer bytes of whole leaves is hashed here (a message costs more than it saves). */

@@ -62,11 +62,20 @@ type Request = 'written' | 'state' | 'digest' | 'open-chunk' | 'close';
 /** Bytes of files that stay as they are while the sender holds them (a pinned blob's fragments): [path, position, length] triples, `length` in all; the hashing thread reads them (HashJob.send). */
 export interface FileBytes { files: Array<string | number>; length: number }
 
-/** `n`: bytes of data the thread is done with (an ack), on an answer too. */
-type FromWorker = { t: 'ack'; n: number; buf?: ArrayBuffer; slot?: number } | { t: 'res'; seq: number; n?: number; buf?: ArrayBuffer; slot?: number; cpu?: number; value?: unknown; error?: { message: string; code?: string } };
+/** `n`: bytes of data the thread is done with (an ack), on an answer too; `r`: bytes of files it read (a `read`'s ack). */
+type FromWorker = { t: 'ack'; n: number; r?: 1; buf?: ArrayBuffer; slot?: number } | { t: 'res'; seq: number; n?: number; buf?: ArrayBuffer; slot?: number; cpu?: number; value?: unknown; error?: { message: string; code?: string } };
 
-/** Bytes handed to the thread and not yet processed, before senders wait. */
+/** Bytes of data (memory) handed to the thread and not yet processed, before senders wait. */
 export const MAX_IN_FLIGHT = 16 * 1024 * 1024;
+/**
+ * Bytes of files (`read`s: no memory here, the thread reads them itself)
+ * handed to the thread and not yet hashed, before senders wait. Twice the
+ * data's: with the leaf helper 16 MiB ahead (leaf-split.ts AHEAD) a
+ * window of 16 MiB held the writer back while both threads had work left.
+ * A 1 GiB CLI update, 8 alternated pairs: 1.12 against 1.21 s with either
+ * bound alone (docs/BENCHMARKS.md, twelfth session).
+ */
+export const MAX_READS_IN_FLIGHT = 32 * 1024 * 1024;
 
 export { RECYCLED_BYTES, blockBuffer, givenBuffer, isGiven, isRecycled, recycledBuffer } from './blocks.js';
 
@@ -79,6 +88,7 @@ class HashThread {
   readonly #worker: Worker;
   #seq = 1;
   #inFlight = 0;
+  #readsInFlight = 0;
   readonly #waiting = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
   #drained: Array<() => void> = [];
   #dead: Error | undefined;
@@ -89,18 +99,19 @@ class HashThread {
     this.#worker = startWorker();
     this.#worker.on('message', (m: FromWorker) => {
       if (m.t === 'ack' || m.n) {
-        this.#inFlight -= m.n ?? 0;
+        if (m.t === 'ack' && m.r) this.#readsInFlight -= m.n;
+        else this.#inFlight -= m.n ?? 0;
         giveBack(m.buf, m.slot);
-        if (this.#inFlight <= MAX_IN_FLIGHT / 2) this.#wake();
+        if (this.#inFlight <= MAX_IN_FLIGHT / 2 && this.#readsInFlight <= MAX_READS_IN_FLIGHT / 2) this.#wake();
         if (m.t === 'ack') {
-          if (this.#waiting.size === 0 && this.#inFlight === 0) this.#worker.unref();
+          if (this.#waiting.size === 0 && this.#idle) this.#worker.unref();
           return;
         }
       }
       if (m.cpu !== undefined) this.cpuNs = m.cpu;
       const w = this.#waiting.get(m.seq);
       this.#waiting.delete(m.seq);
-      if (this.#waiting.size === 0 && this.#inFlight === 0) this.#worker.unref();
+      if (this.#waiting.size === 0 && this.#idle) this.#worker.unref();
       if (!w) return;
       if (m.error) {
         // An errno from the thread's writes or reads (ENOSPC, EIO) keeps its meaning: ERR_NO_SPACE or ERR_IO.
@@ -124,6 +135,11 @@ class HashThread {
     this.#wake();
   }
 
+  /** Nothing handed over is still being worked on. */
+  get #idle(): boolean {
+    return this.#inFlight === 0 && this.#readsInFlight === 0;
+  }
+
   #wake(): void {
     const d = this.#drained;
     this.#drained = [];
@@ -132,7 +148,8 @@ class HashThread {
 
   post(m: ToWorker, transfer: ArrayBuffer[] = []): void {
     if (this.#dead) throw this.#dead;
-    if (m.t === 'data' || m.t === 'read') this.#inFlight += m.len;
+    if (m.t === 'data') this.#inFlight += m.len;
+    else if (m.t === 'read') this.#readsInFlight += m.len;
     this.#worker.ref();
     this.#worker.postMessage(m, transfer);
   }
@@ -157,7 +174,7 @@ class HashThread {
 
   /** Resolves when the thread has room for more data. */
   async room(): Promise<void> {
-    while (this.#inFlight > MAX_IN_FLIGHT && !this.#dead) await new Promise<void>((r) => this.#drained.push(r));
+    while ((this.#inFlight > MAX_IN_FLIGHT || this.#readsInFlight > MAX_READS_IN_FLIGHT) && !this.#dead) await new Promise<void>((r) => this.#drained.push(r));
   }
 }
 
