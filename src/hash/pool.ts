@@ -102,7 +102,8 @@ class HashThread {
         if (m.t === 'ack' && m.r) this.#readsInFlight -= m.n;
         else this.#inFlight -= m.n ?? 0;
         giveBack(m.buf, m.slot);
-        if (this.#inFlight <= MAX_IN_FLIGHT / 2 && this.#readsInFlight <= MAX_READS_IN_FLIGHT / 2) this.#wake();
+        // The window acked has room again (half of it): its waiters go on; one held by the other window waits again.
+        if (m.t === 'ack' && m.r ? this.#readsInFlight <= MAX_READS_IN_FLIGHT / 2 : this.#inFlight <= MAX_IN_FLIGHT / 2) this.#wake();
         if (m.t === 'ack') {
           if (this.#waiting.size === 0 && this.#idle) this.#worker.unref();
           return;
