@@ -98,8 +98,7 @@ export class ChunkIndex {
    * succeeds, and before findByHash, fsck and GC read the index.
    */
   readonly behind = new Set<string>();
-  /** Caught up with every descriptor at open (catchUpAll): fsck catches up a blob behind since, as an open would. */
-  caughtUp = false;
+  caughtUp = false; // with every descriptor at open (catchUpAll): fsck then catches up a blob behind since, as an open would
   readonly #chunks: Database<number, Buffer>;
   readonly #bchunks: Database<[Uint8Array, number, number], Buffer>;
   readonly #blobs: Database<BlobEntry, Buffer>;
