@@ -375,15 +375,24 @@ test('a tus POST whose Upload-Metadata is malformed (a repeated key, an empty ke
 
 test('held: tus keys of Object.prototype are refused with ERR_BAD_ARGUMENT however they are given (bare, with an empty value, last of many, __defineGetter__, valueOf); ordinary odd keys (prototype, hasOwn, __proto) are kept', async (t) => {
   const { base } = await served(t, {});
+  // In two CI runs of many (the eleventh and twelfth sessions) one request here failed with undici's bare
+  // "fetch failed" on a reused keep-alive connection; 36 runs here, 30 of them beside two busy loops, did not
+  // show it, and its cause is not known. Each request goes on a connection of its own (`connection: close`),
+  // which is not what this test is about; a failure still says its cause (undici's error code and message).
+  const ask = (url: string | URL, init: { method: string; headers: Record<string, string> }) =>
+    fetch(url, { ...init, headers: { ...init.headers, connection: 'close' } }).catch((e: unknown) => {
+      const cause = (e as { cause?: { code?: string; message?: string } }).cause;
+      throw new Error(`${init.method} ${String(url)}: ${(e as Error).message} (${cause?.code ?? ''} ${cause?.message ?? ''})`);
+    });
   for (const header of ['__proto__', `__proto__ `, `a ${b64('1')},b ${b64('2')},constructor`, `__defineGetter__ ${b64('x')}`, `valueOf ${b64('x')}`, `isPrototypeOf`]) {
-    const r = await fetch(`${base}/files/`, { method: 'POST', headers: tusHeaders({ 'upload-length': '5', 'upload-metadata': header }) });
+    const r = await ask(`${base}/files/`, { method: 'POST', headers: tusHeaders({ 'upload-length': '5', 'upload-metadata': header }) });
     t.is(r.status, 400, header);
     t.regex(await r.text(), /^ERR_BAD_ARGUMENT: /, header);
   }
   for (const header of [`prototype ${b64('x')}`, `hasOwn ${b64('x')}`, `__proto ${b64('x')}`, `__PROTO__ ${b64('x')}`]) {
-    const r = await fetch(`${base}/files/`, { method: 'POST', headers: tusHeaders({ 'upload-length': '5', 'upload-metadata': header }) });
+    const r = await ask(`${base}/files/`, { method: 'POST', headers: tusHeaders({ 'upload-length': '5', 'upload-metadata': header }) });
     t.is(r.status, 201, `${header}: ${await r.text()}`);
-    const head = await fetch(new URL(r.headers.get('location')!, base), { method: 'HEAD', headers: tusHeaders() });
+    const head = await ask(new URL(r.headers.get('location')!, base), { method: 'HEAD', headers: tusHeaders() });
     t.is(head.headers.get('upload-metadata'), header);
   }
 });

@@ -333,20 +333,27 @@ test.serial('a process that ran a long appendBlob (the helper started) exits on 
   const s = await BlobStore.open(path.join(dir, 'store'));
   const src = await putBlob(s, a);
   await s.close();
-  const r = await child(
-    dir,
-    `const s = await index.BlobStore.open(${JSON.stringify(path.join(dir, 'store'))});
-     const w = await s.newBlobWriter();
-     await w.appendBlob(${JSON.stringify(src)}, 0, ${a.length});
-     await w.close();
-     await s.close();
-     console.log(JSON.stringify({ hash: index.toHex(w.hash) }));`,
-  );
-  t.is(r.code, 0);
-  t.true(r.helperStarts >= 1, 'the helper started in the child');
-  t.is(JSON.parse(r.lines[0]!).hash, toHex(merkleRoot(a)));
-  t.log(`exit ${r.exitAfterLastLine} ms after the last line`);
-  t.true(r.exitAfterLastLine < 1500, `exited ${r.exitAfterLastLine} ms after its work was done (the helper's idle time is 2 s)`);
+  // On a busy machine the run may be over before the helper's thread is up (its preload marks the start; seen
+  // in CI, twelfth session): the child runs again, up to five times, until the helper did start. Every run
+  // must exit at once, helper or not.
+  let started = 0;
+  for (let attempt = 0; attempt < 5 && started === 0; attempt++) {
+    const r = await child(
+      dir,
+      `const s = await index.BlobStore.open(${JSON.stringify(path.join(dir, 'store'))});
+       const w = await s.newBlobWriter();
+       await w.appendBlob(${JSON.stringify(src)}, 0, ${a.length});
+       await w.close();
+       await s.close();
+       console.log(JSON.stringify({ hash: index.toHex(w.hash) }));`,
+    );
+    t.is(r.code, 0);
+    started = r.helperStarts;
+    t.is(JSON.parse(r.lines[0]!).hash, toHex(merkleRoot(a)));
+    t.log(`run ${attempt + 1}: the helper started ${r.helperStarts} times; exit ${r.exitAfterLastLine} ms after the last line`);
+    t.true(r.exitAfterLastLine < 1500, `exited ${r.exitAfterLastLine} ms after its work was done (the helper's idle time is 2 s)`);
+  }
+  t.true(started >= 1, 'the helper started in the child in one of five runs');
 });
 
 test.serial('odd chunker parameters (big chunks near the 4 MiB max, groups past 4 MiB; tiny chunks): long runs after odd inserts hash to the root', async (t) => {
