@@ -13,8 +13,22 @@ import { CHECKPOINTS_IN_FLIGHT } from '../src/blob/checkpoint.js';
 import { prngStream } from '../tools/data.js';
 import { KillableServer, blobRoot, fileRoot, fragmentBytes, uploadThroughKills } from '../tools/bench/tus-kill.js';
 import { tempDir } from './helpers/store.js';
+import { Layout } from '../src/format/layout.js';
+import { readDescriptor } from '../src/format/descriptor.js';
 
 const MiB = 1024 * 1024;
+
+/** The most durable bytes of any blob in the store at `root` (the server is another process: its descriptors on disk). */
+async function durableBytes(root: string): Promise<number> {
+  const layout = new Layout(root);
+  let most = 0;
+  for (const fan of fs.readdirSync(path.join(root, 'blob'))) {
+    for (const name of fs.readdirSync(path.join(root, 'blob', fan))) {
+      most = Math.max(most, (await readDescriptor(layout.descriptor(name), name, { extents: false })).size);
+    }
+  }
+  return most;
+}
 
 test('a tus upload survives the server being killed with SIGKILL three times, resumes from the durable bytes, ends with the right root, and is stored once when sent again', async (t) => {
   const dir = tempDir(t);
@@ -30,7 +44,11 @@ test('a tus upload survives the server being killed with SIGKILL three times, re
   t.teardown(() => srv.stop());
   // Kills by 60% of what the client has sent: its progress runs up to ~18 MiB ahead of what the server holds, and a
   // kill at 75% of a 96 MiB file could land after the upload was complete (no resume to see: a CI run under load).
-  const up = await uploadThroughKills(srv, file, [0.2, 0.4, 0.6]);
+  // And not before the server holds a checkpoint: under load (CI, twelfth session) it had none when the client
+  // had sent 21 MB, so the first resume was from 0 with nothing durable lost. The store's descriptors on disk say.
+  let durable = 0;
+  const poll = setInterval(() => void durableBytes(store).then((n) => (durable = Math.max(durable, n)), () => {}), 20);
+  const up = await uploadThroughKills(srv, file, [0.2, 0.4, 0.6], () => durable >= UPLOAD_FLUSH_BYTES).finally(() => clearInterval(poll));
   const said = up.resumes.map((r) => `${r.at} (had sent ${r.had})`).join(', ');
   t.log(`resumed at ${said}; ${up.wire} bytes on the wire, ${up.body} body bytes, for ${size}`);
   t.is(up.kills, 3);

@@ -127,7 +127,7 @@ export interface KilledUpload extends TusRun {
  * once the client has sent each fraction in `killAt` of the file; resolves
  * once the upload has completed and every restart is done.
  */
-export async function uploadThroughKills(srv: KillableServer, file: string, killAt: number[]): Promise<KilledUpload> {
+export async function uploadThroughKills(srv: KillableServer, file: string, killAt: number[], mayKill: () => boolean = () => true): Promise<KilledUpload> {
   const size = fs.statSync(file).size;
   const marks = killAt.map((f) => Math.floor(f * size));
   const wire0 = srv.wireUp;
@@ -138,7 +138,7 @@ export async function uploadThroughKills(srv: KillableServer, file: string, kill
     retryDelays: RETRY_DELAYS,
     onProgress: (sent) => {
       // One kill at a time: the next mark counts only once the server is back.
-      if (restarting || marks.length === 0 || sent < marks[0]!) return;
+      if (restarting || marks.length === 0 || sent < marks[0]! || !mayKill()) return;
       marks.shift();
       restarting = true;
       restarts.push(srv.kill().finally(() => (restarting = false)));
