@@ -375,7 +375,7 @@ function handle(m: ToWorker): void {
     case 'state':
       // Behind the helper: answered when its leaves before this point are in (deferState).
       // A later read's failure (job.error set since) does not fail it: only one before it in blob order does.
-      if (job && !job.error && deferState(job, (st) => (st instanceof Error ? reply(m.seq, job, () => null, undefined, st) : reply(m.seq, job, () => st, undefined, null)))) break;
+      if (job && !job.error && deferState(job, (st) => reply(m.seq, job, () => st, undefined, st instanceof Error ? st : null))) break;
       reply(m.seq, job, () => job!.merkle.state() satisfies MerkleState);
       break;
     case 'digest':

@@ -72,8 +72,9 @@ export const MAX_IN_FLIGHT = 16 * 1024 * 1024;
  * handed to the thread and not yet hashed, before senders wait. Twice the
  * data's: with the leaf helper 16 MiB ahead (leaf-split.ts AHEAD) a
  * window of 16 MiB held the writer back while both threads had work left.
- * A 1 GiB CLI update, 8 alternated pairs: 1.12 against 1.21 s with either
- * bound alone (docs/BENCHMARKS.md, twelfth session).
+ * A 1 GiB CLI update: 1.146 s against 1.19 with one 16 MiB window for both
+ * (16 alternated pairs), 1.12 against 1.21 with either bound alone
+ * (docs/BENCHMARKS.md, twelfth session).
  */
 export const MAX_READS_IN_FLIGHT = 32 * 1024 * 1024;
 
